@@ -1,0 +1,6 @@
+namespace ChatBroker.Broker;
+
+internal static class Program
+{
+    public static int Main() => 0;
+}
