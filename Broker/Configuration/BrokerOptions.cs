@@ -1,0 +1,97 @@
+using System.Net;
+
+namespace ChatBroker.Broker.Configuration;
+
+/// <summary>
+/// The broker's effective configuration, bound from <c>broker.toml</c>, environment variables and
+/// command-line flags by <see cref="BrokerConfiguration"/>. Every property here has exactly one entry in
+/// <see cref="SettingsSchema"/>, which carries its key, default, description and validation.
+/// </summary>
+public sealed class BrokerOptions
+{
+    public NodeOptions Node { get; } = new();
+    public TcpOptions Tcp { get; } = new();
+    public AdminOptions Admin { get; } = new();
+    public AuthOptions Auth { get; } = new();
+    public StorageSettings Storage { get; } = new();
+    public RetentionOptions Retention { get; } = new();
+    public LogOptions Log { get; } = new();
+    public ShutdownOptions Shutdown { get; } = new();
+}
+
+public sealed class NodeOptions
+{
+    public string Name { get; set; } = "node1";
+    public string DataDir { get; set; } = "./data";
+}
+
+public sealed class TcpOptions
+{
+    public IPEndPoint Listen { get; set; } = new(IPAddress.Loopback, 7883);
+    public int MaxFrameBytes { get; set; } = 64 * 1024;
+    public int MaxConnections { get; set; } = 1_000_000;
+    public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(10);
+}
+
+public sealed class AdminOptions
+{
+    public bool Enabled { get; set; } = true;
+    public IPEndPoint Listen { get; set; } = new(IPAddress.Loopback, 7880);
+}
+
+public sealed class AuthOptions
+{
+    /// <summary>Empty means <c>&lt;data_dir&gt;/token.secret</c>, created on first start.</summary>
+    public string SecretFile { get; set; } = "";
+    /// <summary>Base64 secret given inline (e.g. from an environment variable); wins over the file.</summary>
+    public string Secret { get; set; } = "";
+    public TimeSpan DefaultTokenTtl { get; set; } = TimeSpan.FromDays(30);
+
+    public string ResolveSecretFile(NodeOptions node) =>
+        SecretFile.Length > 0 ? SecretFile : Path.Combine(node.DataDir, "token.secret");
+}
+
+public enum DurabilityMode
+{
+    Sync,
+    Async,
+}
+
+public sealed class StorageSettings
+{
+    public DurabilityMode Durability { get; set; } = DurabilityMode.Sync;
+    public int MaxBatchMessages { get; set; } = 1024;
+    public long MaxBatchBytes { get; set; } = 4L * 1024 * 1024;
+    public int QueueCapacity { get; set; } = 65_536;
+    public long BlockCacheBytes { get; set; } = 64L * 1024 * 1024;
+    public TimeSpan IdempotencyWindow { get; set; } = TimeSpan.FromHours(24);
+}
+
+public enum RetentionPolicy
+{
+    Keep,
+    Days,
+}
+
+public sealed class RetentionOptions
+{
+    public RetentionPolicy Policy { get; set; } = RetentionPolicy.Days;
+    public int Days { get; set; } = 30;
+}
+
+public enum LogFormat
+{
+    Console,
+    Json,
+}
+
+public sealed class LogOptions
+{
+    public LogFormat Format { get; set; } = LogFormat.Console;
+    public Microsoft.Extensions.Logging.LogLevel Level { get; set; } = Microsoft.Extensions.Logging.LogLevel.Information;
+}
+
+public sealed class ShutdownOptions
+{
+    public TimeSpan GracePeriod { get; set; } = TimeSpan.FromSeconds(10);
+}

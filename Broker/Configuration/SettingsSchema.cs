@@ -1,0 +1,249 @@
+using System.Globalization;
+using Microsoft.Extensions.Logging;
+
+namespace ChatBroker.Broker.Configuration;
+
+public enum SettingKind
+{
+    String,
+    Integer,
+    Boolean,
+    Duration,
+    Endpoint,
+    Choice,
+}
+
+/// <summary>
+/// One configuration key: where it lives ("tcp.listen"), what it accepts, what it means, and how it reads
+/// and writes <see cref="BrokerOptions"/>. The schema is the single list the binder, the unknown-key check,
+/// <c>chatbroker config check</c> and the broker.toml test all walk, so a key cannot exist in one and not
+/// the others.
+/// </summary>
+public sealed class Setting
+{
+    internal Setting(
+        string key,
+        SettingKind kind,
+        string description,
+        Func<BrokerOptions, string> get,
+        Func<BrokerOptions, string, string?> set)
+    {
+        Key = key;
+        ConfigKey = key.Replace('.', ':');
+        Kind = kind;
+        Description = description;
+        Get = get;
+        Set = set;
+    }
+
+    /// <summary>The dotted TOML key, e.g. <c>tcp.max_frame_bytes</c>.</summary>
+    public string Key { get; }
+
+    /// <summary>The Microsoft.Extensions.Configuration key, e.g. <c>tcp:max_frame_bytes</c>.</summary>
+    public string ConfigKey { get; }
+
+    /// <summary>The environment variable that overrides it, e.g. <c>CHATBROKER__TCP__MAX_FRAME_BYTES</c>.</summary>
+    public string EnvironmentVariable => BrokerConfiguration.EnvironmentPrefix + ConfigKey.Replace(":", "__", StringComparison.Ordinal).ToUpperInvariant();
+
+    public SettingKind Kind { get; }
+    public string Description { get; }
+    public bool Secret { get; init; }
+    public IReadOnlyList<string> Choices { get; init; } = [];
+
+    /// <summary>The current value, formatted the way broker.toml spells it (strings unquoted).</summary>
+    public Func<BrokerOptions, string> Get { get; }
+
+    /// <summary>Parses and stores a value; returns an error sentence, or null when it was accepted.</summary>
+    public Func<BrokerOptions, string, string?> Set { get; }
+}
+
+public static class SettingsSchema
+{
+    public static IReadOnlyList<Setting> All { get; } = Build();
+
+    private static readonly Dictionary<string, Setting> ByConfigKey =
+        All.ToDictionary(s => s.ConfigKey, StringComparer.OrdinalIgnoreCase);
+
+    public static Setting? Find(string configKey) => ByConfigKey.GetValueOrDefault(configKey);
+
+    /// <summary>True when <paramref name="configKey"/> is a section that holds settings (e.g. "tcp").</summary>
+    public static bool IsSection(string configKey)
+    {
+        foreach (var s in All)
+        {
+            if (s.ConfigKey.StartsWith(configKey + ":", StringComparison.OrdinalIgnoreCase))
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    private static List<Setting> Build() =>
+    [
+        Str("node.name", "This node's name: shown in logs and metrics, and its identity in a cluster.",
+            o => o.Node.Name, (o, v) => o.Node.Name = v, NonEmpty),
+        Str("node.data_dir", "Directory for the message store and the token secret; created when missing.",
+            o => o.Node.DataDir, (o, v) => o.Node.DataDir = v, NonEmpty),
+
+        Endpoint("tcp.listen", "Address and port of the native TCP protocol listener.",
+            o => o.Tcp.Listen, (o, v) => o.Tcp.Listen = v),
+        Int("tcp.max_frame_bytes", "Largest frame a client may send, in bytes; a larger declared length closes the connection.",
+            o => o.Tcp.MaxFrameBytes, (o, v) => o.Tcp.MaxFrameBytes = (int)v, 64, 16 * 1024 * 1024),
+        Int("tcp.max_connections", "Connections beyond this many are refused at accept time.",
+            o => o.Tcp.MaxConnections, (o, v) => o.Tcp.MaxConnections = (int)v, 1, 10_000_000),
+        Duration("tcp.connect_timeout", "A new connection must send CONNECT within this time.",
+            o => o.Tcp.ConnectTimeout, (o, v) => o.Tcp.ConnectTimeout = v, TimeSpan.FromMilliseconds(100), TimeSpan.FromMinutes(10)),
+
+        Bool("admin.enabled", "Serve the admin HTTP endpoint (/healthz, /readyz, /metrics).",
+            o => o.Admin.Enabled, (o, v) => o.Admin.Enabled = v),
+        Endpoint("admin.listen", "Address and port of the admin HTTP endpoint. Keep it off public interfaces.",
+            o => o.Admin.Listen, (o, v) => o.Admin.Listen = v),
+
+        Str("auth.secret_file", "File holding the token signing secret; empty means <data_dir>/token.secret, generated on first start with mode 0600.",
+            o => o.Auth.SecretFile, (o, v) => o.Auth.SecretFile = v, null),
+        Str("auth.secret", "The token signing secret itself, base64 (at least 32 bytes); wins over secret_file. Prefer the environment variable CHATBROKER__AUTH__SECRET to writing it here.",
+            o => o.Auth.Secret, (o, v) => o.Auth.Secret = v, ValidSecret, secret: true),
+        Duration("auth.default_token_ttl", "Lifetime of tokens made by `chatbroker token` when --ttl is not given.",
+            o => o.Auth.DefaultTokenTtl, (o, v) => o.Auth.DefaultTokenTtl = v, TimeSpan.FromSeconds(1), TimeSpan.FromDays(3650)),
+
+        Choice("storage.durability", "\"sync\": the write-ahead log is fsynced before SENT (survives power loss); \"async\": SENT after the OS has the write (survives a broker crash, not a machine crash).",
+            ["sync", "async"], o => o.Storage.Durability.ToString().ToLowerInvariant(),
+            (o, v) => o.Storage.Durability = Enum.Parse<DurabilityMode>(v, ignoreCase: true)),
+        Int("storage.max_batch_messages", "Most writes the commit writer puts into one batch (one fsync).",
+            o => o.Storage.MaxBatchMessages, (o, v) => o.Storage.MaxBatchMessages = (int)v, 1, 1_000_000),
+        Int("storage.max_batch_bytes", "Most bytes the commit writer puts into one batch.",
+            o => o.Storage.MaxBatchBytes, (o, v) => o.Storage.MaxBatchBytes = v, 4096, 1L << 30),
+        Int("storage.queue_capacity", "Writes waiting for the commit writer; when full, senders wait (backpressure).",
+            o => o.Storage.QueueCapacity, (o, v) => o.Storage.QueueCapacity = (int)v, 1, 10_000_000),
+        Int("storage.block_cache_bytes", "RocksDB block cache size in bytes.",
+            o => o.Storage.BlockCacheBytes, (o, v) => o.Storage.BlockCacheBytes = v, 0, 1L << 40),
+        Duration("storage.idempotency_window", "How long a client_msg_id is remembered, so a retried SEND is answered with the original seq.",
+            o => o.Storage.IdempotencyWindow, (o, v) => o.Storage.IdempotencyWindow = v, TimeSpan.FromMinutes(1), TimeSpan.FromDays(365)),
+
+        Choice("retention.policy", "\"days\": messages older than retention.days are removed in the background; \"keep\": messages are kept forever.",
+            ["days", "keep"], o => o.Retention.Policy.ToString().ToLowerInvariant(),
+            (o, v) => o.Retention.Policy = Enum.Parse<RetentionPolicy>(v, ignoreCase: true)),
+        Int("retention.days", "Age in days after which messages are removed when retention.policy = \"days\".",
+            o => o.Retention.Days, (o, v) => o.Retention.Days = (int)v, 1, 36_500),
+
+        Choice("log.format", "\"console\": one readable line per event; \"json\": one JSON object per line, for log shippers.",
+            ["console", "json"], o => o.Log.Format.ToString().ToLowerInvariant(),
+            (o, v) => o.Log.Format = Enum.Parse<LogFormat>(v, ignoreCase: true)),
+        Choice("log.level", "Least severe level written.",
+            ["trace", "debug", "information", "warning", "error", "critical"], o => o.Log.Level.ToString().ToLowerInvariant(),
+            (o, v) => o.Log.Level = Enum.Parse<LogLevel>(v, ignoreCase: true)),
+
+        Duration("shutdown.grace_period", "On SIGTERM or Ctrl-C, how long to drain connections and flush the store before exiting.",
+            o => o.Shutdown.GracePeriod, (o, v) => o.Shutdown.GracePeriod = v, TimeSpan.Zero, TimeSpan.FromMinutes(10)),
+    ];
+
+    private static string? NonEmpty(string v) => v.Length == 0 ? "must not be empty" : null;
+
+    private static string? ValidSecret(string v)
+    {
+        if (v.Length == 0)
+        {
+            return null;
+        }
+
+        Span<byte> buffer = stackalloc byte[256];
+        return Convert.TryFromBase64String(v, buffer, out var n) && n >= 32
+            ? null
+            : "must be base64 of at least 32 bytes (and at most 256)";
+    }
+
+    private static Setting Str(string key, string description, Func<BrokerOptions, string> get,
+        Action<BrokerOptions, string> set, Func<string, string?>? validate, bool secret = false) =>
+        new(key, SettingKind.String, description, get, (o, v) =>
+        {
+            var error = validate?.Invoke(v);
+            if (error is null)
+            {
+                set(o, v);
+            }
+
+            return error;
+        })
+        { Secret = secret };
+
+    private static Setting Int(string key, string description, Func<BrokerOptions, long> get,
+        Action<BrokerOptions, long> set, long min, long max) =>
+        new(key, SettingKind.Integer, description + $" Range {min.ToString("N0", CultureInfo.InvariantCulture)} to {max.ToString("N0", CultureInfo.InvariantCulture)}.",
+            o => get(o).ToString(CultureInfo.InvariantCulture), (o, v) =>
+            {
+                if (!long.TryParse(v.Replace("_", "", StringComparison.Ordinal), NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var n))
+                {
+                    return $"expected an integer, got \"{v}\"";
+                }
+
+                if (n < min || n > max)
+                {
+                    return string.Create(CultureInfo.InvariantCulture, $"{n} is out of range ({min} to {max})");
+                }
+
+                set(o, n);
+                return null;
+            });
+
+    private static Setting Bool(string key, string description, Func<BrokerOptions, bool> get, Action<BrokerOptions, bool> set) =>
+        new(key, SettingKind.Boolean, description, o => get(o) ? "true" : "false", (o, v) =>
+        {
+            if (!bool.TryParse(v, out var b))
+            {
+                return $"expected true or false, got \"{v}\"";
+            }
+
+            set(o, b);
+            return null;
+        });
+
+    private static Setting Duration(string key, string description, Func<BrokerOptions, TimeSpan> get,
+        Action<BrokerOptions, TimeSpan> set, TimeSpan min, TimeSpan max) =>
+        new(key, SettingKind.Duration, description, o => SettingParsers.FormatDuration(get(o)), (o, v) =>
+        {
+            if (!SettingParsers.TryParseDuration(v, out var d, out var error))
+            {
+                return error;
+            }
+
+            if (d < min || d > max)
+            {
+                return $"\"{v}\" is out of range ({SettingParsers.FormatDuration(min)} to {SettingParsers.FormatDuration(max)})";
+            }
+
+            set(o, d);
+            return null;
+        });
+
+    private static Setting Endpoint(string key, string description, Func<BrokerOptions, System.Net.IPEndPoint> get,
+        Action<BrokerOptions, System.Net.IPEndPoint> set) =>
+        new(key, SettingKind.Endpoint, description, o => SettingParsers.FormatEndpoint(get(o)), (o, v) =>
+        {
+            if (!SettingParsers.TryParseEndpoint(v, out var ep, out var error))
+            {
+                return error;
+            }
+
+            set(o, ep);
+            return null;
+        });
+
+    private static Setting Choice(string key, string description, string[] choices, Func<BrokerOptions, string> get,
+        Action<BrokerOptions, string> set) =>
+        new(key, SettingKind.Choice, description, get, (o, v) =>
+        {
+            foreach (var c in choices)
+            {
+                if (string.Equals(c, v, StringComparison.OrdinalIgnoreCase))
+                {
+                    set(o, c);
+                    return null;
+                }
+            }
+
+            return $"expected one of {string.Join(", ", choices.Select(c => "\"" + c + "\""))}, got \"{v}\"";
+        })
+        { Choices = choices };
+}

@@ -1,0 +1,79 @@
+using ChatBroker.Broker.Configuration;
+using ChatBroker.Broker.Observability;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace ChatBroker.Broker.Hosting;
+
+/// <summary>
+/// The operator's HTTP endpoint on Kestrel: <c>/healthz</c> (the process is alive), <c>/readyz</c> (every
+/// service started and the node is not shutting down; 503 otherwise) and <c>/metrics</c> (Prometheus text).
+/// It runs as its own small web application so the native listener does not depend on ASP.NET.
+/// </summary>
+internal sealed class AdminEndpoint(BrokerOptions options, PrometheusExporter exporter, Readiness readiness, ILogger<AdminEndpoint> logger)
+    : IHostedService, IAsyncDisposable
+{
+    private WebApplication? _app;
+
+    /// <summary>The bound address (useful when the configured port is 0).</summary>
+    public System.Net.IPEndPoint? LocalEndPoint { get; private set; }
+
+    public async Task StartAsync(CancellationToken cancellationToken)
+    {
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
+        {
+            ApplicationName = "chatbroker-admin",
+            ContentRootPath = Directory.GetCurrentDirectory(),
+        });
+        builder.Configuration.Sources.Clear();
+        BrokerHost.ConfigureLogging(builder.Logging, options.Log);
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            k.AddServerHeader = false;
+            k.Listen(options.Admin.Listen);
+        });
+        var app = builder.Build();
+        app.MapGet("/healthz", () => Results.Text("ok\n"));
+        app.MapGet("/readyz", () => readiness.IsReady
+            ? Results.Text("ready\n")
+            : Results.Text("not ready\n", statusCode: StatusCodes.Status503ServiceUnavailable));
+        app.MapGet("/metrics", () => Results.Text(exporter.Scrape(), "text/plain; version=0.0.4; charset=utf-8"));
+        try
+        {
+            await app.StartAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (IOException e)
+        {
+            await app.DisposeAsync().ConfigureAwait(false);
+            throw new InvalidOperationException($"Cannot listen on {options.Admin.Listen} (admin.listen): {e.Message}", e);
+        }
+
+        _app = app;
+        var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()?.Addresses.FirstOrDefault();
+        LocalEndPoint = address is null ? options.Admin.Listen : System.Net.IPEndPoint.Parse(new Uri(address).Authority);
+        Log.AdminListening(logger, LocalEndPoint);
+    }
+
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        if (_app is not null)
+        {
+            await _app.StopAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        var app = Interlocked.Exchange(ref _app, null);
+        if (app is not null)
+        {
+            await app.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+}

@@ -1,0 +1,41 @@
+using System.Net;
+using Microsoft.Extensions.Logging;
+
+namespace ChatBroker.Broker.Hosting;
+
+/// <summary>Source-generated log messages with fixed event ids (1xxx host, 2xxx transport, 3xxx auth). Bodies are never logged.</summary>
+internal static partial class Log
+{
+    [LoggerMessage(1000, LogLevel.Information, "ChatBroker {Version} node {Node} starting; configuration: {ConfigSource}; data in {DataDir}")]
+    public static partial void Starting(ILogger logger, string version, string node, string configSource, string dataDir);
+
+    [LoggerMessage(1001, LogLevel.Information, "Generated a new token secret in {Path} (mode 0600); keep it with the data directory")]
+    public static partial void SecretGenerated(ILogger logger, string path);
+
+    [LoggerMessage(1002, LogLevel.Information, "Admin endpoint on http://{Endpoint} (/healthz, /readyz, /metrics)")]
+    public static partial void AdminListening(ILogger logger, IPEndPoint endpoint);
+
+    [LoggerMessage(1003, LogLevel.Information, "Ready")]
+    public static partial void Ready(ILogger logger);
+
+    [LoggerMessage(1004, LogLevel.Information, "Shutting down: draining connections (grace period {GracePeriod})")]
+    public static partial void ShuttingDown(ILogger logger, TimeSpan gracePeriod);
+
+    [LoggerMessage(1005, LogLevel.Information, "Stopped")]
+    public static partial void Stopped(ILogger logger);
+
+    [LoggerMessage(2000, LogLevel.Information, "Native protocol listening on {Endpoint}")]
+    public static partial void TcpListening(ILogger logger, IPEndPoint endpoint);
+
+    [LoggerMessage(2001, LogLevel.Warning, "Connection refused: tcp.max_connections ({Limit}) reached")]
+    public static partial void ConnectionLimitReached(ILogger logger, int limit);
+
+    [LoggerMessage(2002, LogLevel.Error, "Accept loop failed")]
+    public static partial void AcceptFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(2003, LogLevel.Debug, "Connection {ConnectionId} from {Remote} closed: {Reason}")]
+    public static partial void ConnectionClosed(ILogger logger, long connectionId, EndPoint? remote, string reason);
+
+    [LoggerMessage(2004, LogLevel.Error, "Connection {ConnectionId} failed unexpectedly")]
+    public static partial void ConnectionFailed(ILogger logger, long connectionId, Exception exception);
+}

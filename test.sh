@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: installs what is missing (librocksdb), builds the solution in Release
+# and runs every test project. Prints one closing line "tests: N passed, N failed, N skipped".
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$root"
+scripts/ensure-deps.sh
+dotnet build ChatBroker.sln -c Release --nologo -v quiet -clp:NoSummary
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+dotnet test ChatBroker.sln -c Release --no-build --nologo 2>&1 | tee "$log" || status=$?
+# Sum the per-project summaries ("Passed!  - Failed: 0, Passed: 12, Skipped: 0, Total: 12, ...").
+awk '/(Passed|Failed)! +- Failed: /{
+       for (i = 1; i <= NF; i++) { gsub(",", "", $(i+1));
+         if ($i == "Failed:") f += $(i+1); if ($i == "Passed:") p += $(i+1); if ($i == "Skipped:") s += $(i+1) } }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit $status

@@ -1,0 +1,197 @@
+using System.Security.Cryptography;
+using System.Text;
+using ChatBroker.Broker.Auth;
+using ChatBroker.Broker.Tests.Infrastructure;
+
+namespace ChatBroker.Broker.Tests.Auth;
+
+public sealed class AccessTokenTests
+{
+    private static readonly DateTimeOffset Now = new(2026, 11, 25, 12, 0, 0, TimeSpan.Zero);
+    private readonly TokenSecret _secret = new(RandomNumberGenerator.GetBytes(32));
+
+    [Fact]
+    public void Issued_token_verifies_with_its_claims()
+    {
+        var token = AccessToken.Issue(_secret, "alice", "phone", TimeSpan.FromHours(1), Now);
+
+        Assert.Equal(TokenStatus.Valid, AccessToken.Verify(_secret, token, Now.AddMinutes(59), out var claims));
+        Assert.Equal("alice", claims.User);
+        Assert.Equal("phone", claims.Device);
+        Assert.Equal(Now.AddHours(1), claims.Expires);
+    }
+
+    [Fact]
+    public void Token_without_device_admits_any_device()
+    {
+        var token = AccessToken.Issue(_secret, "alice", null, TimeSpan.FromHours(1), Now);
+
+        Assert.Equal(TokenStatus.Valid, AccessToken.Verify(_secret, token, Now, out var claims));
+        Assert.Null(claims.Device);
+    }
+
+    [Fact]
+    public void Expired_token_is_rejected_as_expired()
+    {
+        var token = AccessToken.Issue(_secret, "alice", "phone", TimeSpan.FromHours(1), Now);
+
+        Assert.Equal(TokenStatus.Expired, AccessToken.Verify(_secret, token, Now.AddHours(1), out _));
+    }
+
+    [Fact]
+    public void Token_signed_with_another_secret_is_rejected_as_wrong_key()
+    {
+        var other = new TokenSecret(RandomNumberGenerator.GetBytes(32));
+        var token = AccessToken.Issue(other, "alice", "phone", TimeSpan.FromHours(1), Now);
+
+        Assert.Equal(TokenStatus.WrongKey, AccessToken.Verify(_secret, token, Now, out _));
+    }
+
+    [Fact]
+    public void Tampered_claims_are_rejected_as_bad_signature()
+    {
+        var token = AccessToken.Issue(_secret, "alice", "phone", TimeSpan.FromHours(1), Now);
+        var parts = token.Split('.');
+        var claims = Encoding.UTF8.GetString(System.Buffers.Text.Base64Url.DecodeFromChars(parts[1]));
+        var forged = System.Buffers.Text.Base64Url.EncodeToString(Encoding.UTF8.GetBytes(claims.Replace("alice", "mallory", StringComparison.Ordinal)));
+
+        Assert.Equal(TokenStatus.BadSignature, AccessToken.Verify(_secret, $"{parts[0]}.{forged}.{parts[2]}", Now, out _));
+    }
+
+    [Fact]
+    public void Tampered_signature_is_rejected_as_bad_signature()
+    {
+        var token = AccessToken.Issue(_secret, "alice", "phone", TimeSpan.FromHours(1), Now);
+        var last = token[^1] == 'A' ? 'B' : 'A';
+
+        Assert.Equal(TokenStatus.BadSignature, AccessToken.Verify(_secret, token[..^1] + last, Now, out _));
+    }
+
+    [Fact]
+    public void Token_without_key_id_from_another_secret_is_a_bad_signature()
+    {
+        // Application servers may omit kid; then the only evidence is the signature.
+        var header = System.Buffers.Text.Base64Url.EncodeToString("{\"alg\":\"HS256\",\"typ\":\"JWT\"}"u8);
+        var claims = System.Buffers.Text.Base64Url.EncodeToString("{\"sub\":\"alice\",\"exp\":4102444800}"u8);
+        var signature = System.Buffers.Text.Base64Url.EncodeToString(HMACSHA256.HashData(RandomNumberGenerator.GetBytes(32), Encoding.ASCII.GetBytes(header + "." + claims)));
+
+        Assert.Equal(TokenStatus.BadSignature, AccessToken.Verify(_secret, $"{header}.{claims}.{signature}", Now, out _));
+    }
+
+    [Fact]
+    public void Hand_made_jwt_from_an_app_server_verifies()
+    {
+        var header = System.Buffers.Text.Base64Url.EncodeToString("{\"alg\":\"HS256\",\"typ\":\"JWT\"}"u8);
+        var claims = System.Buffers.Text.Base64Url.EncodeToString("{\"sub\":\"bob\",\"dev\":\"tablet\",\"exp\":4102444800}"u8);
+        var signature = System.Buffers.Text.Base64Url.EncodeToString(HMACSHA256.HashData(_secret.Key, Encoding.ASCII.GetBytes(header + "." + claims)));
+
+        Assert.Equal(TokenStatus.Valid, AccessToken.Verify(_secret, $"{header}.{claims}.{signature}", Now, out var verified));
+        Assert.Equal("bob", verified.User);
+        Assert.Equal("tablet", verified.Device);
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("not-a-token")]
+    [InlineData("a.b")]
+    [InlineData("a.b.c.d")]
+    [InlineData("..")]
+    [InlineData("a..c")]
+    [InlineData("!!!.???.***")]
+    [InlineData("e30.e30.AAAA")]
+    public void Malformed_tokens_are_rejected_as_malformed(string token)
+    {
+        Assert.Equal(TokenStatus.Malformed, AccessToken.Verify(_secret, token, Now, out _));
+    }
+
+    [Theory]
+    [InlineData("{\"alg\":\"none\"}", "{\"sub\":\"alice\",\"exp\":4102444800}")]
+    [InlineData("{\"alg\":\"HS256\"}", "{\"exp\":4102444800}")]
+    [InlineData("{\"alg\":\"HS256\"}", "{\"sub\":\"alice\"}")]
+    [InlineData("{\"alg\":\"HS256\"}", "{\"sub\":\"alice\",\"exp\":\"soon\"}")]
+    [InlineData("[1,2]", "{\"sub\":\"alice\",\"exp\":4102444800}")]
+    [InlineData("{\"alg\":\"HS256\"", "{\"sub\":\"alice\",\"exp\":4102444800}")]
+    public void Tokens_with_bad_header_or_claims_are_rejected_as_malformed(string header, string claims)
+    {
+        var h = System.Buffers.Text.Base64Url.EncodeToString(Encoding.UTF8.GetBytes(header));
+        var c = System.Buffers.Text.Base64Url.EncodeToString(Encoding.UTF8.GetBytes(claims));
+        var s = System.Buffers.Text.Base64Url.EncodeToString(HMACSHA256.HashData(_secret.Key, Encoding.ASCII.GetBytes(h + "." + c)));
+
+        Assert.Equal(TokenStatus.Malformed, AccessToken.Verify(_secret, $"{h}.{c}.{s}", Now, out _));
+    }
+
+    [Fact]
+    public void Oversized_token_is_rejected_before_decoding()
+    {
+        Assert.Equal(TokenStatus.Malformed, AccessToken.Verify(_secret, new string('a', AccessToken.MaxLength + 1), Now, out _));
+    }
+
+    [Fact]
+    public void Secret_file_is_created_once_with_mode_0600_and_reused()
+    {
+        var dir = Path.Combine(Path.GetTempPath(), "chatbroker-secret-" + Guid.NewGuid().ToString("N"));
+        var path = Path.Combine(dir, "nested", "token.secret");
+        try
+        {
+            var first = TokenSecret.LoadOrCreate(path, out var created);
+            Assert.True(created);
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(path));
+
+            var second = TokenSecret.LoadOrCreate(path, out created);
+            Assert.False(created);
+            Assert.Equal(first.KeyId, second.KeyId);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void Secret_file_that_is_not_base64_fails_with_its_path()
+    {
+        var path = Path.Combine(Path.GetTempPath(), "chatbroker-secret-" + Guid.NewGuid().ToString("N"));
+        File.WriteAllText(path, "not base64 at all!");
+        try
+        {
+            var e = Assert.Throws<InvalidDataException>(() => TokenSecret.LoadOrCreate(path, out _));
+            Assert.Contains(path, e.Message, StringComparison.Ordinal);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
+    public async Task Token_printed_by_the_cli_verifies_with_the_nodes_secret()
+    {
+        var dataDir = Path.Combine(Path.GetTempPath(), "chatbroker-test-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            var (exit, stdout, stderr) = await BrokerProcess.RunCliAsync(
+                ["token", "--user", "alice", "--device", "phone", "--ttl", "2h", "--set", "node.data_dir=" + dataDir]);
+
+            Assert.True(exit == 0, stderr);
+            var secret = TokenSecret.LoadOrCreate(Path.Combine(dataDir, "token.secret"), out var created);
+            Assert.False(created);
+            Assert.Equal(TokenStatus.Valid, AccessToken.Verify(secret, stdout.Trim(), DateTimeOffset.UtcNow, out var claims));
+            Assert.Equal("alice", claims.User);
+            Assert.Equal("phone", claims.Device);
+            Assert.InRange(claims.Expires - DateTimeOffset.UtcNow, TimeSpan.FromMinutes(110), TimeSpan.FromMinutes(121));
+        }
+        finally
+        {
+            Directory.Delete(dataDir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task Cli_token_with_a_bad_ttl_exits_2_and_says_why()
+    {
+        var (exit, _, stderr) = await BrokerProcess.RunCliAsync(["token", "--user", "alice", "--ttl", "forever"]);
+
+        Assert.Equal(2, exit);
+        Assert.Contains("--ttl", stderr, StringComparison.Ordinal);
+    }
+}

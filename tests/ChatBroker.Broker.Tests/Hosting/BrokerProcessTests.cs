@@ -1,0 +1,108 @@
+using System.Net.Http;
+using System.Net.Sockets;
+using ChatBroker.Broker.Tests.Infrastructure;
+
+namespace ChatBroker.Broker.Tests.Hosting;
+
+/// <summary>The real broker process: admin endpoint, native listener, secret handling, graceful shutdown.</summary>
+public sealed class BrokerProcessTests
+{
+    private static readonly HttpClient Http = new() { Timeout = TimeSpan.FromSeconds(10) };
+
+    [Fact]
+    public async Task Serve_with_no_configuration_answers_healthz_readyz_and_metrics()
+    {
+        await using var broker = await BrokerProcess.StartAsync();
+        var admin = $"http://{broker.AdminEndPoint}";
+
+        Assert.Equal("ok\n", await Http.GetStringAsync(admin + "/healthz"));
+        Assert.Equal("ready\n", await Http.GetStringAsync(admin + "/readyz"));
+
+        var metrics = await Http.GetStringAsync(admin + "/metrics");
+        Assert.Contains("# TYPE chatbroker_uptime_seconds gauge", metrics, StringComparison.Ordinal);
+        Assert.Contains("process_memory_resident_bytes{node=\"node1\"}", metrics, StringComparison.Ordinal);
+        Assert.Contains("dotnet_gc_collections_total", metrics, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Open_connections_are_counted_in_metrics()
+    {
+        await using var broker = await BrokerProcess.StartAsync();
+        var admin = $"http://{broker.AdminEndPoint}";
+        using var client = new TcpClient();
+        await client.ConnectAsync(broker.TcpEndPoint);
+
+        // The accept is asynchronous to our connect: poll the scrape (a signal, not a sleep) until it shows.
+        string metrics;
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        do
+        {
+            metrics = await Http.GetStringAsync(admin + "/metrics");
+        }
+        while (!metrics.Contains("chatbroker_connections_open{node=\"node1\"} 1", StringComparison.Ordinal) && DateTime.UtcNow < deadline);
+
+        Assert.Contains("chatbroker_connections_open{node=\"node1\"} 1", metrics, StringComparison.Ordinal);
+        Assert.Contains("chatbroker_connections_accepted_total{node=\"node1\"} 1", metrics, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task First_start_generates_a_0600_secret_and_later_starts_reuse_it()
+    {
+        var dataDir = Path.Combine(Path.GetTempPath(), "chatbroker-test-" + Guid.NewGuid().ToString("N"));
+        var secretPath = Path.Combine(dataDir, "token.secret");
+        try
+        {
+            string first;
+            await using (var broker = await BrokerProcess.StartAsync(dataDir))
+            {
+                Assert.True(File.Exists(secretPath));
+                Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(secretPath));
+                first = await File.ReadAllTextAsync(secretPath);
+                Assert.Contains("Generated a new token secret", broker.Output, StringComparison.Ordinal);
+                broker.SendSignal(BrokerProcess.SigTerm);
+                Assert.Equal(0, await broker.WaitForExitAsync(TimeSpan.FromSeconds(30)));
+            }
+
+            await using (var broker = await BrokerProcess.StartAsync(dataDir))
+            {
+                Assert.DoesNotContain("Generated a new token secret", broker.Output, StringComparison.Ordinal);
+                Assert.Equal(first, await File.ReadAllTextAsync(secretPath));
+            }
+        }
+        finally
+        {
+            Directory.Delete(dataDir, recursive: true);
+        }
+    }
+
+    [Theory]
+    [InlineData(BrokerProcess.SigTerm)]
+    [InlineData(BrokerProcess.SigInt)]
+    public async Task Sigterm_and_ctrl_c_shut_down_gracefully_with_exit_code_0(int signal)
+    {
+        await using var broker = await BrokerProcess.StartAsync();
+        using var client = new TcpClient();
+        await client.ConnectAsync(broker.TcpEndPoint);
+
+        broker.SendSignal(signal);
+
+        Assert.Equal(0, await broker.WaitForExitAsync(TimeSpan.FromSeconds(30)));
+        Assert.Contains("Stopped", broker.Output, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_port_already_in_use_fails_start_with_a_clear_message()
+    {
+        using var blocker = new TcpListener(System.Net.IPAddress.Loopback, 0);
+        blocker.Start();
+        var port = ((System.Net.IPEndPoint)blocker.LocalEndpoint).Port;
+        var dataDir = Path.Combine(Path.GetTempPath(), "chatbroker-test-" + Guid.NewGuid().ToString("N"));
+
+        var (exit, _, stderr) = await BrokerProcess.RunCliAsync(
+            ["serve", "--set", "node.data_dir=" + dataDir, "--set", $"tcp.listen=127.0.0.1:{port}", "--set", "admin.listen=127.0.0.1:0"]);
+
+        Assert.Equal(1, exit);
+        Assert.Contains($"Cannot listen on 127.0.0.1:{port} (tcp.listen)", stderr, StringComparison.Ordinal);
+        Directory.Delete(dataDir, recursive: true);
+    }
+}
