@@ -76,6 +76,26 @@ public class TomlFuzzTests
         Assert.InRange(failures, 500, 2000);
     }
 
+    [Fact]
+    public void Every_prefix_of_a_valid_document_either_parses_or_fails_with_a_parse_error()
+    {
+        for (int length = 0; length <= Seed.Length; length++)
+        {
+            string text = Seed[..length];
+            try
+            {
+                TomlDocument.Parse(text, "prefix.toml").Flatten();
+            }
+            catch (TomlParseException)
+            {
+            }
+            catch (Exception ex)
+            {
+                Assert.Fail($"prefix of length {length}: {ex.GetType().Name}: {ex.Message}\ninput: {Escape(text)}");
+            }
+        }
+    }
+
     private static string Mutate(string text, Random random)
     {
         var sb = new StringBuilder(text);

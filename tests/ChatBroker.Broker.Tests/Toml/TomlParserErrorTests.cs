@@ -103,6 +103,12 @@ public class TomlParserErrorTests
     [InlineData("a = { b = 1, }", 1, 12, "trailing comma is not allowed in inline table 'a'")]
     [InlineData("a = { b = 1 c = 2 }", 1, 13, "expected ',' or '}' in inline table 'a', found 'c'")]
     [InlineData("a = { b }", 1, 9, "expected '=' after key 'b'")]
+    // positions after multi-line constructs and CRLF
+    [InlineData("a = [\n  1,\n  2 3\n]", 3, 5, "expected ',' or ']' after an item of array 'a', found '3'")]
+    [InlineData("a = [\n  1, # c\n  {x = 1}, oops\n]", 3, 12, "invalid value 'oops' for key 'a[2]'")]
+    [InlineData("s = \"\"\"\none\ntwo\"\"\" x", 3, 8, "unexpected 'x' after value")]
+    [InlineData("a = 1\r\nb = \"x\r\n", 2, 7, "newline in a basic string")]
+    [InlineData("# c\r\n\r\n[t]\r\nv = 1 2\r\n", 4, 7, "unexpected '2' after value")]
     public void Malformed_input_is_reported_at_the_offending_line_and_column(string text, int line, int column, string reason)
     {
         var ex = Assert.Throws<TomlParseException>(() => TomlDocument.Parse(text, File));
