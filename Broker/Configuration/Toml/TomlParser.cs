@@ -77,7 +77,7 @@ internal sealed class TomlParser
         }
 
         SkipWhitespace();
-        List<KeySegment> key = ParseKey("table name");
+        List<KeySegment> key = ParseKey(inHeader: true);
         SkipWhitespace();
         if (_cursor.Peek() != ']')
         {
@@ -143,7 +143,7 @@ internal sealed class TomlParser
     // (TOML 1.0 "Keys"); those tables can be extended only by more dotted keys in the same table.
     private void ParseKeyValue(TomlTable table, string tablePath)
     {
-        List<KeySegment> key = ParseKey("key");
+        List<KeySegment> key = ParseKey(inHeader: false);
         SkipWhitespace();
         if (_cursor.Peek() != '=')
         {
@@ -193,12 +193,12 @@ internal sealed class TomlParser
     // ---------------------------------------------------------------- keys
 
     // key = simple-key / dotted-key; simple-key = quoted-key / unquoted-key; dot-sep = ws "." ws
-    private List<KeySegment> ParseKey(string what)
+    private List<KeySegment> ParseKey(bool inHeader)
     {
         var segments = new List<KeySegment>();
         while (true)
         {
-            segments.Add(ParseSimpleKey(what, afterDot: segments.Count > 0));
+            segments.Add(ParseSimpleKey(inHeader, afterDot: segments.Count > 0));
             SkipWhitespace();
             if (_cursor.Peek() != '.')
             {
@@ -210,7 +210,7 @@ internal sealed class TomlParser
         }
     }
 
-    private KeySegment ParseSimpleKey(string what, bool afterDot)
+    private KeySegment ParseSimpleKey(bool inHeader, bool afterDot)
     {
         TomlPosition start = _cursor.Position;
         int c = _cursor.Peek();
@@ -231,9 +231,10 @@ internal sealed class TomlParser
         if (bare.Length == 0)
         {
             int found = _cursor.Peek();
+            string what = inHeader ? "table name" : "key";
             string reason = afterDot ? $"expected a key after '.', found {Describe(found)}"
                 : found == '=' ? "missing key before '='"
-                : found == ']' && what == "table name" ? "empty table name"
+                : found == ']' && inHeader ? "empty table name"
                 : found is TomlCursor.End or '\n' or '\r' ? $"expected a {what}, found {Describe(found)}"
                 : $"invalid character {Describe(found)} at the start of a {what} (bare keys may contain only A-Z a-z 0-9 _ -; quote other keys)";
             throw Error(start, reason);
