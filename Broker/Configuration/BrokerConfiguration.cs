@@ -63,7 +63,7 @@ public sealed class BrokerConfiguration
         {
             if (entry.Key is string name && name.StartsWith(EnvironmentPrefix, StringComparison.OrdinalIgnoreCase))
             {
-                var key = name[EnvironmentPrefix.Length..].Replace("__", ":", StringComparison.Ordinal);
+                var key = name[EnvironmentPrefix.Length..].Replace("__", ":", StringComparison.Ordinal).ToLowerInvariant();
                 envValues[key] = entry.Value as string ?? "";
                 envNames[key] = name;
             }
@@ -171,7 +171,7 @@ public sealed class BrokerConfiguration
         }
 
         // 3. Settings that must agree with each other.
-        if (options.Admin.Enabled && options.Admin.Listen.Equals(options.Tcp.Listen))
+        if (options.Admin.Enabled && options.Tcp.Listen.Port != 0 && options.Admin.Listen.Equals(options.Tcp.Listen))
         {
             errors.Add($"admin.listen and tcp.listen are both {options.Tcp.Listen}: they must differ");
         }

@@ -80,7 +80,7 @@ public static class SettingParsers
     public static bool TryParseEndpoint(string text, out IPEndPoint value, out string? error)
     {
         error = null;
-        if (IPEndPoint.TryParse(text.Trim(), out var ep) && ep.Port != 0 && HasExplicitPort(text))
+        if (IPEndPoint.TryParse(text.Trim(), out var ep) && HasExplicitPort(text))
         {
             value = ep;
             return true;
