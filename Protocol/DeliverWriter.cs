@@ -56,13 +56,13 @@ public static class DeliverWriter
     public static int Write(IBufferWriter<byte> writer, in DeliverFields fields, ReadOnlySpan<byte> body, FrameFlags flags = FrameFlags.None)
     {
         ArgumentNullException.ThrowIfNull(writer);
-        var span = Begin(writer, fields, body.Length, flags, out var position, out var mediaLength, out var total);
-        position = WriteBeforeBody(span, position, fields, body.Length);
+        var layout = new Layout(fields, body.Length);
+        var span = writer.GetSpan(layout.Total)[..layout.Total];
+        var position = WriteBeforeBody(span, fields, flags, layout);
         body.CopyTo(span[position..]);
-        position += body.Length;
-        WriteAfterBody(span, position, fields, mediaLength);
-        writer.Advance(total);
-        return total;
+        WriteAfterBody(span, position + body.Length, fields, layout);
+        writer.Advance(layout.Total);
+        return layout.Total;
     }
 
     /// <summary>Writes a DELIVER frame whose body field is <paramref name="body"/> (e.g. a slice of a read buffer).</summary>
@@ -76,77 +76,85 @@ public static class DeliverWriter
         }
 
         var bodyLength = (int)body.Length;
-        var span = Begin(writer, fields, bodyLength, flags, out var position, out var mediaLength, out var total);
-        position = WriteBeforeBody(span, position, fields, bodyLength);
+        var layout = new Layout(fields, bodyLength);
+        var span = writer.GetSpan(layout.Total)[..layout.Total];
+        var position = WriteBeforeBody(span, fields, flags, layout);
         body.CopyTo(span[position..]);
-        position += bodyLength;
-        WriteAfterBody(span, position, fields, mediaLength);
-        writer.Advance(total);
-        return total;
+        WriteAfterBody(span, position + bodyLength, fields, layout);
+        writer.Advance(layout.Total);
+        return layout.Total;
     }
 
     /// <summary>Protobuf body length of the DELIVER these fields and body make.</summary>
-    public static int BodyLength(in DeliverFields fields, int bodyLength) =>
-        BodyLength(fields, bodyLength, fields.Media is null ? 0 : fields.Media.CalculateSize());
+    public static int BodyLength(in DeliverFields fields, int bodyLength) => new Layout(fields, bodyLength).MessageLength;
 
-    private static Span<byte> Begin(
-        IBufferWriter<byte> writer, in DeliverFields fields, int bodyLength, FrameFlags flags,
-        out int position, out int mediaLength, out int total)
+    private static int WriteBeforeBody(Span<byte> span, in DeliverFields fields, FrameFlags flags, in Layout layout)
     {
-        mediaLength = fields.Media is null ? 0 : fields.Media.CalculateSize();
-        var messageLength = BodyLength(fields, bodyLength, mediaLength);
-        var headerLength = FrameWriter.HeaderLength(messageLength);
-        total = headerLength + messageLength;
-        var span = writer.GetSpan(total)[..total];
-        position = FrameWriter.WriteHeader(span, PacketType.Deliver, flags, messageLength);
-        return span;
-    }
-
-    private static int BodyLength(in DeliverFields fields, int bodyLength, int mediaLength)
-    {
-        var size = 0;
-        size += VarintFieldSize(fields.ConversationId);
-        size += VarintFieldSize(fields.Seq);
-        size += StringFieldSize(fields.SenderUserId);
-        size += StringFieldSize(fields.SenderDeviceId);
-        size += VarintFieldSize(fields.TimestampMs);
-        size += VarintFieldSize(EnumWireValue(fields.ContentType));
-        size += bodyLength == 0 ? 0 : 1 + Varint.SizeOf((uint)bodyLength) + bodyLength;
-        size += fields.Media is null ? 0 : 1 + Varint.SizeOf((uint)mediaLength) + mediaLength;
-        size += VarintFieldSize(fields.InboxSeq);
-        size += VarintFieldSize(fields.ClientMsgId);
-        return size;
-    }
-
-    private static int WriteBeforeBody(Span<byte> span, int position, in DeliverFields fields, int bodyLength)
-    {
+        var position = FrameWriter.WriteHeader(span, PacketType.Deliver, flags, layout.MessageLength);
         position = WriteVarintField(span, position, ConversationIdTag, fields.ConversationId);
         position = WriteVarintField(span, position, SeqTag, fields.Seq);
-        position = WriteStringField(span, position, SenderUserIdTag, fields.SenderUserId);
-        position = WriteStringField(span, position, SenderDeviceIdTag, fields.SenderDeviceId);
+        position = WriteStringField(span, position, SenderUserIdTag, fields.SenderUserId, layout.UserLength);
+        position = WriteStringField(span, position, SenderDeviceIdTag, fields.SenderDeviceId, layout.DeviceLength);
         position = WriteVarintField(span, position, TimestampTag, fields.TimestampMs);
         position = WriteVarintField(span, position, ContentTypeTag, EnumWireValue(fields.ContentType));
-        if (bodyLength != 0)
+        if (layout.BodyLength != 0)
         {
             span[position++] = BodyTag;
-            position += Varint.Write(span[position..], (uint)bodyLength);
+            position += Varint.Write(span[position..], (uint)layout.BodyLength);
         }
 
         return position;
     }
 
-    private static void WriteAfterBody(Span<byte> span, int position, in DeliverFields fields, int mediaLength)
+    private static void WriteAfterBody(Span<byte> span, int position, in DeliverFields fields, in Layout layout)
     {
         if (fields.Media is not null)
         {
             span[position++] = MediaTag;
-            position += Varint.Write(span[position..], (uint)mediaLength);
-            fields.Media.WriteTo(span.Slice(position, mediaLength));
-            position += mediaLength;
+            position += Varint.Write(span[position..], (uint)layout.MediaLength);
+            fields.Media.WriteTo(span.Slice(position, layout.MediaLength));
+            position += layout.MediaLength;
         }
 
         position = WriteVarintField(span, position, InboxSeqTag, fields.InboxSeq);
         WriteVarintField(span, position, ClientMsgIdTag, fields.ClientMsgId);
+    }
+
+    /// <summary>Sizes computed once per frame (UTF-8 lengths and the media size are not free).</summary>
+    private readonly struct Layout
+    {
+        public Layout(in DeliverFields fields, int bodyLength)
+        {
+            BodyLength = bodyLength;
+            UserLength = Utf8Length(fields.SenderUserId);
+            DeviceLength = Utf8Length(fields.SenderDeviceId);
+            MediaLength = fields.Media is null ? 0 : fields.Media.CalculateSize();
+
+            var size = VarintFieldSize(fields.ConversationId)
+                + VarintFieldSize(fields.Seq)
+                + LengthDelimitedFieldSize(UserLength)
+                + LengthDelimitedFieldSize(DeviceLength)
+                + VarintFieldSize(fields.TimestampMs)
+                + VarintFieldSize(EnumWireValue(fields.ContentType))
+                + LengthDelimitedFieldSize(bodyLength)
+                + (fields.Media is null ? 0 : 1 + Varint.SizeOf((uint)MediaLength) + MediaLength)
+                + VarintFieldSize(fields.InboxSeq)
+                + VarintFieldSize(fields.ClientMsgId);
+            MessageLength = size;
+            Total = FrameWriter.HeaderLength(size) + size;
+        }
+
+        public int BodyLength { get; }
+
+        public int UserLength { get; }
+
+        public int DeviceLength { get; }
+
+        public int MediaLength { get; }
+
+        public int MessageLength { get; }
+
+        public int Total { get; }
     }
 
     // Protobuf encodes an enum as an int32 varint: negative values sign-extend to 10 bytes.
@@ -154,16 +162,10 @@ public static class DeliverWriter
 
     private static int VarintFieldSize(ulong value) => value == 0 ? 0 : 1 + Varint.SizeOf(value);
 
-    private static int StringFieldSize(string? value)
-    {
-        if (string.IsNullOrEmpty(value))
-        {
-            return 0;
-        }
+    // proto3 omits empty strings and bytes, so a zero length costs nothing.
+    private static int LengthDelimitedFieldSize(int length) => length == 0 ? 0 : 1 + Varint.SizeOf((uint)length) + length;
 
-        var length = Encoding.UTF8.GetByteCount(value);
-        return 1 + Varint.SizeOf((uint)length) + length;
-    }
+    private static int Utf8Length(string? value) => string.IsNullOrEmpty(value) ? 0 : Encoding.UTF8.GetByteCount(value);
 
     private static int WriteVarintField(Span<byte> span, int position, byte tag, ulong value)
     {
@@ -176,16 +178,15 @@ public static class DeliverWriter
         return position + Varint.Write(span[position..], value);
     }
 
-    private static int WriteStringField(Span<byte> span, int position, byte tag, string? value)
+    private static int WriteStringField(Span<byte> span, int position, byte tag, string? value, int utf8Length)
     {
-        if (string.IsNullOrEmpty(value))
+        if (utf8Length == 0)
         {
             return position;
         }
 
         span[position++] = tag;
-        var length = Encoding.UTF8.GetByteCount(value);
-        position += Varint.Write(span[position..], (uint)length);
+        position += Varint.Write(span[position..], (uint)utf8Length);
         return position + Encoding.UTF8.GetBytes(value, span[position..]);
     }
 }
