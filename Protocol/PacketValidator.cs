@@ -16,7 +16,7 @@ public static class PacketValidator
     public static ReasonCode Validate(IMessage message) => message switch
     {
         Deliver m => m.ConversationId == 0 || m.Seq == 0 ? ReasonCode.MissingField : ReasonCode.Success,
-        Send m => ValidateSend(m),
+        Send m => ValidateSend(m.ClientMsgId, m.ConversationId, m.ToUserId),
         Sent m => m.ClientMsgId == 0 || m.ConversationId == 0 || m.Seq == 0 ? ReasonCode.MissingField : ReasonCode.Success,
         Ack m => ValidateAck(m),
         Read m => m.ConversationId == 0 || m.UpToSeq == 0 ? ReasonCode.MissingField : ReasonCode.Success,
@@ -68,22 +68,22 @@ public static class PacketValidator
         return result == ReasonCode.Success ? ValidateCursors(m.ResumeConversations) : result;
     }
 
-    private static ReasonCode ValidateSend(Send m)
+    internal static ReasonCode ValidateSend(ulong clientMsgId, ulong conversationId, string toUserId)
     {
-        if (m.ClientMsgId == 0)
+        if (clientMsgId == 0)
         {
             return ReasonCode.MissingField;
         }
 
-        var hasConversation = m.ConversationId != 0;
-        var hasUser = m.ToUserId.Length != 0;
+        var hasConversation = conversationId != 0;
+        var hasUser = toUserId.Length != 0;
         if (hasConversation == hasUser)
         {
             // Neither address is missing information; both is a contradiction.
             return hasConversation ? ReasonCode.InvalidField : ReasonCode.MissingField;
         }
 
-        return hasUser ? ValidateId(m.ToUserId) : ReasonCode.Success;
+        return hasUser ? ValidateId(toUserId) : ReasonCode.Success;
     }
 
     private static ReasonCode ValidateAck(Ack m)
