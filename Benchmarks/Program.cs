@@ -1,6 +1,9 @@
+using BenchmarkDotNet.Running;
+
 namespace ChatBroker.Benchmarks;
 
 internal static class Program
 {
-    public static int Main() => 0;
+    // dotnet run -c Release --project Benchmarks -- --filter '*Frame*' --job short
+    public static void Main(string[] args) => BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
 }
