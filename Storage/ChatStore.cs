@@ -1,0 +1,476 @@
+using ChatBroker.Storage.Codec;
+using ChatBroker.Storage.Engine;
+
+namespace ChatBroker.Storage;
+
+/// <summary>
+/// The store's logic over an ordered key-value engine: writes go through the single
+/// <see cref="CommitWriter"/>, reads go straight to the engine. <see cref="RocksDbChatStore"/> and
+/// <see cref="InMemoryChatStore"/> differ only in the engine, so the broker's unit tests exercise the
+/// same sequencing, idempotency and fan-out code that runs in production.
+/// </summary>
+public abstract class ChatStore : IChatStore
+{
+    private const int MaxReadLimit = 10_000;
+    private const int SweepChunk = 1024;
+
+    private readonly IKvEngine _engine;
+    private readonly CommitWriter _writer;
+    private readonly StorageOptions _options;
+    private readonly CancellationTokenSource _stopping = new();
+    private readonly Task _sweeper;
+    private int _disposed;
+
+    private protected ChatStore(IKvEngine engine, StorageOptions options)
+    {
+        _engine = engine;
+        _options = options;
+        _writer = new CommitWriter(engine, options);
+        _sweeper = options.SweepInterval == Timeout.InfiniteTimeSpan
+            ? Task.CompletedTask
+            : Task.Run(() => SweepPeriodicallyAsync(_stopping.Token));
+    }
+
+    public StorageOptions Options => _options;
+
+    // ---- messages ----
+
+    public Task<AppendResult> AppendAsync(AppendRequest request, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        Records.ValidateId(request.SenderUserId, nameof(request.SenderUserId));
+        Records.ValidateId(request.SenderDeviceId, nameof(request.SenderDeviceId));
+        if (request.ConversationId == 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(request), "ConversationId 0 is reserved.");
+        }
+
+        foreach (var user in request.InboxRecipients)
+        {
+            Records.ValidateId(user, nameof(request.InboxRecipients));
+        }
+
+        foreach (var user in request.PushRecipients)
+        {
+            Records.ValidateId(user, nameof(request.PushRecipients));
+        }
+
+        return _writer.EnqueueAsync(new AppendOp(request), cancellationToken);
+    }
+
+    public IReadOnlyList<StoredMessage> ReadRange(ulong conversationId, ulong fromSeq, int limit)
+    {
+        CheckLimit(limit);
+        var w = new ByteWriter(16);
+        var lower = Records.MessageKey(w, conversationId, fromSeq).ToArray();
+        var upper = KeyRange.PrefixSuccessor(Records.ConversationPrefix(w, conversationId).Span);
+        var result = new List<StoredMessage>(Math.Min(limit, 256));
+        using var cursor = _engine.OpenCursor(Cf.Messages, lower, upper);
+        for (cursor.SeekToFirst(); cursor.Valid && result.Count < limit; cursor.Next())
+        {
+            result.Add(Records.ReadMessage(cursor.Key, cursor.Value));
+        }
+
+        return result;
+    }
+
+    public IReadOnlyList<StoredMessage> ReadBefore(ulong conversationId, ulong beforeSeq, int limit)
+    {
+        CheckLimit(limit);
+        var w = new ByteWriter(16);
+        var lower = Records.MessageKey(w, conversationId, 0).ToArray();
+        var upper = beforeSeq == ulong.MaxValue
+            ? KeyRange.PrefixSuccessor(Records.ConversationPrefix(w, conversationId).Span)
+            : Records.MessageKey(w, conversationId, beforeSeq).ToArray();
+        var result = new List<StoredMessage>(Math.Min(limit, 256));
+        using var cursor = _engine.OpenCursor(Cf.Messages, lower, upper);
+        for (cursor.SeekToLast(); cursor.Valid && result.Count < limit; cursor.Prev())
+        {
+            result.Add(Records.ReadMessage(cursor.Key, cursor.Value));
+        }
+
+        result.Reverse();
+        return result;
+    }
+
+    public ulong GetLastSeq(ulong conversationId)
+    {
+        var prefix = Records.ConversationPrefix(new ByteWriter(8), conversationId).ToArray();
+        using var cursor = _engine.OpenCursor(Cf.Messages, prefix, KeyRange.PrefixSuccessor(prefix));
+        cursor.SeekToLast();
+        return cursor.Valid ? Records.TrailingU64(cursor.Key) : 0;
+    }
+
+    // ---- inboxes ----
+
+    public IReadOnlyList<InboxEntry> ReadInbox(string userId, ulong afterInboxSeq, int limit)
+    {
+        Records.ValidateId(userId, nameof(userId));
+        CheckLimit(limit);
+        if (afterInboxSeq == ulong.MaxValue)
+        {
+            return [];
+        }
+
+        var w = new ByteWriter();
+        var upper = KeyRange.PrefixSuccessor(Records.InboxPrefix(w, userId).Span);
+        var lower = Records.InboxKey(w, userId, afterInboxSeq + 1).ToArray();
+        var result = new List<InboxEntry>(Math.Min(limit, 256));
+        using var cursor = _engine.OpenCursor(Cf.Inboxes, lower, upper);
+        for (cursor.SeekToFirst(); cursor.Valid && result.Count < limit; cursor.Next())
+        {
+            result.Add(Records.ReadInbox(cursor.Key, cursor.Value));
+        }
+
+        return result;
+    }
+
+    public ulong GetLastInboxSeq(string userId)
+    {
+        Records.ValidateId(userId, nameof(userId));
+        var prefix = Records.InboxPrefix(new ByteWriter(), userId).ToArray();
+        using var cursor = _engine.OpenCursor(Cf.Inboxes, prefix, KeyRange.PrefixSuccessor(prefix));
+        cursor.SeekToLast();
+        return cursor.Valid ? Records.TrailingU64(cursor.Key) : 0;
+    }
+
+    // ---- cursors ----
+
+    public ulong GetCursor(string userId, string deviceId, CursorStream stream)
+    {
+        ValidateIds(userId, deviceId);
+        var value = _engine.Get(Cf.Cursors, Records.CursorKey(new ByteWriter(), userId, deviceId, stream).Span);
+        return value is { Length: 8 } ? Records.TrailingU64(value) : 0;
+    }
+
+    public Task<ulong> AdvanceCursorAsync(string userId, string deviceId, CursorStream stream, ulong position, CancellationToken cancellationToken = default)
+    {
+        ValidateIds(userId, deviceId);
+        return _writer.EnqueueAsync(new AdvanceCursorOp(userId, deviceId, stream, position), cancellationToken);
+    }
+
+    // ---- conversations ----
+
+    public Task<Conversation> GetOrCreateDirectAsync(string userA, string userB, CancellationToken cancellationToken = default)
+    {
+        ValidateIds(userA, userB);
+        return _writer.EnqueueAsync(new GetOrCreateDirectOp(userA, userB), cancellationToken);
+    }
+
+    public Task<Conversation> CreateGroupAsync(string creator, string? title, IReadOnlyList<string> members, CancellationToken cancellationToken = default)
+    {
+        Records.ValidateId(creator, nameof(creator));
+        ArgumentNullException.ThrowIfNull(members);
+        foreach (var member in members)
+        {
+            Records.ValidateId(member, nameof(members));
+        }
+
+        return _writer.EnqueueAsync(new CreateGroupOp(creator, title, members), cancellationToken);
+    }
+
+    public Conversation? GetConversation(ulong conversationId)
+    {
+        var key = Records.ConversationKey(new ByteWriter(8), conversationId);
+        var value = _engine.Get(Cf.Conversations, key.Span);
+        return value is null ? null : Records.ReadConversation(key.Span, value);
+    }
+
+    public async Task SetMemberAsync(ulong conversationId, string userId, MemberRole role, CancellationToken cancellationToken = default)
+    {
+        Records.ValidateId(userId, nameof(userId));
+        await _writer.EnqueueAsync(new SetMemberOp(conversationId, userId, role), cancellationToken).ConfigureAwait(false);
+    }
+
+    public Task<bool> RemoveMemberAsync(ulong conversationId, string userId, CancellationToken cancellationToken = default)
+    {
+        Records.ValidateId(userId, nameof(userId));
+        return _writer.EnqueueAsync(new RemoveMemberOp(conversationId, userId), cancellationToken);
+    }
+
+    public Member? GetMember(ulong conversationId, string userId)
+    {
+        Records.ValidateId(userId, nameof(userId));
+        var key = Records.MemberKey(new ByteWriter(), conversationId, userId);
+        var value = _engine.Get(Cf.Members, key.Span);
+        return value is null ? null : Records.ReadMember(key.Span, value);
+    }
+
+    public IReadOnlyList<Member> ListMembers(ulong conversationId)
+    {
+        var prefix = Records.ConversationPrefix(new ByteWriter(8), conversationId).ToArray();
+        var result = new List<Member>();
+        using var cursor = _engine.OpenCursor(Cf.Members, prefix, KeyRange.PrefixSuccessor(prefix));
+        for (cursor.SeekToFirst(); cursor.Valid; cursor.Next())
+        {
+            result.Add(Records.ReadMember(cursor.Key, cursor.Value));
+        }
+
+        return result;
+    }
+
+    public IReadOnlyList<ulong> ListConversations(string userId)
+    {
+        Records.ValidateId(userId, nameof(userId));
+        var prefix = Records.InboxPrefix(new ByteWriter(), userId).ToArray();
+        var result = new List<ulong>();
+        using var cursor = _engine.OpenCursor(Cf.UserConversations, prefix, KeyRange.PrefixSuccessor(prefix));
+        for (cursor.SeekToFirst(); cursor.Valid; cursor.Next())
+        {
+            result.Add(Records.TrailingU64(cursor.Key));
+        }
+
+        return result;
+    }
+
+    // ---- push jobs ----
+
+    public Task<PushJob> EnqueuePushJobAsync(string userId, ulong conversationId, ulong seq, CancellationToken cancellationToken = default)
+    {
+        Records.ValidateId(userId, nameof(userId));
+        return _writer.EnqueueAsync(new EnqueuePushJobOp(userId, conversationId, seq), cancellationToken);
+    }
+
+    public IReadOnlyList<PushJob> ListDuePushJobs(long nowMs, int limit)
+    {
+        CheckLimit(limit);
+        var result = new List<PushJob>();
+        using var cursor = _engine.OpenCursor(Cf.PushJobs, [], []);
+        for (cursor.SeekToFirst(); cursor.Valid && result.Count < limit; cursor.Next())
+        {
+            var job = Records.ReadPushJob(cursor.Key, cursor.Value);
+            if (job.NotBeforeMs <= nowMs)
+            {
+                result.Add(job);
+            }
+        }
+
+        return result;
+    }
+
+    public async Task CompletePushJobAsync(ulong jobId, CancellationToken cancellationToken = default) =>
+        await _writer.EnqueueAsync(new CompletePushJobOp(jobId), cancellationToken).ConfigureAwait(false);
+
+    public Task<bool> ReschedulePushJobAsync(ulong jobId, long notBeforeMs, CancellationToken cancellationToken = default) =>
+        _writer.EnqueueAsync(new ReschedulePushJobOp(jobId, notBeforeMs), cancellationToken);
+
+    // ---- presence ----
+
+    public async Task SetLastSeenAsync(string userId, long lastSeenMs, CancellationToken cancellationToken = default)
+    {
+        Records.ValidateId(userId, nameof(userId));
+        await _writer.EnqueueAsync(new SetLastSeenOp(userId, lastSeenMs), cancellationToken).ConfigureAwait(false);
+    }
+
+    public long? GetLastSeen(string userId)
+    {
+        Records.ValidateId(userId, nameof(userId));
+        var value = _engine.Get(Cf.Presence, Records.PresenceKey(new ByteWriter(), userId).Span);
+        return value is { Length: 8 } ? (long)Records.TrailingU64(value) : null;
+    }
+
+    // ---- prekeys ----
+
+    public async Task UploadPrekeysAsync(string userId, string deviceId, PrekeyBundle? bundle, IReadOnlyList<OneTimePrekey> oneTimePrekeys, CancellationToken cancellationToken = default)
+    {
+        ValidateIds(userId, deviceId);
+        ArgumentNullException.ThrowIfNull(oneTimePrekeys);
+        await _writer.EnqueueAsync(new UploadPrekeysOp(userId, deviceId, bundle, oneTimePrekeys), cancellationToken).ConfigureAwait(false);
+    }
+
+    public Task<FetchedPrekeys?> TakePrekeysAsync(string userId, string deviceId, CancellationToken cancellationToken = default)
+    {
+        ValidateIds(userId, deviceId);
+        return _writer.EnqueueAsync(new TakePrekeysOp(userId, deviceId), cancellationToken);
+    }
+
+    public int CountOneTimePrekeys(string userId, string deviceId)
+    {
+        ValidateIds(userId, deviceId);
+        var prefix = Records.OneTimePrefix(new ByteWriter(), userId, deviceId).ToArray();
+        var count = 0;
+        using var cursor = _engine.OpenCursor(Cf.Prekeys, prefix, KeyRange.PrefixSuccessor(prefix));
+        for (cursor.SeekToFirst(); cursor.Valid; cursor.Next())
+        {
+            count++;
+        }
+
+        return count;
+    }
+
+    // ---- retention ----
+
+    public async Task<long> SweepAsync(CancellationToken cancellationToken = default)
+    {
+        var now = _options.Clock.GetUtcNow().ToUnixTimeMilliseconds();
+        long removed = 0;
+        if (!_options.Retention.KeepsForever)
+        {
+            var cutoff = now - ((long)_options.Retention.Days * 86_400_000L);
+            removed += await SweepLogAsync(Cf.Messages, prefixLength: _ => 8, cutoff, isMessage: true, cancellationToken).ConfigureAwait(false);
+            removed += await SweepLogAsync(Cf.Inboxes, prefixLength: key => 2 + ((key[0] << 8) | key[1]), cutoff, isMessage: false, cancellationToken).ConfigureAwait(false);
+        }
+
+        removed += await SweepIdempotencyAsync(now - (long)_options.IdempotencyWindow.TotalMilliseconds, cancellationToken).ConfigureAwait(false);
+        StorageMetrics.SweptRecords.Add(removed);
+        return removed;
+    }
+
+    private delegate int PrefixLength(ReadOnlySpan<byte> key);
+
+    /// <summary>Deletes, per log (a conversation, or a user's inbox), the entries older than the cutoff,
+    /// but never the newest one: its key is where the seq counter is recovered from on open.
+    /// Timestamps are non-decreasing in seq order (the writer assigns them), so the expired entries
+    /// are a prefix of each log and one DeleteRange removes them.</summary>
+    private async Task<long> SweepLogAsync(Cf cf, PrefixLength prefixLength, long cutoffMs, bool isMessage, CancellationToken cancellationToken)
+    {
+        long removed = 0;
+        var ranges = new List<(byte[] Start, byte[] End)>();
+        using (var cursor = _engine.OpenCursor(cf, [], []))
+        {
+            cursor.SeekToFirst();
+            while (cursor.Valid)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                var prefix = cursor.Key[..prefixLength(cursor.Key)].ToArray();
+                var first = cursor.Key.ToArray();
+                byte[]? deleteEnd = null;
+                long count = 0;
+                while (cursor.Valid && cursor.Key.StartsWith(prefix))
+                {
+                    var ts = isMessage ? Records.MessageTimestamp(cursor.Value) : Records.ReadInbox(cursor.Key, cursor.Value).TimestampMs;
+                    if (ts >= cutoffMs)
+                    {
+                        break;
+                    }
+
+                    // Entry is expired; it may be deleted only if a newer entry exists.
+                    cursor.Next();
+                    if (!cursor.Valid || !cursor.Key.StartsWith(prefix))
+                    {
+                        break;
+                    }
+
+                    deleteEnd = cursor.Key.ToArray();
+                    count++;
+                }
+
+                if (deleteEnd is not null)
+                {
+                    ranges.Add((first, deleteEnd));
+                    removed += count;
+                }
+
+                var next = KeyRange.PrefixSuccessor(prefix);
+                if (next.Length == 0)
+                {
+                    break;
+                }
+
+                cursor.Seek(next);
+            }
+        }
+
+        for (var i = 0; i < ranges.Count; i += SweepChunk)
+        {
+            var chunk = ranges.GetRange(i, Math.Min(SweepChunk, ranges.Count - i));
+            await _writer.EnqueueAsync(new SweepOp(cf, chunk, [], cutoffMs), cancellationToken).ConfigureAwait(false);
+        }
+
+        return removed;
+    }
+
+    private async Task<long> SweepIdempotencyAsync(long cutoffMs, CancellationToken cancellationToken)
+    {
+        long removed = 0;
+        var expired = new List<byte[]>();
+        using (var cursor = _engine.OpenCursor(Cf.Idempotency, [], []))
+        {
+            for (cursor.SeekToFirst(); cursor.Valid; cursor.Next())
+            {
+                if ((long)Records.TrailingU64(cursor.Value) < cutoffMs)
+                {
+                    expired.Add(cursor.Key.ToArray());
+                }
+            }
+        }
+
+        for (var i = 0; i < expired.Count; i += SweepChunk)
+        {
+            var chunk = expired.GetRange(i, Math.Min(SweepChunk, expired.Count - i));
+            removed += await _writer.EnqueueAsync(new SweepOp(Cf.Idempotency, [], chunk, cutoffMs), cancellationToken).ConfigureAwait(false);
+        }
+
+        return removed;
+    }
+
+    private async Task SweepPeriodicallyAsync(CancellationToken cancellationToken)
+    {
+        using var timer = new PeriodicTimer(_options.SweepInterval, _options.Clock);
+        try
+        {
+            while (await timer.WaitForNextTickAsync(cancellationToken).ConfigureAwait(false))
+            {
+                try
+                {
+                    await SweepAsync(cancellationToken).ConfigureAwait(false);
+                }
+                catch (Exception ex) when (ex is StorageException or Native.RocksDbException)
+                {
+                    // A failed sweep is retried at the next tick; appends are unaffected.
+                }
+            }
+        }
+        catch (OperationCanceledException)
+        {
+        }
+        catch (ObjectDisposedException)
+        {
+        }
+    }
+
+    // ---- lifetime ----
+
+    /// <summary>Stops the sweeper, commits every queued write, then closes the engine.</summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        _stopping.Cancel();
+        _writer.Dispose();
+        try
+        {
+            _sweeper.GetAwaiter().GetResult();
+        }
+        catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException)
+        {
+        }
+
+        _engine.Dispose();
+        _stopping.Dispose();
+        GC.SuppressFinalize(this);
+    }
+
+    public ValueTask DisposeAsync()
+    {
+        Dispose();
+        return ValueTask.CompletedTask;
+    }
+
+    private static void CheckLimit(int limit)
+    {
+        if (limit is <= 0 or > MaxReadLimit)
+        {
+            throw new ArgumentOutOfRangeException(nameof(limit), limit, $"limit must be 1..{MaxReadLimit}.");
+        }
+    }
+
+    private static void ValidateIds(string userId, string deviceId)
+    {
+        Records.ValidateId(userId, nameof(userId));
+        Records.ValidateId(deviceId, nameof(deviceId));
+    }
+}

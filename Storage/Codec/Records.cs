@@ -1,0 +1,184 @@
+namespace ChatBroker.Storage.Codec;
+
+/// <summary>Key and value layouts of every column family. docs/storage.md is the byte-level description
+/// of this file; change both together.</summary>
+internal static class Records
+{
+    public const int MaxIdBytes = 1024;
+
+    // ---- messages: u64 conversation | u64 seq ----
+    public static ByteWriter MessageKey(ByteWriter w, ulong conversationId, ulong seq) => w.Reset().U64(conversationId).U64(seq);
+
+    public static ByteWriter ConversationPrefix(ByteWriter w, ulong conversationId) => w.Reset().U64(conversationId);
+
+    public const byte MessageFormat = 1;
+
+    // value: u8 format | i64 ts | u32 content type | str sender | str device | u64 client_msg_id
+    //        | u8 has media | [str media] | body (rest)
+    public static void MessageValue(ByteWriter w, long ts, AppendRequest r)
+    {
+        w.Reset().U8(MessageFormat).I64(ts).U32(r.ContentType).Str(r.SenderUserId).Str(r.SenderDeviceId).U64(r.ClientMsgId);
+        if (r.MediaRef is null)
+        {
+            w.U8(0);
+        }
+        else
+        {
+            w.U8(1).Str(r.MediaRef);
+        }
+
+        w.Raw(r.Body.Span);
+    }
+
+    public static StoredMessage ReadMessage(ReadOnlySpan<byte> key, ReadOnlySpan<byte> value)
+    {
+        var k = new ByteReader(key);
+        var conversationId = k.U64();
+        var seq = k.U64();
+        var v = new ByteReader(value);
+        if (v.U8() != MessageFormat)
+        {
+            throw new StorageException($"Unknown message record format in conversation {conversationId} seq {seq}.");
+        }
+
+        var ts = v.I64();
+        var contentType = v.U32();
+        var sender = v.Str();
+        var device = v.Str();
+        var clientMsgId = v.U64();
+        var media = v.U8() != 0 ? v.Str() : null;
+        return new StoredMessage(conversationId, seq, ts, sender, device, clientMsgId, contentType, media, v.Rest.ToArray());
+    }
+
+    /// <summary>The timestamp of a message record without decoding the rest.</summary>
+    public static long MessageTimestamp(ReadOnlySpan<byte> value)
+    {
+        var v = new ByteReader(value);
+        v.U8();
+        return v.I64();
+    }
+
+    // ---- inboxes: str user | u64 inbox seq → u64 conversation | u64 seq | i64 ts ----
+    public static ByteWriter InboxPrefix(ByteWriter w, string userId) => w.Reset().Str(userId);
+
+    public static ByteWriter InboxKey(ByteWriter w, string userId, ulong inboxSeq) => w.Reset().Str(userId).U64(inboxSeq);
+
+    public static ByteWriter InboxValue(ByteWriter w, ulong conversationId, ulong seq, long ts) => w.Reset().U64(conversationId).U64(seq).I64(ts);
+
+    public static InboxEntry ReadInbox(ReadOnlySpan<byte> key, ReadOnlySpan<byte> value)
+    {
+        var inboxSeq = TrailingU64(key);
+        var v = new ByteReader(value);
+        return new InboxEntry(inboxSeq, v.U64(), v.U64(), v.I64());
+    }
+
+    // ---- cursors: str user | str device | u64 stream (0 = inbox, else conversation) → u64 position ----
+    public static ByteWriter CursorKey(ByteWriter w, string userId, string deviceId, CursorStream stream) =>
+        w.Reset().Str(userId).Str(deviceId).U64(stream.ConversationId);
+
+    // ---- conversations: u64 id → u8 kind | i64 created | str created by | u8 has title | [str title] ----
+    public static ByteWriter ConversationKey(ByteWriter w, ulong id) => w.Reset().U64(id);
+
+    public static ByteWriter ConversationValue(ByteWriter w, Conversation c)
+    {
+        w.Reset().U8((byte)c.Kind).I64(c.CreatedAtMs).Str(c.CreatedBy);
+        return c.Title is null ? w.U8(0) : w.U8(1).Str(c.Title);
+    }
+
+    public static Conversation ReadConversation(ReadOnlySpan<byte> key, ReadOnlySpan<byte> value)
+    {
+        var id = new ByteReader(key).U64();
+        var v = new ByteReader(value);
+        var kind = (ConversationKind)v.U8();
+        var created = v.I64();
+        var by = v.Str();
+        var title = v.U8() != 0 ? v.Str() : null;
+        return new Conversation(id, kind, created, by, title);
+    }
+
+    // ---- members: u64 conversation | str user → u8 role | i64 joined ----
+    public static ByteWriter MemberKey(ByteWriter w, ulong conversationId, string userId) => w.Reset().U64(conversationId).Str(userId);
+
+    public static ByteWriter MemberValue(ByteWriter w, MemberRole role, long joinedAt) => w.Reset().U8((byte)role).I64(joinedAt);
+
+    public static Member ReadMember(ReadOnlySpan<byte> key, ReadOnlySpan<byte> value)
+    {
+        var k = new ByteReader(key);
+        k.U64();
+        var user = k.Str();
+        var v = new ByteReader(value);
+        return new Member(user, (MemberRole)v.U8(), v.I64());
+    }
+
+    // ---- user_conversations: str user | u64 conversation → (empty) ----
+    public static ByteWriter UserConversationKey(ByteWriter w, string userId, ulong conversationId) => w.Reset().Str(userId).U64(conversationId);
+
+    // ---- directs: str lower user | str higher user (ordinal) → u64 conversation ----
+    public static ByteWriter DirectKey(ByteWriter w, string userA, string userB)
+    {
+        var (lo, hi) = string.CompareOrdinal(userA, userB) <= 0 ? (userA, userB) : (userB, userA);
+        return w.Reset().Str(lo).Str(hi);
+    }
+
+    // ---- idempotency: str user | str device | u64 client_msg_id → u64 conversation | u64 seq | i64 ts ----
+    public static ByteWriter IdempotencyKey(ByteWriter w, string userId, string deviceId, ulong clientMsgId) =>
+        w.Reset().Str(userId).Str(deviceId).U64(clientMsgId);
+
+    public static ByteWriter IdempotencyValue(ByteWriter w, ulong conversationId, ulong seq, long ts) => w.Reset().U64(conversationId).U64(seq).I64(ts);
+
+    // ---- push_jobs: u64 job id → str user | u64 conversation | u64 seq | i64 created | u32 attempts | i64 not before ----
+    public static ByteWriter PushJobKey(ByteWriter w, ulong id) => w.Reset().U64(id);
+
+    public static ByteWriter PushJobValue(ByteWriter w, PushJob j) =>
+        w.Reset().Str(j.UserId).U64(j.ConversationId).U64(j.Seq).I64(j.CreatedAtMs).U32((uint)j.Attempts).I64(j.NotBeforeMs);
+
+    public static PushJob ReadPushJob(ReadOnlySpan<byte> key, ReadOnlySpan<byte> value)
+    {
+        var id = new ByteReader(key).U64();
+        var v = new ByteReader(value);
+        return new PushJob(id, v.Str(), v.U64(), v.U64(), v.I64(), (int)v.U32(), v.I64());
+    }
+
+    // ---- presence: str user → i64 last seen ----
+    public static ByteWriter PresenceKey(ByteWriter w, string userId) => w.Reset().Str(userId);
+
+    // ---- prekeys: str user | str device | u8 0 → bundle; str user | str device | u8 1 | u32 id → public key ----
+    public const byte BundleTag = 0;
+    public const byte OneTimeTag = 1;
+
+    public static ByteWriter BundleKey(ByteWriter w, string userId, string deviceId) => w.Reset().Str(userId).Str(deviceId).U8(BundleTag);
+
+    public static ByteWriter OneTimePrefix(ByteWriter w, string userId, string deviceId) => w.Reset().Str(userId).Str(deviceId).U8(OneTimeTag);
+
+    public static ByteWriter OneTimeKey(ByteWriter w, string userId, string deviceId, uint id) => OneTimePrefix(w, userId, deviceId).U32(id);
+
+    // bundle value: blob identity | u32 signed prekey id | blob signed prekey | blob signature
+    public static ByteWriter BundleValue(ByteWriter w, PrekeyBundle b) =>
+        w.Reset().Blob(b.IdentityKey.Span).U32(b.SignedPrekeyId).Blob(b.SignedPrekey.Span).Blob(b.Signature.Span);
+
+    public static PrekeyBundle ReadBundle(ReadOnlySpan<byte> value)
+    {
+        var v = new ByteReader(value);
+        var identity = v.Blob().ToArray();
+        var id = v.U32();
+        var signed = v.Blob().ToArray();
+        var signature = v.Blob().ToArray();
+        return new PrekeyBundle(identity, id, signed, signature);
+    }
+
+    // ---- default family: meta records ----
+    public static readonly byte[] PushJobHighWaterKey = "meta/push_job_last_id"u8.ToArray();
+
+    public static ulong TrailingU64(ReadOnlySpan<byte> key) => new ByteReader(key[^8..]).U64();
+
+    public static uint TrailingU32(ReadOnlySpan<byte> key) => new ByteReader(key[^4..]).U32();
+
+    public static void ValidateId(string value, string name)
+    {
+        ArgumentNullException.ThrowIfNull(value, name);
+        if (value.Length == 0 || System.Text.Encoding.UTF8.GetByteCount(value) > MaxIdBytes)
+        {
+            throw new ArgumentException($"{name} must be 1..{MaxIdBytes} UTF-8 bytes.", name);
+        }
+    }
+}

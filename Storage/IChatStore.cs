@@ -1,0 +1,109 @@
+namespace ChatBroker.Storage;
+
+// Writes return tasks that complete when the write is committed (durable with Durability.Sync).
+// Reads are synchronous: they see every write whose task has completed.
+
+/// <summary>The per-conversation message log.</summary>
+public interface IMessageLog
+{
+    /// <summary>Appends a message and assigns the conversation's next seq (1, 2, 3, … no gaps, no reuse).
+    /// A repeated (sender user, sender device, client_msg_id) inside the idempotency window returns
+    /// the original result with <see cref="AppendResult.IsDuplicate"/> set and stores nothing.</summary>
+    Task<AppendResult> AppendAsync(AppendRequest request, CancellationToken cancellationToken = default);
+
+    /// <summary>Up to <paramref name="limit"/> messages with seq ≥ <paramref name="fromSeq"/>, ascending.</summary>
+    IReadOnlyList<StoredMessage> ReadRange(ulong conversationId, ulong fromSeq, int limit);
+
+    /// <summary>History page: the <paramref name="limit"/> messages just before <paramref name="beforeSeq"/>,
+    /// returned in ascending seq order. Use <c>ulong.MaxValue</c> for "the newest".</summary>
+    IReadOnlyList<StoredMessage> ReadBefore(ulong conversationId, ulong beforeSeq, int limit);
+
+    /// <summary>The last assigned seq of the conversation (0 if none).</summary>
+    ulong GetLastSeq(ulong conversationId);
+}
+
+/// <summary>Per-user inboxes written by fan-out on write.</summary>
+public interface IInboxStore
+{
+    /// <summary>Up to <paramref name="limit"/> entries with inbox seq &gt; <paramref name="afterInboxSeq"/>, ascending.</summary>
+    IReadOnlyList<InboxEntry> ReadInbox(string userId, ulong afterInboxSeq, int limit);
+
+    ulong GetLastInboxSeq(string userId);
+}
+
+/// <summary>Per-device positions (what each device has acknowledged).</summary>
+public interface ICursorStore
+{
+    /// <summary>0 when the device has never acknowledged anything on that stream.</summary>
+    ulong GetCursor(string userId, string deviceId, CursorStream stream);
+
+    /// <summary>Moves the cursor forward to <paramref name="position"/> (never backwards) and returns the stored value.</summary>
+    Task<ulong> AdvanceCursorAsync(string userId, string deviceId, CursorStream stream, ulong position, CancellationToken cancellationToken = default);
+}
+
+/// <summary>Conversations and their members.</summary>
+public interface IConversationStore
+{
+    /// <summary>The direct conversation of two users, created on first use. The id comes from the same
+    /// counter as groups; the (lower user, higher user) → id mapping is stored, so it is stable.</summary>
+    Task<Conversation> GetOrCreateDirectAsync(string userA, string userB, CancellationToken cancellationToken = default);
+
+    /// <summary>Creates a group; <paramref name="creator"/> becomes admin, <paramref name="members"/> members.</summary>
+    Task<Conversation> CreateGroupAsync(string creator, string? title, IReadOnlyList<string> members, CancellationToken cancellationToken = default);
+
+    Conversation? GetConversation(ulong conversationId);
+
+    /// <summary>Adds or changes the role of a member.</summary>
+    Task SetMemberAsync(ulong conversationId, string userId, MemberRole role, CancellationToken cancellationToken = default);
+
+    /// <summary>False when the user was not a member.</summary>
+    Task<bool> RemoveMemberAsync(ulong conversationId, string userId, CancellationToken cancellationToken = default);
+
+    Member? GetMember(ulong conversationId, string userId);
+
+    IReadOnlyList<Member> ListMembers(ulong conversationId);
+
+    IReadOnlyList<ulong> ListConversations(string userId);
+}
+
+/// <summary>Durable push-notification jobs.</summary>
+public interface IPushJobStore
+{
+    Task<PushJob> EnqueuePushJobAsync(string userId, ulong conversationId, ulong seq, CancellationToken cancellationToken = default);
+
+    /// <summary>Jobs whose NotBefore ≤ <paramref name="nowMs"/>, oldest first.</summary>
+    IReadOnlyList<PushJob> ListDuePushJobs(long nowMs, int limit);
+
+    Task CompletePushJobAsync(ulong jobId, CancellationToken cancellationToken = default);
+
+    /// <summary>Records a failed attempt and when to try again; false if the job no longer exists.</summary>
+    Task<bool> ReschedulePushJobAsync(ulong jobId, long notBeforeMs, CancellationToken cancellationToken = default);
+}
+
+public interface IPresenceStore
+{
+    Task SetLastSeenAsync(string userId, long lastSeenMs, CancellationToken cancellationToken = default);
+
+    long? GetLastSeen(string userId);
+}
+
+/// <summary>End-to-end encryption key bundles.</summary>
+public interface IPrekeyStore
+{
+    /// <summary>Stores the bundle (if given, replacing the previous one) and adds one-time prekeys.</summary>
+    Task UploadPrekeysAsync(string userId, string deviceId, PrekeyBundle? bundle, IReadOnlyList<OneTimePrekey> oneTimePrekeys, CancellationToken cancellationToken = default);
+
+    /// <summary>The bundle plus one one-time prekey, which is consumed: concurrent callers never get the
+    /// same one. Null when the device has no bundle.</summary>
+    Task<FetchedPrekeys?> TakePrekeysAsync(string userId, string deviceId, CancellationToken cancellationToken = default);
+
+    int CountOneTimePrekeys(string userId, string deviceId);
+}
+
+/// <summary>The whole store. <see cref="IAsyncDisposable.DisposeAsync"/> commits what is queued, then closes.</summary>
+public interface IChatStore : IMessageLog, IInboxStore, ICursorStore, IConversationStore, IPushJobStore, IPresenceStore, IPrekeyStore, IAsyncDisposable, IDisposable
+{
+    /// <summary>Applies retention and expires idempotency keys now; returns the number of records removed.
+    /// The background sweeper calls this every <see cref="StorageOptions.SweepInterval"/>.</summary>
+    Task<long> SweepAsync(CancellationToken cancellationToken = default);
+}

@@ -1,0 +1,352 @@
+using System.Runtime.InteropServices;
+using System.Text;
+
+namespace ChatBroker.Storage.Native;
+
+/// <summary>An error reported by RocksDB; <see cref="Exception.Message"/> carries RocksDB's own text.</summary>
+public sealed class RocksDbException : Exception
+{
+    public RocksDbException(string message) : base(message)
+    {
+    }
+
+    public RocksDbException(string message, Exception innerException) : base(message, innerException)
+    {
+    }
+
+    public RocksDbException()
+    {
+    }
+}
+
+/// <summary>Tuning knobs applied when the database is opened.</summary>
+internal sealed record RocksDbSettings(long BlockCacheBytes, long WriteBufferBytes, int MaxOpenFiles);
+
+/// <summary>
+/// A RocksDB database opened with a fixed list of column families. Owns every native handle it
+/// creates; <see cref="Dispose"/> destroys column family handles before closing the database.
+/// </summary>
+internal sealed unsafe class RocksDb : IDisposable
+{
+    private readonly DbHandle _db;
+    private readonly ColumnFamilyHandle[] _families;
+    private readonly WriteOptionsHandle _syncWrite = new(sync: true);
+    private readonly WriteOptionsHandle _asyncWrite = new(sync: false);
+    private readonly ReadOptionsHandle _pointRead = new([], []);
+    private int _disposed;
+
+    private RocksDb(DbHandle db, ColumnFamilyHandle[] families)
+    {
+        _db = db;
+        _families = families;
+    }
+
+    /// <summary>Opens (creating if missing) the database at <paramref name="path"/> with the given column
+    /// families. Throws <see cref="RocksDbException"/> with RocksDB's message on failure.</summary>
+    public static RocksDb Open(string path, IReadOnlyList<string> columnFamilies, RocksDbSettings settings)
+    {
+        RocksDbNative.EnsureLoaded();
+        var options = RocksDbNative.rocksdb_options_create();
+        var tableOptions = RocksDbNative.rocksdb_block_based_options_create();
+        var cache = RocksDbNative.rocksdb_cache_create_lru((nuint)Math.Max(1 << 20, settings.BlockCacheBytes));
+        var names = new IntPtr[columnFamilies.Count];
+        try
+        {
+            RocksDbNative.rocksdb_options_set_create_if_missing(options, 1);
+            RocksDbNative.rocksdb_options_set_create_missing_column_families(options, 1);
+            RocksDbNative.rocksdb_options_increase_parallelism(options, Math.Max(2, Environment.ProcessorCount));
+            RocksDbNative.rocksdb_options_set_write_buffer_size(options, (nuint)settings.WriteBufferBytes);
+            RocksDbNative.rocksdb_options_set_max_open_files(options, settings.MaxOpenFiles);
+            RocksDbNative.rocksdb_options_set_keep_log_file_num(options, 2);
+            RocksDbNative.rocksdb_options_set_info_log_level(options, 2 /* WARN */);
+            RocksDbNative.rocksdb_options_set_compression(options, 0 /* none: bodies are often ciphertext */);
+            RocksDbNative.rocksdb_options_set_wal_compression(options, 0);
+            RocksDbNative.rocksdb_block_based_options_set_block_cache(tableOptions, cache);
+            RocksDbNative.rocksdb_block_based_options_set_filter_policy(tableOptions, RocksDbNative.rocksdb_filterpolicy_create_bloom(10));
+            RocksDbNative.rocksdb_options_set_block_based_table_factory(options, tableOptions);
+
+            for (var i = 0; i < names.Length; i++)
+            {
+                names[i] = Marshal.StringToCoTaskMemUTF8(columnFamilies[i]);
+            }
+
+            var pathBytes = NullTerminated(path);
+            var handles = new IntPtr[names.Length];
+            var cfOptions = new IntPtr[names.Length];
+            Array.Fill(cfOptions, options);
+            byte* err = null;
+            IntPtr db;
+            fixed (byte* pathPtr = pathBytes)
+            fixed (IntPtr* namesPtr = names)
+            fixed (IntPtr* cfOptionsPtr = cfOptions)
+            fixed (IntPtr* handlesPtr = handles)
+            {
+                db = RocksDbNative.rocksdb_open_column_families(
+                    options, pathPtr, names.Length, (byte**)namesPtr, cfOptionsPtr, handlesPtr, &err);
+            }
+
+            ThrowIfError(err);
+            var dbHandle = new DbHandle(db);
+            var families = new ColumnFamilyHandle[handles.Length];
+            for (var i = 0; i < handles.Length; i++)
+            {
+                families[i] = new ColumnFamilyHandle(dbHandle, handles[i]);
+            }
+
+            return new RocksDb(dbHandle, families);
+        }
+        finally
+        {
+            foreach (var name in names)
+            {
+                Marshal.FreeCoTaskMem(name);
+            }
+
+            // The table factory and the open database hold their own references (shared_ptr) to the
+            // cache and copies of the options, so ours can go now.
+            RocksDbNative.rocksdb_cache_destroy(cache);
+            RocksDbNative.rocksdb_block_based_options_destroy(tableOptions);
+            RocksDbNative.rocksdb_options_destroy(options);
+        }
+    }
+
+    public int ColumnFamilyCount => _families.Length;
+
+    /// <summary>Writes the batch atomically; with <paramref name="sync"/> the WAL is fsynced first.</summary>
+    public void Write(WriteBatch batch, bool sync)
+    {
+        var options = sync ? _syncWrite : _asyncWrite;
+        byte* err = null;
+        var added = false;
+        _db.DangerousAddRef(ref added);
+        try
+        {
+            RocksDbNative.rocksdb_write(_db.DangerousGetHandle(), options.DangerousGetHandle(), batch.Handle, &err);
+        }
+        finally
+        {
+            _db.DangerousRelease();
+        }
+
+        ThrowIfError(err);
+    }
+
+    /// <summary>Point read; null when the key is absent.</summary>
+    public byte[]? Get(int family, ReadOnlySpan<byte> key)
+    {
+        byte* err = null;
+        nuint length = 0;
+        byte* value;
+        var added = false;
+        var familyAdded = false;
+        _db.DangerousAddRef(ref added);
+        _families[family].DangerousAddRef(ref familyAdded);
+        try
+        {
+            fixed (byte* k = key)
+            {
+                value = RocksDbNative.rocksdb_get_cf(
+                    _db.DangerousGetHandle(), _pointRead.DangerousGetHandle(), Family(family), k, (nuint)key.Length, &length, &err);
+            }
+        }
+        finally
+        {
+            _families[family].DangerousRelease();
+            _db.DangerousRelease();
+        }
+
+        ThrowIfError(err);
+        if (value == null)
+        {
+            return null;
+        }
+
+        var result = new ReadOnlySpan<byte>(value, checked((int)length)).ToArray();
+        RocksDbNative.rocksdb_free(value);
+        return result;
+    }
+
+    /// <summary>An iterator over [lower, upper) of one column family (empty span = unbounded).</summary>
+    public RocksIterator NewIterator(int family, ReadOnlySpan<byte> lower, ReadOnlySpan<byte> upper)
+    {
+        var readOptions = new ReadOptionsHandle(lower, upper);
+        var added = false;
+        var familyAdded = false;
+        _db.DangerousAddRef(ref added);
+        _families[family].DangerousAddRef(ref familyAdded);
+        try
+        {
+            var it = RocksDbNative.rocksdb_create_iterator_cf(_db.DangerousGetHandle(), readOptions.DangerousGetHandle(), Family(family));
+            return new RocksIterator(new IteratorHandle(_db, it), readOptions);
+        }
+        catch
+        {
+            readOptions.Dispose();
+            throw;
+        }
+        finally
+        {
+            _families[family].DangerousRelease();
+            _db.DangerousRelease();
+        }
+    }
+
+    internal IntPtr Family(int index) => _families[index].DangerousGetHandle();
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        foreach (var family in _families)
+        {
+            family.Dispose();
+        }
+
+        _pointRead.Dispose();
+        _syncWrite.Dispose();
+        _asyncWrite.Dispose();
+        // Closes the database once no iterator still references it.
+        _db.Dispose();
+    }
+
+    internal static void ThrowIfError(byte* err)
+    {
+        if (err == null)
+        {
+            return;
+        }
+
+        var message = Marshal.PtrToStringUTF8((IntPtr)err) ?? "unknown RocksDB error";
+        RocksDbNative.rocksdb_free(err);
+        throw new RocksDbException(message);
+    }
+
+    private static byte[] NullTerminated(string value)
+    {
+        var bytes = new byte[Encoding.UTF8.GetByteCount(value) + 1];
+        Encoding.UTF8.GetBytes(value, bytes);
+        return bytes;
+    }
+}
+
+/// <summary>A native write batch. Puts copy the bytes, so callers may reuse their buffers.</summary>
+internal sealed unsafe class WriteBatch : IDisposable
+{
+    private readonly WriteBatchHandle _handle = new();
+    private readonly RocksDb _db;
+
+    public WriteBatch(RocksDb db) => _db = db;
+
+    internal IntPtr Handle => _handle.DangerousGetHandle();
+
+    public int Count => RocksDbNative.rocksdb_writebatch_count(Handle);
+
+    public void Put(int family, ReadOnlySpan<byte> key, ReadOnlySpan<byte> value)
+    {
+        fixed (byte* k = key)
+        fixed (byte* v = value)
+        {
+            RocksDbNative.rocksdb_writebatch_put_cf(Handle, _db.Family(family), k, (nuint)key.Length, v, (nuint)value.Length);
+        }
+    }
+
+    public void Delete(int family, ReadOnlySpan<byte> key)
+    {
+        fixed (byte* k = key)
+        {
+            RocksDbNative.rocksdb_writebatch_delete_cf(Handle, _db.Family(family), k, (nuint)key.Length);
+        }
+    }
+
+    public void DeleteRange(int family, ReadOnlySpan<byte> start, ReadOnlySpan<byte> end)
+    {
+        fixed (byte* s = start)
+        fixed (byte* e = end)
+        {
+            RocksDbNative.rocksdb_writebatch_delete_range_cf(Handle, _db.Family(family), s, (nuint)start.Length, e, (nuint)end.Length);
+        }
+    }
+
+    public void Clear() => RocksDbNative.rocksdb_writebatch_clear(Handle);
+
+    public void Dispose() => _handle.Dispose();
+}
+
+/// <summary>A bounded iterator. <see cref="Key"/> and <see cref="Value"/> are borrowed from RocksDB
+/// and valid only until the next move; copy what you keep.</summary>
+internal sealed unsafe class RocksIterator : IDisposable
+{
+    private readonly IteratorHandle _iterator;
+    private readonly ReadOptionsHandle _readOptions;
+
+    internal RocksIterator(IteratorHandle iterator, ReadOptionsHandle readOptions)
+    {
+        _iterator = iterator;
+        _readOptions = readOptions;
+    }
+
+    private IntPtr H => _iterator.DangerousGetHandle();
+
+    public bool Valid => RocksDbNative.rocksdb_iter_valid(H) != 0;
+
+    public void SeekToFirst() => RocksDbNative.rocksdb_iter_seek_to_first(H);
+
+    public void SeekToLast() => RocksDbNative.rocksdb_iter_seek_to_last(H);
+
+    public void Seek(ReadOnlySpan<byte> key)
+    {
+        fixed (byte* k = key)
+        {
+            RocksDbNative.rocksdb_iter_seek(H, k, (nuint)key.Length);
+        }
+    }
+
+    public void SeekForPrev(ReadOnlySpan<byte> key)
+    {
+        fixed (byte* k = key)
+        {
+            RocksDbNative.rocksdb_iter_seek_for_prev(H, k, (nuint)key.Length);
+        }
+    }
+
+    public void Next() => RocksDbNative.rocksdb_iter_next(H);
+
+    public void Prev() => RocksDbNative.rocksdb_iter_prev(H);
+
+    public ReadOnlySpan<byte> Key
+    {
+        get
+        {
+            nuint length;
+            var p = RocksDbNative.rocksdb_iter_key(H, &length);
+            return new ReadOnlySpan<byte>(p, (int)length);
+        }
+    }
+
+    public ReadOnlySpan<byte> Value
+    {
+        get
+        {
+            nuint length;
+            var p = RocksDbNative.rocksdb_iter_value(H, &length);
+            return new ReadOnlySpan<byte>(p, (int)length);
+        }
+    }
+
+    /// <summary>Throws if the iterator stopped because of an error rather than the end of the range.</summary>
+    public void ThrowIfFailed()
+    {
+        byte* err = null;
+        RocksDbNative.rocksdb_iter_get_error(H, &err);
+        RocksDb.ThrowIfError(err);
+    }
+
+    public void Dispose()
+    {
+        _iterator.Dispose();
+        _readOptions.Dispose();
+    }
+}

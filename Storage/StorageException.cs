@@ -1,0 +1,17 @@
+namespace ChatBroker.Storage;
+
+/// <summary>The store could not do what was asked; the message says what and where.</summary>
+public class StorageException : Exception
+{
+    public StorageException()
+    {
+    }
+
+    public StorageException(string message) : base(message)
+    {
+    }
+
+    public StorageException(string message, Exception innerException) : base(message, innerException)
+    {
+    }
+}

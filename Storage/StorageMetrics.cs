@@ -1,0 +1,25 @@
+using System.Diagnostics.Metrics;
+
+namespace ChatBroker.Storage;
+
+/// <summary>Instruments of the "ChatBroker.Storage" meter (System.Diagnostics.Metrics).</summary>
+internal static class StorageMetrics
+{
+    public const string MeterName = "ChatBroker.Storage";
+
+    public static readonly Meter Meter = new(MeterName);
+
+    public static readonly Counter<long> Commits = Meter.CreateCounter<long>("chatbroker.storage.commits", description: "WriteBatches committed.");
+
+    public static readonly Counter<long> CommitFailures = Meter.CreateCounter<long>("chatbroker.storage.commit_failures", description: "WriteBatches that failed; every request in them failed.");
+
+    public static readonly Counter<long> Appends = Meter.CreateCounter<long>("chatbroker.storage.appends", description: "Messages appended (duplicates excluded).");
+
+    public static readonly Counter<long> Duplicates = Meter.CreateCounter<long>("chatbroker.storage.duplicate_appends", description: "Appends answered from the idempotency index.");
+
+    public static readonly Histogram<int> BatchSize = Meter.CreateHistogram<int>("chatbroker.storage.batch_size", unit: "{request}", description: "Requests per WriteBatch.");
+
+    public static readonly Histogram<double> CommitLatency = Meter.CreateHistogram<double>("chatbroker.storage.commit_latency", unit: "ms", description: "Time of one rocksdb_write (fsync included with durability=sync).");
+
+    public static readonly Counter<long> SweptRecords = Meter.CreateCounter<long>("chatbroker.storage.swept_records", description: "Records removed by retention and idempotency expiry.");
+}

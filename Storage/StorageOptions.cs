@@ -1,0 +1,63 @@
+namespace ChatBroker.Storage;
+
+/// <summary>When a write is acknowledged.</summary>
+public enum Durability
+{
+    /// <summary>The WAL is fsynced before the task completes: survives power loss (the default).</summary>
+    Sync,
+
+    /// <summary>Written to the OS before the task completes: survives a process kill, not a machine crash.</summary>
+    Async,
+}
+
+/// <summary>How long messages are kept: forever (<see cref="Keep"/>) or N days.</summary>
+public readonly record struct RetentionPolicy
+{
+    private RetentionPolicy(int days) => Days = days;
+
+    /// <summary>0 means keep forever.</summary>
+    public int Days { get; }
+
+    public bool KeepsForever => Days == 0;
+
+    public static RetentionPolicy Keep => default;
+
+    public static RetentionPolicy ForDays(int days) =>
+        days > 0 ? new RetentionPolicy(days) : throw new ArgumentOutOfRangeException(nameof(days), days, "Retention days must be positive.");
+
+    public override string ToString() => KeepsForever ? "keep" : $"days = {Days}";
+}
+
+/// <summary>Settings of the message store (broker.toml [storage]).</summary>
+public sealed record StorageOptions
+{
+    /// <summary>Directory of the RocksDB database; created if missing.</summary>
+    public string Path { get; init; } = "data";
+
+    public Durability Durability { get; init; } = Durability.Sync;
+
+    /// <summary>Most requests committed in one WriteBatch.</summary>
+    public int MaxBatchCount { get; init; } = 1024;
+
+    /// <summary>Most payload bytes in one WriteBatch; a single larger request still commits alone.</summary>
+    public int MaxBatchBytes { get; init; } = 4 << 20;
+
+    /// <summary>Requests waiting for the commit writer. When full, callers wait (backpressure).</summary>
+    public int QueueCapacity { get; init; } = 16384;
+
+    public long BlockCacheBytes { get; init; } = 64L << 20;
+
+    public long WriteBufferBytes { get; init; } = 64L << 20;
+
+    /// <summary>How long a (sender, device, client_msg_id) is remembered for deduplication.</summary>
+    public TimeSpan IdempotencyWindow { get; init; } = TimeSpan.FromDays(1);
+
+    public RetentionPolicy Retention { get; init; } = RetentionPolicy.ForDays(30);
+
+    /// <summary>How often the background sweeper applies retention and expires idempotency keys.
+    /// <see cref="Timeout.InfiniteTimeSpan"/> disables the background sweep (call SweepAsync yourself).</summary>
+    public TimeSpan SweepInterval { get; init; } = TimeSpan.FromMinutes(10);
+
+    /// <summary>Clock for server timestamps, expiry and retention; tests inject a fake one.</summary>
+    public TimeProvider Clock { get; init; } = TimeProvider.System;
+}

@@ -1,0 +1,319 @@
+using ChatBroker.Storage.Codec;
+using ChatBroker.Storage.Engine;
+
+namespace ChatBroker.Storage;
+
+// Every op validates and reads first, and writes to the batch last, so that an op that throws
+// has written nothing (see CommitWriter.Add).
+
+internal sealed class AppendOp(AppendRequest request) : WriteOp<AppendResult>
+{
+    public override int EstimatedBytes =>
+        96 + request.Body.Length + (request.InboxRecipients.Count * 48) + (request.PushRecipients.Count * 64);
+
+    public override void Apply(CommitWriter w)
+    {
+        var r = request;
+        var now = w.Now();
+        var idempotency = new IdempotencyKey(r.SenderUserId, r.SenderDeviceId, r.ClientMsgId);
+        if (r.ClientMsgId != 0)
+        {
+            if (w.TryGetPendingDuplicate(idempotency, out var pending))
+            {
+                Result = pending with { IsDuplicate = true, InboxSeqs = [] };
+                return;
+            }
+
+            var existing = w.Engine.Get(Cf.Idempotency, Records.IdempotencyKey(w.Key, r.SenderUserId, r.SenderDeviceId, r.ClientMsgId).Span);
+            if (existing is not null)
+            {
+                var v = new ByteReader(existing);
+                var (conversation, seq, ts) = (v.U64(), v.U64(), v.I64());
+                if (now - ts < (long)w.Options.IdempotencyWindow.TotalMilliseconds)
+                {
+                    Result = new AppendResult(conversation, seq, ts, true, []);
+                    StorageMetrics.Duplicates.Add(1);
+                    return;
+                }
+            }
+        }
+
+        var messageSeq = w.NextSeq(r.ConversationId);
+        Records.MessageKey(w.Key, r.ConversationId, messageSeq);
+        Records.MessageValue(w.Value, now, r);
+        w.Batch.Put(Cf.Messages, w.Key.Span, w.Value.Span);
+
+        var inboxSeqs = r.InboxRecipients.Count == 0 ? [] : new ulong[r.InboxRecipients.Count];
+        Records.InboxValue(w.Value, r.ConversationId, messageSeq, now);
+        for (var i = 0; i < inboxSeqs.Length; i++)
+        {
+            var user = r.InboxRecipients[i];
+            inboxSeqs[i] = w.NextInboxSeq(user);
+            w.Batch.Put(Cf.Inboxes, Records.InboxKey(w.Key, user, inboxSeqs[i]).Span, w.Value.Span);
+        }
+
+        for (var i = 0; i < r.PushRecipients.Count; i++)
+        {
+            var job = new PushJob(w.NextPushJobId(), r.PushRecipients[i], r.ConversationId, messageSeq, now, 0, now);
+            w.Batch.Put(Cf.PushJobs, Records.PushJobKey(w.Key, job.Id).Span, Records.PushJobValue(w.Value, job).Span);
+        }
+
+        Result = new AppendResult(r.ConversationId, messageSeq, now, false, inboxSeqs);
+        if (r.ClientMsgId != 0)
+        {
+            Records.IdempotencyKey(w.Key, r.SenderUserId, r.SenderDeviceId, r.ClientMsgId);
+            w.Batch.Put(Cf.Idempotency, w.Key.Span, Records.IdempotencyValue(w.Value, r.ConversationId, messageSeq, now).Span);
+            w.AddPendingIdempotency(idempotency, Result);
+        }
+
+        StorageMetrics.Appends.Add(1);
+    }
+}
+
+internal sealed class AdvanceCursorOp(string userId, string deviceId, CursorStream stream, ulong position) : WriteOp<ulong>
+{
+    public override string? ConflictKey => $"cursor|{userId}|{deviceId}|{stream.ConversationId}";
+
+    public override void Apply(CommitWriter w)
+    {
+        Records.CursorKey(w.Key, userId, deviceId, stream);
+        var existing = w.Engine.Get(Cf.Cursors, w.Key.Span);
+        var current = existing is { Length: 8 } ? Records.TrailingU64(existing) : 0;
+        Result = Math.Max(current, position);
+        if (Result != current || existing is null)
+        {
+            w.Batch.Put(Cf.Cursors, w.Key.Span, w.Value.Reset().U64(Result).Span);
+        }
+    }
+}
+
+internal sealed class GetOrCreateDirectOp(string userA, string userB) : WriteOp<Conversation>
+{
+    // Two ids that render the same here only cost an extra commit, never a wrong answer.
+    public override string? ConflictKey => string.CompareOrdinal(userA, userB) <= 0
+        ? $"direct|{userA.Length}|{userA}|{userB}"
+        : $"direct|{userB.Length}|{userB}|{userA}";
+
+    public override void Apply(CommitWriter w)
+    {
+        var mapping = w.Engine.Get(Cf.Directs, Records.DirectKey(w.Key, userA, userB).Span);
+        if (mapping is not null)
+        {
+            var id = Records.TrailingU64(mapping);
+            var value = w.Engine.Get(Cf.Conversations, Records.ConversationKey(w.Key, id).Span)
+                ?? throw new StorageException($"Direct conversation {id} of {userA} and {userB} has no record.");
+            Result = Records.ReadConversation(w.Key.Span, value);
+            return;
+        }
+
+        var now = w.Now();
+        var conversation = new Conversation(w.NextConversationId(), ConversationKind.Direct, now, userA, null);
+        w.Batch.Put(Cf.Conversations, Records.ConversationKey(w.Key, conversation.Id).Span, Records.ConversationValue(w.Value, conversation).Span);
+        w.Batch.Put(Cf.Directs, Records.DirectKey(w.Key, userA, userB).Span, w.Value.Reset().U64(conversation.Id).Span);
+        ConversationOps.PutMember(w, conversation.Id, userA, MemberRole.Member, now);
+        if (userA != userB)
+        {
+            ConversationOps.PutMember(w, conversation.Id, userB, MemberRole.Member, now);
+        }
+
+        Result = conversation;
+    }
+}
+
+internal sealed class CreateGroupOp(string creator, string? title, IReadOnlyList<string> members) : WriteOp<Conversation>
+{
+    public override int EstimatedBytes => 64 + (members.Count * 64);
+
+    public override void Apply(CommitWriter w)
+    {
+        var now = w.Now();
+        var conversation = new Conversation(w.NextConversationId(), ConversationKind.Group, now, creator, title);
+        w.Batch.Put(Cf.Conversations, Records.ConversationKey(w.Key, conversation.Id).Span, Records.ConversationValue(w.Value, conversation).Span);
+        ConversationOps.PutMember(w, conversation.Id, creator, MemberRole.Admin, now);
+        foreach (var member in members)
+        {
+            if (member != creator)
+            {
+                ConversationOps.PutMember(w, conversation.Id, member, MemberRole.Member, now);
+            }
+        }
+
+        Result = conversation;
+    }
+}
+
+internal sealed class SetMemberOp(ulong conversationId, string userId, MemberRole role) : WriteOp<bool>
+{
+    public override string? ConflictKey => $"member|{conversationId}|{userId}";
+
+    public override void Apply(CommitWriter w)
+    {
+        if (w.Engine.Get(Cf.Conversations, Records.ConversationKey(w.Key, conversationId).Span) is null)
+        {
+            throw new KeyNotFoundException($"Conversation {conversationId} does not exist.");
+        }
+
+        var existing = w.Engine.Get(Cf.Members, Records.MemberKey(w.Key, conversationId, userId).Span);
+        var joined = existing is null ? w.Now() : Records.ReadMember(w.Key.Span, existing).JoinedAtMs;
+        ConversationOps.PutMember(w, conversationId, userId, role, joined);
+        Result = true;
+    }
+}
+
+internal sealed class RemoveMemberOp(ulong conversationId, string userId) : WriteOp<bool>
+{
+    public override string? ConflictKey => $"member|{conversationId}|{userId}";
+
+    public override void Apply(CommitWriter w)
+    {
+        Result = w.Engine.Get(Cf.Members, Records.MemberKey(w.Key, conversationId, userId).Span) is not null;
+        if (Result)
+        {
+            w.Batch.Delete(Cf.Members, w.Key.Span);
+            w.Batch.Delete(Cf.UserConversations, Records.UserConversationKey(w.Key, userId, conversationId).Span);
+        }
+    }
+}
+
+internal static class ConversationOps
+{
+    public static void PutMember(CommitWriter w, ulong conversationId, string userId, MemberRole role, long joinedAt)
+    {
+        w.Batch.Put(Cf.Members, Records.MemberKey(w.Key, conversationId, userId).Span, Records.MemberValue(w.Value, role, joinedAt).Span);
+        w.Batch.Put(Cf.UserConversations, Records.UserConversationKey(w.Key, userId, conversationId).Span, []);
+    }
+}
+
+internal sealed class EnqueuePushJobOp(string userId, ulong conversationId, ulong seq) : WriteOp<PushJob>
+{
+    public override void Apply(CommitWriter w)
+    {
+        var now = w.Now();
+        Result = new PushJob(w.NextPushJobId(), userId, conversationId, seq, now, 0, now);
+        w.Batch.Put(Cf.PushJobs, Records.PushJobKey(w.Key, Result.Id).Span, Records.PushJobValue(w.Value, Result).Span);
+    }
+}
+
+internal sealed class CompletePushJobOp(ulong jobId) : WriteOp<bool>
+{
+    public override string? ConflictKey => $"push|{jobId}";
+
+    public override void Apply(CommitWriter w)
+    {
+        w.Batch.Delete(Cf.PushJobs, Records.PushJobKey(w.Key, jobId).Span);
+        Result = true;
+    }
+}
+
+internal sealed class ReschedulePushJobOp(ulong jobId, long notBeforeMs) : WriteOp<bool>
+{
+    public override string? ConflictKey => $"push|{jobId}";
+
+    public override void Apply(CommitWriter w)
+    {
+        var existing = w.Engine.Get(Cf.PushJobs, Records.PushJobKey(w.Key, jobId).Span);
+        Result = existing is not null;
+        if (existing is not null)
+        {
+            var job = Records.ReadPushJob(w.Key.Span, existing);
+            job = job with { Attempts = job.Attempts + 1, NotBeforeMs = notBeforeMs };
+            w.Batch.Put(Cf.PushJobs, w.Key.Span, Records.PushJobValue(w.Value, job).Span);
+        }
+    }
+}
+
+internal sealed class SetLastSeenOp(string userId, long lastSeenMs) : WriteOp<bool>
+{
+    public override void Apply(CommitWriter w)
+    {
+        w.Batch.Put(Cf.Presence, Records.PresenceKey(w.Key, userId).Span, w.Value.Reset().I64(lastSeenMs).Span);
+        Result = true;
+    }
+}
+
+internal sealed class UploadPrekeysOp(string userId, string deviceId, PrekeyBundle? bundle, IReadOnlyList<OneTimePrekey> oneTime) : WriteOp<bool>
+{
+    public override string? ConflictKey => $"prekeys|{userId}|{deviceId}";
+
+    public override int EstimatedBytes => 256 + (oneTime.Count * 64);
+
+    public override void Apply(CommitWriter w)
+    {
+        if (bundle is not null)
+        {
+            w.Batch.Put(Cf.Prekeys, Records.BundleKey(w.Key, userId, deviceId).Span, Records.BundleValue(w.Value, bundle).Span);
+        }
+
+        foreach (var key in oneTime)
+        {
+            w.Batch.Put(Cf.Prekeys, Records.OneTimeKey(w.Key, userId, deviceId, key.Id).Span, key.PublicKey.Span);
+        }
+
+        Result = true;
+    }
+}
+
+/// <summary>Consumes the lowest-numbered one-time prekey. Atomic because only the writer thread runs
+/// it, and because <see cref="ConflictKey"/> commits any earlier take of the same device first.</summary>
+internal sealed class TakePrekeysOp(string userId, string deviceId) : WriteOp<FetchedPrekeys?>
+{
+    public override string? ConflictKey => $"prekeys|{userId}|{deviceId}";
+
+    public override void Apply(CommitWriter w)
+    {
+        var bundleValue = w.Engine.Get(Cf.Prekeys, Records.BundleKey(w.Key, userId, deviceId).Span);
+        if (bundleValue is null)
+        {
+            Result = null;
+            return;
+        }
+
+        var prefix = Records.OneTimePrefix(w.Key, userId, deviceId).ToArray();
+        OneTimePrekey? taken = null;
+        using (var cursor = w.Engine.OpenCursor(Cf.Prekeys, prefix, KeyRange.PrefixSuccessor(prefix)))
+        {
+            cursor.SeekToFirst();
+            if (cursor.Valid)
+            {
+                taken = new OneTimePrekey(Records.TrailingU32(cursor.Key), cursor.Value.ToArray());
+                w.Batch.Delete(Cf.Prekeys, cursor.Key);
+            }
+        }
+
+        Result = new FetchedPrekeys(Records.ReadBundle(bundleValue), taken);
+    }
+}
+
+/// <summary>Removals decided by the sweeper: key ranges and single keys; idempotency keys are
+/// re-checked here, because an append may have reused an expired key since the sweeper looked.</summary>
+internal sealed class SweepOp(Cf cf, List<(byte[] Start, byte[] End)> ranges, List<byte[]> expiredIdempotencyKeys, long cutoffMs) : WriteOp<long>
+{
+    public override int EstimatedBytes => 64 * (ranges.Count + expiredIdempotencyKeys.Count);
+
+    public override void Apply(CommitWriter w)
+    {
+        foreach (var (start, end) in ranges)
+        {
+            w.Batch.DeleteRange(cf, start, end);
+        }
+
+        long removed = 0;
+        foreach (var key in expiredIdempotencyKeys)
+        {
+            var k = new ByteReader(key);
+            if (w.TryGetPendingDuplicate(new IdempotencyKey(k.Str(), k.Str(), k.U64()), out _))
+            {
+                continue;
+            }
+
+            var value = w.Engine.Get(Cf.Idempotency, key);
+            if (value is not null && Records.TrailingU64(value) is var ts && (long)ts < cutoffMs)
+            {
+                w.Batch.Delete(Cf.Idempotency, key);
+                removed++;
+            }
+        }
+
+        Result = removed;
+    }
+}

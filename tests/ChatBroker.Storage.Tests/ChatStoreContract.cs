@@ -1,0 +1,428 @@
+using System.Text;
+
+namespace ChatBroker.Storage.Tests;
+
+/// <summary>The behaviour every <see cref="IChatStore"/> must have; run against each implementation.</summary>
+public abstract class ChatStoreContract : IDisposable
+{
+    private readonly List<IChatStore> _stores = [];
+
+    private protected ManualClock Clock { get; } = new(new DateTimeOffset(2026, 1, 1, 0, 0, 0, TimeSpan.Zero));
+
+    private protected abstract IChatStore CreateStore(StorageOptions options);
+
+    private protected IChatStore Open(Func<StorageOptions, StorageOptions>? configure = null)
+    {
+        var options = new StorageOptions { Clock = Clock, SweepInterval = Timeout.InfiniteTimeSpan, BlockCacheBytes = 4 << 20, WriteBufferBytes = 4 << 20 };
+        var store = CreateStore(configure is null ? options : configure(options));
+        _stores.Add(store);
+        return store;
+    }
+
+    public virtual void Dispose()
+    {
+        foreach (var store in _stores)
+        {
+            store.Dispose();
+        }
+
+        GC.SuppressFinalize(this);
+    }
+
+    [Fact]
+    public async Task Appends_to_one_conversation_get_gapless_seqs()
+    {
+        var store = Open();
+        var results = await Task.WhenAll(Enumerable.Range(0, 500).Select(i => store.AppendAsync(Messages.To(7, "m" + i))));
+
+        Assert.Equal(Enumerable.Range(1, 500).Select(i => (ulong)i), results.Select(r => r.Seq).Order());
+        Assert.Equal(500UL, store.GetLastSeq(7));
+        var stored = store.ReadRange(7, 1, 1000);
+        Assert.Equal(Enumerable.Range(1, 500).Select(i => (ulong)i), stored.Select(m => m.Seq));
+        foreach (var r in results)
+        {
+            Assert.False(r.IsDuplicate);
+        }
+    }
+
+    [Fact]
+    public async Task Conversations_are_sequenced_independently()
+    {
+        var store = Open();
+        Assert.Equal(1UL, (await store.AppendAsync(Messages.To(1, "a"))).Seq);
+        Assert.Equal(1UL, (await store.AppendAsync(Messages.To(2, "b"))).Seq);
+        Assert.Equal(2UL, (await store.AppendAsync(Messages.To(1, "c"))).Seq);
+        Assert.Equal(0UL, store.GetLastSeq(3));
+        Assert.Empty(store.ReadRange(3, 1, 10));
+    }
+
+    [Fact]
+    public async Task A_stored_message_reads_back_with_every_field()
+    {
+        var store = Open();
+        var body = new byte[300];
+        new Random(1).NextBytes(body);
+        var sent = await store.AppendAsync(new AppendRequest
+        {
+            ConversationId = 42,
+            SenderUserId = "alice",
+            SenderDeviceId = "laptop",
+            ClientMsgId = 9,
+            ContentType = 3,
+            Body = body,
+            MediaRef = "media/abc",
+        });
+
+        var message = Assert.Single(store.ReadRange(42, 1, 10));
+        Assert.Equal((42UL, 1UL, sent.TimestampMs), (message.ConversationId, message.Seq, message.TimestampMs));
+        Assert.Equal(("alice", "laptop", 9UL, 3U, "media/abc"), (message.SenderUserId, message.SenderDeviceId, message.ClientMsgId, message.ContentType, message.MediaRef));
+        Assert.Equal(body, message.Body.ToArray());
+        Assert.Equal(Clock.GetUtcNow().ToUnixTimeMilliseconds(), sent.TimestampMs);
+    }
+
+    [Fact]
+    public async Task ReadRange_starts_at_fromSeq_and_stops_at_limit()
+    {
+        var store = Open();
+        for (var i = 1; i <= 10; i++)
+        {
+            await store.AppendAsync(Messages.To(5, "m" + i));
+        }
+
+        await store.AppendAsync(Messages.To(6, "other"));
+        Assert.Equal(["m4", "m5", "m6"], store.ReadRange(5, 4, 3).Select(m => m.Text()));
+        Assert.Equal(["m9", "m10"], store.ReadRange(5, 9, 100).Select(m => m.Text()));
+    }
+
+    [Fact]
+    public async Task ReadBefore_returns_the_page_just_before_a_seq_in_ascending_order()
+    {
+        var store = Open();
+        for (var i = 1; i <= 10; i++)
+        {
+            await store.AppendAsync(Messages.To(5, "m" + i));
+        }
+
+        Assert.Equal([5UL, 6UL, 7UL], store.ReadBefore(5, 8, 3).Select(m => m.Seq));
+        Assert.Equal([8UL, 9UL, 10UL], store.ReadBefore(5, ulong.MaxValue, 3).Select(m => m.Seq));
+        Assert.Equal([1UL, 2UL], store.ReadBefore(5, 3, 50).Select(m => m.Seq));
+        Assert.Empty(store.ReadBefore(5, 1, 50));
+    }
+
+    [Fact]
+    public async Task Repeated_client_msg_id_returns_the_original_result_and_stores_nothing()
+    {
+        var store = Open();
+        var first = await store.AppendAsync(Messages.To(1, "hello", clientMsgId: 77));
+        Clock.Advance(TimeSpan.FromMinutes(5));
+        var again = await store.AppendAsync(Messages.To(1, "hello", clientMsgId: 77));
+
+        Assert.True(again.IsDuplicate);
+        Assert.Equal((first.ConversationId, first.Seq, first.TimestampMs), (again.ConversationId, again.Seq, again.TimestampMs));
+        Assert.Single(store.ReadRange(1, 1, 10));
+
+        // Another device of the same user, or another user, may use the same client_msg_id.
+        Assert.False((await store.AppendAsync(Messages.To(1, "x", clientMsgId: 77, device: "tablet"))).IsDuplicate);
+        Assert.False((await store.AppendAsync(Messages.To(1, "y", clientMsgId: 77, sender: "bob"))).IsDuplicate);
+        Assert.Equal(3UL, store.GetLastSeq(1));
+    }
+
+    [Fact]
+    public async Task Concurrent_duplicates_in_one_batch_store_one_message()
+    {
+        var store = Open();
+        var results = await Task.WhenAll(Enumerable.Range(0, 50).Select(_ => store.AppendAsync(Messages.To(3, "same", clientMsgId: 5))));
+
+        Assert.Single(results, r => !r.IsDuplicate);
+        Assert.All(results, r => Assert.Equal(1UL, r.Seq));
+        Assert.Single(store.ReadRange(3, 1, 100));
+    }
+
+    [Fact]
+    public async Task Idempotency_key_expires_after_the_window()
+    {
+        var store = Open(o => o with { IdempotencyWindow = TimeSpan.FromHours(1) });
+        await store.AppendAsync(Messages.To(1, "a", clientMsgId: 1));
+        Clock.Advance(TimeSpan.FromMinutes(59));
+        Assert.True((await store.AppendAsync(Messages.To(1, "a", clientMsgId: 1))).IsDuplicate);
+
+        Clock.Advance(TimeSpan.FromMinutes(2));
+        var late = await store.AppendAsync(Messages.To(1, "a", clientMsgId: 1));
+        Assert.False(late.IsDuplicate);
+        Assert.Equal(2UL, late.Seq);
+    }
+
+    [Fact]
+    public async Task Sweep_removes_expired_idempotency_keys_only()
+    {
+        var store = Open(o => o with { IdempotencyWindow = TimeSpan.FromHours(1), Retention = RetentionPolicy.Keep });
+        await store.AppendAsync(Messages.To(1, "old", clientMsgId: 1));
+        Clock.Advance(TimeSpan.FromMinutes(90));
+        await store.AppendAsync(Messages.To(1, "new", clientMsgId: 2));
+
+        Assert.Equal(1, await store.SweepAsync());
+        Assert.True((await store.AppendAsync(Messages.To(1, "new", clientMsgId: 2))).IsDuplicate);
+        Assert.Equal(2, store.ReadRange(1, 1, 10).Count);
+    }
+
+    [Fact]
+    public async Task Fan_out_gives_each_recipient_a_gapless_inbox()
+    {
+        var store = Open();
+        var results = await Task.WhenAll(Enumerable.Range(0, 100).Select(i => store.AppendAsync(Messages.To((ulong)(1 + (i % 3)), "m" + i) with
+        {
+            InboxRecipients = i % 2 == 0 ? ["bob", "carol"] : ["bob"],
+        })));
+
+        var bob = store.ReadInbox("bob", 0, 1000);
+        Assert.Equal(Enumerable.Range(1, 100).Select(i => (ulong)i), bob.Select(e => e.InboxSeq));
+        Assert.Equal(50, store.ReadInbox("carol", 0, 1000).Count);
+        Assert.Equal(100UL, store.GetLastInboxSeq("bob"));
+        Assert.Equal(0UL, store.GetLastInboxSeq("dave"));
+
+        // Every inbox entry points at the message that produced it.
+        foreach (var r in results)
+        {
+            var entry = Assert.Single(bob, e => e.InboxSeq == r.InboxSeqs[0]);
+            Assert.Equal((r.ConversationId, r.Seq, r.TimestampMs), (entry.ConversationId, entry.Seq, entry.TimestampMs));
+        }
+
+        Assert.Equal([98UL, 99UL, 100UL], store.ReadInbox("bob", 97, 10).Select(e => e.InboxSeq));
+    }
+
+    [Fact]
+    public async Task User_ids_that_are_prefixes_of_each_other_have_separate_inboxes()
+    {
+        var store = Open();
+        await store.AppendAsync(Messages.To(1, "x") with { InboxRecipients = ["bob"] });
+        await store.AppendAsync(Messages.To(1, "y") with { InboxRecipients = ["bobby"] });
+        await store.AppendAsync(Messages.To(1, "z") with { InboxRecipients = ["bobby"] });
+
+        Assert.Single(store.ReadInbox("bob", 0, 10));
+        Assert.Equal(2, store.ReadInbox("bobby", 0, 10).Count);
+        Assert.Equal(1UL, store.GetLastInboxSeq("bob"));
+    }
+
+    [Fact]
+    public async Task Cursor_moves_forward_only()
+    {
+        var store = Open();
+        Assert.Equal(0UL, store.GetCursor("bob", "phone", CursorStream.Inbox));
+        Assert.Equal(10UL, await store.AdvanceCursorAsync("bob", "phone", CursorStream.Inbox, 10));
+        Assert.Equal(10UL, await store.AdvanceCursorAsync("bob", "phone", CursorStream.Inbox, 4));
+        await Task.WhenAll(Enumerable.Range(1, 40).Select(i => store.AdvanceCursorAsync("bob", "phone", CursorStream.Inbox, (ulong)i)));
+
+        Assert.Equal(40UL, store.GetCursor("bob", "phone", CursorStream.Inbox));
+        Assert.Equal(0UL, store.GetCursor("bob", "laptop", CursorStream.Inbox));
+        Assert.Equal(0UL, store.GetCursor("bob", "phone", CursorStream.Conversation(9)));
+    }
+
+    [Fact]
+    public async Task Direct_conversation_is_created_once_whatever_the_order_of_users()
+    {
+        var store = Open();
+        var all = await Task.WhenAll(Enumerable.Range(0, 20).Select(i => i % 2 == 0
+            ? store.GetOrCreateDirectAsync("alice", "bob")
+            : store.GetOrCreateDirectAsync("bob", "alice")));
+
+        Assert.Single(all.Select(c => c.Id).Distinct());
+        Assert.Equal(ConversationKind.Direct, all[0].Kind);
+        Assert.Equal(["alice", "bob"], store.ListMembers(all[0].Id).Select(m => m.UserId).Order());
+        Assert.Equal([all[0].Id], store.ListConversations("alice"));
+        Assert.NotEqual(all[0].Id, (await store.GetOrCreateDirectAsync("alice", "carol")).Id);
+    }
+
+    [Fact]
+    public async Task Group_members_are_added_changed_removed_and_listed()
+    {
+        var store = Open();
+        var group = await store.CreateGroupAsync("alice", "friends", ["bob", "carol"]);
+
+        Assert.Equal(group, store.GetConversation(group.Id));
+        Assert.Equal(MemberRole.Admin, store.GetMember(group.Id, "alice")?.Role);
+        Assert.Equal(MemberRole.Member, store.GetMember(group.Id, "bob")?.Role);
+
+        await store.SetMemberAsync(group.Id, "dave", MemberRole.Member);
+        await store.SetMemberAsync(group.Id, "bob", MemberRole.Admin);
+        Assert.True(await store.RemoveMemberAsync(group.Id, "carol"));
+        Assert.False(await store.RemoveMemberAsync(group.Id, "carol"));
+
+        Assert.Equal(["alice", "bob", "dave"], store.ListMembers(group.Id).Select(m => m.UserId).Order());
+        Assert.Equal(MemberRole.Admin, store.GetMember(group.Id, "bob")?.Role);
+        Assert.Null(store.GetMember(group.Id, "carol"));
+        Assert.Empty(store.ListConversations("carol"));
+        Assert.Equal([group.Id], store.ListConversations("dave"));
+        Assert.Null(store.GetConversation(group.Id + 100));
+        await Assert.ThrowsAsync<KeyNotFoundException>(() => store.SetMemberAsync(group.Id + 100, "x", MemberRole.Member));
+    }
+
+    [Fact]
+    public async Task Push_jobs_are_durable_until_completed()
+    {
+        var store = Open();
+        var sent = await store.AppendAsync(Messages.To(1, "hi") with { PushRecipients = ["bob", "carol"] });
+        var extra = await store.EnqueuePushJobAsync("dave", 1, sent.Seq);
+        var now = Clock.GetUtcNow().ToUnixTimeMilliseconds();
+
+        var due = store.ListDuePushJobs(now, 10);
+        Assert.Equal(["bob", "carol", "dave"], due.Select(j => j.UserId));
+        Assert.All(due, j => Assert.Equal((1UL, sent.Seq), (j.ConversationId, j.Seq)));
+        Assert.Equal(3, due.Select(j => j.Id).Distinct().Count());
+
+        Assert.True(await store.ReschedulePushJobAsync(due[0].Id, now + 60_000));
+        await store.CompletePushJobAsync(extra.Id);
+        var stillDue = Assert.Single(store.ListDuePushJobs(now, 10));
+        Assert.Equal("carol", stillDue.UserId);
+        var later = store.ListDuePushJobs(now + 60_000, 10);
+        Assert.Equal(1, Assert.Single(later, j => j.UserId == "bob").Attempts);
+        Assert.False(await store.ReschedulePushJobAsync(extra.Id, now));
+    }
+
+    [Fact]
+    public async Task Last_seen_is_stored_per_user()
+    {
+        var store = Open();
+        Assert.Null(store.GetLastSeen("bob"));
+        await store.SetLastSeenAsync("bob", 1234);
+        await store.SetLastSeenAsync("bob", 5678);
+        Assert.Equal(5678, store.GetLastSeen("bob"));
+    }
+
+    [Fact]
+    public async Task Fifty_concurrent_takers_never_get_the_same_prekey()
+    {
+        var store = Open();
+        var bundle = new PrekeyBundle(new byte[] { 1, 2 }, 7, new byte[] { 3 }, new byte[] { 4, 5 });
+        var prekeys = Enumerable.Range(1, 40).Select(i => new OneTimePrekey((uint)i, new[] { (byte)i })).ToList();
+        await store.UploadPrekeysAsync("bob", "phone", bundle, prekeys);
+        Assert.Equal(40, store.CountOneTimePrekeys("bob", "phone"));
+
+        var takes = await Task.WhenAll(Enumerable.Range(0, 50).Select(_ => Task.Run(() => store.TakePrekeysAsync("bob", "phone"))));
+
+        var taken = takes.Select(t => t!.OneTimePrekey).Where(k => k is not null).Select(k => k!.Value.Id).ToList();
+        Assert.Equal(40, taken.Count);
+        Assert.Equal(40, taken.Distinct().Count());
+        Assert.Equal(10, takes.Count(t => t!.OneTimePrekey is null));
+        Assert.All(takes, t => Assert.Equal(7U, t!.Bundle.SignedPrekeyId));
+        Assert.Equal(new byte[] { 4, 5 }, takes[0]!.Bundle.Signature.ToArray());
+        Assert.Equal(0, store.CountOneTimePrekeys("bob", "phone"));
+        Assert.Null(await store.TakePrekeysAsync("bob", "laptop"));
+    }
+
+    [Fact]
+    public async Task Upload_then_take_in_the_same_batch_sees_the_upload()
+    {
+        var store = Open();
+        var bundle = new PrekeyBundle(new byte[] { 1 }, 1, new byte[] { 2 }, new byte[] { 3 });
+        var upload = store.UploadPrekeysAsync("bob", "phone", bundle, [new OneTimePrekey(1, new byte[] { 9 })]);
+        var take = store.TakePrekeysAsync("bob", "phone");
+        await upload;
+        Assert.Equal(1U, (await take)!.OneTimePrekey!.Value.Id);
+    }
+
+    [Fact]
+    public async Task Retention_removes_expired_messages_but_keeps_the_newest_and_the_sequence()
+    {
+        var store = Open(o => o with { Retention = RetentionPolicy.ForDays(30) });
+        for (var i = 0; i < 5; i++)
+        {
+            await store.AppendAsync(Messages.To(1, "old" + i) with { InboxRecipients = ["bob"] });
+        }
+
+        await store.AppendAsync(Messages.To(2, "only") with { InboxRecipients = ["carol"] });
+        Clock.Advance(TimeSpan.FromDays(20));
+        await store.AppendAsync(Messages.To(1, "recent") with { InboxRecipients = ["bob"] });
+        Clock.Advance(TimeSpan.FromDays(11));
+
+        var removed = await store.SweepAsync();
+
+        Assert.Equal(5 + 5, removed); // five messages and five inbox entries
+        Assert.Equal([6UL], store.ReadRange(1, 1, 100).Select(m => m.Seq));
+        Assert.Equal([1UL], store.ReadRange(2, 1, 100).Select(m => m.Seq)); // newest of its conversation: kept
+        Assert.Equal([6UL], store.ReadInbox("bob", 0, 100).Select(e => e.InboxSeq));
+        Assert.Equal(7UL, (await store.AppendAsync(Messages.To(1, "next"))).Seq);
+        Assert.Equal(2UL, (await store.AppendAsync(Messages.To(2, "next"))).Seq);
+    }
+
+    [Fact]
+    public async Task Keep_retention_removes_nothing()
+    {
+        var store = Open(o => o with { Retention = RetentionPolicy.Keep });
+        await store.AppendAsync(Messages.To(1, "a"));
+        await store.AppendAsync(Messages.To(1, "b"));
+        Clock.Advance(TimeSpan.FromDays(3650));
+
+        Assert.Equal(0, await store.SweepAsync());
+        Assert.Equal(2, store.ReadRange(1, 1, 10).Count);
+    }
+
+    [Fact]
+    public async Task Appends_proceed_while_a_sweep_runs()
+    {
+        var store = Open(o => o with { Retention = RetentionPolicy.ForDays(1) });
+        for (var i = 0; i < 200; i++)
+        {
+            await store.AppendAsync(Messages.To((ulong)(1 + (i % 20)), "old"));
+        }
+
+        Clock.Advance(TimeSpan.FromDays(2));
+        var sweep = store.SweepAsync();
+        var appends = await Task.WhenAll(Enumerable.Range(0, 200).Select(i => store.AppendAsync(Messages.To((ulong)(1 + (i % 20)), "new"))));
+        await sweep;
+
+        for (ulong c = 1; c <= 20; c++)
+        {
+            var seqs = store.ReadRange(c, 1, 100).Select(m => m.Seq).ToList();
+            Assert.Equal(20UL, seqs.Max());
+            Assert.Equal(Enumerable.Range(0, seqs.Count).Select(i => seqs[0] + (ulong)i), seqs);
+        }
+
+        Assert.Equal(200, appends.Length);
+    }
+
+    [Fact]
+    public async Task A_closed_store_refuses_writes()
+    {
+        var store = Open();
+        await store.AppendAsync(Messages.To(1, "a"));
+        store.Dispose();
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => store.AppendAsync(Messages.To(1, "b")));
+    }
+
+    [Fact]
+    public async Task Invalid_arguments_are_rejected_before_queueing()
+    {
+        var store = Open();
+        await Assert.ThrowsAsync<ArgumentException>(() => store.AppendAsync(Messages.To(1, "a", sender: "")));
+        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => store.AppendAsync(Messages.To(0, "a")));
+        Assert.Throws<ArgumentOutOfRangeException>(() => store.ReadRange(1, 1, 0));
+        Assert.Throws<ArgumentException>(() => store.ReadInbox(new string('x', 2000), 0, 1));
+        Assert.Equal(1UL, (await store.AppendAsync(Messages.To(1, Encoding.UTF8.GetString(new byte[] { 65 })))).Seq);
+    }
+}
+
+public sealed class InMemoryChatStoreTests : ChatStoreContract
+{
+    private protected override IChatStore CreateStore(StorageOptions options) => new InMemoryChatStore(options);
+}
+
+public sealed class RocksDbChatStoreTests : ChatStoreContract
+{
+    private readonly List<TempDirectory> _directories = [];
+
+    private protected override IChatStore CreateStore(StorageOptions options)
+    {
+        var directory = new TempDirectory();
+        _directories.Add(directory);
+        return RocksDbChatStore.Open(options with { Path = directory.Path });
+    }
+
+    public override void Dispose()
+    {
+        base.Dispose();
+        foreach (var directory in _directories)
+        {
+            directory.Dispose();
+        }
+    }
+}
