@@ -95,7 +95,7 @@ public static class Program
         {
             host = BrokerHost.Build(configuration);
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException or FormatException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException or FormatException or Storage.StorageException)
         {
             Console.Error.WriteLine($"chatbroker: cannot start: {e.Message}");
             return ExitFailure;

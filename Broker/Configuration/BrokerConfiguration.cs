@@ -176,6 +176,16 @@ public sealed class BrokerConfiguration
             errors.Add($"admin.listen and tcp.listen are both {options.Tcp.Listen}: they must differ");
         }
 
+        if (options.Session.MinKeepalive > options.Session.MaxKeepalive)
+        {
+            errors.Add("session.min_keepalive is greater than session.max_keepalive");
+        }
+
+        if (options.Push.Notifier == NotifierKind.Webhook && options.Push.WebhookUrl.Length == 0)
+        {
+            errors.Add("push.notifier = \"webhook\" needs push.webhook_url");
+        }
+
         if (errors.Count > 0)
         {
             throw new BrokerConfigurationException(errors);

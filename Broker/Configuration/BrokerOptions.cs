@@ -17,6 +17,44 @@ public sealed class BrokerOptions
     public RetentionOptions Retention { get; } = new();
     public LogOptions Log { get; } = new();
     public ShutdownOptions Shutdown { get; } = new();
+    public SessionOptions Session { get; } = new();
+    public LimitsOptions Limits { get; } = new();
+    public PushOptions Push { get; } = new();
+}
+
+public sealed class SessionOptions
+{
+    public TimeSpan DefaultKeepalive { get; set; } = TimeSpan.FromSeconds(60);
+    public TimeSpan MinKeepalive { get; set; } = TimeSpan.FromSeconds(10);
+    public TimeSpan MaxKeepalive { get; set; } = TimeSpan.FromMinutes(30);
+    public int MaxDevicesPerUser { get; set; } = 10;
+    public int MaxOutboundBytes { get; set; } = 4 * 1024 * 1024;
+    public int MaxOutboundFrames { get; set; } = 50_000;
+    public int MaxInflightSends { get; set; } = 1024;
+    public int ResumeBatch { get; set; } = 256;
+    public int MaxResumeReceiptConversations { get; set; } = 256;
+    public TimeSpan DrainTimeout { get; set; } = TimeSpan.FromSeconds(5);
+}
+
+public sealed class LimitsOptions
+{
+    public int SendsPerSecond { get; set; } = 1000;
+    public long BytesPerSecond { get; set; } = 8L * 1024 * 1024;
+}
+
+public enum NotifierKind
+{
+    Log,
+    Webhook,
+}
+
+public sealed class PushOptions
+{
+    public NotifierKind Notifier { get; set; } = NotifierKind.Log;
+    public string WebhookUrl { get; set; } = "";
+    public TimeSpan WebhookTimeout { get; set; } = TimeSpan.FromSeconds(5);
+    public TimeSpan MaxBackoff { get; set; } = TimeSpan.FromMinutes(5);
+    public TimeSpan PollInterval { get; set; } = TimeSpan.FromSeconds(5);
 }
 
 public sealed class NodeOptions

@@ -2,7 +2,11 @@ using System.Reflection;
 using ChatBroker.Broker.Auth;
 using ChatBroker.Broker.Configuration;
 using ChatBroker.Broker.Observability;
+using ChatBroker.Broker.Messaging;
+using ChatBroker.Broker.Push;
+using ChatBroker.Broker.Sessions;
 using ChatBroker.Broker.Transport;
+using ChatBroker.Storage;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -33,7 +37,7 @@ public static class BrokerHost
         {
             o.ShutdownTimeout = options.Shutdown.GracePeriod;
             o.ServicesStartConcurrently = false;
-            o.ServicesStopConcurrently = true;
+            o.ServicesStopConcurrently = false;
         });
 
         Directory.CreateDirectory(options.Node.DataDir);
@@ -43,15 +47,44 @@ public static class BrokerHost
             ? TokenSecret.FromBase64(options.Auth.Secret)
             : TokenSecret.LoadOrCreate(secretFile, out secretCreated);
 
+        // Open the store before anything listens: a store that cannot open is a start failure with its path.
+        var storageOptions = StorageOptionsFrom(options);
+        var store = RocksDbChatStore.Open(storageOptions);
+
         builder.Services.AddSingleton(configuration);
         builder.Services.AddSingleton(options);
+        builder.Services.AddSingleton(options.Push);
         builder.Services.AddSingleton(secret);
+        builder.Services.AddSingleton(TimeProvider.System);
+        builder.Services.AddSingleton<IChatStore>(_ => store); // created by a factory, so disposed (flushed) by the host
         builder.Services.AddSingleton(_ => new BrokerMetrics(options.Node.Name));
-        builder.Services.AddSingleton(_ => new PrometheusExporter(BrokerMetrics.MeterName + "*", "System.Runtime"));
+        builder.Services.AddSingleton(_ => new PrometheusExporter(BrokerMetrics.MeterName + "*", "ChatBroker.Storage", "System.Runtime"));
         builder.Services.AddSingleton<Readiness>();
-        builder.Services.AddSingleton<ISocketConnectionHandler, HandshakeTimeoutHandler>();
+        builder.Services.AddSingleton<SessionRegistry>();
+        builder.Services.AddSingleton(sp => new ConversationDirectory(sp.GetRequiredService<IChatStore>()));
+        builder.Services.AddSingleton<ChatService>();
+        builder.Services.AddSingleton<BrokerContext>();
+        builder.Services.AddSingleton<ISocketConnectionHandler, DeviceConnectionHandler>();
         builder.Services.AddSingleton<SocketListener>();
-        builder.Services.AddHostedService<StartupLog>(sp => new StartupLog(sp, configuration, secretCreated ? secretFile : null));
+        if (options.Push.Notifier == NotifierKind.Webhook)
+        {
+            builder.Services.AddSingleton<IPushNotifier>(_ => new WebhookPushNotifier(new HttpClient { Timeout = Timeout.InfiniteTimeSpan }, options.Push));
+        }
+        else
+        {
+            builder.Services.AddSingleton<IPushNotifier, LogPushNotifier>();
+        }
+
+        builder.Services.AddSingleton<PushDispatcher>();
+        builder.Services.AddHostedService<StartupLog>(sp => new StartupLog(sp, configuration, secretCreated ? secretFile : null, storageOptions));
+        builder.Services.AddHostedService<KeepaliveMonitor>();
+        builder.Services.AddHostedService(sp =>
+        {
+            var dispatcher = sp.GetRequiredService<PushDispatcher>();
+            sp.GetRequiredService<ChatService>().PushJobsAdded += dispatcher.Wake;
+            return dispatcher;
+        });
+        // Stopped in reverse order: the listener drains sessions before the dispatcher and the store go.
         builder.Services.AddHostedService(sp => sp.GetRequiredService<SocketListener>());
         if (options.Admin.Enabled)
         {
@@ -62,6 +95,20 @@ public static class BrokerHost
         builder.Services.AddHostedService<ReadinessTracker>();
         return builder.Build();
     }
+
+    public static StorageOptions StorageOptionsFrom(BrokerOptions options) => new()
+    {
+        Path = Path.Combine(options.Node.DataDir, "store"),
+        Durability = options.Storage.Durability == DurabilityMode.Sync ? Durability.Sync : Durability.Async,
+        MaxBatchCount = options.Storage.MaxBatchMessages,
+        MaxBatchBytes = (int)Math.Min(int.MaxValue, options.Storage.MaxBatchBytes),
+        QueueCapacity = options.Storage.QueueCapacity,
+        BlockCacheBytes = options.Storage.BlockCacheBytes,
+        IdempotencyWindow = options.Storage.IdempotencyWindow,
+        Retention = options.Retention.Policy == Configuration.RetentionPolicy.Keep
+            ? Storage.RetentionPolicy.Keep
+            : Storage.RetentionPolicy.ForDays(options.Retention.Days),
+    };
 
     internal static void ConfigureLogging(ILoggingBuilder logging, LogOptions options)
     {
@@ -90,7 +137,7 @@ public static class BrokerHost
     }
 
     /// <summary>Logs the start banner before anything else starts, and remembers when a secret was generated.</summary>
-    private sealed class StartupLog(IServiceProvider services, BrokerConfiguration configuration, string? generatedSecret) : IHostedService
+    private sealed class StartupLog(IServiceProvider services, BrokerConfiguration configuration, string? generatedSecret, StorageOptions storage) : IHostedService
     {
         public Task StartAsync(CancellationToken cancellationToken)
         {
@@ -101,6 +148,8 @@ public static class BrokerHost
             {
                 Log.SecretGenerated(logger, Path.GetFullPath(generatedSecret));
             }
+
+            Log.StoreOpened(logger, Path.GetFullPath(storage.Path), storage.Durability.ToString().ToLowerInvariant(), storage.Retention.ToString());
 
             return Task.CompletedTask;
         }

@@ -38,4 +38,22 @@ internal static partial class Log
 
     [LoggerMessage(2004, LogLevel.Error, "Connection {ConnectionId} failed unexpectedly")]
     public static partial void ConnectionFailed(ILogger logger, long connectionId, Exception exception);
+
+    [LoggerMessage(2005, LogLevel.Warning, "Delivery to {User}/{Device} stopped: the store could not be read")]
+    public static partial void DeliveryFailed(ILogger logger, string user, string device, Exception exception);
+
+    [LoggerMessage(2006, LogLevel.Information, "Keepalive: closed {Count} silent sessions")]
+    public static partial void KeepaliveClosed(ILogger logger, int count);
+
+    [LoggerMessage(1006, LogLevel.Information, "Message store open at {Path} (durability {Durability}, retention {Retention})")]
+    public static partial void StoreOpened(ILogger logger, string path, string durability, string retention);
+
+    [LoggerMessage(4000, LogLevel.Information, "Push job {JobId}: user {User} has a new message in conversation {ConversationId} (seq {Seq})")]
+    public static partial void PushLogged(ILogger logger, ulong jobId, string user, ulong conversationId, ulong seq);
+
+    [LoggerMessage(4001, LogLevel.Warning, "Push job {JobId} for {User} failed (attempt {Attempt}); retrying in {Delay}: {Reason}")]
+    public static partial void PushFailed(ILogger logger, ulong jobId, string user, int attempt, TimeSpan delay, string reason);
+
+    [LoggerMessage(4002, LogLevel.Error, "Push dispatcher failed; retrying")]
+    public static partial void PushDispatcherFailed(ILogger logger, Exception exception);
 }

@@ -21,6 +21,19 @@ public sealed class BrokerMetrics : IDisposable
         ConnectionsAccepted = _meter.CreateCounter<long>("chatbroker.connections.accepted", "{connection}", "TCP connections accepted.");
         ConnectionsRejected = _meter.CreateCounter<long>("chatbroker.connections.rejected", "{connection}", "TCP connections refused at accept time because tcp.max_connections was reached.");
         ConnectionsOpen = _meter.CreateUpDownCounter<long>("chatbroker.connections.open", "{connection}", "TCP connections currently open.");
+        Sessions = _meter.CreateUpDownCounter<long>("chatbroker.sessions", "{session}", "Authenticated device sessions currently open.");
+        Connects = _meter.CreateCounter<long>("chatbroker.connects", "{connect}", "CONNECT attempts by result (reason code name).");
+        Disconnects = _meter.CreateCounter<long>("chatbroker.disconnects", "{disconnect}", "Sessions and connections ended, by reason code name.");
+        MessagesIn = _meter.CreateCounter<long>("chatbroker.messages.in", "{message}", "Messages accepted from senders and made durable.");
+        BytesIn = _meter.CreateCounter<long>("chatbroker.messages.in.body", "By", "Body bytes of accepted messages.");
+        MessagesOut = _meter.CreateCounter<long>("chatbroker.messages.out", "{message}", "DELIVER frames queued to devices (live and catch-up).");
+        DuplicateSends = _meter.CreateCounter<long>("chatbroker.messages.duplicate", "{message}", "Retried SENDs answered from the idempotency index without storing anything.");
+        FanOut = _meter.CreateHistogram<long>("chatbroker.messages.fanout", "{device}", "Online devices told about each new message.");
+        Receipts = _meter.CreateCounter<long>("chatbroker.receipts", "{receipt}", "Delivered/read positions that moved forward.");
+        SendLatency = _meter.CreateHistogram<double>("chatbroker.send.duration", "s", "From a SEND read off the socket to its SENT queued (durability included).");
+        RateLimited = _meter.CreateCounter<long>("chatbroker.limits.rejected", "{request}", "Requests refused by a per-connection limit, by limit.");
+        ProtocolErrors = _meter.CreateCounter<long>("chatbroker.protocol.errors", "{error}", "Connections closed for a protocol error, by reason code name.");
+        PushJobs = _meter.CreateCounter<long>("chatbroker.push.jobs", "{job}", "Push jobs handed to the notifier, by outcome (sent, retry).");
         _meter.CreateObservableGauge("chatbroker.uptime", () => Stopwatch.GetElapsedTime(_startTimestamp).TotalSeconds, "s", "Seconds since the broker started.");
         _meter.CreateObservableGauge("process.memory.resident", static () => Environment.WorkingSet, "By", "Resident set size of the broker process.");
         _meter.CreateObservableGauge("process.memory.managed_heap", static () => GC.GetTotalMemory(false), "By", "Bytes currently thought to be allocated on the managed heap.");
@@ -31,6 +44,19 @@ public sealed class BrokerMetrics : IDisposable
     public Counter<long> ConnectionsAccepted { get; }
     public Counter<long> ConnectionsRejected { get; }
     public UpDownCounter<long> ConnectionsOpen { get; }
+    public UpDownCounter<long> Sessions { get; }
+    public Counter<long> Connects { get; }
+    public Counter<long> Disconnects { get; }
+    public Counter<long> MessagesIn { get; }
+    public Counter<long> BytesIn { get; }
+    public Counter<long> MessagesOut { get; }
+    public Counter<long> DuplicateSends { get; }
+    public Histogram<long> FanOut { get; }
+    public Counter<long> Receipts { get; }
+    public Histogram<double> SendLatency { get; }
+    public Counter<long> RateLimited { get; }
+    public Counter<long> ProtocolErrors { get; }
+    public Counter<long> PushJobs { get; }
 
     public void Dispose() => _meter.Dispose();
 

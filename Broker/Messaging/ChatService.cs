@@ -1,0 +1,390 @@
+using ChatBroker.Broker.Observability;
+using ChatBroker.Broker.Sessions;
+using ChatBroker.Protocol.Messages;
+using ChatBroker.Storage;
+using Google.Protobuf;
+
+namespace ChatBroker.Broker.Messaging;
+
+/// <summary>The outcome of a SEND: the stored position, or a reason it was refused.</summary>
+/// <summary>A SEND whose conversation is resolved and whose sender is a member, or the reason it is not.</summary>
+public readonly record struct PreparedSend(ReasonCode Error, string? Message, ulong ConversationId, string[]? Members)
+{
+    public static PreparedSend Refused(ReasonCode reason, string message) => new(reason, message, 0, null);
+}
+
+public readonly record struct SendOutcome(ReasonCode Error, string? Message, AppendResult? Result)
+{
+    public static SendOutcome Refused(ReasonCode reason, string message) => new(reason, message, null);
+}
+
+/// <summary>
+/// The messaging core: SEND (sequence, persist, fan out), ACK (cursors and DELIVERED receipts), READ
+/// receipts and HISTORY. Plain code over <see cref="IChatStore"/> and <see cref="SessionRegistry"/>, with no
+/// sockets, so it is tested with the in-memory store and in-memory device links.
+/// <para>
+/// Fan-out on write: every member of a conversation, the sender included, gets an inbox entry in the
+/// same batch as the message; each online device is then told about its user's new inbox position and
+/// delivers in inbox order (see <see cref="DeviceSession"/>). Members with no online device get a durable
+/// push job in the same batch.
+/// </para>
+/// <para>
+/// Receipts are positions, not events: "reader R has received (or read) conversation C up to seq S". They
+/// are stored per (reader, conversation) as cursors of the reserved devices <see cref="DeliveredCursor"/>
+/// and <see cref="ReadCursor"/>, so an offline sender is told the latest position when it reconnects.
+/// </para>
+/// </summary>
+public sealed class ChatService(
+    IChatStore store,
+    SessionRegistry registry,
+    ConversationDirectory directory,
+    BrokerMetrics metrics,
+    TimeProvider clock)
+{
+    /// <summary>Reserved cursor "device" holding a reader's delivered position per conversation. Device ids may not start with '#'.</summary>
+    public const string DeliveredCursor = "#delivered";
+
+    /// <summary>Reserved cursor "device" holding a reader's read position per conversation.</summary>
+    public const string ReadCursor = "#read";
+
+    /// <summary>Largest page a HISTORY request gets.</summary>
+    public const int MaxHistoryPage = 200;
+
+    public IChatStore Store => store;
+
+    public SessionRegistry Registry => registry;
+
+    /// <summary>Raised after a message with push recipients was committed (wakes the push dispatcher).</summary>
+    public event Action? PushJobsAdded;
+
+    /// <summary>SEND in one call (tests and tools); sessions use <see cref="PrepareAsync"/> + <see cref="CommitAsync"/>.</summary>
+    public async Task<SendOutcome> SendAsync(IDeviceLink origin, Send send, CancellationToken cancellationToken)
+    {
+        var prepared = await PrepareAsync(origin, send, cancellationToken).ConfigureAwait(false);
+        return prepared.Error != ReasonCode.Success
+            ? SendOutcome.Refused(prepared.Error, prepared.Message!)
+            : await CommitAsync(origin, send, prepared, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Resolves the conversation of a SEND and checks membership. Completes synchronously except the first
+    /// time a direct conversation is used. A session awaits this before reading its next packet, so the
+    /// appends of one device are enqueued in the order it sent them.
+    /// </summary>
+    public async ValueTask<PreparedSend> PrepareAsync(IDeviceLink origin, Send send, CancellationToken cancellationToken)
+    {
+        var sender = origin.UserId;
+        ulong conversationId;
+        string[]? members;
+        if (send.ToUserId.Length > 0)
+        {
+            if (send.ToUserId == sender)
+            {
+                return PreparedSend.Refused(ReasonCode.BadRequest, "cannot start a direct conversation with yourself");
+            }
+
+            conversationId = await directory.GetOrCreateDirectAsync(sender, send.ToUserId, cancellationToken).ConfigureAwait(false);
+            members = directory.MembersOf(conversationId);
+        }
+        else
+        {
+            conversationId = send.ConversationId;
+            members = directory.MembersOf(conversationId);
+            if (members is null)
+            {
+                return PreparedSend.Refused(ReasonCode.ConversationNotFound, "no such conversation");
+            }
+        }
+
+        if (members is null || !ConversationDirectory.Contains(members, sender))
+        {
+            return PreparedSend.Refused(ReasonCode.NotAMember, "not a member of this conversation");
+        }
+
+        return new PreparedSend(ReasonCode.Success, null, conversationId, members);
+    }
+
+    /// <summary>
+    /// Appends a prepared SEND (the store enqueues it before this method first yields), waits until it is
+    /// durable, then tells every online device of every member.
+    /// </summary>
+    public async Task<SendOutcome> CommitAsync(IDeviceLink origin, Send send, PreparedSend prepared, CancellationToken cancellationToken)
+    {
+        var sender = origin.UserId;
+        var members = prepared.Members!;
+        List<string>? offline = null;
+        foreach (var member in members)
+        {
+            if (member != sender && !registry.IsOnline(member))
+            {
+                (offline ??= []).Add(member);
+            }
+        }
+
+        var body = send.Body.Memory;
+        var media = send.Media is null ? null : Convert.ToBase64String(send.Media.ToByteArray());
+        var append = store.AppendAsync(new AppendRequest
+        {
+            ConversationId = prepared.ConversationId,
+            SenderUserId = sender,
+            SenderDeviceId = origin.DeviceId,
+            ClientMsgId = send.ClientMsgId,
+            ContentType = (uint)send.ContentType,
+            Body = body,
+            MediaRef = media,
+            InboxRecipients = members,
+            PushRecipients = (IReadOnlyList<string>?)offline ?? [],
+        }, cancellationToken);
+        var result = await append.ConfigureAwait(false);
+
+        metrics.MessagesIn.Add(1);
+        metrics.BytesIn.Add(body.Length);
+        if (result.IsDuplicate)
+        {
+            metrics.DuplicateSends.Add(1);
+            return new SendOutcome(ReasonCode.Success, null, result);
+        }
+
+        var message = new DeliveryMessage(result.ConversationId, result.Seq, sender, origin.DeviceId, result.TimestampMs,
+            send.ContentType, body, send.Media, send.ClientMsgId);
+        var deliveries = 0;
+        for (var i = 0; i < members.Length; i++)
+        {
+            var inboxSeq = result.InboxSeqs[i];
+            foreach (var device in registry.DevicesOf(members[i]))
+            {
+                device.OnInboxAppended(inboxSeq, message);
+                deliveries++;
+            }
+        }
+
+        metrics.FanOut.Record(deliveries);
+        if (offline is not null)
+        {
+            PushJobsAdded?.Invoke();
+        }
+
+        return new SendOutcome(ReasonCode.Success, null, result);
+    }
+
+    /// <summary>
+    /// The device has received its inbox up to <paramref name="inboxSeq"/>: store its cursor and tell the
+    /// other members of each conversation in that range how far this user has received.
+    /// </summary>
+    public async Task AckAsync(IDeviceLink device, ulong inboxSeq, CancellationToken cancellationToken)
+    {
+        var user = device.UserId;
+        var target = Math.Min(inboxSeq, store.GetLastInboxSeq(user));
+        var previous = store.GetCursor(user, device.DeviceId, CursorStream.Inbox);
+        if (target <= previous)
+        {
+            return;
+        }
+
+        // Highest seq per conversation in (previous, target]. A short list: receipts are positions.
+        var highest = new Dictionary<ulong, ulong>();
+        var from = previous;
+        while (from < target)
+        {
+            var entries = store.ReadInbox(user, from, 512);
+            if (entries.Count == 0)
+            {
+                break;
+            }
+
+            foreach (var entry in entries)
+            {
+                if (entry.InboxSeq > target)
+                {
+                    from = target;
+                    break;
+                }
+
+                highest[entry.ConversationId] = Math.Max(highest.GetValueOrDefault(entry.ConversationId), entry.Seq);
+                from = entry.InboxSeq;
+            }
+        }
+
+        var writes = new List<Task>(highest.Count + 1)
+        {
+            store.AdvanceCursorAsync(user, device.DeviceId, CursorStream.Inbox, target, cancellationToken),
+        };
+        foreach (var (conversationId, seq) in highest)
+        {
+            writes.Add(RecordReceiptAsync(user, conversationId, seq, ReceiptKind.Delivered, cancellationToken));
+        }
+
+        await Task.WhenAll(writes).ConfigureAwait(false);
+    }
+
+    /// <summary>READ: the user has read the conversation up to <paramref name="upToSeq"/>.</summary>
+    public async Task<(ReasonCode Error, string? Message)> ReadAsync(IDeviceLink device, ulong conversationId, ulong upToSeq, CancellationToken cancellationToken)
+    {
+        var members = directory.MembersOf(conversationId);
+        if (members is null)
+        {
+            return (ReasonCode.ConversationNotFound, "no such conversation");
+        }
+
+        if (!ConversationDirectory.Contains(members, device.UserId))
+        {
+            return (ReasonCode.NotAMember, "not a member of this conversation");
+        }
+
+        var seq = Math.Min(upToSeq, store.GetLastSeq(conversationId));
+        if (seq > 0)
+        {
+            await RecordReceiptAsync(device.UserId, conversationId, seq, ReceiptKind.Read, cancellationToken).ConfigureAwait(false);
+        }
+
+        return (ReasonCode.Success, null);
+    }
+
+    private async Task RecordReceiptAsync(string reader, ulong conversationId, ulong seq, ReceiptKind kind, CancellationToken cancellationToken)
+    {
+        var cursor = kind == ReceiptKind.Read ? ReadCursor : DeliveredCursor;
+        var stream = CursorStream.Conversation(conversationId);
+        if (store.GetCursor(reader, cursor, stream) >= seq)
+        {
+            return;
+        }
+
+        await store.AdvanceCursorAsync(reader, cursor, stream, seq, cancellationToken).ConfigureAwait(false);
+        metrics.Receipts.Add(1);
+        var members = directory.MembersOf(conversationId);
+        if (members is null)
+        {
+            return;
+        }
+
+        var receipt = new Receipt
+        {
+            ConversationId = conversationId,
+            Kind = kind,
+            UpToSeq = seq,
+            ReaderUserId = reader,
+            TimestampMs = (ulong)clock.GetUtcNow().ToUnixTimeMilliseconds(),
+        };
+        foreach (var member in members)
+        {
+            if (member == reader)
+            {
+                continue;
+            }
+
+            foreach (var device in registry.DevicesOf(member))
+            {
+                device.OnReceipt(receipt);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The latest stored receipts of the other members of the user's conversations, for a device that has
+    /// just connected (so a sender that was offline learns what happened meanwhile).
+    /// </summary>
+    public List<Receipt> StoredReceiptsFor(string userId, int maxConversations)
+    {
+        var receipts = new List<Receipt>();
+        var conversations = store.ListConversations(userId);
+        var count = Math.Min(conversations.Count, maxConversations);
+        for (var i = 0; i < count; i++)
+        {
+            var conversationId = conversations[i];
+            var members = directory.MembersOf(conversationId);
+            if (members is null)
+            {
+                continue;
+            }
+
+            var stream = CursorStream.Conversation(conversationId);
+            foreach (var member in members)
+            {
+                if (member == userId)
+                {
+                    continue;
+                }
+
+                var delivered = store.GetCursor(member, DeliveredCursor, stream);
+                if (delivered > 0)
+                {
+                    receipts.Add(new Receipt { ConversationId = conversationId, Kind = ReceiptKind.Delivered, UpToSeq = delivered, ReaderUserId = member });
+                }
+
+                var read = store.GetCursor(member, ReadCursor, stream);
+                if (read > 0)
+                {
+                    receipts.Add(new Receipt { ConversationId = conversationId, Kind = ReceiptKind.Read, UpToSeq = read, ReaderUserId = member });
+                }
+            }
+        }
+
+        return receipts;
+    }
+
+    /// <summary>HISTORY: a page of messages before <c>before_seq</c>, members only.</summary>
+    public (ReasonCode Error, string? Message, HistoryPage? Page) History(string userId, History request)
+    {
+        var members = directory.MembersOf(request.ConversationId);
+        if (members is null)
+        {
+            return (ReasonCode.ConversationNotFound, "no such conversation", null);
+        }
+
+        if (!ConversationDirectory.Contains(members, userId))
+        {
+            return (ReasonCode.NotAMember, "not a member of this conversation", null);
+        }
+
+        var limit = request.Limit == 0 ? 50 : (int)Math.Min(request.Limit, MaxHistoryPage);
+        var before = request.BeforeSeq == 0 ? ulong.MaxValue : request.BeforeSeq;
+        var messages = store.ReadBefore(request.ConversationId, before, limit);
+        var page = new HistoryPage { RequestId = request.RequestId, ConversationId = request.ConversationId };
+        foreach (var m in messages)
+        {
+            page.Messages.Add(ToDeliver(m, userId));
+        }
+
+        page.More = messages.Count == limit && messages[0].Seq > 1;
+        return (ReasonCode.Success, null, page);
+    }
+
+    /// <summary>A stored message as a DELIVER (the rare path: history and media; live delivery writes frames directly).</summary>
+    public static Deliver ToDeliver(StoredMessage m, string recipientUserId)
+    {
+        var deliver = new Deliver
+        {
+            ConversationId = m.ConversationId,
+            Seq = m.Seq,
+            SenderUserId = m.SenderUserId,
+            SenderDeviceId = m.SenderDeviceId,
+            TimestampMs = (ulong)m.TimestampMs,
+            ContentType = (ContentType)m.ContentType,
+            Body = ByteString.CopyFrom(m.Body.Span),
+            Media = ParseMedia(m.MediaRef),
+        };
+        if (m.SenderUserId == recipientUserId)
+        {
+            deliver.ClientMsgId = m.ClientMsgId;
+        }
+
+        return deliver;
+    }
+
+    public static MediaRef? ParseMedia(string? stored)
+    {
+        if (string.IsNullOrEmpty(stored))
+        {
+            return null;
+        }
+
+        try
+        {
+            return MediaRef.Parser.ParseFrom(Convert.FromBase64String(stored));
+        }
+        catch (Exception e) when (e is FormatException or InvalidProtocolBufferException)
+        {
+            return null;
+        }
+    }
+}

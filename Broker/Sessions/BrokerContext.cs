@@ -1,0 +1,26 @@
+using ChatBroker.Broker.Auth;
+using ChatBroker.Broker.Configuration;
+using ChatBroker.Broker.Messaging;
+using ChatBroker.Broker.Observability;
+using Microsoft.Extensions.Logging;
+
+namespace ChatBroker.Broker.Sessions;
+
+/// <summary>What every device session shares: settings, the messaging core, the registry, the token secret.</summary>
+public sealed class BrokerContext(
+    BrokerOptions options,
+    ChatService chat,
+    SessionRegistry registry,
+    TokenSecret secret,
+    BrokerMetrics metrics,
+    TimeProvider clock,
+    ILoggerFactory loggerFactory)
+{
+    public BrokerOptions Options { get; } = options;
+    public ChatService Chat { get; } = chat;
+    public SessionRegistry Registry { get; } = registry;
+    public TokenSecret Secret { get; } = secret;
+    public BrokerMetrics Metrics { get; } = metrics;
+    public TimeProvider Clock { get; } = clock;
+    public ILogger Logger { get; } = loggerFactory.CreateLogger("ChatBroker.Session");
+}

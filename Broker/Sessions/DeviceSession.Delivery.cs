@@ -1,0 +1,231 @@
+using ChatBroker.Broker.Messaging;
+using ChatBroker.Protocol;
+using ChatBroker.Protocol.Messages;
+using ChatBroker.Storage;
+
+namespace ChatBroker.Broker.Sessions;
+
+/// <summary>
+/// Ordered delivery of the user's inbox to this device.
+/// <para>
+/// The device's position is <c>_delivered</c>: the last inbox seq queued to it. Two paths move it:
+/// the live path (a committed message whose inbox seq is exactly <c>_delivered + 1</c> is written straight
+/// from memory) and the pump (reads the store after <c>_delivered</c>, in batches, waiting for the socket
+/// between batches). Resume is the pump starting from the device's cursor; a gap on the live path (two
+/// commits whose notifications arrive out of order) also starts the pump. While the pump runs, the live
+/// path only records that there is more to read, and the pump finishes only after a read that found
+/// everything and no notification since — so no message is skipped or sent twice across the seam.
+/// </para>
+/// Lock order: <c>_deliveryLock</c> before the outbox's lock (the outbox never calls back under its lock).
+/// </summary>
+internal sealed partial class DeviceSession
+{
+    private readonly Lock _deliveryLock = new();
+    // All guarded by _deliveryLock.
+    private ulong _delivered;
+    private bool _pumping = true; // until CONNECT starts the first catch-up, notifications just mark "more"
+    private bool _pumpRunning;
+    private bool _pumpWanted;
+    private bool _syncPending;
+    private ulong _syncRequestId;
+    private bool _closed;
+
+    public void OnInboxAppended(ulong inboxSeq, DeliveryMessage message)
+    {
+        lock (_deliveryLock)
+        {
+            if (_closed)
+            {
+                return;
+            }
+
+            if (_pumping)
+            {
+                _pumpWanted = true;
+                return;
+            }
+
+            if (inboxSeq <= _delivered)
+            {
+                return;
+            }
+
+            if (inboxSeq != _delivered + 1)
+            {
+                // An earlier commit's notification is still on its way: read the store, which has both.
+                _pumping = true;
+                StartPumpLocked();
+                return;
+            }
+
+            _delivered = inboxSeq;
+            if (message.SenderUserId == _user && message.SenderDeviceId == _device)
+            {
+                return; // the sending device has its own message (it got SENT)
+            }
+
+            var fields = new DeliverFields
+            {
+                ConversationId = message.ConversationId,
+                Seq = message.Seq,
+                SenderUserId = message.SenderUserId,
+                SenderDeviceId = message.SenderDeviceId,
+                TimestampMs = (ulong)message.TimestampMs,
+                ContentType = message.ContentType,
+                Media = message.Media,
+                InboxSeq = inboxSeq,
+                ClientMsgId = message.SenderUserId == _user ? message.ClientMsgId : 0,
+            };
+            if (_outbox.TryWriteDeliver(fields, message.Body.Span))
+            {
+                _context.Metrics.MessagesOut.Add(1);
+            }
+        }
+    }
+
+    public void OnReceipt(Receipt receipt)
+    {
+        if ((_capabilities & (ulong)Capability.Receipts) != 0)
+        {
+            _outbox.TryWrite(receipt);
+        }
+    }
+
+    private void StartPump()
+    {
+        lock (_deliveryLock)
+        {
+            _pumping = true;
+            StartPumpLocked();
+        }
+    }
+
+    private void StartPumpLocked()
+    {
+        if (_pumpRunning)
+        {
+            _pumpWanted = true;
+            return;
+        }
+
+        _pumpRunning = true;
+        _ = PumpAsync();
+    }
+
+    private async Task PumpAsync()
+    {
+        await Task.Yield(); // never run the store reads on the caller's thread (a SEND's completion)
+        var store = _context.Chat.Store;
+        var batch = _context.Options.Session.ResumeBatch;
+        try
+        {
+            while (true)
+            {
+                ulong from;
+                lock (_deliveryLock)
+                {
+                    if (_closed)
+                    {
+                        _pumpRunning = false;
+                        return;
+                    }
+
+                    from = _delivered;
+                    _pumpWanted = false;
+                }
+
+                var entries = store.ReadInbox(_user, from, batch);
+                foreach (var entry in entries)
+                {
+                    var stored = store.ReadRange(entry.ConversationId, entry.Seq, 1);
+                    lock (_deliveryLock)
+                    {
+                        if (_closed || entry.InboxSeq <= _delivered)
+                        {
+                            continue; // a SYNC moved the position meanwhile; the next round re-reads
+                        }
+
+                        _delivered = entry.InboxSeq;
+                        if (stored.Count == 0 || stored[0].Seq != entry.Seq)
+                        {
+                            continue; // removed by retention
+                        }
+
+                        var m = stored[0];
+                        if (m.SenderUserId == _user && m.SenderDeviceId == _device)
+                        {
+                            continue;
+                        }
+
+                        WriteStoredDeliver(m, entry.InboxSeq);
+                    }
+                }
+
+                if (entries.Count < batch)
+                {
+                    lock (_deliveryLock)
+                    {
+                        if (!_pumpWanted || _closed)
+                        {
+                            _pumping = false;
+                            _pumpRunning = false;
+                            if (_syncPending && !_closed)
+                            {
+                                _syncPending = false;
+                                _outbox.TryWrite(new SyncDone { RequestId = _syncRequestId, InboxSeq = _delivered });
+                            }
+
+                            return;
+                        }
+                    }
+
+                    continue;
+                }
+
+                // A full batch: let the socket take most of it before reading more, so catching up never
+                // trips the slow-consumer bound and memory stays flat however long the backlog is.
+                await _outbox.WhenBelowAsync(_context.Options.Session.MaxOutboundBytes / 4).ConfigureAwait(false);
+                if (_outbox.IsClosing)
+                {
+                    lock (_deliveryLock)
+                    {
+                        _pumpRunning = false;
+                    }
+
+                    return;
+                }
+            }
+        }
+        catch (Exception e) when (e is StorageException or IOException or ObjectDisposedException)
+        {
+            lock (_deliveryLock)
+            {
+                _pumpRunning = false;
+            }
+
+            Hosting.Log.DeliveryFailed(_context.Logger, _user, _device, e);
+            Close(ReasonCode.ServerUnavailable, "messages could not be read; reconnect");
+        }
+    }
+
+    // Under _deliveryLock.
+    private void WriteStoredDeliver(StoredMessage m, ulong inboxSeq)
+    {
+        var fields = new DeliverFields
+        {
+            ConversationId = m.ConversationId,
+            Seq = m.Seq,
+            SenderUserId = m.SenderUserId,
+            SenderDeviceId = m.SenderDeviceId,
+            TimestampMs = (ulong)m.TimestampMs,
+            ContentType = (ContentType)m.ContentType,
+            Media = ChatService.ParseMedia(m.MediaRef),
+            InboxSeq = inboxSeq,
+            ClientMsgId = m.SenderUserId == _user ? m.ClientMsgId : 0,
+        };
+        if (_outbox.TryWriteDeliver(fields, m.Body.Span))
+        {
+            _context.Metrics.MessagesOut.Add(1);
+        }
+    }
+}

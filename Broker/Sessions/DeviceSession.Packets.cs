@@ -1,0 +1,324 @@
+using System.Diagnostics;
+using ChatBroker.Broker.Auth;
+using ChatBroker.Broker.Messaging;
+using ChatBroker.Protocol;
+using ChatBroker.Protocol.Messages;
+using ChatBroker.Storage;
+using Google.Protobuf;
+
+namespace ChatBroker.Broker.Sessions;
+
+internal sealed partial class DeviceSession
+{
+    // Capabilities this version honours; the others (typing, presence) come with the groups/presence work.
+    private const ulong SupportedCapabilities = (ulong)(Capability.Receipts | Capability.Media);
+
+    private readonly record struct Handled(ReasonCode Reason, string? Message)
+    {
+        public static Handled Ok => default;
+    }
+
+    // In-flight SENDs: incremented by the read loop, decremented by completions (any thread).
+    private int _inflight;
+    private TaskCompletionSource? _inflightSlot;
+    private readonly Lock _inflightLock = new();
+
+    private ValueTask<Handled> HandleAsync(IMessage message, FrameFlags flags, CancellationToken stopping)
+    {
+        switch (message)
+        {
+            case Send send:
+                return HandleSendAsync(send, stopping);
+            case Ack ack:
+                return HandleAckAsync(ack, stopping);
+            case Read read:
+                return HandleReadAsync(read, stopping);
+            case Ping:
+                _outbox.TryWrite(new Pong());
+                return ValueTask.FromResult(Handled.Ok);
+            case Connect connect:
+                return ValueTask.FromResult(HandleConnect(connect));
+            case Disconnect:
+                _ = CloseAsync(null);
+                return ValueTask.FromResult(Handled.Ok);
+            case Sync sync:
+                HandleSync(sync);
+                return ValueTask.FromResult(Handled.Ok);
+            case History history:
+                HandleHistory(history);
+                return ValueTask.FromResult(Handled.Ok);
+            default:
+                WriteError(ReasonCode.BadRequest, $"{PacketTypes.Of(message)} is not available in this version of the broker", RequestIdOf(message), PacketTypes.Of(message));
+                return ValueTask.FromResult(Handled.Ok);
+        }
+    }
+
+    private Handled HandleConnect(Connect connect)
+    {
+        var options = _context.Options;
+        _context.Metrics.Connects.Add(1);
+        if (connect.ProtocolVersion != ProtocolConstants.ProtocolVersion)
+        {
+            return new(ReasonCode.UnsupportedVersion, $"protocol version {connect.ProtocolVersion} is not supported; this broker speaks {ProtocolConstants.ProtocolVersion}");
+        }
+
+        if (connect.DeviceId.StartsWith('#'))
+        {
+            return new(ReasonCode.InvalidField, "device ids starting with '#' are reserved");
+        }
+
+        var status = AccessToken.Verify(_context.Secret, connect.Token, _context.Clock.GetUtcNow(), out var claims);
+        switch (status)
+        {
+            case TokenStatus.Expired:
+                return new(ReasonCode.TokenExpired, "token expired; fetch a new one");
+            case TokenStatus.Malformed:
+                return new(ReasonCode.BadToken, "token is malformed");
+            case TokenStatus.WrongKey:
+                return new(ReasonCode.BadToken, "token was signed with another secret");
+            case TokenStatus.BadSignature:
+                return new(ReasonCode.BadToken, "token signature does not match");
+        }
+
+        if (claims.User != connect.UserId || (claims.Device is not null && claims.Device != connect.DeviceId))
+        {
+            return new(ReasonCode.IdentityMismatch, "token was issued for another user or device");
+        }
+
+        _user = connect.UserId;
+        _device = connect.DeviceId;
+        _capabilities = connect.Capabilities & SupportedCapabilities;
+        var session = options.Session;
+        var keepalive = connect.KeepaliveS == 0 ? session.DefaultKeepalive : TimeSpan.FromSeconds(connect.KeepaliveS);
+        keepalive = keepalive < session.MinKeepalive ? session.MinKeepalive : keepalive > session.MaxKeepalive ? session.MaxKeepalive : keepalive;
+
+        if (_context.Registry.Register(this, session.MaxDevicesPerUser, out var replaced) == SessionRegistry.RegisterOutcome.TooManyDevices)
+        {
+            return new(ReasonCode.TooManyDevices, $"at most {session.MaxDevicesPerUser} devices of a user may be online at once");
+        }
+
+        _registered = true;
+        _keepaliveWindowMs = (long)(keepalive.TotalMilliseconds * 1.5);
+        _context.Metrics.Sessions.Add(1);
+        replaced?.Close(ReasonCode.SessionTakenOver, "this device connected again");
+
+        var store = _context.Chat.Store;
+        lock (_deliveryLock)
+        {
+            // A device may not claim a position beyond its inbox: it would silently skip what comes next.
+            _delivered = Math.Min(connect.ResumeInboxSeq, store.GetLastInboxSeq(_user));
+            _syncPending = true;
+            _syncRequestId = 0;
+        }
+
+        _outbox.TryWrite(new Connack
+        {
+            Reason = ReasonCode.Success,
+            SessionId = _connectionId.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ServerTimeMs = (ulong)_context.Clock.GetUtcNow().ToUnixTimeMilliseconds(),
+            KeepaliveS = (uint)keepalive.TotalSeconds,
+            MaxFrameSize = (uint)_maxFrameSize,
+            Capabilities = _capabilities,
+        });
+
+        if ((_capabilities & (ulong)Capability.Receipts) != 0)
+        {
+            foreach (var receipt in _context.Chat.StoredReceiptsFor(_user, session.MaxResumeReceiptConversations))
+            {
+                _outbox.TryWrite(receipt);
+            }
+        }
+
+        StartPump();
+        return Handled.Ok;
+    }
+
+    private async ValueTask<Handled> HandleSendAsync(Send send, CancellationToken stopping)
+    {
+        var started = Stopwatch.GetTimestamp();
+        if (!_sendRate.TryTake(1, out var retry) || !_byteRate.TryTake(send.Body.Length, out retry))
+        {
+            _context.Metrics.RateLimited.Add(1, new KeyValuePair<string, object?>("limit", "sends"));
+            WriteError(ReasonCode.RateLimited, "send rate limit reached", send.ClientMsgId, PacketType.Send, retry);
+            return Handled.Ok;
+        }
+
+        // Bound the SENDs waiting for durability: stop reading this connection until one completes.
+        while (true)
+        {
+            Task? wait = null;
+            lock (_inflightLock)
+            {
+                if (_inflight < _context.Options.Session.MaxInflightSends)
+                {
+                    _inflight++;
+                    break;
+                }
+
+                wait = (_inflightSlot ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
+            }
+
+            await wait.WaitAsync(stopping).ConfigureAwait(false);
+        }
+
+        PreparedSend prepared;
+        try
+        {
+            prepared = await _context.Chat.PrepareAsync(this, send, stopping).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is StorageException or IOException)
+        {
+            ReleaseInflight();
+            WriteError(ReasonCode.ServerUnavailable, "storage is unavailable", send.ClientMsgId, PacketType.Send);
+            return Handled.Ok;
+        }
+
+        if (prepared.Error != ReasonCode.Success)
+        {
+            ReleaseInflight();
+            WriteError(prepared.Error, prepared.Message!, send.ClientMsgId, PacketType.Send);
+            return Handled.Ok;
+        }
+
+        _ = CompleteSendAsync(send, prepared, started, stopping);
+        return Handled.Ok;
+    }
+
+    private async Task CompleteSendAsync(Send send, PreparedSend prepared, long started, CancellationToken stopping)
+    {
+        try
+        {
+            var outcome = await _context.Chat.CommitAsync(this, send, prepared, stopping).ConfigureAwait(false);
+            var result = outcome.Result!;
+            _outbox.TryWrite(new Sent
+            {
+                ClientMsgId = send.ClientMsgId,
+                ConversationId = result.ConversationId,
+                Seq = result.Seq,
+                TimestampMs = (ulong)result.TimestampMs,
+            });
+            _context.Metrics.SendLatency.Record(Stopwatch.GetElapsedTime(started).TotalSeconds);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+        catch (Exception e) when (e is StorageException or IOException or ObjectDisposedException or InvalidOperationException)
+        {
+            // Nothing was acknowledged: the device keeps the message pending and retries it.
+            WriteError(ReasonCode.ServerUnavailable, "the message could not be stored; retry", send.ClientMsgId, PacketType.Send, TimeSpan.FromSeconds(1));
+        }
+        finally
+        {
+            ReleaseInflight();
+        }
+    }
+
+    private void ReleaseInflight()
+    {
+        TaskCompletionSource? slot;
+        lock (_inflightLock)
+        {
+            _inflight--;
+            slot = _inflightSlot;
+            _inflightSlot = null;
+        }
+
+        slot?.TrySetResult();
+    }
+
+    private async ValueTask<Handled> HandleAckAsync(Ack ack, CancellationToken stopping)
+    {
+        if (ack.InboxSeq > 0)
+        {
+            try
+            {
+                await _context.Chat.AckAsync(this, ack.InboxSeq, stopping).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is StorageException or IOException)
+            {
+                WriteError(ReasonCode.ServerUnavailable, "the acknowledgement could not be stored; repeat it", 0, PacketType.Ack);
+            }
+        }
+
+        if (ack.Conversations.Count > 0)
+        {
+            WriteError(ReasonCode.BadRequest, "per-conversation cursors are for large groups, not available in this version", 0, PacketType.Ack);
+        }
+
+        return Handled.Ok;
+    }
+
+    private async ValueTask<Handled> HandleReadAsync(Read read, CancellationToken stopping)
+    {
+        try
+        {
+            var (error, message) = await _context.Chat.ReadAsync(this, read.ConversationId, read.UpToSeq, stopping).ConfigureAwait(false);
+            if (error != ReasonCode.Success)
+            {
+                WriteError(error, message!, read.ConversationId, PacketType.Read);
+            }
+        }
+        catch (Exception e) when (e is StorageException or IOException)
+        {
+            WriteError(ReasonCode.ServerUnavailable, "the read position could not be stored; repeat it", read.ConversationId, PacketType.Read);
+        }
+
+        return Handled.Ok;
+    }
+
+    private void HandleSync(Sync sync)
+    {
+        if (sync.Conversations.Count > 0)
+        {
+            WriteError(ReasonCode.BadRequest, "per-conversation cursors are for large groups, not available in this version", sync.RequestId, PacketType.Sync);
+            return;
+        }
+
+        lock (_deliveryLock)
+        {
+            _delivered = Math.Min(sync.InboxSeq, _context.Chat.Store.GetLastInboxSeq(_user));
+            _syncPending = true;
+            _syncRequestId = sync.RequestId;
+        }
+
+        StartPump();
+    }
+
+    private void HandleHistory(History history)
+    {
+        try
+        {
+            var (error, message, page) = _context.Chat.History(_user, history);
+            if (error != ReasonCode.Success)
+            {
+                WriteError(error, message!, history.RequestId, PacketType.History);
+                return;
+            }
+
+            _outbox.TryWrite(page!);
+        }
+        catch (Exception e) when (e is StorageException or IOException)
+        {
+            WriteError(ReasonCode.ServerUnavailable, "history is unavailable; retry", history.RequestId, PacketType.History);
+        }
+    }
+
+    private void WriteError(ReasonCode reason, string message, ulong requestId, PacketType inReplyTo, TimeSpan retryAfter = default) =>
+        _outbox.TryWrite(new Error
+        {
+            Reason = reason,
+            Message = message,
+            RequestId = requestId,
+            InReplyTo = inReplyTo,
+            RetryAfterMs = (uint)Math.Ceiling(retryAfter.TotalMilliseconds),
+        });
+
+    private static ulong RequestIdOf(IMessage message) => message switch
+    {
+        GroupRequest g => g.RequestId,
+        PresenceSubscribe p => p.RequestId,
+        KeysUpload k => k.RequestId,
+        FetchKeys f => f.RequestId,
+        _ => 0,
+    };
+}

@@ -1,0 +1,52 @@
+using ChatBroker.Protocol.Messages;
+
+namespace ChatBroker.Broker.Sessions;
+
+/// <summary>
+/// A connected device as the broker core sees it. <see cref="DeviceSession"/> implements it over a socket;
+/// unit tests implement it in memory. Every method is called from arbitrary threads and must not block.
+/// </summary>
+public interface IDeviceLink
+{
+    string UserId { get; }
+
+    string DeviceId { get; }
+
+    /// <summary>Capability bits the session agreed to (receipts, typing, presence).</summary>
+    ulong Capabilities { get; }
+
+    /// <summary>A message was committed into this device's user's inbox at <paramref name="inboxSeq"/>.</summary>
+    void OnInboxAppended(ulong inboxSeq, DeliveryMessage message);
+
+    /// <summary>A delivered/read receipt for this device's user.</summary>
+    void OnReceipt(Receipt receipt);
+
+    /// <summary>Ends the session with a reason (takeover, shutdown).</summary>
+    void Close(ReasonCode reason, string message);
+}
+
+/// <summary>
+/// One committed message, shared (immutable) by every recipient's delivery: built once per SEND, never per
+/// recipient.
+/// </summary>
+public sealed class DeliveryMessage(
+    ulong conversationId,
+    ulong seq,
+    string senderUserId,
+    string senderDeviceId,
+    long timestampMs,
+    ContentType contentType,
+    ReadOnlyMemory<byte> body,
+    MediaRef? media,
+    ulong clientMsgId)
+{
+    public ulong ConversationId { get; } = conversationId;
+    public ulong Seq { get; } = seq;
+    public string SenderUserId { get; } = senderUserId;
+    public string SenderDeviceId { get; } = senderDeviceId;
+    public long TimestampMs { get; } = timestampMs;
+    public ContentType ContentType { get; } = contentType;
+    public ReadOnlyMemory<byte> Body { get; } = body;
+    public MediaRef? Media { get; } = media;
+    public ulong ClientMsgId { get; } = clientMsgId;
+}
