@@ -99,6 +99,22 @@ public class WireExamplesTests
         Assert.Equal(ExampleFor(name), message);
     }
 
+    [Theory]
+    [MemberData(nameof(Examples))]
+    public void Protocol_md_contains_the_example_hex(string name, string hex)
+    {
+        var directory = new DirectoryInfo(AppContext.BaseDirectory);
+        while (directory is not null && !File.Exists(Path.Combine(directory.FullName, "docs", "protocol.md")))
+        {
+            directory = directory.Parent;
+        }
+
+        Assert.True(directory is not null, "docs/protocol.md not found above the test binaries");
+        var text = File.ReadAllText(Path.Combine(directory!.FullName, "docs", "protocol.md"));
+        var collapsed = string.Join(' ', text.Split((char[])[' ', '\n'], StringSplitOptions.RemoveEmptyEntries));
+        Assert.True(collapsed.Contains(hex, StringComparison.Ordinal), $"docs/protocol.md lacks the {name} example: {hex}");
+    }
+
     [Fact]
     public void Documented_deliver_hex_is_what_the_hand_rolled_writer_produces()
     {
