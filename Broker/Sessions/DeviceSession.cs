@@ -77,6 +77,8 @@ internal sealed partial class DeviceSession : IDeviceLink
         using var handshake = CancellationTokenSource.CreateLinkedTokenSource(stopping);
         handshake.CancelAfter(_context.Options.Tcp.ConnectTimeout);
         var closeReason = ReasonCode.NormalDisconnect;
+        var remote = _socket.RemoteEndPoint;
+        long unparsed = 0;
         try
         {
             while (Volatile.Read(ref _closing) == 0)
@@ -89,15 +91,13 @@ internal sealed partial class DeviceSession : IDeviceLink
                 var received = await _socket.ReceiveAsync(memory, SocketFlags.None, token).ConfigureAwait(false);
                 if (received == 0)
                 {
-                    // The peer closed. A partial frame left behind is worth a log line, nothing more.
-                    if (pipe.Reader.TryRead(out var rest))
+                    // The peer closed (or half-closed). Bytes left unparsed mean it stopped inside a frame:
+                    // a half-closed peer can still read, so say why (best effort) before closing.
+                    if (unparsed > 0)
                     {
-                        var end = FrameReader.CheckEndOfStream(rest.Buffer);
-                        pipe.Reader.AdvanceTo(rest.Buffer.End);
-                        if (end != ReasonCode.Success)
-                        {
-                            closeReason = end;
-                        }
+                        closeReason = ReasonCode.TruncatedFrame;
+                        _context.Metrics.ProtocolErrors.Add(1, new KeyValuePair<string, object?>("reason", closeReason.ToString()));
+                        await FailAsync(ReasonCode.TruncatedFrame, "the stream ended inside a frame").ConfigureAwait(false);
                     }
 
                     break;
@@ -118,6 +118,7 @@ internal sealed partial class DeviceSession : IDeviceLink
                     break;
                 }
 
+                unparsed = buffer.Slice(error.Consumed).Length;
                 pipe.Reader.AdvanceTo(error.Consumed, buffer.End);
             }
         }
@@ -156,7 +157,7 @@ internal sealed partial class DeviceSession : IDeviceLink
                 RecordDisconnect(closeReason);
             }
 
-            Log.ConnectionClosed(_context.Logger, _connectionId, _socket.RemoteEndPoint, closeReason.ToString());
+            Log.ConnectionClosed(_context.Logger, _connectionId, remote, closeReason.ToString());
         }
     }
 
@@ -195,8 +196,17 @@ internal sealed partial class DeviceSession : IDeviceLink
 
         return error == ReasonCode.Success
             ? new(ReasonCode.Success, null, buffer.Start)
-            : new(error, "malformed frame", buffer.Start);
+            : new(error, DescribeFrameError(error), buffer.Start);
     }
+
+    private string DescribeFrameError(ReasonCode error) => error switch
+    {
+        ReasonCode.FrameTooLarge => $"frame larger than the {_maxFrameSize} bytes this broker accepts",
+        ReasonCode.MalformedLength => "remaining length is longer than 4 bytes or not minimally encoded",
+        ReasonCode.UnknownPacketType => "unknown packet type",
+        ReasonCode.InvalidFlags => "flag bits not allowed for this packet type",
+        _ => "malformed frame",
+    };
 
     /// <summary>A fatal error: CONNACK with the reason before CONNECT completed, else ERROR; then close.</summary>
     private Task FailAsync(ReasonCode reason, string? message)

@@ -134,6 +134,9 @@ public sealed class RawDevice : IAsyncDisposable
         return all;
     }
 
+    /// <summary>Half-closes: the broker sees the end of the stream, and can still answer.</summary>
+    public void ShutdownSend() => _socket.Shutdown(SocketShutdown.Send);
+
     public async ValueTask DisposeAsync()
     {
         await _reader.CompleteAsync();
