@@ -176,6 +176,11 @@ public sealed class BrokerConfiguration
             errors.Add($"admin.listen and tcp.listen are both {options.Tcp.Listen}: they must differ");
         }
 
+        if (options.Session.MaxOutboundBytes < 4L * options.Tcp.MaxFrameBytes)
+        {
+            errors.Add($"session.max_outbound_bytes ({options.Session.MaxOutboundBytes}) must be at least 4 x tcp.max_frame_bytes ({options.Tcp.MaxFrameBytes}), so a catching-up device can have frames in flight");
+        }
+
         if (options.Session.MinKeepalive > options.Session.MaxKeepalive)
         {
             errors.Add("session.min_keepalive is greater than session.max_keepalive");

@@ -117,6 +117,8 @@ internal sealed partial class DeviceSession
         await Task.Yield(); // never run the store reads on the caller's thread (a SEND's completion)
         var store = _context.Chat.Store;
         var batch = _context.Options.Session.ResumeBatch;
+        var highWatermark = _context.Options.Session.MaxOutboundBytes / 2;
+        var lowWatermark = _context.Options.Session.MaxOutboundBytes / 4;
         try
         {
             while (true)
@@ -137,6 +139,21 @@ internal sealed partial class DeviceSession
                 var entries = store.ReadInbox(_user, from, batch);
                 foreach (var entry in entries)
                 {
+                    // Never let catching up trip the slow-consumer bound: wait for the socket to take some.
+                    if (_outbox.PendingBytes > highWatermark)
+                    {
+                        await _outbox.WhenBelowAsync(lowWatermark).ConfigureAwait(false);
+                        if (_outbox.IsClosing)
+                        {
+                            lock (_deliveryLock)
+                            {
+                                _pumpRunning = false;
+                            }
+
+                            return;
+                        }
+                    }
+
                     var stored = store.ReadRange(entry.ConversationId, entry.Seq, 1);
                     lock (_deliveryLock)
                     {
@@ -182,18 +199,6 @@ internal sealed partial class DeviceSession
                     continue;
                 }
 
-                // A full batch: let the socket take most of it before reading more, so catching up never
-                // trips the slow-consumer bound and memory stays flat however long the backlog is.
-                await _outbox.WhenBelowAsync(_context.Options.Session.MaxOutboundBytes / 4).ConfigureAwait(false);
-                if (_outbox.IsClosing)
-                {
-                    lock (_deliveryLock)
-                    {
-                        _pumpRunning = false;
-                    }
-
-                    return;
-                }
             }
         }
         catch (Exception e) when (e is StorageException or IOException or ObjectDisposedException)

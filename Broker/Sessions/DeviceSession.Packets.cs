@@ -11,6 +11,9 @@ namespace ChatBroker.Broker.Sessions;
 internal sealed partial class DeviceSession
 {
     // Capabilities this version honours; the others (typing, presence) come with the groups/presence work.
+    /// <summary>Room kept in a frame for what a DELIVER adds to a SEND's body (ids, positions, timestamps).</summary>
+    internal const int DeliverHeadroom = 1024;
+
     private const ulong SupportedCapabilities = (ulong)(Capability.Receipts | Capability.Media);
 
     private readonly record struct Handled(ReasonCode Reason, string? Message)
@@ -136,6 +139,13 @@ internal sealed partial class DeviceSession
     private async ValueTask<Handled> HandleSendAsync(Send send, CancellationToken stopping)
     {
         var started = Stopwatch.GetTimestamp();
+        if (send.Body.Length + (send.Media?.CalculateSize() ?? 0) > _maxFrameSize - DeliverHeadroom)
+        {
+            // The DELIVER carrying it adds sender ids and positions; it must still fit every device's frame limit.
+            WriteError(ReasonCode.InvalidField, $"body too large: at most {_maxFrameSize - DeliverHeadroom} bytes", send.ClientMsgId, PacketType.Send);
+            return Handled.Ok;
+        }
+
         if (!_sendRate.TryTake(1, out var retry) || !_byteRate.TryTake(send.Body.Length, out retry))
         {
             _context.Metrics.RateLimited.Add(1, new KeyValuePair<string, object?>("limit", "sends"));

@@ -185,6 +185,13 @@ public sealed partial class BrokerProcess : IAsyncDisposable
         }
     }
 
+    /// <summary>SIGKILL: no shutdown code runs, as in a crash.</summary>
+    public async Task KillAsync()
+    {
+        _process.Kill(entireProcessTree: true);
+        await _process.WaitForExitAsync();
+    }
+
     public const int SigTerm = 15;
     public const int SigInt = 2;
 
