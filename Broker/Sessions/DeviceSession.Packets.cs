@@ -176,6 +176,12 @@ internal sealed partial class DeviceSession
         {
             prepared = await _context.Chat.PrepareAsync(this, send, stopping).ConfigureAwait(false);
         }
+        catch (ArgumentException e)
+        {
+            ReleaseInflight();
+            WriteError(ReasonCode.InvalidField, e.Message, send.ClientMsgId, PacketType.Send);
+            return Handled.Ok;
+        }
         catch (Exception e) when (e is StorageException or IOException)
         {
             ReleaseInflight();
@@ -211,6 +217,10 @@ internal sealed partial class DeviceSession
         }
         catch (OperationCanceledException)
         {
+        }
+        catch (ArgumentException e)
+        {
+            WriteError(ReasonCode.InvalidField, e.Message, send.ClientMsgId, PacketType.Send);
         }
         catch (Exception e) when (e is StorageException or IOException or ObjectDisposedException or InvalidOperationException)
         {

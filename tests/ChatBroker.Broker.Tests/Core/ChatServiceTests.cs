@@ -1,0 +1,157 @@
+using ChatBroker.Broker.Messaging;
+using ChatBroker.Broker.Observability;
+using ChatBroker.Broker.Sessions;
+using ChatBroker.Protocol.Messages;
+using ChatBroker.Storage;
+using Google.Protobuf;
+
+namespace ChatBroker.Broker.Tests.Core;
+
+/// <summary>The messaging core over the in-memory store and in-memory devices: no sockets.</summary>
+public sealed class ChatServiceTests : IAsyncLifetime
+{
+    private readonly InMemoryChatStore _store = new();
+    private readonly SessionRegistry _registry = new();
+    private readonly BrokerMetrics _metrics = new("test");
+    private ChatService _chat = null!;
+
+    public Task InitializeAsync()
+    {
+        _chat = new ChatService(_store, _registry, new ConversationDirectory(_store), _metrics, TimeProvider.System);
+        return Task.CompletedTask;
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _store.DisposeAsync();
+        _metrics.Dispose();
+    }
+
+    private FakeDevice Online(string user, string device)
+    {
+        var d = new FakeDevice(user, device);
+        _registry.Register(d, 10, out _);
+        return d;
+    }
+
+    private static Send Text(ulong id, string to, string text) => new() { ClientMsgId = id, ToUserId = to, Body = ByteString.CopyFromUtf8(text) };
+
+    [Fact]
+    public async Task Send_notifies_every_online_device_of_every_member_including_the_senders_own()
+    {
+        var alicePhone = Online("alice", "phone");
+        var aliceLaptop = Online("alice", "laptop");
+        var bob = Online("bob", "phone");
+
+        var outcome = await _chat.SendAsync(alicePhone, Text(1, "bob", "hi"), default);
+
+        Assert.Equal(ReasonCode.Success, outcome.Error);
+        Assert.Equal(1UL, outcome.Result!.Seq);
+        var (bobInbox, message) = Assert.Single(bob.Inbox);
+        Assert.Equal(1UL, bobInbox);
+        Assert.Equal("hi", System.Text.Encoding.UTF8.GetString(message.Body.Span));
+        Assert.Single(aliceLaptop.Inbox);
+        Assert.Single(alicePhone.Inbox); // the session itself skips writing its own message
+    }
+
+    [Fact]
+    public async Task Send_to_an_offline_user_records_a_push_job_in_the_same_commit()
+    {
+        var alice = Online("alice", "phone");
+
+        var outcome = await _chat.SendAsync(alice, Text(1, "bob", "hi"), default);
+
+        var job = Assert.Single(_store.ListDuePushJobs(long.MaxValue, 10));
+        Assert.Equal("bob", job.UserId);
+        Assert.Equal(outcome.Result!.Seq, job.Seq);
+    }
+
+    [Fact]
+    public async Task Retried_send_is_a_duplicate_with_the_same_seq_and_notifies_nobody()
+    {
+        var alice = Online("alice", "phone");
+        var bob = Online("bob", "phone");
+        var first = await _chat.SendAsync(alice, Text(5, "bob", "once"), default);
+
+        var again = await _chat.SendAsync(alice, Text(5, "bob", "once"), default);
+
+        Assert.True(again.Result!.IsDuplicate);
+        Assert.Equal(first.Result!.Seq, again.Result.Seq);
+        Assert.Single(bob.Inbox);
+        Assert.Equal(1UL, _store.GetLastSeq(first.Result.ConversationId));
+    }
+
+    [Fact]
+    public async Task Non_members_and_unknown_conversations_are_refused_and_nothing_is_stored()
+    {
+        var alice = Online("alice", "phone");
+        var carol = Online("carol", "phone");
+        var sent = await _chat.SendAsync(alice, Text(1, "bob", "hi"), default);
+        var conversation = sent.Result!.ConversationId;
+
+        var intruder = await _chat.SendAsync(carol, new Send { ClientMsgId = 1, ConversationId = conversation, Body = ByteString.CopyFromUtf8("x") }, default);
+        var unknown = await _chat.SendAsync(carol, new Send { ClientMsgId = 2, ConversationId = 999_999, Body = ByteString.CopyFromUtf8("x") }, default);
+        var self = await _chat.SendAsync(carol, Text(3, "carol", "me"), default);
+
+        Assert.Equal(ReasonCode.NotAMember, intruder.Error);
+        Assert.Equal(ReasonCode.ConversationNotFound, unknown.Error);
+        Assert.Equal(ReasonCode.BadRequest, self.Error);
+        Assert.Equal(1UL, _store.GetLastSeq(conversation));
+    }
+
+    [Fact]
+    public async Task Ack_advances_the_cursor_and_sends_one_delivered_receipt_per_conversation_to_the_other_side()
+    {
+        var alice = Online("alice", "phone");
+        var bob = Online("bob", "phone");
+        for (ulong i = 1; i <= 5; i++)
+        {
+            await _chat.SendAsync(alice, Text(i, "bob", "m" + i), default);
+        }
+
+        await _chat.AckAsync(bob, 3, default);
+        await _chat.AckAsync(bob, 2, default); // going backwards changes nothing
+        await _chat.AckAsync(bob, 99, default); // beyond the inbox is clamped to its end
+
+        Assert.Equal(5UL, _store.GetCursor("bob", "phone", CursorStream.Inbox));
+        Assert.Collection(alice.Receipts,
+            r => Assert.Equal((ReceiptKind.Delivered, 3UL, "bob"), (r.Kind, r.UpToSeq, r.ReaderUserId)),
+            r => Assert.Equal((ReceiptKind.Delivered, 5UL, "bob"), (r.Kind, r.UpToSeq, r.ReaderUserId)));
+        Assert.Empty(bob.Receipts);
+    }
+
+    [Fact]
+    public async Task Read_receipts_are_stored_and_replayed_to_a_sender_that_connects_later()
+    {
+        var alice = new FakeDevice("alice", "phone");
+        var bob = Online("bob", "phone");
+        var sent = await _chat.SendAsync(bob, Text(1, "alice", "hello"), default);
+        await _chat.SendAsync(alice, Text(1, "bob", "hi bob"), default);
+
+        var (error, _) = await _chat.ReadAsync(bob, sent.Result!.ConversationId, 2, default);
+
+        Assert.Equal(ReasonCode.Success, error);
+        var stored = _chat.StoredReceiptsFor("alice", 10);
+        var read = Assert.Single(stored, r => r.Kind == ReceiptKind.Read);
+        Assert.Equal(2UL, read.UpToSeq);
+        Assert.Equal("bob", read.ReaderUserId);
+    }
+
+    [Fact]
+    public async Task History_pages_backwards_and_refuses_non_members()
+    {
+        var alice = Online("alice", "phone");
+        ulong conversation = 0;
+        for (ulong i = 1; i <= 12; i++)
+        {
+            conversation = (await _chat.SendAsync(alice, Text(i, "bob", "m" + i), default)).Result!.ConversationId;
+        }
+
+        var (error, _, page) = _chat.History("bob", new History { ConversationId = conversation, BeforeSeq = 0, Limit = 5 });
+        Assert.Equal(ReasonCode.Success, error);
+        Assert.Equal(new ulong[] { 8, 9, 10, 11, 12 }, page!.Messages.Select(m => m.Seq));
+        Assert.True(page.More);
+
+        Assert.Equal(ReasonCode.NotAMember, _chat.History("mallory", new History { ConversationId = conversation }).Error);
+    }
+}

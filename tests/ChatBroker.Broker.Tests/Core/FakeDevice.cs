@@ -1,0 +1,22 @@
+using System.Collections.Concurrent;
+using ChatBroker.Broker.Sessions;
+using ChatBroker.Protocol.Messages;
+
+namespace ChatBroker.Broker.Tests.Core;
+
+/// <summary>An in-memory device link: records what the core tells it.</summary>
+internal sealed class FakeDevice(string user, string device, ulong capabilities = (ulong)Capability.Receipts) : IDeviceLink
+{
+    public string UserId { get; } = user;
+    public string DeviceId { get; } = device;
+    public ulong Capabilities { get; } = capabilities;
+    public ConcurrentQueue<(ulong InboxSeq, DeliveryMessage Message)> Inbox { get; } = new();
+    public ConcurrentQueue<Receipt> Receipts { get; } = new();
+    public (ReasonCode Reason, string Message)? ClosedWith { get; private set; }
+
+    public void OnInboxAppended(ulong inboxSeq, DeliveryMessage message) => Inbox.Enqueue((inboxSeq, message));
+
+    public void OnReceipt(Receipt receipt) => Receipts.Enqueue(receipt);
+
+    public void Close(ReasonCode reason, string message) => ClosedWith = (reason, message);
+}
