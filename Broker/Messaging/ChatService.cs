@@ -323,7 +323,7 @@ public sealed class ChatService(
     }
 
     /// <summary>HISTORY: a page of messages before <c>before_seq</c>, members only.</summary>
-    public (ReasonCode Error, string? Message, HistoryPage? Page) History(string userId, History request)
+    public (ReasonCode Error, string? Message, HistoryPage? Page) History(string userId, History request, int maxFrameBytes = int.MaxValue)
     {
         var members = directory.MembersOf(request.ConversationId);
         if (members is null)
@@ -340,12 +340,30 @@ public sealed class ChatService(
         var before = request.BeforeSeq == 0 ? ulong.MaxValue : request.BeforeSeq;
         var messages = store.ReadBefore(request.ConversationId, before, limit);
         var page = new HistoryPage { RequestId = request.RequestId, ConversationId = request.ConversationId };
-        foreach (var m in messages)
+        // Keep the newest messages that fit one frame; the client pages on from the oldest it got.
+        var delivers = new Deliver[messages.Count];
+        var size = page.CalculateSize() + 16;
+        var first = messages.Count;
+        for (var i = messages.Count - 1; i >= 0; i--)
         {
-            page.Messages.Add(ToDeliver(m, userId));
+            var deliver = ToDeliver(messages[i], userId);
+            var entry = deliver.CalculateSize() + 6; // field tag + length prefix
+            if (size + entry > maxFrameBytes && first < messages.Count)
+            {
+                break;
+            }
+
+            size += entry;
+            delivers[i] = deliver;
+            first = i;
         }
 
-        page.More = messages.Count == limit && messages[0].Seq > 1;
+        for (var i = first; i < messages.Count; i++)
+        {
+            page.Messages.Add(delivers[i]);
+        }
+
+        page.More = first > 0 || (messages.Count == limit && messages[0].Seq > 1);
         return (ReasonCode.Success, null, page);
     }
 

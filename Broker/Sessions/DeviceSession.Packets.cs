@@ -65,6 +65,13 @@ internal sealed partial class DeviceSession
             return new(ReasonCode.UnsupportedVersion, $"protocol version {connect.ProtocolVersion} is not supported; this broker speaks {ProtocolConstants.ProtocolVersion}");
         }
 
+        if (connect.MaxFrameSize != 0 && connect.MaxFrameSize < _maxFrameSize)
+        {
+            // Messages up to the broker's frame size exist and must reach every device: a device that cannot
+            // take them could never be delivered to, so it is refused up front rather than starved later.
+            return new(ReasonCode.InvalidField, $"max_frame_size must be 0 or at least {_maxFrameSize}: this broker delivers frames up to that size");
+        }
+
         if (connect.DeviceId.StartsWith('#'))
         {
             return new(ReasonCode.InvalidField, "device ids starting with '#' are reserved");
@@ -308,7 +315,7 @@ internal sealed partial class DeviceSession
     {
         try
         {
-            var (error, message, page) = _context.Chat.History(_user, history);
+            var (error, message, page) = _context.Chat.History(_user, history, _maxFrameSize);
             if (error != ReasonCode.Success)
             {
                 WriteError(error, message!, history.RequestId, PacketType.History);
