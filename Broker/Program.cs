@@ -61,6 +61,7 @@ public static class Program
             result.GetValue(fileArgument) ?? result.GetValue(configOption), result.GetValue(setOption)));
         var config = new Command("config", "Configuration commands.") { check };
         root.Subcommands.Add(config);
+        Cli.MessagingCommands.Add(root, configOption, setOption);
         return root;
     }
 
