@@ -408,8 +408,10 @@ public sealed partial class ChatClient
 
         public async ValueTask DisposeAsync()
         {
+            // Completing a StreamPipeWriter without an exception flushes what is buffered, which throws (or
+            // waits) on a dead socket; everything worth sending was flushed by the writer loop already.
+            await Writer.CompleteAsync(new OperationCanceledException("connection closed")).ConfigureAwait(false);
             await Reader.CompleteAsync().ConfigureAwait(false);
-            await Writer.CompleteAsync().ConfigureAwait(false);
             await stream.DisposeAsync().ConfigureAwait(false);
             socket.Dispose();
             _cts.Dispose();
