@@ -173,6 +173,12 @@ public sealed partial class ChatClient
                 Publish(ChatConnectionState.Disconnected, ReasonCode.NormalDisconnect, "disconnected by the app");
                 return;
             }
+            catch (Exception e)
+            {
+                // Not expected (EstablishAsync retries transport failures), but a background task must not die silently.
+                Close(ReasonCode.ServerUnavailable, $"reconnect failed: {e.Message}");
+                return;
+            }
         }
     }
 
@@ -185,6 +191,9 @@ public sealed partial class ChatClient
 
         Publish(ChatConnectionState.Closed, reason, message);
         FailPending(new ChatClientException(reason, message));
+        // Closed is final: let readers of the streams finish.
+        _messages.Writer.TryComplete();
+        _receipts.Writer.TryComplete();
     }
 
     /// <summary>Connection attempts with backoff until one succeeds; throws on a terminal refusal or cancellation.</summary>
@@ -246,7 +255,17 @@ public sealed partial class ChatClient
             var stream = new NetworkStream(socket, ownsSocket: true);
             var reader = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 16 * 1024, minimumReadSize: 4096, leaveOpen: true));
             var writer = PipeWriter.Create(stream, new StreamPipeWriterOptions(minimumBufferSize: 16 * 1024, leaveOpen: true));
-            var accessToken = await _options.TokenProvider!(token).ConfigureAwait(false);
+            string accessToken;
+            try
+            {
+                accessToken = await _options.TokenProvider!(token).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                // The app's token backend is unreachable: as transient as the broker being unreachable.
+                throw new IOException($"The token provider failed: {e.Message}", e);
+            }
+
             FrameWriter.Write(writer, new Connect
             {
                 ProtocolVersion = ProtocolConstants.ProtocolVersion,
@@ -335,6 +354,11 @@ public sealed partial class ChatClient
         lock (_lock)
         {
             _connection = null;
+            // Waiters from now on wait for the next connection's SYNC_DONE.
+            if (_sync.Task.IsCompleted)
+            {
+                _sync = NewSignal();
+            }
         }
 
         await connection.DisposeAsync().ConfigureAwait(false);

@@ -243,7 +243,7 @@ public sealed partial class ChatClient
         if (retry)
         {
             var delay = error.RetryAfterMs > 0 ? TimeSpan.FromMilliseconds(error.RetryAfterMs) : _options.Reconnect.InitialDelay;
-            _ = RetrySendAsync(pending, delay);
+            HoldSends(pending, delay);
             return;
         }
 
@@ -251,14 +251,36 @@ public sealed partial class ChatClient
         _sendSlots.Release();
     }
 
-    private async Task RetrySendAsync(PendingSend pending, TimeSpan delay)
+    /// <summary>
+    /// RATE_LIMITED / SERVER_BUSY on a send: close the send gate for the delay, so the writer holds back every
+    /// further SEND instead of having each one refused too, then re-send the refused ones together with the held
+    /// ones in client_msg_id order (which keeps a conversation's messages in order, apart from the few that were
+    /// already on the wire when the first refusal came back).
+    /// </summary>
+    private void HoldSends(PendingSend pending, TimeSpan delay)
+    {
+        var until = _time.GetTimestamp() + (long)(delay.TotalSeconds * _time.TimestampFrequency);
+        bool later;
+        lock (_lock)
+        {
+            _refusedSends.Add(pending);
+            later = until > _sendGateUntil;
+            if (later)
+            {
+                _sendGateUntil = until;
+            }
+        }
+
+        if (later)
+        {
+            _ = OpenSendGateLaterAsync(delay);
+        }
+    }
+
+    private async Task OpenSendGateLaterAsync(TimeSpan delay)
     {
         await Task.Delay(delay, _time).ConfigureAwait(false);
-        if (!pending.IsDone)
-        {
-            // Force: it was written on this connection already, and must go again.
-            _outbound.Writer.TryWrite(Outbound.Of(pending, force: true));
-        }
+        _outbound.Writer.TryWrite(new Outbound(OutboundKind.SendGate, null, null, false, 0));
     }
 
     private void OnHistoryPage(HistoryPage page)

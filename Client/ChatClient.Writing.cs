@@ -11,6 +11,9 @@ public sealed partial class ChatClient
 
     private static readonly Ping PingMessage = new();
 
+    // SENDs the writer loop holds while the send gate is closed (writer loop only; loops never overlap).
+    private readonly List<PendingOperation> _heldSends = [];
+
     /// <summary>
     /// Drains the client's outbound queue into the socket: every frame available is written into the
     /// PipeWriter, then one flush, so a burst of pipelined sends costs one syscall. It first re-sends every
@@ -22,6 +25,14 @@ public sealed partial class ChatClient
         var token = connection.Token;
         try
         {
+            // A new connection has a fresh rate budget, and ResendPending covers whatever was held or refused.
+            _heldSends.Clear();
+            lock (_lock)
+            {
+                _refusedSends.Clear();
+                _sendGateUntil = 0;
+            }
+
             ResendPending(connection);
             await FlushAsync(connection).ConfigureAwait(false);
             var queue = _outbound.Reader;
@@ -106,7 +117,18 @@ public sealed partial class ChatClient
         switch (item.Kind)
         {
             case OutboundKind.Pending:
-                WritePending(connection, item.Pending!, item.Force);
+                if (item.Pending is PendingSend && IsSendGateClosed())
+                {
+                    _heldSends.Add(item.Pending);
+                }
+                else
+                {
+                    WritePending(connection, item.Pending!, item.Force);
+                }
+
+                return true;
+            case OutboundKind.SendGate:
+                ReleaseHeldSends(connection);
                 return true;
             case OutboundKind.Ack:
                 Volatile.Write(ref _ackQueued, 0);
@@ -129,6 +151,54 @@ public sealed partial class ChatClient
             default:
                 FrameWriter.Write(connection.Writer, item.Message!);
                 return true;
+        }
+    }
+
+    private bool IsSendGateClosed()
+    {
+        // Written under _lock; a plain 64-bit read is enough to see "open" on the hot path.
+        var until = Volatile.Read(ref _sendGateUntil);
+        return until != 0 && _time.GetTimestamp() < until;
+    }
+
+    /// <summary>Re-sends the refused sends (forced: they were written on this connection) and the held ones, in client_msg_id order.</summary>
+    private void ReleaseHeldSends(Connection connection)
+    {
+        List<PendingSend> refused;
+        lock (_lock)
+        {
+            if (_sendGateUntil != 0 && _time.GetTimestamp() < _sendGateUntil)
+            {
+                return; // a later refusal moved the gate; its own timer will come
+            }
+
+            _sendGateUntil = 0;
+            refused = _refusedSends;
+            _refusedSends = [];
+        }
+
+        var batch = new List<(PendingOperation Pending, bool Force)>(refused.Count + _heldSends.Count);
+        foreach (var send in refused)
+        {
+            batch.Add((send, true));
+        }
+
+        foreach (var send in _heldSends)
+        {
+            batch.Add((send, false));
+        }
+
+        _heldSends.Clear();
+        // By id; for a send both refused and held, the forced entry first (the other is then skipped).
+        batch.Sort(static (a, b) => a.Pending.Id != b.Pending.Id ? a.Pending.Id.CompareTo(b.Pending.Id) : b.Force.CompareTo(a.Force));
+        ulong last = 0;
+        foreach (var (pending, force) in batch)
+        {
+            if (pending.Id != last)
+            {
+                WritePending(connection, pending, force);
+                last = pending.Id;
+            }
         }
     }
 

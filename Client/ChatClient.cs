@@ -47,6 +47,10 @@ public sealed partial class ChatClient : IAsyncDisposable
     private Connection? _connection;
     private int _generation;
     private TaskCompletionSource _sync = NewSignal();
+    // Sends refused with RATE_LIMITED/SERVER_BUSY/SERVER_UNAVAILABLE, and the time (TimeProvider timestamp) until
+    // which the writer holds back SENDs; 0 = open.
+    private List<PendingSend> _refusedSends = [];
+    private long _sendGateUntil;
 
     // Written by the read loop only.
     private ulong _cursor;

@@ -56,6 +56,9 @@ internal enum OutboundKind
     Pending,
     Ack,
     Disconnect,
+
+    /// <summary>The send gate's delay is over: re-send what it held (see ChatClient.HoldSends).</summary>
+    SendGate,
 }
 
 /// <summary>One entry of the client's outbound queue, drained by the current connection's writer loop.</summary>

@@ -435,6 +435,33 @@ public sealed class ChatClientTests : IDisposable
         }
     }
 
+    [Fact]
+    public async Task While_rate_limited_new_sends_are_held_and_go_after_the_refused_one_in_order()
+    {
+        var (client, connection, _) = await ConnectedAsync();
+        await using (client)
+        await using (connection)
+        {
+            var x = client.SendAsync(3, "x"u8.ToArray());
+            var a = client.SendAsync(3, "a"u8.ToArray());
+            var sendX = (await connection.ExpectAsync<Send>()).Message;
+            var sendA = (await connection.ExpectAsync<Send>()).Message;
+            await connection.WriteAsync(
+                new Error { Reason = ReasonCode.RateLimited, RequestId = sendA.ClientMsgId, InReplyTo = PacketType.Send, RetryAfterMs = 150 },
+                SentFor(sendX, 1));
+            await x.WaitAsync(Timeout); // frames are handled in order: the ERROR has been seen
+
+            var d = client.SendAsync(3, "d"u8.ToArray());
+            var (first, firstFlags) = await connection.ExpectAsync<Send>();
+            var (second, secondFlags) = await connection.ExpectAsync<Send>();
+            Assert.Equal(("a", FrameFlags.Dup), (first.Body.ToStringUtf8(), firstFlags));
+            Assert.Equal(("d", FrameFlags.None), (second.Body.ToStringUtf8(), secondFlags));
+            await connection.WriteAsync(SentFor(first, 2), SentFor(second, 3));
+            Assert.Equal(2ul, (await a.WaitAsync(Timeout)).Seq);
+            Assert.Equal(3ul, (await d.WaitAsync(Timeout)).Seq);
+        }
+    }
+
     [Theory]
     [InlineData(ReasonCode.NotAMember)]
     [InlineData(ReasonCode.BadRequest)]
