@@ -184,13 +184,14 @@ public sealed partial class ChatClient
             {
                 return; // a second SENT for a DUP resend that crossed the first answer
             }
+
+            PromoteWaitingSendsLocked();
         }
 
         // The broker does not echo our own message to this device, but other paths (history, another device's
         // resume) may bring it: remember it as seen.
         _dedupe.TryMark(sent.ConversationId, sent.Seq);
         pending.TryComplete(new SentResult(sent.ClientMsgId, sent.ConversationId, sent.Seq, sent.TimestampMs));
-        _sendSlots.Release();
     }
 
     private bool OnError(Connection connection, Error error)
@@ -229,9 +230,9 @@ public sealed partial class ChatClient
             {
                 _pendingSends.TryGetValue(error.RequestId, out pending);
             }
-            else
+            else if (_pendingSends.Remove(error.RequestId, out pending))
             {
-                _pendingSends.Remove(error.RequestId, out pending);
+                PromoteWaitingSendsLocked();
             }
         }
 
@@ -248,7 +249,6 @@ public sealed partial class ChatClient
         }
 
         pending.TryFail(new ChatClientException(error.Reason, error.Message));
-        _sendSlots.Release();
     }
 
     /// <summary>

@@ -167,9 +167,12 @@ public sealed partial class ChatClient
         List<PendingSend> refused;
         lock (_lock)
         {
-            if (_sendGateUntil != 0 && _time.GetTimestamp() < _sendGateUntil)
+            var now = _time.GetTimestamp();
+            if (_sendGateUntil != 0 && now < _sendGateUntil)
             {
-                return; // a later refusal moved the gate; its own timer will come
+                // A later refusal moved the gate, or the timer fired a hair early: come back when it opens.
+                _ = OpenSendGateLaterAsync(_time.GetElapsedTime(now, _sendGateUntil));
+                return;
             }
 
             _sendGateUntil = 0;

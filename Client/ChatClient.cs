@@ -29,7 +29,6 @@ public sealed partial class ChatClient : IAsyncDisposable
     private readonly Channel<ReceivedReceipt> _receipts;
     private readonly Channel<ConnectionEvent> _events;
     private readonly Channel<Outbound> _outbound;
-    private readonly SemaphoreSlim _sendSlots;
     private readonly ulong _clientMsgIdBase;
     private long _clientMsgIdCounter;
     private long _requestIdCounter;
@@ -37,6 +36,8 @@ public sealed partial class ChatClient : IAsyncDisposable
     private readonly Lock _lock = new();
     // Guarded by _lock.
     private readonly Dictionary<ulong, PendingSend> _pendingSends = [];
+    // Sends beyond MaxPendingSends, in call order; promoted into _pendingSends as SENTs free slots.
+    private readonly Queue<PendingSend> _waitingSends = new();
     private readonly Dictionary<ulong, PendingHistory> _pendingHistory = [];
     private ChatConnectionState _state;
     private ReasonCode _closedReason;
@@ -80,7 +81,6 @@ public sealed partial class ChatClient : IAsyncDisposable
         });
         // Unbounded, but what can pile up is bounded elsewhere: sends by MaxPendingSends, acks by coalescing.
         _outbound = Channel.CreateUnbounded<Outbound>(new UnboundedChannelOptions { SingleReader = true });
-        _sendSlots = new SemaphoreSlim(options.MaxPendingSends, options.MaxPendingSends);
         _clientMsgIdBase = (ulong)_time.GetUtcNow().ToUnixTimeMilliseconds() << 20;
     }
 
@@ -112,14 +112,14 @@ public sealed partial class ChatClient : IAsyncDisposable
         }
     }
 
-    /// <summary>Sends awaiting SENT.</summary>
+    /// <summary>Sends awaiting SENT (on the wire or waiting for a slot).</summary>
     public int PendingSends
     {
         get
         {
             lock (_lock)
             {
-                return _pendingSends.Count;
+                return _pendingSends.Count + _waitingSends.Count;
             }
         }
     }
@@ -209,40 +209,77 @@ public sealed partial class ChatClient : IAsyncDisposable
 
     private ulong NextClientMsgId() => _clientMsgIdBase + (ulong)Interlocked.Increment(ref _clientMsgIdCounter);
 
+    /// <summary>
+    /// Queues a send. The id is assigned and the send queued under one lock, so the wire order of SENDs is the
+    /// order of the calls (and of the ids): a conversation's messages keep the order the app sent them in.
+    /// Beyond MaxPendingSends a send waits in a FIFO queue (not on the wire) until a SENT frees a slot.
+    /// </summary>
     private Task<SentResult> SendCoreAsync(Send send, CancellationToken cancellationToken)
     {
-        send.ClientMsgId = NextClientMsgId();
+        send.ClientMsgId = _clientMsgIdBase; // same varint size as the real id
         var bodyLength = send.CalculateSize();
         if (bodyLength > Volatile.Read(ref _serverMaxFrameSize))
         {
             return Task.FromException<SentResult>(new ChatClientException(ReasonCode.FrameTooLarge, $"a SEND of {bodyLength} bytes is over the server's max frame size"));
         }
 
-        return _sendSlots.Wait(0) ? EnqueueSend(send) : WaitForSlotAsync(send, cancellationToken);
-    }
-
-    private async Task<SentResult> WaitForSlotAsync(Send send, CancellationToken cancellationToken)
-    {
-        await _sendSlots.WaitAsync(cancellationToken).ConfigureAwait(false);
-        return await EnqueueSend(send).ConfigureAwait(false);
-    }
-
-    private Task<SentResult> EnqueueSend(Send send)
-    {
-        var pending = new PendingSend(send);
+        cancellationToken.ThrowIfCancellationRequested();
+        PendingSend pending;
         lock (_lock)
         {
             if (_disposed || _state == ChatConnectionState.Closed)
             {
-                _sendSlots.Release();
                 return Task.FromException<SentResult>(_disposed ? new ObjectDisposedException(nameof(ChatClient)) : new ChatClientException(_closedReason, "the client is closed"));
             }
 
-            _pendingSends.Add(send.ClientMsgId, pending);
+            send.ClientMsgId = NextClientMsgId();
+            pending = new PendingSend(send);
+            if (_waitingSends.Count == 0 && _pendingSends.Count < _options.MaxPendingSends)
+            {
+                _pendingSends.Add(send.ClientMsgId, pending);
+                _outbound.Writer.TryWrite(Outbound.Of(pending));
+                return pending.Task;
+            }
+
+            _waitingSends.Enqueue(pending);
         }
 
-        Enqueue(Outbound.Of(pending));
+        if (cancellationToken.CanBeCanceled)
+        {
+            // Only a send still waiting for a slot can be cancelled: promotion skips completed ones.
+            var registration = cancellationToken.Register(static state =>
+            {
+                var (client, waiting, token) = ((ChatClient, PendingSend, CancellationToken))state!;
+                lock (client._lock)
+                {
+                    if (client._pendingSends.ContainsKey(waiting.Id))
+                    {
+                        return;
+                    }
+
+                    waiting.TryCancel(token);
+                }
+            }, (this, pending, cancellationToken));
+            pending.Task.ContinueWith(static (_, r) => ((CancellationTokenRegistration)r!).Dispose(), registration, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        }
+
         return pending.Task;
+    }
+
+    /// <summary>Moves waiting sends into free slots, in call order. Under _lock.</summary>
+    private void PromoteWaitingSendsLocked()
+    {
+        while (_waitingSends.Count > 0 && _pendingSends.Count < _options.MaxPendingSends)
+        {
+            var next = _waitingSends.Dequeue();
+            if (next.IsDone)
+            {
+                continue; // cancelled while waiting
+            }
+
+            _pendingSends.Add(next.Id, next);
+            _outbound.Writer.TryWrite(Outbound.Of(next));
+        }
     }
 
     private void Enqueue(in Outbound item)
@@ -287,18 +324,16 @@ public sealed partial class ChatClient : IAsyncDisposable
         PendingHistory[] histories;
         lock (_lock)
         {
-            sends = [.. _pendingSends.Values];
+            sends = [.. _pendingSends.Values, .. _waitingSends];
             histories = [.. _pendingHistory.Values];
             _pendingSends.Clear();
+            _waitingSends.Clear();
             _pendingHistory.Clear();
         }
 
         foreach (var send in sends)
         {
-            if (send.TryFail(error))
-            {
-                _sendSlots.Release();
-            }
+            send.TryFail(error);
         }
 
         foreach (var history in histories)

@@ -58,7 +58,11 @@ public sealed class ChatClientOptions
     /// <summary>The inbox cursor to resume from on the first connection (an app persists <see cref="ChatClient.Cursor"/>).</summary>
     public ulong ResumeInboxSeq { get; set; }
 
-    /// <summary>Most sends awaiting SENT at once; <see cref="ChatClient.SendAsync(ulong, ReadOnlyMemory{byte}, ContentType, CancellationToken)"/> waits for a slot beyond that.</summary>
+    /// <summary>
+    /// Most sends on the wire awaiting SENT at once. Further sends wait, in call order and off the wire, until a
+    /// SENT frees a slot (their tasks simply complete later). The broker bounds in-flight SENDs per connection too
+    /// (session.max_inflight_sends, default 1024) by pausing its reads.
+    /// </summary>
     public int MaxPendingSends { get; set; } = 4096;
 
     /// <summary>

@@ -33,6 +33,8 @@ internal sealed class PendingSend(Send send) : PendingOperation(send.ClientMsgId
     public bool TryComplete(in SentResult result) => _completion.TrySetResult(result);
 
     public bool TryFail(Exception error) => _completion.TrySetException(error);
+
+    public bool TryCancel(CancellationToken token) => _completion.TrySetCanceled(token);
 }
 
 internal sealed class PendingHistory(History request) : PendingOperation(request.RequestId, request)

@@ -226,7 +226,7 @@ public sealed class ChatClientTests : IDisposable
             var third = client.SendAsync(1, "c"u8.ToArray());
             var s1 = (await connection.ExpectAsync<Send>()).Message;
             var s2 = (await connection.ExpectAsync<Send>()).Message;
-            Assert.Equal(2, client.PendingSends);
+            Assert.Equal(3, client.PendingSends); // two on the wire, one waiting
             Assert.False(third.IsCompleted);
 
             await connection.WriteAsync(SentFor(s1, 1));
@@ -234,6 +234,60 @@ public sealed class ChatClientTests : IDisposable
             Assert.Equal("c", s3.Body.ToStringUtf8());
             await connection.WriteAsync(SentFor(s2, 2), SentFor(s3, 3));
             await Task.WhenAll(first, second, third).WaitAsync(Timeout);
+        }
+    }
+
+    [Fact]
+    public async Task Sends_go_on_the_wire_in_call_order_even_when_they_wait_for_slots()
+    {
+        var (client, connection, _) = await ConnectedAsync(o => o.MaxPendingSends = 3);
+        await using (client)
+        await using (connection)
+        {
+            const int count = 60;
+            var tasks = new Task<SentResult>[count];
+            for (var i = 0; i < count; i++)
+            {
+                tasks[i] = client.SendAsync(1, Encoding.UTF8.GetBytes($"m{i}"));
+            }
+
+            ulong lastId = 0;
+            for (var i = 0; i < count; i++)
+            {
+                var send = (await connection.ExpectAsync<Send>()).Message;
+                Assert.Equal($"m{i}", send.Body.ToStringUtf8());
+                Assert.True(send.ClientMsgId > lastId, "client_msg_id grows with call order");
+                lastId = send.ClientMsgId;
+                await connection.WriteAsync(SentFor(send, (ulong)i + 1));
+            }
+
+            for (var i = 0; i < count; i++)
+            {
+                Assert.Equal((ulong)i + 1, (await tasks[i].WaitAsync(Timeout)).Seq);
+            }
+        }
+    }
+
+    [Fact]
+    public async Task A_send_waiting_for_a_slot_can_be_cancelled_and_never_goes_on_the_wire()
+    {
+        var (client, connection, _) = await ConnectedAsync(o => o.MaxPendingSends = 1);
+        await using (client)
+        await using (connection)
+        {
+            var first = client.SendAsync(1, "a"u8.ToArray());
+            using var cts = new CancellationTokenSource();
+            var cancelled = client.SendAsync(1, "b"u8.ToArray(), cancellationToken: cts.Token);
+            var third = client.SendAsync(1, "c"u8.ToArray());
+            var a = (await connection.ExpectAsync<Send>()).Message;
+            await cts.CancelAsync();
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => cancelled.WaitAsync(Timeout));
+
+            await connection.WriteAsync(SentFor(a, 1));
+            var c = (await connection.ExpectAsync<Send>()).Message;
+            Assert.Equal("c", c.Body.ToStringUtf8());
+            await connection.WriteAsync(SentFor(c, 2));
+            await Task.WhenAll(first, third).WaitAsync(Timeout);
         }
     }
 
