@@ -1,6 +1,18 @@
+using BenchmarkDotNet.Running;
+
 namespace ChatBroker.Benchmarks;
 
 internal static class Program
 {
-    public static int Main() => 0;
+    public static async Task<int> Main(string[] args)
+    {
+        // Custom modes first; everything else is BenchmarkDotNet (e.g. --filter '*').
+        if (args.Length > 0 && args[0] == "storage-append")
+        {
+            return await StorageAppendLoad.RunAsync(args[1..]).ConfigureAwait(false);
+        }
+
+        BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
+        return 0;
+    }
 }
