@@ -26,6 +26,9 @@ internal static class StorageAppendLoad
         var idempotency = OptionText(args, "--idempotency", "on") == "on";
         var root = OptionText(args, "--path", Path.Combine(Path.GetTempPath(), "chatbroker-bench-" + Environment.ProcessId));
 
+        var fsync = ProbeFsyncMs(root);
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"fsync probe: p50={fsync:F3} ms per 4 KiB write+fsync in {root} -> ceiling for {callers} closed-loop callers with one fsync per commit: {callers / fsync * 1000:N0} appends/s"));
         Console.WriteLine($"storage-append: {callers} callers, {size}-byte bodies, {conversations} conversations, {seconds} s per run, {Environment.ProcessorCount} cores");
         foreach (var mode in durability == "both" ? new[] { Durability.Sync, Durability.Async } : [Enum.Parse<Durability>(durability, ignoreCase: true)])
         {
@@ -107,6 +110,30 @@ internal static class StorageAppendLoad
         var appends = all.Length;
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"durability={durability,-5} appends/s={appends / elapsed,10:N0}  p50={Ms(all[appends / 2]):F3} ms  p99={Ms(all[(int)(appends * 0.99)]):F3} ms  max={Ms(all[^1]):F3} ms  commits/s={commitsDuring / elapsed,8:N0}  mean batch={(double)appends / Math.Max(1, commitsDuring):F1}"));
+    }
+
+    /// <summary>The machine's fsync latency right now (the disk is shared): with C closed-loop callers
+    /// and one fsync per commit, throughput cannot exceed C / fsync latency.</summary>
+    private static double ProbeFsyncMs(string root)
+    {
+        Directory.CreateDirectory(root);
+        var file = Path.Combine(root, "fsync-probe");
+        var samples = new double[200];
+        var block = new byte[4096];
+        using (var stream = new FileStream(file, FileMode.Create, FileAccess.Write, FileShare.None, 1, FileOptions.None))
+        {
+            for (var i = 0; i < samples.Length; i++)
+            {
+                var started = Stopwatch.GetTimestamp();
+                stream.Write(block);
+                stream.Flush(flushToDisk: true);
+                samples[i] = Stopwatch.GetElapsedTime(started).TotalMilliseconds;
+            }
+        }
+
+        File.Delete(file);
+        Array.Sort(samples);
+        return samples[samples.Length / 2];
     }
 
     private static int Option(string[] args, string name, int fallback)
