@@ -53,12 +53,14 @@ internal static class StorageAppendLoad
         using var listener = new MeterListener();
         listener.InstrumentPublished = (instrument, l) =>
         {
-            if (instrument.Meter.Name == "ChatBroker.Storage" && instrument.Name == "chatbroker.storage.commits")
+            if (instrument.Meter.Name == "ChatBroker.Storage" && instrument.Name is "chatbroker.storage.commits" or "chatbroker.storage.commit_latency")
             {
                 l.EnableMeasurementEvents(instrument);
             }
         };
         listener.SetMeasurementEventCallback<long>((_, value, _, _) => Interlocked.Add(ref commits, value));
+        var writeMicros = 0L;
+        listener.SetMeasurementEventCallback<double>((_, value, _, _) => Interlocked.Add(ref writeMicros, (long)(value * 1000)));
         listener.Start();
 
         var body = new byte[size];
@@ -96,12 +98,14 @@ internal static class StorageAppendLoad
 
         await Task.Delay(TimeSpan.FromSeconds(1)).ConfigureAwait(false); // warm-up
         var commitsBefore = Interlocked.Read(ref commits);
+        var writeMicrosBefore = Interlocked.Read(ref writeMicros);
         var clock = Stopwatch.StartNew();
         Volatile.Write(ref measuring, 1);
         await Task.Delay(TimeSpan.FromSeconds(seconds)).ConfigureAwait(false);
         Volatile.Write(ref measuring, 0);
         var elapsed = clock.Elapsed.TotalSeconds;
         var commitsDuring = Interlocked.Read(ref commits) - commitsBefore;
+        var meanWriteMs = (Interlocked.Read(ref writeMicros) - writeMicrosBefore) / 1000.0 / Math.Max(1, commitsDuring);
         Volatile.Write(ref stop, 1);
         await Task.WhenAll(tasks).ConfigureAwait(false);
 
@@ -109,7 +113,7 @@ internal static class StorageAppendLoad
         double Ms(long ticks) => ticks * 1000.0 / Stopwatch.Frequency;
         var appends = all.Length;
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"durability={durability,-5} appends/s={appends / elapsed,10:N0}  p50={Ms(all[appends / 2]):F3} ms  p99={Ms(all[(int)(appends * 0.99)]):F3} ms  max={Ms(all[^1]):F3} ms  commits/s={commitsDuring / elapsed,8:N0}  mean batch={(double)appends / Math.Max(1, commitsDuring):F1}"));
+            $"durability={durability,-5} appends/s={appends / elapsed,10:N0}  p50={Ms(all[appends / 2]):F3} ms  p99={Ms(all[(int)(appends * 0.99)]):F3} ms  max={Ms(all[^1]):F3} ms  commits/s={commitsDuring / elapsed,8:N0}  mean batch={(double)appends / Math.Max(1, commitsDuring):F1}  mean rocksdb_write={meanWriteMs:F3} ms"));
     }
 
     /// <summary>The machine's fsync latency right now (the disk is shared): with C closed-loop callers
