@@ -227,7 +227,7 @@ internal sealed class CommitWriter : IDisposable
             if (_current.Batch.Count == countBefore)
             {
                 // Rejected before writing anything (bad argument, missing record): fail just this op.
-                op.Fail(ex);
+                Finish([op], ex);
                 return;
             }
 
@@ -299,11 +299,7 @@ internal sealed class CommitWriter : IDisposable
         // Undo newest first: the current batch was built on the failed one's counters.
         _current.Rollback(this);
         _inFlight.Rollback(this);
-        var error = new StorageException("An earlier write batch failed, so this one was not committed: " + failure.Message, failure);
-        foreach (var op in _current.Ops)
-        {
-            op.Fail(error);
-        }
+        Finish(_current.Ops, new StorageException("An earlier write batch failed, so this one was not committed: " + failure.Message, failure));
 
         _inFlight.Reset();
         _current.Reset();
@@ -314,13 +310,41 @@ internal sealed class CommitWriter : IDisposable
     private void FailCurrent(Exception failure)
     {
         _current.Rollback(this);
-        foreach (var op in _current.Ops)
-        {
-            op.Fail(failure);
-        }
+        Finish(_current.Ops, failure);
 
         _current.Reset();
         _current.Begin(_lastConversationId, _lastPushJobId);
+    }
+
+    /// <summary>Completes (or fails) the ops on one thread-pool work item. Their continuations run
+    /// inline there, one after another, instead of as one work item each, and never on the writer's
+    /// own threads.</summary>
+    private static void Finish(List<WriteOp> ops, Exception? failure)
+    {
+        if (ops.Count == 0)
+        {
+            return;
+        }
+
+        var batch = ops.ToArray();
+        ThreadPool.UnsafeQueueUserWorkItem(
+            static state =>
+            {
+                var (batch, failure) = state;
+                foreach (var op in batch)
+                {
+                    if (failure is null)
+                    {
+                        op.Complete();
+                    }
+                    else
+                    {
+                        op.Fail(failure);
+                    }
+                }
+            },
+            (batch, failure),
+            preferLocal: false);
     }
 
     // ---- the committer ----
@@ -363,17 +387,7 @@ internal sealed class CommitWriter : IDisposable
                 }
             }
 
-            foreach (var op in slot.Ops)
-            {
-                if (failure is null)
-                {
-                    op.Complete();
-                }
-                else
-                {
-                    op.Fail(failure);
-                }
-            }
+            Finish(slot.Ops, failure);
 
             lock (_handoff)
             {
@@ -506,7 +520,8 @@ internal abstract class WriteOp
 
 internal abstract class WriteOp<T> : WriteOp
 {
-    private readonly TaskCompletionSource<T> _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    // Continuations run synchronously, but only ever on the completion work item (CommitWriter.Finish).
+    private readonly TaskCompletionSource<T> _completion = new();
 
     protected T Result { get; set; } = default!;
 
