@@ -12,7 +12,9 @@ namespace ChatBroker.Benchmarks;
 /// BenchmarkDotNet measures one operation at a time, which cannot show group commit, hence this mode.
 ///
 ///   dotnet run -c Release --project Benchmarks -- storage-append [--callers 64] [--size 300]
-///       [--seconds 5] [--durability sync|async|both] [--conversations 1000] [--idempotency on|off] [--write-buffer-mb 16] [--path DIR]
+///       [--seconds 5] [--durability sync|async|both] [--conversations 1000] [--idempotency on|off] [--write-buffer-mb 16] [--max-batch 1024] [--path DIR]
+///
+/// <c>--max-batch 1</c> is the peer to compare against: one fsync per append, no group commit.
 /// </summary>
 internal static class StorageAppendLoad
 {
@@ -23,6 +25,7 @@ internal static class StorageAppendLoad
         var seconds = Option(args, "--seconds", 5);
         var conversations = Option(args, "--conversations", 1000);
         var durability = OptionText(args, "--durability", "both");
+        var maxBatch = Option(args, "--max-batch", 1024);
         var writeBufferMb = Option(args, "--write-buffer-mb", 16);
         var idempotency = OptionText(args, "--idempotency", "on") == "on";
         var root = OptionText(args, "--path", Path.Combine(Path.GetTempPath(), "chatbroker-bench-" + Environment.ProcessId));
@@ -36,7 +39,7 @@ internal static class StorageAppendLoad
             var path = Path.Combine(root, mode.ToString().ToLowerInvariant());
             try
             {
-                await RunOnceAsync(path, mode, callers, size, seconds, conversations, idempotency, writeBufferMb).ConfigureAwait(false);
+                await RunOnceAsync(path, mode, callers, size, seconds, conversations, idempotency, writeBufferMb, maxBatch).ConfigureAwait(false);
             }
             finally
             {
@@ -47,9 +50,9 @@ internal static class StorageAppendLoad
         return 0;
     }
 
-    private static async Task RunOnceAsync(string path, Durability durability, int callers, int size, int seconds, int conversations, bool idempotency, int writeBufferMb)
+    private static async Task RunOnceAsync(string path, Durability durability, int callers, int size, int seconds, int conversations, bool idempotency, int writeBufferMb, int maxBatch)
     {
-        using var store = RocksDbChatStore.Open(new StorageOptions { Path = path, Durability = durability, SweepInterval = Timeout.InfiniteTimeSpan, WriteBufferBytes = (long)writeBufferMb << 20 });
+        using var store = RocksDbChatStore.Open(new StorageOptions { Path = path, Durability = durability, SweepInterval = Timeout.InfiniteTimeSpan, WriteBufferBytes = (long)writeBufferMb << 20, MaxBatchCount = maxBatch });
         long commits = 0;
         using var listener = new MeterListener();
         listener.InstrumentPublished = (instrument, l) =>
