@@ -33,6 +33,7 @@ internal sealed class CommitWriter : IDisposable
     private bool _busy;
     private bool _stopping;
     private Exception? _failure;
+    private volatile StorageException? _broken;
 
     // Counters, each recovered from the data when first needed. Each slot holds the values from before
     // its batch, for rollback.
@@ -85,7 +86,9 @@ internal sealed class CommitWriter : IDisposable
         }
         catch (ChannelClosedException)
         {
-            throw new ObjectDisposedException("The message store is closed.");
+            throw _broken is { } broken
+                ? new StorageException(broken.Message, broken)
+                : new ObjectDisposedException("The message store is closed.");
         }
 
         return await op.Task.ConfigureAwait(false);
@@ -161,6 +164,26 @@ internal sealed class CommitWriter : IDisposable
     // ---- the builder ----
 
     private void Build()
+    {
+        try
+        {
+            BuildBatches();
+        }
+        catch (Exception ex)
+        {
+            // A bug, not an I/O error (those fail their batch and the writer carries on). Callers must
+            // not hang: fail what is queued and refuse new writes.
+            _broken = new StorageException("The message store's commit writer stopped: " + ex.Message, ex);
+            _queue.Writer.TryComplete();
+            Finish(_current.Ops, _broken);
+            while (_queue.Reader.TryRead(out var op))
+            {
+                Finish([op], _broken);
+            }
+        }
+    }
+
+    private void BuildBatches()
     {
         var reader = _queue.Reader;
         while (true)
