@@ -4,6 +4,15 @@ namespace ChatBroker.Benchmarks;
 
 internal static class Program
 {
-    // dotnet run -c Release --project Benchmarks -- --filter '*Frame*' --job short
-    public static void Main(string[] args) => BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
+    public static async Task<int> Main(string[] args)
+    {
+        // Custom modes first; everything else is BenchmarkDotNet, e.g. --filter '*Frame*' --job short.
+        if (args.Length > 0 && args[0] == "storage-append")
+        {
+            return await StorageAppendLoad.RunAsync(args[1..]).ConfigureAwait(false);
+        }
+
+        BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
+        return 0;
+    }
 }

@@ -23,6 +23,7 @@ public abstract class ChatStore : IChatStore
 
     private protected ChatStore(IKvEngine engine, StorageOptions options)
     {
+        Validate(options);
         _engine = engine;
         _options = options;
         _writer = new CommitWriter(engine, options);
@@ -458,6 +459,19 @@ public abstract class ChatStore : IChatStore
     {
         Dispose();
         return ValueTask.CompletedTask;
+    }
+
+    internal static void Validate(StorageOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxBatchCount, 1, nameof(options.MaxBatchCount));
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxBatchBytes, 1, nameof(options.MaxBatchBytes));
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.QueueCapacity, 1, nameof(options.QueueCapacity));
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.IdempotencyWindow, TimeSpan.Zero, nameof(options.IdempotencyWindow));
+        if (options.SweepInterval != Timeout.InfiniteTimeSpan && options.SweepInterval <= TimeSpan.Zero)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), options.SweepInterval, "SweepInterval must be positive or Timeout.InfiniteTimeSpan.");
+        }
     }
 
     private static void CheckLimit(int limit)

@@ -8,40 +8,47 @@ namespace ChatBroker.Storage;
 /// <summary>
 /// The single writer. Callers enqueue <see cref="WriteOp"/>s; one dedicated thread drains the queue
 /// into one WriteBatch per commit (bounded by <see cref="StorageOptions.MaxBatchCount"/> and
-/// <see cref="StorageOptions.MaxBatchBytes"/>), commits it (fsync with Durability.Sync), and only then
-/// completes the callers' tasks. Because only this thread writes, it owns every counter (conversation
-/// seqs, inbox seqs, conversation and push job ids) and assigns them while building the batch, so seqs
-/// follow commit order. A failed commit rolls the counters back and fails every op in the batch.
+/// <see cref="StorageOptions.MaxBatchBytes"/>); a second thread commits it (fsync with Durability.Sync)
+/// and only then completes the callers' tasks. The two overlap: batch N+1 is built while batch N is
+/// being fsynced, and at most one batch is in flight, so batches commit in the order they were built.
+/// Only the builder thread writes, so it owns every counter (conversation seqs, inbox seqs,
+/// conversation and push job ids) and assigns them while building, so seqs follow commit order.
+/// A failed commit fails every op of that batch and of the batch built on top of it, and rolls the
+/// counters back to before the failed batch: nothing is acknowledged that was not written, and no
+/// seq is skipped.
 /// </summary>
 internal sealed class CommitWriter : IDisposable
 {
     private readonly IKvEngine _engine;
     private readonly StorageOptions _options;
     private readonly Channel<WriteOp> _queue;
-    private readonly Thread _thread;
-    private readonly IKvBatch _batch;
-    private readonly List<WriteOp> _ops = [];
-    private readonly HashSet<string> _touched = new(StringComparer.Ordinal);
+    private readonly Thread _builder;
+    private readonly Thread _committer;
 
-    // Counters, each recovered from the data when first needed. Undo logs hold the value before the
-    // current batch for rollback.
+    // Hand-off between the threads. _inFlight is the batch the committer owns while _busy is set;
+    // _failure is set by the committer when that batch failed, and cleared by the builder after rollback.
+    private readonly object _handoff = new();
+    private Slot _current;
+    private Slot _inFlight;
+    private bool _busy;
+    private bool _stopping;
+    private Exception? _failure;
+    private volatile StorageException? _broken;
+
+    // Counters, each recovered from the data when first needed. Each slot holds the values from before
+    // its batch, for rollback.
     private readonly Dictionary<ulong, ulong> _lastSeq = [];
-    private readonly Dictionary<ulong, ulong> _seqUndo = [];
     private readonly Dictionary<string, ulong> _lastInboxSeq = new(StringComparer.Ordinal);
-    private readonly Dictionary<string, ulong> _inboxUndo = new(StringComparer.Ordinal);
-    private readonly Dictionary<IdempotencyKey, AppendResult> _pendingIdempotency = [];
     private ulong _lastConversationId;
     private ulong _lastPushJobId;
-    private ulong _batchStartConversationId;
-    private ulong _batchStartPushJobId;
     private long _lastTimestamp;
-    private long _batchBytes;
 
     public CommitWriter(IKvEngine engine, StorageOptions options)
     {
         _engine = engine;
         _options = options;
-        _batch = engine.CreateBatch();
+        _current = new Slot(engine.CreateBatch());
+        _inFlight = new Slot(engine.CreateBatch());
         _queue = Channel.CreateBounded<WriteOp>(new BoundedChannelOptions(Math.Max(1, options.QueueCapacity))
         {
             SingleReader = true,
@@ -49,20 +56,21 @@ internal sealed class CommitWriter : IDisposable
         });
         _lastConversationId = RecoverLastConversationId();
         _lastPushJobId = RecoverLastPushJobId();
-        _thread = new Thread(Run) { IsBackground = true, Name = "ChatBroker.Storage commit writer" };
-        _thread.Start();
+        _current.Begin(_lastConversationId, _lastPushJobId);
+        _builder = new Thread(Build) { IsBackground = true, Name = "ChatBroker.Storage batch builder" };
+        _committer = new Thread(CommitLoop) { IsBackground = true, Name = "ChatBroker.Storage committer" };
+        _committer.Start();
+        _builder.Start();
     }
 
-    // Scratch buffers, used only on the writer thread.
+    // Scratch buffers, used only on the builder thread.
     internal ByteWriter Key { get; } = new();
 
     internal ByteWriter Value { get; } = new(1024);
 
-    internal ByteWriter Key2 { get; } = new();
-
     internal IKvEngine Engine => _engine;
 
-    internal IKvBatch Batch => _batch;
+    internal IKvBatch Batch => _current.Batch;
 
     internal StorageOptions Options => _options;
 
@@ -78,25 +86,31 @@ internal sealed class CommitWriter : IDisposable
         }
         catch (ChannelClosedException)
         {
-            throw new ObjectDisposedException("The message store is closed.");
+            throw _broken is { } broken
+                ? new StorageException(broken.Message, broken)
+                : new ObjectDisposedException("The message store is closed.");
         }
 
         return await op.Task.ConfigureAwait(false);
     }
 
-    /// <summary>Stops accepting writes, commits everything already queued and stops the thread.</summary>
+    /// <summary>Stops accepting writes, commits everything already queued and stops both threads.</summary>
     public void Dispose()
     {
         _queue.Writer.TryComplete();
-        if (Thread.CurrentThread != _thread)
+        _builder.Join();
+        lock (_handoff)
         {
-            _thread.Join();
+            _stopping = true;
+            Monitor.PulseAll(_handoff);
         }
 
-        _batch.Dispose();
+        _committer.Join();
+        _current.Batch.Dispose();
+        _inFlight.Batch.Dispose();
     }
 
-    // ---- used by ops on the writer thread ----
+    // ---- used by ops on the builder thread ----
 
     /// <summary>Server time in ms, never going backwards within this process, so that message
     /// timestamps are non-decreasing in seq order (retention relies on it).</summary>
@@ -116,10 +130,11 @@ internal sealed class CommitWriter : IDisposable
     {
         if (!_lastSeq.TryGetValue(conversationId, out var last))
         {
+            // Not cached means no batch in flight touched it: the engine is up to date for it.
             last = RecoverLastSeq(conversationId);
         }
 
-        _seqUndo.TryAdd(conversationId, last);
+        _current.SeqUndo.TryAdd(conversationId, last);
         _lastSeq[conversationId] = last + 1;
         return last + 1;
     }
@@ -131,7 +146,7 @@ internal sealed class CommitWriter : IDisposable
             last = RecoverLastInboxSeq(userId);
         }
 
-        _inboxUndo.TryAdd(userId, last);
+        _current.InboxUndo.TryAdd(userId, last);
         _lastInboxSeq[userId] = last + 1;
         return last + 1;
     }
@@ -140,15 +155,35 @@ internal sealed class CommitWriter : IDisposable
 
     internal ulong NextPushJobId() => ++_lastPushJobId;
 
-    internal bool TryGetPendingDuplicate(in IdempotencyKey key, out AppendResult result) => _pendingIdempotency.TryGetValue(key, out result!);
+    /// <summary>Idempotency keys written by batches not yet visible in the engine (building or in flight).</summary>
+    internal bool TryGetPendingDuplicate(in IdempotencyKey key, out AppendResult result) =>
+        _current.PendingIdempotency.TryGetValue(key, out result!) || _inFlight.PendingIdempotency.TryGetValue(key, out result!);
 
-    internal void AddPendingIdempotency(in IdempotencyKey key, AppendResult result) => _pendingIdempotency[key] = result;
+    internal void AddPendingIdempotency(in IdempotencyKey key, AppendResult result) => _current.PendingIdempotency[key] = result;
 
-    internal ulong LastSeqCached(ulong conversationId) => _lastSeq.TryGetValue(conversationId, out var last) ? last : RecoverLastSeq(conversationId);
+    // ---- the builder ----
 
-    // ---- the loop ----
+    private void Build()
+    {
+        try
+        {
+            BuildBatches();
+        }
+        catch (Exception ex)
+        {
+            // A bug, not an I/O error (those fail their batch and the writer carries on). Callers must
+            // not hang: fail what is queued and refuse new writes.
+            _broken = new StorageException("The message store's commit writer stopped: " + ex.Message, ex);
+            _queue.Writer.TryComplete();
+            Finish(_current.Ops, _broken);
+            while (_queue.Reader.TryRead(out var op))
+            {
+                Finish([op], _broken);
+            }
+        }
+    }
 
-    private void Run()
+    private void BuildBatches()
     {
         var reader = _queue.Reader;
         while (true)
@@ -163,135 +198,286 @@ internal sealed class CommitWriter : IDisposable
                 continue;
             }
 
+            // A batch that failed while we were idle is rolled back before anything is built on it.
+            bool failedWhileIdle;
+            lock (_handoff)
+            {
+                failedWhileIdle = !_busy && _failure is not null;
+            }
+
+            if (failedWhileIdle)
+            {
+                WaitIdle();
+            }
+
             Add(first);
-            while (_ops.Count < _options.MaxBatchCount && _batchBytes < _options.MaxBatchBytes && reader.TryRead(out var next))
+            while (_current.Ops.Count < _options.MaxBatchCount && _current.Bytes < _options.MaxBatchBytes && reader.TryRead(out var next))
             {
                 Add(next);
             }
 
-            Commit();
+            HandOff();
         }
+
+        HandOff();
+        WaitIdle();
     }
 
     private void Add(WriteOp op)
     {
-        // An op that reads what an earlier op of this batch wrote (a prekey take after an upload, a
-        // cursor advanced twice) must see it: commit the batch first. These ops are rare.
+        // An op that reads state (a prekey take, a cursor advance, a member change) must see every
+        // earlier write: drain the pipeline first, and commit the current batch too if an earlier op
+        // in it has the same key. These ops are rare; appends never wait here.
         var conflict = op.ConflictKey;
-        if (conflict is not null && !_touched.Add(conflict))
+        if (conflict is not null)
         {
-            Commit();
-            _touched.Add(conflict);
+            if (_current.Touched.Contains(conflict))
+            {
+                HandOff();
+            }
+
+            WaitIdle();
+            _current.Touched.Add(conflict);
         }
 
-        var countBefore = _batch.Count;
+        var countBefore = _current.Batch.Count;
         try
         {
             op.Apply(this);
         }
         catch (Exception ex)
         {
-            if (_batch.Count == countBefore)
+            if (_current.Batch.Count == countBefore)
             {
                 // Rejected before writing anything (bad argument, missing record): fail just this op.
-                op.Fail(ex);
+                Finish([op], ex);
                 return;
             }
 
             // Half-written: the batch cannot be trusted, so nothing in it is committed.
-            _ops.Add(op);
-            FailBatch(new StorageException("A write failed while the batch was built: " + ex.Message, ex));
+            _current.Ops.Add(op);
+            WaitIdle();
+            FailCurrent(new StorageException("A write failed while the batch was built: " + ex.Message, ex));
             return;
         }
 
-        _ops.Add(op);
-        _batchBytes += op.EstimatedBytes;
+        _current.Ops.Add(op);
+        _current.Bytes += op.EstimatedBytes;
     }
 
-    private void Commit()
+    /// <summary>Gives the current batch to the committer (after the previous one is done) and starts a new one.</summary>
+    private void HandOff()
     {
-        if (_ops.Count == 0)
+        if (_current.Ops.Count == 0)
         {
             return;
         }
 
-        Exception? failure = null;
-        if (_batch.Count > 0)
+        if (_lastPushJobId != _current.PushJobIdBefore)
         {
-            if (_lastPushJobId != _batchStartPushJobId)
-            {
-                Span<byte> hw = stackalloc byte[8];
-                System.Buffers.Binary.BinaryPrimitives.WriteUInt64BigEndian(hw, _lastPushJobId);
-                _batch.Put(Cf.Default, Records.PushJobHighWaterKey, hw);
-            }
-
-            var started = Stopwatch.GetTimestamp();
-            try
-            {
-                _engine.Commit(_batch, _options.Durability == Durability.Sync);
-                StorageMetrics.Commits.Add(1);
-                StorageMetrics.CommitLatency.Record(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
-                StorageMetrics.BatchSize.Record(_ops.Count);
-            }
-            catch (Exception ex)
-            {
-                StorageMetrics.CommitFailures.Add(1);
-                failure = new StorageException("Commit of a write batch failed: " + ex.Message, ex);
-            }
+            // Completed jobs are deleted, so ids are recovered from this high-water mark.
+            Span<byte> hw = stackalloc byte[8];
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64BigEndian(hw, _lastPushJobId);
+            _current.Batch.Put(Cf.Default, Records.PushJobHighWaterKey, hw);
         }
 
-        if (failure is not null)
+        if (!WaitIdle())
         {
-            FailBatch(failure);
+            // The batch under this one failed; this one was built on its counters and fails too.
             return;
         }
 
-        foreach (var op in _ops)
+        lock (_handoff)
         {
-            op.Complete();
+            (_inFlight, _current) = (_current, _inFlight);
+            _busy = true;
+            Monitor.PulseAll(_handoff);
         }
 
-        ResetBatch();
+        _current.Reset();
+        _current.Begin(_lastConversationId, _lastPushJobId);
     }
 
-    private void FailBatch(Exception failure)
+    /// <summary>Waits until no batch is in flight. If it failed, fails the current batch too, rolls the
+    /// counters back to before the failed batch and returns false.</summary>
+    private bool WaitIdle()
     {
-        Rollback();
-        foreach (var op in _ops)
+        Exception? failure;
+        lock (_handoff)
         {
-            op.Fail(failure);
+            while (_busy)
+            {
+                Monitor.Wait(_handoff);
+            }
+
+            failure = _failure;
+            _failure = null;
         }
 
-        ResetBatch();
+        if (failure is null)
+        {
+            return true;
+        }
+
+        // Undo newest first: the current batch was built on the failed one's counters.
+        _current.Rollback(this);
+        _inFlight.Rollback(this);
+        Finish(_current.Ops, new StorageException("An earlier write batch failed, so this one was not committed: " + failure.Message, failure));
+
+        _inFlight.Reset();
+        _current.Reset();
+        _current.Begin(_lastConversationId, _lastPushJobId);
+        return false;
     }
 
-    private void ResetBatch()
+    private void FailCurrent(Exception failure)
     {
-        _batch.Clear();
-        _ops.Clear();
-        _touched.Clear();
-        _seqUndo.Clear();
-        _inboxUndo.Clear();
-        _pendingIdempotency.Clear();
-        _batchBytes = 0;
-        _batchStartConversationId = _lastConversationId;
-        _batchStartPushJobId = _lastPushJobId;
+        _current.Rollback(this);
+        Finish(_current.Ops, failure);
+
+        _current.Reset();
+        _current.Begin(_lastConversationId, _lastPushJobId);
     }
 
-    private void Rollback()
+    /// <summary>Completes (or fails) the ops on one thread-pool work item. Their continuations run
+    /// inline there, one after another, instead of as one work item each, and never on the writer's
+    /// own threads.</summary>
+    private static void Finish(List<WriteOp> ops, Exception? failure)
     {
-        foreach (var (conversation, last) in _seqUndo)
+        if (ops.Count == 0)
         {
-            _lastSeq[conversation] = last;
+            return;
         }
 
-        foreach (var (user, last) in _inboxUndo)
+        var batch = ops.ToArray();
+        ThreadPool.UnsafeQueueUserWorkItem(
+            static state =>
+            {
+                var (batch, failure) = state;
+                foreach (var op in batch)
+                {
+                    if (failure is null)
+                    {
+                        op.Complete();
+                    }
+                    else
+                    {
+                        op.Fail(failure);
+                    }
+                }
+            },
+            (batch, failure),
+            preferLocal: false);
+    }
+
+    // ---- the committer ----
+
+    private void CommitLoop()
+    {
+        while (true)
         {
-            _lastInboxSeq[user] = last;
+            Slot slot;
+            lock (_handoff)
+            {
+                while (!_busy && !_stopping)
+                {
+                    Monitor.Wait(_handoff);
+                }
+
+                if (!_busy)
+                {
+                    return;
+                }
+
+                slot = _inFlight;
+            }
+
+            Exception? failure = null;
+            if (slot.Batch.Count > 0)
+            {
+                var started = Stopwatch.GetTimestamp();
+                try
+                {
+                    _engine.Commit(slot.Batch, _options.Durability == Durability.Sync);
+                    StorageMetrics.Commits.Add(1);
+                    StorageMetrics.CommitLatency.Record(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+                    StorageMetrics.BatchSize.Record(slot.Ops.Count);
+                }
+                catch (Exception ex)
+                {
+                    StorageMetrics.CommitFailures.Add(1);
+                    failure = new StorageException("Commit of a write batch failed: " + ex.Message, ex);
+                }
+            }
+
+            Finish(slot.Ops, failure);
+
+            lock (_handoff)
+            {
+                // The slot keeps its undo log and pending idempotency keys until the builder reuses it:
+                // on success the keys are in the engine by now, on failure the builder rolls back with it.
+                slot.Ops.Clear();
+                slot.Batch.Clear();
+                _failure = failure;
+                _busy = false;
+                Monitor.PulseAll(_handoff);
+            }
+        }
+    }
+
+    /// <summary>One batch being built or committed, with what is needed to undo its counters.</summary>
+    private sealed class Slot(IKvBatch batch)
+    {
+        public IKvBatch Batch { get; } = batch;
+
+        public List<WriteOp> Ops { get; } = [];
+
+        public HashSet<string> Touched { get; } = new(StringComparer.Ordinal);
+
+        public Dictionary<ulong, ulong> SeqUndo { get; } = [];
+
+        public Dictionary<string, ulong> InboxUndo { get; } = new(StringComparer.Ordinal);
+
+        public Dictionary<IdempotencyKey, AppendResult> PendingIdempotency { get; } = [];
+
+        public ulong ConversationIdBefore { get; private set; }
+
+        public ulong PushJobIdBefore { get; private set; }
+
+        public long Bytes { get; set; }
+
+        public void Begin(ulong conversationId, ulong pushJobId)
+        {
+            ConversationIdBefore = conversationId;
+            PushJobIdBefore = pushJobId;
         }
 
-        _lastConversationId = _batchStartConversationId;
-        _lastPushJobId = _batchStartPushJobId;
+        public void Rollback(CommitWriter w)
+        {
+            foreach (var (conversation, last) in SeqUndo)
+            {
+                w._lastSeq[conversation] = last;
+            }
+
+            foreach (var (user, last) in InboxUndo)
+            {
+                w._lastInboxSeq[user] = last;
+            }
+
+            w._lastConversationId = ConversationIdBefore;
+            w._lastPushJobId = PushJobIdBefore;
+        }
+
+        public void Reset()
+        {
+            Batch.Clear();
+            Ops.Clear();
+            Touched.Clear();
+            SeqUndo.Clear();
+            InboxUndo.Clear();
+            PendingIdempotency.Clear();
+            Bytes = 0;
+        }
     }
 
     // ---- recovery: every counter comes from the data itself ----
@@ -316,8 +502,7 @@ internal sealed class CommitWriter : IDisposable
     {
         using var cursor = _engine.OpenCursor(Cf.Conversations, [], []);
         cursor.SeekToLast();
-        _batchStartConversationId = cursor.Valid ? Records.TrailingU64(cursor.Key) : 0;
-        return _batchStartConversationId;
+        return cursor.Valid ? Records.TrailingU64(cursor.Key) : 0;
     }
 
     private ulong RecoverLastPushJobId()
@@ -333,7 +518,6 @@ internal sealed class CommitWriter : IDisposable
             last = Math.Max(last, Records.TrailingU64(cursor.Key));
         }
 
-        _batchStartPushJobId = last;
         return last;
     }
 }
@@ -359,7 +543,8 @@ internal abstract class WriteOp
 
 internal abstract class WriteOp<T> : WriteOp
 {
-    private readonly TaskCompletionSource<T> _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    // Continuations run synchronously, but only ever on the completion work item (CommitWriter.Finish).
+    private readonly TaskCompletionSource<T> _completion = new();
 
     protected T Result { get; set; } = default!;
 

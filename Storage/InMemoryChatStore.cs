@@ -10,4 +10,9 @@ public sealed class InMemoryChatStore : ChatStore
         : base(new MemoryEngine(), options ?? new StorageOptions { SweepInterval = Timeout.InfiniteTimeSpan })
     {
     }
+
+    /// <summary>For tests that inject engine faults.</summary>
+    internal InMemoryChatStore(IKvEngine engine, StorageOptions options) : base(engine, options)
+    {
+    }
 }

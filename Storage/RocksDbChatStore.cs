@@ -15,7 +15,7 @@ public sealed class RocksDbChatStore : ChatStore
     /// cannot be created or RocksDB refuses it (permissions, a LOCK held by another process, corruption).</summary>
     public static RocksDbChatStore Open(StorageOptions options)
     {
-        ArgumentNullException.ThrowIfNull(options);
+        Validate(options);
         var path = System.IO.Path.GetFullPath(options.Path);
         RocksDb db;
         try

@@ -77,6 +77,10 @@ internal static unsafe partial class RocksDbNative
     [LibraryImport(Library)] public static partial void rocksdb_options_set_info_log_level(IntPtr options, int level);
     [LibraryImport(Library)] public static partial void rocksdb_options_set_compression(IntPtr options, int compression);
     [LibraryImport(Library)] public static partial void rocksdb_options_set_wal_compression(IntPtr options, int compression);
+    [LibraryImport(Library)] public static partial void rocksdb_options_set_memtable_prefix_bloom_size_ratio(IntPtr options, double ratio);
+    [LibraryImport(Library)] public static partial void rocksdb_options_set_memtable_whole_key_filtering(IntPtr options, byte value);
+    [LibraryImport(Library)] public static partial void rocksdb_options_set_allow_concurrent_memtable_write(IntPtr options, byte value);
+    [LibraryImport(Library)] public static partial void rocksdb_options_set_enable_write_thread_adaptive_yield(IntPtr options, byte value);
     [LibraryImport(Library)] public static partial void rocksdb_options_set_block_based_table_factory(IntPtr options, IntPtr tableOptions);
 
     [LibraryImport(Library)] public static partial IntPtr rocksdb_block_based_options_create();

@@ -8,7 +8,8 @@ namespace ChatBroker.Storage.CrashChild;
 /// After each append's task completes (the message is durable) it prints
 /// <c>ack &lt;conversation&gt; &lt;seq&gt; &lt;caller&gt; &lt;n&gt; .</c>; the body is <see cref="Body"/>(caller, n),
 /// so the test can check the content. The trailing "." marks a complete line.
-/// Usage: CrashChild &lt;path&gt; &lt;seed&gt; [conversations] [callers]
+/// Usage: CrashChild &lt;path&gt; &lt;seed&gt; &lt;round&gt; [conversations] [callers]. The sender device is
+/// "r&lt;round&gt;", so that client_msg_ids of different rounds on one store are distinct.
 /// </summary>
 internal static class Program
 {
@@ -16,8 +17,9 @@ internal static class Program
     {
         var path = args[0];
         var seed = int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture);
-        var conversations = args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 50;
-        var callers = args.Length > 3 ? int.Parse(args[3], System.Globalization.CultureInfo.InvariantCulture) : 32;
+        var device = "r" + args[2];
+        var conversations = args.Length > 3 ? int.Parse(args[3], System.Globalization.CultureInfo.InvariantCulture) : 50;
+        var callers = args.Length > 4 ? int.Parse(args[4], System.Globalization.CultureInfo.InvariantCulture) : 32;
 
         using var store = RocksDbChatStore.Open(new StorageOptions
         {
@@ -45,7 +47,7 @@ internal static class Program
                     {
                         ConversationId = conversation,
                         SenderUserId = "caller" + caller,
-                        SenderDeviceId = "d",
+                        SenderDeviceId = device,
                         ClientMsgId = (ulong)n,
                         Body = Body(caller, n),
                     }).ConfigureAwait(false);

@@ -390,6 +390,23 @@ public abstract class ChatStoreContract : IDisposable
     }
 
     [Fact]
+    public void Nonsensical_options_are_rejected()
+    {
+        Assert.Throws<ArgumentOutOfRangeException>(() => Open(o => o with { MaxBatchCount = 0 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Open(o => o with { QueueCapacity = 0 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Open(o => o with { SweepInterval = TimeSpan.Zero }));
+    }
+
+    [Fact]
+    public async Task A_batch_bound_of_one_still_sequences_correctly()
+    {
+        var store = Open(o => o with { MaxBatchCount = 1, MaxBatchBytes = 1 });
+        var results = await Task.WhenAll(Enumerable.Range(0, 50).Select(i => store.AppendAsync(Messages.To(1, "m" + i) with { InboxRecipients = ["bob"] })));
+        Assert.Equal(Enumerable.Range(1, 50).Select(i => (ulong)i), results.Select(r => r.Seq).Order());
+        Assert.Equal(Enumerable.Range(1, 50).Select(i => (ulong)i), results.Select(r => r.InboxSeqs[0]).Order());
+    }
+
+    [Fact]
     public async Task Invalid_arguments_are_rejected_before_queueing()
     {
         var store = Open();

@@ -1,0 +1,239 @@
+using System.Diagnostics;
+using System.Text;
+
+namespace ChatBroker.Storage.Tests;
+
+/// <summary>What only a durable store can show: reopening, refusing to open, not leaking. Runs alone:
+/// open-file counts and RSS are process-wide.</summary>
+[Collection(ProcessWideCollection.Name)]
+public sealed class RocksDbStoreLifecycleTests : IDisposable
+{
+    private readonly TempDirectory _directory = new();
+
+    public void Dispose() => _directory.Dispose();
+
+    private StorageOptions Options(string? path = null) => new()
+    {
+        Path = path ?? _directory.Path,
+        SweepInterval = Timeout.InfiniteTimeSpan,
+        BlockCacheBytes = 1 << 20,
+        WriteBufferBytes = 1 << 20,
+    };
+
+    [Fact]
+    public async Task Every_counter_continues_after_reopen()
+    {
+        ulong groupId;
+        ulong jobId;
+        using (var store = RocksDbChatStore.Open(Options()))
+        {
+            for (var i = 0; i < 3; i++)
+            {
+                await store.AppendAsync(Messages.To(1, "m" + i, clientMsgId: (ulong)(i + 1)) with { InboxRecipients = ["bob"] });
+            }
+
+            groupId = (await store.CreateGroupAsync("alice", null, ["bob"])).Id;
+            jobId = (await store.EnqueuePushJobAsync("bob", 1, 3)).Id;
+            await store.CompletePushJobAsync(jobId);
+            await store.AdvanceCursorAsync("bob", "phone", CursorStream.Inbox, 2);
+        }
+
+        using (var store = RocksDbChatStore.Open(Options()))
+        {
+            Assert.Equal(3UL, store.GetLastSeq(1));
+            var next = await store.AppendAsync(Messages.To(1, "after") with { InboxRecipients = ["bob"] });
+            Assert.Equal(4UL, next.Seq);
+            Assert.Equal([4UL], next.InboxSeqs);
+            Assert.True((await store.AppendAsync(Messages.To(1, "m0", clientMsgId: 1))).IsDuplicate);
+            Assert.Equal(groupId + 1, (await store.CreateGroupAsync("carol", null, [])).Id);
+            Assert.True((await store.EnqueuePushJobAsync("bob", 1, 4)).Id > jobId);
+            Assert.Equal(2UL, store.GetCursor("bob", "phone", CursorStream.Inbox));
+            Assert.Equal(["m0", "m1", "m2", "after"], store.ReadRange(1, 1, 10).Select(m => m.Text()));
+        }
+    }
+
+    [Fact]
+    public void Open_fails_naming_the_path_when_the_directory_cannot_be_created()
+    {
+        // Tests run as root, which ignores permission bits; a path whose parent is a regular file
+        // cannot be created by anyone.
+        var file = Path.Combine(_directory.Path, "not-a-directory");
+        File.WriteAllText(file, "x");
+        var path = Path.Combine(file, "store");
+
+        var error = Assert.Throws<StorageException>(() => RocksDbChatStore.Open(Options(path)));
+
+        Assert.StartsWith($"Cannot open message store at {path}: ", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Open_fails_with_RocksDBs_message_when_the_directory_is_unusable()
+    {
+        // The directory exists, but RocksDB cannot create its LOCK file there (a directory is in the way).
+        Directory.CreateDirectory(Path.Combine(_directory.Path, "LOCK"));
+
+        var error = Assert.Throws<StorageException>(() => RocksDbChatStore.Open(Options()));
+
+        Assert.StartsWith($"Cannot open message store at {_directory.Path}: ", error.Message, StringComparison.Ordinal);
+        Assert.Contains("LOCK", error.Message, StringComparison.Ordinal);
+        Assert.IsType<Native.RocksDbException>(error.InnerException);
+    }
+
+    [Fact]
+    public void Open_fails_naming_the_path_when_this_process_already_has_it_open()
+    {
+        using var first = RocksDbChatStore.Open(Options());
+
+        var error = Assert.Throws<StorageException>(() => RocksDbChatStore.Open(Options()));
+
+        Assert.StartsWith($"Cannot open message store at {_directory.Path}: ", error.Message, StringComparison.Ordinal);
+        Assert.Contains("lock", error.Message, StringComparison.OrdinalIgnoreCase);
+    }
+
+    [Fact]
+    public async Task Open_fails_naming_the_path_when_another_process_holds_the_lock()
+    {
+        using var child = CrashChildProcess.Start(_directory.Path, seed: 1, round: 0, conversations: 1, callers: 1);
+        await child.WaitForLineAsync(line => line.StartsWith("ready", StringComparison.Ordinal));
+        try
+        {
+            var error = Assert.Throws<StorageException>(() => RocksDbChatStore.Open(Options()));
+            Assert.StartsWith($"Cannot open message store at {_directory.Path}: ", error.Message, StringComparison.Ordinal);
+            Assert.Contains("lock", error.Message, StringComparison.OrdinalIgnoreCase);
+        }
+        finally
+        {
+            child.Kill();
+        }
+    }
+
+    [Fact]
+    public async Task Opening_and_closing_1000_times_leaves_open_files_and_memory_flat()
+    {
+        async Task Cycle(int times)
+        {
+            for (var i = 0; i < times; i++)
+            {
+                using var store = RocksDbChatStore.Open(Options());
+                Assert.Single(store.ReadRange(1, 1, 10));
+            }
+        }
+
+        using (var store = RocksDbChatStore.Open(Options()))
+        {
+            await store.AppendAsync(Messages.To(1, "m"));
+        }
+
+        await Cycle(50); // warm up: JIT, RocksDB's global thread pools, allocator arenas
+        ForceCollect();
+        var filesBefore = OpenFiles();
+        var rssBefore = ResidentBytes();
+
+        await Cycle(1000);
+        ForceCollect();
+        var filesAfter = OpenFiles();
+        var rssAfter = ResidentBytes();
+
+        var added = filesAfter.Except(filesBefore).ToList();
+        Assert.True(filesAfter.Count - filesBefore.Count <= 2, $"{filesBefore.Count} open files before, {filesAfter.Count} after; new: {string.Join(", ", added)}");
+        Assert.True(rssAfter - rssBefore < 48L << 20, $"RSS grew by {(rssAfter - rssBefore) >> 20} MiB over 1000 open/close cycles.");
+        using var final = RocksDbChatStore.Open(Options());
+        Assert.Equal(2UL, (await final.AppendAsync(Messages.To(1, "m"))).Seq);
+    }
+
+    private static void ForceCollect()
+    {
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        GC.Collect();
+    }
+
+    private static List<string> OpenFiles()
+    {
+        var files = new List<string>();
+        foreach (var fd in Directory.GetFiles("/proc/self/fd"))
+        {
+            try
+            {
+                files.Add(new FileInfo(fd).LinkTarget ?? fd);
+            }
+            catch (IOException)
+            {
+            }
+        }
+
+        return files;
+    }
+
+    private static long ResidentBytes()
+    {
+        foreach (var line in File.ReadLines("/proc/self/status"))
+        {
+            if (line.StartsWith("VmRSS:", StringComparison.Ordinal))
+            {
+                return long.Parse(line.AsSpan(6).Trim().TrimEnd("kB").Trim(), System.Globalization.CultureInfo.InvariantCulture) * 1024;
+            }
+        }
+
+        throw new InvalidOperationException("No VmRSS in /proc/self/status.");
+    }
+}
+
+/// <summary>The commit writer's failure path, driven by an engine that fails on demand.</summary>
+public sealed class CommitFailureTests
+{
+    private sealed class FaultyEngine : Engine.IKvEngine
+    {
+        private readonly Engine.MemoryEngine _inner = new();
+
+        public volatile bool Failing;
+
+        public Engine.IKvBatch CreateBatch() => _inner.CreateBatch();
+
+        public void Commit(Engine.IKvBatch batch, bool sync)
+        {
+            if (Failing)
+            {
+                throw new IOException("disk on fire");
+            }
+
+            _inner.Commit(batch, sync);
+        }
+
+        public byte[]? Get(Engine.Cf cf, ReadOnlySpan<byte> key) => _inner.Get(cf, key);
+
+        public Engine.IKvCursor OpenCursor(Engine.Cf cf, ReadOnlySpan<byte> lower, ReadOnlySpan<byte> upper) => _inner.OpenCursor(cf, lower, upper);
+
+        public void Dispose() => _inner.Dispose();
+    }
+
+    [Fact]
+    public async Task A_failed_commit_fails_every_caller_and_leaves_no_gap()
+    {
+        var engine = new FaultyEngine();
+        using var store = new InMemoryChatStore(engine, new StorageOptions { SweepInterval = Timeout.InfiniteTimeSpan });
+        Assert.Equal(1UL, (await store.AppendAsync(Messages.To(1, "ok") with { InboxRecipients = ["bob"] })).Seq);
+
+        engine.Failing = true;
+        var doomed = Enumerable.Range(0, 20).Select(i => store.AppendAsync(Messages.To(1, "lost" + i, clientMsgId: 100) with { InboxRecipients = ["bob"] })).ToList();
+        foreach (var task in doomed)
+        {
+            var error = await Assert.ThrowsAsync<StorageException>(() => task);
+            Assert.Contains("disk on fire", error.Message, StringComparison.Ordinal);
+        }
+
+        engine.Failing = false;
+        var next = await store.AppendAsync(Messages.To(1, "after", clientMsgId: 100) with { InboxRecipients = ["bob"] });
+
+        Assert.Equal(2UL, next.Seq);
+        Assert.False(next.IsDuplicate);
+        Assert.Equal([2UL], next.InboxSeqs);
+        Assert.Equal(["ok", "after"], store.ReadRange(1, 1, 10).Select(m => Encoding.UTF8.GetString(m.Body.Span)));
+    }
+}
+
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class ProcessWideCollection
+{
+    public const string Name = "Process-wide measurements";
+}
