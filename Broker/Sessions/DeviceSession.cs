@@ -74,7 +74,9 @@ internal sealed partial class DeviceSession : IDeviceLink
     public async Task RunAsync(CancellationToken stopping)
     {
         var pipe = new Pipe(InboundPipeOptions);
-        using var handshake = CancellationTokenSource.CreateLinkedTokenSource(stopping);
+        // Only until CONNECT: its timer is released as soon as the session is registered, so an idle
+        // authenticated connection holds no timer.
+        var handshake = CancellationTokenSource.CreateLinkedTokenSource(stopping);
         handshake.CancelAfter(_context.Options.Tcp.ConnectTimeout);
         var closeReason = ReasonCode.NormalDisconnect;
         var remote = _socket.RemoteEndPoint;
@@ -83,7 +85,13 @@ internal sealed partial class DeviceSession : IDeviceLink
         {
             while (Volatile.Read(ref _closing) == 0)
             {
-                var token = _registered ? stopping : handshake.Token;
+                if (_registered && handshake is not null)
+                {
+                    handshake.Dispose();
+                    handshake = null;
+                }
+
+                var token = handshake?.Token ?? stopping;
 
                 // Wait for readability without a buffer: an idle connection holds none.
                 await _socket.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None, token).ConfigureAwait(false);
@@ -138,12 +146,21 @@ internal sealed partial class DeviceSession : IDeviceLink
         }
         finally
         {
+            handshake?.Dispose();
             await pipe.Reader.CompleteAsync().ConfigureAwait(false);
             await pipe.Writer.CompleteAsync().ConfigureAwait(false);
-            Volatile.Write(ref _closing, 1);
+            Task? closing;
             lock (_deliveryLock)
             {
+                closing = _closeTask;
                 _closed = true;
+            }
+
+            if (closing is not null)
+            {
+                // A close started elsewhere (takeover, slow consumer, keepalive) is still draining its last
+                // packet: the socket must outlive it, since the listener disposes it when this returns.
+                await closing.ConfigureAwait(false);
             }
 
             if (_registered)
@@ -222,14 +239,25 @@ internal sealed partial class DeviceSession : IDeviceLink
         _ = CloseAsync(new Disconnect { Reason = reason, Message = message });
 
     private int _closeReasonRecorded;
+    // Set once (under _deliveryLock) by the first close; the read loop awaits it before the socket is released.
+    private Task? _closeTask;
 
-    private async Task CloseAsync(IMessage? last)
+    private Task CloseAsync(IMessage? last)
     {
-        if (Interlocked.Exchange(ref _closing, 1) != 0)
+        lock (_deliveryLock)
         {
-            return;
-        }
+            if (_closeTask is null)
+            {
+                Volatile.Write(ref _closing, 1);
+                _closeTask = CloseCoreAsync(last);
+            }
 
+            return _closeTask;
+        }
+    }
+
+    private async Task CloseCoreAsync(IMessage? last)
+    {
         RecordDisconnect(last switch
         {
             Disconnect d => d.Reason,
