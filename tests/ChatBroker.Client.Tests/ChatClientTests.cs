@@ -109,15 +109,19 @@ public sealed class ChatClientTests : IDisposable
         Assert.Equal(1, _tokenCalls);
     }
 
-    [Fact]
-    public async Task Server_busy_connack_is_retried_with_a_fresh_token_after_retry_after()
+    [Theory]
+    [InlineData(ReasonCode.ServerBusy)]
+    [InlineData(ReasonCode.ServerUnavailable)]
+    [InlineData(ReasonCode.TooManyDevices)]
+    [InlineData(ReasonCode.TokenExpired)]
+    public async Task Transient_connack_refusal_is_retried_with_a_fresh_token_after_retry_after(ReasonCode reason)
     {
         await using var client = NewClient();
         var connecting = client.ConnectAsync();
         await using (var first = await _server.AcceptAsync())
         {
             await first.ReadAsync();
-            await first.WriteAsync(new Connack { Reason = ReasonCode.ServerBusy, RetryAfterMs = 30 });
+            await first.WriteAsync(new Connack { Reason = reason, RetryAfterMs = 30 });
         }
 
         var reconnecting = await NextEventAsync(client, ChatConnectionState.Reconnecting);
@@ -435,12 +439,12 @@ public sealed class ChatClientTests : IDisposable
     [Fact]
     public async Task Idle_client_pings_and_keeps_the_connection_while_PONGs_come()
     {
-        var (client, connection, connect) = await ConnectedAsync(o => o.Keepalive = TimeSpan.FromSeconds(1), keepaliveS: 1);
+        var (client, connection, connect) = await ConnectedAsync(o => o.Keepalive = TimeSpan.FromSeconds(2), keepaliveS: 2);
         await using (client)
         await using (connection)
         {
-            Assert.Equal(1u, connect.KeepaliveS);
-            for (var i = 0; i < 3; i++)
+            Assert.Equal(2u, connect.KeepaliveS);
+            for (var i = 0; i < 2; i++)
             {
                 var (ping, _) = await connection.ReadAsync();
                 Assert.IsType<Ping>(ping);
@@ -635,6 +639,8 @@ public sealed class ChatClientTests : IDisposable
             Assert.Equal(ReasonCode.SessionTakenOver, (await Assert.ThrowsAsync<ChatClientException>(() => sending.WaitAsync(Timeout))).Reason);
             Assert.Equal(ChatConnectionState.Closed, client.State);
             await Assert.ThrowsAsync<ChatClientException>(() => client.SendAsync(1, "y"u8.ToArray()));
+            await client.Messages.Completion.WaitAsync(Timeout);
+            await Assert.ThrowsAsync<InvalidOperationException>(() => client.ConnectAsync());
         }
     }
 
