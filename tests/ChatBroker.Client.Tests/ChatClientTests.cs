@@ -624,6 +624,47 @@ public sealed class ChatClientTests : IDisposable
     }
 
     [Fact]
+    public async Task An_unanswered_history_request_is_sent_again_after_a_reconnect()
+    {
+        var (client, first, _) = await ConnectedAsync();
+        await using (client)
+        {
+            var history = client.HistoryAsync(5, limit: 10);
+            var request = (await first.ExpectAsync<History>()).Message;
+            await first.DisposeAsync();
+
+            var (second, _) = await _server.AcceptSessionAsync();
+            await using (second)
+            {
+                var again = (await second.ExpectAsync<History>()).Message;
+                Assert.Equal(request, again);
+                await second.WriteAsync(new HistoryPage { RequestId = again.RequestId, ConversationId = 5 });
+                Assert.Empty((await history.WaitAsync(Timeout)).Messages);
+            }
+        }
+    }
+
+    [Fact]
+    public async Task Disconnected_event_reports_the_servers_reason_then_reconnecting_and_connected_follow()
+    {
+        var (client, first, _) = await ConnectedAsync();
+        await using (client)
+        {
+            await first.WriteAsync(new Disconnect { Reason = ReasonCode.SlowConsumer, Message = "too slow" });
+            await first.DisposeAsync();
+            var disconnected = await NextEventAsync(client, ChatConnectionState.Disconnected);
+            Assert.Equal((ReasonCode.SlowConsumer, "too slow"), (disconnected.Reason, disconnected.Message));
+            Assert.Equal(1, (await NextEventAsync(client, ChatConnectionState.Reconnecting)).Attempt);
+            var (second, _) = await _server.AcceptSessionAsync();
+            await using (second)
+            {
+                await NextEventAsync(client, ChatConnectionState.Connected);
+                Assert.Equal(ChatConnectionState.Connected, client.State);
+            }
+        }
+    }
+
+    [Fact]
     public async Task Session_taken_over_closes_the_client_fails_pending_sends_and_does_not_reconnect()
     {
         var (client, connection, _) = await ConnectedAsync();
