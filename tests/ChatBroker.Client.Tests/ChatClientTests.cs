@@ -419,6 +419,18 @@ public sealed class ChatClientTests : IDisposable
     }
 
     [Fact]
+    public async Task Auto_ack_repeats_the_cursor_once_at_the_seam_of_each_connection()
+    {
+        var (client, connection, _) = await ConnectedAsync(o => o.ResumeInboxSeq = 7);
+        await using (client)
+        await using (connection)
+        {
+            await connection.WriteAsync(new SyncDone { InboxSeq = 7 });
+            Assert.Equal(7ul, Assert.IsType<Ack>((await connection.ReadAsync()).Message).InboxSeq);
+        }
+    }
+
+    [Fact]
     public async Task Without_auto_ack_nothing_is_acknowledged_until_the_app_says_so()
     {
         var (client, connection, _) = await ConnectedAsync(o => o.AutoAck = false);
