@@ -129,7 +129,10 @@ public sealed partial class ChatClient
         // ByteString.Memory is the parsed copy, owned by nobody else.
         deliver.Body.Memory,
         deliver.ClientMsgId,
-        backlog);
+        backlog)
+    {
+        Media = deliver.Media,
+    };
 
     /// <summary>Handles every packet but DELIVER; false when the session is over.</summary>
     private bool OnPacket(Connection connection, IMessage message, ref bool cursorMoved)
@@ -153,8 +156,11 @@ public sealed partial class ChatClient
                     if (done.InboxSeq > Volatile.Read(ref _cursor))
                     {
                         Volatile.Write(ref _cursor, done.InboxSeq);
-                        cursorMoved = true;
                     }
+
+                    // One ACK per connection at the seam even if nothing new came: the last ACK of the previous
+                    // connection may have been lost with it.
+                    cursorMoved |= Volatile.Read(ref _cursor) != 0;
 
                     lock (_lock)
                     {

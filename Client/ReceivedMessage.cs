@@ -17,7 +17,11 @@ public sealed record ReceivedMessage(
     ContentType ContentType,
     ReadOnlyMemory<byte> Body,
     ulong ClientMsgId,
-    bool IsBacklog);
+    bool IsBacklog)
+{
+    /// <summary>The media reference of a media message (sent only to clients with <c>Capability.Media</c>), else null.</summary>
+    public MediaRef? Media { get; init; }
+}
 
 /// <summary>A SEND made durable by the broker: where the message landed and the server's time.</summary>
 public readonly record struct SentResult(ulong ClientMsgId, ulong ConversationId, ulong Seq, ulong TimestampMs);

@@ -109,15 +109,19 @@ public sealed class ChatClientTests : IDisposable
         Assert.Equal(1, _tokenCalls);
     }
 
-    [Fact]
-    public async Task Server_busy_connack_is_retried_with_a_fresh_token_after_retry_after()
+    [Theory]
+    [InlineData(ReasonCode.ServerBusy)]
+    [InlineData(ReasonCode.ServerUnavailable)]
+    [InlineData(ReasonCode.TooManyDevices)]
+    [InlineData(ReasonCode.TokenExpired)]
+    public async Task Transient_connack_refusal_is_retried_with_a_fresh_token_after_retry_after(ReasonCode reason)
     {
         await using var client = NewClient();
         var connecting = client.ConnectAsync();
         await using (var first = await _server.AcceptAsync())
         {
             await first.ReadAsync();
-            await first.WriteAsync(new Connack { Reason = ReasonCode.ServerBusy, RetryAfterMs = 30 });
+            await first.WriteAsync(new Connack { Reason = reason, RetryAfterMs = 30 });
         }
 
         var reconnecting = await NextEventAsync(client, ChatConnectionState.Reconnecting);
@@ -415,6 +419,18 @@ public sealed class ChatClientTests : IDisposable
     }
 
     [Fact]
+    public async Task Auto_ack_repeats_the_cursor_once_at_the_seam_of_each_connection()
+    {
+        var (client, connection, _) = await ConnectedAsync(o => o.ResumeInboxSeq = 7);
+        await using (client)
+        await using (connection)
+        {
+            await connection.WriteAsync(new SyncDone { InboxSeq = 7 });
+            Assert.Equal(7ul, Assert.IsType<Ack>((await connection.ReadAsync()).Message).InboxSeq);
+        }
+    }
+
+    [Fact]
     public async Task Without_auto_ack_nothing_is_acknowledged_until_the_app_says_so()
     {
         var (client, connection, _) = await ConnectedAsync(o => o.AutoAck = false);
@@ -435,12 +451,12 @@ public sealed class ChatClientTests : IDisposable
     [Fact]
     public async Task Idle_client_pings_and_keeps_the_connection_while_PONGs_come()
     {
-        var (client, connection, connect) = await ConnectedAsync(o => o.Keepalive = TimeSpan.FromSeconds(1), keepaliveS: 1);
+        var (client, connection, connect) = await ConnectedAsync(o => o.Keepalive = TimeSpan.FromSeconds(2), keepaliveS: 2);
         await using (client)
         await using (connection)
         {
-            Assert.Equal(1u, connect.KeepaliveS);
-            for (var i = 0; i < 3; i++)
+            Assert.Equal(2u, connect.KeepaliveS);
+            for (var i = 0; i < 2; i++)
             {
                 var (ping, _) = await connection.ReadAsync();
                 Assert.IsType<Ping>(ping);
@@ -620,6 +636,47 @@ public sealed class ChatClientTests : IDisposable
     }
 
     [Fact]
+    public async Task An_unanswered_history_request_is_sent_again_after_a_reconnect()
+    {
+        var (client, first, _) = await ConnectedAsync();
+        await using (client)
+        {
+            var history = client.HistoryAsync(5, limit: 10);
+            var request = (await first.ExpectAsync<History>()).Message;
+            await first.DisposeAsync();
+
+            var (second, _) = await _server.AcceptSessionAsync();
+            await using (second)
+            {
+                var again = (await second.ExpectAsync<History>()).Message;
+                Assert.Equal(request, again);
+                await second.WriteAsync(new HistoryPage { RequestId = again.RequestId, ConversationId = 5 });
+                Assert.Empty((await history.WaitAsync(Timeout)).Messages);
+            }
+        }
+    }
+
+    [Fact]
+    public async Task Disconnected_event_reports_the_servers_reason_then_reconnecting_and_connected_follow()
+    {
+        var (client, first, _) = await ConnectedAsync();
+        await using (client)
+        {
+            await first.WriteAsync(new Disconnect { Reason = ReasonCode.SlowConsumer, Message = "too slow" });
+            await first.DisposeAsync();
+            var disconnected = await NextEventAsync(client, ChatConnectionState.Disconnected);
+            Assert.Equal((ReasonCode.SlowConsumer, "too slow"), (disconnected.Reason, disconnected.Message));
+            Assert.Equal(1, (await NextEventAsync(client, ChatConnectionState.Reconnecting)).Attempt);
+            var (second, _) = await _server.AcceptSessionAsync();
+            await using (second)
+            {
+                await NextEventAsync(client, ChatConnectionState.Connected);
+                Assert.Equal(ChatConnectionState.Connected, client.State);
+            }
+        }
+    }
+
+    [Fact]
     public async Task Session_taken_over_closes_the_client_fails_pending_sends_and_does_not_reconnect()
     {
         var (client, connection, _) = await ConnectedAsync();
@@ -635,6 +692,8 @@ public sealed class ChatClientTests : IDisposable
             Assert.Equal(ReasonCode.SessionTakenOver, (await Assert.ThrowsAsync<ChatClientException>(() => sending.WaitAsync(Timeout))).Reason);
             Assert.Equal(ChatConnectionState.Closed, client.State);
             await Assert.ThrowsAsync<ChatClientException>(() => client.SendAsync(1, "y"u8.ToArray()));
+            await client.Messages.Completion.WaitAsync(Timeout);
+            await Assert.ThrowsAsync<InvalidOperationException>(() => client.ConnectAsync());
         }
     }
 
