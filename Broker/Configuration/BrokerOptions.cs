@@ -34,6 +34,7 @@ public sealed class SessionOptions
     public int ResumeBatch { get; set; } = 256;
     public int MaxResumeReceiptConversations { get; set; } = 256;
     public TimeSpan DrainTimeout { get; set; } = TimeSpan.FromSeconds(5);
+    public TimeSpan StallTimeout { get; set; } = TimeSpan.FromSeconds(30);
 }
 
 public sealed class LimitsOptions

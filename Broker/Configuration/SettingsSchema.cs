@@ -156,6 +156,9 @@ public static class SettingsSchema
         Duration("session.drain_timeout", "How long a closing connection may take to accept its last bytes before it is cut.",
             o => o.Session.DrainTimeout, (o, v) => o.Session.DrainTimeout = v, TimeSpan.Zero, TimeSpan.FromMinutes(5)),
 
+        Duration("session.stall_timeout", "A device catching up whose socket takes nothing for this long is disconnected as a slow consumer.",
+            o => o.Session.StallTimeout, (o, v) => o.Session.StallTimeout = v, TimeSpan.FromMilliseconds(100), TimeSpan.FromHours(1)),
+
         Int("limits.sends_per_second", "SENDs one connection may make per second (burst: twice that); more get ERROR RATE_LIMITED.",
             o => o.Limits.SendsPerSecond, (o, v) => o.Limits.SendsPerSecond = (int)v, 1, 10_000_000),
         Int("limits.bytes_per_second", "Body bytes one connection may send per second (burst: twice that); more get ERROR RATE_LIMITED.",

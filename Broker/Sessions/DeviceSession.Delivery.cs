@@ -142,7 +142,13 @@ internal sealed partial class DeviceSession
                     // Never let catching up trip the slow-consumer bound: wait for the socket to take some.
                     if (_outbox.PendingBytes > highWatermark)
                     {
-                        await _outbox.WhenBelowAsync(lowWatermark).ConfigureAwait(false);
+                        if (!await _outbox.WhenBelowAsync(lowWatermark, _context.Options.Session.StallTimeout).ConfigureAwait(false))
+                        {
+                            // Catching up waits for the socket instead of overflowing, so a device that stopped
+                            // reading is recognised here: no progress for the stall timeout.
+                            Close(ReasonCode.SlowConsumer, $"slow consumer: the socket took nothing for {_context.Options.Session.StallTimeout.TotalSeconds:0.#}s");
+                        }
+
                         if (_outbox.IsClosing)
                         {
                             lock (_deliveryLock)

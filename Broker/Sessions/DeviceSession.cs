@@ -174,7 +174,7 @@ internal sealed partial class DeviceSession : IDeviceLink
                 RecordDisconnect(closeReason);
             }
 
-            Log.ConnectionClosed(_context.Logger, _connectionId, remote, closeReason.ToString());
+            Log.ConnectionClosed(_context.Logger, _connectionId, remote, _closeReason.ToString());
         }
     }
 
@@ -290,9 +290,13 @@ internal sealed partial class DeviceSession : IDeviceLink
     {
         if (Interlocked.Exchange(ref _closeReasonRecorded, 1) == 0)
         {
+            _closeReason = reason;
             _context.Metrics.Disconnects.Add(1, new KeyValuePair<string, object?>("reason", reason.ToString()));
         }
     }
+
+    // The reason the session ended, as first recorded (written once, before the read loop logs it).
+    private ReasonCode _closeReason = ReasonCode.NormalDisconnect;
 
     private void OnOutboxOverflow(ReasonCode reason) =>
         Close(reason, $"slow consumer: more than {_context.Options.Session.MaxOutboundBytes} bytes or {_context.Options.Session.MaxOutboundFrames} frames queued");

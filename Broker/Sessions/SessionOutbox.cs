@@ -138,8 +138,12 @@ internal sealed class SessionOutbox : IBufferWriter<byte>
         }
     }
 
-    /// <summary>Completes once the bytes not yet taken by the socket are at most <paramref name="bytes"/>, or the outbox closes.</summary>
-    public async Task WhenBelowAsync(int bytes)
+    /// <summary>
+    /// Completes with true once the bytes not yet taken by the socket are at most <paramref name="bytes"/>
+    /// (or the outbox closes); with false when the socket took nothing for <paramref name="stallTimeout"/>:
+    /// the peer has stopped reading.
+    /// </summary>
+    public async Task<bool> WhenBelowAsync(int bytes, TimeSpan stallTimeout)
     {
         while (true)
         {
@@ -148,13 +152,21 @@ internal sealed class SessionOutbox : IBufferWriter<byte>
             {
                 if (_written + _inFlightBytes <= bytes || _closing)
                 {
-                    return;
+                    return true;
                 }
 
                 wait = NextSendCompletion();
             }
 
-            await wait.ConfigureAwait(false);
+            try
+            {
+                // Each completed send is progress and restarts the stall clock.
+                await wait.WaitAsync(stallTimeout).ConfigureAwait(false);
+            }
+            catch (TimeoutException)
+            {
+                return false;
+            }
         }
     }
 

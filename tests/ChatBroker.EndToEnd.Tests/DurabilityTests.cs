@@ -75,7 +75,8 @@ public sealed partial class DurabilityTests
     {
         // 100 MB towards a device that reads nothing. Rate limits are raised so the sender is not the bottleneck.
         await using var broker = await TestBroker.StartAsync(null,
-            "--set", "limits.bytes_per_second=1073741824", "--set", "limits.sends_per_second=1000000");
+            "--set", "limits.bytes_per_second=1073741824", "--set", "limits.sends_per_second=1000000",
+            "--set", "session.stall_timeout=2s", "--set", "log.level=debug");
         const int bodySize = 60_000;
         const int count = 1_700; // 1,700 × 60 KB ≈ 102 MB
         var payload = new byte[bodySize];
@@ -96,6 +97,10 @@ public sealed partial class DurabilityTests
         }
 
         await sending;
+        // Live delivery trips the outbound bound at once; if the device was catching up when it stalled
+        // (two commits notified out of order), the stall timeout (2 s here) recognises it instead. Either
+        // way the broker logs the close: wait for that line.
+        await broker.Process.WaitForLineAsync(SlowConsumerClosed()).WaitAsync(TimeSpan.FromSeconds(60));
         var metrics = await Http.GetStringAsync($"http://{broker.Process.AdminEndPoint}/metrics");
         Assert.Contains("chatbroker_disconnects_total{node=\"node1\",reason=\"SlowConsumer\"} 1", metrics, StringComparison.Ordinal);
         maxRss = Math.Max(maxRss, await ResidentBytesAsync(broker));
@@ -119,6 +124,9 @@ public sealed partial class DurabilityTests
         var m = ResidentLine().Match(metrics);
         return m.Success ? (long)double.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture) : 0;
     }
+
+    [GeneratedRegex(@"closed: SlowConsumer")]
+    private static partial Regex SlowConsumerClosed();
 
     [GeneratedRegex(@"^process_memory_resident_bytes\{[^}]*\} (\S+)$", RegexOptions.Multiline)]
     private static partial Regex ResidentLine();

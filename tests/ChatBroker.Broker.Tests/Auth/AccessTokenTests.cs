@@ -62,9 +62,12 @@ public sealed class AccessTokenTests
     public void Tampered_signature_is_rejected_as_bad_signature()
     {
         var token = AccessToken.Issue(_secret, "alice", "phone", TimeSpan.FromHours(1), Now);
-        var last = token[^1] == 'A' ? 'B' : 'A';
+        // Change a character in the middle of the signature: the last one carries padding bits, and
+        // changing it can make the text invalid base64url (Malformed) rather than a wrong signature.
+        var at = token.LastIndexOf('.') + 10;
+        var flipped = token[at] == 'A' ? 'B' : 'A';
 
-        Assert.Equal(TokenStatus.BadSignature, AccessToken.Verify(_secret, token[..^1] + last, Now, out _));
+        Assert.Equal(TokenStatus.BadSignature, AccessToken.Verify(_secret, token[..at] + flipped + token[(at + 1)..], Now, out _));
     }
 
     [Fact]
