@@ -149,6 +149,7 @@ internal sealed partial class DeviceSession : IDeviceLink
             if (_registered)
             {
                 _context.Registry.Unregister(this);
+                _context.Presence.DeviceOffline(this);
                 _context.Metrics.Sessions.Add(-1);
             }
 
