@@ -88,8 +88,11 @@ public sealed class PresenceService : IDisposable
         publication.Send(_metrics);
     }
 
-    /// <summary>The device's session ended: it is offline and its subscriptions are gone.</summary>
-    public void DeviceOffline(IDeviceLink device)
+    /// <summary>
+    /// The device's session ended: it is offline and its subscriptions are gone. When it was the user's last
+    /// device, last-seen is written to the store; the returned task is that write (callers need not wait).
+    /// </summary>
+    public Task DeviceOffline(IDeviceLink device)
     {
         Publication publication = default;
         long lastSeen = 0;
@@ -120,12 +123,8 @@ public sealed class PresenceService : IDisposable
             }
         }
 
-        if (lastSeen != 0)
-        {
-            _ = PersistLastSeenAsync(device.UserId, lastSeen);
-        }
-
         publication.Send(_metrics);
+        return lastSeen != 0 ? PersistLastSeenAsync(device.UserId, lastSeen) : Task.CompletedTask;
     }
 
     public readonly record struct SubscribeResult(ReasonCode Error, string? Message, PresenceSubscribed? Answer);
