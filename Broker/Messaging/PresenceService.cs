@@ -19,8 +19,9 @@ namespace ChatBroker.Broker.Messaging;
 /// </para>
 /// <para>
 /// One lock guards every entry and subscription set. Presence changes happen per connect, disconnect and
-/// PRESENCE_SET, not per message, so contention is low; packets are queued to devices after the lock is
-/// released (lock order: presence → nothing).
+/// PRESENCE_SET, not per message, so contention is low. PRESENCE packets are queued to subscribers while it
+/// is held, so two changes of one user reach every subscriber in the order they were decided (lock order:
+/// presence → outbox; the outbox never calls back under its lock).
 /// </para>
 /// </summary>
 public sealed class PresenceService : IDisposable
@@ -61,31 +62,25 @@ public sealed class PresenceService : IDisposable
     /// <summary>The device's session opened: it is ONLINE.</summary>
     public void DeviceOnline(IDeviceLink device)
     {
-        Publication publication;
         lock (_lock)
         {
             var entry = Entry(device.UserId);
             entry.Devices[device] = false;
-            publication = ChangedLocked(entry);
+            ChangedLocked(entry);
         }
-
-        publication.Send(_metrics);
     }
 
     /// <summary>PRESENCE_SET: the device went to the background (AWAY) or came back (ONLINE).</summary>
     public void SetAway(IDeviceLink device, bool away)
     {
-        Publication publication = default;
         lock (_lock)
         {
             if (_users.TryGetValue(device.UserId, out var entry) && entry.Devices.ContainsKey(device))
             {
                 entry.Devices[device] = away;
-                publication = ChangedLocked(entry);
+                ChangedLocked(entry);
             }
         }
-
-        publication.Send(_metrics);
     }
 
     /// <summary>
@@ -94,7 +89,6 @@ public sealed class PresenceService : IDisposable
     /// </summary>
     public Task DeviceOffline(IDeviceLink device)
     {
-        Publication publication = default;
         long lastSeen = 0;
         lock (_lock)
         {
@@ -119,11 +113,10 @@ public sealed class PresenceService : IDisposable
                     lastSeen = entry.LastSeenMs = _clock.GetUtcNow().ToUnixTimeMilliseconds();
                 }
 
-                publication = ChangedLocked(entry);
+                ChangedLocked(entry);
             }
         }
 
-        publication.Send(_metrics);
         return lastSeen != 0 ? PersistLastSeenAsync(device.UserId, lastSeen) : Task.CompletedTask;
     }
 
@@ -263,7 +256,7 @@ public sealed class PresenceService : IDisposable
     }
 
     /// <summary>After any device change: start (or restart) the debounce, or cancel it if the change reverted.</summary>
-    private Publication ChangedLocked(UserPresence entry)
+    private void ChangedLocked(UserPresence entry)
     {
         var status = entry.Current;
         if (status == entry.Published)
@@ -277,12 +270,13 @@ public sealed class PresenceService : IDisposable
             }
 
             RemoveIfIdleLocked(entry);
-            return default;
+            return;
         }
 
         if (_debounce <= TimeSpan.Zero)
         {
-            return PublishLocked(entry);
+            PublishLocked(entry);
+            return;
         }
 
         entry.Pending?.Dispose();
@@ -291,14 +285,11 @@ public sealed class PresenceService : IDisposable
         {
             entry.Pending = _clock.CreateTimer(OnDebounceElapsed, (entry, generation), _debounce, Timeout.InfiniteTimeSpan);
         }
-
-        return default;
     }
 
     private void OnDebounceElapsed(object? state)
     {
         var (entry, generation) = ((UserPresence, long))state!;
-        Publication publication = default;
         lock (_lock)
         {
             if (entry.Generation != generation || entry.Pending is null)
@@ -310,31 +301,35 @@ public sealed class PresenceService : IDisposable
             entry.Pending = null;
             if (entry.Current != entry.Published)
             {
-                publication = PublishLocked(entry);
+                PublishLocked(entry);
             }
 
             RemoveIfIdleLocked(entry);
         }
-
-        publication.Send(_metrics);
     }
 
-    private Publication PublishLocked(UserPresence entry)
+    private void PublishLocked(UserPresence entry)
     {
         entry.Published = entry.Current;
         _metrics.PresencePublished.Add(1);
-        if (entry.Subscribers.Count == 0)
+        Presence? packet = null;
+        var sent = 0;
+        foreach (var subscriber in entry.Subscribers)
         {
-            return default;
+            if ((subscriber.Capabilities & (ulong)Capability.Presence) != 0)
+            {
+                packet ??= new Presence
+                {
+                    UserId = entry.UserId,
+                    Status = entry.Published,
+                    LastSeenMs = entry.Published == PresenceStatus.Offline ? (ulong)entry.LastSeenMs : 0,
+                };
+                subscriber.OnNotice(packet);
+                sent++;
+            }
         }
 
-        var packet = new Presence
-        {
-            UserId = entry.UserId,
-            Status = entry.Published,
-            LastSeenMs = entry.Published == PresenceStatus.Offline ? (ulong)entry.LastSeenMs : 0,
-        };
-        return new Publication(packet, [.. entry.Subscribers]);
+        _metrics.PresenceOut.Add(sent);
     }
 
     private void RemoveIfIdleLocked(UserPresence entry)
@@ -367,30 +362,6 @@ public sealed class PresenceService : IDisposable
                 entry.Pending?.Dispose();
                 entry.Pending = null;
             }
-        }
-    }
-
-    /// <summary>A PRESENCE packet and who gets it, sent after the lock is released.</summary>
-    private readonly record struct Publication(Presence? Packet, IDeviceLink[]? Targets)
-    {
-        public void Send(BrokerMetrics metrics)
-        {
-            if (Packet is null || Targets is null)
-            {
-                return;
-            }
-
-            var sent = 0;
-            foreach (var target in Targets)
-            {
-                if ((target.Capabilities & (ulong)Capability.Presence) != 0)
-                {
-                    target.OnNotice(Packet);
-                    sent++;
-                }
-            }
-
-            metrics.PresenceOut.Add(sent);
         }
     }
 
