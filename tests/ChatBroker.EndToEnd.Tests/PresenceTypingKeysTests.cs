@@ -200,6 +200,50 @@ public sealed class PresenceTypingKeysTests
     }
 
     [Fact]
+    public async Task Last_seen_survives_a_broker_crash()
+    {
+        var dataDir = Path.Combine(Path.GetTempPath(), "chatbroker-lastseen-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            ulong lastSeen;
+            await using (var broker = await TestBroker.StartAsync(dataDir, "--set", "presence.debounce=0s"))
+            {
+                await using var bob = await broker.LoginAsync("bob", "phone", capabilities: PresenceCaps);
+                await MakeDirectChatAsync(bob, "alice");
+                var alice = await broker.LoginAsync("alice", "phone");
+                await bob.SendAsync(new PresenceSubscribe { RequestId = 1, UserIds = { "alice" } });
+                await bob.ReceiveAsync<PresenceSubscribed>();
+                await alice.SendAsync(new Disconnect { Reason = ReasonCode.NormalDisconnect });
+                await alice.DisposeAsync();
+                Presence offline;
+                do
+                {
+                    offline = await bob.ReceiveAsync<Presence>();
+                }
+                while (offline.Status != PresenceStatus.Offline);
+
+                lastSeen = offline.LastSeenMs;
+                Assert.NotEqual(0UL, lastSeen);
+
+                // A write queued after the last-seen one: once it is durable, so is the last-seen (one writer, in order).
+                await bob.SendAsync(new Send { ClientMsgId = 2, ToUserId = "alice", Body = ByteString.CopyFromUtf8("later") });
+                await bob.ReceiveAsync<Sent>();
+                await broker.Process.KillAsync();
+            }
+
+            await using var restarted = await TestBroker.StartAsync(dataDir);
+            await using var bobAgain = await restarted.LoginAsync("bob", "phone", capabilities: PresenceCaps);
+            await bobAgain.SendAsync(new PresenceSubscribe { RequestId = 2, UserIds = { "alice" } });
+            var current = Assert.Single((await bobAgain.ReceiveAsync<PresenceSubscribed>()).Current);
+            Assert.Equal((PresenceStatus.Offline, lastSeen), (current.Status, current.LastSeenMs));
+        }
+        finally
+        {
+            Directory.Delete(dataDir, recursive: true);
+        }
+    }
+
+    [Fact]
     public async Task A_flapping_connection_is_coalesced_by_the_debounce_and_subscribers_see_only_the_change_that_held()
     {
         await using var broker = await TestBroker.StartAsync(null, "--set", "presence.debounce=1s");

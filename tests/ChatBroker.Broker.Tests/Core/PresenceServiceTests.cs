@@ -180,6 +180,34 @@ public sealed class PresenceServiceTests : IAsyncLifetime
     }
 
     [Fact]
+    public void With_no_debounce_every_change_is_published_at_once_in_order()
+    {
+        using var immediate = new PresenceService(_store, new ConversationDirectory(_store), _metrics, _clock,
+            new PresenceOptions { Debounce = TimeSpan.Zero, MaxSubscriptions = 10 });
+        var bob = new FakeDevice("bob", "phone", Wants);
+        immediate.Subscribe(bob, Subscribe(1, "alice"));
+        var alice = new FakeDevice("alice", "phone");
+
+        immediate.DeviceOnline(alice);
+        immediate.SetAway(alice, away: true);
+        _ = immediate.DeviceOffline(alice);
+
+        Assert.Equal([PresenceStatus.Online, PresenceStatus.Away, PresenceStatus.Offline], Seen(bob).Select(p => p.Status));
+    }
+
+    [Fact]
+    public void A_user_may_subscribe_to_itself_to_follow_its_other_devices()
+    {
+        var phone = new FakeDevice("frank", "phone", Wants);
+        var result = _presence.Subscribe(phone, Subscribe(1, "frank"));
+
+        Assert.Equal(ReasonCode.Success, result.Error);
+        _presence.DeviceOnline(new FakeDevice("frank", "laptop"));
+        _clock.Advance(Debounce);
+        Assert.Equal(PresenceStatus.Online, Assert.Single(Seen(phone)).Status);
+    }
+
+    [Fact]
     public void Devices_without_the_presence_capability_get_no_PRESENCE_packets()
     {
         var quiet = new FakeDevice("bob", "watch", capabilities: 0);
