@@ -56,6 +56,7 @@ public sealed class LimitsOptions
     public int SendsPerSecond { get; set; } = 1000;
     public long BytesPerSecond { get; set; } = 8L * 1024 * 1024;
     public int TypingPerSecond { get; set; } = 2;
+    public int KeyFetchesPerSecond { get; set; } = 10;
 }
 
 public enum NotifierKind

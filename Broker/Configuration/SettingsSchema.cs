@@ -162,6 +162,8 @@ public static class SettingsSchema
             o => o.Limits.BytesPerSecond, (o, v) => o.Limits.BytesPerSecond = v, 1024, 1L << 40),
         Int("limits.typing_per_second", "TYPING packets one connection may send per second (burst: twice that); more are dropped silently.",
             o => o.Limits.TypingPerSecond, (o, v) => o.Limits.TypingPerSecond = (int)v, 1, 1000),
+        Int("limits.key_fetches_per_second", "FETCH_KEYS one connection may send per second (burst: twice that); more get ERROR RATE_LIMITED. Each fetch consumes one-time prekeys of others, so this bounds how fast one connection can drain them.",
+            o => o.Limits.KeyFetchesPerSecond, (o, v) => o.Limits.KeyFetchesPerSecond = (int)v, 1, 100_000),
 
         Duration("presence.debounce", "A user's status change (online, away, offline) is published to subscribers only after it has held this long, so a flapping connection sends nothing; 0s publishes at once.",
             o => o.Presence.Debounce, (o, v) => o.Presence.Debounce = v, TimeSpan.Zero, TimeSpan.FromMinutes(5)),

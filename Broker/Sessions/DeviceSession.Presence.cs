@@ -16,6 +16,7 @@ internal sealed partial class DeviceSession
     private void OnSessionOpened()
     {
         _typingRate = new TokenBucket(_context.Options.Limits.TypingPerSecond);
+        _keyFetchRate = new TokenBucket(_context.Options.Limits.KeyFetchesPerSecond);
         _context.Presence.DeviceOnline(this);
         try
         {

@@ -95,6 +95,38 @@ public sealed class PresenceTypingKeysTests
     }
 
     [Fact]
+    public async Task Key_fetches_past_the_per_connection_rate_are_RATE_LIMITED_and_consume_nothing()
+    {
+        await using var broker = await TestBroker.StartAsync(null, "--set", "limits.key_fetches_per_second=1");
+        await using var bob = await broker.LoginAsync("bob", "phone");
+        await using var mallory = await broker.LoginAsync("mallory", "phone");
+        await bob.SendAsync(Upload(1, oneTimeKeys: 10));
+        await bob.ReceiveAsync<KeysUploaded>();
+
+        for (ulong r = 1; r <= 3; r++)
+        {
+            await mallory.SendAsync(new FetchKeys { RequestId = r, UserId = "bob" });
+        }
+
+        var answers = new List<IMessage>();
+        while (answers.Count < 3)
+        {
+            var m = await mallory.ReceiveAnyAsync() ?? throw new IOException("closed");
+            if (m is KeyBundle or Error)
+            {
+                answers.Add(m);
+            }
+        }
+
+        Assert.Equal(2, answers.Count(m => m is KeyBundle)); // the burst: twice the rate
+        var error = Assert.Single(answers.OfType<Error>());
+        Assert.Equal((ReasonCode.RateLimited, 3UL), (error.Reason, error.RequestId));
+        Assert.True(error.RetryAfterMs > 0);
+        await bob.SendAsync(new KeysUpload { RequestId = 2, OneTimePrekeys = { new OneTimePrekey { KeyId = 99, PublicKey = ByteString.CopyFrom(1) } } });
+        Assert.Equal(9U, (await bob.ReceiveAsync<KeysUploaded>()).OneTimePrekeysRemaining); // 10 - 2 + 1
+    }
+
+    [Fact]
     public async Task Fetching_keys_of_a_user_who_uploaded_none_is_KEYS_NOT_FOUND()
     {
         await using var broker = await TestBroker.StartAsync();
