@@ -299,6 +299,35 @@ public abstract class ChatStore : IChatStore
         return count;
     }
 
+    public PrekeyBundle? GetPrekeyBundle(string userId, string deviceId)
+    {
+        ValidateIds(userId, deviceId);
+        var value = _engine.Get(Cf.Prekeys, Records.BundleKey(new ByteWriter(), userId, deviceId).Span);
+        return value is null ? null : Records.ReadBundle(value);
+    }
+
+    public IReadOnlyList<string> ListKeyDevices(string userId)
+    {
+        Records.ValidateId(userId, nameof(userId));
+        var prefix = Records.KeyUserPrefix(new ByteWriter(), userId).ToArray();
+        var devices = new List<string>();
+        using var cursor = _engine.OpenCursor(Cf.Prekeys, prefix, KeyRange.PrefixSuccessor(prefix));
+        cursor.SeekToFirst();
+        while (cursor.Valid)
+        {
+            var (device, tag) = Records.ReadKeyDevice(cursor.Key);
+            if (tag == Records.BundleTag)
+            {
+                devices.Add(device);
+            }
+
+            // Skip the device's one-time prekeys: they sort right after its bundle.
+            cursor.Seek(KeyRange.PrefixSuccessor(Records.KeyDevicePrefix(new ByteWriter(), userId, device).Span));
+        }
+
+        return devices;
+    }
+
     // ---- retention ----
 
     public async Task<long> SweepAsync(CancellationToken cancellationToken = default)

@@ -98,6 +98,12 @@ public interface IPrekeyStore
     Task<FetchedPrekeys?> TakePrekeysAsync(string userId, string deviceId, CancellationToken cancellationToken = default);
 
     int CountOneTimePrekeys(string userId, string deviceId);
+
+    /// <summary>The device's bundle without consuming anything; null when it never uploaded one.</summary>
+    PrekeyBundle? GetPrekeyBundle(string userId, string deviceId);
+
+    /// <summary>The devices of a user that have a bundle (in storage order, not sorted).</summary>
+    IReadOnlyList<string> ListKeyDevices(string userId);
 }
 
 /// <summary>The whole store. <see cref="IAsyncDisposable.DisposeAsync"/> commits what is queued, then closes.</summary>

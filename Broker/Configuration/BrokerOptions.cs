@@ -20,6 +20,21 @@ public sealed class BrokerOptions
     public SessionOptions Session { get; } = new();
     public LimitsOptions Limits { get; } = new();
     public PushOptions Push { get; } = new();
+    public PresenceOptions Presence { get; } = new();
+    public KeysOptions Keys { get; } = new();
+}
+
+public sealed class PresenceOptions
+{
+    /// <summary>A user's status change is published only after it has held this long (coalesces flapping).</summary>
+    public TimeSpan Debounce { get; set; } = TimeSpan.FromSeconds(2);
+    public int MaxSubscriptions { get; set; } = 1000;
+}
+
+public sealed class KeysOptions
+{
+    public int LowWatermark { get; set; } = 10;
+    public int MaxOneTimePrekeys { get; set; } = 1000;
 }
 
 public sealed class SessionOptions
@@ -41,6 +56,8 @@ public sealed class LimitsOptions
 {
     public int SendsPerSecond { get; set; } = 1000;
     public long BytesPerSecond { get; set; } = 8L * 1024 * 1024;
+    public int TypingPerSecond { get; set; } = 2;
+    public int KeyFetchesPerSecond { get; set; } = 10;
 }
 
 public enum NotifierKind

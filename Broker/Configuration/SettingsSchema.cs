@@ -163,6 +163,20 @@ public static class SettingsSchema
             o => o.Limits.SendsPerSecond, (o, v) => o.Limits.SendsPerSecond = (int)v, 1, 10_000_000),
         Int("limits.bytes_per_second", "Body bytes one connection may send per second (burst: twice that); more get ERROR RATE_LIMITED.",
             o => o.Limits.BytesPerSecond, (o, v) => o.Limits.BytesPerSecond = v, 1024, 1L << 40),
+        Int("limits.typing_per_second", "TYPING packets one connection may send per second (burst: twice that); more are dropped silently.",
+            o => o.Limits.TypingPerSecond, (o, v) => o.Limits.TypingPerSecond = (int)v, 1, 1000),
+        Int("limits.key_fetches_per_second", "FETCH_KEYS one connection may send per second (burst: twice that); more get ERROR RATE_LIMITED. Each fetch consumes one-time prekeys of others, so this bounds how fast one connection can drain them.",
+            o => o.Limits.KeyFetchesPerSecond, (o, v) => o.Limits.KeyFetchesPerSecond = (int)v, 1, 100_000),
+
+        Duration("presence.debounce", "A user's status change (online, away, offline) is published to subscribers only after it has held this long, so a flapping connection sends nothing; 0s publishes at once.",
+            o => o.Presence.Debounce, (o, v) => o.Presence.Debounce = v, TimeSpan.Zero, TimeSpan.FromMinutes(5)),
+        Int("presence.max_subscriptions", "Users one connection may subscribe to for presence; a subscription past it gets ERROR TOO_MANY_SUBSCRIPTIONS.",
+            o => o.Presence.MaxSubscriptions, (o, v) => o.Presence.MaxSubscriptions = (int)v, 1, 100_000),
+
+        Int("keys.low_watermark", "When a fetch leaves a device fewer one-time prekeys than this, the device (if online) gets a KEYS_UPLOADED with the remaining count so it uploads more.",
+            o => o.Keys.LowWatermark, (o, v) => o.Keys.LowWatermark = (int)v, 0, 100_000),
+        Int("keys.max_one_time_prekeys", "One-time prekeys stored per device; an upload that would pass it gets ERROR BAD_REQUEST.",
+            o => o.Keys.MaxOneTimePrekeys, (o, v) => o.Keys.MaxOneTimePrekeys = (int)v, 1, 1_000_000),
 
         Choice("push.notifier", "Where push jobs for offline users go: \"log\" (a log line per job) or \"webhook\" (HTTP POST of JSON to push.webhook_url).",
             ["log", "webhook"], o => o.Push.Notifier.ToString().ToLowerInvariant(),

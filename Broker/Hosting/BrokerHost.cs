@@ -63,6 +63,12 @@ public static class BrokerHost
         builder.Services.AddSingleton<SessionRegistry>();
         builder.Services.AddSingleton(sp => new ConversationDirectory(sp.GetRequiredService<IChatStore>()));
         builder.Services.AddSingleton<ChatService>();
+        builder.Services.AddSingleton(sp => new PresenceService(
+            sp.GetRequiredService<IChatStore>(), sp.GetRequiredService<ConversationDirectory>(), sp.GetRequiredService<BrokerMetrics>(),
+            sp.GetRequiredService<TimeProvider>(), options.Presence));
+        builder.Services.AddSingleton<TypingRelay>();
+        builder.Services.AddSingleton(sp => new KeyDirectory(
+            sp.GetRequiredService<IChatStore>(), sp.GetRequiredService<SessionRegistry>(), sp.GetRequiredService<BrokerMetrics>(), options.Keys));
         builder.Services.AddSingleton<BrokerContext>();
         builder.Services.AddSingleton<ISocketConnectionHandler, DeviceConnectionHandler>();
         builder.Services.AddSingleton<SocketListener>();

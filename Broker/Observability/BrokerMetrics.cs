@@ -34,6 +34,14 @@ public sealed class BrokerMetrics : IDisposable
         RateLimited = _meter.CreateCounter<long>("chatbroker.limits.rejected", "{request}", "Requests refused by a per-connection limit, by limit.");
         ProtocolErrors = _meter.CreateCounter<long>("chatbroker.protocol.errors", "{error}", "Connections closed for a protocol error, by reason code name.");
         PushJobs = _meter.CreateCounter<long>("chatbroker.push.jobs", "{job}", "Push jobs handed to the notifier, by outcome (sent, retry).");
+        PresencePublished = _meter.CreateCounter<long>("chatbroker.presence.published", "{change}", "User status changes published after the debounce (each reaches every subscribed device).");
+        PresenceCoalesced = _meter.CreateCounter<long>("chatbroker.presence.coalesced", "{change}", "User status changes that reverted within the debounce and were never published.");
+        PresenceOut = _meter.CreateCounter<long>("chatbroker.presence.out", "{packet}", "PRESENCE packets queued to devices.");
+        PresenceSubscriptions = _meter.CreateUpDownCounter<long>("chatbroker.presence.subscriptions", "{subscription}", "Presence subscriptions currently held by open sessions.");
+        TypingOut = _meter.CreateCounter<long>("chatbroker.typing.out", "{packet}", "TYPING_NOTICE packets queued to devices.");
+        KeyUploads = _meter.CreateCounter<long>("chatbroker.keys.uploads", "{upload}", "KEYS_UPLOAD requests stored.");
+        KeyFetches = _meter.CreateCounter<long>("chatbroker.keys.fetched", "{device}", "Device bundles handed out by FETCH_KEYS, by whether a one-time prekey was left (one_time = true/false).");
+        KeysLow = _meter.CreateCounter<long>("chatbroker.keys.low", "{notice}", "KEYS_UPLOADED notices sent to devices whose one-time prekeys fell below keys.low_watermark.");
         _meter.CreateObservableGauge("chatbroker.uptime", () => Stopwatch.GetElapsedTime(_startTimestamp).TotalSeconds, "s", "Seconds since the broker started.");
         _meter.CreateObservableGauge("process.memory.resident", static () => Environment.WorkingSet, "By", "Resident set size of the broker process.");
         _meter.CreateObservableGauge("process.memory.managed_heap", static () => GC.GetTotalMemory(false), "By", "Bytes currently thought to be allocated on the managed heap.");
@@ -57,6 +65,14 @@ public sealed class BrokerMetrics : IDisposable
     public Counter<long> RateLimited { get; }
     public Counter<long> ProtocolErrors { get; }
     public Counter<long> PushJobs { get; }
+    public Counter<long> PresencePublished { get; }
+    public Counter<long> PresenceCoalesced { get; }
+    public Counter<long> PresenceOut { get; }
+    public UpDownCounter<long> PresenceSubscriptions { get; }
+    public Counter<long> TypingOut { get; }
+    public Counter<long> KeyUploads { get; }
+    public Counter<long> KeyFetches { get; }
+    public Counter<long> KeysLow { get; }
 
     public void Dispose() => _meter.Dispose();
 

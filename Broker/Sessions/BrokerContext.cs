@@ -6,7 +6,8 @@ using Microsoft.Extensions.Logging;
 
 namespace ChatBroker.Broker.Sessions;
 
-/// <summary>What every device session shares: settings, the messaging core, the registry, the token secret.</summary>
+/// <summary>What every device session shares: settings, the messaging core, the registry, the token secret,
+/// presence, typing and the key directory.</summary>
 public sealed class BrokerContext(
     BrokerOptions options,
     ChatService chat,
@@ -14,7 +15,10 @@ public sealed class BrokerContext(
     TokenSecret secret,
     BrokerMetrics metrics,
     TimeProvider clock,
-    ILoggerFactory loggerFactory)
+    ILoggerFactory loggerFactory,
+    PresenceService presence,
+    TypingRelay typing,
+    KeyDirectory keys)
 {
     public BrokerOptions Options { get; } = options;
     public ChatService Chat { get; } = chat;
@@ -22,5 +26,8 @@ public sealed class BrokerContext(
     public TokenSecret Secret { get; } = secret;
     public BrokerMetrics Metrics { get; } = metrics;
     public TimeProvider Clock { get; } = clock;
+    public PresenceService Presence { get; } = presence;
+    public TypingRelay Typing { get; } = typing;
+    public KeyDirectory Keys { get; } = keys;
     public ILogger Logger { get; } = loggerFactory.CreateLogger("ChatBroker.Session");
 }

@@ -10,11 +10,11 @@ namespace ChatBroker.Broker.Sessions;
 
 internal sealed partial class DeviceSession
 {
-    // Capabilities this version honours; the others (typing, presence) come with the groups/presence work.
     /// <summary>Room kept in a frame for what a DELIVER adds to a SEND's body (ids, positions, timestamps).</summary>
     internal const int DeliverHeadroom = 1024;
 
-    private const ulong SupportedCapabilities = (ulong)(Capability.Receipts | Capability.Media);
+    // Capabilities this version honours.
+    private const ulong SupportedCapabilities = (ulong)(Capability.Receipts | Capability.Media | Capability.Typing | Capability.Presence);
 
     private readonly record struct Handled(ReasonCode Reason, string? Message)
     {
@@ -50,6 +50,19 @@ internal sealed partial class DeviceSession
             case History history:
                 HandleHistory(history);
                 return ValueTask.FromResult(Handled.Ok);
+            case PresenceSet presenceSet:
+                HandlePresenceSet(presenceSet);
+                return ValueTask.FromResult(Handled.Ok);
+            case PresenceSubscribe presenceSubscribe:
+                HandlePresenceSubscribe(presenceSubscribe);
+                return ValueTask.FromResult(Handled.Ok);
+            case Typing typing:
+                HandleTyping(typing);
+                return ValueTask.FromResult(Handled.Ok);
+            case KeysUpload keysUpload:
+                return HandleKeysUploadAsync(keysUpload, stopping);
+            case FetchKeys fetchKeys:
+                return HandleFetchKeysAsync(fetchKeys, stopping);
             default:
                 WriteError(ReasonCode.BadRequest, $"{PacketTypes.Of(message)} is not available in this version of the broker", RequestIdOf(message), PacketTypes.Of(message));
                 return ValueTask.FromResult(Handled.Ok);
@@ -140,6 +153,7 @@ internal sealed partial class DeviceSession
         }
 
         StartPump();
+        OnSessionOpened();
         return Handled.Ok;
     }
 

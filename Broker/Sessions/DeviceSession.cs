@@ -166,6 +166,7 @@ internal sealed partial class DeviceSession : IDeviceLink
             if (_registered)
             {
                 _context.Registry.Unregister(this);
+                _ = _context.Presence.DeviceOffline(this); // last-seen is written in the background
                 _context.Metrics.Sessions.Add(-1);
             }
 

@@ -1,4 +1,5 @@
 using ChatBroker.Protocol.Messages;
+using Google.Protobuf;
 
 namespace ChatBroker.Broker.Sessions;
 
@@ -20,6 +21,12 @@ public interface IDeviceLink
 
     /// <summary>A delivered/read receipt for this device's user.</summary>
     void OnReceipt(Receipt receipt);
+
+    /// <summary>
+    /// An ephemeral packet for this device: PRESENCE, TYPING_NOTICE, or a KEYS_UPLOADED telling it to top up
+    /// its one-time prekeys. Never stored, never resent; the caller has checked the capability it needs.
+    /// </summary>
+    void OnNotice(IMessage packet);
 
     /// <summary>Ends the session with a reason (takeover, shutdown).</summary>
     void Close(ReasonCode reason, string message);

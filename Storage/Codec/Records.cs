@@ -152,6 +152,19 @@ internal static class Records
 
     public static ByteWriter OneTimeKey(ByteWriter w, string userId, string deviceId, uint id) => OneTimePrefix(w, userId, deviceId).U32(id);
 
+    public static ByteWriter KeyUserPrefix(ByteWriter w, string userId) => w.Reset().Str(userId);
+
+    public static ByteWriter KeyDevicePrefix(ByteWriter w, string userId, string deviceId) => w.Reset().Str(userId).Str(deviceId);
+
+    /// <summary>The device id and tag of any key of the prekeys family.</summary>
+    public static (string DeviceId, byte Tag) ReadKeyDevice(ReadOnlySpan<byte> key)
+    {
+        var k = new ByteReader(key);
+        k.Str();
+        var device = k.Str();
+        return (device, k.U8());
+    }
+
     // bundle value: blob identity | u32 signed prekey id | blob signed prekey | blob signature
     public static ByteWriter BundleValue(ByteWriter w, PrekeyBundle b) =>
         w.Reset().Blob(b.IdentityKey.Span).U32(b.SignedPrekeyId).Blob(b.SignedPrekey.Span).Blob(b.Signature.Span);

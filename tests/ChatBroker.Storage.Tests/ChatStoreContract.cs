@@ -310,6 +310,24 @@ public abstract class ChatStoreContract : IDisposable
     }
 
     [Fact]
+    public async Task Key_devices_are_the_devices_with_a_bundle_and_their_bundle_reads_without_consuming()
+    {
+        var store = Open();
+        var bundle = new PrekeyBundle(new byte[] { 1 }, 3, new byte[] { 2 }, new byte[] { 3 });
+        await store.UploadPrekeysAsync("bob", "phone", bundle, [new OneTimePrekey(1, new byte[] { 9 }), new OneTimePrekey(2, new byte[] { 8 })]);
+        await store.UploadPrekeysAsync("bob", "laptop", bundle, []);
+        await store.UploadPrekeysAsync("bob", "tablet", null, [new OneTimePrekey(1, new byte[] { 7 })]);
+        await store.UploadPrekeysAsync("bobby", "phone", bundle, []);
+        await store.UploadPrekeysAsync("bo", "phone", bundle, []);
+
+        Assert.Equal(["laptop", "phone"], store.ListKeyDevices("bob").Order(StringComparer.Ordinal));
+        Assert.Empty(store.ListKeyDevices("carol"));
+        Assert.Equal(3U, store.GetPrekeyBundle("bob", "phone")!.SignedPrekeyId);
+        Assert.Null(store.GetPrekeyBundle("bob", "tablet"));
+        Assert.Equal(2, store.CountOneTimePrekeys("bob", "phone"));
+    }
+
+    [Fact]
     public async Task Upload_then_take_in_the_same_batch_sees_the_upload()
     {
         var store = Open();

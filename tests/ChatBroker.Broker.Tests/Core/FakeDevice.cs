@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using ChatBroker.Broker.Sessions;
 using ChatBroker.Protocol.Messages;
+using Google.Protobuf;
 
 namespace ChatBroker.Broker.Tests.Core;
 
@@ -17,6 +18,10 @@ internal sealed class FakeDevice(string user, string device, ulong capabilities 
     public void OnInboxAppended(ulong inboxSeq, DeliveryMessage message) => Inbox.Enqueue((inboxSeq, message));
 
     public void OnReceipt(Receipt receipt) => Receipts.Enqueue(receipt);
+
+    public ConcurrentQueue<IMessage> Notices { get; } = new();
+
+    public void OnNotice(IMessage packet) => Notices.Enqueue(packet);
 
     public void Close(ReasonCode reason, string message) => ClosedWith = (reason, message);
 }

@@ -28,10 +28,11 @@ public sealed class TestBroker : IAsyncDisposable
     public Task<RawDevice> ConnectRawAsync(int receiveBuffer = 0) => RawDevice.ConnectAsync(Process.TcpEndPoint, receiveBuffer);
 
     /// <summary>A raw device that has completed CONNECT successfully.</summary>
-    public async Task<RawDevice> LoginAsync(string user, string device, ulong resumeInboxSeq = 0, uint keepaliveS = 0, int receiveBuffer = 0)
+    public async Task<RawDevice> LoginAsync(string user, string device, ulong resumeInboxSeq = 0, uint keepaliveS = 0, int receiveBuffer = 0,
+        ulong capabilities = (ulong)Protocol.Messages.Capability.Receipts)
     {
         var raw = await ConnectRawAsync(receiveBuffer);
-        var connack = await raw.LoginAsync(user, device, Token(user, device), resumeInboxSeq, keepaliveS);
+        var connack = await raw.LoginAsync(user, device, Token(user, device), resumeInboxSeq, keepaliveS, capabilities);
         if (connack.Reason != Protocol.Messages.ReasonCode.Success)
         {
             throw new InvalidOperationException($"login of {user}/{device} failed: {connack.Reason} {connack.Message}");

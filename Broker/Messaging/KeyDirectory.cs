@@ -1,0 +1,166 @@
+using ChatBroker.Broker.Configuration;
+using ChatBroker.Broker.Observability;
+using ChatBroker.Broker.Sessions;
+using ChatBroker.Protocol.Messages;
+using ChatBroker.Storage;
+using Google.Protobuf;
+
+namespace ChatBroker.Broker.Messaging;
+
+/// <summary>
+/// The end-to-end encryption key directory: each (user, device) uploads an identity key, a signed prekey and a
+/// supply of one-time prekeys; anyone starting a session with the device fetches a bundle that consumes one
+/// one-time prekey. The store's take is atomic, so concurrent fetches never hand out the same one-time prekey.
+/// Keys are opaque bytes to the broker: it checks sizes, never contents, and never logs them.
+/// </summary>
+public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, BrokerMetrics metrics, KeysOptions options)
+{
+    /// <summary>Largest key or signature accepted: room for X25519/Ed25519 (32/64 bytes) with a wide margin, and
+    /// small enough that a KEY_BUNDLE for dozens of devices fits one frame.</summary>
+    public const int MaxKeyBytes = 256;
+
+    /// <summary>Upper bound of one DeviceKeys in a KEY_BUNDLE: four key fields, ids, a device id, tags.</summary>
+    private const int MaxDeviceKeysBytes = (4 * (MaxKeyBytes + 3)) + 128 + 32;
+
+    public readonly record struct Outcome<T>(ReasonCode Error, string? Message, T? Answer)
+        where T : class;
+
+    /// <summary>KEYS_UPLOAD: replaces the identity key / signed prekey given, adds the one-time prekeys.</summary>
+    public async Task<Outcome<KeysUploaded>> UploadAsync(IDeviceLink device, KeysUpload upload, CancellationToken cancellationToken)
+    {
+        if (upload.IdentityKey.Length > MaxKeyBytes
+            || (upload.SignedPrekey is { } s && (s.PublicKey.IsEmpty || s.Signature.IsEmpty || s.PublicKey.Length > MaxKeyBytes || s.Signature.Length > MaxKeyBytes)))
+        {
+            return new(ReasonCode.InvalidField, $"signed_prekey needs public_key and signature; keys and signatures are at most {MaxKeyBytes} bytes", null);
+        }
+
+        foreach (var key in upload.OneTimePrekeys)
+        {
+            if (key.PublicKey.IsEmpty || key.PublicKey.Length > MaxKeyBytes)
+            {
+                return new(ReasonCode.InvalidField, $"one-time prekey {key.KeyId}: public_key must be 1 to {MaxKeyBytes} bytes", null);
+            }
+        }
+
+        var current = store.GetPrekeyBundle(device.UserId, device.DeviceId);
+        const string FirstUpload = "a device's first KEYS_UPLOAD needs identity_key and signed_prekey";
+        PrekeyBundle? bundle = null;
+        if (!upload.IdentityKey.IsEmpty || upload.SignedPrekey is not null)
+        {
+            ReadOnlyMemory<byte>? identity = !upload.IdentityKey.IsEmpty ? upload.IdentityKey.Memory : current?.IdentityKey;
+            if (upload.SignedPrekey is { } signed && identity is { } id)
+            {
+                bundle = new PrekeyBundle(id, signed.KeyId, signed.PublicKey.Memory, signed.Signature.Memory);
+            }
+            else if (current is not null && identity is { } kept)
+            {
+                bundle = current with { IdentityKey = kept };
+            }
+            else
+            {
+                return new(ReasonCode.InvalidField, FirstUpload, null);
+            }
+        }
+        else if (current is null)
+        {
+            // Without both, a fetch could not start a session with this device: refuse a half-registered device.
+            return new(ReasonCode.InvalidField, FirstUpload, null);
+        }
+
+        var stored = store.CountOneTimePrekeys(device.UserId, device.DeviceId);
+        if (stored + upload.OneTimePrekeys.Count > options.MaxOneTimePrekeys)
+        {
+            metrics.RateLimited.Add(1, new KeyValuePair<string, object?>("limit", "one_time_prekeys"));
+            return new(ReasonCode.BadRequest, $"at most {options.MaxOneTimePrekeys} one-time prekeys per device; {stored} are stored", null);
+        }
+
+        var oneTime = new Storage.OneTimePrekey[upload.OneTimePrekeys.Count];
+        for (var i = 0; i < oneTime.Length; i++)
+        {
+            var key = upload.OneTimePrekeys[i];
+            oneTime[i] = new Storage.OneTimePrekey(key.KeyId, key.PublicKey.Memory);
+        }
+
+        await store.UploadPrekeysAsync(device.UserId, device.DeviceId, bundle, oneTime, cancellationToken).ConfigureAwait(false);
+        metrics.KeyUploads.Add(1);
+        return new(ReasonCode.Success, null, new KeysUploaded
+        {
+            RequestId = upload.RequestId,
+            OneTimePrekeysRemaining = (uint)store.CountOneTimePrekeys(device.UserId, device.DeviceId),
+        });
+    }
+
+    /// <summary>
+    /// FETCH_KEYS: one DeviceKeys per device (the one asked for, or every device with keys, as many as fit in
+    /// <paramref name="maxFrameBytes"/>), each consuming one one-time prekey. KEYS_NOT_FOUND when none.
+    /// </summary>
+    public async Task<Outcome<KeyBundle>> FetchAsync(FetchKeys fetch, int maxFrameBytes, CancellationToken cancellationToken)
+    {
+        IReadOnlyList<string> devices = fetch.DeviceId.Length > 0 ? [fetch.DeviceId] : store.ListKeyDevices(fetch.UserId);
+        var count = Math.Min(devices.Count, Math.Max(1, (maxFrameBytes - 256) / MaxDeviceKeysBytes));
+        var takes = new Task<FetchedPrekeys?>[count];
+        for (var i = 0; i < count; i++)
+        {
+            takes[i] = store.TakePrekeysAsync(fetch.UserId, devices[i], cancellationToken);
+        }
+
+        await Task.WhenAll(takes).ConfigureAwait(false);
+        var answer = new KeyBundle { RequestId = fetch.RequestId, UserId = fetch.UserId };
+        for (var i = 0; i < count; i++)
+        {
+            if (takes[i].Result is not { } taken)
+            {
+                continue;
+            }
+
+            var keys = new DeviceKeys
+            {
+                DeviceId = devices[i],
+                IdentityKey = ByteString.CopyFrom(taken.Bundle.IdentityKey.Span),
+                SignedPrekey = new SignedPrekey
+                {
+                    KeyId = taken.Bundle.SignedPrekeyId,
+                    PublicKey = ByteString.CopyFrom(taken.Bundle.SignedPrekey.Span),
+                    Signature = ByteString.CopyFrom(taken.Bundle.Signature.Span),
+                },
+            };
+            if (taken.OneTimePrekey is { } otk)
+            {
+                keys.OneTimePrekey = new Protocol.Messages.OneTimePrekey { KeyId = otk.Id, PublicKey = ByteString.CopyFrom(otk.PublicKey.Span) };
+            }
+
+            answer.Devices.Add(keys);
+            metrics.KeyFetches.Add(1, new KeyValuePair<string, object?>("one_time", taken.OneTimePrekey is not null));
+            NotifyIfLow(fetch.UserId, devices[i]);
+        }
+
+        return answer.Devices.Count == 0
+            ? new(ReasonCode.KeysNotFound, $"no keys for {fetch.UserId}" + (fetch.DeviceId.Length > 0 ? "/" + fetch.DeviceId : ""), null)
+            : new(ReasonCode.Success, null, answer);
+    }
+
+    /// <summary>Tells a device that has keys and is running low (if online) to upload more: KEYS_UPLOADED, request_id 0.</summary>
+    public void NotifyIfLow(string userId, string deviceId)
+    {
+        IDeviceLink? target = null;
+        foreach (var device in registry.DevicesOf(userId))
+        {
+            if (device.DeviceId == deviceId)
+            {
+                target = device;
+            }
+        }
+
+        if (target is null)
+        {
+            return;
+        }
+
+        var remaining = store.CountOneTimePrekeys(userId, deviceId);
+        if (remaining < options.LowWatermark && store.GetPrekeyBundle(userId, deviceId) is not null)
+        {
+            target.OnNotice(new KeysUploaded { RequestId = 0, OneTimePrekeysRemaining = (uint)remaining });
+            metrics.KeysLow.Add(1);
+        }
+    }
+}

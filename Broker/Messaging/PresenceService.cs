@@ -1,0 +1,410 @@
+using ChatBroker.Broker.Configuration;
+using ChatBroker.Broker.Observability;
+using ChatBroker.Broker.Sessions;
+using ChatBroker.Protocol.Messages;
+using ChatBroker.Storage;
+
+namespace ChatBroker.Broker.Messaging;
+
+/// <summary>
+/// Who is online, away or offline, and who wants to know. A device is ONLINE from CONNECT, AWAY after
+/// PRESENCE_SET(AWAY), and gone when its session ends (keepalive timeout included). A user's status is the
+/// most online of its devices. A change of a user's status is published to subscribers only once it has held
+/// for <see cref="PresenceOptions.Debounce"/>: a connection that drops and comes back within it publishes
+/// nothing, so a flapping phone cannot flood its contacts.
+/// <para>
+/// Memory: an entry per user that has an online device, a subscriber or a pending change, removed when it has
+/// none; a subscription set per session, bounded by <see cref="PresenceOptions.MaxSubscriptions"/> and dropped
+/// with the session.
+/// </para>
+/// <para>
+/// One lock guards every entry and subscription set. Presence changes happen per connect, disconnect and
+/// PRESENCE_SET, not per message, so contention is low. PRESENCE packets are queued to subscribers while it
+/// is held, so two changes of one user reach every subscriber in the order they were decided (lock order:
+/// presence → outbox; the outbox never calls back under its lock).
+/// </para>
+/// </summary>
+public sealed class PresenceService : IDisposable
+{
+    private readonly IChatStore _store;
+    private readonly ConversationDirectory _directory;
+    private readonly BrokerMetrics _metrics;
+    private readonly TimeProvider _clock;
+    private readonly TimeSpan _debounce;
+    private readonly int _maxSubscriptions;
+    private readonly Lock _lock = new();
+    private readonly Dictionary<string, UserPresence> _users = new(StringComparer.Ordinal);
+    private readonly Dictionary<IDeviceLink, HashSet<string>> _subscriptions = new(ReferenceEqualityComparer.Instance);
+    private bool _disposed;
+
+    public PresenceService(IChatStore store, ConversationDirectory directory, BrokerMetrics metrics, TimeProvider clock, PresenceOptions options)
+    {
+        _store = store;
+        _directory = directory;
+        _metrics = metrics;
+        _clock = clock;
+        _debounce = options.Debounce;
+        _maxSubscriptions = options.MaxSubscriptions;
+    }
+
+    /// <summary>Users with an in-memory entry (for tests: entries must not outlive their reason to exist).</summary>
+    public int TrackedUsers
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _users.Count;
+            }
+        }
+    }
+
+    /// <summary>The device's session opened: it is ONLINE.</summary>
+    public void DeviceOnline(IDeviceLink device)
+    {
+        lock (_lock)
+        {
+            var entry = Entry(device.UserId);
+            entry.Devices[device] = false;
+            ChangedLocked(entry);
+        }
+    }
+
+    /// <summary>PRESENCE_SET: the device went to the background (AWAY) or came back (ONLINE).</summary>
+    public void SetAway(IDeviceLink device, bool away)
+    {
+        lock (_lock)
+        {
+            if (_users.TryGetValue(device.UserId, out var entry) && entry.Devices.ContainsKey(device))
+            {
+                entry.Devices[device] = away;
+                ChangedLocked(entry);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The device's session ended: it is offline and its subscriptions are gone. When it was the user's last
+    /// device, last-seen is written to the store; the returned task is that write (callers need not wait).
+    /// </summary>
+    public Task DeviceOffline(IDeviceLink device)
+    {
+        long lastSeen = 0;
+        lock (_lock)
+        {
+            if (_subscriptions.Remove(device, out var subscribed))
+            {
+                foreach (var user in subscribed)
+                {
+                    if (_users.TryGetValue(user, out var target))
+                    {
+                        target.Subscribers.Remove(device);
+                        RemoveIfIdleLocked(target);
+                    }
+                }
+
+                _metrics.PresenceSubscriptions.Add(-subscribed.Count);
+            }
+
+            if (_users.TryGetValue(device.UserId, out var entry) && entry.Devices.Remove(device))
+            {
+                if (entry.Devices.Count == 0)
+                {
+                    lastSeen = entry.LastSeenMs = _clock.GetUtcNow().ToUnixTimeMilliseconds();
+                }
+
+                ChangedLocked(entry);
+            }
+        }
+
+        return lastSeen != 0 ? PersistLastSeenAsync(device.UserId, lastSeen) : Task.CompletedTask;
+    }
+
+    public readonly record struct SubscribeResult(ReasonCode Error, string? Message, PresenceSubscribed? Answer);
+
+    /// <summary>
+    /// PRESENCE_SUBSCRIBE: all or nothing. Every user must share a conversation with the subscriber (or be the
+    /// subscriber), else NOT_A_MEMBER; past the per-session bound, TOO_MANY_SUBSCRIPTIONS. The answer carries
+    /// each user's status as last published, so it agrees with the PRESENCE packets that follow it.
+    /// </summary>
+    public SubscribeResult Subscribe(IDeviceLink subscriber, PresenceSubscribe request)
+    {
+        if (request.Unsubscribe)
+        {
+            Unsubscribe(subscriber, request.UserIds);
+            return new(ReasonCode.Success, null, new PresenceSubscribed { RequestId = request.RequestId });
+        }
+
+        var peers = PeersOf(subscriber.UserId);
+        var stored = new long[request.UserIds.Count];
+        for (var i = 0; i < request.UserIds.Count; i++)
+        {
+            var user = request.UserIds[i];
+            if (user != subscriber.UserId && !peers.Contains(user))
+            {
+                return new(ReasonCode.NotAMember, $"you share no conversation with {user}", null);
+            }
+
+            stored[i] = _store.GetLastSeen(user) ?? 0;
+        }
+
+        var answer = new PresenceSubscribed { RequestId = request.RequestId };
+        lock (_lock)
+        {
+            if (_disposed)
+            {
+                return new(ReasonCode.ServerUnavailable, "the broker is shutting down", null);
+            }
+
+            _subscriptions.TryGetValue(subscriber, out var subscribed);
+            var fresh = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var user in request.UserIds)
+            {
+                if (subscribed is null || !subscribed.Contains(user))
+                {
+                    fresh.Add(user);
+                }
+            }
+
+            var current = subscribed?.Count ?? 0;
+            if (current + fresh.Count > _maxSubscriptions)
+            {
+                _metrics.RateLimited.Add(1, new KeyValuePair<string, object?>("limit", "presence_subscriptions"));
+                return new(ReasonCode.TooManySubscriptions, $"at most {_maxSubscriptions} presence subscriptions per connection; {current} held", null);
+            }
+
+            if (subscribed is null)
+            {
+                subscribed = new HashSet<string>(StringComparer.Ordinal);
+                _subscriptions[subscriber] = subscribed;
+            }
+
+            for (var i = 0; i < request.UserIds.Count; i++)
+            {
+                var user = request.UserIds[i];
+                var entry = Entry(user);
+                entry.Subscribers.Add(subscriber);
+                subscribed.Add(user);
+                answer.Current.Add(new Presence
+                {
+                    UserId = user,
+                    Status = entry.Published,
+                    LastSeenMs = entry.Published == PresenceStatus.Offline ? (ulong)Math.Max(entry.LastSeenMs, stored[i]) : 0,
+                });
+            }
+
+            _metrics.PresenceSubscriptions.Add(fresh.Count);
+        }
+
+        return new(ReasonCode.Success, null, answer);
+    }
+
+    private void Unsubscribe(IDeviceLink subscriber, IList<string> users)
+    {
+        lock (_lock)
+        {
+            if (!_subscriptions.TryGetValue(subscriber, out var subscribed))
+            {
+                return;
+            }
+
+            foreach (var user in users)
+            {
+                if (subscribed.Remove(user))
+                {
+                    _metrics.PresenceSubscriptions.Add(-1);
+                    if (_users.TryGetValue(user, out var entry))
+                    {
+                        entry.Subscribers.Remove(subscriber);
+                        RemoveIfIdleLocked(entry);
+                    }
+                }
+            }
+
+            if (subscribed.Count == 0)
+            {
+                _subscriptions.Remove(subscriber);
+            }
+        }
+    }
+
+    /// <summary>Every user who shares a conversation with <paramref name="userId"/>.</summary>
+    private HashSet<string> PeersOf(string userId)
+    {
+        var peers = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var conversation in _store.ListConversations(userId))
+        {
+            var members = _directory.MembersOf(conversation);
+            if (members is not null && ConversationDirectory.Contains(members, userId))
+            {
+                peers.UnionWith(members);
+            }
+        }
+
+        return peers;
+    }
+
+    private UserPresence Entry(string userId)
+    {
+        if (!_users.TryGetValue(userId, out var entry))
+        {
+            entry = new UserPresence(userId);
+            _users[userId] = entry;
+        }
+
+        return entry;
+    }
+
+    /// <summary>After any device change: start (or restart) the debounce, or cancel it if the change reverted.</summary>
+    private void ChangedLocked(UserPresence entry)
+    {
+        var status = entry.Current;
+        if (status == entry.Published)
+        {
+            if (entry.Pending is not null)
+            {
+                // A flap: the status came back before the debounce ran out; nobody hears of it.
+                entry.Pending.Dispose();
+                entry.Pending = null;
+                _metrics.PresenceCoalesced.Add(1);
+            }
+
+            RemoveIfIdleLocked(entry);
+            return;
+        }
+
+        if (_debounce <= TimeSpan.Zero)
+        {
+            PublishLocked(entry);
+            return;
+        }
+
+        entry.Pending?.Dispose();
+        var generation = ++entry.Generation;
+        if (!_disposed)
+        {
+            entry.Pending = _clock.CreateTimer(OnDebounceElapsed, (entry, generation), _debounce, Timeout.InfiniteTimeSpan);
+        }
+    }
+
+    private void OnDebounceElapsed(object? state)
+    {
+        var (entry, generation) = ((UserPresence, long))state!;
+        lock (_lock)
+        {
+            if (entry.Generation != generation || entry.Pending is null)
+            {
+                return; // superseded by a later change
+            }
+
+            entry.Pending.Dispose();
+            entry.Pending = null;
+            if (entry.Current != entry.Published)
+            {
+                PublishLocked(entry);
+            }
+
+            RemoveIfIdleLocked(entry);
+        }
+    }
+
+    private void PublishLocked(UserPresence entry)
+    {
+        entry.Published = entry.Current;
+        _metrics.PresencePublished.Add(1);
+        Presence? packet = null;
+        var sent = 0;
+        foreach (var subscriber in entry.Subscribers)
+        {
+            if ((subscriber.Capabilities & (ulong)Capability.Presence) != 0)
+            {
+                packet ??= new Presence
+                {
+                    UserId = entry.UserId,
+                    Status = entry.Published,
+                    LastSeenMs = entry.Published == PresenceStatus.Offline ? (ulong)entry.LastSeenMs : 0,
+                };
+                subscriber.OnNotice(packet);
+                sent++;
+            }
+        }
+
+        _metrics.PresenceOut.Add(sent);
+    }
+
+    private void RemoveIfIdleLocked(UserPresence entry)
+    {
+        if (entry.Devices.Count == 0 && entry.Subscribers.Count == 0 && entry.Pending is null && entry.Published == PresenceStatus.Offline)
+        {
+            _users.Remove(entry.UserId);
+        }
+    }
+
+    private async Task PersistLastSeenAsync(string userId, long lastSeenMs)
+    {
+        try
+        {
+            await _store.SetLastSeenAsync(userId, lastSeenMs).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is StorageException or IOException or ObjectDisposedException or InvalidOperationException or OperationCanceledException)
+        {
+            // Best effort: the in-memory entry still answers subscribers; a lost write only ages last-seen.
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (_lock)
+        {
+            _disposed = true;
+            foreach (var entry in _users.Values)
+            {
+                entry.Pending?.Dispose();
+                entry.Pending = null;
+            }
+        }
+    }
+
+    private sealed class UserPresence(string userId)
+    {
+        public string UserId { get; } = userId;
+
+        /// <summary>Online devices of the user and whether each is away.</summary>
+        public Dictionary<IDeviceLink, bool> Devices { get; } = new(ReferenceEqualityComparer.Instance);
+
+        /// <summary>Sessions subscribed to this user.</summary>
+        public HashSet<IDeviceLink> Subscribers { get; } = new(ReferenceEqualityComparer.Instance);
+
+        /// <summary>What subscribers were last told (OFFLINE for a user nobody has seen online here).</summary>
+        public PresenceStatus Published { get; set; } = PresenceStatus.Offline;
+
+        /// <summary>When the last device went offline here; 0 when not since this broker started.</summary>
+        public long LastSeenMs { get; set; }
+
+        public ITimer? Pending { get; set; }
+
+        public long Generation { get; set; }
+
+        /// <summary>The most online of the devices.</summary>
+        public PresenceStatus Current
+        {
+            get
+            {
+                if (Devices.Count == 0)
+                {
+                    return PresenceStatus.Offline;
+                }
+
+                foreach (var away in Devices.Values)
+                {
+                    if (!away)
+                    {
+                        return PresenceStatus.Online;
+                    }
+                }
+
+                return PresenceStatus.Away;
+            }
+        }
+    }
+}

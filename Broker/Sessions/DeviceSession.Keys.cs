@@ -1,0 +1,61 @@
+using ChatBroker.Protocol.Messages;
+
+namespace ChatBroker.Broker.Sessions;
+
+/// <summary>The key directory for one session: KEYS_UPLOAD and FETCH_KEYS; see docs/protocol.md §5.</summary>
+internal sealed partial class DeviceSession
+{
+    // Set when the session opens; only the read loop uses it.
+    private TokenBucket _keyFetchRate;
+
+    private async ValueTask<Handled> HandleKeysUploadAsync(KeysUpload upload, CancellationToken stopping)
+    {
+        try
+        {
+            var outcome = await _context.Keys.UploadAsync(this, upload, stopping).ConfigureAwait(false);
+            if (outcome.Error != ReasonCode.Success)
+            {
+                WriteError(outcome.Error, outcome.Message!, upload.RequestId, PacketType.KeysUpload);
+            }
+            else
+            {
+                _outbox.TryWrite(outcome.Answer!);
+            }
+        }
+        catch (Exception e) when (e is Storage.StorageException or IOException or ObjectDisposedException or InvalidOperationException)
+        {
+            WriteError(ReasonCode.ServerUnavailable, "the keys could not be stored; retry", upload.RequestId, PacketType.KeysUpload, TimeSpan.FromSeconds(1));
+        }
+
+        return Handled.Ok;
+    }
+
+    private async ValueTask<Handled> HandleFetchKeysAsync(FetchKeys fetch, CancellationToken stopping)
+    {
+        if (!_keyFetchRate.TryTake(1, out var retry))
+        {
+            _context.Metrics.RateLimited.Add(1, new KeyValuePair<string, object?>("limit", "key_fetches"));
+            WriteError(ReasonCode.RateLimited, "key fetch rate limit reached", fetch.RequestId, PacketType.FetchKeys, retry);
+            return Handled.Ok;
+        }
+
+        try
+        {
+            var outcome = await _context.Keys.FetchAsync(fetch, _maxFrameSize, stopping).ConfigureAwait(false);
+            if (outcome.Error != ReasonCode.Success)
+            {
+                WriteError(outcome.Error, outcome.Message!, fetch.RequestId, PacketType.FetchKeys);
+            }
+            else
+            {
+                _outbox.TryWrite(outcome.Answer!);
+            }
+        }
+        catch (Exception e) when (e is Storage.StorageException or IOException or ObjectDisposedException or InvalidOperationException)
+        {
+            WriteError(ReasonCode.ServerUnavailable, "keys are unavailable; retry", fetch.RequestId, PacketType.FetchKeys, TimeSpan.FromSeconds(1));
+        }
+
+        return Handled.Ok;
+    }
+}

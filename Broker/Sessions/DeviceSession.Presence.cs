@@ -1,0 +1,88 @@
+using ChatBroker.Protocol.Messages;
+using Google.Protobuf;
+
+namespace ChatBroker.Broker.Sessions;
+
+/// <summary>Presence (PRESENCE_SET, PRESENCE_SUBSCRIBE) and typing (TYPING) for one session; see docs/protocol.md §5.</summary>
+internal sealed partial class DeviceSession
+{
+    // Set when the session opens; only the read loop uses it.
+    private TokenBucket _typingRate;
+
+    /// <summary>An ephemeral packet (PRESENCE, TYPING_NOTICE, low-prekeys KEYS_UPLOADED): queued, never stored.</summary>
+    public void OnNotice(IMessage packet) => _outbox.TryWrite(packet);
+
+    /// <summary>CONNECT succeeded: the device is ONLINE, and hears whether its one-time prekeys run low.</summary>
+    private void OnSessionOpened()
+    {
+        _typingRate = new TokenBucket(_context.Options.Limits.TypingPerSecond);
+        _keyFetchRate = new TokenBucket(_context.Options.Limits.KeyFetchesPerSecond);
+        _context.Presence.DeviceOnline(this);
+        try
+        {
+            _context.Keys.NotifyIfLow(_user, _device);
+        }
+        catch (Exception e) when (e is Storage.StorageException or IOException)
+        {
+            // Only a hint; the next fetch of its keys checks again.
+        }
+    }
+
+    private void HandlePresenceSet(PresenceSet set)
+    {
+        switch (set.Status)
+        {
+            case PresenceStatus.Online:
+                _context.Presence.SetAway(this, away: false);
+                break;
+            case PresenceStatus.Away:
+                _context.Presence.SetAway(this, away: true);
+                break;
+            default:
+                // OFFLINE is what the broker says when the session ends; a connected device cannot claim it.
+                WriteError(ReasonCode.InvalidField, "status must be ONLINE or AWAY; disconnect to go offline", 0, PacketType.PresenceSet);
+                break;
+        }
+    }
+
+    private void HandlePresenceSubscribe(PresenceSubscribe subscribe)
+    {
+        try
+        {
+            var result = _context.Presence.Subscribe(this, subscribe);
+            if (result.Error != ReasonCode.Success)
+            {
+                WriteError(result.Error, result.Message!, subscribe.RequestId, PacketType.PresenceSubscribe);
+                return;
+            }
+
+            _outbox.TryWrite(result.Answer!);
+        }
+        catch (Exception e) when (e is Storage.StorageException or IOException)
+        {
+            WriteError(ReasonCode.ServerUnavailable, "presence is unavailable; retry", subscribe.RequestId, PacketType.PresenceSubscribe);
+        }
+    }
+
+    private void HandleTyping(Typing typing)
+    {
+        if (!_typingRate.TryTake(1, out _))
+        {
+            // Typing is a hint that expires on its own: an extra one is dropped, not answered.
+            _context.Metrics.RateLimited.Add(1, new KeyValuePair<string, object?>("limit", "typing"));
+            return;
+        }
+
+        try
+        {
+            if (_context.Typing.Relay(this, typing) != ReasonCode.Success)
+            {
+                WriteError(ReasonCode.NotAMember, "not a member of this conversation", typing.ConversationId, PacketType.Typing);
+            }
+        }
+        catch (Exception e) when (e is Storage.StorageException or IOException)
+        {
+            // Typing is best effort: a store that cannot say who the members are drops it.
+        }
+    }
+}
