@@ -20,6 +20,18 @@ public sealed class BrokerOptions
     public SessionOptions Session { get; } = new();
     public LimitsOptions Limits { get; } = new();
     public PushOptions Push { get; } = new();
+    public GroupsOptions Groups { get; } = new();
+    public FanoutOptions Fanout { get; } = new();
+}
+
+public sealed class GroupsOptions
+{
+    public int MaxMembers { get; set; } = 1024;
+}
+
+public sealed class FanoutOptions
+{
+    public int WriteThreshold { get; set; } = 100;
 }
 
 public sealed class SessionOptions

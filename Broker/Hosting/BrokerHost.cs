@@ -62,7 +62,10 @@ public static class BrokerHost
         builder.Services.AddSingleton<Readiness>();
         builder.Services.AddSingleton<SessionRegistry>();
         builder.Services.AddSingleton(sp => new ConversationDirectory(sp.GetRequiredService<IChatStore>()));
+        builder.Services.AddSingleton(options.Groups);
+        builder.Services.AddSingleton(options.Fanout);
         builder.Services.AddSingleton<ChatService>();
+        builder.Services.AddSingleton<GroupService>();
         builder.Services.AddSingleton<BrokerContext>();
         builder.Services.AddSingleton<ISocketConnectionHandler, DeviceConnectionHandler>();
         builder.Services.AddSingleton<SocketListener>();
