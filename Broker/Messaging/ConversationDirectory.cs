@@ -89,7 +89,16 @@ public sealed class ConversationDirectory(IChatStore store, int capacity = 1_000
             return group;
         }
 
-        return MembersOf(conversationId) is not null && _groups.GetValueOrDefault(conversationId);
+        var conversation = store.GetConversation(conversationId);
+        if (conversation is null)
+        {
+            return false;
+        }
+
+        group = conversation.Kind == ConversationKind.Group;
+        Bound(_groups);
+        _groups[conversationId] = group;
+        return group;
     }
 
     /// <summary>Replaces the cached members of a group (under its gate, before the change is stored).</summary>

@@ -236,6 +236,21 @@ public sealed class GroupServiceTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task The_directory_still_knows_a_group_is_a_group_after_its_bounded_cache_was_emptied()
+    {
+        var id = (await OkAsync("alice", Create("bob"))).ConversationId;
+        var direct = await _store.GetOrCreateDirectAsync("alice", "bob");
+        var directory = new ConversationDirectory(_store, capacity: 1);
+
+        Assert.NotNull(directory.MembersOf(id));
+        Assert.NotNull(directory.MembersOf(direct.Id)); // evicts the group's entries
+
+        Assert.True(directory.IsGroup(id));
+        Assert.False(directory.IsGroup(direct.Id));
+        Assert.False(directory.IsGroup(999_999));
+    }
+
+    [Fact]
     public async Task Adding_past_the_threshold_switches_the_group_to_fan_out_on_read()
     {
         var alice = Online("alice");
