@@ -229,6 +229,72 @@ public sealed class GroupTests
     }
 
     [Fact]
+    public async Task Messages_of_a_large_group_sent_while_a_member_resumes_from_its_log_arrive_exactly_once_in_order()
+    {
+        // Rate limits raised: the point is the seam between the log backlog and live pushes, not the limiter.
+        await using var broker = await TestBroker.StartAsync(null, "--set", "fanout.write_threshold=2", "--set", "limits.sends_per_second=1000000");
+        await using var alice = await broker.LoginAsync("alice", "phone");
+        var id = (await OkAsync(alice, Create(1, ["bob", "carol"]))).ConversationId;
+        const int before = 2000, during = 500;
+        var buffer = new ArrayBufferWriter<byte>();
+        for (var i = 1; i <= before; i++)
+        {
+            FrameWriter.Write(buffer, Text((ulong)i, id, "message " + (i + 1)));
+        }
+
+        await alice.SendRawAsync(buffer.WrittenMemory);
+        for (var i = 0; i < before; i++)
+        {
+            await alice.ReceiveAsync<Sent>();
+        }
+
+        // Bob connects (backlog: 2,000 messages, 8 batches) while Alice keeps sending.
+        var bobTask = LoginAsync(broker, "bob", "phone");
+        buffer.Clear();
+        for (var i = before + 1; i <= before + during; i++)
+        {
+            FrameWriter.Write(buffer, Text((ulong)i, id, "message " + (i + 1)));
+        }
+
+        await alice.SendRawAsync(buffer.WrittenMemory);
+        await using var bob = await bobTask;
+
+        await ExpectGroupMessagesAsync(bob, id, 2, before + during + 1, "bob");
+        Assert.DoesNotContain(await DrainAsync(bob), m => m is Deliver { ContentType: not ContentType.System });
+    }
+
+    [Fact]
+    public async Task SYNC_naming_a_large_group_streams_its_log_from_the_cursor_and_ends_with_SYNC_DONE_listing_it()
+    {
+        await using var broker = await TestBroker.StartAsync(null, "--set", "fanout.write_threshold=2");
+        await using var alice = await broker.LoginAsync("alice", "phone");
+        var id = (await OkAsync(alice, Create(1, ["bob", "carol"]))).ConversationId; // 3 members > 2: fan-out on read
+        for (ulong i = 1; i <= 5; i++)
+        {
+            await alice.SendAsync(Text(i, id, "message " + (i + 1)));
+            await alice.ReceiveAsync<Sent>();
+        }
+
+        await using var bob = await LoginAsync(broker, "bob", "phone", resumeInboxSeq: 1, resumeConversations: [new ConversationCursor { ConversationId = id, Seq = 6 }]);
+        var first = await bob.ReceiveAsync<SyncDone>();
+        Assert.Equal((0UL, 6UL), (first.RequestId, Assert.Single(first.Conversations).Seq));
+
+        await bob.SendAsync(new Sync { RequestId = 9, Conversations = { new ConversationCursor { ConversationId = id, Seq = 3 } } });
+        var syncs = await ExpectGroupMessagesAsync(bob, id, 4, 6, "bob");
+        var done = syncs.Count > 0 ? syncs[0] : await bob.ReceiveAsync<SyncDone>();
+        Assert.Equal(9UL, done.RequestId);
+        Assert.Equal(1UL, done.InboxSeq); // the inbox stayed where it was
+        Assert.Equal(6UL, Assert.Single(done.Conversations, c => c.ConversationId == id).Seq);
+
+        await alice.SendAsync(Text(6, id, "message 7"));
+        await ExpectGroupMessagesAsync(bob, id, 7, 7, "bob live");
+        await using var mallory = await broker.LoginAsync("mallory", "phone");
+        var refused = await RefusedAsync(mallory, new Sync { RequestId = 10, Conversations = { new ConversationCursor { ConversationId = id, Seq = 0 } } });
+        Assert.Equal((ReasonCode.NotAMember, 10UL), (refused.Reason, refused.RequestId));
+        Assert.DoesNotContain(await DrainAsync(mallory), m => m is Deliver);
+    }
+
+    [Fact]
     public async Task A_non_members_send_and_history_request_are_refused_with_NOT_A_MEMBER_and_nothing_is_stored()
     {
         await using var broker = await TestBroker.StartAsync();
