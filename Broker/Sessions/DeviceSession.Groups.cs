@@ -46,6 +46,11 @@ internal sealed partial class DeviceSession
             var outcome = await _context.Groups.HandleAsync(_user, request, _maxFrameSize, stopping).ConfigureAwait(false);
             if (outcome.Error != ReasonCode.Success)
             {
+                if (outcome.Error == ReasonCode.GroupFull)
+                {
+                    _context.Metrics.RateLimited.Add(1, new KeyValuePair<string, object?>("limit", "group_members"));
+                }
+
                 WriteError(outcome.Error, outcome.Message!, request.RequestId, PacketType.GroupRequest);
             }
             else

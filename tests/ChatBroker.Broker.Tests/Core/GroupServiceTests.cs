@@ -150,6 +150,33 @@ public sealed class GroupServiceTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Sends_racing_a_removal_reach_the_removed_member_only_when_sequenced_before_it()
+    {
+        var alice = Online("alice");
+        var bob = Online("bob");
+        var id = (await OkAsync("alice", Create("bob", "carol"))).ConversationId;
+        var start = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var sends = Enumerable.Range(1, 200).Select(i => Task.Run(async () =>
+        {
+            await start.Task;
+            return await _chat.SendAsync(alice, Text((ulong)i, id, "m" + i), default);
+        })).ToList();
+        var removal = Task.Run(async () =>
+        {
+            await start.Task;
+            return await OkAsync("alice", Remove(id, "bob"));
+        });
+
+        start.SetResult();
+        await Task.WhenAll(sends);
+        var removedAt = (await removal).Seq;
+
+        var toBob = bob.Inbox.Select(e => e.Message.Seq).Order().ToList();
+        Assert.Equal(201UL + 1, _store.GetLastSeq(id)); // GROUP_CREATED + 200 messages + MEMBERS_REMOVED
+        Assert.Equal(Enumerable.Range(1, (int)removedAt).Select(s => (ulong)s), toBob); // everything up to its removal, nothing after
+    }
+
+    [Fact]
     public async Task Leave_is_a_MEMBER_LEFT_message_and_the_user_is_no_longer_listed()
     {
         var bob = Online("bob");
