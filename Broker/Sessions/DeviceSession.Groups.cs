@@ -138,9 +138,17 @@ internal sealed partial class DeviceSession
 
     /// <summary>
     /// CONNECT: one stream per large group of the user, and per group the device lists, each waiting for the
-    /// pump. Under _deliveryLock, after the session is registered (notifications before this are parked in
-    /// _pendingGroups; the pump reads what they announced from the store).
+    /// pump. Runs after the session is registered and CONNACK is queued; notifications before this are parked
+    /// in _pendingGroups (the pump reads what they announced from the store), so no DELIVER precedes CONNACK.
     /// </summary>
+    private void SetUpGroupStreams(IReadOnlyList<ConversationCursor> listed)
+    {
+        lock (_deliveryLock)
+        {
+            SetUpGroupStreamsLocked(listed);
+        }
+    }
+
     private void SetUpGroupStreamsLocked(IReadOnlyList<ConversationCursor> listed)
     {
         var store = _context.Chat.Store;

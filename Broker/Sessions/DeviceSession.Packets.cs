@@ -121,7 +121,6 @@ internal sealed partial class DeviceSession
             _delivered = Math.Min(connect.ResumeInboxSeq, store.GetLastInboxSeq(_user));
             _syncPending = true;
             _syncRequestId = 0;
-            SetUpGroupStreamsLocked(connect.ResumeConversations);
         }
 
         _outbox.TryWrite(new Connack
@@ -142,6 +141,7 @@ internal sealed partial class DeviceSession
             }
         }
 
+        SetUpGroupStreams(connect.ResumeConversations); // after CONNACK: nothing may be delivered before it
         StartPump();
         StartGroupPump();
         return Handled.Ok;
