@@ -305,6 +305,13 @@ public sealed class ChatService(
         };
         foreach (var (conversationId, seq) in highest)
         {
+            // A large group's inbox entries are only its SYSTEM messages: having them says nothing about the
+            // log messages before them. Its DELIVERED receipts come from ACK.conversations.
+            if (directory.IsGroup(conversationId) && IsLarge(directory.MembersOf(conversationId)?.Length ?? 0))
+            {
+                continue;
+            }
+
             writes.Add(RecordReceiptAsync(user, conversationId, seq, ReceiptKind.Delivered, cancellationToken));
         }
 

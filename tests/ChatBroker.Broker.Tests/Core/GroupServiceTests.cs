@@ -278,6 +278,21 @@ public sealed class GroupServiceTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task An_inbox_ACK_covering_a_large_groups_SYSTEM_message_is_not_a_delivered_receipt_for_its_log()
+    {
+        var alice = Online("alice");
+        var id = (await OkAsync("alice", Create("bob", "carol", "dave"))).ConversationId;
+        await _chat.SendAsync(alice, Text(1, id, "in the log only"), default);
+        await OkAsync("alice", Add(id, "erin")); // seq 3, through bob's inbox
+        var bob = new FakeDevice("bob", "phone");
+
+        await _chat.AckAsync(bob, _store.GetLastInboxSeq("bob"), default);
+
+        Assert.Empty(alice.Receipts);
+        Assert.Equal(0UL, _store.GetCursor("bob", ChatService.DeliveredCursor, CursorStream.Conversation(id)));
+    }
+
+    [Fact]
     public async Task Adding_past_the_threshold_switches_the_group_to_fan_out_on_read()
     {
         var alice = Online("alice");
