@@ -256,8 +256,21 @@ public sealed class GroupService(IChatStore store, ConversationDirectory directo
                 return new GroupOutcome(ReasonCode.Success, null, new GroupResult { RequestId = requestId, ConversationId = conversationId });
             }
 
-            var writes = new List<Task>(change.Writes.Count + 1);
+            // The last admin leaving hands the group to the longest-standing member, so it stays manageable.
+            var successor = change.Event.Kind == SystemEvent.Types.Kind.MemberLeft && role == MemberRole.Admin
+                ? SuccessorAdmin(conversationId, actor)
+                : null;
+            SystemEvent? promotion = null;
+            if (successor is not null)
+            {
+                change.Writes.Add((successor, MemberRole.Admin));
+                promotion = new SystemEvent { Kind = SystemEvent.Types.Kind.AdminChanged, ActorUserId = actor, Admin = true };
+                promotion.UserIds.Add(successor);
+            }
+
+            var writes = new List<Task>(change.Writes.Count + 2);
             Task<AppendResult> append;
+            Task<AppendResult>? promoted = null;
             lock (directory.GateOf(conversationId))
             {
                 directory.SetMembers(conversationId, change.NewMembers);
@@ -270,6 +283,11 @@ public sealed class GroupService(IChatStore store, ConversationDirectory directo
 
                 append = chat.EnqueueSystemMessage(actor, conversationId, change.Event, change.Audience, cancellationToken);
                 writes.Add(append);
+                if (promotion is not null)
+                {
+                    promoted = chat.EnqueueSystemMessage(actor, conversationId, promotion, change.NewMembers, cancellationToken);
+                    writes.Add(promoted);
+                }
             }
 
             try
@@ -283,14 +301,45 @@ public sealed class GroupService(IChatStore store, ConversationDirectory directo
             }
 
             var result = await append.ConfigureAwait(false);
-            chat.NotifySystemMessage(change.Audience, result, actor, change.Event.ToByteArray(),
-                chat.IsLarge(Math.Max(change.Audience.Length, change.NewMembers.Length)));
+            var large = chat.IsLarge(Math.Max(change.Audience.Length, change.NewMembers.Length));
+            chat.NotifySystemMessage(change.Audience, result, actor, change.Event.ToByteArray(), large);
+            if (promoted is not null)
+            {
+                chat.NotifySystemMessage(change.NewMembers, await promoted.ConfigureAwait(false), actor, promotion!.ToByteArray(), large);
+            }
+
             return new GroupOutcome(ReasonCode.Success, null, new GroupResult { RequestId = requestId, ConversationId = conversationId, Seq = result.Seq });
         }
         finally
         {
             serial.Release();
         }
+    }
+
+    /// <summary>The member to promote when <paramref name="leaving"/> is the last admin; null when another admin remains or nobody does.</summary>
+    private string? SuccessorAdmin(ulong conversationId, string leaving)
+    {
+        Member? best = null;
+        foreach (var member in store.ListMembers(conversationId))
+        {
+            if (member.UserId == leaving)
+            {
+                continue;
+            }
+
+            if (member.Role == MemberRole.Admin)
+            {
+                return null;
+            }
+
+            if (best is not { } b || member.JoinedAtMs < b.JoinedAtMs
+                || (member.JoinedAtMs == b.JoinedAtMs && string.CompareOrdinal(member.UserId, b.UserId) < 0))
+            {
+                best = member;
+            }
+        }
+
+        return best?.UserId;
     }
 
     private GroupOutcome Get(string userId, ulong requestId, ulong conversationId)

@@ -192,6 +192,24 @@ public sealed class GroupServiceTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task When_the_last_admin_leaves_the_longest_standing_member_is_promoted_by_an_ADMIN_CHANGED_message()
+    {
+        var carol = Online("carol");
+        var id = (await OkAsync("alice", Create("carol"))).ConversationId;
+        await OkAsync("alice", Add(id, "zed")); // joined after carol (or in the same ms: then the smaller id wins)
+
+        var left = await OkAsync("alice", new GroupRequest { Leave = new GroupRef { ConversationId = id } });
+
+        Assert.Equal(3UL, left.Seq);
+        Assert.Equal(4UL, _store.GetLastSeq(id));
+        Assert.Equal(MemberRole.Admin, _store.GetMember(id, "carol")!.Value.Role);
+        Assert.Equal(MemberRole.Member, _store.GetMember(id, "zed")!.Value.Role);
+        var last = EventOf(carol.Inbox.Last().Message);
+        Assert.Equal((SystemEvent.Types.Kind.AdminChanged, true, "carol"), (last.Kind, last.Admin, last.UserIds.Single()));
+        await OkAsync("carol", Add(id, "dave")); // the group is still manageable
+    }
+
+    [Fact]
     public async Task List_and_get_return_members_with_roles()
     {
         var id = (await OkAsync("alice", Create("bob"))).ConversationId;
