@@ -22,6 +22,8 @@ public sealed class BrokerOptions
     public PushOptions Push { get; } = new();
     public PresenceOptions Presence { get; } = new();
     public KeysOptions Keys { get; } = new();
+    public GroupsOptions Groups { get; } = new();
+    public FanoutOptions Fanout { get; } = new();
 }
 
 public sealed class PresenceOptions
@@ -35,6 +37,16 @@ public sealed class KeysOptions
 {
     public int LowWatermark { get; set; } = 10;
     public int MaxOneTimePrekeys { get; set; } = 1000;
+}
+
+public sealed class GroupsOptions
+{
+    public int MaxMembers { get; set; } = 1024;
+}
+
+public sealed class FanoutOptions
+{
+    public int WriteThreshold { get; set; } = 100;
 }
 
 public sealed class SessionOptions

@@ -191,6 +191,12 @@ public static class SettingsSchema
         Duration("push.poll_interval", "How often the notifier looks for due jobs when not woken by a new one (retries, jobs left by a restart).",
             o => o.Push.PollInterval, (o, v) => o.Push.PollInterval = v, TimeSpan.FromMilliseconds(10), TimeSpan.FromHours(1)),
 
+        Int("groups.max_members", "Most members a group may have, the creator included; a create or add past it gets GROUP_FULL.",
+            o => o.Groups.MaxMembers, (o, v) => o.Groups.MaxMembers = (int)v, 2, 100_000),
+
+        Int("fanout.write_threshold", "Groups with at most this many members are fanned out on write (an inbox entry per member); larger groups store each message once and members read the group log (fan-out on read).",
+            o => o.Fanout.WriteThreshold, (o, v) => o.Fanout.WriteThreshold = (int)v, 0, 100_000),
+
         Duration("shutdown.grace_period", "On SIGTERM or Ctrl-C, how long to drain connections and flush the store before exiting.",
             o => o.Shutdown.GracePeriod, (o, v) => o.Shutdown.GracePeriod = v, TimeSpan.Zero, TimeSpan.FromMinutes(10)),
     ];

@@ -62,6 +62,8 @@ public static class BrokerHost
         builder.Services.AddSingleton<Readiness>();
         builder.Services.AddSingleton<SessionRegistry>();
         builder.Services.AddSingleton(sp => new ConversationDirectory(sp.GetRequiredService<IChatStore>()));
+        builder.Services.AddSingleton(options.Groups);
+        builder.Services.AddSingleton(options.Fanout);
         builder.Services.AddSingleton<ChatService>();
         builder.Services.AddSingleton(sp => new PresenceService(
             sp.GetRequiredService<IChatStore>(), sp.GetRequiredService<ConversationDirectory>(), sp.GetRequiredService<BrokerMetrics>(),
@@ -69,6 +71,7 @@ public static class BrokerHost
         builder.Services.AddSingleton<TypingRelay>();
         builder.Services.AddSingleton(sp => new KeyDirectory(
             sp.GetRequiredService<IChatStore>(), sp.GetRequiredService<SessionRegistry>(), sp.GetRequiredService<BrokerMetrics>(), options.Keys));
+        builder.Services.AddSingleton<GroupService>();
         builder.Services.AddSingleton<BrokerContext>();
         builder.Services.AddSingleton<ISocketConnectionHandler, DeviceConnectionHandler>();
         builder.Services.AddSingleton<SocketListener>();

@@ -1,3 +1,4 @@
+using ChatBroker.Broker.Configuration;
 using ChatBroker.Broker.Observability;
 using ChatBroker.Broker.Sessions;
 using ChatBroker.Protocol.Messages;
@@ -39,13 +40,22 @@ public sealed class ChatService(
     SessionRegistry registry,
     ConversationDirectory directory,
     BrokerMetrics metrics,
-    TimeProvider clock)
+    TimeProvider clock,
+    FanoutOptions? fanout = null)
 {
+    /// <summary>Most messages whose senders a group receipt is routed to (the newest of the acknowledged range).</summary>
+    public const int MaxReceiptSenderScan = 256;
+
+    private readonly int _writeThreshold = (fanout ?? new FanoutOptions()).WriteThreshold;
+
     /// <summary>Reserved cursor "device" holding a reader's delivered position per conversation. Device ids may not start with '#'.</summary>
     public const string DeliveredCursor = "#delivered";
 
     /// <summary>Reserved cursor "device" holding a reader's read position per conversation.</summary>
     public const string ReadCursor = "#read";
+
+    /// <summary>Sender device of SYSTEM messages (the broker itself, on behalf of the acting user).</summary>
+    public const string SystemDevice = "#broker";
 
     /// <summary>Largest page a HISTORY request gets.</summary>
     public const int MaxHistoryPage = 200;
@@ -106,35 +116,63 @@ public sealed class ChatService(
 
     /// <summary>
     /// Appends a prepared SEND (the store enqueues it before this method first yields), waits until it is
-    /// durable, then tells every online device of every member.
+    /// durable, then tells every online device of every member. A group message takes its members under the
+    /// group's gate, so it never reaches a user whose removal was sequenced before it; a sender removed since
+    /// <see cref="PrepareAsync"/> is refused with NOT_A_MEMBER and nothing is stored.
     /// </summary>
     public async Task<SendOutcome> CommitAsync(IDeviceLink origin, Send send, PreparedSend prepared, CancellationToken cancellationToken)
     {
         var sender = origin.UserId;
-        var members = prepared.Members!;
-        List<string>? offline = null;
-        foreach (var member in members)
-        {
-            if (member != sender && !registry.IsOnline(member))
-            {
-                (offline ??= []).Add(member);
-            }
-        }
-
+        var conversationId = prepared.ConversationId;
         var body = send.Body.Memory;
         var media = send.Media is null ? null : Convert.ToBase64String(send.Media.ToByteArray());
-        var append = store.AppendAsync(new AppendRequest
+        string[] members;
+        bool large;
+        List<string>? offline = null;
+        Task<AppendResult> append;
+        var isGroup = directory.IsGroup(conversationId);
+        var gate = isGroup ? directory.GateOf(conversationId) : null; // direct chats: members never change
+        gate?.Enter();
+        try
         {
-            ConversationId = prepared.ConversationId,
-            SenderUserId = sender,
-            SenderDeviceId = origin.DeviceId,
-            ClientMsgId = send.ClientMsgId,
-            ContentType = (uint)send.ContentType,
-            Body = body,
-            MediaRef = media,
-            InboxRecipients = members,
-            PushRecipients = (IReadOnlyList<string>?)offline ?? [],
-        }, cancellationToken);
+            members = isGroup ? directory.MembersOf(conversationId) ?? [] : prepared.Members!;
+            if (isGroup && !ConversationDirectory.Contains(members, sender))
+            {
+                return SendOutcome.Refused(ReasonCode.NotAMember, "not a member of this conversation");
+            }
+
+            // Above the threshold the message is stored once: no inbox entries, and no push jobs (one per
+            // offline member of a 1,024-member group would cost more than the message itself).
+            large = isGroup && IsLarge(members.Length);
+            if (!large)
+            {
+                foreach (var member in members)
+                {
+                    if (member != sender && !registry.IsOnline(member))
+                    {
+                        (offline ??= []).Add(member);
+                    }
+                }
+            }
+
+            append = store.AppendAsync(new AppendRequest
+            {
+                ConversationId = conversationId,
+                SenderUserId = sender,
+                SenderDeviceId = origin.DeviceId,
+                ClientMsgId = send.ClientMsgId,
+                ContentType = (uint)send.ContentType,
+                Body = body,
+                MediaRef = media,
+                InboxRecipients = large ? [] : members,
+                PushRecipients = (IReadOnlyList<string>?)offline ?? [],
+            }, cancellationToken);
+        }
+        finally
+        {
+            gate?.Exit();
+        }
+
         var result = await append.ConfigureAwait(false);
 
         metrics.MessagesIn.Add(1);
@@ -147,24 +185,80 @@ public sealed class ChatService(
 
         var message = new DeliveryMessage(result.ConversationId, result.Seq, sender, origin.DeviceId, result.TimestampMs,
             send.ContentType, body, send.Media, send.ClientMsgId);
-        var deliveries = 0;
-        for (var i = 0; i < members.Length; i++)
-        {
-            var inboxSeq = result.InboxSeqs[i];
-            foreach (var device in registry.DevicesOf(members[i]))
-            {
-                device.OnInboxAppended(inboxSeq, message);
-                deliveries++;
-            }
-        }
-
-        metrics.FanOut.Record(deliveries);
+        Notify(members, result, message, large);
         if (offline is not null)
         {
             PushJobsAdded?.Invoke();
         }
 
         return new SendOutcome(ReasonCode.Success, null, result);
+    }
+
+    /// <summary>True when a group of <paramref name="memberCount"/> members is fanned out on read.</summary>
+    public bool IsLarge(int memberCount) => memberCount > _writeThreshold;
+
+    /// <summary>
+    /// Appends a SYSTEM message to a group: always fanned out on write to <paramref name="audience"/> (every
+    /// member, and the users a removal names), whatever the group's size, so a removed user finds the message
+    /// that removed them in its inbox even when the group is read from its log. No push jobs. The caller holds
+    /// the group's gate while this enqueues; it returns the task of the durable append.
+    /// </summary>
+    public Task<AppendResult> EnqueueSystemMessage(string actor, ulong conversationId, SystemEvent systemEvent, string[] audience, CancellationToken cancellationToken) =>
+        store.AppendAsync(new AppendRequest
+        {
+            ConversationId = conversationId,
+            SenderUserId = actor,
+            SenderDeviceId = SystemDevice,
+            ContentType = (uint)ContentType.System,
+            Body = systemEvent.ToByteArray(),
+            InboxRecipients = audience,
+        }, cancellationToken);
+
+    /// <summary>Tells the online devices of <paramref name="audience"/> about a committed SYSTEM message.</summary>
+    public void NotifySystemMessage(string[] audience, AppendResult result, string actor, ReadOnlyMemory<byte> body, bool large)
+    {
+        var message = new DeliveryMessage(result.ConversationId, result.Seq, actor, SystemDevice, result.TimestampMs,
+            ContentType.System, body, null, 0);
+        var deliveries = 0;
+        for (var i = 0; i < audience.Length; i++)
+        {
+            foreach (var device in registry.DevicesOf(audience[i]))
+            {
+                device.OnInboxAppended(result.InboxSeqs[i], message);
+                if (large)
+                {
+                    // The device reads the group's log too: it must not see a gap at this seq.
+                    device.OnGroupLogAppended(message, write: false);
+                }
+
+                deliveries++;
+            }
+        }
+
+        metrics.FanOut.Record(deliveries);
+    }
+
+    private void Notify(string[] members, AppendResult result, DeliveryMessage message, bool large)
+    {
+        var deliveries = 0;
+        for (var i = 0; i < members.Length; i++)
+        {
+            foreach (var device in registry.DevicesOf(members[i]))
+            {
+                if (large)
+                {
+                    device.OnGroupLogAppended(message, write: true);
+                }
+                else
+                {
+                    device.OnInboxAppended(result.InboxSeqs[i], message);
+                }
+
+                deliveries++;
+            }
+        }
+
+        metrics.FanOut.Record(deliveries);
     }
 
     /// <summary>
@@ -211,6 +305,13 @@ public sealed class ChatService(
         };
         foreach (var (conversationId, seq) in highest)
         {
+            // A large group's inbox entries are only its SYSTEM messages: having them says nothing about the
+            // log messages before them. Its DELIVERED receipts come from ACK.conversations.
+            if (directory.IsGroup(conversationId) && IsLarge(directory.MembersOf(conversationId)?.Length ?? 0))
+            {
+                continue;
+            }
+
             writes.Add(RecordReceiptAsync(user, conversationId, seq, ReceiptKind.Delivered, cancellationToken));
         }
 
@@ -240,11 +341,44 @@ public sealed class ChatService(
         return (ReasonCode.Success, null);
     }
 
+    /// <summary>
+    /// ACK of large-group positions: each (conversation, seq) moves this device's cursor in that group's log
+    /// (what the broker resumes from when the device does not list the group in CONNECT) and the user's
+    /// DELIVERED receipt. Conversations the user is not a member of are refused with NOT_A_MEMBER.
+    /// </summary>
+    public async Task<(ReasonCode Error, string? Message)> AckConversationsAsync(IDeviceLink device, IReadOnlyList<ConversationCursor> cursors, CancellationToken cancellationToken)
+    {
+        var writes = new List<Task>(cursors.Count * 2);
+        var error = (ReasonCode.Success, (string?)null);
+        foreach (var cursor in cursors)
+        {
+            var members = cursor.ConversationId == 0 ? null : directory.MembersOf(cursor.ConversationId);
+            if (members is null || !ConversationDirectory.Contains(members, device.UserId))
+            {
+                error = (ReasonCode.NotAMember, $"not a member of conversation {cursor.ConversationId}");
+                continue;
+            }
+
+            var seq = Math.Min(cursor.Seq, store.GetLastSeq(cursor.ConversationId));
+            if (seq == 0)
+            {
+                continue;
+            }
+
+            writes.Add(store.AdvanceCursorAsync(device.UserId, device.DeviceId, CursorStream.Conversation(cursor.ConversationId), seq, cancellationToken));
+            writes.Add(RecordReceiptAsync(device.UserId, cursor.ConversationId, seq, ReceiptKind.Delivered, cancellationToken));
+        }
+
+        await Task.WhenAll(writes).ConfigureAwait(false);
+        return error;
+    }
+
     private async Task RecordReceiptAsync(string reader, ulong conversationId, ulong seq, ReceiptKind kind, CancellationToken cancellationToken)
     {
         var cursor = kind == ReceiptKind.Read ? ReadCursor : DeliveredCursor;
         var stream = CursorStream.Conversation(conversationId);
-        if (store.GetCursor(reader, cursor, stream) >= seq)
+        var previous = store.GetCursor(reader, cursor, stream);
+        if (previous >= seq)
         {
             return;
         }
@@ -265,6 +399,26 @@ public sealed class ChatService(
             ReaderUserId = reader,
             TimestampMs = (ulong)clock.GetUtcNow().ToUnixTimeMilliseconds(),
         };
+        if (directory.IsGroup(conversationId))
+        {
+            // In a group every member's receipt would reach every member (n² frames per message round): it goes
+            // only to the members who sent messages in the range it covers, read from the newest end.
+            var scan = (int)Math.Min(seq - previous, MaxReceiptSenderScan);
+            var told = new HashSet<string>(StringComparer.Ordinal) { reader };
+            foreach (var m in store.ReadBefore(conversationId, seq + 1, scan))
+            {
+                if (m.ContentType != (uint)ContentType.System && told.Add(m.SenderUserId) && ConversationDirectory.Contains(members, m.SenderUserId))
+                {
+                    foreach (var device in registry.DevicesOf(m.SenderUserId))
+                    {
+                        device.OnReceipt(receipt);
+                    }
+                }
+            }
+
+            return;
+        }
+
         foreach (var member in members)
         {
             if (member == reader)
@@ -292,9 +446,9 @@ public sealed class ChatService(
         {
             var conversationId = conversations[i];
             var members = directory.MembersOf(conversationId);
-            if (members is null)
+            if (members is null || (directory.IsGroup(conversationId) && IsLarge(members.Length)))
             {
-                continue;
+                continue; // large groups: 2 x members receipts per connect would dwarf the backlog
             }
 
             var stream = CursorStream.Conversation(conversationId);

@@ -6,12 +6,21 @@ namespace ChatBroker.Broker.Messaging;
 /// <summary>
 /// Members of conversations and ids of direct chats, cached in front of the store because every SEND needs
 /// them. Bounded: past <c>capacity</c> entries the cache is emptied and refills from the store (a crude but
-/// safe bound; an LRU is a later refinement). Group membership changes call <see cref="Invalidate"/>.
+/// safe bound; an LRU is a later refinement). Group membership changes replace a group's members with
+/// <see cref="SetMembers"/> under the group's <see cref="GateOf">gate</see>, and call <see cref="Invalidate"/>
+/// when a change could not be stored.
+/// <para>
+/// The gate of a group orders "which members does this message go to" against membership changes: a SEND
+/// reads the members and enqueues its append under the gate, and a change swaps the members and enqueues its
+/// SYSTEM message under the gate, so a message sequenced after a removal never goes to the removed user.
+/// </para>
 /// </summary>
 public sealed class ConversationDirectory(IChatStore store, int capacity = 1_000_000)
 {
     private readonly ConcurrentDictionary<ulong, string[]> _members = new();
     private readonly ConcurrentDictionary<(string, string), ulong> _direct = new();
+    private readonly ConcurrentDictionary<ulong, bool> _groups = new();
+    private readonly ConcurrentDictionary<ulong, Lock> _gates = new();
 
     /// <summary>The direct conversation of two distinct users, created on first use.</summary>
     public async ValueTask<ulong> GetOrCreateDirectAsync(string userA, string userB, CancellationToken cancellationToken)
@@ -36,10 +45,14 @@ public sealed class ConversationDirectory(IChatStore store, int capacity = 1_000
             return members;
         }
 
-        if (store.GetConversation(conversationId) is null)
+        var conversation = store.GetConversation(conversationId);
+        if (conversation is null)
         {
             return null;
         }
+
+        Bound(_groups);
+        _groups[conversationId] = conversation.Kind == ConversationKind.Group;
 
         var list = store.ListMembers(conversationId);
         members = new string[list.Count];
@@ -67,6 +80,46 @@ public sealed class ConversationDirectory(IChatStore store, int capacity = 1_000
     }
 
     public void Invalidate(ulong conversationId) => _members.TryRemove(conversationId, out _);
+
+    /// <summary>True when the conversation exists and is a group.</summary>
+    public bool IsGroup(ulong conversationId)
+    {
+        if (_groups.TryGetValue(conversationId, out var group))
+        {
+            return group;
+        }
+
+        var conversation = store.GetConversation(conversationId);
+        if (conversation is null)
+        {
+            return false;
+        }
+
+        group = conversation.Kind == ConversationKind.Group;
+        Bound(_groups);
+        _groups[conversationId] = group;
+        return group;
+    }
+
+    /// <summary>Replaces the cached members of a group (under its gate, before the change is stored).</summary>
+    public void SetMembers(ulong conversationId, string[] members)
+    {
+        Bound(_members);
+        _members[conversationId] = members;
+        _groups[conversationId] = true;
+    }
+
+    /// <summary>The lock that orders a group's appends against its membership changes.</summary>
+    public Lock GateOf(ulong conversationId)
+    {
+        if (_gates.TryGetValue(conversationId, out var gate))
+        {
+            return gate;
+        }
+
+        // Not bounded by clearing: a cleared gate could be held by one caller while another takes a new one.
+        return _gates.GetOrAdd(conversationId, static _ => new Lock());
+    }
 
     private void Bound<TKey, TValue>(ConcurrentDictionary<TKey, TValue> map)
         where TKey : notnull

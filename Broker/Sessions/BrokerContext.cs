@@ -11,6 +11,8 @@ namespace ChatBroker.Broker.Sessions;
 public sealed class BrokerContext(
     BrokerOptions options,
     ChatService chat,
+    GroupService groups,
+    ConversationDirectory directory,
     SessionRegistry registry,
     TokenSecret secret,
     BrokerMetrics metrics,
@@ -22,6 +24,8 @@ public sealed class BrokerContext(
 {
     public BrokerOptions Options { get; } = options;
     public ChatService Chat { get; } = chat;
+    public GroupService Groups { get; } = groups;
+    public ConversationDirectory Directory { get; } = directory;
     public SessionRegistry Registry { get; } = registry;
     public TokenSecret Secret { get; } = secret;
     public BrokerMetrics Metrics { get; } = metrics;

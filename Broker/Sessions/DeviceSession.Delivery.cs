@@ -192,11 +192,7 @@ internal sealed partial class DeviceSession
                         {
                             _pumping = false;
                             _pumpRunning = false;
-                            if (_syncPending && !_closed)
-                            {
-                                _syncPending = false;
-                                _outbox.TryWrite(new SyncDone { RequestId = _syncRequestId, InboxSeq = _delivered });
-                            }
+                            TryCompleteSyncLocked(); // SYNC_DONE once the large groups have caught up too
 
                             return;
                         }

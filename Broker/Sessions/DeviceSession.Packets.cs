@@ -63,6 +63,8 @@ internal sealed partial class DeviceSession
                 return HandleKeysUploadAsync(keysUpload, stopping);
             case FetchKeys fetchKeys:
                 return HandleFetchKeysAsync(fetchKeys, stopping);
+            case GroupRequest group:
+                return HandleGroupRequestAsync(group, stopping);
             default:
                 WriteError(ReasonCode.BadRequest, $"{PacketTypes.Of(message)} is not available in this version of the broker", RequestIdOf(message), PacketTypes.Of(message));
                 return ValueTask.FromResult(Handled.Ok);
@@ -152,7 +154,9 @@ internal sealed partial class DeviceSession
             }
         }
 
+        SetUpGroupStreams(connect.ResumeConversations); // after CONNACK: nothing may be delivered before it
         StartPump();
+        StartGroupPump();
         OnSessionOpened();
         return Handled.Ok;
     }
@@ -226,6 +230,12 @@ internal sealed partial class DeviceSession
         try
         {
             var outcome = await _context.Chat.CommitAsync(this, send, prepared, stopping).ConfigureAwait(false);
+            if (outcome.Error != ReasonCode.Success)
+            {
+                WriteError(outcome.Error, outcome.Message!, send.ClientMsgId, PacketType.Send); // e.g. removed meanwhile
+                return;
+            }
+
             var result = outcome.Result!;
             _outbox.TryWrite(new Sent
             {
@@ -283,7 +293,7 @@ internal sealed partial class DeviceSession
 
         if (ack.Conversations.Count > 0)
         {
-            WriteError(ReasonCode.BadRequest, "per-conversation cursors are for large groups, not available in this version", 0, PacketType.Ack);
+            await AckConversationsAsync(ack, stopping).ConfigureAwait(false);
         }
 
         return Handled.Ok;
@@ -309,20 +319,26 @@ internal sealed partial class DeviceSession
 
     private void HandleSync(Sync sync)
     {
-        if (sync.Conversations.Count > 0)
-        {
-            WriteError(ReasonCode.BadRequest, "per-conversation cursors are for large groups, not available in this version", sync.RequestId, PacketType.Sync);
-            return;
-        }
-
+        // A SYNC naming only large groups leaves the inbox where it is.
+        var inbox = sync.InboxSeq != 0 || sync.Conversations.Count == 0;
+        SyncGroups(sync);
         lock (_deliveryLock)
         {
-            _delivered = Math.Min(sync.InboxSeq, _context.Chat.Store.GetLastInboxSeq(_user));
+            if (inbox)
+            {
+                _delivered = Math.Min(sync.InboxSeq, _context.Chat.Store.GetLastInboxSeq(_user));
+            }
+
             _syncPending = true;
             _syncRequestId = sync.RequestId;
         }
 
-        StartPump();
+        if (inbox)
+        {
+            StartPump();
+        }
+
+        StartGroupPump();
     }
 
     private void HandleHistory(History history)

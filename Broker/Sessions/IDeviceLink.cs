@@ -19,6 +19,13 @@ public interface IDeviceLink
     /// <summary>A message was committed into this device's user's inbox at <paramref name="inboxSeq"/>.</summary>
     void OnInboxAppended(ulong inboxSeq, DeliveryMessage message);
 
+    /// <summary>
+    /// A message was committed to a large group's log (fan-out on read; no inbox entry). <paramref name="write"/>
+    /// false: the message reached the device another way (a SYSTEM message, through the inbox) and only moves
+    /// the device's position in that group.
+    /// </summary>
+    void OnGroupLogAppended(DeliveryMessage message, bool write);
+
     /// <summary>A delivered/read receipt for this device's user.</summary>
     void OnReceipt(Receipt receipt);
 

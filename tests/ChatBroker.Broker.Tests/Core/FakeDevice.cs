@@ -17,6 +17,10 @@ internal sealed class FakeDevice(string user, string device, ulong capabilities 
 
     public void OnInboxAppended(ulong inboxSeq, DeliveryMessage message) => Inbox.Enqueue((inboxSeq, message));
 
+    public ConcurrentQueue<(DeliveryMessage Message, bool Write)> GroupLog { get; } = new();
+
+    public void OnGroupLogAppended(DeliveryMessage message, bool write) => GroupLog.Enqueue((message, write));
+
     public void OnReceipt(Receipt receipt) => Receipts.Enqueue(receipt);
 
     public ConcurrentQueue<IMessage> Notices { get; } = new();
