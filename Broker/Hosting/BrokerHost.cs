@@ -64,6 +64,7 @@ public static class BrokerHost
         builder.Services.AddSingleton(sp => new ConversationDirectory(sp.GetRequiredService<IChatStore>()));
         builder.Services.AddSingleton(options.Groups);
         builder.Services.AddSingleton(options.Fanout);
+        builder.Services.AddSingleton(options.Retention);
         builder.Services.AddSingleton<ChatService>();
         builder.Services.AddSingleton(sp => new PresenceService(
             sp.GetRequiredService<IChatStore>(), sp.GetRequiredService<ConversationDirectory>(), sp.GetRequiredService<BrokerMetrics>(),

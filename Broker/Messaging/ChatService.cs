@@ -41,8 +41,18 @@ public sealed class ChatService(
     ConversationDirectory directory,
     BrokerMetrics metrics,
     TimeProvider clock,
-    FanoutOptions? fanout = null)
+    FanoutOptions? fanout = null,
+    RetentionOptions? retention = null)
 {
+    /// <summary>
+    /// True for a message older than the retention period. The store deletes such messages in the
+    /// background (and keeps each log's newest entry so counters survive), so every read path checks this
+    /// too: an expired message is never delivered or returned by history, whether or not it was swept yet.
+    /// </summary>
+    public bool IsExpired(long timestampMs) =>
+        retention is { Policy: Configuration.RetentionPolicy.Days } r &&
+        timestampMs < clock.GetUtcNow().ToUnixTimeMilliseconds() - (r.Days * 86_400_000L);
+
     /// <summary>Most messages whose senders a group receipt is routed to (the newest of the acknowledged range).</summary>
     public const int MaxReceiptSenderScan = 256;
 
@@ -493,6 +503,23 @@ public sealed class ChatService(
         var limit = request.Limit == 0 ? 50 : (int)Math.Min(request.Limit, MaxHistoryPage);
         var before = request.BeforeSeq == 0 ? ulong.MaxValue : request.BeforeSeq;
         var messages = store.ReadBefore(request.ConversationId, before, limit);
+        var expired = 0;
+        while (expired < messages.Count && IsExpired(messages[expired].TimestampMs))
+        {
+            expired++; // timestamps rise with seq: the expired ones are a prefix, and nothing older is left
+        }
+
+        if (expired > 0)
+        {
+            var kept = new List<StoredMessage>(messages.Count - expired);
+            for (var i = expired; i < messages.Count; i++)
+            {
+                kept.Add(messages[i]);
+            }
+
+            messages = kept;
+        }
+
         var page = new HistoryPage { RequestId = request.RequestId, ConversationId = request.ConversationId };
         // Keep the newest messages that fit one frame; the client pages on from the oldest it got.
         var delivers = new Deliver[messages.Count];
@@ -517,7 +544,7 @@ public sealed class ChatService(
             page.Messages.Add(delivers[i]);
         }
 
-        page.More = first > 0 || (messages.Count == limit && messages[0].Seq > 1);
+        page.More = first > 0 || (expired == 0 && messages.Count == limit && messages[0].Seq > 1);
         return (ReasonCode.Success, null, page);
     }
 

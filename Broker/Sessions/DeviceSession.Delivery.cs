@@ -169,9 +169,9 @@ internal sealed partial class DeviceSession
                         }
 
                         _delivered = entry.InboxSeq;
-                        if (stored.Count == 0 || stored[0].Seq != entry.Seq)
+                        if (stored.Count == 0 || stored[0].Seq != entry.Seq || _context.Chat.IsExpired(stored[0].TimestampMs))
                         {
-                            continue; // removed by retention
+                            continue; // removed by retention, or due to be
                         }
 
                         var m = stored[0];

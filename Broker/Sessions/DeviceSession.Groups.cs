@@ -326,9 +326,10 @@ internal sealed partial class DeviceSession
                         }
 
                         stream.Delivered = m.Seq;
-                        if (m.ContentType == (uint)ContentType.System || (m.SenderUserId == _user && m.SenderDeviceId == _device))
+                        if (m.ContentType == (uint)ContentType.System || (m.SenderUserId == _user && m.SenderDeviceId == _device)
+                            || _context.Chat.IsExpired(m.TimestampMs))
                         {
-                            continue; // SYSTEM messages come through the inbox; the sender has its own message
+                            continue; // SYSTEM messages come through the inbox; the sender has its own message; expired
                         }
 
                         WriteStoredDeliver(m, inboxSeq: 0);

@@ -155,3 +155,47 @@ public sealed class ChatServiceTests : IAsyncLifetime
         Assert.Equal(ReasonCode.NotAMember, _chat.History("mallory", new History { ConversationId = conversation }).Error);
     }
 }
+
+/// <summary>Retention as the read paths see it: an expired message is never returned, swept or not.</summary>
+public sealed class RetentionTests : IAsyncLifetime
+{
+    private readonly InMemoryChatStore _store = new();
+    private readonly BrokerMetrics _metrics = new("test");
+
+    private sealed class ShiftedClock(TimeSpan shift) : TimeProvider
+    {
+        public override DateTimeOffset GetUtcNow() => base.GetUtcNow() + shift;
+    }
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public async Task DisposeAsync()
+    {
+        await _store.DisposeAsync();
+        _metrics.Dispose();
+    }
+
+    private ChatService Chat(TimeSpan shift, ChatBroker.Broker.Configuration.RetentionOptions retention) =>
+        new(_store, new SessionRegistry(), new ConversationDirectory(_store), _metrics, new ShiftedClock(shift), null, retention);
+
+    [Fact]
+    public async Task History_never_returns_messages_older_than_the_retention_days()
+    {
+        var now = Chat(TimeSpan.Zero, new ChatBroker.Broker.Configuration.RetentionOptions { Policy = ChatBroker.Broker.Configuration.RetentionPolicy.Days, Days = 30 });
+        var alice = new FakeDevice("alice", "phone");
+        var sent = await now.SendAsync(alice, new Send { ClientMsgId = 1, ToUserId = "bob", Body = ByteString.CopyFromUtf8("old") }, default);
+        var request = new History { ConversationId = sent.Result!.ConversationId };
+
+        Assert.Single(now.History("bob", request).Page!.Messages);
+
+        var later = Chat(TimeSpan.FromDays(31), new ChatBroker.Broker.Configuration.RetentionOptions { Policy = ChatBroker.Broker.Configuration.RetentionPolicy.Days, Days = 30 });
+        var page = later.History("bob", request).Page!;
+        Assert.Empty(page.Messages);
+        Assert.False(page.More);
+        Assert.True(later.IsExpired(sent.Result.TimestampMs));
+
+        var keep = Chat(TimeSpan.FromDays(3650), new ChatBroker.Broker.Configuration.RetentionOptions { Policy = ChatBroker.Broker.Configuration.RetentionPolicy.Keep });
+        Assert.Single(keep.History("bob", request).Page!.Messages);
+        Assert.False(keep.IsExpired(sent.Result.TimestampMs));
+    }
+}
