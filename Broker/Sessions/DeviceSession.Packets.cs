@@ -221,47 +221,76 @@ internal sealed partial class DeviceSession
             return Handled.Ok;
         }
 
-        _ = CompleteSendAsync(send, prepared, started, stopping);
+        // The reply's place is taken now, in SEND order: the appends of one commit batch complete on
+        // different threads in any order, but docs/protocol.md §5 promises SENTs in the order of the SENDs.
+        var reply = new SendReply();
+        lock (_inflightLock)
+        {
+            (_replies ??= new Queue<SendReply>()).Enqueue(reply);
+        }
+
+        _ = CompleteSendAsync(send, prepared, started, reply, stopping);
         return Handled.Ok;
     }
 
-    private async Task CompleteSendAsync(Send send, PreparedSend prepared, long started, CancellationToken stopping)
+    /// <summary>The SENT or ERROR answering one SEND, once known.</summary>
+    private sealed class SendReply
     {
+        public IMessage? Message;
+    }
+
+    // SEND replies not yet written, in SEND order (under _inflightLock; at most session.max_inflight_sends).
+    private Queue<SendReply>? _replies;
+
+    private async Task CompleteSendAsync(Send send, PreparedSend prepared, long started, SendReply reply, CancellationToken stopping)
+    {
+        IMessage answer;
         try
         {
             var outcome = await _context.Chat.CommitAsync(this, send, prepared, stopping).ConfigureAwait(false);
             if (outcome.Error != ReasonCode.Success)
             {
-                WriteError(outcome.Error, outcome.Message!, send.ClientMsgId, PacketType.Send); // e.g. removed meanwhile
-                return;
+                answer = MakeError(outcome.Error, outcome.Message!, send.ClientMsgId, PacketType.Send); // e.g. removed meanwhile
             }
-
-            var result = outcome.Result!;
-            _outbox.TryWrite(new Sent
+            else
             {
-                ClientMsgId = send.ClientMsgId,
-                ConversationId = result.ConversationId,
-                Seq = result.Seq,
-                TimestampMs = (ulong)result.TimestampMs,
-            });
-            _context.Metrics.SendLatency.Record(Stopwatch.GetElapsedTime(started).TotalSeconds);
+                var result = outcome.Result!;
+                answer = new Sent
+                {
+                    ClientMsgId = send.ClientMsgId,
+                    ConversationId = result.ConversationId,
+                    Seq = result.Seq,
+                    TimestampMs = (ulong)result.TimestampMs,
+                };
+                _context.Metrics.SendLatency.Record(Stopwatch.GetElapsedTime(started).TotalSeconds);
+            }
         }
         catch (OperationCanceledException)
         {
+            answer = MakeError(ReasonCode.ServerShuttingDown, "the broker is shutting down; retry", send.ClientMsgId, PacketType.Send, TimeSpan.FromSeconds(1));
         }
         catch (ArgumentException e)
         {
-            WriteError(ReasonCode.InvalidField, e.Message, send.ClientMsgId, PacketType.Send);
+            answer = MakeError(ReasonCode.InvalidField, e.Message, send.ClientMsgId, PacketType.Send);
         }
         catch (Exception e) when (e is StorageException or IOException or ObjectDisposedException or InvalidOperationException)
         {
             // Nothing was acknowledged: the device keeps the message pending and retries it.
-            WriteError(ReasonCode.ServerUnavailable, "the message could not be stored; retry", send.ClientMsgId, PacketType.Send, TimeSpan.FromSeconds(1));
+            answer = MakeError(ReasonCode.ServerUnavailable, "the message could not be stored; retry", send.ClientMsgId, PacketType.Send, TimeSpan.FromSeconds(1));
         }
-        finally
+
+        lock (_inflightLock)
         {
-            ReleaseInflight();
+            reply.Message = answer;
+            // Write every reply that is ready at the head; one still pending holds the later ones back.
+            while (_replies!.Count > 0 && _replies.Peek().Message is { } ready)
+            {
+                _replies.Dequeue();
+                _outbox.TryWrite(ready);
+            }
         }
+
+        ReleaseInflight();
     }
 
     private void ReleaseInflight()
@@ -361,14 +390,16 @@ internal sealed partial class DeviceSession
     }
 
     private void WriteError(ReasonCode reason, string message, ulong requestId, PacketType inReplyTo, TimeSpan retryAfter = default) =>
-        _outbox.TryWrite(new Error
-        {
-            Reason = reason,
-            Message = message,
-            RequestId = requestId,
-            InReplyTo = inReplyTo,
-            RetryAfterMs = (uint)Math.Ceiling(retryAfter.TotalMilliseconds),
-        });
+        _outbox.TryWrite(MakeError(reason, message, requestId, inReplyTo, retryAfter));
+
+    private static Error MakeError(ReasonCode reason, string message, ulong requestId, PacketType inReplyTo, TimeSpan retryAfter = default) => new()
+    {
+        Reason = reason,
+        Message = message,
+        RequestId = requestId,
+        InReplyTo = inReplyTo,
+        RetryAfterMs = (uint)Math.Ceiling(retryAfter.TotalMilliseconds),
+    };
 
     private static ulong RequestIdOf(IMessage message) => message switch
     {

@@ -48,6 +48,8 @@ public sealed class MessagingTests : IAsyncLifetime
         {
             var s = await alicePhone.ReceiveAsync<Sent>();
             Assert.True(sent.TryAdd(s.ClientMsgId, s), $"second SENT for {s.ClientMsgId}");
+            // docs/protocol.md §5: SENTs of one conversation come back in the order of the SENDs.
+            Assert.Equal((ulong)sent.Count, s.ClientMsgId);
         }
 
         Assert.Equal(Enumerable.Range(1, count).Select(i => (ulong)i), sent.Values.Select(s => s.Seq).Order());
