@@ -261,11 +261,11 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
 }
 
 /// <summary>The few broker metrics a load run reports.</summary>
-public sealed record BrokerMetricsSample(double ResidentBytes, double Sessions, double MessagesIn, double MessagesOut, double GcHeapBytes)
+public sealed record BrokerMetricsSample(double ResidentBytes, double Sessions, double MessagesIn, double MessagesOut, double GcHeapBytes, double CpuSeconds)
 {
     public static BrokerMetricsSample Parse(string text)
     {
-        double rss = 0, sessions = 0, input = 0, output = 0, heap = 0;
+        double rss = 0, sessions = 0, input = 0, output = 0, heap = 0, cpu = 0;
         foreach (var raw in text.Split('\n'))
         {
             var line = raw.Trim();
@@ -297,12 +297,15 @@ public sealed record BrokerMetricsSample(double ResidentBytes, double Sessions, 
                 case "chatbroker_messages_out_total":
                     output += value;
                     break;
-                case "dotnet_gc_heap_size_bytes":
+                case "process_memory_managed_heap_bytes":
                     heap += value;
+                    break;
+                case "process_cpu_time_seconds_total":
+                    cpu += value;
                     break;
             }
         }
 
-        return new BrokerMetricsSample(rss, sessions, input, output, heap);
+        return new BrokerMetricsSample(rss, sessions, input, output, heap, cpu);
     }
 }

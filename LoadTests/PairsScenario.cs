@@ -43,6 +43,8 @@ public sealed class PairsScenario(RunOptions options)
         // The first message of each pair creates the direct conversation (to_user_id); its SENT names it.
         await ForEachAsync(pairs, 32, p => p.OpenConversationAsync(stopAll.Token)).ConfigureAwait(false);
 
+        var brokerBefore = await broker.ScrapeAsync().ConfigureAwait(false);
+        var harnessCpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
         var perPairLimit = options.Count > 0 ? (options.Count + pairs.Length - 1) / pairs.Length : long.MaxValue;
         using var stopSending = new CancellationTokenSource(options.Duration);
         var clock = Stopwatch.StartNew();
@@ -70,6 +72,7 @@ public sealed class PairsScenario(RunOptions options)
         result.DurationS = Math.Round(elapsed.TotalSeconds, 3);
 
         var scrape = await broker.ScrapeAsync().ConfigureAwait(false);
+        var harnessCpu = (Process.GetCurrentProcess().TotalProcessorTime - harnessCpuBefore).TotalSeconds;
         await stopAll.CancelAsync().ConfigureAwait(false);
         foreach (var p in pairs)
         {
@@ -88,11 +91,35 @@ public sealed class PairsScenario(RunOptions options)
         result.ThroughputPerS = Math.Round(result.Delivered / elapsed.TotalSeconds, 1);
         result.LatencyMs = stats.Latency.Snapshot().Summarize();
         result.Series = progress.Series;
-        if (scrape is not null)
+        var delivered = Math.Max(1, result.Delivered);
+        result.Figures["sent_out_of_order"] = Volatile.Read(ref stats.SentOutOfOrder);
+        result.Figures["harness_cpu_cores"] = Math.Round(harnessCpu / elapsed.TotalSeconds, 2);
+        result.Figures["harness_cpu_us_per_message"] = Math.Round(harnessCpu * 1e6 / delivered, 2);
+        if (scrape is not null && brokerBefore is not null)
         {
+            var brokerCpu = scrape.CpuSeconds - brokerBefore.CpuSeconds;
+            result.Figures["broker_cpu_cores"] = Math.Round(brokerCpu / elapsed.TotalSeconds, 2);
+            result.Figures["broker_cpu_us_per_message"] = Math.Round(brokerCpu * 1e6 / delivered, 2);
             result.Figures["broker_rss_mb_end"] = Math.Round(scrape.ResidentBytes / 1048576.0, 1);
             result.Figures["broker_messages_in_total"] = scrape.MessagesIn;
             result.Figures["broker_messages_out_total"] = scrape.MessagesOut;
+        }
+
+        if (options.Rate > 0)
+        {
+            result.AddTarget("p50 at a fixed rate (ms)", result.LatencyMs.P50Ms, "<=", 0.5);
+            result.AddTarget("p99 at a fixed rate (ms)", result.LatencyMs.P99Ms, "<=", 2);
+            result.AddTarget("delivered rate vs --rate (messages/s)", result.ThroughputPerS, ">=", options.Rate * 0.95);
+        }
+        else
+        {
+            result.AddTarget("closed-loop delivered (messages/s)", result.ThroughputPerS, ">=", 50_000);
+            result.AddTarget("closed-loop p99 (ms)", result.LatencyMs.P99Ms, "<=", 20);
+        }
+
+        if (result.Figures["sent_out_of_order"] > 0)
+        {
+            result.Notes.Add("BROKER BUG: SENTs of one conversation came back out of SEND order (docs/protocol.md §5 promises SEND order); counted in sent_out_of_order, not in errors");
         }
 
         result.Notes.Add("latency: body stamp (Stopwatch, taken just before the socket write) to DELIVER parsed at the receiver; the conversation-opening message of each pair is not counted");

@@ -74,6 +74,25 @@ public static class Program
 
         root.Subcommands.Add(Scenario("pairs", "N sender/receiver pairs, closed loop (--window) or fixed rate (--rate).", o => new PairsScenario(o).RunAsync()));
 
+        root.Subcommands.Add(Scenario("connections", "C idle authenticated connections over --processes client processes: connect rate and broker memory per connection.", o => new ConnectionsScenario(o).RunAsync()));
+        root.Subcommands.Add(Scenario("resume", "--count messages stored for an offline device, then drained by it on reconnect.", o => new ResumeScenario(o).RunAsync()));
+        root.Subcommands.Add(Scenario("churn", "Connect/disconnect at --rate per second for --duration; memory must return to its baseline.", o => new ChurnScenario(o).RunAsync()));
+
+        // The child side of `connections`: started by the harness itself, not by hand.
+        var userPrefix = new Option<string>("--user-prefix") { Required = true };
+        var first = new Option<long>("--first");
+        var holdCount = new Option<long>("--hold-count") { Required = true };
+        var concurrency = new Option<int>("--concurrency") { DefaultValueFactory = _ => 256 };
+        var hold = new Command("hold", "(internal) hold a share of a connections run in a child process.") { userPrefix, first, holdCount, concurrency };
+        hold.Hidden = true;
+        hold.SetAction(async (r, _) =>
+        {
+            var options = Read(r);
+            await using var broker = BrokerLauncher.Target(options.Target!, null, null, options.TokenSecret);
+            return await ConnectionHolder.RunAsync(broker, options, r.GetValue(userPrefix)!, r.GetValue(first), r.GetValue(holdCount), r.GetValue(concurrency)).ConfigureAwait(false);
+        });
+        root.Subcommands.Add(hold);
+
         var fanout = new Command("fanout", "One sender into a group of K online members: needs groups (issue 6), not built yet.");
         fanout.SetAction(_ =>
         {
