@@ -177,6 +177,9 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
     /// <summary>The token secret as base64, for the harness's child processes.</summary>
     public string SecretBase64 { get; }
 
+    /// <summary>The text of the last scrape, for --metrics-out.</summary>
+    public string? LastMetricsText { get; private set; }
+
     /// <summary>The broker's Prometheus metrics; null without an admin address.</summary>
     public async Task<BrokerMetricsSample?> ScrapeAsync()
     {
@@ -186,6 +189,7 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
         }
 
         var text = await _http.GetStringAsync(new Uri(AdminUri, "/metrics")).ConfigureAwait(false);
+        LastMetricsText = text;
         return BrokerMetricsSample.Parse(text);
     }
 
@@ -260,12 +264,44 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
     private static partial Regex ReadyLine();
 }
 
-/// <summary>The few broker metrics a load run reports.</summary>
-public sealed record BrokerMetricsSample(double ResidentBytes, double Sessions, double MessagesIn, double MessagesOut, double GcHeapBytes, double CpuSeconds)
+/// <summary>
+/// The broker metrics a load run reports, plus every series summed over its labels (by bare name), so a run can
+/// take differences such as commits or the mean commit latency (…_sum / …_count) over its measured interval.
+/// </summary>
+public sealed record BrokerMetricsSample(IReadOnlyDictionary<string, double> All)
 {
+    public double ResidentBytes => Get("process_memory_resident_bytes");
+
+    public double Sessions => Get("chatbroker_sessions");
+
+    public double MessagesIn => Get("chatbroker_messages_in_total");
+
+    public double MessagesOut => Get("chatbroker_messages_out_total");
+
+    public double GcHeapBytes => Get("process_memory_managed_heap_bytes");
+
+    public double CpuSeconds => Get("process_cpu_time_seconds_total");
+
+    public double Get(string name) => All.TryGetValue(name, out var v) ? v : 0;
+
+    /// <summary>Sum of all series named <paramref name="prefix"/>… ending in <paramref name="suffix"/> (e.g. a histogram's _sum).</summary>
+    public double Find(string prefix, string suffix)
+    {
+        double total = 0;
+        foreach (var (k, v) in All)
+        {
+            if (k.StartsWith(prefix, StringComparison.Ordinal) && k.EndsWith(suffix, StringComparison.Ordinal))
+            {
+                total += v;
+            }
+        }
+
+        return total;
+    }
+
     public static BrokerMetricsSample Parse(string text)
     {
-        double rss = 0, sessions = 0, input = 0, output = 0, heap = 0, cpu = 0;
+        var all = new Dictionary<string, double>();
         foreach (var raw in text.Split('\n'))
         {
             var line = raw.Trim();
@@ -283,29 +319,14 @@ public sealed record BrokerMetricsSample(double ResidentBytes, double Sessions, 
             var name = line[..space];
             var brace = name.IndexOf('{', StringComparison.Ordinal);
             var bare = brace < 0 ? name : name[..brace];
-            switch (bare)
+            if (bare.EndsWith("_bucket", StringComparison.Ordinal))
             {
-                case "process_memory_resident_bytes":
-                    rss = value;
-                    break;
-                case "chatbroker_sessions":
-                    sessions += value;
-                    break;
-                case "chatbroker_messages_in_total":
-                    input += value;
-                    break;
-                case "chatbroker_messages_out_total":
-                    output += value;
-                    break;
-                case "process_memory_managed_heap_bytes":
-                    heap += value;
-                    break;
-                case "process_cpu_time_seconds_total":
-                    cpu += value;
-                    break;
+                continue;
             }
+
+            all[bare] = all.GetValueOrDefault(bare) + value;
         }
 
-        return new BrokerMetricsSample(rss, sessions, input, output, heap, cpu);
+        return new BrokerMetricsSample(all);
     }
 }

@@ -73,6 +73,10 @@ public sealed class PairsScenario(RunOptions options)
 
         var scrape = await broker.ScrapeAsync().ConfigureAwait(false);
         var harnessCpu = (Process.GetCurrentProcess().TotalProcessorTime - harnessCpuBefore).TotalSeconds;
+        if (options.MetricsPath is not null && broker.LastMetricsText is not null)
+        {
+            await File.WriteAllTextAsync(options.MetricsPath, broker.LastMetricsText).ConfigureAwait(false);
+        }
         await stopAll.CancelAsync().ConfigureAwait(false);
         foreach (var p in pairs)
         {
@@ -100,6 +104,20 @@ public sealed class PairsScenario(RunOptions options)
             var brokerCpu = scrape.CpuSeconds - brokerBefore.CpuSeconds;
             result.Figures["broker_cpu_cores"] = Math.Round(brokerCpu / elapsed.TotalSeconds, 2);
             result.Figures["broker_cpu_us_per_message"] = Math.Round(brokerCpu * 1e6 / delivered, 2);
+            var commits = scrape.Get("chatbroker_storage_commits_total") - brokerBefore.Get("chatbroker_storage_commits_total");
+            if (commits > 0)
+            {
+                result.Figures["storage_commits_per_s"] = Math.Round(commits / elapsed.TotalSeconds, 1);
+                result.Figures["storage_mean_batch_requests"] = Math.Round((scrape.Get("chatbroker_storage_batch_size_sum") - brokerBefore.Get("chatbroker_storage_batch_size_sum")) / commits, 1);
+                result.Figures["storage_mean_commit_ms"] = Math.Round((scrape.Get("chatbroker_storage_commit_latency_milliseconds_sum") - brokerBefore.Get("chatbroker_storage_commit_latency_milliseconds_sum")) / commits, 3);
+            }
+
+            var sends = scrape.Get("chatbroker_send_duration_seconds_count") - brokerBefore.Get("chatbroker_send_duration_seconds_count");
+            if (sends > 0)
+            {
+                result.Figures["broker_mean_send_to_sent_ms"] = Math.Round((scrape.Get("chatbroker_send_duration_seconds_sum") - brokerBefore.Get("chatbroker_send_duration_seconds_sum")) * 1000 / sends, 3);
+            }
+
             result.Figures["broker_rss_mb_end"] = Math.Round(scrape.ResidentBytes / 1048576.0, 1);
             result.Figures["broker_messages_in_total"] = scrape.MessagesIn;
             result.Figures["broker_messages_out_total"] = scrape.MessagesOut;
@@ -288,7 +306,8 @@ public sealed class PairsScenario(RunOptions options)
                 {
                     var n = await _window.TakeAsync((int)Math.Min(MaxBatch, limit - (_sent - 1)), stop).ConfigureAwait(false);
                     var length = Fill(buffer, n);
-                    await _senderConnection.SendAsync(buffer.AsMemory(0, length), stop).ConfigureAwait(false);
+                    // Not cancellable: a write cut off by the stop signal would leave counted SENDs half sent.
+                    await _senderConnection.SendAsync(buffer.AsMemory(0, length), CancellationToken.None).ConfigureAwait(false);
                 }
             }
             catch (OperationCanceledException)

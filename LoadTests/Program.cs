@@ -31,9 +31,10 @@ public static class Program
         var set = new Option<string[]>("--broker-set") { Description = "Extra broker setting for a started broker, e.g. --broker-set session.resume_batch=1024 (repeatable).", Recursive = true };
         var json = new Option<string?>("--json") { Description = "Write the result as JSON to this file.", Recursive = true };
         var html = new Option<string?>("--html") { Description = "Write a self-contained HTML chart (inline SVG) to this file.", Recursive = true };
+        var metricsOut = new Option<string?>("--metrics-out") { Description = "Write the broker's last /metrics scrape of the run to this file.", Recursive = true };
 
         var root = new RootCommand("ChatBroker load harness: pairs, connections, resume, churn (fanout needs groups).");
-        foreach (var o in new Option[] { duration, count, pairs, rate, window, bodySize, durability, target, admin, secretFile, tokenSecret, connections, processes, sources, set, json, html })
+        foreach (var o in new Option[] { duration, count, pairs, rate, window, bodySize, durability, target, admin, secretFile, tokenSecret, connections, processes, sources, set, json, html, metricsOut })
         {
             root.Options.Add(o);
         }
@@ -57,6 +58,7 @@ public static class Program
             BrokerSettings = r.GetValue(set) ?? [],
             JsonPath = r.GetValue(json),
             HtmlPath = r.GetValue(html),
+            MetricsPath = r.GetValue(metricsOut),
         };
 
         Command Scenario(string name, string description, Func<RunOptions, Task<RunResult>> run)

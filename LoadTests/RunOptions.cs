@@ -23,6 +23,7 @@ public sealed class RunOptions
     public string[] BrokerSettings { get; init; } = [];
     public string? JsonPath { get; init; }
     public string? HtmlPath { get; init; }
+    public string? MetricsPath { get; init; }
 
     /// <summary>Client source address number <paramref name="i"/>: 127.0.0.2 … 127.0.0.(1+Sources), round robin (only for a loopback target).</summary>
     public IPAddress? SourceAddress(IPEndPoint target, long i)
@@ -73,7 +74,9 @@ public sealed class RunOptions
         }
 
         Console.WriteLine($"starting broker (durability {Durability}) ...");
-        return await BrokerLauncher.StartAsync(Durability, BrokerSettings).ConfigureAwait(false);
+        var broker = await BrokerLauncher.StartAsync(Durability, BrokerSettings).ConfigureAwait(false);
+        Console.WriteLine($"broker pid {broker.Pid} on {broker.TcpEndPoint}, admin {broker.AdminUri}");
+        return broker;
     }
 
     public string DescribeBroker(BrokerLauncher broker) => Target is null
