@@ -15,6 +15,9 @@ public sealed class ChurnScenario(RunOptions options)
     private const int UserPool = 1000;
     private const int MaxInFlight = 2000;
 
+    private string? DumpPath(string name) =>
+        options.GcDumpDirectory is null ? null : Path.Combine(options.GcDumpDirectory, $"broker-{name}.gcdump");
+
     public async Task<RunResult> RunAsync()
     {
         var rate = options.Rate > 0 ? options.Rate : 2000;
@@ -38,7 +41,7 @@ public sealed class ChurnScenario(RunOptions options)
         // Warm up (JIT, pools) with one short round so the baseline is the broker's steady state.
         Console.WriteLine("warm-up churn (2 s) ...");
         await ChurnAsync(broker, frames, rate, TimeSpan.FromSeconds(2), new LoadStats(), 0).ConfigureAwait(false);
-        var baseline = await Metrics.SettledAsync(broker, waitForSessions: 0).ConfigureAwait(false);
+        var baseline = await Metrics.SettledAsync(broker, waitForSessions: 0, gcDumpPath: DumpPath("baseline")).ConfigureAwait(false);
         Console.WriteLine($"baseline RSS {baseline?.ResidentBytes / 1048576.0:0.0} MB; churning at {rate}/s for {options.Duration.TotalSeconds} s ...");
 
         var stats = new LoadStats();
@@ -55,7 +58,7 @@ public sealed class ChurnScenario(RunOptions options)
         result.LatencyMs = stats.Latency.Snapshot().Summarize();
 
         var peak = await broker.ScrapeAsync().ConfigureAwait(false);
-        var after = await Metrics.SettledAsync(broker, waitForSessions: 0).ConfigureAwait(false);
+        var after = await Metrics.SettledAsync(broker, waitForSessions: 0, gcDumpPath: DumpPath("after-churn")).ConfigureAwait(false);
         if (baseline is not null && after is not null && peak is not null)
         {
             var growth = after.ResidentBytes - baseline.ResidentBytes;

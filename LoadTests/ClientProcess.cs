@@ -12,7 +12,7 @@ public sealed class ClientProcess : IAsyncDisposable
 {
     private readonly Process _process;
     private readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private readonly TaskCompletionSource<(long Ok, long Failed, double Ms)> _connected = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly TaskCompletionSource<(long Ok, long Failed, double Ms, double CpuMs)> _connected = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly TaskCompletionSource _closed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private long _progress;
 
@@ -43,7 +43,7 @@ public sealed class ClientProcess : IAsyncDisposable
 
     public Task Ready => _ready.Task;
 
-    public Task<(long Ok, long Failed, double Ms)> Connected => _connected.Task;
+    public Task<(long Ok, long Failed, double Ms, double CpuMs)> Connected => _connected.Task;
 
     public static ClientProcess Start(BrokerLauncher broker, string userPrefix, long first, long count, int sources, int concurrency)
     {
@@ -105,7 +105,7 @@ public sealed class ClientProcess : IAsyncDisposable
             case "CONNECTED":
                 var ok = long.Parse(parts[1], CultureInfo.InvariantCulture);
                 Volatile.Write(ref _progress, ok);
-                _connected.TrySetResult((ok, long.Parse(parts[2], CultureInfo.InvariantCulture), double.Parse(parts[3], CultureInfo.InvariantCulture)));
+                _connected.TrySetResult((ok, long.Parse(parts[2], CultureInfo.InvariantCulture), double.Parse(parts[3], CultureInfo.InvariantCulture), double.Parse(parts[4], CultureInfo.InvariantCulture)));
                 break;
             case "CLOSED":
                 _closed.TrySetResult();

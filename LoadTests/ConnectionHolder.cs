@@ -31,6 +31,7 @@ public static class ConnectionHolder
         long ok = 0;
         long failed = 0;
         var clock = Stopwatch.StartNew();
+        var cpu = Process.GetCurrentProcess().TotalProcessorTime;
         using var done = new CancellationTokenSource();
         var reporter = Task.Run(async () =>
         {
@@ -83,7 +84,8 @@ public static class ConnectionHolder
         var ms = clock.Elapsed.TotalMilliseconds;
         await done.CancelAsync().ConfigureAwait(false);
         await reporter.ConfigureAwait(false);
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"CONNECTED {ok} {failed} {ms:0.0}"));
+        var cpuMs = (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalMilliseconds;
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"CONNECTED {ok} {failed} {ms:0.0} {cpuMs:0.0}"));
 
         while (await Console.In.ReadLineAsync().ConfigureAwait(false) is { } line && line != "CLOSE")
         {

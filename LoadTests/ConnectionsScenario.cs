@@ -12,6 +12,9 @@ public sealed class ConnectionsScenario(RunOptions options)
 {
     public const int MaxPerProcess = 19_000;
 
+    private string? DumpPath(string name) =>
+        options.GcDumpDirectory is null ? null : Path.Combine(options.GcDumpDirectory, $"broker-{name}.gcdump");
+
     public async Task<RunResult> RunAsync()
     {
         await using var broker = await options.OpenBrokerAsync().ConfigureAwait(false);
@@ -26,7 +29,13 @@ public sealed class ConnectionsScenario(RunOptions options)
         var perProcess = (options.Connections + processes - 1) / processes;
         var runId = Guid.NewGuid().ToString("N")[..8];
 
-        var before = await Metrics.SettledAsync(broker).ConfigureAwait(false);
+        if (options.Warmup > 0)
+        {
+            Console.WriteLine($"warm-up: {options.Warmup:N0} connect/disconnect cycles ...");
+            await Warmup.ConnectCyclesAsync(broker, options, options.Warmup, 64).ConfigureAwait(false);
+        }
+
+        var before = await Metrics.SettledAsync(broker, waitForSessions: 0, gcDumpPath: DumpPath("before")).ConfigureAwait(false);
         Console.WriteLine($"broker RSS before: {before?.ResidentBytes / 1048576.0:0.0} MB; starting {processes} client processes ...");
         var children = new List<ClientProcess>();
         try
@@ -40,6 +49,7 @@ public sealed class ConnectionsScenario(RunOptions options)
 
             await Task.WhenAll(children.Select(c => c.Ready)).WaitAsync(TimeSpan.FromSeconds(120)).ConfigureAwait(false);
             var stats = new LoadStats();
+            var cpuBefore = await broker.ScrapeAsync().ConfigureAwait(false);
             var clock = Stopwatch.StartNew();
             foreach (var c in children)
             {
@@ -60,15 +70,21 @@ public sealed class ConnectionsScenario(RunOptions options)
             await progress.RunAsync(connected.WaitAsync(TimeSpan.FromSeconds(120))).ConfigureAwait(false);
             var outcomes = await connected.ConfigureAwait(false);
             var elapsed = clock.Elapsed;
+            var cpuAfter = await broker.ScrapeAsync().ConfigureAwait(false);
             await sampling.CancelAsync().ConfigureAwait(false);
             await sampler.ConfigureAwait(false);
 
             long ok = 0, failed = 0;
-            foreach (var (o, f, _) in outcomes)
+            double clientCpuMs = 0;
+            foreach (var (o, f, _, cpuMs) in outcomes)
             {
                 ok += o;
                 failed += f;
+                clientCpuMs += cpuMs;
             }
+
+            result.Figures["client_cpu_cores_while_connecting"] = Math.Round(clientCpuMs / 1000 / elapsed.TotalSeconds, 2);
+            result.Figures["client_cpu_us_per_connect"] = Math.Round(clientCpuMs * 1000 / Math.Max(1, ok), 1);
 
             Volatile.Write(ref stats.Completed, ok);
             result.Series = progress.Series;
@@ -78,8 +94,14 @@ public sealed class ConnectionsScenario(RunOptions options)
             result.ThroughputPerS = Math.Round(ok / elapsed.TotalSeconds, 1);
             result.Figures["connections_open"] = ok;
             result.Figures["connect_rate_per_s"] = result.ThroughputPerS;
+            if (cpuBefore is not null && cpuAfter is not null)
+            {
+                var cpu = cpuAfter.CpuSeconds - cpuBefore.CpuSeconds;
+                result.Figures["broker_cpu_cores_while_connecting"] = Math.Round(cpu / elapsed.TotalSeconds, 2);
+                result.Figures["broker_cpu_us_per_connect"] = Math.Round(cpu * 1e6 / Math.Max(1, ok), 1);
+            }
 
-            var after = await Metrics.SettledAsync(broker).ConfigureAwait(false);
+            var after = await Metrics.SettledAsync(broker, gcDumpPath: DumpPath("with-connections")).ConfigureAwait(false);
             if (before is not null && after is not null)
             {
                 var perConnection = (after.ResidentBytes - before.ResidentBytes) / Math.Max(1, ok);
@@ -95,8 +117,14 @@ public sealed class ConnectionsScenario(RunOptions options)
                 }
             }
 
+            if (options.GcDumpDirectory is not null)
+            {
+                result.Notes.Add($"memory read right after dotnet-gcdump (a full GC) of the broker; dumps in {options.GcDumpDirectory} (dotnet-gcdump report <file>)");
+            }
+
             result.AddTarget("connect rate (connections/s)", result.ThroughputPerS, ">=", 10_000);
             result.AddTarget("connections held", ok, ">=", options.Connections);
+            result.Notes.Add($"the broker was warmed up with {options.Warmup:N0} connect/disconnect cycles before the measurement (--warmup)");
             result.Notes.Add("connect rate: from GO (tokens already minted, processes started) to the last CONNACK, over all client processes");
             result.Notes.Add("memory: process_memory_resident_bytes from /metrics, read after the broker was quiet for 3 s (twice, 1 s apart; the second counts); the kernel's socket buffers are not in RSS");
 
@@ -131,7 +159,7 @@ public static class Metrics
     /// Waits until the broker reports <paramref name="waitForSessions"/> sessions (when given, up to 20 s), lets it
     /// be quiet for 3 s, then scrapes twice 1 s apart and returns the second.
     /// </summary>
-    public static async Task<BrokerMetricsSample?> SettledAsync(BrokerLauncher broker, double? waitForSessions = null)
+    public static async Task<BrokerMetricsSample?> SettledAsync(BrokerLauncher broker, double? waitForSessions = null, string? gcDumpPath = null)
     {
         if (broker.AdminUri is null)
         {
@@ -148,6 +176,11 @@ public static class Metrics
         }
 
         await Task.Delay(3000).ConfigureAwait(false);
+        if (gcDumpPath is not null && broker.Pid is { } pid && !await GcDump.CollectAsync(pid, gcDumpPath).ConfigureAwait(false))
+        {
+            Console.Error.WriteLine("dotnet-gcdump failed or is not installed: memory includes uncollected garbage");
+        }
+
         await broker.ScrapeAsync().ConfigureAwait(false);
         await Task.Delay(1000).ConfigureAwait(false);
         return await broker.ScrapeAsync().ConfigureAwait(false);

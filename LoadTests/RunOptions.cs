@@ -24,6 +24,8 @@ public sealed class RunOptions
     public string? JsonPath { get; init; }
     public string? HtmlPath { get; init; }
     public string? MetricsPath { get; init; }
+    public string? GcDumpDirectory { get; init; }
+    public int Warmup { get; init; } = 5000;
 
     /// <summary>Client source address number <paramref name="i"/>: 127.0.0.2 … 127.0.0.(1+Sources), round robin (only for a loopback target).</summary>
     public IPAddress? SourceAddress(IPEndPoint target, long i)
