@@ -43,27 +43,24 @@ public sealed class PairsScenario(RunOptions options)
         // The first message of each pair creates the direct conversation (to_user_id); its SENT names it.
         await ForEachAsync(pairs, 32, p => p.OpenConversationAsync(stopAll.Token)).ConfigureAwait(false);
 
+        if (options.WarmupSeconds > 0)
+        {
+            // Same load, not counted: the broker's hot paths get JIT-compiled (tier 1 with PGO) and its pools filled.
+            Console.WriteLine($"warm-up: {options.WarmupSeconds} s of the same load, not measured ...");
+            using var stopWarmup = new CancellationTokenSource(TimeSpan.FromSeconds(options.WarmupSeconds));
+            await DrainAfterAsync(StartSending(pairs, long.MaxValue, stopWarmup.Token), pairs).ConfigureAwait(false);
+        }
+
+        foreach (var p in pairs)
+        {
+            p.StartMeasuring();
+        }
+
         var brokerBefore = await broker.ScrapeAsync().ConfigureAwait(false);
         var harnessCpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
         var perPairLimit = options.Count > 0 ? (options.Count + pairs.Length - 1) / pairs.Length : long.MaxValue;
         using var stopSending = new CancellationTokenSource(options.Duration);
-        var clock = Stopwatch.StartNew();
-        Task sending;
-        if (options.Rate > 0)
-        {
-            sending = Task.Factory.StartNew(() => Pace(pairs, options.Rate, perPairLimit, stopSending.Token), TaskCreationOptions.LongRunning);
-        }
-        else
-        {
-            var senders = new Task[pairs.Length];
-            for (var i = 0; i < pairs.Length; i++)
-            {
-                senders[i] = pairs[i].SendClosedLoopAsync(perPairLimit, stopSending.Token);
-            }
-
-            sending = Task.WhenAll(senders);
-        }
-
+        var sending = StartSending(pairs, perPairLimit, stopSending.Token);
         var drained = DrainAfterAsync(sending, pairs);
         var progress = new LiveProgress("pairs", "msgs", stats,
             () => $"in flight {Volatile.Read(ref stats.Sent) - Volatile.Read(ref stats.Completed):N0}");
@@ -145,6 +142,22 @@ public sealed class PairsScenario(RunOptions options)
         return result;
     }
 
+    private Task StartSending(Pair[] pairs, long perPairLimit, CancellationToken stop)
+    {
+        if (options.Rate > 0)
+        {
+            return Task.Factory.StartNew(() => Pace(pairs, options.Rate, perPairLimit, stop), TaskCreationOptions.LongRunning);
+        }
+
+        var senders = new Task[pairs.Length];
+        for (var i = 0; i < pairs.Length; i++)
+        {
+            senders[i] = pairs[i].SendClosedLoopAsync(perPairLimit, stop);
+        }
+
+        return Task.WhenAll(senders);
+    }
+
     /// <summary>Stops when sending is done and every pair has its SENTs and DELIVERs (or 15 s passed); returns the measured time.</summary>
     private static async Task<TimeSpan> DrainAfterAsync(Task sending, Pair[] pairs)
     {
@@ -190,8 +203,8 @@ public sealed class PairsScenario(RunOptions options)
             for (var i = 0; i < pairs.Length; i++)
             {
                 var p = pairs[i];
-                var due = Math.Min((long)((elapsed * perPair) + ((double)i / pairs.Length)), perPairLimit) - p.SentCount;
-                if (p.SentCount < perPairLimit)
+                var due = Math.Min((long)((elapsed * perPair) + ((double)i / pairs.Length)), perPairLimit) - p.PhaseSent;
+                if (p.PhaseSent < perPairLimit)
                 {
                     all = false;
                 }
@@ -242,6 +255,9 @@ public sealed class PairsScenario(RunOptions options)
         private ulong _conversationId;
         private ulong _nextClientMsgId;
         private long _sent;
+        private long _phaseStart = 1;
+        private bool _measuring;
+        private ulong _firstMeasuredId = ulong.MaxValue;
         private long _acked;
         private long _delivered;
         private long _errors;
@@ -250,7 +266,16 @@ public sealed class PairsScenario(RunOptions options)
 
         public LoadStats Stats => stats;
 
-        public long SentCount => Volatile.Read(ref _sent);
+        /// <summary>SENDs since the current phase (warm-up or measurement) started.</summary>
+        public long PhaseSent => Volatile.Read(ref _sent) - _phaseStart;
+
+        /// <summary>From now on messages carry their number (0 = not measured) and count in the run's figures.</summary>
+        public void StartMeasuring()
+        {
+            _phaseStart = Volatile.Read(ref _sent);
+            _firstMeasuredId = _nextClientMsgId + 1;
+            _measuring = true;
+        }
 
         /// <summary>Every SEND has its SENT (or ERROR) and every stored message its DELIVER.</summary>
         public bool Settled
@@ -302,9 +327,9 @@ public sealed class PairsScenario(RunOptions options)
             var buffer = new byte[MaxBatch * Wire.MaxSendLength(options.BodySize)];
             try
             {
-                while (!stop.IsCancellationRequested && _sent - 1 < limit)
+                while (!stop.IsCancellationRequested && PhaseSent < limit)
                 {
-                    var n = await _window.TakeAsync((int)Math.Min(MaxBatch, limit - (_sent - 1)), stop).ConfigureAwait(false);
+                    var n = await _window.TakeAsync((int)Math.Min(MaxBatch, limit - PhaseSent), stop).ConfigureAwait(false);
                     var length = Fill(buffer, n);
                     // Not cancellable: a write cut off by the stop signal would leave counted SENDs half sent.
                     await _senderConnection.SendAsync(buffer.AsMemory(0, length), CancellationToken.None).ConfigureAwait(false);
@@ -324,11 +349,15 @@ public sealed class PairsScenario(RunOptions options)
             var stamp = LoadStats.Now();
             for (var k = 0; k < n; k++)
             {
-                length += Wire.WriteSend(buffer.AsSpan(length), ++_nextClientMsgId, _conversationId, default, stamp, _nextClientMsgId, options.BodySize);
+                ++_nextClientMsgId;
+                length += Wire.WriteSend(buffer.AsSpan(length), _nextClientMsgId, _conversationId, default, stamp, _measuring ? _nextClientMsgId : 0, options.BodySize);
             }
 
             Interlocked.Add(ref _sent, n);
-            Interlocked.Add(ref stats.Sent, n);
+            if (_measuring)
+            {
+                Interlocked.Add(ref stats.Sent, n);
+            }
             return length;
         }
 
@@ -368,7 +397,7 @@ public sealed class PairsScenario(RunOptions options)
                         {
                             pair._opened.TrySetResult(sent.ConversationId);
                         }
-                        else
+                        else if (sent.ClientMsgId >= Volatile.Read(ref pair._firstMeasuredId))
                         {
                             Interlocked.Increment(ref pair.Stats.Acked);
                         }
@@ -429,7 +458,7 @@ public sealed class PairsScenario(RunOptions options)
 
                         _expectedSeq = deliver.Seq + 1;
                         Interlocked.Increment(ref pair._delivered);
-                        // Number 0 marks the conversation-opening message: not part of the measurement.
+                        // Number 0 marks the conversation-opening and warm-up messages: not part of the measurement.
                         if (deliver.Body.Length >= Wire.StampBytes && System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(deliver.Body[8..]) != 0)
                         {
                             pair.Stats.RecordDelivery(Wire.ReadStamp(deliver.Body), now);

@@ -33,10 +33,11 @@ public static class Program
         var html = new Option<string?>("--html") { Description = "Write a self-contained HTML chart (inline SVG) to this file.", Recursive = true };
         var gcdump = new Option<string?>("--gcdump") { Description = "connections, churn: before each memory reading, take a heap dump of the broker into this directory with dotnet-gcdump (forces a full GC; shows what holds memory).", Recursive = true };
         var warmup = new Option<int>("--warmup") { Description = "connections: connect/disconnect cycles before measuring, so the broker's connect path is JIT-compiled (0 = measure a cold broker).", DefaultValueFactory = _ => 5000, Recursive = true };
+        var warmupSeconds = new Option<int>("--warmup-s") { Description = "pairs: seconds of the same load before measuring, not counted (JIT tier-up, pools); resume: a separate small backlog is drained first when > 0.", DefaultValueFactory = _ => 3, Recursive = true };
         var metricsOut = new Option<string?>("--metrics-out") { Description = "Write the broker's last /metrics scrape of the run to this file.", Recursive = true };
 
         var root = new RootCommand("ChatBroker load harness: pairs, connections, resume, churn (fanout needs groups).");
-        foreach (var o in new Option[] { duration, count, pairs, rate, window, bodySize, durability, target, admin, secretFile, tokenSecret, connections, processes, sources, set, json, html, metricsOut, gcdump, warmup })
+        foreach (var o in new Option[] { duration, count, pairs, rate, window, bodySize, durability, target, admin, secretFile, tokenSecret, connections, processes, sources, set, json, html, metricsOut, gcdump, warmup, warmupSeconds })
         {
             root.Options.Add(o);
         }
@@ -63,6 +64,7 @@ public static class Program
             MetricsPath = r.GetValue(metricsOut),
             GcDumpDirectory = r.GetValue(gcdump),
             Warmup = r.GetValue(warmup),
+            WarmupSeconds = r.GetValue(warmupSeconds),
         };
 
         Command Scenario(string name, string description, Func<RunOptions, Task<RunResult>> run)

@@ -25,6 +25,20 @@ public sealed class ResumeScenario(RunOptions options)
             ThroughputUnit = "messages drained",
         };
         result.Parameters["count"] = total.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        if (options.WarmupSeconds > 0)
+        {
+            // A separate, smaller backlog first, so the drain path (store reads, DELIVER writes) is JIT-compiled.
+            Console.WriteLine("warm-up: 20,000 messages stored and drained for another user, not measured ...");
+            await RoundAsync(broker, 20_000, null).ConfigureAwait(false);
+        }
+
+        await RoundAsync(broker, total, result).ConfigureAwait(false);
+        return result;
+    }
+
+    /// <summary>Fills a fresh user's inbox with <paramref name="total"/> messages and drains it with a new device; reports into <paramref name="result"/> when given.</summary>
+    private async Task RoundAsync(BrokerLauncher broker, long total, RunResult? result)
+    {
         var runId = Guid.NewGuid().ToString("N")[..8];
         var sender = $"resume-{runId}-s";
         var receiver = $"resume-{runId}-r";
@@ -45,11 +59,12 @@ public sealed class ResumeScenario(RunOptions options)
         }
 
         Console.WriteLine($"stored {total:N0} messages in {fillSeconds:0.0} s ({total / fillSeconds:N0}/s); the phone reconnects ...");
-        result.Figures["fill_messages_per_s"] = Math.Round(total / fillSeconds, 1);
         await Task.Delay(1000).ConfigureAwait(false);
 
         // Drain: the phone was never online, so its cursor is 0 and the whole inbox is its backlog.
         var stats = new LoadStats();
+        var brokerBefore = result is null ? null : await broker.ScrapeAsync().ConfigureAwait(false);
+        var harnessCpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
         var clock = Stopwatch.StartNew();
         var connectStamp = LoadStats.Now();
         using var phone = await LoginAsync(broker, receiver, "phone", 0, 3).ConfigureAwait(false);
@@ -58,16 +73,24 @@ public sealed class ResumeScenario(RunOptions options)
         var loop = Task.Run(() => phone.ReceiveLoopAsync(handler, stop.Token));
         var drained = handler.SyncDone.WaitAsync(TimeSpan.FromSeconds(Math.Max(60, options.Duration.TotalSeconds)));
         var progress = new LiveProgress("resume", "msgs", stats);
-        await progress.RunAsync(drained.ContinueWith(_ => { }, TaskScheduler.Default)).ConfigureAwait(false);
+        var finished = drained.ContinueWith(_ => { }, TaskScheduler.Default);
+        await (result is null ? finished : progress.RunAsync(finished)).ConfigureAwait(false);
         var elapsed = clock.Elapsed;
         var timedOut = !drained.IsCompletedSuccessfully;
+        var harnessCpu = (Process.GetCurrentProcess().TotalProcessorTime - harnessCpuBefore).TotalSeconds;
+        var brokerAfter = result is null ? null : await broker.ScrapeAsync().ConfigureAwait(false);
 
         await stop.CancelAsync().ConfigureAwait(false);
         phone.Close();
         desktop.Close();
         senderConnection.Close();
         await Task.WhenAll(loop, desktopLoop).ConfigureAwait(false);
+        if (result is null)
+        {
+            return;
+        }
 
+        result.Figures["fill_messages_per_s"] = Math.Round(total / fillSeconds, 1);
         result.Series = progress.Series;
         result.DurationS = Math.Round(elapsed.TotalSeconds, 3);
         result.Sent = Volatile.Read(ref fillStats.Sent);
@@ -78,6 +101,15 @@ public sealed class ResumeScenario(RunOptions options)
         result.Duplicates = Volatile.Read(ref stats.Duplicates);
         result.Lost = Math.Max(0, total - result.Delivered);
         result.ThroughputPerS = Math.Round(result.Delivered / elapsed.TotalSeconds, 1);
+        var drainedCount = Math.Max(1, result.Delivered);
+        result.Figures["harness_cpu_us_per_message"] = Math.Round(harnessCpu * 1e6 / drainedCount, 2);
+        if (brokerBefore is not null && brokerAfter is not null)
+        {
+            var cpu = brokerAfter.CpuSeconds - brokerBefore.CpuSeconds;
+            result.Figures["broker_cpu_cores"] = Math.Round(cpu / elapsed.TotalSeconds, 2);
+            result.Figures["broker_cpu_us_per_message"] = Math.Round(cpu * 1e6 / drainedCount, 2);
+        }
+
         result.Figures["connack_ms"] = Math.Round(connackMs, 2);
         result.Figures["first_deliver_ms"] = Math.Round(handler.FirstDeliverMs, 2);
         result.Figures["sync_done_ms"] = Math.Round(elapsed.TotalMilliseconds, 1);
@@ -88,7 +120,6 @@ public sealed class ResumeScenario(RunOptions options)
         }
 
         result.Notes.Add("drain time: CONNECT written → SYNC_DONE received; the rate counts DELIVERs of the backlog");
-        return result;
     }
 
     private static async Task<RawConnection> LoginAsync(BrokerLauncher broker, string user, string device, ulong resume, long source)

@@ -26,6 +26,7 @@ public sealed class RunOptions
     public string? MetricsPath { get; init; }
     public string? GcDumpDirectory { get; init; }
     public int Warmup { get; init; } = 5000;
+    public int WarmupSeconds { get; init; } = 3;
 
     /// <summary>Client source address number <paramref name="i"/>: 127.0.0.2 … 127.0.0.(1+Sources), round robin (only for a loopback target).</summary>
     public IPAddress? SourceAddress(IPEndPoint target, long i)
