@@ -44,7 +44,7 @@ public sealed class ConnectionsScenario(RunOptions options)
             {
                 var first = (long)p * perProcess;
                 var count = Math.Min(perProcess, options.Connections - first);
-                children.Add(ClientProcess.Start(broker, $"conn-{runId}-", first, count, options.Sources, 256));
+                children.Add(ClientProcess.Start(broker, $"conn-{runId}-", first, count, options.Sources, 32));
             }
 
             await Task.WhenAll(children.Select(c => c.Ready)).WaitAsync(TimeSpan.FromSeconds(120)).ConfigureAwait(false);
