@@ -101,7 +101,8 @@ public sealed class ConnectionsScenario(RunOptions options)
                 result.Figures["broker_cpu_us_per_connect"] = Math.Round(cpu * 1e6 / Math.Max(1, ok), 1);
             }
 
-            var after = await Metrics.SettledAsync(broker, gcDumpPath: DumpPath("with-connections")).ConfigureAwait(false);
+            // Quiet for longer than tcp.connect_timeout (10 s): each session's handshake timer has fired and gone.
+            var after = await Metrics.SettledAsync(broker, gcDumpPath: DumpPath("with-connections"), quietSeconds: 12).ConfigureAwait(false);
             if (before is not null && after is not null)
             {
                 var perConnection = (after.ResidentBytes - before.ResidentBytes) / Math.Max(1, ok);
@@ -126,7 +127,7 @@ public sealed class ConnectionsScenario(RunOptions options)
             result.AddTarget("connections held", ok, ">=", options.Connections);
             result.Notes.Add($"the broker was warmed up with {options.Warmup:N0} connect/disconnect cycles before the measurement (--warmup)");
             result.Notes.Add("connect rate: from GO (tokens already minted, processes started) to the last CONNACK, over all client processes");
-            result.Notes.Add("memory: process_memory_resident_bytes from /metrics, read after the broker was quiet for 3 s (twice, 1 s apart; the second counts); the kernel's socket buffers are not in RSS");
+            result.Notes.Add("memory: process_memory_resident_bytes from /metrics, read after the broker was quiet for 3 s (before) and 12 s (with the connections: longer than the 10 s handshake timeout), twice 1 s apart (the second counts); the kernel's socket buffers are not in RSS");
 
             foreach (var c in children)
             {
@@ -157,9 +158,10 @@ public static class Metrics
 {
     /// <summary>
     /// Waits until the broker reports <paramref name="waitForSessions"/> sessions (when given, up to 20 s), lets it
-    /// be quiet for 3 s, then scrapes twice 1 s apart and returns the second.
+    /// be quiet for <paramref name="quietSeconds"/>, takes a heap dump when asked (a full GC), then scrapes twice
+    /// 1 s apart and returns the second.
     /// </summary>
-    public static async Task<BrokerMetricsSample?> SettledAsync(BrokerLauncher broker, double? waitForSessions = null, string? gcDumpPath = null)
+    public static async Task<BrokerMetricsSample?> SettledAsync(BrokerLauncher broker, double? waitForSessions = null, string? gcDumpPath = null, int quietSeconds = 3)
     {
         if (broker.AdminUri is null)
         {
@@ -175,7 +177,7 @@ public static class Metrics
             }
         }
 
-        await Task.Delay(3000).ConfigureAwait(false);
+        await Task.Delay(TimeSpan.FromSeconds(quietSeconds)).ConfigureAwait(false);
         if (gcDumpPath is not null && broker.Pid is { } pid && !await GcDump.CollectAsync(pid, gcDumpPath).ConfigureAwait(false))
         {
             Console.Error.WriteLine("dotnet-gcdump failed or is not installed: memory includes uncollected garbage");
