@@ -20,11 +20,12 @@ public sealed class ResumeScenario(RunOptions options)
         var result = new RunResult
         {
             Scenario = "resume",
-            Parameters = options.Describe("count", "body_size", "window", "durability"),
+            Parameters = options.Describe("count", "body_size", "durability"),
             Broker = options.DescribeBroker(broker),
             ThroughputUnit = "messages drained",
         };
         result.Parameters["count"] = total.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        result.Parameters["fill_window"] = Math.Max(options.Window, 256).ToString(System.Globalization.CultureInfo.InvariantCulture);
         if (options.WarmupSeconds > 0)
         {
             // A separate, smaller backlog first, so the drain path (store reads, DELIVER writes) is JIT-compiled.
@@ -46,10 +47,10 @@ public sealed class ResumeScenario(RunOptions options)
 
         // Fill: one sender, a window of SENDs awaiting SENT; the receiver's desktop reads live and ACKs.
         var fillStats = new LoadStats();
-        using var desktop = await LoginAsync(broker, receiver, "desktop", 0, 1).ConfigureAwait(false);
+        using var desktop = await LoginAsync(broker, receiver, "desktop", 0).ConfigureAwait(false);
         var desktopHandler = new DrainHandler(desktop, fillStats, recordLatency: false);
         var desktopLoop = Task.Run(() => desktop.ReceiveLoopAsync(desktopHandler, stop.Token));
-        using var senderConnection = await LoginAsync(broker, sender, "d1", 0, 2).ConfigureAwait(false);
+        using var senderConnection = await LoginAsync(broker, sender, "d1", 0).ConfigureAwait(false);
         var fillClock = Stopwatch.StartNew();
         await FillAsync(senderConnection, receiver, total, Math.Max(options.Window, 256), options.BodySize, fillStats, stop.Token).ConfigureAwait(false);
         var fillSeconds = fillClock.Elapsed.TotalSeconds;
@@ -67,7 +68,7 @@ public sealed class ResumeScenario(RunOptions options)
         var harnessCpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
         var clock = Stopwatch.StartNew();
         var connectStamp = LoadStats.Now();
-        using var phone = await LoginAsync(broker, receiver, "phone", 0, 3).ConfigureAwait(false);
+        using var phone = await LoginAsync(broker, receiver, "phone", 0).ConfigureAwait(false);
         var connackMs = clock.Elapsed.TotalMilliseconds;
         var handler = new DrainHandler(phone, stats, recordLatency: false) { ConnectStamp = connectStamp };
         var loop = Task.Run(() => phone.ReceiveLoopAsync(handler, stop.Token));
@@ -122,7 +123,7 @@ public sealed class ResumeScenario(RunOptions options)
         result.Notes.Add("drain time: CONNECT written → SYNC_DONE received; the rate counts DELIVERs of the backlog");
     }
 
-    private static async Task<RawConnection> LoginAsync(BrokerLauncher broker, string user, string device, ulong resume, long source)
+    private static async Task<RawConnection> LoginAsync(BrokerLauncher broker, string user, string device, ulong resume)
     {
         var c = await RawConnection.ConnectAsync(broker.TcpEndPoint, null, 256 * 1024, CancellationToken.None).ConfigureAwait(false);
         var connack = await c.LoginAsync(Wire.Connect(user, device, broker.Token(user, device), resume, 1800), CancellationToken.None).ConfigureAwait(false);
@@ -132,7 +133,6 @@ public sealed class ResumeScenario(RunOptions options)
             throw new InvalidOperationException($"login of {user}/{device} failed: {connack.Reason} {connack.Message}");
         }
 
-        _ = source;
         return c;
     }
 
