@@ -1,6 +1,113 @@
+using System.CommandLine;
+
 namespace ChatBroker.LoadTests;
 
-internal static class Program
+/// <summary>
+/// <c>dotnet run -c Release --project LoadTests -- &lt;scenario&gt; [options]</c>. Each run is bounded (duration
+/// and/or count), starts its own broker unless --target is given, prints live progress, and ends with a
+/// summary, optionally a JSON result and an HTML chart. Exit code 0 when the run passed its checks and targets.
+/// </summary>
+public static class Program
 {
-    public static int Main() => 0;
+    public static Task<int> Main(string[] args) => Build().Parse(args).InvokeAsync();
+
+    private static RootCommand Build()
+    {
+        var duration = new Option<int>("--duration") { Description = "Seconds of load (sending, connecting or churning); runs also stop at --count.", DefaultValueFactory = _ => 20, Recursive = true };
+        var count = new Option<long>("--count") { Description = "Stop after this many messages (pairs: total; resume: messages stored then drained). 0 = no limit.", Recursive = true };
+        var pairs = new Option<int>("--pairs") { Description = "Sender/receiver pairs.", DefaultValueFactory = _ => 100, Recursive = true };
+        var rate = new Option<double>("--rate") { Description = "Fixed total rate, messages/s (pairs) or connects/s (churn). 0 = closed loop.", Recursive = true };
+        var window = new Option<int>("--window") { Description = "Closed loop: messages a pair (or the resume filler) may have in flight.", DefaultValueFactory = _ => 16, Recursive = true };
+        var bodySize = new Option<int>("--body-size") { Description = "Message body bytes (at least 16: send stamp and number).", DefaultValueFactory = _ => 256, Recursive = true };
+        var durability = new Option<string>("--durability") { Description = "Broker durability when the harness starts it: sync or async.", DefaultValueFactory = _ => "sync", Recursive = true };
+        durability.AcceptOnlyFromAmong("sync", "async");
+        var target = new Option<string?>("--target") { Description = "host:port of a running broker (default: start one as a child process).", Recursive = true };
+        var admin = new Option<string?>("--admin") { Description = "host:port of the target's admin endpoint, for its metrics.", Recursive = true };
+        var secretFile = new Option<string?>("--secret-file") { Description = "The target's token secret file.", Recursive = true };
+        var tokenSecret = new Option<string?>("--token-secret") { Description = "The target's token secret, base64.", Recursive = true };
+        var connections = new Option<int>("--connections") { Description = "Connections (connections: held idle; churn: pool of users cycling).", DefaultValueFactory = _ => 15_000, Recursive = true };
+        var processes = new Option<int>("--processes") { Description = "Client processes to spread connections over (each stays under 19,000 open files).", DefaultValueFactory = _ => 2, Recursive = true };
+        var sources = new Option<int>("--sources") { Description = "Client source addresses 127.0.0.2 … 127.0.0.(1+N) for a loopback target (0 = let the OS pick).", DefaultValueFactory = _ => 16, Recursive = true };
+        var set = new Option<string[]>("--broker-set") { Description = "Extra broker setting for a started broker, e.g. --broker-set session.resume_batch=1024 (repeatable).", Recursive = true };
+        var json = new Option<string?>("--json") { Description = "Write the result as JSON to this file.", Recursive = true };
+        var html = new Option<string?>("--html") { Description = "Write a self-contained HTML chart (inline SVG) to this file.", Recursive = true };
+        var gcdump = new Option<string?>("--gcdump") { Description = "connections, churn: before each memory reading, take a heap dump of the broker into this directory with dotnet-gcdump (forces a full GC; shows what holds memory).", Recursive = true };
+        var warmup = new Option<int>("--warmup") { Description = "connections: connect/disconnect cycles before measuring, so the broker's connect path is JIT-compiled (0 = measure a cold broker).", DefaultValueFactory = _ => 5000, Recursive = true };
+        var warmupSeconds = new Option<int>("--warmup-s") { Description = "pairs: seconds of the same load before measuring, not counted (JIT tier-up, pools); resume: a separate small backlog is drained first when > 0.", DefaultValueFactory = _ => 3, Recursive = true };
+        var metricsOut = new Option<string?>("--metrics-out") { Description = "Write the broker's last /metrics scrape of the run to this file.", Recursive = true };
+
+        var root = new RootCommand("ChatBroker load harness: pairs, connections, resume, churn (fanout needs groups).");
+        foreach (var o in new Option[] { duration, count, pairs, rate, window, bodySize, durability, target, admin, secretFile, tokenSecret, connections, processes, sources, set, json, html, metricsOut, gcdump, warmup, warmupSeconds })
+        {
+            root.Options.Add(o);
+        }
+
+        RunOptions Read(ParseResult r) => new()
+        {
+            Duration = TimeSpan.FromSeconds(r.GetValue(duration)),
+            Count = r.GetValue(count),
+            Pairs = r.GetValue(pairs),
+            Rate = r.GetValue(rate),
+            Window = Math.Max(1, r.GetValue(window)),
+            BodySize = Math.Max(Wire.StampBytes, r.GetValue(bodySize)),
+            Durability = r.GetValue(durability)!,
+            Target = r.GetValue(target),
+            Admin = r.GetValue(admin),
+            SecretFile = r.GetValue(secretFile),
+            TokenSecret = r.GetValue(tokenSecret),
+            Connections = r.GetValue(connections),
+            Processes = Math.Max(1, r.GetValue(processes)),
+            Sources = r.GetValue(sources),
+            BrokerSettings = r.GetValue(set) ?? [],
+            JsonPath = r.GetValue(json),
+            HtmlPath = r.GetValue(html),
+            MetricsPath = r.GetValue(metricsOut),
+            GcDumpDirectory = r.GetValue(gcdump),
+            Warmup = r.GetValue(warmup),
+            WarmupSeconds = r.GetValue(warmupSeconds),
+        };
+
+        Command Scenario(string name, string description, Func<RunOptions, Task<RunResult>> run)
+        {
+            var command = new Command(name, description);
+            command.SetAction(async (r, _) =>
+            {
+                var options = Read(r);
+                var result = await run(options).ConfigureAwait(false);
+                await ReportWriter.WriteAsync(result, options.JsonPath, options.HtmlPath).ConfigureAwait(false);
+                return result.Passed ? 0 : 1;
+            });
+            return command;
+        }
+
+        root.Subcommands.Add(Scenario("pairs", "N sender/receiver pairs, closed loop (--window) or fixed rate (--rate).", o => new PairsScenario(o).RunAsync()));
+
+        root.Subcommands.Add(Scenario("connections", "C idle authenticated connections over --processes client processes: connect rate and broker memory per connection.", o => new ConnectionsScenario(o).RunAsync()));
+        root.Subcommands.Add(Scenario("resume", "--count messages stored for an offline device, then drained by it on reconnect.", o => new ResumeScenario(o).RunAsync()));
+        root.Subcommands.Add(Scenario("churn", "Connect/disconnect at --rate per second for --duration; memory must return to its baseline.", o => new ChurnScenario(o).RunAsync()));
+
+        // The child side of `connections`: started by the harness itself, not by hand.
+        var userPrefix = new Option<string>("--user-prefix") { Required = true };
+        var first = new Option<long>("--first");
+        var holdCount = new Option<long>("--hold-count") { Required = true };
+        var concurrency = new Option<int>("--concurrency") { DefaultValueFactory = _ => 256 };
+        var hold = new Command("hold", "(internal) hold a share of a connections run in a child process.") { userPrefix, first, holdCount, concurrency };
+        hold.Hidden = true;
+        hold.SetAction(async (r, _) =>
+        {
+            var options = Read(r);
+            await using var broker = BrokerLauncher.Target(options.Target!, null, null, options.TokenSecret);
+            return await ConnectionHolder.RunAsync(broker, options, r.GetValue(userPrefix)!, r.GetValue(first), r.GetValue(holdCount), r.GetValue(concurrency)).ConfigureAwait(false);
+        });
+        root.Subcommands.Add(hold);
+
+        var fanout = new Command("fanout", "One sender into a group of K online members: needs groups (issue 6), not built yet.");
+        fanout.SetAction(_ =>
+        {
+            Console.Error.WriteLine("fanout needs groups (issue 6), which the broker does not have yet.");
+            return 2;
+        });
+        root.Subcommands.Add(fanout);
+        return root;
+    }
 }

@@ -1,0 +1,332 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Text.RegularExpressions;
+using ChatBroker.Broker.Auth;
+
+namespace ChatBroker.LoadTests;
+
+/// <summary>
+/// The broker under test: either a child process this harness starts (chatbroker.dll, copied beside the
+/// harness by the project reference) with its own data directory and OS-chosen ports, or a broker at a
+/// given address whose token secret the caller supplies. Either way it can mint tokens and read metrics.
+/// </summary>
+public sealed partial class BrokerLauncher : IAsyncDisposable
+{
+    private readonly Process? _process;
+    private readonly string? _dataDir;
+    private readonly List<string> _output = [];
+    private readonly Lock _outputLock = new();
+    private readonly HttpClient _http = new() { Timeout = TimeSpan.FromSeconds(10) };
+
+    private BrokerLauncher(Process? process, string? dataDir, IPEndPoint tcp, Uri? admin, string secretBase64)
+    {
+        _process = process;
+        _dataDir = dataDir;
+        TcpEndPoint = tcp;
+        AdminUri = admin;
+        SecretBase64 = secretBase64;
+        Secret = TokenSecret.FromBase64(secretBase64);
+    }
+
+    public IPEndPoint TcpEndPoint { get; }
+
+    /// <summary>Base address of the admin endpoint (/metrics); null when targeting a broker without one given.</summary>
+    public Uri? AdminUri { get; }
+
+    public TokenSecret Secret { get; }
+
+    public int? Pid => _process?.Id;
+
+    public static string BrokerDll => Path.Combine(AppContext.BaseDirectory, "chatbroker.dll");
+
+    /// <summary>Starts `dotnet chatbroker.dll serve` with the load-run settings and waits for "Ready".</summary>
+    public static async Task<BrokerLauncher> StartAsync(string durability, IEnumerable<string> extraSettings)
+    {
+        var dataDir = Path.Combine(Path.GetTempPath(), "chatbroker-load-" + Guid.NewGuid().ToString("N"));
+        var info = new ProcessStartInfo("dotnet")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+            UseShellExecute = false,
+        };
+        info.ArgumentList.Add(BrokerDll);
+        info.ArgumentList.Add("serve");
+        var settings = new List<string>
+        {
+            "node.data_dir=" + dataDir,
+            "tcp.listen=127.0.0.1:0",
+            "admin.listen=127.0.0.1:0",
+            "storage.durability=" + durability,
+            // A load run measures the broker, not its abuse limits.
+            "limits.sends_per_second=1000000",
+            "limits.bytes_per_second=1073741824",
+        };
+        settings.AddRange(extraSettings);
+        foreach (var s in settings)
+        {
+            info.ArgumentList.Add("--set");
+            info.ArgumentList.Add(s);
+        }
+
+        foreach (var key in info.Environment.Keys.ToList())
+        {
+            if (key.StartsWith("CHATBROKER__", StringComparison.OrdinalIgnoreCase))
+            {
+                info.Environment.Remove(key);
+            }
+        }
+
+        var process = Process.Start(info) ?? throw new InvalidOperationException("could not start dotnet");
+        var tcp = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var admin = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var ready = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var lines = new List<string>();
+        var linesLock = new Lock();
+        void OnLine(string? line)
+        {
+            if (line is null)
+            {
+                return;
+            }
+
+            lock (linesLock)
+            {
+                if (lines.Count < 200)
+                {
+                    lines.Add(line);
+                }
+            }
+
+            if (TcpLine().Match(line) is { Success: true } t)
+            {
+                tcp.TrySetResult(t.Groups[1].Value);
+            }
+            else if (AdminLine().Match(line) is { Success: true } a)
+            {
+                admin.TrySetResult(a.Groups[1].Value);
+            }
+            else if (ReadyLine().IsMatch(line))
+            {
+                ready.TrySetResult();
+            }
+        }
+
+        process.OutputDataReceived += (_, e) => OnLine(e.Data);
+        process.ErrorDataReceived += (_, e) => OnLine(e.Data);
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        try
+        {
+            await Task.WhenAny(ready.Task, process.WaitForExitAsync()).WaitAsync(TimeSpan.FromSeconds(60));
+            if (!ready.Task.IsCompleted)
+            {
+                throw new InvalidOperationException("the broker exited before it was ready:\n" + string.Join('\n', lines));
+            }
+        }
+        catch
+        {
+            Kill(process);
+            TryDelete(dataDir);
+            throw;
+        }
+
+        // The broker created the secret on its first start; child processes of the harness get it as base64.
+        var secret = (await File.ReadAllTextAsync(Path.Combine(dataDir, "token.secret"))).Trim();
+        return new BrokerLauncher(process, dataDir, IPEndPoint.Parse(await tcp.Task), new Uri("http://" + await admin.Task), secret);
+    }
+
+    /// <summary>A broker that is already running; the caller provides its token secret.</summary>
+    public static BrokerLauncher Target(string address, string? adminAddress, string? secretFile, string? secretBase64)
+    {
+        string secret;
+        if (!string.IsNullOrEmpty(secretBase64))
+        {
+            secret = secretBase64;
+        }
+        else if (!string.IsNullOrEmpty(secretFile))
+        {
+            secret = File.ReadAllText(secretFile).Trim();
+        }
+        else
+        {
+            throw new InvalidOperationException("--target needs --secret-file or --token-secret to mint tokens");
+        }
+
+        return new BrokerLauncher(null, null, ResolveEndPoint(address), adminAddress is null ? null : new Uri("http://" + adminAddress), secret);
+    }
+
+    public static IPEndPoint ResolveEndPoint(string address)
+    {
+        if (IPEndPoint.TryParse(address, out var ep) && ep.Port != 0)
+        {
+            return ep;
+        }
+
+        var colon = address.LastIndexOf(':');
+        var host = address[..colon];
+        var port = int.Parse(address[(colon + 1)..], CultureInfo.InvariantCulture);
+        var ip = Dns.GetHostAddresses(host).First(a => a.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork);
+        return new IPEndPoint(ip, port);
+    }
+
+    public string Token(string user, string device) =>
+        AccessToken.Issue(Secret, user, device, TimeSpan.FromHours(2), DateTimeOffset.UtcNow);
+
+    /// <summary>The token secret as base64, for the harness's child processes.</summary>
+    public string SecretBase64 { get; }
+
+    /// <summary>The text of the last scrape, for --metrics-out.</summary>
+    public string? LastMetricsText { get; private set; }
+
+    /// <summary>The broker's Prometheus metrics; null without an admin address.</summary>
+    public async Task<BrokerMetricsSample?> ScrapeAsync()
+    {
+        if (AdminUri is null)
+        {
+            return null;
+        }
+
+        var text = await _http.GetStringAsync(new Uri(AdminUri, "/metrics")).ConfigureAwait(false);
+        LastMetricsText = text;
+        return BrokerMetricsSample.Parse(text);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _http.Dispose();
+        if (_process is not null)
+        {
+            if (!_process.HasExited)
+            {
+                // SIGTERM first so RocksDB closes cleanly, then make sure.
+                try
+                {
+                    _process.StandardInput.Close();
+                    SendSigTerm(_process.Id);
+                    await _process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(15)).ConfigureAwait(false);
+                }
+                catch (TimeoutException)
+                {
+                    Kill(_process);
+                }
+            }
+
+            _process.Dispose();
+        }
+
+        if (_dataDir is not null)
+        {
+            TryDelete(_dataDir);
+        }
+    }
+
+    private static void SendSigTerm(int pid)
+    {
+        using var kill = Process.Start(new ProcessStartInfo("kill", ["-TERM", pid.ToString(CultureInfo.InvariantCulture)]) { UseShellExecute = false });
+        kill?.WaitForExit();
+    }
+
+    private static void Kill(Process process)
+    {
+        try
+        {
+            process.Kill(entireProcessTree: true);
+            process.WaitForExit(10_000);
+        }
+        catch (InvalidOperationException)
+        {
+        }
+    }
+
+    private static void TryDelete(string dir)
+    {
+        try
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
+    }
+
+    [GeneratedRegex(@"Native protocol listening on (\S+)")]
+    private static partial Regex TcpLine();
+
+    [GeneratedRegex(@"Admin endpoint on http://(\S+) ")]
+    private static partial Regex AdminLine();
+
+    [GeneratedRegex(@"\bReady\b")]
+    private static partial Regex ReadyLine();
+}
+
+/// <summary>
+/// The broker metrics a load run reports, plus every series summed over its labels (by bare name), so a run can
+/// take differences such as commits or the mean commit latency (…_sum / …_count) over its measured interval.
+/// </summary>
+public sealed record BrokerMetricsSample(IReadOnlyDictionary<string, double> All)
+{
+    public double ResidentBytes => Get("process_memory_resident_bytes");
+
+    public double Sessions => Get("chatbroker_sessions");
+
+    public double MessagesIn => Get("chatbroker_messages_in_total");
+
+    public double MessagesOut => Get("chatbroker_messages_out_total");
+
+    public double GcHeapBytes => Get("process_memory_managed_heap_bytes");
+
+    public double CpuSeconds => Get("process_cpu_time_seconds_total");
+
+    public double Get(string name) => All.TryGetValue(name, out var v) ? v : 0;
+
+    /// <summary>Sum of all series named <paramref name="prefix"/>… ending in <paramref name="suffix"/> (e.g. a histogram's _sum).</summary>
+    public double Find(string prefix, string suffix)
+    {
+        double total = 0;
+        foreach (var (k, v) in All)
+        {
+            if (k.StartsWith(prefix, StringComparison.Ordinal) && k.EndsWith(suffix, StringComparison.Ordinal))
+            {
+                total += v;
+            }
+        }
+
+        return total;
+    }
+
+    public static BrokerMetricsSample Parse(string text)
+    {
+        var all = new Dictionary<string, double>();
+        foreach (var raw in text.Split('\n'))
+        {
+            var line = raw.Trim();
+            if (line.Length == 0 || line[0] == '#')
+            {
+                continue;
+            }
+
+            var space = line.LastIndexOf(' ');
+            if (space < 0 || !double.TryParse(line.AsSpan(space + 1), NumberStyles.Float, CultureInfo.InvariantCulture, out var value))
+            {
+                continue;
+            }
+
+            var name = line[..space];
+            var brace = name.IndexOf('{', StringComparison.Ordinal);
+            var bare = brace < 0 ? name : name[..brace];
+            if (bare.EndsWith("_bucket", StringComparison.Ordinal))
+            {
+                continue;
+            }
+
+            all[bare] = all.GetValueOrDefault(bare) + value;
+        }
+
+        return new BrokerMetricsSample(all);
+    }
+}

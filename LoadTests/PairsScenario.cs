@@ -1,0 +1,509 @@
+using System.Diagnostics;
+using System.Text;
+using ChatBroker.Protocol.Messages;
+
+namespace ChatBroker.LoadTests;
+
+/// <summary>
+/// `pairs`: N sender/receiver pairs, each a direct conversation between two users. Closed loop (--window:
+/// messages a pair may have sent but not yet seen delivered) or a fixed total rate (--rate, paced from one
+/// thread). Latency is send stamp → DELIVER at the receiver; receivers check every conversation's seqs run
+/// 1, 2, 3 … without gap or repeat and ACK in batches (every 100 messages or 50 ms).
+/// </summary>
+public sealed class PairsScenario(RunOptions options)
+{
+    private const int MaxBatch = 64;
+
+    public async Task<RunResult> RunAsync()
+    {
+        await using var broker = await options.OpenBrokerAsync().ConfigureAwait(false);
+        var result = new RunResult
+        {
+            Scenario = "pairs",
+            Parameters = options.Describe("pairs", options.Rate > 0 ? "rate" : "window", "body_size", "duration_s", "count", "durability"),
+            Broker = options.DescribeBroker(broker),
+        };
+        var stats = new LoadStats();
+        var runId = Guid.NewGuid().ToString("N")[..8];
+        using var stopAll = new CancellationTokenSource();
+        var pairs = new Pair[options.Pairs];
+        for (var i = 0; i < pairs.Length; i++)
+        {
+            pairs[i] = new Pair(i, runId, options, stats);
+        }
+
+        Console.WriteLine($"connecting {pairs.Length} pairs ...");
+        await ForEachAsync(pairs, 32, p => p.ConnectAsync(broker, stopAll.Token)).ConfigureAwait(false);
+        var loops = new List<Task>();
+        foreach (var p in pairs)
+        {
+            loops.Add(p.StartReceiving(stopAll.Token));
+        }
+
+        // The first message of each pair creates the direct conversation (to_user_id); its SENT names it.
+        await ForEachAsync(pairs, 32, p => p.OpenConversationAsync(stopAll.Token)).ConfigureAwait(false);
+
+        if (options.WarmupSeconds > 0)
+        {
+            // Same load, not counted: the broker's hot paths get JIT-compiled (tier 1 with PGO) and its pools filled.
+            Console.WriteLine($"warm-up: {options.WarmupSeconds} s of the same load, not measured ...");
+            using var stopWarmup = new CancellationTokenSource(TimeSpan.FromSeconds(options.WarmupSeconds));
+            await DrainAfterAsync(StartSending(pairs, long.MaxValue, stopWarmup.Token), pairs).ConfigureAwait(false);
+        }
+
+        foreach (var p in pairs)
+        {
+            p.StartMeasuring();
+        }
+
+        var brokerBefore = await broker.ScrapeAsync().ConfigureAwait(false);
+        var harnessCpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
+        var perPairLimit = options.Count > 0 ? (options.Count + pairs.Length - 1) / pairs.Length : long.MaxValue;
+        using var stopSending = new CancellationTokenSource(options.Duration);
+        var sending = StartSending(pairs, perPairLimit, stopSending.Token);
+        var drained = DrainAfterAsync(sending, pairs);
+        var progress = new LiveProgress("pairs", "msgs", stats,
+            () => $"in flight {Volatile.Read(ref stats.Sent) - Volatile.Read(ref stats.Completed):N0}");
+        await progress.RunAsync(drained).ConfigureAwait(false);
+        var elapsed = await drained.ConfigureAwait(false);
+        result.DurationS = Math.Round(elapsed.TotalSeconds, 3);
+
+        var scrape = await broker.ScrapeAsync().ConfigureAwait(false);
+        var harnessCpu = (Process.GetCurrentProcess().TotalProcessorTime - harnessCpuBefore).TotalSeconds;
+        if (options.MetricsPath is not null && broker.LastMetricsText is not null)
+        {
+            await File.WriteAllTextAsync(options.MetricsPath, broker.LastMetricsText).ConfigureAwait(false);
+        }
+        await stopAll.CancelAsync().ConfigureAwait(false);
+        foreach (var p in pairs)
+        {
+            p.Close();
+        }
+
+        await Task.WhenAll(loops).ConfigureAwait(false);
+
+        result.Sent = Volatile.Read(ref stats.Sent);
+        result.SentAcked = Volatile.Read(ref stats.Acked);
+        result.Delivered = Volatile.Read(ref stats.Completed);
+        result.Errors = Volatile.Read(ref stats.Errors);
+        result.Gaps = Volatile.Read(ref stats.Gaps);
+        result.Duplicates = Volatile.Read(ref stats.Duplicates);
+        result.Lost = Math.Max(0, result.Sent - result.Delivered - result.Errors);
+        result.ThroughputPerS = Math.Round(result.Delivered / elapsed.TotalSeconds, 1);
+        result.LatencyMs = stats.Latency.Snapshot().Summarize();
+        result.Series = progress.Series;
+        var delivered = Math.Max(1, result.Delivered);
+        result.Figures["sent_out_of_order"] = Volatile.Read(ref stats.SentOutOfOrder);
+        result.Figures["harness_cpu_cores"] = Math.Round(harnessCpu / elapsed.TotalSeconds, 2);
+        result.Figures["harness_cpu_us_per_message"] = Math.Round(harnessCpu * 1e6 / delivered, 2);
+        if (scrape is not null && brokerBefore is not null)
+        {
+            var brokerCpu = scrape.CpuSeconds - brokerBefore.CpuSeconds;
+            result.Figures["broker_cpu_cores"] = Math.Round(brokerCpu / elapsed.TotalSeconds, 2);
+            result.Figures["broker_cpu_us_per_message"] = Math.Round(brokerCpu * 1e6 / delivered, 2);
+            var commits = scrape.Get("chatbroker_storage_commits_total") - brokerBefore.Get("chatbroker_storage_commits_total");
+            if (commits > 0)
+            {
+                result.Figures["storage_commits_per_s"] = Math.Round(commits / elapsed.TotalSeconds, 1);
+                result.Figures["storage_mean_batch_requests"] = Math.Round((scrape.Get("chatbroker_storage_batch_size_sum") - brokerBefore.Get("chatbroker_storage_batch_size_sum")) / commits, 1);
+                result.Figures["storage_mean_commit_ms"] = Math.Round((scrape.Get("chatbroker_storage_commit_latency_milliseconds_sum") - brokerBefore.Get("chatbroker_storage_commit_latency_milliseconds_sum")) / commits, 3);
+            }
+
+            var sends = scrape.Get("chatbroker_send_duration_seconds_count") - brokerBefore.Get("chatbroker_send_duration_seconds_count");
+            if (sends > 0)
+            {
+                result.Figures["broker_mean_send_to_sent_ms"] = Math.Round((scrape.Get("chatbroker_send_duration_seconds_sum") - brokerBefore.Get("chatbroker_send_duration_seconds_sum")) * 1000 / sends, 3);
+            }
+
+            result.Figures["broker_rss_mb_end"] = Math.Round(scrape.ResidentBytes / 1048576.0, 1);
+            result.Figures["broker_messages_in_total"] = scrape.MessagesIn;
+            result.Figures["broker_messages_out_total"] = scrape.MessagesOut;
+        }
+
+        if (options.Rate > 0)
+        {
+            result.AddTarget("p50 at a fixed rate (ms)", result.LatencyMs.P50Ms, "<=", 0.5);
+            result.AddTarget("p99 at a fixed rate (ms)", result.LatencyMs.P99Ms, "<=", 2);
+            result.AddTarget("delivered rate vs --rate (messages/s)", result.ThroughputPerS, ">=", options.Rate * 0.95);
+        }
+        else
+        {
+            result.AddTarget("closed-loop delivered (messages/s)", result.ThroughputPerS, ">=", 50_000);
+            result.AddTarget("closed-loop p99 (ms)", result.LatencyMs.P99Ms, "<=", 20);
+        }
+
+        if (result.Figures["sent_out_of_order"] > 0)
+        {
+            result.Notes.Add("BROKER BUG: SENTs of one conversation came back out of SEND order (docs/protocol.md §5 promises SEND order); counted in sent_out_of_order, not in errors");
+        }
+
+        result.Notes.Add("latency: body stamp (Stopwatch, taken just before the socket write) to DELIVER parsed at the receiver; the conversation-opening message of each pair is not counted");
+        result.Notes.Add("throughput: messages delivered / (time from first SEND until every SENT and DELIVER arrived)");
+        return result;
+    }
+
+    private Task StartSending(Pair[] pairs, long perPairLimit, CancellationToken stop)
+    {
+        if (options.Rate > 0)
+        {
+            return Task.Factory.StartNew(() => Pace(pairs, options.Rate, perPairLimit, stop), TaskCreationOptions.LongRunning);
+        }
+
+        var senders = new Task[pairs.Length];
+        for (var i = 0; i < pairs.Length; i++)
+        {
+            senders[i] = pairs[i].SendClosedLoopAsync(perPairLimit, stop);
+        }
+
+        return Task.WhenAll(senders);
+    }
+
+    /// <summary>Stops when sending is done and every pair has its SENTs and DELIVERs (or 15 s passed); returns the measured time.</summary>
+    private static async Task<TimeSpan> DrainAfterAsync(Task sending, Pair[] pairs)
+    {
+        var clock = Stopwatch.StartNew();
+        await sending.ConfigureAwait(false);
+        var deadline = clock.Elapsed + TimeSpan.FromSeconds(15);
+        while (clock.Elapsed < deadline)
+        {
+            var done = true;
+            foreach (var p in pairs)
+            {
+                if (!p.Settled)
+                {
+                    done = false;
+                    break;
+                }
+            }
+
+            if (done)
+            {
+                break;
+            }
+
+            await Task.Delay(5).ConfigureAwait(false);
+        }
+
+        return clock.Elapsed;
+    }
+
+    /// <summary>
+    /// Fixed rate: one thread wakes every millisecond and gives each pair the messages it is due, so the total
+    /// is --rate per second. Pairs are phase-shifted so their messages do not all fall on the same tick.
+    /// </summary>
+    private static void Pace(Pair[] pairs, double rate, long perPairLimit, CancellationToken stop)
+    {
+        var perPair = rate / pairs.Length;
+        var start = Stopwatch.GetTimestamp();
+        var buffer = new byte[MaxBatch * Wire.MaxSendLength(pairs[0].BodySize)];
+        while (!stop.IsCancellationRequested)
+        {
+            var elapsed = Stopwatch.GetElapsedTime(start).TotalSeconds;
+            var all = true;
+            for (var i = 0; i < pairs.Length; i++)
+            {
+                var p = pairs[i];
+                var due = Math.Min((long)((elapsed * perPair) + ((double)i / pairs.Length)), perPairLimit) - p.PhaseSent;
+                if (p.PhaseSent < perPairLimit)
+                {
+                    all = false;
+                }
+
+                if (due > 0)
+                {
+                    p.SendNow(buffer, (int)Math.Min(due, MaxBatch));
+                }
+            }
+
+            if (all)
+            {
+                return;
+            }
+
+            Thread.Sleep(1);
+        }
+    }
+
+    private static async Task ForEachAsync<T>(IReadOnlyList<T> items, int parallel, Func<T, Task> action)
+    {
+        var next = -1;
+        var workers = new Task[Math.Min(parallel, items.Count)];
+        for (var w = 0; w < workers.Length; w++)
+        {
+            workers[w] = Task.Run(async () =>
+            {
+                int i;
+                while ((i = Interlocked.Increment(ref next)) < items.Count)
+                {
+                    await action(items[i]).ConfigureAwait(false);
+                }
+            });
+        }
+
+        await Task.WhenAll(workers).ConfigureAwait(false);
+    }
+
+    /// <summary>One sender device and one receiver device of two users, and everything checked about their conversation.</summary>
+    private sealed class Pair(int index, string runId, RunOptions options, LoadStats stats)
+    {
+        private readonly string _sender = $"load-{runId}-s{index}";
+        private readonly string _receiver = $"load-{runId}-r{index}";
+        private readonly SendWindow _window = new(options.Window);
+        private readonly TaskCompletionSource<ulong> _opened = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private RawConnection _senderConnection = null!;
+        private RawConnection _receiverConnection = null!;
+        private ulong _conversationId;
+        private ulong _nextClientMsgId;
+        private long _sent;
+        private long _phaseStart = 1;
+        private bool _measuring;
+        private ulong _firstMeasuredId = ulong.MaxValue;
+        private long _acked;
+        private long _delivered;
+        private long _errors;
+
+        public int BodySize => options.BodySize;
+
+        public LoadStats Stats => stats;
+
+        /// <summary>SENDs since the current phase (warm-up or measurement) started.</summary>
+        public long PhaseSent => Volatile.Read(ref _sent) - _phaseStart;
+
+        /// <summary>From now on messages carry their number (0 = not measured) and count in the run's figures.</summary>
+        public void StartMeasuring()
+        {
+            _phaseStart = Volatile.Read(ref _sent);
+            _firstMeasuredId = _nextClientMsgId + 1;
+            _measuring = true;
+        }
+
+        /// <summary>Every SEND has its SENT (or ERROR) and every stored message its DELIVER.</summary>
+        public bool Settled
+        {
+            get
+            {
+                var sent = Volatile.Read(ref _sent);
+                var errors = Volatile.Read(ref _errors);
+                return Volatile.Read(ref _acked) + errors >= sent && Volatile.Read(ref _delivered) + errors >= sent;
+            }
+        }
+
+        public async Task ConnectAsync(BrokerLauncher broker, CancellationToken cancellationToken)
+        {
+            _receiverConnection = await LoginAsync(broker, _receiver, index * 2, cancellationToken).ConfigureAwait(false);
+            _senderConnection = await LoginAsync(broker, _sender, (index * 2) + 1, cancellationToken).ConfigureAwait(false);
+        }
+
+        private async Task<RawConnection> LoginAsync(BrokerLauncher broker, string user, long sourceIndex, CancellationToken cancellationToken)
+        {
+            var connection = await RawConnection.ConnectAsync(broker.TcpEndPoint, options.SourceAddress(broker.TcpEndPoint, sourceIndex), 128 * 1024, cancellationToken).ConfigureAwait(false);
+            var connack = await connection.LoginAsync(Wire.Connect(user, "d1", broker.Token(user, "d1"), 0, 1800), cancellationToken).ConfigureAwait(false);
+            if (connack.Reason != ReasonCode.Success)
+            {
+                connection.Dispose();
+                throw new InvalidOperationException($"login of {user} failed: {connack.Reason} {connack.Message}");
+            }
+
+            return connection;
+        }
+
+        public Task StartReceiving(CancellationToken cancellationToken) => Task.WhenAll(
+            Task.Run(() => _senderConnection.ReceiveLoopAsync(new SenderHandler(this), cancellationToken), cancellationToken),
+            Task.Run(() => _receiverConnection.ReceiveLoopAsync(new ReceiverHandler(this), cancellationToken), cancellationToken));
+
+        public async Task OpenConversationAsync(CancellationToken cancellationToken)
+        {
+            // The opening message holds a window credit like any other; its DELIVER gives it back.
+            await _window.TakeAsync(1, cancellationToken).ConfigureAwait(false);
+            var buffer = new byte[Wire.MaxSendLength(options.BodySize)];
+            var n = Wire.WriteSend(buffer, ++_nextClientMsgId, 0, Encoding.UTF8.GetBytes(_receiver), LoadStats.Now(), 0, options.BodySize);
+            Interlocked.Increment(ref _sent);
+            await _senderConnection.SendAsync(buffer.AsMemory(0, n), cancellationToken).ConfigureAwait(false);
+            _conversationId = await _opened.Task.WaitAsync(TimeSpan.FromSeconds(30), cancellationToken).ConfigureAwait(false);
+        }
+
+        public async Task SendClosedLoopAsync(long limit, CancellationToken stop)
+        {
+            var buffer = new byte[MaxBatch * Wire.MaxSendLength(options.BodySize)];
+            try
+            {
+                while (!stop.IsCancellationRequested && PhaseSent < limit)
+                {
+                    var n = await _window.TakeAsync((int)Math.Min(MaxBatch, limit - PhaseSent), stop).ConfigureAwait(false);
+                    var length = Fill(buffer, n);
+                    // Not cancellable: a write cut off by the stop signal would leave counted SENDs half sent.
+                    await _senderConnection.SendAsync(buffer.AsMemory(0, length), CancellationToken.None).ConfigureAwait(false);
+                }
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        }
+
+        /// <summary>The pacer's path: blocking write of <paramref name="n"/> SENDs.</summary>
+        public void SendNow(byte[] buffer, int n) => _senderConnection.Send(buffer.AsSpan(0, Fill(buffer, n)));
+
+        private int Fill(byte[] buffer, int n)
+        {
+            var length = 0;
+            var stamp = LoadStats.Now();
+            for (var k = 0; k < n; k++)
+            {
+                ++_nextClientMsgId;
+                length += Wire.WriteSend(buffer.AsSpan(length), _nextClientMsgId, _conversationId, default, stamp, _measuring ? _nextClientMsgId : 0, options.BodySize);
+            }
+
+            Interlocked.Add(ref _sent, n);
+            if (_measuring)
+            {
+                Interlocked.Add(ref stats.Sent, n);
+            }
+            return length;
+        }
+
+        public void Close()
+        {
+            _senderConnection.Close();
+            _receiverConnection.Close();
+        }
+
+        private sealed class SenderHandler(Pair pair) : IFrameHandler
+        {
+            private ulong _lastSeq;
+
+            public void OnFrame(PacketType type, ReadOnlySpan<byte> body)
+            {
+                switch (type)
+                {
+                    case PacketType.Sent:
+                        if (!Wire.TryReadSent(body, out var sent))
+                        {
+                            Interlocked.Increment(ref pair.Stats.Errors);
+                            return;
+                        }
+
+                        // SENTs of one conversation come back in SEND order with consecutive seqs.
+                        if (_lastSeq != 0 && sent.Seq != _lastSeq + 1)
+                        {
+                            if (Interlocked.Increment(ref pair.Stats.SentOutOfOrder) <= 5)
+                            {
+                                Console.Error.WriteLine($"pair {pair._sender}: SENT seq {sent.Seq} (client_msg_id {sent.ClientMsgId}) after seq {_lastSeq}");
+                            }
+                        }
+
+                        _lastSeq = sent.Seq;
+                        Interlocked.Increment(ref pair._acked);
+                        if (pair._conversationId == 0)
+                        {
+                            pair._opened.TrySetResult(sent.ConversationId);
+                        }
+                        else if (sent.ClientMsgId >= Volatile.Read(ref pair._firstMeasuredId))
+                        {
+                            Interlocked.Increment(ref pair.Stats.Acked);
+                        }
+
+                        break;
+                    case PacketType.Error:
+                        var error = Error.Parser.ParseFrom(body);
+                        Console.Error.WriteLine($"pair {pair._sender}: ERROR {error.Reason} {error.Message}");
+                        Interlocked.Increment(ref pair._errors);
+                        Interlocked.Increment(ref pair.Stats.Errors);
+                        pair._window.Return(1);
+                        break;
+                    case PacketType.Disconnect:
+                        var disconnect = Disconnect.Parser.ParseFrom(body);
+                        Console.Error.WriteLine($"pair {pair._sender}: DISCONNECT {disconnect.Reason} {disconnect.Message}");
+                        Interlocked.Increment(ref pair.Stats.Errors);
+                        break;
+                }
+            }
+
+            public void OnReadDrained()
+            {
+            }
+        }
+
+        private sealed class ReceiverHandler(Pair pair) : IFrameHandler
+        {
+            private readonly byte[] _ack = new byte[16];
+            private ulong _expectedSeq = 1;
+            private ulong _inboxSeq;
+            private ulong _ackedInboxSeq;
+            private long _lastAckTicks = LoadStats.Now();
+            private int _returned;
+
+            public void OnFrame(PacketType type, ReadOnlySpan<byte> body)
+            {
+                switch (type)
+                {
+                    case PacketType.Deliver:
+                        var now = LoadStats.Now();
+                        if (!Wire.TryReadDeliver(body, out var deliver))
+                        {
+                            Interlocked.Increment(ref pair.Stats.Errors);
+                            return;
+                        }
+
+                        _inboxSeq = Math.Max(_inboxSeq, deliver.InboxSeq);
+                        if (deliver.Seq < _expectedSeq)
+                        {
+                            Interlocked.Increment(ref pair.Stats.Duplicates);
+                            return;
+                        }
+
+                        if (deliver.Seq > _expectedSeq)
+                        {
+                            Interlocked.Add(ref pair.Stats.Gaps, (long)(deliver.Seq - _expectedSeq));
+                        }
+
+                        _expectedSeq = deliver.Seq + 1;
+                        Interlocked.Increment(ref pair._delivered);
+                        // Number 0 marks the conversation-opening and warm-up messages: not part of the measurement.
+                        if (deliver.Body.Length >= Wire.StampBytes && System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(deliver.Body[8..]) != 0)
+                        {
+                            pair.Stats.RecordDelivery(Wire.ReadStamp(deliver.Body), now);
+                        }
+
+                        _returned++;
+                        break;
+                    case PacketType.Disconnect:
+                        var disconnect = Disconnect.Parser.ParseFrom(body);
+                        Console.Error.WriteLine($"pair {pair._receiver}: DISCONNECT {disconnect.Reason} {disconnect.Message}");
+                        Interlocked.Increment(ref pair.Stats.Errors);
+                        break;
+                    case PacketType.Error:
+                        var error = Error.Parser.ParseFrom(body);
+                        Console.Error.WriteLine($"pair {pair._receiver}: ERROR {error.Reason} {error.Message}");
+                        Interlocked.Increment(ref pair.Stats.Errors);
+                        break;
+                }
+            }
+
+            public void OnReadDrained()
+            {
+                if (_returned > 0)
+                {
+                    pair._window.Return(_returned);
+                    _returned = 0;
+                }
+
+                // ACK in batches, as a phone would: every 100 messages or 50 ms, never per message.
+                var now = LoadStats.Now();
+                if (_inboxSeq > _ackedInboxSeq && (_inboxSeq - _ackedInboxSeq >= 100 || Stopwatch.GetElapsedTime(_lastAckTicks, now).TotalMilliseconds >= 50))
+                {
+                    var n = Wire.WriteAck(_ack, _inboxSeq);
+                    try
+                    {
+                        pair._receiverConnection.Send(_ack.AsSpan(0, n));
+                    }
+                    catch (System.Net.Sockets.SocketException)
+                    {
+                    }
+
+                    _ackedInboxSeq = _inboxSeq;
+                    _lastAckTicks = now;
+                }
+            }
+        }
+    }
+}
