@@ -36,8 +36,10 @@ public static class Program
         var warmupSeconds = new Option<int>("--warmup-s") { Description = "pairs: seconds of the same load before measuring, not counted (JIT tier-up, pools); resume: a separate small backlog is drained first when > 0.", DefaultValueFactory = _ => 3, Recursive = true };
         var metricsOut = new Option<string?>("--metrics-out") { Description = "Write the broker's last /metrics scrape of the run to this file.", Recursive = true };
 
-        var root = new RootCommand("ChatBroker load harness: pairs, connections, resume, churn (fanout needs groups).");
-        foreach (var o in new Option[] { duration, count, pairs, rate, window, bodySize, durability, target, admin, secretFile, tokenSecret, connections, processes, sources, set, json, html, metricsOut, gcdump, warmup, warmupSeconds })
+        var members = new Option<int>("--members") { Description = "fanout: members of the group, all online (the sender included).", DefaultValueFactory = _ => 1024, Recursive = true };
+
+        var root = new RootCommand("ChatBroker load harness: pairs, fanout, connections, resume, churn.");
+        foreach (var o in new Option[] { members, duration, count, pairs, rate, window, bodySize, durability, target, admin, secretFile, tokenSecret, connections, processes, sources, set, json, html, metricsOut, gcdump, warmup, warmupSeconds })
         {
             root.Options.Add(o);
         }
@@ -56,6 +58,7 @@ public static class Program
             SecretFile = r.GetValue(secretFile),
             TokenSecret = r.GetValue(tokenSecret),
             Connections = r.GetValue(connections),
+            Members = Math.Max(2, r.GetValue(members)),
             Processes = Math.Max(1, r.GetValue(processes)),
             Sources = r.GetValue(sources),
             BrokerSettings = r.GetValue(set) ?? [],
@@ -101,13 +104,7 @@ public static class Program
         });
         root.Subcommands.Add(hold);
 
-        var fanout = new Command("fanout", "One sender into a group of K online members: needs groups (issue 6), not built yet.");
-        fanout.SetAction(_ =>
-        {
-            Console.Error.WriteLine("fanout needs groups (issue 6), which the broker does not have yet.");
-            return 2;
-        });
-        root.Subcommands.Add(fanout);
+        root.Subcommands.Add(Scenario("fanout", "One sender into a group of --members online members (closed loop, --window messages in flight).", o => new FanoutScenario(o).RunAsync()));
         return root;
     }
 }

@@ -18,6 +18,7 @@ public sealed class RunOptions
     public string? SecretFile { get; init; }
     public string? TokenSecret { get; init; }
     public int Connections { get; init; } = 15_000;
+    public int Members { get; init; } = 1024;
     public int Processes { get; init; } = 2;
     public int Sources { get; init; } = 16;
     public string[] BrokerSettings { get; init; } = [];
@@ -51,6 +52,7 @@ public sealed class RunOptions
             ["body_size"] = BodySize.ToString(CultureInfo.InvariantCulture),
             ["durability"] = Target is null ? Durability : "(target's)",
             ["connections"] = Connections.ToString(CultureInfo.InvariantCulture),
+            ["members"] = Members.ToString(CultureInfo.InvariantCulture),
             ["processes"] = Processes.ToString(CultureInfo.InvariantCulture),
             ["sources"] = Sources.ToString(CultureInfo.InvariantCulture),
         };

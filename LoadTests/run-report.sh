@@ -20,6 +20,7 @@ run pairs-async        pairs --pairs 100 --window 4 --body-size 256 --duration 2
 run pairs-rate-async   pairs --pairs 100 --rate 10000 --body-size 256 --duration 20 --durability async
 run pairs-rate-sync    pairs --pairs 100 --rate 10000 --body-size 256 --duration 20 --durability sync
 run connections        connections --connections 15000 --processes 2 --sources 16
+run fanout-sync        fanout --members 1024 --window 16 --duration 10 --durability sync
 run resume-sync        resume --count 200000 --body-size 256 --durability sync
 run resume-async       resume --count 200000 --body-size 256 --durability async
 run churn              churn --rate 2000 --duration 20 --sources 16
