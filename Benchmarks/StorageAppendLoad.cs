@@ -12,9 +12,12 @@ namespace ChatBroker.Benchmarks;
 /// BenchmarkDotNet measures one operation at a time, which cannot show group commit, hence this mode.
 ///
 ///   dotnet run -c Release --project Benchmarks -- storage-append [--callers 64] [--size 300]
-///       [--seconds 5] [--durability sync|async|both] [--conversations 1000] [--idempotency on|off] [--write-buffer-mb 16] [--max-batch 1024] [--path DIR]
+///       [--seconds 5] [--durability sync|sync-inline|async|both|all] [--conversations 1000] [--idempotency on|off] [--write-buffer-mb 16] [--max-batch 1024] [--path DIR]
 ///
 /// <c>--max-batch 1</c> is the peer to compare against: one fsync per append, no group commit.
+/// <c>sync</c> fsyncs the WAL on the syncer thread, overlapped with the next batch's write (the default);
+/// <c>sync-inline</c> fsyncs inside each rocksdb_write (StorageOptions.OverlapWalSync = false);
+/// <c>both</c> runs sync and async, <c>all</c> runs the three, one after another in one process.
 /// </summary>
 internal static class StorageAppendLoad
 {
@@ -34,9 +37,16 @@ internal static class StorageAppendLoad
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"fsync probe: p50={fsync:F3} ms per 4 KiB write+fsync in {root} -> ceiling for {callers} closed-loop callers with one fsync per commit: {callers / fsync * 1000:N0} appends/s"));
         Console.WriteLine($"storage-append: {callers} callers, {size}-byte bodies, {conversations} conversations, {seconds} s per run, {Environment.ProcessorCount} cores");
-        foreach (var mode in durability == "both" ? new[] { Durability.Sync, Durability.Async } : [Enum.Parse<Durability>(durability, ignoreCase: true)])
+        string[] modes = durability switch
         {
-            var path = Path.Combine(root, mode.ToString().ToLowerInvariant());
+            "both" => ["sync", "async"],
+            "all" => ["sync", "sync-inline", "async"],
+            "sync" or "sync-inline" or "async" => [durability],
+            _ => throw new ArgumentException($"--durability must be sync, sync-inline, async, both or all, not '{durability}'."),
+        };
+        foreach (var mode in modes)
+        {
+            var path = Path.Combine(root, mode);
             try
             {
                 await RunOnceAsync(path, mode, callers, size, seconds, conversations, idempotency, writeBufferMb, maxBatch).ConfigureAwait(false);
@@ -50,21 +60,24 @@ internal static class StorageAppendLoad
         return 0;
     }
 
-    private static async Task RunOnceAsync(string path, Durability durability, int callers, int size, int seconds, int conversations, bool idempotency, int writeBufferMb, int maxBatch)
+    private static async Task RunOnceAsync(string path, string mode, int callers, int size, int seconds, int conversations, bool idempotency, int writeBufferMb, int maxBatch)
     {
-        using var store = RocksDbChatStore.Open(new StorageOptions { Path = path, Durability = durability, SweepInterval = Timeout.InfiniteTimeSpan, WriteBufferBytes = (long)writeBufferMb << 20, MaxBatchCount = maxBatch });
+        var durability = mode == "async" ? Durability.Async : Durability.Sync;
+        using var store = RocksDbChatStore.Open(new StorageOptions { Path = path, Durability = durability, OverlapWalSync = mode != "sync-inline", SweepInterval = Timeout.InfiniteTimeSpan, WriteBufferBytes = (long)writeBufferMb << 20, MaxBatchCount = maxBatch });
         long commits = 0;
         using var listener = new MeterListener();
         listener.InstrumentPublished = (instrument, l) =>
         {
-            if (instrument.Meter.Name == "ChatBroker.Storage" && instrument.Name is "chatbroker.storage.commits" or "chatbroker.storage.commit_latency")
+            if (instrument.Meter.Name == "ChatBroker.Storage" && instrument.Name is "chatbroker.storage.commits" or "chatbroker.storage.commit_latency" or "chatbroker.storage.wal_syncs" or "chatbroker.storage.wal_sync_latency")
             {
                 l.EnableMeasurementEvents(instrument);
             }
         };
-        listener.SetMeasurementEventCallback<long>((_, value, _, _) => Interlocked.Add(ref commits, value));
+        long walSyncs = 0;
+        listener.SetMeasurementEventCallback<long>((instrument, value, _, _) => Interlocked.Add(ref instrument.Name == "chatbroker.storage.commits" ? ref commits : ref walSyncs, value));
         var writeMicros = 0L;
-        listener.SetMeasurementEventCallback<double>((_, value, _, _) => Interlocked.Add(ref writeMicros, (long)(value * 1000)));
+        var syncMicros = 0L;
+        listener.SetMeasurementEventCallback<double>((instrument, value, _, _) => Interlocked.Add(ref instrument.Name == "chatbroker.storage.commit_latency" ? ref writeMicros : ref syncMicros, (long)(value * 1000)));
         listener.Start();
 
         var body = new byte[size];
@@ -102,13 +115,19 @@ internal static class StorageAppendLoad
 
         await Task.Delay(TimeSpan.FromSeconds(1)).ConfigureAwait(false); // warm-up
         var commitsBefore = Interlocked.Read(ref commits);
+        var walSyncsBefore = Interlocked.Read(ref walSyncs);
         var writeMicrosBefore = Interlocked.Read(ref writeMicros);
+        var syncMicrosBefore = Interlocked.Read(ref syncMicros);
+        var cpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
         var clock = Stopwatch.StartNew();
         Volatile.Write(ref measuring, 1);
         await Task.Delay(TimeSpan.FromSeconds(seconds)).ConfigureAwait(false);
         Volatile.Write(ref measuring, 0);
         var elapsed = clock.Elapsed.TotalSeconds;
+        var cpu = (Process.GetCurrentProcess().TotalProcessorTime - cpuBefore).TotalSeconds;
         var commitsDuring = Interlocked.Read(ref commits) - commitsBefore;
+        var walSyncsDuring = Interlocked.Read(ref walSyncs) - walSyncsBefore;
+        var meanSyncMs = (Interlocked.Read(ref syncMicros) - syncMicrosBefore) / 1000.0 / Math.Max(1, walSyncsDuring);
         var meanWriteMs = (Interlocked.Read(ref writeMicros) - writeMicrosBefore) / 1000.0 / Math.Max(1, commitsDuring);
         Volatile.Write(ref stop, 1);
         await Task.WhenAll(tasks).ConfigureAwait(false);
@@ -117,7 +136,7 @@ internal static class StorageAppendLoad
         double Ms(long ticks) => ticks * 1000.0 / Stopwatch.Frequency;
         var appends = all.Length;
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"durability={durability,-5} appends/s={appends / elapsed,10:N0}  p50={Ms(all[appends / 2]):F3} ms  p99={Ms(all[(int)(appends * 0.99)]):F3} ms  max={Ms(all[^1]):F3} ms  commits/s={commitsDuring / elapsed,8:N0}  mean batch={(double)appends / Math.Max(1, commitsDuring):F1}  mean rocksdb_write={meanWriteMs:F3} ms"));
+            $"durability={mode,-11} appends/s={appends / elapsed,10:N0}  p50={Ms(all[appends / 2]):F3} ms  p99={Ms(all[(int)(appends * 0.99)]):F3} ms  max={Ms(all[^1]):F3} ms  commits/s={commitsDuring / elapsed,8:N0}  mean batch={(double)appends / Math.Max(1, commitsDuring):F1}  mean rocksdb_write={meanWriteMs:F3} ms  wal fsyncs/s={walSyncsDuring / elapsed:N0}  mean wal fsync={meanSyncMs:F3} ms  cpu={cpu / elapsed:F2} cores, {cpu * 1e6 / Math.Max(1, appends):F1} µs/append"));
     }
 
     /// <summary>The machine's fsync latency right now (the disk is shared): with C closed-loop callers

@@ -67,7 +67,8 @@ public abstract class ChatStore : IChatStore
         var upper = KeyRange.PrefixSuccessor(Records.ConversationPrefix(w, conversationId).Span);
         var result = new List<StoredMessage>(Math.Min(limit, 256));
         using var cursor = _engine.OpenCursor(Cf.Messages, lower, upper);
-        for (cursor.SeekToFirst(); cursor.Valid && result.Count < limit; cursor.Next())
+        var visible = _writer.VisibleSeq(conversationId); // after the cursor opened: see CommitWriter
+        for (cursor.SeekToFirst(); cursor.Valid && result.Count < limit && Records.TrailingU64(cursor.Key) <= visible; cursor.Next())
         {
             result.Add(Records.ReadMessage(cursor.Key, cursor.Value));
         }
@@ -85,7 +86,8 @@ public abstract class ChatStore : IChatStore
             : Records.MessageKey(w, conversationId, beforeSeq).ToArray();
         var result = new List<StoredMessage>(Math.Min(limit, 256));
         using var cursor = _engine.OpenCursor(Cf.Messages, lower, upper);
-        for (cursor.SeekToLast(); cursor.Valid && result.Count < limit; cursor.Prev())
+        SeekToLastVisible(cursor, lower.AsSpan(0, lower.Length - 8), _writer.VisibleSeq(conversationId), beforeSeq);
+        for (; cursor.Valid && result.Count < limit; cursor.Prev())
         {
             result.Add(Records.ReadMessage(cursor.Key, cursor.Value));
         }
@@ -98,8 +100,24 @@ public abstract class ChatStore : IChatStore
     {
         var prefix = Records.ConversationPrefix(new ByteWriter(8), conversationId).ToArray();
         using var cursor = _engine.OpenCursor(Cf.Messages, prefix, KeyRange.PrefixSuccessor(prefix));
-        cursor.SeekToLast();
+        SeekToLastVisible(cursor, prefix, _writer.VisibleSeq(conversationId), ulong.MaxValue);
         return cursor.Valid ? Records.TrailingU64(cursor.Key) : 0;
+    }
+
+    /// <summary>Positions the cursor on the last key of prefix|seq with seq ≤ <paramref name="visible"/>
+    /// and seq &lt; <paramref name="before"/> (<see cref="ulong.MaxValue"/>: no limit).</summary>
+    private static void SeekToLastVisible(IKvCursor cursor, ReadOnlySpan<byte> prefix, ulong visible, ulong before)
+    {
+        if (visible == ulong.MaxValue || (before != ulong.MaxValue && visible >= before))
+        {
+            cursor.SeekToLast(); // the cursor's upper bound already stops at before
+            return;
+        }
+
+        Span<byte> key = stackalloc byte[prefix.Length + 8];
+        prefix.CopyTo(key);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64BigEndian(key[prefix.Length..], visible);
+        cursor.SeekForPrev(key);
     }
 
     // ---- inboxes ----
@@ -118,7 +136,8 @@ public abstract class ChatStore : IChatStore
         var lower = Records.InboxKey(w, userId, afterInboxSeq + 1).ToArray();
         var result = new List<InboxEntry>(Math.Min(limit, 256));
         using var cursor = _engine.OpenCursor(Cf.Inboxes, lower, upper);
-        for (cursor.SeekToFirst(); cursor.Valid && result.Count < limit; cursor.Next())
+        var visible = _writer.VisibleInboxSeq(userId);
+        for (cursor.SeekToFirst(); cursor.Valid && result.Count < limit && Records.TrailingU64(cursor.Key) <= visible; cursor.Next())
         {
             result.Add(Records.ReadInbox(cursor.Key, cursor.Value));
         }
@@ -131,7 +150,7 @@ public abstract class ChatStore : IChatStore
         Records.ValidateId(userId, nameof(userId));
         var prefix = Records.InboxPrefix(new ByteWriter(), userId).ToArray();
         using var cursor = _engine.OpenCursor(Cf.Inboxes, prefix, KeyRange.PrefixSuccessor(prefix));
-        cursor.SeekToLast();
+        SeekToLastVisible(cursor, prefix, _writer.VisibleInboxSeq(userId), ulong.MaxValue);
         return cursor.Valid ? Records.TrailingU64(cursor.Key) : 0;
     }
 

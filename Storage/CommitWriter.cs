@@ -16,6 +16,14 @@ namespace ChatBroker.Storage;
 /// A failed commit fails every op of that batch and of the batch built on top of it, and rolls the
 /// counters back to before the failed batch: nothing is acknowledged that was not written, and no
 /// seq is skipped.
+/// With <see cref="Durability.Sync"/> and <see cref="StorageOptions.OverlapWalSync"/> (the default) a
+/// third thread, the syncer, fsyncs the WAL while the committer writes the next batch: the committer's
+/// rocksdb_write no longer waits for the disk, one fsync covers every batch written before it, and the
+/// callers of a batch complete only after an fsync that began after their batch was written. Until then
+/// the batch is "unsynced": its messages and inbox entries are already in the memtable, so the store's
+/// reads hide them (<see cref="VisibleSeq"/>, <see cref="VisibleInboxSeq"/>). A failed fsync fails its
+/// batches and every later write until the store is reopened (after a failed fsync nothing later can be
+/// trusted to be durable either).
 /// </summary>
 internal sealed class CommitWriter : IDisposable
 {
@@ -24,6 +32,7 @@ internal sealed class CommitWriter : IDisposable
     private readonly Channel<WriteOp> _queue;
     private readonly Thread _builder;
     private readonly Thread _committer;
+    private readonly Thread? _syncer;
 
     // Hand-off between the threads. _inFlight is the batch the committer owns while _busy is set;
     // _failure is set by the committer when that batch failed, and cleared by the builder after rollback.
@@ -43,6 +52,14 @@ internal sealed class CommitWriter : IDisposable
     private ulong _lastPushJobId;
     private long _lastTimestamp;
 
+    // Batches written to the engine whose fsync has not completed yet, oldest first; shared by the
+    // committer (adds), the syncer (removes) and readers (bounds). Guarded by _syncLock.
+    private readonly object _syncLock = new();
+    private readonly List<UnsyncedBatch> _unsynced = [];
+    private volatile int _unsyncedCount;
+    private StorageException? _syncFailure;
+    private bool _syncStopping;
+
     public CommitWriter(IKvEngine engine, StorageOptions options)
     {
         _engine = engine;
@@ -59,6 +76,12 @@ internal sealed class CommitWriter : IDisposable
         _current.Begin(_lastConversationId, _lastPushJobId);
         _builder = new Thread(Build) { IsBackground = true, Name = "ChatBroker.Storage batch builder" };
         _committer = new Thread(CommitLoop) { IsBackground = true, Name = "ChatBroker.Storage committer" };
+        if (options.Durability == Durability.Sync && options.OverlapWalSync)
+        {
+            _syncer = new Thread(SyncLoop) { IsBackground = true, Name = "ChatBroker.Storage WAL syncer" };
+            _syncer.Start();
+        }
+
         _committer.Start();
         _builder.Start();
     }
@@ -106,6 +129,13 @@ internal sealed class CommitWriter : IDisposable
         }
 
         _committer.Join();
+        lock (_syncLock)
+        {
+            _syncStopping = true;
+            Monitor.PulseAll(_syncLock);
+        }
+
+        _syncer?.Join();
         _current.Batch.Dispose();
         _inFlight.Batch.Dispose();
     }
@@ -344,12 +374,14 @@ internal sealed class CommitWriter : IDisposable
     /// own threads.</summary>
     private static void Finish(List<WriteOp> ops, Exception? failure)
     {
-        if (ops.Count == 0)
+        if (ops.Count > 0)
         {
-            return;
+            FinishAll(ops.ToArray(), failure);
         }
+    }
 
-        var batch = ops.ToArray();
+    private static void FinishAll(WriteOp[] batch, Exception? failure)
+    {
         ThreadPool.UnsafeQueueUserWorkItem(
             static state =>
             {
@@ -393,12 +425,21 @@ internal sealed class CommitWriter : IDisposable
             }
 
             Exception? failure = null;
-            if (slot.Batch.Count > 0)
+            UnsyncedBatch? unsynced = null;
+            if (_syncer is not null && slot.Ops.Count > 0)
+            {
+                // Registered before the write makes the batch visible, so readers can hide it. Ops that
+                // wrote nothing (a duplicate, an unchanged cursor) wait for the fsync too: their answers
+                // may rest on an earlier batch that is not durable yet.
+                unsynced = Register(slot, out failure);
+            }
+
+            if (failure is null && slot.Batch.Count > 0)
             {
                 var started = Stopwatch.GetTimestamp();
                 try
                 {
-                    _engine.Commit(slot.Batch, _options.Durability == Durability.Sync);
+                    _engine.Commit(slot.Batch, _syncer is null && _options.Durability == Durability.Sync);
                     StorageMetrics.Commits.Add(1);
                     StorageMetrics.CommitLatency.Record(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
                     StorageMetrics.BatchSize.Record(slot.Ops.Count);
@@ -410,7 +451,27 @@ internal sealed class CommitWriter : IDisposable
                 }
             }
 
-            Finish(slot.Ops, failure);
+            if (unsynced is not null)
+            {
+                lock (_syncLock)
+                {
+                    if (failure is null)
+                    {
+                        unsynced.Written = true;
+                        Monitor.PulseAll(_syncLock);
+                    }
+                    else
+                    {
+                        _unsynced.Remove(unsynced);
+                        _unsyncedCount = _unsynced.Count;
+                    }
+                }
+            }
+
+            if (unsynced is null || failure is not null)
+            {
+                Finish(slot.Ops, failure);
+            }
 
             lock (_handoff)
             {
@@ -423,6 +484,170 @@ internal sealed class CommitWriter : IDisposable
                 Monitor.PulseAll(_handoff);
             }
         }
+    }
+
+    private UnsyncedBatch? Register(Slot slot, out Exception? failure)
+    {
+        lock (_syncLock)
+        {
+            if (_syncFailure is not null)
+            {
+                failure = new StorageException("An earlier fsync of the WAL failed, so the store accepts no writes until it is reopened: " + _syncFailure.Message, _syncFailure);
+                return null;
+            }
+
+            var batch = new UnsyncedBatch(
+                slot.Ops.ToArray(),
+                slot.SeqUndo.Count == 0 ? null : new Dictionary<ulong, ulong>(slot.SeqUndo),
+                slot.InboxUndo.Count == 0 ? null : new Dictionary<string, ulong>(slot.InboxUndo, StringComparer.Ordinal),
+                slot.Batch.Count > 0);
+            _unsynced.Add(batch);
+            _unsyncedCount = _unsynced.Count;
+            failure = null;
+            return batch;
+        }
+    }
+
+    // ---- the syncer ----
+
+    private void SyncLoop()
+    {
+        var taken = new List<UnsyncedBatch>();
+        while (true)
+        {
+            StorageException? earlierFailure;
+            lock (_syncLock)
+            {
+                while (!(_unsynced.Count > 0 && _unsynced[0].Written) && !_syncStopping)
+                {
+                    Monitor.Wait(_syncLock);
+                }
+
+                // Only the written prefix: an fsync covers what was written before it began.
+                foreach (var batch in _unsynced)
+                {
+                    if (!batch.Written)
+                    {
+                        break;
+                    }
+
+                    taken.Add(batch);
+                }
+
+                if (taken.Count == 0)
+                {
+                    return; // stopping, and the committer has stopped: nothing can be left unwritten
+                }
+
+                earlierFailure = _syncFailure;
+            }
+
+            Exception? failure = earlierFailure;
+            if (failure is null && taken.Exists(static b => b.WroteRecords))
+            {
+                var started = Stopwatch.GetTimestamp();
+                try
+                {
+                    _engine.SyncWal();
+                    StorageMetrics.WalSyncs.Add(1);
+                    StorageMetrics.WalSyncLatency.Record(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+                }
+                catch (Exception ex)
+                {
+                    StorageMetrics.CommitFailures.Add(taken.Count);
+                    failure = new StorageException("fsync of the WAL failed; the store accepts no writes until it is reopened: " + ex.Message, ex);
+                }
+            }
+
+            lock (_syncLock)
+            {
+                _unsynced.RemoveRange(0, taken.Count);
+                _unsyncedCount = _unsynced.Count;
+                _syncFailure ??= failure as StorageException;
+            }
+
+            var count = 0;
+            foreach (var batch in taken)
+            {
+                count += batch.Ops.Length;
+            }
+
+            var ops = new WriteOp[count];
+            count = 0;
+            foreach (var batch in taken)
+            {
+                batch.Ops.CopyTo(ops, count);
+                count += batch.Ops.Length;
+            }
+
+            FinishAll(ops, failure);
+            taken.Clear();
+        }
+    }
+
+    // ---- read bounds: what readers may see while batches wait for their fsync ----
+
+    /// <summary>The highest seq of the conversation that is durable, or <see cref="ulong.MaxValue"/>
+    /// when none of its seqs waits for an fsync. Call it after opening the cursor that reads: a batch
+    /// written before the cursor opened is either still listed here or already durable.</summary>
+    internal ulong VisibleSeq(ulong conversationId)
+    {
+        if (_unsyncedCount == 0)
+        {
+            return ulong.MaxValue;
+        }
+
+        lock (_syncLock)
+        {
+            // Oldest first, and seqs grow with batches: the first hit is the lowest unsynced seq.
+            foreach (var batch in _unsynced)
+            {
+                if (batch.SeqBefore is { } before && before.TryGetValue(conversationId, out var last))
+                {
+                    return last;
+                }
+            }
+        }
+
+        return ulong.MaxValue;
+    }
+
+    /// <summary>Like <see cref="VisibleSeq"/>, for a user's inbox.</summary>
+    internal ulong VisibleInboxSeq(string userId)
+    {
+        if (_unsyncedCount == 0)
+        {
+            return ulong.MaxValue;
+        }
+
+        lock (_syncLock)
+        {
+            foreach (var batch in _unsynced)
+            {
+                if (batch.InboxSeqBefore is { } before && before.TryGetValue(userId, out var last))
+                {
+                    return last;
+                }
+            }
+        }
+
+        return ulong.MaxValue;
+    }
+
+    /// <summary>A batch in the engine whose fsync has not completed. The dictionaries hold, per
+    /// conversation (user), the last seq (inbox seq) before this batch.</summary>
+    private sealed class UnsyncedBatch(WriteOp[] ops, Dictionary<ulong, ulong>? seqBefore, Dictionary<string, ulong>? inboxSeqBefore, bool wroteRecords)
+    {
+        public WriteOp[] Ops { get; } = ops;
+
+        public Dictionary<ulong, ulong>? SeqBefore { get; } = seqBefore;
+
+        public Dictionary<string, ulong>? InboxSeqBefore { get; } = inboxSeqBefore;
+
+        public bool WroteRecords { get; } = wroteRecords;
+
+        /// <summary>Set by the committer once the engine has the batch; guarded by _syncLock.</summary>
+        public bool Written { get; set; }
     }
 
     /// <summary>One batch being built or committed, with what is needed to undo its counters.</summary>

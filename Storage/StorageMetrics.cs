@@ -19,7 +19,11 @@ internal static class StorageMetrics
 
     public static readonly Histogram<int> BatchSize = Meter.CreateHistogram<int>("chatbroker.storage.batch_size", unit: "{request}", description: "Requests per WriteBatch.");
 
-    public static readonly Histogram<double> CommitLatency = Meter.CreateHistogram<double>("chatbroker.storage.commit_latency", unit: "ms", description: "Time of one rocksdb_write (fsync included with durability=sync).");
+    public static readonly Histogram<double> CommitLatency = Meter.CreateHistogram<double>("chatbroker.storage.commit_latency", unit: "ms", description: "Time of one rocksdb_write (the fsync is included only with durability=sync and overlap_wal_sync off).");
+
+    public static readonly Counter<long> WalSyncs = Meter.CreateCounter<long>("chatbroker.storage.wal_syncs", description: "fsyncs of the WAL by the syncer thread (durability=sync, overlapped); each covers every batch written before it.");
+
+    public static readonly Histogram<double> WalSyncLatency = Meter.CreateHistogram<double>("chatbroker.storage.wal_sync_latency", unit: "ms", description: "Time of one WAL fsync by the syncer thread.");
 
     public static readonly Counter<long> SweptRecords = Meter.CreateCounter<long>("chatbroker.storage.swept_records", description: "Records removed by retention and idempotency expiry.");
 }

@@ -28,6 +28,10 @@ internal interface IKvEngine : IDisposable
     /// <summary>Applies the batch atomically. With <paramref name="sync"/> it is durable on return.</summary>
     void Commit(IKvBatch batch, bool sync);
 
+    /// <summary>Makes every batch committed before this call durable (fsync of the WAL). May run
+    /// concurrently with <see cref="Commit"/> on another thread.</summary>
+    void SyncWal();
+
     byte[]? Get(Cf cf, ReadOnlySpan<byte> key);
 
     /// <summary>A cursor over keys in [lower, upper); an empty upper bound means unbounded.</summary>

@@ -20,6 +20,11 @@ internal sealed class MemoryEngine : IKvEngine
 
     public IKvBatch CreateBatch() => new Batch();
 
+    /// <summary>Nothing to make durable: the map is the whole state.</summary>
+    public void SyncWal()
+    {
+    }
+
     public void Commit(IKvBatch batch, bool sync)
     {
         var ops = ((Batch)batch).Ops;

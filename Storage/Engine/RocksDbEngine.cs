@@ -18,6 +18,8 @@ internal sealed class RocksDbEngine : IKvEngine
 
     public void Commit(IKvBatch batch, bool sync) => _db.Write(((Batch)batch).Native, sync);
 
+    public void SyncWal() => _db.SyncWal();
+
     public byte[]? Get(Cf cf, ReadOnlySpan<byte> key) => _db.Get((int)cf, key);
 
     public IKvCursor OpenCursor(Cf cf, ReadOnlySpan<byte> lower, ReadOnlySpan<byte> upper) =>

@@ -120,6 +120,25 @@ internal sealed unsafe class RocksDb : IDisposable
 
     public int ColumnFamilyCount => _families.Length;
 
+    /// <summary>fsyncs the WAL: every write that returned before this call is durable when it returns.
+    /// Safe to call while another thread writes (RocksDB's FlushWAL(sync: true)).</summary>
+    public void SyncWal()
+    {
+        byte* err = null;
+        var added = false;
+        _db.DangerousAddRef(ref added);
+        try
+        {
+            RocksDbNative.rocksdb_flush_wal(_db.DangerousGetHandle(), 1, &err);
+        }
+        finally
+        {
+            _db.DangerousRelease();
+        }
+
+        ThrowIfError(err);
+    }
+
     /// <summary>Writes the batch atomically; with <paramref name="sync"/> the WAL is fsynced first.</summary>
     public void Write(WriteBatch batch, bool sync)
     {

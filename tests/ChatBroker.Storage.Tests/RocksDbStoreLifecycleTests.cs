@@ -188,7 +188,17 @@ public sealed class CommitFailureTests
 
         public volatile bool Failing;
 
+        public volatile bool FailingSync;
+
         public Engine.IKvBatch CreateBatch() => _inner.CreateBatch();
+
+        public void SyncWal()
+        {
+            if (FailingSync)
+            {
+                throw new IOException("fsync: input/output error");
+            }
+        }
 
         public void Commit(Engine.IKvBatch batch, bool sync)
         {
@@ -229,6 +239,142 @@ public sealed class CommitFailureTests
         Assert.False(next.IsDuplicate);
         Assert.Equal([2UL], next.InboxSeqs);
         Assert.Equal(["ok", "after"], store.ReadRange(1, 1, 10).Select(m => Encoding.UTF8.GetString(m.Body.Span)));
+    }
+
+    [Fact]
+    public async Task A_failed_wal_sync_fails_its_callers_and_every_later_write()
+    {
+        var engine = new FaultyEngine();
+        using var store = new InMemoryChatStore(engine, new StorageOptions { SweepInterval = Timeout.InfiniteTimeSpan });
+        Assert.Equal(1UL, (await store.AppendAsync(Messages.To(1, "ok"))).Seq);
+
+        engine.FailingSync = true;
+        var error = await Assert.ThrowsAsync<StorageException>(() => store.AppendAsync(Messages.To(1, "unsure")));
+        Assert.Contains("fsync of the WAL failed", error.Message, StringComparison.Ordinal);
+        Assert.Contains("input/output error", error.Message, StringComparison.Ordinal);
+
+        // A later fsync could succeed without the failed one's data being on disk: nothing more is
+        // acknowledged until the store is reopened (and recovers from what the disk really has).
+        engine.FailingSync = false;
+        var later = await Assert.ThrowsAsync<StorageException>(() => store.AppendAsync(Messages.To(1, "later")));
+        Assert.Contains("until it is reopened", later.Message, StringComparison.Ordinal);
+        await Assert.ThrowsAsync<StorageException>(() => store.AdvanceCursorAsync("bob", "phone", CursorStream.Inbox, 1));
+    }
+}
+
+/// <summary>With the WAL fsynced on its own thread, a batch is in the engine before it is durable:
+/// readers must not see it, and no caller may complete, until its fsync returns.</summary>
+public sealed class OverlappedWalSyncTests
+{
+    /// <summary>An engine whose WAL sync blocks until the test opens the gate.</summary>
+    private sealed class GatedSyncEngine : Engine.IKvEngine
+    {
+        private readonly Engine.MemoryEngine _inner = new();
+
+        public ManualResetEventSlim Gate { get; } = new(true);
+
+        public SemaphoreSlim SyncEntered { get; } = new(0);
+
+        public Engine.IKvBatch CreateBatch() => _inner.CreateBatch();
+
+        public SemaphoreSlim Committed { get; } = new(0);
+
+        public void Commit(Engine.IKvBatch batch, bool sync)
+        {
+            _inner.Commit(batch, sync);
+            Committed.Release();
+        }
+
+        public void SyncWal()
+        {
+            SyncEntered.Release();
+            Assert.True(Gate.Wait(TimeSpan.FromSeconds(30)), "the test never opened the gate");
+        }
+
+        public byte[]? Get(Engine.Cf cf, ReadOnlySpan<byte> key) => _inner.Get(cf, key);
+
+        public Engine.IKvCursor OpenCursor(Engine.Cf cf, ReadOnlySpan<byte> lower, ReadOnlySpan<byte> upper) => _inner.OpenCursor(cf, lower, upper);
+
+        public void Dispose() => _inner.Dispose();
+    }
+
+    [Fact]
+    public async Task Reads_hide_a_message_until_its_wal_sync_returns()
+    {
+        var engine = new GatedSyncEngine();
+        using var store = new InMemoryChatStore(engine, new StorageOptions { SweepInterval = Timeout.InfiniteTimeSpan });
+        await store.AppendAsync(Messages.To(1, "first") with { InboxRecipients = ["bob"] });
+        while (engine.SyncEntered.CurrentCount > 0)
+        {
+            await engine.SyncEntered.WaitAsync();
+        }
+
+        engine.Gate.Reset();
+        var second = store.AppendAsync(Messages.To(1, "second") with { InboxRecipients = ["bob"] });
+        Assert.True(await engine.SyncEntered.WaitAsync(TimeSpan.FromSeconds(30)));
+
+        // The batch is in the engine (the syncer only starts after the write)...
+        using (var raw = engine.OpenCursor(Engine.Cf.Messages, [], []))
+        {
+            var count = 0;
+            for (raw.SeekToFirst(); raw.Valid; raw.Next())
+            {
+                count++;
+            }
+
+            Assert.Equal(2, count);
+        }
+
+        // ...but neither its caller nor any reader sees it yet.
+        Assert.False(second.IsCompleted);
+        Assert.Equal(["first"], store.ReadRange(1, 1, 10).Select(m => Encoding.UTF8.GetString(m.Body.Span)));
+        Assert.Empty(store.ReadRange(1, 2, 10));
+        Assert.Equal(["first"], store.ReadBefore(1, ulong.MaxValue, 10).Select(m => Encoding.UTF8.GetString(m.Body.Span)));
+        Assert.Equal(["first"], store.ReadBefore(1, 3, 10).Select(m => Encoding.UTF8.GetString(m.Body.Span)));
+        Assert.Equal(1UL, store.GetLastSeq(1));
+        Assert.Equal([1UL], store.ReadInbox("bob", 0, 10).Select(e => e.InboxSeq));
+        Assert.Equal(1UL, store.GetLastInboxSeq("bob"));
+
+        engine.Gate.Set();
+        Assert.Equal(2UL, (await second).Seq);
+        Assert.Equal(["first", "second"], store.ReadRange(1, 1, 10).Select(m => Encoding.UTF8.GetString(m.Body.Span)));
+        Assert.Equal(2UL, store.GetLastSeq(1));
+        Assert.Equal([1UL, 2UL], store.ReadInbox("bob", 0, 10).Select(e => e.InboxSeq));
+        Assert.Equal(2UL, store.GetLastInboxSeq("bob"));
+    }
+
+    [Fact]
+    public async Task A_duplicate_is_not_answered_before_the_original_is_durable()
+    {
+        var engine = new GatedSyncEngine();
+        using var store = new InMemoryChatStore(engine, new StorageOptions { SweepInterval = Timeout.InfiniteTimeSpan });
+        engine.Gate.Reset();
+        var original = store.AppendAsync(Messages.To(1, "hello", clientMsgId: 7));
+        Assert.True(await engine.SyncEntered.WaitAsync(TimeSpan.FromSeconds(30)));
+
+        // The retry lands in a later batch that writes nothing; its answer rests on the original.
+        var retry = store.AppendAsync(Messages.To(1, "hello", clientMsgId: 7));
+        var cursor = store.AdvanceCursorAsync("bob", "phone", CursorStream.Inbox, 1);
+        Assert.True(await engine.Committed.WaitAsync(TimeSpan.FromSeconds(30))); // the original
+        Assert.True(await engine.Committed.WaitAsync(TimeSpan.FromSeconds(30))); // the cursor: the retry's batch went before it
+        Assert.False(original.IsCompleted);
+        Assert.False(retry.IsCompleted);
+
+        engine.Gate.Set();
+        var (first, again) = (await original, await retry);
+        await cursor;
+        Assert.Equal(first.Seq, again.Seq);
+        Assert.True(again.IsDuplicate);
+    }
+
+    [Fact]
+    public async Task Without_overlap_the_fsync_is_inside_the_write()
+    {
+        var engine = new GatedSyncEngine();
+        using var store = new InMemoryChatStore(engine, new StorageOptions { SweepInterval = Timeout.InfiniteTimeSpan, OverlapWalSync = false });
+        engine.Gate.Reset();
+        Assert.Equal(1UL, (await store.AppendAsync(Messages.To(1, "m"))).Seq);
+        Assert.Equal(0, engine.SyncEntered.CurrentCount);
     }
 }
 
