@@ -11,6 +11,8 @@ namespace ChatBroker.Storage;
 /// <see cref="StorageOptions.MaxBatchBytes"/>); a second thread commits it (fsync with Durability.Sync)
 /// and only then completes the callers' tasks. The two overlap: batch N+1 is built while batch N is
 /// being fsynced, and at most one batch is in flight, so batches commit in the order they were built.
+/// When nothing else is queued the builder writes the batch itself instead of waking the committer
+/// (one thread hop less per message at low load).
 /// Only the builder thread writes, so it owns every counter (conversation seqs, inbox seqs,
 /// conversation and push job ids) and assigns them while building, so seqs follow commit order.
 /// A failed commit fails every op of that batch and of the batch built on top of it, and rolls the
@@ -34,12 +36,14 @@ internal sealed class CommitWriter : IDisposable
     private readonly Thread _committer;
     private readonly Thread? _syncer;
 
-    // Hand-off between the threads. _inFlight is the batch the committer owns while _busy is set;
+    // Hand-off between the threads. _inFlight is the batch being written while _busy is set (by the
+    // committer when _handedOver, else inline by the builder);
     // _failure is set by the committer when that batch failed, and cleared by the builder after rollback.
     private readonly object _handoff = new();
     private Slot _current;
     private Slot _inFlight;
     private bool _busy;
+    private bool _handedOver; // _inFlight is the committer's to write (not written inline by the builder)
     private bool _stopping;
     private Exception? _failure;
     private volatile StorageException? _broken;
@@ -317,15 +321,30 @@ internal sealed class CommitWriter : IDisposable
             return;
         }
 
+        // Nothing else is waiting: write the batch here rather than wake the committer. Waking a thread
+        // costs tens of microseconds on a busy machine, and there is nothing to build meanwhile; under
+        // load the queue is rarely empty and the committer writes while the next batch is built.
+        var writeHere = _options.WriteInlineWhenIdle && _queue.Reader.Count == 0;
         lock (_handoff)
         {
             (_inFlight, _current) = (_current, _inFlight);
             _busy = true;
-            Monitor.PulseAll(_handoff);
+            if (!writeHere)
+            {
+                _handedOver = true;
+                Monitor.PulseAll(_handoff);
+            }
         }
 
         _current.Reset();
         _current.Begin(_lastConversationId, _lastPushJobId);
+        if (writeHere)
+        {
+            // With no batch waiting for the syncer either, there is nothing to overlap the fsync with:
+            // fsync inside the write and skip the hop to the syncer. (Only this thread adds unsynced
+            // batches, so none can appear meanwhile.)
+            CommitSlot(_inFlight, syncHere: _syncer is not null && _unsyncedCount == 0);
+        }
     }
 
     /// <summary>Waits until no batch is in flight. If it failed, fails the current batch too, rolls the
@@ -411,27 +430,39 @@ internal sealed class CommitWriter : IDisposable
             Slot slot;
             lock (_handoff)
             {
-                while (!_busy && !_stopping)
+                while (!_handedOver && !_stopping)
                 {
                     Monitor.Wait(_handoff);
                 }
 
-                if (!_busy)
+                if (!_handedOver)
                 {
                     return;
                 }
 
+                _handedOver = false;
                 slot = _inFlight;
             }
 
+            CommitSlot(slot, syncHere: false);
+        }
+    }
+
+    /// <summary>Writes the in-flight slot, hands it to the syncer or completes its ops, and marks the
+    /// writer idle. Runs on the committer thread, or inline on the builder (see <see cref="HandOff"/>).</summary>
+    private void CommitSlot(Slot slot, bool syncHere)
+    {
+        {
             Exception? failure = null;
             UnsyncedBatch? unsynced = null;
             if (_syncer is not null && slot.Ops.Count > 0)
             {
                 // Registered before the write makes the batch visible, so readers can hide it. Ops that
                 // wrote nothing (a duplicate, an unchanged cursor) wait for the fsync too: their answers
-                // may rest on an earlier batch that is not durable yet.
-                unsynced = Register(slot, out failure);
+                // may rest on an earlier batch that is not durable yet. A batch fsynced in its own write
+                // is visible only once durable, and completes right here.
+                unsynced = syncHere ? null : Register(slot, out failure);
+                failure ??= syncHere ? EarlierSyncFailure() : null;
             }
 
             if (failure is null && slot.Batch.Count > 0)
@@ -439,7 +470,7 @@ internal sealed class CommitWriter : IDisposable
                 var started = Stopwatch.GetTimestamp();
                 try
                 {
-                    _engine.Commit(slot.Batch, _syncer is null && _options.Durability == Durability.Sync);
+                    _engine.Commit(slot.Batch, syncHere || (_syncer is null && _options.Durability == Durability.Sync));
                     StorageMetrics.Commits.Add(1);
                     StorageMetrics.CommitLatency.Record(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
                     StorageMetrics.BatchSize.Record(slot.Ops.Count);
@@ -486,15 +517,26 @@ internal sealed class CommitWriter : IDisposable
         }
     }
 
-    private UnsyncedBatch? Register(Slot slot, out Exception? failure)
+    private StorageException? EarlierSyncFailure()
     {
         lock (_syncLock)
         {
-            if (_syncFailure is not null)
-            {
-                failure = new StorageException("An earlier fsync of the WAL failed, so the store accepts no writes until it is reopened: " + _syncFailure.Message, _syncFailure);
-                return null;
-            }
+            return _syncFailure is null
+                ? null
+                : new StorageException("An earlier fsync of the WAL failed, so the store accepts no writes until it is reopened: " + _syncFailure.Message, _syncFailure);
+        }
+    }
+
+    private UnsyncedBatch? Register(Slot slot, out Exception? failure)
+    {
+        failure = EarlierSyncFailure();
+        if (failure is not null)
+        {
+            return null;
+        }
+
+        lock (_syncLock)
+        {
 
             var batch = new UnsyncedBatch(
                 slot.Ops.ToArray(),
@@ -503,7 +545,6 @@ internal sealed class CommitWriter : IDisposable
                 slot.Batch.Count > 0);
             _unsynced.Add(batch);
             _unsyncedCount = _unsynced.Count;
-            failure = null;
             return batch;
         }
     }

@@ -42,6 +42,11 @@ public sealed record StorageOptions
     /// rocksdb_write, one batch after another: kept for comparison benchmarks.</summary>
     public bool OverlapWalSync { get; init; } = true;
 
+    /// <summary>When nothing else is queued, the builder thread writes a batch itself (fsyncing inside
+    /// the write if no batch waits for the syncer) instead of handing it on. Tests turn it off to
+    /// drive the committer and syncer threads deterministically.</summary>
+    internal bool WriteInlineWhenIdle { get; init; } = true;
+
     /// <summary>Most requests committed in one WriteBatch.</summary>
     public int MaxBatchCount { get; init; } = 1024;
 

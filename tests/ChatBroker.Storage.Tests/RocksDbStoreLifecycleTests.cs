@@ -245,7 +245,7 @@ public sealed class CommitFailureTests
     public async Task A_failed_wal_sync_fails_its_callers_and_every_later_write()
     {
         var engine = new FaultyEngine();
-        using var store = new InMemoryChatStore(engine, new StorageOptions { SweepInterval = Timeout.InfiniteTimeSpan });
+        using var store = new InMemoryChatStore(engine, new StorageOptions { SweepInterval = Timeout.InfiniteTimeSpan, WriteInlineWhenIdle = false });
         Assert.Equal(1UL, (await store.AppendAsync(Messages.To(1, "ok"))).Seq);
 
         engine.FailingSync = true;
@@ -279,9 +279,12 @@ public sealed class OverlappedWalSyncTests
 
         public SemaphoreSlim Committed { get; } = new(0);
 
+        public bool LastCommitSynced { get; private set; }
+
         public void Commit(Engine.IKvBatch batch, bool sync)
         {
             _inner.Commit(batch, sync);
+            LastCommitSynced = sync;
             Committed.Release();
         }
 
@@ -302,7 +305,7 @@ public sealed class OverlappedWalSyncTests
     public async Task Reads_hide_a_message_until_its_wal_sync_returns()
     {
         var engine = new GatedSyncEngine();
-        using var store = new InMemoryChatStore(engine, new StorageOptions { SweepInterval = Timeout.InfiniteTimeSpan });
+        using var store = new InMemoryChatStore(engine, new StorageOptions { SweepInterval = Timeout.InfiniteTimeSpan, WriteInlineWhenIdle = false });
         await store.AppendAsync(Messages.To(1, "first") with { InboxRecipients = ["bob"] });
         while (engine.SyncEntered.CurrentCount > 0)
         {
@@ -347,7 +350,7 @@ public sealed class OverlappedWalSyncTests
     public async Task A_duplicate_is_not_answered_before_the_original_is_durable()
     {
         var engine = new GatedSyncEngine();
-        using var store = new InMemoryChatStore(engine, new StorageOptions { SweepInterval = Timeout.InfiniteTimeSpan });
+        using var store = new InMemoryChatStore(engine, new StorageOptions { SweepInterval = Timeout.InfiniteTimeSpan, WriteInlineWhenIdle = false });
         engine.Gate.Reset();
         var original = store.AppendAsync(Messages.To(1, "hello", clientMsgId: 7));
         Assert.True(await engine.SyncEntered.WaitAsync(TimeSpan.FromSeconds(30)));
@@ -368,10 +371,22 @@ public sealed class OverlappedWalSyncTests
     }
 
     [Fact]
+    public async Task An_idle_store_fsyncs_inside_the_write_without_the_syncer()
+    {
+        var engine = new GatedSyncEngine();
+        using var store = new InMemoryChatStore(engine, new StorageOptions { SweepInterval = Timeout.InfiniteTimeSpan });
+        engine.Gate.Reset(); // a syncer fsync would hang the append
+        Assert.Equal(1UL, (await store.AppendAsync(Messages.To(1, "m"))).Seq);
+        Assert.True(engine.LastCommitSynced);
+        Assert.Equal(0, engine.SyncEntered.CurrentCount);
+        Assert.Equal(1UL, store.GetLastSeq(1));
+    }
+
+    [Fact]
     public async Task Without_overlap_the_fsync_is_inside_the_write()
     {
         var engine = new GatedSyncEngine();
-        using var store = new InMemoryChatStore(engine, new StorageOptions { SweepInterval = Timeout.InfiniteTimeSpan, OverlapWalSync = false });
+        using var store = new InMemoryChatStore(engine, new StorageOptions { SweepInterval = Timeout.InfiniteTimeSpan, OverlapWalSync = false, WriteInlineWhenIdle = false });
         engine.Gate.Reset();
         Assert.Equal(1UL, (await store.AppendAsync(Messages.To(1, "m"))).Seq);
         Assert.Equal(0, engine.SyncEntered.CurrentCount);
