@@ -516,6 +516,7 @@ public abstract class ChatStore : IChatStore
         ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxBatchBytes, 1, nameof(options.MaxBatchBytes));
         ArgumentOutOfRangeException.ThrowIfLessThan(options.QueueCapacity, 1, nameof(options.QueueCapacity));
         ArgumentOutOfRangeException.ThrowIfLessThan(options.IdempotencyWindow, TimeSpan.Zero, nameof(options.IdempotencyWindow));
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.IdempotencyCacheDevices, 1, nameof(options.IdempotencyCacheDevices));
         if (options.SweepInterval != Timeout.InfiniteTimeSpan && options.SweepInterval <= TimeSpan.Zero)
         {
             throw new ArgumentOutOfRangeException(nameof(options), options.SweepInterval, "SweepInterval must be positive or Timeout.InfiniteTimeSpan.");

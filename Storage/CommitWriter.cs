@@ -56,6 +56,13 @@ internal sealed class CommitWriter : IDisposable
     private ulong _lastPushJobId;
     private long _lastTimestamp;
 
+    // Per sending device, the highest client_msg_id in the idempotency index as far as this process knows
+    // (read once from the index, then raised by every append). A client_msg_id above it cannot be a
+    // duplicate, so the point lookup is skipped; devices that number their sends with a counter (the SDK
+    // does) never need it. Only ever too high after a failed batch, which costs a lookup, never a wrong
+    // answer. A cache: cleared when it holds StorageOptions.IdempotencyCacheDevices devices.
+    private readonly Dictionary<(string User, string Device), ulong> _newestClientMsgId = [];
+
     // Batches written to the engine whose fsync has not completed yet, oldest first; shared by the
     // committer (adds), the syncer (removes) and readers (bounds). Guarded by _syncLock.
     private readonly object _syncLock = new();
@@ -183,6 +190,36 @@ internal sealed class CommitWriter : IDisposable
         _current.InboxUndo.TryAdd(userId, last);
         _lastInboxSeq[userId] = last + 1;
         return last + 1;
+    }
+
+    /// <summary>True when no stored append of this device can have <paramref name="clientMsgId"/>: it is
+    /// above the highest client_msg_id the device has in the idempotency index.</summary>
+    internal bool IsAboveNewestClientMsgId(string userId, string deviceId, ulong clientMsgId)
+    {
+        if (!_newestClientMsgId.TryGetValue((userId, deviceId), out var newest))
+        {
+            if (_newestClientMsgId.Count >= _options.IdempotencyCacheDevices)
+            {
+                _newestClientMsgId.Clear();
+            }
+
+            var lower = Records.IdempotencyKey(new ByteWriter(), userId, deviceId, 0).Span[..^8].ToArray();
+            using (var cursor = _engine.OpenCursor(Cf.Idempotency, lower, KeyRange.PrefixSuccessor(lower)))
+            {
+                cursor.SeekToLast();
+                newest = cursor.Valid ? Records.TrailingU64(cursor.Key) : 0;
+            }
+
+            _newestClientMsgId[(userId, deviceId)] = newest;
+        }
+
+        return clientMsgId > newest;
+    }
+
+    internal void NoteClientMsgId(string userId, string deviceId, ulong clientMsgId)
+    {
+        ref var newest = ref System.Runtime.InteropServices.CollectionsMarshal.GetValueRefOrAddDefault(_newestClientMsgId, (userId, deviceId), out _);
+        newest = Math.Max(newest, clientMsgId);
     }
 
     internal ulong NextConversationId() => ++_lastConversationId;

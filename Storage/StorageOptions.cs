@@ -65,6 +65,10 @@ public sealed record StorageOptions
     /// <summary>How long a (sender, device, client_msg_id) is remembered for deduplication.</summary>
     public TimeSpan IdempotencyWindow { get; init; } = TimeSpan.FromDays(1);
 
+    /// <summary>Sending devices whose highest client_msg_id the writer remembers, to skip the idempotency
+    /// lookup for a client_msg_id above it (a cache; cleared when full).</summary>
+    public int IdempotencyCacheDevices { get; init; } = 100_000;
+
     public RetentionPolicy Retention { get; init; } = RetentionPolicy.ForDays(30);
 
     /// <summary>How often the background sweeper applies retention and expires idempotency keys.

@@ -24,7 +24,9 @@ internal sealed class AppendOp(AppendRequest request) : WriteOp<AppendResult>
                 return;
             }
 
-            var existing = w.Engine.Get(Cf.Idempotency, Records.IdempotencyKey(w.Key, r.SenderUserId, r.SenderDeviceId, r.ClientMsgId).Span);
+            var existing = w.IsAboveNewestClientMsgId(r.SenderUserId, r.SenderDeviceId, r.ClientMsgId)
+                ? null
+                : w.Engine.Get(Cf.Idempotency, Records.IdempotencyKey(w.Key, r.SenderUserId, r.SenderDeviceId, r.ClientMsgId).Span);
             if (existing is not null)
             {
                 var v = new ByteReader(existing);
@@ -64,6 +66,7 @@ internal sealed class AppendOp(AppendRequest request) : WriteOp<AppendResult>
             Records.IdempotencyKey(w.Key, r.SenderUserId, r.SenderDeviceId, r.ClientMsgId);
             w.Batch.Put(Cf.Idempotency, w.Key.Span, Records.IdempotencyValue(w.Value, r.ConversationId, messageSeq, now).Span);
             w.AddPendingIdempotency(idempotency, Result);
+            w.NoteClientMsgId(r.SenderUserId, r.SenderDeviceId, r.ClientMsgId);
         }
 
         StorageMetrics.Appends.Add(1);

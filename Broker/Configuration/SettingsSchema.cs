@@ -121,6 +121,8 @@ public static class SettingsSchema
             o => o.Storage.BlockCacheBytes, (o, v) => o.Storage.BlockCacheBytes = v, 0, 1L << 40),
         Duration("storage.idempotency_window", "How long a client_msg_id is remembered, so a retried SEND is answered with the original seq.",
             o => o.Storage.IdempotencyWindow, (o, v) => o.Storage.IdempotencyWindow = v, TimeSpan.FromMinutes(1), TimeSpan.FromDays(365)),
+        Int("storage.idempotency_cache_devices", "Sending devices whose highest client_msg_id the commit writer remembers; a SEND above it skips the idempotency lookup. Cleared when full.",
+            o => o.Storage.IdempotencyCacheDevices, (o, v) => o.Storage.IdempotencyCacheDevices = (int)v, 1, 100_000_000),
 
         Choice("retention.policy", "\"days\": messages older than retention.days are removed in the background; \"keep\": messages are kept forever.",
             ["days", "keep"], o => o.Retention.Policy.ToString().ToLowerInvariant(),

@@ -115,6 +115,7 @@ public static class BrokerHost
         QueueCapacity = options.Storage.QueueCapacity,
         BlockCacheBytes = options.Storage.BlockCacheBytes,
         IdempotencyWindow = options.Storage.IdempotencyWindow,
+        IdempotencyCacheDevices = options.Storage.IdempotencyCacheDevices,
         Retention = options.Retention.Policy == Configuration.RetentionPolicy.Keep
             ? Storage.RetentionPolicy.Keep
             : Storage.RetentionPolicy.ForDays(options.Retention.Days),

@@ -128,6 +128,26 @@ public abstract class ChatStoreContract : IDisposable
     }
 
     [Fact]
+    public async Task Client_msg_ids_in_any_order_are_deduplicated_past_the_device_cache()
+    {
+        // The writer skips the lookup for a client_msg_id above the device's newest; one below it,
+        // or a device evicted from the one-device cache, must still be looked up.
+        var store = Open(o => o with { IdempotencyCacheDevices = 1 });
+        Assert.False((await store.AppendAsync(Messages.To(1, "ten", clientMsgId: 10))).IsDuplicate);
+        Assert.False((await store.AppendAsync(Messages.To(1, "five", clientMsgId: 5))).IsDuplicate);
+        Assert.False((await store.AppendAsync(Messages.To(1, "tablet", clientMsgId: 10, device: "tablet"))).IsDuplicate);
+        var five = await store.AppendAsync(Messages.To(1, "five", clientMsgId: 5));
+        var ten = await store.AppendAsync(Messages.To(1, "ten", clientMsgId: 10));
+        Assert.True(five.IsDuplicate);
+        Assert.Equal(2UL, five.Seq);
+        Assert.True(ten.IsDuplicate);
+        Assert.Equal(1UL, ten.Seq);
+        Assert.True((await store.AppendAsync(Messages.To(1, "tablet", clientMsgId: 10, device: "tablet"))).IsDuplicate);
+        Assert.False((await store.AppendAsync(Messages.To(1, "eleven", clientMsgId: 11))).IsDuplicate);
+        Assert.Equal(4UL, store.GetLastSeq(1));
+    }
+
+    [Fact]
     public async Task Concurrent_duplicates_in_one_batch_store_one_message()
     {
         var store = Open();

@@ -21,6 +21,25 @@ public sealed class RocksDbStoreLifecycleTests : IDisposable
     };
 
     [Fact]
+    public async Task A_reopened_store_still_deduplicates_a_devices_newest_client_msg_id()
+    {
+        using (var store = RocksDbChatStore.Open(Options()))
+        {
+            await store.AppendAsync(Messages.To(1, "a", clientMsgId: 7));
+            await store.AppendAsync(Messages.To(1, "b", clientMsgId: 9));
+        }
+
+        using (var store = RocksDbChatStore.Open(Options()))
+        {
+            var again = await store.AppendAsync(Messages.To(1, "b", clientMsgId: 9));
+            Assert.True(again.IsDuplicate);
+            Assert.Equal(2UL, again.Seq);
+            Assert.True((await store.AppendAsync(Messages.To(1, "a", clientMsgId: 7))).IsDuplicate);
+            Assert.Equal(3UL, (await store.AppendAsync(Messages.To(1, "c", clientMsgId: 8))).Seq);
+        }
+    }
+
+    [Fact]
     public async Task Every_counter_continues_after_reopen()
     {
         ulong groupId;
