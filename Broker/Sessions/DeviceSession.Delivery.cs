@@ -91,6 +91,30 @@ internal sealed partial class DeviceSession
         }
     }
 
+    /// <summary>
+    /// CONNECT: starts the pump only when the inbox holds something after the device's position. The common
+    /// reconnect has nothing to catch up, and a pump's first read (a cursor and a batch-sized list, ~9 KB) per
+    /// connect was most of what a connection burst allocated. <paramref name="lastInboxSeq"/> was read after
+    /// the session registered, so a message committed after that read notifies this session: before this
+    /// call it finds <c>_pumping</c> set and marks <c>_pumpWanted</c> (the pump then runs); after it, the live
+    /// path takes it. Either way nothing is skipped.
+    /// </summary>
+    private void StartCatchUp(ulong lastInboxSeq)
+    {
+        lock (_deliveryLock)
+        {
+            if (_delivered >= lastInboxSeq && !_pumpWanted && !_pumpRunning)
+            {
+                _pumping = false;
+                TryCompleteSyncLocked(); // SYNC_DONE now unless large groups still have to catch up
+                return;
+            }
+
+            _pumping = true;
+            StartPumpLocked();
+        }
+    }
+
     private void StartPump()
     {
         lock (_deliveryLock)

@@ -127,11 +127,12 @@ internal sealed partial class DeviceSession
         _context.Metrics.Sessions.Add(1);
         replaced?.Close(ReasonCode.SessionTakenOver, "this device connected again");
 
-        var store = _context.Chat.Store;
+        // Read after Register: whatever is committed later notifies this session (see StartCatchUp).
+        var lastInboxSeq = _context.Chat.Store.GetLastInboxSeq(_user);
         lock (_deliveryLock)
         {
             // A device may not claim a position beyond its inbox: it would silently skip what comes next.
-            _delivered = Math.Min(connect.ResumeInboxSeq, store.GetLastInboxSeq(_user));
+            _delivered = Math.Min(connect.ResumeInboxSeq, lastInboxSeq);
             _syncPending = true;
             _syncRequestId = 0;
         }
@@ -155,7 +156,7 @@ internal sealed partial class DeviceSession
         }
 
         SetUpGroupStreams(connect.ResumeConversations); // after CONNACK: nothing may be delivered before it
-        StartPump();
+        StartCatchUp(lastInboxSeq);
         StartGroupPump();
         OnSessionOpened();
         return Handled.Ok;
