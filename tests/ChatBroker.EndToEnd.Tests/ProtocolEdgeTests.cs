@@ -1,5 +1,6 @@
 using System.Security.Cryptography;
 using ChatBroker.Broker.Auth;
+using ChatBroker.Broker.Tests.Infrastructure;
 using ChatBroker.EndToEnd.Tests.Infrastructure;
 using ChatBroker.Protocol;
 using ChatBroker.Protocol.Messages;
@@ -144,6 +145,28 @@ public sealed class ProtocolEdgeTests : IAsyncLifetime
 
         var disconnect = Assert.IsType<Disconnect>(packets[^1]);
         Assert.Equal(ReasonCode.KeepaliveTimeout, disconnect.Reason);
+    }
+
+    [Fact]
+    public async Task Idle_and_half_connected_devices_are_told_the_broker_is_shutting_down()
+    {
+        await using var broker = await TestBroker.StartAsync();
+        await using var idle = await broker.LoginAsync("alice", "phone");
+        await using var busy = await broker.LoginAsync("bob", "phone");
+        await busy.SendAsync(new Ping());
+        await busy.ReceiveAsync<Pong>();
+        await using var handshaking = await broker.ConnectRawAsync(); // no CONNECT yet
+
+        broker.Process.SendSignal(BrokerProcess.SigTerm);
+
+        foreach (var device in new[] { idle, busy, handshaking })
+        {
+            var disconnect = Assert.IsType<Disconnect>((await device.ReceiveUntilClosedAsync())[^1]);
+            Assert.Equal(ReasonCode.ServerShuttingDown, disconnect.Reason);
+            Assert.True(disconnect.RetryAfterMs > 0);
+        }
+
+        Assert.Equal(0, await broker.Process.WaitForExitAsync(TimeSpan.FromSeconds(30)));
     }
 
     [Fact]
