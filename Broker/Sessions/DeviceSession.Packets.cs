@@ -24,7 +24,6 @@ internal sealed partial class DeviceSession
     // In-flight SENDs: incremented by the read loop, decremented by completions (any thread).
     private int _inflight;
     private TaskCompletionSource? _inflightSlot;
-    private readonly Lock _inflightLock = new();
 
     private ValueTask<Handled> HandleAsync(IMessage message, FrameFlags flags, CancellationToken stopping)
     {
@@ -129,7 +128,7 @@ internal sealed partial class DeviceSession
 
         // Read after Register: whatever is committed later notifies this session (see StartCatchUp).
         var lastInboxSeq = _context.Chat.Store.GetLastInboxSeq(_user);
-        lock (_deliveryLock)
+        lock (_lock)
         {
             // A device may not claim a position beyond its inbox: it would silently skip what comes next.
             _delivered = Math.Min(connect.ResumeInboxSeq, lastInboxSeq);
@@ -172,7 +171,8 @@ internal sealed partial class DeviceSession
             return Handled.Ok;
         }
 
-        if (!_sendRate.TryTake(1, out var retry) || !_byteRate.TryTake(send.Body.Length, out retry))
+        var limits = _context.Options.Limits;
+        if (!_sendRate.TryTake(limits.SendsPerSecond, 1, out var retry) || !_byteRate.TryTake(limits.BytesPerSecond, send.Body.Length, out retry))
         {
             _context.Metrics.RateLimited.Add(1, new KeyValuePair<string, object?>("limit", "sends"));
             WriteError(ReasonCode.RateLimited, "send rate limit reached", send.ClientMsgId, PacketType.Send, retry);
@@ -183,7 +183,7 @@ internal sealed partial class DeviceSession
         while (true)
         {
             Task? wait = null;
-            lock (_inflightLock)
+            lock (_lock)
             {
                 if (_inflight < _context.Options.Session.MaxInflightSends)
                 {
@@ -225,7 +225,7 @@ internal sealed partial class DeviceSession
         // The reply's place is taken now, in SEND order: the appends of one commit batch complete on
         // different threads in any order, but docs/protocol.md §5 promises SENTs in the order of the SENDs.
         var reply = new SendReply();
-        lock (_inflightLock)
+        lock (_lock)
         {
             (_replies ??= new Queue<SendReply>()).Enqueue(reply);
         }
@@ -240,7 +240,7 @@ internal sealed partial class DeviceSession
         public IMessage? Message;
     }
 
-    // SEND replies not yet written, in SEND order (under _inflightLock; at most session.max_inflight_sends).
+    // SEND replies not yet written, in SEND order (under _lock; at most session.max_inflight_sends).
     private Queue<SendReply>? _replies;
 
     private async Task CompleteSendAsync(Send send, PreparedSend prepared, long started, SendReply reply, CancellationToken stopping)
@@ -280,7 +280,7 @@ internal sealed partial class DeviceSession
             answer = MakeError(ReasonCode.ServerUnavailable, "the message could not be stored; retry", send.ClientMsgId, PacketType.Send, TimeSpan.FromSeconds(1));
         }
 
-        lock (_inflightLock)
+        lock (_lock)
         {
             reply.Message = answer;
             // Write every reply that is ready at the head; one still pending holds the later ones back.
@@ -297,7 +297,7 @@ internal sealed partial class DeviceSession
     private void ReleaseInflight()
     {
         TaskCompletionSource? slot;
-        lock (_inflightLock)
+        lock (_lock)
         {
             _inflight--;
             slot = _inflightSlot;
@@ -352,7 +352,7 @@ internal sealed partial class DeviceSession
         // A SYNC naming only large groups leaves the inbox where it is.
         var inbox = sync.InboxSeq != 0 || sync.Conversations.Count == 0;
         SyncGroups(sync);
-        lock (_deliveryLock)
+        lock (_lock)
         {
             if (inbox)
             {

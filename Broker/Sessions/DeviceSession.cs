@@ -21,10 +21,14 @@ namespace ChatBroker.Broker.Sessions;
 /// registry instead (<see cref="DeviceConnectionHandler"/>). The read loop is the session's only state machine.
 /// </para>
 /// </summary>
-internal sealed partial class DeviceSession : IDeviceLink, IThreadPoolWorkItem
+internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThreadPoolWorkItem
 {
     private const int ReceiveChunk = 4096;
 
+    // The session's one lock: inbox position and group streams, SENDs in flight and their replies, and the
+    // outbox's queue. One per concern cost 40 bytes each for every idle phone; they are rarely contended, since
+    // each guards one device's state. Never held across I/O or an await.
+    private readonly Lock _lock = new();
     private readonly BrokerContext _context;
     private readonly Socket _socket;
     private readonly long _connectionId;
@@ -50,9 +54,7 @@ internal sealed partial class DeviceSession : IDeviceLink, IThreadPoolWorkItem
         _owner = owner;
         _maxFrameSize = context.Options.Tcp.MaxFrameBytes;
         var session = context.Options.Session;
-        _outbox = new SessionOutbox(socket, session.MaxOutboundBytes, session.MaxOutboundFrames, OnOutboxOverflow);
-        _sendRate = new TokenBucket(context.Options.Limits.SendsPerSecond);
-        _byteRate = new TokenBucket(context.Options.Limits.BytesPerSecond);
+        _outbox = new SessionOutbox(socket, session.MaxOutboundBytes, session.MaxOutboundFrames, this, _lock);
     }
 
     public string UserId => _user;
@@ -197,7 +199,7 @@ internal sealed partial class DeviceSession : IDeviceLink, IThreadPoolWorkItem
         }
 
         Task? closing;
-        lock (_deliveryLock)
+        lock (_lock)
         {
             closing = _closeTask;
             _closed = true;
@@ -298,12 +300,12 @@ internal sealed partial class DeviceSession : IDeviceLink, IThreadPoolWorkItem
         CloseAsync(new Disconnect { Reason = ReasonCode.ServerShuttingDown, Message = "server is shutting down", RetryAfterMs = 1000 });
 
     private int _closeReasonRecorded;
-    // Set once (under _deliveryLock) by the first close; the read loop awaits it before the socket is released.
+    // Set once (under _lock) by the first close; the read loop awaits it before the socket is released.
     private Task? _closeTask;
 
     private Task CloseAsync(IMessage? last)
     {
-        lock (_deliveryLock)
+        lock (_lock)
         {
             if (_closeTask is null)
             {
@@ -357,7 +359,7 @@ internal sealed partial class DeviceSession : IDeviceLink, IThreadPoolWorkItem
     // The reason the session ended, as first recorded (written once, before the read loop logs it).
     private ReasonCode _closeReason = ReasonCode.NormalDisconnect;
 
-    private void OnOutboxOverflow(ReasonCode reason) =>
+    void IOutboxOwner.OnOutboxOverflow(ReasonCode reason) =>
         Close(reason, $"slow consumer: more than {_context.Options.Session.MaxOutboundBytes} bytes or {_context.Options.Session.MaxOutboundFrames} frames queued");
 }
 
