@@ -73,10 +73,9 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
     private async Task RunAsync()
     {
         var stopping = _owner.Stopping;
-        // Only until CONNECT: its timer is released as soon as the session is registered, so an idle
-        // authenticated connection holds no timer.
-        var handshake = CancellationTokenSource.CreateLinkedTokenSource(stopping);
-        handshake.CancelAfter(_context.Options.Tcp.ConnectTimeout);
+        // Only until CONNECT (shared with the connections accepted at about the same time, and dropped once
+        // the session is registered): an idle authenticated connection holds no timer.
+        var handshake = _context.Handshakes.Next();
         var closeReason = ReasonCode.NormalDisconnect;
         var remote = _socket.RemoteEndPoint;
         Exception? failure = null;
@@ -96,10 +95,9 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
                         buffer = null;
                     }
 
-                    if (_registered && handshake is not null)
+                    if (_registered && handshake.CanBeCanceled)
                     {
-                        handshake.Dispose();
-                        handshake = null;
+                        handshake = default;
                         // From here the receive waits without a token and shutdown comes through the registry;
                         // a session that registered just as that sweep ran may have been missed, so look once.
                         Interlocked.MemoryBarrier();
@@ -107,7 +105,7 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
                     }
 
                     // Wait for readability without a buffer: an idle connection holds none.
-                    await _socket.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None, handshake?.Token ?? default).ConfigureAwait(false);
+                    await _socket.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None, handshake).ConfigureAwait(false);
                     buffer = ArrayPool<byte>.Shared.Rent(ReceiveChunk);
                 }
                 else if (length == buffer!.Length)
@@ -119,7 +117,7 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
                     buffer = bigger;
                 }
 
-                var received = await _socket.ReceiveAsync(buffer.AsMemory(length), SocketFlags.None, handshake?.Token ?? default).ConfigureAwait(false);
+                var received = await _socket.ReceiveAsync(buffer.AsMemory(length), SocketFlags.None, handshake).ConfigureAwait(false);
                 if (received == 0)
                 {
                     // The peer closed (or half-closed). Bytes left unparsed mean it stopped inside a frame:
@@ -176,7 +174,7 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
         {
             try
             {
-                await EndAsync(handshake, buffer, closeReason, remote).ConfigureAwait(false);
+                await EndAsync(buffer, closeReason, remote).ConfigureAwait(false);
             }
             catch (Exception e)
             {
@@ -190,9 +188,8 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
     }
 
     // The read loop has stopped: let a close started elsewhere finish, leave the registry, record why.
-    private async Task EndAsync(CancellationTokenSource? handshake, byte[]? buffer, ReasonCode closeReason, System.Net.EndPoint? remote)
+    private async Task EndAsync(byte[]? buffer, ReasonCode closeReason, System.Net.EndPoint? remote)
     {
-        handshake?.Dispose();
         if (buffer is not null)
         {
             ArrayPool<byte>.Shared.Return(buffer);
@@ -404,6 +401,7 @@ internal sealed class DeviceConnectionHandler(BrokerContext context) : ISocketCo
 
     private void CloseAllForShutdown()
     {
+        context.Handshakes.CancelAll();
         foreach (var link in context.Registry.Sessions())
         {
             if (link is DeviceSession session)

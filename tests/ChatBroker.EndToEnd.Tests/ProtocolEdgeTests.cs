@@ -148,6 +148,22 @@ public sealed class ProtocolEdgeTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_connection_that_sends_no_CONNECT_is_closed_after_the_connect_timeout()
+    {
+        await using var broker = await TestBroker.StartAsync(null, "--set", "tcp.connect_timeout=300ms");
+        await using var silent = await broker.ConnectRawAsync();
+        var started = System.Diagnostics.Stopwatch.StartNew();
+
+        var connack = Assert.IsType<Connack>(Assert.Single(await silent.ReceiveUntilClosedAsync(TimeSpan.FromSeconds(10))));
+
+        Assert.Equal(ReasonCode.KeepaliveTimeout, connack.Reason);
+        Assert.InRange(started.Elapsed, TimeSpan.FromMilliseconds(250), TimeSpan.FromSeconds(5));
+        await using var device = await broker.LoginAsync("alice", "phone"); // later connections still get their full time
+        await device.SendAsync(new Ping());
+        await device.ReceiveAsync<Pong>();
+    }
+
+    [Fact]
     public async Task Idle_and_half_connected_devices_are_told_the_broker_is_shutting_down()
     {
         await using var broker = await TestBroker.StartAsync();
