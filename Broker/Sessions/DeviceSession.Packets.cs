@@ -172,7 +172,8 @@ internal sealed partial class DeviceSession
         }
 
         var limits = _context.Options.Limits;
-        if (!_sendRate.TryTake(limits.SendsPerSecond, 1, out var retry) || !_byteRate.TryTake(limits.BytesPerSecond, send.Body.Length, out retry))
+        var rates = Rates;
+        if (!rates.Sends.TryTake(limits.SendsPerSecond, 1, out var retry) || !rates.Bytes.TryTake(limits.BytesPerSecond, send.Body.Length, out retry))
         {
             _context.Metrics.RateLimited.Add(1, new KeyValuePair<string, object?>("limit", "sends"));
             WriteError(ReasonCode.RateLimited, "send rate limit reached", send.ClientMsgId, PacketType.Send, retry);

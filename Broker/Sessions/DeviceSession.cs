@@ -43,8 +43,8 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
     private long _lastReceivedMs = Environment.TickCount64;
     private int _closing;
     private bool _registered;
-    private TokenBucket _sendRate;
-    private TokenBucket _byteRate;
+    // Created by the first rate-limited request (an idle phone makes none); only the read loop uses it.
+    private RateBuckets? _rates;
 
     public DeviceSession(BrokerContext context, Socket socket, long connectionId, IConnectionOwner owner)
     {
@@ -58,6 +58,8 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
     }
 
     public string UserId => _user;
+
+    private RateBuckets Rates => _rates ??= new RateBuckets();
 
     public string DeviceId => _device;
 
@@ -222,6 +224,15 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
         }
 
         Log.ConnectionClosed(_context.Logger, _connectionId, remote, _closeReason.ToString());
+    }
+
+    /// <summary>The per-connection rate limits (limits.*), each a token bucket.</summary>
+    private sealed class RateBuckets
+    {
+        public TokenBucket Sends;
+        public TokenBucket Bytes;
+        public TokenBucket Typing;
+        public TokenBucket KeyFetches;
     }
 
     private readonly record struct ProcessResult(ReasonCode Reason, string? Message, int Consumed);
