@@ -34,4 +34,5 @@ public sealed class BrokerContext(
     public TypingRelay Typing { get; } = typing;
     public KeyDirectory Keys { get; } = keys;
     public ILogger Logger { get; } = loggerFactory.CreateLogger("ChatBroker.Session");
+    internal HandshakeDeadlines Handshakes { get; } = new(options.Tcp.ConnectTimeout);
 }

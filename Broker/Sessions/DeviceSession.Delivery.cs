@@ -16,12 +16,11 @@ namespace ChatBroker.Broker.Sessions;
 /// path only records that there is more to read, and the pump finishes only after a read that found
 /// everything and no notification since — so no message is skipped or sent twice across the seam.
 /// </para>
-/// Lock order: <c>_deliveryLock</c> before the outbox's lock (the outbox never calls back under its lock).
+/// Locking: <c>_lock</c>, the session's one lock, which the outbox shares (it never calls back under it).
 /// </summary>
 internal sealed partial class DeviceSession
 {
-    private readonly Lock _deliveryLock = new();
-    // All guarded by _deliveryLock.
+    // All guarded by _lock.
     private ulong _delivered;
     private bool _pumping = true; // until CONNECT starts the first catch-up, notifications just mark "more"
     private bool _pumpRunning;
@@ -32,7 +31,7 @@ internal sealed partial class DeviceSession
 
     public void OnInboxAppended(ulong inboxSeq, DeliveryMessage message)
     {
-        lock (_deliveryLock)
+        lock (_lock)
         {
             if (_closed)
             {
@@ -91,9 +90,33 @@ internal sealed partial class DeviceSession
         }
     }
 
+    /// <summary>
+    /// CONNECT: starts the pump only when the inbox holds something after the device's position. The common
+    /// reconnect has nothing to catch up, and a pump's first read (a cursor and a batch-sized list, ~9 KB) per
+    /// connect was most of what a connection burst allocated. <paramref name="lastInboxSeq"/> was read after
+    /// the session registered, so a message committed after that read notifies this session: before this
+    /// call it finds <c>_pumping</c> set and marks <c>_pumpWanted</c> (the pump then runs); after it, the live
+    /// path takes it. Either way nothing is skipped.
+    /// </summary>
+    private void StartCatchUp(ulong lastInboxSeq)
+    {
+        lock (_lock)
+        {
+            if (_delivered >= lastInboxSeq && !_pumpWanted && !_pumpRunning)
+            {
+                _pumping = false;
+                TryCompleteSyncLocked(); // SYNC_DONE now unless large groups still have to catch up
+                return;
+            }
+
+            _pumping = true;
+            StartPumpLocked();
+        }
+    }
+
     private void StartPump()
     {
-        lock (_deliveryLock)
+        lock (_lock)
         {
             _pumping = true;
             StartPumpLocked();
@@ -124,7 +147,7 @@ internal sealed partial class DeviceSession
             while (true)
             {
                 ulong from;
-                lock (_deliveryLock)
+                lock (_lock)
                 {
                     if (_closed)
                     {
@@ -157,7 +180,7 @@ internal sealed partial class DeviceSession
 
                         if (_outbox.IsClosing)
                         {
-                            lock (_deliveryLock)
+                            lock (_lock)
                             {
                                 _pumpRunning = false;
                             }
@@ -186,7 +209,7 @@ internal sealed partial class DeviceSession
                     }
 
                     var stored = runPos < run.Count && run[runPos].Seq == entry.Seq ? run[runPos] : null;
-                    lock (_deliveryLock)
+                    lock (_lock)
                     {
                         if (_closed || entry.InboxSeq <= _delivered)
                         {
@@ -211,7 +234,7 @@ internal sealed partial class DeviceSession
 
                 if (entries.Count < batch)
                 {
-                    lock (_deliveryLock)
+                    lock (_lock)
                     {
                         if (!_pumpWanted || _closed)
                         {
@@ -230,7 +253,7 @@ internal sealed partial class DeviceSession
         }
         catch (Exception e) when (e is StorageException or IOException or ObjectDisposedException)
         {
-            lock (_deliveryLock)
+            lock (_lock)
             {
                 _pumpRunning = false;
             }
@@ -240,7 +263,7 @@ internal sealed partial class DeviceSession
         }
     }
 
-    // Under _deliveryLock.
+    // Under _lock.
     private void WriteStoredDeliver(StoredMessage m, ulong inboxSeq)
     {
         var fields = new DeliverFields

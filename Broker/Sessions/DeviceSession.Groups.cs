@@ -22,7 +22,7 @@ namespace ChatBroker.Broker.Sessions;
 /// (resume_conversations) or SYNC, else at the device's stored cursor for that group (moved by
 /// ACK.conversations), else at 0 (the whole retained log, as a fresh device gets its whole inbox).
 /// </para>
-/// Lock order: <c>_deliveryLock</c> (guards every stream) before the outbox's lock, as for the inbox.
+/// Locking: <c>_lock</c> (the session's one lock, shared with the outbox) guards every stream, as for the inbox.
 /// </summary>
 internal sealed partial class DeviceSession
 {
@@ -33,8 +33,9 @@ internal sealed partial class DeviceSession
         public bool Wanted;
     }
 
-    // All guarded by _deliveryLock.
-    private readonly Dictionary<ulong, GroupStream> _groupStreams = [];
+    // All guarded by _lock.
+    // Created with the first stream: most devices are in no large group, and an empty dictionary is ~100 bytes.
+    private Dictionary<ulong, GroupStream>? _groupStreams;
     private HashSet<ulong>? _pendingGroups; // notified before CONNECT set the streams up
     private bool _groupsReady;
     private bool _groupPumpRunning;
@@ -72,7 +73,7 @@ internal sealed partial class DeviceSession
 
     public void OnGroupLogAppended(DeliveryMessage message, bool write)
     {
-        lock (_deliveryLock)
+        lock (_lock)
         {
             if (_closed)
             {
@@ -85,11 +86,11 @@ internal sealed partial class DeviceSession
                 return;
             }
 
-            if (!_groupStreams.TryGetValue(message.ConversationId, out var stream))
+            if (_groupStreams is null || !_groupStreams.TryGetValue(message.ConversationId, out var stream))
             {
                 // A group that became large, or that this user joined, while the device was online: live from here.
                 stream = new GroupStream(message.Seq - 1, pumping: false);
-                _groupStreams[message.ConversationId] = stream;
+                (_groupStreams ??= [])[message.ConversationId] = stream;
             }
 
             if (stream.Pumping)
@@ -143,7 +144,7 @@ internal sealed partial class DeviceSession
     /// </summary>
     private void SetUpGroupStreams(IReadOnlyList<ConversationCursor> listed)
     {
-        lock (_deliveryLock)
+        lock (_lock)
         {
             SetUpGroupStreamsLocked(listed);
         }
@@ -153,7 +154,7 @@ internal sealed partial class DeviceSession
     {
         var store = _context.Chat.Store;
         var directory = _context.Directory;
-        _groupStreams.Clear();
+        _groupStreams?.Clear();
         foreach (var cursor in listed)
         {
             AddStreamLocked(cursor.ConversationId, cursor.Seq);
@@ -161,7 +162,7 @@ internal sealed partial class DeviceSession
 
         foreach (var conversationId in store.ListConversations(_user))
         {
-            if (!_groupStreams.ContainsKey(conversationId) && directory.IsGroup(conversationId)
+            if (_groupStreams?.ContainsKey(conversationId) != true && directory.IsGroup(conversationId)
                 && _context.Chat.IsLarge(directory.MembersOf(conversationId)?.Length ?? 0))
             {
                 AddStreamLocked(conversationId, store.GetCursor(_user, _device, CursorStream.Conversation(conversationId)));
@@ -172,7 +173,7 @@ internal sealed partial class DeviceSession
         {
             foreach (var conversationId in _pendingGroups)
             {
-                if (!_groupStreams.ContainsKey(conversationId))
+                if (_groupStreams?.ContainsKey(conversationId) != true)
                 {
                     AddStreamLocked(conversationId, store.GetCursor(_user, _device, CursorStream.Conversation(conversationId)));
                 }
@@ -195,14 +196,14 @@ internal sealed partial class DeviceSession
 
         // A device may not claim a position beyond the log: it would silently skip what comes next.
         var position = Math.Min(cursor, _context.Chat.Store.GetLastSeq(conversationId));
-        if (_groupStreams.TryGetValue(conversationId, out var stream))
+        if (_groupStreams is not null && _groupStreams.TryGetValue(conversationId, out var stream))
         {
             stream.Delivered = position;
             stream.Pumping = true;
         }
         else
         {
-            _groupStreams[conversationId] = new GroupStream(position, pumping: true);
+            (_groupStreams ??= [])[conversationId] = new GroupStream(position, pumping: true);
         }
 
         return true;
@@ -210,7 +211,7 @@ internal sealed partial class DeviceSession
 
     private void StartGroupPump()
     {
-        lock (_deliveryLock)
+        lock (_lock)
         {
             StartGroupPumpLocked();
         }
@@ -223,14 +224,11 @@ internal sealed partial class DeviceSession
             return;
         }
 
-        foreach (var stream in _groupStreams.Values)
+        if (AnyGroupStreamPumpingLocked())
         {
-            if (stream.Pumping)
-            {
-                _groupPumpRunning = true;
-                _ = GroupPumpAsync();
-                return;
-            }
+            _groupPumpRunning = true;
+            _ = GroupPumpAsync();
+            return;
         }
 
         TryCompleteSyncLocked();
@@ -255,9 +253,9 @@ internal sealed partial class DeviceSession
                 ulong conversationId = 0;
                 GroupStream? stream = null;
                 ulong from;
-                lock (_deliveryLock)
+                lock (_lock)
                 {
-                    if (!_closed)
+                    if (!_closed && _groupStreams is not null)
                     {
                         foreach (var (id, s) in _groupStreams)
                         {
@@ -290,9 +288,9 @@ internal sealed partial class DeviceSession
                 var members = _context.Directory.MembersOf(conversationId);
                 if (members is null || !ConversationDirectory.Contains(members, _user))
                 {
-                    lock (_deliveryLock)
+                    lock (_lock)
                     {
-                        _groupStreams.Remove(conversationId);
+                        _groupStreams?.Remove(conversationId);
                     }
 
                     continue;
@@ -309,7 +307,7 @@ internal sealed partial class DeviceSession
 
                         if (_outbox.IsClosing)
                         {
-                            lock (_deliveryLock)
+                            lock (_lock)
                             {
                                 _groupPumpRunning = false;
                             }
@@ -318,7 +316,7 @@ internal sealed partial class DeviceSession
                         }
                     }
 
-                    lock (_deliveryLock)
+                    lock (_lock)
                     {
                         if (_closed || m.Seq <= stream.Delivered)
                         {
@@ -338,7 +336,7 @@ internal sealed partial class DeviceSession
 
                 if (messages.Count < batch)
                 {
-                    lock (_deliveryLock)
+                    lock (_lock)
                     {
                         if (!stream.Wanted)
                         {
@@ -350,7 +348,7 @@ internal sealed partial class DeviceSession
         }
         catch (Exception e) when (e is StorageException or IOException or ObjectDisposedException)
         {
-            lock (_deliveryLock)
+            lock (_lock)
             {
                 _groupPumpRunning = false;
             }
@@ -360,7 +358,24 @@ internal sealed partial class DeviceSession
         }
     }
 
-    /// <summary>SYNC_DONE once the inbox and every large group have caught up (under _deliveryLock).</summary>
+    // Under _lock.
+    private bool AnyGroupStreamPumpingLocked()
+    {
+        if (_groupStreams is not null)
+        {
+            foreach (var (_, stream) in _groupStreams)
+            {
+                if (stream.Pumping)
+                {
+                    return true;
+                }
+            }
+        }
+
+        return false;
+    }
+
+    /// <summary>SYNC_DONE once the inbox and every large group have caught up (under _lock).</summary>
     private void TryCompleteSyncLocked()
     {
         if (!_syncPending || _closed || _pumping || _groupPumpRunning)
@@ -368,19 +383,19 @@ internal sealed partial class DeviceSession
             return;
         }
 
-        foreach (var stream in _groupStreams.Values)
+        if (AnyGroupStreamPumpingLocked())
         {
-            if (stream.Pumping)
-            {
-                return;
-            }
+            return;
         }
 
         _syncPending = false;
         var done = new SyncDone { RequestId = _syncRequestId, InboxSeq = _delivered };
-        foreach (var (conversationId, stream) in _groupStreams)
+        if (_groupStreams is not null)
         {
-            done.Conversations.Add(new ConversationCursor { ConversationId = conversationId, Seq = stream.Delivered });
+            foreach (var (conversationId, stream) in _groupStreams)
+            {
+                done.Conversations.Add(new ConversationCursor { ConversationId = conversationId, Seq = stream.Delivered });
+            }
         }
 
         _outbox.TryWrite(done);
@@ -390,7 +405,7 @@ internal sealed partial class DeviceSession
     private void SyncGroups(Sync sync)
     {
         var refused = new List<ulong>();
-        lock (_deliveryLock)
+        lock (_lock)
         {
             foreach (var cursor in sync.Conversations)
             {

@@ -5,9 +5,6 @@ namespace ChatBroker.Broker.Sessions;
 /// <summary>The key directory for one session: KEYS_UPLOAD and FETCH_KEYS; see docs/protocol.md §5.</summary>
 internal sealed partial class DeviceSession
 {
-    // Set when the session opens; only the read loop uses it.
-    private TokenBucket _keyFetchRate;
-
     private async ValueTask<Handled> HandleKeysUploadAsync(KeysUpload upload, CancellationToken stopping)
     {
         try
@@ -32,7 +29,7 @@ internal sealed partial class DeviceSession
 
     private async ValueTask<Handled> HandleFetchKeysAsync(FetchKeys fetch, CancellationToken stopping)
     {
-        if (!_keyFetchRate.TryTake(1, out var retry))
+        if (!Rates.KeyFetches.TryTake(_context.Options.Limits.KeyFetchesPerSecond, 1, out var retry))
         {
             _context.Metrics.RateLimited.Add(1, new KeyValuePair<string, object?>("limit", "key_fetches"));
             WriteError(ReasonCode.RateLimited, "key fetch rate limit reached", fetch.RequestId, PacketType.FetchKeys, retry);

@@ -24,7 +24,6 @@ internal sealed partial class DeviceSession
     // In-flight SENDs: incremented by the read loop, decremented by completions (any thread).
     private int _inflight;
     private TaskCompletionSource? _inflightSlot;
-    private readonly Lock _inflightLock = new();
 
     private ValueTask<Handled> HandleAsync(IMessage message, FrameFlags flags, CancellationToken stopping)
     {
@@ -127,11 +126,12 @@ internal sealed partial class DeviceSession
         _context.Metrics.Sessions.Add(1);
         replaced?.Close(ReasonCode.SessionTakenOver, "this device connected again");
 
-        var store = _context.Chat.Store;
-        lock (_deliveryLock)
+        // Read after Register: whatever is committed later notifies this session (see StartCatchUp).
+        var lastInboxSeq = _context.Chat.Store.GetLastInboxSeq(_user);
+        lock (_lock)
         {
             // A device may not claim a position beyond its inbox: it would silently skip what comes next.
-            _delivered = Math.Min(connect.ResumeInboxSeq, store.GetLastInboxSeq(_user));
+            _delivered = Math.Min(connect.ResumeInboxSeq, lastInboxSeq);
             _syncPending = true;
             _syncRequestId = 0;
         }
@@ -155,7 +155,7 @@ internal sealed partial class DeviceSession
         }
 
         SetUpGroupStreams(connect.ResumeConversations); // after CONNACK: nothing may be delivered before it
-        StartPump();
+        StartCatchUp(lastInboxSeq);
         StartGroupPump();
         OnSessionOpened();
         return Handled.Ok;
@@ -171,7 +171,9 @@ internal sealed partial class DeviceSession
             return Handled.Ok;
         }
 
-        if (!_sendRate.TryTake(1, out var retry) || !_byteRate.TryTake(send.Body.Length, out retry))
+        var limits = _context.Options.Limits;
+        var rates = Rates;
+        if (!rates.Sends.TryTake(limits.SendsPerSecond, 1, out var retry) || !rates.Bytes.TryTake(limits.BytesPerSecond, send.Body.Length, out retry))
         {
             _context.Metrics.RateLimited.Add(1, new KeyValuePair<string, object?>("limit", "sends"));
             WriteError(ReasonCode.RateLimited, "send rate limit reached", send.ClientMsgId, PacketType.Send, retry);
@@ -182,7 +184,7 @@ internal sealed partial class DeviceSession
         while (true)
         {
             Task? wait = null;
-            lock (_inflightLock)
+            lock (_lock)
             {
                 if (_inflight < _context.Options.Session.MaxInflightSends)
                 {
@@ -224,7 +226,7 @@ internal sealed partial class DeviceSession
         // The reply's place is taken now, in SEND order: the appends of one commit batch complete on
         // different threads in any order, but docs/protocol.md §5 promises SENTs in the order of the SENDs.
         var reply = new SendReply();
-        lock (_inflightLock)
+        lock (_lock)
         {
             (_replies ??= new Queue<SendReply>()).Enqueue(reply);
         }
@@ -239,7 +241,7 @@ internal sealed partial class DeviceSession
         public IMessage? Message;
     }
 
-    // SEND replies not yet written, in SEND order (under _inflightLock; at most session.max_inflight_sends).
+    // SEND replies not yet written, in SEND order (under _lock; at most session.max_inflight_sends).
     private Queue<SendReply>? _replies;
 
     private async Task CompleteSendAsync(Send send, PreparedSend prepared, long started, SendReply reply, CancellationToken stopping)
@@ -279,7 +281,7 @@ internal sealed partial class DeviceSession
             answer = MakeError(ReasonCode.ServerUnavailable, "the message could not be stored; retry", send.ClientMsgId, PacketType.Send, TimeSpan.FromSeconds(1));
         }
 
-        lock (_inflightLock)
+        lock (_lock)
         {
             reply.Message = answer;
             // Write every reply that is ready at the head; one still pending holds the later ones back.
@@ -296,7 +298,7 @@ internal sealed partial class DeviceSession
     private void ReleaseInflight()
     {
         TaskCompletionSource? slot;
-        lock (_inflightLock)
+        lock (_lock)
         {
             _inflight--;
             slot = _inflightSlot;
@@ -351,7 +353,7 @@ internal sealed partial class DeviceSession
         // A SYNC naming only large groups leaves the inbox where it is.
         var inbox = sync.InboxSeq != 0 || sync.Conversations.Count == 0;
         SyncGroups(sync);
-        lock (_deliveryLock)
+        lock (_lock)
         {
             if (inbox)
             {

@@ -6,17 +6,12 @@ namespace ChatBroker.Broker.Sessions;
 /// <summary>Presence (PRESENCE_SET, PRESENCE_SUBSCRIBE) and typing (TYPING) for one session; see docs/protocol.md §5.</summary>
 internal sealed partial class DeviceSession
 {
-    // Set when the session opens; only the read loop uses it.
-    private TokenBucket _typingRate;
-
     /// <summary>An ephemeral packet (PRESENCE, TYPING_NOTICE, low-prekeys KEYS_UPLOADED): queued, never stored.</summary>
     public void OnNotice(IMessage packet) => _outbox.TryWrite(packet);
 
     /// <summary>CONNECT succeeded: the device is ONLINE, and hears whether its one-time prekeys run low.</summary>
     private void OnSessionOpened()
     {
-        _typingRate = new TokenBucket(_context.Options.Limits.TypingPerSecond);
-        _keyFetchRate = new TokenBucket(_context.Options.Limits.KeyFetchesPerSecond);
         _context.Presence.DeviceOnline(this);
         try
         {
@@ -66,7 +61,7 @@ internal sealed partial class DeviceSession
 
     private void HandleTyping(Typing typing)
     {
-        if (!_typingRate.TryTake(1, out _))
+        if (!Rates.Typing.TryTake(_context.Options.Limits.TypingPerSecond, 1, out _))
         {
             // Typing is a hint that expires on its own: an extra one is dropped, not answered.
             _context.Metrics.RateLimited.Add(1, new KeyValuePair<string, object?>("limit", "typing"));

@@ -1,7 +1,7 @@
 using System.Buffers;
-using System.IO.Pipelines;
 using System.Net.Sockets;
 using ChatBroker.Broker.Hosting;
+using ChatBroker.Broker.Transport;
 using ChatBroker.Protocol;
 using ChatBroker.Protocol.Messages;
 using Google.Protobuf;
@@ -14,28 +14,25 @@ namespace ChatBroker.Broker.Sessions;
 /// loop and the session's life; <c>DeviceSession.Packets.cs</c> handles each packet type;
 /// <c>DeviceSession.Delivery.cs</c> is the ordered inbox delivery (live and catch-up).
 /// <para>
-/// Memory: while idle the session waits in a zero-byte receive, so it holds no receive buffer; the pipe's
-/// segments are rented only while bytes are being parsed, and the outbox rents only while bytes are queued.
+/// Memory: an idle phone is the common case, so an idle session holds as little as possible. It waits in a
+/// zero-byte receive, so it holds no receive buffer: one is rented when bytes arrive and returned as soon as
+/// every complete frame in it was handled. A registered session waits without a cancellation token (a
+/// registration per waiting receive would cost every idle phone ~80 bytes): shutdown reaches it through the
+/// registry instead (<see cref="DeviceConnectionHandler"/>). The read loop is the session's only state machine.
 /// </para>
 /// </summary>
-internal sealed partial class DeviceSession : IDeviceLink
+internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThreadPoolWorkItem
 {
     private const int ReceiveChunk = 4096;
 
-    private static readonly PipeOptions InboundPipeOptions = new(
-        pool: MemoryPool<byte>.Shared,
-        readerScheduler: PipeScheduler.Inline,
-        writerScheduler: PipeScheduler.Inline,
-        // The read loop is both writer and reader, so the writer must never wait for the reader. The bound
-        // is enforced by FrameReader instead: unparsed bytes never exceed one max-size frame plus a chunk.
-        pauseWriterThreshold: 0,
-        resumeWriterThreshold: 0,
-        minimumSegmentSize: ReceiveChunk,
-        useSynchronizationContext: false);
-
+    // The session's one lock: inbox position and group streams, SENDs in flight and their replies, and the
+    // outbox's queue. One per concern cost 40 bytes each for every idle phone; they are rarely contended, since
+    // each guards one device's state. Never held across I/O or an await.
+    private readonly Lock _lock = new();
     private readonly BrokerContext _context;
     private readonly Socket _socket;
     private readonly long _connectionId;
+    private readonly IConnectionOwner _owner;
     private readonly SessionOutbox _outbox;
     private readonly ProtocolStateMachine _state = new(ProtocolRole.Server);
     private readonly int _maxFrameSize;
@@ -46,22 +43,23 @@ internal sealed partial class DeviceSession : IDeviceLink
     private long _lastReceivedMs = Environment.TickCount64;
     private int _closing;
     private bool _registered;
-    private TokenBucket _sendRate;
-    private TokenBucket _byteRate;
+    // Created by the first rate-limited request (an idle phone makes none); only the read loop uses it.
+    private RateBuckets? _rates;
 
-    public DeviceSession(BrokerContext context, Socket socket, long connectionId)
+    public DeviceSession(BrokerContext context, Socket socket, long connectionId, IConnectionOwner owner)
     {
         _context = context;
         _socket = socket;
         _connectionId = connectionId;
+        _owner = owner;
         _maxFrameSize = context.Options.Tcp.MaxFrameBytes;
         var session = context.Options.Session;
-        _outbox = new SessionOutbox(socket, session.MaxOutboundBytes, session.MaxOutboundFrames, OnOutboxOverflow);
-        _sendRate = new TokenBucket(context.Options.Limits.SendsPerSecond);
-        _byteRate = new TokenBucket(context.Options.Limits.BytesPerSecond);
+        _outbox = new SessionOutbox(socket, session.MaxOutboundBytes, session.MaxOutboundFrames, this, _lock);
     }
 
     public string UserId => _user;
+
+    private RateBuckets Rates => _rates ??= new RateBuckets();
 
     public string DeviceId => _device;
 
@@ -71,37 +69,62 @@ internal sealed partial class DeviceSession : IDeviceLink
     internal bool IsKeepaliveExpired(long nowMs) =>
         _keepaliveWindowMs > 0 && nowMs - Volatile.Read(ref _lastReceivedMs) > _keepaliveWindowMs;
 
-    public async Task RunAsync(CancellationToken stopping)
+    // Queued by the handler: the accept loop goes on accepting while this connection starts on the pool.
+    void IThreadPoolWorkItem.Execute() => _ = RunAsync();
+
+    private async Task RunAsync()
     {
-        var pipe = new Pipe(InboundPipeOptions);
-        // Only until CONNECT: its timer is released as soon as the session is registered, so an idle
-        // authenticated connection holds no timer.
-        var handshake = CancellationTokenSource.CreateLinkedTokenSource(stopping);
-        handshake.CancelAfter(_context.Options.Tcp.ConnectTimeout);
+        var stopping = _owner.Stopping;
+        // Only until CONNECT (shared with the connections accepted at about the same time, and dropped once
+        // the session is registered): an idle authenticated connection holds no timer.
+        var handshake = _context.Handshakes.Next();
         var closeReason = ReasonCode.NormalDisconnect;
         var remote = _socket.RemoteEndPoint;
-        long unparsed = 0;
+        Exception? failure = null;
+        // Received bytes not parsed yet are buffer[0..length): never more than one frame, which FrameReader
+        // bounds by tcp.max_frame_bytes before its body arrives. No buffer while length is 0.
+        byte[]? buffer = null;
+        var length = 0;
         try
         {
             while (Volatile.Read(ref _closing) == 0)
             {
-                if (_registered && handshake is not null)
+                if (length == 0)
                 {
-                    handshake.Dispose();
-                    handshake = null;
+                    if (buffer is not null)
+                    {
+                        ArrayPool<byte>.Shared.Return(buffer);
+                        buffer = null;
+                    }
+
+                    if (_registered && handshake.CanBeCanceled)
+                    {
+                        handshake = default;
+                        // From here the receive waits without a token and shutdown comes through the registry;
+                        // a session that registered just as that sweep ran may have been missed, so look once.
+                        Interlocked.MemoryBarrier();
+                        stopping.ThrowIfCancellationRequested();
+                    }
+
+                    // Wait for readability without a buffer: an idle connection holds none.
+                    await _socket.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None, handshake).ConfigureAwait(false);
+                    buffer = ArrayPool<byte>.Shared.Rent(ReceiveChunk);
+                }
+                else if (length == buffer!.Length)
+                {
+                    // A frame larger than the buffer is arriving (its declared length was within the limit).
+                    var bigger = ArrayPool<byte>.Shared.Rent(buffer.Length * 2);
+                    buffer.AsSpan(0, length).CopyTo(bigger);
+                    ArrayPool<byte>.Shared.Return(buffer);
+                    buffer = bigger;
                 }
 
-                var token = handshake?.Token ?? stopping;
-
-                // Wait for readability without a buffer: an idle connection holds none.
-                await _socket.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None, token).ConfigureAwait(false);
-                var memory = pipe.Writer.GetMemory(ReceiveChunk);
-                var received = await _socket.ReceiveAsync(memory, SocketFlags.None, token).ConfigureAwait(false);
+                var received = await _socket.ReceiveAsync(buffer.AsMemory(length), SocketFlags.None, handshake).ConfigureAwait(false);
                 if (received == 0)
                 {
                     // The peer closed (or half-closed). Bytes left unparsed mean it stopped inside a frame:
                     // a half-closed peer can still read, so say why (best effort) before closing.
-                    if (unparsed > 0)
+                    if (length > 0)
                     {
                         closeReason = ReasonCode.TruncatedFrame;
                         _context.Metrics.ProtocolErrors.Add(1, new KeyValuePair<string, object?>("reason", closeReason.ToString()));
@@ -111,29 +134,30 @@ internal sealed partial class DeviceSession : IDeviceLink
                     break;
                 }
 
-                pipe.Writer.Advance(received);
-                await pipe.Writer.FlushAsync(CancellationToken.None).ConfigureAwait(false);
+                length += received;
                 Volatile.Write(ref _lastReceivedMs, Environment.TickCount64);
 
-                pipe.Reader.TryRead(out var result);
-                var buffer = result.Buffer;
-                var error = await ProcessFramesAsync(buffer, stopping).ConfigureAwait(false);
-                if (error.Reason != ReasonCode.Success)
+                var result = await ProcessFramesAsync(buffer, length, stopping).ConfigureAwait(false);
+                if (result.Reason != ReasonCode.Success)
                 {
-                    _context.Metrics.ProtocolErrors.Add(1, new KeyValuePair<string, object?>("reason", error.Reason.ToString()));
-                    await FailAsync(error.Reason, error.Message).ConfigureAwait(false);
-                    closeReason = error.Reason;
+                    _context.Metrics.ProtocolErrors.Add(1, new KeyValuePair<string, object?>("reason", result.Reason.ToString()));
+                    await FailAsync(result.Reason, result.Message).ConfigureAwait(false);
+                    closeReason = result.Reason;
                     break;
                 }
 
-                unparsed = buffer.Slice(error.Consumed).Length;
-                pipe.Reader.AdvanceTo(error.Consumed, buffer.End);
+                // Keep the start of a partial frame at the front (usually nothing: frames arrive whole).
+                length -= result.Consumed;
+                if (length > 0 && result.Consumed > 0)
+                {
+                    buffer.AsSpan(result.Consumed, length).CopyTo(buffer);
+                }
             }
         }
         catch (OperationCanceledException) when (stopping.IsCancellationRequested)
         {
             closeReason = ReasonCode.ServerShuttingDown;
-            await CloseAsync(new Disconnect { Reason = ReasonCode.ServerShuttingDown, Message = "server is shutting down", RetryAfterMs = 1000 }).ConfigureAwait(false);
+            await CloseForShutdownAsync().ConfigureAwait(false);
         }
         catch (OperationCanceledException)
         {
@@ -144,68 +168,108 @@ internal sealed partial class DeviceSession : IDeviceLink
         {
             // The peer vanished or the session was closed from elsewhere (takeover, slow consumer, keepalive).
         }
+        catch (Exception e)
+        {
+            failure = e;
+        }
         finally
         {
-            handshake?.Dispose();
-            await pipe.Reader.CompleteAsync().ConfigureAwait(false);
-            await pipe.Writer.CompleteAsync().ConfigureAwait(false);
-            Task? closing;
-            lock (_deliveryLock)
+            try
             {
-                closing = _closeTask;
-                _closed = true;
+                await EndAsync(buffer, closeReason, remote).ConfigureAwait(false);
             }
-
-            if (closing is not null)
+            catch (Exception e)
             {
-                // A close started elsewhere (takeover, slow consumer, keepalive) is still draining its last
-                // packet: the socket must outlive it, since the listener disposes it when this returns.
-                await closing.ConfigureAwait(false);
+                failure ??= e;
             }
-
-            if (_registered)
+            finally
             {
-                _context.Registry.Unregister(this);
-                _ = _context.Presence.DeviceOffline(this); // last-seen is written in the background
-                _context.Metrics.Sessions.Add(-1);
+                _owner.Release(_socket, _connectionId, failure);
             }
-
-            if (Volatile.Read(ref _closeReasonRecorded) == 0)
-            {
-                RecordDisconnect(closeReason);
-            }
-
-            Log.ConnectionClosed(_context.Logger, _connectionId, remote, _closeReason.ToString());
         }
     }
 
-    private readonly record struct ProcessResult(ReasonCode Reason, string? Message, SequencePosition Consumed);
+    // The read loop has stopped: let a close started elsewhere finish, leave the registry, record why.
+    private async Task EndAsync(byte[]? buffer, ReasonCode closeReason, System.Net.EndPoint? remote)
+    {
+        if (buffer is not null)
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
 
-    /// <summary>Handles every complete frame in <paramref name="buffer"/>; returns where parsing stopped, or a fatal error.</summary>
-    private async ValueTask<ProcessResult> ProcessFramesAsync(ReadOnlySequence<byte> buffer, CancellationToken stopping)
+        Task? closing;
+        lock (_lock)
+        {
+            closing = _closeTask;
+            _closed = true;
+        }
+
+        if (closing is not null)
+        {
+            // A close started elsewhere (takeover, slow consumer, keepalive) is still draining its last
+            // packet: the socket must outlive it, since the owner disposes it on release.
+            await closing.ConfigureAwait(false);
+        }
+
+        if (_registered)
+        {
+            _context.Registry.Unregister(this);
+            _ = _context.Presence.DeviceOffline(this); // last-seen is written in the background
+            _context.Metrics.Sessions.Add(-1);
+        }
+
+        if (Volatile.Read(ref _closeReasonRecorded) == 0)
+        {
+            RecordDisconnect(closeReason);
+        }
+
+        Log.ConnectionClosed(_context.Logger, _connectionId, remote, _closeReason.ToString());
+    }
+
+    /// <summary>The per-connection rate limits (limits.*), each a token bucket.</summary>
+    private sealed class RateBuckets
+    {
+        public TokenBucket Sends;
+        public TokenBucket Bytes;
+        public TokenBucket Typing;
+        public TokenBucket KeyFetches;
+    }
+
+    private readonly record struct ProcessResult(ReasonCode Reason, string? Message, int Consumed);
+
+    /// <summary>
+    /// Handles every complete frame in <paramref name="bytes"/>[0..<paramref name="length"/>); returns how many
+    /// bytes that was, or a fatal error.
+    /// </summary>
+    private async ValueTask<ProcessResult> ProcessFramesAsync(byte[] bytes, int length, CancellationToken stopping)
     {
         ReasonCode error;
-        while (FrameReader.TryRead(buffer, _maxFrameSize, out var frame, out var consumed, out error))
+        var offset = 0;
+        var buffer = new ReadOnlySequence<byte>(bytes, 0, length);
+        while (FrameReader.TryRead(buffer, _maxFrameSize, out var frame, out _, out error))
         {
+            var frameLength = (int)frame.Length;
             // State first: never parse a body the peer was not allowed to send.
             error = _state.OnReceived(frame.Type);
             if (error != ReasonCode.Success)
             {
-                return new(error, $"{frame.Type} is not allowed now", buffer.Start);
+                return new(error, $"{frame.Type} is not allowed now", offset);
             }
 
             if (!PacketDecoder.TryDecode(frame, out var message, out error))
             {
-                return new(error, $"bad {frame.Type} packet", buffer.Start);
+                return new(error, $"bad {frame.Type} packet", offset);
             }
 
             var handled = await HandleAsync(message, frame.Flags, stopping).ConfigureAwait(false);
             if (handled.Reason != ReasonCode.Success)
             {
-                return new(handled.Reason, handled.Message, buffer.Start);
+                return new(handled.Reason, handled.Message, offset);
             }
 
-            buffer = buffer.Slice(consumed);
+            // Decoded messages own copies of their fields, so the bytes may be reused once handled.
+            offset += frameLength;
+            buffer = new ReadOnlySequence<byte>(bytes, offset, length - offset);
             if (Volatile.Read(ref _closing) != 0)
             {
                 break;
@@ -213,8 +277,8 @@ internal sealed partial class DeviceSession : IDeviceLink
         }
 
         return error == ReasonCode.Success
-            ? new(ReasonCode.Success, null, buffer.Start)
-            : new(error, DescribeFrameError(error), buffer.Start);
+            ? new(ReasonCode.Success, null, offset)
+            : new(error, DescribeFrameError(error), offset);
     }
 
     private string DescribeFrameError(ReasonCode error) => error switch
@@ -239,13 +303,17 @@ internal sealed partial class DeviceSession : IDeviceLink
     public void Close(ReasonCode reason, string message) =>
         _ = CloseAsync(new Disconnect { Reason = reason, Message = message });
 
+    /// <summary>The broker is stopping: DISCONNECT(SERVER_SHUTTING_DOWN) with a retry hint, then close.</summary>
+    internal Task CloseForShutdownAsync() =>
+        CloseAsync(new Disconnect { Reason = ReasonCode.ServerShuttingDown, Message = "server is shutting down", RetryAfterMs = 1000 });
+
     private int _closeReasonRecorded;
-    // Set once (under _deliveryLock) by the first close; the read loop awaits it before the socket is released.
+    // Set once (under _lock) by the first close; the read loop awaits it before the socket is released.
     private Task? _closeTask;
 
     private Task CloseAsync(IMessage? last)
     {
-        lock (_deliveryLock)
+        lock (_lock)
         {
             if (_closeTask is null)
             {
@@ -299,13 +367,58 @@ internal sealed partial class DeviceSession : IDeviceLink
     // The reason the session ended, as first recorded (written once, before the read loop logs it).
     private ReasonCode _closeReason = ReasonCode.NormalDisconnect;
 
-    private void OnOutboxOverflow(ReasonCode reason) =>
+    void IOutboxOwner.OnOutboxOverflow(ReasonCode reason) =>
         Close(reason, $"slow consumer: more than {_context.Options.Session.MaxOutboundBytes} bytes or {_context.Options.Session.MaxOutboundFrames} frames queued");
 }
 
-/// <summary>Creates a <see cref="DeviceSession"/> for each accepted socket.</summary>
-internal sealed class DeviceConnectionHandler(BrokerContext context) : Transport.ISocketConnectionHandler
+/// <summary>Creates a <see cref="DeviceSession"/> for each accepted socket, and closes them all on shutdown.</summary>
+internal sealed class DeviceConnectionHandler(BrokerContext context) : ISocketConnectionHandler
 {
-    public Task RunAsync(Socket socket, long connectionId, CancellationToken stopping) =>
-        new DeviceSession(context, socket, connectionId).RunAsync(stopping);
+    private readonly Lock _lock = new();
+    private readonly List<CancellationToken> _watched = [];
+    private CancellationToken _lastWatched;
+
+    public void Start(Socket socket, long connectionId, IConnectionOwner owner)
+    {
+        Watch(owner.Stopping);
+        ThreadPool.UnsafeQueueUserWorkItem(new DeviceSession(context, socket, connectionId, owner), preferLocal: false);
+    }
+
+    // One registration per listener rather than one per waiting receive: registered sessions wait without a
+    // token, so shutdown closes them through the registry. Sessions still in the handshake watch the token.
+    private void Watch(CancellationToken stopping)
+    {
+        if (stopping == _lastWatched)
+        {
+            return; // the usual case: one listener, already watched (a token is one reference: read atomically)
+        }
+
+        lock (_lock)
+        {
+            _lastWatched = stopping;
+            foreach (var watched in _watched)
+            {
+                if (watched == stopping)
+                {
+                    return;
+                }
+            }
+
+            _watched.Add(stopping);
+        }
+
+        stopping.UnsafeRegister(static state => ((DeviceConnectionHandler)state!).CloseAllForShutdown(), this);
+    }
+
+    private void CloseAllForShutdown()
+    {
+        context.Handshakes.CancelAll();
+        foreach (var link in context.Registry.Sessions())
+        {
+            if (link is DeviceSession session)
+            {
+                _ = session.CloseForShutdownAsync();
+            }
+        }
+    }
 }

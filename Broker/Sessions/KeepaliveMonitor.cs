@@ -21,7 +21,7 @@ internal sealed class KeepaliveMonitor(SessionRegistry registry, ILogger<Keepali
         {
             var now = Environment.TickCount64;
             var closed = 0;
-            foreach (var link in registry.Snapshot())
+            foreach (var link in registry.Sessions())
             {
                 if (link is DeviceSession session && session.IsKeepaliveExpired(now))
                 {

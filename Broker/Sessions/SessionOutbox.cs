@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Collections.Concurrent;
 using System.Net.Sockets;
 using ChatBroker.Protocol;
 using ChatBroker.Protocol.Messages;
@@ -6,9 +7,16 @@ using Google.Protobuf;
 
 namespace ChatBroker.Broker.Sessions;
 
+/// <summary>What an outbox tells its session.</summary>
+internal interface IOutboxOwner
+{
+    /// <summary>More than the bound is queued (called on the thread pool, never under the outbox's lock).</summary>
+    void OnOutboxOverflow(ReasonCode reason);
+}
+
 /// <summary>
 /// The outbound side of one connection. Any thread may write whole frames; they go, under a lock, into a
-/// pooled buffer, and a single send loop hands everything written so far to the socket in one send — so a
+/// pooled buffer, and a single sender hands everything written so far to the socket in one send — so a
 /// burst of deliveries costs one syscall, not one per frame, and an idle connection holds no buffer.
 /// <para>
 /// Bounded: when the bytes or frames not yet accepted by the socket pass the limits, the device is a slow
@@ -16,17 +24,24 @@ namespace ChatBroker.Broker.Sessions;
 /// a DISCONNECT(SLOW_CONSUMER) is queued after the send in flight, and the socket is aborted if the peer
 /// does not take even that within the drain timeout. Memory per connection therefore never passes the bound.
 /// </para>
+/// <para>
+/// Idle cost: the outbox is a few fields and shares its session's lock. Sends go through
+/// <see cref="SendArgs"/> rented from a process-wide pool for the duration of one send, not the socket's own
+/// cached send state, which would stay with every connection that ever sent a CONNACK (~360 bytes each).
+/// The sender runs as a thread-pool work item (the outbox itself), so starting one allocates nothing.
+/// </para>
 /// </summary>
-internal sealed class SessionOutbox : IBufferWriter<byte>
+internal sealed class SessionOutbox : IBufferWriter<byte>, IThreadPoolWorkItem
 {
     private const int InitialBufferSize = 4096;
 
     private readonly Socket _socket;
     private readonly int _maxBytes;
     private readonly int _maxFrames;
-    private readonly Action<ReasonCode> _onOverflow;
-    // Guards every field below. Held only while copying bytes in or swapping buffers out, never across I/O.
-    private readonly Lock _lock = new();
+    private readonly IOutboxOwner _owner;
+    // Guards every field below: the session's lock, shared rather than one more lock object per connection.
+    // Held only while copying bytes in or swapping buffers out, never across I/O.
+    private readonly Lock _lock;
     private byte[]? _buffer;
     private int _written;
     private int _frames;
@@ -36,12 +51,13 @@ internal sealed class SessionOutbox : IBufferWriter<byte>
     private bool _finalWritten;
     private TaskCompletionSource? _sendCompleted;
 
-    public SessionOutbox(Socket socket, int maxBytes, int maxFrames, Action<ReasonCode> onOverflow)
+    public SessionOutbox(Socket socket, int maxBytes, int maxFrames, IOutboxOwner owner, Lock sessionLock)
     {
         _socket = socket;
         _maxBytes = maxBytes;
         _maxFrames = maxFrames;
-        _onOverflow = onOverflow;
+        _owner = owner;
+        _lock = sessionLock;
     }
 
     /// <summary>Bytes written but not yet accepted by the socket.</summary>
@@ -206,18 +222,22 @@ internal sealed class SessionOutbox : IBufferWriter<byte>
         // Drop what the socket has not taken: the device re-reads it from its cursor after reconnecting.
         ReturnBuffer();
         _closing = true;
-        _ = Task.Run(() => _onOverflow(ReasonCode.SlowConsumer));
+        ThreadPool.UnsafeQueueUserWorkItem(static owner => owner.OnOutboxOverflow(ReasonCode.SlowConsumer), _owner, preferLocal: false);
     }
 
+    // Under the lock. Queued to this thread's local queue: it runs once the current work (typically the read
+    // loop handling every frame of one receive) is done, so the frames it wrote leave in one send.
     private void StartSend()
     {
         _sending = true;
-        _ = SendLoopAsync();
+        ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: true);
     }
 
-    private async Task SendLoopAsync()
+    void IThreadPoolWorkItem.Execute() => SendNext();
+
+    // Hands the bytes written so far to the socket, batch after batch, until nothing is left.
+    private void SendNext()
     {
-        await Task.Yield();
         while (true)
         {
             byte[] buffer;
@@ -240,37 +260,133 @@ internal sealed class SessionOutbox : IBufferWriter<byte>
                 _inFlightBytes = length;
             }
 
+            var args = SendArgs.Rent(this, buffer, length);
+            bool pending;
             try
             {
-                var sent = 0;
-                while (sent < length)
-                {
-                    sent += await _socket.SendAsync(buffer.AsMemory(sent, length - sent), SocketFlags.None).ConfigureAwait(false);
-                }
+                pending = _socket.SendAsync(args);
             }
             catch (Exception e) when (e is SocketException or ObjectDisposedException)
             {
-                lock (_lock)
-                {
-                    _closing = true;
-                    ReturnBuffer();
-                    _inFlightBytes = 0;
-                    _sending = false;
-                    SignalSendCompleted();
-                }
-
-                ArrayPool<byte>.Shared.Return(buffer);
+                args.Release();
+                SendFailed(buffer);
                 return;
             }
 
-            ArrayPool<byte>.Shared.Return(buffer);
-            lock (_lock)
+            if (pending || !SendCompleted(args))
             {
-                // Wake waiters (a resume pump waiting for room, or a close waiting to flush); they re-check.
-                _inFlightBytes = 0;
-                SignalSendCompleted();
+                return; // OnSendCompleted goes on when the socket takes it, or the socket failed
             }
         }
+    }
+
+    // A pooled send finished off this thread (the socket's buffer was full for a while).
+    private void OnSendCompleted(SendArgs args)
+    {
+        if (SendCompleted(args))
+        {
+            SendNext();
+        }
+    }
+
+    // True when the whole buffer went out and the sender may go on.
+    private bool SendCompleted(SendArgs args)
+    {
+        var buffer = args.Buffer!;
+        var error = args.SocketError;
+        var complete = error == SocketError.Success && args.BytesTransferred == args.Count;
+        var next = args.Offset + args.BytesTransferred;
+        var length = args.Offset + args.Count;
+        if (error == SocketError.Success && !complete)
+        {
+            // A stream socket's send completes whole; should one ever not, send the rest with the same args.
+            args.SetBuffer(next, length - next);
+            try
+            {
+                return !_socket.SendAsync(args) && SendCompleted(args);
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                complete = false;
+            }
+        }
+
+        args.Release();
+        if (!complete)
+        {
+            SendFailed(buffer);
+            return false;
+        }
+
+        ArrayPool<byte>.Shared.Return(buffer);
+        lock (_lock)
+        {
+            // Wake waiters (a resume pump waiting for room, or a close waiting to flush); they re-check.
+            _inFlightBytes = 0;
+            SignalSendCompleted();
+        }
+
+        return true;
+    }
+
+    private void SendFailed(byte[] buffer)
+    {
+        lock (_lock)
+        {
+            _closing = true;
+            ReturnBuffer();
+            _inFlightBytes = 0;
+            _sending = false;
+            SignalSendCompleted();
+        }
+
+        ArrayPool<byte>.Shared.Return(buffer);
+    }
+
+    /// <summary>
+    /// Event args for one send, shared by all connections through a small pool: a connection holds one only
+    /// while a send is in flight. Completions off the calling thread arrive in <see cref="OnCompleted"/>.
+    /// </summary>
+    private sealed class SendArgs() : SocketAsyncEventArgs(unsafeSuppressExecutionContextFlow: true)
+    {
+        // Enough for the sends in flight at once on a busy node; beyond it args are left to the GC.
+        private const int PoolLimit = 1024;
+        private static readonly ConcurrentQueue<SendArgs> Pool = new();
+        private static int _pooled;
+        private SessionOutbox? _outbox;
+
+        public static SendArgs Rent(SessionOutbox outbox, byte[] buffer, int length)
+        {
+            if (Pool.TryDequeue(out var args))
+            {
+                Interlocked.Decrement(ref _pooled);
+            }
+            else
+            {
+                args = new SendArgs();
+            }
+
+            args._outbox = outbox;
+            args.SetBuffer(buffer, 0, length);
+            return args;
+        }
+
+        public void Release()
+        {
+            _outbox = null;
+            SetBuffer(null, 0, 0);
+            if (Interlocked.Increment(ref _pooled) <= PoolLimit)
+            {
+                Pool.Enqueue(this);
+            }
+            else
+            {
+                Interlocked.Decrement(ref _pooled);
+                Dispose();
+            }
+        }
+
+        protected override void OnCompleted(SocketAsyncEventArgs e) => _outbox!.OnSendCompleted(this);
     }
 
     private void ReturnBuffer()

@@ -107,7 +107,23 @@ public sealed class SessionRegistry
 
     public bool IsOnline(string userId) => _users.TryGetValue(userId, out var entry) && entry.Devices.Length > 0;
 
-    /// <summary>Every online session (for shutdown and keepalive sweeps); a snapshot.</summary>
+    /// <summary>
+    /// Every online session, read live rather than copied: the keepalive sweep runs each second, and a snapshot
+    /// list of a million sessions each time would be 8 MB of garbage a second. Sessions registered or removed
+    /// during the walk may or may not be seen.
+    /// </summary>
+    public IEnumerable<IDeviceLink> Sessions()
+    {
+        foreach (var (_, entry) in _users)
+        {
+            foreach (var link in entry.Devices)
+            {
+                yield return link;
+            }
+        }
+    }
+
+    /// <summary>Every online session; a snapshot.</summary>
     public List<IDeviceLink> Snapshot()
     {
         var all = new List<IDeviceLink>(SessionCount);

@@ -3,30 +3,31 @@ using System.Diagnostics;
 namespace ChatBroker.Broker.Sessions;
 
 /// <summary>
-/// A per-connection rate limit: <c>rate</c> tokens a second, bursts up to twice that. Not thread-safe: a
-/// connection's read loop is its only user.
+/// A per-connection rate limit: <c>rate</c> tokens a second, bursts up to twice that. The rate is a setting
+/// shared by every connection, so it is passed in rather than stored: a bucket is 16 bytes of every session.
+/// Starts full. Not thread-safe: a connection's read loop is its only user.
 /// </summary>
-internal struct TokenBucket(double ratePerSecond)
+internal struct TokenBucket
 {
-    private readonly double _rate = ratePerSecond;
-    private readonly double _burst = ratePerSecond * 2;
-    private double _tokens = ratePerSecond * 2;
-    private long _last = Stopwatch.GetTimestamp();
+    private double _spent; // tokens below a full bucket (0 = full), as of _last
+    private long _last;
 
     /// <summary>Takes <paramref name="amount"/> tokens, or says how long until they would be there.</summary>
-    public bool TryTake(double amount, out TimeSpan retryAfter)
+    public bool TryTake(double ratePerSecond, double amount, out TimeSpan retryAfter)
     {
         var now = Stopwatch.GetTimestamp();
-        _tokens = Math.Min(_burst, _tokens + (Stopwatch.GetElapsedTime(_last, now).TotalSeconds * _rate));
+        var burst = ratePerSecond * 2;
+        var tokens = _last == 0 ? burst : Math.Min(burst, burst - _spent + (Stopwatch.GetElapsedTime(_last, now).TotalSeconds * ratePerSecond));
         _last = now;
-        if (_tokens >= amount)
+        if (tokens >= amount)
         {
-            _tokens -= amount;
+            _spent = burst - (tokens - amount);
             retryAfter = TimeSpan.Zero;
             return true;
         }
 
-        retryAfter = TimeSpan.FromSeconds((amount - _tokens) / _rate);
+        _spent = burst - tokens;
+        retryAfter = TimeSpan.FromSeconds((amount - tokens) / ratePerSecond);
         return false;
     }
 }

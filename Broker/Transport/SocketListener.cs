@@ -11,8 +11,22 @@ namespace ChatBroker.Broker.Transport;
 /// <summary>What the listener hands each accepted socket to. The broker's protocol session implements it.</summary>
 public interface ISocketConnectionHandler
 {
-    /// <summary>Runs the connection until it ends. <paramref name="stopping"/> fires on shutdown.</summary>
-    Task RunAsync(Socket socket, long connectionId, CancellationToken stopping);
+    /// <summary>
+    /// Takes over <paramref name="socket"/> and returns at once, without waiting for the connection: the listener
+    /// keeps no task or continuation per connection. When the connection has ended the handler calls
+    /// <see cref="IConnectionOwner.Release"/> exactly once.
+    /// </summary>
+    void Start(Socket socket, long connectionId, IConnectionOwner owner);
+}
+
+/// <summary>The listener as a running connection sees it.</summary>
+public interface IConnectionOwner
+{
+    /// <summary>Fires when the broker shuts down: connections say so and end.</summary>
+    CancellationToken Stopping { get; }
+
+    /// <summary>The connection has ended: the owner disposes the socket and counts it closed.</summary>
+    void Release(Socket socket, long connectionId, Exception? failure);
 }
 
 /// <summary>
@@ -20,14 +34,15 @@ public interface ISocketConnectionHandler
 /// connection here costs ~2.0 KB against Kestrel's ~5.2 KB (measured at 15k connections), and a million idle
 /// phones is the goal. Accepting is bounded by tcp.max_connections; the excess is closed at once and counted.
 /// </summary>
-public sealed class SocketListener : IHostedService, IAsyncDisposable
+public sealed class SocketListener : IHostedService, IConnectionOwner, IAsyncDisposable
 {
     private readonly TcpOptions _options;
     private readonly ISocketConnectionHandler _handler;
     private readonly BrokerMetrics _metrics;
     private readonly ILogger _logger;
+    // Accepts waiting at once: while one loop sets up the socket it just took, another is already in accept().
+    private static readonly int AcceptLoops = Math.Clamp(Environment.ProcessorCount, 1, 4);
     private readonly CancellationTokenSource _stopping = new();
-    // Connection tasks still running, so shutdown can await them; each removes itself when it completes.
     // Completed when the last connection ends after shutdown began; no per-connection bookkeeping beyond _open
     // (a task map plus a continuation per connection cost ~300 bytes of every idle phone).
     private readonly TaskCompletionSource _allClosed = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -67,7 +82,13 @@ public sealed class SocketListener : IHostedService, IAsyncDisposable
 
         _socket = socket;
         Log.TcpListening(_logger, (IPEndPoint)socket.LocalEndPoint!);
-        _acceptLoop = Task.Run(AcceptLoopAsync, CancellationToken.None);
+        var loops = new Task[AcceptLoops];
+        for (var i = 0; i < loops.Length; i++)
+        {
+            loops[i] = Task.Run(AcceptLoopAsync, CancellationToken.None);
+        }
+
+        _acceptLoop = Task.WhenAll(loops);
         return Task.CompletedTask;
     }
 
@@ -114,29 +135,31 @@ public sealed class SocketListener : IHostedService, IAsyncDisposable
             client.NoDelay = true;
             _metrics.ConnectionsOpen.Add(1);
             var id = Interlocked.Increment(ref _nextConnectionId);
-            _ = RunConnectionAsync(client, id);
+            try
+            {
+                _handler.Start(client, id, this);
+            }
+            catch (Exception e)
+            {
+                ((IConnectionOwner)this).Release(client, id, e);
+            }
         }
     }
 
-    private async Task RunConnectionAsync(Socket client, long id)
+    CancellationToken IConnectionOwner.Stopping => _stopping.Token;
+
+    void IConnectionOwner.Release(Socket socket, long connectionId, Exception? failure)
     {
-        await Task.Yield();
-        try
+        if (failure is not null)
         {
-            await _handler.RunAsync(client, id, _stopping.Token).ConfigureAwait(false);
+            Log.ConnectionFailed(_logger, connectionId, failure);
         }
-        catch (Exception e)
+
+        socket.Dispose();
+        _metrics.ConnectionsOpen.Add(-1);
+        if (Interlocked.Decrement(ref _open) == 0 && _stopping.IsCancellationRequested)
         {
-            Log.ConnectionFailed(_logger, id, e);
-        }
-        finally
-        {
-            client.Dispose();
-            _metrics.ConnectionsOpen.Add(-1);
-            if (Interlocked.Decrement(ref _open) == 0 && _stopping.IsCancellationRequested)
-            {
-                _allClosed.TrySetResult();
-            }
+            _allClosed.TrySetResult();
         }
     }
 

@@ -1,5 +1,6 @@
 using System.Security.Cryptography;
 using ChatBroker.Broker.Auth;
+using ChatBroker.Broker.Tests.Infrastructure;
 using ChatBroker.EndToEnd.Tests.Infrastructure;
 using ChatBroker.Protocol;
 using ChatBroker.Protocol.Messages;
@@ -144,6 +145,44 @@ public sealed class ProtocolEdgeTests : IAsyncLifetime
 
         var disconnect = Assert.IsType<Disconnect>(packets[^1]);
         Assert.Equal(ReasonCode.KeepaliveTimeout, disconnect.Reason);
+    }
+
+    [Fact]
+    public async Task A_connection_that_sends_no_CONNECT_is_closed_after_the_connect_timeout()
+    {
+        await using var broker = await TestBroker.StartAsync(null, "--set", "tcp.connect_timeout=300ms");
+        await using var silent = await broker.ConnectRawAsync();
+        var started = System.Diagnostics.Stopwatch.StartNew();
+
+        var connack = Assert.IsType<Connack>(Assert.Single(await silent.ReceiveUntilClosedAsync(TimeSpan.FromSeconds(10))));
+
+        Assert.Equal(ReasonCode.KeepaliveTimeout, connack.Reason);
+        Assert.InRange(started.Elapsed, TimeSpan.FromMilliseconds(250), TimeSpan.FromSeconds(5));
+        await using var device = await broker.LoginAsync("alice", "phone"); // later connections still get their full time
+        await device.SendAsync(new Ping());
+        await device.ReceiveAsync<Pong>();
+    }
+
+    [Fact]
+    public async Task Idle_and_half_connected_devices_are_told_the_broker_is_shutting_down()
+    {
+        await using var broker = await TestBroker.StartAsync();
+        await using var idle = await broker.LoginAsync("alice", "phone");
+        await using var busy = await broker.LoginAsync("bob", "phone");
+        await busy.SendAsync(new Ping());
+        await busy.ReceiveAsync<Pong>();
+        await using var handshaking = await broker.ConnectRawAsync(); // no CONNECT yet
+
+        broker.Process.SendSignal(BrokerProcess.SigTerm);
+
+        foreach (var device in new[] { idle, busy, handshaking })
+        {
+            var disconnect = Assert.IsType<Disconnect>((await device.ReceiveUntilClosedAsync())[^1]);
+            Assert.Equal(ReasonCode.ServerShuttingDown, disconnect.Reason);
+            Assert.True(disconnect.RetryAfterMs > 0);
+        }
+
+        Assert.Equal(0, await broker.Process.WaitForExitAsync(TimeSpan.FromSeconds(30)));
     }
 
     [Fact]

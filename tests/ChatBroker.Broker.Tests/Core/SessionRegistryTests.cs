@@ -62,5 +62,6 @@ public sealed class SessionRegistryTests
 
         Assert.Equal(500, registry.SessionCount);
         Assert.Equal(500, registry.Snapshot().Count);
+        Assert.Equal(registry.Snapshot().ToHashSet(), registry.Sessions().ToHashSet());
     }
 }
