@@ -68,6 +68,7 @@ internal sealed class CommitWriter : IDisposable
     private readonly object _syncLock = new();
     private readonly List<UnsyncedBatch> _unsynced = [];
     private volatile int _unsyncedCount;
+    private int _unsyncedOps; // requests in _unsynced; at most StorageOptions.QueueCapacity
     private StorageException? _syncFailure;
     private bool _syncStopping;
 
@@ -532,6 +533,7 @@ internal sealed class CommitWriter : IDisposable
                     {
                         _unsynced.Remove(unsynced);
                         _unsyncedCount = _unsynced.Count;
+                        _unsyncedOps -= unsynced.Ops.Length;
                     }
                 }
             }
@@ -574,6 +576,18 @@ internal sealed class CommitWriter : IDisposable
 
         lock (_syncLock)
         {
+            // Bounded like the queue: if the disk stalls, the committer stops here and the queue's
+            // backpressure reaches the callers, instead of written-but-unsynced batches piling up.
+            while (_unsyncedOps >= _options.QueueCapacity && _syncFailure is null)
+            {
+                Monitor.Wait(_syncLock);
+            }
+
+            if (_syncFailure is not null)
+            {
+                failure = new StorageException("An earlier fsync of the WAL failed, so the store accepts no writes until it is reopened: " + _syncFailure.Message, _syncFailure);
+                return null;
+            }
 
             var batch = new UnsyncedBatch(
                 slot.Ops.ToArray(),
@@ -582,6 +596,7 @@ internal sealed class CommitWriter : IDisposable
                 slot.Batch.Count > 0);
             _unsynced.Add(batch);
             _unsyncedCount = _unsynced.Count;
+            _unsyncedOps += batch.Ops.Length;
             return batch;
         }
     }
@@ -641,7 +656,13 @@ internal sealed class CommitWriter : IDisposable
             {
                 _unsynced.RemoveRange(0, taken.Count);
                 _unsyncedCount = _unsynced.Count;
+                foreach (var batch in taken)
+                {
+                    _unsyncedOps -= batch.Ops.Length;
+                }
+
                 _syncFailure ??= failure as StorageException;
+                Monitor.PulseAll(_syncLock); // a committer waiting for room in the bound
             }
 
             var count = 0;

@@ -366,6 +366,30 @@ public sealed class OverlappedWalSyncTests
     }
 
     [Fact]
+    public async Task A_stalled_fsync_stops_the_committer_at_the_queue_bound()
+    {
+        var engine = new GatedSyncEngine();
+        using var store = new InMemoryChatStore(engine, new StorageOptions { SweepInterval = Timeout.InfiniteTimeSpan, WriteInlineWhenIdle = false, QueueCapacity = 2, MaxBatchCount = 1 });
+        engine.Gate.Reset();
+        var first = store.AppendAsync(Messages.To(1, "a"));
+        Assert.True(await engine.SyncEntered.WaitAsync(TimeSpan.FromSeconds(30)));
+        var rest = Enumerable.Range(0, 6).Select(i => store.AppendAsync(Messages.To(1, "b" + i))).ToList();
+
+        // The stalled fsync holds batch 1; with batch 2 the bound (2 requests) is full and the committer
+        // waits before writing a 3rd, so the engine sees exactly 2 commits until the disk answers.
+        // (The negative probe can only pass wrongly on a slow machine, never fail a correct store.)
+        for (var i = 0; i < 2; i++)
+        {
+            Assert.True(await engine.Committed.WaitAsync(TimeSpan.FromSeconds(30)));
+        }
+
+        Assert.False(await engine.Committed.WaitAsync(TimeSpan.FromMilliseconds(200)));
+        engine.Gate.Set();
+        Assert.Equal(1UL, (await first).Seq);
+        Assert.Equal([2UL, 3UL, 4UL, 5UL, 6UL, 7UL], (await Task.WhenAll(rest)).Select(r => r.Seq));
+    }
+
+    [Fact]
     public async Task A_duplicate_is_not_answered_before_the_original_is_durable()
     {
         var engine = new GatedSyncEngine();
