@@ -24,6 +24,7 @@ public abstract class ChatStore : IChatStore
     private protected ChatStore(IKvEngine engine, StorageOptions options)
     {
         Validate(options);
+        CheckFormat(engine, options);
         _engine = engine;
         _options = options;
         _writer = new CommitWriter(engine, options);
@@ -33,6 +34,50 @@ public abstract class ChatStore : IChatStore
     }
 
     public StorageOptions Options => _options;
+
+    /// <summary>Refuses a store written in another key layout instead of misreading it; stamps a new
+    /// (empty) store with <see cref="Records.StorageFormat"/>.</summary>
+    private static void CheckFormat(IKvEngine engine, StorageOptions options)
+    {
+        var stored = engine.Get(Cf.Default, Records.FormatKey);
+        if (stored is { Length: 4 } && Records.TrailingU32(stored) == Records.StorageFormat)
+        {
+            return;
+        }
+
+        string? found = stored switch
+        {
+            null when HoldsData(engine) => "1 (written before the format was recorded)",
+            null => null,
+            { Length: 4 } => Records.TrailingU32(stored).ToString(System.Globalization.CultureInfo.InvariantCulture),
+            _ => "unreadable",
+        };
+        if (found is not null)
+        {
+            throw new StorageException(
+                $"Cannot open message store at {options.Path}: its storage format is {found}, this build reads format " +
+                $"{Records.StorageFormat} only. Start on an empty directory (storage.path), or run the ChatBroker version that wrote it.");
+        }
+
+        using var batch = engine.CreateBatch();
+        batch.Put(Cf.Default, Records.FormatKey, new ByteWriter(4).U32(Records.StorageFormat).Span);
+        engine.Commit(batch, sync: true);
+    }
+
+    private static bool HoldsData(IKvEngine engine)
+    {
+        foreach (var cf in Enum.GetValues<Cf>())
+        {
+            using var cursor = engine.OpenCursor(cf, [], []);
+            cursor.SeekToFirst();
+            if (cursor.Valid)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
 
     // ---- messages ----
 
@@ -232,7 +277,7 @@ public abstract class ChatStore : IChatStore
     public IReadOnlyList<ulong> ListConversations(string userId)
     {
         Records.ValidateId(userId, nameof(userId));
-        var prefix = Records.InboxPrefix(new ByteWriter(), userId).ToArray();
+        var prefix = Records.UserPrefix(new ByteWriter(), userId).ToArray();
         var result = new List<ulong>();
         using var cursor = _engine.OpenCursor(Cf.UserConversations, prefix, KeyRange.PrefixSuccessor(prefix));
         for (cursor.SeekToFirst(); cursor.Valid; cursor.Next())
@@ -328,7 +373,7 @@ public abstract class ChatStore : IChatStore
     public IReadOnlyList<string> ListKeyDevices(string userId)
     {
         Records.ValidateId(userId, nameof(userId));
-        var prefix = Records.KeyUserPrefix(new ByteWriter(), userId).ToArray();
+        var prefix = Records.UserPrefix(new ByteWriter(), userId).ToArray();
         var devices = new List<string>();
         using var cursor = _engine.OpenCursor(Cf.Prekeys, prefix, KeyRange.PrefixSuccessor(prefix));
         cursor.SeekToFirst();
@@ -357,7 +402,7 @@ public abstract class ChatStore : IChatStore
         {
             var cutoff = now - ((long)_options.Retention.Days * 86_400_000L);
             removed += await SweepLogAsync(Cf.Messages, prefixLength: _ => 8, cutoff, isMessage: true, cancellationToken).ConfigureAwait(false);
-            removed += await SweepLogAsync(Cf.Inboxes, prefixLength: key => 2 + ((key[0] << 8) | key[1]), cutoff, isMessage: false, cancellationToken).ConfigureAwait(false);
+            removed += await SweepLogAsync(Cf.Inboxes, prefixLength: key => Records.InboxPrefixLength(key), cutoff, isMessage: false, cancellationToken).ConfigureAwait(false);
         }
 
         removed += await SweepIdempotencyAsync(now - (long)_options.IdempotencyWindow.TotalMilliseconds, cancellationToken).ConfigureAwait(false);
@@ -370,60 +415,54 @@ public abstract class ChatStore : IChatStore
     /// <summary>Deletes, per log (a conversation, or a user's inbox), the entries older than the cutoff,
     /// but never the newest one: its key is where the seq counter is recovered from on open.
     /// Timestamps are non-decreasing in seq order (the writer assigns them), so the expired entries
-    /// are a prefix of each log and one DeleteRange removes them.</summary>
+    /// are a prefix of each log. Deletes go to the writer in chunks of <see cref="SweepChunk"/> keys
+    /// while the walk goes on, so a large backlog never sits in memory.</summary>
     private async Task<long> SweepLogAsync(Cf cf, PrefixLength prefixLength, long cutoffMs, bool isMessage, CancellationToken cancellationToken)
     {
         long removed = 0;
-        var ranges = new List<(byte[] Start, byte[] End)>();
-        using (var cursor = _engine.OpenCursor(cf, [], []))
+        var expired = new List<byte[]>();
+        using var cursor = _engine.OpenCursor(cf, [], []);
+        cursor.SeekToFirst();
+        while (cursor.Valid)
         {
-            cursor.SeekToFirst();
-            while (cursor.Valid)
+            cancellationToken.ThrowIfCancellationRequested();
+            var prefix = cursor.Key[..prefixLength(cursor.Key)].ToArray();
+            while (cursor.Valid && cursor.Key.StartsWith(prefix))
             {
-                cancellationToken.ThrowIfCancellationRequested();
-                var prefix = cursor.Key[..prefixLength(cursor.Key)].ToArray();
-                var first = cursor.Key.ToArray();
-                byte[]? deleteEnd = null;
-                long count = 0;
-                while (cursor.Valid && cursor.Key.StartsWith(prefix))
-                {
-                    var ts = isMessage ? Records.MessageTimestamp(cursor.Value) : Records.ReadInbox(cursor.Key, cursor.Value).TimestampMs;
-                    if (ts >= cutoffMs)
-                    {
-                        break;
-                    }
-
-                    // Entry is expired; it may be deleted only if a newer entry exists.
-                    cursor.Next();
-                    if (!cursor.Valid || !cursor.Key.StartsWith(prefix))
-                    {
-                        break;
-                    }
-
-                    deleteEnd = cursor.Key.ToArray();
-                    count++;
-                }
-
-                if (deleteEnd is not null)
-                {
-                    ranges.Add((first, deleteEnd));
-                    removed += count;
-                }
-
-                var next = KeyRange.PrefixSuccessor(prefix);
-                if (next.Length == 0)
+                var ts = isMessage ? Records.MessageTimestamp(cursor.Value) : Records.ReadInbox(cursor.Key, cursor.Value).TimestampMs;
+                if (ts >= cutoffMs)
                 {
                     break;
                 }
 
-                cursor.Seek(next);
+                // Entry is expired; it may be deleted only if a newer entry exists.
+                var key = cursor.Key.ToArray();
+                cursor.Next();
+                if (!cursor.Valid || !cursor.Key.StartsWith(prefix))
+                {
+                    break;
+                }
+
+                expired.Add(key);
+                if (expired.Count == SweepChunk)
+                {
+                    removed += await _writer.EnqueueAsync(new SweepOp(cf, expired, [], cutoffMs), cancellationToken).ConfigureAwait(false);
+                    expired = [];
+                }
             }
+
+            var next = KeyRange.PrefixSuccessor(prefix);
+            if (next.Length == 0)
+            {
+                break;
+            }
+
+            cursor.Seek(next);
         }
 
-        for (var i = 0; i < ranges.Count; i += SweepChunk)
+        if (expired.Count > 0)
         {
-            var chunk = ranges.GetRange(i, Math.Min(SweepChunk, ranges.Count - i));
-            await _writer.EnqueueAsync(new SweepOp(cf, chunk, [], cutoffMs), cancellationToken).ConfigureAwait(false);
+            removed += await _writer.EnqueueAsync(new SweepOp(cf, expired, [], cutoffMs), cancellationToken).ConfigureAwait(false);
         }
 
         return removed;

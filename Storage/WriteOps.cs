@@ -287,24 +287,26 @@ internal sealed class TakePrekeysOp(string userId, string deviceId) : WriteOp<Fe
     }
 }
 
-/// <summary>Removals decided by the sweeper: key ranges and single keys; idempotency keys are
-/// re-checked here, because an append may have reused an expired key since the sweeper looked.</summary>
-internal sealed class SweepOp(Cf cf, List<(byte[] Start, byte[] End)> ranges, List<byte[]> expiredIdempotencyKeys, long cutoffMs) : WriteOp<long>
+/// <summary>Removals decided by the sweeper: expired log entries (messages, inbox entries), deleted
+/// one by one, and expired idempotency keys, re-checked here because an append may have reused an
+/// expired key since the sweeper looked. (Not DeleteRange: with memtable insert hints, RocksDB 7.8
+/// inserts a range tombstone with the hint of the point-key skiplist and fails an assertion.)</summary>
+internal sealed class SweepOp(Cf cf, List<byte[]> expiredLogKeys, List<byte[]> expiredIdempotencyKeys, long cutoffMs) : WriteOp<long>
 {
-    public override int EstimatedBytes => 64 * (ranges.Count + expiredIdempotencyKeys.Count);
+    public override int EstimatedBytes => 64 * (expiredLogKeys.Count + expiredIdempotencyKeys.Count);
 
     public override void Apply(CommitWriter w)
     {
-        foreach (var (start, end) in ranges)
+        foreach (var key in expiredLogKeys)
         {
-            w.Batch.DeleteRange(cf, start, end);
+            w.Batch.Delete(cf, key);
         }
 
-        long removed = 0;
+        long removed = expiredLogKeys.Count;
         foreach (var key in expiredIdempotencyKeys)
         {
-            var k = new ByteReader(key);
-            if (w.TryGetPendingDuplicate(new IdempotencyKey(k.Str(), k.Str(), k.U64()), out _))
+            var (user, device, clientMsgId) = Records.ReadIdempotencyKey(key);
+            if (w.TryGetPendingDuplicate(new IdempotencyKey(user, device, clientMsgId), out _))
             {
                 continue;
             }

@@ -55,6 +55,33 @@ internal sealed class ByteWriter
         return this;
     }
 
+    /// <summary>Starts a key with an 8-byte slot for <see cref="SealHash"/>.</summary>
+    public ByteWriter HashSlot()
+    {
+        Grow(8).Clear();
+        return this;
+    }
+
+    /// <summary>Fills the slot written by <see cref="HashSlot"/> at offset 0 with the 64-bit FNV-1a hash
+    /// of everything written after it. Keys of one owner (a user, a device) then share a fixed 8-byte
+    /// prefix, which RocksDB's memtable uses as an insert hint (see docs/storage.md).</summary>
+    public ByteWriter SealHash()
+    {
+        BinaryPrimitives.WriteUInt64BigEndian(_buffer, Fnv1a64(_buffer.AsSpan(8, _length - 8)));
+        return this;
+    }
+
+    public static ulong Fnv1a64(ReadOnlySpan<byte> data)
+    {
+        var hash = 14695981039346656037UL;
+        foreach (var b in data)
+        {
+            hash = (hash ^ b) * 1099511628211UL;
+        }
+
+        return hash;
+    }
+
     public ByteWriter Str(string value)
     {
         var count = Encoding.UTF8.GetByteCount(value);

@@ -1,3 +1,5 @@
+using ChatBroker.Storage.Engine;
+
 namespace ChatBroker.Storage.Codec;
 
 /// <summary>Key and value layouts of every column family. docs/storage.md is the byte-level description
@@ -58,10 +60,23 @@ internal static class Records
         return v.I64();
     }
 
-    // ---- inboxes: str user | u64 inbox seq → u64 conversation | u64 seq | i64 ts ----
-    public static ByteWriter InboxPrefix(ByteWriter w, string userId) => w.Reset().Str(userId);
+    /// <summary>Bumped when a key or value layout changes incompatibly; stored under
+    /// <see cref="FormatKey"/> in the default family and checked on open.</summary>
+    public const uint StorageFormat = 2;
 
-    public static ByteWriter InboxKey(ByteWriter w, string userId, ulong inboxSeq) => w.Reset().Str(userId).U64(inboxSeq);
+    public static readonly byte[] FormatKey = "meta/storage_format"u8.ToArray();
+
+    // Families whose keys start with a fixed 8-byte prefix that groups one owner's keys (a conversation
+    // id, or the hash of a user or device): RocksDB remembers where it last inserted under each prefix.
+    public static readonly Cf[] HintedFamilies = [Cf.Messages, Cf.Inboxes, Cf.Cursors, Cf.Idempotency];
+
+    // ---- inboxes: u64 h(str user) | str user | u64 inbox seq → u64 conversation | u64 seq | i64 ts ----
+    public static ByteWriter InboxPrefix(ByteWriter w, string userId) => w.Reset().HashSlot().Str(userId).SealHash();
+
+    public static ByteWriter InboxKey(ByteWriter w, string userId, ulong inboxSeq) => InboxPrefix(w, userId).U64(inboxSeq);
+
+    /// <summary>Length of the per-user prefix of an inbox key (hash, then the user's str).</summary>
+    public static int InboxPrefixLength(ReadOnlySpan<byte> key) => 8 + 2 + ((key[8] << 8) | key[9]);
 
     public static ByteWriter InboxValue(ByteWriter w, ulong conversationId, ulong seq, long ts) => w.Reset().U64(conversationId).U64(seq).I64(ts);
 
@@ -72,9 +87,9 @@ internal static class Records
         return new InboxEntry(inboxSeq, v.U64(), v.U64(), v.I64());
     }
 
-    // ---- cursors: str user | str device | u64 stream (0 = inbox, else conversation) → u64 position ----
+    // ---- cursors: u64 h(str user | str device) | str user | str device | u64 stream (0 = inbox, else conversation) → u64 position ----
     public static ByteWriter CursorKey(ByteWriter w, string userId, string deviceId, CursorStream stream) =>
-        w.Reset().Str(userId).Str(deviceId).U64(stream.ConversationId);
+        w.Reset().HashSlot().Str(userId).Str(deviceId).SealHash().U64(stream.ConversationId);
 
     // ---- conversations: u64 id → u8 kind | i64 created | str created by | u8 has title | [str title] ----
     public static ByteWriter ConversationKey(ByteWriter w, ulong id) => w.Reset().U64(id);
@@ -120,9 +135,16 @@ internal static class Records
         return w.Reset().Str(lo).Str(hi);
     }
 
-    // ---- idempotency: str user | str device | u64 client_msg_id → u64 conversation | u64 seq | i64 ts ----
+    // ---- idempotency: u64 h(str user | str device) | str user | str device | u64 client_msg_id → u64 conversation | u64 seq | i64 ts ----
     public static ByteWriter IdempotencyKey(ByteWriter w, string userId, string deviceId, ulong clientMsgId) =>
-        w.Reset().Str(userId).Str(deviceId).U64(clientMsgId);
+        w.Reset().HashSlot().Str(userId).Str(deviceId).SealHash().U64(clientMsgId);
+
+    public static (string UserId, string DeviceId, ulong ClientMsgId) ReadIdempotencyKey(ReadOnlySpan<byte> key)
+    {
+        var k = new ByteReader(key);
+        k.U64();
+        return (k.Str(), k.Str(), k.U64());
+    }
 
     public static ByteWriter IdempotencyValue(ByteWriter w, ulong conversationId, ulong seq, long ts) => w.Reset().U64(conversationId).U64(seq).I64(ts);
 
@@ -152,7 +174,7 @@ internal static class Records
 
     public static ByteWriter OneTimeKey(ByteWriter w, string userId, string deviceId, uint id) => OneTimePrefix(w, userId, deviceId).U32(id);
 
-    public static ByteWriter KeyUserPrefix(ByteWriter w, string userId) => w.Reset().Str(userId);
+    public static ByteWriter UserPrefix(ByteWriter w, string userId) => w.Reset().Str(userId);
 
     public static ByteWriter KeyDevicePrefix(ByteWriter w, string userId, string deviceId) => w.Reset().Str(userId).Str(deviceId);
 

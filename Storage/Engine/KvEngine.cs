@@ -46,8 +46,6 @@ internal interface IKvBatch : IDisposable
 
     void Delete(Cf cf, ReadOnlySpan<byte> key);
 
-    void DeleteRange(Cf cf, ReadOnlySpan<byte> start, ReadOnlySpan<byte> end);
-
     void Clear();
 }
 

@@ -50,20 +50,6 @@ internal sealed class MemoryEngine : IKvEngine
                     case OpKind.Delete:
                         set.Remove(new Entry(op.Key, []));
                         break;
-                    case OpKind.DeleteRange:
-                        if (EntryComparer.Compare(op.Key, op.Value!) < 0)
-                        {
-                            var doomed = set.GetViewBetween(new Entry(op.Key, []), new Entry(op.Value!, [])).ToList();
-                            foreach (var e in doomed)
-                            {
-                                if (EntryComparer.Compare(e.Key, op.Value!) < 0)
-                                {
-                                    set.Remove(e);
-                                }
-                            }
-                        }
-
-                        break;
                 }
             }
         }
@@ -113,7 +99,6 @@ internal sealed class MemoryEngine : IKvEngine
     {
         Put,
         Delete,
-        DeleteRange,
     }
 
     private readonly record struct Op(OpKind Kind, Cf Cf, byte[] Key, byte[]? Value);
@@ -143,9 +128,6 @@ internal sealed class MemoryEngine : IKvEngine
         public void Put(Cf cf, ReadOnlySpan<byte> key, ReadOnlySpan<byte> value) => Ops.Add(new(OpKind.Put, cf, key.ToArray(), value.ToArray()));
 
         public void Delete(Cf cf, ReadOnlySpan<byte> key) => Ops.Add(new(OpKind.Delete, cf, key.ToArray(), null));
-
-        public void DeleteRange(Cf cf, ReadOnlySpan<byte> start, ReadOnlySpan<byte> end) =>
-            Ops.Add(new(OpKind.DeleteRange, cf, start.ToArray(), end.ToArray()));
 
         public void Clear() => Ops.Clear();
 

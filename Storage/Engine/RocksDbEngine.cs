@@ -47,12 +47,6 @@ internal sealed class RocksDbEngine : IKvEngine
             _count++;
         }
 
-        public void DeleteRange(Cf cf, ReadOnlySpan<byte> start, ReadOnlySpan<byte> end)
-        {
-            Native.DeleteRange((int)cf, start, end);
-            _count++;
-        }
-
         public void Clear()
         {
             Native.Clear();

@@ -20,7 +20,9 @@ public sealed class RocksDbException : Exception
 }
 
 /// <summary>Tuning knobs applied when the database is opened.</summary>
-internal sealed record RocksDbSettings(long BlockCacheBytes, long WriteBufferBytes, int MaxOpenFiles);
+/// <param name="HintedFamilies">indexes of the column families whose keys start with an 8-byte
+/// prefix grouping keys that are inserted in order (memtable insert hints).</param>
+internal sealed record RocksDbSettings(long BlockCacheBytes, long WriteBufferBytes, int MaxOpenFiles, IReadOnlyList<int> HintedFamilies);
 
 /// <summary>
 /// A RocksDB database opened with a fixed list of column families. Owns every native handle it
@@ -50,6 +52,7 @@ internal sealed unsafe class RocksDb : IDisposable
         var tableOptions = RocksDbNative.rocksdb_block_based_options_create();
         var cache = RocksDbNative.rocksdb_cache_create_lru((nuint)Math.Max(1 << 20, settings.BlockCacheBytes));
         var names = new IntPtr[columnFamilies.Count];
+        var hinted = new List<IntPtr>();
         try
         {
             RocksDbNative.rocksdb_options_set_create_if_missing(options, 1);
@@ -82,6 +85,24 @@ internal sealed unsafe class RocksDb : IDisposable
             var handles = new IntPtr[names.Length];
             var cfOptions = new IntPtr[names.Length];
             Array.Fill(cfOptions, options);
+            foreach (var family in settings.HintedFamilies)
+            {
+                // RocksDB keeps, per 8-byte key prefix, where it last inserted into the memtable's
+                // skiplist, so appending to a conversation (or an inbox) does not search from the top.
+                // The C API has no setter for this option; the options string does.
+                var copy = RocksDbNative.rocksdb_options_create();
+                hinted.Add(copy);
+                var text = NullTerminated("memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.8");
+                byte* parseError = null;
+                fixed (byte* textPtr = text)
+                {
+                    RocksDbNative.rocksdb_get_options_from_string(options, textPtr, copy, &parseError);
+                }
+
+                ThrowIfError(parseError);
+                cfOptions[family] = copy;
+            }
+
             byte* err = null;
             IntPtr db;
             fixed (byte* pathPtr = pathBytes)
@@ -115,6 +136,24 @@ internal sealed unsafe class RocksDb : IDisposable
             RocksDbNative.rocksdb_cache_destroy(cache);
             RocksDbNative.rocksdb_block_based_options_destroy(tableOptions);
             RocksDbNative.rocksdb_options_destroy(options);
+            foreach (var copy in hinted)
+            {
+                RocksDbNative.rocksdb_options_destroy(copy);
+            }
+        }
+    }
+
+    [ThreadStatic] private static bool t_perfContextDisabled;
+
+    /// <summary>RocksDB counts every memtable and block operation in a thread-local perf context unless
+    /// the thread's perf level is "disable"; Debian's shared library reaches that context through
+    /// <c>__tls_get_addr</c> on every operation (~5 % of a write's CPU). We never read the counters.</summary>
+    private static void DisablePerfContext()
+    {
+        if (!t_perfContextDisabled)
+        {
+            RocksDbNative.rocksdb_set_perf_level(1 /* kDisable */);
+            t_perfContextDisabled = true;
         }
     }
 
@@ -142,6 +181,7 @@ internal sealed unsafe class RocksDb : IDisposable
     /// <summary>Writes the batch atomically; with <paramref name="sync"/> the WAL is fsynced first.</summary>
     public void Write(WriteBatch batch, bool sync)
     {
+        DisablePerfContext();
         var options = sync ? _syncWrite : _asyncWrite;
         byte* err = null;
         var added = false;
@@ -162,6 +202,7 @@ internal sealed unsafe class RocksDb : IDisposable
     public byte[]? Get(int family, ReadOnlySpan<byte> key)
     {
         byte* err = null;
+        DisablePerfContext();
         nuint length = 0;
         byte* value;
         var added = false;
@@ -196,6 +237,7 @@ internal sealed unsafe class RocksDb : IDisposable
     /// <summary>An iterator over [lower, upper) of one column family (empty span = unbounded).</summary>
     public RocksIterator NewIterator(int family, ReadOnlySpan<byte> lower, ReadOnlySpan<byte> upper)
     {
+        DisablePerfContext();
         var readOptions = new ReadOptionsHandle(lower, upper);
         var added = false;
         var familyAdded = false;
@@ -285,15 +327,6 @@ internal sealed unsafe class WriteBatch : IDisposable
         fixed (byte* k = key)
         {
             RocksDbNative.rocksdb_writebatch_delete_cf(Handle, _db.Family(family), k, (nuint)key.Length);
-        }
-    }
-
-    public void DeleteRange(int family, ReadOnlySpan<byte> start, ReadOnlySpan<byte> end)
-    {
-        fixed (byte* s = start)
-        fixed (byte* e = end)
-        {
-            RocksDbNative.rocksdb_writebatch_delete_range_cf(Handle, _db.Family(family), s, (nuint)start.Length, e, (nuint)end.Length);
         }
     }
 

@@ -67,6 +67,9 @@ internal static unsafe partial class RocksDbNative
     // ---- options ----
     [LibraryImport(Library)] public static partial IntPtr rocksdb_options_create();
     [LibraryImport(Library)] public static partial void rocksdb_options_destroy(IntPtr options);
+    [LibraryImport(Library)] public static partial IntPtr rocksdb_options_create_copy(IntPtr options);
+    [LibraryImport(Library)] public static partial void rocksdb_get_options_from_string(IntPtr baseOptions, byte* optionsString, IntPtr newOptions, byte** errptr);
+    [LibraryImport(Library)] public static partial void rocksdb_set_perf_level(int level);
     [LibraryImport(Library)] public static partial void rocksdb_options_set_create_if_missing(IntPtr options, byte value);
     [LibraryImport(Library)] public static partial void rocksdb_options_set_create_missing_column_families(IntPtr options, byte value);
     [LibraryImport(Library)] public static partial void rocksdb_options_increase_parallelism(IntPtr options, int totalThreads);
@@ -113,7 +116,6 @@ internal static unsafe partial class RocksDbNative
     [LibraryImport(Library)] public static partial int rocksdb_writebatch_count(IntPtr batch);
     [LibraryImport(Library)] public static partial void rocksdb_writebatch_put_cf(IntPtr batch, IntPtr cf, byte* key, nuint keyLength, byte* value, nuint valueLength);
     [LibraryImport(Library)] public static partial void rocksdb_writebatch_delete_cf(IntPtr batch, IntPtr cf, byte* key, nuint keyLength);
-    [LibraryImport(Library)] public static partial void rocksdb_writebatch_delete_range_cf(IntPtr batch, IntPtr cf, byte* startKey, nuint startKeyLength, byte* endKey, nuint endKeyLength);
     [LibraryImport(Library)] public static partial void rocksdb_write(IntPtr db, IntPtr options, IntPtr batch, byte** errptr);
 
     // ---- reads ----

@@ -383,6 +383,29 @@ public abstract class ChatStoreContract : IDisposable
     }
 
     [Fact]
+    public async Task Retention_removes_a_backlog_larger_than_one_delete_chunk()
+    {
+        var store = Open(o => o with { Retention = RetentionPolicy.ForDays(30) });
+        var appends = new List<Task<AppendResult>>();
+        for (var i = 0; i < 2_500; i++)
+        {
+            appends.Add(store.AppendAsync(Messages.To(1 + (ulong)(i % 2), "old" + i) with { InboxRecipients = ["bob"] }));
+        }
+
+        await Task.WhenAll(appends);
+        Clock.Advance(TimeSpan.FromDays(31));
+        await store.AppendAsync(Messages.To(1, "recent") with { InboxRecipients = ["bob"] });
+
+        // Conversation 1: 1,250 old, all expired; conversation 2: 1,250 old, the newest kept; bob's
+        // inbox: 2,500 old, all expired. Deletes reach the writer in chunks of 1,024 keys.
+        Assert.Equal(1_250 + 1_249 + 2_500, await store.SweepAsync());
+        Assert.Equal([1_251UL], store.ReadRange(1, 1, 10_000).Select(m => m.Seq));
+        Assert.Equal([1_250UL], store.ReadRange(2, 1, 10_000).Select(m => m.Seq));
+        Assert.Equal([2_501UL], store.ReadInbox("bob", 0, 10_000).Select(e => e.InboxSeq));
+        Assert.Equal(0, await store.SweepAsync());
+    }
+
+    [Fact]
     public async Task Keep_retention_removes_nothing()
     {
         var store = Open(o => o with { Retention = RetentionPolicy.Keep });

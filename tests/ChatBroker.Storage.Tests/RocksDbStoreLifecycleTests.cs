@@ -72,6 +72,40 @@ public sealed class RocksDbStoreLifecycleTests : IDisposable
     }
 
     [Fact]
+    public async Task A_store_of_another_storage_format_is_refused_with_both_formats_named()
+    {
+        using (var store = RocksDbChatStore.Open(Options()))
+        {
+            await store.AppendAsync(Messages.To(1, "a"));
+        }
+
+        using (var db = Native.RocksDb.Open(_directory.Path, Engine.RocksDbEngine.FamilyNames, new Native.RocksDbSettings(1 << 20, 1 << 20, 64, [])))
+        using (var batch = new Native.WriteBatch(db))
+        {
+            batch.Put(0, Codec.Records.FormatKey, [0, 0, 0, 9]);
+            db.Write(batch, sync: true);
+        }
+
+        var error = Assert.Throws<StorageException>(() => RocksDbChatStore.Open(Options()));
+        Assert.StartsWith($"Cannot open message store at {_directory.Path}: its storage format is 9, this build reads format {Codec.Records.StorageFormat} only.", error.Message);
+    }
+
+    [Fact]
+    public void A_store_holding_data_without_a_format_stamp_is_refused_and_left_untouched()
+    {
+        var engine = new Engine.MemoryEngine();
+        using (var batch = engine.CreateBatch())
+        {
+            batch.Put(Engine.Cf.Messages, new byte[16], [1]);
+            engine.Commit(batch, sync: true);
+        }
+
+        var error = Assert.Throws<StorageException>(() => new InMemoryChatStore(engine, new StorageOptions { Path = "old", SweepInterval = Timeout.InfiniteTimeSpan }));
+        Assert.Contains("its storage format is 1 (written before the format was recorded)", error.Message, StringComparison.Ordinal);
+        Assert.Null(engine.Get(Engine.Cf.Default, Codec.Records.FormatKey));
+    }
+
+    [Fact]
     public void Open_fails_naming_the_path_when_the_directory_cannot_be_created()
     {
         // Tests run as root, which ignores permission bits; a path whose parent is a regular file
@@ -370,6 +404,7 @@ public sealed class OverlappedWalSyncTests
     {
         var engine = new GatedSyncEngine();
         using var store = new InMemoryChatStore(engine, new StorageOptions { SweepInterval = Timeout.InfiniteTimeSpan, WriteInlineWhenIdle = false, QueueCapacity = 2, MaxBatchCount = 1 });
+        Assert.True(await engine.Committed.WaitAsync(TimeSpan.FromSeconds(30))); // the format stamp of a new store
         engine.Gate.Reset();
         var first = store.AppendAsync(Messages.To(1, "a"));
         Assert.True(await engine.SyncEntered.WaitAsync(TimeSpan.FromSeconds(30)));
