@@ -197,7 +197,16 @@ public sealed partial class BrokerProcess : IAsyncDisposable
 
     public async Task<int> WaitForExitAsync(TimeSpan timeout)
     {
-        await _process.WaitForExitAsync().WaitAsync(timeout);
+        try
+        {
+            await _process.WaitForExitAsync().WaitAsync(timeout);
+        }
+        catch (TimeoutException e)
+        {
+            // Say what the broker was doing: its log ends where shutdown got stuck.
+            throw new TimeoutException($"The broker did not exit within {timeout}. Its output:{Environment.NewLine}{Output}", e);
+        }
+
         return _process.ExitCode;
     }
 
