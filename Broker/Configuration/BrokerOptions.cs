@@ -132,6 +132,8 @@ public sealed class StorageSettings
     public long MaxBatchBytes { get; set; } = 4L * 1024 * 1024;
     public int QueueCapacity { get; set; } = 65_536;
     public long BlockCacheBytes { get; set; } = 64L * 1024 * 1024;
+
+    public long WriteBufferBytes { get; set; } = 64L * 1024 * 1024;
     public TimeSpan IdempotencyWindow { get; set; } = TimeSpan.FromHours(24);
     public int IdempotencyCacheDevices { get; set; } = 100_000;
 }

@@ -119,6 +119,8 @@ public static class SettingsSchema
             o => o.Storage.QueueCapacity, (o, v) => o.Storage.QueueCapacity = (int)v, 1, 10_000_000),
         Int("storage.block_cache_bytes", "RocksDB block cache size in bytes.",
             o => o.Storage.BlockCacheBytes, (o, v) => o.Storage.BlockCacheBytes = v, 0, 1L << 40),
+        Int("storage.write_buffer_bytes", "RocksDB memtable size per column family; larger means fewer flushes and less compaction work, at that much memory per busy column family (up to two memtables each).",
+            o => o.Storage.WriteBufferBytes, (o, v) => o.Storage.WriteBufferBytes = v, 1L << 20, 1L << 30),
         Duration("storage.idempotency_window", "How long a client_msg_id is remembered, so a retried SEND is answered with the original seq.",
             o => o.Storage.IdempotencyWindow, (o, v) => o.Storage.IdempotencyWindow = v, TimeSpan.FromMinutes(1), TimeSpan.FromDays(365)),
         Int("storage.idempotency_cache_devices", "Sending devices whose highest client_msg_id the commit writer remembers; a SEND above it skips the idempotency lookup. Cleared when full.",

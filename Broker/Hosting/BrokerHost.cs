@@ -114,6 +114,7 @@ public static class BrokerHost
         MaxBatchBytes = (int)Math.Min(int.MaxValue, options.Storage.MaxBatchBytes),
         QueueCapacity = options.Storage.QueueCapacity,
         BlockCacheBytes = options.Storage.BlockCacheBytes,
+        WriteBufferBytes = options.Storage.WriteBufferBytes,
         IdempotencyWindow = options.Storage.IdempotencyWindow,
         IdempotencyCacheDevices = options.Storage.IdempotencyCacheDevices,
         Retention = options.Retention.Policy == Configuration.RetentionPolicy.Keep

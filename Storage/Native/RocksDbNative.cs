@@ -75,6 +75,7 @@ internal static unsafe partial class RocksDbNative
     [LibraryImport(Library)] public static partial void rocksdb_options_increase_parallelism(IntPtr options, int totalThreads);
     [LibraryImport(Library)] public static partial void rocksdb_options_set_write_buffer_size(IntPtr options, nuint size);
     [LibraryImport(Library)] public static partial void rocksdb_options_set_max_total_wal_size(IntPtr options, ulong size);
+    [LibraryImport(Library)] public static partial void rocksdb_options_set_level0_file_num_compaction_trigger(IntPtr options, int count);
     [LibraryImport(Library)] public static partial void rocksdb_options_set_max_open_files(IntPtr options, int count);
     [LibraryImport(Library)] public static partial void rocksdb_options_set_keep_log_file_num(IntPtr options, nuint count);
     [LibraryImport(Library)] public static partial void rocksdb_options_set_info_log_level(IntPtr options, int level);
