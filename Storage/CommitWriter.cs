@@ -12,9 +12,12 @@ namespace ChatBroker.Storage;
 /// and only then completes the callers' tasks. The two overlap: batch N+1 is built while batch N is
 /// being fsynced, and at most one batch is in flight, so batches commit in the order they were built.
 /// When nothing else is queued the builder writes the batch itself instead of waking the committer
-/// (one thread hop less per message at low load).
-/// Only the builder thread writes, so it owns every counter (conversation seqs, inbox seqs,
-/// conversation and push job ids) and assigns them while building, so seqs follow commit order.
+/// (one thread hop less per message at low load). With <see cref="Durability.Async"/> a caller that
+/// finds the writer idle and the queue empty does the builder's work itself, on its own thread, and
+/// gets its task back completed: no thread wakes at all (see <see cref="TryWriteHere"/>).
+/// The builder role is held under <c>_builderLock</c>: only its holder writes, so it owns every counter
+/// (conversation seqs, inbox seqs, conversation and push job ids) and assigns them while building, so
+/// seqs follow commit order.
 /// A failed commit fails every op of that batch and of the batch built on top of it, and rolls the
 /// counters back to before the failed batch: nothing is acknowledged that was not written, and no
 /// seq is skipped.
@@ -40,6 +43,11 @@ internal sealed class CommitWriter : IDisposable
     // committer when _handedOver, else inline by the builder);
     // _failure is set by the committer when that batch failed, and cleared by the builder after rollback.
     private readonly object _handoff = new();
+    // Held by whoever builds: the builder thread for each batch it drains, or a caller writing its own
+    // op when everything is idle (TryWriteHere). Taken before _handoff, never the other way round.
+    private readonly Lock _builderLock = new();
+    private readonly bool _callerRuns;
+    private volatile bool _disposing;
     private Slot _current;
     private Slot _inFlight;
     private bool _busy;
@@ -86,6 +94,7 @@ internal sealed class CommitWriter : IDisposable
         _lastConversationId = RecoverLastConversationId();
         _lastPushJobId = RecoverLastPushJobId();
         _current.Begin(_lastConversationId, _lastPushJobId);
+        _callerRuns = options.WriteInlineWhenIdle && options.Durability == Durability.Async;
         _builder = new Thread(Build) { IsBackground = true, Name = "ChatBroker.Storage batch builder" };
         _committer = new Thread(CommitLoop) { IsBackground = true, Name = "ChatBroker.Storage committer" };
         if (options.Durability == Durability.Sync && options.OverlapWalSync)
@@ -112,6 +121,11 @@ internal sealed class CommitWriter : IDisposable
     /// <summary>Enqueues an op; waits for room when the queue is full (backpressure).</summary>
     public async Task<T> EnqueueAsync<T>(WriteOp<T> op, CancellationToken cancellationToken)
     {
+        if (_callerRuns && TryWriteHere(op))
+        {
+            return await op.Task.ConfigureAwait(false); // usually completed already: no hop
+        }
+
         try
         {
             if (!_queue.Writer.TryWrite(op))
@@ -129,9 +143,57 @@ internal sealed class CommitWriter : IDisposable
         return await op.Task.ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// At low load the builder thread would wake for one op, write it, and hand its completion to the
+    /// thread pool: two thread wake-ups per message, which on a busy two-core machine cost more than the
+    /// write. Instead, when the queue is empty and no batch is in flight, the caller takes the builder
+    /// role, writes its op as a batch of one on its own thread and completes it there. Order is kept:
+    /// an op queued earlier is either still queued (then this caller queues too), or being built by the
+    /// holder of the builder lock (then the lock is taken), or already written or in flight (then the
+    /// writer is not idle). Only with <see cref="Durability.Async"/>: a sync write would block the
+    /// caller's thread-pool thread on the fsync.
+    /// </summary>
+    private bool TryWriteHere(WriteOp op)
+    {
+        if (_queue.Reader.Count != 0 || !_builderLock.TryEnter())
+        {
+            return false;
+        }
+
+        try
+        {
+            if (_disposing || _queue.Reader.Count != 0)
+            {
+                return false;
+            }
+
+            lock (_handoff)
+            {
+                if (_busy || _failure is not null)
+                {
+                    return false;
+                }
+            }
+
+            Add(op);
+            HandOff(completeHere: true);
+            return true;
+        }
+        finally
+        {
+            _builderLock.Exit();
+        }
+    }
+
     /// <summary>Stops accepting writes, commits everything already queued and stops both threads.</summary>
     public void Dispose()
     {
+        _disposing = true;
+        lock (_builderLock)
+        {
+            // A caller writing its own op finishes first; later ones see _disposing and queue.
+        }
+
         _queue.Writer.TryComplete();
         _builder.Join();
         lock (_handoff)
@@ -260,7 +322,7 @@ internal sealed class CommitWriter : IDisposable
         var reader = _queue.Reader;
         while (true)
         {
-            if (!reader.TryRead(out var first))
+            if (reader.Count == 0)
             {
                 if (!reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult())
                 {
@@ -270,29 +332,40 @@ internal sealed class CommitWriter : IDisposable
                 continue;
             }
 
-            // A batch that failed while we were idle is rolled back before anything is built on it.
-            bool failedWhileIdle;
-            lock (_handoff)
+            lock (_builderLock)
             {
-                failedWhileIdle = !_busy && _failure is not null;
-            }
+                if (!reader.TryRead(out var first))
+                {
+                    continue;
+                }
 
-            if (failedWhileIdle)
-            {
-                WaitIdle();
-            }
+                // A batch that failed while we were idle is rolled back before anything is built on it.
+                bool failedWhileIdle;
+                lock (_handoff)
+                {
+                    failedWhileIdle = !_busy && _failure is not null;
+                }
 
-            Add(first);
-            while (_current.Ops.Count < _options.MaxBatchCount && _current.Bytes < _options.MaxBatchBytes && reader.TryRead(out var next))
-            {
-                Add(next);
-            }
+                if (failedWhileIdle)
+                {
+                    WaitIdle();
+                }
 
-            HandOff();
+                Add(first);
+                while (_current.Ops.Count < _options.MaxBatchCount && _current.Bytes < _options.MaxBatchBytes && reader.TryRead(out var next))
+                {
+                    Add(next);
+                }
+
+                HandOff();
+            }
         }
 
-        HandOff();
-        WaitIdle();
+        lock (_builderLock)
+        {
+            HandOff();
+            WaitIdle();
+        }
     }
 
     private void Add(WriteOp op)
@@ -338,7 +411,7 @@ internal sealed class CommitWriter : IDisposable
     }
 
     /// <summary>Gives the current batch to the committer (after the previous one is done) and starts a new one.</summary>
-    private void HandOff()
+    private void HandOff(bool completeHere = false)
     {
         if (_current.Ops.Count == 0)
         {
@@ -362,7 +435,7 @@ internal sealed class CommitWriter : IDisposable
         // Nothing else is waiting: write the batch here rather than wake the committer. Waking a thread
         // costs tens of microseconds on a busy machine, and there is nothing to build meanwhile; under
         // load the queue is rarely empty and the committer writes while the next batch is built.
-        var writeHere = _options.WriteInlineWhenIdle && _queue.Reader.Count == 0;
+        var writeHere = _options.WriteInlineWhenIdle && (completeHere || _queue.Reader.Count == 0);
         lock (_handoff)
         {
             (_inFlight, _current) = (_current, _inFlight);
@@ -381,7 +454,7 @@ internal sealed class CommitWriter : IDisposable
             // With no batch waiting for the syncer either, there is nothing to overlap the fsync with:
             // fsync inside the write and skip the hop to the syncer. (Only this thread adds unsynced
             // batches, so none can appear meanwhile.)
-            CommitSlot(_inFlight, syncHere: _syncer is not null && _unsyncedCount == 0);
+            CommitSlot(_inFlight, syncHere: _syncer is not null && _unsyncedCount == 0, completeHere);
         }
     }
 
@@ -445,18 +518,23 @@ internal sealed class CommitWriter : IDisposable
                 var (batch, failure) = state;
                 foreach (var op in batch)
                 {
-                    if (failure is null)
-                    {
-                        op.Complete();
-                    }
-                    else
-                    {
-                        op.Fail(failure);
-                    }
+                    Complete(op, failure);
                 }
             },
             (batch, failure),
             preferLocal: false);
+    }
+
+    private static void Complete(WriteOp op, Exception? failure)
+    {
+        if (failure is null)
+        {
+            op.Complete();
+        }
+        else
+        {
+            op.Fail(failure);
+        }
     }
 
     // ---- the committer ----
@@ -488,7 +566,7 @@ internal sealed class CommitWriter : IDisposable
 
     /// <summary>Writes the in-flight slot, hands it to the syncer or completes its ops, and marks the
     /// writer idle. Runs on the committer thread, or inline on the builder (see <see cref="HandOff"/>).</summary>
-    private void CommitSlot(Slot slot, bool syncHere)
+    private void CommitSlot(Slot slot, bool syncHere, bool completeHere = false)
     {
         {
             Exception? failure = null;
@@ -540,7 +618,19 @@ internal sealed class CommitWriter : IDisposable
 
             if (unsynced is null || failure is not null)
             {
-                Finish(slot.Ops, failure);
+                if (completeHere)
+                {
+                    // A caller writing its own op (TryWriteHere): nobody awaits it yet, so completing it
+                    // runs no continuation here.
+                    foreach (var op in slot.Ops)
+                    {
+                        Complete(op, failure);
+                    }
+                }
+                else
+                {
+                    Finish(slot.Ops, failure);
+                }
             }
 
             lock (_handoff)
