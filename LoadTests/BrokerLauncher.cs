@@ -70,6 +70,7 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
             info.ArgumentList.Add(s);
         }
 
+        info.Environment.Remove(Program.InlineCompletionsVariable); // the harness's own tuning, not the broker's
         foreach (var key in info.Environment.Keys.ToList())
         {
             if (key.StartsWith("CHATBROKER__", StringComparison.OrdinalIgnoreCase))

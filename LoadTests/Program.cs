@@ -9,7 +9,17 @@ namespace ChatBroker.LoadTests;
 /// </summary>
 public static class Program
 {
-    public static Task<int> Main(string[] args) => Build().Parse(args).InvokeAsync();
+    /// <summary>Set for this process before any socket exists (System.Net.Sockets reads it once): socket
+    /// completions run on the epoll thread instead of hopping to the thread pool. The harness shares the
+    /// machine with the broker and must stay lean: this halves its CPU per message at a fixed rate
+    /// (docs/performance.md). <see cref="BrokerLauncher"/> does not pass it on to the broker.</summary>
+    internal const string InlineCompletionsVariable = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
+
+    public static Task<int> Main(string[] args)
+    {
+        Environment.SetEnvironmentVariable(InlineCompletionsVariable, "1");
+        return Build().Parse(args).InvokeAsync();
+    }
 
     private static RootCommand Build()
     {
