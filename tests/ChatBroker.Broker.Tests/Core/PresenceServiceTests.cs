@@ -137,6 +137,35 @@ public sealed class PresenceServiceTests : IAsyncLifetime
     }
 
     [Fact]
+    public void Repeated_and_unmatched_calls_do_not_skew_the_device_counts()
+    {
+        var bob = new FakeDevice("bob", "phone", Wants);
+        _presence.Subscribe(bob, Subscribe(1, "alice"));
+        var phone = new FakeDevice("alice", "phone");
+        var laptop = new FakeDevice("alice", "laptop");
+
+        // A session that registered but failed before it went online still ends with DeviceOffline.
+        _ = _presence.DeviceOffline(laptop);
+        _presence.SetAway(laptop, away: true);
+        _presence.DeviceOnline(phone);
+        _presence.DeviceOnline(phone);
+        _presence.SetAway(phone, away: true);
+        _presence.SetAway(phone, away: true);
+        _clock.Advance(Debounce);
+        Assert.Equal([PresenceStatus.Away], Seen(bob).Select(p => p.Status));
+
+        _presence.SetAway(phone, away: false);
+        _clock.Advance(Debounce);
+        _ = _presence.DeviceOffline(phone);
+        _ = _presence.DeviceOffline(phone);
+        _clock.Advance(Debounce);
+        Assert.Equal([PresenceStatus.Away, PresenceStatus.Online, PresenceStatus.Offline], Seen(bob).Select(p => p.Status));
+
+        _presence.Subscribe(bob, new PresenceSubscribe { RequestId = 2, Unsubscribe = true, UserIds = { "alice" } });
+        Assert.Equal(0, _presence.TrackedUsers);
+    }
+
+    [Fact]
     public void A_subscription_to_someone_who_shares_no_conversation_is_refused_whole_with_NOT_A_MEMBER()
     {
         var bob = new FakeDevice("bob", "phone", Wants);
