@@ -50,6 +50,7 @@ public sealed partial class BrokerProcess : IAsyncDisposable
     /// </summary>
     public static async Task<BrokerProcess> StartAsync(string? dataDir = null, params string[] extraArgs)
     {
+        RestoreDefaultSigInt();
         var owns = dataDir is null;
         dataDir ??= Path.Combine(Path.GetTempPath(), "chatbroker-test-" + Guid.NewGuid().ToString("N"));
         var args = new List<string>
@@ -240,6 +241,24 @@ public sealed partial class BrokerProcess : IAsyncDisposable
 
     [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
     private static partial int Kill(int pid, int signal);
+
+    [LibraryImport("libc", EntryPoint = "signal")]
+    private static partial nint Signal(int signal, nint handler);
+
+    /// <summary>
+    /// A test run started in the background by a non-interactive shell (<c>./test.sh &amp;</c>) inherits SIGINT
+    /// ignored, and so would every broker it starts: .NET, like any Unix program, leaves an inherited ignored
+    /// SIGINT alone, and the Ctrl-C test would wait in vain. Restore the default in this process (only when
+    /// it is ignored) so the brokers it starts get Ctrl-C as a terminal would deliver it.
+    /// </summary>
+    private static void RestoreDefaultSigInt()
+    {
+        var line = File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("SigIgn:", StringComparison.Ordinal));
+        if (line is not null && (Convert.ToUInt64(line["SigIgn:".Length..].Trim(), 16) & (1UL << (SigInt - 1))) != 0)
+        {
+            Signal(SigInt, 0 /* SIG_DFL */);
+        }
+    }
 
     [GeneratedRegex(@"Native protocol listening on (\S+)")]
     private static partial Regex TcpLine();
