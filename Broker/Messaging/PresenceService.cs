@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using ChatBroker.Broker.Configuration;
 using ChatBroker.Broker.Observability;
 using ChatBroker.Broker.Sessions;
@@ -33,11 +34,14 @@ public sealed class PresenceService : IDisposable
     private readonly TimeSpan _debounce;
     private readonly int _maxSubscriptions;
     private readonly Lock _lock = new();
+    // Users somebody subscribed to (or whose change is still being debounced for subscribers): what they
+    // were last told, the debounce timer, the subscribers.
     private readonly Dictionary<string, UserPresence> _users = new(StringComparer.Ordinal);
-    // Every online device and whether it is away: one flat map rather than a dictionary per user, because
-    // presence state is held for every idle connection (≈ 30 bytes a device here against ≈ 260 for a
-    // per-user dictionary and set; docs/performance.md, connections).
+    // Every online device and whether it is away, and per user how many devices are online and away: flat
+    // maps rather than objects per user, because this is held for every idle connection (≈ 60 bytes a
+    // device here, against ≈ 390 for a per-user record with a dictionary and a set; docs/performance.md).
     private readonly Dictionary<IDeviceLink, bool> _devices = new(ReferenceEqualityComparer.Instance);
+    private readonly Dictionary<string, DeviceCounts> _online = new(StringComparer.Ordinal);
     private readonly Dictionary<IDeviceLink, HashSet<string>> _subscriptions = new(ReferenceEqualityComparer.Instance);
     private bool _disposed;
 
@@ -58,7 +62,7 @@ public sealed class PresenceService : IDisposable
         {
             lock (_lock)
             {
-                return _users.Count;
+                return _users.Count + _online.Count;
             }
         }
     }
@@ -70,9 +74,11 @@ public sealed class PresenceService : IDisposable
         {
             if (_devices.TryAdd(device, false))
             {
-                var entry = Entry(device.UserId);
-                entry.Online++;
-                ChangedLocked(entry);
+                CollectionsMarshal.GetValueRefOrAddDefault(_online, device.UserId, out _).Online++;
+                if (_users.TryGetValue(device.UserId, out var entry))
+                {
+                    ChangedLocked(entry);
+                }
             }
         }
     }
@@ -82,11 +88,14 @@ public sealed class PresenceService : IDisposable
     {
         lock (_lock)
         {
-            if (_devices.TryGetValue(device, out var wasAway) && wasAway != away && _users.TryGetValue(device.UserId, out var entry))
+            if (_devices.TryGetValue(device, out var wasAway) && wasAway != away)
             {
                 _devices[device] = away;
-                entry.Away += away ? 1 : -1;
-                ChangedLocked(entry);
+                CollectionsMarshal.GetValueRefOrNullRef(_online, device.UserId).Away += away ? 1 : -1;
+                if (_users.TryGetValue(device.UserId, out var entry))
+                {
+                    ChangedLocked(entry);
+                }
             }
         }
     }
@@ -114,16 +123,26 @@ public sealed class PresenceService : IDisposable
                 _metrics.PresenceSubscriptions.Add(-subscribed.Count);
             }
 
-            if (_devices.Remove(device, out var wasAway) && _users.TryGetValue(device.UserId, out var entry))
+            if (_devices.Remove(device, out var wasAway))
             {
-                entry.Online--;
-                entry.Away -= wasAway ? 1 : 0;
-                if (entry.Online == 0)
+                ref var counts = ref CollectionsMarshal.GetValueRefOrNullRef(_online, device.UserId);
+                counts.Online--;
+                counts.Away -= wasAway ? 1 : 0;
+                if (counts.Online == 0)
                 {
-                    lastSeen = entry.LastSeenMs = _clock.GetUtcNow().ToUnixTimeMilliseconds();
+                    _online.Remove(device.UserId);
+                    lastSeen = _clock.GetUtcNow().ToUnixTimeMilliseconds();
                 }
 
-                ChangedLocked(entry);
+                if (_users.TryGetValue(device.UserId, out var entry))
+                {
+                    if (lastSeen != 0)
+                    {
+                        entry.LastSeenMs = lastSeen;
+                    }
+
+                    ChangedLocked(entry);
+                }
             }
         }
 
@@ -258,17 +277,24 @@ public sealed class PresenceService : IDisposable
     {
         if (!_users.TryGetValue(userId, out var entry))
         {
-            entry = new UserPresence(userId);
+            // Nobody was told anything about this user yet: the first subscriber hears the status as it is.
+            entry = new UserPresence(userId) { Published = CurrentOf(userId) };
             _users[userId] = entry;
         }
 
         return entry;
     }
 
+    /// <summary>The most online of the user's devices.</summary>
+    private PresenceStatus CurrentOf(string userId) =>
+        !_online.TryGetValue(userId, out var counts) || counts.Online == 0 ? PresenceStatus.Offline
+        : counts.Away < counts.Online ? PresenceStatus.Online
+        : PresenceStatus.Away;
+
     /// <summary>After any device change: start (or restart) the debounce, or cancel it if the change reverted.</summary>
     private void ChangedLocked(UserPresence entry)
     {
-        var status = entry.Current;
+        var status = CurrentOf(entry.UserId);
         if (status == entry.Published)
         {
             if (entry.Pending is not null)
@@ -309,7 +335,7 @@ public sealed class PresenceService : IDisposable
 
             entry.Pending.Dispose();
             entry.Pending = null;
-            if (entry.Current != entry.Published)
+            if (CurrentOf(entry.UserId) != entry.Published)
             {
                 PublishLocked(entry);
             }
@@ -320,7 +346,7 @@ public sealed class PresenceService : IDisposable
 
     private void PublishLocked(UserPresence entry)
     {
-        entry.Published = entry.Current;
+        entry.Published = CurrentOf(entry.UserId);
         _metrics.PresencePublished.Add(1);
         Presence? packet = null;
         var sent = 0;
@@ -347,7 +373,7 @@ public sealed class PresenceService : IDisposable
 
     private void RemoveIfIdleLocked(UserPresence entry)
     {
-        if (entry.Online == 0 && entry.Subscribers is null && entry.Pending is null && entry.Published == PresenceStatus.Offline)
+        if (entry.Subscribers is null && entry.Pending is null)
         {
             _users.Remove(entry.UserId);
         }
@@ -382,11 +408,6 @@ public sealed class PresenceService : IDisposable
     {
         public string UserId { get; } = userId;
 
-        /// <summary>Online devices of the user (in <see cref="_devices"/>), and how many of them are away.</summary>
-        public int Online { get; set; }
-
-        public int Away { get; set; }
-
         /// <summary>Sessions subscribed to this user; null while there are none (most users, most of the time).</summary>
         public HashSet<IDeviceLink>? Subscribers { get; private set; }
 
@@ -400,7 +421,7 @@ public sealed class PresenceService : IDisposable
             }
         }
 
-        /// <summary>What subscribers were last told (OFFLINE for a user nobody has seen online here).</summary>
+        /// <summary>What subscribers were last told (set from the devices when the first one subscribes).</summary>
         public PresenceStatus Published { get; set; } = PresenceStatus.Offline;
 
         /// <summary>When the last device went offline here; 0 when not since this broker started.</summary>
@@ -409,9 +430,11 @@ public sealed class PresenceService : IDisposable
         public ITimer? Pending { get; set; }
 
         public long Generation { get; set; }
+    }
 
-        /// <summary>The most online of the devices.</summary>
-        public PresenceStatus Current =>
-            Online == 0 ? PresenceStatus.Offline : Away < Online ? PresenceStatus.Online : PresenceStatus.Away;
+    private struct DeviceCounts
+    {
+        public int Online;
+        public int Away;
     }
 }

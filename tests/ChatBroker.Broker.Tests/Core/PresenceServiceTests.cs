@@ -137,6 +137,25 @@ public sealed class PresenceServiceTests : IAsyncLifetime
     }
 
     [Fact]
+    public void A_first_subscriber_hears_the_status_as_it_is_and_nothing_more_until_it_changes()
+    {
+        var phone = new FakeDevice("alice", "phone");
+        _presence.DeviceOnline(phone);
+        _presence.SetAway(phone, away: true);
+        var bob = new FakeDevice("bob", "phone", Wants);
+
+        var answer = _presence.Subscribe(bob, Subscribe(1, "alice"));
+        Assert.Equal(PresenceStatus.Away, Assert.Single(answer.Answer!.Current).Status);
+        _clock.Advance(Debounce);
+        Assert.Empty(Seen(bob));
+
+        _ = _presence.DeviceOffline(phone);
+        _clock.Advance(Debounce);
+        var offline = Assert.Single(Seen(bob));
+        Assert.Equal((PresenceStatus.Offline, (ulong)_clock.GetUtcNow().ToUnixTimeMilliseconds() - (ulong)Debounce.TotalMilliseconds), (offline.Status, offline.LastSeenMs));
+    }
+
+    [Fact]
     public void Repeated_and_unmatched_calls_do_not_skew_the_device_counts()
     {
         var bob = new FakeDevice("bob", "phone", Wants);
