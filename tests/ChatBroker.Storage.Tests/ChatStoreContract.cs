@@ -516,7 +516,7 @@ public sealed class RocksDbChatStoreAsyncTests : RocksDbChatStoreTests
     [Fact]
     public async Task An_append_to_an_idle_store_completes_on_the_callers_thread()
     {
-        var store = Open();
+        var store = Open(o => o with { CallerWritesAfterIdle = TimeSpan.Zero });
         var first = store.AppendAsync(Messages.To(1, "a"));
         Assert.True(first.IsCompleted);
         Assert.Equal(1UL, (await first).Seq);
@@ -529,7 +529,7 @@ public sealed class RocksDbChatStoreAsyncTests : RocksDbChatStoreTests
     [Fact]
     public async Task Appends_issued_in_order_by_one_caller_keep_their_order_while_others_race()
     {
-        var store = Open();
+        var store = Open(o => o with { CallerWritesAfterIdle = TimeSpan.Zero });
         using var stop = new CancellationTokenSource();
         // Others keep the writer busy and idle by turns, so the ordered caller's appends go now inline,
         // now through the queue.
