@@ -415,14 +415,43 @@ public abstract class ChatStore : IChatStore
     /// <summary>Deletes, per log (a conversation, or a user's inbox), the entries older than the cutoff,
     /// but never the newest one: its key is where the seq counter is recovered from on open.
     /// Timestamps are non-decreasing in seq order (the writer assigns them), so the expired entries
-    /// are a prefix of each log. Deletes go to the writer in chunks of <see cref="SweepChunk"/> keys
-    /// while the walk goes on, so a large backlog never sits in memory.</summary>
+    /// are a prefix of each log. Deletes go to the writer in chunks of <see cref="SweepChunk"/> keys; the
+    /// cursor is closed while a chunk is written (an open iterator would pin every memtable flushed
+    /// meanwhile) and the walk resumes at the first key not yet looked at, so a large backlog never sits
+    /// in memory, neither as keys nor as pinned memtables.</summary>
     private async Task<long> SweepLogAsync(Cf cf, PrefixLength prefixLength, long cutoffMs, bool isMessage, CancellationToken cancellationToken)
     {
         long removed = 0;
-        var expired = new List<byte[]>();
+        byte[]? resumeAt = null;
+        do
+        {
+            var expired = new List<byte[]>();
+            resumeAt = FindExpired(cf, prefixLength, cutoffMs, isMessage, resumeAt, expired, cancellationToken);
+            if (expired.Count > 0)
+            {
+                removed += await _writer.EnqueueAsync(new SweepOp(cf, expired, [], cutoffMs), cancellationToken).ConfigureAwait(false);
+            }
+        }
+        while (resumeAt is not null);
+
+        return removed;
+    }
+
+    /// <summary>Collects up to <see cref="SweepChunk"/> expired keys from <paramref name="from"/> on (the
+    /// start when null); returns where to go on, or null at the end. Starting inside a log is fine: an
+    /// entry is only taken when a newer one of the same log follows it.</summary>
+    private byte[]? FindExpired(Cf cf, PrefixLength prefixLength, long cutoffMs, bool isMessage, byte[]? from, List<byte[]> expired, CancellationToken cancellationToken)
+    {
         using var cursor = _engine.OpenCursor(cf, [], []);
-        cursor.SeekToFirst();
+        if (from is null)
+        {
+            cursor.SeekToFirst();
+        }
+        else
+        {
+            cursor.Seek(from);
+        }
+
         while (cursor.Valid)
         {
             cancellationToken.ThrowIfCancellationRequested();
@@ -446,26 +475,20 @@ public abstract class ChatStore : IChatStore
                 expired.Add(key);
                 if (expired.Count == SweepChunk)
                 {
-                    removed += await _writer.EnqueueAsync(new SweepOp(cf, expired, [], cutoffMs), cancellationToken).ConfigureAwait(false);
-                    expired = [];
+                    return cursor.Key.ToArray(); // the next entry of this log, not looked at yet
                 }
             }
 
             var next = KeyRange.PrefixSuccessor(prefix);
             if (next.Length == 0)
             {
-                break;
+                return null;
             }
 
             cursor.Seek(next);
         }
 
-        if (expired.Count > 0)
-        {
-            removed += await _writer.EnqueueAsync(new SweepOp(cf, expired, [], cutoffMs), cancellationToken).ConfigureAwait(false);
-        }
-
-        return removed;
+        return null;
     }
 
     private async Task<long> SweepIdempotencyAsync(long cutoffMs, CancellationToken cancellationToken)
