@@ -170,9 +170,9 @@ internal sealed class CommitWriter : IDisposable
 
         try
         {
-            if (_disposing || _queue.Reader.Count != 0)
+            if (_disposing || _broken is not null || _queue.Reader.Count != 0)
             {
-                return false;
+                return false; // closing, or the builder stopped on a bug: the queue path answers
             }
 
             lock (_handoff)
