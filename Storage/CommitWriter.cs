@@ -788,7 +788,13 @@ internal sealed class CommitWriter : IDisposable
     /// <summary>The highest seq of the conversation that is durable, or <see cref="ulong.MaxValue"/>
     /// when none of its seqs waits for an fsync. Call it after opening the cursor that reads: a batch
     /// written before the cursor opened is either still listed here or already durable.</summary>
-    internal ulong VisibleSeq(ulong conversationId)
+    internal ulong VisibleSeq(ulong conversationId) => VisibleBound(conversationId, static batch => batch.SeqBefore);
+
+    /// <summary>Like <see cref="VisibleSeq"/>, for a user's inbox.</summary>
+    internal ulong VisibleInboxSeq(string userId) => VisibleBound(userId, static batch => batch.InboxSeqBefore);
+
+    private ulong VisibleBound<TKey>(TKey key, Func<UnsyncedBatch, Dictionary<TKey, ulong>?> counterBefore)
+        where TKey : notnull
     {
         if (_unsyncedCount == 0)
         {
@@ -800,29 +806,7 @@ internal sealed class CommitWriter : IDisposable
             // Oldest first, and seqs grow with batches: the first hit is the lowest unsynced seq.
             foreach (var batch in _unsynced)
             {
-                if (batch.SeqBefore is { } before && before.TryGetValue(conversationId, out var last))
-                {
-                    return last;
-                }
-            }
-        }
-
-        return ulong.MaxValue;
-    }
-
-    /// <summary>Like <see cref="VisibleSeq"/>, for a user's inbox.</summary>
-    internal ulong VisibleInboxSeq(string userId)
-    {
-        if (_unsyncedCount == 0)
-        {
-            return ulong.MaxValue;
-        }
-
-        lock (_syncLock)
-        {
-            foreach (var batch in _unsynced)
-            {
-                if (batch.InboxSeqBefore is { } before && before.TryGetValue(userId, out var last))
+                if (counterBefore(batch) is { } before && before.TryGetValue(key, out var last))
                 {
                     return last;
                 }
