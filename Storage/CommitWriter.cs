@@ -152,8 +152,10 @@ internal sealed class CommitWriter : IDisposable
     /// <summary>
     /// At low load the builder thread would wake for one op, write it, and hand its completion to the
     /// thread pool: two thread wake-ups per message, which on a busy two-core machine cost more than the
-    /// write. Instead, when the queue is empty and no batch is in flight, the caller takes the builder
-    /// role, writes its op as a batch of one on its own thread and completes it there. Order is kept:
+    /// write. Instead, when the queue is empty, no batch is in flight and the writer has been idle for
+    /// <see cref="StorageOptions.CallerWritesAfterIdle"/> (so a steady stream still gets batches), the
+    /// caller takes the builder role, writes its op as a batch of one on its own thread and completes
+    /// it there. Order is kept:
     /// an op queued earlier is either still queued (then this caller queues too), or being built by the
     /// holder of the builder lock (then the lock is taken), or already written or in flight (then the
     /// writer is not idle). Only with <see cref="Durability.Async"/>: a sync write would block the
