@@ -26,12 +26,17 @@ internal sealed class AdminEndpoint(BrokerOptions options, PrometheusExporter ex
 
     public async Task StartAsync(CancellationToken cancellationToken)
     {
-        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
+        // The empty builder: no configuration files, so nothing watches the working directory. The slim
+        // builder added appsettings.json with reload-on-change, whose watcher put an inotify watch on every
+        // directory under the working directory (751 under a checkout; all of / when started there) and
+        // woke on every file RocksDB wrote when the data directory was beneath it.
+        var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions
         {
             ApplicationName = "chatbroker-admin",
             ContentRootPath = Directory.GetCurrentDirectory(),
         });
-        builder.Configuration.Sources.Clear();
+        builder.WebHost.UseKestrelCore();
+        builder.Services.AddRoutingCore();
         BrokerHost.ConfigureLogging(builder.Logging, options.Log);
         builder.WebHost.ConfigureKestrel(k =>
         {

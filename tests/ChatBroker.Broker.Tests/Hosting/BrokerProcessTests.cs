@@ -25,6 +25,21 @@ public sealed class BrokerProcessTests
     }
 
     [Fact]
+    public async Task The_broker_watches_no_files()
+    {
+        // A configuration file watcher would put an inotify watch on every directory under the working
+        // directory and wake for every file RocksDB writes when the data directory is beneath it.
+        await using var broker = await BrokerProcess.StartAsync();
+        Assert.Equal("ready\n", await Http.GetStringAsync($"http://{broker.AdminEndPoint}/readyz"));
+
+        var watchers = Directory.GetFiles($"/proc/{broker.Pid}/fd")
+            .Select(fd => new FileInfo(fd).LinkTarget)
+            .Where(target => target is not null && target.Contains("inotify", StringComparison.Ordinal))
+            .ToList();
+        Assert.Empty(watchers);
+    }
+
+    [Fact]
     public async Task Open_connections_are_counted_in_metrics()
     {
         await using var broker = await BrokerProcess.StartAsync();
