@@ -56,6 +56,7 @@ internal sealed class CommitWriter : IDisposable
     private Slot _current;
     private Slot _inFlight;
     private bool _busy;
+    private int _idleWaiters; // threads in WaitIdle, waiting for _busy to clear
     private bool _handedOver; // _inFlight is the committer's to write (not written inline by the builder)
     private bool _stopping;
     private Exception? _failure;
@@ -477,7 +478,9 @@ internal sealed class CommitWriter : IDisposable
         {
             while (_busy)
             {
+                _idleWaiters++;
                 Monitor.Wait(_handoff);
+                _idleWaiters--;
             }
 
             failure = _failure;
@@ -652,7 +655,12 @@ internal sealed class CommitWriter : IDisposable
                 _failure = failure;
                 _busy = false;
                 Volatile.Write(ref _idleSince, Stopwatch.GetTimestamp());
-                Monitor.PulseAll(_handoff);
+                if (_idleWaiters > 0)
+                {
+                    // Only when someone waits for idleness: a pulse would also wake the committer, which
+                    // waits on the same monitor for a hand-over, once per batch for nothing.
+                    Monitor.PulseAll(_handoff);
+                }
             }
         }
     }
