@@ -179,7 +179,9 @@ public abstract class ChatStore : IChatStore
         var w = new ByteWriter();
         var upper = KeyRange.PrefixSuccessor(Records.InboxPrefix(w, userId).Span);
         var lower = Records.InboxKey(w, userId, afterInboxSeq + 1).ToArray();
-        var result = new List<InboxEntry>(Math.Min(limit, 256));
+        // Grown as entries are found, not sized by the limit: most reads (a receiver's ACK, a live device's
+        // catch-up) find a few entries, and 256 slots are 8 KB of garbage per read.
+        var result = new List<InboxEntry>(Math.Min(limit, 16));
         using var cursor = _engine.OpenCursor(Cf.Inboxes, lower, upper);
         var visible = _writer.VisibleInboxSeq(userId);
         for (cursor.SeekToFirst(); cursor.Valid && result.Count < limit && Records.TrailingU64(cursor.Key) <= visible; cursor.Next())

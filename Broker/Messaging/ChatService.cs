@@ -290,7 +290,7 @@ public sealed class ChatService(
         var from = previous;
         while (from < target)
         {
-            var entries = store.ReadInbox(user, from, 512);
+            var entries = store.ReadInbox(user, from, (int)Math.Min(512, target - from));
             if (entries.Count == 0)
             {
                 break;
