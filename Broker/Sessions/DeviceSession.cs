@@ -137,7 +137,23 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
                 length += received;
                 Volatile.Write(ref _lastReceivedMs, Environment.TickCount64);
 
-                var result = await ProcessFramesAsync(buffer, length, stopping).ConfigureAwait(false);
+                // Replies and deliveries written while the frames are handled are sent by this thread once the
+                // handler returns or suspends, not by a pool thread woken per outbox (OutboxFlushScope).
+                ValueTask<ProcessResult> processing;
+                var scoped = OutboxFlushScope.Enter();
+                try
+                {
+                    processing = ProcessFramesAsync(buffer, length, stopping);
+                }
+                finally
+                {
+                    if (scoped)
+                    {
+                        OutboxFlushScope.Exit();
+                    }
+                }
+
+                var result = await processing.ConfigureAwait(false);
                 if (result.Reason != ReasonCode.Success)
                 {
                     _context.Metrics.ProtocolErrors.Add(1, new KeyValuePair<string, object?>("reason", result.Reason.ToString()));

@@ -28,7 +28,8 @@ internal interface IOutboxOwner
 /// Idle cost: the outbox is a few fields and shares its session's lock. Sends go through
 /// <see cref="SendArgs"/> rented from a process-wide pool for the duration of one send, not the socket's own
 /// cached send state, which would stay with every connection that ever sent a CONNACK (~360 bytes each).
-/// The sender runs as a thread-pool work item (the outbox itself), so starting one allocates nothing.
+/// The sender runs as a thread-pool work item (the outbox itself), so starting one allocates nothing; a
+/// read loop sends the outboxes it wrote to itself at the end of the receive (<see cref="OutboxFlushScope"/>).
 /// </para>
 /// </summary>
 internal sealed class SessionOutbox : IBufferWriter<byte>, IThreadPoolWorkItem
@@ -225,15 +226,22 @@ internal sealed class SessionOutbox : IBufferWriter<byte>, IThreadPoolWorkItem
         ThreadPool.UnsafeQueueUserWorkItem(static owner => owner.OnOutboxOverflow(ReasonCode.SlowConsumer), _owner, preferLocal: false);
     }
 
-    // Under the lock. Queued to this thread's local queue: it runs once the current work (typically the read
-    // loop handling every frame of one receive) is done, so the frames it wrote leave in one send.
+    // Under the lock. Sent by this thread at the end of its flush scope (the read loop, once every frame of one
+    // receive is handled), else queued to this thread's local queue, which runs it once the current work is
+    // done; either way the frames written meanwhile leave in one send.
     private void StartSend()
     {
         _sending = true;
-        ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: true);
+        if (!OutboxFlushScope.TryDefer(this))
+        {
+            ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: true);
+        }
     }
 
     void IThreadPoolWorkItem.Execute() => SendNext();
+
+    /// <summary>The end of the flush scope this outbox was deferred to (never under a lock).</summary>
+    internal void SendDeferred() => SendNext();
 
     // Hands the bytes written so far to the socket, batch after batch, until nothing is left.
     private void SendNext()
