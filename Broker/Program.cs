@@ -83,6 +83,9 @@ public static class Program
         }
     }
 
+    /// <summary>Makes the runtime run socket continuations on its event threads (one per core when set).</summary>
+    internal const string InlineCompletionsVariable = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
+
     private static async Task<int> ServeAsync(string? file, string[]? overrides, CancellationToken cancellationToken)
     {
         var configuration = LoadConfiguration(file, overrides);
@@ -90,6 +93,10 @@ public static class Program
         {
             return ExitUsage;
         }
+
+        // tcp.inline_completions: the runtime reads this once, when the process creates its first socket, so
+        // it is set before anything listens (and wins over the variable in the environment).
+        Environment.SetEnvironmentVariable(InlineCompletionsVariable, configuration.Options.Tcp.InlineCompletions ? "1" : "0");
 
         IHost host;
         try

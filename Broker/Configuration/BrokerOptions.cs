@@ -99,6 +99,8 @@ public sealed class TcpOptions
     public int MaxFrameBytes { get; set; } = 64 * 1024;
     public int MaxConnections { get; set; } = 1_000_000;
     public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(10);
+    /// <summary>Socket continuations run on the socket event threads (one per core) instead of the thread pool.</summary>
+    public bool InlineCompletions { get; set; } = true;
 }
 
 public sealed class AdminOptions

@@ -95,6 +95,8 @@ public static class SettingsSchema
             o => o.Tcp.MaxConnections, (o, v) => o.Tcp.MaxConnections = (int)v, 1, 10_000_000),
         Duration("tcp.connect_timeout", "A new connection must send CONNECT within this time.",
             o => o.Tcp.ConnectTimeout, (o, v) => o.Tcp.ConnectTimeout = v, TimeSpan.FromMilliseconds(100), TimeSpan.FromMinutes(10)),
+        Bool("tcp.inline_completions", "Handle received packets on the socket event threads (one per core) instead of handing each receive to the thread pool: fewer thread wake-ups per message. Applies to every socket of the process; read once at start.",
+            o => o.Tcp.InlineCompletions, (o, v) => o.Tcp.InlineCompletions = v),
 
         Bool("admin.enabled", "Serve the admin HTTP endpoint (/healthz, /readyz, /metrics).",
             o => o.Admin.Enabled, (o, v) => o.Admin.Enabled = v),

@@ -39,6 +39,21 @@ public sealed class BrokerProcessTests
         Assert.Empty(watchers);
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Tcp_inline_completions_decides_how_many_socket_event_threads_run(bool inline)
+    {
+        // The runtime runs one socket event thread per core when continuations run inline on them (so they
+        // cannot become the bottleneck), and one per 30 cores otherwise.
+        await using var broker = await BrokerProcess.StartAsync(null, "--set", $"tcp.inline_completions={(inline ? "true" : "false")}");
+        Assert.Equal("ready\n", await Http.GetStringAsync($"http://{broker.AdminEndPoint}/readyz"));
+
+        var eventThreads = Directory.GetDirectories($"/proc/{broker.Pid}/task")
+            .Count(task => File.ReadAllText(Path.Combine(task, "comm")).TrimEnd() == ".NET Sockets");
+        Assert.Equal(inline ? Environment.ProcessorCount : Math.Max(1, (int)Math.Round(Environment.ProcessorCount / 30.0)), eventThreads);
+    }
+
     [Fact]
     public async Task Open_connections_are_counted_in_metrics()
     {
