@@ -117,6 +117,9 @@ public static class BrokerHost
         WriteBufferBytes = options.Storage.WriteBufferBytes,
         IdempotencyWindow = options.Storage.IdempotencyWindow,
         IdempotencyCacheDevices = options.Storage.IdempotencyCacheDevices,
+        // Async durability: a SEND handled on an idle store is written by the thread that read it, with no
+        // hand-off to the writer thread and back (see StorageOptions.CallerWritesAfterIdle).
+        CallerWritesAfterIdle = TimeSpan.Zero,
         Retention = options.Retention.Policy == Configuration.RetentionPolicy.Keep
             ? Storage.RetentionPolicy.Keep
             : Storage.RetentionPolicy.ForDays(options.Retention.Days),
