@@ -143,6 +143,60 @@ public sealed class GroupTests
     /// fan out on read (threshold 100). Runs in a few seconds on 2 cores.
     /// </summary>
     [Fact]
+    public async Task With_async_durability_pipelined_sends_to_a_group_of_12_are_answered_in_order_and_delivered_once_in_order()
+    {
+        // With async durability the socket event thread that reads a SEND usually writes the append itself and
+        // sends the SENT and the DELIVERs before reading on; the first 8 recipients' outboxes are sent by that
+        // thread, the rest by the pool (OutboxFlushScope.MaxDeferred), and appends that find the writer busy
+        // go through its queue. Every path must keep SEND order and deliver each message once.
+        await using var broker = await TestBroker.StartAsync(null, "--set", "storage.durability=async");
+        const int memberCount = 12, messages = 100;
+        var devices = await Task.WhenAll(Enumerable.Range(0, memberCount).Select(i => LoginAsync(broker, User(i), "phone")));
+        await Task.WhenAll(devices.Select(d => d.ReceiveAsync<SyncDone>()));
+        var id = (await OkAsync(devices[0], Create(1, Enumerable.Range(1, memberCount - 1).Select(User)))).ConversationId;
+
+        var buffer = new ArrayBufferWriter<byte>();
+        for (var i = 1; i <= messages; i++)
+        {
+            FrameWriter.Write(buffer, Text((ulong)i, id, "message " + (i + 1)));
+        }
+
+        await devices[0].SendRawAsync(buffer.WrittenMemory);
+        for (var i = 1; i <= messages; i++)
+        {
+            var sent = await devices[0].ReceiveAsync<Sent>();
+            Assert.Equal((ulong)i, sent.ClientMsgId);
+            Assert.Equal((ulong)i + 1, sent.Seq); // seq 1 is GROUP_CREATED
+        }
+
+        await Task.WhenAll(devices.Skip(1).Select(async (device, n) =>
+        {
+            var next = 2UL;
+            while (next <= messages + 1)
+            {
+                var message = await device.ReceiveAnyAsync() ?? throw new IOException($"{User(n + 1)}: connection closed at seq {next}");
+                if (message is Deliver { ContentType: not ContentType.System } d)
+                {
+                    Assert.True(d.ConversationId == id && d.Seq == next, $"{User(n + 1)}: expected seq {next}, got {d.ConversationId}/{d.Seq}");
+                    Assert.Equal("message " + next, d.Body.ToStringUtf8());
+                    next++;
+                }
+                else
+                {
+                    Assert.False(message is Error, $"{User(n + 1)}: {message}");
+                }
+            }
+
+            Assert.DoesNotContain(await DrainAsync(device), m => m is Deliver { ContentType: not ContentType.System });
+        }));
+
+        foreach (var device in devices)
+        {
+            await device.DisposeAsync();
+        }
+    }
+
+    [Fact]
     public async Task In_a_1024_member_group_every_device_gets_each_of_100_messages_once_in_order_and_offline_members_catch_up_on_resume()
     {
         await using var broker = await TestBroker.StartAsync();
