@@ -4,7 +4,7 @@ using System.Runtime.InteropServices;
 namespace ChatBroker.LoadTests;
 
 /// <summary>
-/// Sleeps with sub-millisecond precision for the fixed-rate pacers: Thread.Sleep rounds to whole milliseconds,
+/// Sleeps with sub-millisecond precision for the fixed-rate pacer (`pairs --rate`): Thread.Sleep rounds to whole milliseconds,
 /// which turns an even rate into a burst per millisecond. Uses nanosleep(2), and sets the calling thread's
 /// timer slack to 1 µs (the default 50 µs would make each wake up to 50 µs late).
 /// </summary>
@@ -12,7 +12,8 @@ internal static class PreciseSleep
 {
     private const int PrSetTimerSlack = 29;
 
-    /// <summary>Below this a wait is not worth a sleep (the wake-up costs about as much): send now.</summary>
+    /// <summary>Below this a wait is not worth a sleep (the wake-up costs about as much): the caller's loop
+    /// re-checks the time instead, i.e. spins for at most this long.</summary>
     private static readonly TimeSpan MinSleep = TimeSpan.FromMicroseconds(20);
 
     public static void UseFineTimerSlack()
