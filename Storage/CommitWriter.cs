@@ -14,7 +14,8 @@ namespace ChatBroker.Storage;
 /// When nothing else is queued the builder writes the batch itself instead of waking the committer
 /// (one thread hop less per message at low load). With <see cref="Durability.Async"/> a caller that
 /// finds the writer idle and the queue empty does the builder's work itself, on its own thread, and
-/// gets its task back completed: no thread wakes at all (see <see cref="TryWriteHere"/>).
+/// gets its task back completed: no thread wakes at all (see <see cref="TryWriteHere"/>); a caller that
+/// arrives meanwhile hands its op to that caller if it is inside an <see cref="AppendCompletionScope"/>.
 /// The builder role is held under <c>_builderLock</c>: only its holder writes, so it owns every counter
 /// (conversation seqs, inbox seqs, conversation and push job ids) and assigns them while building, so
 /// seqs follow commit order.
@@ -46,6 +47,15 @@ internal sealed class CommitWriter : IDisposable
     // Held by whoever builds: the builder thread for each batch it drains, or a caller writing its own
     // op when everything is idle (TryWriteHere). Taken before _handoff, never the other way round.
     private readonly Lock _builderLock = new();
+    // Ops handed to a caller that writes its own op (TryWriteHere) by callers that arrive meanwhile; it
+    // writes them before it lets go of _builderLock and completes them when its AppendCompletionScope ends.
+    // _callerTakesOps is true while such a caller holds _builderLock and will still look at _handedOps.
+    // Guarded by _handOverLock, which is taken inside _builderLock or alone, never the other way round.
+    private readonly Lock _handOverLock = new();
+    private List<WriteOp> _handedOps = [];
+    private List<WriteOp> _writingHanded = []; // the holder's, while it writes what it took
+    private bool _callerTakesOps;
+    private bool _deferCompletions; // set by the holder while it writes handed ops
     private readonly bool _callerRuns;
     private volatile bool _disposing;
     // When the writer last finished a batch (Stopwatch ticks). A caller writes its own op only after the
@@ -165,12 +175,17 @@ internal sealed class CommitWriter : IDisposable
     private bool TryWriteHere(WriteOp op)
     {
         if (_queue.Reader.Count != 0
-            || Stopwatch.GetTimestamp() - Volatile.Read(ref _idleSince) < _callerRunsMinIdleTicks
-            || !_builderLock.TryEnter())
+            || Stopwatch.GetTimestamp() - Volatile.Read(ref _idleSince) < _callerRunsMinIdleTicks)
         {
             return false;
         }
 
+        if (!_builderLock.TryEnter())
+        {
+            return TryHandToWritingCaller(op);
+        }
+
+        var takesOps = false;
         try
         {
             if (_disposing || _broken is not null || _queue.Reader.Count != 0)
@@ -186,13 +201,104 @@ internal sealed class CommitWriter : IDisposable
                 }
             }
 
+            if (AppendCompletionScope.IsActive)
+            {
+                // This thread can complete other callers' ops once it holds no locks: take theirs too.
+                lock (_handOverLock)
+                {
+                    _callerTakesOps = true;
+                }
+
+                takesOps = true;
+            }
+
             Add(op);
             HandOff(completeHere: true);
+            StorageMetrics.CallerWritten.Add(1);
             return true;
         }
         finally
         {
+            if (takesOps)
+            {
+                WriteHandedOps();
+            }
+
             _builderLock.Exit();
+        }
+    }
+
+    /// <summary>
+    /// Another caller is writing its own op (<see cref="TryWriteHere"/>) from inside an
+    /// <see cref="AppendCompletionScope"/>: hand it this op instead of waking the builder thread. Order is
+    /// kept: an earlier op of this caller is either still queued (then this one queues too), handed over
+    /// already (then it is ahead in the same list), or written.
+    /// </summary>
+    private bool TryHandToWritingCaller(WriteOp op)
+    {
+        lock (_handOverLock)
+        {
+            if (!_callerTakesOps || _queue.Reader.Count != 0 || _handedOps.Count >= _options.MaxBatchCount)
+            {
+                return false;
+            }
+
+            _handedOps.Add(op);
+            return true;
+        }
+    }
+
+    /// <summary>Writes the ops handed over while this caller held the builder lock, as batches, until
+    /// none is left; their completions wait for this thread's scope to end (see <see cref="AppendCompletionScope"/>).
+    /// After a few rounds it stops taking more, so a caller does not become the writer for everybody.</summary>
+    private void WriteHandedOps()
+    {
+        const int MaxRounds = 4;
+        try
+        {
+            for (var round = 1; ; round++)
+            {
+                lock (_handOverLock)
+                {
+                    if (_handedOps.Count == 0 || round == MaxRounds)
+                    {
+                        _callerTakesOps = false; // nobody adds after this: the last take is below
+                    }
+
+                    (_handedOps, _writingHanded) = (_writingHanded, _handedOps);
+                }
+
+                if (_writingHanded.Count == 0)
+                {
+                    return;
+                }
+
+                _deferCompletions = true;
+                StorageMetrics.HandedOver.Add(_writingHanded.Count);
+                foreach (var handed in _writingHanded)
+                {
+                    Add(handed);
+                }
+
+                _writingHanded.Clear();
+                HandOff(completeHere: true);
+                _deferCompletions = false;
+            }
+        }
+        catch (Exception ex)
+        {
+            // A bug: fail what was taken rather than leave its callers waiting, and take no more.
+            _deferCompletions = false;
+            lock (_handOverLock)
+            {
+                _callerTakesOps = false;
+                _writingHanded.AddRange(_handedOps);
+                _handedOps.Clear();
+            }
+
+            Finish(_writingHanded, ex);
+            _writingHanded.Clear();
+            throw;
         }
     }
 
@@ -634,10 +740,18 @@ internal sealed class CommitWriter : IDisposable
                 if (completeHere)
                 {
                     // A caller writing its own op (TryWriteHere): nobody awaits it yet, so completing it
-                    // runs no continuation here.
+                    // runs no continuation here. Ops other callers handed it are awaited: they complete
+                    // when its scope ends, outside every lock.
                     foreach (var op in slot.Ops)
                     {
-                        Complete(op, failure);
+                        if (_deferCompletions)
+                        {
+                            AppendCompletionScope.Defer(op, failure);
+                        }
+                        else
+                        {
+                            Complete(op, failure);
+                        }
                     }
                 }
                 else
@@ -960,7 +1074,8 @@ internal abstract class WriteOp
 
 internal abstract class WriteOp<T> : WriteOp
 {
-    // Continuations run synchronously, but only ever on the completion work item (CommitWriter.Finish).
+    // Continuations run synchronously, but only ever on the completion work item (CommitWriter.Finish) or
+    // where an AppendCompletionScope ends (an op handed to a writing caller), never under the writer's locks.
     private readonly TaskCompletionSource<T> _completion = new();
 
     protected T Result { get; set; } = default!;

@@ -15,6 +15,10 @@ internal static class StorageMetrics
 
     public static readonly Counter<long> Appends = Meter.CreateCounter<long>("chatbroker.storage.appends", description: "Messages appended (duplicates excluded).");
 
+    public static readonly Counter<long> CallerWritten = Meter.CreateCounter<long>("chatbroker.storage.caller_written", description: "Requests written on their caller's own thread (durability=async, writer idle): no thread woken.");
+
+    public static readonly Counter<long> HandedOver = Meter.CreateCounter<long>("chatbroker.storage.handed_over", description: "Requests handed to another caller that was writing its own; it wrote them and completed them when its completion scope ended.");
+
     public static readonly Counter<long> Duplicates = Meter.CreateCounter<long>("chatbroker.storage.duplicate_appends", description: "Appends answered from the idempotency index.");
 
     public static readonly Histogram<int> BatchSize = Meter.CreateHistogram<int>("chatbroker.storage.batch_size", unit: "{request}", description: "Requests per WriteBatch.");

@@ -6,6 +6,8 @@ using ChatBroker.Protocol;
 using ChatBroker.Protocol.Messages;
 using Google.Protobuf;
 
+using ChatBroker.Storage;
+
 namespace ChatBroker.Broker.Sessions;
 
 /// <summary>
@@ -138,15 +140,23 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
                 Volatile.Write(ref _lastReceivedMs, Environment.TickCount64);
 
                 // Replies and deliveries written while the frames are handled are sent by this thread once the
-                // handler returns or suspends, not by a pool thread woken per outbox (OutboxFlushScope).
+                // handler returns or suspends, not by a pool thread woken per outbox (OutboxFlushScope). Appends
+                // of other sessions that this thread wrote along with its own are completed here too, before
+                // the sends, so their replies join them (AppendCompletionScope).
                 ValueTask<ProcessResult> processing;
                 var scoped = OutboxFlushScope.Enter();
+                var completing = AppendCompletionScope.Enter();
                 try
                 {
                     processing = ProcessFramesAsync(buffer, length, stopping);
                 }
                 finally
                 {
+                    if (completing)
+                    {
+                        AppendCompletionScope.Exit();
+                    }
+
                     if (scoped)
                     {
                         OutboxFlushScope.Exit();

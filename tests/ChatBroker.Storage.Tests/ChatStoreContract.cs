@@ -561,4 +561,50 @@ public sealed class RocksDbChatStoreAsyncTests : RocksDbChatStoreTests
         var all = store.ReadRange(1, 1, 10_000).Select(m => m.Seq).ToList();
         Assert.Equal(Enumerable.Range(1, all.Count).Select(i => (ulong)i), all);
     }
+
+    [Fact]
+    public void Appends_of_callers_in_completion_scopes_keep_each_callers_order_when_handed_to_one_another()
+    {
+        // Like the broker's read loops: each thread appends inside a completion scope without waiting for
+        // the append (pipelined), so when threads meet at the writer, ops are handed to the one writing.
+        var store = Open(o => o with { CallerWritesAfterIdle = TimeSpan.Zero });
+        const int Threads = 3;
+        const int PerThread = 1_500;
+        var issued = new List<Task<AppendResult>>[Threads];
+        var threads = Enumerable.Range(0, Threads).Select(t => new Thread(() =>
+        {
+            var mine = issued[t] = new List<Task<AppendResult>>(PerThread);
+            for (var i = 0; i < PerThread; i++)
+            {
+                var scoped = AppendCompletionScope.Enter();
+                try
+                {
+                    mine.Add(store.AppendAsync(Messages.To(1, $"t{t}-{i}")));
+                }
+                finally
+                {
+                    if (scoped)
+                    {
+                        AppendCompletionScope.Exit();
+                    }
+                }
+
+                if (i % 32 == 31)
+                {
+                    Task.WaitAll(mine[(i - 31)..]); // a bounded window, as a session's socket would impose
+                }
+            }
+        })).ToList();
+        threads.ForEach(t => t.Start());
+        threads.ForEach(t => t.Join());
+
+        var seqs = issued.Select(list => list.Select(task => task.Result.Seq).ToList()).ToList();
+        foreach (var mine in seqs)
+        {
+            Assert.Equal(mine.Order(), mine); // each caller's appends in the order it issued them
+        }
+
+        Assert.Equal(Enumerable.Range(1, Threads * PerThread).Select(i => (ulong)i), seqs.SelectMany(x => x).Order());
+        Assert.Equal(Threads * PerThread, store.ReadRange(1, 1, 10_000).Count);
+    }
 }

@@ -1,0 +1,202 @@
+using System.Collections.Concurrent;
+
+namespace ChatBroker.Storage.Tests;
+
+/// <summary>
+/// With async durability a caller that finds the writer idle writes its own op; an append that arrives while
+/// it writes is handed to it when it is inside an <see cref="AppendCompletionScope"/> (written by that caller,
+/// completed when its scope ends), and queued for the builder thread otherwise.
+/// </summary>
+public sealed class CallerHandOverTests
+{
+    /// <summary>An engine that records which thread wrote each batch, and can hold the next write until
+    /// the test lets it go.</summary>
+    private sealed class GatedCommitEngine : Engine.IKvEngine
+    {
+        private readonly Engine.MemoryEngine _inner = new();
+        private readonly SemaphoreSlim _permits = new(0);
+        private volatile bool _armed;
+
+        public SemaphoreSlim HeldCommitEntered { get; } = new(0);
+
+        public ConcurrentQueue<int> CommitThreads { get; } = new();
+
+        /// <summary>The next write throws (once).</summary>
+        public volatile bool FailNext;
+
+        /// <summary>The next write waits until <see cref="LetHeldCommitGo"/>.</summary>
+        public void HoldNextCommit() => _armed = true;
+
+        public void LetHeldCommitGo() => _permits.Release();
+
+        public Engine.IKvBatch CreateBatch() => _inner.CreateBatch();
+
+        public void Commit(Engine.IKvBatch batch, bool sync)
+        {
+            if (_armed)
+            {
+                _armed = false;
+                HeldCommitEntered.Release();
+                Assert.True(_permits.Wait(TimeSpan.FromSeconds(30)), "the test never let the write go");
+            }
+
+            if (FailNext)
+            {
+                FailNext = false;
+                throw new IOException("disk on fire");
+            }
+
+            CommitThreads.Enqueue(Environment.CurrentManagedThreadId);
+            _inner.Commit(batch, sync);
+        }
+
+        public void SyncWal()
+        {
+        }
+
+        public byte[]? Get(Engine.Cf cf, ReadOnlySpan<byte> key) => _inner.Get(cf, key);
+
+        public Engine.IKvCursor OpenCursor(Engine.Cf cf, ReadOnlySpan<byte> lower, ReadOnlySpan<byte> upper) => _inner.OpenCursor(cf, lower, upper);
+
+        public void Dispose() => _inner.Dispose();
+    }
+
+    private sealed record Outcome(Task<AppendResult> Own, bool HandedCompletedBeforeScopeEnded, int WriterThread);
+
+    /// <summary>Starts a thread that appends "first" (inside a scope when asked), holds its write at the gate
+    /// while the test appends "second", and returns what it saw.</summary>
+    private static async Task<(Outcome Writer, Task<AppendResult> Second, Task<int> SecondContinuationThread)> RaceAsync(
+        GatedCommitEngine engine, InMemoryChatStore store, bool writerInScope)
+    {
+        Task<AppendResult>? second = null;
+        var secondIssued = new ManualResetEventSlim();
+        var outcome = new TaskCompletionSource<Outcome>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var writer = new Thread(() =>
+        {
+            try
+            {
+                var scoped = writerInScope && AppendCompletionScope.Enter();
+                var own = store.AppendAsync(Messages.To(1, "first")); // written here, held at the gate meanwhile
+                Assert.True(secondIssued.Wait(TimeSpan.FromSeconds(30)));
+                var handedDone = Volatile.Read(ref second)!.IsCompleted;
+                if (scoped)
+                {
+                    AppendCompletionScope.Exit();
+                }
+
+                outcome.SetResult(new Outcome(own, handedDone, Environment.CurrentManagedThreadId));
+            }
+            catch (Exception ex)
+            {
+                outcome.SetException(ex);
+            }
+        }) { IsBackground = true };
+
+        engine.HoldNextCommit();
+        writer.Start();
+        Assert.True(await engine.HeldCommitEntered.WaitAsync(TimeSpan.FromSeconds(30)));
+        Volatile.Write(ref second, store.AppendAsync(Messages.To(1, "second")));
+        Assert.False(second!.IsCompleted); // the writer is still inside its write
+        var continuationThread = second.ContinueWith(
+            _ => Environment.CurrentManagedThreadId, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        secondIssued.Set();
+        engine.LetHeldCommitGo();
+        return (await outcome.Task, second, continuationThread);
+    }
+
+    private static (GatedCommitEngine, InMemoryChatStore) Open()
+    {
+        var engine = new GatedCommitEngine();
+        var store = new InMemoryChatStore(engine, new StorageOptions
+        {
+            SweepInterval = Timeout.InfiniteTimeSpan,
+            Durability = Durability.Async,
+            CallerWritesAfterIdle = TimeSpan.Zero,
+        });
+        return (engine, store);
+    }
+
+    [Fact]
+    public async Task An_append_arriving_while_a_scoped_caller_writes_is_written_by_it_and_completed_when_its_scope_ends()
+    {
+        var (engine, store) = Open();
+        using var _ = store;
+        while (engine.CommitThreads.TryDequeue(out var _))
+        {
+            // the format stamp of a new store
+        }
+
+        var (writer, second, continuationThread) = await RaceAsync(engine, store, writerInScope: true);
+
+        Assert.Equal(1UL, (await writer.Own).Seq);
+        Assert.Equal(2UL, (await second).Seq);
+        Assert.False(writer.HandedCompletedBeforeScopeEnded); // not under the writer's locks: at its scope's end
+        Assert.Equal(writer.WriterThread, await continuationThread);
+        Assert.Equal([writer.WriterThread, writer.WriterThread], engine.CommitThreads); // no builder thread woke
+        Assert.Equal(["first", "second"], store.ReadRange(1, 1, 10).Select(m => System.Text.Encoding.UTF8.GetString(m.Body.Span)));
+    }
+
+    [Fact]
+    public async Task Without_a_scope_an_append_arriving_while_a_caller_writes_goes_to_the_builder_thread()
+    {
+        var (engine, store) = Open();
+        using var _ = store;
+        while (engine.CommitThreads.TryDequeue(out var _))
+        {
+        }
+
+        var (writer, second, continuationThread) = await RaceAsync(engine, store, writerInScope: false);
+
+        Assert.Equal(1UL, (await writer.Own).Seq);
+        Assert.Equal(2UL, (await second).Seq);
+        Assert.NotEqual(writer.WriterThread, await continuationThread);
+        var threads = engine.CommitThreads.ToArray();
+        Assert.Equal(2, threads.Length);
+        Assert.Equal(writer.WriterThread, threads[0]);
+        Assert.NotEqual(writer.WriterThread, threads[1]);
+    }
+
+    [Fact]
+    public async Task A_handed_append_whose_write_fails_fails_when_the_scope_ends_and_leaves_no_gap()
+    {
+        var (engine, store) = Open();
+        using var _ = store;
+
+        // The writer's own write and the handed one are separate batches: fail only the second.
+        var writerDone = 0;
+        engine.HoldNextCommit();
+        Task<AppendResult>? own = null;
+        Task<AppendResult>? handed = null;
+        var handedIssued = new ManualResetEventSlim();
+        var failedBeforeScopeEnded = true;
+        var writer = new Thread(() =>
+        {
+            AppendCompletionScope.Enter();
+            own = store.AppendAsync(Messages.To(1, "first"));
+            handedIssued.Wait(TimeSpan.FromSeconds(30));
+            failedBeforeScopeEnded = Volatile.Read(ref handed)!.IsCompleted;
+            AppendCompletionScope.Exit();
+            Volatile.Write(ref writerDone, 1);
+        }) { IsBackground = true };
+        writer.Start();
+        Assert.True(await engine.HeldCommitEntered.WaitAsync(TimeSpan.FromSeconds(30)));
+        Volatile.Write(ref handed, store.AppendAsync(Messages.To(1, "second")));
+        handedIssued.Set();
+
+        // Let the writer's own batch through, then fail the next one (the handed op's).
+        engine.HoldNextCommit();
+        engine.LetHeldCommitGo();
+        Assert.True(await engine.HeldCommitEntered.WaitAsync(TimeSpan.FromSeconds(30)));
+        engine.FailNext = true;
+        engine.LetHeldCommitGo();
+        writer.Join();
+
+        Assert.Equal(1, writerDone);
+        Assert.False(failedBeforeScopeEnded);
+        Assert.Equal(1UL, (await own!).Seq);
+        await Assert.ThrowsAsync<StorageException>(() => handed!);
+
+        Assert.Equal(2UL, (await store.AppendAsync(Messages.To(1, "third"))).Seq); // seq 2 was rolled back
+        Assert.Equal(["first", "third"], store.ReadRange(1, 1, 10).Select(m => System.Text.Encoding.UTF8.GetString(m.Body.Span)));
+    }
+}
