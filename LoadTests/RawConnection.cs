@@ -164,12 +164,23 @@ public sealed class RawConnection : IDisposable
         }
     }
 
-    /// <summary>Blocking send, for the fixed-rate pacer thread.</summary>
+    /// <summary>Blocking send, for the fixed-rate pacer thread (waits for room on a non-blocking socket too).</summary>
     public void Send(ReadOnlySpan<byte> bytes)
     {
         while (bytes.Length > 0)
         {
-            var n = _socket.Send(bytes, SocketFlags.None);
+            var n = _socket.Send(bytes, SocketFlags.None, out var error);
+            if (error == SocketError.WouldBlock)
+            {
+                _socket.Poll(-1, SelectMode.SelectWrite);
+                continue;
+            }
+
+            if (error != SocketError.Success)
+            {
+                throw new SocketException((int)error);
+            }
+
             bytes = bytes[n..];
         }
     }
@@ -232,7 +243,44 @@ public sealed class RawConnection : IDisposable
         return false;
     }
 
-    private async ValueTask<int> ReadMoreAsync(CancellationToken cancellationToken)
+    /// <summary>
+    /// Reads whatever has arrived, without waiting, and dispatches its frames; false when the broker closed
+    /// the connection. For a thread that owns this connection's reads while no <see cref="ReceiveLoopAsync"/>
+    /// runs (the fixed-rate pacer reads its SENTs this way). The socket is non-blocking from here on:
+    /// <see cref="Send"/> waits for room itself.
+    /// </summary>
+    public bool ReceiveAvailable(IFrameHandler handler)
+    {
+        _socket.Blocking = false;
+        while (true)
+        {
+            MakeRoom();
+            var n = _socket.Receive(_buffer.AsSpan(_end), SocketFlags.None, out var error);
+            if (error == SocketError.WouldBlock)
+            {
+                return true;
+            }
+
+            if (error != SocketError.Success)
+            {
+                throw new SocketException((int)error);
+            }
+
+            if (n == 0)
+            {
+                return false;
+            }
+
+            _end += n;
+            Dispatch(handler);
+            if (_end < _buffer.Length)
+            {
+                return true; // the read did not fill the buffer: nothing more is waiting
+            }
+        }
+    }
+
+    private void MakeRoom()
     {
         if (_start == _end)
         {
@@ -250,7 +298,11 @@ public sealed class RawConnection : IDisposable
             // One frame larger than the buffer: grow (rare; the broker's frames are at most 64 KiB by default).
             Array.Resize(ref _buffer, _buffer.Length * 2);
         }
+    }
 
+    private async ValueTask<int> ReadMoreAsync(CancellationToken cancellationToken)
+    {
+        MakeRoom();
         var n = await _socket.ReceiveAsync(_buffer.AsMemory(_end), SocketFlags.None, cancellationToken).ConfigureAwait(false);
         _end += n;
         return n;
