@@ -278,34 +278,46 @@ public sealed class ChatService(
     public async Task AckAsync(IDeviceLink device, ulong inboxSeq, CancellationToken cancellationToken)
     {
         var user = device.UserId;
-        var target = Math.Min(inboxSeq, store.GetLastInboxSeq(user));
         var previous = store.GetCursor(user, device.DeviceId, CursorStream.Inbox);
-        if (target <= previous)
+        if (inboxSeq <= previous)
         {
             return;
         }
 
-        // Highest seq per conversation in (previous, target]. A short list: receipts are positions.
+        // Highest seq per conversation in (previous, inboxSeq], and the last entry there: the cursor's target.
+        // An ACK beyond the inbox is clamped to its end this way, with no separate lookup of the inbox's last
+        // seq (an iterator seek that cost about a quarter of an ACK). A short list: receipts are positions.
         var highest = new Dictionary<ulong, ulong>();
-        var from = previous;
-        while (from < target)
+        var target = previous;
+        while (target < inboxSeq)
         {
-            var entries = store.ReadInbox(user, from, (int)Math.Min(512, target - from));
-            if (entries.Count == 0)
-            {
-                break;
-            }
-
+            var entries = store.ReadInbox(user, target, (int)Math.Min(512, inboxSeq - target));
+            var before = target;
             foreach (var entry in entries)
             {
-                if (entry.InboxSeq > target)
+                if (entry.InboxSeq > inboxSeq)
                 {
-                    from = target;
                     break;
                 }
 
                 highest[entry.ConversationId] = Math.Max(highest.GetValueOrDefault(entry.ConversationId), entry.Seq);
-                from = entry.InboxSeq;
+                target = entry.InboxSeq;
+            }
+
+            if (target == before)
+            {
+                break; // the end of the inbox (or past what the device claims)
+            }
+        }
+
+        if (target == previous)
+        {
+            // Nothing stored after the cursor up to the ACK, though the ACK is ahead of it: either nothing
+            // more exists, or retention removed the entries. Only the latter moves the cursor.
+            target = Math.Min(inboxSeq, store.GetLastInboxSeq(user));
+            if (target <= previous)
+            {
+                return;
             }
         }
 

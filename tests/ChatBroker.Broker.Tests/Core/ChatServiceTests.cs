@@ -121,6 +121,38 @@ public sealed class ChatServiceTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Ack_past_entries_that_retention_removed_moves_the_cursor_without_receipts_for_them()
+    {
+        var clock = new ManualClock();
+        await using var store = new InMemoryChatStore(new StorageOptions { Clock = clock, SweepInterval = Timeout.InfiniteTimeSpan, Retention = RetentionPolicy.ForDays(30) });
+        using var metrics = new BrokerMetrics("test");
+        var registry = new SessionRegistry();
+        var chat = new ChatService(store, registry, new ConversationDirectory(store), metrics, clock);
+        var alice = new FakeDevice("alice", "phone");
+        var bob = new FakeDevice("bob", "phone");
+        registry.Register(alice, 10, out _);
+        registry.Register(bob, 10, out _);
+        for (ulong i = 1; i <= 3; i++)
+        {
+            await chat.SendAsync(alice, Text(i, "bob", "old" + i), default);
+        }
+
+        clock.Advance(TimeSpan.FromDays(31));
+        await chat.SendAsync(alice, Text(4, "bob", "new"), default);
+        await store.SweepAsync();
+        Assert.Equal([4UL], store.ReadInbox("bob", 0, 10).Select(e => e.InboxSeq)); // 1-3 expired
+
+        await chat.AckAsync(bob, 2, default); // nothing stored in (0, 2] any more: the cursor still moves
+        Assert.Equal(2UL, store.GetCursor("bob", "phone", CursorStream.Inbox));
+        Assert.Empty(alice.Receipts);
+
+        await chat.AckAsync(bob, 99, default);
+        Assert.Equal(4UL, store.GetCursor("bob", "phone", CursorStream.Inbox));
+        var receipt = Assert.Single(alice.Receipts);
+        Assert.Equal((ReceiptKind.Delivered, 4UL, "bob"), (receipt.Kind, receipt.UpToSeq, receipt.ReaderUserId));
+    }
+
+    [Fact]
     public async Task Read_receipts_are_stored_and_replayed_to_a_sender_that_connects_later()
     {
         var alice = new FakeDevice("alice", "phone");
