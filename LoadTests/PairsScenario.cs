@@ -43,24 +43,57 @@ public sealed class PairsScenario(RunOptions options)
         // The first message of each pair creates the direct conversation (to_user_id); its SENT names it.
         await ForEachAsync(pairs, 32, p => p.OpenConversationAsync(stopAll.Token)).ConfigureAwait(false);
 
-        if (options.WarmupSeconds > 0)
-        {
-            // Same load, not counted: the broker's hot paths get JIT-compiled (tier 1 with PGO) and its pools filled.
-            Console.WriteLine($"warm-up: {options.WarmupSeconds} s of the same load, not measured ...");
-            using var stopWarmup = new CancellationTokenSource(TimeSpan.FromSeconds(options.WarmupSeconds));
-            await DrainAfterAsync(StartSending(pairs, long.MaxValue, stopWarmup.Token), pairs).ConfigureAwait(false);
-        }
-
-        foreach (var p in pairs)
-        {
-            p.StartMeasuring();
-        }
-
-        var brokerBefore = await broker.ScrapeAsync().ConfigureAwait(false);
-        var harnessCpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
         var perPairLimit = options.Count > 0 ? (options.Count + pairs.Length - 1) / pairs.Length : long.MaxValue;
-        using var stopSending = new CancellationTokenSource(options.Duration);
-        var sending = StartSending(pairs, perPairLimit, stopSending.Token);
+        using var stopSending = new CancellationTokenSource();
+        Task sending;
+        BrokerMetricsSample? brokerBefore;
+        TimeSpan harnessCpuBefore;
+        if (options.Rate > 0)
+        {
+            // One pacer for the warm-up and the measurement: the load goes on without a pause, and the pacer
+            // starts numbering messages at its next send after the switch. (Stopping after the warm-up, letting
+            // the broker drain and go idle, then starting again made the first measured 100 ms the worst of
+            // most runs.)
+            var control = new PacerControl(perPairLimit);
+            sending = Task.Factory.StartNew(() => Pace(pairs, options.Rate, control, stopSending.Token), TaskCreationOptions.LongRunning);
+            if (options.WarmupSeconds > 0)
+            {
+                Console.WriteLine($"warm-up: {options.WarmupSeconds} s of the same load, not measured; the pacer then goes on into the measurement ...");
+                await Task.WhenAny(Task.Delay(TimeSpan.FromSeconds(options.WarmupSeconds)), sending).ConfigureAwait(false);
+            }
+
+            brokerBefore = await broker.ScrapeAsync().ConfigureAwait(false);
+            harnessCpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
+            control.MeasureRequested = true;
+            await Task.WhenAny(control.Measuring.Task, sending).ConfigureAwait(false);
+            if (sending.IsFaulted)
+            {
+                await sending.ConfigureAwait(false); // the pacer failed: report why
+            }
+
+            stopSending.CancelAfter(options.Duration);
+        }
+        else
+        {
+            if (options.WarmupSeconds > 0)
+            {
+                // Same load, not counted: the broker's hot paths get JIT-compiled (tier 1 with PGO) and its pools filled.
+                Console.WriteLine($"warm-up: {options.WarmupSeconds} s of the same load, not measured ...");
+                using var stopWarmup = new CancellationTokenSource(TimeSpan.FromSeconds(options.WarmupSeconds));
+                await DrainAfterAsync(StartSending(pairs, long.MaxValue, stopWarmup.Token), pairs).ConfigureAwait(false);
+            }
+
+            foreach (var p in pairs)
+            {
+                p.StartMeasuring();
+            }
+
+            brokerBefore = await broker.ScrapeAsync().ConfigureAwait(false);
+            harnessCpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
+            stopSending.CancelAfter(options.Duration);
+            sending = StartSending(pairs, perPairLimit, stopSending.Token);
+        }
+
         var drained = DrainAfterAsync(sending, pairs);
         var progress = new LiveProgress("pairs", "msgs", stats,
             () => $"in flight {Volatile.Read(ref stats.Sent) - Volatile.Read(ref stats.Completed):N0}");
@@ -146,14 +179,9 @@ public sealed class PairsScenario(RunOptions options)
         return result;
     }
 
-    private Task StartSending(Pair[] pairs, long perPairLimit, CancellationToken stop)
+    /// <summary>Closed loop: each pair keeps its window of SENDs in flight.</summary>
+    private static Task StartSending(Pair[] pairs, long perPairLimit, CancellationToken stop)
     {
-        if (options.Rate > 0)
-        {
-            // The pacer reads the senders' SENTs itself (Pair.ReadSents), so a SENT wakes no harness thread.
-            return Task.Factory.StartNew(() => Pace(pairs, options.Rate, perPairLimit, stop), TaskCreationOptions.LongRunning);
-        }
-
         var senders = new Task[pairs.Length];
         for (var i = 0; i < pairs.Length; i++)
         {
@@ -192,22 +220,56 @@ public sealed class PairsScenario(RunOptions options)
         return clock.Elapsed;
     }
 
+    /// <summary>What the main thread tells the pacer, and what the pacer answers.</summary>
+    private sealed class PacerControl(long perPairLimit)
+    {
+        /// <summary>Set by the main thread: from the pacer's next send on, messages are measured.</summary>
+        public volatile bool MeasureRequested;
+
+        /// <summary>Completed by the pacer when it has switched every pair to measuring.</summary>
+        public TaskCompletionSource Measuring { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        /// <summary>Measured messages per pair (--count), after which the pacer stops.</summary>
+        public long PerPairLimit => perPairLimit;
+    }
+
     /// <summary>
-    /// Fixed rate: pair i's k-th message is due at (k - i/N) / (rate/N) seconds, so the pairs' messages are
-    /// evenly spaced (100 µs apart at 10,000/s over 100 pairs). One thread sends each message when it is due
-    /// and sleeps until the next one (<see cref="PreciseSleep"/>); a message found late is sent at once, so the
-    /// total stays --rate per second. The pacer used to wake once per millisecond (Thread.Sleep(1)) and send
-    /// whatever had come due, i.e. bursts of ~10 messages that queued behind each other in the broker: the
-    /// offered load was 10,000/s on average but not evenly spread (docs/performance.md has both).
+    /// Fixed rate: pair i's k-th message is due at (k - i/N) / (rate/N) seconds after the pacer started, so the
+    /// pairs' messages are evenly spaced (100 µs apart at 10,000/s over 100 pairs). One thread sends each message
+    /// when it is due and sleeps until the next one (<see cref="PreciseSleep"/>); a message found late is sent at
+    /// once, so the total stays --rate per second. The schedule runs through the warm-up into the measurement:
+    /// when <see cref="PacerControl.MeasureRequested"/> is set, this thread switches every pair to measuring
+    /// between two sends, and from then on stops at the per-pair limit or when <paramref name="stop"/> fires.
+    /// The pacer used to wake once per millisecond (Thread.Sleep(1)) and send whatever had come due, i.e.
+    /// bursts of ~10 messages that queued behind each other in the broker (docs/performance.md has both).
     /// </summary>
-    private static void Pace(Pair[] pairs, double rate, long perPairLimit, CancellationToken stop)
+    private static void Pace(Pair[] pairs, double rate, PacerControl control, CancellationToken stop)
     {
         PreciseSleep.UseFineTimerSlack();
         var perPair = rate / pairs.Length;
+        var limit = control.PerPairLimit;
         var start = Stopwatch.GetTimestamp();
+        var sentBefore = new long[pairs.Length];
+        for (var i = 0; i < pairs.Length; i++)
+        {
+            sentBefore[i] = pairs[i].TotalSent;
+        }
+
+        var measuring = false;
         var buffer = new byte[MaxBatch * Wire.MaxSendLength(pairs[0].BodySize)];
         while (!stop.IsCancellationRequested)
         {
+            if (!measuring && control.MeasureRequested)
+            {
+                foreach (var p in pairs)
+                {
+                    p.StartMeasuring();
+                }
+
+                measuring = true;
+                control.Measuring.TrySetResult();
+            }
+
             var elapsed = Stopwatch.GetElapsedTime(start).TotalSeconds;
             var all = true;
             var nextDue = double.MaxValue;
@@ -215,19 +277,25 @@ public sealed class PairsScenario(RunOptions options)
             {
                 var p = pairs[i];
                 var phase = (double)i / pairs.Length;
-                var due = Math.Min((long)((elapsed * perPair) + phase), perPairLimit) - p.PhaseSent;
+                var paced = p.TotalSent - sentBefore[i];
+                var due = (long)((elapsed * perPair) + phase) - paced;
+                if (measuring)
+                {
+                    due = Math.Min(due, limit - p.PhaseSent);
+                }
+
                 if (due > 0)
                 {
                     p.SendNow(buffer, (int)Math.Min(due, MaxBatch));
                     p.ReadSents(); // earlier SENTs of this pair, arrived long ago: no thread woke for them
+                    paced = p.TotalSent - sentBefore[i];
                 }
 
-                var sent = p.PhaseSent;
-                if (sent < perPairLimit)
+                if (!measuring || p.PhaseSent < limit)
                 {
                     all = false;
-                    // The next message of this pair is due when elapsed * perPair + phase reaches sent + 1.
-                    nextDue = Math.Min(nextDue, (sent + 1 - phase) / perPair);
+                    // The next message of this pair is due when elapsed * perPair + phase reaches paced + 1.
+                    nextDue = Math.Min(nextDue, (paced + 1 - phase) / perPair);
                 }
             }
 
@@ -288,6 +356,9 @@ public sealed class PairsScenario(RunOptions options)
 
         /// <summary>SENDs since the current phase (warm-up or measurement) started.</summary>
         public long PhaseSent => Volatile.Read(ref _sent) - _phaseStart;
+
+        /// <summary>SENDs since the pair connected, the conversation-opening one included.</summary>
+        public long TotalSent => Volatile.Read(ref _sent);
 
         /// <summary>From now on messages carry their number (0 = not measured) and count in the run's figures.</summary>
         public void StartMeasuring()
