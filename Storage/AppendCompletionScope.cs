@@ -13,7 +13,8 @@ namespace ChatBroker.Storage;
 /// continuation must not run under them.
 /// </para>
 /// <para>
-/// The broker's read loop enters a scope around the handling of one receive. Scopes do not nest: an inner
+/// The broker's read loop enters a scope around the handling of one receive, and completes what it was handed
+/// between two frames too (<see cref="CompletePending"/>). Scopes do not nest: an inner
 /// <see cref="Enter"/> returns false, and its caller does not end the outer scope. Continuations that run
 /// when a scope ends run inside it, so ops handed over meanwhile are completed by the same loop.
 /// </para>
@@ -24,6 +25,8 @@ public static class AppendCompletionScope
     private static bool t_active;
     [ThreadStatic]
     private static List<(WriteOp Op, Exception? Failure)>? t_pending;
+    [ThreadStatic]
+    private static bool t_completing;
 
     /// <summary>True on a thread inside a scope: ops handed to it are completed when the scope ends.</summary>
     internal static bool IsActive => t_active;
@@ -43,26 +46,48 @@ public static class AppendCompletionScope
     /// <summary>Completes the ops handed to this thread, then ends the scope. Never call it under a lock.</summary>
     public static void Exit()
     {
+        CompletePending();
+        t_active = false;
+    }
+
+    /// <summary>
+    /// Completes the ops handed to this thread so far, inside the scope, so that their callers need not wait
+    /// for the scope's end (the read loop calls it between two frames). Never call it under a lock. A call
+    /// from a continuation that this very loop runs returns at once: the loop picks up what it adds.
+    /// </summary>
+    public static void CompletePending()
+    {
         var pending = t_pending;
-        while (pending is { Count: > 0 })
+        if (pending is not { Count: > 0 } || t_completing)
         {
-            // Continuations run here may write and take more ops: drain until none is left.
-            var batch = pending.ToArray();
-            pending.Clear();
-            foreach (var (op, failure) in batch)
+            return;
+        }
+
+        t_completing = true;
+        try
+        {
+            while (pending.Count > 0)
             {
-                if (failure is null)
+                // Continuations run here may write and take more ops: drain until none is left.
+                var batch = pending.ToArray();
+                pending.Clear();
+                foreach (var (op, failure) in batch)
                 {
-                    op.Complete();
-                }
-                else
-                {
-                    op.Fail(failure);
+                    if (failure is null)
+                    {
+                        op.Complete();
+                    }
+                    else
+                    {
+                        op.Fail(failure);
+                    }
                 }
             }
         }
-
-        t_active = false;
+        finally
+        {
+            t_completing = false;
+        }
     }
 
     /// <summary>Completes <paramref name="op"/> when this thread's scope ends (which must be active).</summary>

@@ -293,6 +293,10 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
                 return new(handled.Reason, handled.Message, offset);
             }
 
+            // Appends of other sessions that this thread wrote along with its own are completed between two
+            // frames (no lock is held here), not only when the whole receive is handled.
+            AppendCompletionScope.CompletePending();
+
             // Decoded messages own copies of their fields, so the bytes may be reused once handled.
             offset += frameLength;
             buffer = new ReadOnlySequence<byte>(bytes, offset, length - offset);

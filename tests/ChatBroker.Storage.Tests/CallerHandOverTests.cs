@@ -63,10 +63,23 @@ public sealed class CallerHandOverTests
 
     private sealed record Outcome(Task<AppendResult> Own, bool HandedCompletedBeforeScopeEnded, int WriterThread);
 
+    [Fact]
+    public async Task A_scoped_caller_completes_handed_appends_when_it_asks_without_ending_its_scope()
+    {
+        var (engine, store) = Open();
+        using var _ = store;
+
+        var (writer, second, continuationThread) = await RaceAsync(engine, store, writerInScope: true, completePendingFirst: true);
+
+        Assert.True(writer.HandedCompletedBeforeScopeEnded);
+        Assert.Equal(2UL, (await second).Seq);
+        Assert.Equal(writer.WriterThread, await continuationThread);
+    }
+
     /// <summary>Starts a thread that appends "first" (inside a scope when asked), holds its write at the gate
     /// while the test appends "second", and returns what it saw.</summary>
     private static async Task<(Outcome Writer, Task<AppendResult> Second, Task<int> SecondContinuationThread)> RaceAsync(
-        GatedCommitEngine engine, InMemoryChatStore store, bool writerInScope)
+        GatedCommitEngine engine, InMemoryChatStore store, bool writerInScope, bool completePendingFirst = false)
     {
         Task<AppendResult>? second = null;
         var secondIssued = new ManualResetEventSlim();
@@ -78,6 +91,11 @@ public sealed class CallerHandOverTests
                 var scoped = writerInScope && AppendCompletionScope.Enter();
                 var own = store.AppendAsync(Messages.To(1, "first")); // written here, held at the gate meanwhile
                 Assert.True(secondIssued.Wait(TimeSpan.FromSeconds(30)));
+                if (completePendingFirst)
+                {
+                    AppendCompletionScope.CompletePending(); // as the read loop does between two frames
+                }
+
                 var handedDone = Volatile.Read(ref second)!.IsCompleted;
                 if (scoped)
                 {
