@@ -236,6 +236,11 @@ internal sealed class CommitWriter : IDisposable
     /// </summary>
     private bool TryHandToWritingCaller(WriteOp op)
     {
+        if (!Volatile.Read(ref _callerTakesOps))
+        {
+            return false; // the usual case without scopes (the builder thread, or a caller outside one, writes)
+        }
+
         lock (_handOverLock)
         {
             if (!_callerTakesOps || _queue.Reader.Count != 0 || _handedOps.Count >= _options.MaxBatchCount)
