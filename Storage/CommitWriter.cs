@@ -48,7 +48,8 @@ internal sealed class CommitWriter : IDisposable
     // op when everything is idle (TryWriteHere). Taken before _handoff, never the other way round.
     private readonly Lock _builderLock = new();
     // Ops handed to a caller that writes its own op (TryWriteHere) by callers that arrive meanwhile; it
-    // writes them before it lets go of _builderLock and completes them when its AppendCompletionScope ends.
+    // writes them before it lets go of _builderLock and completes them later on its own thread, outside every
+    // lock (AppendCompletionScope: between two frames of its read loop, or when the scope ends).
     // _callerTakesOps is true while such a caller holds _builderLock and will still look at _handedOps.
     // Guarded by _handOverLock, which is taken inside _builderLock or alone, never the other way round.
     private readonly Lock _handOverLock = new();
@@ -254,7 +255,7 @@ internal sealed class CommitWriter : IDisposable
     }
 
     /// <summary>Writes the ops handed over while this caller held the builder lock, as batches, until
-    /// none is left; their completions wait for this thread's scope to end (see <see cref="AppendCompletionScope"/>).
+    /// none is left; their completions wait until this thread holds no lock (see <see cref="AppendCompletionScope"/>).
     /// After a few rounds it stops taking more, so a caller does not become the writer for everybody.</summary>
     private void WriteHandedOps()
     {
@@ -746,7 +747,7 @@ internal sealed class CommitWriter : IDisposable
                 {
                     // A caller writing its own op (TryWriteHere): nobody awaits it yet, so completing it
                     // runs no continuation here. Ops other callers handed it are awaited: they complete
-                    // when its scope ends, outside every lock.
+                    // later on this thread, outside every lock (AppendCompletionScope).
                     foreach (var op in slot.Ops)
                     {
                         if (_deferCompletions)
@@ -1080,7 +1081,7 @@ internal abstract class WriteOp
 internal abstract class WriteOp<T> : WriteOp
 {
     // Continuations run synchronously, but only ever on the completion work item (CommitWriter.Finish) or
-    // where an AppendCompletionScope ends (an op handed to a writing caller), never under the writer's locks.
+    // in an AppendCompletionScope (an op handed to a writing caller), never under the writer's locks.
     private readonly TaskCompletionSource<T> _completion = new();
 
     protected T Result { get; set; } = default!;
