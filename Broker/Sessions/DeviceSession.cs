@@ -4,9 +4,8 @@ using ChatBroker.Broker.Hosting;
 using ChatBroker.Broker.Transport;
 using ChatBroker.Protocol;
 using ChatBroker.Protocol.Messages;
-using Google.Protobuf;
-
 using ChatBroker.Storage;
+using Google.Protobuf;
 
 namespace ChatBroker.Broker.Sessions;
 
