@@ -245,7 +245,7 @@ public sealed class RawConnection : IDisposable
 
     /// <summary>
     /// Reads whatever has arrived, without waiting, and dispatches its frames; false when the broker closed
-    /// the connection. For a thread that owns this connection's reads while no <see cref="ReceiveLoopAsync"/>
+    /// (or reset) the connection. For a thread that owns this connection's reads while no <see cref="ReceiveLoopAsync"/>
     /// runs (the fixed-rate pacer reads its SENTs this way). The socket is non-blocking from here on:
     /// <see cref="Send"/> waits for room itself.
     /// </summary>
@@ -261,14 +261,9 @@ public sealed class RawConnection : IDisposable
                 return true;
             }
 
-            if (error != SocketError.Success)
+            if (error != SocketError.Success || n == 0)
             {
-                throw new SocketException((int)error);
-            }
-
-            if (n == 0)
-            {
-                return false;
+                return false; // closed or reset: as the receive loop, stop reading (the run counts what is missing)
             }
 
             _end += n;
