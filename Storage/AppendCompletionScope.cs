@@ -26,9 +26,11 @@ public static class AppendCompletionScope
     [ThreadStatic]
     private static List<(WriteOp Op, Exception? Failure)>? t_pending;
     [ThreadStatic]
+    private static List<(WriteOp Op, Exception? Failure)>? t_spare;
+    [ThreadStatic]
     private static bool t_completing;
 
-    /// <summary>True on a thread inside a scope: ops handed to it are completed when the scope ends.</summary>
+    /// <summary>True on a thread inside a scope: ops handed to it are completed before the scope ends.</summary>
     internal static bool IsActive => t_active;
 
     /// <summary>Starts a scope on this thread; false when one is active already (then do not <see cref="Exit"/>).</summary>
@@ -57,8 +59,7 @@ public static class AppendCompletionScope
     /// </summary>
     public static void CompletePending()
     {
-        var pending = t_pending;
-        if (pending is not { Count: > 0 } || t_completing)
+        if (t_pending is not { Count: > 0 } || t_completing)
         {
             return;
         }
@@ -66,11 +67,11 @@ public static class AppendCompletionScope
         t_completing = true;
         try
         {
-            while (pending.Count > 0)
+            // Continuations run here may write and take more ops: they go to a fresh list, drained next.
+            while (t_pending is { Count: > 0 } batch)
             {
-                // Continuations run here may write and take more ops: drain until none is left.
-                var batch = pending.ToArray();
-                pending.Clear();
+                t_pending = t_spare ?? [];
+                t_spare = null;
                 foreach (var (op, failure) in batch)
                 {
                     if (failure is null)
@@ -82,6 +83,9 @@ public static class AppendCompletionScope
                         op.Fail(failure);
                     }
                 }
+
+                batch.Clear();
+                t_spare = batch; // two lists per thread, reused: nothing allocated per message
             }
         }
         finally
@@ -90,6 +94,6 @@ public static class AppendCompletionScope
         }
     }
 
-    /// <summary>Completes <paramref name="op"/> when this thread's scope ends (which must be active).</summary>
+    /// <summary>Completes <paramref name="op"/> at this thread's next <see cref="CompletePending"/> or <see cref="Exit"/> (the scope must be active).</summary>
     internal static void Defer(WriteOp op, Exception? failure) => (t_pending ??= []).Add((op, failure));
 }
