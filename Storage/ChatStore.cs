@@ -216,6 +216,27 @@ public abstract class ChatStore : IChatStore
         return _writer.EnqueueAsync(new AdvanceCursorOp(userId, deviceId, stream, position), cancellationToken);
     }
 
+    public Task<CursorMove[]> AdvanceCursorsAsync(string userId, IReadOnlyList<CursorAdvance> advances, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(advances);
+        for (var i = 0; i < advances.Count; i++)
+        {
+            ValidateIds(userId, advances[i].DeviceId);
+            for (var j = 0; j < i; j++)
+            {
+                if (advances[j].DeviceId == advances[i].DeviceId && advances[j].Stream == advances[i].Stream)
+                {
+                    // Each reads the stored value, not the other's write in the same batch.
+                    throw new ArgumentException($"cursor ({advances[i].DeviceId}, {advances[i].Stream.ConversationId}) appears twice", nameof(advances));
+                }
+            }
+        }
+
+        return advances.Count == 0
+            ? Task.FromResult(Array.Empty<CursorMove>())
+            : _writer.EnqueueAsync(new AdvanceCursorsOp(userId, advances.ToArray()), cancellationToken);
+    }
+
     // ---- conversations ----
 
     public Task<Conversation> GetOrCreateDirectAsync(string userA, string userB, CancellationToken cancellationToken = default)

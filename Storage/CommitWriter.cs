@@ -497,15 +497,24 @@ internal sealed class CommitWriter : IDisposable
         // earlier write: drain the pipeline first, and commit the current batch too if an earlier op
         // in it has the same key. These ops are rare; appends never wait here.
         var conflict = op.ConflictKey;
-        if (conflict is not null)
+        var conflicts = op.ConflictKeys;
+        if (conflict is not null || conflicts is not null)
         {
-            if (_current.Touched.Contains(conflict))
+            if ((conflict is not null && _current.Touched.Contains(conflict)) || (conflicts is not null && TouchedAny(conflicts)))
             {
                 HandOff();
             }
 
             WaitIdle();
-            _current.Touched.Add(conflict);
+            if (conflict is not null)
+            {
+                _current.Touched.Add(conflict);
+            }
+
+            if (conflicts is not null)
+            {
+                _current.Touched.UnionWith(conflicts);
+            }
         }
 
         var countBefore = _current.Batch.Count;
@@ -531,6 +540,19 @@ internal sealed class CommitWriter : IDisposable
 
         _current.Ops.Add(op);
         _current.Bytes += op.EstimatedBytes;
+    }
+
+    private bool TouchedAny(IReadOnlyList<string> keys)
+    {
+        foreach (var key in keys)
+        {
+            if (_current.Touched.Contains(key))
+            {
+                return true;
+            }
+        }
+
+        return false;
     }
 
     /// <summary>Gives the current batch to the committer (after the previous one is done) and starts a new one.</summary>
@@ -1066,6 +1088,9 @@ internal abstract class WriteOp
 {
     /// <summary>Non-null for ops that read state an earlier op of the same batch may have written.</summary>
     public virtual string? ConflictKey => null;
+
+    /// <summary>As <see cref="ConflictKey"/>, for an op that reads several such records.</summary>
+    public virtual IReadOnlyList<string>? ConflictKeys => null;
 
     public virtual int EstimatedBytes => 64;
 

@@ -39,6 +39,11 @@ public interface ICursorStore
 
     /// <summary>Moves the cursor forward to <paramref name="position"/> (never backwards) and returns the stored value.</summary>
     Task<ulong> AdvanceCursorAsync(string userId, string deviceId, CursorStream stream, ulong position, CancellationToken cancellationToken = default);
+
+    /// <summary>Moves several cursors of one user forward (never backwards) in one write, e.g. an ACK's inbox
+    /// cursor and its delivered receipts; returns each one's value before and after, in order. The
+    /// (device, stream) pairs must differ.</summary>
+    Task<CursorMove[]> AdvanceCursorsAsync(string userId, IReadOnlyList<CursorAdvance> advances, CancellationToken cancellationToken = default);
 }
 
 /// <summary>Conversations and their members.</summary>

@@ -78,6 +78,12 @@ public readonly record struct OneTimePrekey(uint Id, ReadOnlyMemory<byte> Public
 /// <summary>What FETCH_KEYS returns: the bundle and, while any are left, one consumed one-time prekey.</summary>
 public sealed record FetchedPrekeys(PrekeyBundle Bundle, OneTimePrekey? OneTimePrekey);
 
+/// <summary>One cursor of a user to move forward (<see cref="ICursorStore.AdvanceCursorsAsync"/>).</summary>
+public readonly record struct CursorAdvance(string DeviceId, CursorStream Stream, ulong Position);
+
+/// <summary>A cursor's value before and after an advance.</summary>
+public readonly record struct CursorMove(ulong Previous, ulong Current);
+
 /// <summary>Which position a cursor tracks: a user's inbox, or one conversation's log (fan-out on read).</summary>
 public readonly record struct CursorStream(ulong ConversationId)
 {

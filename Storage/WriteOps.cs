@@ -90,6 +90,33 @@ internal sealed class AdvanceCursorOp(string userId, string deviceId, CursorStre
     }
 }
 
+/// <summary>Several cursors of one user in one batch, each as <see cref="AdvanceCursorOp"/> (the store checks
+/// that no cursor appears twice: each reads the stored value, not another's write in this batch).</summary>
+internal sealed class AdvanceCursorsOp(string userId, CursorAdvance[] advances) : WriteOp<CursorMove[]>
+{
+    public override IReadOnlyList<string>? ConflictKeys =>
+        Array.ConvertAll(advances, a => $"cursor|{userId}|{a.DeviceId}|{a.Stream.ConversationId}");
+
+    public override void Apply(CommitWriter w)
+    {
+        var moves = new CursorMove[advances.Length];
+        for (var i = 0; i < advances.Length; i++)
+        {
+            var (deviceId, stream, position) = advances[i];
+            Records.CursorKey(w.Key, userId, deviceId, stream);
+            var existing = w.Engine.Get(Cf.Cursors, w.Key.Span);
+            var current = existing is { Length: 8 } ? Records.TrailingU64(existing) : 0;
+            moves[i] = new CursorMove(current, Math.Max(current, position));
+            if (moves[i].Current != current || existing is null)
+            {
+                w.Batch.Put(Cf.Cursors, w.Key.Span, w.Value.Reset().U64(moves[i].Current).Span);
+            }
+        }
+
+        Result = moves;
+    }
+}
+
 internal sealed class GetOrCreateDirectOp(string userA, string userB) : WriteOp<Conversation>
 {
     // Two ids that render the same here only cost an extra commit, never a wrong answer.

@@ -321,10 +321,8 @@ public sealed class ChatService(
             }
         }
 
-        var writes = new List<Task>(highest.Count + 1)
-        {
-            store.AdvanceCursorAsync(user, device.DeviceId, CursorStream.Inbox, target, cancellationToken),
-        };
+        // The inbox cursor and the delivered receipts in one write (one rocksdb_write, not one per cursor).
+        var advances = new List<CursorAdvance>(highest.Count + 1) { new(device.DeviceId, CursorStream.Inbox, target) };
         foreach (var (conversationId, seq) in highest)
         {
             // A large group's inbox entries are only its SYSTEM messages: having them says nothing about the
@@ -334,10 +332,17 @@ public sealed class ChatService(
                 continue;
             }
 
-            writes.Add(RecordReceiptAsync(user, conversationId, seq, ReceiptKind.Delivered, cancellationToken));
+            advances.Add(new(DeliveredCursor, CursorStream.Conversation(conversationId), seq));
         }
 
-        await Task.WhenAll(writes).ConfigureAwait(false);
+        var moves = await store.AdvanceCursorsAsync(user, advances, cancellationToken).ConfigureAwait(false);
+        for (var i = 1; i < advances.Count; i++)
+        {
+            if (moves[i].Previous < advances[i].Position)
+            {
+                NotifyReceipt(user, advances[i].Stream.ConversationId, advances[i].Position, moves[i].Previous, ReceiptKind.Delivered);
+            }
+        }
     }
 
     /// <summary>READ: the user has read the conversation up to <paramref name="upToSeq"/>.</summary>
@@ -406,6 +411,13 @@ public sealed class ChatService(
         }
 
         await store.AdvanceCursorAsync(reader, cursor, stream, seq, cancellationToken).ConfigureAwait(false);
+        NotifyReceipt(reader, conversationId, seq, previous, kind);
+    }
+
+    /// <summary>A receipt moved from <paramref name="previous"/> to <paramref name="seq"/> (stored): counts it and
+    /// tells the other members' online devices (in a group, only those who sent in that range).</summary>
+    private void NotifyReceipt(string reader, ulong conversationId, ulong seq, ulong previous, ReceiptKind kind)
+    {
         metrics.Receipts.Add(1);
         var members = directory.MembersOf(conversationId);
         if (members is null)

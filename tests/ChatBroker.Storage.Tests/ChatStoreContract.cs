@@ -224,6 +224,35 @@ public abstract class ChatStoreContract : IDisposable
     }
 
     [Fact]
+    public async Task Several_cursors_move_forward_only_in_one_write_and_report_before_and_after()
+    {
+        var store = Open();
+        await store.AdvanceCursorAsync("bob", "#delivered", CursorStream.Conversation(7), 9);
+
+        var moves = await store.AdvanceCursorsAsync("bob",
+        [
+            new("phone", CursorStream.Inbox, 5),
+            new("#delivered", CursorStream.Conversation(7), 4), // behind: stays at 9
+            new("#delivered", CursorStream.Conversation(8), 3),
+        ]);
+
+        Assert.Equal([new CursorMove(0, 5), new CursorMove(9, 9), new CursorMove(0, 3)], moves);
+        Assert.Equal(5UL, store.GetCursor("bob", "phone", CursorStream.Inbox));
+        Assert.Equal(9UL, store.GetCursor("bob", "#delivered", CursorStream.Conversation(7)));
+        Assert.Equal(3UL, store.GetCursor("bob", "#delivered", CursorStream.Conversation(8)));
+
+        // Racing single advances and multi-cursor advances of the same cursors: still the maximum.
+        await Task.WhenAll(Enumerable.Range(1, 40).Select(i => i % 2 == 0
+            ? (Task)store.AdvanceCursorAsync("bob", "phone", CursorStream.Inbox, (ulong)i)
+            : store.AdvanceCursorsAsync("bob", [new("phone", CursorStream.Inbox, (ulong)i), new("#delivered", CursorStream.Conversation(8), (ulong)i)])));
+        Assert.Equal(40UL, store.GetCursor("bob", "phone", CursorStream.Inbox));
+        Assert.Equal(39UL, store.GetCursor("bob", "#delivered", CursorStream.Conversation(8)));
+
+        Assert.Empty(await store.AdvanceCursorsAsync("bob", []));
+        Assert.Throws<ArgumentException>(() => { _ = store.AdvanceCursorsAsync("bob", [new("phone", CursorStream.Inbox, 1), new("phone", CursorStream.Inbox, 2)]); });
+    }
+
+    [Fact]
     public async Task Cursor_moves_forward_only()
     {
         var store = Open();

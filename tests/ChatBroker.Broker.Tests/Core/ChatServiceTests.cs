@@ -121,6 +121,26 @@ public sealed class ChatServiceTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_second_device_acknowledging_what_the_first_did_moves_its_own_cursor_and_sends_no_receipt()
+    {
+        var alice = Online("alice", "phone");
+        var bobPhone = Online("bob", "phone");
+        var bobLaptop = Online("bob", "laptop");
+        for (ulong i = 1; i <= 3; i++)
+        {
+            await _chat.SendAsync(alice, Text(i, "bob", "m" + i), default);
+        }
+
+        await _chat.AckAsync(bobPhone, 3, default);
+        await _chat.AckAsync(bobLaptop, 3, default); // bob's delivered receipt is at 3 already
+
+        Assert.Equal(3UL, _store.GetCursor("bob", "phone", CursorStream.Inbox));
+        Assert.Equal(3UL, _store.GetCursor("bob", "laptop", CursorStream.Inbox));
+        var receipt = Assert.Single(alice.Receipts);
+        Assert.Equal((ReceiptKind.Delivered, 3UL, "bob"), (receipt.Kind, receipt.UpToSeq, receipt.ReaderUserId));
+    }
+
+    [Fact]
     public async Task Ack_past_entries_that_retention_removed_moves_the_cursor_without_receipts_for_them()
     {
         var clock = new ManualClock();
