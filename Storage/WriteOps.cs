@@ -77,16 +77,21 @@ internal sealed class AdvanceCursorOp(string userId, string deviceId, CursorStre
 {
     public override string? ConflictKey => $"cursor|{userId}|{deviceId}|{stream.ConversationId}";
 
-    public override void Apply(CommitWriter w)
+    public override void Apply(CommitWriter w) => Result = Advance(w, userId, deviceId, stream, position).Current;
+
+    /// <summary>Moves one cursor forward in the batch being built (never backwards).</summary>
+    internal static CursorMove Advance(CommitWriter w, string userId, string deviceId, CursorStream stream, ulong position)
     {
         Records.CursorKey(w.Key, userId, deviceId, stream);
         var existing = w.Engine.Get(Cf.Cursors, w.Key.Span);
         var current = existing is { Length: 8 } ? Records.TrailingU64(existing) : 0;
-        Result = Math.Max(current, position);
-        if (Result != current || existing is null)
+        var move = new CursorMove(current, Math.Max(current, position));
+        if (move.Current != current || existing is null)
         {
-            w.Batch.Put(Cf.Cursors, w.Key.Span, w.Value.Reset().U64(Result).Span);
+            w.Batch.Put(Cf.Cursors, w.Key.Span, w.Value.Reset().U64(move.Current).Span);
         }
+
+        return move;
     }
 }
 
@@ -103,14 +108,7 @@ internal sealed class AdvanceCursorsOp(string userId, CursorAdvance[] advances) 
         for (var i = 0; i < advances.Length; i++)
         {
             var (deviceId, stream, position) = advances[i];
-            Records.CursorKey(w.Key, userId, deviceId, stream);
-            var existing = w.Engine.Get(Cf.Cursors, w.Key.Span);
-            var current = existing is { Length: 8 } ? Records.TrailingU64(existing) : 0;
-            moves[i] = new CursorMove(current, Math.Max(current, position));
-            if (moves[i].Current != current || existing is null)
-            {
-                w.Batch.Put(Cf.Cursors, w.Key.Span, w.Value.Reset().U64(moves[i].Current).Span);
-            }
+            moves[i] = AdvanceCursorOp.Advance(w, userId, deviceId, stream, position);
         }
 
         Result = moves;
