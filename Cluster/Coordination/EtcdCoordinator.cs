@@ -1,0 +1,512 @@
+using System.Collections.Immutable;
+using dotnet_etcd;
+using Etcdserverpb;
+using Google.Protobuf;
+using Grpc.Core;
+using Grpc.Net.Client;
+
+namespace ChatBroker.Cluster.Coordination;
+
+/// <summary>
+/// <see cref="IClusterCoordinator"/> on etcd 3.4+ through dotnet-etcd. Keys (docs/cluster.md):
+/// <c>{prefix}/map</c> holds the map (its mod revision is the epoch), <c>{prefix}/nodes/{id}</c> each live
+/// node's registration, attached to that node's lease. One watch on the whole prefix feeds
+/// <see cref="View"/>; it starts at the revision of a snapshot read in one transaction, so no change falls
+/// between the read and the watch, and after any break it reads a new snapshot (a compacted history too).
+/// Every request has a deadline of <see cref="ClusterOptions.EtcdTimeout"/>: past it etcd counts as
+/// unreachable.
+/// </summary>
+public sealed class EtcdCoordinator : IClusterCoordinator
+{
+    private static readonly TimeSpan MaxRetryDelay = TimeSpan.FromSeconds(1);
+
+    private readonly ClusterOptions _options;
+    private readonly TimeProvider _time;
+    private readonly EtcdClient _client;
+    private readonly KV.KVClient _kv;
+    private readonly Watch.WatchClient _watch;
+    private readonly Lease.LeaseClient _lease;
+    private readonly ByteString _prefix;
+    private readonly ByteString _prefixEnd;
+    private readonly ByteString _mapKey;
+    private readonly ByteString _nodeKey;
+    private readonly string _mapKeyText;
+    private readonly string _nodesPrefixText;
+    private readonly CancellationTokenSource _stop = new();
+    private Task _watchLoop = Task.CompletedTask;
+    private Task _keepAliveLoop = Task.CompletedTask;
+    private long _leaseId;
+    private long _leaseValidUntilTicks;
+    private int _started;
+    private bool _revokeOnDispose = true;
+
+    public EtcdCoordinator(ClusterOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.Validate() is { } error)
+        {
+            throw new ArgumentException(error, nameof(options));
+        }
+
+        if (!options.Enabled)
+        {
+            throw new ArgumentException("no etcd endpoints given", nameof(options));
+        }
+
+        _options = options;
+        _time = options.Time;
+        Self = new NodeRegistration(options.NodeId, options.ResolvedAdvertiseMesh, options.AdvertiseClient);
+        View = new ClusterView(_time);
+        _client = new EtcdClient(string.Join(',', options.EtcdEndpoints), configureChannelOptions: ConfigureChannel);
+        var connection = _client.GetConnection();
+        _kv = connection.KVClient;
+        _watch = connection.WatchClient;
+        _lease = connection.LeaseClient;
+        _prefix = ByteString.CopyFromUtf8(options.EtcdPrefix + "/");
+        _prefixEnd = ByteString.CopyFromUtf8(options.EtcdPrefix + "0"); // '0' follows '/': the end of the prefix range
+        _mapKeyText = options.MapKey;
+        _nodesPrefixText = options.NodesPrefix;
+        _mapKey = ByteString.CopyFromUtf8(_mapKeyText);
+        _nodeKey = ByteString.CopyFromUtf8(options.NodeKey(options.NodeId));
+    }
+
+    public NodeRegistration Self { get; }
+
+    public ClusterView View { get; }
+
+    /// <summary>
+    /// Until when this node's lease is certainly alive: the send time of the last renewal etcd confirmed,
+    /// plus the TTL it confirmed. etcd starts the TTL when it receives the renewal, after we sent it, so the
+    /// lease cannot expire before this on a clock that runs at the same rate (fencing, issue 16).
+    /// </summary>
+    public DateTimeOffset LeaseValidUntil => new(Interlocked.Read(ref _leaseValidUntilTicks), TimeSpan.Zero);
+
+    public async Task StartAsync(CancellationToken cancellationToken)
+    {
+        if (Interlocked.Exchange(ref _started, 1) != 0)
+        {
+            throw new InvalidOperationException("the coordinator is already started");
+        }
+
+        try
+        {
+            await RegisterAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (RpcException e) when (!cancellationToken.IsCancellationRequested)
+        {
+            throw new ClusterCoordinationException($"cannot register node \"{Self.NodeId}\": {Unreachable(e)}", e);
+        }
+
+        _keepAliveLoop = Task.Run(() => KeepAliveLoopAsync(_stop.Token), CancellationToken.None);
+        _watchLoop = Task.Run(() => WatchLoopAsync(_stop.Token), CancellationToken.None);
+
+        // Ready once the first snapshot is in the view; give it the time of a few requests.
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        deadline.CancelAfter(_options.EtcdTimeout * 3);
+        try
+        {
+            while (!View.HasMap)
+            {
+                var changed = View.WaitForChangeAsync(deadline.Token);
+                if (View.HasMap)
+                {
+                    break;
+                }
+
+                await changed.ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            throw new ClusterCoordinationException($"registered, but could not read the cluster map from etcd: {View.LastError}");
+        }
+    }
+
+    public async Task<ClusterMap> ReadMapAsync(CancellationToken cancellationToken)
+    {
+        RangeResponse response;
+        try
+        {
+            response = await _kv.RangeAsync(new RangeRequest { Key = _mapKey }, deadline: Deadline(), cancellationToken: cancellationToken)
+                .ConfigureAwait(false);
+        }
+        catch (RpcException e) when (!cancellationToken.IsCancellationRequested)
+        {
+            throw new ClusterCoordinationException($"cannot read the cluster map: {Unreachable(e)}", e);
+        }
+
+        var map = response.Kvs.Count == 0 ? ClusterMap.Empty : ClusterMapCodec.DecodeMap(response.Kvs[0].Value.Span, response.Kvs[0].ModRevision);
+        View.PublishMap(map);
+        return View.Map.Epoch > map.Epoch ? View.Map : map;
+    }
+
+    public async Task<MapUpdateResult> TryUpdateMapAsync(ClusterMap proposed, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(proposed);
+        if (proposed.Validate() is { } invalid)
+        {
+            throw new ArgumentException(invalid, nameof(proposed));
+        }
+
+        var txn = new TxnRequest();
+        // A key that does not exist has mod revision 0, so epoch 0 means "only if there is no map yet".
+        txn.Compare.Add(new Compare
+        {
+            Key = _mapKey,
+            Target = Compare.Types.CompareTarget.Mod,
+            Result = Compare.Types.CompareResult.Equal,
+            ModRevision = proposed.Epoch,
+        });
+        txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = _mapKey, Value = ByteString.CopyFrom(ClusterMapCodec.EncodeMap(proposed)) } });
+        txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = _mapKey } });
+
+        TxnResponse response;
+        try
+        {
+            response = await _kv.TxnAsync(txn, deadline: Deadline(), cancellationToken: cancellationToken).ConfigureAwait(false);
+        }
+        catch (RpcException e) when (!cancellationToken.IsCancellationRequested)
+        {
+            View.RecordError(Unreachable(e));
+            return new MapUpdateResult(MapUpdateStatus.Unavailable, View.Map,
+                $"map change refused: {Unreachable(e)}. The node keeps serving with the map of epoch {View.Epoch}; " +
+                "if the request reached etcd before the answer was lost it may have been applied (the watch will show it).");
+        }
+
+        if (response.Succeeded)
+        {
+            // The transaction's revision is the put's mod revision: the new epoch.
+            var applied = proposed with { Epoch = response.Header.Revision };
+            View.PublishMap(applied);
+            return new MapUpdateResult(MapUpdateStatus.Applied, applied, null);
+        }
+
+        var kvs = response.Responses[0].ResponseRange.Kvs;
+        var current = kvs.Count == 0 ? ClusterMap.Empty : ClusterMapCodec.DecodeMap(kvs[0].Value.Span, kvs[0].ModRevision);
+        View.PublishMap(current);
+        return new MapUpdateResult(MapUpdateStatus.Conflict, current,
+            $"the map changed: it is at epoch {current.Epoch}, the change was made on epoch {proposed.Epoch}");
+    }
+
+    /// <summary>Stops renewing the lease and watching, and leaves the registration to expire, as a crash does.</summary>
+    internal void StopAsIfCrashed()
+    {
+        _revokeOnDispose = false;
+        _stop.Cancel();
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _stop.CancelAsync().ConfigureAwait(false);
+        await Task.WhenAll(_watchLoop, _keepAliveLoop).ConfigureAwait(false); // both end on cancellation without throwing
+        var leaseId = Interlocked.Read(ref _leaseId);
+        if (_revokeOnDispose && leaseId != 0)
+        {
+            // A clean leave: revoking deletes the registration at once instead of after the TTL.
+            try
+            {
+                await _lease.LeaseRevokeAsync(new LeaseRevokeRequest { ID = leaseId }, deadline: Deadline()).ConfigureAwait(false);
+            }
+            catch (RpcException)
+            {
+                // etcd is gone: the lease expires by itself.
+            }
+        }
+
+        _client.Dispose();
+        _stop.Dispose();
+    }
+
+    /// <summary>
+    /// Puts this node's registration under a new lease. The key must not exist (two live nodes with one id
+    /// would share ownership), except that a previous registration of this id may still be waiting for its
+    /// lease to expire after a crash: wait for that up to one TTL.
+    /// </summary>
+    private async Task RegisterAsync(CancellationToken cancellationToken)
+    {
+        var ttlSeconds = (long)Math.Ceiling(_options.LeaseTtl.TotalSeconds);
+        var sentAt = _time.GetUtcNow();
+        var grant = await _lease.LeaseGrantAsync(new LeaseGrantRequest { TTL = ttlSeconds }, deadline: Deadline(), cancellationToken: cancellationToken)
+            .ConfigureAwait(false);
+        var value = ByteString.CopyFrom(ClusterMapCodec.EncodeRegistration(Self));
+        var giveUpAt = _time.GetUtcNow() + _options.LeaseTtl + _options.EtcdTimeout;
+        while (true)
+        {
+            var txn = new TxnRequest();
+            txn.Compare.Add(new Compare
+            {
+                Key = _nodeKey,
+                Target = Compare.Types.CompareTarget.Create,
+                Result = Compare.Types.CompareResult.Equal,
+                CreateRevision = 0,
+            });
+            txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = _nodeKey, Value = value, Lease = grant.ID } });
+            txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = _nodeKey } });
+            var response = await _kv.TxnAsync(txn, deadline: Deadline(), cancellationToken: cancellationToken).ConfigureAwait(false);
+            if (response.Succeeded)
+            {
+                break;
+            }
+
+            if (_time.GetUtcNow() >= giveUpAt)
+            {
+                var holder = response.Responses[0].ResponseRange.Kvs;
+                var holderLease = holder.Count == 0 ? 0 : holder[0].Lease;
+                await RevokeQuietlyAsync(grant.ID).ConfigureAwait(false);
+                throw new ClusterCoordinationException(
+                    $"node id \"{Self.NodeId}\" is registered in etcd by another live node (key {_options.NodeKey(Self.NodeId)}, lease {holderLease:x}); " +
+                    "every node needs its own cluster.node_id");
+            }
+
+            await Task.Delay(_options.LeaseTtl / 8, _time, cancellationToken).ConfigureAwait(false);
+        }
+
+        Interlocked.Exchange(ref _leaseId, grant.ID);
+        Interlocked.Exchange(ref _leaseValidUntilTicks, (sentAt + TimeSpan.FromSeconds(grant.TTL)).UtcTicks);
+    }
+
+    private async Task RevokeQuietlyAsync(long leaseId)
+    {
+        try
+        {
+            await _lease.LeaseRevokeAsync(new LeaseRevokeRequest { ID = leaseId }, deadline: Deadline()).ConfigureAwait(false);
+        }
+        catch (RpcException)
+        {
+            // It expires by itself.
+        }
+    }
+
+    /// <summary>
+    /// Renews the lease every third of its TTL on one keepalive stream. If etcd says the lease is gone (it
+    /// expired while this node was cut off), registers again under a new one.
+    /// </summary>
+    private async Task KeepAliveLoopAsync(CancellationToken stop)
+    {
+        var interval = _options.LeaseTtl / 3;
+        var retry = TimeSpan.FromMilliseconds(100);
+        while (!stop.IsCancellationRequested)
+        {
+            try
+            {
+                using var call = _lease.LeaseKeepAlive(cancellationToken: stop);
+                while (true)
+                {
+                    var sentAt = _time.GetUtcNow();
+                    await call.RequestStream.WriteAsync(new LeaseKeepAliveRequest { ID = Interlocked.Read(ref _leaseId) }, stop).ConfigureAwait(false);
+                    using (var answer = CancellationTokenSource.CreateLinkedTokenSource(stop))
+                    {
+                        answer.CancelAfter(_options.EtcdTimeout);
+                        if (!await call.ResponseStream.MoveNext(answer.Token).ConfigureAwait(false))
+                        {
+                            throw new RpcException(new Status(StatusCode.Unavailable, "etcd closed the keepalive stream"));
+                        }
+                    }
+
+                    var renewed = call.ResponseStream.Current;
+                    if (renewed.TTL <= 0)
+                    {
+                        View.RecordError($"the lease of node \"{Self.NodeId}\" expired (etcd was out of reach for longer than its TTL); registering again");
+                        await RegisterAsync(stop).ConfigureAwait(false);
+                        continue;
+                    }
+
+                    Interlocked.Exchange(ref _leaseValidUntilTicks, (sentAt + TimeSpan.FromSeconds(renewed.TTL)).UtcTicks);
+                    retry = TimeSpan.FromMilliseconds(100);
+                    await Task.Delay(interval, _time, stop).ConfigureAwait(false);
+                }
+            }
+            catch (OperationCanceledException) when (stop.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (Exception e) when (e is RpcException or OperationCanceledException or ClusterCoordinationException or IOException)
+            {
+                View.RecordError($"lease keepalive: {Describe(e)}");
+            }
+
+            if (!await DelayAsync(retry, stop).ConfigureAwait(false))
+            {
+                return;
+            }
+
+            retry = Min(retry * 2, MaxRetryDelay);
+        }
+    }
+
+    /// <summary>
+    /// Keeps <see cref="View"/> equal to etcd: a snapshot of the map and the registrations in one
+    /// transaction, then a watch from the revision after it. Any break marks the view disconnected and
+    /// starts over with a new snapshot.
+    /// </summary>
+    private async Task WatchLoopAsync(CancellationToken stop)
+    {
+        var retry = TimeSpan.FromMilliseconds(100);
+        var members = new Dictionary<string, NodeRegistration>(StringComparer.Ordinal);
+        while (!stop.IsCancellationRequested)
+        {
+            try
+            {
+                var revision = await ReadSnapshotAsync(members, stop).ConfigureAwait(false);
+                View.MarkConnected();
+                retry = TimeSpan.FromMilliseconds(100);
+
+                // "hasleader" makes an etcd member that loses its quorum end the watch instead of going quiet.
+                using var call = _watch.Watch(new Metadata { { "hasleader", "true" } }, cancellationToken: stop);
+                await call.RequestStream.WriteAsync(new WatchRequest
+                {
+                    CreateRequest = new WatchCreateRequest { Key = _prefix, RangeEnd = _prefixEnd, StartRevision = revision + 1 },
+                }, stop).ConfigureAwait(false);
+
+                while (await call.ResponseStream.MoveNext(stop).ConfigureAwait(false))
+                {
+                    var response = call.ResponseStream.Current;
+                    if (response.Canceled || response.CompactRevision > 0)
+                    {
+                        throw new RpcException(new Status(StatusCode.Aborted,
+                            $"etcd ended the watch ({(response.CompactRevision > 0 ? "history compacted" : response.CancelReason)})"));
+                    }
+
+                    if (response.Events.Count > 0)
+                    {
+                        Apply(response.Events, members);
+                    }
+                }
+
+                throw new RpcException(new Status(StatusCode.Unavailable, "etcd closed the watch"));
+            }
+            catch (OperationCanceledException) when (stop.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (Exception e) when (e is RpcException or OperationCanceledException or ClusterCoordinationException or IOException)
+            {
+                View.MarkDisconnected($"watch: {Describe(e)}");
+            }
+
+            if (!await DelayAsync(retry, stop).ConfigureAwait(false))
+            {
+                return;
+            }
+
+            retry = Min(retry * 2, MaxRetryDelay);
+        }
+    }
+
+    private async Task<long> ReadSnapshotAsync(Dictionary<string, NodeRegistration> members, CancellationToken stop)
+    {
+        var txn = new TxnRequest(); // no compare: the success branch always runs, both reads at one revision
+        txn.Success.Add(new RequestOp { RequestRange = new RangeRequest { Key = _mapKey } });
+        txn.Success.Add(new RequestOp { RequestRange = new RangeRequest { Key = ByteString.CopyFromUtf8(_nodesPrefixText), RangeEnd = _prefixEnd } });
+        var response = await _kv.TxnAsync(txn, deadline: Deadline(), cancellationToken: stop).ConfigureAwait(false);
+
+        var mapKvs = response.Responses[0].ResponseRange.Kvs;
+        View.PublishMap(mapKvs.Count == 0 ? ClusterMap.Empty : ClusterMapCodec.DecodeMap(mapKvs[0].Value.Span, mapKvs[0].ModRevision));
+
+        members.Clear();
+        foreach (var kv in response.Responses[1].ResponseRange.Kvs)
+        {
+            var key = kv.Key.ToStringUtf8();
+            if (key.StartsWith(_nodesPrefixText, StringComparison.Ordinal) && ClusterMapCodec.DecodeRegistration(kv.Value.Span) is { } r)
+            {
+                members[r.NodeId] = r;
+            }
+        }
+
+        View.PublishMembers(ClusterView.Sorted(members.Values));
+        return response.Header.Revision;
+    }
+
+    private void Apply(Google.Protobuf.Collections.RepeatedField<Mvccpb.Event> events, Dictionary<string, NodeRegistration> members)
+    {
+        var membersChanged = false;
+        foreach (var e in events)
+        {
+            var key = e.Kv.Key.ToStringUtf8();
+            var put = e.Type == Mvccpb.Event.Types.EventType.Put;
+            if (key == _mapKeyText)
+            {
+                if (!put)
+                {
+                    // Only an operator deletes the map; keep serving with the one we have.
+                    View.RecordError($"the cluster map key {_mapKeyText} was deleted in etcd; keeping epoch {View.Epoch}");
+                    continue;
+                }
+
+                try
+                {
+                    View.PublishMap(ClusterMapCodec.DecodeMap(e.Kv.Value.Span, e.Kv.ModRevision));
+                }
+                catch (ClusterCoordinationException ex)
+                {
+                    View.RecordError(ex.Message);
+                }
+            }
+            else if (key.StartsWith(_nodesPrefixText, StringComparison.Ordinal))
+            {
+                var id = key[_nodesPrefixText.Length..];
+                membersChanged = true;
+                if (put && ClusterMapCodec.DecodeRegistration(e.Kv.Value.Span) is { } r && r.NodeId == id)
+                {
+                    members[id] = r;
+                }
+                else
+                {
+                    members.Remove(id);
+                }
+            }
+        }
+
+        if (membersChanged)
+        {
+            View.PublishMembers(ClusterView.Sorted(members.Values));
+        }
+    }
+
+    private void ConfigureChannel(GrpcChannelOptions channel)
+    {
+        var secure = false;
+        foreach (var e in _options.EtcdEndpoints)
+        {
+            secure |= e.StartsWith("https://", StringComparison.OrdinalIgnoreCase);
+        }
+
+        if (!secure)
+        {
+            channel.Credentials = ChannelCredentials.Insecure;
+        }
+
+        // HTTP/2 pings find a silent etcd (a partition sends no reset) within about two timeouts.
+        channel.HttpHandler = new SocketsHttpHandler
+        {
+            ConnectTimeout = _options.EtcdTimeout,
+            KeepAlivePingDelay = _options.EtcdTimeout,
+            KeepAlivePingTimeout = _options.EtcdTimeout,
+            KeepAlivePingPolicy = HttpKeepAlivePingPolicy.Always,
+            EnableMultipleHttp2Connections = true,
+        };
+        channel.DisposeHttpClient = true;
+    }
+
+    private DateTime Deadline() => _time.GetUtcNow().UtcDateTime + _options.EtcdTimeout;
+
+    private string Unreachable(RpcException e) =>
+        $"etcd ({string.Join(", ", _options.EtcdEndpoints)}) is unreachable: {e.StatusCode} {e.Status.Detail}";
+
+    private static string Describe(Exception e) => e is RpcException r ? $"{r.StatusCode} {r.Status.Detail}" : e.Message;
+
+    private static TimeSpan Min(TimeSpan a, TimeSpan b) => a < b ? a : b;
+
+    private async Task<bool> DelayAsync(TimeSpan delay, CancellationToken stop)
+    {
+        try
+        {
+            await Task.Delay(delay, _time, stop).ConfigureAwait(false);
+            return true;
+        }
+        catch (OperationCanceledException)
+        {
+            return false;
+        }
+    }
+}
