@@ -1,4 +1,3 @@
-using System.Collections.Immutable;
 using dotnet_etcd;
 using Etcdserverpb;
 using Google.Protobuf;
@@ -38,6 +37,7 @@ public sealed class EtcdCoordinator : IClusterCoordinator
     private long _leaseId;
     private long _leaseValidUntilTicks;
     private int _started;
+    private int _disposed;
     private bool _revokeOnDispose = true;
 
     public EtcdCoordinator(ClusterOptions options)
@@ -197,6 +197,11 @@ public sealed class EtcdCoordinator : IClusterCoordinator
 
     public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
         await _stop.CancelAsync().ConfigureAwait(false);
         await Task.WhenAll(_watchLoop, _keepAliveLoop).ConfigureAwait(false); // both end on cancellation without throwing
         var leaseId = Interlocked.Read(ref _leaseId);
@@ -225,13 +230,14 @@ public sealed class EtcdCoordinator : IClusterCoordinator
     private async Task RegisterAsync(CancellationToken cancellationToken)
     {
         var ttlSeconds = (long)Math.Ceiling(_options.LeaseTtl.TotalSeconds);
-        var sentAt = _time.GetUtcNow();
-        var grant = await _lease.LeaseGrantAsync(new LeaseGrantRequest { TTL = ttlSeconds }, deadline: Deadline(), cancellationToken: cancellationToken)
-            .ConfigureAwait(false);
         var value = ByteString.CopyFrom(ClusterMapCodec.EncodeRegistration(Self));
         var giveUpAt = _time.GetUtcNow() + _options.LeaseTtl + _options.EtcdTimeout;
         while (true)
         {
+            // A new lease per attempt: one granted before a wait would run out during it.
+            var sentAt = _time.GetUtcNow();
+            var grant = await _lease.LeaseGrantAsync(new LeaseGrantRequest { TTL = ttlSeconds }, deadline: Deadline(), cancellationToken: cancellationToken)
+                .ConfigureAwait(false);
             var txn = new TxnRequest();
             txn.Compare.Add(new Compare
             {
@@ -245,14 +251,16 @@ public sealed class EtcdCoordinator : IClusterCoordinator
             var response = await _kv.TxnAsync(txn, deadline: Deadline(), cancellationToken: cancellationToken).ConfigureAwait(false);
             if (response.Succeeded)
             {
-                break;
+                Interlocked.Exchange(ref _leaseId, grant.ID);
+                Interlocked.Exchange(ref _leaseValidUntilTicks, (sentAt + TimeSpan.FromSeconds(grant.TTL)).UtcTicks);
+                return;
             }
 
+            await RevokeQuietlyAsync(grant.ID).ConfigureAwait(false);
             if (_time.GetUtcNow() >= giveUpAt)
             {
                 var holder = response.Responses[0].ResponseRange.Kvs;
                 var holderLease = holder.Count == 0 ? 0 : holder[0].Lease;
-                await RevokeQuietlyAsync(grant.ID).ConfigureAwait(false);
                 throw new ClusterCoordinationException(
                     $"node id \"{Self.NodeId}\" is registered in etcd by another live node (key {_options.NodeKey(Self.NodeId)}, lease {holderLease:x}); " +
                     "every node needs its own cluster.node_id");
@@ -260,9 +268,6 @@ public sealed class EtcdCoordinator : IClusterCoordinator
 
             await Task.Delay(_options.LeaseTtl / 8, _time, cancellationToken).ConfigureAwait(false);
         }
-
-        Interlocked.Exchange(ref _leaseId, grant.ID);
-        Interlocked.Exchange(ref _leaseValidUntilTicks, (sentAt + TimeSpan.FromSeconds(grant.TTL)).UtcTicks);
     }
 
     private async Task RevokeQuietlyAsync(long leaseId)

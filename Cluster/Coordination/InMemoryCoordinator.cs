@@ -14,6 +14,7 @@ public sealed class InMemoryCoordinator : IClusterCoordinator
     private Task _keepAliveLoop = Task.CompletedTask;
     private long _leaseId;
     private int _started;
+    private int _disposed;
     private bool _revokeOnDispose = true;
 
     public InMemoryCoordinator(InMemoryCoordinationStore store, ClusterOptions options)
@@ -87,6 +88,11 @@ public sealed class InMemoryCoordinator : IClusterCoordinator
 
     public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
         await _stop.CancelAsync().ConfigureAwait(false);
         await _keepAliveLoop.ConfigureAwait(false);
         _store.Unwatch(View);
@@ -107,21 +113,26 @@ public sealed class InMemoryCoordinator : IClusterCoordinator
 
     private async Task RegisterAsync(CancellationToken cancellationToken)
     {
-        var leaseId = _store.GrantLease(_options.LeaseTtl);
         var giveUpAt = _time.GetUtcNow() + _options.LeaseTtl + _options.EtcdTimeout;
-        while (!_store.TryRegister(Self, leaseId))
+        while (true)
         {
+            // A new lease per attempt: one granted before a wait would run out during it.
+            var leaseId = _store.GrantLease(_options.LeaseTtl);
+            if (_store.TryRegister(Self, leaseId))
+            {
+                _leaseId = leaseId;
+                return;
+            }
+
+            _store.Revoke(leaseId);
             if (_time.GetUtcNow() >= giveUpAt)
             {
-                _store.Revoke(leaseId);
                 throw new ClusterCoordinationException(
                     $"node id \"{Self.NodeId}\" is registered by another live node; every node needs its own cluster.node_id");
             }
 
             await Task.Delay(_options.LeaseTtl / 8, _time, cancellationToken).ConfigureAwait(false);
         }
-
-        _leaseId = leaseId;
     }
 
     private async Task KeepAliveLoopAsync(CancellationToken stop)
