@@ -24,6 +24,26 @@ public sealed class BrokerOptions
     public KeysOptions Keys { get; } = new();
     public GroupsOptions Groups { get; } = new();
     public FanoutOptions Fanout { get; } = new();
+    public ClusterSettings Cluster { get; } = new();
+}
+
+/// <summary>The <c>cluster.*</c> settings; the host maps them onto ChatBroker.Cluster's ClusterOptions.</summary>
+public sealed class ClusterSettings
+{
+    /// <summary>Comma-separated etcd client URLs; empty means a single node (cluster mode off).</summary>
+    public string EtcdEndpoints { get; set; } = "";
+    public string EtcdPrefix { get; set; } = "/chatbroker";
+    public TimeSpan EtcdTimeout { get; set; } = TimeSpan.FromSeconds(2);
+    /// <summary>Empty means node.name.</summary>
+    public string NodeId { get; set; } = "";
+    public TimeSpan LeaseTtl { get; set; } = TimeSpan.FromSeconds(5);
+    public IPEndPoint MeshListen { get; set; } = new(IPAddress.Loopback, 7890);
+    /// <summary>Empty means mesh_listen.</summary>
+    public string AdvertiseMesh { get; set; } = "";
+    /// <summary>Empty means tcp.listen.</summary>
+    public string AdvertiseClient { get; set; } = "";
+    public int VirtualNodes { get; set; } = 128;
+    public int ReplicationFactor { get; set; } = 1;
 }
 
 public sealed class PresenceOptions

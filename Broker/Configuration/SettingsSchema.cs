@@ -203,11 +203,66 @@ public static class SettingsSchema
         Int("fanout.write_threshold", "Groups with at most this many members are fanned out on write (an inbox entry per member); larger groups store each message once and members read the group log (fan-out on read).",
             o => o.Fanout.WriteThreshold, (o, v) => o.Fanout.WriteThreshold = (int)v, 0, 100_000),
 
+        Str("cluster.etcd_endpoints", "Comma-separated etcd client URLs (http://host:2379,...). Empty: this is a single node and needs no etcd; set: cluster mode, the node registers in etcd and follows the cluster map there.",
+            o => o.Cluster.EtcdEndpoints, (o, v) => o.Cluster.EtcdEndpoints = v, EtcdEndpoints),
+        Str("cluster.etcd_prefix", "Key prefix of this cluster in etcd (starts with /), so several clusters can share one etcd.",
+            o => o.Cluster.EtcdPrefix, (o, v) => o.Cluster.EtcdPrefix = v, v => v.StartsWith('/') && !v.EndsWith('/') ? null : "must start with / and not end with /"),
+        Duration("cluster.etcd_timeout", "Deadline of one etcd request; past it etcd counts as unreachable (map changes are refused, the node keeps serving with the map it has).",
+            o => o.Cluster.EtcdTimeout, (o, v) => o.Cluster.EtcdTimeout = v, TimeSpan.FromMilliseconds(100), TimeSpan.FromMinutes(1)),
+        Str("cluster.node_id", "This node's id in the cluster map and in etcd (1 to 64 of a-z A-Z 0-9 . _ -); empty means node.name.",
+            o => o.Cluster.NodeId, (o, v) => o.Cluster.NodeId = v, NodeId),
+        Duration("cluster.lease_ttl", "The node's etcd lease: a node that stops renewing it (crash, cut off) leaves the live members this long after its last renewal. Renewed every third of it.",
+            o => o.Cluster.LeaseTtl, (o, v) => o.Cluster.LeaseTtl = v, TimeSpan.FromSeconds(2), TimeSpan.FromMinutes(5)),
+        Endpoint("cluster.mesh_listen", "Address and port of the node-to-node mesh (gRPC over HTTP/2 cleartext).",
+            o => o.Cluster.MeshListen, (o, v) => o.Cluster.MeshListen = v),
+        Str("cluster.advertise_mesh", "host:port the other nodes dial for the mesh; empty means cluster.mesh_listen.",
+            o => o.Cluster.AdvertiseMesh, (o, v) => o.Cluster.AdvertiseMesh = v, HostPort),
+        Str("cluster.advertise_client", "host:port clients are told to use for this node; empty means tcp.listen.",
+            o => o.Cluster.AdvertiseClient, (o, v) => o.Cluster.AdvertiseClient = v, HostPort),
+        Int("cluster.vnodes", "Virtual nodes per member on the consistent-hash ring, written into the cluster map when it is first created.",
+            o => o.Cluster.VirtualNodes, (o, v) => o.Cluster.VirtualNodes = (int)v, 1, 4096),
+        Int("cluster.replication_factor", "Copies of each conversation and user range (1 = none), written into the cluster map when it is first created.",
+            o => o.Cluster.ReplicationFactor, (o, v) => o.Cluster.ReplicationFactor = (int)v, 1, 5),
+
         Duration("shutdown.grace_period", "On SIGTERM or Ctrl-C, how long to drain connections and flush the store before exiting.",
             o => o.Shutdown.GracePeriod, (o, v) => o.Shutdown.GracePeriod = v, TimeSpan.Zero, TimeSpan.FromMinutes(10)),
     ];
 
     private static string? NonEmpty(string v) => v.Length == 0 ? "must not be empty" : null;
+
+    private static string? EtcdEndpoints(string v)
+    {
+        foreach (var e in v.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+        {
+            if (!Uri.TryCreate(e, UriKind.Absolute, out var u) || (u.Scheme != "http" && u.Scheme != "https"))
+            {
+                return $"\"{e}\" is not an http:// or https:// URL";
+            }
+        }
+
+        return null;
+    }
+
+    private static string? NodeId(string v)
+    {
+        foreach (var c in v)
+        {
+            if (!(char.IsAsciiLetterOrDigit(c) || c is '.' or '_' or '-'))
+            {
+                return "may hold only a-z A-Z 0-9 . _ -";
+            }
+        }
+
+        return v.Length > 64 ? "must be at most 64 characters" : null;
+    }
+
+    private static string? HostPort(string v)
+    {
+        var colon = v.LastIndexOf(':');
+        return v.Length == 0 || (colon > 0 && ushort.TryParse(v.AsSpan(colon + 1), NumberStyles.None, CultureInfo.InvariantCulture, out var port) && port > 0)
+            ? null
+            : "expected host:port";
+    }
 
     private static string? ValidSecret(string v)
     {
