@@ -76,14 +76,40 @@ public sealed class ClusterOptions
 
         foreach (var e in EtcdEndpoints)
         {
-            if (!Uri.TryCreate(e, UriKind.Absolute, out var uri) || (uri.Scheme != "http" && uri.Scheme != "https"))
+            if (EndpointError(e) is { } error)
             {
-                return $"etcd endpoint \"{e}\" is not an http:// or https:// URL";
+                return error;
             }
         }
 
         return null;
     }
+
+    /// <summary>
+    /// Reads <c>cluster.etcd_endpoints</c>: comma-separated http:// or https:// URLs; empty gives an empty list
+    /// (cluster mode off).
+    /// </summary>
+    public static bool TryParseEtcdEndpoints(string text, out IReadOnlyList<string> endpoints, out string? error)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        var parts = text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+        foreach (var e in parts)
+        {
+            if (EndpointError(e) is { } invalid)
+            {
+                (endpoints, error) = ([], invalid);
+                return false;
+            }
+        }
+
+        (endpoints, error) = (parts, null);
+        return true;
+    }
+
+    private static string? EndpointError(string endpoint) =>
+        Uri.TryCreate(endpoint, UriKind.Absolute, out var uri) && (uri.Scheme == "http" || uri.Scheme == "https")
+            ? null
+            : $"etcd endpoint \"{endpoint}\" is not an http:// or https:// URL";
 
     /// <summary>The etcd keys of this cluster (see docs/cluster.md).</summary>
     internal string MapKey => EtcdPrefix + "/map";

@@ -230,31 +230,11 @@ public static class SettingsSchema
 
     private static string? NonEmpty(string v) => v.Length == 0 ? "must not be empty" : null;
 
-    private static string? EtcdEndpoints(string v)
-    {
-        foreach (var e in v.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
-        {
-            if (!Uri.TryCreate(e, UriKind.Absolute, out var u) || (u.Scheme != "http" && u.Scheme != "https"))
-            {
-                return $"\"{e}\" is not an http:// or https:// URL";
-            }
-        }
+    private static string? EtcdEndpoints(string v) =>
+        ChatBroker.Cluster.ClusterOptions.TryParseEtcdEndpoints(v, out _, out var error) ? null : error;
 
-        return null;
-    }
-
-    private static string? NodeId(string v)
-    {
-        foreach (var c in v)
-        {
-            if (!(char.IsAsciiLetterOrDigit(c) || c is '.' or '_' or '-'))
-            {
-                return "may hold only a-z A-Z 0-9 . _ -";
-            }
-        }
-
-        return v.Length > 64 ? "must be at most 64 characters" : null;
-    }
+    private static string? NodeId(string v) =>
+        v.Length == 0 || ChatBroker.Cluster.Coordination.NodeRegistration.IsValidNodeId(v) ? null : "must be 1 to 64 of a-z A-Z 0-9 . _ -";
 
     private static string? HostPort(string v)
     {

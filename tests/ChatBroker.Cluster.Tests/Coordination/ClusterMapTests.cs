@@ -64,5 +64,11 @@ public sealed class ClusterMapTests
         Assert.False(new ClusterOptions().Enabled);
         Assert.True(new ClusterOptions { EtcdEndpoints = ["http://127.0.0.1:2379"] }.Enabled);
         Assert.NotNull(new ClusterOptions { EtcdEndpoints = ["127.0.0.1:2379"] }.Validate());
+        Assert.True(ClusterOptions.TryParseEtcdEndpoints(" http://a:2379, http://b:2379 ", out var endpoints, out _));
+        Assert.Equal(["http://a:2379", "http://b:2379"], endpoints);
+        Assert.True(ClusterOptions.TryParseEtcdEndpoints("", out var none, out _));
+        Assert.Empty(none);
+        Assert.False(ClusterOptions.TryParseEtcdEndpoints("http://a:2379,b:2379", out _, out var error));
+        Assert.Contains("b:2379", error, StringComparison.Ordinal);
     }
 }
