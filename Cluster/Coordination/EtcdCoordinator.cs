@@ -301,7 +301,9 @@ public sealed class EtcdCoordinator : IClusterCoordinator
                     await call.RequestStream.WriteAsync(new LeaseKeepAliveRequest { ID = Interlocked.Read(ref _leaseId) }, stop).ConfigureAwait(false);
                     using (var answer = CancellationTokenSource.CreateLinkedTokenSource(stop))
                     {
-                        answer.CancelAfter(_options.EtcdTimeout);
+                        // A renewal stuck on a dead etcd member must give way to a new stream (another
+                        // member) well before the lease can run out.
+                        answer.CancelAfter(Min(_options.EtcdTimeout, interval));
                         if (!await call.ResponseStream.MoveNext(answer.Token).ConfigureAwait(false))
                         {
                             throw new RpcException(new Status(StatusCode.Unavailable, "etcd closed the keepalive stream"));
