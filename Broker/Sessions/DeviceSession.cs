@@ -139,11 +139,12 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
                 Volatile.Write(ref _lastReceivedMs, Environment.TickCount64);
 
                 // Replies and deliveries written while the frames are handled are sent by this thread once the
-                // handler returns or suspends, not by a pool thread woken per outbox (OutboxFlushScope). Appends
-                // of other sessions that this thread wrote along with its own are completed here too, before
-                // the sends, so their replies join them (AppendCompletionScope).
+                // handler returns or suspends, not by a pool thread woken per outbox: `sends` collects them (null
+                // when this thread already runs a read loop's scope, which then sends them). Appends of other
+                // sessions that this thread wrote along with its own are completed here too, before the sends,
+                // so their replies join them (AppendCompletionScope).
                 ValueTask<ProcessResult> processing;
-                var scoped = OutboxFlushScope.Enter();
+                var sends = OutboxFlushScope.Open();
                 var completing = AppendCompletionScope.Enter();
                 try
                 {
@@ -156,10 +157,7 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
                         AppendCompletionScope.Exit();
                     }
 
-                    if (scoped)
-                    {
-                        OutboxFlushScope.Exit();
-                    }
+                    sends?.SendAll();
                 }
 
                 var result = await processing.ConfigureAwait(false);

@@ -224,9 +224,9 @@ internal sealed class SessionOutbox : IBufferWriter<byte>, IThreadPoolWorkItem, 
         ThreadPool.UnsafeQueueUserWorkItem(static owner => owner.OnOutboxOverflow(ReasonCode.SlowConsumer), _owner, preferLocal: false);
     }
 
-    // Under the lock. Sent by this thread at the end of its flush scope (the read loop, once every frame of one
-    // receive is handled), else queued to this thread's local queue, which runs it once the current work is
-    // done; either way the frames written meanwhile leave in one send.
+    // Under the lock. Sent by this thread's read loop when it has handled the frames of one receive (the
+    // OutboxFlushScope it has open), else queued to this thread's local queue, which runs it once the current
+    // work is done; either way the frames written meanwhile leave in one send.
     private void StartSend()
     {
         _sending = true;
@@ -238,7 +238,7 @@ internal sealed class SessionOutbox : IBufferWriter<byte>, IThreadPoolWorkItem, 
 
     void IThreadPoolWorkItem.Execute() => SendNext();
 
-    /// <summary>The end of the flush scope this outbox was deferred to (never under a lock).</summary>
+    /// <summary>Called by <see cref="OutboxFlushScope.SendAll"/>, the read loop's, on its thread (never under a lock).</summary>
     internal void SendDeferred() => SendNext();
 
     // Hands the bytes written so far to the transport, batch after batch, until nothing is left.
