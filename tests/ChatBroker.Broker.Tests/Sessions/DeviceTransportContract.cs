@@ -207,6 +207,21 @@ public sealed class SocketTransportTests : DeviceTransportContract
         Assert.Equal(0, allocated);
     }
 
+    [Fact]
+    public void A_socket_transport_adds_24_bytes_to_a_connection()
+    {
+        using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        _ = new SocketTransport(socket); // JIT and type loading outside the measurement
+
+        var before = GC.GetAllocatedBytesForCurrentThread();
+        var transport = new SocketTransport(socket);
+        var allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+
+        // An object header and the socket reference: what an idle connection pays for the abstraction.
+        Assert.Equal(24, allocated);
+        GC.KeepAlive(transport);
+    }
+
     private sealed class SocketPeer(Socket socket) : ITransportPeer
     {
         public async Task WriteAsync(byte[] bytes) => await socket.SendAsync(bytes);
