@@ -1,6 +1,7 @@
 using ChatBroker.Broker.Configuration;
 using ChatBroker.Protocol;
 using ChatBroker.Protocol.Messages;
+using ChatBroker.Storage;
 
 namespace ChatBroker.Broker.Tests.Sessions;
 
@@ -141,6 +142,35 @@ public sealed class DeviceSessionTests : IAsyncLifetime
         Assert.Equal(0UL, deliver.ClientMsgId); // the client's id goes only to the sender's own devices
         var copy = await aliceLaptop.ExpectAsync<Deliver>();
         Assert.Equal((sent.Seq, 3UL), (copy.Seq, copy.ClientMsgId));
+    }
+
+    [Fact]
+    public async Task A_sends_SENT_and_DELIVER_leave_before_the_read_loop_waits_again()
+    {
+        // As the broker runs its store (durability async, a caller that finds the writer idle writes its own
+        // append), the append completes on the read loop's thread, and the read loop sends the SENT and the
+        // DELIVER itself at the end of the receive, before it waits for more: no pool thread is woken to send
+        // them (which would send only after the read loop gave its thread back).
+        await using var broker = new SessionHarness(storage: new StorageOptions
+        {
+            Durability = Durability.Async,
+            CallerWritesAfterIdle = TimeSpan.Zero,
+            SweepInterval = Timeout.InfiniteTimeSpan,
+        });
+        var alice = await broker.ConnectAsync("alice", "phone");
+        await alice.ExpectAsync<SyncDone>();
+        var bob = await broker.ConnectAsync("bob", "phone");
+        await bob.ExpectAsync<SyncDone>();
+
+        await alice.SendAsync(TestDevice.Text(1, "bob", "hi"));
+        await alice.ExpectAsync<Sent>();
+        await bob.ExpectAsync<Deliver>();
+        await alice.Transport.WhenWaitingAsync(receives: 2); // CONNECT, SEND
+
+        var (wait, receive, sent) = alice.Transport.LastCalls;
+        var delivered = bob.Transport.LastCalls.Send;
+        Assert.True(receive < sent && sent < wait, $"SENT at {sent}: not between the receive at {receive} and the next wait at {wait}");
+        Assert.True(receive < delivered && delivered < wait, $"DELIVER at {delivered}: not between the receive at {receive} and the next wait at {wait}");
     }
 
     [Fact]

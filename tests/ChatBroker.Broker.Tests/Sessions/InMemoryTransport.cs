@@ -24,6 +24,11 @@ internal sealed class InMemoryTransport(long clientBufferBytes = 64 * 1024) : ID
     // Released once per WaitReadableAsync that found no data and waits for some.
     private readonly SemaphoreSlim _waiting = new(0);
     private volatile bool _idle;
+    // When the read loop last waited, last received bytes and last sent, on one clock shared by all transports.
+    private static long s_clock;
+    private long _lastWait;
+    private long _lastReceive;
+    private long _lastSend;
     private int _waits;
     private int _receives;
 
@@ -53,11 +58,16 @@ internal sealed class InMemoryTransport(long clientBufferBytes = 64 * 1024) : ID
         return ReadCalls;
     }
 
+    /// <summary>The order of the last wait for data, receive of bytes and send (larger is later, across transports).</summary>
+    public (long Wait, long Receive, long Send) LastCalls =>
+        (Interlocked.Read(ref _lastWait), Interlocked.Read(ref _lastReceive), Interlocked.Read(ref _lastSend));
+
     public EndPoint? RemoteEndPoint { get; } = new IPEndPoint(IPAddress.Loopback, 0);
 
     public async ValueTask<int> WaitReadableAsync(CancellationToken cancellationToken)
     {
         Interlocked.Increment(ref _waits);
+        Interlocked.Exchange(ref _lastWait, Interlocked.Increment(ref s_clock));
         if (_isClosed)
         {
             return 0;
@@ -93,6 +103,7 @@ internal sealed class InMemoryTransport(long clientBufferBytes = 64 * 1024) : ID
             return 0; // closed by the session, or the client completed its side
         }
 
+        Interlocked.Exchange(ref _lastReceive, Interlocked.Increment(ref s_clock));
         var count = (int)Math.Min(data.Length, buffer.Length);
         data.Slice(0, count).CopyTo(buffer.Span);
         _toServer.Reader.AdvanceTo(data.GetPosition(count));
@@ -110,6 +121,7 @@ internal sealed class InMemoryTransport(long clientBufferBytes = 64 * 1024) : ID
                 return true;
             }
 
+            Interlocked.Exchange(ref _lastSend, Interlocked.Increment(ref s_clock));
             _toClient.Writer.Write(buffer.AsSpan(0, length));
             flush = _toClient.Writer.FlushAsync();
         }

@@ -29,9 +29,10 @@ internal sealed class SessionHarness : IConnectionOwner, IAsyncDisposable
     private readonly DeviceConnectionHandler _handler;
     private long _nextConnectionId;
 
-    public SessionHarness(Action<BrokerOptions>? configure = null)
+    public SessionHarness(Action<BrokerOptions>? configure = null, StorageOptions? storage = null)
     {
         configure?.Invoke(Options);
+        Store = new InMemoryChatStore(storage);
         var registry = new SessionRegistry();
         var directory = new ConversationDirectory(Store);
         var chat = new ChatService(Store, registry, directory, _metrics, TimeProvider.System, Options.Fanout, Options.Retention);
@@ -48,7 +49,7 @@ internal sealed class SessionHarness : IConnectionOwner, IAsyncDisposable
 
     public TokenSecret Secret { get; } = new(RandomNumberGenerator.GetBytes(32));
 
-    public InMemoryChatStore Store { get; } = new();
+    public InMemoryChatStore Store { get; }
 
     public BrokerContext Context { get; }
 
