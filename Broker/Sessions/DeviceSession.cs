@@ -10,13 +10,15 @@ using Google.Protobuf;
 namespace ChatBroker.Broker.Sessions;
 
 /// <summary>
-/// One device's connection: reads frames off its transport (a TCP socket, or in tests an in-memory pipe), runs the protocol state machine, hands requests to
-/// the messaging core and delivers the device's inbox in order. Split by concern: this file is the read
-/// loop and the session's life; <c>DeviceSession.Packets.cs</c> handles each packet type;
-/// <c>DeviceSession.Delivery.cs</c> is the ordered inbox delivery (live and catch-up).
+/// One device's connection: reads frames off its transport (<see cref="IDeviceTransport"/>: a TCP socket, or in
+/// tests an in-memory pipe), runs the protocol state machine, hands requests to the messaging core and delivers
+/// the device's inbox in order. Split by concern: this file is the read loop and the session's life;
+/// <c>DeviceSession.Packets.cs</c> handles each packet type; <c>DeviceSession.Delivery.cs</c> is the ordered
+/// inbox delivery (live and catch-up).
 /// <para>
-/// Memory: an idle phone is the common case, so an idle session holds as little as possible. It waits in a
-/// zero-byte receive, so it holds no receive buffer: one is rented when bytes arrive and returned as soon as
+/// Memory: an idle phone is the common case, so an idle session holds as little as possible. It waits for
+/// data without a buffer (<see cref="IDeviceTransport.WaitReadableAsync"/>, a zero-byte receive on a socket),
+/// so it holds no receive buffer: one is rented when bytes arrive and returned as soon as
 /// every complete frame in it was handled. A registered session waits without a cancellation token (a
 /// registration per waiting receive would cost every idle phone ~80 bytes): shutdown reaches it through the
 /// registry instead (<see cref="DeviceConnectionHandler"/>). The read loop is the session's only state machine.
