@@ -10,13 +10,15 @@ using Google.Protobuf;
 namespace ChatBroker.Broker.Sessions;
 
 /// <summary>
-/// One device's connection: reads frames off the socket, runs the protocol state machine, hands requests to
-/// the messaging core and delivers the device's inbox in order. Split by concern: this file is the read
-/// loop and the session's life; <c>DeviceSession.Packets.cs</c> handles each packet type;
-/// <c>DeviceSession.Delivery.cs</c> is the ordered inbox delivery (live and catch-up).
+/// One device's connection: reads frames off its transport (<see cref="IDeviceTransport"/>: a TCP socket, or in
+/// tests an in-memory pipe), runs the protocol state machine, hands requests to the messaging core and delivers
+/// the device's inbox in order. Split by concern: this file is the read loop and the session's life;
+/// <c>DeviceSession.Packets.cs</c> handles each packet type; <c>DeviceSession.Delivery.cs</c> is the ordered
+/// inbox delivery (live and catch-up).
 /// <para>
-/// Memory: an idle phone is the common case, so an idle session holds as little as possible. It waits in a
-/// zero-byte receive, so it holds no receive buffer: one is rented when bytes arrive and returned as soon as
+/// Memory: an idle phone is the common case, so an idle session holds as little as possible. It waits for
+/// data without a buffer (<see cref="IDeviceTransport.WaitReadableAsync"/>, a zero-byte receive on a socket),
+/// so it holds no receive buffer: one is rented when bytes arrive and returned as soon as
 /// every complete frame in it was handled. A registered session waits without a cancellation token (a
 /// registration per waiting receive would cost every idle phone ~80 bytes): shutdown reaches it through the
 /// registry instead (<see cref="DeviceConnectionHandler"/>). The read loop is the session's only state machine.
@@ -31,7 +33,7 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
     // each guards one device's state. Never held across I/O or an await.
     private readonly Lock _lock = new();
     private readonly BrokerContext _context;
-    private readonly Socket _socket;
+    private readonly IDeviceTransport _transport;
     private readonly long _connectionId;
     private readonly IConnectionOwner _owner;
     private readonly SessionOutbox _outbox;
@@ -47,15 +49,15 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
     // Created by the first rate-limited request (an idle phone makes none); only the read loop uses it.
     private RateBuckets? _rates;
 
-    public DeviceSession(BrokerContext context, Socket socket, long connectionId, IConnectionOwner owner)
+    public DeviceSession(BrokerContext context, IDeviceTransport transport, long connectionId, IConnectionOwner owner)
     {
         _context = context;
-        _socket = socket;
+        _transport = transport;
         _connectionId = connectionId;
         _owner = owner;
         _maxFrameSize = context.Options.Tcp.MaxFrameBytes;
         var session = context.Options.Session;
-        _outbox = new SessionOutbox(socket, session.MaxOutboundBytes, session.MaxOutboundFrames, this, _lock);
+        _outbox = new SessionOutbox(transport, session.MaxOutboundBytes, session.MaxOutboundFrames, this, _lock);
     }
 
     public string UserId => _user;
@@ -80,7 +82,7 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
         // the session is registered): an idle authenticated connection holds no timer.
         var handshake = _context.Handshakes.Next();
         var closeReason = ReasonCode.NormalDisconnect;
-        var remote = _socket.RemoteEndPoint;
+        var remote = _transport.RemoteEndPoint;
         Exception? failure = null;
         // Received bytes not parsed yet are buffer[0..length): never more than one frame, which FrameReader
         // bounds by tcp.max_frame_bytes before its body arrives. No buffer while length is 0.
@@ -108,7 +110,7 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
                     }
 
                     // Wait for readability without a buffer: an idle connection holds none.
-                    await _socket.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None, handshake).ConfigureAwait(false);
+                    await _transport.WaitReadableAsync(handshake).ConfigureAwait(false);
                     buffer = ArrayPool<byte>.Shared.Rent(ReceiveChunk);
                 }
                 else if (length == buffer!.Length)
@@ -120,7 +122,7 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
                     buffer = bigger;
                 }
 
-                var received = await _socket.ReceiveAsync(buffer.AsMemory(length), SocketFlags.None, handshake).ConfigureAwait(false);
+                var received = await _transport.ReceiveAsync(buffer.AsMemory(length), handshake).ConfigureAwait(false);
                 if (received == 0)
                 {
                     // The peer closed (or half-closed). Bytes left unparsed mean it stopped inside a frame:
@@ -139,11 +141,12 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
                 Volatile.Write(ref _lastReceivedMs, Environment.TickCount64);
 
                 // Replies and deliveries written while the frames are handled are sent by this thread once the
-                // handler returns or suspends, not by a pool thread woken per outbox (OutboxFlushScope). Appends
-                // of other sessions that this thread wrote along with its own are completed here too, before
-                // the sends, so their replies join them (AppendCompletionScope).
+                // handler returns or suspends, not by a pool thread woken per outbox: `sends` collects them (null
+                // when this thread already runs a read loop's scope, which then sends them). Appends of other
+                // sessions that this thread wrote along with its own are completed here too, before the sends,
+                // so their replies join them (AppendCompletionScope).
                 ValueTask<ProcessResult> processing;
-                var scoped = OutboxFlushScope.Enter();
+                var sends = OutboxFlushScope.Open();
                 var completing = AppendCompletionScope.Enter();
                 try
                 {
@@ -156,10 +159,7 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
                         AppendCompletionScope.Exit();
                     }
 
-                    if (scoped)
-                    {
-                        OutboxFlushScope.Exit();
-                    }
+                    sends?.SendAll();
                 }
 
                 var result = await processing.ConfigureAwait(false);
@@ -189,7 +189,7 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
             closeReason = ReasonCode.KeepaliveTimeout;
             await FailAsync(ReasonCode.KeepaliveTimeout, $"no CONNECT within {_context.Options.Tcp.ConnectTimeout.TotalSeconds:0.#}s").ConfigureAwait(false);
         }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
         {
             // The peer vanished or the session was closed from elsewhere (takeover, slow consumer, keepalive).
         }
@@ -209,7 +209,8 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
             }
             finally
             {
-                _owner.Release(_socket, _connectionId, failure);
+                _transport.Close();
+                _owner.Release(_connectionId, failure);
             }
         }
     }
@@ -232,7 +233,7 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
         if (closing is not null)
         {
             // A close started elsewhere (takeover, slow consumer, keepalive) is still draining its last
-            // packet: the socket must outlive it, since the owner disposes it on release.
+            // packet: the transport must outlive it, since it is closed once the read loop ends.
             await closing.ConfigureAwait(false);
         }
 
@@ -328,7 +329,7 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
         return CloseAsync(last);
     }
 
-    /// <summary>Ends the session from any thread: queue a DISCONNECT, let it drain, close the socket.</summary>
+    /// <summary>Ends the session from any thread: queue a DISCONNECT, let it drain, close the transport.</summary>
     public void Close(ReasonCode reason, string message) =>
         _ = CloseAsync(new Disconnect { Reason = reason, Message = message });
 
@@ -337,7 +338,7 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
         CloseAsync(new Disconnect { Reason = ReasonCode.ServerShuttingDown, Message = "server is shutting down", RetryAfterMs = 1000 });
 
     private int _closeReasonRecorded;
-    // Set once (under _lock) by the first close; the read loop awaits it before the socket is released.
+    // Set once (under _lock) by the first close; the read loop awaits it before the transport is released.
     private Task? _closeTask;
 
     private Task CloseAsync(IMessage? last)
@@ -372,16 +373,8 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
             // The peer does not read: cut it.
         }
 
-        try
-        {
-            _socket.Shutdown(SocketShutdown.Both);
-        }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException)
-        {
-        }
-
-        // A receive still pending ends with 0 or an error once the socket is shut down and closed.
-        _socket.Close();
+        // A receive still pending ends with 0 or an error once the transport is closed.
+        _transport.Close();
     }
 
     private void RecordDisconnect(ReasonCode reason)
@@ -400,17 +393,21 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
         Close(reason, $"slow consumer: more than {_context.Options.Session.MaxOutboundBytes} bytes or {_context.Options.Session.MaxOutboundFrames} frames queued");
 }
 
-/// <summary>Creates a <see cref="DeviceSession"/> for each accepted socket, and closes them all on shutdown.</summary>
+/// <summary>Creates a <see cref="DeviceSession"/> for each accepted connection, and closes them all on shutdown.</summary>
 internal sealed class DeviceConnectionHandler(BrokerContext context) : ISocketConnectionHandler
 {
     private readonly Lock _lock = new();
     private readonly List<CancellationToken> _watched = [];
     private CancellationToken _lastWatched;
 
-    public void Start(Socket socket, long connectionId, IConnectionOwner owner)
+    public void Start(Socket socket, long connectionId, IConnectionOwner owner) =>
+        Start(new SocketTransport(socket), connectionId, owner);
+
+    /// <summary>Starts a session over any transport (the socket listener's, or an in-memory one in tests).</summary>
+    public void Start(IDeviceTransport transport, long connectionId, IConnectionOwner owner)
     {
         Watch(owner.Stopping);
-        ThreadPool.UnsafeQueueUserWorkItem(new DeviceSession(context, socket, connectionId, owner), preferLocal: false);
+        ThreadPool.UnsafeQueueUserWorkItem(new DeviceSession(context, transport, connectionId, owner), preferLocal: false);
     }
 
     // One registration per listener rather than one per waiting receive: registered sessions wait without a

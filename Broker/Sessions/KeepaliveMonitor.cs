@@ -19,21 +19,31 @@ internal sealed class KeepaliveMonitor(SessionRegistry registry, ILogger<Keepali
         using var timer = new PeriodicTimer(SweepInterval, clock);
         while (await timer.WaitForNextTickAsync(stoppingToken).ConfigureAwait(false))
         {
-            var now = Environment.TickCount64;
-            var closed = 0;
-            foreach (var link in registry.Sessions())
-            {
-                if (link is DeviceSession session && session.IsKeepaliveExpired(now))
-                {
-                    session.Close(ReasonCode.KeepaliveTimeout, "nothing received within 1.5 x keepalive");
-                    closed++;
-                }
-            }
-
+            var closed = CloseExpired(Environment.TickCount64);
             if (closed > 0)
             {
                 Log.KeepaliveClosed(logger, closed);
             }
         }
+    }
+
+    /// <summary>
+    /// One sweep: closes every session that received nothing for 1.5 × its keepalive as of
+    /// <paramref name="nowMs"/> (<see cref="Environment.TickCount64"/>'s clock, which sessions stamp receives
+    /// with). Returns how many it closed. Tests call it with a later time instead of waiting.
+    /// </summary>
+    internal int CloseExpired(long nowMs)
+    {
+        var closed = 0;
+        foreach (var link in registry.Sessions())
+        {
+            if (link is DeviceSession session && session.IsKeepaliveExpired(nowMs))
+            {
+                session.Close(ReasonCode.KeepaliveTimeout, "nothing received within 1.5 x keepalive");
+                closed++;
+            }
+        }
+
+        return closed;
     }
 }

@@ -1,76 +1,87 @@
 namespace ChatBroker.Broker.Sessions;
 
 /// <summary>
-/// Lets the thread that handles one receive send the frames it wrote itself, once it has handled all of
-/// them, instead of queuing a thread-pool work item per outbox. At low load each such work item wakes an idle
-/// pool thread (a futex wake and a context switch, tens of microseconds on a busy virtual machine) to make
-/// one <c>send</c>, and a SEND needs two of them (the SENT and the DELIVER). Inside a scope, an outbox that
-/// starts sending is deferred to the scope's end on this thread; the frames written meanwhile still leave in
-/// one send per outbox, as they would from the work item.
+/// The sends a read loop makes itself: while it handles the frames of one receive, every outbox that starts
+/// sending on its thread — its own replies, DELIVERs the core fans out to other devices, the replies of other
+/// sessions whose appends this thread completed — is added here instead of queuing a thread-pool work item,
+/// and <see cref="SendAll"/> sends them on this thread once the handler has returned or suspended. At low load
+/// each work item wakes an idle pool thread (a futex wake and a context switch, tens of microseconds on a
+/// busy virtual machine) to make one <c>send</c>, and a SEND needs two of them (the SENT and the DELIVER).
+/// The frames written meanwhile still leave in one send per outbox, as they would from the work item.
+/// <para>
+/// Owned by the read loop: <see cref="DeviceSession"/> opens one around the synchronous part of handling a
+/// receive (<see cref="Open"/>), passes it along, and sends and closes it (<see cref="SendAll"/>) as soon as
+/// the handler returns, completed or suspended. Whatever runs later on another thread (a continuation after
+/// a synced append) finds no open scope and queues as before. The outboxes reach the scope through the
+/// thread (<see cref="TryDefer"/>), because most of them are written by code the read loop does not call
+/// with arguments of its own: the core's fan-out to other devices, and continuations of other sessions'
+/// appends that this thread completes. One instance per thread is reused: nothing is allocated per receive
+/// and an idle session holds none.
+/// </para>
 /// <para>
 /// Bounded: only the first <see cref="MaxDeferred"/> outboxes of a scope are deferred; beyond that (a group
 /// message fanned out to many members) they go to the pool as before, so a large fan-out is sent by every
-/// core, not serially by this one.
-/// </para>
-/// <para>
-/// A scope covers only synchronous work on its thread: the read loop enters it, calls the frame handler, and
-/// ends it as soon as the handler returns, completed or suspended. Whatever runs later on another thread (a
-/// continuation after a synced append) finds no scope and queues as before. Scopes do not nest: an inner
-/// <see cref="Enter"/> returns false and its caller does not end the outer scope.
+/// core, not serially by this one. Scopes do not nest: <see cref="Open"/> inside an open one returns null.
 /// </para>
 /// </summary>
-internal static class OutboxFlushScope
+internal sealed class OutboxFlushScope
 {
     /// <summary>Most outboxes one scope sends itself.</summary>
     public const int MaxDeferred = 8;
 
+    // The scope open on this thread, if any: how an outbox that starts sending finds it.
     [ThreadStatic]
-    private static SessionOutbox?[]? t_deferred;
+    private static OutboxFlushScope? t_open;
+    // This thread's instance, kept between scopes (a read loop's receive runs on any pool thread).
     [ThreadStatic]
-    private static int t_count;
-    [ThreadStatic]
-    private static bool t_active;
+    private static OutboxFlushScope? t_reused;
 
-    /// <summary>Starts a scope on this thread; false when one is active already (then do not <see cref="Exit"/>).</summary>
-    public static bool Enter()
+    private readonly SessionOutbox?[] _deferred = new SessionOutbox?[MaxDeferred];
+    private int _count;
+
+    private OutboxFlushScope()
     {
-        if (t_active)
-        {
-            return false;
-        }
-
-        t_active = true;
-        return true;
     }
 
-    /// <summary>Called by an outbox that starts sending (under its lock): true when this thread's scope will send it.</summary>
+    /// <summary>Opens this thread's scope for a read loop; null when one is open already (the caller then sends nothing).</summary>
+    public static OutboxFlushScope? Open()
+    {
+        if (t_open is not null)
+        {
+            return null;
+        }
+
+        var scope = t_reused ??= new OutboxFlushScope();
+        t_open = scope;
+        return scope;
+    }
+
+    /// <summary>
+    /// Called by an outbox that starts sending (under its lock): true when the scope open on this thread takes
+    /// it, to send it in <see cref="SendAll"/>; false when there is none or it is full (then queue it).
+    /// </summary>
     public static bool TryDefer(SessionOutbox outbox)
     {
-        if (!t_active || t_count == MaxDeferred)
+        var scope = t_open;
+        if (scope is null || scope._count == MaxDeferred)
         {
             return false;
         }
 
-        (t_deferred ??= new SessionOutbox?[MaxDeferred])[t_count++] = outbox;
+        scope._deferred[scope._count++] = outbox;
         return true;
     }
 
-    /// <summary>Ends this thread's scope and sends every outbox deferred to it (never under a lock).</summary>
-    public static void Exit()
+    /// <summary>Closes the scope and sends every outbox deferred to it, on this thread (never under a lock).</summary>
+    public void SendAll()
     {
-        t_active = false;
-        var count = t_count;
-        if (count == 0)
-        {
-            return;
-        }
-
-        t_count = 0;
-        var deferred = t_deferred!;
+        t_open = null;
+        var count = _count;
+        _count = 0;
         for (var i = 0; i < count; i++)
         {
-            var outbox = deferred[i]!;
-            deferred[i] = null;
+            var outbox = _deferred[i]!;
+            _deferred[i] = null;
             outbox.SendDeferred();
         }
     }

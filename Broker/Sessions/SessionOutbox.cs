@@ -1,6 +1,5 @@
 using System.Buffers;
-using System.Collections.Concurrent;
-using System.Net.Sockets;
+using ChatBroker.Broker.Transport;
 using ChatBroker.Protocol;
 using ChatBroker.Protocol.Messages;
 using Google.Protobuf;
@@ -16,27 +15,26 @@ internal interface IOutboxOwner
 
 /// <summary>
 /// The outbound side of one connection. Any thread may write whole frames; they go, under a lock, into a
-/// pooled buffer, and a single sender hands everything written so far to the socket in one send — so a
+/// pooled buffer, and a single sender hands everything written so far to the transport in one send — so a
 /// burst of deliveries costs one syscall, not one per frame, and an idle connection holds no buffer.
 /// <para>
-/// Bounded: when the bytes or frames not yet accepted by the socket pass the limits, the device is a slow
+/// Bounded: when the bytes or frames not yet accepted by the transport pass the limits, the device is a slow
 /// consumer. What was queued but not sent is dropped (the device catches up from its cursor on reconnect),
-/// a DISCONNECT(SLOW_CONSUMER) is queued after the send in flight, and the socket is aborted if the peer
+/// a DISCONNECT(SLOW_CONSUMER) is queued after the send in flight, and the connection is cut if the peer
 /// does not take even that within the drain timeout. Memory per connection therefore never passes the bound.
 /// </para>
 /// <para>
-/// Idle cost: the outbox is a few fields and shares its session's lock. Sends go through
-/// <see cref="SendArgs"/> rented from a process-wide pool for the duration of one send, not the socket's own
-/// cached send state, which would stay with every connection that ever sent a CONNACK (~360 bytes each).
-/// The sender runs as a thread-pool work item (the outbox itself), so starting one allocates nothing; a
+/// Idle cost: the outbox is a few fields and shares its session's lock. It hands its own buffer to
+/// <see cref="IDeviceTransport.Send"/> and is itself the completion, so a send allocates nothing and an idle
+/// outbox holds no send state (<see cref="SocketTransport"/> rents its event args per send). The sender runs as a thread-pool work item (the outbox itself), so starting one allocates nothing; a
 /// read loop sends the outboxes it wrote to itself at the end of the receive (<see cref="OutboxFlushScope"/>).
 /// </para>
 /// </summary>
-internal sealed class SessionOutbox : IBufferWriter<byte>, IThreadPoolWorkItem
+internal sealed class SessionOutbox : IBufferWriter<byte>, IThreadPoolWorkItem, ITransportSendCompletion
 {
     private const int InitialBufferSize = 4096;
 
-    private readonly Socket _socket;
+    private readonly IDeviceTransport _transport;
     private readonly int _maxBytes;
     private readonly int _maxFrames;
     private readonly IOutboxOwner _owner;
@@ -52,16 +50,16 @@ internal sealed class SessionOutbox : IBufferWriter<byte>, IThreadPoolWorkItem
     private bool _finalWritten;
     private TaskCompletionSource? _sendCompleted;
 
-    public SessionOutbox(Socket socket, int maxBytes, int maxFrames, IOutboxOwner owner, Lock sessionLock)
+    public SessionOutbox(IDeviceTransport transport, int maxBytes, int maxFrames, IOutboxOwner owner, Lock sessionLock)
     {
-        _socket = socket;
+        _transport = transport;
         _maxBytes = maxBytes;
         _maxFrames = maxFrames;
         _owner = owner;
         _lock = sessionLock;
     }
 
-    /// <summary>Bytes written but not yet accepted by the socket.</summary>
+    /// <summary>Bytes written but not yet accepted by the transport.</summary>
     public int PendingBytes
     {
         get
@@ -116,7 +114,7 @@ internal sealed class SessionOutbox : IBufferWriter<byte>, IThreadPoolWorkItem
 
     /// <summary>
     /// Queues a final packet (DISCONNECT or a failed CONNACK) after whatever is queued, and stops taking more.
-    /// Completes when everything queued was handed to the socket, or the socket failed.
+    /// Completes when everything queued was handed to the transport, or the transport failed.
     /// </summary>
     public async Task CloseWithAsync(IMessage? last)
     {
@@ -156,8 +154,8 @@ internal sealed class SessionOutbox : IBufferWriter<byte>, IThreadPoolWorkItem
     }
 
     /// <summary>
-    /// Completes with true once the bytes not yet taken by the socket are at most <paramref name="bytes"/>
-    /// (or the outbox closes); with false when the socket took nothing for <paramref name="stallTimeout"/>:
+    /// Completes with true once the bytes not yet taken by the transport are at most <paramref name="bytes"/>
+    /// (or the outbox closes); with false when the transport took nothing for <paramref name="stallTimeout"/>:
     /// the peer has stopped reading.
     /// </summary>
     public async Task<bool> WhenBelowAsync(int bytes, TimeSpan stallTimeout)
@@ -220,15 +218,15 @@ internal sealed class SessionOutbox : IBufferWriter<byte>, IThreadPoolWorkItem
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
     private void Overflow()
     {
-        // Drop what the socket has not taken: the device re-reads it from its cursor after reconnecting.
+        // Drop what the transport has not taken: the device re-reads it from its cursor after reconnecting.
         ReturnBuffer();
         _closing = true;
         ThreadPool.UnsafeQueueUserWorkItem(static owner => owner.OnOutboxOverflow(ReasonCode.SlowConsumer), _owner, preferLocal: false);
     }
 
-    // Under the lock. Sent by this thread at the end of its flush scope (the read loop, once every frame of one
-    // receive is handled), else queued to this thread's local queue, which runs it once the current work is
-    // done; either way the frames written meanwhile leave in one send.
+    // Under the lock. Sent by this thread's read loop when it has handled the frames of one receive (the
+    // OutboxFlushScope it has open), else queued to this thread's local queue, which runs it once the current
+    // work is done; either way the frames written meanwhile leave in one send.
     private void StartSend()
     {
         _sending = true;
@@ -240,10 +238,10 @@ internal sealed class SessionOutbox : IBufferWriter<byte>, IThreadPoolWorkItem
 
     void IThreadPoolWorkItem.Execute() => SendNext();
 
-    /// <summary>The end of the flush scope this outbox was deferred to (never under a lock).</summary>
+    /// <summary>Called by <see cref="OutboxFlushScope.SendAll"/>, the read loop's, on its thread (never under a lock).</summary>
     internal void SendDeferred() => SendNext();
 
-    // Hands the bytes written so far to the socket, batch after batch, until nothing is left.
+    // Hands the bytes written so far to the transport, batch after batch, until nothing is left.
     private void SendNext()
     {
         while (true)
@@ -268,59 +266,26 @@ internal sealed class SessionOutbox : IBufferWriter<byte>, IThreadPoolWorkItem
                 _inFlightBytes = length;
             }
 
-            var args = SendArgs.Rent(this, buffer, length);
-            bool pending;
-            try
+            if (!_transport.Send(buffer, length, this, out var sent) || !SendCompleted(buffer, sent))
             {
-                pending = _socket.SendAsync(args);
-            }
-            catch (Exception e) when (e is SocketException or ObjectDisposedException)
-            {
-                args.Release();
-                SendFailed(buffer);
-                return;
-            }
-
-            if (pending || !SendCompleted(args))
-            {
-                return; // OnSendCompleted goes on when the socket takes it, or the socket failed
+                return; // OnSendCompleted goes on when the transport takes it, or the transport failed
             }
         }
     }
 
-    // A pooled send finished off this thread (the socket's buffer was full for a while).
-    private void OnSendCompleted(SendArgs args)
+    // A send finished off this thread (the socket's buffer was full for a while).
+    void ITransportSendCompletion.OnSendCompleted(byte[] buffer, bool sent)
     {
-        if (SendCompleted(args))
+        if (SendCompleted(buffer, sent))
         {
             SendNext();
         }
     }
 
     // True when the whole buffer went out and the sender may go on.
-    private bool SendCompleted(SendArgs args)
+    private bool SendCompleted(byte[] buffer, bool sent)
     {
-        var buffer = args.Buffer!;
-        var error = args.SocketError;
-        var complete = error == SocketError.Success && args.BytesTransferred == args.Count;
-        var next = args.Offset + args.BytesTransferred;
-        var length = args.Offset + args.Count;
-        if (error == SocketError.Success && !complete)
-        {
-            // A stream socket's send completes whole; should one ever not, send the rest with the same args.
-            args.SetBuffer(next, length - next);
-            try
-            {
-                return !_socket.SendAsync(args) && SendCompleted(args);
-            }
-            catch (Exception e) when (e is SocketException or ObjectDisposedException)
-            {
-                complete = false;
-            }
-        }
-
-        args.Release();
-        if (!complete)
+        if (!sent)
         {
             SendFailed(buffer);
             return false;
@@ -349,52 +314,6 @@ internal sealed class SessionOutbox : IBufferWriter<byte>, IThreadPoolWorkItem
         }
 
         ArrayPool<byte>.Shared.Return(buffer);
-    }
-
-    /// <summary>
-    /// Event args for one send, shared by all connections through a small pool: a connection holds one only
-    /// while a send is in flight. Completions off the calling thread arrive in <see cref="OnCompleted"/>.
-    /// </summary>
-    private sealed class SendArgs() : SocketAsyncEventArgs(unsafeSuppressExecutionContextFlow: true)
-    {
-        // Enough for the sends in flight at once on a busy node; beyond it args are left to the GC.
-        private const int PoolLimit = 1024;
-        private static readonly ConcurrentQueue<SendArgs> Pool = new();
-        private static int _pooled;
-        private SessionOutbox? _outbox;
-
-        public static SendArgs Rent(SessionOutbox outbox, byte[] buffer, int length)
-        {
-            if (Pool.TryDequeue(out var args))
-            {
-                Interlocked.Decrement(ref _pooled);
-            }
-            else
-            {
-                args = new SendArgs();
-            }
-
-            args._outbox = outbox;
-            args.SetBuffer(buffer, 0, length);
-            return args;
-        }
-
-        public void Release()
-        {
-            _outbox = null;
-            SetBuffer(null, 0, 0);
-            if (Interlocked.Increment(ref _pooled) <= PoolLimit)
-            {
-                Pool.Enqueue(this);
-            }
-            else
-            {
-                Interlocked.Decrement(ref _pooled);
-                Dispose();
-            }
-        }
-
-        protected override void OnCompleted(SocketAsyncEventArgs e) => _outbox!.OnSendCompleted(this);
     }
 
     private void ReturnBuffer()

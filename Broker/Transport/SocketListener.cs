@@ -13,8 +13,8 @@ public interface ISocketConnectionHandler
 {
     /// <summary>
     /// Takes over <paramref name="socket"/> and returns at once, without waiting for the connection: the listener
-    /// keeps no task or continuation per connection. When the connection has ended the handler calls
-    /// <see cref="IConnectionOwner.Release"/> exactly once.
+    /// keeps no task or continuation per connection. When the connection has ended the handler closes the
+    /// socket and calls <see cref="IConnectionOwner.Release"/> exactly once.
     /// </summary>
     void Start(Socket socket, long connectionId, IConnectionOwner owner);
 }
@@ -25,8 +25,8 @@ public interface IConnectionOwner
     /// <summary>Fires when the broker shuts down: connections say so and end.</summary>
     CancellationToken Stopping { get; }
 
-    /// <summary>The connection has ended: the owner disposes the socket and counts it closed.</summary>
-    void Release(Socket socket, long connectionId, Exception? failure);
+    /// <summary>The connection has ended and its transport is closed: the owner counts it closed.</summary>
+    void Release(long connectionId, Exception? failure);
 }
 
 /// <summary>
@@ -141,21 +141,21 @@ public sealed class SocketListener : IHostedService, IConnectionOwner, IAsyncDis
             }
             catch (Exception e)
             {
-                ((IConnectionOwner)this).Release(client, id, e);
+                client.Dispose();
+                ((IConnectionOwner)this).Release(id, e);
             }
         }
     }
 
     CancellationToken IConnectionOwner.Stopping => _stopping.Token;
 
-    void IConnectionOwner.Release(Socket socket, long connectionId, Exception? failure)
+    void IConnectionOwner.Release(long connectionId, Exception? failure)
     {
         if (failure is not null)
         {
             Log.ConnectionFailed(_logger, connectionId, failure);
         }
 
-        socket.Dispose();
         _metrics.ConnectionsOpen.Add(-1);
         if (Interlocked.Decrement(ref _open) == 0 && _stopping.IsCancellationRequested)
         {
