@@ -1,0 +1,33 @@
+using System.Threading.Channels;
+
+namespace ChatBroker.Storage;
+
+// The way in, on the caller's thread: an op is written by its caller (CommitWriter.CallerWrite.cs) or
+// handed to a caller writing now, or it goes into the bounded queue that the builder thread drains.
+internal sealed partial class CommitWriter
+{
+    /// <summary>Enqueues an op; waits for room when the queue is full (backpressure).</summary>
+    public async Task<T> EnqueueAsync<T>(WriteOp<T> op, CancellationToken cancellationToken)
+    {
+        if (_callerRuns && TryWriteHere(op))
+        {
+            return await op.Task.ConfigureAwait(false); // usually completed already: no hop
+        }
+
+        try
+        {
+            if (!_queue.Writer.TryWrite(op))
+            {
+                await _queue.Writer.WriteAsync(op, cancellationToken).ConfigureAwait(false);
+            }
+        }
+        catch (ChannelClosedException)
+        {
+            throw _broken is { } broken
+                ? new StorageException(broken.Message, broken)
+                : new ObjectDisposedException("The message store is closed.");
+        }
+
+        return await op.Task.ConfigureAwait(false);
+    }
+}
