@@ -6,10 +6,12 @@ namespace ChatBroker.Storage;
 // handed to a caller writing now, or it goes into the bounded queue that the builder thread drains.
 internal sealed partial class CommitWriter
 {
-    /// <summary>Enqueues an op; waits for room when the queue is full (backpressure).</summary>
-    public async Task<T> EnqueueAsync<T>(WriteOp<T> op, CancellationToken cancellationToken)
+    /// <summary>Enqueues an op; waits for room when the queue is full (backpressure). With
+    /// <paramref name="completions"/> entered on this thread, a caller that writes its own op also writes
+    /// the ops others hand it meanwhile and completes them in that scope (CommitWriter.CallerWrite.cs).</summary>
+    public async Task<T> EnqueueAsync<T>(WriteOp<T> op, AppendCompletionScope? completions, CancellationToken cancellationToken)
     {
-        if (_callerRuns && TryWriteHere(op))
+        if (_callerRuns && TryWriteHere(op, completions))
         {
             return await op.Task.ConfigureAwait(false); // usually completed already: no hop
         }

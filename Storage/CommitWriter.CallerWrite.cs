@@ -4,7 +4,8 @@ namespace ChatBroker.Storage;
 
 // The caller's thread writes (Durability.Async only): a caller that finds the writer idle takes the builder
 // role and writes its own op as a batch of one; callers arriving meanwhile hand it their ops (CallerHandOver)
-// when it holds an AppendCompletionScope, and it completes those in its scope, outside every lock.
+// when it passed an AppendCompletionScope entered on its thread, and it completes those in that scope,
+// outside every lock.
 internal sealed partial class CommitWriter
 {
     /// <summary>
@@ -19,7 +20,7 @@ internal sealed partial class CommitWriter
     /// writer is not idle). Only with <see cref="Durability.Async"/>: a sync write would block the
     /// caller's thread-pool thread on the fsync.
     /// </summary>
-    private bool TryWriteHere(WriteOp op)
+    private bool TryWriteHere(WriteOp op, AppendCompletionScope? completions)
     {
         if (_queue.Reader.Count != 0
             || Stopwatch.GetTimestamp() - Volatile.Read(ref _idleSince) < _callerRunsMinIdleTicks)
@@ -33,7 +34,7 @@ internal sealed partial class CommitWriter
             return _handOver.TryHand(op);
         }
 
-        var takesOps = false;
+        AppendCompletionScope? takesOps = null;
         try
         {
             if (_disposing || _broken is not null || _queue.Reader.Count != 0)
@@ -49,11 +50,11 @@ internal sealed partial class CommitWriter
                 }
             }
 
-            if (AppendCompletionScope.IsActive)
+            if (completions is { IsHeldHere: true })
             {
                 // This thread can complete other callers' ops once it holds no locks: take theirs too.
                 _handOver.Open();
-                takesOps = true;
+                takesOps = completions;
             }
 
             Add(op);
@@ -63,9 +64,9 @@ internal sealed partial class CommitWriter
         }
         finally
         {
-            if (takesOps)
+            if (takesOps is not null)
             {
-                WriteHandedOps();
+                WriteHandedOps(takesOps);
             }
 
             _builderLock.Exit();
@@ -73,9 +74,9 @@ internal sealed partial class CommitWriter
     }
 
     /// <summary>Writes the ops handed over while this caller held the builder lock, as batches, until
-    /// none is left; their completions wait until this thread holds no lock (see <see cref="AppendCompletionScope"/>).
+    /// none is left; their completions wait in <paramref name="completions"/> until this thread holds no lock.
     /// After a few rounds it stops taking more, so a caller does not become the writer for everybody.</summary>
-    private void WriteHandedOps()
+    private void WriteHandedOps(AppendCompletionScope completions)
     {
         const int MaxRounds = 4;
         try
@@ -88,7 +89,7 @@ internal sealed partial class CommitWriter
                     return;
                 }
 
-                _deferCompletions = true;
+                _deferCompletionsTo = completions;
                 StorageMetrics.HandedOver.Add(taken.Count);
                 foreach (var handed in taken)
                 {
@@ -97,13 +98,13 @@ internal sealed partial class CommitWriter
 
                 taken.Clear();
                 HandOff(completeHere: true);
-                _deferCompletions = false;
+                _deferCompletionsTo = null;
             }
         }
         catch (Exception ex)
         {
             // A bug: fail what was taken rather than leave its callers waiting, and take no more.
-            _deferCompletions = false;
+            _deferCompletionsTo = null;
             var unwritten = _handOver.CloseAndTakeAll();
             WriteCompletion.OnPool(unwritten, ex);
             unwritten.Clear();

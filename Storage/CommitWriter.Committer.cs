@@ -76,12 +76,12 @@ internal sealed partial class CommitWriter
             {
                 // A caller writing its own op (TryWriteHere): nobody awaits it yet, so completing it
                 // runs no continuation here. Ops other callers handed it are awaited: they complete
-                // later on this thread, outside every lock (AppendCompletionScope).
+                // later on this thread, outside every lock, in the writing caller's AppendCompletionScope.
                 foreach (var op in slot.Ops)
                 {
-                    if (_deferCompletions)
+                    if (_deferCompletionsTo is { } scope)
                     {
-                        AppendCompletionScope.Defer(op, failure);
+                        scope.Defer(op, failure);
                     }
                     else
                     {

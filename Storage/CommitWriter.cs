@@ -55,7 +55,8 @@ internal sealed partial class CommitWriter : IDisposable
     // op when everything is idle (TryWriteHere). Taken before _handoff, never the other way round.
     private readonly Lock _builderLock = new();
     private readonly CallerHandOver _handOver;
-    private bool _deferCompletions; // set by a writing caller while it writes handed ops
+    // Set by a writing caller while it writes handed ops: their completions wait in its scope.
+    private AppendCompletionScope? _deferCompletionsTo;
     private readonly bool _callerRuns;
     private volatile bool _disposing;
     // When the writer last finished a batch (Stopwatch ticks). A caller writes its own op only after the

@@ -426,7 +426,7 @@ internal sealed partial class DeviceSession
     {
         try
         {
-            var (error, message) = await _context.Chat.AckConversationsAsync(this, ack.Conversations, stopping).ConfigureAwait(false);
+            var (error, message) = await _context.Chat.AckConversationsAsync(this, ack.Conversations, _appendCompletions, stopping).ConfigureAwait(false);
             if (error != ReasonCode.Success)
             {
                 WriteError(error, message!, 0, PacketType.Ack);

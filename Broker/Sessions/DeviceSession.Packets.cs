@@ -249,7 +249,7 @@ internal sealed partial class DeviceSession
         IMessage answer;
         try
         {
-            var outcome = await _context.Chat.CommitAsync(this, send, prepared, stopping).ConfigureAwait(false);
+            var outcome = await _context.Chat.CommitAsync(this, send, prepared, _appendCompletions, stopping).ConfigureAwait(false);
             if (outcome.Error != ReasonCode.Success)
             {
                 answer = MakeError(outcome.Error, outcome.Message!, send.ClientMsgId, PacketType.Send); // e.g. removed meanwhile
@@ -314,7 +314,7 @@ internal sealed partial class DeviceSession
         {
             try
             {
-                await _context.Chat.AckAsync(this, ack.InboxSeq, stopping).ConfigureAwait(false);
+                await _context.Chat.AckAsync(this, ack.InboxSeq, _appendCompletions, stopping).ConfigureAwait(false);
             }
             catch (Exception e) when (e is StorageException or IOException)
             {
@@ -334,7 +334,7 @@ internal sealed partial class DeviceSession
     {
         try
         {
-            var (error, message) = await _context.Chat.ReadAsync(this, read.ConversationId, read.UpToSeq, stopping).ConfigureAwait(false);
+            var (error, message) = await _context.Chat.ReadAsync(this, read.ConversationId, read.UpToSeq, _appendCompletions, stopping).ConfigureAwait(false);
             if (error != ReasonCode.Success)
             {
                 WriteError(error, message!, read.ConversationId, PacketType.Read);

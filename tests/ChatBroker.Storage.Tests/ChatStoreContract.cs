@@ -603,18 +603,19 @@ public sealed class RocksDbChatStoreAsyncTests : RocksDbChatStoreTests
         var threads = Enumerable.Range(0, Threads).Select(t => new Thread(() =>
         {
             var mine = issued[t] = new List<Task<AppendResult>>(PerThread);
+            var completions = new AppendCompletionScope(); // this thread's, as a session's read loop owns one
             for (var i = 0; i < PerThread; i++)
             {
-                var scoped = AppendCompletionScope.Enter();
+                var scoped = completions.Enter();
                 try
                 {
-                    mine.Add(store.AppendAsync(Messages.To(1, $"t{t}-{i}")));
+                    mine.Add(store.AppendAsync(Messages.To(1, $"t{t}-{i}"), completions));
                 }
                 finally
                 {
                     if (scoped)
                     {
-                        AppendCompletionScope.Exit();
+                        completions.Exit();
                     }
                 }
 
