@@ -55,6 +55,7 @@ public abstract class ChatStore : IChatStore
         if (found is not null)
         {
             throw new StorageException(
+                StorageFailure.Incompatible,
                 $"Cannot open message store at {options.Path}: its storage format is {found}, this build reads format " +
                 $"{Records.StorageFormat} only. Start on an empty directory (storage.path), or run the ChatBroker version that wrote it.");
         }
@@ -549,7 +550,7 @@ public abstract class ChatStore : IChatStore
                 {
                     await SweepAsync(cancellationToken).ConfigureAwait(false);
                 }
-                catch (Exception ex) when (ex is StorageException or Native.RocksDbException)
+                catch (StorageException ex) when (ex.Failure != StorageFailure.Closed)
                 {
                     // A failed sweep is retried at the next tick; appends are unaffected.
                 }
@@ -558,8 +559,9 @@ public abstract class ChatStore : IChatStore
         catch (OperationCanceledException)
         {
         }
-        catch (ObjectDisposedException)
+        catch (StorageException ex) when (ex.Failure == StorageFailure.Closed)
         {
+            // Closed while sweeping: nothing left to sweep.
         }
     }
 

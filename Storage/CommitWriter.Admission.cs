@@ -26,8 +26,8 @@ internal sealed partial class CommitWriter
         catch (ChannelClosedException)
         {
             throw _broken is { } broken
-                ? new StorageException(broken.Message, broken)
-                : new ObjectDisposedException("The message store is closed.");
+                ? new StorageException(StorageFailure.Closed, broken.Message, broken)
+                : new StorageException(StorageFailure.Closed, "The message store is closed.");
         }
 
         return await op.Task.ConfigureAwait(false);

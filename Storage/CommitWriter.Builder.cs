@@ -18,7 +18,7 @@ internal sealed partial class CommitWriter
         {
             // A bug, not an I/O error (those fail their batch and the writer carries on). Callers must
             // not hang: fail what is queued and refuse new writes.
-            _broken = new StorageException("The message store's commit writer stopped: " + ex.Message, ex);
+            _broken = new StorageException(StorageFailure.Closed, "The message store's commit writer stopped: " + ex.Message, ex);
             _queue.Writer.TryComplete();
             WriteCompletion.OnPool(_current.Ops, _broken);
             while (_queue.Reader.TryRead(out var op))
@@ -114,15 +114,16 @@ internal sealed partial class CommitWriter
         {
             if (_current.Batch.Count == countBefore)
             {
-                // Rejected before writing anything (bad argument, missing record): fail just this op.
-                WriteCompletion.OnPool(op, ex);
+                // Rejected before writing anything (bad argument, missing record): fail just this op. A bad
+                // argument is the caller's error and stays one; anything else is the store's.
+                WriteCompletion.OnPool(op, ex is ArgumentException or StorageException ? ex : StorageException.From("", ex, StorageFailure.Internal));
                 return;
             }
 
             // Half-written: the batch cannot be trusted, so nothing in it is committed.
             _current.Ops.Add(op);
             WaitIdle();
-            FailCurrent(new StorageException("A write failed while the batch was built: " + ex.Message, ex));
+            FailCurrent(StorageException.From("A write failed while the batch was built: ", ex, StorageFailure.Internal));
             return;
         }
 
@@ -217,7 +218,7 @@ internal sealed partial class CommitWriter
         // Undo newest first: the current batch was built on the failed one's counters.
         _current.Rollback(this);
         _inFlight.Rollback(this);
-        WriteCompletion.OnPool(_current.Ops, new StorageException("An earlier write batch failed, so this one was not committed: " + failure.Message, failure));
+        WriteCompletion.OnPool(_current.Ops, StorageException.From("An earlier write batch failed, so this one was not committed: ", failure, StorageFailure.Io));
 
         _inFlight.Reset();
         _current.Reset();

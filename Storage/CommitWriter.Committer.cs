@@ -61,7 +61,7 @@ internal sealed partial class CommitWriter
             catch (Exception ex)
             {
                 StorageMetrics.CommitFailures.Add(1);
-                failure = new StorageException("Commit of a write batch failed: " + ex.Message, ex);
+                failure = StorageException.From("Commit of a write batch failed: ", ex, StorageFailure.Io);
             }
         }
 

@@ -62,7 +62,7 @@ internal sealed class WalSyncer
     {
         lock (_syncLock)
         {
-            return _syncFailure is null ? null : new StorageException(EarlierFailureText + _syncFailure.Message, _syncFailure);
+            return _syncFailure is null ? null : new StorageException(StorageFailure.Io, EarlierFailureText + _syncFailure.Message, _syncFailure);
         }
     }
 
@@ -88,7 +88,7 @@ internal sealed class WalSyncer
 
             if (_syncFailure is not null)
             {
-                failure = new StorageException(EarlierFailureText + _syncFailure.Message, _syncFailure);
+                failure = new StorageException(StorageFailure.Io, EarlierFailureText + _syncFailure.Message, _syncFailure);
                 return null;
             }
 
@@ -169,7 +169,7 @@ internal sealed class WalSyncer
                 catch (Exception ex)
                 {
                     StorageMetrics.CommitFailures.Add(taken.Count);
-                    failure = new StorageException("fsync of the WAL failed; the store accepts no writes until it is reopened: " + ex.Message, ex);
+                    failure = StorageException.From("fsync of the WAL failed; the store accepts no writes until it is reopened: ", ex, StorageFailure.Io);
                 }
             }
 

@@ -63,7 +63,7 @@ internal sealed partial class DeviceSession
         {
             WriteError(ReasonCode.InvalidField, e.Message, request.RequestId, PacketType.GroupRequest);
         }
-        catch (Exception e) when (e is StorageException or IOException or KeyNotFoundException)
+        catch (StorageException)
         {
             WriteError(ReasonCode.ServerUnavailable, "the group change could not be stored; retry", request.RequestId, PacketType.GroupRequest);
         }
@@ -346,7 +346,7 @@ internal sealed partial class DeviceSession
                 }
             }
         }
-        catch (Exception e) when (e is StorageException or IOException or ObjectDisposedException)
+        catch (StorageException e)
         {
             lock (_lock)
             {
@@ -432,7 +432,7 @@ internal sealed partial class DeviceSession
                 WriteError(error, message!, 0, PacketType.Ack);
             }
         }
-        catch (Exception e) when (e is StorageException or IOException)
+        catch (StorageException)
         {
             WriteError(ReasonCode.ServerUnavailable, "the acknowledgement could not be stored; repeat it", 0, PacketType.Ack);
         }

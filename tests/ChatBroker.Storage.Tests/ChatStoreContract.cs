@@ -302,7 +302,8 @@ public abstract class ChatStoreContract : IDisposable
         Assert.Empty(store.ListConversations("carol"));
         Assert.Equal([group.Id], store.ListConversations("dave"));
         Assert.Null(store.GetConversation(group.Id + 100));
-        await Assert.ThrowsAsync<KeyNotFoundException>(() => store.SetMemberAsync(group.Id + 100, "x", MemberRole.Member));
+        var missing = await Assert.ThrowsAsync<StorageException>(() => store.SetMemberAsync(group.Id + 100, "x", MemberRole.Member));
+        Assert.Equal(StorageFailure.NotFound, missing.Failure);
     }
 
     [Fact]
@@ -476,7 +477,8 @@ public abstract class ChatStoreContract : IDisposable
         var store = Open();
         await store.AppendAsync(Messages.To(1, "a"));
         store.Dispose();
-        await Assert.ThrowsAsync<ObjectDisposedException>(() => store.AppendAsync(Messages.To(1, "b")));
+        var closed = await Assert.ThrowsAsync<StorageException>(() => store.AppendAsync(Messages.To(1, "b")));
+        Assert.Equal(StorageFailure.Closed, closed.Failure);
     }
 
     [Fact]
