@@ -35,7 +35,8 @@ namespace ChatBroker.Storage;
 /// (<c>_handoff</c>), so batches commit in the order they were built. A failed commit fails every op of that
 /// batch and of the batch built on top of it, and rolls the counters back to before the failed batch:
 /// nothing is acknowledged that was not written, and no seq is skipped. Lock order (locksordering.txt):
-/// <c>_builderLock</c>, then <c>_handOverLock</c> or <c>_handoff</c>, then the syncer's <c>_syncLock</c>.
+/// <c>_builderLock</c>, then one of <c>_handOverLock</c>, <c>_handoff</c> or the syncer's <c>_syncLock</c>
+/// (none of those three is taken under another). No caller's continuation runs under any of them.
 /// </para>
 /// </summary>
 internal sealed partial class CommitWriter : IDisposable
