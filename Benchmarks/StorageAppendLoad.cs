@@ -16,7 +16,8 @@ namespace ChatBroker.Benchmarks;
 ///
 /// <c>--max-batch 1</c> is the peer to compare against: one fsync per append, no group commit.
 /// <c>sync</c> fsyncs the WAL on the syncer thread, overlapped with the next batch's write (the default);
-/// <c>sync-inline</c> fsyncs inside each rocksdb_write (StorageOptions.OverlapWalSync = false);
+/// <c>sync-inline</c> fsyncs inside each rocksdb_write (StorageOptions.OverlapWalSync = false, internal to
+/// the store and visible to this project only: a comparison, not a setting);
 /// <c>both</c> runs sync and async, <c>all</c> runs the three, one after another in one process.
 /// </summary>
 internal static class StorageAppendLoad

@@ -55,6 +55,7 @@ public abstract class ChatStore : IChatStore
         if (found is not null)
         {
             throw new StorageException(
+                StorageFailure.Incompatible,
                 $"Cannot open message store at {options.Path}: its storage format is {found}, this build reads format " +
                 $"{Records.StorageFormat} only. Start on an empty directory (storage.path), or run the ChatBroker version that wrote it.");
         }
@@ -81,7 +82,7 @@ public abstract class ChatStore : IChatStore
 
     // ---- messages ----
 
-    public Task<AppendResult> AppendAsync(AppendRequest request, CancellationToken cancellationToken = default)
+    public Task<AppendResult> AppendAsync(AppendRequest request, AppendCompletionScope? completions = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(request);
         Records.ValidateId(request.SenderUserId, nameof(request.SenderUserId));
@@ -101,7 +102,7 @@ public abstract class ChatStore : IChatStore
             Records.ValidateId(user, nameof(request.PushRecipients));
         }
 
-        return _writer.EnqueueAsync(new AppendOp(request), cancellationToken);
+        return _writer.EnqueueAsync(new AppendOp(request), completions, cancellationToken);
     }
 
     public IReadOnlyList<StoredMessage> ReadRange(ulong conversationId, ulong fromSeq, int limit)
@@ -210,13 +211,13 @@ public abstract class ChatStore : IChatStore
         return value is { Length: 8 } ? Records.TrailingU64(value) : 0;
     }
 
-    public Task<ulong> AdvanceCursorAsync(string userId, string deviceId, CursorStream stream, ulong position, CancellationToken cancellationToken = default)
+    public Task<ulong> AdvanceCursorAsync(string userId, string deviceId, CursorStream stream, ulong position, AppendCompletionScope? completions = null, CancellationToken cancellationToken = default)
     {
         ValidateIds(userId, deviceId);
-        return _writer.EnqueueAsync(new AdvanceCursorOp(userId, deviceId, stream, position), cancellationToken);
+        return _writer.EnqueueAsync(new AdvanceCursorOp(userId, deviceId, stream, position), completions, cancellationToken);
     }
 
-    public Task<CursorMove[]> AdvanceCursorsAsync(string userId, IReadOnlyList<CursorAdvance> advances, CancellationToken cancellationToken = default)
+    public Task<CursorMove[]> AdvanceCursorsAsync(string userId, IReadOnlyList<CursorAdvance> advances, AppendCompletionScope? completions = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(advances);
         for (var i = 0; i < advances.Count; i++)
@@ -234,7 +235,7 @@ public abstract class ChatStore : IChatStore
 
         return advances.Count == 0
             ? Task.FromResult(Array.Empty<CursorMove>())
-            : _writer.EnqueueAsync(new AdvanceCursorsOp(userId, advances.ToArray()), cancellationToken);
+            : _writer.EnqueueAsync(new AdvanceCursorsOp(userId, advances.ToArray()), completions, cancellationToken);
     }
 
     // ---- conversations ----
@@ -242,7 +243,7 @@ public abstract class ChatStore : IChatStore
     public Task<Conversation> GetOrCreateDirectAsync(string userA, string userB, CancellationToken cancellationToken = default)
     {
         ValidateIds(userA, userB);
-        return _writer.EnqueueAsync(new GetOrCreateDirectOp(userA, userB), cancellationToken);
+        return _writer.EnqueueAsync(new GetOrCreateDirectOp(userA, userB), null, cancellationToken);
     }
 
     public Task<Conversation> CreateGroupAsync(string creator, string? title, IReadOnlyList<string> members, CancellationToken cancellationToken = default)
@@ -254,7 +255,7 @@ public abstract class ChatStore : IChatStore
             Records.ValidateId(member, nameof(members));
         }
 
-        return _writer.EnqueueAsync(new CreateGroupOp(creator, title, members), cancellationToken);
+        return _writer.EnqueueAsync(new CreateGroupOp(creator, title, members), null, cancellationToken);
     }
 
     public Conversation? GetConversation(ulong conversationId)
@@ -267,13 +268,13 @@ public abstract class ChatStore : IChatStore
     public async Task SetMemberAsync(ulong conversationId, string userId, MemberRole role, CancellationToken cancellationToken = default)
     {
         Records.ValidateId(userId, nameof(userId));
-        await _writer.EnqueueAsync(new SetMemberOp(conversationId, userId, role), cancellationToken).ConfigureAwait(false);
+        await _writer.EnqueueAsync(new SetMemberOp(conversationId, userId, role), null, cancellationToken).ConfigureAwait(false);
     }
 
     public Task<bool> RemoveMemberAsync(ulong conversationId, string userId, CancellationToken cancellationToken = default)
     {
         Records.ValidateId(userId, nameof(userId));
-        return _writer.EnqueueAsync(new RemoveMemberOp(conversationId, userId), cancellationToken);
+        return _writer.EnqueueAsync(new RemoveMemberOp(conversationId, userId), null, cancellationToken);
     }
 
     public Member? GetMember(ulong conversationId, string userId)
@@ -316,7 +317,7 @@ public abstract class ChatStore : IChatStore
     public Task<PushJob> EnqueuePushJobAsync(string userId, ulong conversationId, ulong seq, CancellationToken cancellationToken = default)
     {
         Records.ValidateId(userId, nameof(userId));
-        return _writer.EnqueueAsync(new EnqueuePushJobOp(userId, conversationId, seq), cancellationToken);
+        return _writer.EnqueueAsync(new EnqueuePushJobOp(userId, conversationId, seq), null, cancellationToken);
     }
 
     public IReadOnlyList<PushJob> ListDuePushJobs(long nowMs, int limit)
@@ -337,17 +338,17 @@ public abstract class ChatStore : IChatStore
     }
 
     public async Task CompletePushJobAsync(ulong jobId, CancellationToken cancellationToken = default) =>
-        await _writer.EnqueueAsync(new CompletePushJobOp(jobId), cancellationToken).ConfigureAwait(false);
+        await _writer.EnqueueAsync(new CompletePushJobOp(jobId), null, cancellationToken).ConfigureAwait(false);
 
     public Task<bool> ReschedulePushJobAsync(ulong jobId, long notBeforeMs, CancellationToken cancellationToken = default) =>
-        _writer.EnqueueAsync(new ReschedulePushJobOp(jobId, notBeforeMs), cancellationToken);
+        _writer.EnqueueAsync(new ReschedulePushJobOp(jobId, notBeforeMs), null, cancellationToken);
 
     // ---- presence ----
 
     public async Task SetLastSeenAsync(string userId, long lastSeenMs, CancellationToken cancellationToken = default)
     {
         Records.ValidateId(userId, nameof(userId));
-        await _writer.EnqueueAsync(new SetLastSeenOp(userId, lastSeenMs), cancellationToken).ConfigureAwait(false);
+        await _writer.EnqueueAsync(new SetLastSeenOp(userId, lastSeenMs), null, cancellationToken).ConfigureAwait(false);
     }
 
     public long? GetLastSeen(string userId)
@@ -363,13 +364,13 @@ public abstract class ChatStore : IChatStore
     {
         ValidateIds(userId, deviceId);
         ArgumentNullException.ThrowIfNull(oneTimePrekeys);
-        await _writer.EnqueueAsync(new UploadPrekeysOp(userId, deviceId, bundle, oneTimePrekeys), cancellationToken).ConfigureAwait(false);
+        await _writer.EnqueueAsync(new UploadPrekeysOp(userId, deviceId, bundle, oneTimePrekeys), null, cancellationToken).ConfigureAwait(false);
     }
 
     public Task<FetchedPrekeys?> TakePrekeysAsync(string userId, string deviceId, CancellationToken cancellationToken = default)
     {
         ValidateIds(userId, deviceId);
-        return _writer.EnqueueAsync(new TakePrekeysOp(userId, deviceId), cancellationToken);
+        return _writer.EnqueueAsync(new TakePrekeysOp(userId, deviceId), null, cancellationToken);
     }
 
     public int CountOneTimePrekeys(string userId, string deviceId)
@@ -452,7 +453,7 @@ public abstract class ChatStore : IChatStore
             resumeAt = FindExpired(cf, prefixLength, cutoffMs, isMessage, resumeAt, expired, cancellationToken);
             if (expired.Count > 0)
             {
-                removed += await _writer.EnqueueAsync(new SweepOp(cf, expired, [], cutoffMs), cancellationToken).ConfigureAwait(false);
+                removed += await _writer.EnqueueAsync(new SweepOp(cf, expired, [], cutoffMs), null, cancellationToken).ConfigureAwait(false);
             }
         }
         while (resumeAt is not null);
@@ -532,7 +533,7 @@ public abstract class ChatStore : IChatStore
         for (var i = 0; i < expired.Count; i += SweepChunk)
         {
             var chunk = expired.GetRange(i, Math.Min(SweepChunk, expired.Count - i));
-            removed += await _writer.EnqueueAsync(new SweepOp(Cf.Idempotency, [], chunk, cutoffMs), cancellationToken).ConfigureAwait(false);
+            removed += await _writer.EnqueueAsync(new SweepOp(Cf.Idempotency, [], chunk, cutoffMs), null, cancellationToken).ConfigureAwait(false);
         }
 
         return removed;
@@ -549,7 +550,7 @@ public abstract class ChatStore : IChatStore
                 {
                     await SweepAsync(cancellationToken).ConfigureAwait(false);
                 }
-                catch (Exception ex) when (ex is StorageException or Native.RocksDbException)
+                catch (StorageException ex) when (ex.Failure != StorageFailure.Closed)
                 {
                     // A failed sweep is retried at the next tick; appends are unaffected.
                 }
@@ -558,8 +559,9 @@ public abstract class ChatStore : IChatStore
         catch (OperationCanceledException)
         {
         }
-        catch (ObjectDisposedException)
+        catch (StorageException ex) when (ex.Failure == StorageFailure.Closed)
         {
+            // Closed while sweeping: nothing left to sweep.
         }
     }
 

@@ -8,8 +8,11 @@ public interface IMessageLog
 {
     /// <summary>Appends a message and assigns the conversation's next seq (1, 2, 3, … no gaps, no reuse).
     /// A repeated (sender user, sender device, client_msg_id) inside the idempotency window returns
-    /// the original result with <see cref="AppendResult.IsDuplicate"/> set and stores nothing.</summary>
-    Task<AppendResult> AppendAsync(AppendRequest request, CancellationToken cancellationToken = default);
+    /// the original result with <see cref="AppendResult.IsDuplicate"/> set and stores nothing.
+    /// <paramref name="completions"/>: a scope the caller has entered on this thread, in which it completes
+    /// other callers' appends that it writes along with its own (<see cref="AppendCompletionScope"/>); null
+    /// leaves their completions to the thread pool.</summary>
+    Task<AppendResult> AppendAsync(AppendRequest request, AppendCompletionScope? completions = null, CancellationToken cancellationToken = default);
 
     /// <summary>Up to <paramref name="limit"/> messages with seq ≥ <paramref name="fromSeq"/>, ascending.</summary>
     IReadOnlyList<StoredMessage> ReadRange(ulong conversationId, ulong fromSeq, int limit);
@@ -37,13 +40,14 @@ public interface ICursorStore
     /// <summary>0 when the device has never acknowledged anything on that stream.</summary>
     ulong GetCursor(string userId, string deviceId, CursorStream stream);
 
-    /// <summary>Moves the cursor forward to <paramref name="position"/> (never backwards) and returns the stored value.</summary>
-    Task<ulong> AdvanceCursorAsync(string userId, string deviceId, CursorStream stream, ulong position, CancellationToken cancellationToken = default);
+    /// <summary>Moves the cursor forward to <paramref name="position"/> (never backwards) and returns the stored value.
+    /// <paramref name="completions"/> as for <see cref="IMessageLog.AppendAsync"/>.</summary>
+    Task<ulong> AdvanceCursorAsync(string userId, string deviceId, CursorStream stream, ulong position, AppendCompletionScope? completions = null, CancellationToken cancellationToken = default);
 
     /// <summary>Moves several cursors of one user forward (never backwards) in one write, e.g. an ACK's inbox
     /// cursor and its delivered receipts; returns each one's value before and after, in order. The
-    /// (device, stream) pairs must differ.</summary>
-    Task<CursorMove[]> AdvanceCursorsAsync(string userId, IReadOnlyList<CursorAdvance> advances, CancellationToken cancellationToken = default);
+    /// (device, stream) pairs must differ. <paramref name="completions"/> as for <see cref="IMessageLog.AppendAsync"/>.</summary>
+    Task<CursorMove[]> AdvanceCursorsAsync(string userId, IReadOnlyList<CursorAdvance> advances, AppendCompletionScope? completions = null, CancellationToken cancellationToken = default);
 }
 
 /// <summary>Conversations and their members.</summary>

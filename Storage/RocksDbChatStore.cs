@@ -25,7 +25,7 @@ public sealed class RocksDbChatStore : ChatStore
         }
         catch (Exception ex) when (ex is RocksDbException or IOException or UnauthorizedAccessException or DllNotFoundException)
         {
-            throw new StorageException($"Cannot open message store at {path}: {ex.Message}", ex);
+            throw StorageException.From($"Cannot open message store at {path}: ", ex, StorageFailure.Io);
         }
 
         var engine = new RocksDbEngine(db);

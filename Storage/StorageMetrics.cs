@@ -23,7 +23,7 @@ internal static class StorageMetrics
 
     public static readonly Histogram<int> BatchSize = Meter.CreateHistogram<int>("chatbroker.storage.batch_size", unit: "{request}", description: "Requests per WriteBatch.");
 
-    public static readonly Histogram<double> CommitLatency = Meter.CreateHistogram<double>("chatbroker.storage.commit_latency", unit: "ms", description: "Time of one rocksdb_write (the fsync is included only with durability=sync and overlap_wal_sync off).");
+    public static readonly Histogram<double> CommitLatency = Meter.CreateHistogram<double>("chatbroker.storage.commit_latency", unit: "ms", description: "Time of one rocksdb_write (the fsync is included when the writer fsyncs inside the write: durability=sync and no batch waiting for the syncer).");
 
     public static readonly Counter<long> WalSyncs = Meter.CreateCounter<long>("chatbroker.storage.wal_syncs", description: "fsyncs of the WAL by the syncer thread (durability=sync, overlapped); each covers every batch written before it.");
 

@@ -39,8 +39,10 @@ public sealed record StorageOptions
     /// <summary>With <see cref="Durability.Sync"/>: true fsyncs the WAL on its own thread while the next
     /// batch is written (memtable inserts and the fsync overlap; callers still complete only after their
     /// batch is fsynced, and reads never show a message before it is). False fsyncs inside each
-    /// rocksdb_write, one batch after another: kept for comparison benchmarks.</summary>
-    public bool OverlapWalSync { get; init; } = true;
+    /// rocksdb_write, one batch after another. Not a setting: no user needs the slower way; only the
+    /// benchmark (<c>storage-append --durability sync-inline</c>, whose figures docs/performance.md
+    /// publishes) and the tests turn it off, hence internal.</summary>
+    internal bool OverlapWalSync { get; init; } = true;
 
     /// <summary>When nothing else is queued, the builder thread writes a batch itself (fsyncing inside
     /// the write if no batch waits for the syncer) instead of handing it on. Tests turn it off to

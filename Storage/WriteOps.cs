@@ -129,7 +129,7 @@ internal sealed class GetOrCreateDirectOp(string userA, string userB) : WriteOp<
         {
             var id = Records.TrailingU64(mapping);
             var value = w.Engine.Get(Cf.Conversations, Records.ConversationKey(w.Key, id).Span)
-                ?? throw new StorageException($"Direct conversation {id} of {userA} and {userB} has no record.");
+                ?? throw new StorageException(StorageFailure.Corruption, $"Direct conversation {id} of {userA} and {userB} has no record.");
             Result = Records.ReadConversation(w.Key.Span, value);
             return;
         }
@@ -178,7 +178,7 @@ internal sealed class SetMemberOp(ulong conversationId, string userId, MemberRol
     {
         if (w.Engine.Get(Cf.Conversations, Records.ConversationKey(w.Key, conversationId).Span) is null)
         {
-            throw new KeyNotFoundException($"Conversation {conversationId} does not exist.");
+            throw new StorageException(StorageFailure.NotFound, $"Conversation {conversationId} does not exist.");
         }
 
         var existing = w.Engine.Get(Cf.Members, Records.MemberKey(w.Key, conversationId, userId).Span);

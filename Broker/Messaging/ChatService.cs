@@ -83,7 +83,7 @@ public sealed class ChatService(
         var prepared = await PrepareAsync(origin, send, cancellationToken).ConfigureAwait(false);
         return prepared.Error != ReasonCode.Success
             ? SendOutcome.Refused(prepared.Error, prepared.Message!)
-            : await CommitAsync(origin, send, prepared, cancellationToken).ConfigureAwait(false);
+            : await CommitAsync(origin, send, prepared, null, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -128,9 +128,10 @@ public sealed class ChatService(
     /// Appends a prepared SEND (the store enqueues it before this method first yields), waits until it is
     /// durable, then tells every online device of every member. A group message takes its members under the
     /// group's gate, so it never reaches a user whose removal was sequenced before it; a sender removed since
-    /// <see cref="PrepareAsync"/> is refused with NOT_A_MEMBER and nothing is stored.
+    /// <see cref="PrepareAsync"/> is refused with NOT_A_MEMBER and nothing is stored. <paramref name="completions"/>:
+    /// the read loop's scope, in which appends of others that this thread writes along with its own complete.
     /// </summary>
-    public async Task<SendOutcome> CommitAsync(IDeviceLink origin, Send send, PreparedSend prepared, CancellationToken cancellationToken)
+    public async Task<SendOutcome> CommitAsync(IDeviceLink origin, Send send, PreparedSend prepared, AppendCompletionScope? completions, CancellationToken cancellationToken)
     {
         var sender = origin.UserId;
         var conversationId = prepared.ConversationId;
@@ -176,7 +177,7 @@ public sealed class ChatService(
                 MediaRef = media,
                 InboxRecipients = large ? [] : members,
                 PushRecipients = (IReadOnlyList<string>?)offline ?? [],
-            }, cancellationToken);
+            }, completions, cancellationToken);
         }
         finally
         {
@@ -222,7 +223,7 @@ public sealed class ChatService(
             ContentType = (uint)ContentType.System,
             Body = systemEvent.ToByteArray(),
             InboxRecipients = audience,
-        }, cancellationToken);
+        }, null, cancellationToken);
 
     /// <summary>Tells the online devices of <paramref name="audience"/> about a committed SYSTEM message.</summary>
     public void NotifySystemMessage(string[] audience, AppendResult result, string actor, ReadOnlyMemory<byte> body, bool large)
@@ -275,7 +276,7 @@ public sealed class ChatService(
     /// The device has received its inbox up to <paramref name="inboxSeq"/>: store its cursor and tell the
     /// other members of each conversation in that range how far this user has received.
     /// </summary>
-    public async Task AckAsync(IDeviceLink device, ulong inboxSeq, CancellationToken cancellationToken)
+    public async Task AckAsync(IDeviceLink device, ulong inboxSeq, AppendCompletionScope? completions = null, CancellationToken cancellationToken = default)
     {
         var user = device.UserId;
         var previous = store.GetCursor(user, device.DeviceId, CursorStream.Inbox);
@@ -335,7 +336,7 @@ public sealed class ChatService(
             advances.Add(new(DeliveredCursor, CursorStream.Conversation(conversationId), seq));
         }
 
-        var moves = await store.AdvanceCursorsAsync(user, advances, cancellationToken).ConfigureAwait(false);
+        var moves = await store.AdvanceCursorsAsync(user, advances, completions, cancellationToken).ConfigureAwait(false);
         for (var i = 1; i < advances.Count; i++)
         {
             if (moves[i].Previous < advances[i].Position)
@@ -346,7 +347,7 @@ public sealed class ChatService(
     }
 
     /// <summary>READ: the user has read the conversation up to <paramref name="upToSeq"/>.</summary>
-    public async Task<(ReasonCode Error, string? Message)> ReadAsync(IDeviceLink device, ulong conversationId, ulong upToSeq, CancellationToken cancellationToken)
+    public async Task<(ReasonCode Error, string? Message)> ReadAsync(IDeviceLink device, ulong conversationId, ulong upToSeq, AppendCompletionScope? completions = null, CancellationToken cancellationToken = default)
     {
         var members = directory.MembersOf(conversationId);
         if (members is null)
@@ -362,7 +363,7 @@ public sealed class ChatService(
         var seq = Math.Min(upToSeq, store.GetLastSeq(conversationId));
         if (seq > 0)
         {
-            await RecordReceiptAsync(device.UserId, conversationId, seq, ReceiptKind.Read, cancellationToken).ConfigureAwait(false);
+            await RecordReceiptAsync(device.UserId, conversationId, seq, ReceiptKind.Read, completions, cancellationToken).ConfigureAwait(false);
         }
 
         return (ReasonCode.Success, null);
@@ -373,7 +374,7 @@ public sealed class ChatService(
     /// (what the broker resumes from when the device does not list the group in CONNECT) and the user's
     /// DELIVERED receipt. Conversations the user is not a member of are refused with NOT_A_MEMBER.
     /// </summary>
-    public async Task<(ReasonCode Error, string? Message)> AckConversationsAsync(IDeviceLink device, IReadOnlyList<ConversationCursor> cursors, CancellationToken cancellationToken)
+    public async Task<(ReasonCode Error, string? Message)> AckConversationsAsync(IDeviceLink device, IReadOnlyList<ConversationCursor> cursors, AppendCompletionScope? completions = null, CancellationToken cancellationToken = default)
     {
         var writes = new List<Task>(cursors.Count * 2);
         var error = (ReasonCode.Success, (string?)null);
@@ -392,15 +393,15 @@ public sealed class ChatService(
                 continue;
             }
 
-            writes.Add(store.AdvanceCursorAsync(device.UserId, device.DeviceId, CursorStream.Conversation(cursor.ConversationId), seq, cancellationToken));
-            writes.Add(RecordReceiptAsync(device.UserId, cursor.ConversationId, seq, ReceiptKind.Delivered, cancellationToken));
+            writes.Add(store.AdvanceCursorAsync(device.UserId, device.DeviceId, CursorStream.Conversation(cursor.ConversationId), seq, completions, cancellationToken));
+            writes.Add(RecordReceiptAsync(device.UserId, cursor.ConversationId, seq, ReceiptKind.Delivered, completions, cancellationToken));
         }
 
         await Task.WhenAll(writes).ConfigureAwait(false);
         return error;
     }
 
-    private async Task RecordReceiptAsync(string reader, ulong conversationId, ulong seq, ReceiptKind kind, CancellationToken cancellationToken)
+    private async Task RecordReceiptAsync(string reader, ulong conversationId, ulong seq, ReceiptKind kind, AppendCompletionScope? completions, CancellationToken cancellationToken)
     {
         var cursor = kind == ReceiptKind.Read ? ReadCursor : DeliveredCursor;
         var stream = CursorStream.Conversation(conversationId);
@@ -410,7 +411,7 @@ public sealed class ChatService(
             return;
         }
 
-        await store.AdvanceCursorAsync(reader, cursor, stream, seq, cancellationToken).ConfigureAwait(false);
+        await store.AdvanceCursorAsync(reader, cursor, stream, seq, completions, cancellationToken).ConfigureAwait(false);
         NotifyReceipt(reader, conversationId, seq, previous, kind);
     }
 

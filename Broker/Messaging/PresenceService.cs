@@ -385,7 +385,7 @@ public sealed class PresenceService : IDisposable
         {
             await _store.SetLastSeenAsync(userId, lastSeenMs).ConfigureAwait(false);
         }
-        catch (Exception e) when (e is StorageException or IOException or ObjectDisposedException or InvalidOperationException or OperationCanceledException)
+        catch (StorageException)
         {
             // Best effort: the in-memory entry still answers subscribers; a lost write only ages last-seen.
         }

@@ -99,7 +99,11 @@ internal sealed class PushDispatcher(
             {
                 return;
             }
-            catch (Exception e) when (e is StorageException or IOException or InvalidOperationException)
+            catch (StorageException e) when (e.Failure == StorageFailure.Closed)
+            {
+                return; // the store closed under a shutdown: nothing is left to dispatch
+            }
+            catch (StorageException e)
             {
                 Log.PushDispatcherFailed(logger, e);
                 handled = 0;

@@ -251,7 +251,7 @@ internal sealed partial class DeviceSession
 
             }
         }
-        catch (Exception e) when (e is StorageException or IOException or ObjectDisposedException)
+        catch (StorageException e)
         {
             lock (_lock)
             {

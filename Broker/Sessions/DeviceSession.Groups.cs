@@ -63,7 +63,7 @@ internal sealed partial class DeviceSession
         {
             WriteError(ReasonCode.InvalidField, e.Message, request.RequestId, PacketType.GroupRequest);
         }
-        catch (Exception e) when (e is StorageException or IOException or KeyNotFoundException)
+        catch (StorageException)
         {
             WriteError(ReasonCode.ServerUnavailable, "the group change could not be stored; retry", request.RequestId, PacketType.GroupRequest);
         }
@@ -346,7 +346,7 @@ internal sealed partial class DeviceSession
                 }
             }
         }
-        catch (Exception e) when (e is StorageException or IOException or ObjectDisposedException)
+        catch (StorageException e)
         {
             lock (_lock)
             {
@@ -426,13 +426,13 @@ internal sealed partial class DeviceSession
     {
         try
         {
-            var (error, message) = await _context.Chat.AckConversationsAsync(this, ack.Conversations, stopping).ConfigureAwait(false);
+            var (error, message) = await _context.Chat.AckConversationsAsync(this, ack.Conversations, _appendCompletions, stopping).ConfigureAwait(false);
             if (error != ReasonCode.Success)
             {
                 WriteError(error, message!, 0, PacketType.Ack);
             }
         }
-        catch (Exception e) when (e is StorageException or IOException)
+        catch (StorageException)
         {
             WriteError(ReasonCode.ServerUnavailable, "the acknowledgement could not be stored; repeat it", 0, PacketType.Ack);
         }

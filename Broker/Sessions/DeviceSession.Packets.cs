@@ -209,7 +209,7 @@ internal sealed partial class DeviceSession
             WriteError(ReasonCode.InvalidField, e.Message, send.ClientMsgId, PacketType.Send);
             return Handled.Ok;
         }
-        catch (Exception e) when (e is StorageException or IOException)
+        catch (StorageException)
         {
             ReleaseInflight();
             WriteError(ReasonCode.ServerUnavailable, "storage is unavailable", send.ClientMsgId, PacketType.Send);
@@ -249,7 +249,7 @@ internal sealed partial class DeviceSession
         IMessage answer;
         try
         {
-            var outcome = await _context.Chat.CommitAsync(this, send, prepared, stopping).ConfigureAwait(false);
+            var outcome = await _context.Chat.CommitAsync(this, send, prepared, _appendCompletions, stopping).ConfigureAwait(false);
             if (outcome.Error != ReasonCode.Success)
             {
                 answer = MakeError(outcome.Error, outcome.Message!, send.ClientMsgId, PacketType.Send); // e.g. removed meanwhile
@@ -275,7 +275,7 @@ internal sealed partial class DeviceSession
         {
             answer = MakeError(ReasonCode.InvalidField, e.Message, send.ClientMsgId, PacketType.Send);
         }
-        catch (Exception e) when (e is StorageException or IOException or ObjectDisposedException or InvalidOperationException)
+        catch (StorageException)
         {
             // Nothing was acknowledged: the device keeps the message pending and retries it.
             answer = MakeError(ReasonCode.ServerUnavailable, "the message could not be stored; retry", send.ClientMsgId, PacketType.Send, TimeSpan.FromSeconds(1));
@@ -314,9 +314,9 @@ internal sealed partial class DeviceSession
         {
             try
             {
-                await _context.Chat.AckAsync(this, ack.InboxSeq, stopping).ConfigureAwait(false);
+                await _context.Chat.AckAsync(this, ack.InboxSeq, _appendCompletions, stopping).ConfigureAwait(false);
             }
-            catch (Exception e) when (e is StorageException or IOException)
+            catch (StorageException)
             {
                 WriteError(ReasonCode.ServerUnavailable, "the acknowledgement could not be stored; repeat it", 0, PacketType.Ack);
             }
@@ -334,13 +334,13 @@ internal sealed partial class DeviceSession
     {
         try
         {
-            var (error, message) = await _context.Chat.ReadAsync(this, read.ConversationId, read.UpToSeq, stopping).ConfigureAwait(false);
+            var (error, message) = await _context.Chat.ReadAsync(this, read.ConversationId, read.UpToSeq, _appendCompletions, stopping).ConfigureAwait(false);
             if (error != ReasonCode.Success)
             {
                 WriteError(error, message!, read.ConversationId, PacketType.Read);
             }
         }
-        catch (Exception e) when (e is StorageException or IOException)
+        catch (StorageException)
         {
             WriteError(ReasonCode.ServerUnavailable, "the read position could not be stored; repeat it", read.ConversationId, PacketType.Read);
         }
@@ -385,7 +385,7 @@ internal sealed partial class DeviceSession
 
             _outbox.TryWrite(page!);
         }
-        catch (Exception e) when (e is StorageException or IOException)
+        catch (StorageException)
         {
             WriteError(ReasonCode.ServerUnavailable, "history is unavailable; retry", history.RequestId, PacketType.History);
         }

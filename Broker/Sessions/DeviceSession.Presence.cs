@@ -17,7 +17,7 @@ internal sealed partial class DeviceSession
         {
             _context.Keys.NotifyIfLow(_user, _device);
         }
-        catch (Exception e) when (e is Storage.StorageException or IOException)
+        catch (Storage.StorageException)
         {
             // Only a hint; the next fetch of its keys checks again.
         }
@@ -53,7 +53,7 @@ internal sealed partial class DeviceSession
 
             _outbox.TryWrite(result.Answer!);
         }
-        catch (Exception e) when (e is Storage.StorageException or IOException)
+        catch (Storage.StorageException)
         {
             WriteError(ReasonCode.ServerUnavailable, "presence is unavailable; retry", subscribe.RequestId, PacketType.PresenceSubscribe);
         }
@@ -75,7 +75,7 @@ internal sealed partial class DeviceSession
                 WriteError(ReasonCode.NotAMember, "not a member of this conversation", typing.ConversationId, PacketType.Typing);
             }
         }
-        catch (Exception e) when (e is Storage.StorageException or IOException)
+        catch (Storage.StorageException)
         {
             // Typing is best effort: a store that cannot say who the members are drops it.
         }

@@ -48,6 +48,10 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
     private bool _registered;
     // Created by the first rate-limited request (an idle phone makes none); only the read loop uses it.
     private RateBuckets? _rates;
+    // Owned by the read loop: entered around the handling of one receive, and passed to the store with this
+    // session's appends and cursor moves, so that appends of other sessions this thread writes along with its
+    // own complete here, outside every lock (AppendCompletionScope). Made at the first receive.
+    private AppendCompletionScope? _appendCompletions;
 
     public DeviceSession(BrokerContext context, IDeviceTransport transport, long connectionId, IConnectionOwner owner)
     {
@@ -147,7 +151,8 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
                 // so their replies join them (AppendCompletionScope).
                 ValueTask<ProcessResult> processing;
                 var sends = OutboxFlushScope.Open();
-                var completing = AppendCompletionScope.Enter();
+                var completions = _appendCompletions ??= new AppendCompletionScope();
+                var completing = completions.Enter();
                 try
                 {
                     processing = ProcessFramesAsync(buffer, length, stopping);
@@ -156,7 +161,7 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
                 {
                     if (completing)
                     {
-                        AppendCompletionScope.Exit();
+                        completions.Exit();
                     }
 
                     sends?.SendAll();
@@ -295,7 +300,7 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
 
             // Appends of other sessions that this thread wrote along with its own are completed between two
             // frames (no lock is held here), not only when the whole receive is handled.
-            AppendCompletionScope.CompletePending();
+            _appendCompletions?.CompletePending();
 
             // Decoded messages own copies of their fields, so the bytes may be reused once handled.
             offset += frameLength;

@@ -150,7 +150,7 @@ internal ref struct ByteReader
     {
         if (count > _rest.Length)
         {
-            throw new StorageException("Corrupt record in the message store: truncated value.");
+            throw new StorageException(StorageFailure.Corruption, "Corrupt record in the message store: truncated value.");
         }
 
         var span = _rest[..count];

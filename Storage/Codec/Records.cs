@@ -40,7 +40,7 @@ internal static class Records
         var v = new ByteReader(value);
         if (v.U8() != MessageFormat)
         {
-            throw new StorageException($"Unknown message record format in conversation {conversationId} seq {seq}.");
+            throw new StorageException(StorageFailure.Corruption, $"Unknown message record format in conversation {conversationId} seq {seq}.");
         }
 
         var ts = v.I64();

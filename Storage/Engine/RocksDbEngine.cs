@@ -20,10 +20,30 @@ internal sealed class RocksDbEngine : IKvEngine
 
     public void SyncWal() => _db.SyncWal();
 
-    public byte[]? Get(Cf cf, ReadOnlySpan<byte> key) => _db.Get((int)cf, key);
+    // A read after the store closed finds its handles disposed: reported as the store's Closed, like a write.
+    public byte[]? Get(Cf cf, ReadOnlySpan<byte> key)
+    {
+        try
+        {
+            return _db.Get((int)cf, key);
+        }
+        catch (ObjectDisposedException e)
+        {
+            throw StorageException.From("", e, StorageFailure.Closed);
+        }
+    }
 
-    public IKvCursor OpenCursor(Cf cf, ReadOnlySpan<byte> lower, ReadOnlySpan<byte> upper) =>
-        new Cursor(_db.NewIterator((int)cf, lower, upper));
+    public IKvCursor OpenCursor(Cf cf, ReadOnlySpan<byte> lower, ReadOnlySpan<byte> upper)
+    {
+        try
+        {
+            return new Cursor(_db.NewIterator((int)cf, lower, upper));
+        }
+        catch (ObjectDisposedException e)
+        {
+            throw StorageException.From("", e, StorageFailure.Closed);
+        }
+    }
 
     public void Dispose() => _db.Dispose();
 

@@ -3,20 +3,18 @@ using System.Text;
 
 namespace ChatBroker.Storage.Native;
 
-/// <summary>An error reported by RocksDB; <see cref="Exception.Message"/> carries RocksDB's own text.</summary>
-public sealed class RocksDbException : Exception
+/// <summary>An error reported by RocksDB; <see cref="Exception.Message"/> carries RocksDB's own text, whose
+/// status prefix ("IO error: ", "Corruption: ", "Invalid argument: " …) gives the <see cref="StorageException.Failure"/>.</summary>
+public sealed class RocksDbException : StorageException
 {
-    public RocksDbException(string message) : base(message)
+    public RocksDbException(string message) : base(FailureOf(message), message)
     {
     }
 
-    public RocksDbException(string message, Exception innerException) : base(message, innerException)
-    {
-    }
-
-    public RocksDbException()
-    {
-    }
+    private static StorageFailure FailureOf(string message) =>
+        message.StartsWith("Corruption", StringComparison.Ordinal) ? StorageFailure.Corruption
+        : message.StartsWith("Invalid argument", StringComparison.Ordinal) || message.StartsWith("Not implemented", StringComparison.Ordinal) ? StorageFailure.Incompatible
+        : StorageFailure.Io;
 }
 
 /// <summary>Tuning knobs applied when the database is opened.</summary>

@@ -79,7 +79,7 @@ public sealed class CallerHandOverTests
     /// <summary>Starts a thread that appends "first" (inside a scope when asked), holds its write at the gate
     /// while the test appends "second", and returns what it saw.</summary>
     private static async Task<(Outcome Writer, Task<AppendResult> Second, Task<int> SecondContinuationThread)> RaceAsync(
-        GatedCommitEngine engine, InMemoryChatStore store, bool writerInScope, bool completePendingFirst = false)
+        GatedCommitEngine engine, InMemoryChatStore store, bool writerInScope, bool completePendingFirst = false, AppendCompletionScope? enteredElsewhere = null)
     {
         Task<AppendResult>? second = null;
         var secondIssued = new ManualResetEventSlim();
@@ -88,18 +88,19 @@ public sealed class CallerHandOverTests
         {
             try
             {
-                var scoped = writerInScope && AppendCompletionScope.Enter();
-                var own = store.AppendAsync(Messages.To(1, "first")); // written here, held at the gate meanwhile
+                var completions = enteredElsewhere ?? (writerInScope ? new AppendCompletionScope() : null);
+                var scoped = enteredElsewhere is null && completions?.Enter() == true;
+                var own = store.AppendAsync(Messages.To(1, "first"), completions); // written here, held at the gate meanwhile
                 Assert.True(secondIssued.Wait(TimeSpan.FromSeconds(30)));
                 if (completePendingFirst)
                 {
-                    AppendCompletionScope.CompletePending(); // as the read loop does between two frames
+                    completions?.CompletePending(); // as the read loop does between two frames
                 }
 
                 var handedDone = Volatile.Read(ref second)!.IsCompleted;
                 if (scoped)
                 {
-                    AppendCompletionScope.Exit();
+                    completions!.Exit();
                 }
 
                 outcome.SetResult(new Outcome(own, handedDone, Environment.CurrentManagedThreadId));
@@ -169,6 +170,24 @@ public sealed class CallerHandOverTests
     }
 
     [Fact]
+    public async Task A_scope_entered_on_another_thread_takes_no_ops_for_the_writing_caller()
+    {
+        var (engine, store) = Open();
+        using var _ = store;
+        var elsewhere = new AppendCompletionScope();
+        Assert.True(elsewhere.Enter()); // held by the test's thread, passed by the writer's
+
+        var (writer, second, continuationThread) = await RaceAsync(engine, store, writerInScope: false, enteredElsewhere: elsewhere);
+        elsewhere.Exit();
+
+        Assert.Equal(1UL, (await writer.Own).Seq);
+        Assert.Equal(2UL, (await second).Seq);
+        Assert.NotEqual(writer.WriterThread, await continuationThread); // written by the builder thread, as without a scope
+        Assert.Equal(2, engine.CommitThreads.Count);
+        Assert.NotEqual(writer.WriterThread, engine.CommitThreads.ToArray()[1]);
+    }
+
+    [Fact]
     public async Task A_handed_append_whose_write_fails_fails_when_the_scope_ends_and_leaves_no_gap()
     {
         var (engine, store) = Open();
@@ -183,11 +202,12 @@ public sealed class CallerHandOverTests
         var failedBeforeScopeEnded = true;
         var writer = new Thread(() =>
         {
-            AppendCompletionScope.Enter();
-            own = store.AppendAsync(Messages.To(1, "first"));
+            var completions = new AppendCompletionScope();
+            completions.Enter();
+            own = store.AppendAsync(Messages.To(1, "first"), completions);
             handedIssued.Wait(TimeSpan.FromSeconds(30));
             failedBeforeScopeEnded = Volatile.Read(ref handed)!.IsCompleted;
-            AppendCompletionScope.Exit();
+            completions.Exit();
             Volatile.Write(ref writerDone, 1);
         }) { IsBackground = true };
         writer.Start();

@@ -302,7 +302,8 @@ public abstract class ChatStoreContract : IDisposable
         Assert.Empty(store.ListConversations("carol"));
         Assert.Equal([group.Id], store.ListConversations("dave"));
         Assert.Null(store.GetConversation(group.Id + 100));
-        await Assert.ThrowsAsync<KeyNotFoundException>(() => store.SetMemberAsync(group.Id + 100, "x", MemberRole.Member));
+        var missing = await Assert.ThrowsAsync<StorageException>(() => store.SetMemberAsync(group.Id + 100, "x", MemberRole.Member));
+        Assert.Equal(StorageFailure.NotFound, missing.Failure);
     }
 
     [Fact]
@@ -476,7 +477,8 @@ public abstract class ChatStoreContract : IDisposable
         var store = Open();
         await store.AppendAsync(Messages.To(1, "a"));
         store.Dispose();
-        await Assert.ThrowsAsync<ObjectDisposedException>(() => store.AppendAsync(Messages.To(1, "b")));
+        var closed = await Assert.ThrowsAsync<StorageException>(() => store.AppendAsync(Messages.To(1, "b")));
+        Assert.Equal(StorageFailure.Closed, closed.Failure);
     }
 
     [Fact]
@@ -603,18 +605,19 @@ public sealed class RocksDbChatStoreAsyncTests : RocksDbChatStoreTests
         var threads = Enumerable.Range(0, Threads).Select(t => new Thread(() =>
         {
             var mine = issued[t] = new List<Task<AppendResult>>(PerThread);
+            var completions = new AppendCompletionScope(); // this thread's, as a session's read loop owns one
             for (var i = 0; i < PerThread; i++)
             {
-                var scoped = AppendCompletionScope.Enter();
+                var scoped = completions.Enter();
                 try
                 {
-                    mine.Add(store.AppendAsync(Messages.To(1, $"t{t}-{i}")));
+                    mine.Add(store.AppendAsync(Messages.To(1, $"t{t}-{i}"), completions));
                 }
                 finally
                 {
                     if (scoped)
                     {
-                        AppendCompletionScope.Exit();
+                        completions.Exit();
                     }
                 }
 

@@ -88,6 +88,7 @@ public sealed class RocksDbStoreLifecycleTests : IDisposable
 
         var error = Assert.Throws<StorageException>(() => RocksDbChatStore.Open(Options()));
         Assert.StartsWith($"Cannot open message store at {_directory.Path}: its storage format is 9, this build reads format {Codec.Records.StorageFormat} only.", error.Message);
+        Assert.Equal(StorageFailure.Incompatible, error.Failure);
     }
 
     [Fact]
@@ -283,6 +284,7 @@ public sealed class CommitFailureTests
         {
             var error = await Assert.ThrowsAsync<StorageException>(() => task);
             Assert.Contains("disk on fire", error.Message, StringComparison.Ordinal);
+            Assert.Equal(StorageFailure.Io, error.Failure);
         }
 
         engine.Failing = false;
@@ -311,6 +313,7 @@ public sealed class CommitFailureTests
         engine.FailingSync = false;
         var later = await Assert.ThrowsAsync<StorageException>(() => store.AppendAsync(Messages.To(1, "later")));
         Assert.Contains("until it is reopened", later.Message, StringComparison.Ordinal);
+        Assert.Equal(StorageFailure.Io, later.Failure);
         await Assert.ThrowsAsync<StorageException>(() => store.AdvanceCursorAsync("bob", "phone", CursorStream.Inbox, 1));
     }
 }

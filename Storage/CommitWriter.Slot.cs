@@ -1,0 +1,61 @@
+using ChatBroker.Storage.Engine;
+
+namespace ChatBroker.Storage;
+
+internal sealed partial class CommitWriter
+{
+    /// <summary>One batch being built or committed, with what is needed to undo its counters.</summary>
+    private sealed class Slot(IKvBatch batch)
+    {
+        public IKvBatch Batch { get; } = batch;
+
+        public List<WriteOp> Ops { get; } = [];
+
+        public HashSet<string> Touched { get; } = new(StringComparer.Ordinal);
+
+        public Dictionary<ulong, ulong> SeqUndo { get; } = [];
+
+        public Dictionary<string, ulong> InboxUndo { get; } = new(StringComparer.Ordinal);
+
+        public Dictionary<IdempotencyKey, AppendResult> PendingIdempotency { get; } = [];
+
+        public ulong ConversationIdBefore { get; private set; }
+
+        public ulong PushJobIdBefore { get; private set; }
+
+        public long Bytes { get; set; }
+
+        public void Begin(ulong conversationId, ulong pushJobId)
+        {
+            ConversationIdBefore = conversationId;
+            PushJobIdBefore = pushJobId;
+        }
+
+        public void Rollback(CommitWriter w)
+        {
+            foreach (var (conversation, last) in SeqUndo)
+            {
+                w._lastSeq[conversation] = last;
+            }
+
+            foreach (var (user, last) in InboxUndo)
+            {
+                w._lastInboxSeq[user] = last;
+            }
+
+            w._lastConversationId = ConversationIdBefore;
+            w._lastPushJobId = PushJobIdBefore;
+        }
+
+        public void Reset()
+        {
+            Batch.Clear();
+            Ops.Clear();
+            Touched.Clear();
+            SeqUndo.Clear();
+            InboxUndo.Clear();
+            PendingIdempotency.Clear();
+            Bytes = 0;
+        }
+    }
+}
