@@ -1,14 +1,15 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
+using System.Reflection;
 using System.Text.RegularExpressions;
-using ChatBroker.Broker.Auth;
+using ChatBroker.Tokens;
 
 namespace ChatBroker.LoadTests;
 
 /// <summary>
-/// The broker under test: either a child process this harness starts (chatbroker.dll, copied beside the
-/// harness by the project reference) with its own data directory and OS-chosen ports, or a broker at a
+/// The broker under test: either a child process this harness starts (chatbroker.dll, the Host project's
+/// build output; see <see cref="BrokerDll"/>) with its own data directory and OS-chosen ports, or a broker at a
 /// given address whose token secret the caller supplies. Either way it can mint tokens and read metrics.
 /// </summary>
 public sealed partial class BrokerLauncher : IAsyncDisposable
@@ -38,11 +39,22 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
 
     public int? Pid => _process?.Id;
 
-    public static string BrokerDll => Path.Combine(AppContext.BaseDirectory, "chatbroker.dll");
+    /// <summary>
+    /// The broker's build output: $CHATBROKER_DLL, else Host/bin/&lt;configuration&gt;/net10.0/chatbroker.dll of the
+    /// checkout this harness was built from (recorded at build time; the harness does not reference Host).
+    /// </summary>
+    public static string BrokerDll =>
+        Environment.GetEnvironmentVariable("CHATBROKER_DLL") is { Length: > 0 } path ? path
+        : typeof(BrokerLauncher).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().First(a => a.Key == "ChatBrokerDll").Value!;
 
     /// <summary>Starts `dotnet chatbroker.dll serve` with the load-run settings and waits for "Ready".</summary>
     public static async Task<BrokerLauncher> StartAsync(string durability, IEnumerable<string> extraSettings)
     {
+        if (!File.Exists(BrokerDll))
+        {
+            throw new FileNotFoundException($"no broker at {BrokerDll}: build it first (dotnet build Host -c Release) or set CHATBROKER_DLL", BrokerDll);
+        }
+
         var dataDir = Path.Combine(Path.GetTempPath(), "chatbroker-load-" + Guid.NewGuid().ToString("N"));
         var info = new ProcessStartInfo("dotnet")
         {

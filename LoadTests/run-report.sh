@@ -6,6 +6,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-/tmp/chatbroker-load-$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$out"
+# The harness starts the broker from Host's build output (it does not reference Host): build both.
+dotnet build -c Release Host -v quiet -nologo >/dev/null || exit 1
 dotnet build -c Release LoadTests -v quiet -nologo >/dev/null || exit 1
 load() { dotnet LoadTests/bin/Release/net10.0/chatbroker-load.dll "$@"; }
 status=0

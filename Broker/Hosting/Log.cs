@@ -3,27 +3,12 @@ using Microsoft.Extensions.Logging;
 
 namespace ChatBroker.Broker.Hosting;
 
-/// <summary>Source-generated log messages with fixed event ids (1xxx host, 2xxx transport, 3xxx auth). Bodies are never logged.</summary>
+/// <summary>
+/// The broker library's source-generated log messages with fixed event ids (2xxx transport and sessions,
+/// 4xxx push; 1xxx are the Host process's). Bodies are never logged.
+/// </summary>
 internal static partial class Log
 {
-    [LoggerMessage(1000, LogLevel.Information, "ChatBroker {Version} node {Node} starting; configuration: {ConfigSource}; data in {DataDir}")]
-    public static partial void Starting(ILogger logger, string version, string node, string configSource, string dataDir);
-
-    [LoggerMessage(1001, LogLevel.Information, "Generated a new token secret in {Path} (mode 0600); keep it with the data directory")]
-    public static partial void SecretGenerated(ILogger logger, string path);
-
-    [LoggerMessage(1002, LogLevel.Information, "Admin endpoint on http://{Endpoint} (/healthz, /readyz, /metrics)")]
-    public static partial void AdminListening(ILogger logger, IPEndPoint endpoint);
-
-    [LoggerMessage(1003, LogLevel.Information, "Ready")]
-    public static partial void Ready(ILogger logger);
-
-    [LoggerMessage(1004, LogLevel.Information, "Shutting down: draining connections (grace period {GracePeriod})")]
-    public static partial void ShuttingDown(ILogger logger, TimeSpan gracePeriod);
-
-    [LoggerMessage(1005, LogLevel.Information, "Stopped")]
-    public static partial void Stopped(ILogger logger);
-
     [LoggerMessage(2000, LogLevel.Information, "Native protocol listening on {Endpoint}")]
     public static partial void TcpListening(ILogger logger, IPEndPoint endpoint);
 
@@ -44,9 +29,6 @@ internal static partial class Log
 
     [LoggerMessage(2006, LogLevel.Information, "Keepalive: closed {Count} silent sessions")]
     public static partial void KeepaliveClosed(ILogger logger, int count);
-
-    [LoggerMessage(1006, LogLevel.Information, "Message store open at {Path} (durability {Durability}, retention {Retention})")]
-    public static partial void StoreOpened(ILogger logger, string path, string durability, string retention);
 
     [LoggerMessage(4000, LogLevel.Information, "Push job {JobId}: user {User} has a new message in conversation {ConversationId} (seq {Seq})")]
     public static partial void PushLogged(ILogger logger, ulong jobId, string user, ulong conversationId, ulong seq);

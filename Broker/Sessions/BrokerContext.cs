@@ -1,7 +1,7 @@
-using ChatBroker.Broker.Auth;
 using ChatBroker.Broker.Configuration;
 using ChatBroker.Broker.Messaging;
 using ChatBroker.Broker.Observability;
+using ChatBroker.Tokens;
 using Microsoft.Extensions.Logging;
 
 namespace ChatBroker.Broker.Sessions;

@@ -1,9 +1,9 @@
 using System.Diagnostics;
-using ChatBroker.Broker.Auth;
 using ChatBroker.Broker.Messaging;
 using ChatBroker.Protocol;
 using ChatBroker.Protocol.Messages;
 using ChatBroker.Storage;
+using ChatBroker.Tokens;
 using Google.Protobuf;
 
 namespace ChatBroker.Broker.Sessions;

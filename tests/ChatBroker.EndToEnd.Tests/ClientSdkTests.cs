@@ -1,9 +1,9 @@
 using System.Diagnostics;
 using System.Net;
 using System.Text;
-using ChatBroker.Broker.Tests.Infrastructure;
 using ChatBroker.Client;
 using ChatBroker.EndToEnd.Tests.Infrastructure;
+using ChatBroker.Host.Tests.Infrastructure;
 using ChatBroker.Protocol.Messages;
 
 namespace ChatBroker.EndToEnd.Tests;

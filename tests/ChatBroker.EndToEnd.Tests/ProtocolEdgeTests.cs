@@ -1,9 +1,9 @@
 using System.Security.Cryptography;
-using ChatBroker.Broker.Auth;
-using ChatBroker.Broker.Tests.Infrastructure;
 using ChatBroker.EndToEnd.Tests.Infrastructure;
+using ChatBroker.Host.Tests.Infrastructure;
 using ChatBroker.Protocol;
 using ChatBroker.Protocol.Messages;
+using ChatBroker.Tokens;
 using Google.Protobuf;
 
 namespace ChatBroker.EndToEnd.Tests;

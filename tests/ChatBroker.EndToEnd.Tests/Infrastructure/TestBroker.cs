@@ -1,5 +1,5 @@
-using ChatBroker.Broker.Auth;
-using ChatBroker.Broker.Tests.Infrastructure;
+using ChatBroker.Host.Tests.Infrastructure;
+using ChatBroker.Tokens;
 
 namespace ChatBroker.EndToEnd.Tests.Infrastructure;
 

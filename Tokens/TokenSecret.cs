@@ -1,6 +1,6 @@
 using System.Security.Cryptography;
 
-namespace ChatBroker.Broker.Auth;
+namespace ChatBroker.Tokens;
 
 /// <summary>
 /// The HMAC key that signs and verifies device tokens. It is generated on a node's first start (32 random

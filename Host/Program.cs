@@ -1,10 +1,9 @@
 using System.CommandLine;
-using ChatBroker.Broker.Auth;
 using ChatBroker.Broker.Configuration;
-using ChatBroker.Broker.Hosting;
+using ChatBroker.Tokens;
 using Microsoft.Extensions.Hosting;
 
-namespace ChatBroker.Broker;
+namespace ChatBroker.Host;
 
 /// <summary>
 /// The <c>chatbroker</c> command line. <c>serve</c> is the default command; every command that reads
@@ -103,7 +102,7 @@ public static class Program
         {
             host = BrokerHost.Build(configuration);
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException or FormatException or Storage.StorageException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException or FormatException or ChatBroker.Storage.StorageException)
         {
             Console.Error.WriteLine($"chatbroker: cannot start: {e.Message}");
             return ExitFailure;

@@ -1,7 +1,7 @@
 using System.Diagnostics.Metrics;
 using ChatBroker.Broker.Observability;
 
-namespace ChatBroker.Broker.Tests.Hosting;
+namespace ChatBroker.Broker.Tests.Observability;
 
 public sealed class PrometheusExporterTests
 {

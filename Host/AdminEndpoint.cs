@@ -9,7 +9,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 
-namespace ChatBroker.Broker.Hosting;
+namespace ChatBroker.Host;
 
 /// <summary>
 /// The operator's HTTP endpoint on Kestrel: <c>/healthz</c> (the process is alive), <c>/readyz</c> (every

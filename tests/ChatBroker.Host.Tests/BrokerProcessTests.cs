@@ -1,8 +1,8 @@
 using System.Net.Http;
 using System.Net.Sockets;
-using ChatBroker.Broker.Tests.Infrastructure;
+using ChatBroker.Host.Tests.Infrastructure;
 
-namespace ChatBroker.Broker.Tests.Hosting;
+namespace ChatBroker.Host.Tests;
 
 /// <summary>The real broker process: admin endpoint, native listener, secret handling, graceful shutdown.</summary>
 public sealed class BrokerProcessTests

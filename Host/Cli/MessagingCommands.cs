@@ -2,12 +2,12 @@ using System.CommandLine;
 using System.Globalization;
 using System.Net;
 using System.Text;
-using ChatBroker.Broker.Auth;
 using ChatBroker.Broker.Configuration;
 using ChatBroker.Client;
 using ChatBroker.Protocol.Messages;
+using ChatBroker.Tokens;
 
-namespace ChatBroker.Broker.Cli;
+namespace ChatBroker.Host.Cli;
 
 /// <summary>
 /// <c>chatbroker send</c> and <c>chatbroker listen</c>: the operator's mosquitto_pub/sub, built on the
@@ -117,7 +117,7 @@ internal static class MessagingCommands
             UserId = user,
             DeviceId = device,
             TokenProvider = _ => ValueTask.FromResult(token),
-            ClientInfo = "chatbroker-cli/" + Hosting.BrokerHost.Version,
+            ClientInfo = "chatbroker-cli/" + BrokerHost.Version,
         };
     }
 

@@ -3,7 +3,7 @@ using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 
-namespace ChatBroker.Broker.Auth;
+namespace ChatBroker.Tokens;
 
 /// <summary>Why a token was refused. Each maps to its own CONNACK reason so clients and operators can tell them apart.</summary>
 public enum TokenStatus

@@ -3,12 +3,12 @@ using System.Net;
 using System.Runtime.InteropServices;
 using System.Text.RegularExpressions;
 
-namespace ChatBroker.Broker.Tests.Infrastructure;
+namespace ChatBroker.Host.Tests.Infrastructure;
 
 /// <summary>
-/// Runs the real broker (chatbroker.dll, copied beside the tests by the project reference) as a child
-/// process with its own data directory and ports chosen by the OS (port 0), and learns the bound ports
-/// from its log lines. Waits on output lines, never on sleeps.
+/// Runs the real broker (chatbroker.dll, the Host project's output, copied beside the tests by the project
+/// reference) as a child process with its own data directory and ports chosen by the OS (port 0), and
+/// learns the bound ports from its log lines. Waits on output lines, never on sleeps.
 /// </summary>
 public sealed partial class BrokerProcess : IAsyncDisposable
 {

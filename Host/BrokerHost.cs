@@ -1,0 +1,111 @@
+using System.Reflection;
+using ChatBroker.Broker.Configuration;
+using ChatBroker.Broker.Hosting;
+using ChatBroker.Storage;
+using ChatBroker.Tokens;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace ChatBroker.Host;
+
+/// <summary>
+/// The composition root: turns a validated <see cref="BrokerConfiguration"/> into a running host with the
+/// broker library (<see cref="BrokerServices.AddChatBroker"/>), the admin HTTP endpoint and readiness.
+/// Shutdown (SIGTERM, Ctrl-C) goes through the generic host: listeners stop accepting, connections drain
+/// within shutdown.grace_period.
+/// </summary>
+public static class BrokerHost
+{
+    public static string Version { get; } =
+        typeof(BrokerHost).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion.Split('+')[0] ?? "0.0.0";
+
+    public static IHost Build(BrokerConfiguration configuration)
+    {
+        var options = configuration.Options;
+        var builder = Microsoft.Extensions.Hosting.Host.CreateApplicationBuilder(new HostApplicationBuilderSettings
+        {
+            DisableDefaults = true,
+            ApplicationName = "chatbroker",
+            ContentRootPath = Directory.GetCurrentDirectory(),
+        });
+        ConfigureLogging(builder.Logging, options.Log);
+        builder.Services.Configure<HostOptions>(o =>
+        {
+            o.ShutdownTimeout = options.Shutdown.GracePeriod;
+            o.ServicesStartConcurrently = false;
+            o.ServicesStopConcurrently = false;
+        });
+
+        Directory.CreateDirectory(options.Node.DataDir);
+        var secretFile = options.Auth.ResolveSecretFile(options.Node);
+        bool secretCreated = false;
+        var secret = options.Auth.Secret.Length > 0
+            ? TokenSecret.FromBase64(options.Auth.Secret)
+            : TokenSecret.LoadOrCreate(secretFile, out secretCreated);
+
+        // Open the store before anything listens: a store that cannot open is a start failure with its path.
+        var storageOptions = BrokerServices.StorageOptionsFrom(options);
+        var store = RocksDbChatStore.Open(storageOptions);
+
+        // Hosted services start in registration order: the banner first, readiness last.
+        builder.Services.AddHostedService<StartupLog>(sp => new StartupLog(sp, configuration, secretCreated ? secretFile : null, storageOptions));
+        builder.Services.AddChatBroker(configuration, secret, store);
+        builder.Services.AddSingleton<Readiness>();
+        if (options.Admin.Enabled)
+        {
+            builder.Services.AddSingleton<AdminEndpoint>();
+            builder.Services.AddHostedService(sp => sp.GetRequiredService<AdminEndpoint>());
+        }
+
+        builder.Services.AddHostedService<ReadinessTracker>();
+        return builder.Build();
+    }
+
+    internal static void ConfigureLogging(ILoggingBuilder logging, LogOptions options)
+    {
+        logging.ClearProviders();
+        logging.SetMinimumLevel(options.Level);
+        logging.AddFilter("Microsoft", LogLevel.Warning);
+        logging.AddFilter("System", LogLevel.Warning);
+        if (options.Format == LogFormat.Json)
+        {
+            logging.AddJsonConsole(o =>
+            {
+                o.UseUtcTimestamp = true;
+                o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ";
+                o.IncludeScopes = false;
+            });
+        }
+        else
+        {
+            logging.AddSimpleConsole(o =>
+            {
+                o.SingleLine = true;
+                o.UseUtcTimestamp = true;
+                o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ ";
+            });
+        }
+    }
+
+    /// <summary>Logs the start banner before anything else starts, and remembers when a secret was generated.</summary>
+    private sealed class StartupLog(IServiceProvider services, BrokerConfiguration configuration, string? generatedSecret, StorageOptions storage) : IHostedService
+    {
+        public Task StartAsync(CancellationToken cancellationToken)
+        {
+            var logger = services.GetRequiredService<ILoggerFactory>().CreateLogger("ChatBroker");
+            var options = configuration.Options;
+            Log.Starting(logger, Version, options.Node.Name, configuration.File ?? "embedded defaults", Path.GetFullPath(options.Node.DataDir));
+            if (generatedSecret is not null)
+            {
+                Log.SecretGenerated(logger, Path.GetFullPath(generatedSecret));
+            }
+
+            Log.StoreOpened(logger, Path.GetFullPath(storage.Path), storage.Durability.ToString().ToLowerInvariant(), storage.Retention.ToString());
+
+            return Task.CompletedTask;
+        }
+
+        public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+    }
+}
