@@ -1,7 +1,6 @@
 using System.Buffers;
 using System.Collections.Concurrent;
 using System.Security.Cryptography;
-using ChatBroker.Broker.Auth;
 using ChatBroker.Broker.Configuration;
 using ChatBroker.Broker.Messaging;
 using ChatBroker.Broker.Observability;
@@ -10,6 +9,7 @@ using ChatBroker.Broker.Transport;
 using ChatBroker.Protocol;
 using ChatBroker.Protocol.Messages;
 using ChatBroker.Storage;
+using ChatBroker.Tokens;
 using Google.Protobuf;
 using Microsoft.Extensions.Logging.Abstractions;
 
