@@ -1,6 +1,5 @@
 using ChatBroker.Broker.Configuration;
 using ChatBroker.Broker.Observability;
-using ChatBroker.Broker.Sessions;
 using ChatBroker.Protocol.Messages;
 using ChatBroker.Storage;
 using Google.Protobuf;
@@ -26,7 +25,7 @@ public readonly record struct SendOutcome(ReasonCode Error, string? Message, App
 /// <para>
 /// Fan-out on write: every member of a conversation, the sender included, gets an inbox entry in the
 /// same batch as the message; each online device is then told about its user's new inbox position and
-/// delivers in inbox order (see <see cref="DeviceSession"/>). Members with no online device get a durable
+/// delivers in inbox order (the session's delivery stream). Members with no online device get a durable
 /// push job in the same batch.
 /// </para>
 /// <para>

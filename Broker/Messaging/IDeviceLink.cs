@@ -1,10 +1,10 @@
 using ChatBroker.Protocol.Messages;
 using Google.Protobuf;
 
-namespace ChatBroker.Broker.Sessions;
+namespace ChatBroker.Broker.Messaging;
 
 /// <summary>
-/// A connected device as the broker core sees it. <see cref="DeviceSession"/> implements it over a socket;
+/// A connected device as the broker core sees it. The session layer (<c>Sessions/DeviceSession</c>) implements it over a connection;
 /// unit tests implement it in memory. Every method is called from arbitrary threads and must not block.
 /// </summary>
 public interface IDeviceLink
