@@ -38,29 +38,3 @@ public interface IDeviceLink
     /// <summary>Ends the session with a reason (takeover, shutdown).</summary>
     void Close(ReasonCode reason, string message);
 }
-
-/// <summary>
-/// One committed message, shared (immutable) by every recipient's delivery: built once per SEND, never per
-/// recipient.
-/// </summary>
-public sealed class DeliveryMessage(
-    ulong conversationId,
-    ulong seq,
-    string senderUserId,
-    string senderDeviceId,
-    long timestampMs,
-    ContentType contentType,
-    ReadOnlyMemory<byte> body,
-    MediaRef? media,
-    ulong clientMsgId)
-{
-    public ulong ConversationId { get; } = conversationId;
-    public ulong Seq { get; } = seq;
-    public string SenderUserId { get; } = senderUserId;
-    public string SenderDeviceId { get; } = senderDeviceId;
-    public long TimestampMs { get; } = timestampMs;
-    public ContentType ContentType { get; } = contentType;
-    public ReadOnlyMemory<byte> Body { get; } = body;
-    public MediaRef? Media { get; } = media;
-    public ulong ClientMsgId { get; } = clientMsgId;
-}
