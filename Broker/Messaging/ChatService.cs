@@ -336,6 +336,39 @@ public sealed class ChatService(
     }
 
     /// <summary>
+    /// Where a device's delivery stream of a large group starts: the cursor it <paramref name="named"/> (CONNECT,
+    /// SYNC) or, with none, its stored cursor in the group (moved by ACK.conversations), at most the log's end: a
+    /// position beyond it would silently skip what comes next. Null when the user is not a member (nothing is
+    /// delivered from a group the user is not in).
+    /// </summary>
+    public ulong? GroupStreamStart(string userId, string deviceId, ulong conversationId, ulong? named)
+    {
+        var members = conversationId == 0 ? null : directory.MembersOf(conversationId);
+        if (members is null || !ConversationDirectory.Contains(members, userId))
+        {
+            return null;
+        }
+
+        var cursor = named ?? store.GetCursor(userId, deviceId, CursorStream.Conversation(conversationId));
+        return Math.Min(cursor, store.GetLastSeq(conversationId));
+    }
+
+    /// <summary>The user's groups that are large now (fan-out on read): each has a delivery stream per online device.</summary>
+    public List<ulong> LargeGroupsOf(string userId)
+    {
+        var large = new List<ulong>();
+        foreach (var conversationId in store.ListConversations(userId))
+        {
+            if (directory.IsGroup(conversationId) && IsLarge(directory.MembersOf(conversationId)?.Length ?? 0))
+            {
+                large.Add(conversationId);
+            }
+        }
+
+        return large;
+    }
+
+    /// <summary>
     /// The device has received its inbox up to <paramref name="inboxSeq"/>: store its cursor and tell the
     /// other members of each conversation in that range how far this user has received.
     /// </summary>

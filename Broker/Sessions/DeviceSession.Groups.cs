@@ -52,64 +52,91 @@ internal sealed partial class DeviceSession
     }
 
     /// <summary>
-    /// CONNECT: one stream per large group of the user, and per group the device lists, each waiting for the
-    /// pump. Runs after the session is registered and CONNACK is queued; notifications before this are parked
-    /// in _pendingGroups (the pump reads what they announced from the store), so no DELIVER precedes CONNACK.
+    /// CONNECT: one stream per large group of the user, and per group the device lists, each catching up. Runs
+    /// after the session is registered and CONNACK is queued; notifications before this are parked in
+    /// _pendingGroups (the catch-up reads what they announced from the store), so no DELIVER precedes CONNACK.
+    /// Where each stream starts is read from the store through the core, outside the lock.
     /// </summary>
     private void SetUpGroupStreams(IReadOnlyList<ConversationCursor> listed)
     {
-        lock (_lock)
-        {
-            SetUpGroupStreamsLocked(listed);
-        }
-    }
-
-    private void SetUpGroupStreamsLocked(IReadOnlyList<ConversationCursor> listed)
-    {
-        var store = _context.Chat.Store;
-        var directory = _context.Directory;
-        _groupStreams?.Clear();
+        var chat = _context.Chat;
+        var starts = new List<ConversationCursor>();
         foreach (var cursor in listed)
         {
-            AddStreamLocked(cursor.ConversationId, cursor.Seq);
-        }
-
-        foreach (var conversationId in store.ListConversations(_user))
-        {
-            if (_groupStreams?.ContainsKey(conversationId) != true && directory.IsGroup(conversationId)
-                && _context.Chat.IsLarge(directory.MembersOf(conversationId)?.Length ?? 0))
+            if (chat.GroupStreamStart(_user, _device, cursor.ConversationId, cursor.Seq) is { } position)
             {
-                AddStreamLocked(conversationId, store.GetCursor(_user, _device, CursorStream.Conversation(conversationId)));
+                starts.Add(new ConversationCursor { ConversationId = cursor.ConversationId, Seq = position });
             }
         }
 
-        if (_pendingGroups is not null)
+        foreach (var conversationId in chat.LargeGroupsOf(_user))
         {
-            foreach (var conversationId in _pendingGroups)
+            if (!Contains(starts, conversationId) && chat.GroupStreamStart(_user, _device, conversationId, named: null) is { } position)
             {
-                if (_groupStreams?.ContainsKey(conversationId) != true)
+                starts.Add(new ConversationCursor { ConversationId = conversationId, Seq = position });
+            }
+        }
+
+        var first = true;
+        while (true)
+        {
+            HashSet<ulong>? pending;
+            lock (_lock)
+            {
+                if (first)
                 {
-                    AddStreamLocked(conversationId, store.GetCursor(_user, _device, CursorStream.Conversation(conversationId)));
+                    _groupStreams?.Clear();
+                    first = false;
+                }
+
+                foreach (var start in starts)
+                {
+                    AddStreamLocked(start.ConversationId, start.Seq); // a later duplicate wins, as a later SYNC would
+                }
+
+                pending = _pendingGroups;
+                _pendingGroups = null;
+                if (pending is null)
+                {
+                    _streamsReady = true;
+                    return;
                 }
             }
 
-            _pendingGroups = null;
-        }
+            // Groups notified meanwhile (one that became large, or that this user joined): from the stored cursor.
+            starts.Clear();
+            foreach (var conversationId in pending)
+            {
+                var known = false;
+                lock (_lock)
+                {
+                    known = _groupStreams?.ContainsKey(conversationId) == true;
+                }
 
-        _streamsReady = true;
+                if (!known && chat.GroupStreamStart(_user, _device, conversationId, named: null) is { } position)
+                {
+                    starts.Add(new ConversationCursor { ConversationId = conversationId, Seq = position });
+                }
+            }
+        }
     }
 
-    /// <summary>False when the user is not a member (nothing is delivered from a group the user is not in).</summary>
-    private bool AddStreamLocked(ulong conversationId, ulong cursor)
+    private static bool Contains(List<ConversationCursor> cursors, ulong conversationId)
     {
-        var members = conversationId == 0 ? null : _context.Directory.MembersOf(conversationId);
-        if (members is null || !ConversationDirectory.Contains(members, _user))
+        foreach (var cursor in cursors)
         {
-            return false;
+            if (cursor.ConversationId == conversationId)
+            {
+                return true;
+            }
         }
 
-        // A device may not claim a position beyond the log: it would silently skip what comes next.
-        var position = Math.Min(cursor, _context.Chat.Store.GetLastSeq(conversationId));
+        return false;
+    }
+
+    // Under _lock: the stream of a group starts (again) at a position the core has checked.
+    private void AddStreamLocked(ulong conversationId, ulong position)
+    {
         if (_groupStreams is not null && _groupStreams.TryGetValue(conversationId, out var stream))
         {
             stream.MoveTo(position);
@@ -118,28 +145,24 @@ internal sealed partial class DeviceSession
         {
             (_groupStreams ??= [])[conversationId] = new DeliveryStream(conversationId, position);
         }
-
-        return true;
     }
 
     /// <summary>SYNC naming large groups: restart those streams from the given cursors.</summary>
     private void SyncGroups(Sync sync)
     {
-        var refused = new List<ulong>();
-        lock (_lock)
+        foreach (var cursor in sync.Conversations)
         {
-            foreach (var cursor in sync.Conversations)
+            if (_context.Chat.GroupStreamStart(_user, _device, cursor.ConversationId, cursor.Seq) is { } position)
             {
-                if (!AddStreamLocked(cursor.ConversationId, cursor.Seq))
+                lock (_lock)
                 {
-                    refused.Add(cursor.ConversationId);
+                    AddStreamLocked(cursor.ConversationId, position);
                 }
             }
-        }
-
-        foreach (var conversationId in refused)
-        {
-            WriteError(ReasonCode.NotAMember, $"not a member of conversation {conversationId}", sync.RequestId, PacketType.Sync);
+            else
+            {
+                WriteError(ReasonCode.NotAMember, $"not a member of conversation {cursor.ConversationId}", sync.RequestId, PacketType.Sync);
+            }
         }
     }
 
