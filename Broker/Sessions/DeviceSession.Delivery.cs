@@ -164,7 +164,8 @@ internal sealed partial class DeviceSession
                     _groupsTurn = stream.IsInbox; // the other kind goes next, if it has something to read
                 }
 
-                items ??= new List<DeliveryItem>(_context.Options.Session.ResumeBatch);
+                // Grows with the backlog: a reconnect with a few messages to catch up should not cost a batch-sized list.
+                items ??= new List<DeliveryItem>(16);
                 var result = await stream.CatchUpBatchAsync(this, items).ConfigureAwait(false);
                 items.Clear(); // hold no messages between batches
                 if (result == CatchUpResult.NotAMember)
