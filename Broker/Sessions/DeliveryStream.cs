@@ -1,4 +1,6 @@
+using ChatBroker.Broker.Configuration;
 using ChatBroker.Broker.Messaging;
+using ChatBroker.Protocol;
 using ChatBroker.Protocol.Messages;
 
 namespace ChatBroker.Broker.Sessions;
@@ -21,8 +23,8 @@ namespace ChatBroker.Broker.Sessions;
 /// session's outbound bound); a device whose socket takes nothing for session.stall_timeout while the stream
 /// waits is closed with SLOW_CONSUMER. The live path writes without waiting; the outbox's own bound applies.
 /// </para>
-/// Locking: every field is guarded by the session's lock (DeviceSession._lock, which its outbox shares); the
-/// store is read without it.
+/// Locking: every field is guarded by the session's lock (<see cref="IDeliveryTarget.Lock"/>: DeviceSession._lock,
+/// which its outbox shares); the store is read without it.
 /// </summary>
 internal sealed class DeliveryStream(ulong conversationId, ulong position)
 {
@@ -77,7 +79,7 @@ internal sealed class DeliveryStream(ulong conversationId, ulong position)
     /// group's SYSTEM message, which the device gets through its inbox). True when the session must make sure its
     /// catch-up task runs.
     /// </summary>
-    public bool OnAppended(DeviceSession session, ulong position, DeliveryMessage message, bool write)
+    public bool OnAppended(IDeliveryTarget session, ulong position, DeliveryMessage message, bool write)
     {
         if (CatchingUp)
         {
@@ -110,13 +112,12 @@ internal sealed class DeliveryStream(ulong conversationId, ulong position)
     /// waiting for the socket between messages when the outbox is above its high watermark. <paramref name="items"/>
     /// is the caller's scratch list.
     /// </summary>
-    public async ValueTask<CatchUpResult> CatchUpBatchAsync(DeviceSession session, List<DeliveryItem> items)
+    public async ValueTask<CatchUpResult> CatchUpBatchAsync(IDeliveryTarget session, List<DeliveryItem> items)
     {
-        var options = session.Context.Options.Session;
+        var options = session.Options;
         var batch = options.ResumeBatch;
         var highWatermark = options.MaxOutboundBytes / 2;
         var lowWatermark = options.MaxOutboundBytes / 4;
-        var outbox = session.Outbox;
         ulong from;
         int generation;
         lock (session.Lock)
@@ -132,7 +133,7 @@ internal sealed class DeliveryStream(ulong conversationId, ulong position)
         }
 
         items.Clear();
-        var chat = session.Context.Chat;
+        var chat = session.Chat;
         if (IsInbox)
         {
             chat.ReadInboxAfter(session.UserId, from, batch, items);
@@ -145,16 +146,16 @@ internal sealed class DeliveryStream(ulong conversationId, ulong position)
         for (var i = 0; i < items.Count; i++)
         {
             // Never let catching up trip the slow-consumer bound: wait for the socket to take some.
-            if (outbox.PendingBytes > highWatermark)
+            if (session.PendingBytes > highWatermark)
             {
-                if (!await outbox.WhenBelowAsync(lowWatermark, options.StallTimeout).ConfigureAwait(false))
+                if (!await session.WhenBelowAsync(lowWatermark, options.StallTimeout).ConfigureAwait(false))
                 {
                     // Catching up waits for the socket instead of overflowing, so a device that stopped reading is
                     // recognised here: no progress for the stall timeout.
                     session.Close(ReasonCode.SlowConsumer, $"slow consumer: the socket took nothing for {options.StallTimeout.TotalSeconds:0.#}s");
                 }
 
-                if (outbox.IsClosing)
+                if (session.IsClosing)
                 {
                     return CatchUpResult.Stopped;
                 }
@@ -188,18 +189,52 @@ internal sealed class DeliveryStream(ulong conversationId, ulong position)
     }
 
     // Under the session's lock: the one place a DELIVER is queued.
-    private void WriteLocked(DeviceSession session, DeliveryMessage message, ulong position)
+    private void WriteLocked(IDeliveryTarget session, DeliveryMessage message, ulong position)
     {
         if (message.IsFrom(session.UserId, session.DeviceId))
         {
             return; // the sending device has its own message (it got SENT)
         }
 
-        if (session.Outbox.TryWriteDeliver(message.DeliverFieldsFor(session.UserId, IsInbox ? position : 0), message.Body.Span))
-        {
-            session.Context.Metrics.MessagesOut.Add(1);
-        }
+        session.WriteDeliver(message.DeliverFieldsFor(session.UserId, IsInbox ? position : 0), message.Body.Span);
     }
+}
+
+/// <summary>
+/// What a <see cref="DeliveryStream"/> needs of its device's session: the session's lock (which guards the
+/// streams), the core to read from, and the outbound queue. <see cref="DeviceSession"/> implements it; tests
+/// implement it in memory.
+/// </summary>
+internal interface IDeliveryTarget
+{
+    /// <summary>The session's one lock: it guards the streams and the outbound queue.</summary>
+    Lock Lock { get; }
+
+    string UserId { get; }
+
+    string DeviceId { get; }
+
+    /// <summary>The read loop has ended (read under <see cref="Lock"/>).</summary>
+    bool IsClosed { get; }
+
+    /// <summary>The core the streams read from when they catch up.</summary>
+    ChatService Chat { get; }
+
+    SessionOptions Options { get; }
+
+    /// <summary>Bytes queued but not yet taken by the connection.</summary>
+    int PendingBytes { get; }
+
+    /// <summary>The outbound queue takes nothing more (closing, or overflowed).</summary>
+    bool IsClosing { get; }
+
+    /// <summary>Queues one DELIVER (under <see cref="Lock"/>) and counts it.</summary>
+    void WriteDeliver(in DeliverFields fields, ReadOnlySpan<byte> body);
+
+    /// <summary>True once at most <paramref name="bytes"/> are queued; false when the connection took nothing for <paramref name="stallTimeout"/>.</summary>
+    Task<bool> WhenBelowAsync(int bytes, TimeSpan stallTimeout);
+
+    void Close(ReasonCode reason, string message);
 }
 
 /// <summary>What one catch-up read of a <see cref="DeliveryStream"/> did.</summary>

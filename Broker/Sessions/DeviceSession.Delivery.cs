@@ -1,4 +1,6 @@
+using ChatBroker.Broker.Configuration;
 using ChatBroker.Broker.Messaging;
+using ChatBroker.Protocol;
 using ChatBroker.Protocol.Messages;
 using ChatBroker.Storage;
 
@@ -16,7 +18,7 @@ namespace ChatBroker.Broker.Sessions;
 /// </para>
 /// Locking: <c>_lock</c>, the session's one lock, which the outbox shares (it never calls back under it).
 /// </summary>
-internal sealed partial class DeviceSession
+internal sealed partial class DeviceSession : IDeliveryTarget
 {
     // All guarded by _lock.
     private readonly DeliveryStream _inbox = new(conversationId: 0, position: 0);
@@ -31,15 +33,27 @@ internal sealed partial class DeviceSession
     private ulong _syncRequestId;
     private bool _closed;
 
-    // What a DeliveryStream uses of its session.
-    internal Lock Lock => _lock;
+    Lock IDeliveryTarget.Lock => _lock;
 
-    internal BrokerContext Context => _context;
+    bool IDeliveryTarget.IsClosed => _closed;
 
-    internal SessionOutbox Outbox => _outbox;
+    ChatService IDeliveryTarget.Chat => _context.Chat;
 
-    /// <summary>The read loop has ended (under _lock).</summary>
-    internal bool IsClosed => _closed;
+    SessionOptions IDeliveryTarget.Options => _context.Options.Session;
+
+    int IDeliveryTarget.PendingBytes => _outbox.PendingBytes;
+
+    bool IDeliveryTarget.IsClosing => _outbox.IsClosing;
+
+    void IDeliveryTarget.WriteDeliver(in DeliverFields fields, ReadOnlySpan<byte> body)
+    {
+        if (_outbox.TryWriteDeliver(fields, body))
+        {
+            _context.Metrics.MessagesOut.Add(1);
+        }
+    }
+
+    Task<bool> IDeliveryTarget.WhenBelowAsync(int bytes, TimeSpan stallTimeout) => _outbox.WhenBelowAsync(bytes, stallTimeout);
 
     public void OnInboxAppended(ulong inboxSeq, DeliveryMessage message)
     {
