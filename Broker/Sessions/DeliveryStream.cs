@@ -53,8 +53,9 @@ internal sealed class DeliveryStream(ulong conversationId, ulong position)
     public void StartAt(ulong position) => Position = position;
 
     /// <summary>
-    /// Moves the stream to a position the device named (SYNC) and catches up from there. A batch being read
-    /// when this happens is dropped (it was read from the old position) and the stream is read again.
+    /// Moves the stream to a position the device named (SYNC) and catches up from there. What is left of a batch
+    /// being read when this happens is dropped (it was read from the old position: written now, it could skip
+    /// what lies between the two) and the stream is read again.
     /// </summary>
     public void MoveTo(ulong position)
     {
@@ -70,7 +71,8 @@ internal sealed class DeliveryStream(ulong conversationId, ulong position)
         _wanted = true;
     }
 
-    /// <summary>Goes live without reading: CONNECT found nothing after the resume position and no notification.</summary>
+    /// <summary>Goes live without reading: CONNECT found nothing after the resume position, or a large group's
+    /// stream is created by its first live message.</summary>
     public void GoLive() => CatchingUp = false;
 
     /// <summary>
