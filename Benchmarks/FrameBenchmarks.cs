@@ -75,16 +75,6 @@ public class FrameBenchmarks
         return ((Send)message!).ClientMsgId;
     }
 
-    /// <summary>SendReader: fields decoded, body kept as a slice of the frame (no Send object).</summary>
-    [Benchmark]
-    [BenchmarkCategory("Read SEND")]
-    public long ReadSendFieldsAndBodySlice()
-    {
-        FrameReader.TryRead(_sendFrame, ProtocolConstants.DefaultMaxFrameSize, out var frame, out _, out _);
-        SendReader.TryRead(frame, out var fields, out var body, out _);
-        return (long)fields.ClientMsgId + body.Length;
-    }
-
     [Benchmark(Baseline = true)]
     [BenchmarkCategory("Read DELIVER")]
     public long ReadDeliverHeaderAndSlice()

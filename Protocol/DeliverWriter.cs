@@ -85,6 +85,19 @@ public static class DeliverWriter
         return layout.Total;
     }
 
+    /// <summary>
+    /// The <see cref="Deliver"/> message these fields and body make, for packets that nest DELIVERs (a HISTORY
+    /// page): parsed from what <see cref="Write(IBufferWriter{byte}, in DeliverFields, ReadOnlySpan{byte}, FrameFlags)"/>
+    /// writes, so a DELIVER is encoded in one place only. The rare path: it allocates.
+    /// </summary>
+    public static Deliver ToMessage(in DeliverFields fields, ReadOnlySpan<byte> body)
+    {
+        var layout = new Layout(fields, body.Length);
+        var frame = new ArrayBufferWriter<byte>(layout.Total);
+        Write(frame, fields, body);
+        return Deliver.Parser.ParseFrom(frame.WrittenSpan[(layout.Total - layout.MessageLength)..]);
+    }
+
     /// <summary>Protobuf body length of the DELIVER these fields and body make.</summary>
     public static int BodyLength(in DeliverFields fields, int bodyLength) => new Layout(fields, bodyLength).MessageLength;
 

@@ -1,6 +1,5 @@
 using ChatBroker.Broker.Configuration;
 using ChatBroker.Broker.Observability;
-using ChatBroker.Broker.Sessions;
 using ChatBroker.Protocol.Messages;
 using ChatBroker.Storage;
 using Google.Protobuf;
@@ -26,7 +25,7 @@ public readonly record struct SendOutcome(ReasonCode Error, string? Message, App
 /// <para>
 /// Fan-out on write: every member of a conversation, the sender included, gets an inbox entry in the
 /// same batch as the message; each online device is then told about its user's new inbox position and
-/// delivers in inbox order (see <see cref="DeviceSession"/>). Members with no online device get a durable
+/// delivers in inbox order (the session's delivery stream). Members with no online device get a durable
 /// push job in the same batch.
 /// </para>
 /// <para>
@@ -270,6 +269,104 @@ public sealed class ChatService(
         }
 
         metrics.FanOut.Record(deliveries);
+    }
+
+    /// <summary>
+    /// Catch-up of a device's inbox: up to <paramref name="limit"/> entries after <paramref name="afterInboxSeq"/>,
+    /// each with its message (null when retention removed it or it is due to be), appended to
+    /// <paramref name="into"/>. Called by the session's delivery stream outside any lock.
+    /// </summary>
+    public void ReadInboxAfter(string userId, ulong afterInboxSeq, int limit, List<DeliveryItem> into)
+    {
+        var entries = store.ReadInbox(userId, afterInboxSeq, limit);
+        // Consecutive entries of one conversation (the common case: a chat's messages in a row) are read with one
+        // store range read instead of one seek per message.
+        IReadOnlyList<StoredMessage> run = [];
+        ulong runConversation = 0, runStart = 0, runEnd = 0;
+        var runPos = 0;
+        for (var i = 0; i < entries.Count; i++)
+        {
+            var entry = entries[i];
+            if (entry.ConversationId != runConversation || entry.Seq < runStart || entry.Seq > runEnd)
+            {
+                var length = 1;
+                while (i + length < entries.Count && length < limit
+                    && entries[i + length].ConversationId == entry.ConversationId
+                    && entries[i + length].Seq == entry.Seq + (ulong)length)
+                {
+                    length++;
+                }
+
+                run = store.ReadRange(entry.ConversationId, entry.Seq, length);
+                (runConversation, runStart, runEnd, runPos) = (entry.ConversationId, entry.Seq, entry.Seq + (ulong)length - 1, 0);
+            }
+
+            while (runPos < run.Count && run[runPos].Seq < entry.Seq)
+            {
+                runPos++;
+            }
+
+            var stored = runPos < run.Count && run[runPos].Seq == entry.Seq ? run[runPos] : null;
+            into.Add(new DeliveryItem(entry.InboxSeq, stored is null || IsExpired(stored.TimestampMs) ? null : DeliveryMessage.FromStored(stored)));
+        }
+    }
+
+    /// <summary>
+    /// Catch-up of a large group's log (fan-out on read): up to <paramref name="limit"/> messages after
+    /// <paramref name="afterSeq"/>, appended to <paramref name="into"/>; SYSTEM messages (they come through the
+    /// inbox) and expired ones as positions only. False, with nothing read, when <paramref name="userId"/> is not a
+    /// member: checked after the read, since a message sequenced after a removal was appended after the directory
+    /// dropped the user, so it is never delivered. Called by the session's delivery stream outside any lock.
+    /// </summary>
+    public bool ReadGroupLogAfter(string userId, ulong conversationId, ulong afterSeq, int limit, List<DeliveryItem> into)
+    {
+        var messages = store.ReadRange(conversationId, afterSeq + 1, limit);
+        var members = directory.MembersOf(conversationId);
+        if (members is null || !ConversationDirectory.Contains(members, userId))
+        {
+            return false;
+        }
+
+        foreach (var m in messages)
+        {
+            var deliver = m.ContentType != (uint)ContentType.System && !IsExpired(m.TimestampMs);
+            into.Add(new DeliveryItem(m.Seq, deliver ? DeliveryMessage.FromStored(m) : null));
+        }
+
+        return true;
+    }
+
+    /// <summary>
+    /// Where a device's delivery stream of a large group starts: the cursor it <paramref name="named"/> (CONNECT,
+    /// SYNC) or, with none, its stored cursor in the group (moved by ACK.conversations), at most the log's end: a
+    /// position beyond it would silently skip what comes next. Null when the user is not a member (nothing is
+    /// delivered from a group the user is not in).
+    /// </summary>
+    public ulong? GroupStreamStart(string userId, string deviceId, ulong conversationId, ulong? named)
+    {
+        var members = conversationId == 0 ? null : directory.MembersOf(conversationId);
+        if (members is null || !ConversationDirectory.Contains(members, userId))
+        {
+            return null;
+        }
+
+        var cursor = named ?? store.GetCursor(userId, deviceId, CursorStream.Conversation(conversationId));
+        return Math.Min(cursor, store.GetLastSeq(conversationId));
+    }
+
+    /// <summary>The user's groups that are large now (fan-out on read): each has a delivery stream per online device.</summary>
+    public List<ulong> LargeGroupsOf(string userId)
+    {
+        var large = new List<ulong>();
+        foreach (var conversationId in store.ListConversations(userId))
+        {
+            if (directory.IsGroup(conversationId) && IsLarge(directory.MembersOf(conversationId)?.Length ?? 0))
+            {
+                large.Add(conversationId);
+            }
+        }
+
+        return large;
     }
 
     /// <summary>
@@ -552,7 +649,7 @@ public sealed class ChatService(
         var first = messages.Count;
         for (var i = messages.Count - 1; i >= 0; i--)
         {
-            var deliver = ToDeliver(messages[i], userId);
+            var deliver = DeliveryMessage.FromStored(messages[i]).ToDeliver(userId);
             var entry = deliver.CalculateSize() + 6; // field tag + length prefix
             if (size + entry > maxFrameBytes && first < messages.Count)
             {
@@ -571,44 +668,5 @@ public sealed class ChatService(
 
         page.More = first > 0 || (expired == 0 && messages.Count == limit && messages[0].Seq > 1);
         return (ReasonCode.Success, null, page);
-    }
-
-    /// <summary>A stored message as a DELIVER (the rare path: history and media; live delivery writes frames directly).</summary>
-    public static Deliver ToDeliver(StoredMessage m, string recipientUserId)
-    {
-        var deliver = new Deliver
-        {
-            ConversationId = m.ConversationId,
-            Seq = m.Seq,
-            SenderUserId = m.SenderUserId,
-            SenderDeviceId = m.SenderDeviceId,
-            TimestampMs = (ulong)m.TimestampMs,
-            ContentType = (ContentType)m.ContentType,
-            Body = ByteString.CopyFrom(m.Body.Span),
-            Media = ParseMedia(m.MediaRef),
-        };
-        if (m.SenderUserId == recipientUserId)
-        {
-            deliver.ClientMsgId = m.ClientMsgId;
-        }
-
-        return deliver;
-    }
-
-    public static MediaRef? ParseMedia(string? stored)
-    {
-        if (string.IsNullOrEmpty(stored))
-        {
-            return null;
-        }
-
-        try
-        {
-            return MediaRef.Parser.ParseFrom(Convert.FromBase64String(stored));
-        }
-        catch (Exception e) when (e is FormatException or InvalidProtocolBufferException)
-        {
-            return null;
-        }
     }
 }

@@ -1,7 +1,6 @@
 using System.Runtime.InteropServices;
 using ChatBroker.Broker.Configuration;
 using ChatBroker.Broker.Observability;
-using ChatBroker.Broker.Sessions;
 using ChatBroker.Protocol.Messages;
 using ChatBroker.Storage;
 

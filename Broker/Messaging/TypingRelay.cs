@@ -1,5 +1,4 @@
 using ChatBroker.Broker.Observability;
-using ChatBroker.Broker.Sessions;
 using ChatBroker.Protocol.Messages;
 
 namespace ChatBroker.Broker.Messaging;

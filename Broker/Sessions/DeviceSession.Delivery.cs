@@ -1,3 +1,4 @@
+using ChatBroker.Broker.Configuration;
 using ChatBroker.Broker.Messaging;
 using ChatBroker.Protocol;
 using ChatBroker.Protocol.Messages;
@@ -6,30 +7,66 @@ using ChatBroker.Storage;
 namespace ChatBroker.Broker.Sessions;
 
 /// <summary>
-/// Ordered delivery of the user's inbox to this device.
+/// Ordered delivery to this device: the user's inbox, and each large group the user is in (fan-out on read),
+/// each a <see cref="DeliveryStream"/> with one rule for the live path, catch-up and the seam between them.
 /// <para>
-/// The device's position is <c>_delivered</c>: the last inbox seq queued to it. Two paths move it:
-/// the live path (a committed message whose inbox seq is exactly <c>_delivered + 1</c> is written straight
-/// from memory) and the pump (reads the store after <c>_delivered</c>, in batches, waiting for the socket
-/// between batches). Resume is the pump starting from the device's cursor; a gap on the live path (two
-/// commits whose notifications arrive out of order) also starts the pump. While the pump runs, the live
-/// path only records that there is more to read, and the pump finishes only after a read that found
-/// everything and no notification since — so no message is skipped or sent twice across the seam.
+/// One catch-up task per session, whatever the number of streams: it runs while any stream is catching up,
+/// reading one batch at a time, so a device in many large groups holds one batch in memory, not one per group.
+/// It alternates between the inbox and the groups, so a busy inbox cannot hold the groups back (nor the reverse).
+/// The streams start catching up only once CONNECT has queued CONNACK (<see cref="_streamsReady"/>): nothing is
+/// delivered before it, and notifications that arrive earlier just mark the streams wanted.
 /// </para>
 /// Locking: <c>_lock</c>, the session's one lock, which the outbox shares (it never calls back under it).
 /// </summary>
-internal sealed partial class DeviceSession
+internal sealed partial class DeviceSession : IDeliveryTarget
 {
     // All guarded by _lock.
-    private ulong _delivered;
-    private bool _pumping = true; // until CONNECT starts the first catch-up, notifications just mark "more"
-    private bool _pumpRunning;
-    private bool _pumpWanted;
+    private readonly DeliveryStream _inbox = new(conversationId: 0, position: 0);
+    // Created with the first stream: most devices are in no large group, and an empty dictionary is ~100 bytes.
+    private Dictionary<ulong, DeliveryStream>? _groupStreams;
+    private HashSet<ulong>? _pendingGroups; // notified before CONNECT set the streams up
+    private bool _streamsReady;
+    private bool _catchUpRunning;
+    private bool _catchUpStopped; // the session is closing, or a read failed: no more catch-up
+    private bool _groupsTurn;
     private bool _syncPending;
     private ulong _syncRequestId;
     private bool _closed;
 
+    Lock IDeliveryTarget.Lock => _lock;
+
+    bool IDeliveryTarget.IsClosed => _closed;
+
+    ChatService IDeliveryTarget.Chat => _context.Chat;
+
+    SessionOptions IDeliveryTarget.Options => _context.Options.Session;
+
+    int IDeliveryTarget.PendingBytes => _outbox.PendingBytes;
+
+    bool IDeliveryTarget.IsClosing => _outbox.IsClosing;
+
+    void IDeliveryTarget.WriteDeliver(in DeliverFields fields, ReadOnlySpan<byte> body)
+    {
+        if (_outbox.TryWriteDeliver(fields, body))
+        {
+            _context.Metrics.MessagesOut.Add(1);
+        }
+    }
+
+    Task<bool> IDeliveryTarget.WhenBelowAsync(int bytes, TimeSpan stallTimeout) => _outbox.WhenBelowAsync(bytes, stallTimeout);
+
     public void OnInboxAppended(ulong inboxSeq, DeliveryMessage message)
+    {
+        lock (_lock)
+        {
+            if (!_closed && _inbox.OnAppended(this, inboxSeq, message, write: true))
+            {
+                StartCatchUpLocked();
+            }
+        }
+    }
+
+    public void OnGroupLogAppended(DeliveryMessage message, bool write)
     {
         lock (_lock)
         {
@@ -38,46 +75,23 @@ internal sealed partial class DeviceSession
                 return;
             }
 
-            if (_pumping)
+            if (!_streamsReady)
             {
-                _pumpWanted = true;
+                (_pendingGroups ??= []).Add(message.ConversationId);
                 return;
             }
 
-            if (inboxSeq <= _delivered)
+            if (_groupStreams is null || !_groupStreams.TryGetValue(message.ConversationId, out var stream))
             {
-                return;
+                // A group that became large, or that this user joined, while the device was online: live from here.
+                stream = new DeliveryStream(message.ConversationId, message.Seq - 1);
+                stream.GoLive();
+                (_groupStreams ??= [])[message.ConversationId] = stream;
             }
 
-            if (inboxSeq != _delivered + 1)
+            if (stream.OnAppended(this, message.Seq, message, write))
             {
-                // An earlier commit's notification is still on its way: read the store, which has both.
-                _pumping = true;
-                StartPumpLocked();
-                return;
-            }
-
-            _delivered = inboxSeq;
-            if (message.SenderUserId == _user && message.SenderDeviceId == _device)
-            {
-                return; // the sending device has its own message (it got SENT)
-            }
-
-            var fields = new DeliverFields
-            {
-                ConversationId = message.ConversationId,
-                Seq = message.Seq,
-                SenderUserId = message.SenderUserId,
-                SenderDeviceId = message.SenderDeviceId,
-                TimestampMs = (ulong)message.TimestampMs,
-                ContentType = message.ContentType,
-                Media = message.Media,
-                InboxSeq = inboxSeq,
-                ClientMsgId = message.SenderUserId == _user ? message.ClientMsgId : 0,
-            };
-            if (_outbox.TryWriteDeliver(fields, message.Body.Span))
-            {
-                _context.Metrics.MessagesOut.Add(1);
+                StartCatchUpLocked();
             }
         }
     }
@@ -91,171 +105,108 @@ internal sealed partial class DeviceSession
     }
 
     /// <summary>
-    /// CONNECT: starts the pump only when the inbox holds something after the device's position. The common
-    /// reconnect has nothing to catch up, and a pump's first read (a cursor and a batch-sized list, ~9 KB) per
-    /// connect was most of what a connection burst allocated. <paramref name="lastInboxSeq"/> was read after
-    /// the session registered, so a message committed after that read notifies this session: before this
-    /// call it finds <c>_pumping</c> set and marks <c>_pumpWanted</c> (the pump then runs); after it, the live
-    /// path takes it. Either way nothing is skipped.
+    /// CONNECT, once CONNACK is queued: the inbox catches up only when it holds something after the device's
+    /// position. The common reconnect has nothing to catch up, and a catch-up's first read (a cursor and a
+    /// batch-sized list, ~9 KB) per connect was most of what a connection burst allocated.
+    /// <paramref name="lastInboxSeq"/> was read after the session registered, so a message committed after that
+    /// read notifies this session: before this call it finds the inbox catching up and marks it wanted (the
+    /// catch-up then runs); after it, the live path takes it. Either way nothing is skipped.
     /// </summary>
     private void StartCatchUp(ulong lastInboxSeq)
     {
         lock (_lock)
         {
-            if (_delivered >= lastInboxSeq && !_pumpWanted && !_pumpRunning)
+            if (_inbox.Position >= lastInboxSeq && !_inbox.Wanted && !_catchUpRunning)
             {
-                _pumping = false;
-                TryCompleteSyncLocked(); // SYNC_DONE now unless large groups still have to catch up
-                return;
+                _inbox.GoLive();
+            }
+            else
+            {
+                _inbox.CatchUp();
             }
 
-            _pumping = true;
-            StartPumpLocked();
+            StartCatchUpLocked(); // or SYNC_DONE now, when no large group has to catch up either
         }
     }
 
-    private void StartPump()
+    private void StartCatchUp()
     {
         lock (_lock)
         {
-            _pumping = true;
-            StartPumpLocked();
+            StartCatchUpLocked();
         }
     }
 
-    private void StartPumpLocked()
+    // Under _lock: runs the catch-up task if a stream needs it and it is not running; SYNC_DONE when none does.
+    private void StartCatchUpLocked()
     {
-        if (_pumpRunning)
+        if (_catchUpRunning || !_streamsReady || _catchUpStopped)
         {
-            _pumpWanted = true;
             return;
         }
 
-        _pumpRunning = true;
-        _ = PumpAsync();
+        if (NextCatchingUpLocked() is not null)
+        {
+            _catchUpRunning = true;
+            _ = CatchUpAsync();
+            return;
+        }
+
+        TryCompleteSyncLocked();
     }
 
-    private async Task PumpAsync()
+    /// <summary>Reads the streams that are catching up, one batch at a time, until none is.</summary>
+    private async Task CatchUpAsync()
     {
         await Task.Yield(); // never run the store reads on the caller's thread (a SEND's completion)
-        var store = _context.Chat.Store;
-        var batch = _context.Options.Session.ResumeBatch;
-        var highWatermark = _context.Options.Session.MaxOutboundBytes / 2;
-        var lowWatermark = _context.Options.Session.MaxOutboundBytes / 4;
+        List<DeliveryItem>? items = null;
         try
         {
             while (true)
             {
-                ulong from;
+                DeliveryStream? stream;
                 lock (_lock)
                 {
-                    if (_closed)
+                    stream = _closed ? null : NextCatchingUpLocked();
+                    if (stream is null)
                     {
-                        _pumpRunning = false;
+                        _catchUpRunning = false;
+                        TryCompleteSyncLocked(); // SYNC_DONE once the inbox and every large group have caught up
                         return;
                     }
 
-                    from = _delivered;
-                    _pumpWanted = false;
+                    _groupsTurn = stream.IsInbox; // the other kind goes next, if it has something to read
                 }
 
-                var entries = store.ReadInbox(_user, from, batch);
-                // Consecutive entries of one conversation (the common case: a chat's messages in a row) are read
-                // with one store range read instead of one seek per message.
-                IReadOnlyList<StoredMessage> run = [];
-                ulong runConversation = 0, runStart = 0, runEnd = 0;
-                var runPos = 0;
-                for (var i = 0; i < entries.Count; i++)
-                {
-                    var entry = entries[i];
-                    // Never let catching up trip the slow-consumer bound: wait for the socket to take some.
-                    if (_outbox.PendingBytes > highWatermark)
-                    {
-                        if (!await _outbox.WhenBelowAsync(lowWatermark, _context.Options.Session.StallTimeout).ConfigureAwait(false))
-                        {
-                            // Catching up waits for the socket instead of overflowing, so a device that stopped
-                            // reading is recognised here: no progress for the stall timeout.
-                            Close(ReasonCode.SlowConsumer, $"slow consumer: the socket took nothing for {_context.Options.Session.StallTimeout.TotalSeconds:0.#}s");
-                        }
-
-                        if (_outbox.IsClosing)
-                        {
-                            lock (_lock)
-                            {
-                                _pumpRunning = false;
-                            }
-
-                            return;
-                        }
-                    }
-
-                    if (entry.ConversationId != runConversation || entry.Seq < runStart || entry.Seq > runEnd)
-                    {
-                        var length = 1;
-                        while (i + length < entries.Count && length < batch
-                            && entries[i + length].ConversationId == entry.ConversationId
-                            && entries[i + length].Seq == entry.Seq + (ulong)length)
-                        {
-                            length++;
-                        }
-
-                        run = store.ReadRange(entry.ConversationId, entry.Seq, length);
-                        (runConversation, runStart, runEnd, runPos) = (entry.ConversationId, entry.Seq, entry.Seq + (ulong)length - 1, 0);
-                    }
-
-                    while (runPos < run.Count && run[runPos].Seq < entry.Seq)
-                    {
-                        runPos++;
-                    }
-
-                    var stored = runPos < run.Count && run[runPos].Seq == entry.Seq ? run[runPos] : null;
-                    lock (_lock)
-                    {
-                        if (_closed || entry.InboxSeq <= _delivered)
-                        {
-                            continue; // a SYNC moved the position meanwhile; the next round re-reads
-                        }
-
-                        _delivered = entry.InboxSeq;
-                        if (stored is null || _context.Chat.IsExpired(stored.TimestampMs))
-                        {
-                            continue; // removed by retention, or due to be
-                        }
-
-                        var m = stored;
-                        if (m.SenderUserId == _user && m.SenderDeviceId == _device)
-                        {
-                            continue;
-                        }
-
-                        WriteStoredDeliver(m, entry.InboxSeq);
-                    }
-                }
-
-                if (entries.Count < batch)
+                // Grows with the backlog: a reconnect with a few messages to catch up should not cost a batch-sized list.
+                items ??= new List<DeliveryItem>(16);
+                var result = await stream.CatchUpBatchAsync(this, items).ConfigureAwait(false);
+                items.Clear(); // hold no messages between batches
+                if (result == CatchUpResult.NotAMember)
                 {
                     lock (_lock)
                     {
-                        if (!_pumpWanted || _closed)
-                        {
-                            _pumping = false;
-                            _pumpRunning = false;
-                            TryCompleteSyncLocked(); // SYNC_DONE once the large groups have caught up too
-
-                            return;
-                        }
+                        _groupStreams?.Remove(stream.ConversationId);
+                    }
+                }
+                else if (result == CatchUpResult.Stopped)
+                {
+                    lock (_lock)
+                    {
+                        _catchUpRunning = false;
+                        _catchUpStopped = true;
                     }
 
-                    continue;
+                    return;
                 }
-
             }
         }
         catch (StorageException e)
         {
             lock (_lock)
             {
-                _pumpRunning = false;
+                _catchUpRunning = false;
+                _catchUpStopped = true;
             }
 
             Hosting.Log.DeliveryFailed(_context.Logger, _user, _device, e);
@@ -263,24 +214,52 @@ internal sealed partial class DeviceSession
         }
     }
 
-    // Under _lock.
-    private void WriteStoredDeliver(StoredMessage m, ulong inboxSeq)
+    // Under _lock: the next stream to read, alternating between the inbox and the large groups.
+    private DeliveryStream? NextCatchingUpLocked()
     {
-        var fields = new DeliverFields
+        var group = FirstCatchingUpGroupLocked();
+        if (_inbox.CatchingUp && (group is null || !_groupsTurn))
         {
-            ConversationId = m.ConversationId,
-            Seq = m.Seq,
-            SenderUserId = m.SenderUserId,
-            SenderDeviceId = m.SenderDeviceId,
-            TimestampMs = (ulong)m.TimestampMs,
-            ContentType = (ContentType)m.ContentType,
-            Media = ChatService.ParseMedia(m.MediaRef),
-            InboxSeq = inboxSeq,
-            ClientMsgId = m.SenderUserId == _user ? m.ClientMsgId : 0,
-        };
-        if (_outbox.TryWriteDeliver(fields, m.Body.Span))
-        {
-            _context.Metrics.MessagesOut.Add(1);
+            return _inbox;
         }
+
+        return group;
+    }
+
+    private DeliveryStream? FirstCatchingUpGroupLocked()
+    {
+        if (_groupStreams is not null)
+        {
+            foreach (var (_, stream) in _groupStreams)
+            {
+                if (stream.CatchingUp)
+                {
+                    return stream;
+                }
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>SYNC_DONE once the inbox and every large group have caught up (under _lock).</summary>
+    private void TryCompleteSyncLocked()
+    {
+        if (!_syncPending || _closed || _catchUpRunning || NextCatchingUpLocked() is not null)
+        {
+            return;
+        }
+
+        _syncPending = false;
+        var done = new SyncDone { RequestId = _syncRequestId, InboxSeq = _inbox.Position };
+        if (_groupStreams is not null)
+        {
+            foreach (var (conversationId, stream) in _groupStreams)
+            {
+                done.Conversations.Add(new ConversationCursor { ConversationId = conversationId, Seq = stream.Position });
+            }
+        }
+
+        _outbox.TryWrite(done);
     }
 }

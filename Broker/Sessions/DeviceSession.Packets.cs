@@ -131,7 +131,7 @@ internal sealed partial class DeviceSession
         lock (_lock)
         {
             // A device may not claim a position beyond its inbox: it would silently skip what comes next.
-            _delivered = Math.Min(connect.ResumeInboxSeq, lastInboxSeq);
+            _inbox.StartAt(Math.Min(connect.ResumeInboxSeq, lastInboxSeq));
             _syncPending = true;
             _syncRequestId = 0;
         }
@@ -156,7 +156,6 @@ internal sealed partial class DeviceSession
 
         SetUpGroupStreams(connect.ResumeConversations); // after CONNACK: nothing may be delivered before it
         StartCatchUp(lastInboxSeq);
-        StartGroupPump();
         OnSessionOpened();
         return Handled.Ok;
     }
@@ -353,23 +352,19 @@ internal sealed partial class DeviceSession
         // A SYNC naming only large groups leaves the inbox where it is.
         var inbox = sync.InboxSeq != 0 || sync.Conversations.Count == 0;
         SyncGroups(sync);
+        var lastInboxSeq = inbox ? _context.Chat.Store.GetLastInboxSeq(_user) : 0;
         lock (_lock)
         {
             if (inbox)
             {
-                _delivered = Math.Min(sync.InboxSeq, _context.Chat.Store.GetLastInboxSeq(_user));
+                _inbox.MoveTo(Math.Min(sync.InboxSeq, lastInboxSeq));
             }
 
             _syncPending = true;
             _syncRequestId = sync.RequestId;
         }
 
-        if (inbox)
-        {
-            StartPump();
-        }
-
-        StartGroupPump();
+        StartCatchUp(); // SYNC_DONE once every stream named has caught up
     }
 
     private void HandleHistory(History history)

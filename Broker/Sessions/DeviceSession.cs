@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Net.Sockets;
 using ChatBroker.Broker.Hosting;
+using ChatBroker.Broker.Messaging;
 using ChatBroker.Broker.Transport;
 using ChatBroker.Protocol;
 using ChatBroker.Protocol.Messages;

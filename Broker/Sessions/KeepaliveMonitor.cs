@@ -1,4 +1,5 @@
 using ChatBroker.Broker.Hosting;
+using ChatBroker.Broker.Messaging;
 using ChatBroker.Protocol.Messages;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;

@@ -52,6 +52,7 @@ public class DeliverWriterTests
             Assert.Equal(expected.WrittenSpan.ToArray(), fromSequence.WrittenSpan.ToArray());
 
             Assert.Equal(ToMessage(fields, body).CalculateSize(), DeliverWriter.BodyLength(fields, body.Length));
+            Assert.Equal(ToMessage(fields, body), DeliverWriter.ToMessage(fields, body));
         }
     }
 

@@ -1,6 +1,5 @@
 using ChatBroker.Broker.Messaging;
 using ChatBroker.Broker.Observability;
-using ChatBroker.Broker.Sessions;
 using ChatBroker.Protocol.Messages;
 using ChatBroker.Storage;
 using Google.Protobuf;
@@ -170,6 +169,50 @@ public sealed class ChatServiceTests : IAsyncLifetime
         Assert.Equal(4UL, store.GetCursor("bob", "phone", CursorStream.Inbox));
         var receipt = Assert.Single(alice.Receipts);
         Assert.Equal((ReceiptKind.Delivered, 4UL, "bob"), (receipt.Kind, receipt.UpToSeq, receipt.ReaderUserId));
+    }
+
+    [Fact]
+    public async Task Catch_up_of_an_inbox_reads_entries_in_order_with_expired_ones_as_positions_only()
+    {
+        var clock = new ManualClock();
+        await using var store = new InMemoryChatStore(new StorageOptions { Clock = clock, SweepInterval = Timeout.InfiniteTimeSpan });
+        using var metrics = new BrokerMetrics("test");
+        var chat = new ChatService(store, new SessionRegistry(), new ConversationDirectory(store), metrics, clock,
+            retention: new ChatBroker.Broker.Configuration.RetentionOptions { Policy = ChatBroker.Broker.Configuration.RetentionPolicy.Days, Days = 30 });
+        var alice = new FakeDevice("alice", "phone");
+        var carol = new FakeDevice("carol", "phone");
+        await chat.SendAsync(alice, Text(1, "bob", "old"), default);
+        clock.Advance(TimeSpan.FromDays(31));
+        await chat.SendAsync(alice, Text(2, "bob", "a1"), default);
+        await chat.SendAsync(carol, Text(1, "bob", "c1"), default);
+        await chat.SendAsync(alice, Text(3, "bob", "a2"), default);
+
+        var items = new List<DeliveryItem>();
+        chat.ReadInboxAfter("bob", 0, 10, items);
+
+        Assert.Equal([1UL, 2UL, 3UL, 4UL], items.Select(i => i.Position));
+        Assert.Null(items[0].Message); // expired: the position moves past it, nothing is delivered
+        Assert.Equal(["a1", "c1", "a2"], items.Skip(1).Select(i => System.Text.Encoding.UTF8.GetString(i.Message!.Body.Span)));
+        Assert.Equal([2UL, 1UL, 3UL], items.Skip(1).Select(i => i.Message!.Seq)); // seqs of two conversations
+        items.Clear();
+        chat.ReadInboxAfter("bob", 2, 1, items);
+        Assert.Equal(3UL, Assert.Single(items).Position);
+    }
+
+    [Fact]
+    public void A_DELIVER_carries_the_client_msg_id_only_to_the_senders_own_devices()
+    {
+        var message = new DeliveryMessage(7, 3, "alice", "phone", 1_700_000_000_000, ContentType.Text, "hi"u8.ToArray(), null, 42);
+
+        var toBob = message.DeliverFieldsFor("bob", inboxSeq: 9);
+        var toAlicesLaptop = message.DeliverFieldsFor("alice", inboxSeq: 5);
+        var inHistory = message.ToDeliver("alice");
+
+        Assert.Equal((7UL, 3UL, 9UL, 0UL), (toBob.ConversationId, toBob.Seq, toBob.InboxSeq, toBob.ClientMsgId));
+        Assert.Equal((5UL, 42UL), (toAlicesLaptop.InboxSeq, toAlicesLaptop.ClientMsgId));
+        Assert.Equal((7UL, 3UL, 0UL, 42UL, "hi"), (inHistory.ConversationId, inHistory.Seq, inHistory.InboxSeq, inHistory.ClientMsgId, inHistory.Body.ToStringUtf8()));
+        Assert.True(message.IsFrom("alice", "phone"));
+        Assert.False(message.IsFrom("alice", "laptop"));
     }
 
     [Fact]

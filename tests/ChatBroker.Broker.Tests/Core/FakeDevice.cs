@@ -1,5 +1,5 @@
 using System.Collections.Concurrent;
-using ChatBroker.Broker.Sessions;
+using ChatBroker.Broker.Messaging;
 using ChatBroker.Protocol.Messages;
 using Google.Protobuf;
 

@@ -1,7 +1,6 @@
 using ChatBroker.Broker.Configuration;
 using ChatBroker.Broker.Messaging;
 using ChatBroker.Broker.Observability;
-using ChatBroker.Broker.Sessions;
 using ChatBroker.Protocol.Messages;
 using ChatBroker.Storage;
 using Google.Protobuf;
@@ -174,6 +173,46 @@ public sealed class GroupServiceTests : IAsyncLifetime
         var toBob = bob.Inbox.Select(e => e.Message.Seq).Order().ToList();
         Assert.Equal(201UL + 1, _store.GetLastSeq(id)); // GROUP_CREATED + 200 messages + MEMBERS_REMOVED
         Assert.Equal(Enumerable.Range(1, (int)removedAt).Select(s => (ulong)s), toBob); // everything up to its removal, nothing after
+    }
+
+    [Fact]
+    public async Task Catch_up_of_a_large_groups_log_steps_over_SYSTEM_messages_and_stops_for_a_removed_member()
+    {
+        var alice = Online("alice");
+        var id = (await OkAsync("alice", Create("bob", "carol", "dave"))).ConversationId; // 4 members: large
+        await _chat.SendAsync(alice, Text(1, id, "one"), default);
+        await _chat.SendAsync(alice, Text(2, id, "two"), default);
+
+        var items = new List<DeliveryItem>();
+        Assert.True(_chat.ReadGroupLogAfter("bob", id, 0, 10, items));
+
+        Assert.Equal([1UL, 2UL, 3UL], items.Select(i => i.Position));
+        Assert.Null(items[0].Message); // GROUP_CREATED reaches bob through his inbox
+        Assert.Equal(["one", "two"], items.Skip(1).Select(i => System.Text.Encoding.UTF8.GetString(i.Message!.Body.Span)));
+        items.Clear();
+        Assert.True(_chat.ReadGroupLogAfter("bob", id, 2, 10, items));
+        Assert.Equal(3UL, Assert.Single(items).Position);
+
+        await OkAsync("alice", Remove(id, "bob"));
+        items.Clear();
+        Assert.False(_chat.ReadGroupLogAfter("bob", id, 0, 10, items));
+        Assert.Empty(items);
+    }
+
+    [Fact]
+    public async Task A_large_group_stream_starts_at_the_named_or_stored_cursor_never_past_the_log()
+    {
+        var alice = Online("alice");
+        var id = (await OkAsync("alice", Create("bob", "carol", "dave"))).ConversationId;
+        await _chat.SendAsync(alice, Text(1, id, "one"), default);
+        await _store.AdvanceCursorAsync("bob", "phone", CursorStream.Conversation(id), 1, default);
+
+        Assert.Equal(1UL, _chat.GroupStreamStart("bob", "phone", id, named: null)); // the stored cursor
+        Assert.Equal(0UL, _chat.GroupStreamStart("bob", "laptop", id, named: null)); // none stored: the whole log
+        Assert.Equal(2UL, _chat.GroupStreamStart("bob", "phone", id, named: 99)); // clamped to the log's end
+        Assert.Null(_chat.GroupStreamStart("mallory", "phone", id, named: 0));
+        Assert.Equal([id], _chat.LargeGroupsOf("bob"));
+        Assert.Empty(_chat.LargeGroupsOf("mallory"));
     }
 
     [Fact]

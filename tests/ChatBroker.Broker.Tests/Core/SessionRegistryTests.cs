@@ -1,4 +1,4 @@
-using ChatBroker.Broker.Sessions;
+using ChatBroker.Broker.Messaging;
 
 namespace ChatBroker.Broker.Tests.Core;
 

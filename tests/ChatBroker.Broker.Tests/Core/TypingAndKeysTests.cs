@@ -1,7 +1,6 @@
 using ChatBroker.Broker.Configuration;
 using ChatBroker.Broker.Messaging;
 using ChatBroker.Broker.Observability;
-using ChatBroker.Broker.Sessions;
 using ChatBroker.Protocol.Messages;
 using ChatBroker.Storage;
 using Google.Protobuf;

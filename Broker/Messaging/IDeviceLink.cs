@@ -1,10 +1,10 @@
 using ChatBroker.Protocol.Messages;
 using Google.Protobuf;
 
-namespace ChatBroker.Broker.Sessions;
+namespace ChatBroker.Broker.Messaging;
 
 /// <summary>
-/// A connected device as the broker core sees it. <see cref="DeviceSession"/> implements it over a socket;
+/// A connected device as the broker core sees it. The session layer (<c>Sessions/DeviceSession</c>) implements it over a connection;
 /// unit tests implement it in memory. Every method is called from arbitrary threads and must not block.
 /// </summary>
 public interface IDeviceLink
@@ -37,30 +37,4 @@ public interface IDeviceLink
 
     /// <summary>Ends the session with a reason (takeover, shutdown).</summary>
     void Close(ReasonCode reason, string message);
-}
-
-/// <summary>
-/// One committed message, shared (immutable) by every recipient's delivery: built once per SEND, never per
-/// recipient.
-/// </summary>
-public sealed class DeliveryMessage(
-    ulong conversationId,
-    ulong seq,
-    string senderUserId,
-    string senderDeviceId,
-    long timestampMs,
-    ContentType contentType,
-    ReadOnlyMemory<byte> body,
-    MediaRef? media,
-    ulong clientMsgId)
-{
-    public ulong ConversationId { get; } = conversationId;
-    public ulong Seq { get; } = seq;
-    public string SenderUserId { get; } = senderUserId;
-    public string SenderDeviceId { get; } = senderDeviceId;
-    public long TimestampMs { get; } = timestampMs;
-    public ContentType ContentType { get; } = contentType;
-    public ReadOnlyMemory<byte> Body { get; } = body;
-    public MediaRef? Media { get; } = media;
-    public ulong ClientMsgId { get; } = clientMsgId;
 }

@@ -1,6 +1,6 @@
 using System.Collections.Concurrent;
 
-namespace ChatBroker.Broker.Sessions;
+namespace ChatBroker.Broker.Messaging;
 
 /// <summary>
 /// Which devices of which users are online on this node. A device id is online at most once: a second
