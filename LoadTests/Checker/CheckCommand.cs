@@ -14,7 +14,7 @@ public static class CheckCommand
         var interval = new Option<double>("--nemesis-interval") { Description = "check: mean seconds between faults (each ± 50 %, from the seed).", DefaultValueFactory = _ => 5 };
         var historyPath = new Option<string?>("--history") { Description = "check: write the history (JSON lines) here; default: a file in the temp directory." };
         var drain = new Option<int>("--drain-timeout") { Description = "check: seconds after sending stops for every send to resolve and every receiver to catch up.", DefaultValueFactory = _ => 60 };
-        var maxEvents = new Option<int>("--max-events") { Description = "check: bound of the history; sending stops at 80 %.", DefaultValueFactory = _ => 4_000_000 };
+        var maxEvents = new Option<int>("--max-events") { Description = "check: bound of the history; sending stops at half of it (the final reads need the rest).", DefaultValueFactory = _ => 4_000_000 };
 
         var check = new Command("check", "Jepsen-style: pairs send continuously through a nemesis; a history of every SEND/SENT/DELIVER/ACK, final reads, and a checker (lost, duplicates, gaps, order, retries, inboxes).")
         {
@@ -33,8 +33,8 @@ public static class CheckCommand
                 DrainTimeout = TimeSpan.FromSeconds(Math.Max(1, r.GetValue(drain))),
                 MaxEvents = Math.Max(1000, r.GetValue(maxEvents)),
             }, Console.Out).ConfigureAwait(false);
-            Console.WriteLine($"  command: chatbroker-load {string.Join(' ', Environment.GetCommandLineArgs()[1..])}");
             CheckScenario.Print(outcome, Console.Out);
+            Console.WriteLine($"  command: chatbroker-load {string.Join(' ', Environment.GetCommandLineArgs()[1..])}");
             return outcome.Report.Passed ? 0 : 1;
         });
         root.Subcommands.Add(check);
@@ -45,7 +45,7 @@ public static class CheckCommand
         {
             var path = r.GetValue(file)!;
             var report = HistoryChecker.Check(HistoryEvent.ReadFile(path));
-            CheckScenario.Print(new CheckOutcome(report, 0, path, 0, TimeSpan.Zero), Console.Out);
+            CheckScenario.Print(new CheckOutcome(report, 0, path, 0, TimeSpan.Zero), Console.Out); // the seed is in the file name
             return report.Passed ? 0 : 1;
         });
         root.Subcommands.Add(recheck);

@@ -22,7 +22,7 @@ public sealed record CheckOptions
     /// <summary>How long the run may take after the sending stops for every send to resolve and every receiver to catch up.</summary>
     public TimeSpan DrainTimeout { get; init; } = TimeSpan.FromSeconds(60);
 
-    /// <summary>Bound of the history; the senders stop at 80 % of it.</summary>
+    /// <summary>Bound of the history; the senders stop at half of it (the final reads need the rest).</summary>
     public int MaxEvents { get; init; } = 4_000_000;
 }
 
