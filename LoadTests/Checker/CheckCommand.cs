@@ -14,11 +14,13 @@ public static class CheckCommand
         var interval = new Option<double>("--nemesis-interval") { Description = "check: mean seconds between faults (each ± 50 %, from the seed).", DefaultValueFactory = _ => 5 };
         var historyPath = new Option<string?>("--history") { Description = "check: write the history (JSON lines) here; default: a file in the temp directory." };
         var drain = new Option<int>("--drain-timeout") { Description = "check: seconds after sending stops for every send to resolve and every receiver to catch up.", DefaultValueFactory = _ => 60 };
+        var groups = new Option<int>("--groups") { Description = "check: groups besides the pairs, every member sending." };
+        var groupMembers = new Option<int>("--group-members") { Description = "check: members per group (2-100).", DefaultValueFactory = _ => 5 };
         var maxEvents = new Option<int>("--max-events") { Description = "check: bound of the history; sending stops at half of it (the final reads need the rest).", DefaultValueFactory = _ => 4_000_000 };
 
         var check = new Command("check", "Jepsen-style: pairs send continuously through a nemesis; a history of every SEND/SENT/DELIVER/ACK, final reads, and a checker (lost, duplicates, gaps, order, retries, inboxes).")
         {
-            targets, seed, nemesis, interval, historyPath, drain, maxEvents,
+            targets, seed, nemesis, interval, historyPath, drain, groups, groupMembers, maxEvents,
         };
         check.SetAction(async (r, _) =>
         {
@@ -31,6 +33,8 @@ public static class CheckCommand
                 NemesisInterval = TimeSpan.FromSeconds(Math.Max(0.1, r.GetValue(interval))),
                 HistoryPath = r.GetValue(historyPath),
                 DrainTimeout = TimeSpan.FromSeconds(Math.Max(1, r.GetValue(drain))),
+                Groups = Math.Max(0, r.GetValue(groups)),
+                GroupMembers = Math.Clamp(r.GetValue(groupMembers), 2, 100),
                 MaxEvents = Math.Max(1000, r.GetValue(maxEvents)),
             }, Console.Out).ConfigureAwait(false);
             CheckScenario.Print(outcome, Console.Out);

@@ -22,6 +22,12 @@ public sealed record CheckOptions
     /// <summary>How long the run may take after the sending stops for every send to resolve and every receiver to catch up.</summary>
     public TimeSpan DrainTimeout { get; init; } = TimeSpan.FromSeconds(60);
 
+    /// <summary>Groups of <see cref="GroupMembers"/> users each, every member sending (besides the pairs).</summary>
+    public int Groups { get; init; }
+
+    /// <summary>Members per group, at most the broker's fan-out threshold (100: inbox fan-out; larger groups resume by per-group cursors, which the checker's devices do not keep).</summary>
+    public int GroupMembers { get; init; } = 5;
+
     /// <summary>Bound of the history; the senders stop at half of it (the final reads need the rest).</summary>
     public int MaxEvents { get; init; } = 4_000_000;
 }
@@ -30,10 +36,11 @@ public sealed record CheckOptions
 public sealed record CheckOutcome(CheckReport Report, int Seed, string HistoryPath, int Faults, TimeSpan Elapsed);
 
 /// <summary>
-/// `check`: a Jepsen-style run. N pairs (sender → receiver, one direct conversation each) send continuously through
+/// `check`: a Jepsen-style run. N pairs (sender → receiver, one direct conversation each) and optional groups (every
+/// member sends) send continuously through
 /// <see cref="CheckerDevice"/>s while a nemesis hurts the broker on a seeded schedule; every step goes to a history;
 /// after the sending stops and the nemesis has healed, every send resolves and every receiver catches up (bounded),
-/// then a fresh device of every user reads its inbox from cursor 0 and the receiver's one pages its conversation's
+/// then a fresh device of every user reads its inbox from cursor 0 and one member's (a pair's receiver) pages each conversation's
 /// HISTORY from the start. <see cref="HistoryChecker"/> then judges the whole history.
 /// </summary>
 public static class CheckScenario
@@ -61,37 +68,69 @@ public static class CheckScenario
 
         var nemesis = CreateNemesis(check.Nemesis, broker);
         using var history = new HistoryRecorder(historyPath, check.MaxEvents);
-        log.WriteLine($"check: seed {check.Seed}, run {runId}, {options.Pairs} pairs, {options.Duration.TotalSeconds:0} s, nemesis {nemesis.Name} every ~{check.NemesisInterval.TotalSeconds:0.#} s, nodes {string.Join(',', endpoints)}");
+        log.WriteLine($"check: seed {check.Seed}, run {runId}, {options.Pairs} pairs, {check.Groups} groups of {check.GroupMembers}, {options.Duration.TotalSeconds:0} s, nemesis {nemesis.Name} every ~{check.NemesisInterval.TotalSeconds:0.#} s, nodes {string.Join(',', endpoints)}");
         log.WriteLine($"check: history {historyPath}");
 
-        var senders = new CheckerDevice[options.Pairs];
-        var receivers = new CheckerDevice[options.Pairs];
+        var conversations = new List<CheckedConversation>();
+        var devices = new List<CheckerDevice>();
+        CheckerDevice NewDevice(string user)
+        {
+            var device = new CheckerDevice(user, "d1", endpoints, broker.Token, history, random.Next(), CheckerDevice.Mode.Live, options.Window, options.BodySize);
+            devices.Add(device);
+            return device;
+        }
+
         for (var i = 0; i < options.Pairs; i++)
         {
-            senders[i] = new CheckerDevice($"k{runId}s{i}", "d1", endpoints, broker.Token, history, random.Next(), CheckerDevice.Mode.Live, options.Window, options.BodySize);
-            receivers[i] = new CheckerDevice($"k{runId}r{i}", "d1", endpoints, broker.Token, history, random.Next(), CheckerDevice.Mode.Live, options.Window, options.BodySize);
+            var sender = NewDevice($"k{runId}s{i}");
+            var receiver = NewDevice($"k{runId}r{i}");
+            conversations.Add(new CheckedConversation([sender, receiver], [sender], receiver.User));
+        }
+
+        for (var g = 0; g < check.Groups; g++)
+        {
+            var members = new CheckerDevice[check.GroupMembers];
+            for (var j = 0; j < members.Length; j++)
+            {
+                members[j] = NewDevice($"k{runId}g{g}m{j}");
+            }
+
+            conversations.Add(new CheckedConversation(members, members, null));
         }
 
         using var stopDevices = new CancellationTokenSource();
         var running = new List<Task>();
-        foreach (var d in receivers)
+        foreach (var d in devices)
         {
             running.Add(d.RunAsync(stopDevices.Token));
         }
 
-        // Receivers first and synced, so each gets its conversation live from the first message.
-        await Task.WhenAll(Array.ConvertAll(receivers, r => r.Synced)).WaitAsync(TimeSpan.FromSeconds(60)).ConfigureAwait(false);
-        foreach (var d in senders)
+        // Everyone connected and synced first, so each receiver gets its conversations live from the first message.
+        await Task.WhenAll(devices.ConvertAll(d => d.Synced)).WaitAsync(TimeSpan.FromSeconds(60)).ConfigureAwait(false);
+        foreach (var c in conversations)
         {
-            running.Add(d.RunAsync(stopDevices.Token));
+            if (c.DirectTo is null)
+            {
+                // Group creation is not idempotent: it happens before the nemesis starts.
+                c.Id = await c.Members[0].CreateGroupAsync("check", Array.ConvertAll(c.Members[1..], m => m.User), TimeSpan.FromSeconds(30)).ConfigureAwait(false);
+            }
         }
 
         using var stopSending = new CancellationTokenSource(options.Duration);
-        var perSenderLimit = options.Count > 0 ? (options.Count + options.Pairs - 1) / options.Pairs : long.MaxValue;
-        var sending = new Task[options.Pairs];
-        for (var i = 0; i < options.Pairs; i++)
+        var senderCount = 0;
+        foreach (var c in conversations)
         {
-            sending[i] = SendLoopAsync(senders[i], receivers[i].User, perSenderLimit, history, stopSending.Token);
+            senderCount += c.Senders.Length;
+        }
+
+        var perSenderLimit = options.Count > 0 ? (options.Count + senderCount - 1) / Math.Max(1, senderCount) : long.MaxValue;
+        var sending = new List<Task>();
+        foreach (var c in conversations)
+        {
+            foreach (var sender in c.Senders)
+            {
+                sending.Add(SendLoopAsync(sender, c.DirectTo, c.Id, perSenderLimit, history, stopSending.Token));
+            }
         }
 
         var nemesisRandom = new Random(random.Next());
@@ -100,12 +139,12 @@ public static class CheckScenario
         var faults = await faulting.ConfigureAwait(false);
         log.WriteLine($"check: sending stopped after {clock.Elapsed.TotalSeconds:0.0} s, {faults} faults, {history.Count:N0} events; draining ...");
 
-        var drained = await DrainAsync(senders, receivers, check.DrainTimeout).ConfigureAwait(false);
+        var drained = await DrainAsync(conversations, check.DrainTimeout).ConfigureAwait(false);
         log.WriteLine(drained ? "check: drained" : $"check: drain timed out after {check.DrainTimeout.TotalSeconds:0} s (the checker will say what is missing)");
         await stopDevices.CancelAsync().ConfigureAwait(false);
         await Task.WhenAll(running).ConfigureAwait(false);
 
-        await FinalReadAsync(senders, receivers, endpoints, broker, history, random).ConfigureAwait(false);
+        await FinalReadAsync(conversations, devices, endpoints, broker, history, random).ConfigureAwait(false);
         var report = HistoryChecker.Check(history.Snapshot(), history.Overflowed);
         return new CheckOutcome(report, check.Seed, historyPath, faults, clock.Elapsed);
     }
@@ -150,13 +189,13 @@ public static class CheckScenario
         };
     }
 
-    private static async Task SendLoopAsync(CheckerDevice sender, string toUser, long limit, HistoryRecorder history, CancellationToken stop)
+    private static async Task SendLoopAsync(CheckerDevice sender, string? toUser, ulong conversation, long limit, HistoryRecorder history, CancellationToken stop)
     {
         try
         {
             for (long n = 0; n < limit && !history.NearlyFull; n++)
             {
-                await sender.SendAsync(toUser, stop).ConfigureAwait(false);
+                await sender.SendAsync(toUser, conversation, stop).ConfigureAwait(false);
             }
         }
         catch (OperationCanceledException)
@@ -164,29 +203,20 @@ public static class CheckScenario
         }
     }
 
-    /// <summary>Until every send has an outcome and every receiver has every acked message of its conversation, or the timeout.</summary>
-    private static async Task<bool> DrainAsync(CheckerDevice[] senders, CheckerDevice[] receivers, TimeSpan timeout)
+    /// <summary>Until every send has an outcome and every member has every acked message of its conversation, or the timeout.</summary>
+    private static async Task<bool> DrainAsync(List<CheckedConversation> conversations, TimeSpan timeout)
     {
         var deadline = Stopwatch.StartNew();
         using var tick = new PeriodicTimer(TimeSpan.FromMilliseconds(100));
         while (deadline.Elapsed < timeout)
         {
             var done = true;
-            for (var i = 0; i < senders.Length && done; i++)
+            foreach (var c in conversations)
             {
-                if (senders[i].PendingSends > 0)
+                if (!c.IsCaughtUp())
                 {
                     done = false;
                     break;
-                }
-
-                foreach (var (conv, maxSeq) in senders[i].AckedMaxSeq())
-                {
-                    if ((ulong)receivers[i].SurfacedCount(conv) < maxSeq)
-                    {
-                        done = false;
-                        break;
-                    }
                 }
             }
 
@@ -201,27 +231,40 @@ public static class CheckScenario
         return false;
     }
 
-    /// <summary>A fresh device per user reads its inbox from cursor 0; the receiver's also pages its conversation's HISTORY from seq 1.</summary>
-    private static async Task FinalReadAsync(CheckerDevice[] senders, CheckerDevice[] receivers, List<IPEndPoint> endpoints, BrokerLauncher broker, HistoryRecorder history, Random random)
+    /// <summary>
+    /// A fresh device per user reads its inbox from cursor 0; the last member's one also pages its conversation's
+    /// HISTORY back to seq 1 (one reader per conversation, so the final read holds each message once).
+    /// </summary>
+    private static async Task FinalReadAsync(List<CheckedConversation> conversations, List<CheckerDevice> devices, List<IPEndPoint> endpoints, BrokerLauncher broker, HistoryRecorder history, Random random)
     {
-        using var gate = new SemaphoreSlim(16);
-        var reads = new List<Task>();
-        for (var i = 0; i < senders.Length; i++)
+        var pagedBy = new Dictionary<string, List<ulong>>();
+        foreach (var c in conversations)
         {
-            var conversations = new HashSet<ulong>(senders[i].AckedMaxSeq().Keys);
-            conversations.UnionWith(receivers[i].SurfacedConversations());
-            foreach (var conv in conversations)
+            var ids = c.KnownIds();
+            var users = Array.ConvertAll(c.Members, m => m.User);
+            var reader = c.Members[^1].User;
+            if (!pagedBy.TryGetValue(reader, out var list))
             {
-                history.Record(new HistoryEvent { Op = HistoryEvent.Members, Conv = conv, MemberUsers = [senders[i].User, receivers[i].User] });
+                pagedBy[reader] = list = [];
             }
 
-            reads.Add(ReadAsUserAsync(senders[i].User, [], random.Next()));
-            reads.Add(ReadAsUserAsync(receivers[i].User, conversations, random.Next()));
+            foreach (var id in ids)
+            {
+                history.Record(new HistoryEvent { Op = HistoryEvent.Members, Conv = id, MemberUsers = users });
+                list.Add(id);
+            }
+        }
+
+        using var gate = new SemaphoreSlim(16);
+        var reads = new List<Task>();
+        foreach (var d in devices)
+        {
+            reads.Add(ReadAsUserAsync(d.User, pagedBy.GetValueOrDefault(d.User) ?? [], random.Next()));
         }
 
         await Task.WhenAll(reads).ConfigureAwait(false);
 
-        async Task ReadAsUserAsync(string user, IEnumerable<ulong> conversations, int seed)
+        async Task ReadAsUserAsync(string user, List<ulong> page, int seed)
         {
             await gate.WaitAsync().ConfigureAwait(false);
             try
@@ -232,7 +275,7 @@ public static class CheckScenario
                 try
                 {
                     await reader.Synced.WaitAsync(TimeSpan.FromSeconds(60)).ConfigureAwait(false);
-                    foreach (var conv in conversations)
+                    foreach (var conv in page)
                     {
                         await reader.ReadConversationAsync(conv, TimeSpan.FromSeconds(60), stop.Token).ConfigureAwait(false);
                     }
@@ -247,6 +290,69 @@ public static class CheckScenario
             {
                 gate.Release();
             }
+        }
+    }
+
+    /// <summary>
+    /// A conversation of the run: a pair (one sender, a direct chat to <see cref="DirectTo"/>; its id comes with the
+    /// first SENT) or a group (every member sends; <see cref="Id"/> set at creation).
+    /// </summary>
+    private sealed class CheckedConversation(CheckerDevice[] members, CheckerDevice[] senders, string? directTo)
+    {
+        public CheckerDevice[] Members { get; } = members;
+
+        public CheckerDevice[] Senders { get; } = senders;
+
+        public string? DirectTo { get; } = directTo;
+
+        public ulong Id { get; set; }
+
+        public HashSet<ulong> KnownIds()
+        {
+            var ids = new HashSet<ulong>();
+            if (Id != 0)
+            {
+                ids.Add(Id);
+            }
+
+            foreach (var m in Members)
+            {
+                ids.UnionWith(m.AckedMaxSeq().Keys);
+                ids.UnionWith(m.SurfacedConversations());
+            }
+
+            return ids;
+        }
+
+        /// <summary>No send without an outcome, and every member has surfaced as many seqs as the highest acked one.</summary>
+        public bool IsCaughtUp()
+        {
+            var maxAcked = new Dictionary<ulong, ulong>();
+            foreach (var m in Members)
+            {
+                if (m.PendingSends > 0)
+                {
+                    return false;
+                }
+
+                foreach (var (conv, seq) in m.AckedMaxSeq())
+                {
+                    maxAcked[conv] = Math.Max(maxAcked.GetValueOrDefault(conv), seq);
+                }
+            }
+
+            foreach (var (conv, seq) in maxAcked)
+            {
+                foreach (var m in Members)
+                {
+                    if ((ulong)m.SurfacedCount(conv) < seq)
+                    {
+                        return false;
+                    }
+                }
+            }
+
+            return true;
         }
     }
 }

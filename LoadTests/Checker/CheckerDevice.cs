@@ -39,7 +39,7 @@ public sealed class CheckerDevice
     private readonly SortedDictionary<ulong, PendingSend> _pending = [];
     private readonly HashSet<(ulong Conv, ulong Seq)> _surfaced = [];
     private readonly Dictionary<ulong, ulong> _acked = [];
-    private readonly Dictionary<ulong, TaskCompletionSource<HistoryPage>> _historyRequests = [];
+    private readonly Dictionary<ulong, TaskCompletionSource<Google.Protobuf.IMessage>> _requests = [];
     private Session? _session;
     private ulong _cursor;
     private ulong _nextCmid;
@@ -139,13 +139,16 @@ public sealed class CheckerDevice
         }
     }
 
-    /// <summary>Waits for room in the window, then queues a new message to <paramref name="toUser"/> (a direct chat).</summary>
-    public async Task SendAsync(string toUser, CancellationToken cancellationToken)
+    /// <summary>
+    /// Waits for room in the window, then queues a new message to <paramref name="toUser"/> (a direct chat) or,
+    /// when it is null, into <paramref name="conversation"/> (a group).
+    /// </summary>
+    public async Task SendAsync(string? toUser, ulong conversation, CancellationToken cancellationToken)
     {
         await _window.WaitAsync(cancellationToken).ConfigureAwait(false);
         lock (_lock)
         {
-            var send = new PendingSend(_nextCmid++, toUser);
+            var send = new PendingSend(_nextCmid++, toUser, conversation);
             _pending.Add(send.Cmid, send);
             if (_session is { } session)
             {
@@ -163,16 +166,8 @@ public sealed class CheckerDevice
         deadline.CancelAfter(timeout);
         for (var page = 0; page < 1_000_000; page++)
         {
-            var tcs = new TaskCompletionSource<HistoryPage>(TaskCreationOptions.RunContinuationsAsynchronously);
-            lock (_lock)
-            {
-                var id = ++_nextRequest;
-                _historyRequests[id] = tcs;
-                var session = _session ?? throw new IOException(Name + ": not connected for the final read");
-                session.Enqueue(Frame(new History { RequestId = id, ConversationId = conversation, BeforeSeq = before, Limit = 200 }));
-            }
-
-            var result = await tcs.Task.WaitAsync(deadline.Token).ConfigureAwait(false);
+            var result = (HistoryPage)await RequestAsync(id => new History { RequestId = id, ConversationId = conversation, BeforeSeq = before, Limit = 200 })
+                .WaitAsync(deadline.Token).ConfigureAwait(false);
             pages.Add(result.Messages);
             if (!result.More || result.Messages.Count == 0)
             {
@@ -190,13 +185,36 @@ public sealed class CheckerDevice
                 _history.Record(new HistoryEvent
                 {
                     Op = HistoryEvent.ReadConversation, Client = Name, Conv = m.ConversationId, Seq = m.Seq,
-                    Cmid = CmidOf(m.Body.Span), Sender = m.SenderUserId + "/" + m.SenderDeviceId,
+                    Cmid = CmidOf(m), Sender = m.SenderUserId + "/" + m.SenderDeviceId,
                 });
                 n++;
             }
         }
 
         return n;
+    }
+
+    /// <summary>Creates a group of this device's user and <paramref name="members"/> (not retried: run it before any fault); returns its conversation id.</summary>
+    public async Task<ulong> CreateGroupAsync(string title, IEnumerable<string> members, TimeSpan timeout)
+    {
+        var create = new GroupCreate { Title = title };
+        create.MemberUserIds.AddRange(members);
+        var result = (GroupResult)await RequestAsync(id => new GroupRequest { RequestId = id, Create = create }).WaitAsync(timeout).ConfigureAwait(false);
+        return result.ConversationId;
+    }
+
+    private Task<Google.Protobuf.IMessage> RequestAsync(Func<ulong, Google.Protobuf.IMessage> request)
+    {
+        var tcs = new TaskCompletionSource<Google.Protobuf.IMessage>(TaskCreationOptions.RunContinuationsAsynchronously);
+        lock (_lock)
+        {
+            var id = ++_nextRequest;
+            var session = _session ?? throw new IOException(Name + ": not connected");
+            _requests[id] = tcs;
+            session.Enqueue(Frame(request(id)));
+        }
+
+        return tcs.Task;
     }
 
     /// <summary>Connects, serves, and reconnects (to a node picked by the seeded random) until <paramref name="stop"/>.</summary>
@@ -308,12 +326,12 @@ public sealed class CheckerDevice
             lock (_lock)
             {
                 _session = null;
-                foreach (var tcs in _historyRequests.Values)
+                foreach (var tcs in _requests.Values)
                 {
-                    tcs.TrySetException(new IOException("connection lost during a history read"));
+                    tcs.TrySetException(new IOException("connection lost during a request"));
                 }
 
-                _historyRequests.Clear();
+                _requests.Clear();
             }
 
             session.Complete();
@@ -416,14 +434,11 @@ public sealed class CheckerDevice
                 return null;
             case PacketType.HistoryPage:
                 var page = HistoryPage.Parser.ParseFrom(frame.Body);
-                lock (_lock)
-                {
-                    if (_historyRequests.Remove(page.RequestId, out var tcs))
-                    {
-                        tcs.TrySetResult(page);
-                    }
-                }
-
+                Answer(page.RequestId, page);
+                return null;
+            case PacketType.GroupResult:
+                var group = GroupResult.Parser.ParseFrom(frame.Body);
+                Answer(group.RequestId, group);
                 return null;
             case PacketType.Error:
                 return OnError(session, Error.Parser.ParseFrom(frame.Body));
@@ -466,7 +481,7 @@ public sealed class CheckerDevice
         {
             Op = _mode == Mode.Live ? HistoryEvent.Deliver : HistoryEvent.ReadInbox,
             Client = Name, Node = session.Node, Conn = session.Conn, Conv = deliver.ConversationId, Seq = deliver.Seq,
-            Inbox = deliver.InboxSeq, Cmid = CmidOf(deliver.Body.Span), Sender = deliver.SenderUserId + "/" + deliver.SenderDeviceId,
+            Inbox = deliver.InboxSeq, Cmid = CmidOf(deliver), Sender = deliver.SenderUserId + "/" + deliver.SenderDeviceId,
         });
         lock (_lock)
         {
@@ -503,18 +518,29 @@ public sealed class CheckerDevice
                 }
             }
         }
-        else if (error.InReplyTo == PacketType.History)
+        else if (error.InReplyTo is PacketType.History or PacketType.GroupRequest)
         {
             lock (_lock)
             {
-                if (_historyRequests.Remove(error.RequestId, out var tcs))
+                if (_requests.Remove(error.RequestId, out var tcs))
                 {
-                    tcs.TrySetException(new IOException($"HISTORY failed: {error.Reason} {error.Message}"));
+                    tcs.TrySetException(new IOException($"{error.InReplyTo} failed: {error.Reason} {error.Message}"));
                 }
             }
         }
 
         return ReasonCodes.IsFatal(error.Reason) ? "ERROR " + error.Reason : null;
+    }
+
+    private void Answer(ulong requestId, Google.Protobuf.IMessage answer)
+    {
+        lock (_lock)
+        {
+            if (_requests.Remove(requestId, out var tcs))
+            {
+                tcs.TrySetResult(answer);
+            }
+        }
     }
 
     private async Task ResendLaterAsync(Session session, ulong cmid, TimeSpan delay)
@@ -536,11 +562,21 @@ public sealed class CheckerDevice
         var body = new byte[_bodySize];
         BinaryPrimitives.WriteUInt64LittleEndian(body, send.Cmid);
         body.AsSpan(BodyIdBytes).Fill((byte)'c');
-        session.Enqueue(Frame(new Send { ClientMsgId = send.Cmid, ToUserId = send.ToUser, Body = Google.Protobuf.ByteString.CopyFrom(body) },
-            send.Attempts > 1 ? FrameFlags.Dup : FrameFlags.None));
+        var message = new Send { ClientMsgId = send.Cmid, Body = Google.Protobuf.ByteString.CopyFrom(body) };
+        if (send.ToUser is not null)
+        {
+            message.ToUserId = send.ToUser;
+        }
+        else
+        {
+            message.ConversationId = send.Conversation;
+        }
+
+        session.Enqueue(Frame(message, send.Attempts > 1 ? FrameFlags.Dup : FrameFlags.None));
         _history.Record(new HistoryEvent
         {
-            Op = HistoryEvent.Send, Client = Name, Node = session.Node, Conn = session.Conn, Cmid = send.Cmid, To = send.ToUser, Attempt = send.Attempts,
+            Op = HistoryEvent.Send, Client = Name, Node = session.Node, Conn = session.Conn, Cmid = send.Cmid, To = send.ToUser,
+            Conv = send.ToUser is null ? send.Conversation : 0, Attempt = send.Attempts,
         });
     }
 
@@ -605,7 +641,9 @@ public sealed class CheckerDevice
         }
     }
 
-    private static ulong CmidOf(ReadOnlySpan<byte> body) => body.Length >= BodyIdBytes ? BinaryPrimitives.ReadUInt64LittleEndian(body) : 0;
+    /// <summary>The client_msg_id a checker body starts with; 0 for SYSTEM messages (group changes), whose body is the broker's.</summary>
+    private static ulong CmidOf(Deliver deliver) =>
+        deliver.ContentType != ContentType.System && deliver.Body.Length >= BodyIdBytes ? BinaryPrimitives.ReadUInt64LittleEndian(deliver.Body.Span) : 0;
 
     private static byte[] Frame(Google.Protobuf.IMessage message, FrameFlags flags = FrameFlags.None)
     {
@@ -616,11 +654,13 @@ public sealed class CheckerDevice
 
     private static readonly byte[] PingFrame = Frame(new Ping());
 
-    private sealed class PendingSend(ulong cmid, string toUser)
+    private sealed class PendingSend(ulong cmid, string? toUser, ulong conversation)
     {
         public ulong Cmid { get; } = cmid;
 
-        public string ToUser { get; } = toUser;
+        public string? ToUser { get; } = toUser;
+
+        public ulong Conversation { get; } = conversation;
 
         public int Attempts { get; set; }
     }
