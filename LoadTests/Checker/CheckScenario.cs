@@ -32,8 +32,8 @@ public sealed record CheckOptions
     public int MaxEvents { get; init; } = 4_000_000;
 }
 
-/// <summary>The outcome of one check run.</summary>
-public sealed record CheckOutcome(CheckReport Report, int Seed, string HistoryPath, int Faults, TimeSpan Elapsed);
+/// <summary>The outcome of one check run; <see cref="Seed"/> is null when a saved history is judged again (the file name has it).</summary>
+public sealed record CheckOutcome(CheckReport Report, int? Seed, string HistoryPath, int Faults, TimeSpan Elapsed);
 
 /// <summary>
 /// `check`: a Jepsen-style run. N pairs (sender → receiver, one direct conversation each) and optional groups (every
@@ -137,7 +137,7 @@ public static class CheckScenario
         var faulting = NemesisSchedule.RunAsync(nemesis, check.NemesisInterval, nemesisRandom, history, stopSending.Token);
         await Task.WhenAll(sending).ConfigureAwait(false);
         var faults = await faulting.ConfigureAwait(false);
-        log.WriteLine($"check: sending stopped after {clock.Elapsed.TotalSeconds:0.0} s, {faults} faults, {history.Count:N0} events; draining ...");
+        log.WriteLine($"check: sending stopped after {clock.Elapsed.TotalSeconds:0.0} s, {faults} faults, {history.Count:N0} events{(history.NearlyFull ? " (the history reached half of --max-events: sending stopped there)" : "")}; draining ...");
 
         var drained = await DrainAsync(conversations, check.DrainTimeout).ConfigureAwait(false);
         log.WriteLine(drained ? "check: drained" : $"check: drain timed out after {check.DrainTimeout.TotalSeconds:0} s (the checker will say what is missing)");
@@ -153,7 +153,9 @@ public static class CheckScenario
     {
         var r = outcome.Report;
         output.WriteLine();
-        output.WriteLine($"check {(r.Passed ? "PASSED" : "FAILED")}: seed {outcome.Seed}, {outcome.Faults} faults, {outcome.Elapsed.TotalSeconds:0.0} s");
+        output.WriteLine(outcome.Seed is { } seed
+            ? $"check {(r.Passed ? "PASSED" : "FAILED")}: seed {seed}, {outcome.Faults} faults, {outcome.Elapsed.TotalSeconds:0.0} s"
+            : $"check {(r.Passed ? "PASSED" : "FAILED")} (a saved history)");
         foreach (var (name, value) in r.Counts())
         {
             output.WriteLine($"  {name,-24} {value.ToString("N0", CultureInfo.InvariantCulture),12}");
