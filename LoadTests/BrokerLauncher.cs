@@ -14,7 +14,7 @@ namespace ChatBroker.LoadTests;
 /// </summary>
 public sealed partial class BrokerLauncher : IAsyncDisposable
 {
-    private readonly Process? _process;
+    private Process? _process; // replaced by RestartAsync (BrokerLauncher.Faults.cs)
     private readonly string? _dataDir;
     private readonly List<string> _output = [];
     private readonly Lock _outputLock = new();

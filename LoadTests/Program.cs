@@ -114,6 +114,7 @@ public static class Program
         });
         root.Subcommands.Add(hold);
 
+        Checker.CheckCommand.AddTo(root, Read);
         root.Subcommands.Add(Scenario("fanout", "One sender into a group of --members online members (closed loop, --window messages in flight).", o => new FanoutScenario(o).RunAsync()));
         return root;
     }

@@ -48,8 +48,11 @@ public sealed partial class ProjectGraphTests
 
         var onHost = graph.Where(p => p.Value.Contains("Host") && !p.Key.EndsWith(".Tests", StringComparison.Ordinal)).Select(p => p.Key).ToList();
         Assert.True(onHost.Count == 0, $"only test projects may reference Host (it is the executable): {string.Join(", ", onHost)}");
-        var onHarness = graph.Where(p => p.Value.Contains("LoadTests") || p.Value.Contains("Benchmarks")).Select(p => p.Key).ToList();
-        Assert.True(onHarness.Count == 0, $"nothing references LoadTests or Benchmarks: {string.Join(", ", onHarness)}");
+        // A tool may be referenced by its own test project (LoadTests.Tests checks the history checker), by nothing else.
+        var onHarness = graph
+            .Where(p => (p.Value.Contains("LoadTests") && p.Key != "LoadTests.Tests") || p.Value.Contains("Benchmarks"))
+            .Select(p => p.Key).ToList();
+        Assert.True(onHarness.Count == 0, $"nothing but its own tests references LoadTests or Benchmarks: {string.Join(", ", onHarness)}");
     }
 
     [Fact]
