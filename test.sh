@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs what is missing (librocksdb), builds the solution in Release
+# Runs the whole test suite: installs what is missing (librocksdb, python3-grpcio), builds the solution in Release
 # and runs every test project. Prints one closing line "tests: N passed, N failed, N skipped".
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$root"
 scripts/ensure-deps.sh
+scripts/ensure-python-grpc.sh
 dotnet build ChatBroker.sln -c Release --nologo -v quiet -clp:NoSummary
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
