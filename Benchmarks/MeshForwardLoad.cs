@@ -9,7 +9,8 @@ namespace ChatBroker.Benchmarks;
 /// Mesh forwarding throughput for one node pair in one process over loopback: a sender queues
 /// messages as fast as the peer's queue admits them (closed loop, bounded by max_queue_bytes), the
 /// receiver's sink counts them, acks flow back. Reports forwarded (acked) messages/s and p50/p99/max of
-/// the batch ack latency (batch written to its ack read), after a warm-up.
+/// the batch ack latency (batch written to its ack read), and the bytes allocated per message by both
+/// ends together (the process's GC counter), after a warm-up.
 ///
 ///   dotnet run -c Release --project Benchmarks -- mesh [--duration 10] [--body-size 256] [--streams 1] [--warmup 2]
 ///
@@ -50,9 +51,11 @@ internal static class MeshForwardLoad
         await Task.Delay(TimeSpan.FromSeconds(warmup)).ConfigureAwait(false);
         latencies.Start();
         var before = metrics.Snapshot();
+        var allocatedBefore = GC.GetTotalAllocatedBytes();
         var started = Stopwatch.GetTimestamp();
         await Task.Delay(TimeSpan.FromSeconds(duration)).ConfigureAwait(false);
         var after = metrics.Snapshot();
+        var allocated = GC.GetTotalAllocatedBytes() - allocatedBefore;
         var elapsed = Stopwatch.GetElapsedTime(started).TotalSeconds;
         latencies.Stop();
         await stop.CancelAsync().ConfigureAwait(false);
@@ -66,7 +69,7 @@ internal static class MeshForwardLoad
         var batches = after.BatchesSent - before.BatchesSent;
         var messagesSent = after.MessagesSent - before.MessagesSent;
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"forwarded {acked / elapsed:N0} msg/s ({acked:N0} acked in {elapsed:F1} s), {(after.BytesSent - before.BytesSent) / elapsed / 1e6:F1} MB/s of payload, {messagesSent / (double)Math.Max(1, batches):F1} messages per batch"));
+            $"forwarded {acked / elapsed:N0} msg/s ({acked:N0} acked in {elapsed:F1} s), {(after.BytesSent - before.BytesSent) / elapsed / 1e6:F1} MB/s of payload, {messagesSent / (double)Math.Max(1, batches):F1} messages per batch, {allocated / (double)Math.Max(1, acked):F0} bytes allocated per message (both ends)"));
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"batch ack latency: p50 {latencies.Percentile(50):F3} ms, p99 {latencies.Percentile(99):F3} ms, max {latencies.Percentile(100):F3} ms over {latencies.Count:N0} batches; backpressure waits {after.BackpressureWaits - before.BackpressureWaits:N0}, sink saw {sink.Messages:N0}"));
         return 0;
