@@ -10,7 +10,7 @@ namespace ChatBroker.Benchmarks;
 /// messages as fast as the peer's queue admits them (closed loop, bounded by max_queue_bytes), the
 /// receiver's sink counts them, acks flow back. Reports forwarded (acked) messages/s and p50/p99/max of
 /// the batch ack latency (batch written to its ack read), and the bytes allocated per message by both
-/// ends together (the process's GC counter), after a warm-up.
+/// ends together (the process's GC counter) and the CPU time per message, after a warm-up.
 ///
 ///   dotnet run -c Release --project Benchmarks -- mesh [--duration 10] [--body-size 256] [--streams 1] [--warmup 2]
 ///
@@ -52,10 +52,12 @@ internal static class MeshForwardLoad
         latencies.Start();
         var before = metrics.Snapshot();
         var allocatedBefore = GC.GetTotalAllocatedBytes();
+        var cpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
         var started = Stopwatch.GetTimestamp();
         await Task.Delay(TimeSpan.FromSeconds(duration)).ConfigureAwait(false);
         var after = metrics.Snapshot();
         var allocated = GC.GetTotalAllocatedBytes() - allocatedBefore;
+        var cpu = Process.GetCurrentProcess().TotalProcessorTime - cpuBefore;
         var elapsed = Stopwatch.GetElapsedTime(started).TotalSeconds;
         latencies.Stop();
         await stop.CancelAsync().ConfigureAwait(false);
@@ -72,6 +74,9 @@ internal static class MeshForwardLoad
             $"forwarded {acked / elapsed:N0} msg/s ({acked:N0} acked in {elapsed:F1} s), {(after.BytesSent - before.BytesSent) / elapsed / 1e6:F1} MB/s of payload, {messagesSent / (double)Math.Max(1, batches):F1} messages per batch, {allocated / (double)Math.Max(1, acked):F0} bytes allocated per message (both ends)"));
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"batch ack latency: p50 {latencies.Percentile(50):F3} ms, p99 {latencies.Percentile(99):F3} ms, max {latencies.Percentile(100):F3} ms over {latencies.Count:N0} batches; backpressure waits {after.BackpressureWaits - before.BackpressureWaits:N0}, sink saw {sink.Messages:N0}"));
+        // CPU per message depends far less on what else runs on the machine than msg/s does.
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"process CPU {cpu.TotalSeconds:F2} s in {elapsed:F1} s ({cpu.TotalSeconds / elapsed:F2} cores busy): {cpu.TotalMilliseconds * 1000 / Math.Max(1, acked):F2} µs of CPU per forwarded message, both ends"));
         return 0;
     }
 

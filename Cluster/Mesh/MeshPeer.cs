@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Diagnostics;
 using ChatBroker.Cluster.Mesh.Wire;
 using Google.Protobuf;
@@ -41,6 +42,7 @@ public sealed class MeshPeer : IAsyncDisposable
     private readonly MeshMessage[] _wireMessages;
     private readonly CancellationTokenSource _stop = new();
     private readonly List<(ulong Id, TaskCompletionSource Done)> _ackWaiters = [];
+    private readonly List<byte[]> _returnAfterWrite = [];
     private int _head;
     private int _count;
     private int _sent;
@@ -49,6 +51,8 @@ public sealed class MeshPeer : IAsyncDisposable
     private ulong _ackSeen;
     private int _stampHead;
     private int _stampCount;
+    private ulong _writingFrom;
+    private ulong _writingTo;
     private TaskCompletionSource? _spaceWaiter;
     private TaskCompletionSource? _writerWaiter;
     private CancellationTokenSource? _callCancel;
@@ -174,7 +178,11 @@ public sealed class MeshPeer : IAsyncDisposable
 
             id = _firstId + (ulong)_count;
             ref var entry = ref _entries[(_head + _count) % _entries.Length];
-            entry.Payload = ByteString.CopyFrom(payload);
+            // A pooled copy, wrapped without a second copy; it goes back to the pool when acked.
+            var buffer = ArrayPool<byte>.Shared.Rent(payload.Length);
+            payload.CopyTo(buffer);
+            entry.Buffer = buffer;
+            entry.Payload = UnsafeByteOperations.UnsafeWrap(buffer.AsMemory(0, payload.Length));
             entry.Epoch = epoch;
             entry.Kind = kind;
             _count++;
@@ -420,6 +428,10 @@ public sealed class MeshPeer : IAsyncDisposable
                     }
 
                     _sent += taken;
+                    // An ack may free these entries while the write still reads their buffers (when it
+                    // covers messages an earlier stream delivered): Release defers their return.
+                    _writingFrom = firstId;
+                    _writingTo = firstId + (ulong)taken - 1;
                     ref var stamp = ref _stamps[(_stampHead + _stampCount) % _stamps.Length];
                     stamp = new BatchStamp(firstId + (ulong)taken - 1, taken, Stopwatch.GetTimestamp());
                     _stampCount++;
@@ -439,7 +451,15 @@ public sealed class MeshPeer : IAsyncDisposable
             }
 
             batch.AckSeen = Volatile.Read(ref _ackSeen);
-            await requests.WriteAsync(batch, cancellationToken).ConfigureAwait(false);
+            try
+            {
+                await requests.WriteAsync(batch, cancellationToken).ConfigureAwait(false);
+            }
+            finally
+            {
+                EndWrite();
+            }
+
             Interlocked.Increment(ref Metrics.BatchesSent);
             Interlocked.Add(ref Metrics.MessagesSent, taken);
             Interlocked.Add(ref Metrics.BytesSent, bytes);
@@ -449,6 +469,22 @@ public sealed class MeshPeer : IAsyncDisposable
                 batch.Session = 0;
                 batch.Stream = 0;
             }
+        }
+    }
+
+    /// <summary>The write of the batch is over: buffers freed meanwhile can go back to the pool.</summary>
+    private void EndWrite()
+    {
+        lock (_lock)
+        {
+            _writingFrom = 0;
+            _writingTo = 0;
+            foreach (var buffer in _returnAfterWrite)
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+
+            _returnAfterWrite.Clear();
         }
     }
 
@@ -530,6 +566,16 @@ public sealed class MeshPeer : IAsyncDisposable
             {
                 ref var entry = ref _entries[(_head + i) % _entries.Length];
                 bytes += entry.Payload.Length;
+                var id = _firstId + (ulong)i;
+                if (id >= _writingFrom && id <= _writingTo)
+                {
+                    _returnAfterWrite.Add(entry.Buffer);
+                }
+                else
+                {
+                    ArrayPool<byte>.Shared.Return(entry.Buffer);
+                }
+
                 entry = default;
             }
 
@@ -586,6 +632,7 @@ public sealed class MeshPeer : IAsyncDisposable
     private struct Entry
     {
         public ByteString Payload;
+        public byte[] Buffer;
         public ulong Epoch;
         public uint Kind;
     }
