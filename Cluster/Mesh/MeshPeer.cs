@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Diagnostics;
 using ChatBroker.Cluster.Mesh.Wire;
 using Google.Protobuf;
@@ -29,6 +28,9 @@ namespace ChatBroker.Cluster.Mesh;
 /// </remarks>
 public sealed class MeshPeer : IAsyncDisposable
 {
+    /// <summary>Size of the slabs queued payloads are copied into (see <see cref="CopyPayload"/>).</summary>
+    private const int ChunkBytes = 64 * 1024;
+
     private readonly MeshOptions _options;
     private readonly Wire.Mesh.MeshClient _client;
     private readonly IMeshResultHandler? _handler;
@@ -42,7 +44,9 @@ public sealed class MeshPeer : IAsyncDisposable
     private readonly MeshMessage[] _wireMessages;
     private readonly CancellationTokenSource _stop = new();
     private readonly List<(ulong Id, TaskCompletionSource Done)> _ackWaiters = [];
-    private readonly List<byte[]> _returnAfterWrite = [];
+    private readonly List<PayloadChunk> _releaseAfterWrite = [];
+    private readonly Stack<PayloadChunk> _freeChunks = new();
+    private PayloadChunk? _chunk;
     private int _head;
     private int _count;
     private int _sent;
@@ -178,11 +182,7 @@ public sealed class MeshPeer : IAsyncDisposable
 
             id = _firstId + (ulong)_count;
             ref var entry = ref _entries[(_head + _count) % _entries.Length];
-            // A pooled copy, wrapped without a second copy; it goes back to the pool when acked.
-            var buffer = ArrayPool<byte>.Shared.Rent(payload.Length);
-            payload.CopyTo(buffer);
-            entry.Buffer = buffer;
-            entry.Payload = UnsafeByteOperations.UnsafeWrap(buffer.AsMemory(0, payload.Length));
+            entry.Payload = CopyPayload(payload, out entry.Chunk);
             entry.Epoch = epoch;
             entry.Kind = kind;
             _count++;
@@ -472,19 +472,67 @@ public sealed class MeshPeer : IAsyncDisposable
         }
     }
 
-    /// <summary>The write of the batch is over: buffers freed meanwhile can go back to the pool.</summary>
+    /// <summary>
+    /// Copies a payload into the current chunk (under <c>_lock</c>) and wraps it without a second copy.
+    /// Acks free messages in the order they were queued, so chunks empty in order too and a few of them,
+    /// reused, hold the whole queue: no allocation per message but the <see cref="ByteString"/> wrapper.
+    /// A payload over a quarter of a chunk gets its own array.
+    /// </summary>
+    private ByteString CopyPayload(ReadOnlySpan<byte> payload, out PayloadChunk? chunk)
+    {
+        if (payload.Length > ChunkBytes / 4)
+        {
+            chunk = null;
+            return ByteString.CopyFrom(payload);
+        }
+
+        chunk = _chunk;
+        if (chunk is null || chunk.Used + payload.Length > ChunkBytes)
+        {
+            if (chunk is not null && chunk.Live == 0)
+            {
+                chunk.Used = 0;
+                _freeChunks.Push(chunk);
+            }
+
+            chunk = _freeChunks.Count > 0 ? _freeChunks.Pop() : new PayloadChunk();
+            _chunk = chunk;
+        }
+
+        var memory = chunk.Bytes.AsMemory(chunk.Used, payload.Length);
+        payload.CopyTo(memory.Span);
+        chunk.Used += payload.Length;
+        chunk.Live++;
+        return UnsafeByteOperations.UnsafeWrap(memory);
+    }
+
+    /// <summary>One payload of <paramref name="chunk"/> is acked (under <c>_lock</c>); an empty chunk that is
+    /// no longer being filled is kept for reuse, up to what the queue bound can fill.</summary>
+    private void ReleaseChunk(PayloadChunk chunk)
+    {
+        if (--chunk.Live == 0 && chunk != _chunk)
+        {
+            chunk.Used = 0;
+            if (_freeChunks.Count < (_options.MaxQueueBytes / ChunkBytes) + 1)
+            {
+                _freeChunks.Push(chunk);
+            }
+        }
+    }
+
+    /// <summary>The write of the batch is over: chunks freed meanwhile can be reused now.</summary>
     private void EndWrite()
     {
         lock (_lock)
         {
             _writingFrom = 0;
             _writingTo = 0;
-            foreach (var buffer in _returnAfterWrite)
+            foreach (var chunk in _releaseAfterWrite)
             {
-                ArrayPool<byte>.Shared.Return(buffer);
+                ReleaseChunk(chunk);
             }
 
-            _returnAfterWrite.Clear();
+            _releaseAfterWrite.Clear();
         }
     }
 
@@ -567,13 +615,16 @@ public sealed class MeshPeer : IAsyncDisposable
                 ref var entry = ref _entries[(_head + i) % _entries.Length];
                 bytes += entry.Payload.Length;
                 var id = _firstId + (ulong)i;
-                if (id >= _writingFrom && id <= _writingTo)
+                if (entry.Chunk is { } chunk)
                 {
-                    _returnAfterWrite.Add(entry.Buffer);
-                }
-                else
-                {
-                    ArrayPool<byte>.Shared.Return(entry.Buffer);
+                    if (id >= _writingFrom && id <= _writingTo)
+                    {
+                        _releaseAfterWrite.Add(chunk);
+                    }
+                    else
+                    {
+                        ReleaseChunk(chunk);
+                    }
                 }
 
                 entry = default;
@@ -632,9 +683,17 @@ public sealed class MeshPeer : IAsyncDisposable
     private struct Entry
     {
         public ByteString Payload;
-        public byte[] Buffer;
+        public PayloadChunk? Chunk;
         public ulong Epoch;
         public uint Kind;
+    }
+
+    /// <summary>A slab that payloads are copied into one after another; reused once every payload in it is acked.</summary>
+    private sealed class PayloadChunk
+    {
+        public readonly byte[] Bytes = new byte[ChunkBytes];
+        public int Used;
+        public int Live;
     }
 
     private readonly record struct BatchStamp(ulong LastId, int Messages, long Written);
