@@ -21,7 +21,7 @@ namespace ChatBroker.Cluster.Ring;
 public sealed class HashRing
 {
     /// <summary>Points per node by default. 256 gives a load spread (stddev/mean) of 3–8 % over
-    /// 100,000 keys at 3–8 nodes (see HashRingTests), at 16 KiB of points per node.</summary>
+    /// 100,000 keys at 3–8 nodes (see HashRingTests), at 3 KiB of points per node.</summary>
     public const int DefaultVirtualNodesPerNode = 256;
 
     /// <summary>Upper bound of the vnode setting; more buys little balance for a lot of memory.</summary>

@@ -214,6 +214,41 @@ public sealed class MeshPeerTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task A_receiver_that_restarts_gets_what_was_not_acked_after_the_sender_backs_off()
+    {
+        var options = new MeshOptions { ReconnectInitialDelay = TimeSpan.FromMilliseconds(10), ReconnectMaxDelay = TimeSpan.FromMilliseconds(100) };
+        await using var a = await MeshTestNode.StartAsync("node-a", options);
+        var b = await MeshTestNode.StartAsync("node-b", options);
+        var port = b.Server.Endpoint.Port;
+        var ab = a.ConnectTo(b);
+        for (var i = 0; i < 100; i++)
+        {
+            await ab.SendAsync(1, 1, Payload(i));
+        }
+
+        await ab.WhenAckedAsync(100).WaitAsync(Timeout);
+        await b.StopServerAsync();
+        for (var i = 100; i < 200; i++)
+        {
+            await ab.SendAsync(1, 1, Payload(i));
+        }
+
+        // The same node comes back on the same port with empty dedupe state (as after a restart).
+        await using var restarted = await MeshTestNode.StartAsync("node-b", options, port);
+        await ab.WhenAckedAsync(200).WaitAsync(Timeout);
+        var received = restarted.Sink.Snapshot();
+        Assert.Equal(100, received.Length);
+        for (var i = 0; i < 100; i++)
+        {
+            Assert.Equal((ulong)(101 + i), received[i].Id);
+            Assert.Equal(100 + i, BinaryPrimitives.ReadInt32LittleEndian(received[i].Payload));
+        }
+
+        Assert.True(ab.Metrics.Snapshot().Reconnects >= 1);
+        await b.DisposeAsync();
+    }
+
+    [Fact]
     public async Task A_new_sender_instance_starts_its_ids_over()
     {
         await using var a = await MeshTestNode.StartAsync("node-a");

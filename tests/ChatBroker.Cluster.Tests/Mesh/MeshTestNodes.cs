@@ -141,11 +141,11 @@ internal sealed class MeshTestNode : IAsyncDisposable
 
     public MeshMetrics ReceiverMetrics => Server.Receiver.Metrics;
 
-    public static async Task<MeshTestNode> StartAsync(string id, MeshOptions? options = null)
+    public static async Task<MeshTestNode> StartAsync(string id, MeshOptions? options = null, int port = 0)
     {
         options ??= new MeshOptions();
         var sink = new RecordingSink();
-        var server = await MeshServer.StartAsync(new IPEndPoint(IPAddress.Loopback, 0), new MeshReceiver(id, sink, options));
+        var server = await MeshServer.StartAsync(new IPEndPoint(IPAddress.Loopback, port), new MeshReceiver(id, sink, options));
         return new MeshTestNode(id, server, sink, options);
     }
 
@@ -161,6 +161,9 @@ internal sealed class MeshTestNode : IAsyncDisposable
         peer.Start();
         return peer;
     }
+
+    /// <summary>Stops the server only, as a crash of the receiving side would; peers of this node keep running.</summary>
+    public ValueTask StopServerAsync() => Server.DisposeAsync();
 
     public async ValueTask DisposeAsync()
     {
