@@ -12,6 +12,11 @@ internal static class Program
             return await StorageAppendLoad.RunAsync(args[1..]).ConfigureAwait(false);
         }
 
+        if (args.Length > 0 && args[0] == "mesh")
+        {
+            return await MeshForwardLoad.RunAsync(args[1..]).ConfigureAwait(false);
+        }
+
         BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
         return 0;
     }

@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
-# Makes sure what the test suite needs beyond scripts/ensure-deps.sh is installed: etcd (Debian's
-# etcd-server) for the cluster tests. On Debian/Ubuntu as root (or with passwordless sudo) it installs it
-# with apt-get; anywhere else it says what to install and exits non-zero. Quiet when all is there.
+# Makes sure the test-only tools beyond scripts/ensure-deps.sh are installed:
+#   - etcd (Debian's etcd-server): the cluster tests start their own;
+#   - python3 with grpcio and protobuf: the mesh test calls the mesh from a standard gRPC client.
+# On Debian/Ubuntu as root (or with passwordless sudo) it installs what is missing with apt-get in one
+# step; anywhere else it says what to install and exits non-zero. Quiet when everything is there.
 set -euo pipefail
 
-if command -v etcd >/dev/null 2>&1; then
+python=/usr/bin/python3
+have_etcd() { command -v etcd >/dev/null 2>&1; }
+have_python_grpc() { [ -x "$python" ] && "$python" -c 'import grpc, google.protobuf' >/dev/null 2>&1; }
+
+packages=""
+have_etcd || packages="$packages etcd-server"
+have_python_grpc || packages="$packages python3 python3-grpcio python3-protobuf"
+packages="${packages# }"
+if [ -z "$packages" ]; then
   exit 0
 fi
 
-echo "etcd is missing (the cluster tests start their own); installing Debian's etcd-server." >&2
+echo "Test tools are missing; installing $packages." >&2
 if ! command -v apt-get >/dev/null 2>&1; then
-  echo "This is not a Debian-like system (no apt-get). Install etcd 3.4 or later so that 'etcd' is on PATH," >&2
-  echo "then run this again." >&2
+  echo "This is not a Debian-like system (no apt-get). Install etcd 3.4 or later ('etcd' on PATH) and" >&2
+  echo "python3 with the grpcio and protobuf modules as $python, then run this again." >&2
   exit 1
 fi
 
@@ -20,27 +30,35 @@ if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
     SUDO="sudo -n"
   else
-    echo "Not running as root and sudo needs a password. Install it yourself with:" >&2
-    echo "    sudo apt-get update && sudo apt-get install -y etcd-server" >&2
+    echo "Not running as root and sudo needs a password. Install them yourself with:" >&2
+    echo "    sudo apt-get update && sudo apt-get install -y $packages" >&2
     exit 1
   fi
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-if ! $SUDO apt-get install -y -qq etcd-server >&2; then
+# Another installer (a parallel test script, unattended upgrades) may hold the dpkg lock for a while.
+apt_get() { $SUDO apt-get -o DPkg::Lock::Timeout=300 "$@"; }
+# shellcheck disable=SC2086
+if ! apt_get install -y -qq $packages >&2; then
   # A stale package list is the usual cause: refresh once and retry.
-  $SUDO apt-get update -qq >&2
-  $SUDO apt-get install -y -qq etcd-server >&2
+  apt_get update -qq >&2
+  # shellcheck disable=SC2086
+  apt_get install -y -qq $packages >&2
 fi
 
-# Where systemd runs, the package enables and starts a system etcd on 2379: the tests do not use it, so
+# Where systemd runs, etcd-server enables and starts a system etcd on 2379: the tests do not use it, so
 # stop it rather than leave a service running that nobody asked for.
-if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+if [[ " $packages " == *" etcd-server "* ]] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   $SUDO systemctl disable --now etcd.service >/dev/null 2>&1 || true
 fi
 
-if ! command -v etcd >/dev/null 2>&1; then
+if ! have_etcd; then
   echo "Installed etcd-server but 'etcd' is still not on PATH." >&2
   exit 1
 fi
-echo "Installed etcd-server ($(etcd --version | head -n 1))." >&2
+if ! have_python_grpc; then
+  echo "Installed $packages but '$python -c \"import grpc, google.protobuf\"' still fails." >&2
+  exit 1
+fi
+echo "Installed $packages." >&2
