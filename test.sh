@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs what is missing (librocksdb), builds the solution in Release
+# Runs the whole test suite: checks for the .NET SDK, builds the solution in Release
 # and runs every test project. Prints one closing line "tests: N passed, N failed, N skipped".
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
