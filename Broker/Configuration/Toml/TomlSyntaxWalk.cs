@@ -357,78 +357,32 @@ internal sealed class TomlSyntaxWalk
 
     private static int End(SyntaxNodeBase node) => node.Span.Offset + node.Span.Length;
 
-    /// <summary>The offset of the first '[' or '{' opening a value nested deeper than <see cref="MaxNesting"/>,
-    /// skipping comments and strings (table headers never nest).</summary>
+    /// <summary>The offset of the first '[' or '{' nested deeper than <see cref="MaxNesting"/>, from Tomlyn's
+    /// tokens (its lexer alone, so "[[" is one token and every bracket counts; headers never nest).</summary>
     private int FirstTooDeep()
     {
         int depth = 0;
-        for (int i = 0; i < _text.Length; i++)
+        TomlLexer lexer = TomlLexer.Create(_text, _file);
+        while (lexer.MoveNext())
         {
-            char c = _text[i];
-            switch (c)
+            TomlToken token = lexer.Current;
+            int opened = token.Kind switch
             {
-                case '#':
-                    i = LineEnd(i);
-                    break;
-                case '"' or '\'':
-                    bool multiLine = string.CompareOrdinal(_text, i, new string(c, 3), 0, 3) == 0;
-                    i = StringEnd(i, c, multiLine);
-                    break;
-                case '[' or '{' when depth > 0 || IsValueStart(i):
-                    if (++depth > MaxNesting)
-                    {
-                        return i;
-                    }
-
-                    break;
-                case ']' or '}' when depth > 0:
-                    depth--;
-                    break;
-            }
-        }
-
-        return _text.Length;
-    }
-
-    private bool IsValueStart(int i)
-    {
-        int j = i - 1;
-        while (j >= 0 && _text[j] is ' ' or '\t')
-        {
-            j--;
-        }
-
-        return j >= 0 && _text[j] == '=';
-    }
-
-    private int LineEnd(int i)
-    {
-        int end = _text.IndexOf('\n', i);
-        return end < 0 ? _text.Length : end - 1;
-    }
-
-    private int StringEnd(int open, char quote, bool multiLine)
-    {
-        int i = open + (multiLine ? 3 : 1);
-        while (i < _text.Length)
-        {
-            if (quote == '"' && _text[i] == '\\')
+                TokenKind.OpenBracket or TokenKind.OpenBrace => 1,
+                TokenKind.OpenBracketDouble => 2,
+                TokenKind.CloseBracket or TokenKind.CloseBrace => -1,
+                TokenKind.CloseBracketDouble => -2,
+                _ => 0,
+            };
+            for (int i = 0; i < opened; i++)
             {
-                i += 2;
-                continue;
+                if (++depth > MaxNesting)
+                {
+                    return token.Start.Offset + i;
+                }
             }
 
-            if (_text[i] == quote && (!multiLine || string.CompareOrdinal(_text, i, new string(quote, 3), 0, 3) == 0))
-            {
-                return i + (multiLine ? 2 : 0);
-            }
-
-            if (!multiLine && _text[i] == '\n')
-            {
-                return i - 1;
-            }
-
-            i++;
+            depth = Math.Max(0, depth + Math.Min(opened, 0));
         }
 
         return _text.Length;
