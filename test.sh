@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs what is missing (librocksdb; etcd and python3-grpcio for the cluster tests), builds the solution in Release
+# Runs the whole test suite: checks for the .NET SDK, installs the test-only tools (etcd and python3-grpcio
+# for the cluster tests), builds the solution in Release
 # and runs every test project. Prints one closing line "tests: N passed, N failed, N skipped".
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

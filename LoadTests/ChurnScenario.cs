@@ -55,7 +55,7 @@ public sealed class ChurnScenario(RunOptions options)
         result.Delivered = Volatile.Read(ref stats.Completed);
         result.Errors = Volatile.Read(ref stats.Errors);
         result.ThroughputPerS = Math.Round(result.Delivered / elapsed.TotalSeconds, 1);
-        result.LatencyMs = stats.Latency.Snapshot().Summarize();
+        result.LatencyMs = stats.Latency.Total().Summarize();
 
         var peak = await broker.ScrapeAsync().ConfigureAwait(false);
         var after = await Metrics.SettledAsync(broker, waitForSessions: 0, gcDumpPath: DumpPath("after-churn")).ConfigureAwait(false);

@@ -111,7 +111,7 @@ public sealed class FanoutScenario(RunOptions options)
         result.Lost = Math.Max(0, (result.Sent * (k - 1)) - result.Delivered - (result.Errors * (k - 1)));
         result.ThroughputPerS = Math.Round(result.Delivered / elapsed.TotalSeconds, 1);
         result.ThroughputUnit = "deliveries (messages × receiving devices)";
-        result.LatencyMs = stats.Latency.Snapshot().Summarize();
+        result.LatencyMs = stats.Latency.Total().Summarize();
         result.Series = progress.Series;
         result.Figures["messages_per_s"] = Math.Round(messages / elapsed.TotalSeconds, 1);
         result.Figures["members"] = k;

@@ -73,16 +73,15 @@ public sealed class LiveProgress(string title, string rateLabel, LoadStats stats
     private async Task SampleLoopAsync(Task until, Action<SeriesPoint> show)
     {
         var clock = Stopwatch.StartNew();
-        var lastSnapshot = stats.Latency.Snapshot();
+        _ = stats.Latency.TakeInterval(); // the first second starts now (what came before stays in the run's total)
         var lastCompleted = Volatile.Read(ref stats.Completed);
         var lastT = 0.0;
         while (true)
         {
             var finished = await Task.WhenAny(until, Task.Delay(1000)).ConfigureAwait(false) == until;
             var t = clock.Elapsed.TotalSeconds;
-            var snapshot = stats.Latency.Snapshot();
+            var interval = stats.Latency.TakeInterval();
             var completed = Volatile.Read(ref stats.Completed);
-            var interval = snapshot.Minus(lastSnapshot);
             var dt = t - lastT;
             if (dt > 0.05)
             {
@@ -97,7 +96,6 @@ public sealed class LiveProgress(string title, string rateLabel, LoadStats stats
                 show(point);
             }
 
-            lastSnapshot = snapshot;
             lastCompleted = completed;
             lastT = t;
             if (finished)

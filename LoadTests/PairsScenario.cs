@@ -123,7 +123,7 @@ public sealed class PairsScenario(RunOptions options)
         result.Duplicates = Volatile.Read(ref stats.Duplicates);
         result.Lost = Math.Max(0, result.Sent - result.Delivered - result.Errors);
         result.ThroughputPerS = Math.Round(result.Delivered / elapsed.TotalSeconds, 1);
-        result.LatencyMs = stats.Latency.Snapshot().Summarize();
+        result.LatencyMs = stats.Latency.Total().Summarize();
         result.Series = progress.Series;
         var delivered = Math.Max(1, result.Delivered);
         result.Figures["sent_out_of_order"] = Volatile.Read(ref stats.SentOutOfOrder);

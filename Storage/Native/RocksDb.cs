@@ -35,6 +35,9 @@ internal sealed unsafe class RocksDb : IDisposable
     private readonly ReadOptionsHandle _pointRead = new([], []);
     private int _disposed;
 
+    /// <summary>The block-based table format written (RocksDB's <c>format_version</c>).</summary>
+    internal const int TableFormatVersion = 5;
+
     private RocksDb(DbHandle db, ColumnFamilyHandle[] families)
     {
         _db = db;
@@ -75,6 +78,10 @@ internal sealed unsafe class RocksDb : IDisposable
             RocksDbNative.rocksdb_options_set_allow_concurrent_memtable_write(options, 0);
             RocksDbNative.rocksdb_options_set_enable_write_thread_adaptive_yield(options, 0);
             RocksDbNative.rocksdb_block_based_options_set_block_cache(tableOptions, cache);
+            // Table files in format 5, the newest that RocksDB 7.8 reads (11.12 would write 7): the build
+            // before this one ran on Debian's 7.8, and with format 5 it opens a directory that 11.12 wrote,
+            // so rolling the broker back stays possible. Measured both ways: docs/storage.md.
+            RocksDbNative.rocksdb_block_based_options_set_format_version(tableOptions, TableFormatVersion);
             RocksDbNative.rocksdb_block_based_options_set_filter_policy(tableOptions, RocksDbNative.rocksdb_filterpolicy_create_bloom(10));
             RocksDbNative.rocksdb_options_set_block_based_table_factory(options, tableOptions);
 

@@ -4,7 +4,7 @@ using System.Runtime.InteropServices;
 namespace ChatBroker.Storage.Native;
 
 /// <summary>
-/// The slice of RocksDB's C API (include/rocksdb/c.h, 7.x) that the store needs. Signatures are
+/// The slice of RocksDB's C API (include/rocksdb/c.h; the library is RocksDB 11.12 from the RocksDB NuGet package) that the store needs. Signatures are
 /// blittable: lengths are size_t (nuint), booleans are unsigned char (byte), every handle is an
 /// opaque pointer. Functions taking <c>char** errptr</c> require it to start NULL; a non-NULL
 /// result is a malloc'd message that must be released with <c>rocksdb_free</c>.
@@ -13,18 +13,9 @@ internal static unsafe partial class RocksDbNative
 {
     private const string Library = "rocksdb";
 
-    // Debian's runtime package ships only librocksdb.so.7.8 (the unversioned name comes with -dev),
-    // so the default probe for "rocksdb" fails; the resolver tries the known names in order.
-    private static readonly string[] CandidateNames =
-    [
-        "librocksdb.so",
-        "librocksdb.so.7.8",
-        "librocksdb.so.7",
-        "librocksdb.so.8",
-        "librocksdb.so.9",
-        "librocksdb.dylib",
-        "rocksdb.dll",
-    ];
+    /// <summary>The file the build copies beside our assemblies from the RocksDB package
+    /// (runtimes/linux-x64/native; see ChatBroker.Storage.csproj).</summary>
+    private const string FileName = "librocksdb.so";
 
     static RocksDbNative()
     {
@@ -34,6 +25,9 @@ internal static unsafe partial class RocksDbNative
     /// <summary>Forces the resolver to be installed and the library to load; throws if it cannot.</summary>
     public static void EnsureLoaded() => _ = rocksdb_writeoptions_create_probe();
 
+    /// <summary>Loads the package's library from the application's directory first, so that a RocksDB a
+    /// distribution installed (another version, other symbols) is never picked up by accident. A
+    /// single-file app extracts native libraries elsewhere: the runtime's own probing finds them there.</summary>
     private static IntPtr Resolve(string libraryName, Assembly assembly, DllImportSearchPath? searchPath)
     {
         if (libraryName != Library)
@@ -41,17 +35,20 @@ internal static unsafe partial class RocksDbNative
             return IntPtr.Zero;
         }
 
-        foreach (var name in CandidateNames)
+        var beside = Path.Combine(AppContext.BaseDirectory, FileName);
+        if (File.Exists(beside) && NativeLibrary.TryLoad(beside, out var handle))
         {
-            if (NativeLibrary.TryLoad(name, assembly, searchPath, out var handle))
-            {
-                return handle;
-            }
+            return handle;
+        }
+
+        if (NativeLibrary.TryLoad(FileName, assembly, searchPath, out handle))
+        {
+            return handle;
         }
 
         throw new DllNotFoundException(
-            "Cannot load RocksDB: none of " + string.Join(", ", CandidateNames) +
-            " was found. Install the librocksdb runtime package (Debian: librocksdb7.8).");
+            $"Cannot load RocksDB: {FileName} is not in {AppContext.BaseDirectory} nor on the native search path. " +
+            "It comes from the RocksDB NuGet package (linux-x64) with the build; rebuild or republish the broker.");
     }
 
     private static IntPtr rocksdb_writeoptions_create_probe()
@@ -91,6 +88,7 @@ internal static unsafe partial class RocksDbNative
     [LibraryImport(Library)] public static partial void rocksdb_block_based_options_destroy(IntPtr tableOptions);
     [LibraryImport(Library)] public static partial void rocksdb_block_based_options_set_block_cache(IntPtr tableOptions, IntPtr cache);
     [LibraryImport(Library)] public static partial void rocksdb_block_based_options_set_filter_policy(IntPtr tableOptions, IntPtr policy);
+    [LibraryImport(Library)] public static partial void rocksdb_block_based_options_set_format_version(IntPtr tableOptions, int version);
     [LibraryImport(Library)] public static partial IntPtr rocksdb_filterpolicy_create_bloom(double bitsPerKey);
     [LibraryImport(Library)] public static partial IntPtr rocksdb_cache_create_lru(nuint capacity);
     [LibraryImport(Library)] public static partial void rocksdb_cache_destroy(IntPtr cache);

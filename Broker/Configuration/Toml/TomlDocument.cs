@@ -19,7 +19,7 @@ public sealed class TomlDocument
     {
         ArgumentNullException.ThrowIfNull(text);
         ArgumentNullException.ThrowIfNull(fileName);
-        return new TomlDocument(TomlParser.Parse(text, fileName));
+        return new TomlDocument(TomlSyntaxWalk.Parse(text, fileName));
     }
 
     /// <summary>Reads and parses a UTF-8 file. Invalid UTF-8 is a parse error at the offending byte.</summary>
