@@ -59,22 +59,23 @@ internal static class Systemd
     /// Half of WATCHDOG_USEC (systemd's advice in sd_watchdog_enabled(3)), when the unit sets WatchdogSec= and
     /// the variable is meant for this process (WATCHDOG_PID, when set, is our pid); null otherwise.
     /// </summary>
-    internal static TimeSpan? WatchdogInterval()
+    internal static TimeSpan? WatchdogInterval() => WatchdogInterval(
+        Environment.GetEnvironmentVariable(WatchdogUsecVariable), Environment.GetEnvironmentVariable(WatchdogPidVariable), Environment.ProcessId);
+
+    internal static TimeSpan? WatchdogInterval(string? usecText, string? pidText, int processId)
     {
-        var usecText = Environment.GetEnvironmentVariable(WatchdogUsecVariable);
         if (!ulong.TryParse(usecText, NumberStyles.None, CultureInfo.InvariantCulture, out var usec) || usec == 0)
         {
             return null;
         }
 
-        var pidText = Environment.GetEnvironmentVariable(WatchdogPidVariable);
         if (!string.IsNullOrEmpty(pidText)
-            && (!int.TryParse(pidText, NumberStyles.None, CultureInfo.InvariantCulture, out var pid) || pid != Environment.ProcessId))
+            && (!int.TryParse(pidText, NumberStyles.None, CultureInfo.InvariantCulture, out var pid) || pid != processId))
         {
             return null;
         }
 
-        // At least every millisecond and at most once a day: a sane bound whatever the variable says.
+        // At least every millisecond and at most once a day, whatever the variable says.
         var half = Math.Clamp(usec / 2, 1_000UL, (ulong)TimeSpan.FromDays(1).TotalMicroseconds);
         return TimeSpan.FromMicroseconds(half);
     }
