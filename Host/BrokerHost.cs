@@ -59,6 +59,10 @@ public static class BrokerHost
         }
 
         builder.Services.AddHostedService<ReadinessTracker>();
+
+        // Under systemd (Type=notify): READY=1 once the host started, i.e. the store is open and every listener
+        // bound; STOPPING=1 when it stops; WATCHDOG=1 while ready when the unit sets WatchdogSec.
+        Systemd.AddServiceManagerIntegration(builder.Services);
         return builder.Build();
     }
 
@@ -76,6 +80,12 @@ public static class BrokerHost
                 o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ";
                 o.IncludeScopes = false;
             });
+        }
+        else if (Systemd.LogsToJournal)
+        {
+            // One line per entry, the level as a syslog priority prefix ("<6>" for information) that journald
+            // turns into the entry's PRIORITY (journalctl -p warning works), no timestamp of our own.
+            logging.AddSystemdConsole(o => o.IncludeScopes = false);
         }
         else
         {

@@ -29,4 +29,7 @@ internal static partial class Log
 
     [LoggerMessage(1006, LogLevel.Information, "Message store open at {Path} (durability {Durability}, retention {Retention})")]
     public static partial void StoreOpened(ILogger logger, string path, string durability, string retention);
+
+    [LoggerMessage(1007, LogLevel.Information, "systemd watchdog: WATCHDOG=1 every {Interval} while ready")]
+    public static partial void WatchdogEnabled(ILogger logger, TimeSpan interval);
 }

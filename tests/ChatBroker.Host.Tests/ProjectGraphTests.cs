@@ -145,7 +145,7 @@ public sealed partial class ProjectGraphTests
     private static string ShortName(string projectName) =>
         projectName.StartsWith("ChatBroker.", StringComparison.Ordinal) ? projectName["ChatBroker.".Length..] : projectName;
 
-    private static string RepositoryRoot { get; } = FindRepositoryRoot();
+    internal static string RepositoryRoot { get; } = FindRepositoryRoot();
 
     private static string FindRepositoryRoot()
     {

@@ -18,6 +18,7 @@ public sealed partial class BrokerProcess : IAsyncDisposable
     private readonly List<(Regex Pattern, TaskCompletionSource<Match> Signal)> _waiters = [];
 
     private readonly bool _ownsDataDir;
+    private string? _workingDirectory;
 
     private BrokerProcess(Process process, string dataDir, bool ownsDataDir)
     {
@@ -48,35 +49,65 @@ public sealed partial class BrokerProcess : IAsyncDisposable
     /// Starts `chatbroker serve` with ports 0 and waits for "Ready". Without <paramref name="dataDir"/> it uses
     /// a fresh directory and deletes it on dispose; a given directory belongs to the caller.
     /// </summary>
-    public static async Task<BrokerProcess> StartAsync(string? dataDir = null, params string[] extraArgs)
+    public static Task<BrokerProcess> StartAsync(string? dataDir = null, params string[] extraArgs) =>
+        LaunchAsync(new BrokerLaunch { DataDir = dataDir }, extraArgs);
+
+    /// <summary>Starts `chatbroker serve` as <paramref name="launch"/> says, with ports 0, and waits for "Ready".</summary>
+    public static async Task<BrokerProcess> LaunchAsync(BrokerLaunch launch, params string[] extraArgs)
     {
         RestoreDefaultSigInt();
-        var owns = dataDir is null;
-        dataDir ??= Path.Combine(Path.GetTempPath(), "chatbroker-test-" + Guid.NewGuid().ToString("N"));
-        var args = new List<string>
+        var owns = launch.DataDir is null;
+        var dataDir = launch.DataDir ?? Path.Combine(Path.GetTempPath(), "chatbroker-test-" + Guid.NewGuid().ToString("N"));
+        var args = new List<string> { "serve" };
+        if (!launch.DefaultDataDir)
         {
-            "serve",
-            "--set", "node.data_dir=" + dataDir,
-            "--set", "tcp.listen=127.0.0.1:0",
-            "--set", "admin.listen=127.0.0.1:0",
-        };
+            args.AddRange(["--set", "node.data_dir=" + dataDir]);
+        }
+
+        args.AddRange(["--set", "tcp.listen=127.0.0.1:0", "--set", "admin.listen=127.0.0.1:0"]);
         args.AddRange(extraArgs);
-        var broker = new BrokerProcess(StartDotnet(BrokerDll, args, out _), dataDir, owns);
+        var process = launch.Executable is null
+            ? StartDotnet(BrokerDll, args, out var workingDirectory, launch.Environment)
+            : StartProcess(launch.Executable, args, out workingDirectory, launch.Environment);
+        if (launch.DefaultDataDir)
+        {
+            dataDir = Path.Combine(workingDirectory, "data");
+        }
+
+        var broker = new BrokerProcess(process, dataDir, owns) { _workingDirectory = workingDirectory };
         broker.Attach();
         var tcp = broker.WaitForLineAsync(TcpLine());
         var admin = broker.WaitForLineAsync(AdminLine());
-        await broker.WaitForLineAsync(ReadyLine()).WaitAsync(TimeSpan.FromSeconds(30));
+        try
+        {
+            await broker.WaitForLineAsync(ReadyLine()).WaitAsync(launch.ReadyTimeout);
+        }
+        catch (TimeoutException e)
+        {
+            var output = broker.Output;
+            await broker.DisposeAsync();
+            throw new TimeoutException($"The broker was not ready within {launch.ReadyTimeout}. Its output:{Environment.NewLine}{output}", e);
+        }
+
         broker.TcpEndPoint = IPEndPoint.Parse((await tcp).Groups[1].Value);
         broker.AdminEndPoint = IPEndPoint.Parse((await admin).Groups[1].Value);
         return broker;
     }
 
     /// <summary>Starts `dotnet chatbroker.dll args…` with redirected output, in a working directory of its own.</summary>
-    public static Process StartDotnet(string dll, IEnumerable<string> args, out string workingDirectory, IDictionary<string, string>? environment = null)
+    public static Process StartDotnet(string dll, IEnumerable<string> args, out string workingDirectory, IDictionary<string, string>? environment = null) =>
+        StartProcess("dotnet", args.Prepend(dll), out workingDirectory, environment);
+
+    /// <summary>
+    /// Starts <paramref name="fileName"/> with redirected output, in a new empty working directory, without the
+    /// parent's CHATBROKER__ settings or service-manager variables (a test run under systemd would hand its
+    /// NOTIFY_SOCKET to every broker): only <paramref name="environment"/> adds them.
+    /// </summary>
+    public static Process StartProcess(string fileName, IEnumerable<string> args, out string workingDirectory, IDictionary<string, string>? environment = null)
     {
         workingDirectory = Path.Combine(Path.GetTempPath(), "chatbroker-cwd-" + Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(workingDirectory);
-        var info = new ProcessStartInfo("dotnet")
+        var info = new ProcessStartInfo(fileName)
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
@@ -84,7 +115,6 @@ public sealed partial class BrokerProcess : IAsyncDisposable
             UseShellExecute = false,
             WorkingDirectory = workingDirectory,
         };
-        info.ArgumentList.Add(dll);
         foreach (var a in args)
         {
             info.ArgumentList.Add(a);
@@ -92,7 +122,7 @@ public sealed partial class BrokerProcess : IAsyncDisposable
 
         foreach (var key in info.Environment.Keys.ToList())
         {
-            if (key.StartsWith("CHATBROKER__", StringComparison.OrdinalIgnoreCase))
+            if (key.StartsWith("CHATBROKER__", StringComparison.OrdinalIgnoreCase) || ServiceManagerVariables.Contains(key))
             {
                 info.Environment.Remove(key);
             }
@@ -108,6 +138,8 @@ public sealed partial class BrokerProcess : IAsyncDisposable
 
         return Process.Start(info)!;
     }
+
+    private static readonly string[] ServiceManagerVariables = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "INVOCATION_ID", "LISTEN_PID", "LISTEN_FDS"];
 
     /// <summary>Runs `dotnet chatbroker.dll args…` to completion and returns exit code and output.</summary>
     public static async Task<(int ExitCode, string StdOut, string StdErr)> RunCliAsync(string[] args, IDictionary<string, string>? environment = null, string? workingDirectory = null)
@@ -222,14 +254,22 @@ public sealed partial class BrokerProcess : IAsyncDisposable
         }
 
         _process.Dispose();
-        if (!_ownsDataDir)
+        if (_ownsDataDir)
         {
-            return;
+            DeleteDirectory(DataDir);
         }
 
+        if (_workingDirectory is not null)
+        {
+            DeleteDirectory(_workingDirectory);
+        }
+    }
+
+    private static void DeleteDirectory(string path)
+    {
         try
         {
-            Directory.Delete(DataDir, recursive: true);
+            Directory.Delete(path, recursive: true);
         }
         catch (IOException)
         {
@@ -268,4 +308,22 @@ public sealed partial class BrokerProcess : IAsyncDisposable
 
     [GeneratedRegex(@"\bReady\b")]
     public static partial Regex ReadyLine();
+}
+
+/// <summary>How <see cref="BrokerProcess.LaunchAsync"/> starts the broker.</summary>
+public sealed record BrokerLaunch
+{
+    /// <summary>A program to run directly (the published single file); null runs `dotnet chatbroker.dll`.</summary>
+    public string? Executable { get; init; }
+
+    /// <summary>Variables added to the broker's environment.</summary>
+    public IDictionary<string, string>? Environment { get; init; }
+
+    /// <summary>The data directory (the caller's); null: a fresh one deleted on dispose.</summary>
+    public string? DataDir { get; init; }
+
+    /// <summary>Sets no node.data_dir: the broker keeps its data in ./data of its (new, empty) working directory.</summary>
+    public bool DefaultDataDir { get; init; }
+
+    public TimeSpan ReadyTimeout { get; init; } = TimeSpan.FromSeconds(30);
 }
