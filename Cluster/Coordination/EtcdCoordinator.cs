@@ -140,6 +140,32 @@ public sealed class EtcdCoordinator : IClusterCoordinator
         return View.Map.Epoch > map.Epoch ? View.Map : map;
     }
 
+    public async Task<System.Collections.Immutable.ImmutableArray<NodeRegistration>> ReadLiveMembersAsync(CancellationToken cancellationToken)
+    {
+        RangeResponse response;
+        try
+        {
+            response = await _kv.RangeAsync(
+                new RangeRequest { Key = ByteString.CopyFromUtf8(_nodesPrefixText), RangeEnd = _prefixEnd },
+                deadline: Deadline(), cancellationToken: cancellationToken).ConfigureAwait(false);
+        }
+        catch (RpcException e) when (!cancellationToken.IsCancellationRequested)
+        {
+            throw new ClusterCoordinationException($"cannot read the live members: {Unreachable(e)}", e);
+        }
+
+        var members = new List<NodeRegistration>(response.Kvs.Count);
+        foreach (var kv in response.Kvs)
+        {
+            if (kv.Key.ToStringUtf8().StartsWith(_nodesPrefixText, StringComparison.Ordinal) && ClusterMapCodec.DecodeRegistration(kv.Value.Span) is { } r)
+            {
+                members.Add(r);
+            }
+        }
+
+        return ClusterView.Sorted(members);
+    }
+
     public async Task<MapUpdateResult> TryUpdateMapAsync(ClusterMap proposed, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(proposed);
