@@ -61,6 +61,7 @@ public static class Program
         var config = new Command("config", "Configuration commands.") { check };
         root.Subcommands.Add(config);
         Cli.MessagingCommands.Add(root, configOption, setOption);
+        Cli.ClusterCommands.Add(root, configOption, setOption);
         return root;
     }
 
