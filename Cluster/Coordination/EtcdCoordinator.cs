@@ -18,6 +18,7 @@ namespace ChatBroker.Cluster.Coordination;
 public sealed class EtcdCoordinator : IClusterCoordinator
 {
     private static readonly TimeSpan MaxRetryDelay = TimeSpan.FromSeconds(1);
+    private static readonly TimeSpan MinPingPeriod = TimeSpan.FromSeconds(1);
 
     private readonly ClusterOptions _options;
     private readonly TimeProvider _time;
@@ -509,12 +510,14 @@ public sealed class EtcdCoordinator : IClusterCoordinator
             channel.Credentials = ChannelCredentials.Insecure;
         }
 
-        // HTTP/2 pings find a silent etcd (a partition sends no reset) within about two timeouts.
+        // HTTP/2 pings find a silent etcd (a partition sends no reset) within about two timeouts; the handler
+        // takes no ping period under 1 s (cluster.etcd_timeout may be shorter).
+        var ping = _options.EtcdTimeout < MinPingPeriod ? MinPingPeriod : _options.EtcdTimeout;
         channel.HttpHandler = new SocketsHttpHandler
         {
             ConnectTimeout = _options.EtcdTimeout,
-            KeepAlivePingDelay = _options.EtcdTimeout,
-            KeepAlivePingTimeout = _options.EtcdTimeout,
+            KeepAlivePingDelay = ping,
+            KeepAlivePingTimeout = ping,
             KeepAlivePingPolicy = HttpKeepAlivePingPolicy.Always,
             EnableMultipleHttp2Connections = true,
         };

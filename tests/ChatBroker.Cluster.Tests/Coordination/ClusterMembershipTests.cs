@@ -266,3 +266,20 @@ public sealed class ClusterMembershipTests : IAsyncLifetime
         public ValueTask DisposeAsync() => ValueTask.CompletedTask; // the inner coordinator is disposed by the test
     }
 }
+
+public sealed class EtcdCoordinatorOptionsTests
+{
+    [Fact]
+    public async Task The_shortest_etcd_timeout_the_settings_allow_makes_a_coordinator()
+    {
+        // cluster.etcd_timeout may be 100 ms; the HTTP/2 ping period under it may not be under 1 s.
+        await using var coordinator = new EtcdCoordinator(new ClusterOptions
+        {
+            EtcdEndpoints = ["http://127.0.0.1:1"],
+            EtcdTimeout = TimeSpan.FromMilliseconds(100),
+        });
+
+        var e = await Assert.ThrowsAsync<ClusterCoordinationException>(() => coordinator.ReadMapAsync(CancellationToken.None));
+        Assert.Contains("is unreachable", e.Message, StringComparison.Ordinal);
+    }
+}
