@@ -126,6 +126,7 @@ internal sealed class ClusterNode(
     {
         var view = coordinator.View;
         var epoch = -1L;
+        var live = System.Collections.Immutable.ImmutableArray<NodeRegistration>.Empty;
         var connected = true;
         try
         {
@@ -138,6 +139,13 @@ internal sealed class ClusterNode(
                     epoch = map.Epoch;
                     metrics.CountMapApplied();
                     Log.ClusterMap(logger, map.Epoch, Describe(map));
+                }
+
+                var nowLive = view.LiveMembers;
+                if (!nowLive.SequenceEqual(live))
+                {
+                    live = nowLive;
+                    Log.ClusterLiveNodes(logger, live.Length, DescribeLive(live));
                 }
 
                 if (view.HasCurrentMap != connected)
@@ -159,6 +167,17 @@ internal sealed class ClusterNode(
         catch (OperationCanceledException) when (stop.IsCancellationRequested)
         {
         }
+    }
+
+    private static string DescribeLive(System.Collections.Immutable.ImmutableArray<NodeRegistration> live)
+    {
+        var ids = new string[live.Length];
+        for (var i = 0; i < ids.Length; i++)
+        {
+            ids[i] = live[i].NodeId;
+        }
+
+        return string.Join(", ", ids);
     }
 
     internal static string Describe(ClusterMap map)

@@ -50,4 +50,7 @@ internal static partial class Log
 
     [LoggerMessage(1016, LogLevel.Information, "Cluster: node {NodeId} revoked its lease and left the live members")]
     public static partial void ClusterLeftLive(ILogger logger, string nodeId);
+
+    [LoggerMessage(1017, LogLevel.Information, "Cluster live nodes ({Count}): {Nodes}")]
+    public static partial void ClusterLiveNodes(ILogger logger, int count, string nodes);
 }
