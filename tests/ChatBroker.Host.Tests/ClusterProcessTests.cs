@@ -200,3 +200,50 @@ public sealed class SingleNodeClusterTests
         }
     }
 }
+
+/// <summary>Readiness in cluster mode, and a node that cannot reach etcd at start.</summary>
+public sealed class ClusterReadinessTests
+{
+    [Fact]
+    public async Task A_started_node_is_not_ready_until_it_has_the_cluster_map()
+    {
+        using var store = new ChatBroker.Cluster.Coordination.InMemoryCoordinationStore();
+        await using var coordinator = new ChatBroker.Cluster.Coordination.InMemoryCoordinator(store, new ChatBroker.Cluster.ClusterOptions { NodeId = "a" });
+        var readiness = new Readiness(coordinator.View);
+        Assert.Equal("starting", readiness.NotReadyReason);
+
+        readiness.MarkStarted();
+        Assert.Equal("no cluster map yet", readiness.NotReadyReason);
+        Assert.False(readiness.IsReady);
+
+        await coordinator.StartAsync(CancellationToken.None); // reads the map
+        Assert.True(readiness.IsReady);
+
+        store.SetReachable(false); // a stale map keeps the node ready: it serves with the map it has
+        Assert.False(coordinator.View.HasCurrentMap);
+        Assert.True(readiness.IsReady);
+
+        readiness.MarkStopping();
+        Assert.Equal("shutting down", readiness.NotReadyReason);
+        store.SetReachable(true);
+    }
+
+    [Fact]
+    public async Task Serve_with_an_unreachable_etcd_exits_1_and_names_it()
+    {
+        var dataDir = Path.Combine(Path.GetTempPath(), "chatbroker-test-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            var (exit, _, stderr) = await BrokerProcess.RunCliAsync(
+                ["serve", "--set", "node.data_dir=" + dataDir, "--set", "tcp.listen=127.0.0.1:0", "--set", "admin.listen=127.0.0.1:0",
+                 "--set", "cluster.etcd_endpoints=http://127.0.0.1:1", "--set", "cluster.etcd_timeout=300ms"]);
+
+            Assert.Equal(1, exit);
+            Assert.Contains("chatbroker: cannot start: cluster: cannot register node \"node1\": etcd (http://127.0.0.1:1) is unreachable", stderr, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Directory.Delete(dataDir, recursive: true);
+        }
+    }
+}
