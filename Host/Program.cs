@@ -65,7 +65,7 @@ public static class Program
         return root;
     }
 
-    private static BrokerConfiguration? LoadConfiguration(string? file, string[]? overrides)
+    internal static BrokerConfiguration? LoadConfiguration(string? file, string[]? overrides)
     {
         try
         {

@@ -1,5 +1,4 @@
 using System.CommandLine;
-using ChatBroker.Broker.Configuration;
 using ChatBroker.Cluster;
 using ChatBroker.Cluster.Coordination;
 
@@ -168,26 +167,15 @@ internal static class ClusterCommands
     /// <summary>The configuration's cluster settings and a coordinator on them (not started: it registers nothing).</summary>
     private static (ClusterOptions Options, EtcdCoordinator Coordinator)? Connect(string command, string? file, string[]? overrides)
     {
-        BrokerOptions broker;
-        try
+        if (Program.LoadConfiguration(file, overrides) is not { } configuration)
         {
-            broker = BrokerConfiguration.Load(file, overrides).Options;
-        }
-        catch (BrokerConfigurationException e)
-        {
-            Console.Error.WriteLine("chatbroker: invalid configuration:");
-            foreach (var error in e.Errors)
-            {
-                Console.Error.WriteLine("  " + error);
-            }
-
             return null;
         }
 
         ClusterOptions options;
         try
         {
-            options = ClusterNode.OptionsFrom(broker);
+            options = ClusterNode.OptionsFrom(configuration.Options);
         }
         catch (InvalidDataException e)
         {
