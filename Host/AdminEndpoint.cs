@@ -1,5 +1,6 @@
 using ChatBroker.Broker.Configuration;
 using ChatBroker.Broker.Observability;
+using ChatBroker.Cluster.Coordination;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
@@ -13,10 +14,12 @@ namespace ChatBroker.Host;
 
 /// <summary>
 /// The operator's HTTP endpoint on Kestrel: <c>/healthz</c> (the process is alive), <c>/readyz</c> (every
-/// service started and the node is not shutting down; 503 otherwise) and <c>/metrics</c> (Prometheus text).
+/// service started, the node has the cluster map in cluster mode, and it is not shutting down; 503 with the
+/// reason otherwise), <c>/metrics</c> (Prometheus text) and <c>/cluster</c> (the node's view of the cluster).
 /// It runs as its own small web application so the native listener does not depend on ASP.NET.
 /// </summary>
-internal sealed class AdminEndpoint(BrokerOptions options, PrometheusExporter exporter, Readiness readiness, ILogger<AdminEndpoint> logger)
+internal sealed class AdminEndpoint(
+    BrokerOptions options, PrometheusExporter exporter, Readiness readiness, ILogger<AdminEndpoint> logger, IClusterCoordinator? cluster = null)
     : IHostedService, IAsyncDisposable
 {
     private WebApplication? _app;
@@ -45,9 +48,13 @@ internal sealed class AdminEndpoint(BrokerOptions options, PrometheusExporter ex
         });
         var app = builder.Build();
         app.MapGet("/healthz", () => Results.Text("ok\n"));
-        app.MapGet("/readyz", () => readiness.IsReady
-            ? Results.Text("ready\n")
-            : Results.Text("not ready\n", statusCode: StatusCodes.Status503ServiceUnavailable));
+        app.MapGet("/readyz", () => readiness.NotReadyReason is { } reason
+            ? Results.Text($"not ready: {reason}\n", statusCode: StatusCodes.Status503ServiceUnavailable)
+            : Results.Text("ready\n"));
+        // The node's cached view of the cluster (no etcd round trip); 404 on a single node.
+        app.MapGet("/cluster", () => cluster is null
+            ? Results.Text("not in cluster mode: cluster.etcd_endpoints is empty\n", statusCode: StatusCodes.Status404NotFound)
+            : Results.Bytes(ClusterStatus.NodeJson(cluster.Self.NodeId, cluster.View), "application/json"));
         app.MapGet("/metrics", () => Results.Text(exporter.Scrape(), "text/plain; version=0.0.4; charset=utf-8"));
         try
         {

@@ -48,10 +48,12 @@ public static class BrokerHost
         var storageOptions = BrokerServices.StorageOptionsFrom(options);
         var store = RocksDbChatStore.Open(storageOptions);
 
-        // Hosted services start in registration order: the banner first, readiness last.
+        // Hosted services start in registration order: the banner first, readiness last. In cluster mode the
+        // node registers and has the map before the listener accepts devices (and stops after it drained).
         builder.Services.AddHostedService<StartupLog>(sp => new StartupLog(sp, configuration, secretCreated ? secretFile : null, storageOptions));
+        ClusterNode.AddTo(builder.Services, options);
         builder.Services.AddChatBroker(configuration, secret, store);
-        builder.Services.AddSingleton<Readiness>();
+        builder.Services.AddSingleton(sp => new Readiness(sp.GetService<ChatBroker.Cluster.Coordination.ClusterView>()));
         if (options.Admin.Enabled)
         {
             builder.Services.AddSingleton<AdminEndpoint>();

@@ -15,7 +15,7 @@ internal static partial class Log
     [LoggerMessage(1001, LogLevel.Information, "Generated a new token secret in {Path} (mode 0600); keep it with the data directory")]
     public static partial void SecretGenerated(ILogger logger, string path);
 
-    [LoggerMessage(1002, LogLevel.Information, "Admin endpoint on http://{Endpoint} (/healthz, /readyz, /metrics)")]
+    [LoggerMessage(1002, LogLevel.Information, "Admin endpoint on http://{Endpoint} (/healthz, /readyz, /metrics, /cluster)")]
     public static partial void AdminListening(ILogger logger, IPEndPoint endpoint);
 
     [LoggerMessage(1003, LogLevel.Information, "Ready")]
@@ -32,4 +32,28 @@ internal static partial class Log
 
     [LoggerMessage(1007, LogLevel.Information, "systemd watchdog: WATCHDOG=1 every {Interval} while ready")]
     public static partial void WatchdogEnabled(ILogger logger, TimeSpan interval);
+
+    [LoggerMessage(1010, LogLevel.Information, "Cluster mode: node {NodeId} registering in etcd {Endpoints} under {Prefix}")]
+    public static partial void ClusterStarting(ILogger logger, string nodeId, string endpoints, string prefix);
+
+    [LoggerMessage(1011, LogLevel.Information, "Cluster: {Outcome}")]
+    public static partial void ClusterJoined(ILogger logger, string outcome);
+
+    [LoggerMessage(1012, LogLevel.Warning, "Cluster: could not join the map on start: {Reason}; serving with the map it has, join with `chatbroker cluster join`")]
+    public static partial void ClusterJoinFailed(ILogger logger, string reason);
+
+    [LoggerMessage(1013, LogLevel.Information, "Cluster map epoch {Epoch}: {Members}")]
+    public static partial void ClusterMap(ILogger logger, long epoch, string members);
+
+    [LoggerMessage(1014, LogLevel.Warning, "Cluster: etcd unreachable ({Reason}); serving with the map of epoch {Epoch}, map changes are refused until it is back")]
+    public static partial void ClusterEtcdLost(ILogger logger, long epoch, string reason);
+
+    [LoggerMessage(1015, LogLevel.Information, "Cluster: etcd reachable again; map epoch {Epoch}")]
+    public static partial void ClusterEtcdBack(ILogger logger, long epoch);
+
+    [LoggerMessage(1016, LogLevel.Information, "Cluster: node {NodeId} revoked its lease and left the live members")]
+    public static partial void ClusterLeftLive(ILogger logger, string nodeId);
+
+    [LoggerMessage(1017, LogLevel.Information, "Cluster live nodes ({Count}): {Nodes}")]
+    public static partial void ClusterLiveNodes(ILogger logger, int count, string nodes);
 }

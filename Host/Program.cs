@@ -61,10 +61,11 @@ public static class Program
         var config = new Command("config", "Configuration commands.") { check };
         root.Subcommands.Add(config);
         Cli.MessagingCommands.Add(root, configOption, setOption);
+        Cli.ClusterCommands.Add(root, configOption, setOption);
         return root;
     }
 
-    private static BrokerConfiguration? LoadConfiguration(string? file, string[]? overrides)
+    internal static BrokerConfiguration? LoadConfiguration(string? file, string[]? overrides)
     {
         try
         {

@@ -223,6 +223,8 @@ public static class SettingsSchema
             o => o.Cluster.VirtualNodes, (o, v) => o.Cluster.VirtualNodes = (int)v, 1, 4096),
         Int("cluster.replication_factor", "Copies of each conversation and user range (1 = none), written into the cluster map when it is first created.",
             o => o.Cluster.ReplicationFactor, (o, v) => o.Cluster.ReplicationFactor = (int)v, 1, 5),
+        Bool("cluster.auto_join", "On start, a node that is not in the cluster map joins it (the first node writes the first map). false: the node only registers as live and waits for `chatbroker cluster join`.",
+            o => o.Cluster.AutoJoin, (o, v) => o.Cluster.AutoJoin = v),
 
         Duration("shutdown.grace_period", "On SIGTERM or Ctrl-C, how long to drain connections and flush the store before exiting.",
             o => o.Shutdown.GracePeriod, (o, v) => o.Shutdown.GracePeriod = v, TimeSpan.Zero, TimeSpan.FromMinutes(10)),

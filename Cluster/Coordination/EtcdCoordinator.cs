@@ -18,6 +18,7 @@ namespace ChatBroker.Cluster.Coordination;
 public sealed class EtcdCoordinator : IClusterCoordinator
 {
     private static readonly TimeSpan MaxRetryDelay = TimeSpan.FromSeconds(1);
+    private static readonly TimeSpan MinPingPeriod = TimeSpan.FromSeconds(1);
 
     private readonly ClusterOptions _options;
     private readonly TimeProvider _time;
@@ -138,6 +139,32 @@ public sealed class EtcdCoordinator : IClusterCoordinator
         var map = response.Kvs.Count == 0 ? ClusterMap.Empty : ClusterMapCodec.DecodeMap(response.Kvs[0].Value.Span, response.Kvs[0].ModRevision);
         View.PublishMap(map);
         return View.Map.Epoch > map.Epoch ? View.Map : map;
+    }
+
+    public async Task<System.Collections.Immutable.ImmutableArray<NodeRegistration>> ReadLiveMembersAsync(CancellationToken cancellationToken)
+    {
+        RangeResponse response;
+        try
+        {
+            response = await _kv.RangeAsync(
+                new RangeRequest { Key = ByteString.CopyFromUtf8(_nodesPrefixText), RangeEnd = _prefixEnd },
+                deadline: Deadline(), cancellationToken: cancellationToken).ConfigureAwait(false);
+        }
+        catch (RpcException e) when (!cancellationToken.IsCancellationRequested)
+        {
+            throw new ClusterCoordinationException($"cannot read the live members: {Unreachable(e)}", e);
+        }
+
+        var members = new List<NodeRegistration>(response.Kvs.Count);
+        foreach (var kv in response.Kvs)
+        {
+            if (kv.Key.ToStringUtf8().StartsWith(_nodesPrefixText, StringComparison.Ordinal) && ClusterMapCodec.DecodeRegistration(kv.Value.Span) is { } r)
+            {
+                members.Add(r);
+            }
+        }
+
+        return ClusterView.Sorted(members);
     }
 
     public async Task<MapUpdateResult> TryUpdateMapAsync(ClusterMap proposed, CancellationToken cancellationToken)
@@ -483,12 +510,14 @@ public sealed class EtcdCoordinator : IClusterCoordinator
             channel.Credentials = ChannelCredentials.Insecure;
         }
 
-        // HTTP/2 pings find a silent etcd (a partition sends no reset) within about two timeouts.
+        // HTTP/2 pings find a silent etcd (a partition sends no reset) within about two timeouts; the handler
+        // takes no ping period under 1 s (cluster.etcd_timeout may be shorter).
+        var ping = _options.EtcdTimeout < MinPingPeriod ? MinPingPeriod : _options.EtcdTimeout;
         channel.HttpHandler = new SocketsHttpHandler
         {
             ConnectTimeout = _options.EtcdTimeout,
-            KeepAlivePingDelay = _options.EtcdTimeout,
-            KeepAlivePingTimeout = _options.EtcdTimeout,
+            KeepAlivePingDelay = ping,
+            KeepAlivePingTimeout = ping,
             KeepAlivePingPolicy = HttpKeepAlivePingPolicy.Always,
             EnableMultipleHttp2Connections = true,
         };

@@ -34,6 +34,13 @@ public interface IClusterCoordinator : IAsyncDisposable
     Task<ClusterMap> ReadMapAsync(CancellationToken cancellationToken);
 
     /// <summary>
+    /// Reads the nodes that hold a live lease now (linearizable), sorted by id. Like <see cref="ReadMapAsync"/>
+    /// and <see cref="TryUpdateMapAsync"/> it works without <see cref="StartAsync"/>, so a tool that is no
+    /// node (<c>chatbroker cluster status</c>) can use a coordinator without registering.
+    /// </summary>
+    Task<System.Collections.Immutable.ImmutableArray<NodeRegistration>> ReadLiveMembersAsync(CancellationToken cancellationToken);
+
+    /// <summary>
     /// Stores <paramref name="proposed"/> if the stored map's epoch is still <c>proposed.Epoch</c>
     /// (0: no map stored yet). Returns the stored map with its new epoch, or on conflict the map that is
     /// stored now, or <see cref="MapUpdateStatus.Unavailable"/> when the store cannot be reached (then the

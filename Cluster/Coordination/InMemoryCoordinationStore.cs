@@ -129,6 +129,15 @@ public sealed class InMemoryCoordinationStore : IDisposable
         }
     }
 
+    internal ImmutableArray<NodeRegistration> ReadMembers()
+    {
+        lock (_lock)
+        {
+            ThrowIfUnreachableLocked();
+            return MembersLocked();
+        }
+    }
+
     internal MapUpdateResult CompareAndSet(ClusterMap proposed)
     {
         lock (_lock)

@@ -56,6 +56,9 @@ public sealed class InMemoryCoordinator : IClusterCoordinator
         return Task.FromResult(map);
     }
 
+    public Task<System.Collections.Immutable.ImmutableArray<NodeRegistration>> ReadLiveMembersAsync(CancellationToken cancellationToken) =>
+        Task.FromResult(_store.ReadMembers());
+
     public Task<MapUpdateResult> TryUpdateMapAsync(ClusterMap proposed, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(proposed);

@@ -99,6 +99,23 @@ public abstract class CoordinatorContract : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_coordinator_that_is_not_started_reads_the_map_and_the_live_members_and_changes_the_map()
+    {
+        // What `chatbroker cluster status|join|leave` do: no registration, no lease, no watch.
+        var n1 = await StartNodeAsync("n1");
+        var tool = CreateCoordinator(Options("tool"));
+        _nodes.Add(tool);
+
+        var live = await tool.ReadLiveMembersAsync(Soon());
+        var applied = await tool.TryUpdateMapAsync(ClusterMap.Empty.WithMember(MemberOf(n1)), Soon());
+
+        Assert.Equal(["n1"], live.Select(m => m.NodeId));
+        Assert.True(applied.Applied, applied.Error);
+        Assert.Equal(applied.Map.Epoch, (await tool.ReadMapAsync(Soon())).Epoch);
+        await WaitUntilAsync(n1.View, v => v.Epoch == applied.Map.Epoch);
+    }
+
+    [Fact]
     public async Task The_first_map_is_written_on_epoch_zero_and_only_once()
     {
         var n1 = await StartNodeAsync("n1");

@@ -1,0 +1,238 @@
+namespace ChatBroker.Cluster.Coordination;
+
+/// <summary>How a membership change ended.</summary>
+public enum MapChangeStatus
+{
+    /// <summary>The change was stored by compare-and-set; <see cref="MapChangeResult.Map"/> has the new epoch.</summary>
+    Applied,
+
+    /// <summary>The map already said what the change asked for; nothing was written.</summary>
+    Unchanged,
+
+    /// <summary>The change makes no sense on the stored map (unknown node, the last member, …), or it kept conflicting.</summary>
+    Refused,
+
+    /// <summary>The store could not be reached: nothing was changed (or, if only the answer was lost, the watch will tell).</summary>
+    Unavailable,
+}
+
+/// <summary>The outcome of a membership change: the map it ended on and a sentence for the operator.</summary>
+public readonly record struct MapChangeResult(MapChangeStatus Status, ClusterMap Map, string Message)
+{
+    public bool Succeeded => Status is MapChangeStatus.Applied or MapChangeStatus.Unchanged;
+}
+
+/// <summary>
+/// The membership changes of the cluster map, on nothing but <see cref="IClusterCoordinator"/>: the first map,
+/// a join (Joining, then Active) and a leave (Leaving, then removed). Every step is one compare-and-set on the
+/// map it was derived from; on a conflict (another change won) the step is decided again on the map stored now,
+/// at most <see cref="MaxAttempts"/> times. While the store is unreachable nothing changes and the answer says so.
+/// <para>
+/// Ranges are not moved yet: a member becomes Active right after Joining and is removed right after Leaving.
+/// Range hand-over (issue 15) goes between the two steps of each; the states are in the map already so that
+/// adding it changes no reader.
+/// </para>
+/// </summary>
+public sealed class ClusterMembership
+{
+    /// <summary>
+    /// A conflict means another change was applied in between, so a retry makes progress; eight in a row means
+    /// the map is changing faster than this caller can follow, and the operator should look before retrying.
+    /// </summary>
+    public const int DefaultMaxAttempts = 8;
+
+    private readonly IClusterCoordinator _coordinator;
+    private readonly ClusterMetrics? _metrics;
+
+    public ClusterMembership(IClusterCoordinator coordinator, ClusterMetrics? metrics = null)
+    {
+        ArgumentNullException.ThrowIfNull(coordinator);
+        _coordinator = coordinator;
+        _metrics = metrics;
+    }
+
+    /// <summary>Compare-and-set attempts per step before a change is refused as contended.</summary>
+    public int MaxAttempts { get; init; } = DefaultMaxAttempts;
+
+    /// <summary>
+    /// Writes the first map, with <paramref name="self"/> Active, if there is none yet (a compare-and-set on
+    /// epoch 0, so of nodes starting together exactly one writes it). Unchanged when a map exists.
+    /// </summary>
+    public Task<MapChangeResult> BootstrapAsync(ClusterMember self, int virtualNodes, int replicationFactor, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(self);
+        return ChangeAsync("create the cluster map", map => map.Epoch == 0
+            ? Change(FirstMap(self, virtualNodes, replicationFactor), $"created the cluster map with {self.NodeId} as its first member")
+            : Keep(MapChangeStatus.Unchanged, $"the cluster map exists (epoch {map.Epoch})"), cancellationToken);
+    }
+
+    /// <summary>
+    /// Adds <paramref name="member"/>: listed as Joining, then Active. With no map yet it writes the first map
+    /// with the member Active. A member already Active is unchanged (its addresses are updated if they changed);
+    /// one left Joining by an interrupted join is made Active; a Leaving member is refused until its leave ends.
+    /// </summary>
+    public async Task<MapChangeResult> JoinAsync(ClusterMember member, int virtualNodes, int replicationFactor, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(member);
+        var id = member.NodeId;
+        var listed = await ChangeAsync($"join {id}", map =>
+        {
+            if (map.Epoch == 0)
+            {
+                return Change(FirstMap(member with { State = MemberState.Active }, virtualNodes, replicationFactor),
+                    $"created the cluster map with {id} as its first member");
+            }
+
+            var current = map.FindMember(id);
+            return current switch
+            {
+                null => Change(map.WithMember(member with { State = MemberState.Joining }), $"{id} listed as Joining"),
+                { State: MemberState.Leaving } => Keep(MapChangeStatus.Refused, $"{id} is leaving the cluster; let `cluster leave` finish, then join again"),
+                _ when SameAddresses(current, member) => Keep(MapChangeStatus.Unchanged, $"{id} is already a member ({current.State})"),
+                _ => Change(map.WithMember(member with { State = current.State }), $"{id}'s addresses updated to mesh {member.MeshAddress}, client {member.ClientAddress}"),
+            };
+        }, cancellationToken).ConfigureAwait(false);
+
+        if (!listed.Succeeded || listed.Map.FindMember(id) is not { State: MemberState.Joining })
+        {
+            return listed;
+        }
+
+        // Range hand-over goes here: the ranges the new ring gives the member are streamed to it before it
+        // turns Active. Until then it owns its ranges from the next map on, without their old data.
+        var active = await ChangeAsync($"make {id} Active", map => map.FindMember(id) switch
+        {
+            null => Keep(MapChangeStatus.Refused, $"{id} was removed from the map while joining"),
+            { State: MemberState.Joining } m => Change(map.WithMember(m with { State = MemberState.Active }), $"{id} joined: Active"),
+            { State: var state } => Keep(MapChangeStatus.Unchanged, $"{id} is {state}"),
+        }, cancellationToken).ConfigureAwait(false);
+        return active.Status == MapChangeStatus.Unchanged && listed.Status == MapChangeStatus.Applied
+            ? active with { Status = MapChangeStatus.Applied }
+            : active;
+    }
+
+    /// <summary>
+    /// Removes the member: marked Leaving, then taken out of the map. Refused for a node that is not a member
+    /// and for the last member that is not leaving (its ranges would have no owner).
+    /// </summary>
+    public async Task<MapChangeResult> LeaveAsync(string nodeId, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(nodeId);
+        var marked = await ChangeAsync($"leave {nodeId}", map =>
+        {
+            var current = map.FindMember(nodeId);
+            if (current is null)
+            {
+                return Keep(MapChangeStatus.Refused, map.Members.IsEmpty
+                    ? $"{nodeId} is not a member: the cluster map has no members"
+                    : $"{nodeId} is not a member; the members are {MemberList(map)}");
+            }
+
+            if (current.State == MemberState.Leaving)
+            {
+                return Keep(MapChangeStatus.Unchanged, $"{nodeId} is already Leaving");
+            }
+
+            var others = 0;
+            foreach (var m in map.Members)
+            {
+                others += m.NodeId != nodeId && m.State != MemberState.Leaving ? 1 : 0;
+            }
+
+            return others == 0
+                ? Keep(MapChangeStatus.Refused, $"{nodeId} is the last member; its conversations and users would have no owner")
+                : Change(map.WithMember(current with { State = MemberState.Leaving }), $"{nodeId} marked Leaving");
+        }, cancellationToken).ConfigureAwait(false);
+
+        if (!marked.Succeeded)
+        {
+            return marked;
+        }
+
+        // Range hand-over goes here: the member's ranges are streamed to their new owners before it is removed.
+        var removed = await ChangeAsync($"remove {nodeId}", map => map.FindMember(nodeId) switch
+        {
+            null => Keep(MapChangeStatus.Unchanged, $"{nodeId} is no longer a member"),
+            { State: MemberState.Leaving } => Change(map.WithoutMember(nodeId), $"{nodeId} left the cluster"),
+            { State: var state } => Keep(MapChangeStatus.Refused, $"{nodeId} became {state} again while leaving (a join ran at the same time)"),
+        }, cancellationToken).ConfigureAwait(false);
+        return removed.Status == MapChangeStatus.Unchanged && marked.Status == MapChangeStatus.Applied
+            ? removed with { Status = MapChangeStatus.Applied }
+            : removed;
+    }
+
+    private static ClusterMap FirstMap(ClusterMember self, int virtualNodes, int replicationFactor) =>
+        ClusterMap.Empty.WithMember(self with { State = MemberState.Active }) with
+        {
+            VirtualNodes = virtualNodes,
+            ReplicationFactor = replicationFactor,
+        };
+
+    private static bool SameAddresses(ClusterMember a, ClusterMember b) =>
+        a.MeshAddress == b.MeshAddress && a.ClientAddress == b.ClientAddress;
+
+    private static string MemberList(ClusterMap map)
+    {
+        var ids = new string[map.Members.Length];
+        for (var i = 0; i < ids.Length; i++)
+        {
+            ids[i] = map.Members[i].NodeId;
+        }
+
+        return string.Join(", ", ids);
+    }
+
+    private static Decision Change(ClusterMap next, string message) => new(next, MapChangeStatus.Applied, message);
+
+    private static Decision Keep(MapChangeStatus status, string message) => new(null, status, message);
+
+    /// <summary>
+    /// One step: decide on the stored map, compare-and-set, and on a conflict decide again on the map the
+    /// conflict returned (it may make the step unnecessary or impossible).
+    /// </summary>
+    private async Task<MapChangeResult> ChangeAsync(string what, Func<ClusterMap, Decision> decide, CancellationToken cancellationToken)
+    {
+        ClusterMap map;
+        try
+        {
+            map = await _coordinator.ReadMapAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (ClusterCoordinationException e)
+        {
+            return Count(new MapChangeResult(MapChangeStatus.Unavailable, _coordinator.View.Map, $"{what}: refused, the map cannot be read: {e.Message}"));
+        }
+
+        for (var attempt = 1; attempt <= MaxAttempts; attempt++)
+        {
+            var decision = decide(map);
+            if (decision.Next is null)
+            {
+                return Count(new MapChangeResult(decision.Status, map, decision.Message));
+            }
+
+            var result = await _coordinator.TryUpdateMapAsync(decision.Next with { Epoch = map.Epoch }, cancellationToken).ConfigureAwait(false);
+            switch (result.Status)
+            {
+                case MapUpdateStatus.Applied:
+                    return Count(new MapChangeResult(MapChangeStatus.Applied, result.Map, $"{decision.Message} (epoch {result.Map.Epoch})"));
+                case MapUpdateStatus.Unavailable:
+                    return Count(new MapChangeResult(MapChangeStatus.Unavailable, result.Map, $"{what}: {result.Error}"));
+                default:
+                    _metrics?.CountConflict();
+                    map = result.Map;
+                    break;
+            }
+        }
+
+        return Count(new MapChangeResult(MapChangeStatus.Refused, map,
+            $"{what}: refused, the map changed under it {MaxAttempts} times in a row (now epoch {map.Epoch}); look at `chatbroker cluster status` and try again"));
+    }
+
+    private MapChangeResult Count(MapChangeResult result)
+    {
+        _metrics?.CountChange(result.Status);
+        return result;
+    }
+
+    private readonly record struct Decision(ClusterMap? Next, MapChangeStatus Status, string Message);
+}
