@@ -37,6 +37,22 @@ public sealed class ConversationDirectory(IChatStore store, int capacity = 1_000
         return conversation.Id;
     }
 
+    /// <summary>
+    /// Cluster mode: the members of the direct conversation of two users at its derived id, created on first use;
+    /// null when the id holds another pair's conversation (a hash collision).
+    /// </summary>
+    public async ValueTask<string[]?> GetOrCreateDirectAtAsync(ulong conversationId, string userA, string userB, CancellationToken cancellationToken)
+    {
+        var members = MembersOf(conversationId);
+        if (members is null)
+        {
+            await store.GetOrCreateDirectAtAsync(conversationId, userA, userB, cancellationToken).ConfigureAwait(false);
+            members = MembersOf(conversationId);
+        }
+
+        return members is { Length: 2 } && Contains(members, userA) && Contains(members, userB) ? members : null;
+    }
+
     /// <summary>The members of a conversation, or null when it does not exist.</summary>
     public string[]? MembersOf(ulong conversationId)
     {

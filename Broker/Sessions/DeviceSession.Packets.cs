@@ -127,7 +127,8 @@ internal sealed partial class DeviceSession
         replaced?.Close(ReasonCode.SessionTakenOver, "this device connected again");
 
         // Read after Register: whatever is committed later notifies this session (see StartCatchUp).
-        var lastInboxSeq = _context.Chat.Store.GetLastInboxSeq(_user);
+        var lastInboxSeq = _context.Chat.LastInboxSeq(_user);
+        _context.Chat.Router?.OnDeviceSession(this, online: true);
         lock (_lock)
         {
             // A device may not claim a position beyond its inbox: it would silently skip what comes next.
@@ -251,7 +252,7 @@ internal sealed partial class DeviceSession
             var outcome = await _context.Chat.CommitAsync(this, send, prepared, _appendCompletions, stopping).ConfigureAwait(false);
             if (outcome.Error != ReasonCode.Success)
             {
-                answer = MakeError(outcome.Error, outcome.Message!, send.ClientMsgId, PacketType.Send); // e.g. removed meanwhile
+                answer = MakeError(outcome.Error, outcome.Message!, send.ClientMsgId, PacketType.Send, outcome.RetryAfter); // e.g. removed meanwhile
             }
             else
             {
@@ -352,7 +353,7 @@ internal sealed partial class DeviceSession
         // A SYNC naming only large groups leaves the inbox where it is.
         var inbox = sync.InboxSeq != 0 || sync.Conversations.Count == 0;
         SyncGroups(sync);
-        var lastInboxSeq = inbox ? _context.Chat.Store.GetLastInboxSeq(_user) : 0;
+        var lastInboxSeq = inbox ? _context.Chat.LastInboxSeq(_user) : 0;
         lock (_lock)
         {
             if (inbox)

@@ -1,0 +1,88 @@
+using System.Buffers.Binary;
+using System.IO.Hashing;
+using System.Text;
+using ChatBroker.Broker.Cluster.Wire;
+using ChatBroker.Broker.Messaging;
+using ChatBroker.Storage;
+using Google.Protobuf;
+
+namespace ChatBroker.Broker.Cluster;
+
+/// <summary>What a mesh message's payload is (<c>MeshMessage.kind</c>); each is a message of cluster_ops.proto.</summary>
+public enum ClusterOpKind : uint
+{
+    /// <summary>Gateway → owner: <see cref="ForwardSend"/>, answered with <see cref="SendResult"/>.</summary>
+    ForwardSend = 1,
+
+    /// <summary>Owner → home: <see cref="Wire.InboxAppend"/>; the ack means stored.</summary>
+    InboxAppend = 2,
+
+    /// <summary>Gateway → home: <see cref="Wire.DeviceRegistration"/>.</summary>
+    DeviceRegistration = 3,
+
+    /// <summary>Home → gateway: <see cref="Wire.DeviceDeliver"/>.</summary>
+    DeviceDeliver = 4,
+
+    /// <summary>Gateway → home: <see cref="Wire.ReadInbox"/>, answered with <see cref="InboxPage"/>.</summary>
+    ReadInbox = 5,
+
+    /// <summary>Gateway → home: <see cref="Wire.AckInbox"/>.</summary>
+    AckInbox = 6,
+}
+
+/// <summary>Conversions between the core's types and the cluster operations, and the derived ids.</summary>
+public static class ClusterOps
+{
+    /// <summary>Seed of the direct conversation id hash: distinct from the ring's key spaces.</summary>
+    private const long DirectIdSeed = 0x646972656374; // "direct"
+
+    /// <summary>
+    /// The id of the direct conversation of two users in a cluster: XxHash3 of the ordered pair (each id length-
+    /// prefixed, so no two pairs give the same bytes), in the upper half of the id space, which the store's
+    /// counter never reaches (<see cref="ChatStore.FirstDerivedConversationId"/>). Every node computes it alone.
+    /// </summary>
+    public static ulong DirectConversationId(string userA, string userB)
+    {
+        var (lo, hi) = string.CompareOrdinal(userA, userB) <= 0 ? (userA, userB) : (userB, userA);
+        var loBytes = Encoding.UTF8.GetByteCount(lo);
+        var length = 8 + loBytes + Encoding.UTF8.GetByteCount(hi);
+        Span<byte> key = length <= 512 ? stackalloc byte[length] : new byte[length];
+        BinaryPrimitives.WriteInt32LittleEndian(key, loBytes);
+        Encoding.UTF8.GetBytes(lo, key[4..]);
+        BinaryPrimitives.WriteInt32LittleEndian(key[(4 + loBytes)..], length - 8 - loBytes);
+        Encoding.UTF8.GetBytes(hi, key[(8 + loBytes)..]);
+        return ChatStore.FirstDerivedConversationId | (XxHash3.HashToUInt64(key, DirectIdSeed) & ~ChatStore.FirstDerivedConversationId);
+    }
+
+    public static ForwardedMessage ToWire(StoredMessage m) => new()
+    {
+        ConversationId = m.ConversationId,
+        Seq = m.Seq,
+        TimestampMs = m.TimestampMs,
+        SenderUser = m.SenderUserId,
+        SenderDevice = m.SenderDeviceId,
+        ClientMsgId = m.ClientMsgId,
+        ContentType = m.ContentType,
+        MediaRef = m.MediaRef ?? "",
+        Body = ByteString.CopyFrom(m.Body.Span),
+    };
+
+    public static ForwardedMessage ToWire(DeliveryMessage m) => new()
+    {
+        ConversationId = m.ConversationId,
+        Seq = m.Seq,
+        TimestampMs = m.TimestampMs,
+        SenderUser = m.SenderUserId,
+        SenderDevice = m.SenderDeviceId,
+        ClientMsgId = m.ClientMsgId,
+        ContentType = (uint)m.ContentType,
+        MediaRef = m.Media is null ? "" : Convert.ToBase64String(m.Media.ToByteArray()),
+        Body = ByteString.CopyFrom(m.Body.Span),
+    };
+
+    public static StoredMessage ToStored(ForwardedMessage m) =>
+        new(m.ConversationId, m.Seq, m.TimestampMs, m.SenderUser, m.SenderDevice, m.ClientMsgId, m.ContentType,
+            m.MediaRef.Length == 0 ? null : m.MediaRef, m.Body.Memory);
+
+    public static DeliveryMessage ToDelivery(ForwardedMessage m) => DeliveryMessage.FromStored(ToStored(m));
+}

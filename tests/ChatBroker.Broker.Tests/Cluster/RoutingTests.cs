@@ -1,0 +1,236 @@
+using ChatBroker.Broker.Cluster;
+using ChatBroker.Broker.Cluster.Wire;
+using ChatBroker.Broker.Tests.Sessions;
+using ChatBroker.Cluster.Mesh.Wire;
+using ChatBroker.Protocol.Messages;
+using Google.Protobuf;
+
+namespace ChatBroker.Broker.Tests.Cluster;
+
+/// <summary>
+/// Cross-node messaging over three in-process nodes with real mesh servers: alice's home is node1, bob's node2,
+/// and their direct conversation is owned by node3, so a SEND crosses the mesh to the owner and its inbox entries
+/// cross it again to each home.
+/// </summary>
+public sealed class RoutingTests : IAsyncLifetime
+{
+    private ClusterHarness _cluster = null!;
+    private string _alice = "";
+    private string _bob = "";
+    private ulong _conversation;
+
+    public async Task InitializeAsync()
+    {
+        _cluster = await ClusterHarness.StartAsync(3);
+        _alice = _cluster.UserAt("alice", "node1");
+        var alice = _alice;
+        _bob = _cluster.UserAt("bob", "node2", bob => _cluster.Ring.ConversationOwner(ClusterOps.DirectConversationId(alice, bob)) == "node3");
+        _conversation = ClusterOps.DirectConversationId(_alice, _bob);
+    }
+
+    public async Task DisposeAsync() => await _cluster.DisposeAsync();
+
+    [Fact]
+    public void The_chosen_users_and_conversation_live_where_the_tests_say()
+    {
+        Assert.Equal("node1", _cluster.Ring.UserHome(_alice));
+        Assert.Equal("node2", _cluster.Ring.UserHome(_bob));
+        Assert.Equal("node3", _cluster.Ring.ConversationOwner(_conversation));
+        Assert.Equal(_conversation, ClusterOps.DirectConversationId(_bob, _alice));
+        Assert.True(_conversation >= Storage.ChatStore.FirstDerivedConversationId);
+        foreach (var node in _cluster.Nodes)
+        {
+            Assert.Equal((ulong)_cluster.Map.Epoch, node.Cluster.CurrentEpoch);
+            Assert.Equal(node.Id == "node3", node.Cluster.OwnsConversation(_conversation));
+        }
+    }
+
+    [Fact]
+    public async Task A_send_at_one_node_is_sequenced_by_the_owner_and_delivered_at_another()
+    {
+        var bob = await _cluster["node2"].ConnectAsync(_bob, "phone");
+        await bob.ExpectAsync<SyncDone>();
+        var alice = await _cluster["node1"].ConnectAsync(_alice, "phone");
+        await alice.ExpectAsync<SyncDone>();
+
+        await alice.SendAsync(TestDevice.Text(1, _bob, "hello across nodes"));
+        var sent = await alice.ExpectAsync<Sent>();
+        Assert.Equal((_conversation, 1UL, 1UL), (sent.ConversationId, sent.Seq, sent.ClientMsgId));
+
+        var deliver = await bob.ExpectAsync<Deliver>();
+        Assert.Equal((_conversation, 1UL, 1UL, _alice, "hello across nodes"), (deliver.ConversationId, deliver.Seq, deliver.InboxSeq, deliver.SenderUserId, deliver.Body.ToStringUtf8()));
+
+        // The owner holds the log and the conversation; the homes hold their users' inbox entries and a copy.
+        var owner = _cluster["node3"].Broker.Store;
+        Assert.Equal(1UL, owner.GetLastSeq(_conversation));
+        Assert.Equal([_alice, _bob], owner.ListMembers(_conversation).Select(m => m.UserId).Order());
+        Assert.Empty(owner.ReadInbox(_bob, 0, 10));
+        Assert.Null(_cluster["node2"].Broker.Store.GetConversation(_conversation));
+        Assert.Equal((_conversation, 1UL), Assert.Single(_cluster["node2"].Broker.Store.ReadInbox(_bob, 0, 10)) is var e ? (e.ConversationId, e.Seq) : default);
+
+        // The sender's own home gets its entry too (its other devices see the message).
+        await ForwardedAsync("node3", "node1");
+        await ForwardedAsync("node3", "node2");
+        Assert.Equal(1UL, _cluster["node1"].Broker.Store.GetLastInboxSeq(_alice));
+    }
+
+    [Fact]
+    public async Task A_retry_with_the_same_client_msg_id_through_another_node_gets_the_same_sent_and_one_deliver()
+    {
+        var bob = await _cluster["node2"].ConnectAsync(_bob, "phone");
+        await bob.ExpectAsync<SyncDone>();
+        var viaHome = await _cluster["node1"].ConnectAsync(_alice, "phone");
+        await viaHome.ExpectAsync<SyncDone>();
+        await viaHome.SendAsync(TestDevice.Text(7, _bob, "once"));
+        var first = await viaHome.ExpectAsync<Sent>();
+
+        // The device lost the SENT and reconnects to another node (the owner itself, then a third one).
+        foreach (var node in new[] { "node3", "node2" })
+        {
+            var retry = await _cluster[node].ConnectAsync(_alice, "phone");
+            await retry.ExpectAsync<SyncDone>();
+            await retry.SendAsync(TestDevice.Text(7, _bob, "once"));
+            var again = await retry.ExpectAsync<Sent>();
+            Assert.Equal((first.ConversationId, first.Seq, first.TimestampMs), (again.ConversationId, again.Seq, again.TimestampMs));
+        }
+
+        await viaHome.SendAsync(TestDevice.Text(8, _bob, "twice"));
+        Assert.Equal(2UL, (await viaHome.ExpectAsync<Sent>()).Seq);
+        Assert.Equal(("once", 1UL), await NextDeliverAsync(bob));
+        Assert.Equal(("twice", 2UL), await NextDeliverAsync(bob)); // no second "once"
+        Assert.Equal(2UL, _cluster["node3"].Broker.Store.GetLastSeq(_conversation));
+    }
+
+    [Fact]
+    public async Task An_offline_recipient_reconnecting_at_a_third_node_catches_up_in_order_then_gets_live_messages()
+    {
+        var alice = await _cluster["node1"].ConnectAsync(_alice, "phone");
+        await alice.ExpectAsync<SyncDone>();
+        const int Offline = 20;
+        for (var i = 1; i <= Offline; i++)
+        {
+            await alice.SendAsync(TestDevice.Text((ulong)i, _bob, $"m{i}"));
+        }
+
+        for (var i = 1; i <= Offline; i++)
+        {
+            Assert.Equal((ulong)i, (await alice.ExpectAsync<Sent>()).Seq);
+        }
+
+        // Everything acked by the owner reaches bob's home durably, whether or not bob is online.
+        await ForwardedAsync("node3", "node2");
+        Assert.Equal((ulong)Offline, _cluster["node2"].Broker.Store.GetLastInboxSeq(_bob));
+
+        // Bob connects at node3, which is neither his home nor (as a gateway) holding his inbox.
+        var bob = await _cluster["node3"].ConnectAsync(_bob, "phone");
+        for (var i = 1; i <= Offline; i++)
+        {
+            var deliver = await bob.ExpectAsync<Deliver>();
+            Assert.Equal(($"m{i}", (ulong)i, (ulong)i), (deliver.Body.ToStringUtf8(), deliver.Seq, deliver.InboxSeq));
+        }
+
+        Assert.Equal((ulong)Offline, (await bob.ExpectAsync<SyncDone>()).InboxSeq);
+
+        // Live from here: the home tells the gateway that holds bob's connection.
+        await alice.SendAsync(TestDevice.Text(100, _bob, "live"));
+        Assert.Equal((ulong)Offline + 1, (await alice.ExpectAsync<Sent>()).Seq);
+        Assert.Equal(("live", (ulong)Offline + 1), await NextDeliverAsync(bob));
+
+        // ACK at the gateway moves the cursor at the home. A SYNC after it reads the home's inbox over the same
+        // stream, so its SYNC_DONE comes after the home has stored the ACK.
+        await bob.SendAsync(new Ack { InboxSeq = Offline + 1 });
+        await bob.SendAsync(new Sync { RequestId = 5, InboxSeq = Offline + 1 });
+        Assert.Equal(5UL, (await bob.ExpectAsync<SyncDone>()).RequestId);
+        Assert.Equal((ulong)Offline + 1, _cluster["node2"].Broker.Store.GetCursor(_bob, "phone", Storage.CursorStream.Inbox));
+    }
+
+    [Fact]
+    public async Task A_forward_to_a_node_that_does_not_own_the_conversation_is_refused_with_the_owner()
+    {
+        var send = TestDevice.Text(1, _bob, "misrouted");
+        var forward = new ForwardSend { SenderUser = _alice, SenderDevice = "phone", Send = send.ToByteString(), ConversationId = _conversation }.ToByteArray();
+        var link = _cluster["node1"].Cluster.LinkTo("node2")!;
+        var epoch = _cluster["node1"].Cluster.CurrentEpoch;
+
+        // Stamped with an older epoch, and stamped with the current one: node2 owns neither way.
+        foreach (var stamp in new[] { epoch - 1, epoch })
+        {
+            var reply = await link.TryRequest(ClusterOpKind.ForwardSend, stamp, forward)!.WaitAsync(TestDevice.Timeout);
+            Assert.Equal((MeshStatus.StaleEpoch, epoch, "node3"), (reply.Status, reply.Epoch, reply.Owner));
+        }
+
+        Assert.Equal(0UL, _cluster["node2"].Broker.Store.GetLastSeq(_conversation));
+        Assert.Equal(0UL, _cluster["node3"].Broker.Store.GetLastSeq(_conversation));
+
+        // An inbox entry for a user whose home is elsewhere is refused the same way.
+        var append = new InboxAppend { Message = new ForwardedMessage { ConversationId = _conversation, Seq = 1, SenderUser = _alice, SenderDevice = "phone", Body = ByteString.CopyFromUtf8("x") } };
+        append.Recipients.Add(_alice);
+        var refused = await link.TryRequest(ClusterOpKind.InboxAppend, epoch, append.ToByteArray())!.WaitAsync(TestDevice.Timeout);
+        Assert.Equal((MeshStatus.StaleEpoch, "node1"), (refused.Status, refused.Owner));
+        Assert.Equal(0UL, _cluster["node2"].Broker.Store.GetLastInboxSeq(_alice));
+    }
+
+    [Fact]
+    public async Task Broken_mesh_streams_mid_conversation_lose_and_duplicate_nothing()
+    {
+        var bob = await _cluster["node2"].ConnectAsync(_bob, "phone");
+        await bob.ExpectAsync<SyncDone>();
+        var alice = await _cluster["node1"].ConnectAsync(_alice, "phone");
+        await alice.ExpectAsync<SyncDone>();
+
+        const int Count = 60;
+        var gatewayToOwner = _cluster["node1"].Cluster.LinkTo("node3")!.Peer;
+        var ownerToHome = _cluster["node3"].Cluster.LinkTo("node2")!.Peer;
+        var reconnectsBefore = gatewayToOwner.Metrics.Snapshot().Reconnects + ownerToHome.Metrics.Snapshot().Reconnects;
+        for (var i = 1; i <= Count; i++)
+        {
+            await alice.SendAsync(TestDevice.Text((ulong)i, _bob, $"m{i}"));
+            if (i % 20 == 10)
+            {
+                gatewayToOwner.ResetStream(); // the owner's link from the gateway and to the home break mid-stream
+                ownerToHome.ResetStream();
+            }
+        }
+
+        for (var i = 1; i <= Count; i++)
+        {
+            Assert.Equal((ulong)i, (await alice.ExpectAsync<Sent>()).Seq);
+        }
+
+        for (var i = 1; i <= Count; i++)
+        {
+            Assert.Equal(($"m{i}", (ulong)i), await NextDeliverAsync(bob));
+        }
+
+        await ForwardedAsync("node3", "node2");
+        Assert.Equal((ulong)Count, _cluster["node2"].Broker.Store.GetLastInboxSeq(_bob));
+        Assert.Equal((ulong)Count, _cluster["node3"].Broker.Store.GetLastSeq(_conversation));
+        Assert.True(gatewayToOwner.Metrics.Snapshot().Reconnects + ownerToHome.Metrics.Snapshot().Reconnects > reconnectsBefore);
+    }
+
+    /// <summary>The next DELIVER, skipping receipts; its body and seq.</summary>
+    private static async Task<(string Body, ulong Seq)> NextDeliverAsync(TestDevice device)
+    {
+        while (true)
+        {
+            var message = await device.ReceiveAsync();
+            switch (message)
+            {
+                case Deliver deliver:
+                    return (deliver.Body.ToStringUtf8(), deliver.Seq);
+                case Receipt:
+                    continue;
+                default:
+                    throw new Xunit.Sdk.XunitException($"expected DELIVER, got {message}");
+            }
+        }
+    }
+
+    /// <summary>Waits until <paramref name="owner"/>'s forward queue to <paramref name="home"/> is drained (acked = stored).</summary>
+    private async Task ForwardedAsync(string owner, string home)
+    {
+        using var timeout = new CancellationTokenSource(TestDevice.Timeout);
+        await _cluster[owner].Cluster.WhenForwardedAsync(home, timeout.Token);
+        Assert.Equal(0UL, _cluster[owner].Cluster.ForwardBacklog(home));
+    }
+}
