@@ -208,6 +208,74 @@ public sealed class RoutingTests : IAsyncLifetime
         Assert.True(gatewayToOwner.Metrics.Snapshot().Reconnects + ownerToHome.Metrics.Snapshot().Reconnects > reconnectsBefore);
     }
 
+    [Fact]
+    public async Task While_the_owner_is_unreachable_a_send_gets_a_retryable_error_and_the_retry_after_it_returns_one_message()
+    {
+        await using var cluster = await ClusterHarness.StartAsync(3, new ClusterRoutingOptions { ForwardTimeout = TimeSpan.FromMilliseconds(300) });
+        var aliceId = cluster.UserAt("alice", "node1");
+        var bobId = cluster.UserAt("bob", "node2", b => cluster.Ring.ConversationOwner(ClusterOps.DirectConversationId(aliceId, b)) == "node3");
+        var bob = await cluster["node2"].ConnectAsync(bobId, "phone");
+        await bob.ExpectAsync<SyncDone>();
+        var alice = await cluster["node1"].ConnectAsync(aliceId, "phone");
+        await alice.ExpectAsync<SyncDone>();
+
+        await cluster["node3"].StopMeshAsync();
+        await alice.SendAsync(TestDevice.Text(1, bobId, "while the owner is away"));
+        var error = await alice.ExpectAsync<Error>();
+        Assert.Equal((ReasonCode.ServerUnavailable, 1UL, 1000UL), (error.Reason, error.RequestId, error.RetryAfterMs));
+
+        // The owner's port opens again; the device retries as the error told it to. The forward queued before the
+        // error may reach the owner first: either way the owner's store resolves the client_msg_id to one message.
+        await cluster["node3"].RestartMeshAsync();
+        Sent? sent = null;
+        for (var attempt = 0; sent is null; attempt++)
+        {
+            Assert.True(attempt < 30, "the owner did not come back within 30 retries");
+            await alice.SendAsync(TestDevice.Text(1, bobId, "while the owner is away"));
+            var answer = await alice.ReceiveAsync();
+            sent = answer as Sent;
+            Assert.True(sent is not null || answer is Error { Reason: ReasonCode.ServerUnavailable }, $"unexpected {answer}");
+        }
+
+        Assert.Equal(1UL, sent.Seq);
+        await alice.SendAsync(TestDevice.Text(2, bobId, "after"));
+        Assert.Equal(2UL, (await alice.ExpectAsync<Sent>()).Seq);
+        Assert.Equal(("while the owner is away", 1UL), await NextDeliverAsync(bob));
+        Assert.Equal(("after", 2UL), await NextDeliverAsync(bob));
+    }
+
+    [Fact]
+    public async Task Entries_an_owner_acked_but_had_not_forwarded_when_it_crashed_are_forwarded_after_its_restart()
+    {
+        var alice = await _cluster["node1"].ConnectAsync(_alice, "phone");
+        await alice.ExpectAsync<SyncDone>();
+        await alice.SendAsync(TestDevice.Text(1, _bob, "first"));
+        Assert.Equal(1UL, (await alice.ExpectAsync<Sent>()).Seq);
+        await ForwardedAsync("node3", "node2");
+
+        // Bob's home cannot be reached: the owner acknowledges, stores the entries in its forward queue, and
+        // crashes with them unsent (its mesh queue is in memory and lost).
+        await _cluster["node2"].StopMeshAsync();
+        for (var i = 2; i <= 5; i++)
+        {
+            await alice.SendAsync(TestDevice.Text((ulong)i, _bob, $"m{i}"));
+            Assert.Equal((ulong)i, (await alice.ExpectAsync<Sent>()).Seq);
+        }
+
+        Assert.Equal(4UL, _cluster["node3"].Cluster.ForwardBacklog("node2"));
+        await _cluster.RestartAsync("node3");
+        await _cluster["node2"].RestartMeshAsync();
+
+        await ForwardedAsync("node3", "node2");
+        var inbox = _cluster["node2"].Broker.Store.ReadInbox(_bob, 0, 100);
+        Assert.Equal([1UL, 2UL, 3UL, 4UL, 5UL], inbox.Select(e => e.Seq));
+        var bob = await _cluster["node2"].ConnectAsync(_bob, "phone");
+        for (var i = 1; i <= 5; i++)
+        {
+            Assert.Equal((ulong)i, (await bob.ExpectAsync<Deliver>()).Seq);
+        }
+    }
+
     /// <summary>The next DELIVER, skipping receipts; its body and seq.</summary>
     private static async Task<(string Body, ulong Seq)> NextDeliverAsync(TestDevice device)
     {
