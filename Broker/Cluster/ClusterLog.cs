@@ -14,6 +14,9 @@ internal static partial class ClusterLog
     [LoggerMessage(5002, LogLevel.Information, "Node {Node} refused forwarded inbox entries (epoch {Epoch}, owner {Owner}); waiting for a newer map")]
     public static partial void ForwardRefused(ILogger logger, string node, ulong epoch, string owner);
 
+    [LoggerMessage(5004, LogLevel.Error, "Node {Node} rejected a forwarded inbox entry (reason {Reason}); it is skipped")]
+    public static partial void ForwardRejected(ILogger logger, string node, uint reason);
+
     [LoggerMessage(5003, LogLevel.Error, "Applying the cluster map failed")]
     public static partial void MapFailed(ILogger logger, Exception exception);
 }

@@ -448,6 +448,12 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
             {
                 batch.Reject(i, (uint)ReasonCode.MalformedBody);
             }
+            catch (ArgumentException)
+            {
+                // A field the core refuses (an empty or oversized id, a missing message). Refused, not thrown: an
+                // exception would fail the stream and the same message would come back forever.
+                batch.Reject(i, (uint)ReasonCode.InvalidField);
+            }
         }
 
         if (work is not null)
@@ -471,6 +477,11 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
             case ClusterOpKind.ForwardSend:
             {
                 var forward = ForwardSend.Parser.ParseFrom(message.Payload.Span);
+                if (forward.SenderUser.Length == 0 || forward.SenderDevice.Length == 0)
+                {
+                    throw new ArgumentException("a ForwardSend names its sender's user and device");
+                }
+
                 var owner = s.OwnerIndexOf(forward.ConversationId);
                 if (!s.IsSelf(owner))
                 {
@@ -503,7 +514,12 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
                     }
                 }
 
-                return StoreForwardedAsync(append, cancellationToken);
+                if (append.Message is null || append.Recipients.Count == 0)
+                {
+                    throw new ArgumentException("an InboxAppend needs a message and recipients");
+                }
+
+                return StoreForwardedAsync(batch, index, append, cancellationToken);
             }
 
             case ClusterOpKind.DeviceRegistration:
@@ -523,6 +539,11 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
             case ClusterOpKind.DeviceDeliver:
             {
                 var deliver = DeviceDeliver.Parser.ParseFrom(message.Payload.Span);
+                if (deliver.Message is null)
+                {
+                    throw new ArgumentException("a DeviceDeliver needs a message");
+                }
+
                 DeliveryMessage? delivery = null;
                 foreach (var device in _registry.DevicesOf(deliver.User))
                 {
@@ -559,7 +580,7 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
                     return null;
                 }
 
-                return _chat.AckAsync(new RemoteDevice(ack.User, ack.Device), ack.InboxSeq, null, cancellationToken);
+                return AckForGatewayAsync(batch, index, ack, cancellationToken);
             }
 
             default:
@@ -582,17 +603,43 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
         {
             answer = new SendResult { Reason = (uint)ReasonCode.ServerUnavailable, Message = "the message could not be stored; retry" };
         }
+        catch (ArgumentException e)
+        {
+            answer = new SendResult { Reason = (uint)ReasonCode.InvalidField, Message = e.Message };
+        }
 
         batch.Reply(index, answer.ToByteArray());
     }
 
+    private async Task AckForGatewayAsync(MeshInboundBatch batch, int index, AckInbox ack, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await _chat.AckAsync(new RemoteDevice(ack.User, ack.Device), ack.InboxSeq, null, cancellationToken).ConfigureAwait(false);
+        }
+        catch (ArgumentException)
+        {
+            batch.Reject(index, (uint)ReasonCode.InvalidField);
+        }
+    }
+
     /// <summary>Home: stores a forwarded message with its inbox entries (once per (conversation, seq)), then tells
     /// the recipients' devices, here and at other gateways.</summary>
-    private async Task StoreForwardedAsync(InboxAppend append, CancellationToken cancellationToken)
+    private async Task StoreForwardedAsync(MeshInboundBatch batch, int index, InboxAppend append, CancellationToken cancellationToken)
     {
         var recipients = append.Recipients.ToArray();
         var stored = ClusterOps.ToStored(append.Message);
-        var result = await _chat.Store.StoreCopyAsync(stored, recipients, cancellationToken).ConfigureAwait(false);
+        AppendResult result;
+        try
+        {
+            result = await _chat.Store.StoreCopyAsync(stored, recipients, cancellationToken).ConfigureAwait(false);
+        }
+        catch (ArgumentException)
+        {
+            batch.Reject(index, (uint)ReasonCode.InvalidField);
+            return;
+        }
+
         if (result.IsDuplicate)
         {
             return;

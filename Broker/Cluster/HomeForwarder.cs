@@ -32,6 +32,7 @@ internal sealed class HomeForwarder
     private Task _run = Task.CompletedTask;
     private TaskCompletionSource _progress = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private long _forwarded;
+    private long _rejected;
 
     public HomeForwarder(ClusterNode node, string homeNodeId, IChatStore store, ConversationDirectory directory, int batch, ILogger logger)
     {
@@ -51,6 +52,9 @@ internal sealed class HomeForwarder
 
     /// <summary>Inbox entries the home has acked so far (this process).</summary>
     public long Forwarded => Interlocked.Read(ref _forwarded);
+
+    /// <summary>Entries the home rejected (skipped; see the log).</summary>
+    public long Rejected => Interlocked.Read(ref _rejected);
 
     /// <summary>Entries still to send: the queue's end minus the forwarded-through cursor.</summary>
     public ulong Backlog => _store.GetLastInboxSeq(QueueId) - _store.GetCursor(QueueId, ClusterNode.ForwardedCursor, CursorStream.Inbox);
@@ -148,7 +152,14 @@ internal sealed class HomeForwarder
             if (outcome is not null)
             {
                 var reply = await outcome.WaitAsync(stop).ConfigureAwait(false);
-                if (reply.Status != MeshStatus.Ok)
+                if (reply.Status == MeshStatus.Rejected)
+                {
+                    // The home cannot take this entry at all (a field it refuses): sending it again cannot help, and
+                    // holding the queue behind it would stop every later message to that home.
+                    Interlocked.Increment(ref _rejected);
+                    ClusterLog.ForwardRejected(_logger, HomeNodeId, reply.Reason);
+                }
+                else if (reply.Status != MeshStatus.Ok)
                 {
                     // The home's map says these users are not its own. Everything before stays forwarded; this and
                     // what follows wait for this node's map to catch up (a map change wakes the loop).

@@ -171,6 +171,31 @@ public sealed class RoutingTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Operations_a_node_cannot_parse_or_accept_are_rejected_with_a_reason_and_the_stream_goes_on()
+    {
+        var link = _cluster["node1"].Cluster.LinkTo("node3")!;
+        var epoch = _cluster["node1"].Cluster.CurrentEpoch;
+        async Task<MeshReply> AskAsync(ClusterOpKind kind, byte[] payload) => await link.TryRequest(kind, epoch, payload)!.WaitAsync(TestDevice.Timeout);
+
+        Assert.Equal((MeshStatus.Rejected, (uint)ReasonCode.BadRequest), await AskAsync((ClusterOpKind)99, []) is var a ? (a.Status, a.Reason) : default);
+        Assert.Equal((MeshStatus.Rejected, (uint)ReasonCode.MalformedBody), await AskAsync(ClusterOpKind.ForwardSend, [0xFF, 0xFF, 0xFF]) is var b ? (b.Status, b.Reason) : default);
+        var noMessage = new InboxAppend();
+        noMessage.Recipients.Add(_cluster.UserAt("carol", "node3"));
+        Assert.Equal((MeshStatus.Rejected, (uint)ReasonCode.InvalidField), await AskAsync(ClusterOpKind.InboxAppend, noMessage.ToByteArray()) is var c ? (c.Status, c.Reason) : default);
+
+        // A forwarded SEND with no sender is refused, not stored.
+        var anonymous = new ForwardSend { SenderDevice = "phone", Send = TestDevice.Text(1, _bob, "x").ToByteString(), ConversationId = _conversation };
+        Assert.Equal((MeshStatus.Rejected, (uint)ReasonCode.InvalidField), await AskAsync(ClusterOpKind.ForwardSend, anonymous.ToByteArray()) is var d ? (d.Status, d.Reason) : default);
+        Assert.Equal(0UL, _cluster["node3"].Broker.Store.GetLastSeq(_conversation));
+
+        // The stream is still up: a real SEND through the same link is sequenced.
+        var alice = await _cluster["node1"].ConnectAsync(_alice, "phone");
+        await alice.ExpectAsync<SyncDone>();
+        await alice.SendAsync(TestDevice.Text(1, _bob, "fine"));
+        Assert.Equal(1UL, (await alice.ExpectAsync<Sent>()).Seq);
+    }
+
+    [Fact]
     public async Task Broken_mesh_streams_mid_conversation_lose_and_duplicate_nothing()
     {
         var bob = await _cluster["node2"].ConnectAsync(_bob, "phone");
