@@ -258,7 +258,8 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
 
         for (var i = 0; i < members.Length; i++)
         {
-            if (!s.IsSelf(homes[i]) && !recipients.Contains(s.QueueIdOf(homes[i]), StringComparer.Ordinal))
+            // One queue entry per home, however many of the members live there.
+            if (!s.IsSelf(homes[i]) && recipients.IndexOf(s.QueueIdOf(homes[i]), local) < 0)
             {
                 recipients.Add(s.QueueIdOf(homes[i]));
             }
@@ -400,7 +401,8 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
 
         if (reply.Status != MeshStatus.Ok || reply.Reply is null)
         {
-            throw new RouteUnavailableException($"the home node {home} of {userId} refused the read ({reply.Status})");
+            // No page at all (a page is never empty on the wire): refused, or the answer was lost.
+            throw new RouteUnavailableException($"the home node {home} of {userId} did not answer the read ({reply.Status})");
         }
 
         foreach (var item in InboxPage.Parser.ParseFrom(reply.Reply).Items)
@@ -627,7 +629,8 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
     /// the recipients' devices, here and at other gateways.</summary>
     private async Task StoreForwardedAsync(MeshInboundBatch batch, int index, InboxAppend append, CancellationToken cancellationToken)
     {
-        var recipients = append.Recipients.ToArray();
+        var recipients = new string[append.Recipients.Count];
+        append.Recipients.CopyTo(recipients, 0);
         var stored = ClusterOps.ToStored(append.Message);
         AppendResult result;
         try
@@ -695,7 +698,7 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
         var items = new List<DeliveryItem>();
         var limit = (int)Math.Clamp(read.Limit, 1, 1024);
         _chat.ReadInboxAfter(read.User, read.AfterInboxSeq, limit, items);
-        var page = new InboxPage { LastInboxSeq = _chat.Store.GetLastInboxSeq(read.User) };
+        var page = new InboxPage { LastInboxSeq = _chat.Store.GetLastInboxSeq(read.User), Read = true };
         var budget = _options.Mesh.MaxReplyBytes - 64;
         foreach (var item in items)
         {

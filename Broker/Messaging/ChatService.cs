@@ -167,6 +167,11 @@ public sealed class ChatService(
                 return PreparedSend.Refused(ReasonCode.BadRequest, "cannot start a direct conversation with yourself");
             }
 
+            if (send.ToUserId.StartsWith('#'))
+            {
+                return PreparedSend.Refused(ReasonCode.InvalidField, "user ids starting with '#' are reserved");
+            }
+
             conversationId = router.DirectConversationId(sender, send.ToUserId);
         }
         else

@@ -91,6 +91,12 @@ internal sealed partial class DeviceSession
             return new(ReasonCode.InvalidField, "device ids starting with '#' are reserved");
         }
 
+        if (_context.Chat.Router is not null && connect.UserId.StartsWith('#'))
+        {
+            // Cluster mode keeps its forward queues in the inboxes of reserved '#' user ids.
+            return new(ReasonCode.InvalidField, "user ids starting with '#' are reserved");
+        }
+
         var status = AccessToken.Verify(_context.Secret, connect.Token, _context.Clock.GetUtcNow(), out var claims);
         switch (status)
         {

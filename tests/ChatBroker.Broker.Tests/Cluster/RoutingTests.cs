@@ -196,6 +196,45 @@ public sealed class RoutingTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task The_senders_other_device_at_another_node_gets_the_message_from_her_home()
+    {
+        var bob = await _cluster["node2"].ConnectAsync(_bob, "phone");
+        await bob.ExpectAsync<SyncDone>();
+        var phone = await _cluster["node1"].ConnectAsync(_alice, "phone");
+        await phone.ExpectAsync<SyncDone>();
+        var laptop = await _cluster["node3"].ConnectAsync(_alice, "laptop"); // neither her home nor her phone's node
+        await laptop.ExpectAsync<SyncDone>();
+
+        await phone.SendAsync(TestDevice.Text(41, _bob, "from my phone"));
+        var sent = await phone.ExpectAsync<Sent>();
+        var copy = await laptop.ExpectAsync<Deliver>();
+        Assert.Equal((sent.ConversationId, sent.Seq, 41UL, "phone", "from my phone"), (copy.ConversationId, copy.Seq, copy.ClientMsgId, copy.SenderDeviceId, copy.Body.ToStringUtf8()));
+        Assert.Equal(("from my phone", 1UL), await NextDeliverAsync(bob));
+
+        // Closed at its gateway, the laptop is forgotten by the home: the next message is only in the inbox.
+        await laptop.SendAsync(new Disconnect());
+        await laptop.EndedAsync();
+        await phone.SendAsync(TestDevice.Text(42, _bob, "laptop closed"));
+        await phone.ExpectAsync<Sent>();
+        Assert.Equal(("laptop closed", 2UL), await NextDeliverAsync(bob));
+        await ForwardedAsync("node3", "node1");
+        Assert.Equal(2UL, _cluster["node1"].Broker.Store.GetLastInboxSeq(_alice));
+    }
+
+    [Fact]
+    public async Task Reserved_user_ids_are_refused_in_cluster_mode()
+    {
+        var device = _cluster["node1"].Broker.Open();
+        await device.SendAsync(_cluster["node1"].Broker.ConnectPacket("#home/node2", "phone"));
+        Assert.Equal(ReasonCode.InvalidField, (await device.ExpectAsync<Connack>()).Reason);
+
+        var alice = await _cluster["node1"].ConnectAsync(_alice, "phone");
+        await alice.ExpectAsync<SyncDone>();
+        await alice.SendAsync(TestDevice.Text(1, "#home/node2", "into a forward queue"));
+        Assert.Equal(ReasonCode.InvalidField, (await alice.ExpectAsync<Error>()).Reason);
+    }
+
+    [Fact]
     public async Task Broken_mesh_streams_mid_conversation_lose_and_duplicate_nothing()
     {
         var bob = await _cluster["node2"].ConnectAsync(_bob, "phone");
