@@ -215,7 +215,10 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
 
     // ---- IMessageRouter: what the core asks ----
 
-    public ulong DirectConversationId(string userA, string userB) => ClusterOps.DirectConversationId(userA, userB);
+    public ulong DirectConversationId(string userA, string userB, int attempt) =>
+        attempt < ClusterOps.DirectIdProbes ? ClusterOps.DirectConversationId(userA, userB, attempt) : 0;
+
+    public int DirectIdAttempt(string userA, string userB, ulong conversationId) => ClusterOps.DirectIdAttempt(userA, userB, conversationId);
 
     public bool OwnsConversation(ulong conversationId) => State is { } s && s.IsSelf(s.OwnerIndexOf(conversationId));
 
@@ -298,7 +301,9 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
         deadline.CancelAfter(_options.ForwardTimeout);
         try
         {
-            for (var attempt = 0; attempt <= _options.MaxStaleRetries; attempt++)
+            // Each round either ends the SEND or follows a refusal: a newer map (bounded by MaxStaleRetries) or a
+            // direct conversation id that holds another pair (bounded by the pair's candidates).
+            for (var round = 0; round <= _options.MaxStaleRetries + ClusterOps.DirectIdProbes; round++)
             {
                 var s = State;
                 var owner = s?.OwnerIndexOf(conversationId) ?? -1;
@@ -309,8 +314,18 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
 
                 if (s.IsSelf(owner))
                 {
-                    // The map moved the conversation here since the SEND was prepared.
-                    var prepared = await _chat.PrepareAsync(origin, send, cancellationToken).ConfigureAwait(false);
+                    // The map moved the conversation here, or the pair's next candidate id is this node's.
+                    var prepared = await _chat.PrepareForwardedAsync(origin, send, conversationId, cancellationToken).ConfigureAwait(false);
+                    if (IsDirectIdTaken(prepared.Error, prepared.Message))
+                    {
+                        if (!NextDirectCandidate(origin, send, ref conversationId, ref payload))
+                        {
+                            break;
+                        }
+
+                        continue;
+                    }
+
                     if (prepared.Error != ReasonCode.Success)
                     {
                         return SendOutcome.Refused(prepared.Error, prepared.Message!);
@@ -336,9 +351,27 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
                 {
                     case MeshStatus.Ok when reply.Reply is { } bytes:
                         var result = SendResult.Parser.ParseFrom(bytes);
-                        return result.Reason != 0
-                            ? new SendOutcome((ReasonCode)result.Reason, result.Message, null, result.Reason == (uint)ReasonCode.ServerUnavailable ? _options.RetryAfter : default)
-                            : new SendOutcome(ReasonCode.Success, null, new AppendResult(result.ConversationId, result.Seq, result.TimestampMs, result.Duplicate, []));
+                        if (result.IdTaken)
+                        {
+                            if (!NextDirectCandidate(origin, send, ref conversationId, ref payload))
+                            {
+                                return SendOutcome.Refused(ReasonCode.ServerUnavailable, ConversationDirectory.DirectIdTaken);
+                            }
+
+                            continue;
+                        }
+
+                        if (result.Reason != 0)
+                        {
+                            return new SendOutcome((ReasonCode)result.Reason, result.Message, null, result.Reason == (uint)ReasonCode.ServerUnavailable ? _options.RetryAfter : default);
+                        }
+
+                        if (send.ToUserId.Length > 0)
+                        {
+                            _directory.RememberDirect(origin.UserId, send.ToUserId, result.ConversationId);
+                        }
+
+                        return new SendOutcome(ReasonCode.Success, null, new AppendResult(result.ConversationId, result.Seq, result.TimestampMs, result.Duplicate, []));
                     case MeshStatus.StaleEpoch:
                         // The owner's map is newer: route again once this node has it (bounded by the deadline).
                         await WaitForEpochAsync(reply.Epoch, deadline.Token).ConfigureAwait(false);
@@ -362,6 +395,23 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
         }
 
         return new SendOutcome(ReasonCode.ServerUnavailable, "the node that owns this conversation is unreachable; retry", null, _options.RetryAfter);
+    }
+
+    private static bool IsDirectIdTaken(ReasonCode error, string? message) =>
+        error == ReasonCode.ServerUnavailable && string.Equals(message, ConversationDirectory.DirectIdTaken, StringComparison.Ordinal);
+
+    /// <summary>Moves a direct SEND to its pair's next candidate id (and re-encodes the forward); false when none is left.</summary>
+    private bool NextDirectCandidate(IDeviceLink origin, Send send, ref ulong conversationId, ref byte[] payload)
+    {
+        var next = send.ToUserId.Length == 0 ? 0 : DirectConversationId(origin.UserId, send.ToUserId, DirectIdAttempt(origin.UserId, send.ToUserId, conversationId) + 1);
+        if (next == 0)
+        {
+            return false;
+        }
+
+        conversationId = next;
+        payload = new ForwardSend { SenderUser = origin.UserId, SenderDevice = origin.DeviceId, Send = send.ToByteString(), ConversationId = next }.ToByteArray();
+        return true;
     }
 
     public void DeliverToRemoteDevices(string userId, ulong inboxSeq, DeliveryMessage message)
@@ -493,10 +543,15 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
 
                 var send = Send.Parser.ParseFrom(forward.Send);
                 var origin = new RemoteDevice(forward.SenderUser, forward.SenderDevice);
-                var prepared = await _chat.PrepareAsync(origin, send, cancellationToken).ConfigureAwait(false);
+                var prepared = await _chat.PrepareForwardedAsync(origin, send, forward.ConversationId, cancellationToken).ConfigureAwait(false);
                 if (prepared.Error != ReasonCode.Success || prepared.Remote)
                 {
-                    batch.Reply(index, new SendResult { Reason = (uint)(prepared.Remote ? ReasonCode.ServerUnavailable : prepared.Error), Message = prepared.Message ?? "" }.ToByteArray());
+                    batch.Reply(index, new SendResult
+                    {
+                        Reason = (uint)(prepared.Remote ? ReasonCode.ServerUnavailable : prepared.Error),
+                        Message = prepared.Message ?? "",
+                        IdTaken = IsDirectIdTaken(prepared.Error, prepared.Message),
+                    }.ToByteArray());
                     return null;
                 }
 

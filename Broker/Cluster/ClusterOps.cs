@@ -33,7 +33,11 @@ public enum ClusterOpKind : uint
 /// <summary>Conversions between the core's types and the cluster operations, and the derived ids.</summary>
 public static class ClusterOps
 {
-    /// <summary>Seed of the direct conversation id hash: distinct from the ring's key spaces.</summary>
+    /// <summary>Ids a pair may have: when the first holds another pair's conversation (a hash collision), the next
+    /// seed is tried, on whichever node owns that id.</summary>
+    public const int DirectIdProbes = 4;
+
+    /// <summary>Seed of the direct conversation id hash (plus the probe): distinct from the ring's key spaces.</summary>
     private const long DirectIdSeed = 0x646972656374; // "direct"
 
     /// <summary>
@@ -41,8 +45,10 @@ public static class ClusterOps
     /// prefixed, so no two pairs give the same bytes), in the upper half of the id space, which the store's
     /// counter never reaches (<see cref="ChatStore.FirstDerivedConversationId"/>). Every node computes it alone.
     /// </summary>
-    public static ulong DirectConversationId(string userA, string userB)
+    public static ulong DirectConversationId(string userA, string userB, int attempt = 0)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(attempt);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(attempt, DirectIdProbes);
         var (lo, hi) = string.CompareOrdinal(userA, userB) <= 0 ? (userA, userB) : (userB, userA);
         var loBytes = Encoding.UTF8.GetByteCount(lo);
         var length = 8 + loBytes + Encoding.UTF8.GetByteCount(hi);
@@ -51,7 +57,21 @@ public static class ClusterOps
         Encoding.UTF8.GetBytes(lo, key[4..]);
         BinaryPrimitives.WriteInt32LittleEndian(key[(4 + loBytes)..], length - 8 - loBytes);
         Encoding.UTF8.GetBytes(hi, key[(8 + loBytes)..]);
-        return ChatStore.FirstDerivedConversationId | (XxHash3.HashToUInt64(key, DirectIdSeed) & ~ChatStore.FirstDerivedConversationId);
+        return ChatStore.FirstDerivedConversationId | (XxHash3.HashToUInt64(key, DirectIdSeed + attempt) & ~ChatStore.FirstDerivedConversationId);
+    }
+
+    /// <summary>Which probe of the pair <paramref name="conversationId"/> is, or -1 when it is none of them.</summary>
+    public static int DirectIdAttempt(string userA, string userB, ulong conversationId)
+    {
+        for (var attempt = 0; attempt < DirectIdProbes; attempt++)
+        {
+            if (DirectConversationId(userA, userB, attempt) == conversationId)
+            {
+                return attempt;
+            }
+        }
+
+        return -1;
     }
 
     public static ForwardedMessage ToWire(StoredMessage m) => new()

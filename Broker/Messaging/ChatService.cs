@@ -117,7 +117,7 @@ public sealed class ChatService(
     {
         if (Router is { } router)
         {
-            return await PrepareRoutedAsync(router, origin, send, cancellationToken).ConfigureAwait(false);
+            return await PrepareRoutedAsync(router, origin, send, 0, cancellationToken).ConfigureAwait(false);
         }
 
         var sender = origin.UserId;
@@ -152,64 +152,99 @@ public sealed class ChatService(
     }
 
     /// <summary>
+    /// Cluster mode, on the conversation's owner: a SEND another node forwarded, with the conversation id that node
+    /// resolved (for a direct conversation, one of the pair's candidate ids; checked).
+    /// </summary>
+    public ValueTask<PreparedSend> PrepareForwardedAsync(IDeviceLink origin, Send send, ulong conversationId, CancellationToken cancellationToken) =>
+        PrepareRoutedAsync(Router ?? throw new InvalidOperationException("not in cluster mode"), origin, send, conversationId, cancellationToken);
+
+    /// <summary>
     /// Cluster mode: a direct conversation's id is derived from its pair, so every node names it alike without
     /// asking one; a conversation owned elsewhere is left to its owner (which checks membership), one owned here
-    /// is resolved as on a single node (a direct one is created at its derived id on first use).
+    /// is resolved as on a single node (a direct one is created at its derived id on first use). When the derived
+    /// id holds another pair's conversation (a hash collision), the pair's next candidate is tried, here or on its
+    /// owner. <paramref name="resolved"/>: the id a gateway forwarded (0: resolve it here).
     /// </summary>
-    private async ValueTask<PreparedSend> PrepareRoutedAsync(IMessageRouter router, IDeviceLink origin, Send send, CancellationToken cancellationToken)
+    private async ValueTask<PreparedSend> PrepareRoutedAsync(IMessageRouter router, IDeviceLink origin, Send send, ulong resolved, CancellationToken cancellationToken)
     {
         var sender = origin.UserId;
+        var to = send.ToUserId;
         ulong conversationId;
-        if (send.ToUserId.Length > 0)
+        if (to.Length > 0)
         {
-            if (send.ToUserId == sender)
+            if (to == sender)
             {
                 return PreparedSend.Refused(ReasonCode.BadRequest, "cannot start a direct conversation with yourself");
             }
 
-            if (send.ToUserId.StartsWith('#'))
+            if (to.StartsWith('#'))
             {
                 return PreparedSend.Refused(ReasonCode.InvalidField, "user ids starting with '#' are reserved");
             }
 
-            conversationId = router.DirectConversationId(sender, send.ToUserId);
+            if (resolved != 0)
+            {
+                if (router.DirectIdAttempt(sender, to, resolved) < 0)
+                {
+                    return PreparedSend.Refused(ReasonCode.InvalidField, "the forwarded conversation id is not one of this pair");
+                }
+
+                conversationId = resolved;
+            }
+            else if (!directory.TryGetDirect(sender, to, out conversationId))
+            {
+                conversationId = router.DirectConversationId(sender, to, 0);
+            }
         }
         else
         {
-            conversationId = send.ConversationId;
+            conversationId = resolved != 0 ? resolved : send.ConversationId;
             if (conversationId == 0)
             {
                 return PreparedSend.Refused(ReasonCode.ConversationNotFound, "no such conversation");
             }
         }
 
-        if (!router.OwnsConversation(conversationId))
+        while (true)
         {
-            return PreparedSend.ForOwner(conversationId);
-        }
-
-        string[]? members;
-        if (send.ToUserId.Length > 0)
-        {
-            members = await directory.GetOrCreateDirectAtAsync(conversationId, sender, send.ToUserId, cancellationToken).ConfigureAwait(false);
-            if (members is null)
+            if (!router.OwnsConversation(conversationId))
             {
-                // Two pairs whose derived ids collide (about 1 in 2^63 per pair of pairs): refused, never mixed.
-                return PreparedSend.Refused(ReasonCode.ServerUnavailable, "the derived id of this direct conversation is taken by another pair");
+                return PreparedSend.ForOwner(conversationId);
             }
-        }
-        else
-        {
-            members = directory.MembersOf(conversationId);
-            if (members is null)
-            {
-                return PreparedSend.Refused(ReasonCode.ConversationNotFound, "no such conversation");
-            }
-        }
 
-        return ConversationDirectory.Contains(members, sender)
-            ? new PreparedSend(ReasonCode.Success, null, conversationId, members)
-            : PreparedSend.Refused(ReasonCode.NotAMember, "not a member of this conversation");
+            string[]? members;
+            if (to.Length > 0)
+            {
+                members = await directory.GetOrCreateDirectAtAsync(conversationId, sender, to, cancellationToken).ConfigureAwait(false);
+                if (members is null)
+                {
+                    // Another pair's conversation has this id. A forwarded SEND goes back to its gateway, which tries
+                    // the next candidate; one resolved here tries it now.
+                    var next = resolved == 0 ? router.DirectConversationId(sender, to, router.DirectIdAttempt(sender, to, conversationId) + 1) : 0;
+                    if (next == 0)
+                    {
+                        return PreparedSend.Refused(ReasonCode.ServerUnavailable, ConversationDirectory.DirectIdTaken);
+                    }
+
+                    conversationId = next;
+                    continue;
+                }
+
+                directory.RememberDirect(sender, to, conversationId);
+            }
+            else
+            {
+                members = directory.MembersOf(conversationId);
+                if (members is null)
+                {
+                    return PreparedSend.Refused(ReasonCode.ConversationNotFound, "no such conversation");
+                }
+            }
+
+            return ConversationDirectory.Contains(members, sender)
+                ? new PreparedSend(ReasonCode.Success, null, conversationId, members)
+                : PreparedSend.Refused(ReasonCode.NotAMember, "not a member of this conversation");
+        }
     }
 
     /// <summary>

@@ -9,8 +9,13 @@ namespace ChatBroker.Broker.Messaging;
 /// </summary>
 public interface IMessageRouter
 {
-    /// <summary>The direct conversation of two users: derived from the pair, the same on every node.</summary>
-    ulong DirectConversationId(string userA, string userB);
+    /// <summary>The direct conversation of two users: derived from the pair, the same on every node. A pair has a
+    /// few candidate ids (<paramref name="attempt"/> 0, 1, …): the first that is free or already the pair's is its
+    /// id. Returns 0 when <paramref name="attempt"/> is past the last candidate.</summary>
+    ulong DirectConversationId(string userA, string userB, int attempt);
+
+    /// <summary>Which candidate of the pair <paramref name="conversationId"/> is, or -1 when none.</summary>
+    int DirectIdAttempt(string userA, string userB, ulong conversationId);
 
     /// <summary>True when this node sequences the conversation under its current map.</summary>
     bool OwnsConversation(ulong conversationId);

@@ -222,6 +222,38 @@ public sealed class RoutingTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_pair_whose_derived_id_holds_another_pairs_conversation_takes_its_next_candidate_everywhere()
+    {
+        // A hash collision, made by hand: the first candidate of (alice, bob) already holds xavier and yvonne.
+        await _cluster["node3"].Broker.Store.GetOrCreateDirectAtAsync(_conversation, "xavier", "yvonne");
+        var second = ClusterOps.DirectConversationId(_alice, _bob, 1);
+        Assert.Equal(1, ClusterOps.DirectIdAttempt(_bob, _alice, second));
+
+        var bob = await _cluster["node2"].ConnectAsync(_bob, "phone");
+        await bob.ExpectAsync<SyncDone>();
+        var alice = await _cluster["node1"].ConnectAsync(_alice, "phone");
+        await alice.ExpectAsync<SyncDone>();
+        await alice.SendAsync(TestDevice.Text(1, _bob, "no mix-up"));
+        var sent = await alice.ExpectAsync<Sent>();
+        Assert.Equal((second, 1UL), (sent.ConversationId, sent.Seq));
+        var deliver = await bob.ExpectAsync<Deliver>();
+        Assert.Equal((second, "no mix-up"), (deliver.ConversationId, deliver.Body.ToStringUtf8()));
+
+        // Bob answers through his own node, which has never seen the pair: it finds the same id.
+        await bob.SendAsync(TestDevice.Text(1, _alice, "same here"));
+        var answer = await bob.ExpectAsync<Sent>();
+        Assert.Equal((second, 2UL), (answer.ConversationId, answer.Seq));
+
+        // And through the node that owns the taken id, which probes on by itself.
+        await ForwardedAsync(_cluster.Ring.ConversationOwner(second), "node1");
+        var laptop = await _cluster["node3"].ConnectAsync(_alice, "laptop");
+        Assert.Equal(2, (await CatchUpAsync(laptop)).Count); // her inbox so far: her message and bob's answer
+        await laptop.SendAsync(TestDevice.Text(1, _bob, "from the owner of the taken id"));
+        Assert.Equal((second, 3UL), (await laptop.ExpectAsync<Sent>()) is var third ? (third.ConversationId, third.Seq) : default);
+        Assert.Equal(0UL, _cluster["node3"].Broker.Store.GetLastSeq(_conversation)); // xavier's and yvonne's stays untouched
+    }
+
+    [Fact]
     public async Task Reserved_user_ids_are_refused_in_cluster_mode()
     {
         var device = _cluster["node1"].Broker.Open();
@@ -338,6 +370,18 @@ public sealed class RoutingTests : IAsyncLifetime
         {
             Assert.Equal((ulong)i, (await bob.ExpectAsync<Deliver>()).Seq);
         }
+    }
+
+    /// <summary>The DELIVERs of a catch-up, up to its SYNC_DONE.</summary>
+    private static async Task<List<Deliver>> CatchUpAsync(TestDevice device)
+    {
+        var delivers = new List<Deliver>();
+        while (await device.ReceiveAsync() is var message and not SyncDone)
+        {
+            delivers.Add(Assert.IsType<Deliver>(message));
+        }
+
+        return delivers;
     }
 
     /// <summary>The next DELIVER, skipping receipts; its body and seq.</summary>
