@@ -74,30 +74,24 @@ public static class ClusterOps
         return -1;
     }
 
-    public static ForwardedMessage ToWire(StoredMessage m) => new()
-    {
-        ConversationId = m.ConversationId,
-        Seq = m.Seq,
-        TimestampMs = m.TimestampMs,
-        SenderUser = m.SenderUserId,
-        SenderDevice = m.SenderDeviceId,
-        ClientMsgId = m.ClientMsgId,
-        ContentType = m.ContentType,
-        MediaRef = m.MediaRef ?? "",
-        Body = ByteString.CopyFrom(m.Body.Span),
-    };
+    public static ForwardedMessage ToWire(StoredMessage m) =>
+        ToWire(m.ConversationId, m.Seq, m.TimestampMs, m.SenderUserId, m.SenderDeviceId, m.ClientMsgId, m.ContentType, m.MediaRef, m.Body.Span);
 
-    public static ForwardedMessage ToWire(DeliveryMessage m) => new()
+    public static ForwardedMessage ToWire(DeliveryMessage m) =>
+        ToWire(m.ConversationId, m.Seq, m.TimestampMs, m.SenderUserId, m.SenderDeviceId, m.ClientMsgId, (uint)m.ContentType,
+            m.Media is null ? null : Convert.ToBase64String(m.Media.ToByteArray()), m.Body.Span);
+
+    private static ForwardedMessage ToWire(ulong conversationId, ulong seq, long timestampMs, string senderUser, string senderDevice, ulong clientMsgId, uint contentType, string? mediaRef, ReadOnlySpan<byte> body) => new()
     {
-        ConversationId = m.ConversationId,
-        Seq = m.Seq,
-        TimestampMs = m.TimestampMs,
-        SenderUser = m.SenderUserId,
-        SenderDevice = m.SenderDeviceId,
-        ClientMsgId = m.ClientMsgId,
-        ContentType = (uint)m.ContentType,
-        MediaRef = m.Media is null ? "" : Convert.ToBase64String(m.Media.ToByteArray()),
-        Body = ByteString.CopyFrom(m.Body.Span),
+        ConversationId = conversationId,
+        Seq = seq,
+        TimestampMs = timestampMs,
+        SenderUser = senderUser,
+        SenderDevice = senderDevice,
+        ClientMsgId = clientMsgId,
+        ContentType = contentType,
+        MediaRef = mediaRef ?? "", // as stored: base64 of a MediaRef
+        Body = ByteString.CopyFrom(body),
     };
 
     public static StoredMessage ToStored(ForwardedMessage m) =>
