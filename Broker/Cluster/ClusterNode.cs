@@ -68,6 +68,9 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
 
     public MeshOptions MeshOptions => _options.Mesh;
 
+    /// <summary>Counters of this node's routing.</summary>
+    public RoutingMetrics Metrics { get; } = new();
+
     /// <summary>Counters of this node's sending ends (the receiving end has its own, on its MeshReceiver).</summary>
     public MeshMetrics MeshMetrics { get; } = new();
 
@@ -190,7 +193,7 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
             {
                 if (!_forwarders.ContainsKey(nodeId))
                 {
-                    var forwarder = new HomeForwarder(this, nodeId, _chat.Store, _directory, _options.ForwardBatch, _logger);
+                    var forwarder = new HomeForwarder(this, nodeId, _chat.Store, _directory, _options.ForwardBatch, Metrics, _logger);
                     _forwarders[nodeId] = forwarder;
                     forwarder.Start(_stop.Token);
                 }
@@ -297,6 +300,7 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
             Send = send.ToByteString(),
             ConversationId = conversationId,
         }.ToByteArray();
+        Interlocked.Increment(ref Metrics.SendsForwarded);
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         deadline.CancelAfter(_options.ForwardTimeout);
         try
@@ -343,6 +347,7 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
                 var outcome = link?.TryRequest(ClusterOpKind.ForwardSend, s.Epoch, payload);
                 if (outcome is null)
                 {
+                    Interlocked.Increment(ref Metrics.LinkQueueFull);
                     break;
                 }
 
@@ -374,6 +379,7 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
                         return new SendOutcome(ReasonCode.Success, null, new AppendResult(result.ConversationId, result.Seq, result.TimestampMs, result.Duplicate, []));
                     case MeshStatus.StaleEpoch:
                         // The owner's map is newer: route again once this node has it (bounded by the deadline).
+                        Interlocked.Increment(ref Metrics.StaleEpochRetries);
                         await WaitForEpochAsync(reply.Epoch, deadline.Token).ConfigureAwait(false);
                         continue;
                     case MeshStatus.Rejected:
@@ -394,6 +400,7 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
         {
         }
 
+        Interlocked.Increment(ref Metrics.SendsAnsweredUnavailable);
         return new SendOutcome(ReasonCode.ServerUnavailable, "the node that owns this conversation is unreachable; retry", null, _options.RetryAfter);
     }
 
@@ -409,6 +416,7 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
             return false;
         }
 
+        Interlocked.Increment(ref Metrics.DirectIdProbes);
         conversationId = next;
         payload = new ForwardSend { SenderUser = origin.UserId, SenderDevice = origin.DeviceId, Send = send.ToByteString(), ConversationId = next }.ToByteArray();
         return true;
@@ -427,7 +435,14 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
             deliver.Device = device;
             // Dropped when the gateway's queue is full: the device's stream then sees a gap at the next message and
             // catches up from this home.
-            s.LinkOf(gateway)?.TryPost(ClusterOpKind.DeviceDeliver, s.Epoch, deliver.ToByteArray());
+            if (s.LinkOf(gateway)?.TryPost(ClusterOpKind.DeviceDeliver, s.Epoch, deliver.ToByteArray()) == true)
+            {
+                Interlocked.Increment(ref Metrics.DeliversPosted);
+            }
+            else
+            {
+                Interlocked.Increment(ref Metrics.DeliversDropped);
+            }
         }
     }
 
@@ -437,22 +452,23 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
         var home = s?.HomeOf(userId);
         var link = home is null ? null : s!.LinkOf(home);
         var request = new ReadInbox { User = userId, AfterInboxSeq = afterInboxSeq, Limit = (uint)limit };
-        var outcome = link?.TryRequest(ClusterOpKind.ReadInbox, s!.Epoch, request.ToByteArray())
-            ?? throw new RouteUnavailableException($"the home node of {userId} is not reachable");
-        MeshReply reply;
+        Interlocked.Increment(ref Metrics.RemoteReads);
+        var outcome = link?.TryRequest(ClusterOpKind.ReadInbox, s!.Epoch, request.ToByteArray());
+        MeshReply reply = default;
         try
         {
-            reply = await outcome.WaitAsync(_options.ReadTimeout, cancellationToken).ConfigureAwait(false);
+            reply = outcome is null ? default : await outcome.WaitAsync(_options.ReadTimeout, cancellationToken).ConfigureAwait(false);
         }
         catch (TimeoutException)
         {
-            throw new RouteUnavailableException($"the home node {home} of {userId} did not answer in time");
+            outcome = null;
         }
 
-        if (reply.Status != MeshStatus.Ok || reply.Reply is null)
+        if (outcome is null || reply.Status != MeshStatus.Ok || reply.Reply is null)
         {
-            // No page at all (a page is never empty on the wire): refused, or the answer was lost.
-            throw new RouteUnavailableException($"the home node {home} of {userId} did not answer the read ({reply.Status})");
+            // Unreachable, full, late, refused, or the answer was lost (a page is never empty on the wire).
+            Interlocked.Increment(ref Metrics.RemoteReadFailures);
+            throw new RouteUnavailableException($"the home node {home} of {userId} did not answer the read in time ({reply.Status})");
         }
 
         foreach (var item in InboxPage.Parser.ParseFrom(reply.Reply).Items)
@@ -697,6 +713,8 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
             batch.Reject(index, (uint)ReasonCode.InvalidField);
             return;
         }
+
+        Interlocked.Increment(ref result.IsDuplicate ? ref Metrics.CopiesDuplicate : ref Metrics.CopiesStored);
 
         if (result.IsDuplicate)
         {

@@ -34,8 +34,11 @@ internal sealed class HomeForwarder
     private long _forwarded;
     private long _rejected;
 
-    public HomeForwarder(ClusterNode node, string homeNodeId, IChatStore store, ConversationDirectory directory, int batch, ILogger logger)
+    private readonly RoutingMetrics _metrics;
+
+    public HomeForwarder(ClusterNode node, string homeNodeId, IChatStore store, ConversationDirectory directory, int batch, RoutingMetrics metrics, ILogger logger)
     {
+        _metrics = metrics;
         _node = node;
         _store = store;
         _directory = directory;
@@ -140,6 +143,7 @@ internal sealed class HomeForwarder
             var outcome = link.TryRequest(ClusterOpKind.InboxAppend, state.Epoch, append.ToByteArray());
             if (outcome is null)
             {
+                Interlocked.Increment(ref _metrics.LinkQueueFull);
                 break; // the link's queue is full: what was sent is settled first, the rest comes next round
             }
 
@@ -157,6 +161,7 @@ internal sealed class HomeForwarder
                     // The home cannot take this entry at all (a field it refuses): sending it again cannot help, and
                     // holding the queue behind it would stop every later message to that home.
                     Interlocked.Increment(ref _rejected);
+                    Interlocked.Increment(ref _metrics.InboxEntriesRejected);
                     ClusterLog.ForwardRejected(_logger, HomeNodeId, reply.Reason);
                 }
                 else if (reply.Status != MeshStatus.Ok)
@@ -182,6 +187,7 @@ internal sealed class HomeForwarder
         {
             await _store.AdvanceCursorAsync(QueueId, ClusterNode.ForwardedCursor, CursorStream.Inbox, through, null, stop).ConfigureAwait(false);
             Interlocked.Add(ref _forwarded, (long)(through - from));
+            Interlocked.Add(ref _metrics.InboxEntriesForwarded, (long)(through - from));
             Interlocked.Exchange(ref _progress, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
         }
     }

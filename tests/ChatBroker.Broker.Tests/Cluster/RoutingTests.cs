@@ -130,11 +130,13 @@ public sealed class RoutingTests : IAsyncLifetime
         }
 
         Assert.Equal((ulong)Offline, (await bob.ExpectAsync<SyncDone>()).InboxSeq);
+        Assert.True(_cluster["node3"].Cluster.Metrics.Snapshot().RemoteReads >= 1);
 
         // Live from here: the home tells the gateway that holds bob's connection.
         await alice.SendAsync(TestDevice.Text(100, _bob, "live"));
         Assert.Equal((ulong)Offline + 1, (await alice.ExpectAsync<Sent>()).Seq);
         Assert.Equal(("live", (ulong)Offline + 1), await NextDeliverAsync(bob));
+        Assert.Equal(1, _cluster["node2"].Cluster.Metrics.Snapshot().DeliversPosted);
 
         // ACK at the gateway moves the cursor at the home. A SYNC after it reads the home's inbox over the same
         // stream, so its SYNC_DONE comes after the home has stored the ACK.
@@ -251,6 +253,9 @@ public sealed class RoutingTests : IAsyncLifetime
         await laptop.SendAsync(TestDevice.Text(1, _bob, "from the owner of the taken id"));
         Assert.Equal((second, 3UL), (await laptop.ExpectAsync<Sent>()) is var third ? (third.ConversationId, third.Seq) : default);
         Assert.Equal(0UL, _cluster["node3"].Broker.Store.GetLastSeq(_conversation)); // xavier's and yvonne's stays untouched
+        // Counted where a gateway learned it from a refusal: at least alice's node1 (bob's node2 too, unless it owns
+        // the second candidate and so remembered the pair when it stored alice's message).
+        Assert.True(_cluster["node1"].Cluster.Metrics.Snapshot().DirectIdProbes >= 1);
     }
 
     [Fact]
@@ -319,6 +324,7 @@ public sealed class RoutingTests : IAsyncLifetime
         await alice.SendAsync(TestDevice.Text(1, bobId, "while the owner is away"));
         var error = await alice.ExpectAsync<Error>();
         Assert.Equal((ReasonCode.ServerUnavailable, 1UL, 1000UL), (error.Reason, error.RequestId, error.RetryAfterMs));
+        Assert.Equal(1, cluster["node1"].Cluster.Metrics.Snapshot().SendsAnsweredUnavailable);
 
         // The owner's port opens again; the device retries as the error told it to. The forward queued before the
         // error may reach the owner first: either way the owner's store resolves the client_msg_id to one message.
@@ -364,6 +370,8 @@ public sealed class RoutingTests : IAsyncLifetime
 
         await ForwardedAsync("node3", "node2");
         var inbox = _cluster["node2"].Broker.Store.ReadInbox(_bob, 0, 100);
+        Assert.Equal(5, _cluster["node2"].Cluster.Metrics.Snapshot().CopiesStored);
+        Assert.True(_cluster["node3"].Cluster.Metrics.Snapshot().InboxEntriesForwarded >= 4); // the restarted owner sent them
         Assert.Equal([1UL, 2UL, 3UL, 4UL, 5UL], inbox.Select(e => e.Seq));
         var bob = await _cluster["node2"].ConnectAsync(_bob, "phone");
         for (var i = 1; i <= 5; i++)
