@@ -487,9 +487,21 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
 
     public void OnDeviceSession(IDeviceLink device, bool online)
     {
-        if (State is not { } s || s.HomeOf(device.UserId) is not { } home || string.Equals(home, NodeId, StringComparison.Ordinal))
+        if (State is not { } s || s.HomeOf(device.UserId) is not { } home)
         {
-            return; // local sessions are in the local registry
+            return;
+        }
+
+        if (string.Equals(home, NodeId, StringComparison.Ordinal))
+        {
+            // Local sessions are in the local registry; one that logs in here takes over a session of the same
+            // device at another gateway.
+            if (online)
+            {
+                Register(new DeviceRegistration { User = device.UserId, Device = device.DeviceId, Online = true }, NodeId, s);
+            }
+
+            return;
         }
 
         s.LinkOf(home)?.TryPost(ClusterOpKind.DeviceRegistration, s.Epoch, new DeviceRegistration { User = device.UserId, Device = device.DeviceId, Online = online }.ToByteArray());
@@ -605,7 +617,7 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
                     return null;
                 }
 
-                Register(registration, batch.Origin);
+                Register(registration, batch.Origin, s);
                 return null;
             }
 
@@ -623,6 +635,20 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
                     if (string.Equals(device.DeviceId, deliver.Device, StringComparison.Ordinal))
                     {
                         device.OnInboxAppended(deliver.InboxSeq, delivery ??= ClusterOps.ToDelivery(deliver.Message));
+                    }
+                }
+
+                return null;
+            }
+
+            case ClusterOpKind.DeviceTakenOver:
+            {
+                var takenOver = DeviceRegistration.Parser.ParseFrom(message.Payload.Span);
+                foreach (var device in _registry.DevicesOf(takenOver.User))
+                {
+                    if (string.Equals(device.DeviceId, takenOver.Device, StringComparison.Ordinal))
+                    {
+                        device.Close(ReasonCode.SessionTakenOver, "this device connected at another node");
                     }
                 }
 
@@ -733,36 +759,73 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
         }
     }
 
-    private void Register(DeviceRegistration registration, string gateway)
+    /// <summary>
+    /// Home: where the user's devices are connected. A device is connected at one node at a time: a login at a new
+    /// gateway (or here, <paramref name="gateway"/> = this node) closes its session at the previous one with
+    /// SESSION_TAKEN_OVER; a close reported by a gateway the device has since left is ignored.
+    /// </summary>
+    private void Register(DeviceRegistration registration, string gateway, RoutingState s)
     {
-        _remoteDevices.AddOrUpdate(
-            registration.User,
-            static (_, arg) => arg.Online ? [(arg.Device, arg.Gateway)] : [],
-            static (_, devices, arg) =>
+        var user = registration.User;
+        var device = registration.Device;
+        string? previous = null;
+        while (true)
+        {
+            var exists = _remoteDevices.TryGetValue(user, out var devices);
+            devices = exists ? devices : [];
+            var builder = ImmutableArray.CreateBuilder<(string Device, string Gateway)>(devices.Length + 1);
+            previous = null;
+            foreach (var d in devices)
             {
-                var builder = ImmutableArray.CreateBuilder<(string Device, string Gateway)>(devices.Length + 1);
-                foreach (var d in devices)
+                if (!string.Equals(d.Device, device, StringComparison.Ordinal))
                 {
-                    // A device is connected at one gateway at a time; a close reported by an older gateway after the
-                    // device moved is ignored.
-                    if (!string.Equals(d.Device, arg.Device, StringComparison.Ordinal))
-                    {
-                        builder.Add(d);
-                    }
-                    else if (!arg.Online && !string.Equals(d.Gateway, arg.Gateway, StringComparison.Ordinal))
-                    {
-                        builder.Add(d);
-                    }
+                    builder.Add(d);
                 }
-
-                if (arg.Online)
+                else if (registration.Online)
                 {
-                    builder.Add((arg.Device, arg.Gateway));
+                    previous = d.Gateway;
                 }
+                else if (!string.Equals(d.Gateway, gateway, StringComparison.Ordinal))
+                {
+                    builder.Add(d);
+                }
+            }
 
-                return builder.ToImmutable();
-            },
-            (registration.Device, Gateway: gateway, registration.Online));
+            if (registration.Online && !string.Equals(gateway, NodeId, StringComparison.Ordinal))
+            {
+                builder.Add((device, gateway));
+            }
+
+            var next = builder.ToImmutable();
+            var swapped = !exists ? next.IsEmpty || _remoteDevices.TryAdd(user, next)
+                : next.IsEmpty ? _remoteDevices.TryRemove(new KeyValuePair<string, ImmutableArray<(string Device, string Gateway)>>(user, devices))
+                : _remoteDevices.TryUpdate(user, next, devices);
+            if (swapped)
+            {
+                break;
+            }
+        }
+
+        if (!registration.Online)
+        {
+            return;
+        }
+
+        if (previous is not null && !string.Equals(previous, gateway, StringComparison.Ordinal))
+        {
+            s.LinkOf(previous)?.TryPost(ClusterOpKind.DeviceTakenOver, s.Epoch, new DeviceRegistration { User = user, Device = device }.ToByteArray());
+        }
+
+        if (!string.Equals(gateway, NodeId, StringComparison.Ordinal))
+        {
+            foreach (var local in _registry.DevicesOf(user))
+            {
+                if (string.Equals(local.DeviceId, device, StringComparison.Ordinal))
+                {
+                    local.Close(ReasonCode.SessionTakenOver, "this device connected at another node");
+                }
+            }
+        }
     }
 
     /// <summary>Home: a page of a user's inbox for a remote gateway's catch-up, as much as fits one reply.</summary>

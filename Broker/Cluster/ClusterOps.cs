@@ -28,6 +28,10 @@ public enum ClusterOpKind : uint
 
     /// <summary>Gateway → home: <see cref="Wire.AckInbox"/>.</summary>
     AckInbox = 6,
+
+    /// <summary>Home → gateway: <see cref="Wire.DeviceRegistration"/> of a device that connected elsewhere: close
+    /// its session here (SESSION_TAKEN_OVER), as a second login on one node does.</summary>
+    DeviceTakenOver = 7,
 }
 
 /// <summary>Conversions between the core's types and the cluster operations, and the derived ids.</summary>

@@ -84,18 +84,22 @@ public sealed class RoutingTests : IAsyncLifetime
         await viaHome.SendAsync(TestDevice.Text(7, _bob, "once"));
         var first = await viaHome.ExpectAsync<Sent>();
 
-        // The device lost the SENT and reconnects to another node (the owner itself, then a third one).
+        // The device lost the SENT and reconnects to another node (the owner itself, then a third one); each new
+        // connection takes the device's session over.
+        var connection = viaHome;
         foreach (var node in new[] { "node3", "node2" })
         {
             var retry = await _cluster[node].ConnectAsync(_alice, "phone");
             await retry.ExpectAsync<SyncDone>();
+            Assert.Equal(ReasonCode.SessionTakenOver, (await connection.ExpectAsync<Disconnect>()).Reason);
             await retry.SendAsync(TestDevice.Text(7, _bob, "once"));
             var again = await retry.ExpectAsync<Sent>();
             Assert.Equal((first.ConversationId, first.Seq, first.TimestampMs), (again.ConversationId, again.Seq, again.TimestampMs));
+            connection = retry;
         }
 
-        await viaHome.SendAsync(TestDevice.Text(8, _bob, "twice"));
-        Assert.Equal(2UL, (await viaHome.ExpectAsync<Sent>()).Seq);
+        await connection.SendAsync(TestDevice.Text(8, _bob, "twice"));
+        Assert.Equal(2UL, (await connection.ExpectAsync<Sent>()).Seq);
         Assert.Equal(("once", 1UL), await NextDeliverAsync(bob));
         Assert.Equal(("twice", 2UL), await NextDeliverAsync(bob)); // no second "once"
         Assert.Equal(2UL, _cluster["node3"].Broker.Store.GetLastSeq(_conversation));
@@ -256,6 +260,38 @@ public sealed class RoutingTests : IAsyncLifetime
         // Counted where a gateway learned it from a refusal: at least alice's node1 (bob's node2 too, unless it owns
         // the second candidate and so remembered the pair when it stored alice's message).
         Assert.True(_cluster["node1"].Cluster.Metrics.Snapshot().DirectIdProbes >= 1);
+    }
+
+    [Fact]
+    public async Task A_device_that_connects_at_another_node_takes_over_its_session_there()
+    {
+        var atNode3 = await _cluster["node3"].ConnectAsync(_bob, "phone");
+        await atNode3.ExpectAsync<SyncDone>();
+
+        // Another gateway: the home tells node3 to close the old session.
+        var atNode1 = await _cluster["node1"].ConnectAsync(_bob, "phone");
+        await atNode1.ExpectAsync<SyncDone>();
+        Assert.Equal(ReasonCode.SessionTakenOver, (await atNode3.ExpectAsync<Disconnect>()).Reason);
+        await atNode3.EndedAsync();
+
+        // The home itself: it closes the session at node1.
+        var atHome = await _cluster["node2"].ConnectAsync(_bob, "phone");
+        await atHome.ExpectAsync<SyncDone>();
+        Assert.Equal(ReasonCode.SessionTakenOver, (await atNode1.ExpectAsync<Disconnect>()).Reason);
+        await atNode1.EndedAsync();
+
+        // And a gateway again: the home closes its own session.
+        var again = await _cluster["node3"].ConnectAsync(_bob, "phone");
+        await again.ExpectAsync<SyncDone>();
+        Assert.Equal(ReasonCode.SessionTakenOver, (await atHome.ExpectAsync<Disconnect>()).Reason);
+        await atHome.EndedAsync();
+
+        // Only the newest session gets bob's messages.
+        var alice = await _cluster["node1"].ConnectAsync(_alice, "phone");
+        await alice.ExpectAsync<SyncDone>();
+        await alice.SendAsync(TestDevice.Text(1, _bob, "to the newest"));
+        await alice.ExpectAsync<Sent>();
+        Assert.Equal(("to the newest", 1UL), await NextDeliverAsync(again));
     }
 
     [Fact]
