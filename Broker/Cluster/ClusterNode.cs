@@ -477,6 +477,35 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
         }
     }
 
+    public async Task<(ReasonCode Error, string? Message, HistoryPage? Page)> RemoteHistoryAsync(string userId, History request, int maxFrameBytes, CancellationToken cancellationToken)
+    {
+        var s = State;
+        var owner = s?.OwnerOf(request.ConversationId);
+        var payload = new HistoryRequest { User = userId, History = request.ToByteString(), MaxFrameBytes = (uint)Math.Max(0, maxFrameBytes) }.ToByteArray();
+        var outcome = owner is null ? null : s!.LinkOf(owner)?.TryRequest(ClusterOpKind.History, s.Epoch, payload);
+        MeshReply reply = default;
+        try
+        {
+            reply = outcome is null ? default : await outcome.WaitAsync(_options.ReadTimeout, cancellationToken).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            outcome = null;
+        }
+
+        if (outcome is null || reply.Status != MeshStatus.Ok || reply.Reply is null)
+        {
+            Interlocked.Increment(ref Metrics.RemoteReadFailures);
+            throw new RouteUnavailableException($"the owner of conversation {request.ConversationId} did not answer the history request in time ({reply.Status})");
+        }
+
+        Interlocked.Increment(ref Metrics.RemoteReads);
+        var result = HistoryResult.Parser.ParseFrom(reply.Reply);
+        return result.Reason != 0
+            ? ((ReasonCode)result.Reason, result.Message, null)
+            : (ReasonCode.Success, null, HistoryPage.Parser.ParseFrom(result.Page));
+    }
+
     public void AckRemoteInbox(IDeviceLink device, ulong inboxSeq)
     {
         if (State is { } s && s.HomeOf(device.UserId) is { } home)
@@ -652,6 +681,26 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
                     }
                 }
 
+                return null;
+            }
+
+            case ClusterOpKind.History:
+            {
+                var request = HistoryRequest.Parser.ParseFrom(message.Payload.Span);
+                var history = History.Parser.ParseFrom(request.History);
+                var owner = s.OwnerIndexOf(history.ConversationId);
+                if (!s.IsSelf(owner))
+                {
+                    batch.RefuseStaleEpoch(index, s.Epoch, s.NodeAt(owner));
+                    return null;
+                }
+
+                // The page must fit the device's frame and this reply.
+                var maxFrame = (int)Math.Min(request.MaxFrameBytes == 0 ? int.MaxValue : request.MaxFrameBytes, _options.Mesh.MaxReplyBytes - 64);
+                var (error, text, page) = _chat.History(request.User, history, maxFrame);
+                batch.Reply(index, (error == ReasonCode.Success
+                    ? new HistoryResult { Page = page!.ToByteString() }
+                    : new HistoryResult { Reason = (uint)error, Message = text ?? "" }).ToByteArray());
                 return null;
             }
 

@@ -32,6 +32,9 @@ public enum ClusterOpKind : uint
     /// <summary>Home → gateway: <see cref="Wire.DeviceRegistration"/> of a device that connected elsewhere: close
     /// its session here (SESSION_TAKEN_OVER), as a second login on one node does.</summary>
     DeviceTakenOver = 7,
+
+    /// <summary>Gateway → owner: <see cref="HistoryRequest"/>, answered with <see cref="HistoryResult"/>.</summary>
+    History = 8,
 }
 
 /// <summary>Conversions between the core's types and the cluster operations, and the derived ids.</summary>

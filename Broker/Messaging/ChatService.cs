@@ -779,6 +779,17 @@ public sealed class ChatService(
         return receipts;
     }
 
+    /// <summary><see cref="History"/> wherever the conversation lives: here, or (cluster mode) on its owner.</summary>
+    public ValueTask<(ReasonCode Error, string? Message, HistoryPage? Page)> HistoryAsync(string userId, History request, int maxFrameBytes, CancellationToken cancellationToken)
+    {
+        if (Router is { } router && request.ConversationId != 0 && !router.OwnsConversation(request.ConversationId))
+        {
+            return new(router.RemoteHistoryAsync(userId, request, maxFrameBytes, cancellationToken));
+        }
+
+        return new(History(userId, request, maxFrameBytes));
+    }
+
     /// <summary>HISTORY: a page of messages before <c>before_seq</c>, members only.</summary>
     public (ReasonCode Error, string? Message, HistoryPage? Page) History(string userId, History request, int maxFrameBytes = int.MaxValue)
     {

@@ -44,6 +44,9 @@ public interface IMessageRouter
     /// <paramref name="afterInboxSeq"/>, with their messages, appended to <paramref name="into"/>.</summary>
     ValueTask ReadRemoteInboxAsync(string userId, ulong afterInboxSeq, int limit, List<DeliveryItem> into, CancellationToken cancellationToken);
 
+    /// <summary>HISTORY of a conversation another node owns: the page its owner answers.</summary>
+    Task<(ReasonCode Error, string? Message, HistoryPage? Page)> RemoteHistoryAsync(string userId, History request, int maxFrameBytes, CancellationToken cancellationToken);
+
     /// <summary>A device acknowledged its inbox, which lives on a remote home.</summary>
     void AckRemoteInbox(IDeviceLink device, ulong inboxSeq);
 

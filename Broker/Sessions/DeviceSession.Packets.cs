@@ -47,8 +47,7 @@ internal sealed partial class DeviceSession
                 HandleSync(sync);
                 return ValueTask.FromResult(Handled.Ok);
             case History history:
-                HandleHistory(history);
-                return ValueTask.FromResult(Handled.Ok);
+                return HandleHistoryAsync(history, stopping);
             case PresenceSet presenceSet:
                 HandlePresenceSet(presenceSet);
                 return ValueTask.FromResult(Handled.Ok);
@@ -374,23 +373,25 @@ internal sealed partial class DeviceSession
         StartCatchUp(); // SYNC_DONE once every stream named has caught up
     }
 
-    private void HandleHistory(History history)
+    private async ValueTask<Handled> HandleHistoryAsync(History history, CancellationToken stopping)
     {
         try
         {
-            var (error, message, page) = _context.Chat.History(_user, history, _maxFrameSize);
+            var (error, message, page) = await _context.Chat.HistoryAsync(_user, history, _maxFrameSize, stopping).ConfigureAwait(false);
             if (error != ReasonCode.Success)
             {
                 WriteError(error, message!, history.RequestId, PacketType.History);
-                return;
+                return Handled.Ok;
             }
 
             _outbox.TryWrite(page!);
         }
-        catch (StorageException)
+        catch (Exception e) when (e is StorageException or RouteUnavailableException)
         {
-            WriteError(ReasonCode.ServerUnavailable, "history is unavailable; retry", history.RequestId, PacketType.History);
+            WriteError(ReasonCode.ServerUnavailable, "history is unavailable; retry", history.RequestId, PacketType.History, TimeSpan.FromSeconds(1));
         }
+
+        return Handled.Ok;
     }
 
     private void WriteError(ReasonCode reason, string message, ulong requestId, PacketType inReplyTo, TimeSpan retryAfter = default) =>

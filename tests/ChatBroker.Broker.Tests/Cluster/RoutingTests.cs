@@ -295,6 +295,32 @@ public sealed class RoutingTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task History_is_read_from_the_conversations_owner_through_any_node()
+    {
+        var alice = await _cluster["node1"].ConnectAsync(_alice, "phone");
+        await alice.ExpectAsync<SyncDone>();
+        for (var i = 1; i <= 3; i++)
+        {
+            await alice.SendAsync(TestDevice.Text((ulong)i, _bob, $"h{i}"));
+            await alice.ExpectAsync<Sent>();
+        }
+
+        await ForwardedAsync("node3", "node2");
+        var bob = await _cluster["node2"].ConnectAsync(_bob, "phone");
+        Assert.Equal(3, (await CatchUpAsync(bob)).Count);
+        await bob.SendAsync(new History { RequestId = 9, ConversationId = _conversation, Limit = 2 });
+        var page = await bob.ExpectAsync<HistoryPage>();
+        Assert.Equal((9UL, true), (page.RequestId, page.More));
+        Assert.Equal(["h2", "h3"], page.Messages.Select(m => m.Body.ToStringUtf8()));
+
+        // Membership is the owner's to check.
+        var carol = await _cluster["node1"].ConnectAsync(_cluster.UserAt("carol", "node1"), "phone");
+        await carol.ExpectAsync<SyncDone>();
+        await carol.SendAsync(new History { RequestId = 10, ConversationId = _conversation });
+        Assert.Equal((ReasonCode.NotAMember, 10UL), (await carol.ExpectAsync<Error>()) is var e ? (e.Reason, e.RequestId) : default);
+    }
+
+    [Fact]
     public async Task Reserved_user_ids_are_refused_in_cluster_mode()
     {
         var device = _cluster["node1"].Broker.Open();
