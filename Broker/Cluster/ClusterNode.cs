@@ -449,29 +449,9 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
     public async ValueTask ReadRemoteInboxAsync(string userId, ulong afterInboxSeq, int limit, List<DeliveryItem> into, CancellationToken cancellationToken)
     {
         var s = State;
-        var home = s?.HomeOf(userId);
-        var link = home is null ? null : s!.LinkOf(home);
         var request = new ReadInbox { User = userId, AfterInboxSeq = afterInboxSeq, Limit = (uint)limit };
-        Interlocked.Increment(ref Metrics.RemoteReads);
-        var outcome = link?.TryRequest(ClusterOpKind.ReadInbox, s!.Epoch, request.ToByteArray());
-        MeshReply reply = default;
-        try
-        {
-            reply = outcome is null ? default : await outcome.WaitAsync(_options.ReadTimeout, cancellationToken).ConfigureAwait(false);
-        }
-        catch (TimeoutException)
-        {
-            outcome = null;
-        }
-
-        if (outcome is null || reply.Status != MeshStatus.Ok || reply.Reply is null)
-        {
-            // Unreachable, full, late, refused, or the answer was lost (a page is never empty on the wire).
-            Interlocked.Increment(ref Metrics.RemoteReadFailures);
-            throw new RouteUnavailableException($"the home node {home} of {userId} did not answer the read in time ({reply.Status})");
-        }
-
-        foreach (var item in InboxPage.Parser.ParseFrom(reply.Reply).Items)
+        var reply = await ReadFromAsync(s, s?.HomeOf(userId), ClusterOpKind.ReadInbox, request.ToByteArray(), cancellationToken).ConfigureAwait(false);
+        foreach (var item in InboxPage.Parser.ParseFrom(reply).Items)
         {
             into.Add(new DeliveryItem(item.InboxSeq, item.Message is null ? null : ClusterOps.ToDelivery(item.Message)));
         }
@@ -480,9 +460,21 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
     public async Task<(ReasonCode Error, string? Message, HistoryPage? Page)> RemoteHistoryAsync(string userId, History request, int maxFrameBytes, CancellationToken cancellationToken)
     {
         var s = State;
-        var owner = s?.OwnerOf(request.ConversationId);
         var payload = new HistoryRequest { User = userId, History = request.ToByteString(), MaxFrameBytes = (uint)Math.Max(0, maxFrameBytes) }.ToByteArray();
-        var outcome = owner is null ? null : s!.LinkOf(owner)?.TryRequest(ClusterOpKind.History, s.Epoch, payload);
+        var reply = await ReadFromAsync(s, s?.OwnerOf(request.ConversationId), ClusterOpKind.History, payload, cancellationToken).ConfigureAwait(false);
+        var result = HistoryResult.Parser.ParseFrom(reply);
+        return result.Reason != 0
+            ? ((ReasonCode)result.Reason, result.Message, null)
+            : (ReasonCode.Success, null, HistoryPage.Parser.ParseFrom(result.Page));
+    }
+
+    /// <summary>A read from another node (an inbox page, a history page): its reply, or
+    /// <see cref="RouteUnavailableException"/> when the node is unknown, its link full, it answers late or not
+    /// with a reply (every reply of a read has bytes, so none means refused or lost).</summary>
+    private async Task<byte[]> ReadFromAsync(RoutingState? s, string? node, ClusterOpKind kind, byte[] payload, CancellationToken cancellationToken)
+    {
+        Interlocked.Increment(ref Metrics.RemoteReads);
+        var outcome = node is null ? null : s!.LinkOf(node)?.TryRequest(kind, s.Epoch, payload);
         MeshReply reply = default;
         try
         {
@@ -496,14 +488,10 @@ public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
         if (outcome is null || reply.Status != MeshStatus.Ok || reply.Reply is null)
         {
             Interlocked.Increment(ref Metrics.RemoteReadFailures);
-            throw new RouteUnavailableException($"the owner of conversation {request.ConversationId} did not answer the history request in time ({reply.Status})");
+            throw new RouteUnavailableException($"node {node ?? "(none: no map)"} did not answer the {kind} in time ({reply.Status})");
         }
 
-        Interlocked.Increment(ref Metrics.RemoteReads);
-        var result = HistoryResult.Parser.ParseFrom(reply.Reply);
-        return result.Reason != 0
-            ? ((ReasonCode)result.Reason, result.Message, null)
-            : (ReasonCode.Success, null, HistoryPage.Parser.ParseFrom(result.Page));
+        return reply.Reply;
     }
 
     public void AckRemoteInbox(IDeviceLink device, ulong inboxSeq)

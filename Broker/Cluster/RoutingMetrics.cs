@@ -47,7 +47,7 @@ public sealed class RoutingMetrics
 /// <param name="CopiesDuplicate">Forwarded messages the home already had (a resend).</param>
 /// <param name="DeliversPosted">Live deliveries posted to the gateways of remote devices.</param>
 /// <param name="DeliversDropped">Live deliveries dropped (full link; the device catches up at its next message).</param>
-/// <param name="RemoteReads">Inbox pages read from remote homes (catch-up).</param>
+/// <param name="RemoteReads">Pages read from other nodes: inboxes of remote homes (catch-up) and history of remote owners.</param>
 /// <param name="RemoteReadFailures">Of those, failed (the session was closed with SERVER_UNAVAILABLE).</param>
 public readonly record struct RoutingMetricsSnapshot(
     long SendsForwarded,
