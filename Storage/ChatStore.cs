@@ -11,6 +11,10 @@ namespace ChatBroker.Storage;
 /// </summary>
 public abstract class ChatStore : IChatStore
 {
+    /// <summary>Conversation ids from here up are derived from their members (a cluster's direct conversations,
+    /// <see cref="IConversationStore.GetOrCreateDirectAtAsync"/>); the counter allocates below it.</summary>
+    public const ulong FirstDerivedConversationId = 1UL << 63;
+
     private const int MaxReadLimit = 10_000;
     private const int SweepChunk = 1024;
 
@@ -103,6 +107,25 @@ public abstract class ChatStore : IChatStore
         }
 
         return _writer.EnqueueAsync(new AppendOp(request), completions, cancellationToken);
+    }
+
+    public Task<AppendResult> StoreCopyAsync(StoredMessage message, IReadOnlyList<string> inboxRecipients, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(message);
+        ArgumentNullException.ThrowIfNull(inboxRecipients);
+        Records.ValidateId(message.SenderUserId, nameof(message.SenderUserId));
+        Records.ValidateId(message.SenderDeviceId, nameof(message.SenderDeviceId));
+        if (message.ConversationId == 0 || message.Seq == 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(message), "ConversationId 0 and seq 0 are reserved.");
+        }
+
+        foreach (var user in inboxRecipients)
+        {
+            Records.ValidateId(user, nameof(inboxRecipients));
+        }
+
+        return _writer.EnqueueAsync(new StoreCopyOp(message, inboxRecipients), null, cancellationToken);
     }
 
     public IReadOnlyList<StoredMessage> ReadRange(ulong conversationId, ulong fromSeq, int limit)
@@ -244,6 +267,22 @@ public abstract class ChatStore : IChatStore
     {
         ValidateIds(userA, userB);
         return _writer.EnqueueAsync(new GetOrCreateDirectOp(userA, userB), null, cancellationToken);
+    }
+
+    public Task<Conversation> GetOrCreateDirectAtAsync(ulong conversationId, string userA, string userB, CancellationToken cancellationToken = default)
+    {
+        ValidateIds(userA, userB);
+        if (conversationId < FirstDerivedConversationId)
+        {
+            throw new ArgumentOutOfRangeException(nameof(conversationId), conversationId, "A derived conversation id is at least 2^63 (below it the counter allocates).");
+        }
+
+        if (string.Equals(userA, userB, StringComparison.Ordinal))
+        {
+            throw new ArgumentException("A direct conversation has two distinct users.", nameof(userB));
+        }
+
+        return _writer.EnqueueAsync(new GetOrCreateDirectAtOp(conversationId, userA, userB), null, cancellationToken);
     }
 
     public Task<Conversation> CreateGroupAsync(string creator, string? title, IReadOnlyList<string> members, CancellationToken cancellationToken = default)

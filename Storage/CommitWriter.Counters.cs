@@ -48,6 +48,26 @@ internal sealed partial class CommitWriter
         return last + 1;
     }
 
+    /// <summary>Takes <paramref name="seq"/> as the conversation's last seq if it is above the last one (a copy of a
+    /// message sequenced by another node); false when this store already has it or a later one.</summary>
+    internal bool TryTakeSeq(ulong conversationId, ulong seq)
+    {
+        if (!_lastSeq.TryGetValue(conversationId, out var last))
+        {
+            last = RecoverLastSeq(conversationId);
+        }
+
+        if (seq <= last)
+        {
+            _lastSeq[conversationId] = last;
+            return false;
+        }
+
+        _current.SeqUndo.TryAdd(conversationId, last);
+        _lastSeq[conversationId] = seq;
+        return true;
+    }
+
     internal ulong NextInboxSeq(string userId)
     {
         if (!_lastInboxSeq.TryGetValue(userId, out var last))
@@ -120,7 +140,10 @@ internal sealed partial class CommitWriter
 
     private ulong RecoverLastConversationId()
     {
-        using var cursor = _engine.OpenCursor(Cf.Conversations, [], []);
+        // Ids from ChatStore.FirstDerivedConversationId up are derived from their members, not counted: the counter
+        // recovers from the counted ones only.
+        var upper = Records.ConversationKey(new ByteWriter(8), ChatStore.FirstDerivedConversationId).ToArray();
+        using var cursor = _engine.OpenCursor(Cf.Conversations, [], upper);
         cursor.SeekToLast();
         return cursor.Valid ? Records.TrailingU64(cursor.Key) : 0;
     }

@@ -14,6 +14,14 @@ public interface IMessageLog
     /// leaves their completions to the thread pool.</summary>
     Task<AppendResult> AppendAsync(AppendRequest request, AppendCompletionScope? completions = null, CancellationToken cancellationToken = default);
 
+    /// <summary>Stores a copy of a message that another node sequenced (cluster mode: the conversation's owner
+    /// forwards it to its recipients' home node) at its seq, with an inbox entry for each of
+    /// <paramref name="inboxRecipients"/>, in one write. Idempotent: a message whose seq is not above the last
+    /// seq this store has of the conversation stores nothing and returns <see cref="AppendResult.IsDuplicate"/>.
+    /// Later seqs may skip (the copies of one conversation arrive in seq order, but not every message has a
+    /// recipient here).</summary>
+    Task<AppendResult> StoreCopyAsync(StoredMessage message, IReadOnlyList<string> inboxRecipients, CancellationToken cancellationToken = default);
+
     /// <summary>Up to <paramref name="limit"/> messages with seq ≥ <paramref name="fromSeq"/>, ascending.</summary>
     IReadOnlyList<StoredMessage> ReadRange(ulong conversationId, ulong fromSeq, int limit);
 
@@ -56,6 +64,13 @@ public interface IConversationStore
     /// <summary>The direct conversation of two users, created on first use. The id comes from the same
     /// counter as groups; the (lower user, higher user) → id mapping is stored, so it is stable.</summary>
     Task<Conversation> GetOrCreateDirectAsync(string userA, string userB, CancellationToken cancellationToken = default);
+
+    /// <summary>The direct conversation of two distinct users at an id derived from them (cluster mode, where
+    /// the id must be the same on every node without asking one): created if no conversation has that id,
+    /// otherwise the one that has it, which may belong to another pair after a hash collision (the caller
+    /// compares the members). <paramref name="conversationId"/> must be at least
+    /// <see cref="ChatStore.FirstDerivedConversationId"/>; the counter never allocates there.</summary>
+    Task<Conversation> GetOrCreateDirectAtAsync(ulong conversationId, string userA, string userB, CancellationToken cancellationToken = default);
 
     /// <summary>Creates a group; <paramref name="creator"/> becomes admin, <paramref name="members"/> members.</summary>
     Task<Conversation> CreateGroupAsync(string creator, string? title, IReadOnlyList<string> members, CancellationToken cancellationToken = default);

@@ -347,3 +347,70 @@ internal sealed class SweepOp(Cf cf, List<byte[]> expiredLogKeys, List<byte[]> e
         Result = removed;
     }
 }
+
+/// <summary>A direct conversation at an id derived from its members (cluster mode): created if the id is free;
+/// otherwise the record that holds it, which the caller compares (a hash collision names another pair).</summary>
+internal sealed class GetOrCreateDirectAtOp(ulong conversationId, string userA, string userB) : WriteOp<Conversation>
+{
+    public override string? ConflictKey => $"conversation|{conversationId}";
+
+    public override void Apply(CommitWriter w)
+    {
+        var existing = w.Engine.Get(Cf.Conversations, Records.ConversationKey(w.Key, conversationId).Span);
+        if (existing is not null)
+        {
+            Result = Records.ReadConversation(w.Key.Span, existing);
+            return;
+        }
+
+        var now = w.Now();
+        var conversation = new Conversation(conversationId, ConversationKind.Direct, now, userA, null);
+        w.Batch.Put(Cf.Conversations, Records.ConversationKey(w.Key, conversationId).Span, Records.ConversationValue(w.Value, conversation).Span);
+        ConversationOps.PutMember(w, conversationId, userA, MemberRole.Member, now);
+        ConversationOps.PutMember(w, conversationId, userB, MemberRole.Member, now);
+        Result = conversation;
+    }
+}
+
+/// <summary>
+/// A copy of a message another node sequenced, with the inbox entries of its recipients here, in one batch:
+/// stored only if its seq is above the last this store has of the conversation, so a resent copy is a no-op
+/// (the message and the inbox entries are written together, so "has the seq" means "has the entries").
+/// </summary>
+internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> inboxRecipients) : WriteOp<AppendResult>
+{
+    public override int EstimatedBytes => 96 + message.Body.Length + (inboxRecipients.Count * 48);
+
+    public override void Apply(CommitWriter w)
+    {
+        var m = message;
+        if (!w.TryTakeSeq(m.ConversationId, m.Seq))
+        {
+            Result = new AppendResult(m.ConversationId, m.Seq, m.TimestampMs, true, []);
+            return;
+        }
+
+        var request = new AppendRequest
+        {
+            ConversationId = m.ConversationId,
+            SenderUserId = m.SenderUserId,
+            SenderDeviceId = m.SenderDeviceId,
+            ClientMsgId = m.ClientMsgId,
+            ContentType = m.ContentType,
+            MediaRef = m.MediaRef,
+            Body = m.Body,
+        };
+        Records.MessageKey(w.Key, m.ConversationId, m.Seq);
+        Records.MessageValue(w.Value, m.TimestampMs, request);
+        w.Batch.Put(Cf.Messages, w.Key.Span, w.Value.Span);
+        var inboxSeqs = inboxRecipients.Count == 0 ? [] : new ulong[inboxRecipients.Count];
+        Records.InboxValue(w.Value, m.ConversationId, m.Seq, m.TimestampMs);
+        for (var i = 0; i < inboxSeqs.Length; i++)
+        {
+            inboxSeqs[i] = w.NextInboxSeq(inboxRecipients[i]);
+            w.Batch.Put(Cf.Inboxes, Records.InboxKey(w.Key, inboxRecipients[i], inboxSeqs[i]).Span, w.Value.Span);
+        }
+
+        Result = new AppendResult(m.ConversationId, m.Seq, m.TimestampMs, false, inboxSeqs);
+    }
+}

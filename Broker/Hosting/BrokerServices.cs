@@ -1,12 +1,15 @@
+using ChatBroker.Broker.Cluster;
 using ChatBroker.Broker.Configuration;
 using ChatBroker.Broker.Messaging;
 using ChatBroker.Broker.Observability;
 using ChatBroker.Broker.Push;
 using ChatBroker.Broker.Sessions;
 using ChatBroker.Broker.Transport;
+using ChatBroker.Cluster.Mesh;
 using ChatBroker.Storage;
 using ChatBroker.Tokens;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 
 namespace ChatBroker.Broker.Hosting;
 
@@ -64,6 +67,27 @@ public static class BrokerServices
         });
         // Stopped in reverse order: the listener drains sessions before the dispatcher and the store go.
         services.AddHostedService(sp => sp.GetRequiredService<SocketListener>());
+        return services;
+    }
+
+    /// <summary>
+    /// Cluster mode, after <see cref="AddChatBroker"/>: the node's cluster layer (<see cref="ClusterNode"/>, which
+    /// routes SENDs and inbox entries between nodes) and the <see cref="MeshReceiver"/> that hands it what other
+    /// nodes send (map it with <c>AddMesh</c>/<c>MapMesh</c> or serve it with <c>MeshServer</c>). The caller
+    /// registers and starts the <c>IClusterCoordinator</c>; the node follows its view from host start. Without
+    /// this call there is no cluster layer and the core does everything locally, as on a single node.
+    /// </summary>
+    public static IServiceCollection AddChatBrokerCluster(this IServiceCollection services, string nodeId, ClusterRoutingOptions? routing = null)
+    {
+        services.AddSingleton(sp => new ClusterNode(
+            nodeId, sp.GetRequiredService<ChatService>(), sp.GetRequiredService<ConversationDirectory>(), routing,
+            sp.GetRequiredService<ILoggerFactory>().CreateLogger("ChatBroker.Cluster")));
+        services.AddSingleton(sp =>
+        {
+            var node = sp.GetRequiredService<ClusterNode>();
+            return new MeshReceiver(nodeId, node, node.MeshOptions);
+        });
+        services.AddHostedService<ClusterNodeService>();
         return services;
     }
 

@@ -6,14 +6,21 @@ using Google.Protobuf;
 
 namespace ChatBroker.Broker.Messaging;
 
-/// <summary>The outcome of a SEND: the stored position, or a reason it was refused.</summary>
 /// <summary>A SEND whose conversation is resolved and whose sender is a member, or the reason it is not.</summary>
 public readonly record struct PreparedSend(ReasonCode Error, string? Message, ulong ConversationId, string[]? Members)
 {
+    /// <summary>Accepted without members: another node owns the conversation (cluster mode) and checks them.</summary>
+    public bool Remote => Error == ReasonCode.Success && Members is null;
+
     public static PreparedSend Refused(ReasonCode reason, string message) => new(reason, message, 0, null);
+
+    /// <summary>A SEND for a conversation another node owns (cluster mode).</summary>
+    public static PreparedSend ForOwner(ulong conversationId) => new(ReasonCode.Success, null, conversationId, null);
 }
 
-public readonly record struct SendOutcome(ReasonCode Error, string? Message, AppendResult? Result)
+/// <summary>The outcome of a SEND: the stored position, or a reason it was refused (with a retry delay when
+/// retrying helps, e.g. the conversation's owner node is unreachable).</summary>
+public readonly record struct SendOutcome(ReasonCode Error, string? Message, AppendResult? Result, TimeSpan RetryAfter = default)
 {
     public static SendOutcome Refused(ReasonCode reason, string message) => new(reason, message, null);
 }
@@ -71,6 +78,22 @@ public sealed class ChatService(
 
     public IChatStore Store => store;
 
+    /// <summary>The cluster's routing; null on a single node, where everything is local.</summary>
+    public IMessageRouter? Router { get; private set; }
+
+    /// <summary>Cluster mode: from now on SENDs are routed to their conversation's owner and inbox entries to
+    /// their user's home (called once, before the node serves devices).</summary>
+    public void UseRouter(IMessageRouter router)
+    {
+        ArgumentNullException.ThrowIfNull(router);
+        if (Router is not null)
+        {
+            throw new InvalidOperationException("the router is already set");
+        }
+
+        Router = router;
+    }
+
     public SessionRegistry Registry => registry;
 
     /// <summary>Raised after a message with push recipients was committed (wakes the push dispatcher).</summary>
@@ -92,6 +115,11 @@ public sealed class ChatService(
     /// </summary>
     public async ValueTask<PreparedSend> PrepareAsync(IDeviceLink origin, Send send, CancellationToken cancellationToken)
     {
+        if (Router is { } router)
+        {
+            return await PrepareRoutedAsync(router, origin, send, 0, cancellationToken).ConfigureAwait(false);
+        }
+
         var sender = origin.UserId;
         ulong conversationId;
         string[]? members;
@@ -124,13 +152,114 @@ public sealed class ChatService(
     }
 
     /// <summary>
+    /// Cluster mode, on the conversation's owner: a SEND another node forwarded, with the conversation id that node
+    /// resolved (for a direct conversation, one of the pair's candidate ids; checked).
+    /// </summary>
+    public ValueTask<PreparedSend> PrepareForwardedAsync(IDeviceLink origin, Send send, ulong conversationId, CancellationToken cancellationToken) =>
+        PrepareRoutedAsync(Router ?? throw new InvalidOperationException("not in cluster mode"), origin, send, conversationId, cancellationToken);
+
+    /// <summary>
+    /// Cluster mode: a direct conversation's id is derived from its pair, so every node names it alike without
+    /// asking one; a conversation owned elsewhere is left to its owner (which checks membership), one owned here
+    /// is resolved as on a single node (a direct one is created at its derived id on first use). When the derived
+    /// id holds another pair's conversation (a hash collision), the pair's next candidate is tried, here or on its
+    /// owner. <paramref name="resolved"/>: the id a gateway forwarded (0: resolve it here).
+    /// </summary>
+    private async ValueTask<PreparedSend> PrepareRoutedAsync(IMessageRouter router, IDeviceLink origin, Send send, ulong resolved, CancellationToken cancellationToken)
+    {
+        var sender = origin.UserId;
+        var to = send.ToUserId;
+        ulong conversationId;
+        if (to.Length > 0)
+        {
+            if (to == sender)
+            {
+                return PreparedSend.Refused(ReasonCode.BadRequest, "cannot start a direct conversation with yourself");
+            }
+
+            if (to.StartsWith('#'))
+            {
+                return PreparedSend.Refused(ReasonCode.InvalidField, "user ids starting with '#' are reserved");
+            }
+
+            if (resolved != 0)
+            {
+                if (router.DirectIdAttempt(sender, to, resolved) < 0)
+                {
+                    return PreparedSend.Refused(ReasonCode.InvalidField, "the forwarded conversation id is not one of this pair");
+                }
+
+                conversationId = resolved;
+            }
+            else if (!directory.TryGetDirect(sender, to, out conversationId))
+            {
+                conversationId = router.DirectConversationId(sender, to, 0);
+            }
+        }
+        else
+        {
+            conversationId = resolved != 0 ? resolved : send.ConversationId;
+            if (conversationId == 0)
+            {
+                return PreparedSend.Refused(ReasonCode.ConversationNotFound, "no such conversation");
+            }
+        }
+
+        while (true)
+        {
+            if (!router.OwnsConversation(conversationId))
+            {
+                return PreparedSend.ForOwner(conversationId);
+            }
+
+            string[]? members;
+            if (to.Length > 0)
+            {
+                members = await directory.GetOrCreateDirectAtAsync(conversationId, sender, to, cancellationToken).ConfigureAwait(false);
+                if (members is null)
+                {
+                    // Another pair's conversation has this id. A forwarded SEND goes back to its gateway, which tries
+                    // the next candidate; one resolved here tries it now.
+                    var next = resolved == 0 ? router.DirectConversationId(sender, to, router.DirectIdAttempt(sender, to, conversationId) + 1) : 0;
+                    if (next == 0)
+                    {
+                        return PreparedSend.Refused(ReasonCode.ServerUnavailable, ConversationDirectory.DirectIdTaken);
+                    }
+
+                    conversationId = next;
+                    continue;
+                }
+
+                directory.RememberDirect(sender, to, conversationId);
+            }
+            else
+            {
+                members = directory.MembersOf(conversationId);
+                if (members is null)
+                {
+                    return PreparedSend.Refused(ReasonCode.ConversationNotFound, "no such conversation");
+                }
+            }
+
+            return ConversationDirectory.Contains(members, sender)
+                ? new PreparedSend(ReasonCode.Success, null, conversationId, members)
+                : PreparedSend.Refused(ReasonCode.NotAMember, "not a member of this conversation");
+        }
+    }
+
+    /// <summary>
     /// Appends a prepared SEND (the store enqueues it before this method first yields), waits until it is
     /// durable, then tells every online device of every member. A group message takes its members under the
     /// group's gate, so it never reaches a user whose removal was sequenced before it; a sender removed since
     /// <see cref="PrepareAsync"/> is refused with NOT_A_MEMBER and nothing is stored. <paramref name="completions"/>:
     /// the read loop's scope, in which appends of others that this thread writes along with its own complete.
     /// </summary>
-    public async Task<SendOutcome> CommitAsync(IDeviceLink origin, Send send, PreparedSend prepared, AppendCompletionScope? completions, CancellationToken cancellationToken)
+    public Task<SendOutcome> CommitAsync(IDeviceLink origin, Send send, PreparedSend prepared, AppendCompletionScope? completions, CancellationToken cancellationToken) =>
+        prepared.Remote
+            ? Router!.ForwardSendAsync(origin, send, prepared.ConversationId, cancellationToken)
+            : CommitLocalAsync(origin, send, prepared, completions, cancellationToken);
+
+    private async Task<SendOutcome> CommitLocalAsync(IDeviceLink origin, Send send, PreparedSend prepared, AppendCompletionScope? completions, CancellationToken cancellationToken)
     {
         var sender = origin.UserId;
         var conversationId = prepared.ConversationId;
@@ -154,9 +283,12 @@ public sealed class ChatService(
             // Above the threshold the message is stored once: no inbox entries, and no push jobs (one per
             // offline member of a 1,024-member group would cost more than the message itself).
             large = isGroup && IsLarge(members.Length);
+            // Cluster mode: inbox entries here only for the members whose home this is; the others' go to their
+            // homes through forward queues written in the same batch.
+            var routing = Router is { } router && !large ? router.RouteInbox(members) : new InboxRouting(members, members);
             if (!large)
             {
-                foreach (var member in members)
+                foreach (var member in routing.Local)
                 {
                     if (member != sender && !registry.IsOnline(member))
                     {
@@ -174,9 +306,10 @@ public sealed class ChatService(
                 ContentType = (uint)send.ContentType,
                 Body = body,
                 MediaRef = media,
-                InboxRecipients = large ? [] : members,
+                InboxRecipients = large ? [] : routing.Recipients,
                 PushRecipients = (IReadOnlyList<string>?)offline ?? [],
             }, completions, cancellationToken);
+            members = routing.Local; // who is told below: the devices of these users are this node's to tell
         }
         finally
         {
@@ -196,6 +329,11 @@ public sealed class ChatService(
         var message = new DeliveryMessage(result.ConversationId, result.Seq, sender, origin.DeviceId, result.TimestampMs,
             send.ContentType, body, send.Media, send.ClientMsgId);
         Notify(members, result, message, large);
+        if (!large)
+        {
+            Router?.OnCommitted(prepared.Members ?? [], members);
+        }
+
         if (offline is not null)
         {
             PushJobsAdded?.Invoke();
@@ -266,9 +404,36 @@ public sealed class ChatService(
 
                 deliveries++;
             }
+
+            if (!large && Router is { } router)
+            {
+                router.DeliverToRemoteDevices(members[i], result.InboxSeqs[i], message);
+            }
         }
 
         metrics.FanOut.Record(deliveries);
+    }
+
+    /// <summary>
+    /// The end of the user's inbox, to clamp a resume position. Cluster mode with the inbox on another node:
+    /// <see cref="ulong.MaxValue"/> (not known without a round trip; the stream catches up from the device's
+    /// position, and the home answers what lies after it).
+    /// </summary>
+    public ulong LastInboxSeq(string userId) =>
+        Router is { } router && !router.IsHomeOf(userId) ? ulong.MaxValue : store.GetLastInboxSeq(userId);
+
+    /// <summary><see cref="ReadInboxAfter"/> wherever the inbox lives: synchronous here, over the mesh when the
+    /// user's home is another node (cluster mode). Throws <see cref="RouteUnavailableException"/> when it cannot
+    /// be reached.</summary>
+    public ValueTask ReadInboxAfterAsync(string userId, ulong afterInboxSeq, int limit, List<DeliveryItem> into, CancellationToken cancellationToken)
+    {
+        if (Router is { } router && !router.IsHomeOf(userId))
+        {
+            return router.ReadRemoteInboxAsync(userId, afterInboxSeq, limit, into, cancellationToken);
+        }
+
+        ReadInboxAfter(userId, afterInboxSeq, limit, into);
+        return default;
     }
 
     /// <summary>
@@ -376,6 +541,12 @@ public sealed class ChatService(
     public async Task AckAsync(IDeviceLink device, ulong inboxSeq, AppendCompletionScope? completions = null, CancellationToken cancellationToken = default)
     {
         var user = device.UserId;
+        if (Router is { } router && !router.IsHomeOf(user))
+        {
+            router.AckRemoteInbox(device, inboxSeq); // the home moves the cursor and sends the receipts
+            return;
+        }
+
         var previous = store.GetCursor(user, device.DeviceId, CursorStream.Inbox);
         if (inboxSeq <= previous)
         {
@@ -606,6 +777,17 @@ public sealed class ChatService(
         }
 
         return receipts;
+    }
+
+    /// <summary><see cref="History"/> wherever the conversation lives: here, or (cluster mode) on its owner.</summary>
+    public ValueTask<(ReasonCode Error, string? Message, HistoryPage? Page)> HistoryAsync(string userId, History request, int maxFrameBytes, CancellationToken cancellationToken)
+    {
+        if (Router is { } router && request.ConversationId != 0 && !router.OwnsConversation(request.ConversationId))
+        {
+            return new(router.RemoteHistoryAsync(userId, request, maxFrameBytes, cancellationToken));
+        }
+
+        return new(History(userId, request, maxFrameBytes));
     }
 
     /// <summary>HISTORY: a page of messages before <c>before_seq</c>, members only.</summary>

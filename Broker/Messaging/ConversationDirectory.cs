@@ -37,6 +37,37 @@ public sealed class ConversationDirectory(IChatStore store, int capacity = 1_000
         return conversation.Id;
     }
 
+    /// <summary>The refusal of a direct conversation whose derived id holds another pair (cluster mode): the
+    /// gateway tries the pair's next candidate id.</summary>
+    public const string DirectIdTaken = "the derived id of this direct conversation is taken by another pair";
+
+    /// <summary>Cluster mode: the id a pair's direct conversation was resolved to, if this node has seen it.</summary>
+    public bool TryGetDirect(string userA, string userB, out ulong conversationId) =>
+        _direct.TryGetValue(string.CompareOrdinal(userA, userB) < 0 ? (userA, userB) : (userB, userA), out conversationId);
+
+    /// <summary>Cluster mode: remembers the id a pair's direct conversation resolved to.</summary>
+    public void RememberDirect(string userA, string userB, ulong conversationId)
+    {
+        Bound(_direct);
+        _direct[string.CompareOrdinal(userA, userB) < 0 ? (userA, userB) : (userB, userA)] = conversationId;
+    }
+
+    /// <summary>
+    /// Cluster mode: the members of the direct conversation of two users at its derived id, created on first use;
+    /// null when the id holds another pair's conversation (a hash collision).
+    /// </summary>
+    public async ValueTask<string[]?> GetOrCreateDirectAtAsync(ulong conversationId, string userA, string userB, CancellationToken cancellationToken)
+    {
+        var members = MembersOf(conversationId);
+        if (members is null)
+        {
+            await store.GetOrCreateDirectAtAsync(conversationId, userA, userB, cancellationToken).ConfigureAwait(false);
+            members = MembersOf(conversationId);
+        }
+
+        return members is { Length: 2 } && Contains(members, userA) && Contains(members, userB) ? members : null;
+    }
+
     /// <summary>The members of a conversation, or null when it does not exist.</summary>
     public string[]? MembersOf(ulong conversationId)
     {

@@ -138,7 +138,7 @@ internal sealed class DeliveryStream(ulong conversationId, ulong position)
         var chat = session.Chat;
         if (IsInbox)
         {
-            chat.ReadInboxAfter(session.UserId, from, batch, items);
+            await chat.ReadInboxAfterAsync(session.UserId, from, batch, items, CancellationToken.None).ConfigureAwait(false);
         }
         else if (!chat.ReadGroupLogAfter(session.UserId, ConversationId, from, batch, items))
         {

@@ -201,7 +201,7 @@ internal sealed partial class DeviceSession : IDeliveryTarget
                 }
             }
         }
-        catch (StorageException e)
+        catch (Exception e) when (e is StorageException or RouteUnavailableException)
         {
             lock (_lock)
             {

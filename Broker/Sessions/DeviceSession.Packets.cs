@@ -47,8 +47,7 @@ internal sealed partial class DeviceSession
                 HandleSync(sync);
                 return ValueTask.FromResult(Handled.Ok);
             case History history:
-                HandleHistory(history);
-                return ValueTask.FromResult(Handled.Ok);
+                return HandleHistoryAsync(history, stopping);
             case PresenceSet presenceSet:
                 HandlePresenceSet(presenceSet);
                 return ValueTask.FromResult(Handled.Ok);
@@ -91,6 +90,12 @@ internal sealed partial class DeviceSession
             return new(ReasonCode.InvalidField, "device ids starting with '#' are reserved");
         }
 
+        if (_context.Chat.Router is not null && connect.UserId.StartsWith('#'))
+        {
+            // Cluster mode keeps its forward queues in the inboxes of reserved '#' user ids.
+            return new(ReasonCode.InvalidField, "user ids starting with '#' are reserved");
+        }
+
         var status = AccessToken.Verify(_context.Secret, connect.Token, _context.Clock.GetUtcNow(), out var claims);
         switch (status)
         {
@@ -127,7 +132,8 @@ internal sealed partial class DeviceSession
         replaced?.Close(ReasonCode.SessionTakenOver, "this device connected again");
 
         // Read after Register: whatever is committed later notifies this session (see StartCatchUp).
-        var lastInboxSeq = _context.Chat.Store.GetLastInboxSeq(_user);
+        var lastInboxSeq = _context.Chat.LastInboxSeq(_user);
+        _context.Chat.Router?.OnDeviceSession(this, online: true);
         lock (_lock)
         {
             // A device may not claim a position beyond its inbox: it would silently skip what comes next.
@@ -251,7 +257,7 @@ internal sealed partial class DeviceSession
             var outcome = await _context.Chat.CommitAsync(this, send, prepared, _appendCompletions, stopping).ConfigureAwait(false);
             if (outcome.Error != ReasonCode.Success)
             {
-                answer = MakeError(outcome.Error, outcome.Message!, send.ClientMsgId, PacketType.Send); // e.g. removed meanwhile
+                answer = MakeError(outcome.Error, outcome.Message!, send.ClientMsgId, PacketType.Send, outcome.RetryAfter); // e.g. removed meanwhile
             }
             else
             {
@@ -352,7 +358,7 @@ internal sealed partial class DeviceSession
         // A SYNC naming only large groups leaves the inbox where it is.
         var inbox = sync.InboxSeq != 0 || sync.Conversations.Count == 0;
         SyncGroups(sync);
-        var lastInboxSeq = inbox ? _context.Chat.Store.GetLastInboxSeq(_user) : 0;
+        var lastInboxSeq = inbox ? _context.Chat.LastInboxSeq(_user) : 0;
         lock (_lock)
         {
             if (inbox)
@@ -367,23 +373,25 @@ internal sealed partial class DeviceSession
         StartCatchUp(); // SYNC_DONE once every stream named has caught up
     }
 
-    private void HandleHistory(History history)
+    private async ValueTask<Handled> HandleHistoryAsync(History history, CancellationToken stopping)
     {
         try
         {
-            var (error, message, page) = _context.Chat.History(_user, history, _maxFrameSize);
+            var (error, message, page) = await _context.Chat.HistoryAsync(_user, history, _maxFrameSize, stopping).ConfigureAwait(false);
             if (error != ReasonCode.Success)
             {
                 WriteError(error, message!, history.RequestId, PacketType.History);
-                return;
+                return Handled.Ok;
             }
 
             _outbox.TryWrite(page!);
         }
-        catch (StorageException)
+        catch (Exception e) when (e is StorageException or RouteUnavailableException)
         {
-            WriteError(ReasonCode.ServerUnavailable, "history is unavailable; retry", history.RequestId, PacketType.History);
+            WriteError(ReasonCode.ServerUnavailable, "history is unavailable; retry", history.RequestId, PacketType.History, TimeSpan.FromSeconds(1));
         }
+
+        return Handled.Ok;
     }
 
     private void WriteError(ReasonCode reason, string message, ulong requestId, PacketType inReplyTo, TimeSpan retryAfter = default) =>

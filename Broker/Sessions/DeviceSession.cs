@@ -245,7 +245,11 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
 
         if (_registered)
         {
-            _context.Registry.Unregister(this);
+            if (_context.Registry.Unregister(this))
+            {
+                _context.Chat.Router?.OnDeviceSession(this, online: false);
+            }
+
             _ = _context.Presence.DeviceOffline(this); // last-seen is written in the background
             _context.Metrics.Sessions.Add(-1);
         }

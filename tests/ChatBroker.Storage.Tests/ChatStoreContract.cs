@@ -508,6 +508,52 @@ public abstract class ChatStoreContract : IDisposable
         Assert.Throws<ArgumentException>(() => store.ReadInbox(new string('x', 2000), 0, 1));
         Assert.Equal(1UL, (await store.AppendAsync(Messages.To(1, Encoding.UTF8.GetString(new byte[] { 65 })))).Seq);
     }
+
+    [Fact]
+    public async Task A_copied_message_is_stored_at_its_seq_with_its_inbox_entries_once()
+    {
+        var store = Open();
+        var message = new StoredMessage(42, 7, 1_700_000_000_123, "alice", "phone", 99, 1, null, Encoding.UTF8.GetBytes("hi"));
+        var first = await store.StoreCopyAsync(message, ["bob", "carol"]);
+        Assert.False(first.IsDuplicate);
+        Assert.Equal([1UL, 1UL], first.InboxSeqs);
+        var again = await store.StoreCopyAsync(message, ["bob", "carol"]);
+        Assert.True(again.IsDuplicate);
+        Assert.Empty(again.InboxSeqs);
+        var older = await store.StoreCopyAsync(message with { Seq = 3 }, ["bob"]);
+        Assert.True(older.IsDuplicate);
+
+        Assert.Equal(7UL, store.GetLastSeq(42));
+        var stored = Assert.Single(store.ReadRange(42, 1, 10));
+        Assert.Equal((7UL, 1_700_000_000_123L, "alice", "phone", 99UL, "hi"), (stored.Seq, stored.TimestampMs, stored.SenderUserId, stored.SenderDeviceId, stored.ClientMsgId, stored.Text()));
+        var entry = Assert.Single(store.ReadInbox("bob", 0, 10));
+        Assert.Equal((1UL, 42UL, 7UL), (entry.InboxSeq, entry.ConversationId, entry.Seq));
+
+        // A later seq may skip; the inbox seqs of the recipient keep counting.
+        var next = await store.StoreCopyAsync(message with { Seq = 9 }, ["bob"]);
+        Assert.Equal([2UL], next.InboxSeqs);
+        Assert.Equal([7UL, 9UL], store.ReadRange(42, 1, 10).Select(m => m.Seq));
+    }
+
+    [Fact]
+    public async Task A_direct_conversation_at_a_derived_id_is_created_once_and_not_reused_by_the_counter()
+    {
+        var store = Open();
+        var id = ChatStore.FirstDerivedConversationId + 12345;
+        var created = await store.GetOrCreateDirectAtAsync(id, "alice", "bob");
+        Assert.Equal((id, ConversationKind.Direct), (created.Id, created.Kind));
+        Assert.Equal(["alice", "bob"], store.ListMembers(id).Select(m => m.UserId).Order());
+        Assert.Contains(id, store.ListConversations("bob"));
+
+        // The id is taken: another pair gets the existing record back and sees that it is not theirs.
+        var collision = await store.GetOrCreateDirectAtAsync(id, "carol", "dave");
+        Assert.Equal("alice", collision.CreatedBy);
+        Assert.Equal(["alice", "bob"], store.ListMembers(id).Select(m => m.UserId).Order());
+
+        var group = await store.CreateGroupAsync("alice", "g", ["bob"]);
+        Assert.True(group.Id < ChatStore.FirstDerivedConversationId);
+        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => store.GetOrCreateDirectAtAsync(5, "alice", "bob"));
+    }
 }
 
 public sealed class InMemoryChatStoreTests : ChatStoreContract

@@ -21,6 +21,25 @@ public sealed class RocksDbStoreLifecycleTests : IDisposable
     };
 
     [Fact]
+    public async Task A_reopened_store_counts_conversation_ids_past_its_counted_ones_not_past_derived_ones()
+    {
+        ulong group;
+        using (var store = RocksDbChatStore.Open(Options()))
+        {
+            group = (await store.CreateGroupAsync("alice", "g", ["bob"])).Id;
+            await store.GetOrCreateDirectAtAsync(ChatStore.FirstDerivedConversationId + 5, "alice", "bob");
+            await store.StoreCopyAsync(new StoredMessage(ChatStore.FirstDerivedConversationId + 9, 4, 1, "carol", "phone", 0, 1, null, Encoding.UTF8.GetBytes("x")), ["alice"]);
+        }
+
+        using (var store = RocksDbChatStore.Open(Options()))
+        {
+            Assert.Equal(group + 1, (await store.CreateGroupAsync("alice", "h", ["bob"])).Id);
+            Assert.Equal(4UL, store.GetLastSeq(ChatStore.FirstDerivedConversationId + 9));
+            Assert.True((await store.StoreCopyAsync(new StoredMessage(ChatStore.FirstDerivedConversationId + 9, 4, 1, "carol", "phone", 0, 1, null, Encoding.UTF8.GetBytes("x")), ["alice"])).IsDuplicate);
+        }
+    }
+
+    [Fact]
     public async Task A_reopened_store_still_deduplicates_a_devices_newest_client_msg_id()
     {
         using (var store = RocksDbChatStore.Open(Options()))

@@ -29,10 +29,14 @@ internal sealed class SessionHarness : IConnectionOwner, IAsyncDisposable
     private readonly DeviceConnectionHandler _handler;
     private long _nextConnectionId;
 
-    public SessionHarness(Action<BrokerOptions>? configure = null, StorageOptions? storage = null)
+    private readonly bool _ownsStore;
+
+    /// <param name="store">A store to use instead of a new one (a restarted node keeps its data); not disposed.</param>
+    public SessionHarness(Action<BrokerOptions>? configure = null, StorageOptions? storage = null, InMemoryChatStore? store = null)
     {
         configure?.Invoke(Options);
-        Store = new InMemoryChatStore(storage);
+        _ownsStore = store is null;
+        Store = store ?? new InMemoryChatStore(storage);
         var registry = new SessionRegistry();
         var directory = new ConversationDirectory(Store);
         var chat = new ChatService(Store, registry, directory, _metrics, TimeProvider.System, Options.Fanout, Options.Retention);
@@ -101,7 +105,10 @@ internal sealed class SessionHarness : IConnectionOwner, IAsyncDisposable
         }
 
         _presence.Dispose();
-        await Store.DisposeAsync();
+        if (_ownsStore)
+        {
+            await Store.DisposeAsync();
+        }
         _metrics.Dispose();
         _stopping.Dispose();
     }

@@ -1,0 +1,109 @@
+using System.Buffers.Binary;
+using System.IO.Hashing;
+using System.Text;
+using ChatBroker.Broker.Cluster.Wire;
+using ChatBroker.Broker.Messaging;
+using ChatBroker.Storage;
+using Google.Protobuf;
+
+namespace ChatBroker.Broker.Cluster;
+
+/// <summary>What a mesh message's payload is (<c>MeshMessage.kind</c>); each is a message of cluster_ops.proto.</summary>
+public enum ClusterOpKind : uint
+{
+    /// <summary>Gateway → owner: <see cref="ForwardSend"/>, answered with <see cref="SendResult"/>.</summary>
+    ForwardSend = 1,
+
+    /// <summary>Owner → home: <see cref="Wire.InboxAppend"/>; the ack means stored.</summary>
+    InboxAppend = 2,
+
+    /// <summary>Gateway → home: <see cref="Wire.DeviceRegistration"/>.</summary>
+    DeviceRegistration = 3,
+
+    /// <summary>Home → gateway: <see cref="Wire.DeviceDeliver"/>.</summary>
+    DeviceDeliver = 4,
+
+    /// <summary>Gateway → home: <see cref="Wire.ReadInbox"/>, answered with <see cref="InboxPage"/>.</summary>
+    ReadInbox = 5,
+
+    /// <summary>Gateway → home: <see cref="Wire.AckInbox"/>.</summary>
+    AckInbox = 6,
+
+    /// <summary>Home → gateway: <see cref="Wire.DeviceRegistration"/> of a device that connected elsewhere: close
+    /// its session here (SESSION_TAKEN_OVER), as a second login on one node does.</summary>
+    DeviceTakenOver = 7,
+
+    /// <summary>Gateway → owner: <see cref="HistoryRequest"/>, answered with <see cref="HistoryResult"/>.</summary>
+    History = 8,
+}
+
+/// <summary>Conversions between the core's types and the cluster operations, and the derived ids.</summary>
+public static class ClusterOps
+{
+    /// <summary>Ids a pair may have: when the first holds another pair's conversation (a hash collision), the next
+    /// seed is tried, on whichever node owns that id.</summary>
+    public const int DirectIdProbes = 4;
+
+    /// <summary>Seed of the direct conversation id hash (plus the probe): distinct from the ring's key spaces.</summary>
+    private const long DirectIdSeed = 0x646972656374; // "direct"
+
+    /// <summary>
+    /// The id of the direct conversation of two users in a cluster: XxHash3 of the ordered pair (each id length-
+    /// prefixed, so no two pairs give the same bytes), in the upper half of the id space, which the store's
+    /// counter never reaches (<see cref="ChatStore.FirstDerivedConversationId"/>). Every node computes it alone.
+    /// </summary>
+    public static ulong DirectConversationId(string userA, string userB, int attempt = 0)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(attempt);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(attempt, DirectIdProbes);
+        var (lo, hi) = string.CompareOrdinal(userA, userB) <= 0 ? (userA, userB) : (userB, userA);
+        var loBytes = Encoding.UTF8.GetByteCount(lo);
+        var length = 8 + loBytes + Encoding.UTF8.GetByteCount(hi);
+        Span<byte> key = length <= 512 ? stackalloc byte[length] : new byte[length];
+        BinaryPrimitives.WriteInt32LittleEndian(key, loBytes);
+        Encoding.UTF8.GetBytes(lo, key[4..]);
+        BinaryPrimitives.WriteInt32LittleEndian(key[(4 + loBytes)..], length - 8 - loBytes);
+        Encoding.UTF8.GetBytes(hi, key[(8 + loBytes)..]);
+        return ChatStore.FirstDerivedConversationId | (XxHash3.HashToUInt64(key, DirectIdSeed + attempt) & ~ChatStore.FirstDerivedConversationId);
+    }
+
+    /// <summary>Which probe of the pair <paramref name="conversationId"/> is, or -1 when it is none of them.</summary>
+    public static int DirectIdAttempt(string userA, string userB, ulong conversationId)
+    {
+        for (var attempt = 0; attempt < DirectIdProbes; attempt++)
+        {
+            if (DirectConversationId(userA, userB, attempt) == conversationId)
+            {
+                return attempt;
+            }
+        }
+
+        return -1;
+    }
+
+    public static ForwardedMessage ToWire(StoredMessage m) =>
+        ToWire(m.ConversationId, m.Seq, m.TimestampMs, m.SenderUserId, m.SenderDeviceId, m.ClientMsgId, m.ContentType, m.MediaRef, m.Body.Span);
+
+    public static ForwardedMessage ToWire(DeliveryMessage m) =>
+        ToWire(m.ConversationId, m.Seq, m.TimestampMs, m.SenderUserId, m.SenderDeviceId, m.ClientMsgId, (uint)m.ContentType,
+            m.Media is null ? null : Convert.ToBase64String(m.Media.ToByteArray()), m.Body.Span);
+
+    private static ForwardedMessage ToWire(ulong conversationId, ulong seq, long timestampMs, string senderUser, string senderDevice, ulong clientMsgId, uint contentType, string? mediaRef, ReadOnlySpan<byte> body) => new()
+    {
+        ConversationId = conversationId,
+        Seq = seq,
+        TimestampMs = timestampMs,
+        SenderUser = senderUser,
+        SenderDevice = senderDevice,
+        ClientMsgId = clientMsgId,
+        ContentType = contentType,
+        MediaRef = mediaRef ?? "", // as stored: base64 of a MediaRef
+        Body = ByteString.CopyFrom(body),
+    };
+
+    public static StoredMessage ToStored(ForwardedMessage m) =>
+        new(m.ConversationId, m.Seq, m.TimestampMs, m.SenderUser, m.SenderDevice, m.ClientMsgId, m.ContentType,
+            m.MediaRef.Length == 0 ? null : m.MediaRef, m.Body.Memory);
+
+    public static DeliveryMessage ToDelivery(ForwardedMessage m) => DeliveryMessage.FromStored(ToStored(m));
+}

@@ -1,0 +1,39 @@
+using ChatBroker.Cluster.Mesh;
+
+namespace ChatBroker.Broker.Cluster;
+
+/// <summary>The bounds of routing between nodes; the host maps <c>cluster.*</c> settings onto them.</summary>
+public sealed record ClusterRoutingOptions
+{
+    /// <summary>How long a gateway waits for a conversation's owner to answer a forwarded SEND (or for a newer map
+    /// after a refusal) before it answers the device SERVER_UNAVAILABLE with <see cref="RetryAfter"/>.</summary>
+    public TimeSpan ForwardTimeout { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>The retry_after_ms of that refusal.</summary>
+    public TimeSpan RetryAfter { get; init; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>How long a gateway waits for a remote home's inbox page before the session is closed with
+    /// SERVER_UNAVAILABLE (the device reconnects and resumes).</summary>
+    public TimeSpan ReadTimeout { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>Inbox entries a home's forward queue sends per round (one mesh batch's worth).</summary>
+    public int ForwardBatch { get; init; } = 64;
+
+    /// <summary>Times a forwarded SEND is retried after STALE_EPOCH refusals (each after a newer map).</summary>
+    public int MaxStaleRetries { get; init; } = 3;
+
+    /// <summary>The mesh's bounds, with replies large enough for an inbox page of catch-up.</summary>
+    public MeshOptions Mesh { get; init; } = new() { MaxReplyBytes = 256 * 1024 };
+
+    public void Validate()
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(ForwardTimeout, TimeSpan.Zero, nameof(ForwardTimeout));
+        ArgumentOutOfRangeException.ThrowIfLessThan(RetryAfter, TimeSpan.Zero, nameof(RetryAfter));
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(ReadTimeout, TimeSpan.Zero, nameof(ReadTimeout));
+        ArgumentOutOfRangeException.ThrowIfLessThan(ForwardBatch, 1, nameof(ForwardBatch));
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(ForwardBatch, 4096, nameof(ForwardBatch));
+        ArgumentOutOfRangeException.ThrowIfLessThan(MaxStaleRetries, 0, nameof(MaxStaleRetries));
+        Mesh.Validate();
+        ArgumentOutOfRangeException.ThrowIfLessThan(Mesh.MaxReplyBytes, Mesh.MaxMessageBytes + 1024, "Mesh.MaxReplyBytes");
+    }
+}

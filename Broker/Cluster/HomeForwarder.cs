@@ -1,0 +1,222 @@
+using System.Threading.Channels;
+using ChatBroker.Broker.Cluster.Wire;
+using ChatBroker.Broker.Messaging;
+using ChatBroker.Cluster.Mesh.Wire;
+using ChatBroker.Storage;
+using Google.Protobuf;
+using Microsoft.Extensions.Logging;
+
+namespace ChatBroker.Broker.Cluster;
+
+/// <summary>
+/// Sends the inbox entries a conversation owner (this node) committed for the users of one other home node, and
+/// does not lose one if this node crashes after SENT.
+/// <para>
+/// The owner's commit writes, in the same batch as the message, an entry into the home's forward queue: the
+/// inbox of the reserved user <c>#home/&lt;node&gt;</c> (<see cref="ClusterNode.ForwardQueueId"/>). This loop
+/// reads the queue after its cursor (device <see cref="ClusterNode.ForwardedCursor"/> of that user), sends one
+/// <see cref="InboxAppend"/> per entry over the mesh (message from the log, recipients = the members whose home
+/// the node is), and moves the cursor only over entries the home has acked, i.e. stored. After a crash it
+/// starts again from the cursor; a resend is harmless because the home stores a (conversation, seq) once.
+/// </para>
+/// One loop per home node; woken by commits and by map changes, it runs until the queue is drained.
+/// </summary>
+internal sealed class HomeForwarder
+{
+    private readonly ClusterNode _node;
+    private readonly IChatStore _store;
+    private readonly ConversationDirectory _directory;
+    private readonly ILogger _logger;
+    private readonly int _batch;
+    private readonly Channel<bool> _wake = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
+    private Task _run = Task.CompletedTask;
+    private TaskCompletionSource _progress = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private long _forwarded;
+    private long _rejected;
+
+    private readonly RoutingMetrics _metrics;
+
+    public HomeForwarder(ClusterNode node, string homeNodeId, IChatStore store, ConversationDirectory directory, int batch, RoutingMetrics metrics, ILogger logger)
+    {
+        _metrics = metrics;
+        _node = node;
+        _store = store;
+        _directory = directory;
+        _batch = batch;
+        _logger = logger;
+        HomeNodeId = homeNodeId;
+        QueueId = ClusterNode.ForwardQueueId(homeNodeId);
+    }
+
+    public string HomeNodeId { get; }
+
+    /// <summary>The reserved inbox id of this home's forward queue.</summary>
+    public string QueueId { get; }
+
+    /// <summary>Inbox entries the home has acked so far (this process).</summary>
+    public long Forwarded => Interlocked.Read(ref _forwarded);
+
+    /// <summary>Entries the home rejected (skipped; see the log).</summary>
+    public long Rejected => Interlocked.Read(ref _rejected);
+
+    /// <summary>Entries still to send: the queue's end minus the forwarded-through cursor.</summary>
+    public ulong Backlog => _store.GetLastInboxSeq(QueueId) - _store.GetCursor(QueueId, ClusterNode.ForwardedCursor, CursorStream.Inbox);
+
+    public void Start(CancellationToken stop)
+    {
+        _run = Task.Run(() => RunAsync(stop), CancellationToken.None);
+        Wake(); // whatever a previous run left in the queue
+    }
+
+    public void Wake() => _wake.Writer.TryWrite(true);
+
+    /// <summary>Completes once the home has acked every entry queued so far (status, shutdown and tests).</summary>
+    public async Task WhenDrainedAsync(CancellationToken cancellationToken)
+    {
+        while (true)
+        {
+            var progress = Volatile.Read(ref _progress).Task;
+            if (Backlog == 0)
+            {
+                return;
+            }
+
+            await progress.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    public Task Stopped => _run;
+
+    private async Task RunAsync(CancellationToken stop)
+    {
+        try
+        {
+            while (await _wake.Reader.WaitToReadAsync(stop).ConfigureAwait(false))
+            {
+                _wake.Reader.TryRead(out _);
+                try
+                {
+                    while (await ForwardRoundAsync(stop).ConfigureAwait(false))
+                    {
+                    }
+                }
+                catch (Exception e) when (e is RouteUnavailableException or StorageException or InvalidOperationException)
+                {
+                    // The link closed (map change, shutdown) or the store failed: the queue keeps the entries and
+                    // the next wake (a commit, a map change) sends them again.
+                    ClusterLog.ForwardFailed(_logger, HomeNodeId, e);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        {
+        }
+    }
+
+    /// <summary>Sends one batch of the queue and waits for its outcome; true when there may be more to send now.</summary>
+    private async Task<bool> ForwardRoundAsync(CancellationToken stop)
+    {
+        var cursor = _store.GetCursor(QueueId, ClusterNode.ForwardedCursor, CursorStream.Inbox);
+        var entries = _store.ReadInbox(QueueId, cursor, _batch);
+        if (entries.Count == 0)
+        {
+            return false;
+        }
+
+        var state = _node.State;
+        var link = state?.LinkOf(HomeNodeId);
+        if (state is null || link is null)
+        {
+            return false; // not a member (any more): the entries wait for a map that has the node
+        }
+
+        var sent = new List<(ulong InboxSeq, Task<MeshReply>? Outcome)>(entries.Count);
+        foreach (var entry in entries)
+        {
+            var append = BuildAppend(state, entry);
+            if (append is null)
+            {
+                sent.Add((entry.InboxSeq, null)); // nothing for that home (retention removed it, or its users moved)
+                continue;
+            }
+
+            var outcome = link.TryRequest(ClusterOpKind.InboxAppend, state.Epoch, append.ToByteArray());
+            if (outcome is null)
+            {
+                Interlocked.Increment(ref _metrics.LinkQueueFull);
+                break; // the link's queue is full: what was sent is settled first, the rest comes next round
+            }
+
+            sent.Add((entry.InboxSeq, outcome));
+        }
+
+        var through = cursor;
+        foreach (var (inboxSeq, outcome) in sent)
+        {
+            if (outcome is not null)
+            {
+                var reply = await outcome.WaitAsync(stop).ConfigureAwait(false);
+                if (reply.Status == MeshStatus.Rejected)
+                {
+                    // The home cannot take this entry at all (a field it refuses): sending it again cannot help, and
+                    // holding the queue behind it would stop every later message to that home.
+                    Interlocked.Increment(ref _rejected);
+                    Interlocked.Increment(ref _metrics.InboxEntriesRejected);
+                    ClusterLog.ForwardRejected(_logger, HomeNodeId, reply.Reason);
+                }
+                else if (reply.Status != MeshStatus.Ok)
+                {
+                    // The home's map says these users are not its own. Everything before stays forwarded; this and
+                    // what follows wait for this node's map to catch up (a map change wakes the loop).
+                    ClusterLog.ForwardRefused(_logger, HomeNodeId, reply.Epoch, reply.Owner);
+                    await AdvanceAsync(cursor, through, stop).ConfigureAwait(false);
+                    return false;
+                }
+            }
+
+            through = inboxSeq;
+        }
+
+        await AdvanceAsync(cursor, through, stop).ConfigureAwait(false);
+        return true;
+    }
+
+    private async Task AdvanceAsync(ulong from, ulong through, CancellationToken stop)
+    {
+        if (through > from)
+        {
+            await _store.AdvanceCursorAsync(QueueId, ClusterNode.ForwardedCursor, CursorStream.Inbox, through, null, stop).ConfigureAwait(false);
+            Interlocked.Add(ref _forwarded, (long)(through - from));
+            Interlocked.Add(ref _metrics.InboxEntriesForwarded, (long)(through - from));
+            Interlocked.Exchange(ref _progress, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
+        }
+    }
+
+    /// <summary>The InboxAppend of one queued entry: the message from the log and the members whose home is the
+    /// target under the current map; null when there is nothing to send.</summary>
+    private InboxAppend? BuildAppend(RoutingState state, InboxEntry entry)
+    {
+        var messages = _store.ReadRange(entry.ConversationId, entry.Seq, 1);
+        if (messages.Count == 0 || messages[0].Seq != entry.Seq)
+        {
+            return null;
+        }
+
+        var members = _directory.MembersOf(entry.ConversationId);
+        if (members is null)
+        {
+            return null;
+        }
+
+        var append = new InboxAppend { Message = ClusterOps.ToWire(messages[0]) };
+        foreach (var member in members)
+        {
+            if (string.Equals(state.HomeOf(member), HomeNodeId, StringComparison.Ordinal))
+            {
+                append.Recipients.Add(member);
+            }
+        }
+
+        return append.Recipients.Count == 0 ? null : append;
+    }
+}

@@ -1,0 +1,155 @@
+using ChatBroker.Broker.Messaging;
+using ChatBroker.Cluster.Mesh;
+using ChatBroker.Cluster.Mesh.Wire;
+using Grpc.Net.Client;
+
+namespace ChatBroker.Broker.Cluster;
+
+/// <summary>What a remote node answered to one request: a reply, a refusal, or (no reply) "done".</summary>
+public readonly record struct MeshReply(MeshStatus Status, byte[]? Reply, ulong Epoch, string Owner, uint Reason)
+{
+    public static MeshReply Done => new(MeshStatus.Ok, null, 0, "", 0);
+}
+
+/// <summary>
+/// This node's link to one other node: the <see cref="MeshPeer"/> that sends to it (one stream, so operations
+/// reach it in the order they were sent) and the requests waiting for their outcome, correlated by message id.
+/// </summary>
+/// <remarks>
+/// A request is queued and registered under <c>_lock</c>, and the peer's ack loop takes the same lock, so an
+/// answer can never arrive before its request is registered. The mesh gives each message at most one result, in
+/// the ack that first covers it or (after a lost ack) in the resend's; an acked message without a result is done.
+/// Ids are consecutive, so the outstanding ones form a queue in id order.
+/// </remarks>
+public sealed class PeerLink : IMeshResultHandler, IAsyncDisposable
+{
+    private readonly Lock _lock = new();
+    private readonly Dictionary<ulong, TaskCompletionSource<MeshReply>> _pending = [];
+    private readonly Queue<ulong> _order = new();
+    private readonly GrpcChannel _channel;
+    private bool _disposed;
+
+    public PeerLink(string localNodeId, string remoteNodeId, string meshAddress, MeshOptions options, MeshMetrics metrics)
+    {
+        NodeId = remoteNodeId;
+        MeshAddress = meshAddress;
+        _channel = MeshChannel.Create(new Uri("http://" + meshAddress), options);
+        Peer = new MeshPeer(_channel, localNodeId, remoteNodeId, stream: 0, options, this, metrics);
+    }
+
+    public string NodeId { get; }
+
+    /// <summary>host:port of the remote node's mesh, as the map gave it.</summary>
+    public string MeshAddress { get; }
+
+    public MeshPeer Peer { get; }
+
+    /// <summary>Requests waiting for an outcome now.</summary>
+    public int PendingCount
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _pending.Count;
+            }
+        }
+    }
+
+    public void Start() => Peer.Start();
+
+    /// <summary>
+    /// Queues an operation and returns its outcome once the remote node has handled it; null when the peer's
+    /// queue is full (the caller answers with a retryable error: backpressure).
+    /// </summary>
+    public Task<MeshReply>? TryRequest(ClusterOpKind kind, ulong epoch, ReadOnlySpan<byte> payload)
+    {
+        lock (_lock)
+        {
+            if (_disposed || !Peer.TrySend((uint)kind, epoch, payload, out var id))
+            {
+                return null;
+            }
+
+            var done = new TaskCompletionSource<MeshReply>(TaskCreationOptions.RunContinuationsAsynchronously);
+            _pending[id] = done;
+            _order.Enqueue(id);
+            return done.Task;
+        }
+    }
+
+    /// <summary>Queues an operation whose outcome nobody waits for (a live delivery, a registration); false when
+    /// the queue is full.</summary>
+    public bool TryPost(ClusterOpKind kind, ulong epoch, ReadOnlySpan<byte> payload)
+    {
+        lock (_lock)
+        {
+            return !_disposed && Peer.TrySend((uint)kind, epoch, payload, out _);
+        }
+    }
+
+    void IMeshResultHandler.OnResult(MeshPeer peer, in MeshResultView result)
+    {
+        TaskCompletionSource<MeshReply>? done;
+        lock (_lock)
+        {
+            if (!_pending.Remove(result.Id, out done))
+            {
+                return; // a posted operation's result, or a request that timed out and was dropped
+            }
+        }
+
+        done.TrySetResult(new MeshReply(result.Status, result.Reply.IsEmpty ? null : result.Reply.ToArray(), result.Epoch, result.Owner, result.Reason));
+    }
+
+    void IMeshResultHandler.OnAcked(MeshPeer peer, ulong ackedThrough, ulong receiverEpoch)
+    {
+        List<TaskCompletionSource<MeshReply>>? done = null;
+        lock (_lock)
+        {
+            while (_order.Count > 0 && _order.Peek() <= ackedThrough)
+            {
+                if (_pending.Remove(_order.Dequeue(), out var waiting))
+                {
+                    (done ??= []).Add(waiting);
+                }
+            }
+        }
+
+        if (done is not null)
+        {
+            foreach (var waiting in done)
+            {
+                waiting.TrySetResult(MeshReply.Done);
+            }
+        }
+    }
+
+    void IMeshResultHandler.OnBatchAcked(MeshPeer peer, int messages, TimeSpan latency)
+    {
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        List<TaskCompletionSource<MeshReply>> waiting;
+        lock (_lock)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+
+            _disposed = true;
+            waiting = [.. _pending.Values];
+            _pending.Clear();
+            _order.Clear();
+        }
+
+        await Peer.DisposeAsync().ConfigureAwait(false);
+        _channel.Dispose();
+        foreach (var w in waiting)
+        {
+            w.TrySetException(new RouteUnavailableException($"the link to node {NodeId} was closed"));
+        }
+    }
+}

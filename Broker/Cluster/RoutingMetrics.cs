@@ -1,0 +1,65 @@
+namespace ChatBroker.Broker.Cluster;
+
+/// <summary>
+/// Counters of a node's routing (the mesh has its own, <c>MeshMetrics</c>): each bound or refusal of the cluster
+/// layer moves one. Updated with <see cref="Interlocked"/>; read with <see cref="Snapshot"/> (status, exporter).
+/// </summary>
+public sealed class RoutingMetrics
+{
+    internal long SendsForwarded;
+    internal long SendsAnsweredUnavailable;
+    internal long StaleEpochRetries;
+    internal long DirectIdProbes;
+    internal long LinkQueueFull;
+    internal long InboxEntriesForwarded;
+    internal long InboxEntriesRejected;
+    internal long CopiesStored;
+    internal long CopiesDuplicate;
+    internal long DeliversPosted;
+    internal long DeliversDropped;
+    internal long RemoteReads;
+    internal long RemoteReadFailures;
+
+    public RoutingMetricsSnapshot Snapshot() => new(
+        Volatile.Read(ref SendsForwarded),
+        Volatile.Read(ref SendsAnsweredUnavailable),
+        Volatile.Read(ref StaleEpochRetries),
+        Volatile.Read(ref DirectIdProbes),
+        Volatile.Read(ref LinkQueueFull),
+        Volatile.Read(ref InboxEntriesForwarded),
+        Volatile.Read(ref InboxEntriesRejected),
+        Volatile.Read(ref CopiesStored),
+        Volatile.Read(ref CopiesDuplicate),
+        Volatile.Read(ref DeliversPosted),
+        Volatile.Read(ref DeliversDropped),
+        Volatile.Read(ref RemoteReads),
+        Volatile.Read(ref RemoteReadFailures));
+}
+
+/// <param name="SendsForwarded">SENDs this gateway forwarded to their conversation's owner.</param>
+/// <param name="SendsAnsweredUnavailable">Of those, answered SERVER_UNAVAILABLE (owner unreachable in time, no map, full link).</param>
+/// <param name="StaleEpochRetries">Forwards refused with STALE_EPOCH and routed again after a newer map.</param>
+/// <param name="DirectIdProbes">Direct conversation candidates skipped because another pair holds them.</param>
+/// <param name="LinkQueueFull">Operations not queued because a link's queue was full (mesh max_queue_*).</param>
+/// <param name="InboxEntriesForwarded">Forward-queue entries the homes acked (owner side).</param>
+/// <param name="InboxEntriesRejected">Forward-queue entries a home rejected and that were skipped.</param>
+/// <param name="CopiesStored">Forwarded messages stored with their inbox entries (home side).</param>
+/// <param name="CopiesDuplicate">Forwarded messages the home already had (a resend).</param>
+/// <param name="DeliversPosted">Live deliveries posted to the gateways of remote devices.</param>
+/// <param name="DeliversDropped">Live deliveries dropped (full link; the device catches up at its next message).</param>
+/// <param name="RemoteReads">Pages read from other nodes: inboxes of remote homes (catch-up) and history of remote owners.</param>
+/// <param name="RemoteReadFailures">Of those, failed (the session was closed with SERVER_UNAVAILABLE).</param>
+public readonly record struct RoutingMetricsSnapshot(
+    long SendsForwarded,
+    long SendsAnsweredUnavailable,
+    long StaleEpochRetries,
+    long DirectIdProbes,
+    long LinkQueueFull,
+    long InboxEntriesForwarded,
+    long InboxEntriesRejected,
+    long CopiesStored,
+    long CopiesDuplicate,
+    long DeliversPosted,
+    long DeliversDropped,
+    long RemoteReads,
+    long RemoteReadFailures);

@@ -1,0 +1,181 @@
+using System.Net;
+using ChatBroker.Broker.Cluster;
+using ChatBroker.Broker.Tests.Sessions;
+using ChatBroker.Cluster;
+using ChatBroker.Cluster.Coordination;
+using ChatBroker.Cluster.Mesh;
+using ChatBroker.Cluster.Ring;
+using ChatBroker.Storage;
+
+namespace ChatBroker.Broker.Tests.Cluster;
+
+/// <summary>
+/// N broker nodes in one process: each a whole broker core behind its sessions (<see cref="SessionHarness"/>, its
+/// own in-memory store), its <see cref="ClusterNode"/>, a real mesh server on 127.0.0.1 port 0 and an
+/// <see cref="InMemoryCoordinator"/>; one <see cref="InMemoryCoordinationStore"/> holds the map, in which every
+/// node is active. Devices connect to any node over in-memory transports.
+/// </summary>
+internal sealed class ClusterHarness : IAsyncDisposable
+{
+    public const int VirtualNodes = 64;
+
+    private readonly List<ClusterTestNode> _nodes;
+    private readonly ClusterRoutingOptions? _routing;
+
+    private ClusterHarness(InMemoryCoordinationStore coordination, List<ClusterTestNode> nodes, ClusterMap map, ClusterRoutingOptions? routing)
+    {
+        Coordination = coordination;
+        _nodes = nodes;
+        _routing = routing;
+        Map = map;
+        Ring = HashRing.Create(nodes.Select(n => n.Id), VirtualNodes);
+    }
+
+    public InMemoryCoordinationStore Coordination { get; }
+
+    public IReadOnlyList<ClusterTestNode> Nodes => _nodes;
+
+    /// <summary>The map every node routes by once started.</summary>
+    public ClusterMap Map { get; }
+
+    /// <summary>The same ring the nodes build from <see cref="Map"/>: where a test's users and conversations live.</summary>
+    public HashRing Ring { get; }
+
+    public ClusterTestNode this[string id] => _nodes.Single(n => n.Id == id);
+
+    public static async Task<ClusterHarness> StartAsync(int count, ClusterRoutingOptions? routing = null)
+    {
+        var coordination = new InMemoryCoordinationStore();
+        var nodes = new List<ClusterTestNode>();
+        for (var i = 1; i <= count; i++)
+        {
+            nodes.Add(await ClusterTestNode.StartAsync($"node{i}", coordination, routing));
+        }
+
+        var map = ClusterMap.Empty with { VirtualNodes = VirtualNodes };
+        foreach (var node in nodes)
+        {
+            map = map.WithMember(new ClusterMember(node.Id, node.Coordinator.Self.MeshAddress, "", MemberState.Active));
+        }
+
+        var update = await nodes[0].Coordinator.TryUpdateMapAsync(map, CancellationToken.None);
+        Assert.True(update.Applied, update.Error);
+        using var timeout = new CancellationTokenSource(TestDevice.Timeout);
+        foreach (var node in nodes)
+        {
+            await node.Cluster.WaitForEpochAsync((ulong)update.Map.Epoch, timeout.Token);
+        }
+
+        return new ClusterHarness(coordination, nodes, update.Map, routing);
+    }
+
+    /// <summary>
+    /// Stops a node as a crash does (its sessions, its cluster layer with everything queued in memory, its mesh
+    /// server and its coordinator go; its store stays) and starts it again over the same store and mesh port. The
+    /// map is unchanged: the node comes back under the same id and address.
+    /// </summary>
+    public async Task<ClusterTestNode> RestartAsync(string id)
+    {
+        var old = this[id];
+        var store = old.Broker.Store;
+        var endpoint = old.Mesh.Endpoint;
+        await old.DisposeAsync(keepStore: true);
+        var restarted = await ClusterTestNode.StartAsync(id, Coordination, _routing, store, endpoint);
+        _nodes[_nodes.IndexOf(old)] = restarted;
+        using var timeout = new CancellationTokenSource(TestDevice.Timeout);
+        await restarted.Cluster.WaitForEpochAsync((ulong)Map.Epoch, timeout.Token);
+        return restarted;
+    }
+
+    /// <summary>The first user id of the form <paramref name="prefix"/>N whose home is <paramref name="home"/>.</summary>
+    public string UserAt(string prefix, string home, Func<string, bool>? also = null)
+    {
+        for (var i = 0; i < 100_000; i++)
+        {
+            var user = prefix + i;
+            if (Ring.UserHome(user) == home && (also is null || also(user)))
+            {
+                return user;
+            }
+        }
+
+        throw new InvalidOperationException($"no user {prefix}N has home {home}");
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        foreach (var node in Nodes)
+        {
+            await node.DisposeAsync();
+        }
+
+        Coordination.Dispose();
+    }
+}
+
+/// <summary>One node of a <see cref="ClusterHarness"/>.</summary>
+internal sealed class ClusterTestNode : IAsyncDisposable
+{
+    private ClusterTestNode(string id, SessionHarness broker, ClusterNode cluster, MeshServer mesh, InMemoryCoordinator coordinator)
+    {
+        Id = id;
+        Broker = broker;
+        Cluster = cluster;
+        Mesh = mesh;
+        Coordinator = coordinator;
+    }
+
+    public string Id { get; }
+
+    public SessionHarness Broker { get; }
+
+    public ClusterNode Cluster { get; }
+
+    public InMemoryCoordinator Coordinator { get; }
+
+    public static async Task<ClusterTestNode> StartAsync(string id, InMemoryCoordinationStore coordination, ClusterRoutingOptions? routing, InMemoryChatStore? store = null, IPEndPoint? meshEndpoint = null)
+    {
+        var broker = new SessionHarness(store: store ?? new InMemoryChatStore()); // the node, not the harness, owns it
+        var cluster = new ClusterNode(id, broker.Context.Chat, broker.Context.Directory, routing);
+        var mesh = await StartMeshAsync(meshEndpoint ?? new IPEndPoint(IPAddress.Loopback, 0), new MeshReceiver(id, cluster, cluster.MeshOptions));
+        var coordinator = new InMemoryCoordinator(coordination, new ClusterOptions
+        {
+            NodeId = id,
+            MeshListen = mesh.Endpoint,
+            AdvertiseMesh = mesh.Endpoint.ToString(),
+            AdvertiseClient = "",
+            LeaseTtl = TimeSpan.FromSeconds(5),
+        });
+        await coordinator.StartAsync(CancellationToken.None);
+        cluster.Start(coordinator.View);
+        return new ClusterTestNode(id, broker, cluster, mesh, coordinator);
+    }
+
+    public MeshServer Mesh { get; private set; }
+
+    public Task<TestDevice> ConnectAsync(string user, string device, ulong resumeInboxSeq = 0) => Broker.ConnectAsync(user, device, resumeInboxSeq);
+
+    /// <summary>Closes the mesh port: other nodes cannot reach this one (it can still reach them).</summary>
+    public Task StopMeshAsync() => Mesh.DisposeAsync().AsTask();
+
+    /// <summary>Opens the mesh port again at the same address, with the same receiver (a link that was cut, not a
+    /// node that restarted).</summary>
+    public async Task RestartMeshAsync() => Mesh = await StartMeshAsync(Mesh.Endpoint, Mesh.Receiver);
+
+    public ValueTask DisposeAsync() => DisposeAsync(keepStore: false);
+
+    public async ValueTask DisposeAsync(bool keepStore)
+    {
+        await Cluster.DisposeAsync();
+        await Mesh.DisposeAsync();
+        await Coordinator.DisposeAsync();
+        await Broker.DisposeAsync();
+        if (!keepStore)
+        {
+            await Broker.Store.DisposeAsync();
+        }
+    }
+
+    /// <summary>Kestrel listens with SO_REUSEADDR, so a port this node's previous server released binds at once.</summary>
+    private static Task<MeshServer> StartMeshAsync(IPEndPoint endpoint, MeshReceiver receiver) => MeshServer.StartAsync(endpoint, receiver);
+}
