@@ -170,6 +170,13 @@ internal sealed partial class DeviceSession
             return Handled.Ok;
         }
 
+        if (!ContentTypes.IsClientWritable(send.ContentType))
+        {
+            // SYSTEM is the server's word about a group; a client-written one would forge it.
+            WriteError(ReasonCode.BadRequest, $"content_type {(uint)send.ContentType} is reserved: clients may send 0-9 and 64 and above", send.ClientMsgId, PacketType.Send);
+            return Handled.Ok;
+        }
+
         var limits = _context.Options.Limits;
         var rates = Rates;
         if (!rates.Sends.TryTake(limits.SendsPerSecond, 1, out var retry) || !rates.Bytes.TryTake(limits.BytesPerSecond, send.Body.Length, out retry))

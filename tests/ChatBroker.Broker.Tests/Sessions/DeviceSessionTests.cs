@@ -94,6 +94,25 @@ public sealed class DeviceSessionTests : IAsyncLifetime
         Assert.Equal(ReasonCode.Success, (await phone.ExpectAsync<Connack>()).Reason);
     }
 
+    [Theory]
+    [InlineData(15u)] // SYSTEM: only the server writes it
+    [InlineData(10u)]
+    [InlineData(63u)]
+    public async Task Send_with_a_reserved_content_type_is_refused_and_nothing_is_stored(uint contentType)
+    {
+        var alice = await ConnectAsync("alice", "phone");
+        var send = TestDevice.Text(7, "bob", "Bob was removed");
+        send.ContentType = (ContentType)contentType;
+
+        await alice.SendAsync(send);
+
+        var error = await alice.ExpectAsync<Error>();
+        Assert.Equal(ReasonCode.BadRequest, error.Reason);
+        Assert.Equal(7UL, error.RequestId);
+        await alice.SendAsync(TestDevice.Text(8, "bob", "still open"));
+        Assert.Equal(1UL, (await alice.ExpectAsync<Sent>()).Seq); // the refused one took no seq
+    }
+
     [Fact]
     public async Task Send_is_answered_with_SENT_once_stored()
     {
