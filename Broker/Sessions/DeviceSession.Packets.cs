@@ -407,6 +407,9 @@ internal sealed partial class DeviceSession
 
     private static ulong RequestIdOf(IMessage message) => message switch
     {
+        Send s => s.ClientMsgId,
+        Sync s => s.RequestId,
+        History h => h.RequestId,
         GroupRequest g => g.RequestId,
         PresenceSubscribe p => p.RequestId,
         KeysUpload k => k.RequestId,

@@ -94,6 +94,19 @@ public sealed class DeviceSessionTests : IAsyncLifetime
         Assert.Equal(ReasonCode.Success, (await phone.ExpectAsync<Connack>()).Reason);
     }
 
+    [Fact]
+    public async Task A_closing_error_echoes_the_request_id_and_packet_type_of_the_request()
+    {
+        var alice = await ConnectAsync("alice", "phone");
+
+        await alice.SendAsync(new GroupRequest { RequestId = 9 }); // no op: MISSING_FIELD, fatal
+
+        var error = await alice.ExpectAsync<Error>();
+        Assert.Equal(ReasonCode.MissingField, error.Reason);
+        Assert.Equal(9UL, error.RequestId);
+        Assert.Equal(PacketType.GroupRequest, error.InReplyTo);
+    }
+
     [Theory]
     [InlineData(15u)] // SYSTEM: only the server writes it
     [InlineData(10u)]
