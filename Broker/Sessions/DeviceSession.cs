@@ -286,7 +286,7 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
             error = _state.OnReceived(frame.Type);
             if (error != ReasonCode.Success)
             {
-                return new(error, $"{frame.Type} is not allowed now", offset);
+                return new(error, $"{frame.Type} is not allowed now", offset, 0, frame.Type);
             }
 
             if (!PacketDecoder.TryDecode(frame, out var message, out var invalid, out error))
