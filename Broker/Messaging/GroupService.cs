@@ -58,7 +58,7 @@ public sealed class GroupService(IChatStore store, ConversationDirectory directo
         {
             if (user.Length == 0 || user.StartsWith('#'))
             {
-                return GroupOutcome.Refused(ReasonCode.InvalidField, "member user ids must be non-empty and not start with '#'");
+                return GroupOutcome.Refused(ReasonCode.BadRequest, "member user ids must be non-empty and not start with '#'");
             }
 
             if (!members.Contains(user))
@@ -113,7 +113,7 @@ public sealed class GroupService(IChatStore store, ConversationDirectory directo
             {
                 if (user.Length == 0 || user.StartsWith('#'))
                 {
-                    Refuse(ReasonCode.InvalidField, "user ids must be non-empty and not start with '#'");
+                    Refuse(ReasonCode.BadRequest, "user ids must be non-empty and not start with '#'");
                     return;
                 }
 

@@ -166,7 +166,7 @@ internal sealed partial class DeviceSession
         if (send.Body.Length + (send.Media?.CalculateSize() ?? 0) > _maxFrameSize - DeliverHeadroom)
         {
             // The DELIVER carrying it adds sender ids and positions; it must still fit every device's frame limit.
-            WriteError(ReasonCode.InvalidField, $"body too large: at most {_maxFrameSize - DeliverHeadroom} bytes", send.ClientMsgId, PacketType.Send);
+            WriteError(ReasonCode.BadRequest, $"body too large: at most {_maxFrameSize - DeliverHeadroom} bytes", send.ClientMsgId, PacketType.Send);
             return Handled.Ok;
         }
 
@@ -212,7 +212,7 @@ internal sealed partial class DeviceSession
         catch (ArgumentException e)
         {
             ReleaseInflight();
-            WriteError(ReasonCode.InvalidField, e.Message, send.ClientMsgId, PacketType.Send);
+            WriteError(ReasonCode.BadRequest, e.Message, send.ClientMsgId, PacketType.Send);
             return Handled.Ok;
         }
         catch (StorageException)
@@ -279,7 +279,7 @@ internal sealed partial class DeviceSession
         }
         catch (ArgumentException e)
         {
-            answer = MakeError(ReasonCode.InvalidField, e.Message, send.ClientMsgId, PacketType.Send);
+            answer = MakeError(ReasonCode.BadRequest, e.Message, send.ClientMsgId, PacketType.Send);
         }
         catch (StorageException)
         {

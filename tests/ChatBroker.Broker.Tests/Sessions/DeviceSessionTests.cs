@@ -95,6 +95,23 @@ public sealed class DeviceSessionTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task An_oversized_SEND_gets_a_non_fatal_code_and_the_session_stays_up()
+    {
+        // One rule: every code IsFatal calls fatal closes the session, every code the session survives is not fatal.
+        var alice = await ConnectAsync("alice", "phone");
+        var send = TestDevice.Text(7, "bob", "");
+        send.Body = Google.Protobuf.ByteString.CopyFrom(new byte[(int)_broker.Options.Tcp.MaxFrameBytes - 100]);
+
+        await alice.SendAsync(send);
+
+        var error = await alice.ExpectAsync<Error>();
+        Assert.Equal(7UL, error.RequestId);
+        Assert.False(ReasonCodes.IsFatal(error.Reason), $"{error.Reason} is fatal by IsFatal but the session stays up");
+        await alice.SendAsync(TestDevice.Text(8, "bob", "small"));
+        Assert.Equal(8UL, (await alice.ExpectAsync<Sent>()).ClientMsgId);
+    }
+
+    [Fact]
     public async Task A_closing_error_echoes_the_request_id_and_packet_type_of_the_request()
     {
         var alice = await ConnectAsync("alice", "phone");
