@@ -86,11 +86,6 @@ internal sealed partial class DeviceSession
             return new(ReasonCode.InvalidField, $"max_frame_size must be 0 or at least {_maxFrameSize}: this broker delivers frames up to that size");
         }
 
-        if (connect.DeviceId.StartsWith('#'))
-        {
-            return new(ReasonCode.InvalidField, "device ids starting with '#' are reserved");
-        }
-
         var status = AccessToken.Verify(_context.Secret, connect.Token, _context.Clock.GetUtcNow(), out var claims);
         switch (status)
         {

@@ -56,6 +56,37 @@ public sealed class DeviceSessionTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Connect_as_a_reserved_user_id_is_refused_even_with_a_valid_token()
+    {
+        var phone = _broker.Open();
+
+        await phone.SendAsync(_broker.ConnectPacket("#broker", "phone"));
+
+        Assert.Equal(ReasonCode.InvalidField, (await phone.ExpectAsync<Connack>()).Reason);
+        await phone.EndedAsync();
+        Assert.False(_broker.Context.Registry.IsOnline("#broker"));
+    }
+
+    [Theory]
+    [InlineData("#broker")]
+    [InlineData("#x")]
+    public async Task Send_to_a_reserved_user_id_is_INVALID_FIELD_like_a_reserved_group_member(string to)
+    {
+        var alice = await ConnectAsync("alice", "phone");
+
+        await alice.SendAsync(TestDevice.Text(7, to, "hi"));
+
+        var error = await alice.ExpectAsync<Error>();
+        Assert.Equal(ReasonCode.InvalidField, error.Reason);
+        Assert.Equal(7UL, error.RequestId);
+        await alice.EndedAsync();
+
+        var bob = await ConnectAsync("bob", "phone");
+        await bob.SendAsync(new GroupRequest { RequestId = 3, Create = new GroupCreate { Title = "t", MemberUserIds = { to } } });
+        Assert.Equal(ReasonCode.InvalidField, (await bob.ExpectAsync<Error>()).Reason);
+    }
+
+    [Fact]
     public async Task Connect_with_another_users_token_is_refused_as_an_identity_mismatch()
     {
         var phone = _broker.Open();
