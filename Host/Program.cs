@@ -1,5 +1,6 @@
 using System.CommandLine;
 using ChatBroker.Broker.Configuration;
+using ChatBroker.Protocol;
 using ChatBroker.Tokens;
 using Microsoft.Extensions.Hosting;
 
@@ -157,6 +158,14 @@ public static class Program
         if (string.IsNullOrWhiteSpace(user))
         {
             Console.Error.WriteLine("chatbroker token: --user must not be empty");
+            return ExitUsage;
+        }
+
+        // The broker refuses a CONNECT with such an id whatever the token says: never issue one.
+        var invalid = ChatIds.Describe(user) ?? (string.IsNullOrEmpty(device) ? null : ChatIds.Describe(device));
+        if (invalid is not null)
+        {
+            Console.Error.WriteLine($"chatbroker token: {invalid}");
             return ExitUsage;
         }
 

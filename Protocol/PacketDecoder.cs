@@ -20,9 +20,17 @@ public static class PacketDecoder
     /// <see cref="ReasonCode.MalformedBody"/>, <see cref="ReasonCode.MissingField"/>,
     /// <see cref="ReasonCode.InvalidField"/> or <see cref="ReasonCode.UnsupportedVersion"/>.
     /// </returns>
-    public static bool TryDecode(in Frame frame, [NotNullWhen(true)] out IMessage? message, out ReasonCode error)
+    public static bool TryDecode(in Frame frame, [NotNullWhen(true)] out IMessage? message, out ReasonCode error) =>
+        TryDecode(frame, out message, out _, out error);
+
+    /// <summary>
+    /// As <see cref="TryDecode(in Frame, out IMessage?, out ReasonCode)"/>; when the body parsed but broke a
+    /// required-field rule, <paramref name="invalid"/> is the parsed message so the error can echo its request id.
+    /// </summary>
+    public static bool TryDecode(in Frame frame, [NotNullWhen(true)] out IMessage? message, out IMessage? invalid, out ReasonCode error)
     {
         message = null;
+        invalid = null;
         var parser = PacketTypes.ParserFor(frame.Type);
         if (parser is null)
         {
@@ -38,6 +46,7 @@ public static class PacketDecoder
         error = PacketValidator.Validate(parsed);
         if (error != ReasonCode.Success)
         {
+            invalid = parsed;
             return false;
         }
 

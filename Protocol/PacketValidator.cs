@@ -1,4 +1,3 @@
-using System.Text;
 using ChatBroker.Protocol.Messages;
 using Google.Protobuf;
 using Google.Protobuf.Collections;
@@ -153,19 +152,5 @@ public static class PacketValidator
         return ReasonCode.Success;
     }
 
-    private static ReasonCode ValidateId(string id)
-    {
-        if (id.Length == 0)
-        {
-            return ReasonCode.MissingField;
-        }
-
-        // Cheap upper bound first: a UTF-16 unit is at most 3 UTF-8 bytes.
-        if (id.Length * 3 <= ProtocolConstants.MaxIdLength)
-        {
-            return ReasonCode.Success;
-        }
-
-        return Encoding.UTF8.GetByteCount(id) > ProtocolConstants.MaxIdLength ? ReasonCode.InvalidField : ReasonCode.Success;
-    }
+    private static ReasonCode ValidateId(string id) => ChatIds.Validate(id);
 }

@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using ChatBroker.Broker.Configuration;
+using ChatBroker.Protocol;
 using ChatBroker.Protocol.Messages;
 using ChatBroker.Storage;
 using Google.Protobuf;
@@ -56,9 +57,9 @@ public sealed class GroupService(IChatStore store, ConversationDirectory directo
         var members = new List<string> { creator };
         foreach (var user in create.MemberUserIds)
         {
-            if (user.Length == 0 || user.StartsWith('#'))
+            if (ChatIds.Describe(user) is { } invalid)
             {
-                return GroupOutcome.Refused(ReasonCode.InvalidField, "member user ids must be non-empty and not start with '#'");
+                return GroupOutcome.Refused(ReasonCode.BadRequest, invalid);
             }
 
             if (!members.Contains(user))
@@ -111,9 +112,9 @@ public sealed class GroupService(IChatStore store, ConversationDirectory directo
             var added = new List<string>();
             foreach (var user in users)
             {
-                if (user.Length == 0 || user.StartsWith('#'))
+                if (ChatIds.Describe(user) is { } invalid)
                 {
-                    Refuse(ReasonCode.InvalidField, "user ids must be non-empty and not start with '#'");
+                    Refuse(ReasonCode.BadRequest, invalid);
                     return;
                 }
 

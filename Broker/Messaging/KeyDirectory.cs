@@ -30,14 +30,14 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
         if (upload.IdentityKey.Length > MaxKeyBytes
             || (upload.SignedPrekey is { } s && (s.PublicKey.IsEmpty || s.Signature.IsEmpty || s.PublicKey.Length > MaxKeyBytes || s.Signature.Length > MaxKeyBytes)))
         {
-            return new(ReasonCode.InvalidField, $"signed_prekey needs public_key and signature; keys and signatures are at most {MaxKeyBytes} bytes", null);
+            return new(ReasonCode.BadRequest, $"signed_prekey needs public_key and signature; keys and signatures are at most {MaxKeyBytes} bytes", null);
         }
 
         foreach (var key in upload.OneTimePrekeys)
         {
             if (key.PublicKey.IsEmpty || key.PublicKey.Length > MaxKeyBytes)
             {
-                return new(ReasonCode.InvalidField, $"one-time prekey {key.KeyId}: public_key must be 1 to {MaxKeyBytes} bytes", null);
+                return new(ReasonCode.BadRequest, $"one-time prekey {key.KeyId}: public_key must be 1 to {MaxKeyBytes} bytes", null);
             }
         }
 
@@ -57,13 +57,13 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
             }
             else
             {
-                return new(ReasonCode.InvalidField, FirstUpload, null);
+                return new(ReasonCode.BadRequest, FirstUpload, null);
             }
         }
         else if (current is null)
         {
             // Without both, a fetch could not start a session with this device: refuse a half-registered device.
-            return new(ReasonCode.InvalidField, FirstUpload, null);
+            return new(ReasonCode.BadRequest, FirstUpload, null);
         }
 
         var stored = store.CountOneTimePrekeys(device.UserId, device.DeviceId);

@@ -41,7 +41,7 @@ internal sealed partial class DeviceSession
         }
         catch (ArgumentException e)
         {
-            WriteError(ReasonCode.InvalidField, e.Message, request.RequestId, PacketType.GroupRequest);
+            WriteError(ReasonCode.BadRequest, e.Message, request.RequestId, PacketType.GroupRequest);
         }
         catch (StorageException)
         {

@@ -85,17 +85,6 @@ internal sealed partial class DeviceSession
             return new(ReasonCode.InvalidField, $"max_frame_size must be 0 or at least {_maxFrameSize}: this broker delivers frames up to that size");
         }
 
-        if (connect.DeviceId.StartsWith('#'))
-        {
-            return new(ReasonCode.InvalidField, "device ids starting with '#' are reserved");
-        }
-
-        if (_context.Chat.Router is not null && connect.UserId.StartsWith('#'))
-        {
-            // Cluster mode keeps its forward queues in the inboxes of reserved '#' user ids.
-            return new(ReasonCode.InvalidField, "user ids starting with '#' are reserved");
-        }
-
         var status = AccessToken.Verify(_context.Secret, connect.Token, _context.Clock.GetUtcNow(), out var claims);
         switch (status)
         {
@@ -172,7 +161,14 @@ internal sealed partial class DeviceSession
         if (send.Body.Length + (send.Media?.CalculateSize() ?? 0) > _maxFrameSize - DeliverHeadroom)
         {
             // The DELIVER carrying it adds sender ids and positions; it must still fit every device's frame limit.
-            WriteError(ReasonCode.InvalidField, $"body too large: at most {_maxFrameSize - DeliverHeadroom} bytes", send.ClientMsgId, PacketType.Send);
+            WriteError(ReasonCode.BadRequest, $"body too large: at most {_maxFrameSize - DeliverHeadroom} bytes", send.ClientMsgId, PacketType.Send);
+            return Handled.Ok;
+        }
+
+        if (!ContentTypes.IsClientWritable(send.ContentType))
+        {
+            // SYSTEM is the server's word about a group; a client-written one would forge it.
+            WriteError(ReasonCode.BadRequest, $"content_type {(uint)send.ContentType} is reserved: clients may send 0-9 and 64 and above", send.ClientMsgId, PacketType.Send);
             return Handled.Ok;
         }
 
@@ -211,7 +207,7 @@ internal sealed partial class DeviceSession
         catch (ArgumentException e)
         {
             ReleaseInflight();
-            WriteError(ReasonCode.InvalidField, e.Message, send.ClientMsgId, PacketType.Send);
+            WriteError(ReasonCode.BadRequest, e.Message, send.ClientMsgId, PacketType.Send);
             return Handled.Ok;
         }
         catch (StorageException)
@@ -278,7 +274,7 @@ internal sealed partial class DeviceSession
         }
         catch (ArgumentException e)
         {
-            answer = MakeError(ReasonCode.InvalidField, e.Message, send.ClientMsgId, PacketType.Send);
+            answer = MakeError(ReasonCode.BadRequest, e.Message, send.ClientMsgId, PacketType.Send);
         }
         catch (StorageException)
         {
@@ -408,6 +404,9 @@ internal sealed partial class DeviceSession
 
     private static ulong RequestIdOf(IMessage message) => message switch
     {
+        Send s => s.ClientMsgId,
+        Sync s => s.RequestId,
+        History h => h.RequestId,
         GroupRequest g => g.RequestId,
         PresenceSubscribe p => p.RequestId,
         KeysUpload k => k.RequestId,

@@ -35,7 +35,7 @@ internal sealed partial class DeviceSession
                 break;
             default:
                 // OFFLINE is what the broker says when the session ends; a connected device cannot claim it.
-                WriteError(ReasonCode.InvalidField, "status must be ONLINE or AWAY; disconnect to go offline", 0, PacketType.PresenceSet);
+                WriteError(ReasonCode.BadRequest, "status must be ONLINE or AWAY; disconnect to go offline", 0, PacketType.PresenceSet);
                 break;
         }
     }

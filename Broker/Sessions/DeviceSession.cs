@@ -172,7 +172,7 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
                 if (result.Reason != ReasonCode.Success)
                 {
                     _context.Metrics.ProtocolErrors.Add(1, new KeyValuePair<string, object?>("reason", result.Reason.ToString()));
-                    await FailAsync(result.Reason, result.Message).ConfigureAwait(false);
+                    await FailAsync(result.Reason, result.Message, result.RequestId, result.InReplyTo).ConfigureAwait(false);
                     closeReason = result.Reason;
                     break;
                 }
@@ -271,7 +271,8 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
         public TokenBucket KeyFetches;
     }
 
-    private readonly record struct ProcessResult(ReasonCode Reason, string? Message, int Consumed);
+    // RequestId/InReplyTo name the request a fatal error answers, wherever the frame could be parsed that far.
+    private readonly record struct ProcessResult(ReasonCode Reason, string? Message, int Consumed, ulong RequestId = 0, PacketType InReplyTo = default);
 
     /// <summary>
     /// Handles every complete frame in <paramref name="bytes"/>[0..<paramref name="length"/>); returns how many
@@ -289,18 +290,18 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
             error = _state.OnReceived(frame.Type);
             if (error != ReasonCode.Success)
             {
-                return new(error, $"{frame.Type} is not allowed now", offset);
+                return new(error, $"{frame.Type} is not allowed now", offset, 0, frame.Type);
             }
 
-            if (!PacketDecoder.TryDecode(frame, out var message, out error))
+            if (!PacketDecoder.TryDecode(frame, out var message, out var invalid, out error))
             {
-                return new(error, $"bad {frame.Type} packet", offset);
+                return new(error, $"bad {frame.Type} packet", offset, invalid is null ? 0 : RequestIdOf(invalid), frame.Type);
             }
 
             var handled = await HandleAsync(message, frame.Flags, stopping).ConfigureAwait(false);
             if (handled.Reason != ReasonCode.Success)
             {
-                return new(handled.Reason, handled.Message, offset);
+                return new(handled.Reason, handled.Message, offset, RequestIdOf(message), frame.Type);
             }
 
             // Appends of other sessions that this thread wrote along with its own are completed between two
@@ -331,10 +332,10 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
     };
 
     /// <summary>A fatal error: CONNACK with the reason before CONNECT completed, else ERROR; then close.</summary>
-    private Task FailAsync(ReasonCode reason, string? message)
+    private Task FailAsync(ReasonCode reason, string? message, ulong requestId = 0, PacketType inReplyTo = default)
     {
         IMessage last = _registered
-            ? new Error { Reason = reason, Message = message ?? "" }
+            ? new Error { Reason = reason, Message = message ?? "", RequestId = requestId, InReplyTo = inReplyTo }
             : new Connack { Reason = reason, Message = message ?? "" };
         return CloseAsync(last);
     }

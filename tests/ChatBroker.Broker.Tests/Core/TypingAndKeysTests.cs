@@ -92,7 +92,7 @@ public sealed class TypingAndKeysTests : IAsyncLifetime
 
         var outcome = await _keys.UploadAsync(bob, Upload(1, bundle: false, 1, 5), default);
 
-        Assert.Equal(ReasonCode.InvalidField, outcome.Error);
+        Assert.Equal(ReasonCode.BadRequest, outcome.Error);
         Assert.Empty(_store.ListKeyDevices("bob"));
     }
 

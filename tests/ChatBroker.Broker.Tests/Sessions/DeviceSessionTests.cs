@@ -56,6 +56,37 @@ public sealed class DeviceSessionTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Connect_as_a_reserved_user_id_is_refused_even_with_a_valid_token()
+    {
+        var phone = _broker.Open();
+
+        await phone.SendAsync(_broker.ConnectPacket("#broker", "phone"));
+
+        Assert.Equal(ReasonCode.InvalidField, (await phone.ExpectAsync<Connack>()).Reason);
+        await phone.EndedAsync();
+        Assert.False(_broker.Context.Registry.IsOnline("#broker"));
+    }
+
+    [Theory]
+    [InlineData("#broker")]
+    [InlineData("#x")]
+    public async Task Send_to_a_reserved_user_id_is_INVALID_FIELD_like_a_reserved_group_member(string to)
+    {
+        var alice = await ConnectAsync("alice", "phone");
+
+        await alice.SendAsync(TestDevice.Text(7, to, "hi"));
+
+        var error = await alice.ExpectAsync<Error>();
+        Assert.Equal(ReasonCode.InvalidField, error.Reason);
+        Assert.Equal(7UL, error.RequestId);
+        await alice.EndedAsync();
+
+        var bob = await ConnectAsync("bob", "phone");
+        await bob.SendAsync(new GroupRequest { RequestId = 3, Create = new GroupCreate { Title = "t", MemberUserIds = { to } } });
+        Assert.Equal(ReasonCode.InvalidField, (await bob.ExpectAsync<Error>()).Reason);
+    }
+
+    [Fact]
     public async Task Connect_with_another_users_token_is_refused_as_an_identity_mismatch()
     {
         var phone = _broker.Open();
@@ -92,6 +123,55 @@ public sealed class DeviceSessionTests : IAsyncLifetime
         }
 
         Assert.Equal(ReasonCode.Success, (await phone.ExpectAsync<Connack>()).Reason);
+    }
+
+    [Fact]
+    public async Task An_oversized_SEND_gets_a_non_fatal_code_and_the_session_stays_up()
+    {
+        // One rule: every code IsFatal calls fatal closes the session, every code the session survives is not fatal.
+        var alice = await ConnectAsync("alice", "phone");
+        var send = TestDevice.Text(7, "bob", "");
+        send.Body = Google.Protobuf.ByteString.CopyFrom(new byte[(int)_broker.Options.Tcp.MaxFrameBytes - 100]);
+
+        await alice.SendAsync(send);
+
+        var error = await alice.ExpectAsync<Error>();
+        Assert.Equal(7UL, error.RequestId);
+        Assert.False(ReasonCodes.IsFatal(error.Reason), $"{error.Reason} is fatal by IsFatal but the session stays up");
+        await alice.SendAsync(TestDevice.Text(8, "bob", "small"));
+        Assert.Equal(8UL, (await alice.ExpectAsync<Sent>()).ClientMsgId);
+    }
+
+    [Fact]
+    public async Task A_closing_error_echoes_the_request_id_and_packet_type_of_the_request()
+    {
+        var alice = await ConnectAsync("alice", "phone");
+
+        await alice.SendAsync(new GroupRequest { RequestId = 9 }); // no op: MISSING_FIELD, fatal
+
+        var error = await alice.ExpectAsync<Error>();
+        Assert.Equal(ReasonCode.MissingField, error.Reason);
+        Assert.Equal(9UL, error.RequestId);
+        Assert.Equal(PacketType.GroupRequest, error.InReplyTo);
+    }
+
+    [Theory]
+    [InlineData(15u)] // SYSTEM: only the server writes it
+    [InlineData(10u)]
+    [InlineData(63u)]
+    public async Task Send_with_a_reserved_content_type_is_refused_and_nothing_is_stored(uint contentType)
+    {
+        var alice = await ConnectAsync("alice", "phone");
+        var send = TestDevice.Text(7, "bob", "Bob was removed");
+        send.ContentType = (ContentType)contentType;
+
+        await alice.SendAsync(send);
+
+        var error = await alice.ExpectAsync<Error>();
+        Assert.Equal(ReasonCode.BadRequest, error.Reason);
+        Assert.Equal(7UL, error.RequestId);
+        await alice.SendAsync(TestDevice.Text(8, "bob", "still open"));
+        Assert.Equal(1UL, (await alice.ExpectAsync<Sent>()).Seq); // the refused one took no seq
     }
 
     [Fact]

@@ -37,4 +37,18 @@ public sealed class TokenCommandTests
         Assert.Equal(2, exit);
         Assert.Contains("--ttl", stderr, StringComparison.Ordinal);
     }
+
+    [Theory]
+    [InlineData("--user", "#broker")]
+    [InlineData("--device", "#delivered")]
+    public async Task Cli_token_refuses_a_reserved_id_the_broker_would_refuse(string option, string id)
+    {
+        string[] args = option == "--user" ? ["token", "--user", id] : ["token", "--user", "alice", "--device", id];
+
+        var (exit, stdout, stderr) = await BrokerProcess.RunCliAsync(args);
+
+        Assert.Equal(2, exit);
+        Assert.Empty(stdout.Trim());
+        Assert.Contains("reserved", stderr, StringComparison.Ordinal);
+    }
 }
