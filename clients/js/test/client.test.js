@@ -1,10 +1,13 @@
 // ChatClient against a real broker (a child process, see broker.js). Every wait is on an event with a
 // timeout; nothing sleeps.
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import { ChatClient, ChatError, PresenceStatus, ReasonCode, ReceiptKind } from '../src/index.js';
+import { after, before, test as nodeTest } from 'node:test';
+import { ChatClient, ChatError, ContentType, PresenceStatus, ReasonCode, ReceiptKind, decodeSystemEvent } from '../src/index.js';
 import { TcpTransport } from '../src/tcp-transport.js';
 import { mintToken, startBroker } from './broker.js';
+
+// A hung promise (a SENT that never comes) fails the test instead of hanging the run.
+const test = (name, fn) => nodeTest(name, { timeout: 20_000 }, fn);
 
 let broker;
 const clients = [];
@@ -312,4 +315,28 @@ test('keepalive: a silent client PINGs after keepalive/2 and the broker answers 
   await pong;
   assert.deepEqual([...written.find((b) => b[0] === 0x20)], [0x20, 0x00]);
   assert.equal(c.state, 'connected');
+});
+
+test('group create delivers a SYSTEM message to members; history pages it', async () => {
+  const alice = client('g-alice');
+  const bob = client('g-bob');
+  await alice.connect();
+  await bob.connect();
+  await bob.waitForSync();
+  const system = next(bob, 'message', (m) => m.contentType === ContentType.SYSTEM);
+  const result = await alice.group({ create: { title: 'js group', member_user_ids: ['g-bob'] } });
+  assert.ok(result.conversation_id > 0n);
+  assert.equal(result.seq, 1n);
+  const m = await system;
+  assert.equal(m.conversationId, result.conversation_id);
+  const event = decodeSystemEvent(m.body);
+  assert.equal(event.title, 'js group');
+  const hello = next(bob, 'message', (x) => x.contentType === ContentType.TEXT);
+  const sent = await alice.send(result.conversation_id, 'hello group');
+  assert.equal(text(await hello), 'hello group');
+  const page = await bob.history(result.conversation_id);
+  assert.deepEqual(page.messages.map((x) => x.seq), [1n, sent.seq]);
+  assert.equal(page.more, false);
+  await assert.rejects(client('g-carol').connect().then((_) => clients.at(-1).history(result.conversation_id)),
+    (e) => e.reason === ReasonCode.NOT_A_MEMBER);
 });
