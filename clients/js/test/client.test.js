@@ -78,6 +78,26 @@ function messages(c, count, ms = 10_000) {
 
 const text = (m) => new TextDecoder().decode(m.body);
 
+/** A transport that shows a test what is written (after writing it) and received (before the client sees it). */
+function observed(inner, { written = () => {}, received = () => {} }) {
+  return {
+    set onData(f) {
+      inner.onData = (chunk) => {
+        received(chunk);
+        f(chunk);
+      };
+    },
+    set onClose(f) { inner.onClose = f; },
+    connect: () => inner.connect(),
+    end: () => inner.end(),
+    destroy: () => inner.destroy(),
+    write(bytes) {
+      inner.write(bytes);
+      written(bytes);
+    },
+  };
+}
+
 test('connect with a valid token gets CONNACK SUCCESS with the session parameters', async () => {
   const c = client('conn-ok');
   const connack = await c.connect();
@@ -150,14 +170,8 @@ test('a repeated client_msg_id gets the original SENT and is delivered once', as
 test('a SEND whose connection drops before SENT is resent after the reconnect with the same id', async () => {
   let cut = false;
   // Cut the connection right after the first SEND frame is written: SENT cannot arrive on it.
-  const wrapTransport = (inner) => ({
-    set onData(f) { inner.onData = f; },
-    set onClose(f) { inner.onClose = f; },
-    connect: () => inner.connect(),
-    end: () => inner.end(),
-    destroy: () => inner.destroy(),
-    write(bytes) {
-      inner.write(bytes);
+  const wrapTransport = (inner) => observed(inner, {
+    written(bytes) {
       if (!cut && (bytes[0] & 0xfc) === 0x30) {
         cut = true;
         inner.destroy();
@@ -296,18 +310,11 @@ test('keepalive: a silent client PINGs after keepalive/2 and the broker answers 
   const written = [];
   let onPong;
   const pong = new Promise((resolve) => { onPong = resolve; });
-  const wrapTransport = (inner) => ({
-    set onData(f) {
-      inner.onData = (chunk) => {
-        if (written.some((b) => b[0] === 0x20) && chunk.includes(0x24)) onPong();
-        f(chunk);
-      };
+  const wrapTransport = (inner) => observed(inner, {
+    written: (bytes) => written.push(bytes),
+    received(chunk) {
+      if (written.some((b) => b[0] === 0x20) && chunk.includes(0x24)) onPong();
     },
-    set onClose(f) { inner.onClose = f; },
-    connect: () => inner.connect(),
-    end: () => inner.end(),
-    destroy: () => inner.destroy(),
-    write(bytes) { written.push(bytes); inner.write(bytes); },
   });
   const c = client('k-alice', 'web', { keepaliveS: 1, wrapTransport });
   const connack = await c.connect();
