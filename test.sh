@@ -12,9 +12,11 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
 dotnet test ChatBroker.sln -c Release --no-build --nologo 2>&1 | tee "$log" || status=$?
+clients/js/test.sh 2>&1 | tee -a "$log" || status=$?   # JavaScript client; node prints "# pass N", "# fail N", ...
 # Sum the per-project summaries ("Passed!  - Failed: 0, Passed: 12, Skipped: 0, Total: 12, ...").
 awk '/(Passed|Failed)! +- Failed: /{
        for (i = 1; i <= NF; i++) { gsub(",", "", $(i+1));
          if ($i == "Failed:") f += $(i+1); if ($i == "Passed:") p += $(i+1); if ($i == "Skipped:") s += $(i+1) } }
+     /^# (pass|fail|cancelled|skipped) [0-9]+$/ { if ($2 == "pass") p += $3; else if ($2 == "skipped") s += $3; else f += $3 }
      END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
 exit $status
