@@ -12,7 +12,7 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
 dotnet test ChatBroker.sln -c Release --no-build --nologo 2>&1 | tee "$log" || status=$?
-clients/js/test.sh 2>&1 | tee -a "$log" || status=$?   # JavaScript client; node prints "# pass N", "# fail N", ...
+CHATBROKER_CMD="dotnet $root/Host/bin/Release/net10.0/chatbroker.dll" clients/js/test.sh 2>&1 | tee -a "$log" || status=$?   # JavaScript client; node prints "# pass N", "# fail N", ...
 # Sum the per-project summaries ("Passed!  - Failed: 0, Passed: 12, Skipped: 0, Total: 12, ...").
 awk '/(Passed|Failed)! +- Failed: /{
        for (i = 1; i <= NF; i++) { gsub(",", "", $(i+1));

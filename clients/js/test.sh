@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the JavaScript client's tests (node's test runner) against a real broker started by the tests.
 # Installs the node dependencies (npm ci) when node_modules is missing. The broker command is
-# CHATBROKER_CMD when set (e.g. "dotnet /path/chatbroker.dll"); otherwise the broker is built into
-# artifacts/broker as ./chatbroker does. Ends with node's "# pass N" / "# fail N" lines.
+# CHATBROKER_CMD when set (e.g. "dotnet /path/chatbroker.dll"); otherwise Host (the broker executable) is built
+# in Release and run from Host/bin/Release/net10.0. Ends with node's "# pass N" / "# fail N" lines.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -28,7 +28,7 @@ if [[ ! -d node_modules ]]; then
 fi
 if [[ -z "${CHATBROKER_CMD:-}" ]]; then
   "$root/scripts/ensure-deps.sh"
-  dotnet build "$root/Broker/ChatBroker.Broker.csproj" -c Release --nologo -v quiet -clp:NoSummary -o "$root/artifacts/broker" >&2
-  export CHATBROKER_CMD="dotnet $root/artifacts/broker/chatbroker.dll"
+  dotnet build "$root/Host/ChatBroker.Host.csproj" -c Release --nologo -v quiet -clp:NoSummary >&2
+  export CHATBROKER_CMD="dotnet $root/Host/bin/Release/net10.0/chatbroker.dll"
 fi
 exec node --test --test-reporter=tap test/*.test.js

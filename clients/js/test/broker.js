@@ -17,7 +17,7 @@ const repo = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 export function brokerCommand() {
   const fromEnv = process.env.CHATBROKER_CMD?.trim();
   if (fromEnv) return fromEnv.split(/\s+/);
-  return ['dotnet', join(repo, 'artifacts', 'broker', 'chatbroker.dll')];
+  return ['dotnet', join(repo, 'Host', 'bin', 'Release', 'net10.0', 'chatbroker.dll')];
 }
 
 /** Starts `serve` and resolves once it is Ready: { host, port, dataDir, token(user, device), stop() }. */
