@@ -27,7 +27,7 @@ namespace ChatBroker.Broker.Cluster;
 /// <remarks>
 /// Created only in cluster mode: a single node has no router, and the core's paths are what they were.
 /// </remarks>
-public sealed class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
+public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDisposable
 {
     /// <summary>Reserved cursor device of a forward queue: how far the home has acked it.</summary>
     public const string ForwardedCursor = "#forwarded";

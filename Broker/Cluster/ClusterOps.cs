@@ -8,7 +8,9 @@ using Google.Protobuf;
 
 namespace ChatBroker.Broker.Cluster;
 
-/// <summary>What a mesh message's payload is (<c>MeshMessage.kind</c>); each is a message of cluster_ops.proto.</summary>
+/// <summary>What a mesh message's payload is (<c>MeshMessage.kind</c>); each is a message of a Cluster/*.proto file.
+/// Ranges: 1–19 messages and inbox (cluster_ops.proto), 20–39 groups, 40–59 receipts, presence, typing, keys and
+/// push, 60–79 range hand-over, 80–99 node-level operations.</summary>
 public enum ClusterOpKind : uint
 {
     /// <summary>Gateway → owner: <see cref="ForwardSend"/>, answered with <see cref="SendResult"/>.</summary>
