@@ -43,7 +43,8 @@ public static class BrokerServices
             sp.GetRequiredService<TimeProvider>(), options.Presence));
         services.AddSingleton<TypingRelay>();
         services.AddSingleton(sp => new KeyDirectory(
-            sp.GetRequiredService<IChatStore>(), sp.GetRequiredService<SessionRegistry>(), sp.GetRequiredService<BrokerMetrics>(), options.Keys));
+            sp.GetRequiredService<IChatStore>(), sp.GetRequiredService<SessionRegistry>(), sp.GetRequiredService<BrokerMetrics>(), options.Keys,
+            sp.GetRequiredService<TimeProvider>()));
         services.AddSingleton<GroupService>();
         services.AddSingleton<BrokerContext>();
         services.AddSingleton<ISocketConnectionHandler, DeviceConnectionHandler>();
