@@ -529,6 +529,15 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
     public async ValueTask HandleAsync(MeshInboundBatch batch, CancellationToken cancellationToken)
     {
         var s = State;
+        if (s is null)
+        {
+            // The mesh listens before this node has its map (a restarting node must be reachable once listed). What
+            // other nodes resend meanwhile waits, unacked, instead of being rejected: a rejected inbox entry is
+            // skipped by its owner's forward queue. The stream holds it (backpressure) until the map is here.
+            await WaitForEpochAsync(1, cancellationToken).ConfigureAwait(false);
+            s = State;
+        }
+
         List<Task>? work = null;
         for (var i = 0; i < batch.Count; i++)
         {
