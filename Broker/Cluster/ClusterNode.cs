@@ -524,19 +524,24 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             return;
         }
 
+        var login = LoginOf(device, online);
         if (string.Equals(home, NodeId, StringComparison.Ordinal))
         {
             // Local sessions are in the local registry; one that logs in here takes over a session of the same
             // device at another gateway.
             if (online)
             {
-                Register(new DeviceRegistration { User = device.UserId, Device = device.DeviceId, Online = true }, NodeId, s);
+                Register(new DeviceRegistration { User = device.UserId, Device = device.DeviceId, Online = true, Login = login }, NodeId, s);
+            }
+            else
+            {
+                ForgetLogin(device.UserId, device.DeviceId, login);
             }
 
             return;
         }
 
-        s.LinkOf(home)?.TryPost(ClusterOpKind.DeviceRegistration, s.Epoch, new DeviceRegistration { User = device.UserId, Device = device.DeviceId, Online = online }.ToByteArray());
+        s.LinkOf(home)?.TryPost(ClusterOpKind.DeviceRegistration, s.Epoch, new DeviceRegistration { User = device.UserId, Device = device.DeviceId, Online = online, Login = login }.ToByteArray());
     }
 
     // ---- IMeshSink: what other nodes ask ----
@@ -685,14 +690,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             case ClusterOpKind.DeviceTakenOver:
             {
                 var takenOver = DeviceRegistration.Parser.ParseFrom(message.Payload.Span);
-                foreach (var device in _registry.DevicesOf(takenOver.User))
-                {
-                    if (string.Equals(device.DeviceId, takenOver.Device, StringComparison.Ordinal))
-                    {
-                        device.Close(ReasonCode.SessionTakenOver, "this device connected at another node");
-                    }
-                }
-
+                CloseSessionsBefore(takenOver.User, takenOver.Device, takenOver.Login);
                 return null;
             }
 
@@ -827,6 +825,11 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
     /// </summary>
     private void Register(DeviceRegistration registration, string gateway, RoutingState s)
     {
+        if (!AdmitLogin(registration, gateway, s))
+        {
+            return; // an older login than one already registered: it does not take the device over
+        }
+
         var user = registration.User;
         var device = registration.Device;
         string? previous = null;
@@ -874,18 +877,12 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
 
         if (previous is not null && !string.Equals(previous, gateway, StringComparison.Ordinal))
         {
-            s.LinkOf(previous)?.TryPost(ClusterOpKind.DeviceTakenOver, s.Epoch, new DeviceRegistration { User = user, Device = device }.ToByteArray());
+            s.LinkOf(previous)?.TryPost(ClusterOpKind.DeviceTakenOver, s.Epoch, new DeviceRegistration { User = user, Device = device, Login = registration.Login }.ToByteArray());
         }
 
         if (!string.Equals(gateway, NodeId, StringComparison.Ordinal))
         {
-            foreach (var local in _registry.DevicesOf(user))
-            {
-                if (string.Equals(local.DeviceId, device, StringComparison.Ordinal))
-                {
-                    local.Close(ReasonCode.SessionTakenOver, "this device connected at another node");
-                }
-            }
+            CloseSessionsBefore(user, device, registration.Login);
         }
     }
 

@@ -131,19 +131,7 @@ internal sealed class ClusterHarness : IAsyncDisposable
     }
 
     /// <summary>The first user id of the form <paramref name="prefix"/>N whose home is <paramref name="home"/>.</summary>
-    public string UserAt(string prefix, string home, Func<string, bool>? also = null)
-    {
-        for (var i = 0; i < 100_000; i++)
-        {
-            var user = prefix + i;
-            if (Ring.UserHome(user) == home && (also is null || also(user)))
-            {
-                return user;
-            }
-        }
-
-        throw new InvalidOperationException($"no user {prefix}N has home {home}");
-    }
+    public string UserAt(string prefix, string home, Func<string, bool>? also = null) => RingPlacement.UserAt(Ring, prefix, home, also);
 
     public async ValueTask DisposeAsync()
     {
