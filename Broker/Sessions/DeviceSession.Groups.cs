@@ -60,6 +60,14 @@ internal sealed partial class DeviceSession
     private void SetUpGroupStreams(IReadOnlyList<ConversationCursor> listed)
     {
         var chat = _context.Chat;
+        if (chat.Router is IGroupRouter router)
+        {
+            // Cluster mode: the groups' owners know where the streams start; the read loop goes on meanwhile, and
+            // until the streams are set up nothing catches up (notifications park in _pendingGroups as above).
+            _ = SetUpRoutedGroupStreamsAsync(router, listed);
+            return;
+        }
+
         var starts = new List<ConversationCursor>();
         foreach (var cursor in listed)
         {
@@ -121,6 +129,56 @@ internal sealed partial class DeviceSession
         }
     }
 
+    /// <summary>
+    /// <see cref="SetUpGroupStreams"/> in cluster mode: the start of every large group of the user is asked of the
+    /// group's owner (every node, for the groups it owns), then of the owners of groups notified meanwhile, until
+    /// none was; then the streams are ready and catch-up starts (the CONNECT path's own call found them not ready).
+    /// An owner that does not answer closes the session as a failed catch-up does: the device reconnects.
+    /// </summary>
+    private async Task SetUpRoutedGroupStreamsAsync(IGroupRouter router, IReadOnlyList<ConversationCursor> listed)
+    {
+        try
+        {
+            var (starts, _) = await router.GroupStreamStartsAsync(_user, _device, listed, [], allLarge: true, CancellationToken.None).ConfigureAwait(false);
+            var first = true;
+            while (true)
+            {
+                HashSet<ulong>? pending;
+                lock (_lock)
+                {
+                    if (first)
+                    {
+                        _groupStreams?.Clear();
+                        first = false;
+                    }
+
+                    foreach (var start in starts)
+                    {
+                        AddStreamLocked(start.ConversationId, start.Seq);
+                    }
+
+                    pending = _pendingGroups;
+                    _pendingGroups = null;
+                    if (pending is null)
+                    {
+                        _streamsReady = true;
+                        StartCatchUpLocked();
+                        return;
+                    }
+
+                    pending.RemoveWhere(id => _groupStreams?.ContainsKey(id) == true);
+                }
+
+                (starts, _) = await router.GroupStreamStartsAsync(_user, _device, [], pending, allLarge: false, CancellationToken.None).ConfigureAwait(false);
+            }
+        }
+        catch (RouteUnavailableException e)
+        {
+            Hosting.Log.DeliveryFailed(_context.Logger, _user, _device, e);
+            Close(ReasonCode.ServerUnavailable, "messages could not be read; reconnect");
+        }
+    }
+
     private static bool Contains(List<ConversationCursor> cursors, ulong conversationId)
     {
         foreach (var cursor in cursors)
@@ -145,6 +203,41 @@ internal sealed partial class DeviceSession
         {
             (_groupStreams ??= [])[conversationId] = new DeliveryStream(conversationId, position);
         }
+    }
+
+    /// <summary>SYNC: in cluster mode the large groups it names are checked by their owners first.</summary>
+    private async ValueTask<Handled> HandleSyncAsync(Sync sync)
+    {
+        if (sync.Conversations.Count > 0 && _context.Chat.Router is IGroupRouter router)
+        {
+            try
+            {
+                var (starts, notMember) = await router.GroupStreamStartsAsync(_user, _device, sync.Conversations, [], allLarge: false, CancellationToken.None).ConfigureAwait(false);
+                lock (_lock)
+                {
+                    foreach (var start in starts)
+                    {
+                        AddStreamLocked(start.ConversationId, start.Seq);
+                    }
+                }
+
+                foreach (var conversationId in notMember)
+                {
+                    WriteError(ReasonCode.NotAMember, $"not a member of conversation {conversationId}", sync.RequestId, PacketType.Sync);
+                }
+            }
+            catch (RouteUnavailableException)
+            {
+                WriteError(ReasonCode.ServerUnavailable, "a group's node did not answer; repeat the SYNC", sync.RequestId, PacketType.Sync);
+                return Handled.Ok;
+            }
+
+            HandleSync(sync, groupsDone: true);
+            return Handled.Ok;
+        }
+
+        HandleSync(sync, groupsDone: false);
+        return Handled.Ok;
     }
 
     /// <summary>SYNC naming large groups: restart those streams from the given cursors.</summary>
