@@ -58,6 +58,10 @@ public sealed partial class ClusterNode : IGroupRouter
     public static ulong DrawGroupId() =>
         ChatStore.FirstDrawnGroupId + (ulong)Random.Shared.NextInt64(1, (long)(ChatStore.FirstDerivedConversationId - ChatStore.FirstDrawnGroupId));
 
+    /// <summary>Where this node's group ids come from (<see cref="DrawGroupId"/>; tests place a group on a chosen owner,
+    /// or make a draw collide).</summary>
+    internal Func<ulong> GroupIdSource { get; set; } = DrawGroupId;
+
     private GroupService Groups => _chat.Groups ?? throw new InvalidOperationException("the node has no GroupService");
 
     // ---- IGroupRouter: what the core asks (gateway side) ----
@@ -72,7 +76,7 @@ public sealed partial class ClusterNode : IGroupRouter
             case GroupRequest.OpOneofCase.Create:
                 for (var draw = 0; draw < MaxGroupIdDraws; draw++)
                 {
-                    var outcome = await RunOnOwnerAsync(userId, request, DrawGroupId(), maxFrameBytes, cancellationToken).ConfigureAwait(false);
+                    var outcome = await RunOnOwnerAsync(userId, request, GroupIdSource(), maxFrameBytes, cancellationToken).ConfigureAwait(false);
                     if (!IsGroupIdTaken(outcome))
                     {
                         return outcome;
@@ -179,8 +183,8 @@ public sealed partial class ClusterNode : IGroupRouter
 
     private static GroupOpResult ToResult(GroupOutcome outcome) =>
         outcome.Error == ReasonCode.Success
-            ? new GroupOpResult { Result = outcome.Result!.ToByteString() }
-            : new GroupOpResult { Reason = (uint)outcome.Error, Message = outcome.Message ?? "", IdTaken = IsGroupIdTaken(outcome) };
+            ? new GroupOpResult { Result = outcome.Result!.ToByteString(), Read = true }
+            : new GroupOpResult { Reason = (uint)outcome.Error, Message = outcome.Message ?? "", IdTaken = IsGroupIdTaken(outcome), Read = true };
 
     /// <summary>
     /// LIST: every active member lists the user's groups it owns, and the answers are merged in id order into one
@@ -656,11 +660,11 @@ public sealed partial class ClusterNode : IGroupRouter
         }
         catch (StorageException)
         {
-            answer = new GroupOpResult { Reason = (uint)ReasonCode.ServerUnavailable, Message = "the group change could not be stored; retry" };
+            answer = new GroupOpResult { Reason = (uint)ReasonCode.ServerUnavailable, Message = "the group change could not be stored; retry", Read = true };
         }
         catch (ArgumentException e)
         {
-            answer = new GroupOpResult { Reason = (uint)ReasonCode.BadRequest, Message = e.Message };
+            answer = new GroupOpResult { Reason = (uint)ReasonCode.BadRequest, Message = e.Message, Read = true };
         }
 
         batch.Reply(index, answer.ToByteArray());
