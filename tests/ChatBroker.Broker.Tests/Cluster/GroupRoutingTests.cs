@@ -345,6 +345,44 @@ public sealed class GroupRoutingTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_member_added_to_a_large_group_while_online_gets_what_follows_and_sync_rereads_the_owner_log()
+    {
+        var devices = await ConnectFourAsync();
+        var (alice, bob) = (devices[0], devices[1]);
+        var gina = await GroupDevice.ConnectAsync(_cluster["node1"], _cluster.UserAt("gina", "node3")); // away from home
+        PlaceGroupsOn("node2");
+        var id = (await alice.GroupAsync(Create(1, "big", _bob, _carol, _dave, _erin))).ConversationId;
+        await EveryoneSeesSystemAsync(id, 1, devices);
+        await bob.SendAsync(GroupDevice.ToGroup(1, id, "before gina"));
+        Assert.Equal(2UL, (await bob.ExpectAsync<Sent>()).Seq);
+        Assert.Equal("before gina", (await alice.NextDeliverAsync()).Body.ToStringUtf8());
+
+        var added = await alice.GroupAsync(new GroupRequest { RequestId = 2, AddMembers = new GroupMembers { ConversationId = id, UserIds = { gina.User } } });
+        Assert.Equal(3UL, added.Seq);
+        Assert.Equal(SystemEvent.Types.Kind.MembersAdded, (await EveryoneSeesSystemAsync(id, 3, gina, alice)).Kind);
+        await bob.SendAsync(GroupDevice.ToGroup(2, id, "welcome"));
+        Assert.Equal(4UL, (await bob.ExpectAsync<Sent>()).Seq);
+        var welcome = await gina.NextDeliverAsync();
+        Assert.Equal((id, 4UL, "welcome", 0UL), (welcome.ConversationId, welcome.Seq, welcome.Body.ToStringUtf8(), welcome.InboxSeq));
+        Assert.Equal((4UL, "welcome"), (await alice.NextDeliverAsync()) is var live ? (live.Seq, live.Body.ToStringUtf8()) : default);
+
+        // SYNC naming the group from seq 1: the owner checks it and the stream reads the log again from there (the
+        // SYSTEM message at 3 is a position only: it came through the inbox).
+        await alice.SendAsync(new Sync { RequestId = 7, Conversations = { new ConversationCursor { ConversationId = id, Seq = 1 } } });
+        var reread = await alice.NextDeliverAsync();
+        Assert.Equal((2UL, "before gina"), (reread.Seq, reread.Body.ToStringUtf8()));
+        Assert.Equal((4UL, "welcome"), (await alice.NextDeliverAsync()) is var w ? (w.Seq, w.Body.ToStringUtf8()) : default);
+        var done = await alice.ExpectAsync<SyncDone>();
+        Assert.Equal((7UL, id, 4UL), (done.RequestId, done.Conversations.Single().ConversationId, done.Conversations.Single().Seq));
+
+        // A SYNC naming a group the user is not in is refused by the owner, through the gateway.
+        var frank = await GroupDevice.ConnectAsync(_cluster["node3"], _frank);
+        await frank.SendAsync(new Sync { RequestId = 8, Conversations = { new ConversationCursor { ConversationId = id, Seq = 0 } } });
+        var refused = await frank.ExpectAsync<Error>();
+        Assert.Equal((ReasonCode.NotAMember, 8UL), (refused.Reason, refused.RequestId));
+    }
+
+    [Fact]
     public async Task One_message_to_a_300_member_group_spread_over_three_nodes_reaches_all_300()
     {
         const int Members = 300;
