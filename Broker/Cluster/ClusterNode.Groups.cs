@@ -19,17 +19,18 @@ public sealed class GroupRoutingMetrics
     internal long LogPostsDropped;
     internal long LogReads;
     internal long AcksForwarded;
+    internal long StreamStartsMissed;
 
     public GroupRoutingSnapshot Snapshot() => new(
         Interlocked.Read(ref OpsForwarded), Interlocked.Read(ref OpsAnsweredUnavailable), Interlocked.Read(ref IdsRedrawn),
         Interlocked.Read(ref ListsScattered), Interlocked.Read(ref LogPosts), Interlocked.Read(ref LogPostsDropped),
-        Interlocked.Read(ref LogReads), Interlocked.Read(ref AcksForwarded));
+        Interlocked.Read(ref LogReads), Interlocked.Read(ref AcksForwarded), Interlocked.Read(ref StreamStartsMissed));
 }
 
 /// <summary>A point-in-time copy of <see cref="GroupRoutingMetrics"/>.</summary>
 public readonly record struct GroupRoutingSnapshot(
     long OpsForwarded, long OpsAnsweredUnavailable, long IdsRedrawn, long ListsScattered,
-    long LogPosts, long LogPostsDropped, long LogReads, long AcksForwarded);
+    long LogPosts, long LogPostsDropped, long LogReads, long AcksForwarded, long StreamStartsMissed);
 
 /// <summary>
 /// Groups across nodes (docs/cluster.md, "Groups"). A group lives on the ring owner of its id, like any
@@ -348,7 +349,7 @@ public sealed partial class ClusterNode : IGroupRouter
     }
 
     public async Task<(List<ConversationCursor> Starts, List<ulong> NotMember)> GroupStreamStartsAsync(string userId, string deviceId,
-        IReadOnlyList<ConversationCursor> named, IReadOnlyCollection<ulong> stored, bool allLarge, CancellationToken cancellationToken)
+        IReadOnlyList<ConversationCursor> named, IReadOnlyCollection<ulong> stored, bool allLarge, bool partial, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(named);
         ArgumentNullException.ThrowIfNull(stored);
@@ -384,7 +385,7 @@ public sealed partial class ClusterNode : IGroupRouter
             {
                 answers.Add(s.IsSelf(i)
                     ? Task.FromResult(GroupStreamStartsHere(request))
-                    : ReadStartsAsync(s, s.NodeAt(i), request, cancellationToken));
+                    : ReadStartsAsync(s, s.NodeAt(i), request, partial, cancellationToken));
             }
         }
 
@@ -404,8 +405,18 @@ public sealed partial class ClusterNode : IGroupRouter
         return (starts, notMember);
     }
 
-    private async Task<GroupStreamStarts> ReadStartsAsync(RoutingState s, string node, GroupStreamsRequest request, CancellationToken cancellationToken) =>
-        GroupStreamStarts.Parser.ParseFrom(await ReadFromAsync(s, node, ClusterOpKind.GroupStreams, request.ToByteArray(), cancellationToken).ConfigureAwait(false));
+    private async Task<GroupStreamStarts> ReadStartsAsync(RoutingState s, string node, GroupStreamsRequest request, bool partial, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return GroupStreamStarts.Parser.ParseFrom(await ReadFromAsync(s, node, ClusterOpKind.GroupStreams, request.ToByteArray(), cancellationToken).ConfigureAwait(false));
+        }
+        catch (RouteUnavailableException) when (partial)
+        {
+            Interlocked.Increment(ref GroupMetrics.StreamStartsMissed);
+            return new GroupStreamStarts();
+        }
+    }
 
     /// <summary>Owner: where a device's streams of the groups this node owns start (the core's rule, here where
     /// the log, the members and the device's stored cursors are).</summary>

@@ -26,9 +26,11 @@ public interface IGroupRouter
     /// <summary>Where a device's delivery streams of large groups start (CONNECT, SYNC), asked of the groups'
     /// owners: the cursors it <paramref name="named"/>, checked; the groups of <paramref name="stored"/> from the
     /// device's stored cursor; with <paramref name="allLarge"/>, every large group of the user too. Groups the user
-    /// is not a member of are in NotMember.</summary>
+    /// is not a member of are in NotMember. With <paramref name="partial"/> (CONNECT), owners that do not answer are
+    /// left out (their groups get no stream until the next CONNECT or SYNC, and the node's other groups are
+    /// unaffected); without it (SYNC), such an owner fails the call with <see cref="RouteUnavailableException"/>.</summary>
     Task<(List<ConversationCursor> Starts, List<ulong> NotMember)> GroupStreamStartsAsync(string userId, string deviceId,
-        IReadOnlyList<ConversationCursor> named, IReadOnlyCollection<ulong> stored, bool allLarge, CancellationToken cancellationToken);
+        IReadOnlyList<ConversationCursor> named, IReadOnlyCollection<ulong> stored, bool allLarge, bool partial, CancellationToken cancellationToken);
 
     /// <summary>ACK.conversations of a group owned by another node: its owner moves the device's cursor there.</summary>
     void AckRemoteGroup(IDeviceLink device, ulong conversationId, ulong seq);

@@ -133,13 +133,14 @@ internal sealed partial class DeviceSession
     /// <see cref="SetUpGroupStreams"/> in cluster mode: the start of every large group of the user is asked of the
     /// group's owner (every node, for the groups it owns), then of the owners of groups notified meanwhile, until
     /// none was; then the streams are ready and catch-up starts (the CONNECT path's own call found them not ready).
-    /// An owner that does not answer closes the session as a failed catch-up does: the device reconnects.
+    /// An owner that does not answer (within the cluster's read timeout) is left out: its groups get no stream
+    /// until the device's next CONNECT or SYNC, and everything else is delivered.
     /// </summary>
     private async Task SetUpRoutedGroupStreamsAsync(IGroupRouter router, IReadOnlyList<ConversationCursor> listed)
     {
         try
         {
-            var (starts, _) = await router.GroupStreamStartsAsync(_user, _device, listed, [], allLarge: true, CancellationToken.None).ConfigureAwait(false);
+            var (starts, _) = await router.GroupStreamStartsAsync(_user, _device, listed, [], allLarge: true, partial: true, CancellationToken.None).ConfigureAwait(false);
             var first = true;
             while (true)
             {
@@ -169,7 +170,7 @@ internal sealed partial class DeviceSession
                     pending.RemoveWhere(id => _groupStreams?.ContainsKey(id) == true);
                 }
 
-                (starts, _) = await router.GroupStreamStartsAsync(_user, _device, [], pending, allLarge: false, CancellationToken.None).ConfigureAwait(false);
+                (starts, _) = await router.GroupStreamStartsAsync(_user, _device, [], pending, allLarge: false, partial: true, CancellationToken.None).ConfigureAwait(false);
             }
         }
         catch (RouteUnavailableException e)
@@ -212,7 +213,7 @@ internal sealed partial class DeviceSession
         {
             try
             {
-                var (starts, notMember) = await router.GroupStreamStartsAsync(_user, _device, sync.Conversations, [], allLarge: false, CancellationToken.None).ConfigureAwait(false);
+                var (starts, notMember) = await router.GroupStreamStartsAsync(_user, _device, sync.Conversations, [], allLarge: false, partial: false, CancellationToken.None).ConfigureAwait(false);
                 lock (_lock)
                 {
                     foreach (var start in starts)
