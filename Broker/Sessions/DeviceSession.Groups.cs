@@ -85,48 +85,58 @@ internal sealed partial class DeviceSession
             }
         }
 
-        var first = true;
-        while (true)
+        for (var first = true; ; first = false)
         {
             HashSet<ulong>? pending;
             lock (_lock)
             {
-                if (first)
-                {
-                    _groupStreams?.Clear();
-                    first = false;
-                }
+                pending = TakeStartsLocked(starts, first);
+            }
 
-                foreach (var start in starts)
-                {
-                    AddStreamLocked(start.ConversationId, start.Seq); // a later duplicate wins, as a later SYNC would
-                }
-
-                pending = _pendingGroups;
-                _pendingGroups = null;
-                if (pending is null)
-                {
-                    _streamsReady = true;
-                    return;
-                }
+            if (pending is null)
+            {
+                return;
             }
 
             // Groups notified meanwhile (one that became large, or that this user joined): from the stored cursor.
             starts.Clear();
             foreach (var conversationId in pending)
             {
-                var known = false;
-                lock (_lock)
-                {
-                    known = _groupStreams?.ContainsKey(conversationId) == true;
-                }
-
-                if (!known && chat.GroupStreamStart(_user, _device, conversationId, named: null) is { } position)
+                if (chat.GroupStreamStart(_user, _device, conversationId, named: null) is { } position)
                 {
                     starts.Add(new ConversationCursor { ConversationId = conversationId, Seq = position });
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// Under _lock: starts the streams at checked positions (the <paramref name="first"/> round drops what an earlier
+    /// CONNECT set up; a later duplicate wins, as a later SYNC would) and takes the groups notified meanwhile that
+    /// still have no stream. Null when there were none: the streams are ready.
+    /// </summary>
+    private HashSet<ulong>? TakeStartsLocked(List<ConversationCursor> starts, bool first)
+    {
+        if (first)
+        {
+            _groupStreams?.Clear();
+        }
+
+        foreach (var start in starts)
+        {
+            AddStreamLocked(start.ConversationId, start.Seq);
+        }
+
+        var pending = _pendingGroups;
+        _pendingGroups = null;
+        if (pending is null)
+        {
+            _streamsReady = true;
+            return null;
+        }
+
+        pending.RemoveWhere(id => _groupStreams?.ContainsKey(id) == true);
+        return pending;
     }
 
     /// <summary>
@@ -141,33 +151,17 @@ internal sealed partial class DeviceSession
         try
         {
             var (starts, _) = await router.GroupStreamStartsAsync(_user, _device, listed, [], allLarge: true, partial: true, CancellationToken.None).ConfigureAwait(false);
-            var first = true;
-            while (true)
+            for (var first = true; ; first = false)
             {
                 HashSet<ulong>? pending;
                 lock (_lock)
                 {
-                    if (first)
-                    {
-                        _groupStreams?.Clear();
-                        first = false;
-                    }
-
-                    foreach (var start in starts)
-                    {
-                        AddStreamLocked(start.ConversationId, start.Seq);
-                    }
-
-                    pending = _pendingGroups;
-                    _pendingGroups = null;
+                    pending = TakeStartsLocked(starts, first);
                     if (pending is null)
                     {
-                        _streamsReady = true;
                         StartCatchUpLocked();
                         return;
                     }
-
-                    pending.RemoveWhere(id => _groupStreams?.ContainsKey(id) == true);
                 }
 
                 (starts, _) = await router.GroupStreamStartsAsync(_user, _device, [], pending, allLarge: false, partial: true, CancellationToken.None).ConfigureAwait(false);
