@@ -15,6 +15,10 @@ public abstract class ChatStore : IChatStore
     /// <see cref="IConversationStore.GetOrCreateDirectAtAsync"/>); the counter allocates below it.</summary>
     public const ulong FirstDerivedConversationId = 1UL << 63;
 
+    /// <summary>Group ids from here up to <see cref="FirstDerivedConversationId"/> are drawn at random (a cluster's
+    /// groups, <see cref="IConversationStore.CreateGroupAtAsync"/>); the counter allocates below it.</summary>
+    public const ulong FirstDrawnGroupId = 1UL << 62;
+
     private const int MaxReadLimit = 10_000;
     private const int SweepChunk = 1024;
 
@@ -295,6 +299,23 @@ public abstract class ChatStore : IChatStore
         }
 
         return _writer.EnqueueAsync(new CreateGroupOp(creator, title, members), null, cancellationToken);
+    }
+
+    public Task<Conversation?> CreateGroupAtAsync(ulong conversationId, string creator, string? title, IReadOnlyList<string> members, CancellationToken cancellationToken = default)
+    {
+        if (conversationId is < FirstDrawnGroupId or >= FirstDerivedConversationId)
+        {
+            throw new ArgumentOutOfRangeException(nameof(conversationId), conversationId, "A drawn group id is in [2^62, 2^63).");
+        }
+
+        Records.ValidateId(creator, nameof(creator));
+        ArgumentNullException.ThrowIfNull(members);
+        foreach (var member in members)
+        {
+            Records.ValidateId(member, nameof(members));
+        }
+
+        return _writer.EnqueueAsync(new CreateGroupAtOp(conversationId, creator, title, members), null, cancellationToken);
     }
 
     public Conversation? GetConversation(ulong conversationId)

@@ -75,6 +75,12 @@ public interface IConversationStore
     /// <summary>Creates a group; <paramref name="creator"/> becomes admin, <paramref name="members"/> members.</summary>
     Task<Conversation> CreateGroupAsync(string creator, string? title, IReadOnlyList<string> members, CancellationToken cancellationToken = default);
 
+    /// <summary>Creates a group at an id drawn at random (cluster mode: the group's owner creates it at the id a
+    /// gateway drew); null, with nothing written, when a conversation already has that id (the gateway draws again).
+    /// <paramref name="conversationId"/> is in [<see cref="ChatStore.FirstDrawnGroupId"/>,
+    /// <see cref="ChatStore.FirstDerivedConversationId"/>); the counter never allocates there.</summary>
+    Task<Conversation?> CreateGroupAtAsync(ulong conversationId, string creator, string? title, IReadOnlyList<string> members, CancellationToken cancellationToken = default);
+
     Conversation? GetConversation(ulong conversationId);
 
     /// <summary>Adds or changes the role of a member.</summary>

@@ -170,6 +170,37 @@ internal sealed class CreateGroupOp(string creator, string? title, IReadOnlyList
     }
 }
 
+/// <summary>A group at an id drawn at random (cluster mode); nothing is written when the id is taken.</summary>
+internal sealed class CreateGroupAtOp(ulong conversationId, string creator, string? title, IReadOnlyList<string> members) : WriteOp<Conversation?>
+{
+    public override string? ConflictKey => $"conversation|{conversationId}";
+
+    public override int EstimatedBytes => 64 + (members.Count * 64);
+
+    public override void Apply(CommitWriter w)
+    {
+        if (w.Engine.Get(Cf.Conversations, Records.ConversationKey(w.Key, conversationId).Span) is not null)
+        {
+            Result = null;
+            return;
+        }
+
+        var now = w.Now();
+        var conversation = new Conversation(conversationId, ConversationKind.Group, now, creator, title);
+        w.Batch.Put(Cf.Conversations, Records.ConversationKey(w.Key, conversationId).Span, Records.ConversationValue(w.Value, conversation).Span);
+        ConversationOps.PutMember(w, conversationId, creator, MemberRole.Admin, now);
+        foreach (var member in members)
+        {
+            if (member != creator)
+            {
+                ConversationOps.PutMember(w, conversationId, member, MemberRole.Member, now);
+            }
+        }
+
+        Result = conversation;
+    }
+}
+
 internal sealed class SetMemberOp(ulong conversationId, string userId, MemberRole role) : WriteOp<bool>
 {
     public override string? ConflictKey => $"member|{conversationId}|{userId}";

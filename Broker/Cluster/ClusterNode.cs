@@ -741,6 +741,10 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
                 return AckForGatewayAsync(batch, index, ack, cancellationToken);
             }
 
+            case ClusterOpKind.GroupOp or ClusterOpKind.GroupList or ClusterOpKind.GroupLogToHome or ClusterOpKind.GroupLogToGateway
+                or ClusterOpKind.GroupLogRead or ClusterOpKind.GroupStreams or ClusterOpKind.GroupAck:
+                return HandleGroupOperation(batch, index, message, s, cancellationToken);
+
             default:
                 batch.Reject(index, (uint)ReasonCode.BadRequest);
                 return null;

@@ -37,6 +37,27 @@ public enum ClusterOpKind : uint
 
     /// <summary>Gateway → owner: <see cref="HistoryRequest"/>, answered with <see cref="HistoryResult"/>.</summary>
     History = 8,
+
+    /// <summary>Gateway → group owner: <see cref="GroupOp"/>, answered with <see cref="GroupOpResult"/>.</summary>
+    GroupOp = 20,
+
+    /// <summary>Gateway → every member: <see cref="GroupListOwned"/>, answered with <see cref="GroupOpResult"/>.</summary>
+    GroupList = 21,
+
+    /// <summary>Group owner → home: <see cref="GroupLogDeliver"/> of a large group's message.</summary>
+    GroupLogToHome = 22,
+
+    /// <summary>Home → gateway: <see cref="GroupLogDeliver"/> of a large group's message.</summary>
+    GroupLogToGateway = 23,
+
+    /// <summary>Gateway → group owner: <see cref="GroupLogRead"/>, answered with <see cref="GroupLogPage"/>.</summary>
+    GroupLogRead = 24,
+
+    /// <summary>Gateway → members / owner: <see cref="GroupStreamsRequest"/>, answered with <see cref="GroupStreamStarts"/>.</summary>
+    GroupStreams = 25,
+
+    /// <summary>Gateway → group owner: <see cref="GroupAck"/>.</summary>
+    GroupAck = 26,
 }
 
 /// <summary>Conversions between the core's types and the cluster operations, and the derived ids.</summary>

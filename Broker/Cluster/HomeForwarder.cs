@@ -209,7 +209,7 @@ internal sealed class HomeForwarder
         }
 
         var append = new InboxAppend { Message = ClusterOps.ToWire(messages[0]) };
-        foreach (var member in members)
+        foreach (var member in ClusterNode.ForwardAudience(members, messages[0]))
         {
             if (string.Equals(state.HomeOf(member), HomeNodeId, StringComparison.Ordinal))
             {

@@ -96,6 +96,10 @@ public sealed class ChatService(
 
     public SessionRegistry Registry => registry;
 
+    /// <summary>The node's group service (it registers itself here): the cluster layer runs the group operations
+    /// other nodes forward to this one, the group's owner, through it.</summary>
+    public GroupService? Groups { get; internal set; }
+
     /// <summary>Raised after a message with push recipients was committed (wakes the push dispatcher).</summary>
     public event Action? PushJobsAdded;
 
@@ -333,6 +337,10 @@ public sealed class ChatService(
         {
             Router?.OnCommitted(prepared.Members ?? [], members);
         }
+        else if (Router is IGroupRouter groups)
+        {
+            groups.DeliverGroupLog(members, message, write: true); // the members' devices connected at other nodes
+        }
 
         if (offline is not null)
         {
@@ -362,15 +370,24 @@ public sealed class ChatService(
             InboxRecipients = audience,
         }, null, cancellationToken);
 
-    /// <summary>Tells the online devices of <paramref name="audience"/> about a committed SYSTEM message.</summary>
-    public void NotifySystemMessage(string[] audience, AppendResult result, string actor, ReadOnlyMemory<byte> body, bool large)
+    /// <summary>The inbox recipients of a SYSTEM message to <paramref name="audience"/>: everyone on a single node;
+    /// in cluster mode the users whose home is this node, then the forward queues of the other homes (as for a
+    /// SEND, see <see cref="IMessageRouter.RouteInbox"/>).</summary>
+    public InboxRouting RouteAudience(string[] audience) =>
+        Router is { } router ? router.RouteInbox(audience) : new InboxRouting(audience, audience);
+
+    /// <summary>Tells the online devices of <paramref name="audience"/> about a committed SYSTEM message appended
+    /// with <paramref name="routing"/>'s recipients (<see cref="RouteAudience"/>): here those whose home is this
+    /// node, and in cluster mode their devices at other nodes; the forward queues carry it to the other homes.</summary>
+    public void NotifySystemMessage(string[] audience, InboxRouting routing, AppendResult result, string actor, ReadOnlyMemory<byte> body, bool large)
     {
         var message = new DeliveryMessage(result.ConversationId, result.Seq, actor, SystemDevice, result.TimestampMs,
             ContentType.System, body, null, 0);
+        var local = routing.Local;
         var deliveries = 0;
-        for (var i = 0; i < audience.Length; i++)
+        for (var i = 0; i < local.Length; i++)
         {
-            foreach (var device in registry.DevicesOf(audience[i]))
+            foreach (var device in registry.DevicesOf(local[i]))
             {
                 device.OnInboxAppended(result.InboxSeqs[i], message);
                 if (large)
@@ -380,6 +397,17 @@ public sealed class ChatService(
                 }
 
                 deliveries++;
+            }
+
+            Router?.DeliverToRemoteDevices(local[i], result.InboxSeqs[i], message);
+        }
+
+        if (Router is { } router)
+        {
+            router.OnCommitted(audience, local);
+            if (large && router is IGroupRouter groups)
+            {
+                groups.DeliverGroupLog(audience, message, write: false);
             }
         }
 
@@ -482,6 +510,19 @@ public sealed class ChatService(
     /// inbox) and expired ones as positions only. False, with nothing read, when <paramref name="userId"/> is not a
     /// member: checked after the read, since a message sequenced after a removal was appended after the directory
     /// dropped the user, so it is never delivered. Called by the session's delivery stream outside any lock.
+    /// </summary>
+    public ValueTask<bool> ReadGroupLogAfterAsync(string userId, ulong conversationId, ulong afterSeq, int limit, List<DeliveryItem> into, CancellationToken cancellationToken)
+    {
+        if (Router is IGroupRouter groups && !Router.OwnsConversation(conversationId))
+        {
+            return groups.ReadRemoteGroupLogAsync(userId, conversationId, afterSeq, limit, into, cancellationToken);
+        }
+
+        return new(ReadGroupLogAfter(userId, conversationId, afterSeq, limit, into));
+    }
+
+    /// <summary>
+    /// <see cref="ReadGroupLogAfterAsync"/> on the group's owner (every group on a single node).
     /// </summary>
     public bool ReadGroupLogAfter(string userId, ulong conversationId, ulong afterSeq, int limit, List<DeliveryItem> into)
     {
@@ -648,6 +689,12 @@ public sealed class ChatService(
         var error = (ReasonCode.Success, (string?)null);
         foreach (var cursor in cursors)
         {
+            if (Router is IGroupRouter groups && cursor.ConversationId != 0 && !Router.OwnsConversation(cursor.ConversationId))
+            {
+                groups.AckRemoteGroup(device, cursor.ConversationId, cursor.Seq); // the owner keeps the group's cursors
+                continue;
+            }
+
             var members = cursor.ConversationId == 0 ? null : directory.MembersOf(cursor.ConversationId);
             if (members is null || !ConversationDirectory.Contains(members, device.UserId))
             {

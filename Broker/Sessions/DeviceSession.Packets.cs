@@ -44,8 +44,7 @@ internal sealed partial class DeviceSession
                 _ = CloseAsync(null);
                 return ValueTask.FromResult(Handled.Ok);
             case Sync sync:
-                HandleSync(sync);
-                return ValueTask.FromResult(Handled.Ok);
+                return HandleSyncAsync(sync);
             case History history:
                 return HandleHistoryAsync(history, stopping);
             case PresenceSet presenceSet:
@@ -350,11 +349,15 @@ internal sealed partial class DeviceSession
         return Handled.Ok;
     }
 
-    private void HandleSync(Sync sync)
+    private void HandleSync(Sync sync, bool groupsDone)
     {
         // A SYNC naming only large groups leaves the inbox where it is.
         var inbox = sync.InboxSeq != 0 || sync.Conversations.Count == 0;
-        SyncGroups(sync);
+        if (!groupsDone)
+        {
+            SyncGroups(sync);
+        }
+
         var lastInboxSeq = inbox ? _context.Chat.LastInboxSeq(_user) : 0;
         lock (_lock)
         {

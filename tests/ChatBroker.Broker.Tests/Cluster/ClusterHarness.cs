@@ -1,5 +1,6 @@
 using System.Net;
 using ChatBroker.Broker.Cluster;
+using ChatBroker.Broker.Configuration;
 using ChatBroker.Broker.Tests.Sessions;
 using ChatBroker.Cluster;
 using ChatBroker.Cluster.Coordination;
@@ -44,13 +45,14 @@ internal sealed class ClusterHarness : IAsyncDisposable
 
     public ClusterTestNode this[string id] => _nodes.Single(n => n.Id == id);
 
-    public static async Task<ClusterHarness> StartAsync(int count, ClusterRoutingOptions? routing = null)
+    /// <param name="configure">Broker options of every node (e.g. a small fan-out threshold).</param>
+    public static async Task<ClusterHarness> StartAsync(int count, ClusterRoutingOptions? routing = null, Action<BrokerOptions>? configure = null)
     {
         var coordination = new InMemoryCoordinationStore();
         var nodes = new List<ClusterTestNode>();
         for (var i = 1; i <= count; i++)
         {
-            nodes.Add(await ClusterTestNode.StartAsync($"node{i}", coordination, routing));
+            nodes.Add(await ClusterTestNode.StartAsync($"node{i}", coordination, routing, configure: configure));
         }
 
         var map = ClusterMap.Empty with { VirtualNodes = VirtualNodes };
@@ -169,9 +171,9 @@ internal sealed class ClusterTestNode : IAsyncDisposable
 
     public InMemoryCoordinator Coordinator { get; }
 
-    public static async Task<ClusterTestNode> StartAsync(string id, InMemoryCoordinationStore coordination, ClusterRoutingOptions? routing, InMemoryChatStore? store = null, IPEndPoint? meshEndpoint = null)
+    public static async Task<ClusterTestNode> StartAsync(string id, InMemoryCoordinationStore coordination, ClusterRoutingOptions? routing, InMemoryChatStore? store = null, IPEndPoint? meshEndpoint = null, Action<BrokerOptions>? configure = null)
     {
-        var broker = new SessionHarness(store: store ?? new InMemoryChatStore()); // the node, not the harness, owns it
+        var broker = new SessionHarness(configure, store: store ?? new InMemoryChatStore()); // the node, not the harness, owns it
         var cluster = new ClusterNode(id, broker.Context.Chat, broker.Context.Directory, routing);
         var mesh = await StartMeshAsync(meshEndpoint ?? new IPEndPoint(IPAddress.Loopback, 0), new MeshReceiver(id, cluster, cluster.MeshOptions));
         var coordinator = new InMemoryCoordinator(coordination, new ClusterOptions
