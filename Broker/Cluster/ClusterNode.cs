@@ -515,7 +515,9 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             // device at another gateway.
             if (online)
             {
-                Register(new DeviceRegistration { User = device.UserId, Device = device.DeviceId, Online = true }, NodeId, s);
+                var registration = new DeviceRegistration { User = device.UserId, Device = device.DeviceId, Online = true };
+                Register(registration, NodeId, s);
+                OnRegistered(registration, NodeId);
             }
 
             return;
@@ -635,6 +637,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
                 }
 
                 Register(registration, batch.Origin, s);
+                OnRegistered(registration, batch.Origin);
                 return null;
             }
 
@@ -719,6 +722,9 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
                 return AckForGatewayAsync(batch, index, ack, cancellationToken);
             }
 
+            case >= ClusterOpKind.ReadReceipt and <= ClusterOpKind.FetchKeys:
+                return HandleSignal(batch, index, message, s, cancellationToken);
+
             default:
                 batch.Reject(index, (uint)ReasonCode.BadRequest);
                 return null;
@@ -767,9 +773,10 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         append.Recipients.CopyTo(recipients, 0);
         var stored = ClusterOps.ToStored(append.Message);
         AppendResult result;
+        string[] push;
         try
         {
-            result = await _chat.Store.StoreCopyAsync(stored, recipients, cancellationToken).ConfigureAwait(false);
+            result = await _chat.Store.StoreCopyAsync(stored, recipients, push = PushRecipientsOf(stored, recipients), cancellationToken).ConfigureAwait(false);
         }
         catch (ArgumentException)
         {
@@ -782,6 +789,11 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         if (result.IsDuplicate)
         {
             return;
+        }
+
+        if (push.Length > 0)
+        {
+            _chat.RaisePushJobsAdded();
         }
 
         var message = DeliveryMessage.FromStored(stored);

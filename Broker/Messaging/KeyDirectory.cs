@@ -24,9 +24,20 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
     public readonly record struct Outcome<T>(ReasonCode Error, string? Message, T? Answer)
         where T : class;
 
+    private ISignalRouter? _router;
+
+    /// <summary>Cluster mode: keys live on their user's home node; uploads and fetches for users whose home is
+    /// another node go there (called once, before the node serves devices).</summary>
+    public void UseRouter(ISignalRouter router) => _router = router ?? throw new ArgumentNullException(nameof(router));
+
     /// <summary>KEYS_UPLOAD: replaces the identity key / signed prekey given, adds the one-time prekeys.</summary>
     public async Task<Outcome<KeysUploaded>> UploadAsync(IDeviceLink device, KeysUpload upload, CancellationToken cancellationToken)
     {
+        if (_router is { } router && !router.IsHomeOf(device.UserId))
+        {
+            return await router.UploadKeysAsync(device, upload, cancellationToken).ConfigureAwait(false);
+        }
+
         if (upload.IdentityKey.Length > MaxKeyBytes
             || (upload.SignedPrekey is { } s && (s.PublicKey.IsEmpty || s.Signature.IsEmpty || s.PublicKey.Length > MaxKeyBytes || s.Signature.Length > MaxKeyBytes)))
         {
@@ -95,6 +106,12 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
     /// </summary>
     public async Task<Outcome<KeyBundle>> FetchAsync(FetchKeys fetch, int maxFrameBytes, CancellationToken cancellationToken)
     {
+        if (_router is { } router && !router.IsHomeOf(fetch.UserId))
+        {
+            // The target's home keeps its keys: the one-time prekey is taken there, once.
+            return await router.FetchKeysAsync(fetch, maxFrameBytes, cancellationToken).ConfigureAwait(false);
+        }
+
         IReadOnlyList<string> devices = fetch.DeviceId.Length > 0 ? [fetch.DeviceId] : store.ListKeyDevices(fetch.UserId);
         var count = Math.Min(devices.Count, Math.Max(1, (maxFrameBytes - 256) / MaxDeviceKeysBytes));
         var takes = new Task<FetchedPrekeys?>[count];
@@ -150,7 +167,8 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
             }
         }
 
-        if (target is null)
+        // Cluster mode: the device may be connected at another node (this is its user's home, where the keys are).
+        if (target is null && (_router is null || !_router.IsHomeOf(userId)))
         {
             return;
         }
@@ -158,7 +176,16 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
         var remaining = store.CountOneTimePrekeys(userId, deviceId);
         if (remaining < options.LowWatermark && store.GetPrekeyBundle(userId, deviceId) is not null)
         {
-            target.OnNotice(new KeysUploaded { RequestId = 0, OneTimePrekeysRemaining = (uint)remaining });
+            var notice = new KeysUploaded { RequestId = 0, OneTimePrekeysRemaining = (uint)remaining };
+            if (target is not null)
+            {
+                target.OnNotice(notice);
+            }
+            else if (!_router!.NotifyRemoteDevice(userId, deviceId, notice))
+            {
+                return;
+            }
+
             metrics.KeysLow.Add(1);
         }
     }

@@ -1,5 +1,6 @@
 using System.Net;
 using ChatBroker.Broker.Cluster;
+using ChatBroker.Broker.Configuration;
 using ChatBroker.Broker.Tests.Sessions;
 using ChatBroker.Cluster;
 using ChatBroker.Cluster.Coordination;
@@ -21,6 +22,7 @@ internal sealed class ClusterHarness : IAsyncDisposable
 
     private readonly List<ClusterTestNode> _nodes;
     private readonly ClusterRoutingOptions? _routing;
+    private Action<BrokerOptions>? _configure;
 
     private ClusterHarness(InMemoryCoordinationStore coordination, List<ClusterTestNode> nodes, ClusterMap map, ClusterRoutingOptions? routing)
     {
@@ -43,13 +45,14 @@ internal sealed class ClusterHarness : IAsyncDisposable
 
     public ClusterTestNode this[string id] => _nodes.Single(n => n.Id == id);
 
-    public static async Task<ClusterHarness> StartAsync(int count, ClusterRoutingOptions? routing = null)
+    /// <param name="configure">Settings of every node's broker (e.g. no presence debounce).</param>
+    public static async Task<ClusterHarness> StartAsync(int count, ClusterRoutingOptions? routing = null, Action<BrokerOptions>? configure = null)
     {
         var coordination = new InMemoryCoordinationStore();
         var nodes = new List<ClusterTestNode>();
         for (var i = 1; i <= count; i++)
         {
-            nodes.Add(await ClusterTestNode.StartAsync($"node{i}", coordination, routing));
+            nodes.Add(await ClusterTestNode.StartAsync($"node{i}", coordination, routing, configure: configure));
         }
 
         var map = ClusterMap.Empty with { VirtualNodes = VirtualNodes };
@@ -66,7 +69,7 @@ internal sealed class ClusterHarness : IAsyncDisposable
             await node.Cluster.WaitForEpochAsync((ulong)update.Map.Epoch, timeout.Token);
         }
 
-        return new ClusterHarness(coordination, nodes, update.Map, routing);
+        return new ClusterHarness(coordination, nodes, update.Map, routing) { _configure = configure };
     }
 
     /// <summary>
@@ -80,7 +83,7 @@ internal sealed class ClusterHarness : IAsyncDisposable
         var store = old.Broker.Store;
         var endpoint = old.Mesh.Endpoint;
         await old.DisposeAsync(keepStore: true);
-        var restarted = await ClusterTestNode.StartAsync(id, Coordination, _routing, store, endpoint);
+        var restarted = await ClusterTestNode.StartAsync(id, Coordination, _routing, store, endpoint, _configure);
         _nodes[_nodes.IndexOf(old)] = restarted;
         using var timeout = new CancellationTokenSource(TestDevice.Timeout);
         await restarted.Cluster.WaitForEpochAsync((ulong)Map.Epoch, timeout.Token);
@@ -133,10 +136,11 @@ internal sealed class ClusterTestNode : IAsyncDisposable
 
     public InMemoryCoordinator Coordinator { get; }
 
-    public static async Task<ClusterTestNode> StartAsync(string id, InMemoryCoordinationStore coordination, ClusterRoutingOptions? routing, InMemoryChatStore? store = null, IPEndPoint? meshEndpoint = null)
+    public static async Task<ClusterTestNode> StartAsync(string id, InMemoryCoordinationStore coordination, ClusterRoutingOptions? routing, InMemoryChatStore? store = null, IPEndPoint? meshEndpoint = null, Action<BrokerOptions>? configure = null)
     {
-        var broker = new SessionHarness(store: store ?? new InMemoryChatStore()); // the node, not the harness, owns it
+        var broker = new SessionHarness(configure, store: store ?? new InMemoryChatStore()); // the node, not the harness, owns it
         var cluster = new ClusterNode(id, broker.Context.Chat, broker.Context.Directory, routing);
+        cluster.UseSignals(broker.Context.Presence, broker.Context.Typing, broker.Context.Keys);
         var mesh = await StartMeshAsync(meshEndpoint ?? new IPEndPoint(IPAddress.Loopback, 0), new MeshReceiver(id, cluster, cluster.MeshOptions));
         var coordinator = new InMemoryCoordinator(coordination, new ClusterOptions
         {
