@@ -3,6 +3,7 @@ using System.Runtime.CompilerServices;
 using ChatBroker.Broker.Cluster.Wire;
 using ChatBroker.Broker.Messaging;
 using ChatBroker.Cluster.Mesh;
+using ChatBroker.Protocol;
 using ChatBroker.Protocol.Messages;
 using ChatBroker.Storage;
 using Google.Protobuf;
@@ -813,13 +814,13 @@ public sealed partial class ClusterNode : ISignalRouter
         return true;
     }
 
-    /// <summary>Ids a remote node sends are checked as a device's are: refused (INVALID_FIELD), never thrown later
-    /// from a store write, which would fail the stream and bring the same message back forever.</summary>
+    /// <summary>Ids a remote node sends are checked as a device's are (<see cref="ChatIds"/>): refused (INVALID_FIELD),
+    /// never thrown later from a store write, which would fail the stream and bring the same message back forever.</summary>
     private static void RequireIds(string user, string device)
     {
-        if (user.Length is 0 or > 256 || device.Length is 0 or > 256 || user.StartsWith('#'))
+        if (ChatIds.Validate(user) != ReasonCode.Success || ChatIds.Validate(device) != ReasonCode.Success)
         {
-            throw new ArgumentException("user and device ids must be 1 to 256 characters, and user ids may not start with '#'");
+            throw new ArgumentException(ChatIds.Describe(user) ?? ChatIds.Describe(device));
         }
     }
 

@@ -265,6 +265,31 @@ public sealed class SignalTests : IAsyncLifetime
         Assert.Single(DueJobs("node2"));
     }
 
+    [Fact]
+    public async Task Signal_operations_are_checked_like_every_other_mesh_operation()
+    {
+        var link = _cluster["node1"].Cluster.LinkTo("node2")!;
+        var epoch = _cluster["node1"].Cluster.CurrentEpoch;
+        async Task<MeshReply> AskAsync(ClusterOpKind kind, IMessage payload) => await link.TryRequest(kind, epoch, payload.ToByteArray())!.WaitAsync(TestDevice.Timeout);
+
+        // A receipt for alice goes to her home, node1: node2 refuses it and names node1; nothing is kept.
+        var receipt = new Receipt { ConversationId = _conversation, Kind = ReceiptKind.Read, UpToSeq = 1, ReaderUserId = _bob };
+        var stale = await AskAsync(ClusterOpKind.ReceiptForUser, new ReceiptForUser { User = _alice, Receipt = receipt.ToByteString() });
+        Assert.Equal((ChatBroker.Cluster.Mesh.Wire.MeshStatus.StaleEpoch, "node1"), (stale.Status, stale.Owner));
+        // A READ goes to the conversation's owner, node3; bob's keys live at node2, alice's do not.
+        Assert.Equal("node3", (await AskAsync(ClusterOpKind.ReadReceipt, new ReadReceipt { User = _bob, Device = "phone", ConversationId = _conversation, UpToSeq = 1 })).Owner);
+        Assert.Equal("node1", (await AskAsync(ClusterOpKind.FetchKeys, new FetchKeysRequest { Fetch = new FetchKeys { UserId = _alice }.ToByteString() })).Owner);
+
+        // Reserved or empty ids and garbage are refused with a reason; the stream goes on.
+        var reserved = await AskAsync(ClusterOpKind.ReceiptForUser, new ReceiptForUser { User = "#home/node2", Receipt = receipt.ToByteString() });
+        Assert.Equal((ChatBroker.Cluster.Mesh.Wire.MeshStatus.Rejected, (uint)ReasonCode.InvalidField), (reserved.Status, reserved.Reason));
+        var garbage = await link.TryRequest(ClusterOpKind.DeviceNotice, epoch, [0xFF, 0xFF])!.WaitAsync(TestDevice.Timeout);
+        Assert.Equal((ChatBroker.Cluster.Mesh.Wire.MeshStatus.Rejected, (uint)ReasonCode.MalformedBody), (garbage.Status, garbage.Reason));
+        var keys = await AskAsync(ClusterOpKind.FetchKeys, new FetchKeysRequest { Fetch = new FetchKeys { UserId = _bob }.ToByteString() });
+        Assert.Equal((uint)ReasonCode.KeysNotFound, SignalResult.Parser.ParseFrom(keys.Reply).Reason);
+        Assert.Empty(_cluster["node2"].Broker.Store.ListReceipts(_alice, 10));
+    }
+
     private IReadOnlyList<Storage.PushJob> DueJobs(string node) =>
         _cluster[node].Broker.Store.ListDuePushJobs(long.MaxValue, 100);
 
