@@ -106,10 +106,10 @@ public sealed partial class ClusterNode : ISignalRouter
 
     public void SendStoredReceipts(IDeviceLink device, int limit)
     {
-        limit = Math.Clamp(limit, 1, 1024);
+        limit = Math.Min(limit, 1024); // one mesh reply's worth
         var s = State;
         var home = s?.HomeOf(device.UserId);
-        if (s is null || home is null)
+        if (s is null || home is null || limit <= 0)
         {
             return;
         }
@@ -564,34 +564,21 @@ public sealed partial class ClusterNode : ISignalRouter
     {
         var s = State;
         var request = new KeysUploadRequest { User = device.UserId, Device = device.DeviceId, Upload = upload.ToByteString() }.ToByteArray();
-        try
-        {
-            var reply = SignalResult.Parser.ParseFrom(await ReadFromAsync(s, s?.HomeOf(device.UserId), ClusterOpKind.KeysUpload, request, cancellationToken).ConfigureAwait(false));
-            return reply.Reason == 0
-                ? new(ReasonCode.Success, null, KeysUploaded.Parser.ParseFrom(reply.Body))
-                : new((ReasonCode)reply.Reason, reply.Message, null);
-        }
-        catch (RouteUnavailableException)
-        {
-            throw new StorageException(StorageFailure.Io, "the node that keeps this user's keys is unreachable");
-        }
+        // RouteUnavailableException when the home does not answer: the session answers SERVER_UNAVAILABLE.
+        var reply = SignalResult.Parser.ParseFrom(await ReadFromAsync(s, s?.HomeOf(device.UserId), ClusterOpKind.KeysUpload, request, cancellationToken).ConfigureAwait(false));
+        return reply.Reason == 0
+            ? new(ReasonCode.Success, null, KeysUploaded.Parser.ParseFrom(reply.Body))
+            : new((ReasonCode)reply.Reason, reply.Message, null);
     }
 
     public async Task<KeyDirectory.Outcome<KeyBundle>> FetchKeysAsync(FetchKeys fetch, int maxFrameBytes, CancellationToken cancellationToken)
     {
         var s = State;
         var request = new FetchKeysRequest { Fetch = fetch.ToByteString(), MaxFrameBytes = (uint)Math.Max(0, maxFrameBytes) }.ToByteArray();
-        try
-        {
-            var reply = SignalResult.Parser.ParseFrom(await ReadFromAsync(s, s?.HomeOf(fetch.UserId), ClusterOpKind.FetchKeys, request, cancellationToken).ConfigureAwait(false));
-            return reply.Reason == 0
-                ? new(ReasonCode.Success, null, KeyBundle.Parser.ParseFrom(reply.Body))
-                : new((ReasonCode)reply.Reason, reply.Message, null);
-        }
-        catch (RouteUnavailableException)
-        {
-            throw new StorageException(StorageFailure.Io, "the node that keeps this user's keys is unreachable");
-        }
+        var reply = SignalResult.Parser.ParseFrom(await ReadFromAsync(s, s?.HomeOf(fetch.UserId), ClusterOpKind.FetchKeys, request, cancellationToken).ConfigureAwait(false));
+        return reply.Reason == 0
+            ? new(ReasonCode.Success, null, KeyBundle.Parser.ParseFrom(reply.Body))
+            : new((ReasonCode)reply.Reason, reply.Message, null);
     }
 
     // ---- what other nodes ask ----

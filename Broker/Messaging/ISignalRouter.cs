@@ -55,10 +55,12 @@ public interface ISignalRouter : IMessageRouter
 
     // ---- keys ----
 
-    /// <summary>KEYS_UPLOAD of a device whose user's home is another node.</summary>
+    /// <summary>KEYS_UPLOAD of a device whose user's home is another node; <see cref="RouteUnavailableException"/> when
+    /// it does not answer in time.</summary>
     Task<KeyDirectory.Outcome<KeysUploaded>> UploadKeysAsync(IDeviceLink device, KeysUpload upload, CancellationToken cancellationToken);
 
-    /// <summary>FETCH_KEYS of a user whose home is another node (the one-time prekeys are taken there).</summary>
+    /// <summary>FETCH_KEYS of a user whose home is another node (the one-time prekeys are taken there);
+    /// <see cref="RouteUnavailableException"/> when it does not answer in time.</summary>
     Task<KeyDirectory.Outcome<KeyBundle>> FetchKeysAsync(FetchKeys fetch, int maxFrameBytes, CancellationToken cancellationToken);
 
     /// <summary>On the user's home: a packet for one device connected at another node; false when it is not.</summary>

@@ -47,7 +47,8 @@ internal sealed partial class DeviceSession
             var result = await _context.Presence.SubscribeAsync(this, subscribe, stopping).ConfigureAwait(false);
             if (result.Error != ReasonCode.Success)
             {
-                WriteError(result.Error, result.Message!, subscribe.RequestId, PacketType.PresenceSubscribe);
+                WriteError(result.Error, result.Message!, subscribe.RequestId, PacketType.PresenceSubscribe,
+                    result.Error == ReasonCode.ServerUnavailable ? TimeSpan.FromSeconds(1) : default);
                 return Handled.Ok;
             }
 
