@@ -209,18 +209,13 @@ public sealed partial class ClusterNode : ISignalRouter
     private void OnRegistered(DeviceRegistration registration, string gateway)
     {
         var key = registration.User + "\n" + registration.Device;
-        var connectedElsewhere = false;
-        if (_remoteDevices.TryGetValue(registration.User, out var devices))
+        bool connectedElsewhere;
+        lock (_signalsLock)
         {
-            foreach (var (device, _) in devices)
-            {
-                connectedElsewhere |= string.Equals(device, registration.Device, StringComparison.Ordinal);
-            }
-        }
-
-        if (_presence is { } presence)
-        {
-            lock (_signalsLock)
+            // Read under the lock: of two registrations of one device handled at once, the one that takes the lock
+            // last sees the table after both, so the link ends up matching it.
+            connectedElsewhere = IsConnectedElsewhere(registration.User, registration.Device);
+            if (_presence is { } presence)
             {
                 if (connectedElsewhere && !_presenceDevices.ContainsKey(key))
                 {
@@ -246,6 +241,22 @@ public sealed partial class ClusterNode : ISignalRouter
                 // Only a hint; the next fetch of its keys checks again.
             }
         }
+    }
+
+    private bool IsConnectedElsewhere(string userId, string deviceId)
+    {
+        if (_remoteDevices.TryGetValue(userId, out var devices))
+        {
+            foreach (var (device, _) in devices)
+            {
+                if (string.Equals(device, deviceId, StringComparison.Ordinal))
+                {
+                    return true;
+                }
+            }
+        }
+
+        return false;
     }
 
     public async Task<bool> SharesConversationAsync(string userA, string userB, CancellationToken cancellationToken)
@@ -601,7 +612,8 @@ public sealed partial class ClusterNode : ISignalRouter
             {
                 var report = DeliveredReport.Parser.ParseFrom(payload);
                 RequireIds(report.Reader, "-");
-                return RefusedUnlessOwner(batch, index, s, report.ConversationId) ? null : RecordReportSafelyAsync(report.Reader, report.ConversationId, report.UpToSeq, cancellationToken);
+                // A store failure fails the stream and the report comes again (acked = recorded).
+                return RefusedUnlessOwner(batch, index, s, report.ConversationId) ? null : _chat.RecordDeliveredReportAsync(report.Reader, report.ConversationId, report.UpToSeq, cancellationToken);
             }
 
             case ClusterOpKind.ReceiptForUser:
@@ -614,7 +626,8 @@ public sealed partial class ClusterNode : ISignalRouter
                     throw new ArgumentException("a receipt names a conversation and a position");
                 }
 
-                return RefusedUnlessHome(batch, index, s, forUser.User) ? null : KeepReceiptSafelyAsync(forUser.User, receipt, cancellationToken);
+                // A store failure fails the stream and the receipt comes again (acked = stored).
+                return RefusedUnlessHome(batch, index, s, forUser.User) ? null : KeepReceiptAsync(forUser.User, receipt, cancellationToken);
             }
 
             case ClusterOpKind.StoredReceipts:
@@ -844,7 +857,12 @@ public sealed partial class ClusterNode : ISignalRouter
                 continue;
             }
 
-            var found = groups.FindIndex(g => string.Equals(g.Node, home, StringComparison.Ordinal));
+            var found = -1;
+            for (var i = 0; i < groups.Count && found < 0; i++)
+            {
+                found = string.Equals(groups[i].Node, home, StringComparison.Ordinal) ? i : -1;
+            }
+
             if (found < 0)
             {
                 groups.Add((home, [user]));
