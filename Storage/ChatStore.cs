@@ -113,10 +113,19 @@ public abstract class ChatStore : IChatStore
         return _writer.EnqueueAsync(new AppendOp(request), completions, cancellationToken);
     }
 
-    public Task<AppendResult> StoreCopyAsync(StoredMessage message, IReadOnlyList<string> inboxRecipients, CancellationToken cancellationToken = default)
+    public Task<AppendResult> StoreCopyAsync(StoredMessage message, IReadOnlyList<string> inboxRecipients, CancellationToken cancellationToken = default) =>
+        StoreCopyAsync(message, inboxRecipients, [], cancellationToken);
+
+    public Task<AppendResult> StoreCopyAsync(StoredMessage message, IReadOnlyList<string> inboxRecipients, IReadOnlyList<string> pushRecipients, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(message);
         ArgumentNullException.ThrowIfNull(inboxRecipients);
+        ArgumentNullException.ThrowIfNull(pushRecipients);
+        foreach (var user in pushRecipients)
+        {
+            Records.ValidateId(user, nameof(pushRecipients));
+        }
+
         Records.ValidateId(message.SenderUserId, nameof(message.SenderUserId));
         Records.ValidateId(message.SenderDeviceId, nameof(message.SenderDeviceId));
         if (message.ConversationId == 0 || message.Seq == 0)
@@ -129,7 +138,7 @@ public abstract class ChatStore : IChatStore
             Records.ValidateId(user, nameof(inboxRecipients));
         }
 
-        return _writer.EnqueueAsync(new StoreCopyOp(message, inboxRecipients), null, cancellationToken);
+        return _writer.EnqueueAsync(new StoreCopyOp(message, inboxRecipients, pushRecipients), null, cancellationToken);
     }
 
     public IReadOnlyList<StoredMessage> ReadRange(ulong conversationId, ulong fromSeq, int limit)
@@ -416,6 +425,30 @@ public abstract class ChatStore : IChatStore
         Records.ValidateId(userId, nameof(userId));
         var value = _engine.Get(Cf.Presence, Records.PresenceKey(new ByteWriter(), userId).Span);
         return value is { Length: 8 } ? (long)Records.TrailingU64(value) : null;
+    }
+
+    // ---- receipts ----
+
+    public Task<ulong> StoreReceiptAsync(string userId, ulong conversationId, string readerUserId, bool read, ulong upToSeq, CancellationToken cancellationToken = default)
+    {
+        ValidateIds(userId, readerUserId);
+        ArgumentOutOfRangeException.ThrowIfZero(conversationId);
+        return _writer.EnqueueAsync(new StoreReceiptOp(userId, conversationId, readerUserId, read, upToSeq), null, cancellationToken);
+    }
+
+    public IReadOnlyList<StoredReceipt> ListReceipts(string userId, int limit)
+    {
+        Records.ValidateId(userId, nameof(userId));
+        CheckLimit(limit);
+        var prefix = Records.UserPrefix(new ByteWriter(), userId).ToArray();
+        var receipts = new List<StoredReceipt>(Math.Min(limit, 64));
+        using var cursor = _engine.OpenCursor(Cf.Receipts, prefix, KeyRange.PrefixSuccessor(prefix));
+        for (cursor.SeekToFirst(); cursor.Valid && receipts.Count < limit; cursor.Next())
+        {
+            receipts.Add(Records.ReadReceipt(cursor.Key, cursor.Value));
+        }
+
+        return receipts;
     }
 
     // ---- prekeys ----

@@ -531,7 +531,9 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             // device at another gateway.
             if (online)
             {
-                Register(new DeviceRegistration { User = device.UserId, Device = device.DeviceId, Online = true, Login = login }, NodeId, s);
+                var registration = new DeviceRegistration { User = device.UserId, Device = device.DeviceId, Online = true, Login = login };
+                Register(registration, NodeId, s);
+                OnRegistered(registration, NodeId);
             }
             else
             {
@@ -664,6 +666,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
                 }
 
                 Register(registration, batch.Origin, s);
+                OnRegistered(registration, batch.Origin);
                 return null;
             }
 
@@ -744,6 +747,8 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             case ClusterOpKind.GroupOp or ClusterOpKind.GroupList or ClusterOpKind.GroupLogToHome or ClusterOpKind.GroupLogToGateway
                 or ClusterOpKind.GroupLogRead or ClusterOpKind.GroupStreams or ClusterOpKind.GroupAck:
                 return HandleGroupOperation(batch, index, message, s, cancellationToken);
+            case >= ClusterOpKind.ReadReceipt and <= ClusterOpKind.FetchKeys:
+                return HandleSignal(batch, index, message, s, cancellationToken);
 
             default:
                 batch.Reject(index, (uint)ReasonCode.BadRequest);
@@ -793,9 +798,10 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         append.Recipients.CopyTo(recipients, 0);
         var stored = ClusterOps.ToStored(append.Message);
         AppendResult result;
+        string[] push;
         try
         {
-            result = await _chat.Store.StoreCopyAsync(stored, recipients, cancellationToken).ConfigureAwait(false);
+            result = await _chat.Store.StoreCopyAsync(stored, recipients, push = PushRecipientsOf(stored, recipients), cancellationToken).ConfigureAwait(false);
         }
         catch (ArgumentException)
         {
@@ -808,6 +814,11 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         if (result.IsDuplicate)
         {
             return;
+        }
+
+        if (push.Length > 0)
+        {
+            _chat.RaisePushJobsAdded();
         }
 
         var message = DeliveryMessage.FromStored(stored);

@@ -92,7 +92,14 @@ public sealed class ChatService(
         }
 
         Router = router;
+        Signals = router as ISignalRouter;
     }
+
+    /// <summary>Cluster mode: where receipts go (the router, when it routes them); null on a single node.</summary>
+    public ISignalRouter? Signals { get; private set; }
+
+    /// <summary>Cluster mode: a home stored push jobs with a forwarded message (wakes the push dispatcher).</summary>
+    internal void RaisePushJobsAdded() => PushJobsAdded?.Invoke();
 
     public SessionRegistry Registry => registry;
 
@@ -294,7 +301,8 @@ public sealed class ChatService(
             {
                 foreach (var member in routing.Local)
                 {
-                    if (member != sender && !registry.IsOnline(member))
+                    // Cluster mode: this node is the member's home, which also knows its devices at other nodes.
+                    if (member != sender && !registry.IsOnline(member) && Signals?.IsOnlineElsewhere(member) != true)
                     {
                         (offline ??= []).Add(member);
                     }
@@ -650,7 +658,15 @@ public sealed class ChatService(
         {
             if (moves[i].Previous < advances[i].Position)
             {
-                NotifyReceipt(user, advances[i].Stream.ConversationId, advances[i].Position, moves[i].Previous, ReceiptKind.Delivered);
+                var conversationId = advances[i].Stream.ConversationId;
+                if (Signals is { } signals && !signals.OwnsConversation(conversationId))
+                {
+                    // This home has no members of the conversation: its owner records the receipt and routes it.
+                    signals.ReportDelivered(user, conversationId, advances[i].Position);
+                    continue;
+                }
+
+                NotifyReceipt(user, conversationId, advances[i].Position, moves[i].Previous, ReceiptKind.Delivered);
             }
         }
     }
@@ -658,6 +674,11 @@ public sealed class ChatService(
     /// <summary>READ: the user has read the conversation up to <paramref name="upToSeq"/>.</summary>
     public async Task<(ReasonCode Error, string? Message)> ReadAsync(IDeviceLink device, ulong conversationId, ulong upToSeq, AppendCompletionScope? completions = null, CancellationToken cancellationToken = default)
     {
+        if (Signals is { } signals && conversationId != 0 && !signals.OwnsConversation(conversationId))
+        {
+            return await signals.ReadRemoteAsync(device, conversationId, upToSeq, cancellationToken).ConfigureAwait(false);
+        }
+
         var members = directory.MembersOf(conversationId);
         if (members is null)
         {
@@ -716,6 +737,23 @@ public sealed class ChatService(
         return error;
     }
 
+    /// <summary>
+    /// Cluster mode, on the conversation's owner: the reader's home reports that an ACK moved the reader's delivered
+    /// position. Recorded and routed as an ACK on one node does; ignored for a non-member and for a large group
+    /// (whose DELIVERED receipts come from ACK.conversations).
+    /// </summary>
+    public Task RecordDeliveredReportAsync(string reader, ulong conversationId, ulong upToSeq, CancellationToken cancellationToken)
+    {
+        var members = directory.MembersOf(conversationId);
+        if (members is null || !ConversationDirectory.Contains(members, reader) || (directory.IsGroup(conversationId) && IsLarge(members.Length)))
+        {
+            return Task.CompletedTask;
+        }
+
+        var seq = Math.Min(upToSeq, store.GetLastSeq(conversationId));
+        return seq == 0 ? Task.CompletedTask : RecordReceiptAsync(reader, conversationId, seq, ReceiptKind.Delivered, null, cancellationToken);
+    }
+
     private async Task RecordReceiptAsync(string reader, ulong conversationId, ulong seq, ReceiptKind kind, AppendCompletionScope? completions, CancellationToken cancellationToken)
     {
         var cursor = kind == ReceiptKind.Read ? ReadCursor : DeliveredCursor;
@@ -759,10 +797,7 @@ public sealed class ChatService(
             {
                 if (m.ContentType != (uint)ContentType.System && told.Add(m.SenderUserId) && ConversationDirectory.Contains(members, m.SenderUserId))
                 {
-                    foreach (var device in registry.DevicesOf(m.SenderUserId))
-                    {
-                        device.OnReceipt(receipt);
-                    }
+                    TellReceipt(m.SenderUserId, receipt);
                 }
             }
 
@@ -776,10 +811,23 @@ public sealed class ChatService(
                 continue;
             }
 
-            foreach (var device in registry.DevicesOf(member))
-            {
-                device.OnReceipt(receipt);
-            }
+            TellReceipt(member, receipt);
+        }
+    }
+
+    /// <summary>One node: the user's online devices. Cluster mode: the user's home, which keeps the receipt and
+    /// tells the user's devices wherever they are connected.</summary>
+    private void TellReceipt(string userId, Receipt receipt)
+    {
+        if (Signals is { } signals)
+        {
+            signals.RouteReceipt(userId, receipt);
+            return;
+        }
+
+        foreach (var device in registry.DevicesOf(userId))
+        {
+            device.OnReceipt(receipt);
         }
     }
 

@@ -51,8 +51,7 @@ internal sealed partial class DeviceSession
                 HandlePresenceSet(presenceSet);
                 return ValueTask.FromResult(Handled.Ok);
             case PresenceSubscribe presenceSubscribe:
-                HandlePresenceSubscribe(presenceSubscribe);
-                return ValueTask.FromResult(Handled.Ok);
+                return HandlePresenceSubscribeAsync(presenceSubscribe, stopping);
             case Typing typing:
                 HandleTyping(typing);
                 return ValueTask.FromResult(Handled.Ok);
@@ -141,7 +140,12 @@ internal sealed partial class DeviceSession
             Capabilities = _capabilities,
         });
 
-        if ((_capabilities & (ulong)Capability.Receipts) != 0)
+        if ((_capabilities & (ulong)Capability.Receipts) != 0 && _context.Chat.Signals is { } signals)
+        {
+            // Cluster mode: the user's home keeps the receipts for the user; they come when it answers.
+            signals.SendStoredReceipts(this, session.MaxResumeReceiptConversations * 2);
+        }
+        else if ((_capabilities & (ulong)Capability.Receipts) != 0)
         {
             foreach (var receipt in _context.Chat.StoredReceiptsFor(_user, session.MaxResumeReceiptConversations))
             {

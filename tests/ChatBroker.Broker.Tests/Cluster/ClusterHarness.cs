@@ -23,6 +23,7 @@ internal sealed class ClusterHarness : IAsyncDisposable
     private readonly List<ClusterTestNode> _nodes;
     private readonly ClusterRoutingOptions? _routing;
     private readonly Dictionary<string, (InMemoryChatStore Store, IPEndPoint Mesh)> _down = new(StringComparer.Ordinal);
+    private Action<BrokerOptions>? _configure;
 
     private ClusterHarness(InMemoryCoordinationStore coordination, List<ClusterTestNode> nodes, ClusterMap map, ClusterRoutingOptions? routing)
     {
@@ -45,7 +46,7 @@ internal sealed class ClusterHarness : IAsyncDisposable
 
     public ClusterTestNode this[string id] => _nodes.Single(n => n.Id == id);
 
-    /// <param name="configure">Broker options of every node (e.g. a small fan-out threshold).</param>
+    /// <param name="configure">Settings of every node's broker (e.g. a small fan-out threshold, no presence debounce).</param>
     public static async Task<ClusterHarness> StartAsync(int count, ClusterRoutingOptions? routing = null, Action<BrokerOptions>? configure = null)
     {
         var coordination = new InMemoryCoordinationStore();
@@ -69,7 +70,7 @@ internal sealed class ClusterHarness : IAsyncDisposable
             await node.Cluster.WaitForEpochAsync((ulong)update.Map.Epoch, timeout.Token);
         }
 
-        return new ClusterHarness(coordination, nodes, update.Map, routing);
+        return new ClusterHarness(coordination, nodes, update.Map, routing) { _configure = configure };
     }
 
     /// <summary>
@@ -83,7 +84,7 @@ internal sealed class ClusterHarness : IAsyncDisposable
         var store = old.Broker.Store;
         var endpoint = old.Mesh.Endpoint;
         await old.DisposeAsync(keepStore: true);
-        var restarted = await ClusterTestNode.StartAsync(id, Coordination, _routing, store, endpoint);
+        var restarted = await ClusterTestNode.StartAsync(id, Coordination, _routing, store, endpoint, _configure);
         _nodes[_nodes.IndexOf(old)] = restarted;
         using var timeout = new CancellationTokenSource(TestDevice.Timeout);
         await restarted.Cluster.WaitForEpochAsync((ulong)Map.Epoch, timeout.Token);
@@ -108,7 +109,7 @@ internal sealed class ClusterHarness : IAsyncDisposable
     {
         var (store, endpoint) = _down[id];
         _down.Remove(id);
-        var revived = await ClusterTestNode.StartAsync(id, Coordination, _routing, store, endpoint);
+        var revived = await ClusterTestNode.StartAsync(id, Coordination, _routing, store, endpoint, _configure);
         _nodes.Add(revived);
         using var timeout = new CancellationTokenSource(TestDevice.Timeout);
         await revived.Cluster.WaitForEpochAsync((ulong)Map.Epoch, timeout.Token);
@@ -175,6 +176,7 @@ internal sealed class ClusterTestNode : IAsyncDisposable
     {
         var broker = new SessionHarness(configure, store: store ?? new InMemoryChatStore()); // the node, not the harness, owns it
         var cluster = new ClusterNode(id, broker.Context.Chat, broker.Context.Directory, routing);
+        cluster.UseSignals(broker.Context.Presence, broker.Context.Typing, broker.Context.Keys);
         var mesh = await StartMeshAsync(meshEndpoint ?? new IPEndPoint(IPAddress.Loopback, 0), new MeshReceiver(id, cluster, cluster.MeshOptions));
         var coordinator = new InMemoryCoordinator(coordination, new ClusterOptions
         {
