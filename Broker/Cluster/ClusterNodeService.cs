@@ -13,7 +13,7 @@ internal sealed class ClusterNodeService(ClusterNode node, IClusterCoordinator c
 {
     public Task StartAsync(CancellationToken cancellationToken)
     {
-        node.Start(coordinator.View);
+        node.Start(coordinator.View, coordinator);
         return Task.CompletedTask;
     }
 

@@ -37,6 +37,16 @@ public enum ClusterOpKind : uint
 
     /// <summary>Gateway → owner: <see cref="HistoryRequest"/>, answered with <see cref="HistoryResult"/>.</summary>
     History = 8,
+
+    /// <summary>Hand-over driver → member: <see cref="Wire.HandoverStep"/>, answered later by a posted
+    /// <see cref="Wire.HandoverStepDone"/>.</summary>
+    HandoverStep = 60,
+
+    /// <summary>Member → hand-over driver: <see cref="Wire.HandoverStepDone"/>.</summary>
+    HandoverStepDone = 61,
+
+    /// <summary>Old owner → new owner: <see cref="Wire.RangeChunk"/>, answered with <see cref="Wire.RangeChunkResult"/>.</summary>
+    RangeChunk = 62,
 }
 
 /// <summary>Conversions between the core's types and the cluster operations, and the derived ids.</summary>
