@@ -5,6 +5,7 @@ using ChatBroker.Cluster.Coordination;
 using ChatBroker.Cluster.Ring;
 using ChatBroker.Protocol.Messages;
 using Google.Protobuf;
+using Xunit.Abstractions;
 
 namespace ChatBroker.Broker.Tests.Cluster;
 
@@ -14,7 +15,7 @@ namespace ChatBroker.Broker.Tests.Cluster;
 /// once under its seq, the seqs are 1..n, the receivers got every one (live, then resumed), and each inbox holds
 /// each message once.
 /// </summary>
-public sealed class HandoverTests
+public sealed class HandoverTests(ITestOutputHelper output)
 {
     private static readonly ClusterRoutingOptions Routing = new()
     {
@@ -33,12 +34,15 @@ public sealed class HandoverTests
         await load.WhenSentAsync(8 * 8);
 
         await cluster.AddNodeAsync("node4");
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var sentBefore = load.SentCount;
         var listed = await new ClusterMembership(cluster["node4"].Coordinator) { HandOverRanges = true }
             .JoinAsync(new ClusterMember("node4", cluster["node4"].Coordinator.Self.MeshAddress, "", MemberState.Active), ClusterHarness.VirtualNodes, 1, CancellationToken.None);
         Assert.True(listed.Succeeded, listed.Message);
         Assert.Equal(MemberState.Joining, listed.Map.FindMember("node4")?.State);
 
         var joined = await cluster.WaitForMapAsync(m => m.FindMember("node4") is { State: MemberState.Active }, Patience);
+        Report("join", clock, load, sentBefore, cluster["node4"].Cluster.Handover);
         load.MoveDone();
         await load.FinishAsync();
 
@@ -55,11 +59,14 @@ public sealed class HandoverTests
         var load = await PairLoad.StartAsync(cluster, pairs: 8, gateways: ["node1", "node2", "node3"], seed: 2, after: ["node1", "node2", "node3"]);
         await load.WhenSentAsync(8 * 8);
 
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var sentBefore = load.SentCount;
         var marked = await new ClusterMembership(cluster["node1"].Coordinator) { HandOverRanges = true }.LeaveAsync("node4", CancellationToken.None);
         Assert.True(marked.Succeeded, marked.Message);
         Assert.Equal(MemberState.Leaving, marked.Map.FindMember("node4")?.State);
 
         var left = await cluster.WaitForMapAsync(m => m.FindMember("node4") is null, Patience);
+        Report("leave", clock, load, sentBefore, cluster["node4"].Cluster.Handover);
         load.MoveDone();
         await load.FinishAsync();
 
@@ -91,6 +98,10 @@ public sealed class HandoverTests
         await load.FinishAsync();
         await load.VerifyAsync(expectMovedTo: null);
     }
+
+    private void Report(string what, System.Diagnostics.Stopwatch clock, PairLoad load, int sentBefore, HandoverMetrics metrics) =>
+        output.WriteLine($"{what}: {clock.ElapsedMilliseconds} ms from the first step to the map that ends it; {load.SentCount - sentBefore} SENTs meanwhile, " +
+            $"{load.RefusedCount} refusals so far; records exported {metrics.RecordsExported}, imported {metrics.RecordsImported}, chunks {metrics.ChunksSent}");
 
     /// <summary>Pairs of users: each sender sends 1, 2, 3, … as fast as SENTs come back (retrying refusals with the
     /// same client_msg_id after retry_after) until the move is done and it sent at least its minimum; each receiver
@@ -163,6 +174,10 @@ public sealed class HandoverTests
         }
 
         public void MoveDone() => _moveDone = true;
+
+        public int SentCount => Volatile.Read(ref _sent);
+
+        public int RefusedCount => _pairs.Sum(p => Volatile.Read(ref p.Refused));
 
         /// <summary>Waits for every sender to finish, then for every forward queue to drain.</summary>
         public async Task FinishAsync()
