@@ -9,7 +9,7 @@ namespace ChatBroker.Storage;
 /// <see cref="InMemoryChatStore"/> differ only in the engine, so the broker's unit tests exercise the
 /// same sequencing, idempotency and fan-out code that runs in production.
 /// </summary>
-public abstract class ChatStore : IChatStore
+public abstract partial class ChatStore : IChatStore
 {
     /// <summary>Conversation ids from here up are derived from their members (a cluster's direct conversations,
     /// <see cref="IConversationStore.GetOrCreateDirectAtAsync"/>); the counter allocates below it.</summary>

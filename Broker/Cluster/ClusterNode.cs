@@ -154,9 +154,9 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             var links = new Dictionary<string, PeerLink>(StringComparer.Ordinal);
             foreach (var member in map.Members)
             {
-                if (member.State == MemberState.Active)
+                if (member.State != MemberState.Joining)
                 {
-                    active.Add(member.NodeId);
+                    active.Add(member.NodeId); // a Leaving member owns its ranges until they are handed over
                 }
 
                 if (string.Equals(member.NodeId, NodeId, StringComparison.Ordinal))
@@ -190,6 +190,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             var ring = active.Count == 0 ? null : HashRing.Create(active, map.VirtualNodes);
             var state = new RoutingState(map, NodeId, ring, links.ToFrozenDictionary(StringComparer.Ordinal));
             Volatile.Write(ref _state, state);
+            Retire(previous);
             foreach (var nodeId in links.Keys)
             {
                 if (!_forwarders.ContainsKey(nodeId))
@@ -215,6 +216,8 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         {
             _ = link.DisposeAsync().AsTask();
         }
+
+        OnMapApplied();
     }
 
     // ---- IMessageRouter: what the core asks ----
@@ -228,9 +231,10 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
 
     public bool IsHomeOf(string userId) => State is { } s && s.IsSelf(s.HomeIndexOf(userId));
 
-    public InboxRouting RouteInbox(string[] members)
+    public InboxRouting RouteInbox(string[] members) => RouteInbox(State, members);
+
+    private static InboxRouting RouteInbox(RoutingState? s, string[] members)
     {
-        var s = State;
         if (s?.Ring is null)
         {
             return new InboxRouting(members, members);
@@ -749,6 +753,14 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
                 return HandleGroupOperation(batch, index, message, s, cancellationToken);
             case >= ClusterOpKind.ReadReceipt and <= ClusterOpKind.FetchKeys:
                 return HandleSignal(batch, index, message, s, cancellationToken);
+            case ClusterOpKind.HandoverStep:
+                return HandleHandoverStep(batch, index, message);
+
+            case ClusterOpKind.HandoverStepDone:
+                return HandleHandoverStepDone(batch, index, message);
+
+            case ClusterOpKind.RangeChunk:
+                return HandleRangeChunk(batch, index, message, s, cancellationToken);
 
             default:
                 batch.Reject(index, (uint)ReasonCode.BadRequest);

@@ -95,6 +95,15 @@ public enum ClusterOpKind : uint
 
     /// <summary>Gateway → the target's home: <see cref="FetchKeysRequest"/>, answered with <see cref="SignalResult"/>.</summary>
     FetchKeys = 51,
+    /// <summary>Hand-over driver → member: <see cref="Wire.HandoverStep"/>, answered later by a posted
+    /// <see cref="Wire.HandoverStepDone"/>.</summary>
+    HandoverStep = 60,
+
+    /// <summary>Member → hand-over driver: <see cref="Wire.HandoverStepDone"/>.</summary>
+    HandoverStepDone = 61,
+
+    /// <summary>Old owner → new owner: <see cref="Wire.RangeChunk"/>, answered with <see cref="Wire.RangeChunkResult"/>.</summary>
+    RangeChunk = 62,
 }
 
 /// <summary>Conversions between the core's types and the cluster operations, and the derived ids.</summary>

@@ -280,6 +280,7 @@ public sealed class ChatService(
         bool large;
         List<string>? offline = null;
         Task<AppendResult> append;
+        InboxRouting routing = default;
         var isGroup = directory.IsGroup(conversationId);
         var gate = isGroup ? directory.GateOf(conversationId) : null; // direct chats: members never change
         gate?.Enter();
@@ -296,7 +297,12 @@ public sealed class ChatService(
             large = isGroup && IsLarge(members.Length);
             // Cluster mode: inbox entries here only for the members whose home this is; the others' go to their
             // homes through forward queues written in the same batch.
-            var routing = Router is { } router && !large ? router.RouteInbox(members) : new InboxRouting(members, members);
+            routing = Router is { } router ? router.BeginCommit(conversationId, members, large) : new InboxRouting(members, members);
+            if (routing.Refused is { } refused)
+            {
+                return refused; // a hand-over moves this conversation or a member's home: retryable
+            }
+
             if (!large)
             {
                 foreach (var member in routing.Local)
@@ -326,6 +332,7 @@ public sealed class ChatService(
         finally
         {
             gate?.Exit();
+            Router?.EndCommit(routing);
         }
 
         var result = await append.ConfigureAwait(false);

@@ -91,6 +91,51 @@ internal sealed class ClusterHarness : IAsyncDisposable
         return restarted;
     }
 
+    /// <summary>Starts a node that is not in the map yet (a join adds it).</summary>
+    public async Task<ClusterTestNode> AddNodeAsync(string id)
+    {
+        var node = await ClusterTestNode.StartAsync(id, Coordination, _routing, configure: _configure);
+        _nodes.Add(node);
+        return node;
+    }
+
+    /// <summary>The first map (seen by the first node) that <paramref name="condition"/> accepts; then waits until every
+    /// node routes by it or a newer one.</summary>
+    public async Task<ClusterMap> WaitForMapAsync(Func<ClusterMap, bool> condition, TimeSpan timeout)
+    {
+        using var cancel = new CancellationTokenSource(timeout);
+        await foreach (var map in _nodes[0].Coordinator.View.WatchMapAsync(cancel.Token))
+        {
+            if (condition(map))
+            {
+                foreach (var node in _nodes)
+                {
+                    await node.Cluster.WaitForEpochAsync((ulong)map.Epoch, cancel.Token);
+                }
+
+                return map;
+            }
+        }
+
+        throw new InvalidOperationException("the map watch ended");
+    }
+
+    /// <summary>Completes when every node's forward queues are acked by their homes.</summary>
+    public async Task DrainForwardsAsync(TimeSpan timeout)
+    {
+        using var cancel = new CancellationTokenSource(timeout);
+        foreach (var node in _nodes)
+        {
+            foreach (var other in _nodes)
+            {
+                if (other != node)
+                {
+                    await node.Cluster.WhenForwardedAsync(other.Id, cancel.Token);
+                }
+            }
+        }
+    }
+
     /// <summary>
     /// Stops a node as a crash does (as <see cref="RestartAsync"/>, its store kept) and leaves it down: its registration
     /// is gone, so the other nodes see it drop out of the live members; it stays in the map. <see cref="ReviveAsync"/>
@@ -187,7 +232,7 @@ internal sealed class ClusterTestNode : IAsyncDisposable
             LeaseTtl = TimeSpan.FromSeconds(5),
         });
         await coordinator.StartAsync(CancellationToken.None);
-        cluster.Start(coordinator.View);
+        cluster.Start(coordinator.View, coordinator);
         return new ClusterTestNode(id, broker, cluster, mesh, coordinator);
     }
 
