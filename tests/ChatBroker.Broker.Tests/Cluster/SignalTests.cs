@@ -266,6 +266,33 @@ public sealed class SignalTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task On_an_owner_that_is_the_recipients_home_a_device_online_at_another_node_means_no_push_job()
+    {
+        // dave's home is node3, which also owns his conversation with alice.
+        var alice = _alice;
+        var dave = _cluster.UserAt("dave", "node3", d => _cluster.Ring.ConversationOwner(ClusterOps.DirectConversationId(alice, d)) == "node3");
+        var sender = await ConnectAsync("node1", _alice, "phone");
+        var phone = await ConnectAsync("node2", dave, "phone");
+
+        await sender.SendAsync(TestDevice.Text(1, dave, "online elsewhere"));
+        await NextAsync<Sent>(sender);
+        await NextAsync<Deliver>(phone);
+        Assert.Empty(DueJobs("node3"));
+
+        await phone.SendAsync(new Disconnect());
+        await phone.EndedAsync();
+        // node2 → node3 is one ordered stream: once node3 answers a HISTORY from node2, it has handled the close.
+        var bob = await ConnectAsync("node2", _bob, "phone");
+        await bob.SendAsync(new History { RequestId = 1, ConversationId = _conversation });
+        Assert.Equal(ReasonCode.ConversationNotFound, (await NextAsync<Error>(bob)).Reason); // node3's answer: no message yet
+
+        await sender.SendAsync(TestDevice.Text(2, dave, "offline now"));
+        await NextAsync<Sent>(sender);
+        var job = Assert.Single(DueJobs("node3"));
+        Assert.Equal((dave, 2UL), (job.UserId, job.Seq));
+    }
+
+    [Fact]
     public async Task Signal_operations_are_checked_like_every_other_mesh_operation()
     {
         var link = _cluster["node1"].Cluster.LinkTo("node2")!;
