@@ -50,7 +50,7 @@ public sealed partial class ClusterNode
         {
             try
             {
-                _keys?.NotifyIfLow(registration.User, registration.Device);
+                _keys?.NotifyIfLow(registration.User, registration.Device, onConnect: true);
             }
             catch (StorageException)
             {

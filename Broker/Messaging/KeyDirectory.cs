@@ -171,7 +171,9 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
     }
 
     /// <summary>Tells a device that has keys and is running low (if online) to upload more: KEYS_UPLOADED, request_id 0.</summary>
-    public void NotifyIfLow(string userId, string deviceId)
+    /// <param name="onConnect">The device just connected: it hears at once (once per connection), and the interval
+    /// starts again from here.</param>
+    public void NotifyIfLow(string userId, string deviceId, bool onConnect = false)
     {
         IDeviceLink? target = null;
         foreach (var device in registry.DevicesOf(userId))
@@ -193,7 +195,7 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
         {
             // Every fetch below the watermark would send another notice (dozens while a group starts sessions):
             // one per interval tells the device all it needs.
-            if (!TakeLowNoticeTurn(userId, deviceId))
+            if (!TakeLowNoticeTurn(userId, deviceId, onConnect))
             {
                 metrics.KeysLowSuppressed.Add(1);
                 return;
@@ -214,7 +216,7 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
     }
 
     /// <summary>True when the device may get a low-supply notice now (none within keys.low_notice_interval).</summary>
-    private bool TakeLowNoticeTurn(string userId, string deviceId)
+    private bool TakeLowNoticeTurn(string userId, string deviceId, bool always)
     {
         var now = _clock.GetUtcNow().UtcTicks;
         var interval = options.LowNoticeInterval.Ticks;
@@ -232,7 +234,7 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
                 }
             }
 
-            if (_lastLowNotice.TryGetValue((userId, deviceId), out var last) && now - last < interval)
+            if (!always && _lastLowNotice.TryGetValue((userId, deviceId), out var last) && now - last < interval)
             {
                 return false;
             }

@@ -15,7 +15,7 @@ internal sealed partial class DeviceSession
         _context.Presence.DeviceOnline(this);
         try
         {
-            _context.Keys.NotifyIfLow(_user, _device);
+            _context.Keys.NotifyIfLow(_user, _device, onConnect: true);
         }
         catch (Storage.StorageException)
         {
