@@ -8,7 +8,7 @@ namespace ChatBroker.Broker.Configuration.Toml;
 
 /// <summary>
 /// Builds a <see cref="TomlTable"/> from Tomlyn's syntax tree. Tomlyn does the lexing and grammar (its
-/// first syntax error is reported as it words it, at its position); this walk adds what broker.toml
+/// syntax errors are worded as broker.toml's by <see cref="TomlDiagnostics"/>); this walk adds what broker.toml
 /// needs on top: TOML 1.0's rules for defining keys and tables (duplicates, redefinitions, extending
 /// inline tables), int64/float range, and the constructs we reject on purpose (arrays of tables,
 /// dates and times, inline tables over several lines or with a trailing comma). Not Tomlyn's
@@ -59,7 +59,8 @@ internal sealed class TomlSyntaxWalk
         catch (ArgumentOutOfRangeException)
         {
             // Tomlyn 2.11.1 decodes a \u or \U escape cut short by the end of the file as code point -1.
-            throw new TomlParseException(walk.Position(text.Length), "unterminated string: the file ends inside an escape sequence");
+            (int offset, string reason) = TomlDiagnostics.EscapeCutShort(text);
+            throw new TomlParseException(walk.Position(offset), reason);
         }
         catch (TomlException ex) when (ex.Span is null)
         {
@@ -67,25 +68,14 @@ internal sealed class TomlSyntaxWalk
             throw new TomlParseException(walk.Position(walk.FirstTooDeep()), $"arrays and inline tables are nested more than {MaxNesting} deep");
         }
 
-        foreach (DiagnosticMessage diagnostic in document.Diagnostics)
+        if (document.HasErrors)
         {
-            if (diagnostic.Kind == DiagnosticMessageKind.Error)
-            {
-                throw new TomlParseException(walk.Position(diagnostic.Span.Offset), Reword(diagnostic.Message));
-            }
+            (int offset, string reason) = TomlDiagnostics.Translate(text, document);
+            throw new TomlParseException(walk.Position(offset), reason);
         }
 
         return walk.Walk(document);
     }
-
-    // Tomlyn's wording, except where it hides the reason: an integer it cannot parse after lexing it is
-    // one out of range, and a lone surrogate is named as such.
-    private static string Reword(string message) =>
-        message.StartsWith("Unable to parse integer `", StringComparison.Ordinal) && message.EndsWith('`')
-            ? $"integer '{message[25..^1]}' does not fit in a 64-bit signed integer"
-            : message.StartsWith("Invalid UTF-16 surrogate sequence", StringComparison.Ordinal)
-                ? "invalid character (unpaired surrogate) in the text"
-                : message;
 
     private TomlTable Walk(DocumentSyntax document)
     {
@@ -99,7 +89,7 @@ internal sealed class TomlSyntaxWalk
             TomlPosition open = Position(header.OpenBracket!.Span.Offset);
             if (header is TableArraySyntax)
             {
-                throw new TomlParseException(open, "arrays of tables ([[...]]) are not supported in broker.toml; use an array of inline tables: key = [{ ... }, { ... }]");
+                throw new TomlParseException(open, TomlDiagnostics.ArraysOfTablesNotSupported);
             }
 
             (TomlTable table, string path) = DefineTable(Segments(header.Name!), open);
@@ -418,17 +408,22 @@ internal sealed class TomlSyntaxWalk
                 sb.Append('.');
             }
 
-            string name = key[i].Name;
-            bool bare = name.Length > 0;
-            foreach (char c in name)
-            {
-                bare &= char.IsAsciiLetterOrDigit(c) || c is '_' or '-';
-            }
-
-            sb.Append(bare ? name : $"\"{name}\"");
+            AppendKeyName(sb, key[i].Name);
         }
 
         return sb.ToString();
+    }
+
+    /// <summary>A key part as written in messages: bare when it can be, quoted otherwise.</summary>
+    internal static void AppendKeyName(StringBuilder sb, string name)
+    {
+        bool bare = name.Length > 0;
+        foreach (char c in name)
+        {
+            bare &= char.IsAsciiLetterOrDigit(c) || c is '_' or '-';
+        }
+
+        sb.Append(bare ? name : $"\"{name}\"");
     }
 
     private static TomlParseException Error(TomlPosition position, string reason) => new(position, reason);
