@@ -26,7 +26,13 @@ internal sealed class TomlDiagnostics
     private enum Origin
     {
         Lexer,
+
+        /// <summary>The lexer about one odd character, which a parser error at the same place names better ("in bare key 'f'", "found end of line").</summary>
+        LexerCharacter,
         Parser,
+
+        /// <summary>The parser refusing a token the lexer read whole ("1."): a lexer error inside it is the reason.</summary>
+        ParserToken,
     }
 
     private delegate (int Offset, string Reason)? Translation(TomlDiagnostics source, Match match, int offset);
@@ -53,8 +59,8 @@ internal sealed class TomlDiagnostics
         new("^Invalid escape `\\\\x`\\. Expected 2 hexadecimal digits\\.$", Origin.Lexer, static (s, _, at) => s.Escape(at, _ => "invalid escape: '\\x' must be followed by 2 hexadecimal digits")),
         new("^Invalid Unicode scalar value \\[(?<value>[0-9A-F]+)\\]$", Origin.Lexer, static (s, m, at) => s.Escape(at, _ => $"invalid unicode escape: U+{m.Groups["value"].Value} is not a Unicode scalar value")),
         new("^Invalid control character U\\+(?<code>[0-9A-F]{4}) in comment$", Origin.Lexer, static (_, m, at) => (at, $"control character U+{m.Groups["code"].Value} is not allowed in a comment")),
-        new("^Invalid \\\\r not followed by \\\\n$", Origin.Lexer, static (_, _, at) => (at, "a carriage return must be followed by a line feed")),
-        new("^Invalid UTF-16 surrogate sequence", Origin.Lexer, static (s, _, at) => s.UnpairedSurrogate(at)),
+        new("^Invalid \\\\r not followed by \\\\n$", Origin.LexerCharacter, static (_, _, at) => (at, "a carriage return must be followed by a line feed")),
+        new("^Invalid UTF-16 surrogate sequence", Origin.LexerCharacter, static (s, _, at) => s.UnpairedSurrogate(at)),
 
         // ---- lexer: numbers, dates
         new("^Unexpected leading zero \\(`0`\\) for (integer|float) `(?<number>.*)`$", Origin.Lexer, static (_, m, at) => (at, $"leading zeros are not allowed in '{m.Groups["number"].Value}'")),
@@ -81,7 +87,7 @@ internal sealed class TomlDiagnostics
 
         // ---- parser: values, arrays, inline tables
         new("^Unexpected token end-of-line found while expecting a value$", Origin.Parser, static (s, _, at) => s.InvalidValue(at)),
-        new("^Unexpected token `(?<found>.*)` for a value$", Origin.Parser, static (s, _, at) => s.InvalidValue(at)),
+        new("^Unexpected token `(?<found>.*)` for a value$", Origin.ParserToken, static (s, _, at) => s.InvalidValue(at)),
         new("^Unsupported datetime token kind", Origin.Parser, static (_, _, at) => (at, DatesNotSupported)),
         new("^Missing a `,` \\(token: comma\\) to separate items in an array$", Origin.Parser, static (s, _, at) => s.ArrayNotClosed(at)),
         new("^Unexpected token `(?<found>.*)` \\(token: `(?<kind>\\w+)`\\)\\. Expecting a closing `\\]` for an array$", Origin.Parser, static (s, _, at) => s.ArrayNotClosed(at)),
@@ -102,10 +108,10 @@ internal sealed class TomlDiagnostics
     private readonly record struct Slot(string Path, KeyValueSyntax? KeyValue, ValueSyntax? Value, SyntaxNode? Container);
 
     /// <summary>
-    /// The error to report for a document Tomlyn found errors in, as a character offset and a reason. Of
-    /// its first parser error and its earliest lexer error the lexer's wins when it lies in or right after
-    /// the token the parser complained about (the parser's is then a consequence: "1." is no value because
-    /// a digit is missing after the point).
+    /// The error to report for a document Tomlyn found errors in, as a character offset and a reason: the
+    /// first in the file of its first parser error and its earliest lexer error. The lexer's also wins when
+    /// it lies in or right after the token the parser refused as a value (the parser's is then a
+    /// consequence: "1." is no value because a digit is missing after the point).
     /// </summary>
     public static (int Offset, string Reason) Translate(string text, DocumentSyntax document)
     {
@@ -121,7 +127,7 @@ internal sealed class TomlDiagnostics
 
             (Rule? rule, Match? match) = Find(message.Message);
             int offset = source.OffsetOf(message, match);
-            if (rule?.Origin == Origin.Lexer)
+            if (rule?.Origin is Origin.Lexer or Origin.LexerCharacter)
             {
                 if (lexer is null || offset < lexer.Value.Offset)
                 {
@@ -135,7 +141,12 @@ internal sealed class TomlDiagnostics
             }
         }
 
-        var chosen = lexer is { } l && (parser is not { } p || l.Offset <= p.Offset + Math.Max(1, p.Message.Span.Length)) ? lexer : parser;
+        var chosen = lexer is { } l && (parser is not { } p
+            || l.Offset < p.Offset
+            || (l.Offset == p.Offset && l.Rule!.Origin != Origin.LexerCharacter)
+            || (p.Rule?.Origin == Origin.ParserToken && l.Offset > p.Offset && l.Offset <= p.Offset + p.Message.Span.Length))
+            ? lexer
+            : parser;
         if (chosen is not { } error)
         {
             throw new InvalidOperationException("Translate needs a document with an error");
@@ -222,26 +233,27 @@ internal sealed class TomlDiagnostics
 
     private (int, string)? ExpectedEquals(int offset)
     {
-        if (LastSlot(offset, withKey: true) is not { KeyValue.Key: { } key })
+        if (KeyValueAt(offset)?.Key is not { } key)
         {
             return null;
         }
 
-        BareKeyOrStringValueSyntax? last = key.DotKeys.ChildrenCount == 0 ? key.Key
-            : key.DotKeys.GetChild(key.DotKeys.ChildrenCount - 1) is DottedKeyItemSyntax dotted ? dotted.Key
-            : null;
+        BareKeyOrStringValueSyntax? last = LastPart(key);
         if (last is StringValueSyntax && IsMultiLineQuote(last.Span.Offset))
         {
             // Tomlyn reads """key""" as the key "" followed by the string "key".
             return (last.Span.Offset, "a multi-line string cannot be used as a key");
         }
 
-        if (last is BareKeySyntax bare && End(bare) == offset && CharAt(offset) is not (-1 or ' ' or '\t' or '.' or '=' or ']' or '#' or '\n' or '\r' or ',' or '}'))
-        {
-            return (offset, $"invalid character {Describe(offset)} in bare key '{bare.Key?.Text}' {BareKeyHint}");
-        }
+        return BareKeyCutShort(key, offset) ?? (offset, $"expected '=' after key '{FormatKey(key)}', found {Describe(offset)}");
+    }
 
-        return (offset, $"expected '=' after key '{FormatKey(key)}', found {Describe(offset)}");
+    // A character that cannot follow a bare key right after it ("a$b") is one the key may not contain.
+    private (int, string)? BareKeyCutShort(KeySyntax key, int offset)
+    {
+        return LastPart(key) is BareKeySyntax bare && End(bare) == offset && CharAt(offset) is not (-1 or ' ' or '\t' or '.' or '=' or ']' or '#' or '\n' or '\r' or ',' or '}')
+            ? (offset, $"invalid character {Describe(offset)} in bare key '{bare.Key?.Text}' {BareKeyHint}")
+            : null;
     }
 
     private (int, string)? UnclosedHeader(int offset, string found)
@@ -252,7 +264,9 @@ internal sealed class TomlDiagnostics
             return (offset + 1, "unexpected ']' after table header; expected a newline or a comment");
         }
 
-        return HeaderAt(offset) is { Name: { } name } ? (offset, $"expected ']' to close table header [{FormatKey(name)}], found {Describe(offset)}") : null;
+        return HeaderAt(offset) is { Name: { } name }
+            ? BareKeyCutShort(name, offset) ?? (offset, $"expected ']' to close table header [{FormatKey(name)}], found {Describe(offset)}")
+            : null;
     }
 
     /// <summary>The header whose name or closing bracket is at the offset.</summary>
@@ -295,7 +309,8 @@ internal sealed class TomlDiagnostics
         return (offset, $"unexpected {Describe(offset)} after value; expected a newline or a comment");
     }
 
-    // A number Tomlyn stopped reading early ("12abc", "0b102", "+0x10") is one bad number to the reader.
+    // A number Tomlyn stopped reading early ("12abc", "0b102", "+0x10") is one bad number to the reader,
+    // and a word that starts like a boolean or inf ("true0b1", "inf.b") one bad value.
     private (int, string)? NumberCutShort(int offset)
     {
         if (!IsScalarChar(CharAt(offset)))
@@ -305,7 +320,7 @@ internal sealed class TomlDiagnostics
 
         foreach (SyntaxNode node in Nodes())
         {
-            if (node is not (IntegerValueSyntax or FloatValueSyntax) || End(node) != offset)
+            if (node is not (IntegerValueSyntax or FloatValueSyntax or BooleanValueSyntax) || End(node) != offset)
             {
                 continue;
             }
@@ -315,6 +330,14 @@ internal sealed class TomlDiagnostics
             int sign = token[0] is '+' or '-' ? 1 : 0;
             if (token.Length <= sign + 1 || !char.IsAsciiDigit(token[sign]))
             {
+                foreach (Slot slot in Slots(start))
+                {
+                    if (slot.Value == node)
+                    {
+                        return (start, $"invalid value '{token}' for key '{slot.Path}'{ValueHint(token)}");
+                    }
+                }
+
                 return null;
             }
 
@@ -335,15 +358,18 @@ internal sealed class TomlDiagnostics
 
     private (int, string)? InvalidValue(int offset)
     {
-        if (LastSlot(offset, withKey: false) is not { } slot)
+        List<Slot> slots = Slots(offset);
+        if (slots.Count == 0)
         {
             return null;
         }
 
+        // The slot the value is missing from; an array item's array is the slot before it.
+        Slot slot = slots[^1];
         int c = CharAt(offset);
-        if (c == -1 && slot.Container is ArraySyntax array)
+        if (c == -1 && slot.Container is ArraySyntax array && slots.Count > 1)
         {
-            return UnterminatedArray(array, offset);
+            return UnterminatedArray(array, slots[^2].Path);
         }
 
         if (c is -1 or '\n' or '\r' or '#')
@@ -364,21 +390,24 @@ internal sealed class TomlDiagnostics
             return (offset, $"invalid value for '{slot.Path}': unexpected {Describe(offset)}");
         }
 
-        string hint = token.Equals("true", StringComparison.OrdinalIgnoreCase) || token.Equals("false", StringComparison.OrdinalIgnoreCase) ? " (booleans are lowercase: true or false)"
+        return (offset, $"invalid value '{token}' for key '{slot.Path}'{ValueHint(token)}");
+    }
+
+    private static string ValueHint(string token) =>
+        token.Equals("true", StringComparison.OrdinalIgnoreCase) || token.Equals("false", StringComparison.OrdinalIgnoreCase) ? " (booleans are lowercase: true or false)"
             : token[0] is '+' or '-' ? " (expected a digit after the sign)"
             : char.IsAsciiLetter(token[0]) ? " (strings must be quoted)"
             : "";
-        return (offset, $"invalid value '{token}' for key '{slot.Path}'{hint}");
-    }
 
     private (int, string)? ArrayNotClosed(int offset)
     {
         ArraySyntax? array = null;
-        foreach (Slot slot in Slots(offset))
+        string path = "";
+        foreach (Slot slot in Slots(offset, opened: true))
         {
             if (slot.Value is ArraySyntax candidate && (candidate.CloseBracket is null || candidate.CloseBracket.Span.Offset >= offset))
             {
-                array = candidate;
+                (array, path) = (candidate, slot.Path);
             }
         }
 
@@ -389,25 +418,26 @@ internal sealed class TomlDiagnostics
 
         if (CharAt(offset) == -1)
         {
-            return UnterminatedArray(array, offset);
+            return UnterminatedArray(array, path);
         }
 
-        return NumberCutShort(offset) ?? TooManyQuotes(offset) ?? (offset, $"expected ',' or ']' after an item of array '{PathOf(array, offset)}', found {Describe(offset)}");
+        return NumberCutShort(offset) ?? TooManyQuotes(offset) ?? (offset, $"expected ',' or ']' after an item of array '{path}', found {Describe(offset)}");
     }
 
-    private (int, string) UnterminatedArray(ArraySyntax array, int offset) =>
-        (array.Span.Offset, $"unterminated array for key '{PathOf(array, offset)}': expected ']'");
+    private static (int, string) UnterminatedArray(ArraySyntax array, string path) =>
+        (array.Span.Offset, $"unterminated array for key '{path}': expected ']'");
 
     // TOML 1.0 keeps an inline table on one line (Tomlyn reads TOML 1.1, which does not), so a line break
     // inside one is where it went unterminated.
     private (int, string)? InlineTableNotClosed(int offset)
     {
         InlineTableSyntax? table = null;
-        foreach (Slot slot in Slots(offset))
+        string path = "";
+        foreach (Slot slot in Slots(offset, opened: true))
         {
             if (slot.Value is InlineTableSyntax candidate && (candidate.CloseBrace is null || candidate.CloseBrace.Span.Offset >= offset))
             {
-                table = candidate;
+                (table, path) = (candidate, slot.Path);
             }
         }
 
@@ -416,7 +446,6 @@ internal sealed class TomlDiagnostics
             return null;
         }
 
-        string path = PathOf(table, offset);
         int from = End(open);
         InlineTableItemSyntax? last = null;
         foreach (InlineTableItemSyntax item in table.Items)
@@ -637,7 +666,7 @@ internal sealed class TomlDiagnostics
     /// The key/value and the array items and inline-table keys inside it that the offset falls in, outermost
     /// first, with their paths as the walk names them ("tbl.y[1].z").
     /// </summary>
-    private List<Slot> Slots(int offset)
+    private List<Slot> Slots(int offset, bool opened = false)
     {
         var slots = new List<Slot>();
         KeyValueSyntax? found = null;
@@ -667,7 +696,7 @@ internal sealed class TomlDiagnostics
                 ArrayItemSyntax? item = null;
                 for (int i = 0; i < array.Items.ChildrenCount; i++)
                 {
-                    if (array.Items.GetChild(i) is ArrayItemSyntax candidate && candidate.Span.Offset <= offset)
+                    if (array.Items.GetChild(i) is ArrayItemSyntax candidate && Before(candidate))
                     {
                         (index, item) = (i, candidate);
                     }
@@ -687,7 +716,7 @@ internal sealed class TomlDiagnostics
                 KeyValueSyntax? keyValue = null;
                 foreach (InlineTableItemSyntax item in inline.Items)
                 {
-                    if (item.KeyValue is { } candidate && candidate.Span.Offset <= offset)
+                    if (item.KeyValue is { } candidate && Before(candidate))
                     {
                         keyValue = candidate;
                     }
@@ -708,6 +737,10 @@ internal sealed class TomlDiagnostics
             }
         }
 
+        // An item Tomlyn opened at the offset was begun after the error there, in recovery; a container
+        // the error is about was opened before it.
+        bool Before(SyntaxNode item) => opened ? item.Span.Offset < offset : item.Span.Offset <= offset;
+
         void Consider(SyntaxList<KeyValueSyntax> keyValues, string tablePrefix)
         {
             foreach (KeyValueSyntax keyValue in keyValues)
@@ -720,31 +753,19 @@ internal sealed class TomlDiagnostics
         }
     }
 
-    private Slot? LastSlot(int offset, bool withKey)
+    /// <summary>The innermost key/value being defined at the offset.</summary>
+    private KeyValueSyntax? KeyValueAt(int offset)
     {
         List<Slot> slots = Slots(offset);
         for (int i = slots.Count - 1; i >= 0; i--)
         {
-            if (!withKey || slots[i].KeyValue is not null)
+            if (slots[i].KeyValue is { } keyValue)
             {
-                return slots[i];
+                return keyValue;
             }
         }
 
         return null;
-    }
-
-    private string PathOf(SyntaxNode value, int offset)
-    {
-        foreach (Slot slot in Slots(offset))
-        {
-            if (slot.Value == value)
-            {
-                return slot.Path;
-            }
-        }
-
-        return "";
     }
 
     private List<SyntaxNode> Nodes()
@@ -769,6 +790,11 @@ internal sealed class TomlDiagnostics
             }
         }
     }
+
+    private static BareKeyOrStringValueSyntax? LastPart(KeySyntax key) =>
+        key.DotKeys.ChildrenCount == 0 ? key.Key
+            : key.DotKeys.GetChild(key.DotKeys.ChildrenCount - 1) is DottedKeyItemSyntax dotted ? dotted.Key
+            : null;
 
     private static string FormatKey(KeySyntax key)
     {
