@@ -59,7 +59,7 @@ internal sealed class TomlDiagnostics
         new("^Invalid escape `\\\\x`\\. Expected 2 hexadecimal digits\\.$", Origin.Lexer, static (s, _, at) => s.Escape(at, _ => "invalid escape: '\\x' must be followed by 2 hexadecimal digits")),
         new("^Invalid Unicode scalar value \\[(?<value>[0-9A-F]+)\\]$", Origin.Lexer, static (s, m, at) => s.Escape(at, _ => $"invalid unicode escape: U+{m.Groups["value"].Value} is not a Unicode scalar value")),
         new("^Invalid control character U\\+(?<code>[0-9A-F]{4}) in comment$", Origin.Lexer, static (_, m, at) => (at, $"control character U+{m.Groups["code"].Value} is not allowed in a comment")),
-        new("^Invalid \\\\r not followed by \\\\n$", Origin.LexerCharacter, static (_, _, at) => (at, "a carriage return must be followed by a line feed")),
+        new("^Invalid \\\\r not followed by \\\\n$", Origin.LexerCharacter, static (s, _, at) => s.LoneCarriageReturn(at)),
         new("^Invalid UTF-16 surrogate sequence", Origin.LexerCharacter, static (s, _, at) => s.UnpairedSurrogate(at)),
 
         // ---- lexer: numbers, dates
@@ -152,10 +152,16 @@ internal sealed class TomlDiagnostics
             throw new InvalidOperationException("Translate needs a document with an error");
         }
 
-        // "[[" is rejected before anything after it, as broker.toml's own rule.
+        // broker.toml's own rules that the walk would have reported first: "[[" headers, and inline tables
+        // over several lines or with a trailing comma (TOML 1.1 allows both, so Tomlyn carries on).
         if (source.FirstArrayOfTables(error.Offset) is { } arrays)
         {
             return arrays;
+        }
+
+        if (source.FirstInlineTableLayoutError(error.Offset) is { } layout)
+        {
+            return layout;
         }
 
         return (error.Rule is not null ? error.Rule.Translate(source, error.Match!, error.Offset) : null) ?? (error.Offset, error.Message.Message);
@@ -220,6 +226,28 @@ internal sealed class TomlDiagnostics
         return null;
     }
 
+    private (int, string)? FirstInlineTableLayoutError(int offset)
+    {
+        (int Offset, string Reason)? first = null;
+        foreach (SyntaxNode node in Nodes())
+        {
+            if (node is not InlineTableSyntax { OpenBrace: { } open } table || open.Span.Offset >= offset)
+            {
+                continue;
+            }
+
+            foreach (Slot slot in Slots(open.Span.Offset))
+            {
+                if (slot.Value == table && TomlSyntaxWalk.InlineTableLayoutError(_text, table, slot.Path, offset) is { } error && (first is null || error.Offset < first.Value.Offset))
+                {
+                    first = error;
+                }
+            }
+        }
+
+        return first;
+    }
+
     private string KeyStart(int offset, bool inHeader, bool afterDot)
     {
         string what = inHeader ? "table name" : "key";
@@ -245,6 +273,9 @@ internal sealed class TomlDiagnostics
             return (last.Span.Offset, "a multi-line string cannot be used as a key");
         }
 
+        // A comment is trivia to Tomlyn, which reports the end of its line.
+        int next = SkipBlanks(End(key));
+        offset = CharAt(next) == '#' ? next : offset;
         return BareKeyCutShort(key, offset) ?? (offset, $"expected '=' after key '{FormatKey(key)}', found {Describe(offset)}");
     }
 
@@ -479,6 +510,12 @@ internal sealed class TomlDiagnostics
             : (offset, "newline in a literal string: close it on the same line or use a multi-line literal string (''')"));
     }
 
+    // In a one-line string a lone carriage return is a line break like any other.
+    private (int, string)? LoneCarriageReturn(int offset) =>
+        StringOpening(offset, inside: true) is int open && !IsMultiLineQuote(open)
+            ? NewlineInString(offset)
+            : (offset, "a carriage return must be followed by a line feed");
+
     private (int, string)? UnterminatedString(int offset)
     {
         if (StringOpening(offset) is not int open)
@@ -552,14 +589,14 @@ internal sealed class TomlDiagnostics
         return (offset, $"invalid character U+{(int)_text[offset]:X4} (unpaired surrogate){where}");
     }
 
-    /// <summary>The opening quote of the string token Tomlyn was reading at the offset.</summary>
-    private int? StringOpening(int offset)
+    /// <summary>The opening quote of the string token Tomlyn was reading at the offset (or had just ended, unless inside).</summary>
+    private int? StringOpening(int offset, bool inside = false)
     {
         int? open = null;
         foreach (SyntaxNode node in Nodes())
         {
             int start = node.Span.Offset;
-            if (node is SyntaxToken && start <= offset && offset <= End(node) && CharAt(start) is '"' or '\'' && (open is null || start > open))
+            if (node is SyntaxToken && start <= offset && (inside ? offset < End(node) : offset <= End(node)) && CharAt(start) is '"' or '\'' && (open is null || start > open))
             {
                 open = start;
             }

@@ -297,38 +297,79 @@ internal sealed class TomlSyntaxWalk
     private TomlTable InlineTable(InlineTableSyntax inline, string key, TomlPosition start)
     {
         var table = new TomlTable(start, TomlTableOrigin.Inline);
-        int from = End(inline.OpenBrace!);
+        (int Offset, string Reason)? layout = InlineTableLayoutError(_text, inline, key, _text.Length);
         foreach (InlineTableItemSyntax item in inline.Items)
         {
+            // In file order: a key defined twice before the line break is reported first.
             KeyValueSyntax keyValue = item.KeyValue!;
-            ThrowIfNewline(from, keyValue.Key!.Span.Offset, key);
-            ThrowIfNewline(End(keyValue.Key), keyValue.Value!.Span.Offset, key);
-            AddKeyValue(table, key, keyValue);
-            from = End(keyValue.Value);
-            if (item.Comma is { } comma)
+            if (layout is { } broken && broken.Offset < keyValue.Value!.Span.Offset)
             {
-                ThrowIfNewline(from, comma.Span.Offset, key);
-                from = End(comma);
+                throw Error(Position(broken.Offset), broken.Reason);
             }
+
+            AddKeyValue(table, key, keyValue);
         }
 
-        if (inline.Items.ChildrenCount > 0 && inline.Items.GetChild(inline.Items.ChildrenCount - 1) is InlineTableItemSyntax { Comma: { } trailing })
+        if (layout is { } error)
         {
-            throw Error(Position(trailing.Span.Offset), $"trailing comma is not allowed in inline table '{key}'");
+            throw Error(Position(error.Offset), error.Reason);
         }
 
-        ThrowIfNewline(from, inline.CloseBrace!.Span.Offset, key);
         Seal(table);
         return table;
     }
 
-    /// <summary>A newline between two parts of an inline table (not inside a value, where arrays may span lines).</summary>
-    private void ThrowIfNewline(int from, int to, string key)
+    /// <summary>
+    /// Where an inline table breaks TOML 1.0's layout, looking only before <paramref name="limit"/>: a line
+    /// break between its parts (not inside a value, where arrays may span lines), or a trailing comma. The
+    /// walk asks it about complete tables, <see cref="TomlDiagnostics"/> about those before a syntax error
+    /// (where parts may be missing).
+    /// </summary>
+    internal static (int Offset, string Reason)? InlineTableLayoutError(string text, InlineTableSyntax inline, string key, int limit)
     {
-        int newline = _text.AsSpan(from, to - from).IndexOfAny('\n', '\r');
-        if (newline >= 0)
+        if (inline.OpenBrace is not { } open)
         {
-            throw Error(Position(from + newline), $"unterminated inline table '{key}': expected '}}' before the end of the line");
+            return null;
+        }
+
+        string unterminated = $"unterminated inline table '{key}': expected '}}' before the end of the line";
+        int from = End(open);
+        SyntaxNode? trailing = null;
+        foreach (InlineTableItemSyntax item in inline.Items)
+        {
+            foreach (SyntaxNode? part in (SyntaxNode?[])[item.KeyValue?.Key, item.KeyValue?.Value, item.Comma])
+            {
+                if (part is null)
+                {
+                    continue;
+                }
+
+                if (Newline(part.Span.Offset) is int newline)
+                {
+                    return (newline, unterminated);
+                }
+
+                from = End(part);
+            }
+
+            trailing = item.Comma;
+        }
+
+        int close = inline.CloseBrace?.Span.Offset ?? limit;
+        if (Newline(close) is int beforeClose)
+        {
+            return (beforeClose, unterminated);
+        }
+
+        return trailing is not null && inline.CloseBrace is not null && trailing.Span.Offset < limit
+            ? (trailing.Span.Offset, $"trailing comma is not allowed in inline table '{key}'")
+            : null;
+
+        int? Newline(int to)
+        {
+            to = Math.Min(Math.Min(to, limit), text.Length);
+            int at = from < to ? text.AsSpan(from, to - from).IndexOfAny('\n', '\r') : -1;
+            return at >= 0 ? from + at : null;
         }
     }
 
