@@ -432,16 +432,7 @@ internal sealed class TomlDiagnostics
 
     private (int, string)? ArrayNotClosed(int offset)
     {
-        ArraySyntax? array = null;
-        string path = "";
-        foreach (Slot slot in Slots(offset, opened: true))
-        {
-            if (slot.Value is ArraySyntax candidate && (candidate.CloseBracket is null || candidate.CloseBracket.Span.Offset >= offset))
-            {
-                (array, path) = (candidate, slot.Path);
-            }
-        }
-
+        (ArraySyntax? array, string path) = InnermostOpen<ArraySyntax>(offset, static array => array.CloseBracket);
         if (array is null)
         {
             return null;
@@ -455,6 +446,22 @@ internal sealed class TomlDiagnostics
         return NumberCutShort(offset) ?? TooManyQuotes(offset) ?? (offset, $"expected ',' or ']' after an item of array '{path}', found {Describe(offset)}");
     }
 
+    /// <summary>The innermost array or inline table opened before the offset and not closed before it, and its path.</summary>
+    private (T? Container, string Path) InnermostOpen<T>(int offset, Func<T, SyntaxToken?> close)
+        where T : ValueSyntax
+    {
+        (T? Container, string Path) innermost = (null, "");
+        foreach (Slot slot in Slots(offset, opened: true))
+        {
+            if (slot.Value is T candidate && (close(candidate) is not { } closing || closing.Span.Offset >= offset))
+            {
+                innermost = (candidate, slot.Path);
+            }
+        }
+
+        return innermost;
+    }
+
     private static (int, string) UnterminatedArray(ArraySyntax array, string path) =>
         (array.Span.Offset, $"unterminated array for key '{path}': expected ']'");
 
@@ -462,15 +469,7 @@ internal sealed class TomlDiagnostics
     // inside one is where it went unterminated.
     private (int, string)? InlineTableNotClosed(int offset)
     {
-        InlineTableSyntax? table = null;
-        string path = "";
-        foreach (Slot slot in Slots(offset, opened: true))
-        {
-            if (slot.Value is InlineTableSyntax candidate && (candidate.CloseBrace is null || candidate.CloseBrace.Span.Offset >= offset))
-            {
-                (table, path) = (candidate, slot.Path);
-            }
-        }
+        (InlineTableSyntax? table, string path) = InnermostOpen<InlineTableSyntax>(offset, static table => table.CloseBrace);
 
         if (table?.OpenBrace is not { } open)
         {
