@@ -8,7 +8,7 @@ namespace ChatBroker.Broker.Configuration.Toml;
 
 /// <summary>
 /// Builds a <see cref="TomlTable"/> from Tomlyn's syntax tree. Tomlyn does the lexing and grammar (its
-/// first syntax error is reported as it words it, at its position); this walk adds what broker.toml
+/// syntax errors are worded as broker.toml's by <see cref="TomlDiagnostics"/>); this walk adds what broker.toml
 /// needs on top: TOML 1.0's rules for defining keys and tables (duplicates, redefinitions, extending
 /// inline tables), int64/float range, and the constructs we reject on purpose (arrays of tables,
 /// dates and times, inline tables over several lines or with a trailing comma). Not Tomlyn's
@@ -59,7 +59,8 @@ internal sealed class TomlSyntaxWalk
         catch (ArgumentOutOfRangeException)
         {
             // Tomlyn 2.11.1 decodes a \u or \U escape cut short by the end of the file as code point -1.
-            throw new TomlParseException(walk.Position(text.Length), "unterminated string: the file ends inside an escape sequence");
+            (int offset, string reason) = TomlDiagnostics.EscapeCutShort(text);
+            throw new TomlParseException(walk.Position(offset), reason);
         }
         catch (TomlException ex) when (ex.Span is null)
         {
@@ -67,25 +68,14 @@ internal sealed class TomlSyntaxWalk
             throw new TomlParseException(walk.Position(walk.FirstTooDeep()), $"arrays and inline tables are nested more than {MaxNesting} deep");
         }
 
-        foreach (DiagnosticMessage diagnostic in document.Diagnostics)
+        if (document.HasErrors)
         {
-            if (diagnostic.Kind == DiagnosticMessageKind.Error)
-            {
-                throw new TomlParseException(walk.Position(diagnostic.Span.Offset), Reword(diagnostic.Message));
-            }
+            (int offset, string reason) = TomlDiagnostics.Translate(text, document);
+            throw new TomlParseException(walk.Position(offset), reason);
         }
 
         return walk.Walk(document);
     }
-
-    // Tomlyn's wording, except where it hides the reason: an integer it cannot parse after lexing it is
-    // one out of range, and a lone surrogate is named as such.
-    private static string Reword(string message) =>
-        message.StartsWith("Unable to parse integer `", StringComparison.Ordinal) && message.EndsWith('`')
-            ? $"integer '{message[25..^1]}' does not fit in a 64-bit signed integer"
-            : message.StartsWith("Invalid UTF-16 surrogate sequence", StringComparison.Ordinal)
-                ? "invalid character (unpaired surrogate) in the text"
-                : message;
 
     private TomlTable Walk(DocumentSyntax document)
     {
@@ -99,7 +89,7 @@ internal sealed class TomlSyntaxWalk
             TomlPosition open = Position(header.OpenBracket!.Span.Offset);
             if (header is TableArraySyntax)
             {
-                throw new TomlParseException(open, "arrays of tables ([[...]]) are not supported in broker.toml; use an array of inline tables: key = [{ ... }, { ... }]");
+                throw new TomlParseException(open, TomlDiagnostics.ArraysOfTablesNotSupported);
             }
 
             (TomlTable table, string path) = DefineTable(Segments(header.Name!), open);
@@ -307,38 +297,79 @@ internal sealed class TomlSyntaxWalk
     private TomlTable InlineTable(InlineTableSyntax inline, string key, TomlPosition start)
     {
         var table = new TomlTable(start, TomlTableOrigin.Inline);
-        int from = End(inline.OpenBrace!);
+        (int Offset, string Reason)? layout = InlineTableLayoutError(_text, inline, key, _text.Length);
         foreach (InlineTableItemSyntax item in inline.Items)
         {
+            // In file order: a key defined twice before the line break is reported first.
             KeyValueSyntax keyValue = item.KeyValue!;
-            ThrowIfNewline(from, keyValue.Key!.Span.Offset, key);
-            ThrowIfNewline(End(keyValue.Key), keyValue.Value!.Span.Offset, key);
-            AddKeyValue(table, key, keyValue);
-            from = End(keyValue.Value);
-            if (item.Comma is { } comma)
+            if (layout is { } broken && broken.Offset < keyValue.Value!.Span.Offset)
             {
-                ThrowIfNewline(from, comma.Span.Offset, key);
-                from = End(comma);
+                throw Error(Position(broken.Offset), broken.Reason);
             }
+
+            AddKeyValue(table, key, keyValue);
         }
 
-        if (inline.Items.ChildrenCount > 0 && inline.Items.GetChild(inline.Items.ChildrenCount - 1) is InlineTableItemSyntax { Comma: { } trailing })
+        if (layout is { } error)
         {
-            throw Error(Position(trailing.Span.Offset), $"trailing comma is not allowed in inline table '{key}'");
+            throw Error(Position(error.Offset), error.Reason);
         }
 
-        ThrowIfNewline(from, inline.CloseBrace!.Span.Offset, key);
         Seal(table);
         return table;
     }
 
-    /// <summary>A newline between two parts of an inline table (not inside a value, where arrays may span lines).</summary>
-    private void ThrowIfNewline(int from, int to, string key)
+    /// <summary>
+    /// Where an inline table breaks TOML 1.0's layout, looking only before <paramref name="limit"/>: a line
+    /// break between its parts (not inside a value, where arrays may span lines), or a trailing comma. The
+    /// walk asks it about complete tables, <see cref="TomlDiagnostics"/> about those before a syntax error
+    /// (where parts may be missing).
+    /// </summary>
+    internal static (int Offset, string Reason)? InlineTableLayoutError(string text, InlineTableSyntax inline, string key, int limit)
     {
-        int newline = _text.AsSpan(from, to - from).IndexOfAny('\n', '\r');
-        if (newline >= 0)
+        if (inline.OpenBrace is not { } open)
         {
-            throw Error(Position(from + newline), $"unterminated inline table '{key}': expected '}}' before the end of the line");
+            return null;
+        }
+
+        string unterminated = $"unterminated inline table '{key}': expected '}}' before the end of the line";
+        int from = End(open);
+        SyntaxNode? trailing = null;
+        foreach (InlineTableItemSyntax item in inline.Items)
+        {
+            foreach (SyntaxNode? part in (SyntaxNode?[])[item.KeyValue?.Key, item.KeyValue?.Value, item.Comma])
+            {
+                if (part is null)
+                {
+                    continue;
+                }
+
+                if (Newline(part.Span.Offset) is int newline)
+                {
+                    return (newline, unterminated);
+                }
+
+                from = End(part);
+            }
+
+            trailing = item.Comma;
+        }
+
+        int close = inline.CloseBrace?.Span.Offset ?? limit;
+        if (Newline(close) is int beforeClose)
+        {
+            return (beforeClose, unterminated);
+        }
+
+        return trailing is not null && inline.CloseBrace is not null && trailing.Span.Offset < limit
+            ? (trailing.Span.Offset, $"trailing comma is not allowed in inline table '{key}'")
+            : null;
+
+        int? Newline(int to)
+        {
+            to = Math.Min(Math.Min(to, limit), text.Length);
+            int at = from < to ? text.AsSpan(from, to - from).IndexOfAny('\n', '\r') : -1;
+            return at >= 0 ? from + at : null;
         }
     }
 
@@ -418,17 +449,22 @@ internal sealed class TomlSyntaxWalk
                 sb.Append('.');
             }
 
-            string name = key[i].Name;
-            bool bare = name.Length > 0;
-            foreach (char c in name)
-            {
-                bare &= char.IsAsciiLetterOrDigit(c) || c is '_' or '-';
-            }
-
-            sb.Append(bare ? name : $"\"{name}\"");
+            AppendKeyName(sb, key[i].Name);
         }
 
         return sb.ToString();
+    }
+
+    /// <summary>A key part as written in messages: bare when it can be, quoted otherwise.</summary>
+    internal static void AppendKeyName(StringBuilder sb, string name)
+    {
+        bool bare = name.Length > 0;
+        foreach (char c in name)
+        {
+            bare &= char.IsAsciiLetterOrDigit(c) || c is '_' or '-';
+        }
+
+        sb.Append(bare ? name : $"\"{name}\"");
     }
 
     private static TomlParseException Error(TomlPosition position, string reason) => new(position, reason);

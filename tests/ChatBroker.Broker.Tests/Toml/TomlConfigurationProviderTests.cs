@@ -132,7 +132,7 @@ public sealed class TomlConfigurationProviderTests : IDisposable
         var ex = Assert.Throws<TomlParseException>(() => new ConfigurationBuilder().AddTomlFile(path, optional: true).Build());
 
         Assert.Equal(new TomlPosition(path, 2, 8), ex.Position);
-        Assert.StartsWith($"{path}:2:8: Unexpected leading zero", ex.Message, StringComparison.Ordinal);
+        Assert.StartsWith($"{path}:2:8: leading zeros", ex.Message, StringComparison.Ordinal);
     }
 
     [Fact]
