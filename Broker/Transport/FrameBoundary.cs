@@ -16,21 +16,22 @@ namespace ChatBroker.Broker.Transport;
 internal struct FrameBoundary
 {
     private long _bodyLeft;
-    private int _lengthBytes; // varint bytes read of the current header; -1: at a boundary (expecting a type byte)
+    // Header bytes read of the current frame: 0 at a boundary (the zero value: a default instance is ready),
+    // 1 after the type byte, 1 + n after n bytes of the length.
+    private int _headerBytes;
     private int _lengthShift;
     private bool _lost;
 
-    public FrameBoundary() => _lengthBytes = -1;
-
+    // While the header is read, _bodyLeft accumulates the length; once it is complete, what is left of the body.
     /// <summary>True when the bytes so far end inside a frame.</summary>
-    public readonly bool InFrame => !_lost && (_lengthBytes >= 0 || _bodyLeft > 0);
+    public readonly bool InFrame => !_lost && (_headerBytes > 0 || _bodyLeft > 0);
 
     public void Advance(ReadOnlySpan<byte> bytes)
     {
         var i = 0;
         while (i < bytes.Length && !_lost)
         {
-            if (_bodyLeft > 0)
+            if (_headerBytes == 0 && _bodyLeft > 0)
             {
                 var skip = (int)Math.Min(_bodyLeft, bytes.Length - i);
                 _bodyLeft -= skip;
@@ -38,9 +39,9 @@ internal struct FrameBoundary
                 continue;
             }
 
-            if (_lengthBytes < 0)
+            if (_headerBytes == 0)
             {
-                _lengthBytes = 0; // the type byte
+                _headerBytes = 1; // the type byte
                 _lengthShift = 0;
                 i++;
                 continue;
@@ -49,12 +50,12 @@ internal struct FrameBoundary
             var b = bytes[i++];
             _bodyLeft |= (long)(b & 0x7F) << _lengthShift;
             _lengthShift += 7;
-            _lengthBytes++;
+            _headerBytes++;
             if ((b & 0x80) == 0)
             {
-                _lengthBytes = -1; // header complete; the body follows (none when the length is 0)
+                _headerBytes = 0; // header complete; the body follows (none when the length is 0)
             }
-            else if (_lengthBytes == 4)
+            else if (_headerBytes == 5)
             {
                 _lost = true;
             }

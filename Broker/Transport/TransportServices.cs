@@ -1,6 +1,7 @@
 using ChatBroker.Broker.Configuration;
 using ChatBroker.Broker.Observability;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 
 namespace ChatBroker.Broker.Transport;
@@ -30,7 +31,7 @@ public static class TransportServices
                     tlsListen, "tls.listen", options.Tcp.MaxConnections, handler, sp.GetRequiredService<BrokerMetrics>(),
                     sp.GetRequiredService<ILogger<SocketListener>>(), static (logger, endpoint) => TransportLog.TlsListening(logger, endpoint, TlsCertificateSource.Alpn)));
             });
-            services.AddHostedService(sp => sp.GetRequiredService<TlsListener>().Listener);
+            services.AddHostedService(sp => sp.GetRequiredService<TlsListener>());
         }
 
         if (options.Ws.Listen is not null)
@@ -50,8 +51,17 @@ public static class TransportServices
     }
 }
 
-/// <summary>The socket listener on tls.listen, as its own service (the one on tcp.listen is <see cref="SocketListener"/> itself).</summary>
-public sealed class TlsListener(SocketListener listener)
+/// <summary>
+/// The socket listener on tls.listen as a hosted service of its own type: hosted services are told apart by type,
+/// so a second <see cref="SocketListener"/> would be taken for the one on tcp.listen and never started.
+/// </summary>
+public sealed class TlsListener(SocketListener listener) : IHostedService, IAsyncDisposable
 {
     public SocketListener Listener { get; } = listener;
+
+    public Task StartAsync(CancellationToken cancellationToken) => Listener.StartAsync(cancellationToken);
+
+    public Task StopAsync(CancellationToken cancellationToken) => Listener.StopAsync(cancellationToken);
+
+    public ValueTask DisposeAsync() => Listener.DisposeAsync();
 }

@@ -17,11 +17,18 @@ public sealed class WebSocketTransport : IDeviceTransport
     private readonly WebSocket _socket;
     private readonly TransportInstruments _instruments;
     private readonly TaskCompletionSource _closed = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private FrameBoundary _boundary = new();
+    private FrameBoundary _boundary;
     private bool _ended;
     private WebSocketCloseStatus _closeStatus = WebSocketCloseStatus.NormalClosure;
     private string? _closeReason;
     private int _closing;
+    // Who receives: nobody, the session, or the close (which reads until the peer's close frame). One receive at
+    // a time is all a WebSocket allows.
+    private int _receiver;
+    private const int NoReceiver = 0;
+    private const int SessionReceiver = 1;
+    private const int CloseReceiver = 2;
+    private readonly TaskCompletionSource _peerClosed = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     public WebSocketTransport(WebSocket socket, EndPoint? remote, TransportInstruments instruments)
     {
@@ -42,7 +49,7 @@ public sealed class WebSocketTransport : IDeviceTransport
     private async ValueTask<int> WaitCoreAsync(CancellationToken cancellationToken)
     {
         // A zero-byte receive waits for the next frame header of the WebSocket and takes no payload.
-        var result = await Guard(_socket.ReceiveAsync(Memory<byte>.Empty, cancellationToken), cancellationToken).ConfigureAwait(false);
+        var result = await ReceiveOnceAsync(Memory<byte>.Empty, cancellationToken).ConfigureAwait(false);
         if (result.MessageType == WebSocketMessageType.Close)
         {
             _ended = true;
@@ -56,7 +63,7 @@ public sealed class WebSocketTransport : IDeviceTransport
     {
         while (!_ended)
         {
-            var result = await Guard(_socket.ReceiveAsync(buffer, cancellationToken), cancellationToken).ConfigureAwait(false);
+            var result = await ReceiveOnceAsync(buffer, cancellationToken).ConfigureAwait(false);
             switch (result.MessageType)
             {
                 case WebSocketMessageType.Close:
@@ -105,24 +112,85 @@ public sealed class WebSocketTransport : IDeviceTransport
         _closeReason = reason;
     }
 
-    // The close frame follows whatever was sent; the peer's answer is not awaited for long: the HTTP request ends.
+    // The close frame follows whatever was sent, then the peer's close frame is awaited (briefly) before the
+    // connection goes: closing with the peer's bytes unread would reset the connection, and a reset makes the
+    // peer's system drop what it had received and not yet read (the ERROR that says why, for one).
     private async Task CloseCoreAsync()
     {
         try
         {
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
             if (_socket.State is WebSocketState.Open or WebSocketState.CloseReceived)
             {
-                using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
                 await _socket.CloseOutputAsync(_closeStatus, _closeReason, timeout.Token).ConfigureAwait(false);
             }
+
+            if (Interlocked.CompareExchange(ref _receiver, CloseReceiver, NoReceiver) == NoReceiver)
+            {
+                await DrainUntilCloseAsync(timeout.Token).ConfigureAwait(false);
+            }
+            else
+            {
+                // The session's receive is pending: it sees the peer's close frame.
+                await _peerClosed.Task.WaitAsync(timeout.Token).ConfigureAwait(false);
+            }
         }
-        catch (Exception e) when (PendingSend.IsConnectionFailure(e))
+        catch (Exception e) when (PendingSend.IsConnectionFailure(e) || e is TimeoutException)
         {
         }
         finally
         {
             _socket.Abort();
             _closed.TrySetResult();
+        }
+    }
+
+    private async Task DrainUntilCloseAsync(CancellationToken cancellationToken)
+    {
+        var scratch = System.Buffers.ArrayPool<byte>.Shared.Rent(256);
+        try
+        {
+            while (_socket.State is WebSocketState.Open or WebSocketState.CloseSent)
+            {
+                var result = await _socket.ReceiveAsync(scratch.AsMemory(), cancellationToken).ConfigureAwait(false);
+                if (result.MessageType == WebSocketMessageType.Close)
+                {
+                    break;
+                }
+            }
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(scratch);
+        }
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<ValueWebSocketReceiveResult> ReceiveOnceAsync(Memory<byte> buffer, CancellationToken cancellationToken)
+    {
+        if (Interlocked.CompareExchange(ref _receiver, SessionReceiver, NoReceiver) != NoReceiver)
+        {
+            throw new IOException("the WebSocket is closing");
+        }
+
+        try
+        {
+            var result = await Guard(_socket.ReceiveAsync(buffer, cancellationToken), cancellationToken).ConfigureAwait(false);
+            if (result.MessageType == WebSocketMessageType.Close)
+            {
+                _peerClosed.TrySetResult();
+            }
+
+            return result;
+        }
+        catch
+        {
+            _peerClosed.TrySetResult();
+            throw;
+        }
+        finally
+        {
+            Volatile.Write(ref _receiver, NoReceiver);
         }
     }
 
@@ -135,7 +203,7 @@ public sealed class WebSocketTransport : IDeviceTransport
         {
             return await receive.ConfigureAwait(false);
         }
-        catch (WebSocketException e)
+        catch (Exception e) when (e is WebSocketException or InvalidOperationException)
         {
             throw new IOException(e.Message, e);
         }
