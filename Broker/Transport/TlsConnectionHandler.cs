@@ -69,20 +69,8 @@ public sealed class TlsConnectionHandler(
         }
 
         instruments.TlsHandshakes.Add(1, TransportInstruments.Result(result));
-        TransportLog.HandshakeFailed(logger, connectionId, SafeRemote(socket), result, reason);
+        TransportLog.HandshakeFailed(logger, connectionId, SocketTransport.RemoteEndPointOf(socket), result, reason);
         await stream.DisposeAsync().ConfigureAwait(false);
         owner.Release(connectionId, null);
-    }
-
-    private static System.Net.EndPoint? SafeRemote(Socket socket)
-    {
-        try
-        {
-            return socket.RemoteEndPoint;
-        }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException)
-        {
-            return null;
-        }
     }
 }

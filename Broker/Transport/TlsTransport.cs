@@ -20,20 +20,7 @@ public sealed class TlsTransport(SslStream stream, Socket socket) : IDeviceTrans
     private readonly Socket _socket = socket;
     private int _closed;
 
-    public EndPoint? RemoteEndPoint
-    {
-        get
-        {
-            try
-            {
-                return _socket.RemoteEndPoint;
-            }
-            catch (Exception e) when (e is SocketException or ObjectDisposedException)
-            {
-                return null;
-            }
-        }
-    }
+    public EndPoint? RemoteEndPoint => SocketTransport.RemoteEndPointOf(_socket);
 
     /// <summary>The negotiated protocol (for tests and logs).</summary>
     public System.Security.Authentication.SslProtocols Protocol => _stream.SslProtocol;

@@ -1,4 +1,3 @@
-using System.Net;
 using System.Net.Security;
 using System.Net.Sockets;
 using System.Security.Authentication;
@@ -24,14 +23,7 @@ public sealed class TlsTransportContractTests : DeviceTransportContract
 
     private protected override async Task<(IDeviceTransport Transport, ITransportPeer Peer)> ConnectAsync(int peerBufferBytes)
     {
-        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        listener.Listen(1);
-        var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { ReceiveBufferSize = peerBufferBytes };
-        await client.ConnectAsync(listener.LocalEndPoint!);
-        var server = await listener.AcceptAsync();
-        server.SendBufferSize = peerBufferBytes;
-
+        var (server, client) = await SocketTransportTests.LoopbackPairAsync(peerBufferBytes);
         var serverStream = new SslStream(new NetworkStream(server, ownsSocket: true));
         var clientStream = new SslStream(new NetworkStream(client, ownsSocket: true));
         var serverOptions = new SslServerAuthenticationOptions
