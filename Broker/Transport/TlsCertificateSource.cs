@@ -118,8 +118,11 @@ public sealed class TlsCertificateSource : IDisposable
 
             if (loaded.Certificate.Thumbprint == _current.Certificate.Thumbprint)
             {
+                // A touch, the second file of a pair, or a SIGHUP with nothing new: the certificate in use stays.
                 loaded.Certificate.Dispose();
-                return true; // a touch, or the second file of a pair: nothing changed
+                _instruments.TlsReloads.Add(1, TransportInstruments.Result("unchanged"));
+                TransportLog.CertificateUnchanged(_logger, trigger, _current.Certificate.Thumbprint);
+                return true;
             }
 
             // The previous certificate is not disposed: handshakes that took its options may still be running.

@@ -19,7 +19,7 @@ public sealed class TransportInstruments : IDisposable
         TlsHandshakes = _meter.CreateCounter<long>("chatbroker.tls.handshakes", "{handshake}",
             "TLS handshakes on tls.listen by result: ok, failed (not TLS, no common version or ALPN, reset), timeout (tls.handshake_timeout).");
         TlsReloads = _meter.CreateCounter<long>("chatbroker.tls.reloads", "{reload}",
-            "Certificate reloads by result (ok, failed: the files could not be read or did not match; the previous certificate stays).");
+            "Certificate reloads by result: ok (replaced), unchanged (same certificate), failed (the files could not be read or did not match; the previous certificate stays).");
         WsUpgrades = _meter.CreateCounter<long>("chatbroker.ws.upgrades", "{request}",
             "Requests to the WebSocket listener by result: ok, bad_origin (HTTP 403), not_websocket (HTTP 400), bad_path (HTTP 404).");
         WsRefused = _meter.CreateCounter<long>("chatbroker.ws.refused", "{connection}",

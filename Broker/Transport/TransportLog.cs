@@ -15,6 +15,9 @@ internal static partial class TransportLog
     [LoggerMessage(2502, LogLevel.Warning, "TLS certificate reload ({Trigger}) failed; keeping the previous certificate: {Reason}")]
     public static partial void CertificateReloadFailed(ILogger logger, string trigger, string reason);
 
+    [LoggerMessage(2506, LogLevel.Information, "TLS certificate reload ({Trigger}): unchanged, thumbprint {Thumbprint}")]
+    public static partial void CertificateUnchanged(ILogger logger, string trigger, string thumbprint);
+
     [LoggerMessage(2503, LogLevel.Debug, "TLS handshake of connection {ConnectionId} from {Remote} failed: {Result} {Reason}")]
     public static partial void HandshakeFailed(ILogger logger, long connectionId, EndPoint? remote, string result, string reason);
 

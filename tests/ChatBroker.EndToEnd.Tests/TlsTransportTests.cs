@@ -20,12 +20,12 @@ public sealed partial class TlsTransportTests : IDisposable
 
     public void Dispose() => _certificates.Dispose();
 
-    private async Task<(TestBroker Broker, IPEndPoint Tls)> StartAsync()
+    private async Task<(TestBroker Broker, IPEndPoint Tls)> StartAsync(params string[] extraArgs)
     {
-        var broker = await TestBroker.StartAsync(null,
+        var broker = await TestBroker.StartAsync(null, [.. extraArgs,
             "--set", "tls.listen=127.0.0.1:0",
             "--set", $"tls.certificate_file={_certificates.CertificateFile}",
-            "--set", $"tls.key_file={_certificates.KeyFile}");
+            "--set", $"tls.key_file={_certificates.KeyFile}"]);
         var line = await broker.Process.WaitForLineAsync(TlsLine()).WaitAsync(Timeout);
         return (broker, IPEndPoint.Parse(line.Groups[1].Value));
     }
@@ -129,6 +129,43 @@ public sealed partial class TlsTransportTests : IDisposable
         };
 
         await Assert.ThrowsAnyAsync<Exception>(() => ssl.AuthenticateAsClientAsync(options).WaitAsync(Timeout));
+    }
+
+    [Fact]
+    public async Task A_connection_that_never_finishes_its_handshake_is_closed_at_the_timeout_and_counted()
+    {
+        _certificates.Issue("chatbroker-test-1");
+        var (broker, tls) = await StartAsync("--set", "tls.handshake_timeout=200ms");
+        await using var _ = broker;
+
+        await using (var silent = await RawDevice.ConnectAsync(tls))
+        {
+            Assert.Empty(await silent.ReceiveUntilClosedAsync(Timeout)); // the broker closes it, not the test
+        }
+
+        var metrics = await Http.GetStringAsync($"http://{broker.Process.AdminEndPoint}/metrics");
+        Assert.Contains("chatbroker_tls_handshakes_total{node=\"node1\",result=\"timeout\"} 1", metrics, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Sighup_reloads_the_certificate_and_does_not_stop_the_broker()
+    {
+        var certificate = _certificates.Issue("chatbroker-test-1");
+        var (broker, tls) = await StartAsync();
+        await using var _ = broker;
+        await using var alice = Client(broker, "alice", "phone", tls, tls: true);
+        await alice.ConnectAsync();
+
+        // SIGHUP's default action ends a process: the broker takes it as "reload the certificate".
+        var mark = broker.Process.LineCount;
+        broker.Process.SendSignal(1);
+        await broker.Process.WaitForLineAsync(new Regex(@"TLS certificate reload \(SIGHUP\): unchanged"), mark).WaitAsync(Timeout);
+
+        Assert.False(broker.Process.HasExited);
+        Assert.Equal(certificate.Thumbprint, await ServerThumbprintAsync(tls));
+        await using var bob = Client(broker, "bob", "phone", tls, tls: true);
+        await bob.ConnectAsync();
+        await ExchangeAsync(alice, bob, "bob", "after SIGHUP");
     }
 
     /// <summary><paramref name="from"/> sends to <paramref name="to"/>, which gets it and reads it; the sender gets the READ receipt.</summary>
