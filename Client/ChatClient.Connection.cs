@@ -1,5 +1,8 @@
 using System.IO.Pipelines;
+using System.Net;
+using System.Net.Security;
 using System.Net.Sockets;
+using System.Security.Authentication;
 using ChatBroker.Protocol;
 using ChatBroker.Protocol.Messages;
 
@@ -252,7 +255,29 @@ public sealed partial class ChatClient
                 await socket.ConnectAsync(_options.Host, _options.Port, token).ConfigureAwait(false);
             }
 
-            var stream = new NetworkStream(socket, ownsSocket: true);
+            Stream stream = new NetworkStream(socket, ownsSocket: true);
+            if (_options.Tls is { } tls)
+            {
+                var ssl = new SslStream(stream, leaveInnerStreamOpen: false);
+                stream = ssl;
+                try
+                {
+                    var serverName = _options.EndPoint switch
+                    {
+                        DnsEndPoint dns => dns.Host,
+                        IPEndPoint ip => ip.Address.ToString(),
+                        _ => _options.Host,
+                    };
+                    await ssl.AuthenticateAsClientAsync(tls.ToAuthenticationOptions(serverName), token).ConfigureAwait(false);
+                }
+                catch (AuthenticationException e)
+                {
+                    // A certificate the client does not trust is not transient: retrying cannot fix it.
+                    await ssl.DisposeAsync().ConfigureAwait(false);
+                    throw new ChatClientException(ReasonCode.BadRequest, $"TLS handshake failed: {e.Message}", TimeSpan.Zero);
+                }
+            }
+
             var reader = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 16 * 1024, minimumReadSize: 4096, leaveOpen: true));
             var writer = PipeWriter.Create(stream, new StreamPipeWriterOptions(minimumBufferSize: 16 * 1024, leaveOpen: true));
             string accessToken;
@@ -370,7 +395,7 @@ public sealed partial class ChatClient
 
     /// <summary>One TCP connection and its per-connection state. Its loops end when <see cref="Token"/> fires.</summary>
     private sealed class Connection(
-        Socket socket, NetworkStream stream, PipeReader reader, PipeWriter writer, ProtocolStateMachine state, TimeSpan keepalive, long now)
+        Socket socket, Stream stream, PipeReader reader, PipeWriter writer, ProtocolStateMachine state, TimeSpan keepalive, long now)
         : IAsyncDisposable
     {
         private readonly CancellationTokenSource _cts = new();

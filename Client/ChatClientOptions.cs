@@ -74,7 +74,10 @@ public sealed class ChatClientOptions
     /// <summary>Capacity of <see cref="ChatClient.Receipts"/>; the oldest receipt is dropped when full (receipts are cumulative).</summary>
     public int ReceiptBufferSize { get; set; } = 1024;
 
-    /// <summary>How long TCP connect plus CONNECT/CONNACK may take.</summary>
+    /// <summary>Connect with TLS (the broker's tls.listen port); null: cleartext TCP.</summary>
+    public ChatClientTlsOptions? Tls { get; set; }
+
+    /// <summary>How long TCP connect, the TLS handshake and CONNECT/CONNACK may take.</summary>
     public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
     /// <summary>Free text for the broker's logs (CONNECT.client_info).</summary>

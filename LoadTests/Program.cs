@@ -96,6 +96,7 @@ public static class Program
         root.Subcommands.Add(Scenario("pairs", "N sender/receiver pairs, closed loop (--window) or fixed rate (--rate).", o => new PairsScenario(o).RunAsync()));
 
         root.Subcommands.Add(Scenario("connections", "C idle authenticated connections over --processes client processes: connect rate and broker memory per connection.", o => new ConnectionsScenario(o).RunAsync()));
+        root.Subcommands.Add(Scenario("idle-transports", "--connections idle logged-in connections over TCP, then TLS, then WebSocket: broker memory per connection on each.", o => new IdleTransportsScenario(o).RunAsync()));
         root.Subcommands.Add(Scenario("resume", "--count messages stored for an offline device, then drained by it on reconnect.", o => new ResumeScenario(o).RunAsync()));
         root.Subcommands.Add(Scenario("churn", "Connect/disconnect at --rate per second for --duration; memory must return to its baseline.", o => new ChurnScenario(o).RunAsync()));
 

@@ -186,6 +186,11 @@ public sealed class BrokerConfiguration
             errors.Add("session.min_keepalive is greater than session.max_keepalive");
         }
 
+        if ((options.Tls.Listen is not null || options.Ws.Tls) && !options.Tls.HasCertificate)
+        {
+            errors.Add($"{(options.Tls.Listen is not null ? "tls.listen" : "ws.tls")} needs tls.certificate_file and tls.key_file");
+        }
+
         if (options.Push.Notifier == NotifierKind.Webhook && options.Push.WebhookUrl.Length == 0)
         {
             errors.Add("push.notifier = \"webhook\" needs push.webhook_url");

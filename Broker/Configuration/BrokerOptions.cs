@@ -11,6 +11,8 @@ public sealed class BrokerOptions
 {
     public NodeOptions Node { get; } = new();
     public TcpOptions Tcp { get; } = new();
+    public TlsOptions Tls { get; } = new();
+    public WsOptions Ws { get; } = new();
     public AdminOptions Admin { get; } = new();
     public AuthOptions Auth { get; } = new();
     public StorageSettings Storage { get; } = new();

@@ -98,6 +98,22 @@ public static class SettingsSchema
         Bool("tcp.inline_completions", "Handle received packets on the socket event threads (one per core) instead of handing each receive to the thread pool: fewer thread wake-ups per message. Applies to every socket of the process; read once at start.",
             o => o.Tcp.InlineCompletions, (o, v) => o.Tcp.InlineCompletions = v),
 
+        Str("tls.listen", "Address and port of the native protocol over TLS (1.2 or 1.3, ALPN \"chatbroker/1\"); empty: no TLS listener. Needs tls.certificate_file and tls.key_file.",
+            o => o.Tls.Listen is { } ep ? SettingParsers.FormatEndpoint(ep) : "", (o, v) => o.Tls.Listen = v.Length == 0 ? null : SettingParsers.TryParseEndpoint(v, out var ep, out _) ? ep : null, OptionalEndpoint),
+        Str("tls.certificate_file", "PEM file with the server certificate (then any intermediates). Reloaded on SIGHUP and when the file changes: new connections get the new certificate, open ones keep theirs.",
+            o => o.Tls.CertificateFile, (o, v) => o.Tls.CertificateFile = v, null),
+        Str("tls.key_file", "PEM file with the certificate's private key (unencrypted PKCS#8, PKCS#1 or SEC1); reloaded with the certificate.",
+            o => o.Tls.KeyFile, (o, v) => o.Tls.KeyFile = v, null),
+        Duration("tls.handshake_timeout", "A TLS connection must finish its handshake within this time, or it is closed and counted (chatbroker_tls_handshakes_total{result=\"timeout\"}).",
+            o => o.Tls.HandshakeTimeout, (o, v) => o.Tls.HandshakeTimeout = v, TimeSpan.FromMilliseconds(100), TimeSpan.FromMinutes(10)),
+
+        Str("ws.listen", "Address and port of the WebSocket listener (path /chat, binary messages carrying whole frames of the native protocol); empty: no WebSocket listener.",
+            o => o.Ws.Listen is { } ep ? SettingParsers.FormatEndpoint(ep) : "", (o, v) => o.Ws.Listen = v.Length == 0 ? null : SettingParsers.TryParseEndpoint(v, out var ep, out _) ? ep : null, OptionalEndpoint),
+        Bool("ws.tls", "Serve the WebSocket listener as wss:// with the tls.certificate_file certificate.",
+            o => o.Ws.Tls, (o, v) => o.Ws.Tls = v),
+        Str("ws.allowed_origins", "Comma-separated origins (scheme://host[:port]) browsers may open the WebSocket from; a request with another Origin gets HTTP 403. Empty: any origin. Requests without an Origin header (non-browser clients) are allowed.",
+            o => o.Ws.AllowedOrigins, (o, v) => o.Ws.AllowedOrigins = v, AllowedOrigins),
+
         Bool("admin.enabled", "Serve the admin HTTP endpoint (/healthz, /readyz, /metrics).",
             o => o.Admin.Enabled, (o, v) => o.Admin.Enabled = v),
         Endpoint("admin.listen", "Address and port of the admin HTTP endpoint. Keep it off public interfaces.",
@@ -261,6 +277,22 @@ public static class SettingsSchema
         Duration("shutdown.grace_period", "On SIGTERM or Ctrl-C, how long to drain connections and flush the store before exiting.",
             o => o.Shutdown.GracePeriod, (o, v) => o.Shutdown.GracePeriod = v, TimeSpan.Zero, TimeSpan.FromMinutes(10)),
     ];
+
+    private static string? OptionalEndpoint(string v) =>
+        v.Length == 0 || SettingParsers.TryParseEndpoint(v, out _, out var error) ? null : error;
+
+    private static string? AllowedOrigins(string v)
+    {
+        foreach (var origin in v.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            if (!Uri.TryCreate(origin, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https") || uri.PathAndQuery != "/" || origin.EndsWith('/'))
+            {
+                return $"\"{origin}\" is not an origin (scheme://host[:port], http or https, no path)";
+            }
+        }
+
+        return null;
+    }
 
     private static string? NonEmpty(string v) => v.Length == 0 ? "must not be empty" : null;
 

@@ -68,6 +68,8 @@ public static class BrokerServices
         });
         // Stopped in reverse order: the listener drains sessions before the dispatcher and the store go.
         services.AddHostedService(sp => sp.GetRequiredService<SocketListener>());
+        services.AddSingleton<IDeviceConnectionHandler>(sp => (DeviceConnectionHandler)sp.GetRequiredService<ISocketConnectionHandler>());
+        services.AddChatBrokerTransports(options); // tls.listen, ws.listen: stopped before the TCP listener
         return services;
     }
 

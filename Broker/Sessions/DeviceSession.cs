@@ -405,7 +405,7 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
 }
 
 /// <summary>Creates a <see cref="DeviceSession"/> for each accepted connection, and closes them all on shutdown.</summary>
-internal sealed class DeviceConnectionHandler(BrokerContext context) : ISocketConnectionHandler
+internal sealed class DeviceConnectionHandler(BrokerContext context) : ISocketConnectionHandler, IDeviceConnectionHandler
 {
     private readonly Lock _lock = new();
     private readonly List<CancellationToken> _watched = [];

@@ -33,10 +33,15 @@ public interface IConnectionOwner
 /// The native protocol's TCP listener: a plain socket accept loop rather than Kestrel, because an idle
 /// connection here costs ~2.0 KB against Kestrel's ~5.2 KB (measured at 15k connections), and a million idle
 /// phones is the goal. Accepting is bounded by tcp.max_connections; the excess is closed at once and counted.
+/// The TLS listener is the same loop on tls.listen with a <see cref="TlsConnectionHandler"/>, which runs the
+/// handshake before the session starts (tcp.max_connections bounds each listener).
 /// </summary>
 public sealed class SocketListener : IHostedService, IConnectionOwner, IAsyncDisposable
 {
-    private readonly TcpOptions _options;
+    private readonly IPEndPoint _listen;
+    private readonly string _listenSetting;
+    private readonly int _maxConnections;
+    private readonly Action<ILogger, IPEndPoint> _logListening;
     private readonly ISocketConnectionHandler _handler;
     private readonly BrokerMetrics _metrics;
     private readonly ILogger _logger;
@@ -53,11 +58,22 @@ public sealed class SocketListener : IHostedService, IConnectionOwner, IAsyncDis
     private int _disposed;
 
     public SocketListener(BrokerOptions options, ISocketConnectionHandler handler, BrokerMetrics metrics, ILogger<SocketListener> logger)
+        : this(options.Tcp.Listen, "tcp.listen", options.Tcp.MaxConnections, handler, metrics, logger, Log.TcpListening)
     {
-        _options = options.Tcp;
+    }
+
+    /// <summary>A listener on another setting's address (tls.listen), logging its own start line.</summary>
+    internal SocketListener(
+        IPEndPoint listen, string listenSetting, int maxConnections, ISocketConnectionHandler handler, BrokerMetrics metrics, ILogger logger,
+        Action<ILogger, IPEndPoint> logListening)
+    {
+        _listen = listen;
+        _listenSetting = listenSetting;
+        _maxConnections = maxConnections;
         _handler = handler;
         _metrics = metrics;
         _logger = logger;
+        _logListening = logListening;
     }
 
     /// <summary>The bound address (useful when the configured port is 0).</summary>
@@ -67,21 +83,21 @@ public sealed class SocketListener : IHostedService, IConnectionOwner, IAsyncDis
 
     public Task StartAsync(CancellationToken cancellationToken)
     {
-        var socket = new Socket(_options.Listen.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        var socket = new Socket(_listen.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
         {
             socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
-            socket.Bind(_options.Listen);
+            socket.Bind(_listen);
             socket.Listen(4096);
         }
         catch (SocketException e)
         {
             socket.Dispose();
-            throw new InvalidOperationException($"Cannot listen on {_options.Listen} (tcp.listen): {e.Message}", e);
+            throw new InvalidOperationException($"Cannot listen on {_listen} ({_listenSetting}): {e.Message}", e);
         }
 
         _socket = socket;
-        Log.TcpListening(_logger, (IPEndPoint)socket.LocalEndPoint!);
+        _logListening(_logger, (IPEndPoint)socket.LocalEndPoint!);
         var loops = new Task[AcceptLoops];
         for (var i = 0; i < loops.Length; i++)
         {
@@ -123,11 +139,11 @@ public sealed class SocketListener : IHostedService, IConnectionOwner, IAsyncDis
             }
 
             _metrics.ConnectionsAccepted.Add(1);
-            if (Interlocked.Increment(ref _open) > _options.MaxConnections)
+            if (Interlocked.Increment(ref _open) > _maxConnections)
             {
                 Interlocked.Decrement(ref _open);
                 _metrics.ConnectionsRejected.Add(1);
-                Log.ConnectionLimitReached(_logger, _options.MaxConnections);
+                Log.ConnectionLimitReached(_logger, _maxConnections);
                 client.Dispose();
                 continue;
             }

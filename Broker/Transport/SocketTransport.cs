@@ -16,18 +16,18 @@ public sealed class SocketTransport(Socket socket) : IDeviceTransport
     private readonly Socket _socket = socket;
 
     // Read on demand, not cached: an accepted socket keeps its peer's address anyway.
-    public EndPoint? RemoteEndPoint
+    public EndPoint? RemoteEndPoint => RemoteEndPointOf(_socket);
+
+    /// <summary>The peer's address of <paramref name="socket"/>, or null once it is closed.</summary>
+    internal static EndPoint? RemoteEndPointOf(Socket socket)
     {
-        get
+        try
         {
-            try
-            {
-                return _socket.RemoteEndPoint;
-            }
-            catch (Exception e) when (e is SocketException or ObjectDisposedException)
-            {
-                return null;
-            }
+            return socket.RemoteEndPoint;
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            return null;
         }
     }
 

@@ -21,6 +21,9 @@ internal static class MessagingCommands
         var userOption = new Option<string>("--user", "-u") { Description = "Your user id.", Required = true };
         var serverOption = new Option<string?>("--server", "-s") { Description = "Broker address host:port (default: this node's tcp.listen)." };
         var tokenOption = new Option<string?>("--token", "-t") { Description = "Device token (default: minted with this node's secret)." };
+        var tlsOption = new Option<bool>("--tls") { Description = "Connect with TLS (default server: this node's tls.listen)." };
+        var caFileOption = new Option<string?>("--ca-file") { Description = "With --tls: PEM CA certificates to trust instead of the system's roots." };
+        var serverNameOption = new Option<string?>("--server-name") { Description = "With --tls: the name the server certificate must carry (default: the --server host)." };
 
         var sendDevice = new Option<string>("--device", "-d") { Description = "Your device id.", DefaultValueFactory = _ => "cli" };
         var toOption = new Option<string?>("--to") { Description = "Recipient user id (a direct chat)." };
@@ -29,27 +32,32 @@ internal static class MessagingCommands
         var textArgument = new Argument<string>("text") { Description = "Message text (UTF-8)." };
         var send = new Command("send", "Send a message and wait until the broker has stored it (prints conversation and seq).")
         {
-            userOption, sendDevice, toOption, conversationOption, countOption, serverOption, tokenOption, textArgument,
+            userOption, sendDevice, toOption, conversationOption, countOption, serverOption, tokenOption, tlsOption, caFileOption, serverNameOption, textArgument,
         };
         send.SetAction((result, token) => SendAsync(
             result.GetValue(configOption), result.GetValue(setOption), result.GetValue(userOption)!, result.GetValue(sendDevice)!,
             result.GetValue(toOption), result.GetValue(conversationOption), result.GetValue(countOption),
-            result.GetValue(serverOption), result.GetValue(tokenOption), result.GetValue(textArgument)!, token));
+            result.GetValue(serverOption), result.GetValue(tokenOption), TlsFrom(result), result.GetValue(textArgument)!, token));
         root.Subcommands.Add(send);
 
         var listenDevice = new Option<string>("--device", "-d") { Description = "Your device id.", DefaultValueFactory = _ => "cli-listen" };
         var fromOption = new Option<ulong>("--from") { Description = "Inbox position to resume after (0 = everything retained).", DefaultValueFactory = _ => 0 };
         var listen = new Command("listen", "Print each message for the user as it arrives (backlog first), until Ctrl-C.")
         {
-            userOption, listenDevice, fromOption, serverOption, tokenOption,
+            userOption, listenDevice, fromOption, serverOption, tokenOption, tlsOption, caFileOption, serverNameOption,
         };
         listen.SetAction((result, token) => ListenAsync(
             result.GetValue(configOption), result.GetValue(setOption), result.GetValue(userOption)!, result.GetValue(listenDevice)!,
-            result.GetValue(fromOption), result.GetValue(serverOption), result.GetValue(tokenOption), token));
+            result.GetValue(fromOption), result.GetValue(serverOption), result.GetValue(tokenOption), TlsFrom(result), token));
         root.Subcommands.Add(listen);
+
+        ChatClientTlsOptions? TlsFrom(ParseResult result) => result.GetValue(tlsOption)
+            ? new ChatClientTlsOptions { CaFile = result.GetValue(caFileOption), ServerName = result.GetValue(serverNameOption) }
+            : null;
     }
 
-    private static ChatClientOptions? ClientOptions(string? configFile, string[]? overrides, string user, string device, string? server, string? token)
+    private static ChatClientOptions? ClientOptions(
+        string? configFile, string[]? overrides, string user, string device, string? server, string? token, ChatClientTlsOptions? tls)
     {
         EndPoint endPoint;
         BrokerOptions? options = null;
@@ -91,7 +99,13 @@ internal static class MessagingCommands
         }
         else
         {
-            var listen = options!.Tcp.Listen;
+            var listen = tls is null ? options!.Tcp.Listen : options!.Tls.Listen;
+            if (listen is null)
+            {
+                Console.Error.WriteLine("chatbroker: --tls without --server: this node's tls.listen is not set");
+                return null;
+            }
+
             endPoint = listen.Address.Equals(IPAddress.Any) ? new IPEndPoint(IPAddress.Loopback, listen.Port)
                 : listen.Address.Equals(IPAddress.IPv6Any) ? new IPEndPoint(IPAddress.IPv6Loopback, listen.Port)
                 : listen;
@@ -118,11 +132,12 @@ internal static class MessagingCommands
             DeviceId = device,
             TokenProvider = _ => ValueTask.FromResult(token),
             ClientInfo = "chatbroker-cli/" + BrokerHost.Version,
+            Tls = tls,
         };
     }
 
     private static async Task<int> SendAsync(string? configFile, string[]? overrides, string user, string device,
-        string? to, ulong? conversation, int count, string? server, string? token, string text, CancellationToken cancellationToken)
+        string? to, ulong? conversation, int count, string? server, string? token, ChatClientTlsOptions? tls, string text, CancellationToken cancellationToken)
     {
         if ((to is null) == (conversation is null))
         {
@@ -130,7 +145,7 @@ internal static class MessagingCommands
             return Program.ExitUsage;
         }
 
-        var options = ClientOptions(configFile, overrides, user, device, server, token);
+        var options = ClientOptions(configFile, overrides, user, device, server, token, tls);
         if (options is null)
         {
             return Program.ExitUsage;
@@ -172,9 +187,9 @@ internal static class MessagingCommands
     }
 
     private static async Task<int> ListenAsync(string? configFile, string[]? overrides, string user, string device,
-        ulong from, string? server, string? token, CancellationToken cancellationToken)
+        ulong from, string? server, string? token, ChatClientTlsOptions? tls, CancellationToken cancellationToken)
     {
-        var options = ClientOptions(configFile, overrides, user, device, server, token);
+        var options = ClientOptions(configFile, overrides, user, device, server, token, tls);
         if (options is null)
         {
             return Program.ExitUsage;

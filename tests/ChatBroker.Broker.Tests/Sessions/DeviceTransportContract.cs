@@ -170,6 +170,13 @@ public sealed class SocketTransportTests : DeviceTransportContract
 {
     private protected override async Task<(IDeviceTransport Transport, ITransportPeer Peer)> ConnectAsync(int peerBufferBytes)
     {
+        var (server, client) = await LoopbackPairAsync(peerBufferBytes);
+        return (new SocketTransport(server), new SocketPeer(client));
+    }
+
+    /// <summary>A connected loopback pair whose buffers toward the client hold about <paramref name="peerBufferBytes"/>.</summary>
+    internal static async Task<(Socket Server, Socket Client)> LoopbackPairAsync(int peerBufferBytes)
+    {
         using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
         listener.Listen(1);
@@ -177,7 +184,7 @@ public sealed class SocketTransportTests : DeviceTransportContract
         await client.ConnectAsync(listener.LocalEndPoint!);
         var server = await listener.AcceptAsync();
         server.SendBufferSize = peerBufferBytes;
-        return (new SocketTransport(server), new SocketPeer(client));
+        return (server, client);
     }
 
     [Fact]
