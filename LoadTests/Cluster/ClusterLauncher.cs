@@ -214,13 +214,24 @@ public sealed class ClusterLauncher : IAsyncDisposable
         return any ? new BrokerMetricsSample(sum) : null;
     }
 
+    /// <summary>Stops a node that left the map (SIGTERM, then its data directory goes); it stays in <see cref="Nodes"/> as retired.</summary>
+    public async Task RetireAsync(ClusterNodeProcess node)
+    {
+        node.Retired = true;
+        node.Down = true;
+        await node.Broker.DisposeAsync().ConfigureAwait(false);
+    }
+
     public async ValueTask DisposeAsync()
     {
         _http.Dispose();
         var stops = new List<Task>();
         foreach (var node in Nodes)
         {
-            stops.Add(node.Broker.DisposeAsync().AsTask());
+            if (!node.Retired)
+            {
+                stops.Add(node.Broker.DisposeAsync().AsTask());
+            }
         }
 
         try
