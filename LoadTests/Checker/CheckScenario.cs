@@ -76,6 +76,7 @@ public static class CheckScenario
 {
     public static async Task<CheckOutcome> RunAsync(RunOptions options, CheckOptions check, TextWriter log)
     {
+        log = TextWriter.Synchronized(log); // the nemesis and the final readers write from their own tasks
         var clock = Stopwatch.StartNew();
         var runId = Guid.NewGuid().ToString("N")[..6];
         var historyPath = check.HistoryPath ?? Path.Combine(Path.GetTempPath(), $"chatbroker-check-{runId}-seed{check.Seed}.jsonl");
@@ -195,7 +196,7 @@ public static class CheckScenario
         await stopDevices.CancelAsync().ConfigureAwait(false);
         await Task.WhenAll(running).ConfigureAwait(false);
 
-        await FinalReadAsync(conversations, devices, targets, Token, history, random).ConfigureAwait(false);
+        await FinalReadAsync(conversations, devices, targets, Token, history, random, log).ConfigureAwait(false);
         var report = HistoryChecker.Check(history.Snapshot(), history.Overflowed);
         return new CheckOutcome(report, check.Seed, historyPath, faults, clock.Elapsed);
     }
@@ -224,6 +225,10 @@ public static class CheckScenario
                 var g = r.Owners.Gateways[i];
                 output.WriteLine($"    {o.Node,-6} {o.Sends,10:N0} {o.Acked,10:N0} {o.Refused,8:N0} {o.Failed,7:N0} {o.Interrupted,12:N0}  {(o.Faulted ? "yes" : "no"),-7} | {"",7} {g.Disconnects,11:N0} {g.Interrupted,11:N0}");
             }
+
+            output.WriteLine(r.Owners.RingChanged
+                ? "  the ring changed during the run: other_owner_failures is reported, not judged (ranges were moving)"
+                : "  other_owner_failures: refused + failed of the owners no nemesis touched (judged: must be 0)");
         }
 
         if (r.HistoryOverflowed)
@@ -316,7 +321,7 @@ public static class CheckScenario
     /// A fresh device per user reads its inbox from cursor 0; the last member's one also pages its conversation's
     /// HISTORY back to seq 1 (one reader per conversation, so the final read holds each message once).
     /// </summary>
-    private static async Task FinalReadAsync(List<CheckedConversation> conversations, List<CheckerDevice> devices, TargetSet targets, Func<string, string, string> token, HistoryRecorder history, Random random)
+    private static async Task FinalReadAsync(List<CheckedConversation> conversations, List<CheckerDevice> devices, TargetSet targets, Func<string, string, string> token, HistoryRecorder history, Random random, TextWriter log)
     {
         var pagedBy = new Dictionary<string, List<ulong>>();
         foreach (var c in conversations)
@@ -360,6 +365,12 @@ public static class CheckScenario
                     {
                         await reader.ReadConversationAsync(conv, TimeSpan.FromSeconds(60), stop.Token).ConfigureAwait(false);
                     }
+                }
+                catch (Exception e) when (e is IOException or TimeoutException)
+                {
+                    // Not retried: a second read would record the pages it already got twice. What it could not
+                    // read counts as lost (or missing) in the checker, which is what a failed final read means.
+                    log.WriteLine($"check: final read as {user} failed: {e.Message}");
                 }
                 finally
                 {

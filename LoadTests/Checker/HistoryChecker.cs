@@ -80,7 +80,7 @@ public sealed record CheckReport
         yield return ("sender_order_inversions", SenderOrderInversions);
         if (Owners.Owners.Count > 0)
         {
-            yield return (Owners.RingChanged ? "other_owner_failures (ring changed: not judged)" : "other_owner_failures", OtherOwnerFailures);
+            yield return ("other_owner_failures", OtherOwnerFailures);
         }
     }
 }
