@@ -52,7 +52,7 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
     /// <paramref name="secretBase64"/> the node signs with that secret (the nodes of a cluster share one; it goes in
     /// the environment, not the command line), else it generates its own.
     /// </summary>
-    public static async Task<BrokerLauncher> StartAsync(string durability, IEnumerable<string> extraSettings, string? secretBase64 = null)
+    public static async Task<BrokerLauncher> StartAsync(string durability, IEnumerable<string> extraSettings, string? secretBase64 = null, IReadOnlyList<string>? commandPrefix = null)
     {
         if (!File.Exists(BrokerDll))
         {
@@ -60,13 +60,25 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
         }
 
         var dataDir = Path.Combine(Path.GetTempPath(), "chatbroker-load-" + Guid.NewGuid().ToString("N"));
-        var info = new ProcessStartInfo("dotnet")
+
+        // A prefix runs the broker through another program that execs it, keeping the pid (e.g. `ip netns exec NS`).
+        var info = new ProcessStartInfo(commandPrefix is { Count: > 0 } ? commandPrefix[0] : "dotnet")
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             RedirectStandardInput = true,
             UseShellExecute = false,
         };
+        if (commandPrefix is { Count: > 0 })
+        {
+            for (var i = 1; i < commandPrefix.Count; i++)
+            {
+                info.ArgumentList.Add(commandPrefix[i]);
+            }
+
+            info.ArgumentList.Add("dotnet");
+        }
+
         info.ArgumentList.Add(BrokerDll);
         info.ArgumentList.Add("serve");
         var settings = new List<string>

@@ -18,7 +18,14 @@ public static class Program
     public static Task<int> Main(string[] args)
     {
         Environment.SetEnvironmentVariable(InlineCompletionsVariable, "1");
-        return Build().Parse(args).InvokeAsync();
+        var parse = Build().Parse(args);
+        if (parse.Errors.Count == 0 && parse.GetValue<bool>("--netns") && Cluster.NetnsLayout.FromEnvironment() is null)
+        {
+            // The outer process: make the namespaces, run this same command inside the client one, remove them.
+            return Cluster.NetnsLayout.RunOutsideAsync(args, parse.GetValue<int>("--cluster"));
+        }
+
+        return parse.InvokeAsync();
     }
 
     /// <summary>Bound of --cluster: each node is a whole broker process on this machine.</summary>
@@ -63,10 +70,19 @@ public static class Program
             }
         });
 
+        var netns = new Option<bool>("--netns") { Description = "With --cluster (root): the nodes in network namespaces of scripts/netns-cluster.sh (10.77.0.x, one per node, etcd in the first), the harness in one more; all removed at the end.", Recursive = true };
+        netns.Validators.Add(r =>
+        {
+            if (r.GetValueOrDefault<bool>() && r.GetResult(cluster) is null)
+            {
+                r.AddError("--netns needs --cluster N");
+            }
+        });
+
         var members = new Option<int>("--members") { Description = "fanout: members of the group, all online (the sender included).", DefaultValueFactory = _ => 1024, Recursive = true };
 
         var root = new RootCommand("ChatBroker load harness: pairs, fanout, connections, resume, churn.");
-        foreach (var o in new Option[] { cluster, members, duration, count, pairs, rate, window, bodySize, durability, target, admin, secretFile, tokenSecret, connections, processes, sources, set, json, html, metricsOut, gcdump, warmup, warmupSeconds })
+        foreach (var o in new Option[] { cluster, netns, members, duration, count, pairs, rate, window, bodySize, durability, target, admin, secretFile, tokenSecret, connections, processes, sources, set, json, html, metricsOut, gcdump, warmup, warmupSeconds })
         {
             root.Options.Add(o);
         }

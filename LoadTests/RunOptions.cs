@@ -103,7 +103,7 @@ public sealed class RunOptions
         }
 
         Console.WriteLine($"starting a cluster of {Cluster} nodes and etcd (durability {Durability}) ...");
-        return new BrokerNodes(await ClusterLauncher.StartAsync(Cluster, Durability, BrokerSettings, Console.Out).ConfigureAwait(false));
+        return new BrokerNodes(await ClusterLauncher.StartAsync(Cluster, Durability, BrokerSettings, Console.Out, NetnsLayout.FromEnvironment()).ConfigureAwait(false));
     }
 
     public string DescribeBroker(BrokerLauncher broker) => Target is null

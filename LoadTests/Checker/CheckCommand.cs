@@ -11,6 +11,7 @@ public static class CheckCommand
         var seed = new Option<int?>("--seed") { Description = "check: seed of every choice (nodes, nemesis schedule, backoff); default: random, printed." };
         var nemesis = new Option<string>("--nemesis") { Description = "check: kill (kill -9 of one node + restart on the same data dir and port), pause (SIGSTOP/SIGCONT), etcd (kill -9 of etcd + restart; --cluster), join-leave (a new node joins, another leaves; --cluster 2+) or none.", DefaultValueFactory = _ => "none" };
         nemesis.AcceptOnlyFromAmong(CheckOptions.Nemeses);
+        var hold = new Option<double?>("--nemesis-hold") { Description = "check: seconds each fault lasts before its heal (default: a seeded 0.2-1.5 s)." };
         var maxFaults = new Option<int>("--max-faults") { Description = "check: at most this many faults (0 = as many as --duration allows)." };
         var interval = new Option<double>("--nemesis-interval") { Description = "check: mean seconds between faults (each ± 50 %, from the seed).", DefaultValueFactory = _ => 5 };
         var historyPath = new Option<string?>("--history") { Description = "check: write the history (JSON lines) here; default: a file in the temp directory." };
@@ -21,7 +22,7 @@ public static class CheckCommand
 
         var check = new Command("check", "Jepsen-style: pairs send continuously through a nemesis; a history of every SEND/SENT/DELIVER/ACK, final reads, and a checker (lost, duplicates, gaps, order, retries, inboxes).")
         {
-            targets, seed, nemesis, interval, historyPath, drain, groups, groupMembers, maxEvents, maxFaults,
+            targets, seed, nemesis, interval, historyPath, drain, groups, groupMembers, maxEvents, maxFaults, hold,
         };
         check.Validators.Add(r =>
         {
@@ -51,6 +52,7 @@ public static class CheckCommand
                 GroupMembers = Math.Clamp(r.GetValue(groupMembers), 2, 100),
                 MaxEvents = Math.Max(1000, r.GetValue(maxEvents)),
                 MaxFaults = Math.Max(0, r.GetValue(maxFaults)),
+                NemesisHold = r.GetValue(hold) is { } h ? TimeSpan.FromSeconds(Math.Clamp(h, 0, 600)) : null,
             }, Console.Out).ConfigureAwait(false);
             CheckScenario.Print(outcome, Console.Out);
             Console.WriteLine($"  command: chatbroker-load {string.Join(' ', Environment.GetCommandLineArgs()[1..])}");

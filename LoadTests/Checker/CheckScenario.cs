@@ -32,6 +32,9 @@ public sealed record CheckOptions
     /// <summary>Bound of the history; the senders stop at half of it (the final reads need the rest).</summary>
     public int MaxEvents { get; init; } = 4_000_000;
 
+    /// <summary>How long each fault lasts before its heal; null = a seeded 0.2–1.5 s.</summary>
+    public TimeSpan? NemesisHold { get; init; }
+
     /// <summary>At most this many faults (0 = as many as the duration allows).</summary>
     public int MaxFaults { get; init; }
 
@@ -84,7 +87,7 @@ public static class CheckScenario
 
         // One broker (started, or the first of --targets), or a cluster the harness starts (--cluster N).
         await using var cluster = options.Cluster > 0
-            ? await ClusterLauncher.StartAsync(options.Cluster, options.Durability, options.BrokerSettings, log).ConfigureAwait(false)
+            ? await ClusterLauncher.StartAsync(options.Cluster, options.Durability, options.BrokerSettings, log, NetnsLayout.FromEnvironment()).ConfigureAwait(false)
             : null;
         await using var broker = cluster is not null ? null
             : check.Targets.Count > 0
@@ -186,7 +189,7 @@ public static class CheckScenario
         }
 
         var nemesisRandom = new Random(random.Next());
-        var faulting = NemesisSchedule.RunAsync(nemesis, check.NemesisInterval, nemesisRandom, history, check.MaxFaults, stopSending.Token);
+        var faulting = NemesisSchedule.RunAsync(nemesis, check.NemesisInterval, nemesisRandom, history, check.MaxFaults, check.NemesisHold, stopSending.Token);
         await Task.WhenAll(sending).ConfigureAwait(false);
         var faults = await faulting.ConfigureAwait(false);
         log.WriteLine($"check: sending stopped after {clock.Elapsed.TotalSeconds:0.0} s, {faults} faults, {history.Count:N0} events{(history.NearlyFull ? " (the history reached half of --max-events: sending stopped there)" : "")}; draining ...");

@@ -142,12 +142,12 @@ public sealed class PauseNemesis(IReadOnlyList<IFaultableNode> nodes) : INemesis
 
 /// <summary>
 /// Runs a nemesis on a seeded schedule: every interval (± 50 %, from the seed) a fault, held for a seeded
-/// 0.2–1.5 s, then the heal, at most <c>maxFaults</c> times (0 = until the run stops); at the end a last heal, so
+/// 0.2–1.5 s (or a fixed hold), then the heal, at most <c>maxFaults</c> times (0 = until the run stops); at the end a last heal, so
 /// the final reads see a whole system.
 /// </summary>
 public static class NemesisSchedule
 {
-    public static async Task<int> RunAsync(INemesis nemesis, TimeSpan interval, Random random, HistoryRecorder history, int maxFaults, CancellationToken stop)
+    public static async Task<int> RunAsync(INemesis nemesis, TimeSpan interval, Random random, HistoryRecorder history, int maxFaults, TimeSpan? hold, CancellationToken stop)
     {
         var faults = 0;
         try
@@ -159,7 +159,7 @@ public static class NemesisSchedule
                 faults++;
                 history.Record(new HistoryEvent { Op = HistoryEvent.Nemesis, Reason = step.What, Node = step.Node });
                 Console.WriteLine($"nemesis: {step.What}");
-                await Task.Delay(TimeSpan.FromMilliseconds(200 + random.Next(1300)), stop).ConfigureAwait(false);
+                await Task.Delay(hold ?? TimeSpan.FromMilliseconds(200 + random.Next(1300)), stop).ConfigureAwait(false);
                 await HealAsync(nemesis, history, CancellationToken.None).ConfigureAwait(false);
                 if (maxFaults > 0 && faults >= maxFaults)
                 {

@@ -50,7 +50,7 @@ public sealed class BrokerNodes : IAsyncDisposable
         }
 
         var nodes = string.Join(", ", _cluster.Nodes.Select(n => $"{n.Id} pid {n.Broker.Pid} at {n.Client}"));
-        return $"cluster of {Count} child processes on 127.0.0.1 ({nodes}), etcd {_cluster.Etcd.Endpoint}, durability {options.Durability}";
+        return $"cluster of {Count} child processes {_cluster.Placement} ({nodes}), etcd {_cluster.Etcd.Endpoint}, durability {options.Durability}";
     }
 
     public async ValueTask DisposeAsync()

@@ -43,8 +43,11 @@ public sealed class ClusterLauncher : IAsyncDisposable
     private readonly HttpClient _http = new() { Timeout = TimeSpan.FromSeconds(5) };
     private int _nextNode;
 
-    private ClusterLauncher(EtcdProcess etcd, string secretBase64, string durability, IReadOnlyList<string> extraSettings)
+    private readonly NetnsLayout? _netns;
+
+    private ClusterLauncher(EtcdProcess etcd, string secretBase64, string durability, IReadOnlyList<string> extraSettings, NetnsLayout? netns)
     {
+        _netns = netns;
         Etcd = etcd;
         SecretBase64 = secretBase64;
         _durability = durability;
@@ -52,6 +55,9 @@ public sealed class ClusterLauncher : IAsyncDisposable
     }
 
     public EtcdProcess Etcd { get; }
+
+    /// <summary>Where the nodes run, for reports: "127.0.0.1" or "network namespaces".</summary>
+    public string Placement => _netns is null ? "on 127.0.0.1" : "in network namespaces (one per node, scripts/netns-cluster.sh)";
 
     public string SecretBase64 { get; }
 
@@ -67,12 +73,21 @@ public sealed class ClusterLauncher : IAsyncDisposable
         }
     }
 
-    public static async Task<ClusterLauncher> StartAsync(int nodes, string durability, IReadOnlyList<string> extraSettings, TextWriter log)
+    /// <summary>
+    /// Starts etcd and <paramref name="nodes"/> nodes: on 127.0.0.1, or in the network namespaces of
+    /// <paramref name="netns"/> (<see cref="NetnsLayout"/>; this process then runs in the client namespace).
+    /// </summary>
+    public static async Task<ClusterLauncher> StartAsync(int nodes, string durability, IReadOnlyList<string> extraSettings, TextWriter log, NetnsLayout? netns = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(nodes, 1);
-        var etcd = await EtcdProcess.StartAsync().ConfigureAwait(false);
-        log.WriteLine($"cluster: etcd pid {etcd.Pid} at {etcd.Endpoint}");
-        var cluster = new ClusterLauncher(etcd, Convert.ToBase64String(RandomNumberGenerator.GetBytes(32)), durability, extraSettings);
+        if (netns is not null && nodes > netns.MaxNodes)
+        {
+            throw new ArgumentOutOfRangeException(nameof(nodes), $"{nodes} nodes do not fit the {netns.MaxNodes} node namespaces");
+        }
+
+        var etcd = await EtcdProcess.StartAsync(netns).ConfigureAwait(false);
+        log.WriteLine($"cluster: etcd pid {etcd.Pid} at {etcd.Endpoint}{(netns is null ? "" : " (in cbnet-1)")}");
+        var cluster = new ClusterLauncher(etcd, Convert.ToBase64String(RandomNumberGenerator.GetBytes(32)), durability, extraSettings, netns);
         try
         {
             for (var i = 0; i < nodes; i++)
@@ -99,20 +114,40 @@ public sealed class ClusterLauncher : IAsyncDisposable
     /// </summary>
     public async Task<ClusterNodeProcess> StartNodeAsync(bool autoJoin)
     {
-        var id = "n" + Interlocked.Increment(ref _nextNode).ToString(CultureInfo.InvariantCulture);
+        var index = Interlocked.Increment(ref _nextNode);
+        var id = "n" + index.ToString(CultureInfo.InvariantCulture);
         var settings = new List<string>
         {
             "node.name=" + id,
             "cluster.node_id=" + id,
             "cluster.etcd_endpoints=" + Etcd.Endpoint,
             "cluster.lease_ttl=" + LeaseTtl,
-            // Fixed ports, not 0: the map carries the addresses, and a restarted node must come back on them.
-            "tcp.listen=127.0.0.1:" + FreePort().ToString(CultureInfo.InvariantCulture),
-            "cluster.mesh_listen=127.0.0.1:" + FreePort().ToString(CultureInfo.InvariantCulture),
             "cluster.auto_join=" + (autoJoin ? "true" : "false"),
         };
+        IReadOnlyList<string>? prefix = null;
+        if (_netns is null)
+        {
+            // Fixed ports, not 0: the map carries the addresses, and a restarted node must come back on them.
+            settings.Add("tcp.listen=127.0.0.1:" + FreePort().ToString(CultureInfo.InvariantCulture));
+            settings.Add("cluster.mesh_listen=127.0.0.1:" + FreePort().ToString(CultureInfo.InvariantCulture));
+        }
+        else
+        {
+            if (index > _netns.MaxNodes)
+            {
+                throw new InvalidOperationException($"no namespace left for node {id}: --netns made {_netns.MaxNodes} node namespaces");
+            }
+
+            // Its own "machine": the node's address, the default ports.
+            var address = NetnsLayout.Address(index);
+            settings.Add("tcp.listen=" + address + ":7883");
+            settings.Add("cluster.mesh_listen=" + address + ":7890");
+            settings.Add("admin.listen=" + address + ":7880");
+            prefix = NetnsLayout.Prefix(index);
+        }
+
         settings.AddRange(_extraSettings);
-        var broker = await BrokerLauncher.StartAsync(_durability, settings, SecretBase64).ConfigureAwait(false);
+        var broker = await BrokerLauncher.StartAsync(_durability, settings, SecretBase64, prefix).ConfigureAwait(false);
         var node = new ClusterNodeProcess(id, broker);
         lock (_nodesLock)
         {

@@ -13,11 +13,13 @@ namespace ChatBroker.LoadTests.Cluster;
 public sealed class EtcdProcess : IAsyncDisposable
 {
     private readonly string _stateDir;
+    private readonly string[] _memberArguments;
 
-    private EtcdProcess(string stateDir, string endpoint)
+    private EtcdProcess(string stateDir, string endpoint, string[] memberArguments)
     {
         _stateDir = stateDir;
         Endpoint = endpoint;
+        _memberArguments = memberArguments;
     }
 
     /// <summary>The client URL (http://127.0.0.1:PORT).</summary>
@@ -33,17 +35,25 @@ public sealed class EtcdProcess : IAsyncDisposable
         Environment.GetEnvironmentVariable("CHATBROKER_SCRIPTS") is { Length: > 0 } path ? path
         : typeof(EtcdProcess).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().First(a => a.Key == "ChatBrokerScripts").Value!;
 
-    public static async Task<EtcdProcess> StartAsync()
+    /// <summary>
+    /// Starts the member: on 127.0.0.1 with free ports, or with <paramref name="netns"/> in cbnet-1 at
+    /// 10.77.0.1:2379 (the script then runs inside that namespace). Returns once etcd reports itself healthy.
+    /// </summary>
+    public static async Task<EtcdProcess> StartAsync(NetnsLayout? netns = null)
     {
         var stateDir = Path.Combine(Path.GetTempPath(), "chatbroker-load-etcd-" + Guid.NewGuid().ToString("N")[..8]);
+        string[] member = netns is null ? []
+            : ["--name", "e1", "--ip", NetnsLayout.Address(1), "--initial-cluster", "e1=http://" + NetnsLayout.Address(1) + ":2380"];
         try
         {
-            var endpoint = (await RunScriptAsync("start", "--state-dir", stateDir).ConfigureAwait(false)).Trim();
-            return new EtcdProcess(stateDir, endpoint);
+            var endpoint = (await RunScriptAsync(["start", "--state-dir", stateDir, .. member], netns is not null).ConfigureAwait(false)).Trim();
+            var etcd = new EtcdProcess(stateDir, endpoint, member);
+            await etcd.WaitHealthyAsync().ConfigureAwait(false);
+            return etcd;
         }
         catch
         {
-            await RunScriptAsync("stop", "--state-dir", stateDir, "--purge").ConfigureAwait(false);
+            await RunScriptAsync(["stop", "--state-dir", stateDir, "--purge"], netns is not null).ConfigureAwait(false);
             throw;
         }
     }
@@ -69,13 +79,44 @@ public sealed class EtcdProcess : IAsyncDisposable
     }
 
     /// <summary>Starts it again on the same ports and data directory (the state dir keeps both); waits until healthy.</summary>
-    public Task RestartAsync() => RunScriptAsync("start", "--state-dir", _stateDir);
+    public async Task RestartAsync()
+    {
+        await RunMemberScriptAsync(["start", "--state-dir", _stateDir, .. _memberArguments]).ConfigureAwait(false);
+        await WaitHealthyAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>Until /health says true: a member started with --initial-cluster is only listening, not yet leader.</summary>
+    private async Task WaitHealthyAsync()
+    {
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(2) };
+        var clock = Stopwatch.StartNew();
+        while (true)
+        {
+            try
+            {
+                if ((await http.GetStringAsync(new Uri(new Uri(Endpoint), "/health")).ConfigureAwait(false)).Contains("\"health\":\"true\"", StringComparison.Ordinal))
+                {
+                    return;
+                }
+            }
+            catch (Exception e) when (e is HttpRequestException or TaskCanceledException)
+            {
+            }
+
+            if (clock.Elapsed > TimeSpan.FromSeconds(20))
+            {
+                throw new TimeoutException($"etcd at {Endpoint} did not report healthy within 20 s; see {_stateDir}/etcd.log");
+            }
+
+            await Task.Delay(50).ConfigureAwait(false); // polling a child process, not a test's wait
+        }
+    }
 
     public async ValueTask DisposeAsync()
     {
         try
         {
-            await RunScriptAsync("stop", "--state-dir", _stateDir, "--purge").ConfigureAwait(false);
+            await RunMemberScriptAsync(["stop", "--state-dir", _stateDir, "--purge"]).ConfigureAwait(false);
         }
         finally
         {
@@ -88,14 +129,28 @@ public sealed class EtcdProcess : IAsyncDisposable
         }
     }
 
-    private static async Task<string> RunScriptAsync(params string[] arguments)
+    private Task<string> RunMemberScriptAsync(string[] arguments) => RunScriptAsync(arguments, _memberArguments.Length > 0);
+
+    private static async Task<string> RunScriptAsync(string[] arguments, bool inNetns = false)
     {
-        var info = new ProcessStartInfo(Path.Combine(ScriptsDirectory, "etcd.sh"))
+        // In --netns mode etcd lives in cbnet-1 (the script starts it where the script runs).
+        var path = Path.Combine(ScriptsDirectory, "etcd.sh");
+        var info = new ProcessStartInfo(inNetns ? "ip" : path)
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
         };
+        if (inNetns)
+        {
+            foreach (var a in NetnsLayout.Prefix(1).Skip(1))
+            {
+                info.ArgumentList.Add(a);
+            }
+
+            info.ArgumentList.Add(path);
+        }
+
         foreach (var a in arguments)
         {
             info.ArgumentList.Add(a);
