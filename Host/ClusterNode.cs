@@ -1,6 +1,9 @@
+using ChatBroker.Broker.Cluster;
 using ChatBroker.Broker.Configuration;
+using ChatBroker.Broker.Hosting;
 using ChatBroker.Cluster;
 using ChatBroker.Cluster.Coordination;
+using ChatBroker.Cluster.Mesh;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -22,7 +25,12 @@ internal sealed class ClusterNode(
     private Task _follow = Task.CompletedTask;
     private int _disposed;
 
-    /// <summary>Registers the cluster services when cluster mode is on; a single node gets none of them.</summary>
+    /// <summary>
+    /// Registers the cluster services when cluster mode is on; a single node gets none of them. Hosted services
+    /// start in registration order, so the caller registers these before the broker's listener: the mesh listens
+    /// (other nodes can reach this one as soon as the map lists it), then this node registers and joins, then the
+    /// router takes the map (<see cref="ClusterNodeService"/>), and only then does the device listener accept.
+    /// </summary>
     public static void AddTo(IServiceCollection services, BrokerOptions broker)
     {
         var options = OptionsFrom(broker);
@@ -31,17 +39,18 @@ internal sealed class ClusterNode(
             return;
         }
 
+        var routing = RoutingFrom(broker);
         var coordinator = new EtcdCoordinator(options);
         services.AddSingleton(options);
         services.AddSingleton<IClusterCoordinator>(coordinator);
         services.AddSingleton(coordinator.View);
         services.AddSingleton(_ => new ClusterMetrics(coordinator.View, broker.Node.Name));
+        services.AddSingleton(sp => new MeshEndpoint(options.MeshListen, sp.GetRequiredService<MeshReceiver>(), sp.GetRequiredService<ILoggerFactory>()));
+        services.AddHostedService(sp => sp.GetRequiredService<MeshEndpoint>());
         services.AddSingleton(sp => new ClusterNode(
             options, broker.Cluster.AutoJoin, coordinator, sp.GetRequiredService<ClusterMetrics>(), sp.GetRequiredService<ILogger<ClusterNode>>()));
         services.AddHostedService(sp => sp.GetRequiredService<ClusterNode>());
-
-        // The mesh server (Cluster/Mesh, gRPC h2c on cluster.mesh_listen) is registered here, after the
-        // coordinator: it needs the view to refuse stale epochs, and it must listen before this node joins.
+        services.AddChatBrokerCluster(options.NodeId, routing, broker.Node.Name);
     }
 
     /// <summary>
@@ -55,6 +64,12 @@ internal sealed class ClusterNode(
         if (!ClusterOptions.TryParseEtcdEndpoints(c.EtcdEndpoints, out var endpoints, out var error))
         {
             throw new InvalidDataException("cluster.etcd_endpoints: " + error);
+        }
+
+        if (endpoints.Count > 0 && c.MeshListen.Port == 0)
+        {
+            // The other nodes dial the advertised address, which must name the port the mesh listens on.
+            throw new InvalidDataException("cluster.mesh_listen: a cluster node needs a fixed mesh port (the other nodes dial it), got port 0");
         }
 
         var options = new ClusterOptions
@@ -72,6 +87,74 @@ internal sealed class ClusterNode(
         };
         return options.Validate() is { } invalid ? throw new InvalidDataException("cluster settings: " + invalid) : options;
     }
+
+    /// <summary>
+    /// The routing and mesh bounds (<c>cluster.forward_timeout</c> … <c>cluster.mesh_*</c>) as the broker's cluster
+    /// layer takes them. Throws <see cref="InvalidDataException"/> naming the settings when they do not fit together.
+    /// </summary>
+    public static ClusterRoutingOptions RoutingFrom(BrokerOptions broker)
+    {
+        var c = broker.Cluster;
+        var routing = new ClusterRoutingOptions
+        {
+            ForwardTimeout = c.ForwardTimeout,
+            ReadTimeout = c.ReadTimeout,
+            RetryAfter = c.RetryAfter,
+            ForwardBatch = c.ForwardBatch,
+            MaxStaleRetries = c.MaxStaleRetries,
+            Mesh = new MeshOptions
+            {
+                MaxBatchMessages = c.MeshMaxBatchMessages,
+                MaxBatchBytes = (int)Math.Min(int.MaxValue, c.MeshMaxBatchBytes),
+                MaxMessageBytes = (int)Math.Min(int.MaxValue, c.MeshMaxMessageBytes),
+                MaxReplyBytes = (int)Math.Min(int.MaxValue, c.MeshMaxReplyBytes),
+                MaxQueueBytes = c.MeshMaxQueueBytes,
+                MaxQueueMessages = c.MeshMaxQueueMessages,
+                MaxLinks = c.MeshMaxLinks,
+                MaxCachedResults = c.MeshMaxCachedResults,
+                ReconnectInitialDelay = c.MeshReconnectInitialDelay,
+                ReconnectMaxDelay = c.MeshReconnectMaxDelay,
+            },
+        };
+
+        if (c.MeshMaxMessageBytes < broker.Tcp.MaxFrameBytes + 1024)
+        {
+            throw new InvalidDataException(
+                $"cluster.mesh_max_message_bytes ({c.MeshMaxMessageBytes}) must be at least tcp.max_frame_bytes + 1024 ({broker.Tcp.MaxFrameBytes + 1024}): a forwarded SEND carries one client frame");
+        }
+
+        try
+        {
+            routing.Validate();
+        }
+        catch (ArgumentOutOfRangeException e)
+        {
+            throw new InvalidDataException($"cluster settings: {SettingOf(e.ParamName)} is out of range: {e.Message.Split(Environment.NewLine)[0]}", e);
+        }
+
+        return routing;
+    }
+
+    /// <summary>The setting behind a property that <see cref="ClusterRoutingOptions.Validate"/> named.</summary>
+    private static string SettingOf(string? property) => property switch
+    {
+        "ForwardTimeout" => "cluster.forward_timeout",
+        "ReadTimeout" => "cluster.read_timeout",
+        "RetryAfter" => "cluster.retry_after",
+        "ForwardBatch" => "cluster.forward_batch",
+        "MaxStaleRetries" => "cluster.max_stale_retries",
+        "MaxBatchMessages" => "cluster.mesh_max_batch_messages",
+        "MaxBatchBytes" => "cluster.mesh_max_batch_bytes (at least cluster.mesh_max_message_bytes)",
+        "MaxMessageBytes" => "cluster.mesh_max_message_bytes",
+        "MaxReplyBytes" or "Mesh.MaxReplyBytes" => "cluster.mesh_max_reply_bytes (at least cluster.mesh_max_message_bytes + 1024)",
+        "MaxQueueBytes" => "cluster.mesh_max_queue_bytes (at least cluster.mesh_max_message_bytes)",
+        "MaxQueueMessages" => "cluster.mesh_max_queue_messages (at least cluster.mesh_max_batch_messages)",
+        "MaxLinks" => "cluster.mesh_max_links",
+        "MaxCachedResults" => "cluster.mesh_max_cached_results (at least cluster.mesh_max_batch_messages)",
+        "ReconnectInitialDelay" => "cluster.mesh_reconnect_initial_delay",
+        "ReconnectMaxDelay" => "cluster.mesh_reconnect_max_delay (at least cluster.mesh_reconnect_initial_delay)",
+        _ => property ?? "a cluster setting",
+    };
 
     public ClusterMember SelfMember => new(coordinator.Self.NodeId, coordinator.Self.MeshAddress, coordinator.Self.ClientAddress, MemberState.Active);
 
@@ -94,6 +177,7 @@ internal sealed class ClusterNode(
             if (joined.Succeeded)
             {
                 Log.ClusterJoined(logger, joined.Message);
+                await WaitForViewAsync(joined.Map.Epoch, cancellationToken).ConfigureAwait(false);
             }
             else
             {
@@ -106,6 +190,31 @@ internal sealed class ClusterNode(
     }
 
     public async Task StopAsync(CancellationToken cancellationToken) => await DisposeAsync().ConfigureAwait(false);
+
+    /// <summary>Waits (at most a few etcd deadlines) until the watch has brought the map this node's join wrote, so
+    /// the router starts with it; past the wait the router follows it when it comes.</summary>
+    private async Task WaitForViewAsync(long epoch, CancellationToken cancellationToken)
+    {
+        var view = coordinator.View;
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        deadline.CancelAfter(options.EtcdTimeout * 3);
+        try
+        {
+            while (view.Epoch < epoch)
+            {
+                var changed = view.WaitForChangeAsync(deadline.Token);
+                if (view.Epoch >= epoch)
+                {
+                    break;
+                }
+
+                await changed.ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+        }
+    }
 
     public async ValueTask DisposeAsync()
     {

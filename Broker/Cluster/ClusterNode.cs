@@ -96,6 +96,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
     public void Start(ClusterView view)
     {
         ArgumentNullException.ThrowIfNull(view);
+        Volatile.Write(ref _view, view);
         _mapLoop = Task.Run(() => FollowMapsAsync(view, _stop.Token));
     }
 
@@ -343,7 +344,15 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
                     continue;
                 }
 
-                var link = s.LinkOf(s.NodeAt(owner));
+                var ownerId = s.NodeAt(owner);
+                if (!IsLive(ownerId))
+                {
+                    // Nothing is queued: the device retries after retry_after, with the same client_msg_id.
+                    Interlocked.Increment(ref Metrics.SendsAnsweredUnavailable);
+                    return new SendOutcome(ReasonCode.ServerUnavailable, $"node {ownerId}, which owns this conversation, is down; retry", null, _options.RetryAfter);
+                }
+
+                var link = s.LinkOf(ownerId);
                 var outcome = link?.TryRequest(ClusterOpKind.ForwardSend, s.Epoch, payload);
                 if (outcome is null)
                 {
@@ -474,6 +483,12 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
     private async Task<byte[]> ReadFromAsync(RoutingState? s, string? node, ClusterOpKind kind, byte[] payload, CancellationToken cancellationToken)
     {
         Interlocked.Increment(ref Metrics.RemoteReads);
+        if (node is not null && !IsLive(node))
+        {
+            Interlocked.Increment(ref Metrics.RemoteReadFailures);
+            throw new RouteUnavailableException($"node {node} is down (no live lease); the {kind} is not sent");
+        }
+
         var outcome = node is null ? null : s!.LinkOf(node)?.TryRequest(kind, s.Epoch, payload);
         MeshReply reply = default;
         try
@@ -529,6 +544,15 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
     public async ValueTask HandleAsync(MeshInboundBatch batch, CancellationToken cancellationToken)
     {
         var s = State;
+        if (s is null)
+        {
+            // The mesh listens before this node has its map (a restarting node must be reachable once listed). What
+            // other nodes resend meanwhile waits, unacked, instead of being rejected: a rejected inbox entry is
+            // skipped by its owner's forward queue. The stream holds it (backpressure) until the map is here.
+            await WaitForEpochAsync(1, cancellationToken).ConfigureAwait(false);
+            s = State;
+        }
+
         List<Task>? work = null;
         for (var i = 0; i < batch.Count; i++)
         {

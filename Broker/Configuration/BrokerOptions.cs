@@ -46,6 +46,25 @@ public sealed class ClusterSettings
     public int ReplicationFactor { get; set; } = 1;
     /// <summary>A node not in the map joins it on start (the first one writes the first map).</summary>
     public bool AutoJoin { get; set; } = true;
+
+    // Routing between nodes (ChatBroker.Broker.Cluster.ClusterRoutingOptions).
+    public TimeSpan ForwardTimeout { get; set; } = TimeSpan.FromSeconds(5);
+    public TimeSpan ReadTimeout { get; set; } = TimeSpan.FromSeconds(5);
+    public TimeSpan RetryAfter { get; set; } = TimeSpan.FromSeconds(1);
+    public int ForwardBatch { get; set; } = 64;
+    public int MaxStaleRetries { get; set; } = 3;
+
+    // The mesh's bounds (ChatBroker.Cluster.Mesh.MeshOptions).
+    public int MeshMaxBatchMessages { get; set; } = 64;
+    public long MeshMaxBatchBytes { get; set; } = 512 * 1024;
+    public long MeshMaxMessageBytes { get; set; } = 128 * 1024;
+    public long MeshMaxReplyBytes { get; set; } = 256 * 1024;
+    public long MeshMaxQueueBytes { get; set; } = 8 * 1024 * 1024;
+    public int MeshMaxQueueMessages { get; set; } = 16 * 1024;
+    public int MeshMaxLinks { get; set; } = 1024;
+    public int MeshMaxCachedResults { get; set; } = 16 * 1024;
+    public TimeSpan MeshReconnectInitialDelay { get; set; } = TimeSpan.FromMilliseconds(50);
+    public TimeSpan MeshReconnectMaxDelay { get; set; } = TimeSpan.FromSeconds(5);
 }
 
 public sealed class PresenceOptions
@@ -59,6 +78,9 @@ public sealed class KeysOptions
 {
     public int LowWatermark { get; set; } = 10;
     public int MaxOneTimePrekeys { get; set; } = 1000;
+
+    /// <summary>At most one low-supply notice per device session in this time (fetches can come by the dozen).</summary>
+    public TimeSpan LowNoticeInterval { get; set; } = TimeSpan.FromMinutes(1);
 }
 
 public sealed class GroupsOptions

@@ -43,7 +43,8 @@ public static class BrokerServices
             sp.GetRequiredService<TimeProvider>(), options.Presence));
         services.AddSingleton<TypingRelay>();
         services.AddSingleton(sp => new KeyDirectory(
-            sp.GetRequiredService<IChatStore>(), sp.GetRequiredService<SessionRegistry>(), sp.GetRequiredService<BrokerMetrics>(), options.Keys));
+            sp.GetRequiredService<IChatStore>(), sp.GetRequiredService<SessionRegistry>(), sp.GetRequiredService<BrokerMetrics>(), options.Keys,
+            sp.GetRequiredService<TimeProvider>()));
         services.AddSingleton<GroupService>();
         services.AddSingleton<BrokerContext>();
         services.AddSingleton<ISocketConnectionHandler, DeviceConnectionHandler>();
@@ -77,7 +78,7 @@ public static class BrokerServices
     /// registers and starts the <c>IClusterCoordinator</c>; the node follows its view from host start. Without
     /// this call there is no cluster layer and the core does everything locally, as on a single node.
     /// </summary>
-    public static IServiceCollection AddChatBrokerCluster(this IServiceCollection services, string nodeId, ClusterRoutingOptions? routing = null)
+    public static IServiceCollection AddChatBrokerCluster(this IServiceCollection services, string nodeId, ClusterRoutingOptions? routing = null, string? nodeName = null)
     {
         services.AddSingleton(sp => new ClusterNode(
             nodeId, sp.GetRequiredService<ChatService>(), sp.GetRequiredService<ConversationDirectory>(), routing,
@@ -87,6 +88,9 @@ public static class BrokerServices
             var node = sp.GetRequiredService<ClusterNode>();
             return new MeshReceiver(nodeId, node, node.MeshOptions);
         });
+        // Its counters on the "ChatBroker.Routing" meter, which the Prometheus exporter takes with every "ChatBroker*".
+        services.AddSingleton(sp => new RoutingInstruments(
+            sp.GetRequiredService<ClusterNode>(), sp.GetRequiredService<MeshReceiver>(), nodeName ?? nodeId));
         services.AddHostedService<ClusterNodeService>();
         return services;
     }

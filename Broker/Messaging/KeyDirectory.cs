@@ -2,6 +2,7 @@ using ChatBroker.Broker.Configuration;
 using ChatBroker.Broker.Observability;
 using ChatBroker.Protocol.Messages;
 using ChatBroker.Storage;
+using System.Runtime.CompilerServices;
 using Google.Protobuf;
 
 namespace ChatBroker.Broker.Messaging;
@@ -12,8 +13,13 @@ namespace ChatBroker.Broker.Messaging;
 /// one-time prekey. The store's take is atomic, so concurrent fetches never hand out the same one-time prekey.
 /// Keys are opaque bytes to the broker: it checks sizes, never contents, and never logs them.
 /// </summary>
-public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, BrokerMetrics metrics, KeysOptions options)
+public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, BrokerMetrics metrics, KeysOptions options, TimeProvider? clock = null)
 {
+    private readonly TimeProvider _clock = clock ?? TimeProvider.System;
+
+    // When each session last got a low-supply notice; an entry goes with its session (no table to bound).
+    private readonly ConditionalWeakTable<IDeviceLink, StrongBox<long>> _lastLowNotice = new();
+
     /// <summary>Largest key or signature accepted: room for X25519/Ed25519 (32/64 bytes) with a wide margin, and
     /// small enough that a KEY_BUNDLE for dozens of devices fits one frame.</summary>
     public const int MaxKeyBytes = 256;
@@ -82,6 +88,11 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
 
         await store.UploadPrekeysAsync(device.UserId, device.DeviceId, bundle, oneTime, cancellationToken).ConfigureAwait(false);
         metrics.KeyUploads.Add(1);
+        if (oneTime.Length > 0)
+        {
+            _lastLowNotice.Remove(device); // topped up: the next time it runs low it hears at once
+        }
+
         return new(ReasonCode.Success, null, new KeysUploaded
         {
             RequestId = upload.RequestId,
@@ -158,6 +169,21 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
         var remaining = store.CountOneTimePrekeys(userId, deviceId);
         if (remaining < options.LowWatermark && store.GetPrekeyBundle(userId, deviceId) is not null)
         {
+            // Every fetch below the watermark would send another notice (dozens while a group starts sessions):
+            // one per interval tells the device all it needs.
+            var now = _clock.GetUtcNow().UtcTicks;
+            var last = _lastLowNotice.GetValue(target, static _ => new StrongBox<long>(long.MinValue));
+            lock (last)
+            {
+                if (last.Value != long.MinValue && now - last.Value < options.LowNoticeInterval.Ticks)
+                {
+                    metrics.KeysLowSuppressed.Add(1);
+                    return;
+                }
+
+                last.Value = now;
+            }
+
             target.OnNotice(new KeysUploaded { RequestId = 0, OneTimePrekeysRemaining = (uint)remaining });
             metrics.KeysLow.Add(1);
         }

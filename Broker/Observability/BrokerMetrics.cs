@@ -42,6 +42,7 @@ public sealed class BrokerMetrics : IDisposable
         KeyUploads = _meter.CreateCounter<long>("chatbroker.keys.uploads", "{upload}", "KEYS_UPLOAD requests stored.");
         KeyFetches = _meter.CreateCounter<long>("chatbroker.keys.fetched", "{device}", "Device bundles handed out by FETCH_KEYS, by whether a one-time prekey was left (one_time = true/false).");
         KeysLow = _meter.CreateCounter<long>("chatbroker.keys.low", "{notice}", "KEYS_UPLOADED notices sent to devices whose one-time prekeys fell below keys.low_watermark.");
+        KeysLowSuppressed = _meter.CreateCounter<long>("chatbroker.keys.low_suppressed", "{notice}", "Low-supply notices not sent because the device had one within keys.low_notice_interval.");
         _meter.CreateObservableGauge("chatbroker.uptime", () => Stopwatch.GetElapsedTime(_startTimestamp).TotalSeconds, "s", "Seconds since the broker started.");
         _meter.CreateObservableGauge("process.memory.resident", static () => Environment.WorkingSet, "By", "Resident set size of the broker process.");
         _meter.CreateObservableGauge("process.memory.managed_heap", static () => GC.GetTotalMemory(false), "By", "Bytes currently thought to be allocated on the managed heap.");
@@ -73,6 +74,8 @@ public sealed class BrokerMetrics : IDisposable
     public Counter<long> KeyUploads { get; }
     public Counter<long> KeyFetches { get; }
     public Counter<long> KeysLow { get; }
+
+    public Counter<long> KeysLowSuppressed { get; }
 
     public void Dispose() => _meter.Dispose();
 

@@ -32,6 +32,10 @@ internal sealed class DeliveryStream(ulong conversationId, ulong position)
     private bool _wanted;
     private int _generation;
 
+    // Catch-up gives the device its own messages at positions up to here: a device that resumes from 0 has
+    // nothing (a reinstall keeps its device id), so it is given every entry that existed when it asked.
+    private ulong _ownThrough;
+
     /// <summary>The large group this stream reads; 0 for the user's inbox.</summary>
     public ulong ConversationId { get; } = conversationId;
 
@@ -48,18 +52,24 @@ internal sealed class DeliveryStream(ulong conversationId, ulong position)
 
     /// <summary>
     /// Sets where a stream that has not started yet begins (CONNECT's resume position), keeping whatever
-    /// notifications it already had.
+    /// notifications it already had. Catch-up delivers the device's own messages at positions up to
+    /// <paramref name="ownThrough"/> (0: none; they got SENT).
     /// </summary>
-    public void StartAt(ulong position) => Position = position;
+    public void StartAt(ulong position, ulong ownThrough = 0)
+    {
+        Position = position;
+        _ownThrough = ownThrough;
+    }
 
     /// <summary>
     /// Moves the stream to a position the device named (SYNC) and catches up from there. What is left of a batch
     /// being read when this happens is dropped (it was read from the old position: written now, it could skip
     /// what lies between the two) and the stream is read again.
     /// </summary>
-    public void MoveTo(ulong position)
+    public void MoveTo(ulong position, ulong ownThrough = 0)
     {
         Position = position;
+        _ownThrough = ownThrough;
         _generation++;
         CatchUp();
     }
@@ -103,7 +113,7 @@ internal sealed class DeliveryStream(ulong conversationId, ulong position)
         Position = position;
         if (write)
         {
-            WriteLocked(session, message, position);
+            WriteLocked(session, message, position, fromStore: false);
         }
 
         return false;
@@ -174,7 +184,7 @@ internal sealed class DeliveryStream(ulong conversationId, ulong position)
                 Position = item.Position;
                 if (item.Message is { } message)
                 {
-                    WriteLocked(session, message, item.Position);
+                    WriteLocked(session, message, item.Position, fromStore: true);
                 }
             }
         }
@@ -191,9 +201,9 @@ internal sealed class DeliveryStream(ulong conversationId, ulong position)
     }
 
     // Under the session's lock: the one place a DELIVER is queued.
-    private void WriteLocked(IDeliveryTarget session, DeliveryMessage message, ulong position)
+    private void WriteLocked(IDeliveryTarget session, DeliveryMessage message, ulong position, bool fromStore)
     {
-        if (message.IsFrom(session.UserId, session.DeviceId))
+        if (message.IsFrom(session.UserId, session.DeviceId) && !(fromStore && position <= _ownThrough))
         {
             return; // the sending device has its own message (it got SENT)
         }

@@ -126,7 +126,8 @@ internal sealed partial class DeviceSession
         lock (_lock)
         {
             // A device may not claim a position beyond its inbox: it would silently skip what comes next.
-            _inbox.StartAt(Math.Min(connect.ResumeInboxSeq, lastInboxSeq));
+            // One that resumes from 0 has nothing, its own messages included (a reinstall keeps the device id).
+            _inbox.StartAt(Math.Min(connect.ResumeInboxSeq, lastInboxSeq), connect.ResumeInboxSeq == 0 ? lastInboxSeq : 0);
             _syncPending = true;
             _syncRequestId = 0;
         }
@@ -359,7 +360,7 @@ internal sealed partial class DeviceSession
         {
             if (inbox)
             {
-                _inbox.MoveTo(Math.Min(sync.InboxSeq, lastInboxSeq));
+                _inbox.MoveTo(Math.Min(sync.InboxSeq, lastInboxSeq), sync.InboxSeq == 0 ? lastInboxSeq : 0);
             }
 
             _syncPending = true;

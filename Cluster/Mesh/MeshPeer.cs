@@ -549,9 +549,17 @@ public sealed class MeshPeer : IAsyncDisposable
             }
 
             var results = ack.Results;
+            // A resent batch's ack may repeat results an earlier ack already carried (with the ack that freed
+            // their ids); each result reaches the handler once.
+            var alreadyAcked = results.Count > 0 ? AckedThrough : 0;
             for (var i = 0; i < results.Count; i++)
             {
                 var r = results[i];
+                if (r.Id <= alreadyAcked)
+                {
+                    continue;
+                }
+
                 Interlocked.Increment(ref Metrics.ResultsReceived);
                 _handler?.OnResult(this, new MeshResultView(r.Id, r.Status, r.Reply.Memory, r.Epoch, r.Owner, r.Reason));
             }

@@ -127,12 +127,14 @@ public sealed class MeshReceiver
                 throw ProtocolError($"ids jump from {link.HighWater} to {firstId}");
             }
 
-            // Messages at or below the mark were handed over before: a resend after a lost ack.
+            // Messages at or below the mark were handed over before: a resend after a lost ack. The ack says
+            // "handled through the mark", which may lie beyond this batch (a stale stream handled later batches
+            // too), so it carries the cached results up to the mark: an ack never frees an id without its result.
             var duplicates = (int)Math.Min((ulong)count, link.HighWater - firstId + 1);
             if (duplicates > 0)
             {
                 Interlocked.Add(ref Metrics.Duplicates, duplicates);
-                link.CopyResults(firstId, firstId + (ulong)duplicates - 1, ack.Results);
+                link.CopyResults(firstId, link.HighWater, ack.Results);
             }
 
             var fresh = count - duplicates;

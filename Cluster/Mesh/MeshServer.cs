@@ -35,7 +35,11 @@ public sealed class MeshServer : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(listen);
         ArgumentNullException.ThrowIfNull(receiver);
-        var builder = WebApplication.CreateSlimBuilder();
+        // The empty builder: no configuration files, so nothing watches the working directory (the slim builder's
+        // appsettings.json reload watcher put an inotify watch on every directory below it).
+        var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions { ApplicationName = "chatbroker-mesh" });
+        builder.WebHost.UseKestrelCore();
+        builder.Services.AddRoutingCore();
         builder.Logging.ClearProviders();
         if (loggerFactory is not null)
         {

@@ -48,7 +48,16 @@ public sealed partial class ClusterProcessTests(EtcdFixture etcd) : IClassFixtur
             Assert.Contains($"chatbroker_cluster_epoch{{node=\"node1\"}} {root.GetProperty("epoch").GetInt64()}", metrics, StringComparison.Ordinal);
             Assert.Contains("chatbroker_cluster_members{node=\"node1\"} 2", metrics, StringComparison.Ordinal);
             Assert.Contains("chatbroker_cluster_etcd_connected{node=\"node1\"} 1", metrics, StringComparison.Ordinal);
+            // The routing layer and both ends of the mesh are wired and exported.
+            Assert.Contains("chatbroker_cluster_sends_forwarded_total{node=\"node1\"} 0", metrics, StringComparison.Ordinal);
+            Assert.Contains("chatbroker_mesh_sent_messages_total{node=\"node1\"}", metrics, StringComparison.Ordinal);
+            Assert.Contains("chatbroker_mesh_received_messages_total{node=\"node1\"}", metrics, StringComparison.Ordinal);
+            Assert.Contains("chatbroker_mesh_queued_bytes{node=\"node1\"}", metrics, StringComparison.Ordinal);
         }
+
+        // Each node serves the mesh on its cluster.mesh_listen before it registers.
+        Assert.Contains("Cluster mesh on http://127.0.0.1:17891", a.Output, StringComparison.Ordinal);
+        Assert.Contains("Cluster mesh on http://127.0.0.1:17892", b.Output, StringComparison.Ordinal);
 
         var (exit, stdout, stderr) = await CliAsync("cluster", "status");
         Assert.True(exit == 0, stderr);
@@ -146,9 +155,9 @@ public sealed partial class ClusterProcessTests(EtcdFixture etcd) : IClassFixtur
 
     private async Task<BrokerProcess> StartNodeAsync(string nodeId, int meshPort)
     {
-        // The mesh is not served yet: the advertised address only has to differ between the nodes.
+        // The mesh needs a fixed port (the other nodes dial the advertised address); mesh_listen is advertised.
         var node = await BrokerProcess.StartAsync(null, [.. ClusterSettings(), "--set", "cluster.node_id=" + nodeId,
-            "--set", $"cluster.advertise_mesh=127.0.0.1:{meshPort}", "--set", "cluster.lease_ttl=60s"]);
+            "--set", $"cluster.mesh_listen=127.0.0.1:{meshPort}", "--set", "cluster.lease_ttl=60s"]);
         _nodes.Add(node);
         return node;
     }

@@ -21,6 +21,7 @@ internal sealed class ClusterHarness : IAsyncDisposable
 
     private readonly List<ClusterTestNode> _nodes;
     private readonly ClusterRoutingOptions? _routing;
+    private readonly Dictionary<string, (InMemoryChatStore Store, IPEndPoint Mesh)> _down = new(StringComparer.Ordinal);
 
     private ClusterHarness(InMemoryCoordinationStore coordination, List<ClusterTestNode> nodes, ClusterMap map, ClusterRoutingOptions? routing)
     {
@@ -87,6 +88,48 @@ internal sealed class ClusterHarness : IAsyncDisposable
         return restarted;
     }
 
+    /// <summary>
+    /// Stops a node as a crash does (as <see cref="RestartAsync"/>, its store kept) and leaves it down: its registration
+    /// is gone, so the other nodes see it drop out of the live members; it stays in the map. <see cref="ReviveAsync"/>
+    /// starts it again.
+    /// </summary>
+    public async Task KillAsync(string id)
+    {
+        var old = this[id];
+        _down[id] = (old.Broker.Store, old.Mesh.Endpoint);
+        _nodes.Remove(old);
+        await old.DisposeAsync(keepStore: true);
+    }
+
+    /// <summary>Starts a node <see cref="KillAsync"/> stopped, over its store and mesh port, once it has the map.</summary>
+    public async Task<ClusterTestNode> ReviveAsync(string id)
+    {
+        var (store, endpoint) = _down[id];
+        _down.Remove(id);
+        var revived = await ClusterTestNode.StartAsync(id, Coordination, _routing, store, endpoint);
+        _nodes.Add(revived);
+        using var timeout = new CancellationTokenSource(TestDevice.Timeout);
+        await revived.Cluster.WaitForEpochAsync((ulong)Map.Epoch, timeout.Token);
+        return revived;
+    }
+
+    /// <summary>Waits until <paramref name="observer"/> sees <paramref name="id"/> live (or not live).</summary>
+    public async Task WaitForLivenessAsync(string observer, string id, bool live)
+    {
+        var node = this[observer];
+        using var timeout = new CancellationTokenSource(TestDevice.Timeout);
+        while (true)
+        {
+            var changed = node.Coordinator.View.WaitForChangeAsync(timeout.Token);
+            if (node.Cluster.IsLive(id) == live)
+            {
+                return;
+            }
+
+            await changed;
+        }
+    }
+
     /// <summary>The first user id of the form <paramref name="prefix"/>N whose home is <paramref name="home"/>.</summary>
     public string UserAt(string prefix, string home, Func<string, bool>? also = null)
     {
@@ -107,6 +150,11 @@ internal sealed class ClusterHarness : IAsyncDisposable
         foreach (var node in Nodes)
         {
             await node.DisposeAsync();
+        }
+
+        foreach (var (store, _) in _down.Values)
+        {
+            await store.DisposeAsync();
         }
 
         Coordination.Dispose();

@@ -153,6 +153,31 @@ public sealed class TypingAndKeysTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Low_supply_notices_come_at_most_once_per_interval_and_again_after_an_upload()
+    {
+        // Issue 18, defect 7: every fetch below the watermark sent the owner another notice (74 in one run).
+        var clock = new ManualClock();
+        var keys = new KeyDirectory(_store, _registry, _metrics, new KeysOptions { LowWatermark = 10, MaxOneTimePrekeys = 100, LowNoticeInterval = TimeSpan.FromMinutes(1) }, clock);
+        var bob = Online("bob", "phone", 0);
+        await keys.UploadAsync(bob, Upload(1, bundle: true, 1, 8), default);
+
+        for (var i = 0; i < 5; i++)
+        {
+            await keys.FetchAsync(new FetchKeys { UserId = "bob" }, 65536, default);
+        }
+
+        Assert.Equal(7U, Assert.IsType<KeysUploaded>(Assert.Single(bob.Notices)).OneTimePrekeysRemaining);
+
+        clock.Advance(TimeSpan.FromSeconds(61));
+        await keys.FetchAsync(new FetchKeys { UserId = "bob" }, 65536, default);
+        Assert.Equal(2, bob.Notices.Count);
+
+        await keys.UploadAsync(bob, Upload(2, bundle: false, 100, 2), default); // topped up (still below 10)
+        await keys.FetchAsync(new FetchKeys { UserId = "bob" }, 65536, default);
+        Assert.Equal(3, bob.Notices.Count);
+    }
+
+    [Fact]
     public async Task Uploads_past_the_per_device_bound_are_BAD_REQUEST_and_later_uploads_may_omit_the_bundle()
     {
         var bob = Online("bob", "phone", 0);

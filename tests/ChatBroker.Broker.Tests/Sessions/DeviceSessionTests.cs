@@ -207,6 +207,33 @@ public sealed class DeviceSessionTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_device_that_resumes_from_zero_gets_its_own_messages_and_one_with_a_position_does_not()
+    {
+        // Issue 18, defect 4: a reinstalled app keeps its device id and resumes from 0; it has nothing, so its
+        // backlog holds what it sent too (with the client_msg_id, to match its outbox). A device that resumes
+        // from a position has its own messages (it got SENT), and what it sends now is never echoed.
+        var phone = await ConnectAsync("alice", "phone");
+        await phone.SendAsync(TestDevice.Text(1, "bob", "one"));
+        await phone.ExpectAsync<Sent>();
+        await phone.SendAsync(TestDevice.Text(2, "bob", "two"));
+        await phone.ExpectAsync<Sent>();
+
+        var reinstalled = await _broker.ConnectAsync("alice", "phone", resumeInboxSeq: 0);
+        var first = await reinstalled.ExpectAsync<Deliver>();
+        var second = await reinstalled.ExpectAsync<Deliver>();
+        Assert.Equal(("one", 1UL, 1UL), (first.Body.ToStringUtf8(), first.ClientMsgId, first.InboxSeq));
+        Assert.Equal(("two", 2UL, 2UL), (second.Body.ToStringUtf8(), second.ClientMsgId, second.InboxSeq));
+        Assert.Equal(2UL, (await reinstalled.ExpectAsync<SyncDone>()).InboxSeq);
+        await reinstalled.SendAsync(TestDevice.Text(3, "bob", "three"));
+        await reinstalled.ExpectAsync<Sent>();
+        await reinstalled.SendAsync(new Ping());
+        await reinstalled.ExpectAsync<Pong>(); // not a DELIVER of "three"
+
+        var resumed = await _broker.ConnectAsync("alice", "phone", resumeInboxSeq: 2);
+        Assert.Equal(3UL, (await resumed.ExpectAsync<SyncDone>()).InboxSeq);
+    }
+
+    [Fact]
     public async Task Send_is_delivered_to_the_recipients_session_and_the_senders_other_device()
     {
         var alicePhone = await ConnectAsync("alice", "phone");

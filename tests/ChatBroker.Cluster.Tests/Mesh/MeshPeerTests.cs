@@ -176,7 +176,9 @@ public sealed class MeshPeerTests(ITestOutputHelper output)
 
         await ab.WhenAckedAsync(300).WaitAsync(Timeout);
         var replies = results.Results.ToArray();
-        Assert.Equal(100, replies.Length);
+        var got = replies.Select(r => r.Id).ToHashSet();
+        var missing = Enumerable.Range(1, 100).Where(i => !got.Contains((ulong)i)).ToArray();
+        Assert.True(replies.Length == 100, $"missing {string.Join(",", missing)}; dup {b.ReceiverMetrics.Snapshot().Duplicates}; acked {ab.AckedThrough}; sink {b.Sink.Snapshot().Length}");
         foreach (var r in replies)
         {
             Assert.Equal(MeshStatus.Ok, r.Status);
@@ -207,7 +209,9 @@ public sealed class MeshPeerTests(ITestOutputHelper output)
 
         await ab.WhenAckedAsync(100).WaitAsync(Timeout);
         var replies = results.Results.ToArray();
-        Assert.Equal(100, replies.Length);
+        var got = replies.Select(r => r.Id).ToHashSet();
+        var missing = Enumerable.Range(1, 100).Where(i => !got.Contains((ulong)i)).ToArray();
+        Assert.True(replies.Length == 100, $"missing {string.Join(",", missing)}; dup {b.ReceiverMetrics.Snapshot().Duplicates}; acked {ab.AckedThrough}; sink {b.Sink.Snapshot().Length}");
         Assert.Equal(100, replies.Select(r => r.Id).Distinct().Count());
         Assert.Equal(100, b.Sink.Snapshot().Length);
         Assert.True(b.ReceiverMetrics.Snapshot().Duplicates >= 1);

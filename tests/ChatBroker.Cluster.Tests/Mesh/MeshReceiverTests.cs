@@ -31,6 +31,34 @@ public sealed class MeshReceiverTests
     }
 
     [Fact]
+    public async Task A_resent_batch_behind_the_mark_gets_every_result_its_ack_frees()
+    {
+        // A stale stream handled [1, 2] and [3, 4], but its acks were lost. The new stream resends [1, 2]: the ack
+        // says "handled through 4", so it must carry the results of 3 and 4 too, or the sender frees them without.
+        await using var b = await MeshTestNode.StartAsync("node-b");
+        using var channel = MeshChannel.Create(b.Server.Address, b.Options);
+        var client = new ChatBroker.Cluster.Mesh.Wire.Mesh.MeshClient(channel);
+        static MeshMessage Request(ulong id) => new() { Id = id, Epoch = 1, Kind = RecordingSink.RequestKind, Payload = ByteString.CopyFrom([(byte)id]) };
+        using (var stale = client.Link())
+        {
+            await stale.RequestStream.WriteAsync(new MeshBatch { Origin = "x", Session = 9, Stream = 0, Messages = { Request(1), Request(2) } });
+            await stale.RequestStream.WriteAsync(new MeshBatch { Messages = { Request(3), Request(4) } });
+            for (var acks = 0; acks < 2; acks++)
+            {
+                Assert.True(await stale.ResponseStream.MoveNext(CancellationToken.None).WaitAsync(Timeout));
+            }
+        }
+
+        using var fresh = client.Link();
+        await fresh.RequestStream.WriteAsync(new MeshBatch { Origin = "x", Session = 9, Stream = 0, Messages = { Request(1), Request(2) } });
+        Assert.True(await fresh.ResponseStream.MoveNext(CancellationToken.None).WaitAsync(Timeout));
+        var ack = fresh.ResponseStream.Current;
+        Assert.Equal(4UL, ack.AckedThrough);
+        Assert.Equal([1UL, 2UL, 3UL, 4UL], ack.Results.Select(r => r.Id).ToArray());
+        Assert.Equal(4, b.Sink.Snapshot().Length);
+    }
+
+    [Fact]
     public async Task A_gap_in_ids_fails_the_stream()
     {
         await using var b = await MeshTestNode.StartAsync("node-b");

@@ -66,8 +66,10 @@ public sealed partial class BrokerProcess : IAsyncDisposable
 
         args.AddRange(["--set", "tcp.listen=127.0.0.1:0", "--set", "admin.listen=127.0.0.1:0"]);
         args.AddRange(extraArgs);
-        var process = launch.Executable is null
-            ? StartDotnet(BrokerDll, args, out var workingDirectory, launch.Environment)
+        var process = launch.Wrapper is { Count: > 0 } wrapper
+            ? StartProcess(wrapper[0], [.. wrapper.Skip(1), .. launch.Executable is null ? ["dotnet", BrokerDll] : new[] { launch.Executable }, .. args], out var workingDirectory, launch.Environment)
+            : launch.Executable is null
+            ? StartDotnet(BrokerDll, args, out workingDirectory, launch.Environment)
             : StartProcess(launch.Executable, args, out workingDirectory, launch.Environment);
         if (launch.DefaultDataDir)
         {
@@ -190,14 +192,30 @@ public sealed partial class BrokerProcess : IAsyncDisposable
         }
     }
 
+    /// <summary>Lines written so far: a mark for <see cref="WaitForLineAsync(Regex, int)"/>.</summary>
+    public int LineCount
+    {
+        get
+        {
+            lock (_outputLock)
+            {
+                return _output.Count;
+            }
+        }
+    }
+
     /// <summary>Completes when a line matching <paramref name="pattern"/> has been written (including earlier lines).</summary>
-    public Task<Match> WaitForLineAsync(Regex pattern)
+    public Task<Match> WaitForLineAsync(Regex pattern) => WaitForLineAsync(pattern, 0);
+
+    /// <summary>Completes when a line from number <paramref name="fromLine"/> on (a <see cref="LineCount"/> taken
+    /// before) matches <paramref name="pattern"/>.</summary>
+    public Task<Match> WaitForLineAsync(Regex pattern, int fromLine)
     {
         lock (_outputLock)
         {
-            foreach (var line in _output)
+            for (var i = fromLine; i < _output.Count; i++)
             {
-                var m = pattern.Match(line);
+                var m = pattern.Match(_output[i]);
                 if (m.Success)
                 {
                     return Task.FromResult(m);
@@ -315,6 +333,10 @@ public sealed record BrokerLaunch
 {
     /// <summary>A program to run directly (the published single file); null runs `dotnet chatbroker.dll`.</summary>
     public string? Executable { get; init; }
+
+    /// <summary>A command that runs the broker command line (e.g. <c>ip netns exec NS</c>, which execs it: the
+    /// process is still the broker's, for signals and kill -9); null runs it directly.</summary>
+    public IReadOnlyList<string>? Wrapper { get; init; }
 
     /// <summary>Variables added to the broker's environment.</summary>
     public IDictionary<string, string>? Environment { get; init; }

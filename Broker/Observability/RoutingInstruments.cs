@@ -1,0 +1,68 @@
+using System.Diagnostics.Metrics;
+using ChatBroker.Broker.Cluster;
+using ChatBroker.Cluster.Mesh;
+
+namespace ChatBroker.Broker.Observability;
+
+/// <summary>
+/// A cluster node's routing and mesh counters on the meter "ChatBroker.Routing" (cluster mode only): the node's
+/// <see cref="RoutingMetrics"/>, the sending ends of its mesh links (<see cref="ClusterNode.MeshMetrics"/>) and the
+/// receiving end (<see cref="MeshReceiver.Metrics"/>). They are plain Interlocked fields on the hot path; these
+/// observable instruments read them only when /metrics is scraped.
+/// </summary>
+public sealed class RoutingInstruments : IDisposable
+{
+    public const string MeterName = "ChatBroker.Routing";
+
+    private readonly Meter _meter;
+
+    public RoutingInstruments(ClusterNode node, MeshReceiver receiver, string nodeName)
+    {
+        ArgumentNullException.ThrowIfNull(node);
+        ArgumentNullException.ThrowIfNull(receiver);
+        _meter = new Meter(MeterName, "1.0", [new KeyValuePair<string, object?>("node", nodeName)]);
+        var routing = node.Metrics;
+        Counter("chatbroker.cluster.sends.forwarded", "{message}", "SENDs this node forwarded to their conversation's owner.", () => routing.Snapshot().SendsForwarded);
+        Counter("chatbroker.cluster.sends.unavailable", "{message}", "Forwarded SENDs answered SERVER_UNAVAILABLE (owner not live, unreachable in time, no map, full link).", () => routing.Snapshot().SendsAnsweredUnavailable);
+        Counter("chatbroker.cluster.sends.stale_epoch_retries", "{message}", "Forwarded SENDs refused with STALE_EPOCH and routed again after a newer map.", () => routing.Snapshot().StaleEpochRetries);
+        Counter("chatbroker.cluster.direct_id_probes", "{probe}", "Direct conversation id candidates skipped because another pair holds them.", () => routing.Snapshot().DirectIdProbes);
+        Counter("chatbroker.cluster.link_queue_full", "{operation}", "Operations not queued because a mesh link's queue was full (cluster.mesh_max_queue_*).", () => routing.Snapshot().LinkQueueFull);
+        Counter("chatbroker.cluster.inbox.forwarded", "{entry}", "Forward-queue entries (inbox entries for users of other home nodes) the homes acknowledged.", () => routing.Snapshot().InboxEntriesForwarded);
+        Counter("chatbroker.cluster.inbox.rejected", "{entry}", "Forward-queue entries a home rejected and that were skipped.", () => routing.Snapshot().InboxEntriesRejected);
+        Counter("chatbroker.cluster.copies.stored", "{message}", "Messages of other owners stored here with their inbox entries (this node is the home).", () => routing.Snapshot().CopiesStored);
+        Counter("chatbroker.cluster.copies.duplicate", "{message}", "Forwarded messages this home already had (a resend).", () => routing.Snapshot().CopiesDuplicate);
+        Counter("chatbroker.cluster.delivers.posted", "{message}", "Live deliveries posted to the nodes holding remote devices' connections.", () => routing.Snapshot().DeliversPosted);
+        Counter("chatbroker.cluster.delivers.dropped", "{message}", "Live deliveries dropped at a full link (the device catches up at its next message).", () => routing.Snapshot().DeliversDropped);
+        Counter("chatbroker.cluster.reads.remote", "{read}", "Pages read from other nodes (inbox catch-up at remote homes, history at remote owners).", () => routing.Snapshot().RemoteReads);
+        Counter("chatbroker.cluster.reads.failed", "{read}", "Of those, failed (answered or closed with SERVER_UNAVAILABLE).", () => routing.Snapshot().RemoteReadFailures);
+
+        var sent = node.MeshMetrics;
+        Counter("chatbroker.mesh.sent.messages", "{message}", "Mesh messages written to other nodes (resends included).", () => sent.Snapshot().MessagesSent);
+        Counter("chatbroker.mesh.sent.batches", "{batch}", "Mesh writes to other nodes (one batch of up to cluster.mesh_max_batch_messages each).", () => sent.Snapshot().BatchesSent);
+        Counter("chatbroker.mesh.sent.payload", "By", "Mesh payload bytes written to other nodes.", () => sent.Snapshot().BytesSent);
+        Counter("chatbroker.mesh.sent.acked", "{message}", "Mesh messages other nodes acknowledged.", () => sent.Snapshot().MessagesAcked);
+        Counter("chatbroker.mesh.sent.resent", "{message}", "Mesh messages written again after a reconnect.", () => sent.Snapshot().MessagesResent);
+        Counter("chatbroker.mesh.sent.reconnects", "{stream}", "Mesh streams opened again after the first one to a node.", () => sent.Snapshot().Reconnects);
+        Counter("chatbroker.mesh.sent.backpressure_waits", "{message}", "Mesh sends that waited because a node's queue was full.", () => sent.Snapshot().BackpressureWaits);
+        Counter("chatbroker.mesh.sent.results", "{result}", "Answers (replies, refusals) received with acknowledgements.", () => sent.Snapshot().ResultsReceived);
+        Counter("chatbroker.mesh.sent.protocol_errors", "{ack}", "Acknowledgements from other nodes that broke the protocol (the stream was reset).", () => sent.Snapshot().ProtocolErrorsSent);
+        _meter.CreateObservableGauge("chatbroker.mesh.queued", () => sent.Snapshot().QueuedBytes, "By", "Mesh payload bytes held for other nodes now (queued plus unacknowledged).");
+        _meter.CreateObservableGauge("chatbroker.mesh.queued.high_water", () => sent.Snapshot().QueuedBytesHighWater, "By", "The most mesh payload bytes held for other nodes at once since start.");
+
+        var received = receiver.Metrics;
+        Counter("chatbroker.mesh.received.messages", "{message}", "Mesh messages from other nodes handed to this node (each once).", () => received.Snapshot().MessagesReceived);
+        Counter("chatbroker.mesh.received.batches", "{batch}", "Mesh batches read from other nodes.", () => received.Snapshot().BatchesReceived);
+        Counter("chatbroker.mesh.received.duplicates", "{message}", "Mesh messages received again after a resend and not handled twice.", () => received.Snapshot().Duplicates);
+        Counter("chatbroker.mesh.received.stale_epoch", "{message}", "Mesh messages refused because the sender's cluster map is older and gives this node nothing to do with them.", () => received.Snapshot().StaleEpochRefusals);
+        Counter("chatbroker.mesh.received.rejected", "{message}", "Mesh messages rejected for another reason (malformed, a field refused).", () => received.Snapshot().Rejections);
+        Counter("chatbroker.mesh.received.protocol_errors", "{stream}", "Mesh streams failed for a bad batch (gap in ids, too many messages, too large, no header).", () => received.Snapshot().ProtocolErrors);
+        Counter("chatbroker.mesh.received.links_refused", "{stream}", "Mesh streams refused because cluster.mesh_max_links links exist.", () => received.Snapshot().LinksRefused);
+        Counter("chatbroker.mesh.received.results_dropped", "{result}", "Answers dropped from a link's cache at cluster.mesh_max_cached_results.", () => received.Snapshot().ResultsDropped);
+        _meter.CreateObservableGauge("chatbroker.mesh.links", () => receiver.LinkCount, "{stream}", "Mesh streams from other nodes this node keeps state for.");
+    }
+
+    public void Dispose() => _meter.Dispose();
+
+    private void Counter(string name, string unit, string description, Func<long> observe) =>
+        _meter.CreateObservableCounter(name, observe, unit, description);
+}
