@@ -86,7 +86,7 @@ public sealed class ClusterLauncher : IAsyncDisposable
         }
 
         var etcd = await EtcdProcess.StartAsync(netns).ConfigureAwait(false);
-        log.WriteLine($"cluster: etcd pid {etcd.Pid} at {etcd.Endpoint}{(netns is null ? "" : " (in cbnet-1)")}");
+        log.WriteLine($"cluster: etcd pid {etcd.Pid} at {etcd.Endpoint}{(netns is null ? "" : " (in cbload-1)")}");
         var cluster = new ClusterLauncher(etcd, Convert.ToBase64String(RandomNumberGenerator.GetBytes(32)), durability, extraSettings, netns);
         try
         {

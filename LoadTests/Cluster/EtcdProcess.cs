@@ -36,7 +36,7 @@ public sealed class EtcdProcess : IAsyncDisposable
         : typeof(EtcdProcess).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().First(a => a.Key == "ChatBrokerScripts").Value!;
 
     /// <summary>
-    /// Starts the member: on 127.0.0.1 with free ports, or with <paramref name="netns"/> in cbnet-1 at
+    /// Starts the member: on 127.0.0.1 with free ports, or with <paramref name="netns"/> in cbload-1 at
     /// 10.77.0.1:2379 (the script then runs inside that namespace). Returns once etcd reports itself healthy.
     /// </summary>
     public static async Task<EtcdProcess> StartAsync(NetnsLayout? netns = null)
@@ -133,7 +133,7 @@ public sealed class EtcdProcess : IAsyncDisposable
 
     private static async Task<string> RunScriptAsync(string[] arguments, bool inNetns = false)
     {
-        // In --netns mode etcd lives in cbnet-1 (the script starts it where the script runs).
+        // In --netns mode etcd lives in cbload-1 (the script starts it where the script runs).
         var path = Path.Combine(ScriptsDirectory, "etcd.sh");
         var info = new ProcessStartInfo(inNetns ? "ip" : path)
         {
