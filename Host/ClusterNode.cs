@@ -172,7 +172,8 @@ internal sealed class ClusterNode(
 
         if (autoJoin)
         {
-            var joined = await new ClusterMembership(coordinator, metrics)
+            // Joining until this node's cluster layer has had its ranges handed to it; it then makes itself Active.
+            var joined = await new ClusterMembership(coordinator, metrics) { HandOverRanges = true }
                 .JoinAsync(SelfMember, options.VirtualNodes, options.ReplicationFactor, cancellationToken).ConfigureAwait(false);
             if (joined.Succeeded)
             {

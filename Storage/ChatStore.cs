@@ -9,11 +9,15 @@ namespace ChatBroker.Storage;
 /// <see cref="InMemoryChatStore"/> differ only in the engine, so the broker's unit tests exercise the
 /// same sequencing, idempotency and fan-out code that runs in production.
 /// </summary>
-public abstract class ChatStore : IChatStore
+public abstract partial class ChatStore : IChatStore
 {
     /// <summary>Conversation ids from here up are derived from their members (a cluster's direct conversations,
     /// <see cref="IConversationStore.GetOrCreateDirectAtAsync"/>); the counter allocates below it.</summary>
     public const ulong FirstDerivedConversationId = 1UL << 63;
+
+    /// <summary>Group ids from here up to <see cref="FirstDerivedConversationId"/> are drawn at random (a cluster's
+    /// groups, <see cref="IConversationStore.CreateGroupAtAsync"/>); the counter allocates below it.</summary>
+    public const ulong FirstDrawnGroupId = 1UL << 62;
 
     private const int MaxReadLimit = 10_000;
     private const int SweepChunk = 1024;
@@ -109,10 +113,19 @@ public abstract class ChatStore : IChatStore
         return _writer.EnqueueAsync(new AppendOp(request), completions, cancellationToken);
     }
 
-    public Task<AppendResult> StoreCopyAsync(StoredMessage message, IReadOnlyList<string> inboxRecipients, CancellationToken cancellationToken = default)
+    public Task<AppendResult> StoreCopyAsync(StoredMessage message, IReadOnlyList<string> inboxRecipients, CancellationToken cancellationToken = default) =>
+        StoreCopyAsync(message, inboxRecipients, [], cancellationToken);
+
+    public Task<AppendResult> StoreCopyAsync(StoredMessage message, IReadOnlyList<string> inboxRecipients, IReadOnlyList<string> pushRecipients, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(message);
         ArgumentNullException.ThrowIfNull(inboxRecipients);
+        ArgumentNullException.ThrowIfNull(pushRecipients);
+        foreach (var user in pushRecipients)
+        {
+            Records.ValidateId(user, nameof(pushRecipients));
+        }
+
         Records.ValidateId(message.SenderUserId, nameof(message.SenderUserId));
         Records.ValidateId(message.SenderDeviceId, nameof(message.SenderDeviceId));
         if (message.ConversationId == 0 || message.Seq == 0)
@@ -125,7 +138,7 @@ public abstract class ChatStore : IChatStore
             Records.ValidateId(user, nameof(inboxRecipients));
         }
 
-        return _writer.EnqueueAsync(new StoreCopyOp(message, inboxRecipients), null, cancellationToken);
+        return _writer.EnqueueAsync(new StoreCopyOp(message, inboxRecipients, pushRecipients), null, cancellationToken);
     }
 
     public IReadOnlyList<StoredMessage> ReadRange(ulong conversationId, ulong fromSeq, int limit)
@@ -297,6 +310,23 @@ public abstract class ChatStore : IChatStore
         return _writer.EnqueueAsync(new CreateGroupOp(creator, title, members), null, cancellationToken);
     }
 
+    public Task<Conversation?> CreateGroupAtAsync(ulong conversationId, string creator, string? title, IReadOnlyList<string> members, CancellationToken cancellationToken = default)
+    {
+        if (conversationId is < FirstDrawnGroupId or >= FirstDerivedConversationId)
+        {
+            throw new ArgumentOutOfRangeException(nameof(conversationId), conversationId, "A drawn group id is in [2^62, 2^63).");
+        }
+
+        Records.ValidateId(creator, nameof(creator));
+        ArgumentNullException.ThrowIfNull(members);
+        foreach (var member in members)
+        {
+            Records.ValidateId(member, nameof(members));
+        }
+
+        return _writer.EnqueueAsync(new CreateGroupAtOp(conversationId, creator, title, members), null, cancellationToken);
+    }
+
     public Conversation? GetConversation(ulong conversationId)
     {
         var key = Records.ConversationKey(new ByteWriter(8), conversationId);
@@ -395,6 +425,30 @@ public abstract class ChatStore : IChatStore
         Records.ValidateId(userId, nameof(userId));
         var value = _engine.Get(Cf.Presence, Records.PresenceKey(new ByteWriter(), userId).Span);
         return value is { Length: 8 } ? (long)Records.TrailingU64(value) : null;
+    }
+
+    // ---- receipts ----
+
+    public Task<ulong> StoreReceiptAsync(string userId, ulong conversationId, string readerUserId, bool read, ulong upToSeq, CancellationToken cancellationToken = default)
+    {
+        ValidateIds(userId, readerUserId);
+        ArgumentOutOfRangeException.ThrowIfZero(conversationId);
+        return _writer.EnqueueAsync(new StoreReceiptOp(userId, conversationId, readerUserId, read, upToSeq), null, cancellationToken);
+    }
+
+    public IReadOnlyList<StoredReceipt> ListReceipts(string userId, int limit)
+    {
+        Records.ValidateId(userId, nameof(userId));
+        CheckLimit(limit);
+        var prefix = Records.UserPrefix(new ByteWriter(), userId).ToArray();
+        var receipts = new List<StoredReceipt>(Math.Min(limit, 64));
+        using var cursor = _engine.OpenCursor(Cf.Receipts, prefix, KeyRange.PrefixSuccessor(prefix));
+        for (cursor.SeekToFirst(); cursor.Valid && receipts.Count < limit; cursor.Next())
+        {
+            receipts.Add(Records.ReadReceipt(cursor.Key, cursor.Value));
+        }
+
+        return receipts;
     }
 
     // ---- prekeys ----

@@ -140,9 +140,9 @@ internal sealed partial class CommitWriter
 
     private ulong RecoverLastConversationId()
     {
-        // Ids from ChatStore.FirstDerivedConversationId up are derived from their members, not counted: the counter
-        // recovers from the counted ones only.
-        var upper = Records.ConversationKey(new ByteWriter(8), ChatStore.FirstDerivedConversationId).ToArray();
+        // Ids from ChatStore.FirstDrawnGroupId up are drawn (groups) or derived from their members (direct chats) in
+        // cluster mode, not counted: the counter recovers from the counted ones only.
+        var upper = Records.ConversationKey(new ByteWriter(8), ChatStore.FirstDrawnGroupId).ToArray();
         using var cursor = _engine.OpenCursor(Cf.Conversations, [], upper);
         cursor.SeekToLast();
         return cursor.Valid ? Records.TrailingU64(cursor.Key) : 0;

@@ -22,6 +22,11 @@ public interface IMessageLog
     /// recipient here).</summary>
     Task<AppendResult> StoreCopyAsync(StoredMessage message, IReadOnlyList<string> inboxRecipients, CancellationToken cancellationToken = default);
 
+    /// <summary><see cref="StoreCopyAsync(StoredMessage, IReadOnlyList{string}, CancellationToken)"/> with a push job
+    /// for each of <paramref name="pushRecipients"/> (recipients with no online device) in the same write, so a
+    /// resent copy, which stores nothing, creates no second job.</summary>
+    Task<AppendResult> StoreCopyAsync(StoredMessage message, IReadOnlyList<string> inboxRecipients, IReadOnlyList<string> pushRecipients, CancellationToken cancellationToken = default);
+
     /// <summary>Up to <paramref name="limit"/> messages with seq ≥ <paramref name="fromSeq"/>, ascending.</summary>
     IReadOnlyList<StoredMessage> ReadRange(ulong conversationId, ulong fromSeq, int limit);
 
@@ -75,6 +80,12 @@ public interface IConversationStore
     /// <summary>Creates a group; <paramref name="creator"/> becomes admin, <paramref name="members"/> members.</summary>
     Task<Conversation> CreateGroupAsync(string creator, string? title, IReadOnlyList<string> members, CancellationToken cancellationToken = default);
 
+    /// <summary>Creates a group at an id drawn at random (cluster mode: the group's owner creates it at the id a
+    /// gateway drew); null, with nothing written, when a conversation already has that id (the gateway draws again).
+    /// <paramref name="conversationId"/> is in [<see cref="ChatStore.FirstDrawnGroupId"/>,
+    /// <see cref="ChatStore.FirstDerivedConversationId"/>); the counter never allocates there.</summary>
+    Task<Conversation?> CreateGroupAtAsync(ulong conversationId, string creator, string? title, IReadOnlyList<string> members, CancellationToken cancellationToken = default);
+
     Conversation? GetConversation(ulong conversationId);
 
     /// <summary>Adds or changes the role of a member.</summary>
@@ -111,6 +122,21 @@ public interface IPresenceStore
     long? GetLastSeen(string userId);
 }
 
+/// <summary>
+/// Receipts kept for a user (cluster mode: on the user's home node): "reader R has received (or read) conversation C
+/// up to seq S", the latest position per (conversation, reader, kind), so a user whose devices were all offline
+/// learns them on the next CONNECT.
+/// </summary>
+public interface IReceiptStore
+{
+    /// <summary>Moves the receipt forward to <paramref name="upToSeq"/> (never backwards); returns the position it
+    /// had before (0 when none).</summary>
+    Task<ulong> StoreReceiptAsync(string userId, ulong conversationId, string readerUserId, bool read, ulong upToSeq, CancellationToken cancellationToken = default);
+
+    /// <summary>Up to <paramref name="limit"/> receipts kept for the user, by conversation.</summary>
+    IReadOnlyList<StoredReceipt> ListReceipts(string userId, int limit);
+}
+
 /// <summary>End-to-end encryption key bundles.</summary>
 public interface IPrekeyStore
 {
@@ -131,7 +157,7 @@ public interface IPrekeyStore
 }
 
 /// <summary>The whole store. <see cref="IAsyncDisposable.DisposeAsync"/> commits what is queued, then closes.</summary>
-public interface IChatStore : IMessageLog, IInboxStore, ICursorStore, IConversationStore, IPushJobStore, IPresenceStore, IPrekeyStore, IAsyncDisposable, IDisposable
+public interface IChatStore : IMessageLog, IInboxStore, ICursorStore, IConversationStore, IPushJobStore, IPresenceStore, IPrekeyStore, IReceiptStore, IRangeTransfer, IAsyncDisposable, IDisposable
 {
     /// <summary>Applies retention and expires idempotency keys now; returns the number of records removed.
     /// The background sweeper calls this every <see cref="StorageOptions.SweepInterval"/>.</summary>

@@ -68,6 +68,10 @@ public sealed record Conversation(ulong Id, ConversationKind Kind, long CreatedA
 public readonly record struct Member(string UserId, MemberRole Role, long JoinedAtMs);
 
 /// <summary>A durable push-notification job: tell <see cref="UserId"/> about (conversation, seq).</summary>
+/// <summary>A receipt kept for a user: <paramref name="ReaderUserId"/> received (or, <paramref name="Read"/>, read)
+/// the conversation up to <paramref name="UpToSeq"/>.</summary>
+public sealed record StoredReceipt(ulong ConversationId, string ReaderUserId, bool Read, ulong UpToSeq);
+
 public sealed record PushJob(ulong Id, string UserId, ulong ConversationId, ulong Seq, long CreatedAtMs, int Attempts, long NotBeforeMs);
 
 /// <summary>A device's long-lived keys (the bundle without one-time prekeys).</summary>

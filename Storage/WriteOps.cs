@@ -170,6 +170,37 @@ internal sealed class CreateGroupOp(string creator, string? title, IReadOnlyList
     }
 }
 
+/// <summary>A group at an id drawn at random (cluster mode); nothing is written when the id is taken.</summary>
+internal sealed class CreateGroupAtOp(ulong conversationId, string creator, string? title, IReadOnlyList<string> members) : WriteOp<Conversation?>
+{
+    public override string? ConflictKey => $"conversation|{conversationId}";
+
+    public override int EstimatedBytes => 64 + (members.Count * 64);
+
+    public override void Apply(CommitWriter w)
+    {
+        if (w.Engine.Get(Cf.Conversations, Records.ConversationKey(w.Key, conversationId).Span) is not null)
+        {
+            Result = null;
+            return;
+        }
+
+        var now = w.Now();
+        var conversation = new Conversation(conversationId, ConversationKind.Group, now, creator, title);
+        w.Batch.Put(Cf.Conversations, Records.ConversationKey(w.Key, conversationId).Span, Records.ConversationValue(w.Value, conversation).Span);
+        ConversationOps.PutMember(w, conversationId, creator, MemberRole.Admin, now);
+        foreach (var member in members)
+        {
+            if (member != creator)
+            {
+                ConversationOps.PutMember(w, conversationId, member, MemberRole.Member, now);
+            }
+        }
+
+        Result = conversation;
+    }
+}
+
 internal sealed class SetMemberOp(ulong conversationId, string userId, MemberRole role) : WriteOp<bool>
 {
     public override string? ConflictKey => $"member|{conversationId}|{userId}";
@@ -377,9 +408,9 @@ internal sealed class GetOrCreateDirectAtOp(ulong conversationId, string userA, 
 /// stored only if its seq is above the last this store has of the conversation, so a resent copy is a no-op
 /// (the message and the inbox entries are written together, so "has the seq" means "has the entries").
 /// </summary>
-internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> inboxRecipients) : WriteOp<AppendResult>
+internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> inboxRecipients, IReadOnlyList<string> pushRecipients) : WriteOp<AppendResult>
 {
-    public override int EstimatedBytes => 96 + message.Body.Length + (inboxRecipients.Count * 48);
+    public override int EstimatedBytes => 96 + message.Body.Length + (inboxRecipients.Count * 48) + (pushRecipients.Count * 64);
 
     public override void Apply(CommitWriter w)
     {
@@ -411,6 +442,31 @@ internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> i
             w.Batch.Put(Cf.Inboxes, Records.InboxKey(w.Key, inboxRecipients[i], inboxSeqs[i]).Span, w.Value.Span);
         }
 
+        var now = pushRecipients.Count == 0 ? 0 : w.Now();
+        for (var i = 0; i < pushRecipients.Count; i++)
+        {
+            var job = new PushJob(w.NextPushJobId(), pushRecipients[i], m.ConversationId, m.Seq, now, 0, now);
+            w.Batch.Put(Cf.PushJobs, Records.PushJobKey(w.Key, job.Id).Span, Records.PushJobValue(w.Value, job).Span);
+        }
+
         Result = new AppendResult(m.ConversationId, m.Seq, m.TimestampMs, false, inboxSeqs);
+    }
+}
+
+/// <summary>Moves a receipt kept for a user forward; the result is the position before.</summary>
+internal sealed class StoreReceiptOp(string userId, ulong conversationId, string readerUserId, bool read, ulong upToSeq) : WriteOp<ulong>
+{
+    // Two receipts of one key in one batch: the second must see the first (forward only).
+    public override string? ConflictKey => $"receipt|{userId}|{conversationId}|{readerUserId}";
+
+    public override void Apply(CommitWriter w)
+    {
+        var key = Records.ReceiptKey(w.Key, userId, conversationId, readerUserId, read);
+        var existing = w.Engine.Get(Cf.Receipts, key.Span);
+        Result = existing is { Length: 8 } ? new ByteReader(existing).U64() : 0;
+        if (upToSeq > Result)
+        {
+            w.Batch.Put(Cf.Receipts, key.Span, w.Value.Reset().U64(upToSeq).Span);
+        }
     }
 }

@@ -154,9 +154,9 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             var links = new Dictionary<string, PeerLink>(StringComparer.Ordinal);
             foreach (var member in map.Members)
             {
-                if (member.State == MemberState.Active)
+                if (member.State != MemberState.Joining)
                 {
-                    active.Add(member.NodeId);
+                    active.Add(member.NodeId); // a Leaving member owns its ranges until they are handed over
                 }
 
                 if (string.Equals(member.NodeId, NodeId, StringComparison.Ordinal))
@@ -190,6 +190,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             var ring = active.Count == 0 ? null : HashRing.Create(active, map.VirtualNodes);
             var state = new RoutingState(map, NodeId, ring, links.ToFrozenDictionary(StringComparer.Ordinal));
             Volatile.Write(ref _state, state);
+            Retire(previous);
             foreach (var nodeId in links.Keys)
             {
                 if (!_forwarders.ContainsKey(nodeId))
@@ -215,6 +216,8 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         {
             _ = link.DisposeAsync().AsTask();
         }
+
+        OnMapApplied();
     }
 
     // ---- IMessageRouter: what the core asks ----
@@ -228,9 +231,10 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
 
     public bool IsHomeOf(string userId) => State is { } s && s.IsSelf(s.HomeIndexOf(userId));
 
-    public InboxRouting RouteInbox(string[] members)
+    public InboxRouting RouteInbox(string[] members) => RouteInbox(State, members);
+
+    private static InboxRouting RouteInbox(RoutingState? s, string[] members)
     {
-        var s = State;
         if (s?.Ring is null)
         {
             return new InboxRouting(members, members);
@@ -524,19 +528,26 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             return;
         }
 
+        var login = LoginOf(device, online);
         if (string.Equals(home, NodeId, StringComparison.Ordinal))
         {
             // Local sessions are in the local registry; one that logs in here takes over a session of the same
             // device at another gateway.
             if (online)
             {
-                Register(new DeviceRegistration { User = device.UserId, Device = device.DeviceId, Online = true }, NodeId, s);
+                var registration = new DeviceRegistration { User = device.UserId, Device = device.DeviceId, Online = true, Login = login };
+                Register(registration, NodeId, s);
+                OnRegistered(registration, NodeId);
+            }
+            else
+            {
+                ForgetLogin(device.UserId, device.DeviceId, login);
             }
 
             return;
         }
 
-        s.LinkOf(home)?.TryPost(ClusterOpKind.DeviceRegistration, s.Epoch, new DeviceRegistration { User = device.UserId, Device = device.DeviceId, Online = online }.ToByteArray());
+        s.LinkOf(home)?.TryPost(ClusterOpKind.DeviceRegistration, s.Epoch, new DeviceRegistration { User = device.UserId, Device = device.DeviceId, Online = online, Login = login }.ToByteArray());
     }
 
     // ---- IMeshSink: what other nodes ask ----
@@ -659,6 +670,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
                 }
 
                 Register(registration, batch.Origin, s);
+                OnRegistered(registration, batch.Origin);
                 return null;
             }
 
@@ -685,14 +697,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             case ClusterOpKind.DeviceTakenOver:
             {
                 var takenOver = DeviceRegistration.Parser.ParseFrom(message.Payload.Span);
-                foreach (var device in _registry.DevicesOf(takenOver.User))
-                {
-                    if (string.Equals(device.DeviceId, takenOver.Device, StringComparison.Ordinal))
-                    {
-                        device.Close(ReasonCode.SessionTakenOver, "this device connected at another node");
-                    }
-                }
-
+                CloseSessionsBefore(takenOver.User, takenOver.Device, takenOver.Login);
                 return null;
             }
 
@@ -743,6 +748,20 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
                 return AckForGatewayAsync(batch, index, ack, cancellationToken);
             }
 
+            case ClusterOpKind.GroupOp or ClusterOpKind.GroupList or ClusterOpKind.GroupLogToHome or ClusterOpKind.GroupLogToGateway
+                or ClusterOpKind.GroupLogRead or ClusterOpKind.GroupStreams or ClusterOpKind.GroupAck:
+                return HandleGroupOperation(batch, index, message, s, cancellationToken);
+            case >= ClusterOpKind.ReadReceipt and <= ClusterOpKind.FetchKeys:
+                return HandleSignal(batch, index, message, s, cancellationToken);
+            case ClusterOpKind.HandoverStep:
+                return HandleHandoverStep(batch, index, message);
+
+            case ClusterOpKind.HandoverStepDone:
+                return HandleHandoverStepDone(batch, index, message);
+
+            case ClusterOpKind.RangeChunk:
+                return HandleRangeChunk(batch, index, message, s, cancellationToken);
+
             default:
                 batch.Reject(index, (uint)ReasonCode.BadRequest);
                 return null;
@@ -791,9 +810,10 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         append.Recipients.CopyTo(recipients, 0);
         var stored = ClusterOps.ToStored(append.Message);
         AppendResult result;
+        string[] push;
         try
         {
-            result = await _chat.Store.StoreCopyAsync(stored, recipients, cancellationToken).ConfigureAwait(false);
+            result = await _chat.Store.StoreCopyAsync(stored, recipients, push = PushRecipientsOf(stored, recipients), cancellationToken).ConfigureAwait(false);
         }
         catch (ArgumentException)
         {
@@ -806,6 +826,11 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         if (result.IsDuplicate)
         {
             return;
+        }
+
+        if (push.Length > 0)
+        {
+            _chat.RaisePushJobsAdded();
         }
 
         var message = DeliveryMessage.FromStored(stored);
@@ -827,6 +852,11 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
     /// </summary>
     private void Register(DeviceRegistration registration, string gateway, RoutingState s)
     {
+        if (!AdmitLogin(registration, gateway, s))
+        {
+            return; // an older login than one already registered: it does not take the device over
+        }
+
         var user = registration.User;
         var device = registration.Device;
         string? previous = null;
@@ -874,18 +904,12 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
 
         if (previous is not null && !string.Equals(previous, gateway, StringComparison.Ordinal))
         {
-            s.LinkOf(previous)?.TryPost(ClusterOpKind.DeviceTakenOver, s.Epoch, new DeviceRegistration { User = user, Device = device }.ToByteArray());
+            s.LinkOf(previous)?.TryPost(ClusterOpKind.DeviceTakenOver, s.Epoch, new DeviceRegistration { User = user, Device = device, Login = registration.Login }.ToByteArray());
         }
 
         if (!string.Equals(gateway, NodeId, StringComparison.Ordinal))
         {
-            foreach (var local in _registry.DevicesOf(user))
-            {
-                if (string.Equals(local.DeviceId, device, StringComparison.Ordinal))
-                {
-                    local.Close(ReasonCode.SessionTakenOver, "this device connected at another node");
-                }
-            }
+            CloseSessionsBefore(user, device, registration.Login);
         }
     }
 

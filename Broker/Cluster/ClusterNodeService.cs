@@ -19,7 +19,7 @@ internal sealed class ClusterNodeService(ClusterNode node, IClusterCoordinator c
     public async Task StartAsync(CancellationToken cancellationToken)
     {
         var view = coordinator.View;
-        node.Start(view);
+        node.Start(view, coordinator);
         if (view.HasMap)
         {
             // Bounded: a map the node cannot apply is logged by the node, and must not keep the process from starting.

@@ -37,6 +37,73 @@ public enum ClusterOpKind : uint
 
     /// <summary>Gateway → owner: <see cref="HistoryRequest"/>, answered with <see cref="HistoryResult"/>.</summary>
     History = 8,
+
+    /// <summary>Gateway → group owner: <see cref="GroupOp"/>, answered with <see cref="GroupOpResult"/>.</summary>
+    GroupOp = 20,
+
+    /// <summary>Gateway → every member: <see cref="GroupListOwned"/>, answered with <see cref="GroupOpResult"/>.</summary>
+    GroupList = 21,
+
+    /// <summary>Group owner → home: <see cref="GroupLogDeliver"/> of a large group's message.</summary>
+    GroupLogToHome = 22,
+
+    /// <summary>Home → gateway: <see cref="GroupLogDeliver"/> of a large group's message.</summary>
+    GroupLogToGateway = 23,
+
+    /// <summary>Gateway → group owner: <see cref="GroupLogRead"/>, answered with <see cref="GroupLogPage"/>.</summary>
+    GroupLogRead = 24,
+
+    /// <summary>Gateway → members / owner: <see cref="GroupStreamsRequest"/>, answered with <see cref="GroupStreamStarts"/>.</summary>
+    GroupStreams = 25,
+
+    /// <summary>Gateway → group owner: <see cref="GroupAck"/>.</summary>
+    GroupAck = 26,
+    // ---- 40–59: receipts, presence, typing, keys (cluster_signals.proto; ClusterNode.Signals.cs) ----
+
+    /// <summary>Gateway → owner: <see cref="Wire.ReadReceipt"/> (READ), answered with <see cref="SignalResult"/>.</summary>
+    ReadReceipt = 40,
+
+    /// <summary>Reader's home → owner: <see cref="Wire.DeliveredReport"/> (an ACK moved a delivered position).</summary>
+    DeliveredReport = 41,
+
+    /// <summary>Owner → the receipt's recipient's home: <see cref="Wire.ReceiptForUser"/>; the ack means stored.</summary>
+    ReceiptForUser = 42,
+
+    /// <summary>Gateway → home: <see cref="Wire.StoredReceiptsRequest"/>, answered with <see cref="StoredReceiptList"/>.</summary>
+    StoredReceipts = 43,
+
+    /// <summary>Home → gateway: <see cref="Wire.DeviceNotice"/> (a receipt, typing, presence or low-prekeys packet).</summary>
+    DeviceNotice = 44,
+
+    /// <summary>Owner → home: <see cref="Wire.UserNotice"/> (a packet for users whose home is the target).</summary>
+    UserNotice = 45,
+
+    /// <summary>Gateway → owner: <see cref="ConversationMembersRequest"/>, answered with <see cref="ConversationMembersResult"/>.</summary>
+    ConversationMembers = 46,
+
+    /// <summary>Gateway → home: <see cref="Wire.PresenceWatch"/>; a subscribe is answered with <see cref="SignalResult"/>.</summary>
+    PresenceWatch = 47,
+
+    /// <summary>Gateway → home: <see cref="Wire.PresenceAway"/> (PRESENCE_SET).</summary>
+    PresenceAway = 48,
+
+    /// <summary>Gateway → owner: <see cref="TypingRequest"/>, answered with <see cref="SignalResult"/>.</summary>
+    Typing = 49,
+
+    /// <summary>Gateway → home: <see cref="KeysUploadRequest"/>, answered with <see cref="SignalResult"/>.</summary>
+    KeysUpload = 50,
+
+    /// <summary>Gateway → the target's home: <see cref="FetchKeysRequest"/>, answered with <see cref="SignalResult"/>.</summary>
+    FetchKeys = 51,
+    /// <summary>Hand-over driver → member: <see cref="Wire.HandoverStep"/>, answered later by a posted
+    /// <see cref="Wire.HandoverStepDone"/>.</summary>
+    HandoverStep = 60,
+
+    /// <summary>Member → hand-over driver: <see cref="Wire.HandoverStepDone"/>.</summary>
+    HandoverStepDone = 61,
+
+    /// <summary>Old owner → new owner: <see cref="Wire.RangeChunk"/>, answered with <see cref="Wire.RangeChunkResult"/>.</summary>
+    RangeChunk = 62,
 }
 
 /// <summary>Conversions between the core's types and the cluster operations, and the derived ids.</summary>

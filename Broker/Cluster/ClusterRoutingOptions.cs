@@ -22,6 +22,17 @@ public sealed record ClusterRoutingOptions
     /// <summary>Times a forwarded SEND is retried after STALE_EPOCH refusals (each after a newer map).</summary>
     public int MaxStaleRetries { get; init; } = 3;
 
+    /// <summary>How long one step of a range hand-over (every member's prepare, or its export) may take before the
+    /// attempt fails; while it runs, SENDs on the moving ranges are refused with a retryable SERVER_UNAVAILABLE.</summary>
+    public TimeSpan HandoverStepTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Attempts of a hand-over on one map before the join or leave is aborted (the map is put back).</summary>
+    public int HandoverAttempts { get; init; } = 3;
+
+    /// <summary>Records per range chunk (one mesh message; its bytes are bounded by a third of the mesh's
+    /// MaxMessageBytes).</summary>
+    public int HandoverChunkRecords { get; init; } = 512;
+
     /// <summary>The mesh's bounds, with replies large enough for an inbox page of catch-up.</summary>
     public MeshOptions Mesh { get; init; } = new() { MaxReplyBytes = 256 * 1024 };
 
@@ -33,6 +44,10 @@ public sealed record ClusterRoutingOptions
         ArgumentOutOfRangeException.ThrowIfLessThan(ForwardBatch, 1, nameof(ForwardBatch));
         ArgumentOutOfRangeException.ThrowIfGreaterThan(ForwardBatch, 4096, nameof(ForwardBatch));
         ArgumentOutOfRangeException.ThrowIfLessThan(MaxStaleRetries, 0, nameof(MaxStaleRetries));
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(HandoverStepTimeout, TimeSpan.Zero, nameof(HandoverStepTimeout));
+        ArgumentOutOfRangeException.ThrowIfLessThan(HandoverAttempts, 1, nameof(HandoverAttempts));
+        ArgumentOutOfRangeException.ThrowIfLessThan(HandoverChunkRecords, 1, nameof(HandoverChunkRecords));
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(HandoverChunkRecords, Storage.IRangeTransfer.MaxImportRecords / 2, nameof(HandoverChunkRecords));
         Mesh.Validate();
         ArgumentOutOfRangeException.ThrowIfLessThan(Mesh.MaxReplyBytes, Mesh.MaxMessageBytes + 1024, "Mesh.MaxReplyBytes");
     }

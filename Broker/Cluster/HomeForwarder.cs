@@ -85,6 +85,23 @@ internal sealed class HomeForwarder
         }
     }
 
+    /// <summary>Completes once the home has acked every entry up to <paramref name="inboxSeq"/> of the queue (a
+    /// hand-over's drain: what was queued before it).</summary>
+    public async Task WhenForwardedThroughAsync(ulong inboxSeq, CancellationToken cancellationToken)
+    {
+        while (true)
+        {
+            var progress = Volatile.Read(ref _progress).Task;
+            if (_store.GetCursor(QueueId, ClusterNode.ForwardedCursor, CursorStream.Inbox) >= inboxSeq)
+            {
+                return;
+            }
+
+            Wake();
+            await progress.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+
     public Task Stopped => _run;
 
     private async Task RunAsync(CancellationToken stop)
@@ -209,7 +226,7 @@ internal sealed class HomeForwarder
         }
 
         var append = new InboxAppend { Message = ClusterOps.ToWire(messages[0]) };
-        foreach (var member in members)
+        foreach (var member in ClusterNode.ForwardAudience(members, messages[0]))
         {
             if (string.Equals(state.HomeOf(member), HomeNodeId, StringComparison.Ordinal))
             {

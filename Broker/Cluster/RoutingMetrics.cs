@@ -19,6 +19,7 @@ public sealed class RoutingMetrics
     internal long DeliversDropped;
     internal long RemoteReads;
     internal long RemoteReadFailures;
+    internal long StaleLogins;
 
     public RoutingMetricsSnapshot Snapshot() => new(
         Volatile.Read(ref SendsForwarded),
@@ -33,7 +34,8 @@ public sealed class RoutingMetrics
         Volatile.Read(ref DeliversPosted),
         Volatile.Read(ref DeliversDropped),
         Volatile.Read(ref RemoteReads),
-        Volatile.Read(ref RemoteReadFailures));
+        Volatile.Read(ref RemoteReadFailures),
+        Volatile.Read(ref StaleLogins));
 }
 
 /// <param name="SendsForwarded">SENDs this gateway forwarded to their conversation's owner.</param>
@@ -49,6 +51,7 @@ public sealed class RoutingMetrics
 /// <param name="DeliversDropped">Live deliveries dropped (full link; the device catches up at its next message).</param>
 /// <param name="RemoteReads">Pages read from other nodes: inboxes of remote homes (catch-up) and history of remote owners.</param>
 /// <param name="RemoteReadFailures">Of those, failed (the session was closed with SERVER_UNAVAILABLE).</param>
+/// <param name="StaleLogins">Home: device registrations of a login older than the device's newest, whose session was closed instead.</param>
 public readonly record struct RoutingMetricsSnapshot(
     long SendsForwarded,
     long SendsAnsweredUnavailable,
@@ -62,4 +65,5 @@ public readonly record struct RoutingMetricsSnapshot(
     long DeliversPosted,
     long DeliversDropped,
     long RemoteReads,
-    long RemoteReadFailures);
+    long RemoteReadFailures,
+    long StaleLogins);

@@ -14,9 +14,14 @@ internal sealed class RoutingState
     private readonly FrozenDictionary<string, PeerLink> _links;
     private readonly string[] _queueIds; // by ring node index: that node's forward queue id
 
+    private int _inFlight;
+    private int _retired;
+    private readonly TaskCompletionSource _quiet = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
     public RoutingState(ClusterMap map, string selfId, HashRing? ring, FrozenDictionary<string, PeerLink> links)
     {
         Map = map;
+        TargetRing = MovingRing(map);
         Epoch = (ulong)map.Epoch;
         Ring = ring;
         SelfIndex = ring?.IndexOf(selfId) ?? -1;
@@ -34,6 +39,10 @@ internal sealed class RoutingState
 
     /// <summary>The ring of the active members; null when the map has none.</summary>
     public HashRing? Ring { get; }
+
+    /// <summary>While members are Joining or Leaving: the ring they are moving to (Active and Joining members), which
+    /// becomes the ring once the hand-over is done; null when nothing moves.</summary>
+    public HashRing? TargetRing { get; }
 
     /// <summary>This node's index on the ring; -1 when it owns nothing (not an active member).</summary>
     public int SelfIndex { get; }
@@ -58,4 +67,70 @@ internal sealed class RoutingState
 
     /// <summary>The node at a ring index (for refusals that name the owner).</summary>
     public string NodeAt(int ringIndex) => ringIndex >= 0 ? Ring!.Nodes[ringIndex] : "";
+
+    /// <summary>True while the conversation's owner is being handed over (its owner now and after differ).</summary>
+    public bool IsMoving(ulong conversationId) =>
+        TargetRing is { } target && Ring is { } ring && !string.Equals(
+            ring.Nodes[ring.OwnerIndex(HashRing.HashConversation(conversationId))],
+            target.Nodes[target.OwnerIndex(HashRing.HashConversation(conversationId))], StringComparison.Ordinal);
+
+    /// <summary>True while the user's home is being handed over.</summary>
+    public bool IsMoving(string userId) =>
+        TargetRing is { } target && Ring is { } ring && !string.Equals(
+            ring.Nodes[ring.OwnerIndex(HashRing.HashUser(userId))],
+            target.Nodes[target.OwnerIndex(HashRing.HashUser(userId))], StringComparison.Ordinal);
+
+    // ---- commits in flight under this state: the hand-over's barrier ----
+
+    /// <summary>Counts a commit deciding its routing under this state; false when the state was already replaced (the
+    /// caller takes the current one instead).</summary>
+    public bool TryEnter()
+    {
+        Interlocked.Increment(ref _inFlight);
+        if (Volatile.Read(ref _retired) == 0)
+        {
+            return true;
+        }
+
+        Exit();
+        return false;
+    }
+
+    /// <summary>The commit's write is enqueued in the store.</summary>
+    public void Exit()
+    {
+        if (Interlocked.Decrement(ref _inFlight) == 0 && Volatile.Read(ref _retired) != 0)
+        {
+            _quiet.TrySetResult();
+        }
+    }
+
+    /// <summary>A newer state replaced this one: no commit enters it any more.</summary>
+    public void Retire()
+    {
+        Interlocked.Exchange(ref _retired, 1);
+        if (Volatile.Read(ref _inFlight) == 0)
+        {
+            _quiet.TrySetResult();
+        }
+    }
+
+    /// <summary>Completes once the state is retired and every commit that routed under it has enqueued its write.</summary>
+    public Task Quiet => _quiet.Task;
+
+    private static HashRing? MovingRing(ClusterMap map)
+    {
+        var moving = false;
+        var target = new List<string>();
+        foreach (var m in map.Members)
+        {
+            moving |= m.State != MemberState.Active;
+            if (m.State != MemberState.Leaving)
+            {
+                target.Add(m.NodeId);
+            }
+        }
+
+        return moving && target.Count > 0 ? HashRing.Create(target, map.VirtualNodes) : null;
+    }
 }

@@ -79,7 +79,7 @@ public sealed class KeysOptions
     public int LowWatermark { get; set; } = 10;
     public int MaxOneTimePrekeys { get; set; } = 1000;
 
-    /// <summary>At most one low-supply notice per device session in this time (fetches can come by the dozen).</summary>
+    /// <summary>At most one low-supply notice per device in this time (fetches can come by the dozen).</summary>
     public TimeSpan LowNoticeInterval { get; set; } = TimeSpan.FromMinutes(1);
 }
 

@@ -181,7 +181,7 @@ public static class SettingsSchema
 
         Int("keys.low_watermark", "When a fetch leaves a device fewer one-time prekeys than this, the device (if online) gets a KEYS_UPLOADED with the remaining count so it uploads more.",
             o => o.Keys.LowWatermark, (o, v) => o.Keys.LowWatermark = (int)v, 0, 100_000),
-        Duration("keys.low_notice_interval", "A device running low on one-time prekeys gets at most one KEYS_UPLOADED notice per connection in this time (another after it uploads); fetches past that send none. 0s: a notice on every such fetch.",
+        Duration("keys.low_notice_interval", "A device running low on one-time prekeys gets at most one KEYS_UPLOADED notice in this time (another after it uploads); fetches past that send none. 0s: a notice on every such fetch.",
             o => o.Keys.LowNoticeInterval, (o, v) => o.Keys.LowNoticeInterval = v, TimeSpan.Zero, TimeSpan.FromHours(24)),
         Int("keys.max_one_time_prekeys", "One-time prekeys stored per device; an upload that would pass it gets ERROR BAD_REQUEST.",
             o => o.Keys.MaxOneTimePrekeys, (o, v) => o.Keys.MaxOneTimePrekeys = (int)v, 1, 1_000_000),

@@ -80,9 +80,14 @@ public static class BrokerServices
     /// </summary>
     public static IServiceCollection AddChatBrokerCluster(this IServiceCollection services, string nodeId, ClusterRoutingOptions? routing = null, string? nodeName = null)
     {
-        services.AddSingleton(sp => new ClusterNode(
-            nodeId, sp.GetRequiredService<ChatService>(), sp.GetRequiredService<ConversationDirectory>(), routing,
-            sp.GetRequiredService<ILoggerFactory>().CreateLogger("ChatBroker.Cluster")));
+        services.AddSingleton(sp =>
+        {
+            var node = new ClusterNode(
+                nodeId, sp.GetRequiredService<ChatService>(), sp.GetRequiredService<ConversationDirectory>(), routing,
+                sp.GetRequiredService<ILoggerFactory>().CreateLogger("ChatBroker.Cluster"));
+            node.UseSignals(sp.GetRequiredService<PresenceService>(), sp.GetRequiredService<TypingRelay>(), sp.GetRequiredService<KeyDirectory>());
+            return node;
+        });
         services.AddSingleton(sp =>
         {
             var node = sp.GetRequiredService<ClusterNode>();

@@ -92,9 +92,20 @@ public sealed class ChatService(
         }
 
         Router = router;
+        Signals = router as ISignalRouter;
     }
 
+    /// <summary>Cluster mode: where receipts go (the router, when it routes them); null on a single node.</summary>
+    public ISignalRouter? Signals { get; private set; }
+
+    /// <summary>Cluster mode: a home stored push jobs with a forwarded message (wakes the push dispatcher).</summary>
+    internal void RaisePushJobsAdded() => PushJobsAdded?.Invoke();
+
     public SessionRegistry Registry => registry;
+
+    /// <summary>The node's group service (it registers itself here): the cluster layer runs the group operations
+    /// other nodes forward to this one, the group's owner, through it.</summary>
+    public GroupService? Groups { get; internal set; }
 
     /// <summary>Raised after a message with push recipients was committed (wakes the push dispatcher).</summary>
     public event Action? PushJobsAdded;
@@ -269,6 +280,7 @@ public sealed class ChatService(
         bool large;
         List<string>? offline = null;
         Task<AppendResult> append;
+        InboxRouting routing = default;
         var isGroup = directory.IsGroup(conversationId);
         var gate = isGroup ? directory.GateOf(conversationId) : null; // direct chats: members never change
         gate?.Enter();
@@ -285,12 +297,18 @@ public sealed class ChatService(
             large = isGroup && IsLarge(members.Length);
             // Cluster mode: inbox entries here only for the members whose home this is; the others' go to their
             // homes through forward queues written in the same batch.
-            var routing = Router is { } router && !large ? router.RouteInbox(members) : new InboxRouting(members, members);
+            routing = Router is { } router ? router.BeginCommit(conversationId, members, large) : new InboxRouting(members, members);
+            if (routing.Refused is { } refused)
+            {
+                return refused; // a hand-over moves this conversation or a member's home: retryable
+            }
+
             if (!large)
             {
                 foreach (var member in routing.Local)
                 {
-                    if (member != sender && !registry.IsOnline(member))
+                    // Cluster mode: this node is the member's home, which also knows its devices at other nodes.
+                    if (member != sender && !registry.IsOnline(member) && Signals?.IsOnlineElsewhere(member) != true)
                     {
                         (offline ??= []).Add(member);
                     }
@@ -314,6 +332,7 @@ public sealed class ChatService(
         finally
         {
             gate?.Exit();
+            Router?.EndCommit(routing);
         }
 
         var result = await append.ConfigureAwait(false);
@@ -332,6 +351,10 @@ public sealed class ChatService(
         if (!large)
         {
             Router?.OnCommitted(prepared.Members ?? [], members);
+        }
+        else if (Router is IGroupRouter groups)
+        {
+            groups.DeliverGroupLog(members, message, write: true); // the members' devices connected at other nodes
         }
 
         if (offline is not null)
@@ -362,15 +385,24 @@ public sealed class ChatService(
             InboxRecipients = audience,
         }, null, cancellationToken);
 
-    /// <summary>Tells the online devices of <paramref name="audience"/> about a committed SYSTEM message.</summary>
-    public void NotifySystemMessage(string[] audience, AppendResult result, string actor, ReadOnlyMemory<byte> body, bool large)
+    /// <summary>The inbox recipients of a SYSTEM message to <paramref name="audience"/>: everyone on a single node;
+    /// in cluster mode the users whose home is this node, then the forward queues of the other homes (as for a
+    /// SEND, see <see cref="IMessageRouter.RouteInbox"/>).</summary>
+    public InboxRouting RouteAudience(string[] audience) =>
+        Router is { } router ? router.RouteInbox(audience) : new InboxRouting(audience, audience);
+
+    /// <summary>Tells the online devices of <paramref name="audience"/> about a committed SYSTEM message appended
+    /// with <paramref name="routing"/>'s recipients (<see cref="RouteAudience"/>): here those whose home is this
+    /// node, and in cluster mode their devices at other nodes; the forward queues carry it to the other homes.</summary>
+    public void NotifySystemMessage(string[] audience, InboxRouting routing, AppendResult result, string actor, ReadOnlyMemory<byte> body, bool large)
     {
         var message = new DeliveryMessage(result.ConversationId, result.Seq, actor, SystemDevice, result.TimestampMs,
             ContentType.System, body, null, 0);
+        var local = routing.Local;
         var deliveries = 0;
-        for (var i = 0; i < audience.Length; i++)
+        for (var i = 0; i < local.Length; i++)
         {
-            foreach (var device in registry.DevicesOf(audience[i]))
+            foreach (var device in registry.DevicesOf(local[i]))
             {
                 device.OnInboxAppended(result.InboxSeqs[i], message);
                 if (large)
@@ -380,6 +412,17 @@ public sealed class ChatService(
                 }
 
                 deliveries++;
+            }
+
+            Router?.DeliverToRemoteDevices(local[i], result.InboxSeqs[i], message);
+        }
+
+        if (Router is { } router)
+        {
+            router.OnCommitted(audience, local);
+            if (large && router is IGroupRouter groups)
+            {
+                groups.DeliverGroupLog(audience, message, write: false);
             }
         }
 
@@ -482,6 +525,19 @@ public sealed class ChatService(
     /// inbox) and expired ones as positions only. False, with nothing read, when <paramref name="userId"/> is not a
     /// member: checked after the read, since a message sequenced after a removal was appended after the directory
     /// dropped the user, so it is never delivered. Called by the session's delivery stream outside any lock.
+    /// </summary>
+    public ValueTask<bool> ReadGroupLogAfterAsync(string userId, ulong conversationId, ulong afterSeq, int limit, List<DeliveryItem> into, CancellationToken cancellationToken)
+    {
+        if (Router is IGroupRouter groups && !Router.OwnsConversation(conversationId))
+        {
+            return groups.ReadRemoteGroupLogAsync(userId, conversationId, afterSeq, limit, into, cancellationToken);
+        }
+
+        return new(ReadGroupLogAfter(userId, conversationId, afterSeq, limit, into));
+    }
+
+    /// <summary>
+    /// <see cref="ReadGroupLogAfterAsync"/> on the group's owner (every group on a single node).
     /// </summary>
     public bool ReadGroupLogAfter(string userId, ulong conversationId, ulong afterSeq, int limit, List<DeliveryItem> into)
     {
@@ -609,7 +665,15 @@ public sealed class ChatService(
         {
             if (moves[i].Previous < advances[i].Position)
             {
-                NotifyReceipt(user, advances[i].Stream.ConversationId, advances[i].Position, moves[i].Previous, ReceiptKind.Delivered);
+                var conversationId = advances[i].Stream.ConversationId;
+                if (Signals is { } signals && !signals.OwnsConversation(conversationId))
+                {
+                    // This home has no members of the conversation: its owner records the receipt and routes it.
+                    signals.ReportDelivered(user, conversationId, advances[i].Position);
+                    continue;
+                }
+
+                NotifyReceipt(user, conversationId, advances[i].Position, moves[i].Previous, ReceiptKind.Delivered);
             }
         }
     }
@@ -617,6 +681,11 @@ public sealed class ChatService(
     /// <summary>READ: the user has read the conversation up to <paramref name="upToSeq"/>.</summary>
     public async Task<(ReasonCode Error, string? Message)> ReadAsync(IDeviceLink device, ulong conversationId, ulong upToSeq, AppendCompletionScope? completions = null, CancellationToken cancellationToken = default)
     {
+        if (Signals is { } signals && conversationId != 0 && !signals.OwnsConversation(conversationId))
+        {
+            return await signals.ReadRemoteAsync(device, conversationId, upToSeq, cancellationToken).ConfigureAwait(false);
+        }
+
         var members = directory.MembersOf(conversationId);
         if (members is null)
         {
@@ -648,6 +717,12 @@ public sealed class ChatService(
         var error = (ReasonCode.Success, (string?)null);
         foreach (var cursor in cursors)
         {
+            if (Router is IGroupRouter groups && cursor.ConversationId != 0 && !Router.OwnsConversation(cursor.ConversationId))
+            {
+                groups.AckRemoteGroup(device, cursor.ConversationId, cursor.Seq); // the owner keeps the group's cursors
+                continue;
+            }
+
             var members = cursor.ConversationId == 0 ? null : directory.MembersOf(cursor.ConversationId);
             if (members is null || !ConversationDirectory.Contains(members, device.UserId))
             {
@@ -667,6 +742,23 @@ public sealed class ChatService(
 
         await Task.WhenAll(writes).ConfigureAwait(false);
         return error;
+    }
+
+    /// <summary>
+    /// Cluster mode, on the conversation's owner: the reader's home reports that an ACK moved the reader's delivered
+    /// position. Recorded and routed as an ACK on one node does; ignored for a non-member and for a large group
+    /// (whose DELIVERED receipts come from ACK.conversations).
+    /// </summary>
+    public Task RecordDeliveredReportAsync(string reader, ulong conversationId, ulong upToSeq, CancellationToken cancellationToken)
+    {
+        var members = directory.MembersOf(conversationId);
+        if (members is null || !ConversationDirectory.Contains(members, reader) || (directory.IsGroup(conversationId) && IsLarge(members.Length)))
+        {
+            return Task.CompletedTask;
+        }
+
+        var seq = Math.Min(upToSeq, store.GetLastSeq(conversationId));
+        return seq == 0 ? Task.CompletedTask : RecordReceiptAsync(reader, conversationId, seq, ReceiptKind.Delivered, null, cancellationToken);
     }
 
     private async Task RecordReceiptAsync(string reader, ulong conversationId, ulong seq, ReceiptKind kind, AppendCompletionScope? completions, CancellationToken cancellationToken)
@@ -712,10 +804,7 @@ public sealed class ChatService(
             {
                 if (m.ContentType != (uint)ContentType.System && told.Add(m.SenderUserId) && ConversationDirectory.Contains(members, m.SenderUserId))
                 {
-                    foreach (var device in registry.DevicesOf(m.SenderUserId))
-                    {
-                        device.OnReceipt(receipt);
-                    }
+                    TellReceipt(m.SenderUserId, receipt);
                 }
             }
 
@@ -729,10 +818,23 @@ public sealed class ChatService(
                 continue;
             }
 
-            foreach (var device in registry.DevicesOf(member))
-            {
-                device.OnReceipt(receipt);
-            }
+            TellReceipt(member, receipt);
+        }
+    }
+
+    /// <summary>One node: the user's online devices. Cluster mode: the user's home, which keeps the receipt and
+    /// tells the user's devices wherever they are connected.</summary>
+    private void TellReceipt(string userId, Receipt receipt)
+    {
+        if (Signals is { } signals)
+        {
+            signals.RouteReceipt(userId, receipt);
+            return;
+        }
+
+        foreach (var device in registry.DevicesOf(userId))
+        {
+            device.OnReceipt(receipt);
         }
     }
 

@@ -28,17 +28,44 @@ public readonly record struct GroupOutcome(ReasonCode Error, string? Message, Gr
 /// group's gate together with enqueueing the SYSTEM message (see <see cref="ConversationDirectory"/>).
 /// </para>
 /// </summary>
-public sealed class GroupService(IChatStore store, ConversationDirectory directory, ChatService chat, GroupsOptions? groups = null)
+public sealed class GroupService
 {
-    private readonly int _maxMembers = (groups ?? new GroupsOptions()).MaxMembers;
+    /// <summary>The refusal of a create whose drawn id a conversation already has (cluster mode): the gateway
+    /// draws another id.</summary>
+    public const string GroupIdTaken = "a conversation already has the drawn group id";
+
+    private readonly IChatStore store;
+    private readonly ConversationDirectory directory;
+    private readonly ChatService chat;
+    private readonly int _maxMembers;
     private readonly ConcurrentDictionary<ulong, SemaphoreSlim> _changes = new();
+
+    public GroupService(IChatStore store, ConversationDirectory directory, ChatService chat, GroupsOptions? groups = null)
+    {
+        this.store = store;
+        this.directory = directory;
+        this.chat = chat;
+        _maxMembers = (groups ?? new GroupsOptions()).MaxMembers;
+        chat.Groups = this;
+    }
 
     public int MaxMembers => _maxMembers;
 
+    /// <summary>A device's GROUP_REQUEST: here on a single node; in cluster mode on the group's owner.</summary>
     public Task<GroupOutcome> HandleAsync(string userId, GroupRequest request, int maxFrameBytes, CancellationToken cancellationToken) =>
+        chat.Router is IGroupRouter router
+            ? router.HandleGroupRequestAsync(userId, request, maxFrameBytes, cancellationToken)
+            : HandleOwnedAsync(userId, request, maxFrameBytes, 0, cancellationToken);
+
+    /// <summary>
+    /// A GROUP_REQUEST on the node that owns its group (every group, on a single node). <paramref name="drawnId"/>:
+    /// cluster mode, the id a create puts the group at (0: from the store's counter); a taken id is refused with
+    /// <see cref="GroupIdTaken"/>. LIST lists the groups of this node.
+    /// </summary>
+    public Task<GroupOutcome> HandleOwnedAsync(string userId, GroupRequest request, int maxFrameBytes, ulong drawnId, CancellationToken cancellationToken) =>
         request.OpCase switch
         {
-            GroupRequest.OpOneofCase.Create => CreateAsync(userId, request.RequestId, request.Create, cancellationToken),
+            GroupRequest.OpOneofCase.Create => CreateAsync(userId, request.RequestId, request.Create, drawnId, cancellationToken),
             GroupRequest.OpOneofCase.AddMembers => ChangeAsync(userId, request.RequestId, request.AddMembers.ConversationId,
                 (s, members) => s.Add(members, request.AddMembers.UserIds), cancellationToken),
             GroupRequest.OpOneofCase.RemoveMembers => ChangeAsync(userId, request.RequestId, request.RemoveMembers.ConversationId,
@@ -52,7 +79,7 @@ public sealed class GroupService(IChatStore store, ConversationDirectory directo
             _ => Task.FromResult(GroupOutcome.Refused(ReasonCode.BadRequest, "GROUP_REQUEST needs exactly one op")),
         };
 
-    private async Task<GroupOutcome> CreateAsync(string creator, ulong requestId, GroupCreate create, CancellationToken cancellationToken)
+    private async Task<GroupOutcome> CreateAsync(string creator, ulong requestId, GroupCreate create, ulong drawnId, CancellationToken cancellationToken)
     {
         var members = new List<string> { creator };
         foreach (var user in create.MemberUserIds)
@@ -74,8 +101,16 @@ public sealed class GroupService(IChatStore store, ConversationDirectory directo
         }
 
         var title = create.Title.Length == 0 ? null : create.Title;
-        var conversation = await store.CreateGroupAsync(creator, title, members, cancellationToken).ConfigureAwait(false);
+        var conversation = drawnId == 0
+            ? await store.CreateGroupAsync(creator, title, members, cancellationToken).ConfigureAwait(false)
+            : await store.CreateGroupAtAsync(drawnId, creator, title, members, cancellationToken).ConfigureAwait(false);
+        if (conversation is null)
+        {
+            return GroupOutcome.Refused(ReasonCode.ServerUnavailable, GroupIdTaken);
+        }
+
         var all = members.ToArray();
+        var routing = chat.RouteAudience(all);
         var systemEvent = new SystemEvent { Kind = SystemEvent.Types.Kind.GroupCreated, ActorUserId = creator, Title = create.Title };
         systemEvent.UserIds.Add(all);
         var gate = directory.GateOf(conversation.Id);
@@ -83,11 +118,11 @@ public sealed class GroupService(IChatStore store, ConversationDirectory directo
         lock (gate)
         {
             directory.SetMembers(conversation.Id, all);
-            append = chat.EnqueueSystemMessage(creator, conversation.Id, systemEvent, all, cancellationToken);
+            append = chat.EnqueueSystemMessage(creator, conversation.Id, systemEvent, routing.Recipients, cancellationToken);
         }
 
         var result = await append.ConfigureAwait(false);
-        chat.NotifySystemMessage(all, result, creator, systemEvent.ToByteArray(), chat.IsLarge(all.Length));
+        chat.NotifySystemMessage(all, routing, result, creator, systemEvent.ToByteArray(), chat.IsLarge(all.Length));
         return new GroupOutcome(ReasonCode.Success, null, new GroupResult { RequestId = requestId, ConversationId = conversation.Id, Seq = result.Seq });
     }
 
@@ -270,6 +305,8 @@ public sealed class GroupService(IChatStore store, ConversationDirectory directo
             }
 
             var writes = new List<Task>(change.Writes.Count + 2);
+            var audience = chat.RouteAudience(change.Audience);
+            var promotionAudience = promotion is null ? default : chat.RouteAudience(change.NewMembers);
             Task<AppendResult> append;
             Task<AppendResult>? promoted = null;
             lock (directory.GateOf(conversationId))
@@ -282,11 +319,11 @@ public sealed class GroupService(IChatStore store, ConversationDirectory directo
                         : store.RemoveMemberAsync(conversationId, user, cancellationToken));
                 }
 
-                append = chat.EnqueueSystemMessage(actor, conversationId, change.Event, change.Audience, cancellationToken);
+                append = chat.EnqueueSystemMessage(actor, conversationId, change.Event, audience.Recipients, cancellationToken);
                 writes.Add(append);
                 if (promotion is not null)
                 {
-                    promoted = chat.EnqueueSystemMessage(actor, conversationId, promotion, change.NewMembers, cancellationToken);
+                    promoted = chat.EnqueueSystemMessage(actor, conversationId, promotion, promotionAudience.Recipients, cancellationToken);
                     writes.Add(promoted);
                 }
             }
@@ -303,10 +340,10 @@ public sealed class GroupService(IChatStore store, ConversationDirectory directo
 
             var result = await append.ConfigureAwait(false);
             var large = chat.IsLarge(Math.Max(change.Audience.Length, change.NewMembers.Length));
-            chat.NotifySystemMessage(change.Audience, result, actor, change.Event.ToByteArray(), large);
+            chat.NotifySystemMessage(change.Audience, audience, result, actor, change.Event.ToByteArray(), large);
             if (promoted is not null)
             {
-                chat.NotifySystemMessage(change.NewMembers, await promoted.ConfigureAwait(false), actor, promotion!.ToByteArray(), large);
+                chat.NotifySystemMessage(change.NewMembers, promotionAudience, await promoted.ConfigureAwait(false), actor, promotion!.ToByteArray(), large);
             }
 
             return new GroupOutcome(ReasonCode.Success, null, new GroupResult { RequestId = requestId, ConversationId = conversationId, Seq = result.Seq });
@@ -368,32 +405,46 @@ public sealed class GroupService(IChatStore store, ConversationDirectory directo
     private GroupOutcome List(string userId, ulong requestId, int maxFrameBytes)
     {
         var result = new GroupResult { RequestId = requestId };
-        var size = 64;
+        var size = ListHeaderBytes;
         foreach (var conversationId in store.ListConversations(userId))
         {
-            if (!directory.IsGroup(conversationId))
+            // Cluster mode: the groups this node owns (every node is asked; a group is listed by its owner only).
+            if (!directory.IsGroup(conversationId) || chat.Router?.OwnsConversation(conversationId) == false)
             {
                 continue;
             }
 
-            var info = Info(conversationId, withMembers: true);
-            var entry = info.CalculateSize() + 8;
-            if (size + entry > maxFrameBytes)
-            {
-                info.Members.Clear();
-                entry = info.CalculateSize() + 8;
-            }
-
-            if (size + entry > maxFrameBytes)
+            if (!TryAddFitting(result, Info(conversationId, withMembers: true), ref size, maxFrameBytes))
             {
                 break;
             }
-
-            size += entry;
-            result.Groups.Add(info);
         }
 
         return new GroupOutcome(ReasonCode.Success, null, result);
+    }
+
+    /// <summary>The size a LIST answer starts with, before its groups (<see cref="TryAddFitting"/>).</summary>
+    public const int ListHeaderBytes = 64;
+
+    /// <summary>Adds a group to a LIST answer of at most <paramref name="maxFrameBytes"/> (<paramref name="size"/> so
+    /// far): with its members while they fit, else without (GET fetches them); false when not even that fits.</summary>
+    public static bool TryAddFitting(GroupResult result, GroupInfo info, ref int size, int maxFrameBytes)
+    {
+        var entry = info.CalculateSize() + 8;
+        if (size + entry > maxFrameBytes)
+        {
+            info.Members.Clear();
+            entry = info.CalculateSize() + 8;
+        }
+
+        if (size + entry > maxFrameBytes)
+        {
+            return false;
+        }
+
+        size += entry;
+        result.Groups.Add(info);
+        return true;
     }
 
     private GroupInfo Info(ulong conversationId, bool withMembers)

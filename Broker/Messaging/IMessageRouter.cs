@@ -31,6 +31,16 @@ public interface IMessageRouter
     /// home is this node first, then one forward queue per other home node (see <see cref="InboxRouting"/>).</summary>
     InboxRouting RouteInbox(string[] members);
 
+    /// <summary>Starts the commit of a message to conversation <paramref name="conversationId"/>: its inbox routing
+    /// (as <see cref="RouteInbox"/>; for a group fanned out on read, <paramref name="fanOutOnRead"/>, no inbox
+    /// entries: Local and Recipients are the members), or <see cref="InboxRouting.Refused"/> while the
+    /// conversation or a member's home is being handed to another node (a retryable refusal). The caller enqueues
+    /// its write, then calls <see cref="EndCommit"/> (also when refused or failed), without yielding between.</summary>
+    InboxRouting BeginCommit(ulong conversationId, string[] members, bool fanOutOnRead);
+
+    /// <summary>The write of a commit begun with <see cref="BeginCommit"/> is enqueued (or was not made).</summary>
+    void EndCommit(in InboxRouting routing);
+
     /// <summary>A message to <paramref name="members"/> is committed here, with inbox entries for
     /// <paramref name="local"/> (<see cref="InboxRouting.Local"/>) and the others' in forward queues: wakes the
     /// forwarders of those queues.</summary>
@@ -60,7 +70,9 @@ public interface IMessageRouter
 /// <c>Local[i]</c>'s) and goes on with the forward queues of the other home nodes: reserved inbox ids whose
 /// entries, written in the same batch as the message, are what the owner still has to send to that home.
 /// </summary>
-public readonly record struct InboxRouting(string[] Local, string[] Recipients);
+/// <see cref="Refused"/>: the commit may not be made now (a hand-over moves the conversation or a member's home);
+/// <see cref="Ticket"/> is the router's, for <see cref="IMessageRouter.EndCommit"/>.
+public readonly record struct InboxRouting(string[] Local, string[] Recipients, SendOutcome? Refused = null, object? Ticket = null);
 
 /// <summary>A node this one needs for an operation (a conversation's owner, a user's home) could not be reached
 /// in time; the operation may be retried.</summary>

@@ -2,7 +2,6 @@ using ChatBroker.Broker.Configuration;
 using ChatBroker.Broker.Observability;
 using ChatBroker.Protocol.Messages;
 using ChatBroker.Storage;
-using System.Runtime.CompilerServices;
 using Google.Protobuf;
 
 namespace ChatBroker.Broker.Messaging;
@@ -17,8 +16,10 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
 {
     private readonly TimeProvider _clock = clock ?? TimeProvider.System;
 
-    // When each session last got a low-supply notice; an entry goes with its session (no table to bound).
-    private readonly ConditionalWeakTable<IDeviceLink, StrongBox<long>> _lastLowNotice = new();
+    // When each device last got a low-supply notice (UTC ticks). Held under its own lock; entries older than the
+    // interval are pruned as it grows, so it holds about the devices notified within one interval.
+    private readonly Dictionary<(string User, string Device), long> _lastLowNotice = [];
+    private long _lowNoticesPrunedAt;
 
     /// <summary>Largest key or signature accepted: room for X25519/Ed25519 (32/64 bytes) with a wide margin, and
     /// small enough that a KEY_BUNDLE for dozens of devices fits one frame.</summary>
@@ -30,9 +31,20 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
     public readonly record struct Outcome<T>(ReasonCode Error, string? Message, T? Answer)
         where T : class;
 
+    private ISignalRouter? _router;
+
+    /// <summary>Cluster mode: keys live on their user's home node; uploads and fetches for users whose home is
+    /// another node go there (called once, before the node serves devices).</summary>
+    public void UseRouter(ISignalRouter router) => _router = router ?? throw new ArgumentNullException(nameof(router));
+
     /// <summary>KEYS_UPLOAD: replaces the identity key / signed prekey given, adds the one-time prekeys.</summary>
     public async Task<Outcome<KeysUploaded>> UploadAsync(IDeviceLink device, KeysUpload upload, CancellationToken cancellationToken)
     {
+        if (_router is { } router && !router.IsHomeOf(device.UserId))
+        {
+            return await router.UploadKeysAsync(device, upload, cancellationToken).ConfigureAwait(false);
+        }
+
         if (upload.IdentityKey.Length > MaxKeyBytes
             || (upload.SignedPrekey is { } s && (s.PublicKey.IsEmpty || s.Signature.IsEmpty || s.PublicKey.Length > MaxKeyBytes || s.Signature.Length > MaxKeyBytes)))
         {
@@ -90,7 +102,10 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
         metrics.KeyUploads.Add(1);
         if (oneTime.Length > 0)
         {
-            _lastLowNotice.Remove(device); // topped up: the next time it runs low it hears at once
+            lock (_lastLowNotice)
+            {
+                _lastLowNotice.Remove((device.UserId, device.DeviceId)); // topped up: the next time it runs low it hears at once
+            }
         }
 
         return new(ReasonCode.Success, null, new KeysUploaded
@@ -106,6 +121,12 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
     /// </summary>
     public async Task<Outcome<KeyBundle>> FetchAsync(FetchKeys fetch, int maxFrameBytes, CancellationToken cancellationToken)
     {
+        if (_router is { } router && !router.IsHomeOf(fetch.UserId))
+        {
+            // The target's home keeps its keys: the one-time prekey is taken there, once.
+            return await router.FetchKeysAsync(fetch, maxFrameBytes, cancellationToken).ConfigureAwait(false);
+        }
+
         IReadOnlyList<string> devices = fetch.DeviceId.Length > 0 ? [fetch.DeviceId] : store.ListKeyDevices(fetch.UserId);
         var count = Math.Min(devices.Count, Math.Max(1, (maxFrameBytes - 256) / MaxDeviceKeysBytes));
         var takes = new Task<FetchedPrekeys?>[count];
@@ -161,7 +182,8 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
             }
         }
 
-        if (target is null)
+        // Cluster mode: the device may be connected at another node (this is its user's home, where the keys are).
+        if (target is null && (_router is null || !_router.IsHomeOf(userId)))
         {
             return;
         }
@@ -171,21 +193,52 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
         {
             // Every fetch below the watermark would send another notice (dozens while a group starts sessions):
             // one per interval tells the device all it needs.
-            var now = _clock.GetUtcNow().UtcTicks;
-            var last = _lastLowNotice.GetValue(target, static _ => new StrongBox<long>(long.MinValue));
-            lock (last)
+            if (!TakeLowNoticeTurn(userId, deviceId))
             {
-                if (last.Value != long.MinValue && now - last.Value < options.LowNoticeInterval.Ticks)
-                {
-                    metrics.KeysLowSuppressed.Add(1);
-                    return;
-                }
-
-                last.Value = now;
+                metrics.KeysLowSuppressed.Add(1);
+                return;
             }
 
-            target.OnNotice(new KeysUploaded { RequestId = 0, OneTimePrekeysRemaining = (uint)remaining });
+            var notice = new KeysUploaded { RequestId = 0, OneTimePrekeysRemaining = (uint)remaining };
+            if (target is not null)
+            {
+                target.OnNotice(notice);
+            }
+            else if (!_router!.NotifyRemoteDevice(userId, deviceId, notice))
+            {
+                return;
+            }
+
             metrics.KeysLow.Add(1);
+        }
+    }
+
+    /// <summary>True when the device may get a low-supply notice now (none within keys.low_notice_interval).</summary>
+    private bool TakeLowNoticeTurn(string userId, string deviceId)
+    {
+        var now = _clock.GetUtcNow().UtcTicks;
+        var interval = options.LowNoticeInterval.Ticks;
+        lock (_lastLowNotice)
+        {
+            if (_lastLowNotice.Count >= 1024 && now - _lowNoticesPrunedAt >= interval)
+            {
+                _lowNoticesPrunedAt = now;
+                foreach (var (key, at) in _lastLowNotice)
+                {
+                    if (now - at >= interval)
+                    {
+                        _lastLowNotice.Remove(key);
+                    }
+                }
+            }
+
+            if (_lastLowNotice.TryGetValue((userId, deviceId), out var last) && now - last < interval)
+            {
+                return false;
+            }
+
+            _lastLowNotice[(userId, deviceId)] = now;
+            return true;
         }
     }
 }

@@ -43,6 +43,7 @@ public sealed class PresenceService : IDisposable
     private readonly Dictionary<string, DeviceCounts> _online = new(StringComparer.Ordinal);
     private readonly Dictionary<IDeviceLink, HashSet<string>> _subscriptions = new(ReferenceEqualityComparer.Instance);
     private bool _disposed;
+    private ISignalRouter? _router;
 
     public PresenceService(IChatStore store, ConversationDirectory directory, BrokerMetrics metrics, TimeProvider clock, PresenceOptions options)
     {
@@ -66,9 +67,26 @@ public sealed class PresenceService : IDisposable
         }
     }
 
+    /// <summary>
+    /// Cluster mode: a user's presence is kept by the user's home node. Devices connected here whose user's home is
+    /// another node are counted there (the home learns of them from the device registration, and of PRESENCE_SET
+    /// through <see cref="ISignalRouter.ReportAway"/>); subscriptions to users whose home is another node are held
+    /// there, and here only in the session's set (for the bound and for ending them with the session). Called once,
+    /// before the node serves devices.
+    /// </summary>
+    public void UseRouter(ISignalRouter router) => _router = router ?? throw new ArgumentNullException(nameof(router));
+
+    /// <summary>True when the user's presence is kept by another node (cluster mode).</summary>
+    private bool IsRemote(string userId) => _router is { } router && !router.IsHomeOf(userId);
+
     /// <summary>The device's session opened: it is ONLINE.</summary>
     public void DeviceOnline(IDeviceLink device)
     {
+        if (IsRemote(device.UserId))
+        {
+            return; // its home counts it
+        }
+
         lock (_lock)
         {
             if (_devices.TryAdd(device, false))
@@ -85,6 +103,12 @@ public sealed class PresenceService : IDisposable
     /// <summary>PRESENCE_SET: the device went to the background (AWAY) or came back (ONLINE).</summary>
     public void SetAway(IDeviceLink device, bool away)
     {
+        if (IsRemote(device.UserId))
+        {
+            _router!.ReportAway(device, away);
+            return;
+        }
+
         lock (_lock)
         {
             if (_devices.TryGetValue(device, out var wasAway) && wasAway != away)
@@ -106,13 +130,18 @@ public sealed class PresenceService : IDisposable
     public Task DeviceOffline(IDeviceLink device)
     {
         long lastSeen = 0;
+        List<string>? remote = null;
         lock (_lock)
         {
             if (_subscriptions.Remove(device, out var subscribed))
             {
                 foreach (var user in subscribed)
                 {
-                    if (_users.TryGetValue(user, out var target))
+                    if (IsRemote(user))
+                    {
+                        (remote ??= []).Add(user);
+                    }
+                    else if (_users.TryGetValue(user, out var target))
                     {
                         target.RemoveSubscriber(device);
                         RemoveIfIdleLocked(target);
@@ -145,6 +174,11 @@ public sealed class PresenceService : IDisposable
             }
         }
 
+        if (remote is not null)
+        {
+            _router!.Unwatch(device, remote);
+        }
+
         return lastSeen != 0 ? PersistLastSeenAsync(device.UserId, lastSeen) : Task.CompletedTask;
     }
 
@@ -155,7 +189,61 @@ public sealed class PresenceService : IDisposable
     /// subscriber), else NOT_A_MEMBER; past the per-session bound, TOO_MANY_SUBSCRIPTIONS. The answer carries
     /// each user's status as last published, so it agrees with the PRESENCE packets that follow it.
     /// </summary>
-    public SubscribeResult Subscribe(IDeviceLink subscriber, PresenceSubscribe request)
+    public SubscribeResult Subscribe(IDeviceLink subscriber, PresenceSubscribe request) => Subscribe(subscriber, request, checkPeers: true);
+
+    /// <summary>
+    /// Cluster mode, on the watched users' home: the subscription of a session at another node (whose gateway checked
+    /// the permission; <paramref name="subscriber"/> stands for that session here).
+    /// </summary>
+    public SubscribeResult SubscribeChecked(IDeviceLink subscriber, PresenceSubscribe request) => Subscribe(subscriber, request, checkPeers: false);
+
+    /// <summary>
+    /// PRESENCE_SUBSCRIBE wherever the users' presence is kept. On one node this is <see cref="Subscribe(IDeviceLink, PresenceSubscribe)"/>;
+    /// in cluster mode the permission is also asked of the owners of direct conversations this node does not hold,
+    /// and users whose home is another node are subscribed to there (their current status comes from there).
+    /// </summary>
+    public async ValueTask<SubscribeResult> SubscribeAsync(IDeviceLink subscriber, PresenceSubscribe request, CancellationToken cancellationToken)
+    {
+        if (_router is not { } router || request.Unsubscribe)
+        {
+            return Subscribe(subscriber, request);
+        }
+
+        HashSet<string>? peers = null;
+        List<string>? remote = null;
+        foreach (var user in request.UserIds)
+        {
+            if (user != subscriber.UserId && !(peers ??= PeersOf(subscriber.UserId)).Contains(user)
+                && !await router.SharesConversationAsync(subscriber.UserId, user, cancellationToken).ConfigureAwait(false))
+            {
+                return new(ReasonCode.NotAMember, $"you share no conversation with {user}", null);
+            }
+
+            if (IsRemote(user))
+            {
+                (remote ??= []).Add(user);
+            }
+        }
+
+        var result = Subscribe(subscriber, request, checkPeers: false);
+        if (result.Error != ReasonCode.Success || remote is null)
+        {
+            return result;
+        }
+
+        try
+        {
+            result.Answer!.Current.Add(await router.WatchAsync(subscriber, remote, cancellationToken).ConfigureAwait(false));
+            return result;
+        }
+        catch (RouteUnavailableException)
+        {
+            Unsubscribe(subscriber, remote);
+            return new(ReasonCode.ServerUnavailable, "presence is unavailable; retry", null);
+        }
+    }
+
+    private SubscribeResult Subscribe(IDeviceLink subscriber, PresenceSubscribe request, bool checkPeers)
     {
         if (request.Unsubscribe)
         {
@@ -163,17 +251,17 @@ public sealed class PresenceService : IDisposable
             return new(ReasonCode.Success, null, new PresenceSubscribed { RequestId = request.RequestId });
         }
 
-        var peers = PeersOf(subscriber.UserId);
+        var peers = checkPeers ? PeersOf(subscriber.UserId) : null;
         var stored = new long[request.UserIds.Count];
         for (var i = 0; i < request.UserIds.Count; i++)
         {
             var user = request.UserIds[i];
-            if (user != subscriber.UserId && !peers.Contains(user))
+            if (peers is not null && user != subscriber.UserId && !peers.Contains(user))
             {
                 return new(ReasonCode.NotAMember, $"you share no conversation with {user}", null);
             }
 
-            stored[i] = _store.GetLastSeen(user) ?? 0;
+            stored[i] = IsRemote(user) ? 0 : _store.GetLastSeen(user) ?? 0;
         }
 
         var answer = new PresenceSubscribed { RequestId = request.RequestId };
@@ -210,6 +298,12 @@ public sealed class PresenceService : IDisposable
             for (var i = 0; i < request.UserIds.Count; i++)
             {
                 var user = request.UserIds[i];
+                if (IsRemote(user))
+                {
+                    subscribed.Add(user); // held by its home; the caller subscribes there
+                    continue;
+                }
+
                 var entry = Entry(user);
                 entry.AddSubscriber(subscriber);
                 subscribed.Add(user);
@@ -229,6 +323,7 @@ public sealed class PresenceService : IDisposable
 
     private void Unsubscribe(IDeviceLink subscriber, IList<string> users)
     {
+        List<string>? remote = null;
         lock (_lock)
         {
             if (!_subscriptions.TryGetValue(subscriber, out var subscribed))
@@ -241,7 +336,11 @@ public sealed class PresenceService : IDisposable
                 if (subscribed.Remove(user))
                 {
                     _metrics.PresenceSubscriptions.Add(-1);
-                    if (_users.TryGetValue(user, out var entry))
+                    if (IsRemote(user))
+                    {
+                        (remote ??= []).Add(user);
+                    }
+                    else if (_users.TryGetValue(user, out var entry))
                     {
                         entry.RemoveSubscriber(subscriber);
                         RemoveIfIdleLocked(entry);
@@ -253,6 +352,11 @@ public sealed class PresenceService : IDisposable
             {
                 _subscriptions.Remove(subscriber);
             }
+        }
+
+        if (remote is not null)
+        {
+            _router!.Unwatch(subscriber, remote);
         }
     }
 

@@ -11,8 +11,20 @@ namespace ChatBroker.Broker.Messaging;
 public sealed class TypingRelay(ConversationDirectory directory, SessionRegistry registry, BrokerMetrics metrics)
 {
     /// <summary>Relays the notice; NOT_A_MEMBER when the sender is not in the conversation (or it does not exist).</summary>
+    private ISignalRouter? _router;
+
+    /// <summary>Cluster mode: TYPING goes to the conversation's owner, which knows the members, and from there through
+    /// each member's home to the nodes its devices are connected at (called once, before the node serves devices).</summary>
+    public void UseRouter(ISignalRouter router) => _router = router ?? throw new ArgumentNullException(nameof(router));
+
     public ReasonCode Relay(IDeviceLink from, Typing typing)
     {
+        if (_router is { } router && !router.OwnsConversation(typing.ConversationId))
+        {
+            router.RelayTyping(from, typing); // a refusal comes back as ERROR, like the one below
+            return ReasonCode.Success;
+        }
+
         var members = directory.MembersOf(typing.ConversationId);
         if (members is null || !ConversationDirectory.Contains(members, from.UserId))
         {
@@ -22,6 +34,26 @@ public sealed class TypingRelay(ConversationDirectory directory, SessionRegistry
 
         TypingNotice? notice = null;
         var sent = 0;
+        if (_router is { } owner)
+        {
+            List<string>? others = null;
+            foreach (var member in members)
+            {
+                if (member != from.UserId)
+                {
+                    (others ??= []).Add(member);
+                }
+            }
+
+            if (others is not null)
+            {
+                sent = owner.NotifyUsers(others, new TypingNotice { ConversationId = typing.ConversationId, UserId = from.UserId, Stopped = typing.Stopped });
+            }
+
+            metrics.TypingOut.Add(sent);
+            return ReasonCode.Success;
+        }
+
         foreach (var member in members)
         {
             if (member == from.UserId)

@@ -34,6 +34,7 @@ public sealed class RoutingInstruments : IDisposable
         Counter("chatbroker.cluster.delivers.posted", "{message}", "Live deliveries posted to the nodes holding remote devices' connections.", () => routing.Snapshot().DeliversPosted);
         Counter("chatbroker.cluster.delivers.dropped", "{message}", "Live deliveries dropped at a full link (the device catches up at its next message).", () => routing.Snapshot().DeliversDropped);
         Counter("chatbroker.cluster.reads.remote", "{read}", "Pages read from other nodes (inbox catch-up at remote homes, history at remote owners).", () => routing.Snapshot().RemoteReads);
+        Counter("chatbroker.cluster.logins.stale", "{login}", "Device registrations of a login older than the device's newest (it moved on meanwhile); the older session was closed.", () => routing.Snapshot().StaleLogins);
         Counter("chatbroker.cluster.reads.failed", "{read}", "Of those, failed (answered or closed with SERVER_UNAVAILABLE).", () => routing.Snapshot().RemoteReadFailures);
 
         var sent = node.MeshMetrics;

@@ -150,7 +150,7 @@ internal sealed class DeliveryStream(ulong conversationId, ulong position)
         {
             await chat.ReadInboxAfterAsync(session.UserId, from, batch, items, CancellationToken.None).ConfigureAwait(false);
         }
-        else if (!chat.ReadGroupLogAfter(session.UserId, ConversationId, from, batch, items))
+        else if (!await chat.ReadGroupLogAfterAsync(session.UserId, ConversationId, from, batch, items, CancellationToken.None).ConfigureAwait(false))
         {
             return CatchUpResult.NotAMember;
         }

@@ -60,6 +60,14 @@ internal sealed partial class DeviceSession
     private void SetUpGroupStreams(IReadOnlyList<ConversationCursor> listed)
     {
         var chat = _context.Chat;
+        if (chat.Router is IGroupRouter router)
+        {
+            // Cluster mode: the groups' owners know where the streams start; the read loop goes on meanwhile, and
+            // until the streams are set up nothing catches up (notifications park in _pendingGroups as above).
+            _ = SetUpRoutedGroupStreamsAsync(router, listed);
+            return;
+        }
+
         var starts = new List<ConversationCursor>();
         foreach (var cursor in listed)
         {
@@ -77,47 +85,92 @@ internal sealed partial class DeviceSession
             }
         }
 
-        var first = true;
-        while (true)
+        for (var first = true; ; first = false)
         {
             HashSet<ulong>? pending;
             lock (_lock)
             {
-                if (first)
-                {
-                    _groupStreams?.Clear();
-                    first = false;
-                }
+                pending = TakeStartsLocked(starts, first);
+            }
 
-                foreach (var start in starts)
-                {
-                    AddStreamLocked(start.ConversationId, start.Seq); // a later duplicate wins, as a later SYNC would
-                }
-
-                pending = _pendingGroups;
-                _pendingGroups = null;
-                if (pending is null)
-                {
-                    _streamsReady = true;
-                    return;
-                }
+            if (pending is null)
+            {
+                return;
             }
 
             // Groups notified meanwhile (one that became large, or that this user joined): from the stored cursor.
             starts.Clear();
             foreach (var conversationId in pending)
             {
-                var known = false;
-                lock (_lock)
-                {
-                    known = _groupStreams?.ContainsKey(conversationId) == true;
-                }
-
-                if (!known && chat.GroupStreamStart(_user, _device, conversationId, named: null) is { } position)
+                if (chat.GroupStreamStart(_user, _device, conversationId, named: null) is { } position)
                 {
                     starts.Add(new ConversationCursor { ConversationId = conversationId, Seq = position });
                 }
             }
+        }
+    }
+
+    /// <summary>
+    /// Under _lock: starts the streams at checked positions (the <paramref name="first"/> round drops what an earlier
+    /// CONNECT set up; a later duplicate wins, as a later SYNC would) and takes the groups notified meanwhile that
+    /// still have no stream. Null when there were none: the streams are ready.
+    /// </summary>
+    private HashSet<ulong>? TakeStartsLocked(List<ConversationCursor> starts, bool first)
+    {
+        if (first)
+        {
+            _groupStreams?.Clear();
+        }
+
+        foreach (var start in starts)
+        {
+            AddStreamLocked(start.ConversationId, start.Seq);
+        }
+
+        var pending = _pendingGroups;
+        _pendingGroups = null;
+        if (pending is null)
+        {
+            _streamsReady = true;
+            return null;
+        }
+
+        pending.RemoveWhere(id => _groupStreams?.ContainsKey(id) == true);
+        return pending;
+    }
+
+    /// <summary>
+    /// <see cref="SetUpGroupStreams"/> in cluster mode: the start of every large group of the user is asked of the
+    /// group's owner (every node, for the groups it owns), then of the owners of groups notified meanwhile, until
+    /// none was; then the streams are ready and catch-up starts (the CONNECT path's own call found them not ready).
+    /// An owner that does not answer (within the cluster's read timeout) is left out: its groups get no stream
+    /// until the device's next CONNECT or SYNC, and everything else is delivered.
+    /// </summary>
+    private async Task SetUpRoutedGroupStreamsAsync(IGroupRouter router, IReadOnlyList<ConversationCursor> listed)
+    {
+        try
+        {
+            var (starts, _) = await router.GroupStreamStartsAsync(_user, _device, listed, [], allLarge: true, partial: true, CancellationToken.None).ConfigureAwait(false);
+            for (var first = true; ; first = false)
+            {
+                HashSet<ulong>? pending;
+                lock (_lock)
+                {
+                    pending = TakeStartsLocked(starts, first);
+                    if (pending is null)
+                    {
+                        StartCatchUpLocked();
+                        return;
+                    }
+                }
+
+                (starts, _) = await router.GroupStreamStartsAsync(_user, _device, [], pending, allLarge: false, partial: true, CancellationToken.None).ConfigureAwait(false);
+            }
+        }
+        catch (RouteUnavailableException e)
+        {
+            Hosting.Log.DeliveryFailed(_context.Logger, _user, _device, e);
+            Close(ReasonCode.ServerUnavailable, "messages could not be read; reconnect");
         }
     }
 
@@ -145,6 +198,41 @@ internal sealed partial class DeviceSession
         {
             (_groupStreams ??= [])[conversationId] = new DeliveryStream(conversationId, position);
         }
+    }
+
+    /// <summary>SYNC: in cluster mode the large groups it names are checked by their owners first.</summary>
+    private async ValueTask<Handled> HandleSyncAsync(Sync sync)
+    {
+        if (sync.Conversations.Count > 0 && _context.Chat.Router is IGroupRouter router)
+        {
+            try
+            {
+                var (starts, notMember) = await router.GroupStreamStartsAsync(_user, _device, sync.Conversations, [], allLarge: false, partial: false, CancellationToken.None).ConfigureAwait(false);
+                lock (_lock)
+                {
+                    foreach (var start in starts)
+                    {
+                        AddStreamLocked(start.ConversationId, start.Seq);
+                    }
+                }
+
+                foreach (var conversationId in notMember)
+                {
+                    WriteError(ReasonCode.NotAMember, $"not a member of conversation {conversationId}", sync.RequestId, PacketType.Sync);
+                }
+            }
+            catch (RouteUnavailableException)
+            {
+                WriteError(ReasonCode.ServerUnavailable, "a group's node did not answer; repeat the SYNC", sync.RequestId, PacketType.Sync);
+                return Handled.Ok;
+            }
+
+            HandleSync(sync, groupsDone: true);
+            return Handled.Ok;
+        }
+
+        HandleSync(sync, groupsDone: false);
+        return Handled.Ok;
     }
 
     /// <summary>SYNC naming large groups: restart those streams from the given cursors.</summary>

@@ -19,7 +19,7 @@ internal sealed partial class DeviceSession
                 _outbox.TryWrite(outcome.Answer!);
             }
         }
-        catch (Storage.StorageException)
+        catch (Exception e) when (e is Storage.StorageException or Messaging.RouteUnavailableException)
         {
             WriteError(ReasonCode.ServerUnavailable, "the keys could not be stored; retry", upload.RequestId, PacketType.KeysUpload, TimeSpan.FromSeconds(1));
         }
@@ -48,7 +48,7 @@ internal sealed partial class DeviceSession
                 _outbox.TryWrite(outcome.Answer!);
             }
         }
-        catch (Storage.StorageException)
+        catch (Exception e) when (e is Storage.StorageException or Messaging.RouteUnavailableException)
         {
             WriteError(ReasonCode.ServerUnavailable, "keys are unavailable; retry", fetch.RequestId, PacketType.FetchKeys, TimeSpan.FromSeconds(1));
         }

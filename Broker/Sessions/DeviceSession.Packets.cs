@@ -44,16 +44,14 @@ internal sealed partial class DeviceSession
                 _ = CloseAsync(null);
                 return ValueTask.FromResult(Handled.Ok);
             case Sync sync:
-                HandleSync(sync);
-                return ValueTask.FromResult(Handled.Ok);
+                return HandleSyncAsync(sync);
             case History history:
                 return HandleHistoryAsync(history, stopping);
             case PresenceSet presenceSet:
                 HandlePresenceSet(presenceSet);
                 return ValueTask.FromResult(Handled.Ok);
             case PresenceSubscribe presenceSubscribe:
-                HandlePresenceSubscribe(presenceSubscribe);
-                return ValueTask.FromResult(Handled.Ok);
+                return HandlePresenceSubscribeAsync(presenceSubscribe, stopping);
             case Typing typing:
                 HandleTyping(typing);
                 return ValueTask.FromResult(Handled.Ok);
@@ -142,7 +140,12 @@ internal sealed partial class DeviceSession
             Capabilities = _capabilities,
         });
 
-        if ((_capabilities & (ulong)Capability.Receipts) != 0)
+        if ((_capabilities & (ulong)Capability.Receipts) != 0 && _context.Chat.Signals is { } signals)
+        {
+            // Cluster mode: the user's home keeps the receipts for the user; they come when it answers.
+            signals.SendStoredReceipts(this, session.MaxResumeReceiptConversations * 2);
+        }
+        else if ((_capabilities & (ulong)Capability.Receipts) != 0)
         {
             foreach (var receipt in _context.Chat.StoredReceiptsFor(_user, session.MaxResumeReceiptConversations))
             {
@@ -350,11 +353,15 @@ internal sealed partial class DeviceSession
         return Handled.Ok;
     }
 
-    private void HandleSync(Sync sync)
+    private void HandleSync(Sync sync, bool groupsDone)
     {
         // A SYNC naming only large groups leaves the inbox where it is.
         var inbox = sync.InboxSeq != 0 || sync.Conversations.Count == 0;
-        SyncGroups(sync);
+        if (!groupsDone)
+        {
+            SyncGroups(sync);
+        }
+
         var lastInboxSeq = inbox ? _context.Chat.LastInboxSeq(_user) : 0;
         lock (_lock)
         {

@@ -40,23 +40,26 @@ internal sealed partial class DeviceSession
         }
     }
 
-    private void HandlePresenceSubscribe(PresenceSubscribe subscribe)
+    private async ValueTask<Handled> HandlePresenceSubscribeAsync(PresenceSubscribe subscribe, CancellationToken stopping)
     {
         try
         {
-            var result = _context.Presence.Subscribe(this, subscribe);
+            var result = await _context.Presence.SubscribeAsync(this, subscribe, stopping).ConfigureAwait(false);
             if (result.Error != ReasonCode.Success)
             {
-                WriteError(result.Error, result.Message!, subscribe.RequestId, PacketType.PresenceSubscribe);
-                return;
+                WriteError(result.Error, result.Message!, subscribe.RequestId, PacketType.PresenceSubscribe,
+                    result.Error == ReasonCode.ServerUnavailable ? TimeSpan.FromSeconds(1) : default);
+                return Handled.Ok;
             }
 
             _outbox.TryWrite(result.Answer!);
         }
-        catch (Storage.StorageException)
+        catch (Exception e) when (e is Storage.StorageException or Messaging.RouteUnavailableException)
         {
-            WriteError(ReasonCode.ServerUnavailable, "presence is unavailable; retry", subscribe.RequestId, PacketType.PresenceSubscribe);
+            WriteError(ReasonCode.ServerUnavailable, "presence is unavailable; retry", subscribe.RequestId, PacketType.PresenceSubscribe, TimeSpan.FromSeconds(1));
         }
+
+        return Handled.Ok;
     }
 
     private void HandleTyping(Typing typing)

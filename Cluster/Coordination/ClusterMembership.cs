@@ -28,9 +28,10 @@ public readonly record struct MapChangeResult(MapChangeStatus Status, ClusterMap
 /// map it was derived from; on a conflict (another change won) the step is decided again on the map stored now,
 /// at most <see cref="MaxAttempts"/> times. While the store is unreachable nothing changes and the answer says so.
 /// <para>
-/// Ranges are not moved yet: a member becomes Active right after Joining and is removed right after Leaving.
-/// Range hand-over (issue 15) goes between the two steps of each; the states are in the map already so that
-/// adding it changes no reader.
+/// With <see cref="HandOverRanges"/> (a cluster whose nodes move data: the broker's) a join stops at Joining and a
+/// leave at Leaving: the member itself then has its ranges handed over and takes the second step with
+/// <see cref="CompleteAsync"/> (or, if the hand-over fails, any node undoes the first with <see cref="AbortAsync"/>).
+/// Without it a member becomes Active right after Joining and is removed right after Leaving, and no data moves.
 /// </para>
 /// </summary>
 public sealed class ClusterMembership
@@ -53,6 +54,10 @@ public sealed class ClusterMembership
 
     /// <summary>Compare-and-set attempts per step before a change is refused as contended.</summary>
     public int MaxAttempts { get; init; } = DefaultMaxAttempts;
+
+    /// <summary>Stop after the first step of a join or leave: the member's node hands its ranges over and takes the
+    /// second step itself (docs/cluster.md, "Ring changes").</summary>
+    public bool HandOverRanges { get; init; }
 
     /// <summary>
     /// Writes the first map, with <paramref name="self"/> Active, if there is none yet (a compare-and-set on
@@ -96,6 +101,11 @@ public sealed class ClusterMembership
         if (!listed.Succeeded || listed.Map.FindMember(id) is not { State: MemberState.Joining })
         {
             return listed;
+        }
+
+        if (HandOverRanges)
+        {
+            return listed with { Message = $"{listed.Message}; its ranges are being handed to it, then it turns Active" };
         }
 
         // Range hand-over goes here: the ranges the new ring gives the member are streamed to it before it
@@ -149,6 +159,11 @@ public sealed class ClusterMembership
             return marked;
         }
 
+        if (HandOverRanges)
+        {
+            return marked with { Message = $"{marked.Message}; its ranges are being handed to the other members, then it is removed" };
+        }
+
         // Range hand-over goes here: the member's ranges are streamed to their new owners before it is removed.
         var removed = await ChangeAsync($"remove {nodeId}", map => map.FindMember(nodeId) switch
         {
@@ -160,6 +175,35 @@ public sealed class ClusterMembership
             ? removed with { Status = MapChangeStatus.Applied }
             : removed;
     }
+
+    /// <summary>
+    /// The second step of a join or leave after its ranges were handed over under the map of <paramref name="epoch"/>:
+    /// a Joining member becomes Active, a Leaving member is removed. Refused when the map is no longer that epoch
+    /// (the hand-over was for another ring; the member runs it again on the new map).
+    /// </summary>
+    public Task<MapChangeResult> CompleteAsync(string nodeId, long epoch, CancellationToken cancellationToken) =>
+        ChangeAsync($"complete the hand-over of {nodeId}", map => map.FindMember(nodeId) switch
+        {
+            _ when map.Epoch != epoch => Keep(MapChangeStatus.Refused, $"the map moved on to epoch {map.Epoch} during the hand-over of {nodeId} (epoch {epoch})"),
+            { State: MemberState.Joining } m => Change(map.WithMember(m with { State = MemberState.Active }), $"{nodeId} joined: Active"),
+            { State: MemberState.Leaving } => Change(map.WithoutMember(nodeId), $"{nodeId} left the cluster"),
+            null => Keep(MapChangeStatus.Unchanged, $"{nodeId} is not a member"),
+            { State: var state } => Keep(MapChangeStatus.Unchanged, $"{nodeId} is {state}"),
+        }, cancellationToken);
+
+    /// <summary>
+    /// Undoes the first step of a join or leave whose hand-over cannot finish (the member died, or it failed too
+    /// often): a Joining member is taken out of the map, a Leaving one is Active again. Nothing was deleted
+    /// anywhere, so the old owners still have everything. Only on the map of <paramref name="epoch"/>.
+    /// </summary>
+    public Task<MapChangeResult> AbortAsync(string nodeId, long epoch, string reason, CancellationToken cancellationToken) =>
+        ChangeAsync($"abort the hand-over of {nodeId}", map => map.FindMember(nodeId) switch
+        {
+            _ when map.Epoch != epoch => Keep(MapChangeStatus.Refused, $"the map moved on to epoch {map.Epoch}"),
+            { State: MemberState.Joining } => Change(map.WithoutMember(nodeId), $"join of {nodeId} aborted ({reason}): removed"),
+            { State: MemberState.Leaving } m => Change(map.WithMember(m with { State = MemberState.Active }), $"leave of {nodeId} aborted ({reason}): Active again"),
+            _ => Keep(MapChangeStatus.Unchanged, $"{nodeId} is not moving"),
+        }, cancellationToken);
 
     private static ClusterMap FirstMap(ClusterMember self, int virtualNodes, int replicationFactor) =>
         ClusterMap.Empty.WithMember(self with { State = MemberState.Active }) with

@@ -12,9 +12,8 @@ namespace ChatBroker.Host.Cli;
 /// </summary>
 internal static class ClusterCommands
 {
-    /// <summary>Said by join and leave until ranges move with their data (range hand-over, issue 15).</summary>
-    internal const string NoDataMoved =
-        "note: no data is moved yet: ownership follows the new map at once, and stored conversations and users stay where they were written until range hand-over exists";
+    /// <summary>How long join and leave wait for the moving node to finish the hand-over before they return.</summary>
+    private static readonly TimeSpan DefaultWait = TimeSpan.FromMinutes(2);
 
     public static void Add(RootCommand root, Option<string?> configOption, Option<string[]> setOption)
     {
@@ -26,14 +25,14 @@ internal static class ClusterCommands
         status.SetAction((result, token) => StatusAsync(result.GetValue(configOption), result.GetValue(setOption), result.GetValue(jsonOption), token));
 
         var joinNode = new Option<string?>("--node") { Description = "Node id to add (default: this configuration's cluster.node_id, else node.name)." };
-        var join = new Command("join", "Add a node to the cluster map (Joining, then Active). Its addresses come from its live registration, else from this configuration.")
+        var join = new Command("join", "Add a node to the cluster map: Joining while the ranges it will own are handed to it, then Active. Its addresses come from its live registration, else from this configuration. Waits for the hand-over (at most 2 minutes).")
         {
             joinNode,
         };
         join.SetAction((result, token) => JoinAsync(result.GetValue(configOption), result.GetValue(setOption), result.GetValue(joinNode), token));
 
         var leaveNode = new Option<string?>("--node") { Description = "Node id to remove (default: this configuration's cluster.node_id, else node.name)." };
-        var leave = new Command("leave", "Remove a node from the cluster map (Leaving, then removed).") { leaveNode };
+        var leave = new Command("leave", "Remove a node from the cluster map: Leaving while its ranges are handed to the other members, then removed. The node must be running. Waits for the hand-over (at most 2 minutes).") { leaveNode };
         leave.SetAction((result, token) => LeaveAsync(result.GetValue(configOption), result.GetValue(setOption), result.GetValue(leaveNode), token));
 
         root.Subcommands.Add(new Command("cluster", "Cluster map commands (talk to etcd directly; the nodes may be down).") { status, join, leave });
@@ -106,9 +105,9 @@ internal static class ClusterCommands
             return Program.ExitFailure;
         }
 
-        var result = await new ClusterMembership(coordinator).JoinAsync(member, options.VirtualNodes, options.ReplicationFactor, cancellationToken)
-            .ConfigureAwait(false);
-        return Report("join", result);
+        var result = await new ClusterMembership(coordinator) { HandOverRanges = true }
+            .JoinAsync(member, options.VirtualNodes, options.ReplicationFactor, cancellationToken).ConfigureAwait(false);
+        return await ReportAsync("join", id, result, coordinator, cancellationToken).ConfigureAwait(false);
     }
 
     private static async Task<int> LeaveAsync(string? file, string[]? overrides, string? nodeId, CancellationToken cancellationToken)
@@ -119,11 +118,17 @@ internal static class ClusterCommands
         }
 
         await using var coordinator = cluster.Coordinator;
-        var result = await new ClusterMembership(coordinator).LeaveAsync(nodeId ?? cluster.Options.NodeId, cancellationToken).ConfigureAwait(false);
-        return Report("leave", result);
+        var id = nodeId ?? cluster.Options.NodeId;
+        var result = await new ClusterMembership(coordinator) { HandOverRanges = true }.LeaveAsync(id, cancellationToken).ConfigureAwait(false);
+        return await ReportAsync("leave", id, result, coordinator, cancellationToken).ConfigureAwait(false);
     }
 
-    private static int Report(string command, MapChangeResult result)
+    /// <summary>
+    /// Prints the first step's outcome and, when it put the node in Joining or Leaving, follows the map until the
+    /// node itself has handed its ranges over and taken the second step (Active, or out of the map), or the join or
+    /// leave was undone, or <see cref="DefaultWait"/> passed (the move goes on without the command: status shows it).
+    /// </summary>
+    private static async Task<int> ReportAsync(string command, string nodeId, MapChangeResult result, EtcdCoordinator coordinator, CancellationToken cancellationToken)
     {
         if (!result.Succeeded)
         {
@@ -132,12 +137,52 @@ internal static class ClusterCommands
         }
 
         Console.Out.WriteLine(result.Message);
-        if (result.Status == MapChangeStatus.Applied)
+        var moving = command == "join" ? MemberState.Joining : MemberState.Leaving;
+        if (result.Map.FindMember(nodeId)?.State != moving)
         {
-            Console.Out.WriteLine(NoDataMoved);
+            return Program.ExitOk;
         }
 
-        return Program.ExitOk;
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        deadline.CancelAfter(DefaultWait);
+        try
+        {
+            while (true)
+            {
+                // The CLI holds no watch: it reads the map a few times a second until the node's state settles.
+                await Task.Delay(TimeSpan.FromMilliseconds(250), deadline.Token).ConfigureAwait(false);
+                var map = await coordinator.ReadMapAsync(deadline.Token).ConfigureAwait(false);
+                var member = map.FindMember(nodeId);
+                if (member?.State == moving)
+                {
+                    continue;
+                }
+
+                var done = command == "join" ? member?.State == MemberState.Active : member is null;
+                if (done)
+                {
+                    Console.Out.WriteLine(command == "join"
+                        ? $"{nodeId} joined: Active, its ranges handed over (epoch {map.Epoch})"
+                        : $"{nodeId} left the cluster, its ranges handed over (epoch {map.Epoch})");
+                    return Program.ExitOk;
+                }
+
+                Console.Error.WriteLine($"chatbroker cluster {command}: the hand-over of {nodeId} was undone (now {(member is null ? "not a member" : member.State.ToString())}, epoch {map.Epoch}); see the node's log");
+                return Program.ExitFailure;
+            }
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            Console.Error.WriteLine(
+                $"chatbroker cluster {command}: {nodeId} is still {moving} after {DefaultWait.TotalSeconds:0} s: the node hands its ranges over " +
+                "itself and must be running; `chatbroker cluster status` shows when it is done");
+            return Program.ExitFailure;
+        }
+        catch (ClusterCoordinationException e)
+        {
+            Console.Error.WriteLine($"chatbroker cluster {command}: {nodeId} is {moving}, but etcd cannot be read to follow it: {e.Message}");
+            return Program.ExitFailure;
+        }
     }
 
     private static bool ValidNode(string command, string? nodeId)

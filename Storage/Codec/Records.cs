@@ -201,6 +201,19 @@ internal static class Records
         return new PrekeyBundle(identity, id, signed, signature);
     }
 
+    // ---- receipts: str user | u64 conversation | str reader | u8 kind (0 delivered, 1 read) → u64 seq ----
+    public static ByteWriter ReceiptKey(ByteWriter w, string userId, ulong conversationId, string readerUserId, bool read) =>
+        w.Reset().Str(userId).U64(conversationId).Str(readerUserId).U8(read ? (byte)1 : (byte)0);
+
+    public static StoredReceipt ReadReceipt(ReadOnlySpan<byte> key, ReadOnlySpan<byte> value)
+    {
+        var k = new ByteReader(key);
+        k.Str();
+        var conversationId = k.U64();
+        var reader = k.Str();
+        return new StoredReceipt(conversationId, reader, k.U8() != 0, new ByteReader(value).U64());
+    }
+
     // ---- default family: meta records ----
     public static readonly byte[] PushJobHighWaterKey = "meta/push_job_last_id"u8.ToArray();
 

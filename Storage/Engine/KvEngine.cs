@@ -15,6 +15,7 @@ internal enum Cf
     PushJobs,
     Presence,
     Prekeys,
+    Receipts,
 }
 
 /// <summary>

@@ -8,6 +8,7 @@ internal sealed class RocksDbEngine : IKvEngine
     [
         "default", "messages", "inboxes", "cursors", "conversations", "members",
         "user_conversations", "directs", "idempotency", "push_jobs", "presence", "prekeys",
+        "receipts",
     ];
 
     private readonly RocksDb _db;

@@ -78,9 +78,9 @@ public sealed partial class ClusterProcessTests(EtcdFixture etcd) : IClassFixtur
 
         var (exit, stdout, stderr) = await CliAsync("cluster", "leave", "--node", "b");
         Assert.True(exit == 0, stderr);
-        Assert.Contains("b left the cluster", stdout, StringComparison.Ordinal);
-        Assert.Contains("no data is moved yet", stdout, StringComparison.Ordinal);
-        var epoch = long.Parse(EpochInMessage().Match(stdout).Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.Contains("b marked Leaving", stdout, StringComparison.Ordinal);
+        Assert.Contains("b left the cluster, its ranges handed over", stdout, StringComparison.Ordinal);
+        var epoch = long.Parse(EpochInMessage().Matches(stdout)[^1].Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
 
         foreach (var node in new[] { a, b })
         {

@@ -554,6 +554,27 @@ public abstract class ChatStoreContract : IDisposable
         Assert.True(group.Id < ChatStore.FirstDerivedConversationId);
         await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => store.GetOrCreateDirectAtAsync(5, "alice", "bob"));
     }
+
+    [Fact]
+    public async Task A_group_at_a_drawn_id_is_created_only_if_the_id_is_free()
+    {
+        var store = Open();
+        var id = ChatStore.FirstDrawnGroupId + 777;
+        var created = await store.CreateGroupAtAsync(id, "alice", "trip", ["bob", "alice"]);
+        Assert.Equal((id, ConversationKind.Group, "trip"), (created!.Id, created.Kind, created.Title));
+        Assert.Equal([("alice", MemberRole.Admin), ("bob", MemberRole.Member)], store.ListMembers(id).Select(m => (m.UserId, m.Role)).Order());
+        Assert.Contains(id, store.ListConversations("bob"));
+
+        // Taken: nothing is written, the caller draws again.
+        Assert.Null(await store.CreateGroupAtAsync(id, "carol", "other", ["dave"]));
+        Assert.Equal("trip", store.GetConversation(id)!.Title);
+        Assert.Null(store.GetMember(id, "dave"));
+
+        // The counter never allocates in the drawn range, which is below the derived one.
+        Assert.True((await store.CreateGroupAsync("alice", "g", ["bob"])).Id < ChatStore.FirstDrawnGroupId);
+        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => store.CreateGroupAtAsync(5, "alice", null, []));
+        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => store.CreateGroupAtAsync(ChatStore.FirstDerivedConversationId, "alice", null, []));
+    }
 }
 
 public sealed class InMemoryChatStoreTests : ChatStoreContract

@@ -21,13 +21,14 @@ public sealed class RocksDbStoreLifecycleTests : IDisposable
     };
 
     [Fact]
-    public async Task A_reopened_store_counts_conversation_ids_past_its_counted_ones_not_past_derived_ones()
+    public async Task A_reopened_store_counts_conversation_ids_past_its_counted_ones_not_past_drawn_or_derived_ones()
     {
         ulong group;
         using (var store = RocksDbChatStore.Open(Options()))
         {
             group = (await store.CreateGroupAsync("alice", "g", ["bob"])).Id;
             await store.GetOrCreateDirectAtAsync(ChatStore.FirstDerivedConversationId + 5, "alice", "bob");
+            Assert.NotNull(await store.CreateGroupAtAsync(ChatStore.FirstDrawnGroupId + 5, "alice", "drawn", ["bob"]));
             await store.StoreCopyAsync(new StoredMessage(ChatStore.FirstDerivedConversationId + 9, 4, 1, "carol", "phone", 0, 1, null, Encoding.UTF8.GetBytes("x")), ["alice"]);
         }
 

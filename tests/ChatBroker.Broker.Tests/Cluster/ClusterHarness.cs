@@ -1,5 +1,6 @@
 using System.Net;
 using ChatBroker.Broker.Cluster;
+using ChatBroker.Broker.Configuration;
 using ChatBroker.Broker.Tests.Sessions;
 using ChatBroker.Cluster;
 using ChatBroker.Cluster.Coordination;
@@ -22,6 +23,7 @@ internal sealed class ClusterHarness : IAsyncDisposable
     private readonly List<ClusterTestNode> _nodes;
     private readonly ClusterRoutingOptions? _routing;
     private readonly Dictionary<string, (InMemoryChatStore Store, IPEndPoint Mesh)> _down = new(StringComparer.Ordinal);
+    private Action<BrokerOptions>? _configure;
 
     private ClusterHarness(InMemoryCoordinationStore coordination, List<ClusterTestNode> nodes, ClusterMap map, ClusterRoutingOptions? routing)
     {
@@ -44,13 +46,14 @@ internal sealed class ClusterHarness : IAsyncDisposable
 
     public ClusterTestNode this[string id] => _nodes.Single(n => n.Id == id);
 
-    public static async Task<ClusterHarness> StartAsync(int count, ClusterRoutingOptions? routing = null)
+    /// <param name="configure">Settings of every node's broker (e.g. a small fan-out threshold, no presence debounce).</param>
+    public static async Task<ClusterHarness> StartAsync(int count, ClusterRoutingOptions? routing = null, Action<BrokerOptions>? configure = null)
     {
         var coordination = new InMemoryCoordinationStore();
         var nodes = new List<ClusterTestNode>();
         for (var i = 1; i <= count; i++)
         {
-            nodes.Add(await ClusterTestNode.StartAsync($"node{i}", coordination, routing));
+            nodes.Add(await ClusterTestNode.StartAsync($"node{i}", coordination, routing, configure: configure));
         }
 
         var map = ClusterMap.Empty with { VirtualNodes = VirtualNodes };
@@ -67,7 +70,7 @@ internal sealed class ClusterHarness : IAsyncDisposable
             await node.Cluster.WaitForEpochAsync((ulong)update.Map.Epoch, timeout.Token);
         }
 
-        return new ClusterHarness(coordination, nodes, update.Map, routing);
+        return new ClusterHarness(coordination, nodes, update.Map, routing) { _configure = configure };
     }
 
     /// <summary>
@@ -81,11 +84,56 @@ internal sealed class ClusterHarness : IAsyncDisposable
         var store = old.Broker.Store;
         var endpoint = old.Mesh.Endpoint;
         await old.DisposeAsync(keepStore: true);
-        var restarted = await ClusterTestNode.StartAsync(id, Coordination, _routing, store, endpoint);
+        var restarted = await ClusterTestNode.StartAsync(id, Coordination, _routing, store, endpoint, _configure);
         _nodes[_nodes.IndexOf(old)] = restarted;
         using var timeout = new CancellationTokenSource(TestDevice.Timeout);
         await restarted.Cluster.WaitForEpochAsync((ulong)Map.Epoch, timeout.Token);
         return restarted;
+    }
+
+    /// <summary>Starts a node that is not in the map yet (a join adds it).</summary>
+    public async Task<ClusterTestNode> AddNodeAsync(string id)
+    {
+        var node = await ClusterTestNode.StartAsync(id, Coordination, _routing, configure: _configure);
+        _nodes.Add(node);
+        return node;
+    }
+
+    /// <summary>The first map (seen by the first node) that <paramref name="condition"/> accepts; then waits until every
+    /// node routes by it or a newer one.</summary>
+    public async Task<ClusterMap> WaitForMapAsync(Func<ClusterMap, bool> condition, TimeSpan timeout)
+    {
+        using var cancel = new CancellationTokenSource(timeout);
+        await foreach (var map in _nodes[0].Coordinator.View.WatchMapAsync(cancel.Token))
+        {
+            if (condition(map))
+            {
+                foreach (var node in _nodes)
+                {
+                    await node.Cluster.WaitForEpochAsync((ulong)map.Epoch, cancel.Token);
+                }
+
+                return map;
+            }
+        }
+
+        throw new InvalidOperationException("the map watch ended");
+    }
+
+    /// <summary>Completes when every node's forward queues are acked by their homes.</summary>
+    public async Task DrainForwardsAsync(TimeSpan timeout)
+    {
+        using var cancel = new CancellationTokenSource(timeout);
+        foreach (var node in _nodes)
+        {
+            foreach (var other in _nodes)
+            {
+                if (other != node)
+                {
+                    await node.Cluster.WhenForwardedAsync(other.Id, cancel.Token);
+                }
+            }
+        }
     }
 
     /// <summary>
@@ -106,7 +154,7 @@ internal sealed class ClusterHarness : IAsyncDisposable
     {
         var (store, endpoint) = _down[id];
         _down.Remove(id);
-        var revived = await ClusterTestNode.StartAsync(id, Coordination, _routing, store, endpoint);
+        var revived = await ClusterTestNode.StartAsync(id, Coordination, _routing, store, endpoint, _configure);
         _nodes.Add(revived);
         using var timeout = new CancellationTokenSource(TestDevice.Timeout);
         await revived.Cluster.WaitForEpochAsync((ulong)Map.Epoch, timeout.Token);
@@ -131,19 +179,7 @@ internal sealed class ClusterHarness : IAsyncDisposable
     }
 
     /// <summary>The first user id of the form <paramref name="prefix"/>N whose home is <paramref name="home"/>.</summary>
-    public string UserAt(string prefix, string home, Func<string, bool>? also = null)
-    {
-        for (var i = 0; i < 100_000; i++)
-        {
-            var user = prefix + i;
-            if (Ring.UserHome(user) == home && (also is null || also(user)))
-            {
-                return user;
-            }
-        }
-
-        throw new InvalidOperationException($"no user {prefix}N has home {home}");
-    }
+    public string UserAt(string prefix, string home, Func<string, bool>? also = null) => RingPlacement.UserAt(Ring, prefix, home, also);
 
     public async ValueTask DisposeAsync()
     {
@@ -181,10 +217,11 @@ internal sealed class ClusterTestNode : IAsyncDisposable
 
     public InMemoryCoordinator Coordinator { get; }
 
-    public static async Task<ClusterTestNode> StartAsync(string id, InMemoryCoordinationStore coordination, ClusterRoutingOptions? routing, InMemoryChatStore? store = null, IPEndPoint? meshEndpoint = null)
+    public static async Task<ClusterTestNode> StartAsync(string id, InMemoryCoordinationStore coordination, ClusterRoutingOptions? routing, InMemoryChatStore? store = null, IPEndPoint? meshEndpoint = null, Action<BrokerOptions>? configure = null)
     {
-        var broker = new SessionHarness(store: store ?? new InMemoryChatStore()); // the node, not the harness, owns it
+        var broker = new SessionHarness(configure, store: store ?? new InMemoryChatStore()); // the node, not the harness, owns it
         var cluster = new ClusterNode(id, broker.Context.Chat, broker.Context.Directory, routing);
+        cluster.UseSignals(broker.Context.Presence, broker.Context.Typing, broker.Context.Keys);
         var mesh = await StartMeshAsync(meshEndpoint ?? new IPEndPoint(IPAddress.Loopback, 0), new MeshReceiver(id, cluster, cluster.MeshOptions));
         var coordinator = new InMemoryCoordinator(coordination, new ClusterOptions
         {
@@ -195,7 +232,7 @@ internal sealed class ClusterTestNode : IAsyncDisposable
             LeaseTtl = TimeSpan.FromSeconds(5),
         });
         await coordinator.StartAsync(CancellationToken.None);
-        cluster.Start(coordinator.View);
+        cluster.Start(coordinator.View, coordinator);
         return new ClusterTestNode(id, broker, cluster, mesh, coordinator);
     }
 

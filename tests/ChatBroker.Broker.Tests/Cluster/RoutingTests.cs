@@ -90,7 +90,13 @@ public sealed class RoutingTests : IAsyncLifetime
         foreach (var node in new[] { "node3", "node2" })
         {
             var retry = await _cluster[node].ConnectAsync(_alice, "phone");
-            await retry.ExpectAsync<SyncDone>();
+            // Resuming from 0 it may be given its own "once" (once its home has the entry): a device that asks
+            // for everything gets its own messages too, and matches them by client_msg_id.
+            for (var m = await retry.ReceiveAsync(); m is not SyncDone; m = await retry.ReceiveAsync())
+            {
+                Assert.Equal((_alice, 7UL), Assert.IsType<Deliver>(m) is var own ? (own.SenderUserId, own.ClientMsgId) : default);
+            }
+
             Assert.Equal(ReasonCode.SessionTakenOver, (await connection.ExpectAsync<Disconnect>()).Reason);
             await retry.SendAsync(TestDevice.Text(7, _bob, "once"));
             var again = await retry.ExpectAsync<Sent>();

@@ -60,7 +60,7 @@ public sealed class EtcdFixture : IAsyncLifetime
         return await stdout;
     }
 
-    private static string RepositoryRoot()
+    internal static string RepositoryRoot()
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
         {

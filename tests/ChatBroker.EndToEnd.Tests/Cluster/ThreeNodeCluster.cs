@@ -3,6 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text.RegularExpressions;
+using ChatBroker.Broker.Tests.Cluster;
 using ChatBroker.Cluster.Ring;
 using ChatBroker.Cluster.Tests.Coordination;
 using ChatBroker.EndToEnd.Tests.Infrastructure;
@@ -160,19 +161,7 @@ public sealed partial class ThreeNodeCluster : IAsyncLifetime
 
     /// <summary>The first user <paramref name="prefix"/>N whose home is <paramref name="home"/> (and that passes
     /// <paramref name="also"/>).</summary>
-    public string UserAt(string prefix, string home, Func<string, bool>? also = null)
-    {
-        for (var i = 0; i < 100_000; i++)
-        {
-            var user = prefix + i;
-            if (Ring.UserHome(user) == home && (also is null || also(user)))
-            {
-                return user;
-            }
-        }
-
-        throw new InvalidOperationException($"no user {prefix}N has home {home}");
-    }
+    public string UserAt(string prefix, string home, Func<string, bool>? also = null) => RingPlacement.UserAt(Ring, prefix, home, also);
 
     /// <summary>The owner of the direct conversation of two users, as every node derives it.</summary>
     public string OwnerOfDirect(string a, string b) => Ring.ConversationOwner(Broker.Cluster.ClusterOps.DirectConversationId(a, b));
@@ -290,18 +279,7 @@ public sealed partial class ThreeNodeCluster : IAsyncLifetime
             : throw new InvalidOperationException($"{string.Join(' ', args)} failed (exit {process.ExitCode}):\n{await stderr}");
     }
 
-    private static string Script(string name)
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "ChatBroker.sln")))
-            {
-                return Path.Combine(dir.FullName, "scripts", name);
-            }
-        }
-
-        throw new InvalidOperationException("cannot find the repository root (ChatBroker.sln) above " + AppContext.BaseDirectory);
-    }
+    private static string Script(string name) => Path.Combine(EtcdFixture.RepositoryRoot(), "scripts", name);
 
     /// <summary>A loopback port nobody listens on now (the advertised mesh and client addresses need real ports).</summary>
     private static int FreePort()

@@ -1,0 +1,197 @@
+using ChatBroker.Storage.Codec;
+using ChatBroker.Storage.Engine;
+
+namespace ChatBroker.Storage;
+
+// IRangeTransfer: a moving range's records out of this store and into another (docs/cluster.md, "Ring changes").
+public abstract partial class ChatStore
+{
+    public RangeExportPage ExportRange(IRangeSelector selector, RangePosition from, int maxRecords, int maxBytes)
+    {
+        ArgumentNullException.ThrowIfNull(selector);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxRecords, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxBytes, 1);
+        ArgumentOutOfRangeException.ThrowIfNegative(from.FamilyIndex);
+        var families = RangeTransferLayout.Families;
+        var records = new List<RangeRecord>();
+        long bytes = 0;
+        var messageKey = new ByteWriter(16);
+        for (var f = from.FamilyIndex; f < families.Length; f++)
+        {
+            var (family, owner) = families[f];
+            var lower = f == from.FamilyIndex ? from.FromKey.Span : default;
+            using var cursor = _engine.OpenCursor(family, lower, []);
+            for (cursor.SeekToFirst(); cursor.Valid; cursor.Next())
+            {
+                if (records.Count >= maxRecords || bytes >= maxBytes)
+                {
+                    return new RangeExportPage(records, new RangePosition(f, cursor.Key.ToArray()), false, bytes);
+                }
+
+                if (!RangeTransferLayout.Takes(owner, cursor.Key, cursor.Value, selector))
+                {
+                    continue;
+                }
+
+                records.Add(new RangeRecord((byte)family, cursor.Key.ToArray(), cursor.Value.ToArray()));
+                bytes += cursor.Key.Length + cursor.Value.Length;
+                if (family == Cf.Inboxes)
+                {
+                    // The home keeps a copy of each message its inboxes refer to: it moves with the entry.
+                    var entry = Records.ReadInbox(cursor.Key, cursor.Value);
+                    Records.MessageKey(messageKey, entry.ConversationId, entry.Seq);
+                    if (_engine.Get(Cf.Messages, messageKey.Span) is { } message)
+                    {
+                        records.Add(new RangeRecord((byte)Cf.Messages, messageKey.ToArray(), message));
+                        bytes += 16 + message.Length;
+                    }
+                }
+            }
+        }
+
+        return new RangeExportPage(records, new RangePosition(families.Length, default), true, bytes);
+    }
+
+    public Task<int> ImportRangeAsync(IReadOnlyList<RangeRecord> records, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(records);
+        if (records.Count > IRangeTransfer.MaxImportRecords)
+        {
+            throw new ArgumentException($"an import carries at most {IRangeTransfer.MaxImportRecords} records, got {records.Count}", nameof(records));
+        }
+
+        List<string>? cursors = null;
+        foreach (var record in records)
+        {
+            if (RangeImportOp.Validate(record) is { } cursorKey)
+            {
+                (cursors ??= []).Add(cursorKey);
+            }
+        }
+
+        return records.Count == 0
+            ? Task.FromResult(0)
+            : _writer.EnqueueAsync(new RangeImportOp([.. records], cursors), null, cancellationToken);
+    }
+}
+
+/// <summary>Writes imported records in one batch and raises the counters they cover (see <see cref="IRangeTransfer.ImportRangeAsync"/>).</summary>
+internal sealed class RangeImportOp(RangeRecord[] records, List<string>? cursorKeys) : WriteOp<int>
+{
+    public override IReadOnlyList<string>? ConflictKeys => cursorKeys;
+
+    public override int EstimatedBytes
+    {
+        get
+        {
+            var bytes = 64;
+            foreach (var r in records)
+            {
+                bytes += r.Key.Length + r.Value.Length + 16;
+            }
+
+            return bytes;
+        }
+    }
+
+    /// <summary>Checks a record can be placed (so that <see cref="Apply"/> never throws half-way); returns the
+    /// conflict key of a cursor record, else null. Throws <see cref="ArgumentException"/>.</summary>
+    public static string? Validate(RangeRecord record)
+    {
+        var family = (Cf)record.Family;
+        if (RangeTransferLayout.OwnerOf(family) is not { } owner || record.Key.Length is 0 or > 4 * Records.MaxIdBytes)
+        {
+            throw new ArgumentException($"range record of family {record.Family} with a {record.Key.Length}-byte key cannot be imported");
+        }
+
+        try
+        {
+            var key = record.Key.Span;
+            var value = record.Value.Span;
+            switch (family)
+            {
+                case Cf.Messages when key.Length != 16 || value.IsEmpty:
+                case Cf.Conversations when key.Length != 8:
+                case Cf.Directs or Cf.Idempotency when value.Length < 8:
+                case Cf.Cursors or Cf.Receipts when value.Length != 8:
+                    throw new ArgumentException($"malformed {family} record in a range import");
+                case Cf.Idempotency:
+                    Records.ReadIdempotencyKey(key);
+                    break;
+                case Cf.Cursors:
+                {
+                    var reader = new ByteReader(key);
+                    reader.U64();
+                    var user = reader.Str();
+                    var device = reader.Str();
+                    var stream = reader.U64();
+                    return $"cursor|{user}|{device}|{stream}";
+                }
+
+                case Cf.Receipts:
+                {
+                    var reader = new ByteReader(key);
+                    var user = reader.Str();
+                    var conversation = reader.U64();
+                    var readerUser = reader.Str();
+                    return $"receipt|{user}|{conversation}|{readerUser}";
+                }
+            }
+
+            if (owner is RangeOwner.UserAtKeyStart or RangeOwner.UserAfterKeyHash && RangeTransferLayout.UserOf(owner, key).Length == 0)
+            {
+                throw new ArgumentException($"malformed {family} record in a range import: no user");
+            }
+
+            if (owner is RangeOwner.ConversationAtKeyStart or RangeOwner.ConversationAtKeyEnd && key.Length < 8)
+            {
+                throw new ArgumentException($"malformed {family} record in a range import: no conversation");
+            }
+        }
+        catch (StorageException e)
+        {
+            throw new ArgumentException($"malformed {family} record in a range import: {e.Message}", e);
+        }
+
+        return null;
+    }
+
+    public override void Apply(CommitWriter w)
+    {
+        foreach (var r in records)
+        {
+            var family = (Cf)r.Family;
+            var key = r.Key.Span;
+            var value = r.Value.Span;
+            switch (family)
+            {
+                case Cf.Messages:
+                    w.TryTakeSeq(Records.TrailingU64(key[..8]), Records.TrailingU64(key));
+                    break;
+                case Cf.Inboxes:
+                    w.RaiseInboxSeq(RangeTransferLayout.UserOf(RangeOwner.UserAfterKeyHash, key), Records.TrailingU64(key));
+                    break;
+                case Cf.Conversations:
+                    w.RaiseConversationId(Records.TrailingU64(key));
+                    break;
+                case Cf.Idempotency:
+                    var (user, device, clientMsgId) = Records.ReadIdempotencyKey(key);
+                    w.NoteClientMsgId(user, device, clientMsgId);
+                    break;
+                case Cf.Cursors or Cf.Receipts:
+                    // Cursors and receipts only move forward: one this node already moved further stays.
+                    var existing = w.Engine.Get(family, key);
+                    if (existing is { Length: 8 } && Records.TrailingU64(existing) >= Records.TrailingU64(value))
+                    {
+                        continue;
+                    }
+
+                    break;
+            }
+
+            w.Batch.Put(family, key, value);
+        }
+
+        Result = records.Length;
+    }
+}
