@@ -164,10 +164,26 @@ public sealed class CheckerDevice
         ulong before = 0;
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         deadline.CancelAfter(timeout);
+        var retries = 0;
         for (var page = 0; page < 1_000_000; page++)
         {
-            var result = (HistoryPage)await RequestAsync(id => new History { RequestId = id, ConversationId = conversation, BeforeSeq = before, Limit = 200 })
-                .WaitAsync(deadline.Token).ConfigureAwait(false);
+            HistoryPage result;
+            try
+            {
+                result = (HistoryPage)await RequestAsync(id => new History { RequestId = id, ConversationId = conversation, BeforeSeq = before, Limit = 200 })
+                    .WaitAsync(deadline.Token).ConfigureAwait(false);
+            }
+            catch (IOException e) when (retries < 20 && (e.Message.Contains(nameof(ReasonCode.ServerUnavailable), StringComparison.Ordinal)
+                || e.Message.Contains(nameof(ReasonCode.ServerBusy), StringComparison.Ordinal)))
+            {
+                // Retryable (the owner is busy or away for a moment, e.g. in a cluster): the same page again. Safe,
+                // since nothing is recorded until every page is in.
+                retries++;
+                page--;
+                await Task.Delay(500, deadline.Token).ConfigureAwait(false);
+                continue;
+            }
+
             pages.Add(result.Messages);
             if (!result.More || result.Messages.Count == 0)
             {
