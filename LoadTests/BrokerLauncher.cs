@@ -47,8 +47,12 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
         Environment.GetEnvironmentVariable("CHATBROKER_DLL") is { Length: > 0 } path ? path
         : typeof(BrokerLauncher).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().First(a => a.Key == "ChatBrokerDll").Value!;
 
-    /// <summary>Starts `dotnet chatbroker.dll serve` with the load-run settings and waits for "Ready".</summary>
-    public static async Task<BrokerLauncher> StartAsync(string durability, IEnumerable<string> extraSettings)
+    /// <summary>
+    /// Starts `dotnet chatbroker.dll serve` with the load-run settings and waits for "Ready". With
+    /// <paramref name="secretBase64"/> the node signs with that secret (the nodes of a cluster share one; it goes in
+    /// the environment, not the command line), else it generates its own.
+    /// </summary>
+    public static async Task<BrokerLauncher> StartAsync(string durability, IEnumerable<string> extraSettings, string? secretBase64 = null, IReadOnlyList<string>? commandPrefix = null)
     {
         if (!File.Exists(BrokerDll))
         {
@@ -56,13 +60,25 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
         }
 
         var dataDir = Path.Combine(Path.GetTempPath(), "chatbroker-load-" + Guid.NewGuid().ToString("N"));
-        var info = new ProcessStartInfo("dotnet")
+
+        // A prefix runs the broker through another program that execs it, keeping the pid (e.g. `ip netns exec NS`).
+        var info = new ProcessStartInfo(commandPrefix is { Count: > 0 } ? commandPrefix[0] : "dotnet")
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             RedirectStandardInput = true,
             UseShellExecute = false,
         };
+        if (commandPrefix is { Count: > 0 })
+        {
+            for (var i = 1; i < commandPrefix.Count; i++)
+            {
+                info.ArgumentList.Add(commandPrefix[i]);
+            }
+
+            info.ArgumentList.Add("dotnet");
+        }
+
         info.ArgumentList.Add(BrokerDll);
         info.ArgumentList.Add("serve");
         var settings = new List<string>
@@ -89,6 +105,11 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
             {
                 info.Environment.Remove(key);
             }
+        }
+
+        if (secretBase64 is not null)
+        {
+            info.Environment["CHATBROKER__AUTH__SECRET"] = secretBase64;
         }
 
         var process = Process.Start(info) ?? throw new InvalidOperationException("could not start dotnet");
@@ -146,7 +167,7 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
         }
 
         // The broker created the secret on its first start; child processes of the harness get it as base64.
-        var secret = (await File.ReadAllTextAsync(Path.Combine(dataDir, "token.secret"))).Trim();
+        var secret = secretBase64 ?? (await File.ReadAllTextAsync(Path.Combine(dataDir, "token.secret"))).Trim();
         return new BrokerLauncher(process, dataDir, IPEndPoint.Parse(await tcp.Task), new Uri("http://" + await admin.Task), secret);
     }
 

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using ChatBroker.LoadTests.Cluster;
 using ChatBroker.Protocol.Messages;
 
 namespace ChatBroker.LoadTests;
@@ -15,13 +16,13 @@ public sealed class FanoutScenario(RunOptions options)
 {
     public async Task<RunResult> RunAsync()
     {
-        await using var broker = await options.OpenBrokerAsync().ConfigureAwait(false);
+        await using var broker = await options.OpenBrokersAsync().ConfigureAwait(false);
         var k = options.Members;
         var result = new RunResult
         {
             Scenario = "fanout",
             Parameters = options.Describe("members", "window", "body_size", "duration_s", "durability"),
-            Broker = options.DescribeBroker(broker),
+            Broker = broker.Describe(options),
         };
         var stats = new LoadStats();
         var runId = Guid.NewGuid().ToString("N")[..8];
@@ -43,7 +44,9 @@ public sealed class FanoutScenario(RunOptions options)
                 int i;
                 while ((i = Interlocked.Increment(ref next)) < k)
                 {
-                    var c = await RawConnection.ConnectAsync(broker.TcpEndPoint, options.SourceAddress(broker.TcpEndPoint, i), 256 * 1024, stopAll.Token).ConfigureAwait(false);
+                    // In a cluster the members are spread round robin, so the group's deliveries cross the mesh.
+                    var node = broker.EndPoint(ClusterPlacement.Member(i, broker.Count));
+                    var c = await RawConnection.ConnectAsync(node, options.SourceAddress(node, i), 256 * 1024, stopAll.Token).ConfigureAwait(false);
                     var connack = await c.LoginAsync(Wire.Connect(users[i], "d1", broker.Token(users[i], "d1"), 0, 1800), stopAll.Token).ConfigureAwait(false);
                     if (connack.Reason != ReasonCode.Success)
                     {

@@ -1,5 +1,7 @@
 using System.Diagnostics;
+using System.Net;
 using System.Text;
+using ChatBroker.LoadTests.Cluster;
 using ChatBroker.Protocol.Messages;
 
 namespace ChatBroker.LoadTests;
@@ -16,12 +18,12 @@ public sealed class PairsScenario(RunOptions options)
 
     public async Task<RunResult> RunAsync()
     {
-        await using var broker = await options.OpenBrokerAsync().ConfigureAwait(false);
+        await using var broker = await options.OpenBrokersAsync().ConfigureAwait(false);
         var result = new RunResult
         {
             Scenario = "pairs",
             Parameters = options.Describe("pairs", options.Rate > 0 ? "rate" : "window", "body_size", "duration_s", "count", "durability"),
-            Broker = options.DescribeBroker(broker),
+            Broker = broker.Describe(options),
         };
         var stats = new LoadStats();
         var runId = Guid.NewGuid().ToString("N")[..8];
@@ -379,9 +381,11 @@ public sealed class PairsScenario(RunOptions options)
             }
         }
 
-        public async Task ConnectAsync(BrokerLauncher broker, CancellationToken cancellationToken)
+        public async Task ConnectAsync(BrokerNodes broker, CancellationToken cancellationToken)
         {
-            _receiverConnection = await LoginAsync(broker, _receiver, index * 2, cancellationToken).ConfigureAwait(false);
+            // In a cluster the sender's node and the receiver's differ, so every message crosses the mesh.
+            var (senderNode, receiverNode) = ClusterPlacement.Pair(index, broker.Count);
+            _receiverConnection = await LoginAsync(broker.EndPoint(receiverNode), broker, _receiver, index * 2, cancellationToken).ConfigureAwait(false);
             if (options.Rate > 0)
             {
                 // At a fixed rate the sender's socket is only ever used synchronously, so .NET never registers
@@ -389,17 +393,17 @@ public sealed class PairsScenario(RunOptions options)
                 // them without waiting, right after each send (ReadSents); by the time a pair's next message is
                 // due (10 ms later at 10,000/s over 100 pairs) its earlier SENTs have long arrived. At 10,000
                 // messages/s this saves about a quarter of the harness's socket wake-ups (LoadTests/README.md).
-                _senderConnection = await Task.Run(() => Login(broker, _sender, (index * 2) + 1), cancellationToken).ConfigureAwait(false);
+                _senderConnection = await Task.Run(() => Login(broker.EndPoint(senderNode), broker, _sender, (index * 2) + 1), cancellationToken).ConfigureAwait(false);
             }
             else
             {
-                _senderConnection = await LoginAsync(broker, _sender, (index * 2) + 1, cancellationToken).ConfigureAwait(false);
+                _senderConnection = await LoginAsync(broker.EndPoint(senderNode), broker, _sender, (index * 2) + 1, cancellationToken).ConfigureAwait(false);
             }
         }
 
-        private RawConnection Login(BrokerLauncher broker, string user, long sourceIndex)
+        private RawConnection Login(IPEndPoint node, BrokerNodes broker, string user, long sourceIndex)
         {
-            var connection = RawConnection.Connect(broker.TcpEndPoint, options.SourceAddress(broker.TcpEndPoint, sourceIndex), 128 * 1024);
+            var connection = RawConnection.Connect(node, options.SourceAddress(node, sourceIndex), 128 * 1024);
             var connack = connection.Login(Wire.Connect(user, "d1", broker.Token(user, "d1"), 0, 1800));
             if (connack.Reason != ReasonCode.Success)
             {
@@ -410,9 +414,9 @@ public sealed class PairsScenario(RunOptions options)
             return connection;
         }
 
-        private async Task<RawConnection> LoginAsync(BrokerLauncher broker, string user, long sourceIndex, CancellationToken cancellationToken)
+        private async Task<RawConnection> LoginAsync(IPEndPoint node, BrokerNodes broker, string user, long sourceIndex, CancellationToken cancellationToken)
         {
-            var connection = await RawConnection.ConnectAsync(broker.TcpEndPoint, options.SourceAddress(broker.TcpEndPoint, sourceIndex), 128 * 1024, cancellationToken).ConfigureAwait(false);
+            var connection = await RawConnection.ConnectAsync(node, options.SourceAddress(node, sourceIndex), 128 * 1024, cancellationToken).ConfigureAwait(false);
             var connack = await connection.LoginAsync(Wire.Connect(user, "d1", broker.Token(user, "d1"), 0, 1800), cancellationToken).ConfigureAwait(false);
             if (connack.Reason != ReasonCode.Success)
             {

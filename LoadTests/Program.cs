@@ -18,10 +18,21 @@ public static class Program
     public static Task<int> Main(string[] args)
     {
         Environment.SetEnvironmentVariable(InlineCompletionsVariable, "1");
-        return Build().Parse(args).InvokeAsync();
+        var parse = Build().Parse(args);
+        if (parse.Errors.Count == 0 && parse.GetValue<bool>("--netns") && Cluster.NetnsLayout.FromEnvironment() is null)
+        {
+            // The outer process: make the namespaces, run this same command inside the client one, remove them.
+            return Cluster.NetnsLayout.RunOutsideAsync(args, parse.GetValue<int>("--cluster"));
+        }
+
+        return parse.InvokeAsync();
     }
 
-    private static RootCommand Build()
+    /// <summary>Bound of --cluster: each node is a whole broker process on this machine.</summary>
+    public const int MaxClusterNodes = 9;
+
+    /// <summary>The command line (internal for the parsing tests).</summary>
+    internal static RootCommand Build()
     {
         var duration = new Option<int>("--duration") { Description = "Seconds of load (sending, connecting or churning); runs also stop at --count.", DefaultValueFactory = _ => 20, Recursive = true };
         var count = new Option<long>("--count") { Description = "Stop after this many messages (pairs: total; resume: messages stored then drained). 0 = no limit.", Recursive = true };
@@ -46,10 +57,32 @@ public static class Program
         var warmupSeconds = new Option<int>("--warmup-s") { Description = "pairs: seconds of the same load before measuring, not counted (JIT tier-up, pools); resume: a separate small backlog is drained first when > 0.", DefaultValueFactory = _ => 3, Recursive = true };
         var metricsOut = new Option<string?>("--metrics-out") { Description = "Write the broker's last /metrics scrape of the run to this file.", Recursive = true };
 
+        var cluster = new Option<int>("--cluster") { Description = "pairs, fanout, check: start a cluster of N nodes and a single-member etcd on 127.0.0.1 (pairs: sender and receiver on different nodes; fanout: members round robin; check: clients on every node). 0 = one broker.", Recursive = true };
+        cluster.Validators.Add(r =>
+        {
+            if (r.GetValueOrDefault<int>() is < 0 or > MaxClusterNodes)
+            {
+                r.AddError($"--cluster must be 0 (one broker) to {MaxClusterNodes}");
+            }
+            else if (r.GetValueOrDefault<int>() > 0 && r.GetResult(target) is not null)
+            {
+                r.AddError("--cluster starts its own nodes: it cannot be combined with --target");
+            }
+        });
+
+        var netns = new Option<bool>("--netns") { Description = "With --cluster (root): the nodes in network namespaces of scripts/netns-cluster.sh (10.77.0.x, one per node, etcd in the first), the harness in one more; all removed at the end.", Recursive = true };
+        netns.Validators.Add(r =>
+        {
+            if (r.GetValueOrDefault<bool>() && r.GetResult(cluster) is null)
+            {
+                r.AddError("--netns needs --cluster N");
+            }
+        });
+
         var members = new Option<int>("--members") { Description = "fanout: members of the group, all online (the sender included).", DefaultValueFactory = _ => 1024, Recursive = true };
 
         var root = new RootCommand("ChatBroker load harness: pairs, fanout, connections, resume, churn.");
-        foreach (var o in new Option[] { members, duration, count, pairs, rate, window, bodySize, durability, target, admin, secretFile, tokenSecret, connections, processes, sources, set, json, html, metricsOut, gcdump, warmup, warmupSeconds })
+        foreach (var o in new Option[] { cluster, netns, members, duration, count, pairs, rate, window, bodySize, durability, target, admin, secretFile, tokenSecret, connections, processes, sources, set, json, html, metricsOut, gcdump, warmup, warmupSeconds })
         {
             root.Options.Add(o);
         }
@@ -78,6 +111,7 @@ public static class Program
             GcDumpDirectory = r.GetValue(gcdump),
             Warmup = r.GetValue(warmup),
             WarmupSeconds = r.GetValue(warmupSeconds),
+            Cluster = r.GetValue(cluster),
         };
 
         Command Scenario(string name, string description, Func<RunOptions, Task<RunResult>> run)

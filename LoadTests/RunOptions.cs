@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Net;
+using ChatBroker.LoadTests.Cluster;
 
 namespace ChatBroker.LoadTests;
 
@@ -29,6 +30,9 @@ public sealed class RunOptions
     public int Warmup { get; init; } = 5000;
     public int WarmupSeconds { get; init; } = 3;
 
+    /// <summary>0: one broker (started, or --target). N ≥ 1: a cluster of N nodes and an etcd the harness starts on 127.0.0.1.</summary>
+    public int Cluster { get; init; }
+
     /// <summary>Client source address number <paramref name="i"/>: 127.0.0.2 … 127.0.0.(1+Sources), round robin (only for a loopback target).</summary>
     public IPAddress? SourceAddress(IPEndPoint target, long i)
     {
@@ -55,11 +59,17 @@ public sealed class RunOptions
             ["members"] = Members.ToString(CultureInfo.InvariantCulture),
             ["processes"] = Processes.ToString(CultureInfo.InvariantCulture),
             ["sources"] = Sources.ToString(CultureInfo.InvariantCulture),
+            ["cluster"] = Cluster.ToString(CultureInfo.InvariantCulture),
         };
         var chosen = new Dictionary<string, string>();
         foreach (var k in keys)
         {
             chosen[k] = all[k];
+        }
+
+        if (Cluster > 0)
+        {
+            chosen["cluster"] = all["cluster"];
         }
 
         if (BrokerSettings.Length > 0)
@@ -82,6 +92,18 @@ public sealed class RunOptions
         var broker = await BrokerLauncher.StartAsync(Durability, BrokerSettings).ConfigureAwait(false);
         Console.WriteLine($"broker pid {broker.Pid} on {broker.TcpEndPoint}, admin {broker.AdminUri}");
         return broker;
+    }
+
+    /// <summary>The brokers of this run: one (see <see cref="OpenBrokerAsync"/>) or, with <see cref="Cluster"/>, a cluster the harness starts.</summary>
+    public async Task<BrokerNodes> OpenBrokersAsync()
+    {
+        if (Cluster <= 0)
+        {
+            return new BrokerNodes(await OpenBrokerAsync().ConfigureAwait(false));
+        }
+
+        Console.WriteLine($"starting a cluster of {Cluster} nodes and etcd (durability {Durability}) ...");
+        return new BrokerNodes(await ClusterLauncher.StartAsync(Cluster, Durability, BrokerSettings, Console.Out, NetnsLayout.FromEnvironment()).ConfigureAwait(false));
     }
 
     public string DescribeBroker(BrokerLauncher broker) => Target is null

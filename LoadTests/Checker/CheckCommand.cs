@@ -9,8 +9,10 @@ public static class CheckCommand
     {
         var targets = new Option<string?>("--targets") { Description = "check: host:port,host:port,... of the nodes (each client picks one by the seed, again after every reconnect); default: start a broker." };
         var seed = new Option<int?>("--seed") { Description = "check: seed of every choice (nodes, nemesis schedule, backoff); default: random, printed." };
-        var nemesis = new Option<string>("--nemesis") { Description = "check: kill (kill -9 + restart on the same data dir and port), pause (SIGSTOP/SIGCONT) or none.", DefaultValueFactory = _ => "none" };
-        nemesis.AcceptOnlyFromAmong("none", "kill", "pause");
+        var nemesis = new Option<string>("--nemesis") { Description = "check: kill (kill -9 of one node + restart on the same data dir and port), pause (SIGSTOP/SIGCONT), etcd (kill -9 of etcd + restart; --cluster), join-leave (a new node joins, another leaves; --cluster 2+) or none.", DefaultValueFactory = _ => "none" };
+        nemesis.AcceptOnlyFromAmong(CheckOptions.Nemeses);
+        var hold = new Option<double?>("--nemesis-hold") { Description = "check: seconds each fault lasts before its heal (default: a seeded 0.2-1.5 s)." };
+        var maxFaults = new Option<int>("--max-faults") { Description = "check: at most this many faults (0 = as many as --duration allows)." };
         var interval = new Option<double>("--nemesis-interval") { Description = "check: mean seconds between faults (each ± 50 %, from the seed).", DefaultValueFactory = _ => 5 };
         var historyPath = new Option<string?>("--history") { Description = "check: write the history (JSON lines) here; default: a file in the temp directory." };
         var drain = new Option<int>("--drain-timeout") { Description = "check: seconds after sending stops for every send to resolve and every receiver to catch up.", DefaultValueFactory = _ => 60 };
@@ -20,8 +22,21 @@ public static class CheckCommand
 
         var check = new Command("check", "Jepsen-style: pairs send continuously through a nemesis; a history of every SEND/SENT/DELIVER/ACK, final reads, and a checker (lost, duplicates, gaps, order, retries, inboxes).")
         {
-            targets, seed, nemesis, interval, historyPath, drain, groups, groupMembers, maxEvents,
+            targets, seed, nemesis, interval, historyPath, drain, groups, groupMembers, maxEvents, maxFaults, hold,
         };
+        check.Validators.Add(r =>
+        {
+            var cluster = r.GetValue<int>("--cluster");
+            var hasTargets = !string.IsNullOrEmpty(r.GetValue(targets));
+            if (cluster > 0 && hasTargets)
+            {
+                r.AddError("--cluster starts its own nodes: it cannot be combined with --targets");
+            }
+            else if (CheckOptions.Validate(r.GetValue(nemesis)!, cluster, !hasTargets) is { } error)
+            {
+                r.AddError(error);
+            }
+        });
         check.SetAction(async (r, _) =>
         {
             var options = readShared(r);
@@ -36,6 +51,8 @@ public static class CheckCommand
                 Groups = Math.Max(0, r.GetValue(groups)),
                 GroupMembers = Math.Clamp(r.GetValue(groupMembers), 2, 100),
                 MaxEvents = Math.Max(1000, r.GetValue(maxEvents)),
+                MaxFaults = Math.Max(0, r.GetValue(maxFaults)),
+                NemesisHold = r.GetValue(hold) is { } h ? TimeSpan.FromSeconds(Math.Clamp(h, 0, 600)) : null,
             }, Console.Out).ConfigureAwait(false);
             CheckScenario.Print(outcome, Console.Out);
             Console.WriteLine($"  command: chatbroker-load {string.Join(' ', Environment.GetCommandLineArgs()[1..])}");

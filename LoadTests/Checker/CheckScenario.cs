@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
+using ChatBroker.LoadTests.Cluster;
 
 namespace ChatBroker.LoadTests.Checker;
 
@@ -30,6 +31,37 @@ public sealed record CheckOptions
 
     /// <summary>Bound of the history; the senders stop at half of it (the final reads need the rest).</summary>
     public int MaxEvents { get; init; } = 4_000_000;
+
+    /// <summary>How long each fault lasts before its heal; null = a seeded 0.2–1.5 s.</summary>
+    public TimeSpan? NemesisHold { get; init; }
+
+    /// <summary>At most this many faults (0 = as many as the duration allows).</summary>
+    public int MaxFaults { get; init; }
+
+    /// <summary>The nemeses `check --nemesis` knows.</summary>
+    public static readonly string[] Nemeses = ["none", "kill", "pause", "etcd", "join-leave"];
+
+    /// <summary>
+    /// Why <paramref name="nemesis"/> cannot run here, or null when it can: kill and pause need processes the
+    /// harness started (one broker or a cluster), etcd and join-leave need a cluster it started (--cluster N;
+    /// join-leave needs at least 2 nodes, so that one can leave).
+    /// </summary>
+    public static string? Validate(string nemesis, int clusterNodes, bool harnessStartedBroker)
+    {
+        if (Array.IndexOf(Nemeses, nemesis) < 0)
+        {
+            return $"unknown nemesis '{nemesis}' (one of {string.Join(", ", Nemeses)})";
+        }
+
+        return nemesis switch
+        {
+            "kill" or "pause" when clusterNodes == 0 && !harnessStartedBroker =>
+                $"--nemesis {nemesis} needs processes the harness started: no --targets (one broker) or --cluster N",
+            "etcd" when clusterNodes == 0 => "--nemesis etcd needs a cluster the harness started (--cluster N)",
+            "join-leave" when clusterNodes < 2 => "--nemesis join-leave needs --cluster 2 or more (one node joins, another leaves)",
+            _ => null,
+        };
+    }
 }
 
 /// <summary>The outcome of one check run; <see cref="Seed"/> is null when a saved history is judged again (the file name has it).</summary>
@@ -47,12 +79,18 @@ public static class CheckScenario
 {
     public static async Task<CheckOutcome> RunAsync(RunOptions options, CheckOptions check, TextWriter log)
     {
+        log = TextWriter.Synchronized(log); // the nemesis and the final readers write from their own tasks
         var clock = Stopwatch.StartNew();
         var runId = Guid.NewGuid().ToString("N")[..6];
         var historyPath = check.HistoryPath ?? Path.Combine(Path.GetTempPath(), $"chatbroker-check-{runId}-seed{check.Seed}.jsonl");
         var random = new Random(check.Seed);
 
-        await using var broker = check.Targets.Count > 0
+        // One broker (started, or the first of --targets), or a cluster the harness starts (--cluster N).
+        await using var cluster = options.Cluster > 0
+            ? await ClusterLauncher.StartAsync(options.Cluster, options.Durability, options.BrokerSettings, log, NetnsLayout.FromEnvironment()).ConfigureAwait(false)
+            : null;
+        await using var broker = cluster is not null ? null
+            : check.Targets.Count > 0
             ? BrokerLauncher.Target(check.Targets[0], options.Admin, options.SecretFile, options.TokenSecret)
             : await options.OpenBrokerAsync().ConfigureAwait(false);
         var endpoints = new List<IPEndPoint>();
@@ -61,21 +99,38 @@ public static class CheckScenario
             endpoints.Add(BrokerLauncher.ResolveEndPoint(t));
         }
 
-        if (endpoints.Count == 0)
+        if (cluster is not null)
         {
-            endpoints.Add(broker.TcpEndPoint);
+            foreach (var n in cluster.Nodes)
+            {
+                endpoints.Add(n.Client);
+            }
+        }
+        else if (endpoints.Count == 0)
+        {
+            endpoints.Add(broker!.TcpEndPoint);
         }
 
-        var nemesis = CreateNemesis(check.Nemesis, broker);
+        var targets = new TargetSet(endpoints);
+        var secret = Tokens.TokenSecret.FromBase64(cluster?.SecretBase64 ?? broker!.SecretBase64);
+        string Token(string user, string device) => Tokens.AccessToken.Issue(secret, user, device, TimeSpan.FromHours(2), DateTimeOffset.UtcNow);
+
         using var history = new HistoryRecorder(historyPath, check.MaxEvents);
-        log.WriteLine($"check: seed {check.Seed}, run {runId}, {options.Pairs} pairs, {check.Groups} groups of {check.GroupMembers}, {options.Duration.TotalSeconds:0} s, nemesis {nemesis.Name} every ~{check.NemesisInterval.TotalSeconds:0.#} s, nodes {string.Join(',', endpoints)}");
+        var nemesis = CreateNemesis(check.Nemesis, broker, cluster, targets, history, log);
+        if (cluster is not null)
+        {
+            // The ring at the start; the join-leave nemesis records every later one.
+            await JoinLeaveNemesis.RecordMapAsync(cluster, history).ConfigureAwait(false);
+        }
+
+        log.WriteLine($"check: seed {check.Seed}, run {runId}, {options.Pairs} pairs, {check.Groups} groups of {check.GroupMembers}, {options.Duration.TotalSeconds:0} s, nemesis {nemesis.Name} every ~{check.NemesisInterval.TotalSeconds:0.#} s{(check.MaxFaults > 0 ? $" (at most {check.MaxFaults})" : "")}, nodes {string.Join(',', endpoints)}");
         log.WriteLine($"check: history {historyPath}");
 
         var conversations = new List<CheckedConversation>();
         var devices = new List<CheckerDevice>();
         CheckerDevice NewDevice(string user)
         {
-            var device = new CheckerDevice(user, "d1", endpoints, broker.Token, history, random.Next(), CheckerDevice.Mode.Live, options.Window, options.BodySize);
+            var device = new CheckerDevice(user, "d1", targets, Token, history, random.Next(), CheckerDevice.Mode.Live, options.Window, options.BodySize);
             devices.Add(device);
             return device;
         }
@@ -134,7 +189,7 @@ public static class CheckScenario
         }
 
         var nemesisRandom = new Random(random.Next());
-        var faulting = NemesisSchedule.RunAsync(nemesis, check.NemesisInterval, nemesisRandom, history, stopSending.Token);
+        var faulting = NemesisSchedule.RunAsync(nemesis, check.NemesisInterval, nemesisRandom, history, check.MaxFaults, check.NemesisHold, stopSending.Token);
         await Task.WhenAll(sending).ConfigureAwait(false);
         var faults = await faulting.ConfigureAwait(false);
         log.WriteLine($"check: sending stopped after {clock.Elapsed.TotalSeconds:0.0} s, {faults} faults, {history.Count:N0} events{(history.NearlyFull ? " (the history reached half of --max-events: sending stopped there)" : "")}; draining ...");
@@ -144,7 +199,7 @@ public static class CheckScenario
         await stopDevices.CancelAsync().ConfigureAwait(false);
         await Task.WhenAll(running).ConfigureAwait(false);
 
-        await FinalReadAsync(conversations, devices, endpoints, broker, history, random).ConfigureAwait(false);
+        await FinalReadAsync(conversations, devices, targets, Token, history, random, log).ConfigureAwait(false);
         var report = HistoryChecker.Check(history.Snapshot(), history.Overflowed);
         return new CheckOutcome(report, check.Seed, historyPath, faults, clock.Elapsed);
     }
@@ -161,6 +216,24 @@ public static class CheckScenario
             output.WriteLine($"  {name,-24} {value.ToString("N0", CultureInfo.InvariantCulture),12}");
         }
 
+        if (r.Owners.Owners.Count > 0)
+        {
+            // Issue 15 (c): a node killed, the others' ranges unaffected. Refused/failed count the SENDs of the
+            // conversations each node owned that the broker refused; interrupted ones lost their session.
+            output.WriteLine("  per owner node (SENDs of the conversations it owned):");
+            output.WriteLine($"    {"node",-6} {"sends",10} {"acked",10} {"refused",8} {"failed",7} {"interrupted",12}  {"faulted",-7} | gateway {"disconnects",11} {"interrupted",11}");
+            for (var i = 0; i < r.Owners.Owners.Count; i++)
+            {
+                var o = r.Owners.Owners[i];
+                var g = r.Owners.Gateways[i];
+                output.WriteLine($"    {o.Node,-6} {o.Sends,10:N0} {o.Acked,10:N0} {o.Refused,8:N0} {o.Failed,7:N0} {o.Interrupted,12:N0}  {(o.Faulted ? "yes" : "no"),-7} | {"",7} {g.Disconnects,11:N0} {g.Interrupted,11:N0}");
+            }
+
+            output.WriteLine(r.Owners.RingChanged
+                ? "  the ring changed during the run: other_owner_failures is reported, not judged (ranges were moving)"
+                : "  other_owner_failures: refused + failed of the owners no nemesis touched (judged: must be 0)");
+        }
+
         if (r.HistoryOverflowed)
         {
             output.WriteLine("  the history hit --max-events: it is incomplete");
@@ -170,23 +243,37 @@ public static class CheckScenario
         output.WriteLine($"  re-check: dotnet run -c Release --project LoadTests -- check-history {outcome.HistoryPath}");
     }
 
-    private static INemesis CreateNemesis(string name, BrokerLauncher broker)
+    private static INemesis CreateNemesis(string name, BrokerLauncher? broker, ClusterLauncher? cluster, TargetSet targets, HistoryRecorder history, TextWriter log)
     {
+        if (CheckOptions.Validate(name, cluster?.Nodes.Count ?? 0, broker?.CanInjectFaults ?? true) is { } error)
+        {
+            throw new InvalidOperationException(error);
+        }
+
         if (name == "none")
         {
             return new NoNemesis();
         }
 
-        if (!broker.CanInjectFaults)
+        var nodes = new List<IFaultableNode>();
+        if (cluster is not null)
         {
-            throw new InvalidOperationException($"--nemesis {name} needs a broker the harness started (no --targets); cluster nemeses come with issue 16");
+            foreach (var n in cluster.Nodes)
+            {
+                nodes.Add(new ClusterFaultNode(n));
+            }
+        }
+        else
+        {
+            nodes.Add(new LocalBrokerNode(broker!));
         }
 
-        IReadOnlyList<IFaultableNode> nodes = [new LocalBrokerNode(broker)];
         return name switch
         {
             "kill" => new KillNemesis(nodes),
             "pause" => new PauseNemesis(nodes),
+            "etcd" => new EtcdNemesis(cluster!, log),
+            "join-leave" => new JoinLeaveNemesis(cluster!, targets, history, log),
             _ => throw new ArgumentException("unknown nemesis: " + name),
         };
     }
@@ -237,7 +324,7 @@ public static class CheckScenario
     /// A fresh device per user reads its inbox from cursor 0; the last member's one also pages its conversation's
     /// HISTORY back to seq 1 (one reader per conversation, so the final read holds each message once).
     /// </summary>
-    private static async Task FinalReadAsync(List<CheckedConversation> conversations, List<CheckerDevice> devices, List<IPEndPoint> endpoints, BrokerLauncher broker, HistoryRecorder history, Random random)
+    private static async Task FinalReadAsync(List<CheckedConversation> conversations, List<CheckerDevice> devices, TargetSet targets, Func<string, string, string> token, HistoryRecorder history, Random random, TextWriter log)
     {
         var pagedBy = new Dictionary<string, List<ulong>>();
         foreach (var c in conversations)
@@ -271,7 +358,7 @@ public static class CheckScenario
             await gate.WaitAsync().ConfigureAwait(false);
             try
             {
-                var reader = new CheckerDevice(user, "final", endpoints, broker.Token, history, seed, CheckerDevice.Mode.FinalReader, 1, CheckerDevice.BodyIdBytes);
+                var reader = new CheckerDevice(user, "final", targets, token, history, seed, CheckerDevice.Mode.FinalReader, 1, CheckerDevice.BodyIdBytes);
                 using var stop = new CancellationTokenSource();
                 var run = reader.RunAsync(stop.Token);
                 try
@@ -281,6 +368,12 @@ public static class CheckScenario
                     {
                         await reader.ReadConversationAsync(conv, TimeSpan.FromSeconds(60), stop.Token).ConfigureAwait(false);
                     }
+                }
+                catch (Exception e) when (e is IOException or TimeoutException)
+                {
+                    // Not retried: a second read would record the pages it already got twice. What it could not
+                    // read counts as lost (or missing) in the checker, which is what a failed final read means.
+                    log.WriteLine($"check: final read as {user} failed: {e.Message}");
                 }
                 finally
                 {

@@ -26,7 +26,7 @@ public sealed class CheckerDevice
     // A connection that hears nothing this long after PINGs is dead (a paused or partitioned node): reconnect.
     private static readonly TimeSpan SilenceLimit = TimeSpan.FromSeconds(8);
 
-    private readonly IReadOnlyList<IPEndPoint> _targets;
+    private readonly TargetSet _targets;
     private readonly Func<string, string, string> _token;
     private readonly HistoryRecorder _history;
     private readonly Random _random;
@@ -58,7 +58,7 @@ public sealed class CheckerDevice
         FinalReader,
     }
 
-    public CheckerDevice(string user, string device, IReadOnlyList<IPEndPoint> targets, Func<string, string, string> token,
+    public CheckerDevice(string user, string device, TargetSet targets, Func<string, string, string> token,
         HistoryRecorder history, int seed, Mode mode, int window, int bodySize)
     {
         User = user;
@@ -164,10 +164,26 @@ public sealed class CheckerDevice
         ulong before = 0;
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         deadline.CancelAfter(timeout);
+        var retries = 0;
         for (var page = 0; page < 1_000_000; page++)
         {
-            var result = (HistoryPage)await RequestAsync(id => new History { RequestId = id, ConversationId = conversation, BeforeSeq = before, Limit = 200 })
-                .WaitAsync(deadline.Token).ConfigureAwait(false);
+            HistoryPage result;
+            try
+            {
+                result = (HistoryPage)await RequestAsync(id => new History { RequestId = id, ConversationId = conversation, BeforeSeq = before, Limit = 200 })
+                    .WaitAsync(deadline.Token).ConfigureAwait(false);
+            }
+            catch (IOException e) when (retries < 20 && (e.Message.Contains(nameof(ReasonCode.ServerUnavailable), StringComparison.Ordinal)
+                || e.Message.Contains(nameof(ReasonCode.ServerBusy), StringComparison.Ordinal)))
+            {
+                // Retryable (the owner is busy or away for a moment, e.g. in a cluster): the same page again. Safe,
+                // since nothing is recorded until every page is in.
+                retries++;
+                page--;
+                await Task.Delay(500, deadline.Token).ConfigureAwait(false);
+                continue;
+            }
+
             pages.Add(result.Messages);
             if (!result.More || result.Messages.Count == 0)
             {
@@ -223,7 +239,7 @@ public sealed class CheckerDevice
         var failures = 0;
         while (!stop.IsCancellationRequested)
         {
-            var target = _targets[_random.Next(_targets.Count)];
+            var target = _targets.Pick(_random);
             var node = target.ToString();
             try
             {
@@ -497,6 +513,12 @@ public sealed class CheckerDevice
             if (error.Reason is ReasonCode.RateLimited or ReasonCode.ServerBusy or ReasonCode.ServerUnavailable)
             {
                 // Retryable: the SEND goes out again (same id, DUP) after retry_after on this session, or on the next.
+                // Recorded: in a cluster the checker counts these per owner node of the conversation.
+                _history.Record(new HistoryEvent
+                {
+                    Op = HistoryEvent.SendRefused, Client = Name, Node = session.Node, Conn = session.Conn,
+                    Cmid = error.RequestId, Reason = error.Reason.ToString(),
+                });
                 _ = ResendLaterAsync(session, error.RequestId, TimeSpan.FromMilliseconds(Math.Max(50, error.RetryAfterMs)));
             }
             else

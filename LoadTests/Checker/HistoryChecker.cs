@@ -51,8 +51,15 @@ public sealed record CheckReport
     /// <summary>The history hit its bound: it is incomplete and proves nothing.</summary>
     public bool HistoryOverflowed { get; init; }
 
+    /// <summary>Cluster runs: SENDs per owner node and per gateway (<see cref="OwnerTally"/>); empty on a single node.</summary>
+    public OwnerReport Owners { get; init; } = OwnerReport.None;
+
+    /// <summary>Refusals of SENDs whose conversation a node no nemesis touched owned; judged while the ring stays the same.</summary>
+    public long OtherOwnerFailures => Owners.OtherOwnerFailures;
+
     public bool Passed => Lost == 0 && Duplicates == 0 && AppDuplicates == 0 && Gaps == 0 && OrderViolations == 0
-        && UnresolvedRetries == 0 && Indeterminate == 0 && FailedButStored == 0 && IncompleteInboxes == 0 && !HistoryOverflowed && Acked > 0;
+        && UnresolvedRetries == 0 && Indeterminate == 0 && FailedButStored == 0 && IncompleteInboxes == 0 && !HistoryOverflowed && Acked > 0
+        && (Owners.RingChanged || OtherOwnerFailures == 0);
 
     public IEnumerable<(string Name, long Value)> Counts()
     {
@@ -71,6 +78,10 @@ public sealed record CheckReport
         yield return ("incomplete_inboxes", IncompleteInboxes);
         yield return ("missing_from_inboxes", MissingFromInboxes);
         yield return ("sender_order_inversions", SenderOrderInversions);
+        if (Owners.Owners.Count > 0)
+        {
+            yield return ("other_owner_failures", OtherOwnerFailures);
+        }
     }
 }
 
@@ -87,6 +98,7 @@ public sealed record CheckReport
 /// <item>Retries resolve: every client_msg_id sent more than once got SENTs naming exactly one seq; every SEND got an outcome.</item>
 /// <item>Inboxes complete: every device that connected, and every fresh device reading its user's inbox from cursor 0,
 ///   got every message of its user's conversations (its own sends excepted for the sending device).</item>
+/// <item>Cluster: no SEND to a range of a node no nemesis touched was refused, while the ring stays the same (<see cref="OwnerTally"/>).</item>
 /// </list>
 /// </summary>
 public static class HistoryChecker
@@ -104,8 +116,9 @@ public static class HistoryChecker
         public ulong MaxSeq;
     }
 
-    public static CheckReport Check(IEnumerable<HistoryEvent> history, bool overflowed = false)
+    public static CheckReport Check(IEnumerable<HistoryEvent> events, bool overflowed = false)
     {
+        var history = events as IReadOnlyList<HistoryEvent> ?? [.. events];
         var sends = new Dictionary<(string Client, ulong Cmid), SendState>();
         var stored = new Dictionary<ulong, Dictionary<ulong, List<(string Sender, ulong Cmid)>>>();
         var members = new Dictionary<ulong, string[]>();
@@ -377,6 +390,7 @@ public static class HistoryChecker
             MissingFromInboxes = missing,
             SenderOrderInversions = inversions,
             HistoryOverflowed = overflowed,
+            Owners = OwnerTally.Count(history),
         };
     }
 }

@@ -11,9 +11,12 @@ namespace ChatBroker.LoadTests.Checker;
 ///   SEND          client, node, conn, cmid, to, attempt  a SEND written; attempt &gt; 1 = a retry with the same cmid (DUP)
 ///   SENT          client, node, conn, cmid, conv, seq     the broker acknowledged the message as durable
 ///   SEND_FAILED   client, node, conn, cmid, reason        a definite refusal (ERROR that is not retryable)
+///   SEND_REFUSED  client, node, conn, cmid, reason        a retryable refusal (SERVER_UNAVAILABLE, SERVER_BUSY, RATE_LIMITED): resent later
 ///   DELIVER       client, node, conn, conv, seq, inbox, cmid, sender   every DELIVER as it arrived, redeliveries too
 ///   ACK           client, node, conn, inbox               an ACK written
-///   NEMESIS       node, reason                            a fault or a heal ("kill", "restart", "pause", "resume")
+///   NEMESIS       node, reason                            a fault or a heal ("kill", "restart", "pause", "resume"); node = the
+///                                                         cluster node id it hit ("etcd" for etcd), none on a single node
+///   MAP           epoch, vnodes, nodes                    cluster runs: the ring's Active members ("id=host:port") from now on
 ///   MEMBERS       conv, members                           final read: the conversation's member users
 ///   READ_CONV     client, conv, seq, cmid, sender         final read of a conversation (HISTORY paging)
 ///   READ_INBOX    client, conv, seq, inbox, cmid, sender  final read of a user's inbox by a fresh device from cursor 0
@@ -28,6 +31,8 @@ public sealed record HistoryEvent
     public const string Send = "SEND";
     public const string Sent = "SENT";
     public const string SendFailed = "SEND_FAILED";
+    public const string SendRefused = "SEND_REFUSED";
+    public const string Map = "MAP";
     public const string Deliver = "DELIVER";
     public const string Ack = "ACK";
     public const string Nemesis = "NEMESIS";
@@ -49,6 +54,16 @@ public sealed record HistoryEvent
     [JsonPropertyName("sender")] public string? Sender { get; init; }
     [JsonPropertyName("reason")] public string? Reason { get; init; }
     [JsonPropertyName("members")] public string[]? MemberUsers { get; init; }
+    [JsonPropertyName("nodes")] public string[]? Nodes { get; init; }
+    [JsonPropertyName("vnodes")] public int Vnodes { get; init; }
+    [JsonPropertyName("epoch")] public long Epoch { get; init; }
+
+    /// <summary>The node id of a MAP entry "id=host:port".</summary>
+    public static string NodeIdOf(string mapEntry)
+    {
+        var eq = mapEntry.IndexOf('=', StringComparison.Ordinal);
+        return eq < 0 ? mapEntry : mapEntry[..eq];
+    }
 
     /// <summary>The user part of a "user/device" client name.</summary>
     public static string UserOf(string client)

@@ -3,24 +3,31 @@ namespace ChatBroker.LoadTests.Checker;
 /// <summary>
 /// A fault injector. <see cref="FaultAsync"/> breaks something (chosen with the run's seeded random) and
 /// <see cref="HealAsync"/> undoes whatever is broken; after the last heal everything is back as at the start.
-/// Single node today (<see cref="KillNemesis"/>, <see cref="PauseNemesis"/> on a broker the harness started);
-/// partitions and multi-node kills in network namespaces (scripts/netns-cluster.sh) implement the same two methods.
+/// <see cref="KillNemesis"/> and <see cref="PauseNemesis"/> work on the single broker the harness started or on
+/// the nodes of a cluster it started (Nemesis.Cluster.cs: those nodes, <see cref="EtcdNemesis"/>,
+/// <see cref="JoinLeaveNemesis"/>); partitions in network namespaces would implement the same two methods.
 /// </summary>
 public interface INemesis
 {
     string Name { get; }
 
-    /// <summary>Injects one fault; returns what it did, for the history.</summary>
-    Task<string> FaultAsync(Random random, CancellationToken cancellationToken);
+    /// <summary>Injects one fault; returns what it did and the node it hit (a cluster node id, "etcd"), for the history.</summary>
+    Task<NemesisStep> FaultAsync(Random random, CancellationToken cancellationToken);
 
     /// <summary>Undoes the faults in force (a no-op when none); returns what it did, or null when there was nothing.</summary>
     Task<string?> HealAsync(CancellationToken cancellationToken);
 }
 
+/// <summary>What a fault did (for the history's NEMESIS event) and the node it hit; null on a single node.</summary>
+public readonly record struct NemesisStep(string What, string? Node);
+
 /// <summary>A node the nemesis can hurt: the single broker the harness started, later each node of a cluster.</summary>
 public interface IFaultableNode
 {
     string Name { get; }
+
+    /// <summary>The node's id in the cluster map; null for a single broker.</summary>
+    string? ClusterId { get; }
 
     Task KillAsync();
 
@@ -36,6 +43,8 @@ public sealed class LocalBrokerNode(BrokerLauncher broker) : IFaultableNode
 {
     public string Name => broker.TcpEndPoint.ToString();
 
+    public string? ClusterId => null;
+
     public Task KillAsync() => broker.KillHardAsync();
 
     public Task StartAsync() => broker.RestartAsync();
@@ -49,7 +58,7 @@ public sealed class NoNemesis : INemesis
 {
     public string Name => "none";
 
-    public Task<string> FaultAsync(Random random, CancellationToken cancellationToken) => Task.FromResult("none");
+    public Task<NemesisStep> FaultAsync(Random random, CancellationToken cancellationToken) => Task.FromResult(new NemesisStep("none", null));
 
     public Task<string?> HealAsync(CancellationToken cancellationToken) => Task.FromResult<string?>(null);
 }
@@ -61,17 +70,17 @@ public sealed class KillNemesis(IReadOnlyList<IFaultableNode> nodes) : INemesis
 
     public string Name => "kill";
 
-    public async Task<string> FaultAsync(Random random, CancellationToken cancellationToken)
+    public async Task<NemesisStep> FaultAsync(Random random, CancellationToken cancellationToken)
     {
         var node = nodes[random.Next(nodes.Count)];
         if (_down.Contains(node))
         {
-            return "kill " + node.Name + " (already down)";
+            return new NemesisStep("kill " + node.Name + " (already down)", node.ClusterId);
         }
 
         await node.KillAsync().ConfigureAwait(false);
         _down.Add(node);
-        return "kill -9 " + node.Name;
+        return new NemesisStep("kill -9 " + node.Name, node.ClusterId);
     }
 
     public async Task<string?> HealAsync(CancellationToken cancellationToken)
@@ -100,7 +109,7 @@ public sealed class PauseNemesis(IReadOnlyList<IFaultableNode> nodes) : INemesis
 
     public string Name => "pause";
 
-    public Task<string> FaultAsync(Random random, CancellationToken cancellationToken)
+    public Task<NemesisStep> FaultAsync(Random random, CancellationToken cancellationToken)
     {
         var node = nodes[random.Next(nodes.Count)];
         if (!_paused.Contains(node))
@@ -109,7 +118,7 @@ public sealed class PauseNemesis(IReadOnlyList<IFaultableNode> nodes) : INemesis
             _paused.Add(node);
         }
 
-        return Task.FromResult("SIGSTOP " + node.Name);
+        return Task.FromResult(new NemesisStep("SIGSTOP " + node.Name, node.ClusterId));
     }
 
     public Task<string?> HealAsync(CancellationToken cancellationToken)
@@ -133,11 +142,12 @@ public sealed class PauseNemesis(IReadOnlyList<IFaultableNode> nodes) : INemesis
 
 /// <summary>
 /// Runs a nemesis on a seeded schedule: every interval (± 50 %, from the seed) a fault, held for a seeded
-/// 0.2–1.5 s, then the heal; at the end a last heal, so the final reads see a whole system.
+/// 0.2–1.5 s (or a fixed hold), then the heal, at most <c>maxFaults</c> times (0 = until the run stops); at the end a last heal, so
+/// the final reads see a whole system.
 /// </summary>
 public static class NemesisSchedule
 {
-    public static async Task<int> RunAsync(INemesis nemesis, TimeSpan interval, Random random, HistoryRecorder history, CancellationToken stop)
+    public static async Task<int> RunAsync(INemesis nemesis, TimeSpan interval, Random random, HistoryRecorder history, int maxFaults, TimeSpan? hold, CancellationToken stop)
     {
         var faults = 0;
         try
@@ -145,12 +155,16 @@ public static class NemesisSchedule
             while (true)
             {
                 await Task.Delay(TimeSpan.FromMilliseconds(interval.TotalMilliseconds * (0.5 + random.NextDouble())), stop).ConfigureAwait(false);
-                var what = await nemesis.FaultAsync(random, stop).ConfigureAwait(false);
+                var step = await nemesis.FaultAsync(random, stop).ConfigureAwait(false);
                 faults++;
-                history.Record(new HistoryEvent { Op = HistoryEvent.Nemesis, Reason = what });
-                Console.WriteLine($"nemesis: {what}");
-                await Task.Delay(TimeSpan.FromMilliseconds(200 + random.Next(1300)), stop).ConfigureAwait(false);
+                history.Record(new HistoryEvent { Op = HistoryEvent.Nemesis, Reason = step.What, Node = step.Node });
+                Console.WriteLine($"nemesis: {step.What}");
+                await Task.Delay(hold ?? TimeSpan.FromMilliseconds(200 + random.Next(1300)), stop).ConfigureAwait(false);
                 await HealAsync(nemesis, history, CancellationToken.None).ConfigureAwait(false);
+                if (maxFaults > 0 && faults >= maxFaults)
+                {
+                    break;
+                }
             }
         }
         catch (OperationCanceledException)
