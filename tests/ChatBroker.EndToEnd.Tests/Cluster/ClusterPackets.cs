@@ -42,16 +42,37 @@ internal static class ClusterPackets
         await device.SendRawAsync(buffer.WrittenMemory);
     }
 
-    /// <summary>The GROUP_RESULT, ERROR or HISTORY_PAGE answering <paramref name="request"/>, skipping anything else.</summary>
+    /// <summary>The GROUP_RESULT, ERROR or HISTORY_PAGE answering <paramref name="request"/>, skipping anything else but
+    /// DELIVERs, which stay for the next receives (a SYSTEM message may come before the result).</summary>
     public static async Task<IMessage> ReplyAsync(RawDevice device, IMessage request)
     {
         await device.SendAsync(request);
+        return await ReceiveKeepingDeliversAsync<IMessage>(device, m => m is GroupResult or Error or HistoryPage);
+    }
+
+    /// <summary>The next SENT; DELIVERs that come first (other members' messages) stay for the next receives.</summary>
+    public static async Task<Sent> SentAsync(RawDevice device) => (Sent)await ReceiveKeepingDeliversAsync<IMessage>(device, m => m is Sent);
+
+    private static async Task<T> ReceiveKeepingDeliversAsync<T>(RawDevice device, Func<IMessage, bool> wanted)
+        where T : class, IMessage
+    {
+        List<IMessage>? kept = null;
         while (true)
         {
             var message = await device.ReceiveAnyAsync() ?? throw new IOException("connection closed");
-            if (message is GroupResult or Error or HistoryPage)
+            if (wanted(message))
             {
-                return message;
+                if (kept is not null)
+                {
+                    device.Return(kept);
+                }
+
+                return (T)message;
+            }
+
+            if (message is Deliver)
+            {
+                (kept ??= []).Add(message);
             }
         }
     }
