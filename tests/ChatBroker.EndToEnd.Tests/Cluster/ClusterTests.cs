@@ -13,6 +13,7 @@ namespace ChatBroker.EndToEnd.Tests.Cluster;
 /// picks its own users (a prefix of its own) with the nodes' ring, so where each user's home and each
 /// conversation's owner is, is known; the kill test puts the node it killed back before it ends.
 /// </summary>
+[Collection(ThreeNodeCluster.Collection)]
 public sealed class ClusterTests(ThreeNodeCluster cluster, ITestOutputHelper output) : IClassFixture<ThreeNodeCluster>
 {
     private static Send Text(ulong clientMsgId, string to, string text) =>

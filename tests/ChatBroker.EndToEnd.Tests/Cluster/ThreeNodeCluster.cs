@@ -28,6 +28,13 @@ public sealed partial class ThreeNodeCluster : IAsyncLifetime
 {
     public const int Size = 3;
 
+    /// <summary>The nodes' <c>fanout.write_threshold</c>.</summary>
+    public const int FanoutWriteThreshold = 8;
+
+    /// <summary>The xunit collection of every class on this fixture: they run one after another (each class has its
+    /// own cluster), since the clusters of one test process would share the namespaces' names and the subnet.</summary>
+    public const string Collection = "three-node cluster";
+
     /// <summary>Bound of every wait on the cluster (starts, map changes, liveness).</summary>
     public static readonly TimeSpan Patience = TimeSpan.FromSeconds(45);
 
@@ -129,6 +136,10 @@ public sealed partial class ThreeNodeCluster : IAsyncLifetime
             // A killed node drops out of the live members within about 2 s; links to a restarted one come back fast.
             "--set", "cluster.lease_ttl=2s",
             "--set", "cluster.mesh_reconnect_max_delay=300ms",
+            // Groups of up to 8 members are fanned out on write, larger ones on read: the tests cover both with few devices.
+            "--set", "fanout.write_threshold=" + FanoutWriteThreshold.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            // Presence changes are published at once, so the tests wait for packets, not for a debounce.
+            "--set", "presence.debounce=0s",
         ];
         node.Process = await BrokerProcess.LaunchAsync(
             new BrokerLaunch { DataDir = node.DataDir, Wrapper = node.Wrapper, ReadyTimeout = Patience }, args);
@@ -146,10 +157,11 @@ public sealed partial class ThreeNodeCluster : IAsyncLifetime
     public string Token(string user, string device) => AccessToken.Issue(Secret, user, device, TimeSpan.FromHours(1), DateTimeOffset.UtcNow);
 
     /// <summary>A raw device logged in at <paramref name="node"/>.</summary>
-    public async Task<RawDevice> LoginAsync(ClusterNodeProcess node, string user, string device, ulong resumeInboxSeq = 0)
+    public async Task<RawDevice> LoginAsync(ClusterNodeProcess node, string user, string device, ulong resumeInboxSeq = 0,
+        ulong capabilities = (ulong)Capability.Receipts)
     {
         var raw = await RawDevice.ConnectAsync(node.Process!.TcpEndPoint);
-        var connack = await raw.LoginAsync(user, device, Token(user, device), resumeInboxSeq);
+        var connack = await raw.LoginAsync(user, device, Token(user, device), resumeInboxSeq, capabilities: capabilities);
         if (connack.Reason != ReasonCode.Success)
         {
             await raw.DisposeAsync();
@@ -296,6 +308,9 @@ public sealed partial class ThreeNodeCluster : IAsyncLifetime
     /// <summary>The log line of a node that sees <paramref name="count"/> live nodes.</summary>
     public static Regex LiveNodes(int count) => new($@"Cluster live nodes \({count}\): ", RegexOptions.CultureInvariant);
 }
+
+[CollectionDefinition(ThreeNodeCluster.Collection)]
+public sealed class ThreeNodeClusterCollection;
 
 /// <summary>One node of <see cref="ThreeNodeCluster"/>: where it runs and, while it runs, its process.</summary>
 public sealed class ClusterNodeProcess(string id, IPAddress address, int tcpPort, int meshPort, int adminPort, string dataDir, IReadOnlyList<string>? wrapper)

@@ -17,6 +17,7 @@ public sealed class RawDevice : IAsyncDisposable
     private readonly Socket _socket;
     private readonly NetworkStream _stream;
     private readonly PipeReader _reader;
+    private readonly Queue<IMessage> _returned = new();
 
     private RawDevice(Socket socket)
     {
@@ -68,6 +69,11 @@ public sealed class RawDevice : IAsyncDisposable
     /// <summary>The next packet, whatever it is; null when the broker closed the connection.</summary>
     public async Task<IMessage?> ReceiveAnyAsync(TimeSpan? timeout = null)
     {
+        if (_returned.TryDequeue(out var returned))
+        {
+            return returned;
+        }
+
         using var cts = new CancellationTokenSource(timeout ?? TimeSpan.FromSeconds(20));
         while (true)
         {
@@ -119,6 +125,16 @@ public sealed class RawDevice : IAsyncDisposable
             {
                 return t;
             }
+        }
+    }
+
+    /// <summary>Puts packets read past back in front of what is still unread, in the order given: the next receives
+    /// return them first.</summary>
+    public void Return(IEnumerable<IMessage> messages)
+    {
+        foreach (var message in messages)
+        {
+            _returned.Enqueue(message);
         }
     }
 
