@@ -80,6 +80,9 @@ internal sealed class RangeImportOp(RangeRecord[] records, List<string>? cursorK
 {
     public override IReadOnlyList<string>? ConflictKeys => cursorKeys;
 
+    // A new owner's import reaches its replicas by their catch-up, not with its own batches (docs/cluster.md).
+    public override bool WaitsForReplicas => false;
+
     public override int EstimatedBytes
     {
         get
@@ -158,40 +161,57 @@ internal sealed class RangeImportOp(RangeRecord[] records, List<string>? cursorK
 
     public override void Apply(CommitWriter w)
     {
-        foreach (var r in records)
+        var batch = w.CapturingBatch;
+        batch.Paused = true;
+        try
         {
-            var family = (Cf)r.Family;
-            var key = r.Key.Span;
-            var value = r.Value.Span;
-            switch (family)
+            foreach (var r in records)
             {
-                case Cf.Messages:
-                    w.TryTakeSeq(Records.TrailingU64(key[..8]), Records.TrailingU64(key));
-                    break;
-                case Cf.Inboxes:
-                    w.RaiseInboxSeq(RangeTransferLayout.UserOf(RangeOwner.UserAfterKeyHash, key), Records.TrailingU64(key));
-                    break;
-                case Cf.Conversations:
-                    w.RaiseConversationId(Records.TrailingU64(key));
-                    break;
-                case Cf.Idempotency:
-                    var (user, device, clientMsgId) = Records.ReadIdempotencyKey(key);
-                    w.NoteClientMsgId(user, device, clientMsgId);
-                    break;
-                case Cf.Cursors or Cf.Receipts:
-                    // Cursors and receipts only move forward: one this node already moved further stays.
-                    var existing = w.Engine.Get(family, key);
-                    if (existing is { Length: 8 } && Records.TrailingU64(existing) >= Records.TrailingU64(value))
-                    {
-                        continue;
-                    }
-
-                    break;
+                if (Raise(w, r.Family, r.Key.Span, r.Value.Span))
+                {
+                    batch.Put((Cf)r.Family, r.Key.Span, r.Value.Span);
+                }
             }
-
-            w.Batch.Put(family, key, value);
+        }
+        finally
+        {
+            batch.Paused = false;
         }
 
         Result = records.Length;
+    }
+
+    /// <summary>Raises the counters an imported (or replicated) record covers; false when the record must not be
+    /// written (a cursor or receipt this node already has further).</summary>
+    internal static bool Raise(CommitWriter w, byte familyNumber, ReadOnlySpan<byte> key, ReadOnlySpan<byte> value)
+    {
+        var family = (Cf)familyNumber;
+        switch (family)
+        {
+            case Cf.Messages:
+                w.TryTakeSeq(Records.TrailingU64(key[..8]), Records.TrailingU64(key));
+                break;
+            case Cf.Inboxes:
+                w.RaiseInboxSeq(RangeTransferLayout.UserOf(RangeOwner.UserAfterKeyHash, key), Records.TrailingU64(key));
+                break;
+            case Cf.Conversations:
+                w.RaiseConversationId(Records.TrailingU64(key));
+                break;
+            case Cf.Idempotency:
+                var (user, device, clientMsgId) = Records.ReadIdempotencyKey(key);
+                w.NoteClientMsgId(user, device, clientMsgId);
+                break;
+            case Cf.Cursors or Cf.Receipts:
+                // Cursors and receipts only move forward: one this node already moved further stays.
+                var existing = w.Engine.Get(family, key);
+                if (existing is { Length: 8 } && Records.TrailingU64(existing) >= Records.TrailingU64(value))
+                {
+                    return false;
+                }
+
+                break;
+        }
+
+        return true;
     }
 }
