@@ -12,9 +12,15 @@ public abstract partial class ChatStore : IReplicaStore
     public Task<int> ApplyReplicatedAsync(IReadOnlyList<ReplicaRecord> records, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(records);
-        if (records.Count > IRangeTransfer.MaxImportRecords)
+        return EnqueueApply([.. records], "a replicated batch", cancellationToken);
+    }
+
+    /// <summary>Writes another node's records in one batch (<see cref="ReplicaApplyOp"/>), after checking every one.</summary>
+    private Task<int> EnqueueApply(ReplicaRecord[] records, string what, CancellationToken cancellationToken)
+    {
+        if (records.Length > IRangeTransfer.MaxImportRecords)
         {
-            throw new ArgumentException($"a replicated batch carries at most {IRangeTransfer.MaxImportRecords} records, got {records.Count}", nameof(records));
+            throw new ArgumentException($"{what} carries at most {IRangeTransfer.MaxImportRecords} records, got {records.Length}", nameof(records));
         }
 
         List<string>? conflicts = null;
@@ -26,9 +32,9 @@ public abstract partial class ChatStore : IReplicaStore
             }
         }
 
-        return records.Count == 0
+        return records.Length == 0
             ? Task.FromResult(0)
-            : _writer.EnqueueAsync(new ReplicaApplyOp([.. records], conflicts), null, cancellationToken);
+            : _writer.EnqueueAsync(new ReplicaApplyOp(records, conflicts), null, cancellationToken);
     }
 
     /// <summary>What a replicated record belongs to; false for a record of no conversation or user (or of a
@@ -79,8 +85,9 @@ public abstract partial class ChatStore : IReplicaStore
     }
 }
 
-/// <summary>Applies a primary's records in one batch (see <see cref="IReplicaStore.ApplyReplicatedAsync"/>); its
-/// writes are not captured for this node's own replicas.</summary>
+/// <summary>Writes another node's records in one batch: a primary's (see <see cref="IReplicaStore.ApplyReplicatedAsync"/>)
+/// or a range import's; its writes are not captured for this node's own replicas (a new owner's import reaches its
+/// replicas by their catch-up, docs/cluster.md).</summary>
 internal sealed class ReplicaApplyOp(ReplicaRecord[] records, List<string>? conflictKeys) : WriteOp<int>
 {
     public override IReadOnlyList<string>? ConflictKeys => conflictKeys;
@@ -107,7 +114,7 @@ internal sealed class ReplicaApplyOp(ReplicaRecord[] records, List<string>? conf
     {
         if (!record.Delete)
         {
-            return RangeImportOp.Validate(new RangeRecord(record.Family, record.Key, record.Value));
+            return ImportedRecord.Validate(new RangeRecord(record.Family, record.Key, record.Value));
         }
 
         if (RangeTransferLayout.OwnerOf((Cf)record.Family) is null || record.Key.Length is 0 or > 4 * Records.MaxIdBytes)
@@ -130,7 +137,7 @@ internal sealed class ReplicaApplyOp(ReplicaRecord[] records, List<string>? conf
                 {
                     batch.Delete((Cf)r.Family, r.Key.Span);
                 }
-                else if (RangeImportOp.Raise(w, r.Family, r.Key.Span, r.Value.Span))
+                else if (ImportedRecord.Raise(w, r.Family, r.Key.Span, r.Value.Span))
                 {
                     batch.Put((Cf)r.Family, r.Key.Span, r.Value.Span);
                 }
