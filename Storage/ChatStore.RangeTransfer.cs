@@ -55,46 +55,21 @@ public abstract partial class ChatStore
     public Task<int> ImportRangeAsync(IReadOnlyList<RangeRecord> records, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(records);
-        if (records.Count > IRangeTransfer.MaxImportRecords)
+        var puts = new ReplicaRecord[records.Count];
+        for (var i = 0; i < puts.Length; i++)
         {
-            throw new ArgumentException($"an import carries at most {IRangeTransfer.MaxImportRecords} records, got {records.Count}", nameof(records));
+            puts[i] = new ReplicaRecord(records[i].Family, records[i].Key, records[i].Value, Delete: false);
         }
 
-        List<string>? cursors = null;
-        foreach (var record in records)
-        {
-            if (RangeImportOp.Validate(record) is { } cursorKey)
-            {
-                (cursors ??= []).Add(cursorKey);
-            }
-        }
-
-        return records.Count == 0
-            ? Task.FromResult(0)
-            : _writer.EnqueueAsync(new RangeImportOp([.. records], cursors), null, cancellationToken);
+        return EnqueueApply(puts, "an import", cancellationToken);
     }
 }
 
-/// <summary>Writes imported records in one batch and raises the counters they cover (see <see cref="IRangeTransfer.ImportRangeAsync"/>).</summary>
-internal sealed class RangeImportOp(RangeRecord[] records, List<string>? cursorKeys) : WriteOp<int>
+/// <summary>The rules for a record written as another node stored it (a range import, a replica's apply): what
+/// makes it placeable, and the counters it raises (see <see cref="IRangeTransfer.ImportRangeAsync"/>).</summary>
+internal static class ImportedRecord
 {
-    public override IReadOnlyList<string>? ConflictKeys => cursorKeys;
-
-    public override int EstimatedBytes
-    {
-        get
-        {
-            var bytes = 64;
-            foreach (var r in records)
-            {
-                bytes += r.Key.Length + r.Value.Length + 16;
-            }
-
-            return bytes;
-        }
-    }
-
-    /// <summary>Checks a record can be placed (so that <see cref="Apply"/> never throws half-way); returns the
+    /// <summary>Checks a record can be placed (so that <see cref="ReplicaApplyOp"/> never throws half-way); returns the
     /// conflict key of a cursor record, else null. Throws <see cref="ArgumentException"/>.</summary>
     public static string? Validate(RangeRecord record)
     {
@@ -156,42 +131,37 @@ internal sealed class RangeImportOp(RangeRecord[] records, List<string>? cursorK
         return null;
     }
 
-    public override void Apply(CommitWriter w)
+    /// <summary>Raises the counters an imported (or replicated) record covers; false when the record must not be
+    /// written (a cursor or receipt this node already has further).</summary>
+    internal static bool Raise(CommitWriter w, byte familyNumber, ReadOnlySpan<byte> key, ReadOnlySpan<byte> value)
     {
-        foreach (var r in records)
+        var family = (Cf)familyNumber;
+        switch (family)
         {
-            var family = (Cf)r.Family;
-            var key = r.Key.Span;
-            var value = r.Value.Span;
-            switch (family)
-            {
-                case Cf.Messages:
-                    w.TryTakeSeq(Records.TrailingU64(key[..8]), Records.TrailingU64(key));
-                    break;
-                case Cf.Inboxes:
-                    w.RaiseInboxSeq(RangeTransferLayout.UserOf(RangeOwner.UserAfterKeyHash, key), Records.TrailingU64(key));
-                    break;
-                case Cf.Conversations:
-                    w.RaiseConversationId(Records.TrailingU64(key));
-                    break;
-                case Cf.Idempotency:
-                    var (user, device, clientMsgId) = Records.ReadIdempotencyKey(key);
-                    w.NoteClientMsgId(user, device, clientMsgId);
-                    break;
-                case Cf.Cursors or Cf.Receipts:
-                    // Cursors and receipts only move forward: one this node already moved further stays.
-                    var existing = w.Engine.Get(family, key);
-                    if (existing is { Length: 8 } && Records.TrailingU64(existing) >= Records.TrailingU64(value))
-                    {
-                        continue;
-                    }
+            case Cf.Messages:
+                w.TryTakeSeq(Records.TrailingU64(key[..8]), Records.TrailingU64(key));
+                break;
+            case Cf.Inboxes:
+                w.RaiseInboxSeq(RangeTransferLayout.UserOf(RangeOwner.UserAfterKeyHash, key), Records.TrailingU64(key));
+                break;
+            case Cf.Conversations:
+                w.RaiseConversationId(Records.TrailingU64(key));
+                break;
+            case Cf.Idempotency:
+                var (user, device, clientMsgId) = Records.ReadIdempotencyKey(key);
+                w.NoteClientMsgId(user, device, clientMsgId);
+                break;
+            case Cf.Cursors or Cf.Receipts:
+                // Cursors and receipts only move forward: one this node already moved further stays.
+                var existing = w.Engine.Get(family, key);
+                if (existing is { Length: 8 } && Records.TrailingU64(existing) >= Records.TrailingU64(value))
+                {
+                    return false;
+                }
 
-                    break;
-            }
-
-            w.Batch.Put(family, key, value);
+                break;
         }
 
-        Result = records.Length;
+        return true;
     }
 }

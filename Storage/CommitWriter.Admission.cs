@@ -11,7 +11,7 @@ internal sealed partial class CommitWriter
     /// the ops others hand it meanwhile and completes them in that scope (CommitWriter.CallerWrite.cs).</summary>
     public async Task<T> EnqueueAsync<T>(WriteOp<T> op, AppendCompletionScope? completions, CancellationToken cancellationToken)
     {
-        if (_callerRuns && TryWriteHere(op, completions))
+        if (_callerRuns && _tap is null && TryWriteHere(op, completions))
         {
             return await op.Task.ConfigureAwait(false); // usually completed already: no hop
         }

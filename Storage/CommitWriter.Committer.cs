@@ -38,6 +38,10 @@ internal sealed partial class CommitWriter
     {
         Exception? failure = null;
         WalSyncer.UnsyncedBatch? unsynced = null;
+        // With a replication tap the batch is fsynced in its own write (no overlap with the syncer): its ops are
+        // handed to the tap from here, once durable, in commit order (CommitWriter.Replication.cs).
+        var tap = _tap;
+        syncHere |= tap is not null && _syncer is not null;
         if (_syncer is not null && slot.Ops.Count > 0)
         {
             // Registered before the write makes the batch visible, so readers can hide it. Ops that
@@ -53,7 +57,7 @@ internal sealed partial class CommitWriter
             var started = Stopwatch.GetTimestamp();
             try
             {
-                _engine.Commit(slot.Batch, syncHere || (_syncer is null && _options.Durability == Durability.Sync));
+                _engine.Commit(slot.Batch.Inner, syncHere || (_syncer is null && _options.Durability == Durability.Sync));
                 StorageMetrics.Commits.Add(1);
                 StorageMetrics.CommitLatency.Record(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
                 StorageMetrics.BatchSize.Record(slot.Ops.Count);
@@ -72,7 +76,11 @@ internal sealed partial class CommitWriter
 
         if (unsynced is null || failure is not null)
         {
-            if (completeHere)
+            if (tap is not null && failure is null)
+            {
+                HandToTap(tap, slot);
+            }
+            else if (completeHere)
             {
                 // A caller writing its own op (TryWriteHere): nobody awaits it yet, so completing it
                 // runs no continuation here. Ops other callers handed it are awaited: they complete

@@ -1,6 +1,6 @@
 namespace ChatBroker.Storage;
 
-// Counters raised by an imported range (RangeImportOp): the data came from another node, so the cached counters
+// Counters raised by an imported range (ReplicaApplyOp): the data came from another node, so the cached counters
 // of this one may be behind it. Builder role only, undone with the batch like the others (CommitWriter.Slot.cs).
 internal sealed partial class CommitWriter
 {

@@ -5,9 +5,9 @@ namespace ChatBroker.Storage;
 internal sealed partial class CommitWriter
 {
     /// <summary>One batch being built or committed, with what is needed to undo its counters.</summary>
-    private sealed class Slot(IKvBatch batch)
+    private sealed class Slot(CapturingKvBatch batch)
     {
-        public IKvBatch Batch { get; } = batch;
+        public CapturingKvBatch Batch { get; } = batch;
 
         public List<WriteOp> Ops { get; } = [];
 

@@ -78,8 +78,8 @@ internal sealed partial class CommitWriter : IDisposable
     {
         _engine = engine;
         _options = options;
-        _current = new Slot(engine.CreateBatch());
-        _inFlight = new Slot(engine.CreateBatch());
+        _current = new Slot(new CapturingKvBatch(engine.CreateBatch(), _capture));
+        _inFlight = new Slot(new CapturingKvBatch(engine.CreateBatch(), _capture));
         _queue = Channel.CreateBounded<WriteOp>(new BoundedChannelOptions(Math.Max(1, options.QueueCapacity))
         {
             SingleReader = true,
@@ -110,6 +110,9 @@ internal sealed partial class CommitWriter : IDisposable
     internal IKvEngine Engine => _engine;
 
     internal IKvBatch Batch => _current.Batch;
+
+    /// <summary>The batch being built, for an op that must not be captured for replication.</summary>
+    internal CapturingKvBatch CapturingBatch => _current.Batch;
 
     internal StorageOptions Options => _options;
 

@@ -13,6 +13,10 @@ internal abstract class WriteOp
 
     public virtual int EstimatedBytes => 64;
 
+    /// <summary>False for an op that writes what another node sent (a replica's apply, a range import): it is
+    /// answered once durable here, without waiting for this node's replicas (CommitWriter.Replication.cs).</summary>
+    public virtual bool WaitsForReplicas => true;
+
     /// <summary>Runs in the builder role (the builder thread, or a caller holding the builder lock): reads
     /// what it needs and adds its writes to the batch. Throwing before writing anything fails this op alone.</summary>
     public abstract void Apply(CommitWriter writer);

@@ -51,6 +51,12 @@ public sealed class HashRing
 
     public int NodeCount => _nodes.Length;
 
+    /// <summary>The ring's points (vnodes of every member), ascending; point i ends the range that
+    /// <c>GetOwners(PointAt(i), …)</c> places.</summary>
+    public int PointCount => _points.Length;
+
+    public ulong PointAt(int index) => _points[index];
+
     public int VirtualNodesPerNode { get; }
 
     /// <summary>Builds the ring of <paramref name="nodeIds"/> (any order; at least one; distinct, non-empty).</summary>

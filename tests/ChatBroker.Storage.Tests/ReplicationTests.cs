@@ -1,0 +1,206 @@
+using System.Threading.Channels;
+
+namespace ChatBroker.Storage.Tests;
+
+/// <summary>
+/// Replication at the store (IReplicaStore): a primary's committed batches wait in a tap until the replicas have
+/// them; a replica applying the records has the same log, inbox, cursors, keys and counters. Runs on both engines.
+/// </summary>
+public abstract class ReplicationContract : IDisposable
+{
+    private readonly List<IChatStore> _stores = [];
+
+    private protected abstract IChatStore CreateStore();
+
+    private IChatStore Open()
+    {
+        var store = CreateStore();
+        _stores.Add(store);
+        return store;
+    }
+
+    /// <summary>Holds each committed batch until the test releases it.</summary>
+    private sealed class HeldTap : IReplicationTap
+    {
+        public Channel<CommittedBatch> Batches { get; } = Channel.CreateUnbounded<CommittedBatch>();
+
+        public void OnCommitted(CommittedBatch batch) => Batches.Writer.TryWrite(batch);
+
+        public async Task<CommittedBatch> NextAsync() => await Batches.Reader.ReadAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(10));
+    }
+
+    /// <summary>Applies every batch to the replica before it lets the primary's callers go on.</summary>
+    private sealed class SyncTap(IChatStore replica) : IReplicationTap
+    {
+        public int Batches;
+
+        public void OnCommitted(CommittedBatch batch)
+        {
+            Interlocked.Increment(ref Batches);
+            _ = ApplyAsync(batch);
+        }
+
+        private async Task ApplyAsync(CommittedBatch batch)
+        {
+            try
+            {
+                await replica.ApplyReplicatedAsync(batch.Records);
+                batch.Complete();
+            }
+            catch (Exception e)
+            {
+                batch.Complete(e);
+            }
+        }
+    }
+
+    [Fact]
+    public async Task A_write_completes_only_when_the_tap_completes_its_batch()
+    {
+        var primary = Open();
+        var tap = new HeldTap();
+        primary.SetReplicationTap(tap);
+        var append = primary.AppendAsync(Messages.To(ChatStore.FirstDerivedConversationId | 1, "hello", clientMsgId: 1) with { InboxRecipients = ["bob"] });
+        var batch = await tap.NextAsync();
+        Assert.False(append.IsCompleted);
+        Assert.Contains(batch.Records, r => !r.Delete && ChatStore.TryGetOwner(r, out var o) && o.ConversationId == (ChatStore.FirstDerivedConversationId | 1));
+        Assert.Contains(batch.Records, r => ChatStore.TryGetOwner(r, out var o) && o.UserId == "bob"); // the inbox entry
+        batch.Complete();
+        Assert.Equal(1UL, (await append.WaitAsync(TimeSpan.FromSeconds(10))).Seq);
+
+        // A failure reported by the tap fails the write's caller.
+        var second = primary.AppendAsync(Messages.To(ChatStore.FirstDerivedConversationId | 1, "again", clientMsgId: 2));
+        (await tap.NextAsync()).Complete(new StorageException(StorageFailure.Io, "replica gone"));
+        await Assert.ThrowsAsync<StorageException>(() => second.WaitAsync(TimeSpan.FromSeconds(10)));
+
+        // Without a tap the single-node path is back.
+        primary.SetReplicationTap(null);
+        await primary.AppendAsync(Messages.To(ChatStore.FirstDerivedConversationId | 1, "third", clientMsgId: 3)).WaitAsync(TimeSpan.FromSeconds(10));
+    }
+
+    [Fact]
+    public async Task A_replica_applying_every_batch_has_the_primarys_log_inbox_cursors_keys_and_counters()
+    {
+        var primary = Open();
+        var replica = Open();
+        var tap = new SyncTap(replica);
+        primary.SetReplicationTap(tap);
+        const ulong Direct = ChatStore.FirstDerivedConversationId | 9;
+        await primary.GetOrCreateDirectAtAsync(Direct, "alice", "bob");
+        var group = await primary.CreateGroupAsync("alice", "g", ["bob", "carol"]);
+        var appends = new List<Task<AppendResult>>();
+        for (ulong i = 1; i <= 30; i++)
+        {
+            appends.Add(primary.AppendAsync(Messages.To(Direct, $"m{i}", clientMsgId: i) with { InboxRecipients = ["bob", "#home/n2"] }));
+            appends.Add(primary.AppendAsync(Messages.To(group.Id, $"g{i}", clientMsgId: 100 + i)));
+        }
+
+        await Task.WhenAll(appends).WaitAsync(TimeSpan.FromSeconds(20));
+        await primary.AdvanceCursorAsync("bob", "phone", CursorStream.Inbox, 12);
+        await primary.StoreReceiptAsync("alice", Direct, "bob", read: true, 12);
+        await primary.UploadPrekeysAsync("bob", "phone", new PrekeyBundle(new byte[] { 1 }, 3, new byte[] { 2 }, new byte[] { 3 }), [new OneTimePrekey(1, new byte[] { 9 }), new OneTimePrekey(2, new byte[] { 8 })]);
+        Assert.NotNull(await primary.TakePrekeysAsync("bob", "phone")); // a delete replicates too
+        await primary.RemoveMemberAsync(group.Id, "carol");
+        Assert.True(tap.Batches > 0);
+
+        Assert.Equal(30UL, replica.GetLastSeq(Direct));
+        Assert.Equal(30UL, replica.GetLastSeq(group.Id));
+        Assert.Equal(primary.ReadRange(Direct, 1, 100).Select(m => m.Text()), replica.ReadRange(Direct, 1, 100).Select(m => m.Text()));
+        Assert.Equal(30UL, replica.GetLastInboxSeq("bob"));
+        Assert.Equal(0UL, replica.GetLastInboxSeq("#home/n2")); // a node's forward queue is its own
+        Assert.Equal(12UL, replica.GetCursor("bob", "phone", CursorStream.Inbox));
+        Assert.Equal(1, replica.CountOneTimePrekeys("bob", "phone"));
+        Assert.Equal(["alice", "bob"], replica.ListMembers(group.Id).Select(m => m.UserId).Order());
+        Assert.Equal(12UL, Assert.Single(replica.ListReceipts("alice", 10)).UpToSeq);
+
+        // The replica continues each sequence, knows the SENDs it has, and never hands out the group's id again.
+        Assert.Equal(31UL, (await replica.AppendAsync(Messages.To(Direct, "m31", clientMsgId: 31))).Seq);
+        var retry = await replica.AppendAsync(Messages.To(Direct, "m7", clientMsgId: 7));
+        Assert.True(retry.IsDuplicate);
+        Assert.Equal(7UL, retry.Seq);
+        Assert.True((await replica.CreateGroupAsync("dave", "new", ["erin"])).Id > group.Id);
+
+        // Applying a batch again (a resend) changes nothing and never moves a cursor back.
+        await replica.AdvanceCursorAsync("bob", "phone", CursorStream.Inbox, 20);
+        await replica.ApplyReplicatedAsync([.. primary.ExportRange(new AllUsers(), RangePosition.Start, 1000, 1 << 20).Records.Select(r => new ReplicaRecord(r.Family, r.Key, r.Value, false))]);
+        Assert.Equal(20UL, replica.GetCursor("bob", "phone", CursorStream.Inbox));
+    }
+
+    [Fact]
+    public async Task What_a_replica_applies_is_answered_at_once_and_not_handed_to_its_own_tap()
+    {
+        var source = Open();
+        await source.SetLastSeenAsync("bob", 1234);
+        var record = Assert.Single(source.ExportRange(new AllUsers(), RangePosition.Start, 10, 1 << 20).Records);
+        var replica = Open();
+        var tap = new HeldTap();
+        replica.SetReplicationTap(tap);
+
+        // The replica is a primary too (its tap holds its own writes), yet the apply is answered once durable here:
+        // otherwise two primaries replicating to each other could each wait for the other's ack.
+        var own = replica.SetLastSeenAsync("carol", 5);
+        await replica.ApplyReplicatedAsync([new ReplicaRecord(record.Family, record.Key, record.Value, false)]).WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal(1234L, replica.GetLastSeen("bob"));
+        var batch = await tap.NextAsync();
+        Assert.DoesNotContain(batch.Records, r => ChatStore.TryGetOwner(r, out var o) && o.UserId == "bob");
+        Assert.False(own.IsCompleted);
+        batch.Complete();
+        await own.WaitAsync(TimeSpan.FromSeconds(10));
+    }
+
+    [Fact]
+    public async Task A_malformed_replicated_record_is_refused_before_anything_is_written()
+    {
+        var replica = Open();
+        await Assert.ThrowsAsync<ArgumentException>(() => replica.ApplyReplicatedAsync([new ReplicaRecord(250, new byte[] { 1 }, default, true)]));
+        await Assert.ThrowsAsync<ArgumentException>(() => replica.ApplyReplicatedAsync([new ReplicaRecord(1, new byte[] { 1, 2 }, new byte[] { 1 }, false)]));
+        Assert.Equal(0UL, replica.GetLastSeq(1));
+    }
+
+    private sealed class AllUsers : IRangeSelector
+    {
+        public bool TakesConversation(ulong conversationId) => false;
+
+        public bool TakesUser(string userId) => true;
+    }
+
+    private protected virtual void DisposeMore()
+    {
+    }
+
+    public void Dispose()
+    {
+        foreach (var store in _stores)
+        {
+            store.Dispose();
+        }
+
+        DisposeMore();
+        GC.SuppressFinalize(this);
+    }
+}
+
+public sealed class InMemoryReplicationTests : ReplicationContract
+{
+    private protected override IChatStore CreateStore() => new InMemoryChatStore();
+}
+
+public sealed class RocksDbReplicationTests : ReplicationContract
+{
+    private readonly List<TempDirectory> _directories = [];
+
+    private protected override IChatStore CreateStore()
+    {
+        var directory = new TempDirectory();
+        _directories.Add(directory);
+        return RocksDbChatStore.Open(new StorageOptions { Path = directory.Path, SweepInterval = Timeout.InfiniteTimeSpan });
+    }
+
+    private protected override void DisposeMore()
+    {
+        foreach (var directory in _directories)
+        {
+            directory.Dispose();
+        }
+    }
+}
