@@ -159,14 +159,16 @@ public sealed partial class ClusterNode
             return;
         }
 
+        AnnounceRestart(current);
         if (previous?.Ring is { } before && current.Ring is { } after && !SameNodes(before, after))
         {
-            // The new home of a user has no device table for it: every gateway tells it where its sessions are.
+            // The new home of a user has no device table for it: every gateway tells it where its sessions are and
+            // catches them up from it (ClusterNode.Resync.cs).
             foreach (var device in _registry.Sessions())
             {
                 if (!string.Equals(previous.HomeOf(device.UserId), current.HomeOf(device.UserId), StringComparison.Ordinal))
                 {
-                    OnDeviceSession(device, online: true);
+                    Reattach(device, current);
                 }
             }
         }

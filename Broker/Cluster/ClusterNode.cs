@@ -564,6 +564,8 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             s = State;
         }
 
+        s = await WaitForSendersMapAsync(batch, s, cancellationToken).ConfigureAwait(false);
+
         List<Task>? work = null;
         for (var i = 0; i < batch.Count; i++)
         {
@@ -673,6 +675,10 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
                 OnRegistered(registration, batch.Origin);
                 return null;
             }
+
+            case ClusterOpKind.Reattach:
+                ReattachSessionsOf(batch.Origin, s);
+                return null;
 
             case ClusterOpKind.DeviceDeliver:
             {

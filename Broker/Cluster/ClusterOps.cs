@@ -38,6 +38,10 @@ public enum ClusterOpKind : uint
     /// <summary>Gateway → owner: <see cref="HistoryRequest"/>, answered with <see cref="HistoryResult"/>.</summary>
     History = 8,
 
+    /// <summary>A node that (re)started → every other member: register again the sessions of my users you hold, and
+    /// catch them up from me (an empty payload; see ClusterNode.Resync.cs).</summary>
+    Reattach = 9,
+
     /// <summary>Gateway → group owner: <see cref="GroupOp"/>, answered with <see cref="GroupOpResult"/>.</summary>
     GroupOp = 20,
 

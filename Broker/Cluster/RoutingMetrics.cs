@@ -20,6 +20,8 @@ public sealed class RoutingMetrics
     internal long RemoteReads;
     internal long RemoteReadFailures;
     internal long StaleLogins;
+    internal long DevicesReattached;
+    internal long NewerMapWaits;
 
     public RoutingMetricsSnapshot Snapshot() => new(
         Volatile.Read(ref SendsForwarded),
@@ -35,7 +37,9 @@ public sealed class RoutingMetrics
         Volatile.Read(ref DeliversDropped),
         Volatile.Read(ref RemoteReads),
         Volatile.Read(ref RemoteReadFailures),
-        Volatile.Read(ref StaleLogins));
+        Volatile.Read(ref StaleLogins),
+        Volatile.Read(ref DevicesReattached),
+        Volatile.Read(ref NewerMapWaits));
 }
 
 /// <param name="SendsForwarded">SENDs this gateway forwarded to their conversation's owner.</param>
@@ -52,6 +56,8 @@ public sealed class RoutingMetrics
 /// <param name="RemoteReads">Pages read from other nodes: inboxes of remote homes (catch-up) and history of remote owners.</param>
 /// <param name="RemoteReadFailures">Of those, failed (the session was closed with SERVER_UNAVAILABLE).</param>
 /// <param name="StaleLogins">Home: device registrations of a login older than the device's newest, whose session was closed instead.</param>
+/// <param name="DevicesReattached">Gateway: sessions registered again with their home and caught up from it (the home restarted, or the ring gave the user a new home).</param>
+/// <param name="NewerMapWaits">Inbound mesh batches that waited for the map of their sender's newer epoch before being judged.</param>
 public readonly record struct RoutingMetricsSnapshot(
     long SendsForwarded,
     long SendsAnsweredUnavailable,
@@ -66,4 +72,6 @@ public readonly record struct RoutingMetricsSnapshot(
     long DeliversDropped,
     long RemoteReads,
     long RemoteReadFailures,
-    long StaleLogins);
+    long StaleLogins,
+    long DevicesReattached,
+    long NewerMapWaits);

@@ -35,6 +35,16 @@ public interface IDeviceLink
     /// </summary>
     void OnNotice(IMessage packet);
 
+    /// <summary>
+    /// The node that notifies this device of new entries may have missed some (its user's home restarted and lost
+    /// its table of remote devices, or the ring gave the user a new home): read every stream again from the
+    /// device's positions, as after a gap. Nothing happens before the session's streams are set up (CONNECT
+    /// reads them itself) or after it closed.
+    /// </summary>
+    void Resync()
+    {
+    }
+
     /// <summary>Ends the session with a reason (takeover, shutdown).</summary>
     void Close(ReasonCode reason, string message);
 }

@@ -36,6 +36,8 @@ public sealed class RoutingInstruments : IDisposable
         Counter("chatbroker.cluster.reads.remote", "{read}", "Pages read from other nodes (inbox catch-up at remote homes, history at remote owners).", () => routing.Snapshot().RemoteReads);
         Counter("chatbroker.cluster.logins.stale", "{login}", "Device registrations of a login older than the device's newest (it moved on meanwhile); the older session was closed.", () => routing.Snapshot().StaleLogins);
         Counter("chatbroker.cluster.reads.failed", "{read}", "Of those, failed (answered or closed with SERVER_UNAVAILABLE).", () => routing.Snapshot().RemoteReadFailures);
+        Counter("chatbroker.cluster.devices.reattached", "{session}", "Sessions registered again with their home and caught up from it (the home restarted, or the ring moved the user).", () => routing.Snapshot().DevicesReattached);
+        Counter("chatbroker.cluster.newer_map_waits", "{batch}", "Inbound mesh batches that waited for the sender's newer map before being judged.", () => routing.Snapshot().NewerMapWaits);
 
         var sent = node.MeshMetrics;
         Counter("chatbroker.mesh.sent.messages", "{message}", "Mesh messages written to other nodes (resends included).", () => sent.Snapshot().MessagesSent);

@@ -96,6 +96,28 @@ internal sealed partial class DeviceSession : IDeliveryTarget
         }
     }
 
+    public void Resync()
+    {
+        lock (_lock)
+        {
+            if (_closed || !_streamsReady)
+            {
+                return;
+            }
+
+            _inbox.CatchUp();
+            if (_groupStreams is not null)
+            {
+                foreach (var stream in _groupStreams.Values)
+                {
+                    stream.CatchUp();
+                }
+            }
+
+            StartCatchUpLocked();
+        }
+    }
+
     public void OnReceipt(Receipt receipt)
     {
         if ((_capabilities & (ulong)Capability.Receipts) != 0)

@@ -250,10 +250,13 @@ public sealed class HandoverTests(ITestOutputHelper output)
                 {
                     case null:
                     case Disconnect:
+                        pair.Disconnected = true;
+                        pair.Arrived.Release();
                         return;
                     case Deliver deliver:
                         Assert.Equal(pair.Conversation, deliver.ConversationId);
                         pair.Live.Enqueue((deliver.Seq, deliver.InboxSeq));
+                        pair.Arrived.Release();
                         break;
                 }
             }
@@ -278,7 +281,11 @@ public sealed class HandoverTests(ITestOutputHelper output)
                     Assert.Equal(cmid, log[(int)seq - 1].ClientMsgId);
                 }
 
-                // The receiver: what it got live, in seq order (a repeat only of what it had), plus a resume from there.
+                // The receiver, still connected, gets every message live, with nothing more sent: a ring change that
+                // moved its home must not leave entries only a later message (or a reconnect) would bring.
+                await WhenLiveCompleteAsync(pair);
+
+                // What it got live, in seq order (a repeat only of what it had), plus a resume from there.
                 var max = 0UL;
                 var seen = new HashSet<ulong>();
                 ulong lastInbox = 0;
@@ -305,6 +312,29 @@ public sealed class HandoverTests(ITestOutputHelper output)
             }
         }
 
+        private static async Task WhenLiveCompleteAsync(Pair pair)
+        {
+            using var patience = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+            while (!pair.Disconnected)
+            {
+                var live = pair.Live.Select(d => d.Seq).ToHashSet();
+                if (live.IsSupersetOf(pair.Sent.Values))
+                {
+                    return;
+                }
+
+                try
+                {
+                    await pair.Arrived.WaitAsync(patience.Token);
+                }
+                catch (OperationCanceledException)
+                {
+                    Assert.Fail($"{pair.Receiver} (connected at {pair.ReceiverAt}) got {live.Count} of {pair.Sent.Count} messages live; missing " +
+                        string.Join(",", pair.Sent.Values.Except(live).Order().Take(10)));
+                }
+            }
+        }
+
         private async Task<List<Deliver>> ReadInboxAsync(Pair pair, string device, ulong after)
         {
             var node = _cluster.Nodes[(Math.Abs(pair.Receiver.GetHashCode(StringComparison.Ordinal)) + device.Length) % _cluster.Nodes.Count];
@@ -328,6 +358,10 @@ public sealed class HandoverTests(ITestOutputHelper output)
             public ConcurrentQueue<(ulong Seq, ulong InboxSeq)> Live { get; } = new();
 
             public int Refused;
+
+            public volatile bool Disconnected;
+
+            public SemaphoreSlim Arrived { get; } = new(0);
         }
     }
 }
