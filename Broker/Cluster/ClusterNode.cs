@@ -98,6 +98,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         ArgumentNullException.ThrowIfNull(view);
         Volatile.Write(ref _view, view);
         _mapLoop = Task.Run(() => FollowMapsAsync(view, _stop.Token));
+        _livenessLoop = Task.Run(() => FollowLivenessAsync(view, _stop.Token));
     }
 
     /// <summary>Completes once this node routes by a map of at least <paramref name="epoch"/>.</summary>
@@ -952,6 +953,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
 
         await _stop.CancelAsync().ConfigureAwait(false);
         await _mapLoop.ConfigureAwait(false);
+        await _livenessLoop.ConfigureAwait(false);
         foreach (var forwarder in _forwarders.Values)
         {
             await forwarder.Stopped.ConfigureAwait(false);

@@ -22,6 +22,7 @@ public sealed class RoutingMetrics
     internal long StaleLogins;
     internal long DevicesReattached;
     internal long NewerMapWaits;
+    internal long DevicesForgotten;
 
     public RoutingMetricsSnapshot Snapshot() => new(
         Volatile.Read(ref SendsForwarded),
@@ -39,7 +40,8 @@ public sealed class RoutingMetrics
         Volatile.Read(ref RemoteReadFailures),
         Volatile.Read(ref StaleLogins),
         Volatile.Read(ref DevicesReattached),
-        Volatile.Read(ref NewerMapWaits));
+        Volatile.Read(ref NewerMapWaits),
+        Volatile.Read(ref DevicesForgotten));
 }
 
 /// <param name="SendsForwarded">SENDs this gateway forwarded to their conversation's owner.</param>
@@ -57,6 +59,7 @@ public sealed class RoutingMetrics
 /// <param name="RemoteReadFailures">Of those, failed (the session was closed with SERVER_UNAVAILABLE).</param>
 /// <param name="StaleLogins">Home: device registrations of a login older than the device's newest, whose session was closed instead.</param>
 /// <param name="DevicesReattached">Gateway: sessions registered again with their home and caught up from it (the home restarted, or the ring gave the user a new home).</param>
+/// <param name="DevicesForgotten">Home: devices registered through a gateway whose lease went, counted offline from then on.</param>
 /// <param name="NewerMapWaits">Inbound mesh batches that waited for the map of their sender's newer epoch before being judged.</param>
 public readonly record struct RoutingMetricsSnapshot(
     long SendsForwarded,
@@ -74,4 +77,5 @@ public readonly record struct RoutingMetricsSnapshot(
     long RemoteReadFailures,
     long StaleLogins,
     long DevicesReattached,
-    long NewerMapWaits);
+    long NewerMapWaits,
+    long DevicesForgotten);

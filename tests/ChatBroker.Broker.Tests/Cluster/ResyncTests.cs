@@ -18,7 +18,8 @@ public sealed class ResyncTests : IAsyncLifetime
 
     public async Task InitializeAsync()
     {
-        _cluster = await ClusterHarness.StartAsync(3);
+        // No presence debounce: a change is published at once, so the tests wait for packets, not for time.
+        _cluster = await ClusterHarness.StartAsync(3, configure: o => o.Presence.Debounce = TimeSpan.Zero);
         _alice = _cluster.UserAt("alice", "node3");
         var alice = _alice;
         _bob = _cluster.UserAt("bob", "node2", bob => _cluster.Ring.ConversationOwner(ClusterOps.DirectConversationId(alice, bob)) == "node3");
@@ -70,6 +71,53 @@ public sealed class ResyncTests : IAsyncLifetime
         for (ulong i = 2; i <= 4; i++)
         {
             Assert.Equal(($"m{i}", i), await NextDeliverAsync(bob));
+        }
+    }
+
+    [Fact]
+    public async Task The_devices_of_a_gateway_whose_lease_went_count_as_offline_at_their_home()
+    {
+        var alice = await ConnectWithPresenceAsync("node3", _alice);
+        await alice.ExpectAsync<SyncDone>();
+        await alice.SendAsync(TestDevice.Text(1, _bob, "let's talk"));
+        await alice.ExpectAsync<Sent>();
+        await alice.SendAsync(new PresenceSubscribe { RequestId = 5, UserIds = { _bob } });
+        Assert.Equal(PresenceStatus.Offline, (await NextAsync<PresenceSubscribed>(alice)).Current.Single().Status);
+
+        await ConnectWithPresenceAsync("node1", _bob);
+        Assert.Equal(PresenceStatus.Online, (await NextAsync<Presence>(alice)).Status);
+
+        // bob's gateway dies with his session: no offline registration ever comes from it. His home sees its lease
+        // go and counts his device offline (presence now; push jobs for what comes next).
+        await _cluster.KillAsync("node1");
+        var offline = await NextAsync<Presence>(alice);
+        Assert.Equal((_bob, PresenceStatus.Offline), (offline.UserId, offline.Status));
+        Assert.False(_cluster["node2"].Cluster.IsOnlineElsewhere(_bob));
+        Assert.Equal(1, _cluster["node2"].Cluster.Metrics.Snapshot().DevicesForgotten);
+    }
+
+    private async Task<TestDevice> ConnectWithPresenceAsync(string node, string user)
+    {
+        var harness = _cluster[node].Broker;
+        var device = harness.Open();
+        var connect = harness.ConnectPacket(user, "phone");
+        connect.Capabilities = (ulong)Capability.Presence;
+        await device.SendAsync(connect);
+        Assert.Equal(ReasonCode.Success, (await device.ExpectAsync<Connack>()).Reason);
+        return device;
+    }
+
+    private static async Task<T> NextAsync<T>(TestDevice device)
+        where T : class, Google.Protobuf.IMessage
+    {
+        while (true)
+        {
+            var message = await device.ReceiveAsync();
+            Assert.NotNull(message);
+            if (message is T wanted)
+            {
+                return wanted;
+            }
         }
     }
 
