@@ -11,9 +11,9 @@ namespace ChatBroker.Broker.Cluster;
 /// The order of a device's logins at different gateways. Each gateway posts a device's registration to the user's
 /// home on its own stream, so when a device moves from gateway A to gateway B, A's registration can reach the home
 /// after B's (A's link was slow or reconnecting). Arrival order would then let the older login take the device over
-/// and close the newer, live session. Every login therefore carries a stamp, (unix ms at the gateway &lt;&lt; 16) |
-/// a counter, the same in its online and its offline registration; the home keeps the newest stamp per device and
-/// treats an older login as stale: it closes that login's session at its gateway (the device has since connected
+/// and close the newer, live session. Every login therefore carries a stamp, the gateway's unix time in microseconds
+/// (one more than its previous stamp when the clock has not moved on), the same in its online and its offline
+/// registration; the home keeps the newest stamp per device and treats an older login as stale: it closes that login's session at its gateway (the device has since connected
 /// elsewhere) and leaves the newer one alone. Stamps of one gateway are strictly ordered; across gateways they are
 /// ordered when the nodes' clocks differ by less than the time between the two logins (a reconnect takes at least a
 /// TCP and a CONNECT round trip; NTP keeps clocks within milliseconds). If they are not, the outcome is what arrival
@@ -37,7 +37,9 @@ public sealed partial class ClusterNode
             return _loginStamps.TryGetValue(device, out var stamp) ? stamp.Value : 0;
         }
 
-        var now = (long)DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() << 16;
+        // Microseconds, not milliseconds: a device that moves from one gateway to another within the same millisecond
+        // (a reconnect on a fast network, or two nodes on one host) must still get a newer stamp at the second.
+        var now = (DateTimeOffset.UtcNow - DateTimeOffset.UnixEpoch).Ticks / TimeSpan.TicksPerMicrosecond;
         long next;
         while (true)
         {

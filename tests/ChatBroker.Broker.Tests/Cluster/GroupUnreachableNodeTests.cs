@@ -15,7 +15,7 @@ public sealed class GroupUnreachableNodeTests : IAsyncLifetime
     public async Task InitializeAsync() =>
         _cluster = await ClusterHarness.StartAsync(
             3,
-            new ClusterRoutingOptions { ReadTimeout = TimeSpan.FromMilliseconds(500), ForwardTimeout = TimeSpan.FromSeconds(1) },
+            new ClusterRoutingOptions { ReadTimeout = TimeSpan.FromSeconds(2), ForwardTimeout = TimeSpan.FromSeconds(1) },
             o => o.Fanout.WriteThreshold = 2);
 
     public async Task DisposeAsync() => await _cluster.DisposeAsync();
