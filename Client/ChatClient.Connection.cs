@@ -155,6 +155,11 @@ public sealed partial class ChatClient
             }
 
             Publish(ChatConnectionState.Disconnected, end.Reason, end.Message);
+            if (end.Reason is ReasonCode.Success or ReasonCode.ServerUnavailable)
+            {
+                NextEndPoint(); // the node dropped us or is going away: another node of the cluster serves the device too
+            }
+
             if (!_options.AutoReconnect)
             {
                 Publish(ChatConnectionState.Disconnected, end.Reason, "not reconnecting (AutoReconnect is off)");
@@ -234,6 +239,7 @@ public sealed partial class ChatClient
             }
 
             failures++;
+            NextEndPoint();
         }
     }
 
@@ -246,14 +252,8 @@ public sealed partial class ChatClient
         var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         try
         {
-            if (_options.EndPoint is { } endPoint)
-            {
-                await socket.ConnectAsync(endPoint, token).ConfigureAwait(false);
-            }
-            else
-            {
-                await socket.ConnectAsync(_options.Host, _options.Port, token).ConfigureAwait(false);
-            }
+            var target = CurrentEndPoint;
+            await socket.ConnectAsync(target, token).ConfigureAwait(false);
 
             Stream stream = new NetworkStream(socket, ownsSocket: true);
             if (_options.Tls is { } tls)
@@ -262,7 +262,7 @@ public sealed partial class ChatClient
                 stream = ssl;
                 try
                 {
-                    var serverName = _options.EndPoint switch
+                    var serverName = target switch
                     {
                         DnsEndPoint dns => dns.Host,
                         IPEndPoint ip => ip.Address.ToString(),
@@ -312,6 +312,7 @@ public sealed partial class ChatClient
                 throw new ChatClientException(connack.Reason, connack.Message, TimeSpan.FromMilliseconds(connack.RetryAfterMs));
             }
 
+            LearnClusterNodes(connack.ClusterNodes);
             Volatile.Write(ref _serverMaxFrameSize, connack.MaxFrameSize == 0 ? ProtocolConstants.DefaultMaxFrameSize : (int)Math.Min(connack.MaxFrameSize, ProtocolConstants.MaxRemainingLength));
             var keepalive = connack.KeepaliveS != 0 ? TimeSpan.FromSeconds(connack.KeepaliveS) : _options.Keepalive;
             return new Connection(socket, stream, reader, writer, state, keepalive, _time.GetTimestamp());

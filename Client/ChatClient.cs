@@ -63,6 +63,7 @@ public sealed partial class ChatClient : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         _options = options;
+        InitEndPoints();
         _time = options.TimeProvider;
         _cursor = options.ResumeInboxSeq;
         _messages = Channel.CreateBounded<ReceivedMessage>(new BoundedChannelOptions(options.MessageBufferSize)

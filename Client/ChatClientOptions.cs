@@ -16,6 +16,13 @@ public sealed class ChatClientOptions
     /// <summary>The broker's address; takes precedence over <see cref="Host"/>/<see cref="Port"/>.</summary>
     public EndPoint? EndPoint { get; set; }
 
+    /// <summary>Further broker nodes (a cluster) to connect to when the current one cannot be reached; tried in order after
+    /// the configured address, each after one failed attempt.</summary>
+    public IReadOnlyList<EndPoint> FallbackEndPoints { get; set; } = [];
+
+    /// <summary>Also use the cluster's node list that CONNACK carries (cluster_nodes) as fallbacks (default true).</summary>
+    public bool UseClusterNodes { get; set; } = true;
+
     public string UserId { get; set; } = "";
 
     public string DeviceId { get; set; } = "";

@@ -102,6 +102,10 @@ internal sealed class ClusterNode(
             RetryAfter = c.RetryAfter,
             ForwardBatch = c.ForwardBatch,
             MaxStaleRetries = c.MaxStaleRetries,
+            LeaseSafetyMargin = c.LeaseMargin,
+            FailoverBackupDelay = c.FailoverBackupDelay,
+            FailedNodeTimeout = c.FailedNodeTimeout,
+            ReforwardWindow = c.ReforwardWindow,
             Mesh = new MeshOptions
             {
                 MaxBatchMessages = c.MeshMaxBatchMessages,
@@ -116,6 +120,11 @@ internal sealed class ClusterNode(
                 ReconnectMaxDelay = c.MeshReconnectMaxDelay,
             },
         };
+
+        if (c.LeaseMargin >= c.LeaseTtl)
+        {
+            throw new InvalidDataException($"cluster.lease_margin ({c.LeaseMargin.TotalSeconds} s) must be below cluster.lease_ttl ({c.LeaseTtl.TotalSeconds} s): a node would never acknowledge");
+        }
 
         if (c.MeshMaxMessageBytes < broker.Tcp.MaxFrameBytes + 1024)
         {
@@ -143,6 +152,10 @@ internal sealed class ClusterNode(
         "RetryAfter" => "cluster.retry_after",
         "ForwardBatch" => "cluster.forward_batch",
         "MaxStaleRetries" => "cluster.max_stale_retries",
+        "LeaseSafetyMargin" => "cluster.lease_margin",
+        "FailoverBackupDelay" => "cluster.failover_backup_delay",
+        "FailedNodeTimeout" => "cluster.failed_node_timeout",
+        "ReforwardWindow" => "cluster.reforward_window",
         "MaxBatchMessages" => "cluster.mesh_max_batch_messages",
         "MaxBatchBytes" => "cluster.mesh_max_batch_bytes (at least cluster.mesh_max_message_bytes)",
         "MaxMessageBytes" => "cluster.mesh_max_message_bytes",

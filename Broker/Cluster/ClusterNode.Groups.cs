@@ -206,7 +206,8 @@ public sealed partial class ClusterNode : IGroupRouter
         var answers = new Task<GroupOutcome>[s.Ring.NodeCount];
         for (var i = 0; i < answers.Length; i++)
         {
-            answers[i] = s.IsSelf(i)
+            answers[i] = !s.ServesAny(i) ? Task.FromResult(new GroupOutcome(ReasonCode.Success, null, new GroupResult()))
+                : s.IsSelf(i)
                 ? Groups.HandleOwnedAsync(userId, request, maxFrameBytes, 0, cancellationToken)
                 : ListAtAsync(s, s.NodeAt(i), payload, cancellationToken);
         }
@@ -363,7 +364,7 @@ public sealed partial class ClusterNode : IGroupRouter
         var requests = new GroupStreamsRequest?[s.Ring.NodeCount];
         for (var i = 0; allLarge && i < requests.Length; i++)
         {
-            requests[i] = new GroupStreamsRequest { User = userId, Device = deviceId, AllLarge = true };
+            requests[i] = !s.ServesAny(i) ? null : new GroupStreamsRequest { User = userId, Device = deviceId, AllLarge = true };
         }
 
         foreach (var cursor in named)

@@ -59,12 +59,18 @@ public sealed partial class ClusterNode
         _membership = new ClusterMembership(coordinator) { HandOverRanges = true };
         Start(view);
         _watchdog = Task.Run(() => WatchMovingMembersAsync(view, _stop.Token));
+        StartFailover(view, coordinator);
     }
 
     // ---- the freeze: commits on moving ranges are refused, and the barrier lets earlier ones reach the store ----
 
     public InboxRouting BeginCommit(ulong conversationId, string[] members, bool fanOutOnRead)
     {
+        if (RefuseAcknowledgement() is { } fenced)
+        {
+            return new InboxRouting([], [], fenced); // fencing: no new write while the lease is not certain
+        }
+
         while (true)
         {
             var s = State;
@@ -76,6 +82,12 @@ public sealed partial class ClusterNode
             if (!s.TryEnter())
             {
                 continue; // replaced meanwhile: route under the newer map
+            }
+
+            if (s.Reforward is not null && RefuseWhileReforwarding(s, conversationId) is { } reforwarding)
+            {
+                s.Exit();
+                return new InboxRouting([], [], reforwarding);
             }
 
             if (s.TargetRing is not null && IsMovingCommit(s, conversationId, members, fanOutOnRead))
@@ -160,7 +172,8 @@ public sealed partial class ClusterNode
         }
 
         AnnounceRestart(current);
-        if (previous?.Ring is { } before && current.Ring is { } after && !SameNodes(before, after))
+        if (previous?.Ring is { } before && current.Ring is { } after
+            && (!SameNodes(before, after) || !previous.Owners!.SameServing(current.Owners!)))
         {
             // The new home of a user has no device table for it: every gateway tells it where its sessions are and
             // catches them up from it (ClusterNode.Resync.cs).
@@ -173,6 +186,7 @@ public sealed partial class ClusterNode
             }
         }
 
+        StartReforward(previous, current);
         if (_membership is not null && current.Map.FindMember(NodeId) is { State: MemberState.Joining or MemberState.Leaving }
             && InterlockedMax(ref _drivingEpoch, current.Map.Epoch))
         {
@@ -528,7 +542,7 @@ public sealed partial class ClusterNode
                 {
                     foreach (var member in map.Members)
                     {
-                        if (member.State != MemberState.Active && !IsLive(live, member.NodeId))
+                        if (member.State is MemberState.Joining or MemberState.Leaving && !IsLive(live, member.NodeId))
                         {
                             var aborted = await _membership.AbortAsync(member.NodeId, map.Epoch, $"{member.NodeId} is not live", stop).ConfigureAwait(false);
                             if (aborted.Status == MapChangeStatus.Applied)

@@ -190,6 +190,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
 
             var ring = active.Count == 0 ? null : HashRing.Create(active, map.VirtualNodes);
             var state = new RoutingState(map, NodeId, ring, links.ToFrozenDictionary(StringComparer.Ordinal));
+            state.Reforward = ReforwardOf(previous, state);
             Volatile.Write(ref _state, state);
             Retire(previous);
             foreach (var nodeId in links.Keys)
@@ -954,6 +955,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         await _stop.CancelAsync().ConfigureAwait(false);
         await _mapLoop.ConfigureAwait(false);
         await _livenessLoop.ConfigureAwait(false);
+        await _failoverLoop.ConfigureAwait(false);
         foreach (var forwarder in _forwarders.Values)
         {
             await forwarder.Stopped.ConfigureAwait(false);

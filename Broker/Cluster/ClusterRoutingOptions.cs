@@ -33,6 +33,24 @@ public sealed record ClusterRoutingOptions
     /// MaxMessageBytes).</summary>
     public int HandoverChunkRecords { get; init; } = 512;
 
+    /// <summary>Fencing: a primary whose ranges can fail over acknowledges only while its lease is certainly alive for
+    /// this much longer, on its own clock (docs/cluster.md, "Failover"). Covers the clock-rate difference between this
+    /// node and etcd over one TTL and the time from the check to the client seeing SENT.</summary>
+    public TimeSpan LeaseSafetyMargin { get; init; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>Failover: how long a live member other than the first live Active one waits before it proposes
+    /// marking a dead member Failed itself (the first may be cut off from etcd); each further one waits this much more.</summary>
+    public TimeSpan FailoverBackupDelay { get; init; } = TimeSpan.FromSeconds(2);
+
+    /// <summary>How long a member stays Failed before it is removed from the ring for good, so that its ranges get new
+    /// replicas (counted from when it was marked Failed, in the map).</summary>
+    public TimeSpan FailedNodeTimeout { get; init; } = TimeSpan.FromMinutes(15);
+
+    /// <summary>Failover: the node that takes over a Failed member's ranges sends the messages of this last stretch
+    /// before the failure (at most 256 per conversation) to their recipients' homes again, since the failed node's
+    /// forward queues are not replicated (homes store each copy once).</summary>
+    public TimeSpan ReforwardWindow { get; init; } = TimeSpan.FromMinutes(2);
+
     /// <summary>The mesh's bounds, with replies large enough for an inbox page of catch-up.</summary>
     public MeshOptions Mesh { get; init; } = new() { MaxReplyBytes = 256 * 1024 };
 
@@ -48,6 +66,10 @@ public sealed record ClusterRoutingOptions
         ArgumentOutOfRangeException.ThrowIfLessThan(HandoverAttempts, 1, nameof(HandoverAttempts));
         ArgumentOutOfRangeException.ThrowIfLessThan(HandoverChunkRecords, 1, nameof(HandoverChunkRecords));
         ArgumentOutOfRangeException.ThrowIfGreaterThan(HandoverChunkRecords, Storage.IRangeTransfer.MaxImportRecords / 2, nameof(HandoverChunkRecords));
+        ArgumentOutOfRangeException.ThrowIfLessThan(LeaseSafetyMargin, TimeSpan.Zero, nameof(LeaseSafetyMargin));
+        ArgumentOutOfRangeException.ThrowIfLessThan(FailoverBackupDelay, TimeSpan.Zero, nameof(FailoverBackupDelay));
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(FailedNodeTimeout, TimeSpan.Zero, nameof(FailedNodeTimeout));
+        ArgumentOutOfRangeException.ThrowIfLessThan(ReforwardWindow, TimeSpan.Zero, nameof(ReforwardWindow));
         Mesh.Validate();
         ArgumentOutOfRangeException.ThrowIfLessThan(Mesh.MaxReplyBytes, Mesh.MaxMessageBytes + 1024, "Mesh.MaxReplyBytes");
     }

@@ -24,7 +24,21 @@ internal sealed class RoutingState
         TargetRing = MovingRing(map);
         Epoch = (ulong)map.Epoch;
         Ring = ring;
+        Owners = ring is null ? null : RangeOwners.Create(map, ring);
         SelfIndex = ring?.IndexOf(selfId) ?? -1;
+        CanFailOver = CanRangesOfFailOver(map, selfId, Owners, SelfIndex);
+
+        var clients = new List<string>(map.Members.Length);
+        foreach (var m in map.Members)
+        {
+            if (m.State != MemberState.Failed && m.ClientAddress.Length > 0)
+            {
+                clients.Add(m.ClientAddress);
+            }
+        }
+
+        ClientAddresses = [.. clients];
+
         _links = links;
         _queueIds = new string[ring?.NodeCount ?? 0];
         for (var i = 0; i < _queueIds.Length; i++)
@@ -37,12 +51,28 @@ internal sealed class RoutingState
 
     public ulong Epoch { get; }
 
-    /// <summary>The ring of the active members; null when the map has none.</summary>
+    /// <summary>The ring of the members that own ranges (Active, Leaving, Failed); null when the map has none.</summary>
     public HashRing? Ring { get; }
+
+    /// <summary>Who serves each range of <see cref="Ring"/> (a Failed member's ranges go to its in-sync replicas): every
+    /// owner and home lookup goes through it.</summary>
+    public RangeOwners? Owners { get; }
 
     /// <summary>While members are Joining or Leaving: the ring they are moving to (Active and Joining members), which
     /// becomes the ring once the hand-over is done; null when nothing moves.</summary>
     public HashRing? TargetRing { get; }
+
+    /// <summary>Ranges this node took over from a Failed member and is still re-forwarding (commits on them wait); set
+    /// once, before the state is published.</summary>
+    public ReforwardFreeze? Reforward { get; set; }
+
+    /// <summary>The client addresses of the members that serve clients (not Failed), by id: CONNACK's cluster_nodes.</summary>
+    public string[] ClientAddresses { get; }
+
+    /// <summary>True when a range this node serves can fail over to another node (its own set has an in-sync replica, or
+    /// it serves ranges of a Failed member, whose other in-sync replicas could take them): it must then fence itself
+    /// (acknowledge only while its lease is certain).</summary>
+    public bool CanFailOver { get; }
 
     /// <summary>This node's index on the ring; -1 when it owns nothing (not an active member).</summary>
     public int SelfIndex { get; }
@@ -52,10 +82,14 @@ internal sealed class RoutingState
     public PeerLink? LinkOf(string nodeId) => _links.GetValueOrDefault(nodeId);
 
     /// <summary>The ring index of the conversation's owner, or -1 without a ring.</summary>
-    public int OwnerIndexOf(ulong conversationId) => Ring?.OwnerIndex(HashRing.HashConversation(conversationId)) ?? -1;
+    public int OwnerIndexOf(ulong conversationId) => Owners?.OwnerIndex(HashRing.HashConversation(conversationId)) ?? -1;
 
     /// <summary>The ring index of the user's home, or -1 without a ring.</summary>
-    public int HomeIndexOf(string userId) => Ring?.OwnerIndex(HashRing.HashUser(userId)) ?? -1;
+    public int HomeIndexOf(string userId) => Owners?.OwnerIndex(HashRing.HashUser(userId)) ?? -1;
+
+    /// <summary>True when the node at <paramref name="ringIndex"/> serves some range: the nodes a scatter over every
+    /// owner asks (a Failed node whose ranges all went to replicas is skipped).</summary>
+    public bool ServesAny(int ringIndex) => Owners?.ServesAny(ringIndex) ?? false;
 
     public string? HomeOf(string userId) => HomeIndexOf(userId) is var i and >= 0 ? Ring!.Nodes[i] : null;
 
@@ -118,13 +152,36 @@ internal sealed class RoutingState
     /// <summary>Completes once the state is retired and every commit that routed under it has enqueued its write.</summary>
     public Task Quiet => _quiet.Task;
 
+    private static bool CanRangesOfFailOver(ClusterMap map, string selfId, RangeOwners? owners, int selfIndex)
+    {
+        if (ReplicaPlacement.Find(map, selfId) is { InSync.IsDefaultOrEmpty: false })
+        {
+            return true;
+        }
+
+        if (owners is not { HasFailed: true } || selfIndex < 0)
+        {
+            return false;
+        }
+
+        for (var p = 0; p < owners.Ring.PointCount; p++)
+        {
+            if (owners.OwnerIndexOfPoint(p) == selfIndex && owners.IsFailed(owners.Ring.NodeIndexOfPoint(p)))
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
     private static HashRing? MovingRing(ClusterMap map)
     {
         var moving = false;
         var target = new List<string>();
         foreach (var m in map.Members)
         {
-            moving |= m.State != MemberState.Active;
+            moving |= m.State is MemberState.Joining or MemberState.Leaving; // a Failed member keeps its place on both rings
             if (m.State != MemberState.Leaving)
             {
                 target.Add(m.NodeId);

@@ -56,6 +56,14 @@ public sealed class ClusterSettings
     public int ForwardBatch { get; set; } = 64;
     public int MaxStaleRetries { get; set; } = 3;
 
+    public TimeSpan LeaseMargin { get; set; } = TimeSpan.FromSeconds(1);
+
+    public TimeSpan FailoverBackupDelay { get; set; } = TimeSpan.FromSeconds(2);
+
+    public TimeSpan FailedNodeTimeout { get; set; } = TimeSpan.FromMinutes(15);
+
+    public TimeSpan ReforwardWindow { get; set; } = TimeSpan.FromMinutes(2);
+
     // The mesh's bounds (ChatBroker.Cluster.Mesh.MeshOptions).
     public int MeshMaxBatchMessages { get; set; } = 64;
     public long MeshMaxBatchBytes { get; set; } = 512 * 1024;

@@ -342,7 +342,7 @@ public sealed class ChatService(
         if (result.IsDuplicate)
         {
             metrics.DuplicateSends.Add(1);
-            return new SendOutcome(ReasonCode.Success, null, result);
+            return Router?.RefuseAcknowledgement() ?? new SendOutcome(ReasonCode.Success, null, result);
         }
 
         var message = new DeliveryMessage(result.ConversationId, result.Seq, sender, origin.DeviceId, result.TimestampMs,
@@ -362,7 +362,9 @@ public sealed class ChatService(
             PushJobsAdded?.Invoke();
         }
 
-        return new SendOutcome(ReasonCode.Success, null, result);
+        // Cluster: a primary that may have lost its lease does not say SENT (the write is durable; a retry with the
+        // same client_msg_id finds it here, or at the replica that took the range over if it was replicated).
+        return Router?.RefuseAcknowledgement() ?? new SendOutcome(ReasonCode.Success, null, result);
     }
 
     /// <summary>True when a group of <paramref name="memberCount"/> members is fanned out on read.</summary>

@@ -41,6 +41,15 @@ public interface IMessageRouter
     /// <summary>The write of a commit begun with <see cref="BeginCommit"/> is enqueued (or was not made).</summary>
     void EndCommit(in InboxRouting routing);
 
+    /// <summary>A refusal (retryable SERVER_UNAVAILABLE) when this node may not acknowledge a write now: a primary whose
+    /// lease may be about to expire (fencing, docs/cluster.md "Failover"); null when it may. Asked before a commit
+    /// starts and again when its write is durable, before SENT.</summary>
+    SendOutcome? RefuseAcknowledgement() => null;
+
+    /// <summary>The client addresses (host:port) of the cluster's members that serve clients, for CONNACK's
+    /// cluster_nodes; empty when unknown.</summary>
+    IReadOnlyList<string> ClientAddresses => [];
+
     /// <summary>A message to <paramref name="members"/> is committed here, with inbox entries for
     /// <paramref name="local"/> (<see cref="InboxRouting.Local"/>) and the others' in forward queues: wakes the
     /// forwarders of those queues.</summary>

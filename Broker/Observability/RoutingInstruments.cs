@@ -40,6 +40,14 @@ public sealed class RoutingInstruments : IDisposable
         Counter("chatbroker.cluster.newer_map_waits", "{batch}", "Inbound mesh batches that waited for the sender's newer map before being judged.", () => routing.Snapshot().NewerMapWaits);
         Counter("chatbroker.cluster.devices.forgotten", "{device}", "Devices registered here through a node whose lease went; counted offline from then on.", () => routing.Snapshot().DevicesForgotten);
 
+        var failover = node.Failover;
+        Counter("chatbroker.cluster.failover.marked_failed", "{member}", "Members whose lease was gone that this node marked Failed in the map (their ranges went to in-sync replicas).", () => Interlocked.Read(ref failover.MarkedFailed));
+        Counter("chatbroker.cluster.failover.removed", "{member}", "Failed members this node removed from the ring after cluster.failed_node_timeout.", () => Interlocked.Read(ref failover.Removed));
+        Counter("chatbroker.cluster.failover.proposals_not_applied", "{proposal}", "Failover or removal proposals that did not apply (another node's change won, etcd unreachable, not allowed yet).", () => Interlocked.Read(ref failover.ProposalsNotApplied));
+        Counter("chatbroker.cluster.failover.fenced", "{write}", "Writes refused (retryable SERVER_UNAVAILABLE) because this node's lease was not certain for cluster.lease_margin more.", () => Interlocked.Read(ref failover.Fenced));
+        Counter("chatbroker.cluster.failover.reforwarded", "{entry}", "Inbox entries sent again to homes after this node took over a failed member's ranges.", () => Interlocked.Read(ref failover.EntriesReforwarded));
+        Counter("chatbroker.cluster.failover.commits_waiting", "{write}", "Commits refused (retryable) while their range was being re-forwarded after a take-over.", () => Interlocked.Read(ref failover.CommitsRefusedReforwarding));
+
         var sent = node.MeshMetrics;
         Counter("chatbroker.mesh.sent.messages", "{message}", "Mesh messages written to other nodes (resends included).", () => sent.Snapshot().MessagesSent);
         Counter("chatbroker.mesh.sent.batches", "{batch}", "Mesh writes to other nodes (one batch of up to cluster.mesh_max_batch_messages each).", () => sent.Snapshot().BatchesSent);

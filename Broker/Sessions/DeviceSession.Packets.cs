@@ -130,7 +130,7 @@ internal sealed partial class DeviceSession
             _syncRequestId = 0;
         }
 
-        _outbox.TryWrite(new Connack
+        var connack = new Connack
         {
             Reason = ReasonCode.Success,
             SessionId = _connectionId.ToString(System.Globalization.CultureInfo.InvariantCulture),
@@ -138,7 +138,13 @@ internal sealed partial class DeviceSession
             KeepaliveS = (uint)keepalive.TotalSeconds,
             MaxFrameSize = (uint)_maxFrameSize,
             Capabilities = _capabilities,
-        });
+        };
+        if (_context.Chat.Router is { } router)
+        {
+            connack.ClusterNodes.AddRange(router.ClientAddresses); // where the device goes if this node is lost
+        }
+
+        _outbox.TryWrite(connack);
 
         if ((_capabilities & (ulong)Capability.Receipts) != 0 && _context.Chat.Signals is { } signals)
         {

@@ -13,10 +13,17 @@ public enum MemberState
 
     /// <summary>Still listed while its ranges are handed to the others.</summary>
     Leaving,
+
+    /// <summary>Its lease ran out and its ranges are served by their first in-sync replicas (docs/cluster.md,
+    /// "Failover"). It keeps its place on the ring, so the ring does not move; it serves nothing until it is
+    /// removed (after <c>cluster.failed_node_timeout</c>) and joins again.</summary>
+    Failed,
 }
 
-/// <summary>A member of the cluster map: the node's id and where the others and the clients reach it.</summary>
-public sealed record ClusterMember(string NodeId, string MeshAddress, string ClientAddress, MemberState State);
+/// <summary>A member of the cluster map: the node's id and where the others and the clients reach it.
+/// <paramref name="FailedAtMs"/>: when a <see cref="MemberState.Failed"/> member was marked so (unix ms, the
+/// proposer's clock), 0 otherwise; the failed-node timeout counts from it.</summary>
+public sealed record ClusterMember(string NodeId, string MeshAddress, string ClientAddress, MemberState State, long FailedAtMs = 0);
 
 /// <summary>
 /// Who holds one range of the ring (issue 16: replication). Empty in a cluster without replication, where

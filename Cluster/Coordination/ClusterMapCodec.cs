@@ -24,7 +24,7 @@ public static class ClusterMapCodec
         for (var i = 0; i < members.Length; i++)
         {
             var m = map.Members[i];
-            members[i] = new MemberDocument { Id = m.NodeId, Mesh = m.MeshAddress, Client = m.ClientAddress, State = m.State };
+            members[i] = new MemberDocument { Id = m.NodeId, Mesh = m.MeshAddress, Client = m.ClientAddress, State = m.State, FailedAtMs = m.FailedAtMs };
         }
 
         var sets = new ReplicaSetDocument[map.ReplicaSets.Length];
@@ -72,7 +72,7 @@ public static class ClusterMapCodec
         var members = ImmutableArray.CreateBuilder<ClusterMember>(document.Members.Length);
         foreach (var m in document.Members)
         {
-            members.Add(new ClusterMember(m.Id, m.Mesh, m.Client, m.State));
+            members.Add(new ClusterMember(m.Id, m.Mesh, m.Client, m.State, m.FailedAtMs));
         }
 
         members.Sort(static (a, b) => string.CompareOrdinal(a.NodeId, b.NodeId));
@@ -129,6 +129,7 @@ public static class ClusterMapCodec
         [JsonPropertyName("mesh")] public string Mesh { get; set; } = "";
         [JsonPropertyName("client")] public string Client { get; set; } = "";
         [JsonPropertyName("state")] public MemberState State { get; set; }
+        [JsonPropertyName("failed_at_ms")][JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] public long FailedAtMs { get; set; }
     }
 
     internal sealed class ReplicaSetDocument

@@ -91,8 +91,12 @@ public sealed class ClusterMembership
             var current = map.FindMember(id);
             return current switch
             {
+                null when FailedMember(map) is { } failed => Keep(MapChangeStatus.Refused,
+                    $"{failed} is Failed: a join waits until it is removed (cluster.failed_node_timeout), since a hand-over needs every member"),
                 null => Change(map.WithMember(member with { State = MemberState.Joining }), $"{id} listed as Joining"),
                 { State: MemberState.Leaving } => Keep(MapChangeStatus.Refused, $"{id} is leaving the cluster; let `cluster leave` finish, then join again"),
+                { State: MemberState.Failed } => Keep(MapChangeStatus.Refused,
+                    $"{id} is Failed: its ranges are served by its replicas and its store may hold writes that were never acknowledged; it is removed after cluster.failed_node_timeout, then it can join again (with an empty data directory)"),
                 _ when SameAddresses(current, member) => Keep(MapChangeStatus.Unchanged, $"{id} is already a member ({current.State})"),
                 _ => Change(map.WithMember(member with { State = current.State }), $"{id}'s addresses updated to mesh {member.MeshAddress}, client {member.ClientAddress}"),
             };
@@ -141,6 +145,11 @@ public sealed class ClusterMembership
             if (current.State == MemberState.Leaving)
             {
                 return Keep(MapChangeStatus.Unchanged, $"{nodeId} is already Leaving");
+            }
+
+            if (FailedMember(map) is { } failed)
+            {
+                return Keep(MapChangeStatus.Refused, $"{failed} is Failed: a leave waits until it is removed (cluster.failed_node_timeout), since a hand-over needs every member");
             }
 
             var others = 0;
@@ -205,12 +214,60 @@ public sealed class ClusterMembership
             _ => Keep(MapChangeStatus.Unchanged, $"{nodeId} is not moving"),
         }, cancellationToken);
 
+    /// <summary>
+    /// Failover (docs/cluster.md, "Failover"): marks <paramref name="nodeId"/> Failed, so that each of its ranges is
+    /// served by its first in-sync replica (<see cref="RangeOwners"/>), when it is not live by
+    /// <paramref name="isLive"/> and <see cref="RangeOwners.CanFailOver"/> allows it on the stored map.
+    /// <paramref name="nowMs"/> (unix ms) is stored as the member's <see cref="ClusterMember.FailedAtMs"/>.
+    /// </summary>
+    public Task<MapChangeResult> FailAsync(string nodeId, Func<string, bool> isLive, long nowMs, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(isLive);
+        return ChangeAsync($"fail over {nodeId}", map => map.FindMember(nodeId) switch
+        {
+            null => Keep(MapChangeStatus.Unchanged, $"{nodeId} is not a member"),
+            { State: MemberState.Failed } => Keep(MapChangeStatus.Unchanged, $"{nodeId} is already Failed"),
+            _ when isLive(nodeId) => Keep(MapChangeStatus.Refused, $"{nodeId} is live"),
+            { } m when RangeOwners.CanFailOver(map, nodeId, isLive) =>
+                Change(map.WithMember(m with { State = MemberState.Failed, FailedAtMs = nowMs }), $"{nodeId} marked Failed: its ranges are served by its in-sync replicas"),
+            _ => Keep(MapChangeStatus.Refused, $"{nodeId} has no live in-sync replica (or a member is joining or leaving): its ranges stay unavailable until it is back"),
+        }, cancellationToken);
+    }
+
+    /// <summary>
+    /// Takes a member that has been Failed since before <paramref name="failedBeforeMs"/> (unix ms) off the ring for good
+    /// (<see cref="RangeOwners.WithoutFailed"/>); refused while that would give a range to a node without its data.
+    /// </summary>
+    public Task<MapChangeResult> RemoveFailedAsync(string nodeId, long failedBeforeMs, CancellationToken cancellationToken) =>
+        ChangeAsync($"remove failed {nodeId}", map => map.FindMember(nodeId) switch
+        {
+            null => Keep(MapChangeStatus.Unchanged, $"{nodeId} is not a member"),
+            { State: not MemberState.Failed } m => Keep(MapChangeStatus.Refused, $"{nodeId} is {m.State}, not Failed"),
+            { FailedAtMs: var at } when at > failedBeforeMs => Keep(MapChangeStatus.Refused, $"{nodeId} failed too recently"),
+            _ => RangeOwners.WithoutFailed(map, nodeId) is { } next
+                ? Change(next, $"{nodeId} removed after being Failed for longer than the failed-node timeout; its ranges' new replicas catch up")
+                : Keep(MapChangeStatus.Refused, $"{nodeId} cannot be removed yet: a range of it would go to a node that is not in sync"),
+        }, cancellationToken);
+
     private static ClusterMap FirstMap(ClusterMember self, int virtualNodes, int replicationFactor) =>
         ClusterMap.Empty.WithMember(self with { State = MemberState.Active }) with
         {
             VirtualNodes = virtualNodes,
             ReplicationFactor = replicationFactor,
         };
+
+    private static string? FailedMember(ClusterMap map)
+    {
+        foreach (var m in map.Members)
+        {
+            if (m.State == MemberState.Failed)
+            {
+                return m.NodeId;
+            }
+        }
+
+        return null;
+    }
 
     private static bool SameAddresses(ClusterMember a, ClusterMember b) =>
         a.MeshAddress == b.MeshAddress && a.ClientAddress == b.ClientAddress;

@@ -16,6 +16,7 @@ public sealed class ClusterView
     private ImmutableArray<NodeRegistration> _members = [];
     private long _disconnectedSinceTicks; // 0 = connected (or never connected: see _map)
     private string? _lastError;
+    private long _leaseValidUntilStamp; // TimeProvider timestamp; 0 until the first confirmed grant or renewal
 
     // Completed and replaced on every change; a waiter takes it before reading the state, so a change made
     // between its read and its wait still wakes it.
@@ -57,6 +58,46 @@ public sealed class ClusterView
 
     /// <summary>The last error talking to the store, for status output; null when none yet.</summary>
     public string? LastError => Volatile.Read(ref _lastError);
+
+    /// <summary>
+    /// Records a grant or renewal of this node's lease that the store confirmed: sent at <paramref name="sentTimestamp"/>
+    /// (<see cref="TimeProvider.GetTimestamp"/> of this view's clock, monotonic) with <paramref name="ttl"/>. The store
+    /// starts the TTL when it receives the request, after it was sent, so the lease cannot expire before
+    /// sent + TTL on a clock running at the store's rate: the fence (docs/cluster.md, "Fencing") counts from here.
+    /// </summary>
+    public void RecordLeaseRenewal(long sentTimestamp, TimeSpan ttl)
+    {
+        var until = sentTimestamp + (long)(ttl.TotalSeconds * _time.TimestampFrequency);
+        long seen;
+        do
+        {
+            seen = Interlocked.Read(ref _leaseValidUntilStamp);
+            if (until <= seen)
+            {
+                return; // an older renewal's answer came last
+            }
+        }
+        while (Interlocked.CompareExchange(ref _leaseValidUntilStamp, until, seen) != seen);
+    }
+
+    /// <summary>How long this node's lease is certainly still alive, on its own clock (negative once it may have
+    /// expired); <see cref="TimeSpan.MinValue"/> before any confirmed renewal.</summary>
+    public TimeSpan LeaseRemaining
+    {
+        get
+        {
+            var until = Interlocked.Read(ref _leaseValidUntilStamp);
+            return until == 0 ? TimeSpan.MinValue : _time.GetElapsedTime(_time.GetTimestamp(), until);
+        }
+    }
+
+    /// <summary>True while this node's lease is certainly alive for at least <paramref name="margin"/> more: a primary
+    /// acknowledges only then (fencing).</summary>
+    public bool IsLeaseValid(TimeSpan margin)
+    {
+        var until = Interlocked.Read(ref _leaseValidUntilStamp);
+        return until != 0 && _time.GetTimestamp() + (long)(margin.TotalSeconds * _time.TimestampFrequency) < until;
+    }
 
     /// <summary>Nodes that hold a live lease, sorted by id.</summary>
     public ImmutableArray<NodeRegistration> LiveMembers

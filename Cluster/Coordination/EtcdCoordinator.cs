@@ -131,7 +131,7 @@ public sealed class EtcdCoordinator : IClusterCoordinator
             response = await _kv.RangeAsync(new RangeRequest { Key = _mapKey }, deadline: Deadline(), cancellationToken: cancellationToken)
                 .ConfigureAwait(false);
         }
-        catch (RpcException e) when (!cancellationToken.IsCancellationRequested)
+        catch (Exception e) when (e is RpcException or OperationCanceledException && !cancellationToken.IsCancellationRequested)
         {
             throw new ClusterCoordinationException($"cannot read the cluster map: {Unreachable(e)}", e);
         }
@@ -150,7 +150,7 @@ public sealed class EtcdCoordinator : IClusterCoordinator
                 new RangeRequest { Key = ByteString.CopyFromUtf8(_nodesPrefixText), RangeEnd = _prefixEnd },
                 deadline: Deadline(), cancellationToken: cancellationToken).ConfigureAwait(false);
         }
-        catch (RpcException e) when (!cancellationToken.IsCancellationRequested)
+        catch (Exception e) when (e is RpcException or OperationCanceledException && !cancellationToken.IsCancellationRequested)
         {
             throw new ClusterCoordinationException($"cannot read the live members: {Unreachable(e)}", e);
         }
@@ -192,7 +192,7 @@ public sealed class EtcdCoordinator : IClusterCoordinator
         {
             response = await _kv.TxnAsync(txn, deadline: Deadline(), cancellationToken: cancellationToken).ConfigureAwait(false);
         }
-        catch (RpcException e) when (!cancellationToken.IsCancellationRequested)
+        catch (Exception e) when (e is RpcException or OperationCanceledException && !cancellationToken.IsCancellationRequested)
         {
             View.RecordError(Unreachable(e));
             return new MapUpdateResult(MapUpdateStatus.Unavailable, View.Map,
@@ -263,6 +263,7 @@ public sealed class EtcdCoordinator : IClusterCoordinator
         {
             // A new lease per attempt: one granted before a wait would run out during it.
             var sentAt = _time.GetUtcNow();
+            var sentStamp = _time.GetTimestamp();
             var grant = await _lease.LeaseGrantAsync(new LeaseGrantRequest { TTL = ttlSeconds }, deadline: Deadline(), cancellationToken: cancellationToken)
                 .ConfigureAwait(false);
             var txn = new TxnRequest();
@@ -280,6 +281,7 @@ public sealed class EtcdCoordinator : IClusterCoordinator
             {
                 Interlocked.Exchange(ref _leaseId, grant.ID);
                 Interlocked.Exchange(ref _leaseValidUntilTicks, (sentAt + TimeSpan.FromSeconds(grant.TTL)).UtcTicks);
+                View.RecordLeaseRenewal(sentStamp, TimeSpan.FromSeconds(grant.TTL));
                 return;
             }
 
@@ -325,6 +327,7 @@ public sealed class EtcdCoordinator : IClusterCoordinator
                 while (true)
                 {
                     var sentAt = _time.GetUtcNow();
+                    var sentStamp = _time.GetTimestamp();
                     await call.RequestStream.WriteAsync(new LeaseKeepAliveRequest { ID = Interlocked.Read(ref _leaseId) }, stop).ConfigureAwait(false);
                     using (var answer = CancellationTokenSource.CreateLinkedTokenSource(stop))
                     {
@@ -346,6 +349,7 @@ public sealed class EtcdCoordinator : IClusterCoordinator
                     }
 
                     Interlocked.Exchange(ref _leaseValidUntilTicks, (sentAt + TimeSpan.FromSeconds(renewed.TTL)).UtcTicks);
+                    View.RecordLeaseRenewal(sentStamp, TimeSpan.FromSeconds(renewed.TTL));
                     retry = TimeSpan.FromMilliseconds(100);
                     await Task.Delay(interval, _time, stop).ConfigureAwait(false);
                 }
@@ -434,9 +438,6 @@ public sealed class EtcdCoordinator : IClusterCoordinator
         txn.Success.Add(new RequestOp { RequestRange = new RangeRequest { Key = ByteString.CopyFromUtf8(_nodesPrefixText), RangeEnd = _prefixEnd } });
         var response = await _kv.TxnAsync(txn, deadline: Deadline(), cancellationToken: stop).ConfigureAwait(false);
 
-        var mapKvs = response.Responses[0].ResponseRange.Kvs;
-        View.PublishMap(mapKvs.Count == 0 ? ClusterMap.Empty : ClusterMapCodec.DecodeMap(mapKvs[0].Value.Span, mapKvs[0].ModRevision));
-
         members.Clear();
         foreach (var kv in response.Responses[1].ResponseRange.Kvs)
         {
@@ -447,7 +448,12 @@ public sealed class EtcdCoordinator : IClusterCoordinator
             }
         }
 
+        // Members before the map: StartAsync is done once the view has a map, and by then it must
+        // hold the members of the same snapshot (a start that returned with an empty member list
+        // failed A_restarted_node_takes_its_id_back_once_its_crashed_registration_expires in CI).
         View.PublishMembers(ClusterView.Sorted(members.Values));
+        var mapKvs = response.Responses[0].ResponseRange.Kvs;
+        View.PublishMap(mapKvs.Count == 0 ? ClusterMap.Empty : ClusterMapCodec.DecodeMap(mapKvs[0].Value.Span, mapKvs[0].ModRevision));
         return response.Header.Revision;
     }
 
@@ -528,6 +534,11 @@ public sealed class EtcdCoordinator : IClusterCoordinator
 
     private string Unreachable(RpcException e) =>
         $"etcd ({string.Join(", ", _options.EtcdEndpoints)}) is unreachable: {e.StatusCode} {e.Status.Detail}";
+
+    /// <summary>A deadline can also surface as a cancellation (the gRPC client gives up picking a connection).</summary>
+    private string Unreachable(Exception e) => e is RpcException r
+        ? Unreachable(r)
+        : $"etcd ({string.Join(", ", _options.EtcdEndpoints)}) is unreachable: no answer within {_options.EtcdTimeout.TotalMilliseconds} ms";
 
     private static string Describe(Exception e) => e is RpcException r ? $"{r.StatusCode} {r.Status.Detail}" : e.Message;
 

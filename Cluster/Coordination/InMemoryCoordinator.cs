@@ -120,10 +120,12 @@ public sealed class InMemoryCoordinator : IClusterCoordinator
         while (true)
         {
             // A new lease per attempt: one granted before a wait would run out during it.
+            var sentStamp = _time.GetTimestamp();
             var leaseId = _store.GrantLease(_options.LeaseTtl);
             if (_store.TryRegister(Self, leaseId))
             {
                 _leaseId = leaseId;
+                View.RecordLeaseRenewal(sentStamp, _options.LeaseTtl);
                 return;
             }
 
@@ -145,7 +147,12 @@ public sealed class InMemoryCoordinator : IClusterCoordinator
             try
             {
                 await Task.Delay(_options.LeaseTtl / 3, _time, stop).ConfigureAwait(false);
-                if (!_store.KeepAlive(_leaseId))
+                var sentStamp = _time.GetTimestamp();
+                if (_store.KeepAlive(_leaseId))
+                {
+                    View.RecordLeaseRenewal(sentStamp, _options.LeaseTtl);
+                }
+                else
                 {
                     View.RecordError($"the lease of node \"{Self.NodeId}\" expired; registering again");
                     await RegisterAsync(stop).ConfigureAwait(false);

@@ -152,6 +152,12 @@ public sealed class HashRing
         return HashLongUser(userId, max);
     }
 
+    /// <summary>The index of the point at or after <paramref name="hash"/> (wrapping): the range the key falls in.</summary>
+    public int PointIndexOf(ulong hash) => FirstPointAtOrAfter(hash);
+
+    /// <summary>The node index that point <paramref name="pointIndex"/> belongs to.</summary>
+    public int NodeIndexOfPoint(int pointIndex) => _owners[pointIndex];
+
     /// <summary>The node index owning the point at or after <paramref name="hash"/>.</summary>
     public int OwnerIndex(ulong hash) => _owners[FirstPointAtOrAfter(hash)];
 

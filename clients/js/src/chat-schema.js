@@ -179,6 +179,11 @@ export default {
                 "message": {
                   "type": "string",
                   "id": 8
+                },
+                "cluster_nodes": {
+                  "rule": "repeated",
+                  "type": "string",
+                  "id": 9
                 }
               }
             },

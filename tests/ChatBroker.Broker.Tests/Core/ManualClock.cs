@@ -15,6 +15,11 @@ internal sealed class ManualClock : TimeProvider
         }
     }
 
+    /// <summary>Timestamps follow the same manual time (the cluster's lease fence reads them).</summary>
+    public override long GetTimestamp() => GetUtcNow().UtcTicks;
+
+    public override long TimestampFrequency => TimeSpan.TicksPerSecond;
+
     public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period)
     {
         var timer = new ManualTimer(this, callback, state);

@@ -239,9 +239,9 @@ public sealed class ClusterMessagingTests(ThreeNodeCluster cluster, ITestOutputH
 
     /// <summary>
     /// ClientSdkTests' broker crash, in a cluster: alice's SDK is connected at n1, which is only her gateway (her home,
-    /// bob's home and the owner are elsewhere); n1 is killed, her SDK reconnects to n2 (the next address its
-    /// configuration gives, as a load balancer would) and the sends made meanwhile go out there with their
-    /// client_msg_ids; bob's SDK at n3 gets everything once, in order. Then bob's device moves to n1 (back) and
+    /// bob's home and the owner are elsewhere); n1 is killed, her SDK reconnects to another node from the list n1's
+    /// CONNACK gave it (cluster_nodes; nothing is configured but n1) and the sends made meanwhile go out there with
+    /// their client_msg_ids; bob's SDK at n3 gets everything once, in order. Then bob's device moves to n1 (back) and
     /// resumes from its cursor: nothing again.
     /// </summary>
     [Fact]
@@ -272,10 +272,11 @@ public sealed class ClusterMessagingTests(ThreeNodeCluster cluster, ITestOutputH
             await cluster.KillAsync(n1);
             try
             {
-                aliceOptions.EndPoint = cluster["n2"].Process!.TcpEndPoint;
+                Assert.Equal(3, aliceClient.KnownEndPoints.Count); // n1, then n2 and n3 from CONNACK
                 var pending = Enumerable.Range(51, 50).Select(i => aliceClient.SendAsync(bob, Encoding.UTF8.GetBytes("after " + i))).ToList();
                 var sent = await Task.WhenAll(pending).WaitAsync(TimeSpan.FromSeconds(60));
                 Assert.Equal(Enumerable.Range(51, 50).Select(i => (ulong)i), sent.Select(s => s.Seq));
+                Assert.NotEqual(n1.Process?.TcpEndPoint ?? aliceClient.KnownEndPoints[0], aliceClient.CurrentEndPoint);
                 for (var i = 51; i <= 100; i++)
                 {
                     var m = await NextAsync(bobClient);

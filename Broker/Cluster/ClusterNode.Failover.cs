@@ -1,0 +1,441 @@
+using System.Collections.Immutable;
+using ChatBroker.Broker.Cluster.Wire;
+using ChatBroker.Broker.Messaging;
+using ChatBroker.Cluster.Coordination;
+using ChatBroker.Cluster.Mesh.Wire;
+using ChatBroker.Cluster.Ring;
+using ChatBroker.Protocol.Messages;
+using ChatBroker.Storage;
+using Google.Protobuf;
+
+namespace ChatBroker.Broker.Cluster;
+
+/// <summary>Counters of failover and fencing on this node.</summary>
+public sealed class FailoverMetrics
+{
+    /// <summary>Members this node marked Failed (its compare-and-set applied).</summary>
+    public long MarkedFailed;
+
+    /// <summary>Failed members this node removed from the ring after the failed-node timeout.</summary>
+    public long Removed;
+
+    /// <summary>Proposals that did not apply (another node's change won, etcd unreachable, not allowed yet).</summary>
+    public long ProposalsNotApplied;
+
+    /// <summary>Commits and acknowledgements refused because this node's lease could not be confirmed (fencing).</summary>
+    public long Fenced;
+
+    /// <summary>Conversations whose tail this node sent to the homes again after it took them over from a Failed member.</summary>
+    public long ConversationsReforwarded;
+
+    /// <summary>Inbox entries (one per message and home) sent again, and how many of them a home acked.</summary>
+    public long EntriesReforwarded;
+
+    public long EntriesReforwardAcked;
+
+    /// <summary>Commits refused while their conversation's range was being re-forwarded after a take-over.</summary>
+    public long CommitsRefusedReforwarding;
+}
+
+/// <summary>Ranges (points of one ring) a node took over from a Failed member and is re-forwarding: commits on them wait.</summary>
+internal sealed class ReforwardFreeze(ChatBroker.Cluster.Ring.HashRing ring, bool[] taken, long sinceMs)
+{
+    public ChatBroker.Cluster.Ring.HashRing Ring { get; } = ring;
+
+    public bool[] Taken { get; } = taken;
+
+    /// <summary>Messages from this time on (unix ms) are sent again.</summary>
+    public long SinceMs { get; } = sinceMs;
+
+    public TaskCompletionSource Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public bool Holds(ulong conversationId) =>
+        !Done.Task.IsCompleted && Taken[Ring.PointIndexOf(ChatBroker.Cluster.Ring.HashRing.HashConversation(conversationId))];
+}
+
+// Failover (docs/cluster.md, "Failover"). A member whose lease is gone is marked Failed in the map by compare-and-set,
+// so that each of its ranges is served by its first in-sync replica (RangeOwners); every live Active member watches for
+// it, the first by id proposes at once, each next one after FailoverBackupDelay more (the first may be cut off from
+// etcd), and the compare-and-set makes exactly one change apply. After FailedNodeTimeout the Failed member is removed
+// from the ring. Fencing: while the map lets this node's ranges fail over, it acknowledges only while its own lease is
+// certainly alive for LeaseSafetyMargin more.
+public sealed partial class ClusterNode
+{
+    private static readonly TimeSpan FailoverRecheck = TimeSpan.FromSeconds(1);
+
+    /// <summary>Messages of one conversation read back from its end when it is re-forwarded (one page).</summary>
+    private const int ReforwardTailMessages = 256;
+
+    /// <summary>Attempts to re-forward one entry to a home that refuses or does not answer.</summary>
+    private const int ReforwardAttempts = 5;
+
+    private Task _failoverLoop = Task.CompletedTask;
+
+    /// <summary>Counters of this node's failover proposals and fencing refusals.</summary>
+    public FailoverMetrics Failover { get; } = new();
+
+    public SendOutcome? RefuseAcknowledgement()
+    {
+        var s = State;
+        var view = Volatile.Read(ref _view);
+        if (s is null || view is null || !s.CanFailOver || view.IsLeaseValid(_options.LeaseSafetyMargin))
+        {
+            return null;
+        }
+
+        Interlocked.Increment(ref Failover.Fenced);
+        return new SendOutcome(ReasonCode.ServerUnavailable,
+            "this node cannot confirm its cluster lease, so it may no longer own this conversation; retry", null, _options.RetryAfter);
+    }
+
+    public IReadOnlyList<string> ClientAddresses => State?.ClientAddresses ?? [];
+
+    private void StartFailover(ClusterView view, IClusterCoordinator coordinator) =>
+        _failoverLoop = Task.Run(() => WatchFailuresAsync(view, new ClusterMembership(coordinator), _stop.Token));
+
+    private async Task WatchFailuresAsync(ClusterView view, ClusterMembership membership, CancellationToken stop)
+    {
+        try
+        {
+            while (true)
+            {
+                var changed = view.WaitForChangeAsync(stop);
+                TimeSpan? wait;
+                try
+                {
+                    wait = await ProposeOnceAsync(view, membership, changed, stop).ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is ArgumentException or InvalidOperationException or ClusterCoordinationException
+                    || (e is OperationCanceledException && !stop.IsCancellationRequested))
+                {
+                    FailoverLog.ProposalFailed(_logger, e);
+                    wait = FailoverRecheck;
+                }
+
+                if (wait is { } delay)
+                {
+                    await Task.WhenAny(changed, Task.Delay(delay, stop)).ConfigureAwait(false);
+                    stop.ThrowIfCancellationRequested();
+                }
+                else
+                {
+                    await changed.ConfigureAwait(false);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        {
+        }
+    }
+
+    /// <summary>Looks at the view once and makes at most one proposal; returns when to look again without a change of
+    /// the view (a timeout falls due, a proposal to retry), or null to wait for the next change.</summary>
+    private async Task<TimeSpan?> ProposeOnceAsync(ClusterView view, ClusterMembership membership, Task changed, CancellationToken stop)
+    {
+        var map = view.Map;
+        var live = view.LiveMembers;
+        if (!view.HasCurrentMap || live.IsDefaultOrEmpty || RankAmongLiveActive(map, live) is not { } rank)
+        {
+            return null; // a node that may be stale, or that is not a live Active member, proposes nothing
+        }
+
+        bool IsLiveMember(string id) => IsLive(live, id);
+        var now = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+        TimeSpan? next = null;
+        foreach (var member in map.Members)
+        {
+            if (member.State == MemberState.Active && !IsLiveMember(member.NodeId) && RangeOwners.CanFailOver(map, member.NodeId, IsLiveMember))
+            {
+                if (rank > 0 && !await BackOffAsync(rank, changed, stop).ConfigureAwait(false))
+                {
+                    return null; // the view changed meanwhile (the first proposer's map, most likely): look again
+                }
+
+                var result = await membership.FailAsync(member.NodeId, IsLiveMember, DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(), stop).ConfigureAwait(false);
+                Count(result, ref Failover.MarkedFailed);
+                FailoverLog.Proposed(_logger, member.NodeId, result.Status.ToString(), result.Message);
+                return result.Status == MapChangeStatus.Applied ? null : FailoverRecheck;
+            }
+
+            if (member.State == MemberState.Failed)
+            {
+                var due = member.FailedAtMs + (long)_options.FailedNodeTimeout.TotalMilliseconds - now;
+                if (due > 0)
+                {
+                    next = Min(next, TimeSpan.FromMilliseconds(due));
+                    continue;
+                }
+
+                if (rank > 0 && !await BackOffAsync(rank, changed, stop).ConfigureAwait(false))
+                {
+                    return null;
+                }
+
+                var result = await membership.RemoveFailedAsync(member.NodeId, now - (long)_options.FailedNodeTimeout.TotalMilliseconds, stop).ConfigureAwait(false);
+                Count(result, ref Failover.Removed);
+                FailoverLog.Removed(_logger, member.NodeId, result.Status.ToString(), result.Message);
+                return result.Status == MapChangeStatus.Applied ? null : FailoverRecheck;
+            }
+        }
+
+        return next;
+    }
+
+    private void Count(MapChangeResult result, ref long applied)
+    {
+        if (result.Status == MapChangeStatus.Applied)
+        {
+            Interlocked.Increment(ref applied);
+        }
+        else
+        {
+            Interlocked.Increment(ref Failover.ProposalsNotApplied);
+        }
+    }
+
+    /// <summary>Waits rank × FailoverBackupDelay; false when the view changed first.</summary>
+    private async Task<bool> BackOffAsync(int rank, Task changed, CancellationToken stop)
+    {
+        var delay = Task.Delay(_options.FailoverBackupDelay * rank, stop);
+        var first = await Task.WhenAny(changed, delay).ConfigureAwait(false);
+        stop.ThrowIfCancellationRequested();
+        return first == delay;
+    }
+
+    /// <summary>This node's place among the live Active members by id (0: it proposes first), or null when it is not one.</summary>
+    private int? RankAmongLiveActive(ClusterMap map, ImmutableArray<NodeRegistration> live)
+    {
+        var rank = 0;
+        foreach (var member in map.Members)
+        {
+            if (member.State != MemberState.Active || !IsLive(live, member.NodeId))
+            {
+                continue;
+            }
+
+            if (string.Equals(member.NodeId, NodeId, StringComparison.Ordinal))
+            {
+                return rank;
+            }
+
+            rank++;
+        }
+
+        return null;
+    }
+
+    private static TimeSpan Min(TimeSpan? a, TimeSpan b) => a is { } x && x < b ? x : b;
+
+    // ---- the new primary re-forwards the tail of what it took over ----
+
+    /// <summary>
+    /// Under <see cref="_stateLock"/>, for a new state: what it takes over from a member that just became Failed.
+    /// The inbox entries of those ranges' messages for other homes were in the failed node's forward queues (node-local,
+    /// not replicated), so the ones it had not forwarded would never reach their homes: this node sends the tail of each
+    /// such conversation (its messages since <see cref="ClusterRoutingOptions.ReforwardWindow"/> before the failure, at
+    /// most <see cref="ReforwardTailMessages"/>) to the members' homes again. A home stores a copy only above the last seq
+    /// it has of the conversation, so until that is done commits on those ranges are refused (retryable), or a new
+    /// message could reach a home before an older one and the older one would be dropped there. A take-over still
+    /// running carries over to the next map of the same ring.
+    /// </summary>
+    private ReforwardFreeze? ReforwardOf(RoutingState? previous, RoutingState current)
+    {
+        var carried = previous?.Reforward is { Done.Task.IsCompleted: false } running && current.Owners is { } owners
+            && SameNodes(running.Ring, owners.Ring) && running.Ring.PointCount == owners.Ring.PointCount
+            ? running : null;
+        if (previous?.Owners is not { } before || current.Owners is not { HasFailed: true } after || current.SelfIndex < 0
+            || before.Ring.PointCount != after.Ring.PointCount || before.Ring.NodeCount != after.Ring.NodeCount)
+        {
+            return carried;
+        }
+
+        var taken = new bool[after.Ring.PointCount];
+        var any = false;
+        var failedAt = long.MaxValue;
+        for (var p = 0; p < taken.Length; p++)
+        {
+            var owner = after.Ring.NodeIndexOfPoint(p);
+            if (after.OwnerIndexOfPoint(p) == current.SelfIndex && before.OwnerIndexOfPoint(p) != current.SelfIndex && after.IsFailed(owner))
+            {
+                taken[p] = any = true;
+                failedAt = Math.Min(failedAt, current.Map.FindMember(after.Ring.Nodes[owner])?.FailedAtMs ?? 0);
+            }
+        }
+
+        if (!any)
+        {
+            return carried;
+        }
+
+        if (carried is not null)
+        {
+            for (var p = 0; p < taken.Length; p++)
+            {
+                taken[p] |= carried.Taken[p]; // the newer take-over also covers what the running one still has to do
+            }
+        }
+
+        return new ReforwardFreeze(after.Ring, taken, failedAt - (long)_options.ReforwardWindow.TotalMilliseconds);
+    }
+
+    /// <summary>After a map is applied: starts the re-forward its state took over (once per take-over).</summary>
+    private void StartReforward(RoutingState? previous, RoutingState current)
+    {
+        if (current.Reforward is { } freeze && !ReferenceEquals(freeze, previous?.Reforward) && current.Owners is { } owners)
+        {
+            _ = Task.Run(() => ReforwardAsync(owners, freeze, _stop.Token));
+        }
+    }
+
+    /// <summary>A refusal while <paramref name="conversationId"/>'s range is being re-forwarded after a take-over.</summary>
+    private SendOutcome? RefuseWhileReforwarding(RoutingState s, ulong conversationId)
+    {
+        if (s.Reforward is not { } freeze || !freeze.Holds(conversationId))
+        {
+            return null;
+        }
+
+        Interlocked.Increment(ref Failover.CommitsRefusedReforwarding);
+        return new SendOutcome(ReasonCode.ServerUnavailable, "this conversation was just taken over from a failed node; retry", null, _options.RetryAfter);
+    }
+
+    /// <summary>Completes when this node has re-forwarded every range it took over from a failed member so far.</summary>
+    public Task WhenReforwardedAsync(CancellationToken cancellationToken) =>
+        State?.Reforward?.Done.Task.WaitAsync(cancellationToken) ?? Task.CompletedTask;
+
+    private async Task ReforwardAsync(RangeOwners owners, ReforwardFreeze freeze, CancellationToken stop)
+    {
+        var sinceMs = freeze.SinceMs;
+        try
+        {
+            // One scan of the store: the selector sees every record's conversation and takes none (nothing is exported).
+            var selector = new TakenConversations(owners, freeze.Taken);
+            var position = RangePosition.Start;
+            while (true)
+            {
+                var page = _chat.Store.ExportRange(selector, position, 1, 1 << 20);
+                if (page.Done)
+                {
+                    break;
+                }
+
+                position = page.Next;
+            }
+
+            foreach (var conversationId in selector.Found)
+            {
+                stop.ThrowIfCancellationRequested();
+                await ReforwardConversationAsync(conversationId, sinceMs, stop).ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        {
+        }
+        catch (Exception e) when (e is StorageException or InvalidOperationException or ArgumentException)
+        {
+            FailoverLog.ReforwardFailed(_logger, e);
+        }
+        finally
+        {
+            freeze.Done.TrySetResult(); // the ranges take commits again (also after a failure: they must not stay frozen)
+        }
+    }
+
+    private async Task ReforwardConversationAsync(ulong conversationId, long sinceMs, CancellationToken stop)
+    {
+        var members = _directory.MembersOf(conversationId);
+        var last = _chat.Store.GetLastSeq(conversationId);
+        if (members is null || last == 0 || (_directory.IsGroup(conversationId) && _chat.IsLarge(members.Length)))
+        {
+            return; // a group fanned out on read has no inbox entries to restore
+        }
+
+        Interlocked.Increment(ref Failover.ConversationsReforwarded);
+        var from = last > ReforwardTailMessages ? last - ReforwardTailMessages + 1 : 1;
+        foreach (var message in _chat.Store.ReadRange(conversationId, from, ReforwardTailMessages))
+        {
+            if (message.TimestampMs < sinceMs)
+            {
+                continue;
+            }
+
+            // Grouped by home under the current map, as the forward queue's entry would have been.
+            var byHome = new Dictionary<string, InboxAppend>(StringComparer.Ordinal);
+            var s = State;
+            foreach (var member in ForwardAudience(members, message))
+            {
+                if (s?.HomeOf(member) is not { } home)
+                {
+                    continue;
+                }
+
+                if (!byHome.TryGetValue(home, out var append))
+                {
+                    byHome[home] = append = new InboxAppend { Message = ClusterOps.ToWire(message) };
+                }
+
+                append.Recipients.Add(member);
+            }
+
+            foreach (var (home, append) in byHome)
+            {
+                await ReforwardEntryAsync(home, message, append, stop).ConfigureAwait(false);
+            }
+        }
+    }
+
+    private async Task ReforwardEntryAsync(string home, StoredMessage message, InboxAppend append, CancellationToken stop)
+    {
+        Interlocked.Increment(ref Failover.EntriesReforwarded);
+        if (string.Equals(home, NodeId, StringComparison.Ordinal))
+        {
+            var recipients = new string[append.Recipients.Count];
+            append.Recipients.CopyTo(recipients, 0);
+            await _chat.Store.StoreCopyAsync(message, recipients, stop).ConfigureAwait(false);
+            Interlocked.Increment(ref Failover.EntriesReforwardAcked);
+            return;
+        }
+
+        var payload = append.ToByteArray();
+        for (var attempt = 0; attempt < ReforwardAttempts; attempt++)
+        {
+            var s = State;
+            if (s?.LinkOf(home)?.TryRequest(ClusterOpKind.InboxAppend, s.Epoch, payload) is { } outcome)
+            {
+                try
+                {
+                    var reply = await outcome.WaitAsync(_options.ForwardTimeout, stop).ConfigureAwait(false);
+                    if (reply.Status is MeshStatus.Ok or MeshStatus.Rejected)
+                    {
+                        Interlocked.Increment(ref Failover.EntriesReforwardAcked);
+                        return;
+                    }
+                }
+                catch (TimeoutException)
+                {
+                    // The home did not answer in time: try again (its link keeps the request queued meanwhile).
+                }
+            }
+
+            await Task.Delay(_options.RetryAfter, stop).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Collects the conversations of a store scan whose range this node took over; takes none.</summary>
+    private sealed class TakenConversations(RangeOwners owners, bool[] taken) : IRangeSelector
+    {
+        public HashSet<ulong> Found { get; } = [];
+
+        public bool TakesConversation(ulong conversationId)
+        {
+            if (taken[owners.Ring.PointIndexOf(HashRing.HashConversation(conversationId))])
+            {
+                Found.Add(conversationId);
+            }
+
+            return false;
+        }
+
+        public bool TakesUser(string userId) => false;
+    }
+}

@@ -1,0 +1,207 @@
+using System.Threading.Channels;
+using ChatBroker.Broker.Cluster;
+using ChatBroker.Broker.Cluster.Wire;
+using ChatBroker.Broker.Tests.Sessions;
+using ChatBroker.Cluster.Coordination;
+using ChatBroker.Cluster.Mesh;
+using ChatBroker.Cluster.Mesh.Wire;
+using ChatBroker.Cluster.Ring;
+using ChatBroker.Protocol.Messages;
+using ChatBroker.Storage;
+using Google.Protobuf;
+
+namespace ChatBroker.Broker.Tests.Cluster;
+
+/// <summary>
+/// Failover in the in-process cluster (docs/cluster.md, "Failover"). Replication's data path is not part of this: the
+/// test copies each batch the primary commits to the replica's store itself (<see cref="CopyingTap"/>, through
+/// <see cref="IReplicaStore.ApplyReplicatedAsync"/>) before the batch completes, which is what the in-sync contract
+/// promises, and the map lists that replica as in sync.
+/// </summary>
+public sealed class FailoverTests
+{
+    private static readonly ClusterRoutingOptions Routing = new()
+    {
+        ForwardTimeout = TimeSpan.FromSeconds(30),
+        RetryAfter = TimeSpan.FromMilliseconds(200),
+        Mesh = new MeshOptions { MaxReplyBytes = 256 * 1024, ReconnectMaxDelay = TimeSpan.FromMilliseconds(200) },
+    };
+
+    [Fact]
+    public async Task A_dead_primarys_range_is_served_by_its_in_sync_replica_under_a_new_epoch_continuing_its_sequence()
+    {
+        await using var cluster = await ClusterHarness.StartAsync(4, Routing);
+        // The conversation: primary node3, its first replica node4; alice and bob at home on node1 and node2.
+        var aliceId = cluster.UserAt("alice", "node1");
+        var bobId = cluster.UserAt("bob", "node2", b => Chain(cluster.Ring, ClusterOps.DirectConversationId(aliceId, b)) == ("node3", "node4"));
+        var conversation = ClusterOps.DirectConversationId(aliceId, bobId);
+        var replicated = await ReplicateAsync(cluster);
+        var tap = new CopyingTap(cluster["node4"].Broker.Store);
+        cluster["node3"].Broker.Store.SetReplicationTap(tap);
+
+        var alice = await cluster["node1"].ConnectAsync(aliceId, "phone");
+        await alice.ExpectAsync<SyncDone>();
+        var bob = await cluster["node2"].ConnectAsync(bobId, "phone");
+        await bob.ExpectAsync<SyncDone>();
+        for (ulong i = 1; i <= 6; i++)
+        {
+            await alice.SendAsync(TestDevice.Text(i, bobId, $"m{i}"));
+            Assert.Equal(i, (await alice.ExpectAsync<Sent>()).Seq);
+            Assert.Equal(($"m{i}", i), Body(await bob.ExpectAsync<Deliver>()));
+        }
+
+        Assert.Equal(6UL, cluster["node4"].Broker.Store.GetLastSeq(conversation));
+
+        // Message 7 reaches the replica, then the primary fails before it acknowledges: alice gets a retryable error.
+        tap.HoldNext();
+        await alice.SendAsync(TestDevice.Text(7, bobId, "m7"));
+        await tap.Held.WaitAsync(TestDevice.Timeout);
+        tap.FailHeld();
+        var error = await alice.ExpectAsync<Error>();
+        Assert.Equal((ReasonCode.ServerUnavailable, 7UL), (error.Reason, error.RequestId));
+        Assert.True(error.RetryAfterMs > 0);
+        Assert.Equal(7UL, cluster["node4"].Broker.Store.GetLastSeq(conversation));
+
+        await cluster.KillAsync("node3");
+        var failed = await cluster.WaitForMapAsync(m => m.FindMember("node3") is { State: MemberState.Failed }, TestDevice.Timeout);
+        Assert.True(failed.Epoch > replicated.Epoch);
+        Assert.Equal(1, cluster.Nodes.Sum(n => n.Cluster.Failover.MarkedFailed)); // one proposer's change applied
+        Assert.Equal("node4", RangeOwners.Create(failed)!.ConversationOwner(conversation));
+        using (var timeout = new CancellationTokenSource(TestDevice.Timeout))
+        {
+            await cluster["node4"].Cluster.WhenReforwardedAsync(timeout.Token);
+        }
+
+        // The new primary sent the range's tail to the homes again: bob's home gets 7, which the old primary never
+        // forwarded (its forward queue is not replicated); what bob's home had already is not stored twice.
+        Assert.Equal(("m7", 7UL), Body(await bob.ExpectAsync<Deliver>()));
+        Assert.True(cluster["node4"].Cluster.Failover.EntriesReforwardAcked >= 7);
+
+        // alice retries 7 with the same client_msg_id: the replica has its idempotency mark, so one message.
+        await alice.SendAsync(TestDevice.Text(7, bobId, "m7"));
+        Assert.Equal(7UL, (await alice.ExpectAsync<Sent>()).Seq);
+        await alice.SendAsync(TestDevice.Text(8, bobId, "m8"));
+        Assert.Equal(8UL, (await alice.ExpectAsync<Sent>()).Seq);
+        Assert.Equal(("m8", 8UL), Body(await bob.ExpectAsync<Deliver>())); // nothing in between: no second 7
+
+        var log = cluster["node4"].Broker.Store.ReadRange(conversation, 1, 100);
+        Assert.Equal(Enumerable.Range(1, 8).Select(i => ((ulong)i, $"m{i}")), log.Select(m => (m.Seq, System.Text.Encoding.UTF8.GetString(m.Body.Span))));
+
+        // node3 comes back: still Failed, it serves nothing of what moved; a stale-epoch forward to it is refused with the
+        // new owner, and it routes its own devices' SENDs to node4.
+        var node3 = await cluster.ReviveAsync("node3");
+        await cluster.WaitForMapAsync(m => m.Epoch >= failed.Epoch, TestDevice.Timeout);
+        Assert.Equal(MemberState.Failed, node3.Coordinator.View.Map.FindMember("node3")!.State);
+        var forward = new ForwardSend { SenderUser = aliceId, SenderDevice = "phone", Send = TestDevice.Text(99, bobId, "stale").ToByteString(), ConversationId = conversation };
+        var link = cluster["node1"].Cluster.LinkTo("node3")!;
+        var refused = await link.TryRequest(ClusterOpKind.ForwardSend, (ulong)replicated.Epoch, forward.ToByteArray())!.WaitAsync(TestDevice.Timeout);
+        Assert.Equal((MeshStatus.StaleEpoch, (ulong)failed.Epoch, "node4"), (refused.Status, refused.Epoch, refused.Owner));
+        Assert.Equal(7UL, node3.Broker.Store.GetLastSeq(conversation)); // its own write of 7, never acknowledged by it
+
+        var tablet = await node3.ConnectAsync(aliceId, "tablet");
+        while (await tablet.ReceiveAsync() is not SyncDone)
+        {
+        }
+
+        await tablet.SendAsync(TestDevice.Text(1, bobId, "m9"));
+        Assert.Equal(9UL, (await tablet.ExpectAsync<Sent>()).Seq);
+        Assert.Equal(("m9", 9UL), Body(await bob.ExpectAsync<Deliver>()));
+        Assert.Equal(9UL, cluster["node4"].Broker.Store.GetLastSeq(conversation));
+    }
+
+    [Fact]
+    public async Task A_failed_member_is_taken_off_the_ring_after_the_failed_node_timeout()
+    {
+        await using var cluster = await ClusterHarness.StartAsync(3, Routing with { FailedNodeTimeout = TimeSpan.FromMilliseconds(500) });
+        var aliceId = cluster.UserAt("alice", "node1");
+        var bobId = cluster.UserAt("bob", "node2", b => cluster.Ring.ConversationOwner(ClusterOps.DirectConversationId(aliceId, b)) == "node1");
+        var replicated = await ReplicateAsync(cluster);
+
+        await cluster.KillAsync("node3");
+        var failed = await cluster.WaitForMapAsync(m => m.FindMember("node3") is { State: MemberState.Failed }, TestDevice.Timeout);
+        var removed = await cluster.WaitForMapAsync(m => m.FindMember("node3") is null, TestDevice.Timeout);
+        Assert.True(removed.Epoch > failed.Epoch && failed.Epoch > replicated.Epoch);
+        Assert.Equal(["node1", "node2"], removed.ReplicaSets.Select(s => s.Primary));
+        Assert.Equal(1, cluster.Nodes.Sum(n => n.Cluster.Failover.Removed));
+        Assert.All(cluster.Nodes, n => Assert.Equal(2, n.Cluster.State!.Ring!.NodeCount));
+
+        // The cluster goes on with two members.
+        var alice = await cluster["node1"].ConnectAsync(aliceId, "phone");
+        await alice.ExpectAsync<SyncDone>();
+        await alice.SendAsync(TestDevice.Text(1, bobId, "after"));
+        Assert.Equal(1UL, (await alice.ExpectAsync<Sent>()).Seq);
+    }
+
+    /// <summary>Factor 2 with every replica in sync, written by compare-and-set; waits until every node has it.</summary>
+    private static async Task<ClusterMap> ReplicateAsync(ClusterHarness cluster)
+    {
+        var map = cluster["node1"].Coordinator.View.Map with { ReplicationFactor = 2 };
+        map = map with { ReplicaSets = ReplicaPlacement.Derive(map) };
+        foreach (var set in map.ReplicaSets)
+        {
+            foreach (var replica in set.Replicas)
+            {
+                map = ReplicaPlacement.WithInSync(map, set.Primary, replica, inSync: true)!;
+            }
+        }
+
+        var update = await cluster["node1"].Coordinator.TryUpdateMapAsync(map, CancellationToken.None);
+        Assert.True(update.Applied, update.Error);
+        return await cluster.WaitForMapAsync(m => m.Epoch >= update.Map.Epoch, TestDevice.Timeout);
+    }
+
+    private static (string, string) Chain(HashRing ring, ulong conversationId)
+    {
+        var owners = new int[2];
+        ring.GetOwners(HashRing.HashConversation(conversationId), owners);
+        return (ring.Nodes[owners[0]], ring.Nodes[owners[1]]);
+    }
+
+    private static (string, ulong) Body(Deliver deliver) => (deliver.Body.ToStringUtf8(), deliver.Seq);
+
+    /// <summary>
+    /// The in-sync contract done by hand: each batch the primary commits is applied to the replica's store, in commit
+    /// order, before the batch completes (before SENT). <see cref="HoldNext"/> applies the next batch but holds its
+    /// completion, and <see cref="FailHeld"/> fails it: the replica has a write the primary never acknowledged.
+    /// </summary>
+    private sealed class CopyingTap : IReplicationTap
+    {
+        private readonly IReplicaStore _replica;
+        private readonly Channel<CommittedBatch> _batches = Channel.CreateUnbounded<CommittedBatch>(new UnboundedChannelOptions { SingleReader = true });
+        private readonly TaskCompletionSource<CommittedBatch> _held = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private int _holdNext;
+
+        public CopyingTap(IReplicaStore replica)
+        {
+            _replica = replica;
+            _ = Task.Run(CopyAsync);
+        }
+
+        public Task Held => _held.Task;
+
+        public void OnCommitted(CommittedBatch batch) => _batches.Writer.TryWrite(batch);
+
+        public void HoldNext() => Volatile.Write(ref _holdNext, 1);
+
+        public void FailHeld() => _held.Task.Result.Complete(new StorageException(StorageFailure.Io, "the primary failed before it acknowledged"));
+
+        private async Task CopyAsync()
+        {
+            await foreach (var batch in _batches.Reader.ReadAllAsync())
+            {
+                if (batch.Records.Count > 0)
+                {
+                    await _replica.ApplyReplicatedAsync(batch.Records);
+                }
+
+                if (batch.Records.Count > 0 && Interlocked.Exchange(ref _holdNext, 0) == 1)
+                {
+                    _held.TrySetResult(batch);
+                    continue;
+                }
+
+                batch.Complete();
+            }
+        }
+    }
+}
