@@ -37,6 +37,11 @@ internal sealed partial class MqttConnection
         {
             connect = (MqttConnectPacket)_broker.Codec.Decode(version, header.FixedHeader, body);
         }
+        catch (MqttCodecException e) when (e.Message.Contains("MQTT-3.1.3-7", StringComparison.Ordinal))
+        {
+            // MQTTnet's formatter checks this rule itself; 3.1.1 wants the client told (0x02) [MQTT-3.1.3-9].
+            return Refuse("bad_client_id", MqttConnectReturnCode.ConnectionRefusedIdentifierRejected, MqttConnectReasonCode.ClientIdentifierNotValid, "an empty client id needs clean session");
+        }
         catch (MqttCodecException e)
         {
             instruments.Connects.Add(1, MqttInstruments.Tag("result", "malformed"));
