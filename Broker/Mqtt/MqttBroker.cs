@@ -108,7 +108,7 @@ internal sealed class MqttBroker(BrokerContext context, MqttInstruments instrume
             }
         }
 
-        connection.FlushOutbox();
+        connection.ScheduleFlush();
     }
 
     /// <summary>The retained messages matching <paramref name="filter"/>, sent to a new subscription [MQTT-3.3.1-6].</summary>

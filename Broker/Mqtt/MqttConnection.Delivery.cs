@@ -22,6 +22,13 @@ internal sealed partial class MqttConnection
     private bool _catchingUp;
     private bool _inboxDirty;
 
+    /// <summary>How long PUBACKs are gathered into one stored ACK (and its DELIVERED receipts).</summary>
+    private static readonly TimeSpan AckCoalescing = TimeSpan.FromMilliseconds(5);
+
+    // The inbox topic of the last conversation delivered: consecutive messages of a chat reuse it.
+    private ulong _topicConversation;
+    private string? _topic;
+
     private int Window => Math.Min(_broker.Options.MaxInflight, _clientReceiveMaximum);
 
     /// <summary>After CONNECT (re)attached a session: messages still in flight go again (DUP) [MQTT-4.4.0-1], then the queue.</summary>
@@ -313,6 +320,22 @@ internal sealed partial class MqttConnection
 
     private string InboxTopic(DeliveryMessage message)
     {
+        if (_topic is not null && _topicConversation == message.ConversationId && message.SenderUserId != _user)
+        {
+            return _topic;
+        }
+
+        var topic = BuildInboxTopic(message);
+        if (message.SenderUserId != _user)
+        {
+            (_topicConversation, _topic) = (message.ConversationId, topic);
+        }
+
+        return topic;
+    }
+
+    private string BuildInboxTopic(DeliveryMessage message)
+    {
         var directory = _broker.Context.Directory;
         if (directory.IsGroup(message.ConversationId))
         {
@@ -339,7 +362,7 @@ internal sealed partial class MqttConnection
     /// <summary>Flushes, moves the device's cursor to what is acknowledged (one ACK in flight at a time), and goes on reading.</summary>
     private void AfterInboxProgress()
     {
-        FlushOutbox();
+        ScheduleFlush();
         var start = false;
         lock (_lock)
         {
@@ -390,6 +413,9 @@ internal sealed partial class MqttConnection
                 }
 
                 await _broker.Context.Chat.AckAsync(this, target).ConfigureAwait(false);
+                // PUBACKs arriving meanwhile are stored as one ACK: a store write per PUBACK would cost as much as the
+                // messages themselves under load. The cursor is at most AckCoalescing behind (a resume may repeat that).
+                await Task.Delay(AckCoalescing).ConfigureAwait(false);
                 lock (_lock)
                 {
                     _ackStored = target;

@@ -223,11 +223,19 @@ internal sealed partial class MqttConnection
         return true;
     }
 
-    private static ulong NewClientMsgId()
+    // client_msg_ids of this connection: a random base (so ids of two connections of one device never meet) plus a counter.
+    private ulong _clientMsgIds;
+
+    private ulong NewClientMsgId()
     {
-        Span<byte> bytes = stackalloc byte[8];
-        System.Security.Cryptography.RandomNumberGenerator.Fill(bytes);
-        return BitConverter.ToUInt64(bytes) | 1;
+        if (_clientMsgIds == 0)
+        {
+            Span<byte> bytes = stackalloc byte[8];
+            System.Security.Cryptography.RandomNumberGenerator.Fill(bytes);
+            _clientMsgIds = (BitConverter.ToUInt64(bytes) & ~0xFFFFFFFFUL) | 1;
+        }
+
+        return ++_clientMsgIds;
     }
 
     private void ReleaseSendSlot()
@@ -300,7 +308,7 @@ internal sealed partial class MqttConnection
                 : new MqttPubRecPacket { PacketIdentifier = packetId, ReasonCode = (MqttPubRecReasonCode)(int)code, ReasonString = outcome.Message });
         }
 
-        FlushOutbox();
+        ScheduleFlush();
     }
 
     private void OnPubRel(ushort packetId)

@@ -304,6 +304,9 @@ internal sealed partial class MqttConnection : IDeviceLink, IThreadPoolWorkItem
 
     public void FlushOutbox() => _outbox?.Flush();
 
+    /// <summary>Sends what was written from another thread soon, batched with what follows it (<see cref="MqttOutbox.ScheduleFlush"/>).</summary>
+    public void ScheduleFlush() => _outbox?.ScheduleFlush();
+
     /// <summary>
     /// A fatal error: 5.0 says why (CONNACK before CONNECT completed, else DISCONNECT [MQTT-4.13.1-1]); 3.1.1 just closes
     /// the connection [MQTT-4.8.0-1].

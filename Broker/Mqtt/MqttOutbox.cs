@@ -11,8 +11,9 @@ namespace ChatBroker.Broker.Mqtt;
 /// <para>Thread safety: every member is called under the connection's lock, except <see cref="Flush"/> (no lock held)
 /// and the transport's completion.</para>
 /// </summary>
-internal sealed class MqttOutbox(IDeviceTransport transport, int maxBytes, Lock sync) : IBufferWriter<byte>, ITransportSendCompletion
+internal sealed class MqttOutbox(IDeviceTransport transport, int maxBytes, Lock sync) : IBufferWriter<byte>, ITransportSendCompletion, IThreadPoolWorkItem
 {
+    private bool _flushQueued;
     private const int InitialBytes = 4096;
     private byte[]? _pending;
     private int _pendingLength;
@@ -125,6 +126,35 @@ internal sealed class MqttOutbox(IDeviceTransport transport, int maxBytes, Lock 
 
         drained?.TrySetResult();
         return sent;
+    }
+
+    /// <summary>
+    /// Sends soon, from this thread's local work queue, not now: deliveries that the chat core fans out from one group
+    /// commit (or the replies its continuations write) then leave in one send per connection, not one per message.
+    /// </summary>
+    public void ScheduleFlush()
+    {
+        lock (sync)
+        {
+            if (_flushQueued || _sending || _pendingLength == 0 || _closed)
+            {
+                return;
+            }
+
+            _flushQueued = true;
+        }
+
+        ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: true);
+    }
+
+    void IThreadPoolWorkItem.Execute()
+    {
+        lock (sync)
+        {
+            _flushQueued = false;
+        }
+
+        Flush();
     }
 
     /// <summary>Completes once everything queued so far was sent (or the connection failed). Call without the lock.</summary>
