@@ -12,7 +12,8 @@ using ChatBroker.Protocol.Messages;
 namespace ChatBroker.LoadTests;
 
 /// <summary>
-/// `idle-transports`: what one idle authenticated connection costs the broker on each transport, in one run:
+/// `idle-transports`: what one idle authenticated connection costs the broker on each transport, in one run (the
+/// last step: MQTT devices on mqtt.listen, each subscribed to its inbox):
 /// --connections logged-in connections over cleartext TCP, then as many more over TLS (tls.listen, a self-signed
 /// certificate made for the run), then over WebSocket (ws.listen), all held open; the broker's resident memory
 /// and managed heap are read (settled, twice 1 s apart) before and after each step. The three figures come from
@@ -31,9 +32,11 @@ public sealed class IdleTransportsScenario(RunOptions options)
         var (certificateFile, keyFile) = WriteCertificate(directory);
         var tlsPort = FreePort();
         var wsPort = FreePort();
+        var mqttPort = FreePort();
         await using var broker = await BrokerLauncher.StartAsync("async",
         [
             $"tls.listen=127.0.0.1:{tlsPort}", $"tls.certificate_file={certificateFile}", $"tls.key_file={keyFile}", $"ws.listen=127.0.0.1:{wsPort}",
+            $"mqtt.listen=127.0.0.1:{mqttPort}",
         ]).ConfigureAwait(false);
         var result = new RunResult
         {
@@ -50,6 +53,7 @@ public sealed class IdleTransportsScenario(RunOptions options)
                 ("tcp", i => OpenTcpAsync(broker, i)),
                 ("tls", i => OpenTlsAsync(broker, tlsPort, i)),
                 ("ws", i => OpenWebSocketAsync(broker, wsPort, i)),
+                ("mqtt", i => OpenMqttAsync(broker, mqttPort, i)),
             };
             var sessions = 0;
             foreach (var (name, open) in steps)
@@ -87,7 +91,7 @@ public sealed class IdleTransportsScenario(RunOptions options)
                 before = after;
             }
 
-            result.Notes.Add("RSS and managed heap from /metrics after 3 s quiet; steps in one broker: tcp, then tls, then ws (all held)");
+            result.Notes.Add("RSS and managed heap from /metrics after 3 s quiet; steps in one broker: tcp, then tls, then ws, then mqtt (an MQTT 3.1.1 device subscribed to its inbox; all held)");
         }
         finally
         {
@@ -135,6 +139,15 @@ public sealed class IdleTransportsScenario(RunOptions options)
         var received = await socket.ReceiveAsync(buffer, CancellationToken.None).ConfigureAwait(false);
         CheckConnack(buffer.AsMemory(0, received.Count));
         return new WebSocketHolder(socket);
+    }
+
+    // An idle MQTT chat device: CONNECT with a token, subscribed to its inbox at QoS 1 (Broker/Mqtt).
+    private static async Task<IAsyncDisposable> OpenMqttAsync(BrokerLauncher broker, int port, int index)
+    {
+        var user = "idle" + index.ToString(CultureInfo.InvariantCulture);
+        var client = await Mqtt.MqttLoadClient.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port), null, "d", user, broker.Token(user, "d"), CancellationToken.None).ConfigureAwait(false);
+        await client.SubscribeAsync($"inbox/{user}/#", 1, CancellationToken.None).ConfigureAwait(false);
+        return client;
     }
 
     private static async Task LoginAsync(BrokerLauncher broker, Stream stream, int index)

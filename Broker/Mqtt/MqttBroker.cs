@@ -17,16 +17,22 @@ internal sealed class MqttBroker(BrokerContext context, MqttInstruments instrume
     public MqttInstruments Instruments { get; } = instruments;
     public IMqttPacketCodec Codec { get; } = codec;
     public MqttTopicTree Topics { get; } = new();
-    public ConcurrentDictionary<string, MqttSessionState> Sessions { get; } = new(StringComparer.Ordinal);
+    public ConcurrentDictionary<(string User, string ClientId), MqttSessionState> Sessions { get; } = new();
     private readonly ConcurrentDictionary<string, MqttMessage> _retained = new(StringComparer.Ordinal);
-    private readonly ConcurrentDictionary<long, MqttConnection> _connections = new();
-
-    /// <summary>The connection's keepalive sweep set (connections register at CONNECT).</summary>
-    public void Track(long id, MqttConnection connection) => _connections[id] = connection;
-
-    public void Untrack(long id) => _connections.TryRemove(id, out _);
-
-    public ICollection<MqttConnection> Connections => _connections.Values;
+    /// <summary>The connected clients (for the keepalive sweep and shutdown): no table of their own, the sessions know them.</summary>
+    public IEnumerable<MqttConnection> Connections
+    {
+        get
+        {
+            foreach (var (_, session) in Sessions)
+            {
+                if (Volatile.Read(ref session.ConnectionField) is { } connection)
+                {
+                    yield return connection;
+                }
+            }
+        }
+    }
 
     /// <summary>Publishes a message of the general topic space: the retained store, then every matching subscription.</summary>
     public void Publish(MqttMessage message)
@@ -72,7 +78,7 @@ internal sealed class MqttBroker(BrokerContext context, MqttInstruments instrume
                 }
             }
 
-            if (noLocal && message.Origin == sub.Session.Key)
+            if (noLocal && message.Origin == sub.Session)
             {
                 continue;
             }
@@ -142,7 +148,7 @@ internal sealed class MqttBroker(BrokerContext context, MqttInstruments instrume
                 }
             }
 
-            if (Sessions.TryRemove(new KeyValuePair<string, MqttSessionState>(key, session)))
+            if (Sessions.TryRemove(new KeyValuePair<(string, string), MqttSessionState>(key, session)))
             {
                 Discard(session);
             }
@@ -155,7 +161,7 @@ internal sealed class MqttBroker(BrokerContext context, MqttInstruments instrume
         List<MqttSubscription> subscriptions;
         lock (session.Lock)
         {
-            subscriptions = [.. session.Subscriptions];
+            subscriptions = session.SubscriptionCount == 0 ? [] : [.. session.Subscriptions];
             session.Subscriptions.Clear();
             session.Queued = null;
         }

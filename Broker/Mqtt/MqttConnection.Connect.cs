@@ -100,7 +100,7 @@ internal sealed partial class MqttConnection
             user = claims.User;
         }
 
-        var key = user + "\n" + clientId;
+        var key = (user, clientId);
         _user = user;
         _clientId = clientId;
         if (connect.WillFlag)
@@ -110,7 +110,7 @@ internal sealed partial class MqttConnection
                 return Refuse("not_authorized", MqttConnectReturnCode.ConnectionRefusedNotAuthorized, MqttConnectReasonCode.TopicNameInvalid, "the will topic is not valid here");
             }
 
-            _will = new MqttMessage(connect.WillTopic, connect.WillMessage ?? [], (byte)connect.WillQoS, connect.WillRetain, key,
+            _will = new MqttMessage(connect.WillTopic, connect.WillMessage ?? [], (byte)connect.WillQoS, connect.WillRetain, null,
                 connect.WillUserProperties, connect.WillContentType, connect.WillResponseTopic, connect.WillCorrelationData,
                 connect.WillPayloadFormatIndicator, connect.WillMessageExpiryInterval);
         }
@@ -124,6 +124,7 @@ internal sealed partial class MqttConnection
             }
 
             _registered = true;
+            _broker.Context.Metrics.Sessions.Add(1); // a device session like a native one (chatbroker_sessions)
             if (replaced is not null && replaced != this)
             {
                 replaced.Close(Protocol.Messages.ReasonCode.SessionTakenOver, "this device connected again");
@@ -152,7 +153,7 @@ internal sealed partial class MqttConnection
                 previous?.CloseFromBroker("taken_over", MqttDisconnectReasonCode.SessionTakenOver, "another connection with this client id");
                 if (cleanStart)
                 {
-                    if (_broker.Sessions.TryRemove(new KeyValuePair<string, MqttSessionState>(key, existing)))
+                    if (_broker.Sessions.TryRemove(new KeyValuePair<(string, string), MqttSessionState>(key, existing)))
                     {
                         _broker.Discard(existing);
                     }
@@ -165,7 +166,7 @@ internal sealed partial class MqttConnection
             }
             else
             {
-                var created = new MqttSessionState(key, clientId, user);
+                var created = new MqttSessionState(clientId, user);
                 if (_broker.Sessions.TryAdd(key, created))
                 {
                     session = created;
@@ -188,7 +189,6 @@ internal sealed partial class MqttConnection
         _session = session;
         _lock = session.Lock;
         _outbox = new MqttOutbox(_transport, _broker.Context.Options.Session.MaxOutboundBytes, _lock);
-        _broker.Track(_connectionId, this);
         var connack = new MqttConnAckPacket
         {
             ReturnCode = MqttConnectReturnCode.ConnectionAccepted,

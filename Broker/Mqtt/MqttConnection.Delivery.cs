@@ -34,7 +34,7 @@ internal sealed partial class MqttConnection
     /// <summary>After CONNECT (re)attached a session: messages still in flight go again (DUP) [MQTT-4.4.0-1], then the queue.</summary>
     private void ResumeLocked(MqttSessionState session)
     {
-        foreach (var (id, outgoing) in session.Outgoing)
+        foreach (var (id, outgoing) in session.OutgoingOrNull ?? [])
         {
             if (outgoing.Message is null)
             {
@@ -61,7 +61,7 @@ internal sealed partial class MqttConnection
         while (queue is { Count: > 0 } && Volatile.Read(ref _closing) == 0)
         {
             var (message, qos) = queue.Peek();
-            if (qos > 0 && session.Outgoing.Count >= Window)
+            if (qos > 0 && session.OutgoingCount >= Window)
             {
                 return;
             }
@@ -75,7 +75,7 @@ internal sealed partial class MqttConnection
     internal bool TryDeliverLocked(MqttMessage message, byte qos, bool retainFlag)
     {
         var session = _session!;
-        if (Volatile.Read(ref _closing) != 0 || session.Queued is { Count: > 0 } || (qos > 0 && session.Outgoing.Count >= Window))
+        if (Volatile.Read(ref _closing) != 0 || session.Queued is { Count: > 0 } || (qos > 0 && session.OutgoingCount >= Window))
         {
             return false;
         }
@@ -120,7 +120,7 @@ internal sealed partial class MqttConnection
         var found = false;
         lock (_lock)
         {
-            foreach (var s in session.Subscriptions)
+            foreach (var s in session.SubscriptionCount == 0 ? [] : session.Subscriptions)
             {
                 if (IsInboxFilter(s.Filter))
                 {
@@ -168,7 +168,7 @@ internal sealed partial class MqttConnection
                 return;
             }
 
-            delivered = !_catchingUp && inboxSeq == _inboxNext + 1 && (_inboxQos == 0 || _session!.Outgoing.Count < Window);
+            delivered = !_catchingUp && inboxSeq == _inboxNext + 1 && (_inboxQos == 0 || _session!.OutgoingCount < Window);
             if (delivered)
             {
                 DeliverInboxLocked(inboxSeq, message);
@@ -218,7 +218,7 @@ internal sealed partial class MqttConnection
                 int room;
                 lock (_lock)
                 {
-                    room = _inboxQos == 0 ? 256 : Window - _session!.Outgoing.Count;
+                    room = _inboxQos == 0 ? 256 : Window - _session!.OutgoingCount;
                     if (room <= 0 || !_inboxStarted || Volatile.Read(ref _closing) != 0)
                     {
                         _catchingUp = false; // a PUBACK starts it again (_inboxDirty stays set)
@@ -367,7 +367,7 @@ internal sealed partial class MqttConnection
         lock (_lock)
         {
             var position = _inboxNext;
-            foreach (var outgoing in _session!.Outgoing.Values)
+            foreach (var (_, outgoing) in _session!.OutgoingOrNull ?? [])
             {
                 if (outgoing.InboxSeq != 0 && outgoing.InboxSeq - 1 < position)
                 {

@@ -51,7 +51,7 @@ internal sealed partial class MqttConnection
             return ValueTask.FromResult(RefusePublish(publish, qos, "publish_not_authorized", MqttPubAckReasonCode.NotAuthorized, "this topic is read-only"));
         }
 
-        var message = MqttMessage.From(publish, _session!.Key);
+        var message = MqttMessage.From(publish, _session!);
         _broker.Instruments.MessagesIn.Add(1, MqttInstruments.Tag("space", "topic"));
         switch (qos)
         {
@@ -68,7 +68,7 @@ internal sealed partial class MqttConnection
                 bool first;
                 lock (_lock)
                 {
-                    _session.AwaitingRelease ??= [];
+                    _session!.AwaitingRelease ??= [];
                     first = _session.AwaitingRelease.Add(publish.PacketIdentifier);
                 }
 
@@ -332,12 +332,12 @@ internal sealed partial class MqttConnection
         lock (_lock)
         {
             var session = _session!;
-            if (!session.Outgoing.TryGetValue(packetId, out var outgoing) || outgoing.Stage != MqttOutgoingStage.AwaitPubAck)
+            if (!session.TryGetOutgoing(packetId, out var outgoing) || outgoing.Stage != MqttOutgoingStage.AwaitPubAck)
             {
                 return; // unknown or stale: ignored
             }
 
-            session.Outgoing.Remove(packetId);
+            session.RemoveOutgoing(packetId);
             chat = outgoing.InboxSeq != 0;
             PumpQueuedLocked(session);
         }
@@ -357,11 +357,11 @@ internal sealed partial class MqttConnection
         lock (_lock)
         {
             var session = _session!;
-            if (session.Outgoing.TryGetValue(packetId, out var outgoing) && outgoing.Stage == MqttOutgoingStage.AwaitPubRec)
+            if (session.TryGetOutgoing(packetId, out var outgoing) && outgoing.Stage == MqttOutgoingStage.AwaitPubRec)
             {
                 if ((int)reason >= 0x80)
                 {
-                    session.Outgoing.Remove(packetId); // 5.0: the client refused it; the exchange ends [MQTT-4.3.3-4]
+                    session.RemoveOutgoing(packetId); // 5.0: the client refused it; the exchange ends [MQTT-4.3.3-4]
                     PumpQueuedLocked(session);
                     return;
                 }
@@ -385,9 +385,9 @@ internal sealed partial class MqttConnection
         lock (_lock)
         {
             var session = _session!;
-            if (session.Outgoing.TryGetValue(packetId, out var outgoing) && outgoing.Stage == MqttOutgoingStage.AwaitPubComp)
+            if (session.TryGetOutgoing(packetId, out var outgoing) && outgoing.Stage == MqttOutgoingStage.AwaitPubComp)
             {
-                session.Outgoing.Remove(packetId);
+                session.RemoveOutgoing(packetId);
                 PumpQueuedLocked(session);
             }
         }

@@ -77,7 +77,7 @@ internal sealed partial class MqttConnection
             lock (_lock)
             {
                 existed = session.Subscriptions.Exists(s => s.Filter == filter);
-                if (!existed && session.Subscriptions.Count >= _broker.Options.MaxSubscriptions)
+                if (!existed && session.SubscriptionCount >= _broker.Options.MaxSubscriptions)
                 {
                     codes.Add(MqttSubscribeReasonCode.QuotaExceeded);
                     _broker.Instruments.Refused.Add(1, MqttInstruments.Tag("what", "max_subscriptions"));

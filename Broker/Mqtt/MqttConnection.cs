@@ -378,10 +378,10 @@ internal sealed partial class MqttConnection : IDeviceLink, IThreadPoolWorkItem
             _outbox.Close();
         }
 
-        _broker.Untrack(_connectionId);
         if (_registered)
         {
             _broker.Context.Registry.Unregister(this);
+            _broker.Context.Metrics.Sessions.Add(-1);
         }
 
         if (_session is { } session)
@@ -410,7 +410,7 @@ internal sealed partial class MqttConnection : IDeviceLink, IThreadPoolWorkItem
             session.Connection = null;
             // Chat messages in flight are read again from the stored cursor next time: drop them here.
             List<ushort>? chat = null;
-            foreach (var (id, outgoing) in session.Outgoing)
+            foreach (var (id, outgoing) in session.OutgoingOrNull ?? [])
             {
                 if (outgoing.InboxSeq != 0)
                 {
@@ -422,7 +422,7 @@ internal sealed partial class MqttConnection : IDeviceLink, IThreadPoolWorkItem
             {
                 foreach (var id in chat)
                 {
-                    session.Outgoing.Remove(id);
+                    session.RemoveOutgoing(id);
                 }
             }
 
@@ -431,7 +431,7 @@ internal sealed partial class MqttConnection : IDeviceLink, IThreadPoolWorkItem
             session.ExpiresAtMs = discard ? 0 : Environment.TickCount64 + (session.ExpirySeconds * 1000L);
         }
 
-        if (discard && _broker.Sessions.TryRemove(new KeyValuePair<string, MqttSessionState>(session.Key, session)))
+        if (discard && _broker.Sessions.TryRemove(new KeyValuePair<(string, string), MqttSessionState>(session.Key, session)))
         {
             _broker.Discard(session);
         }

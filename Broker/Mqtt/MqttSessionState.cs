@@ -10,7 +10,7 @@ internal sealed record MqttMessage(
     ReadOnlyMemory<byte> Payload,
     byte Qos,
     bool Retain,
-    string? Origin,
+    MqttSessionState? Origin,
     List<MqttUserProperty>? UserProperties = null,
     string? ContentType = null,
     string? ResponseTopic = null,
@@ -18,7 +18,7 @@ internal sealed record MqttMessage(
     MqttPayloadFormatIndicator PayloadFormat = MqttPayloadFormatIndicator.Unspecified,
     uint ExpiryInterval = 0)
 {
-    public static MqttMessage From(MqttPublishPacket p, string origin) => new(
+    public static MqttMessage From(MqttPublishPacket p, MqttSessionState origin) => new(
         p.Topic, p.Payload.ToArray(), (byte)p.QualityOfServiceLevel, p.Retain, origin, p.UserProperties, p.ContentType,
         p.ResponseTopic, p.CorrelationData, p.PayloadFormatIndicator, p.MessageExpiryInterval);
 }
@@ -48,16 +48,50 @@ internal sealed class MqttOutgoing(MqttMessage? message, byte qos, ulong inboxSe
 /// space's queued messages do not survive one.
 /// <para>Every field is guarded by <see cref="Lock"/>, which the connection attached to it uses as its own.</para>
 /// </summary>
-internal sealed class MqttSessionState(string key, string clientId, string user)
+internal sealed class MqttSessionState(string clientId, string user)
 {
     public Lock Lock { get; } = new();
-    public string Key { get; } = key;
+    /// <summary>The key in <see cref="MqttBroker.Sessions"/>: a client id is the user's (anonymous: user "").</summary>
+    public (string User, string ClientId) Key => (User, ClientId);
     public string ClientId { get; } = clientId;
     /// <summary>The token's user; empty for an anonymous client.</summary>
     public string User { get; } = user;
-    public MqttConnection? Connection { get; set; }
-    public List<MqttSubscription> Subscriptions { get; } = [];
-    public Dictionary<ushort, MqttOutgoing> Outgoing { get; } = [];
+    // A field so the keepalive sweep can read it without the lock (Volatile.Read).
+    public MqttConnection? ConnectionField;
+
+    public MqttConnection? Connection
+    {
+        get => ConnectionField;
+        set => Volatile.Write(ref ConnectionField, value);
+    }
+    // Made on first use and dropped when empty again: an idle device holds neither (~100 bytes each).
+    private List<MqttSubscription>? _subscriptions;
+    private Dictionary<ushort, MqttOutgoing>? _outgoing;
+
+    public List<MqttSubscription> Subscriptions => _subscriptions ??= new List<MqttSubscription>(1);
+
+    public int SubscriptionCount => _subscriptions?.Count ?? 0;
+
+    public Dictionary<ushort, MqttOutgoing> Outgoing => _outgoing ??= [];
+
+    /// <summary>The messages in flight, or null when there are none.</summary>
+    public Dictionary<ushort, MqttOutgoing>? OutgoingOrNull => _outgoing;
+
+    public int OutgoingCount => _outgoing?.Count ?? 0;
+
+    public bool TryGetOutgoing(ushort id, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out MqttOutgoing? outgoing)
+    {
+        outgoing = null;
+        return _outgoing?.TryGetValue(id, out outgoing) == true;
+    }
+
+    public void RemoveOutgoing(ushort id)
+    {
+        if (_outgoing is not null && _outgoing.Remove(id) && _outgoing.Count == 0)
+        {
+            _outgoing = null;
+        }
+    }
     public Queue<(MqttMessage Message, byte Qos)>? Queued { get; set; }
     /// <summary>Inbound QoS 2 packet ids received and not yet released (PUBREL) [MQTT-4.3.3-2].</summary>
     public HashSet<ushort>? AwaitingRelease { get; set; }
@@ -74,7 +108,7 @@ internal sealed class MqttSessionState(string key, string clientId, string user)
         {
             _nextPacketId = _nextPacketId == ushort.MaxValue ? (ushort)1 : (ushort)(_nextPacketId + 1);
         }
-        while (Outgoing.ContainsKey(_nextPacketId));
+        while (_outgoing?.ContainsKey(_nextPacketId) == true);
         return _nextPacketId;
     }
 }

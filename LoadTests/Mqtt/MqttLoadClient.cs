@@ -42,7 +42,7 @@ internal sealed class MqttLoadClient : IAsyncDisposable
         {
             ClientId = clientId,
             CleanSession = true,
-            KeepAlivePeriod = 300,
+            KeepAlivePeriod = 3600,
             Username = user,
             Password = password is null ? null : Encoding.UTF8.GetBytes(password),
         };
