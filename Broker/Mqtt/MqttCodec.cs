@@ -62,6 +62,18 @@ public interface IMqttPacketCodec
 
     /// <summary>Encodes one packet at the end of <paramref name="destination"/>; returns its length.</summary>
     int Encode(MqttProtocolVersion version, MqttPacket packet, IBufferWriter<byte> destination);
+
+    /// <summary>
+    /// The hot path of QoS 1/2 flows: the packet id of a PUBACK, PUBREC, PUBREL or PUBCOMP whose body is the id alone
+    /// (3.1.1 always; 5.0 when the reason is success and there are no properties). False: decode it whole.
+    /// </summary>
+    bool TryReadAcknowledgement(MqttFrameHeader header, ReadOnlySpan<byte> body, out ushort packetId);
+
+    /// <summary>A PUBACK, PUBREC, PUBREL or PUBCOMP with success and no properties (the same 4 bytes in 3.1.1 and 5.0).</summary>
+    void WriteAcknowledgement(MqttControlPacketType type, ushort packetId, IBufferWriter<byte> destination);
+
+    /// <summary>A PUBLISH with no properties (3.1 and 3.1.1), written without an intermediate packet object.</summary>
+    void WritePublish(string topic, ReadOnlySpan<byte> payload, byte qos, ushort packetId, IBufferWriter<byte> destination);
 }
 
 /// <summary>
@@ -198,6 +210,59 @@ public sealed class MqttCodec : IMqttPacketCodec
         {
             Return(version, formatter);
         }
+    }
+
+    public bool TryReadAcknowledgement(MqttFrameHeader header, ReadOnlySpan<byte> body, out ushort packetId)
+    {
+        packetId = 0;
+        if (body.Length != 2)
+        {
+            return false;
+        }
+
+        packetId = System.Buffers.Binary.BinaryPrimitives.ReadUInt16BigEndian(body);
+        return packetId != 0; // a packet id of 0 is malformed: the formatter says so
+    }
+
+    public void WriteAcknowledgement(MqttControlPacketType type, ushort packetId, IBufferWriter<byte> destination)
+    {
+        // Fixed header (PUBREL carries flags 0b0010 [MQTT-3.6.1-1]), remaining length 2, packet id.
+        var span = destination.GetSpan(4);
+        span[0] = (byte)(((int)type << 4) | (type == MqttControlPacketType.PubRel ? 0x02 : 0));
+        span[1] = 2;
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt16BigEndian(span[2..], packetId);
+        destination.Advance(4);
+    }
+
+    public void WritePublish(string topic, ReadOnlySpan<byte> payload, byte qos, ushort packetId, IBufferWriter<byte> destination)
+    {
+        // 3.1.1 §3.3: fixed header | remaining length | topic (2-byte length + UTF-8) | packet id (QoS > 0) | payload.
+        var topicBytes = System.Text.Encoding.UTF8.GetByteCount(topic);
+        var remaining = 2 + topicBytes + (qos > 0 ? 2 : 0) + payload.Length;
+        var total = 1 + MqttBufferWriter.GetVariableByteIntegerSize((uint)remaining) + remaining;
+        var span = destination.GetSpan(total);
+        var p = 0;
+        span[p++] = (byte)(0x30 | (qos << 1));
+        var length = remaining;
+        do
+        {
+            var b = (byte)(length & 0x7F);
+            length >>= 7;
+            span[p++] = length > 0 ? (byte)(b | 0x80) : b;
+        }
+        while (length > 0);
+
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt16BigEndian(span[p..], (ushort)topicBytes);
+        p += 2;
+        p += System.Text.Encoding.UTF8.GetBytes(topic, span[p..]);
+        if (qos > 0)
+        {
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt16BigEndian(span[p..], packetId);
+            p += 2;
+        }
+
+        payload.CopyTo(span[p..]);
+        destination.Advance(p + payload.Length);
     }
 
     private PooledFormatter Rent(MqttProtocolVersion version)

@@ -23,7 +23,7 @@ internal sealed partial class MqttConnection
     private bool _inboxDirty;
 
     /// <summary>How long PUBACKs are gathered into one stored ACK (and its DELIVERED receipts).</summary>
-    private static readonly TimeSpan AckCoalescing = TimeSpan.FromMilliseconds(5);
+    private static readonly TimeSpan AckCoalescing = TimeSpan.FromMilliseconds(50);
 
     // The inbox topic of the last conversation delivered: consecutive messages of a chat reuse it.
     private ulong _topicConversation;
@@ -282,19 +282,34 @@ internal sealed partial class MqttConnection
         }
 
         var session = _session!;
+        ushort id = 0;
+        if (_inboxQos > 0)
+        {
+            id = session.NextPacketId();
+            session.Outgoing[id] = new MqttOutgoing(null, 1, inboxSeq);
+        }
+
+        if (!V5)
+        {
+            // 3.1.1 has no properties: the PUBLISH is written straight into the outbox.
+            if (_outbox is not null && Volatile.Read(ref _closing) == 0)
+            {
+                _broker.Codec.WritePublish(InboxTopic(message), message.Body.Span, _inboxQos, id, _outbox);
+                CheckOverflowLocked();
+            }
+
+            _broker.Instruments.MessagesOut.Add(1, MqttInstruments.Tag("space", "chat"));
+            _broker.Context.Metrics.MessagesOut.Add(1);
+            return;
+        }
+
         var packet = new MqttPublishPacket
         {
+            PacketIdentifier = id,
             Topic = InboxTopic(message),
             Payload = new ReadOnlySequence<byte>(message.Body),
             QualityOfServiceLevel = (MqttQualityOfServiceLevel)_inboxQos,
         };
-        if (_inboxQos > 0)
-        {
-            var id = session.NextPacketId();
-            session.Outgoing[id] = new MqttOutgoing(null, 1, inboxSeq);
-            packet.PacketIdentifier = id;
-        }
-
         if (V5)
         {
             // 5.0 user properties carry what a DELIVER carries beside the body.

@@ -60,7 +60,7 @@ internal sealed partial class MqttConnection
                 break;
             case 1:
                 _broker.Publish(message);
-                Write(new MqttPubAckPacket { PacketIdentifier = publish.PacketIdentifier });
+                WriteAcknowledgement(MqttControlPacketType.PubAck, publish.PacketIdentifier);
                 break;
             default:
                 // QoS 2, "method A" (5.0 §4.3.3): delivered onward at PUBLISH, the packet id kept until PUBREL so a resent
@@ -278,7 +278,7 @@ internal sealed partial class MqttConnection
                 if (qos == 1)
                 {
                     _session!.ChatInbound?.Remove(packetId);
-                    WriteLocked(new MqttPubAckPacket { PacketIdentifier = packetId });
+                    WriteAcknowledgementLocked(MqttControlPacketType.PubAck, packetId);
                 }
                 else
                 {

@@ -223,17 +223,31 @@ internal sealed partial class MqttConnection : IDeviceLink, IThreadPoolWorkItem
             case MqttControlPacketType.Publish:
                 return HandlePublishAsync((MqttPublishPacket)_broker.Codec.Decode(_version, header.FixedHeader, body));
             case MqttControlPacketType.PubAck:
-                OnPubAck(((MqttPubAckPacket)_broker.Codec.Decode(_version, header.FixedHeader, body)).PacketIdentifier);
+                OnPubAck(_broker.Codec.TryReadAcknowledgement(header, body, out var acked)
+                    ? acked
+                    : ((MqttPubAckPacket)_broker.Codec.Decode(_version, header.FixedHeader, body)).PacketIdentifier);
                 return ValueTask.FromResult(true);
             case MqttControlPacketType.PubRec:
-                var pubRec = (MqttPubRecPacket)_broker.Codec.Decode(_version, header.FixedHeader, body);
-                OnPubRec(pubRec.PacketIdentifier, pubRec.ReasonCode);
+                if (_broker.Codec.TryReadAcknowledgement(header, body, out var received))
+                {
+                    OnPubRec(received, MqttPubRecReasonCode.Success);
+                }
+                else
+                {
+                    var pubRec = (MqttPubRecPacket)_broker.Codec.Decode(_version, header.FixedHeader, body);
+                    OnPubRec(pubRec.PacketIdentifier, pubRec.ReasonCode);
+                }
+
                 return ValueTask.FromResult(true);
             case MqttControlPacketType.PubRel:
-                OnPubRel(((MqttPubRelPacket)_broker.Codec.Decode(_version, header.FixedHeader, body)).PacketIdentifier);
+                OnPubRel(_broker.Codec.TryReadAcknowledgement(header, body, out var released)
+                    ? released
+                    : ((MqttPubRelPacket)_broker.Codec.Decode(_version, header.FixedHeader, body)).PacketIdentifier);
                 return ValueTask.FromResult(true);
             case MqttControlPacketType.PubComp:
-                OnPubComp(((MqttPubCompPacket)_broker.Codec.Decode(_version, header.FixedHeader, body)).PacketIdentifier);
+                OnPubComp(_broker.Codec.TryReadAcknowledgement(header, body, out var completed)
+                    ? completed
+                    : ((MqttPubCompPacket)_broker.Codec.Decode(_version, header.FixedHeader, body)).PacketIdentifier);
                 return ValueTask.FromResult(true);
             case MqttControlPacketType.Subscribe:
                 return ValueTask.FromResult(HandleSubscribe((MqttSubscribePacket)_broker.Codec.Decode(_version, header.FixedHeader, body)));
@@ -291,15 +305,37 @@ internal sealed partial class MqttConnection : IDeviceLink, IThreadPoolWorkItem
         }
 
         _broker.Codec.Encode(_version, packet, _outbox);
-        if (_outbox.Overflowed)
+        return CheckOverflowLocked();
+    }
+
+    // Past session.max_outbound_bytes the client is a slow consumer: cut it (it resumes from its cursor).
+    private bool CheckOverflowLocked()
+    {
+        if (!_outbox!.Overflowed)
         {
-            _disconnectReason = "slow_consumer";
-            Volatile.Write(ref _closing, 1);
-            ThreadPool.UnsafeQueueUserWorkItem(static c => c._transport.Close(), this, preferLocal: false);
-            return false;
+            return true;
         }
 
-        return true;
+        _disconnectReason = "slow_consumer";
+        Volatile.Write(ref _closing, 1);
+        ThreadPool.UnsafeQueueUserWorkItem(static c => c._transport.Close(), this, preferLocal: false);
+        return false;
+    }
+
+    private void WriteAcknowledgement(MqttControlPacketType type, ushort packetId)
+    {
+        lock (_lock)
+        {
+            WriteAcknowledgementLocked(type, packetId);
+        }
+    }
+
+    private void WriteAcknowledgementLocked(MqttControlPacketType type, ushort packetId)
+    {
+        if (_outbox is not null && Volatile.Read(ref _closing) == 0)
+        {
+            _broker.Codec.WriteAcknowledgement(type, packetId, _outbox);
+        }
     }
 
     public void FlushOutbox() => _outbox?.Flush();
