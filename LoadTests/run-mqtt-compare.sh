@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One run, three brokers, the same pairs scenario (docs/performance.md "MQTT side by side"):
+#   1. ChatBroker, native protocol (pairs),
+#   2. ChatBroker's MQTT listener, chat topics: every message a durable SEND before its PUBACK (pairs --protocol mqtt),
+#   3. mosquitto 2.0 from Debian, plain topics, its defaults (in memory), started on a loopback port by scripts/mosquitto.sh
+#      (pairs --protocol mqtt --target ...).
+# Each broker runs alone in turn on this machine; the harness is the same process type with the same options. Prints
+# a markdown table (throughput, latency percentiles, ratio to mosquitto); the JSON results stay in $OUT.
+#
+#   LoadTests/run-mqtt-compare.sh            PAIRS=100 WINDOW=16 BODY=256 DURATION=20 WARMUP=3 OUT=/tmp/chatbroker-mqtt-compare
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+pairs="${PAIRS:-100}" window="${WINDOW:-16}" body="${BODY:-256}" duration="${DURATION:-20}" warmup="${WARMUP:-3}"
+out="${OUT:-${TMPDIR:-/tmp}/chatbroker-mqtt-compare}"
+mkdir -p "$out"
+dotnet build Host -c Release --nologo -v quiet -clp:NoSummary >/dev/null
+dotnet build LoadTests -c Release --nologo -v quiet -clp:NoSummary >/dev/null
+load=(dotnet LoadTests/bin/Release/net10.0/chatbroker-load.dll pairs --pairs "$pairs" --window "$window" --body-size "$body" --duration "$duration" --warmup-s "$warmup")
+
+mosquitto="$(scripts/mosquitto.sh start --state-dir "$out/mosquitto")"
+trap 'scripts/mosquitto.sh stop --state-dir "$out/mosquitto"' EXIT
+
+echo "== ChatBroker native" >&2
+"${load[@]}" --json "$out/native.json" > "$out/native.log" 2>&1 || true
+echo "== ChatBroker MQTT (chat topics, durable)" >&2
+"${load[@]}" --protocol mqtt --mqtt-topics chat --json "$out/mqtt.json" > "$out/mqtt.log" 2>&1 || true
+echo "== mosquitto $mosquitto (plain topics)" >&2
+"${load[@]}" --protocol mqtt --mqtt-topics plain --target "$mosquitto" --json "$out/mosquitto.json" > "$out/mosquitto.log" 2>&1 || true
+
+python3 - "$out" "${load[*]}" "$mosquitto" <<'PY'
+import json, sys
+out, command, mosquitto = sys.argv[1], sys.argv[2], sys.argv[3]
+rows = [("ChatBroker native", "native"), ("ChatBroker MQTT (chat topics, QoS 1, durable)", "mqtt"), ("mosquitto 2.0.11 (QoS 1, in memory)", "mosquitto")]
+res = {k: json.load(open(f"{out}/{k}.json")) for _, k in rows}
+base = res["mosquitto"]["throughput_per_s"] or 1
+print(f"command: `{command}` (+ `--protocol mqtt --mqtt-topics chat`; + `--protocol mqtt --mqtt-topics plain --target {mosquitto}`)")
+print()
+print("| broker | delivered msg/s | vs mosquitto | p50 ms | p99 ms | p99.9 ms | max ms | lost/gaps/dups | broker CPU µs/msg |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+for name, k in rows:
+    r = res[k]
+    l = r["latency_ms"]
+    cpu = r["figures"].get("broker_cpu_us_per_message", "n/a")
+    print(f"| {name} | {r['throughput_per_s']:,.0f} | {r['throughput_per_s'] / base:.2f}x | {l['p50_ms']:.2f} | {l['p99_ms']:.2f} | {l['p999_ms']:.2f} | {l['max_ms']:.2f} | {r['lost']}/{r['gaps']}/{r['duplicates']} | {cpu} |")
+PY
