@@ -13,6 +13,15 @@ internal sealed partial class MqttConnection
     private const int DeliverHeadroom = 1024;
 
     private int _sendsInflight;
+    // Made by the first chat PUBLISH (an idle device sends none).
+    private RateBuckets? _rates;
+
+    private sealed class RateBuckets
+    {
+        public Sessions.TokenBucket Sends;
+        public Sessions.TokenBucket Bytes;
+    }
+
     private TaskCompletionSource? _sendSlot;
     // The reply to the last chat PUBLISH: each reply waits for the one before, so PUBACKs go out in PUBLISH order [MQTT-4.6.0-2].
     private Task _lastChatReply = Task.CompletedTask;
@@ -148,6 +157,17 @@ internal sealed partial class MqttConnection
         if (publish.Payload.Length > maxBody)
         {
             return RefusePublish(publish, qos, "send_refused", MqttPubAckReasonCode.QuotaExceeded, $"chat messages are at most {maxBody} bytes");
+        }
+
+        // The native per-connection limits (limits.sends_per_second, limits.bytes_per_second). MQTT 3.1.1 has no way to
+        // say "later", so the connection is paused (not read) until the bucket allows the message: back-pressure, counted.
+        var limits = _broker.Context.Options.Limits;
+        var rates = _rates ??= new RateBuckets();
+        while (!rates.Sends.TryTake(limits.SendsPerSecond, 1, out var retry) || !rates.Bytes.TryTake(limits.BytesPerSecond, publish.Payload.Length, out retry))
+        {
+            _broker.Context.Metrics.RateLimited.Add(1, new KeyValuePair<string, object?>("limit", "sends"));
+            FlushOutbox();
+            await Task.Delay(retry).ConfigureAwait(false);
         }
 
         send.Body = ByteString.CopyFrom(publish.Payload.IsSingleSegment ? publish.Payload.FirstSpan : publish.Payload.ToArray());

@@ -1,3 +1,6 @@
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using System.Text.RegularExpressions;
 using ChatBroker.Mqtt.Tests.Infrastructure;
 
 namespace ChatBroker.Mqtt.Tests;
@@ -76,5 +79,39 @@ public sealed class MosquittoClientTests(MqttBrokerFixture fixture) : IClassFixt
             ["-h", strict.Host, "-p", strict.Port, "-t", "a", "-m", "x", "-q", "1"], Timeout);
         Assert.NotEqual(0, code);
         Assert.Contains("not authorised", stderr, StringComparison.OrdinalIgnoreCase);
+    }
+
+    [Fact]
+    public async Task Mqtt_over_TLS_on_mqtt_tls_listen()
+    {
+        var directory = Path.Combine(Path.GetTempPath(), "chatbroker-mqtt-tls-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(directory);
+        try
+        {
+            using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+            var request = new CertificateRequest("CN=localhost", key, HashAlgorithmName.SHA256);
+            using var certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddDays(1));
+            var certificateFile = Path.Combine(directory, "server.crt");
+            var keyFile = Path.Combine(directory, "server.key");
+            await File.WriteAllTextAsync(keyFile, key.ExportPkcs8PrivateKeyPem());
+            await File.WriteAllTextAsync(certificateFile, certificate.ExportCertificatePem());
+            await using var broker = await MqttTestBroker.StartAsync(null,
+                "--set", "mqtt.tls_listen=127.0.0.1:0", "--set", "tls.certificate_file=" + certificateFile, "--set", "tls.key_file=" + keyFile);
+            var line = await broker.Broker.Process.WaitForLineAsync(new Regex(@"MQTT over TLS listening on (\S+)")).WaitAsync(TimeSpan.FromSeconds(30));
+            var tls = System.Net.IPEndPoint.Parse(line.Groups[1].Value);
+            var id = "tls-" + Guid.NewGuid().ToString("N")[..8];
+            string[] common = ["-h", "127.0.0.1", "-p", tls.Port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--cafile", certificateFile, "--insecure"];
+            var (code, stdout, stderr) = await Tools.RunAsync("/usr/bin/mosquitto_sub", [.. common, "-i", id, "-c", "-q", "1", "-t", "tls/t", "-E"], Timeout);
+            Assert.True(code == 0, stdout + stderr);
+            (code, stdout, stderr) = await Tools.RunAsync("/usr/bin/mosquitto_pub", [.. common, "-q", "1", "-t", "tls/t", "-m", "secret"], Timeout);
+            Assert.True(code == 0, stdout + stderr);
+            (code, stdout, stderr) = await Tools.RunAsync("/usr/bin/mosquitto_sub", [.. common, "-i", id, "-c", "-q", "1", "-t", "tls/t", "-C", "1", "-W", "20"], Timeout);
+            Assert.True(code == 0, stdout + stderr);
+            Assert.Equal("secret", stdout.Trim());
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
     }
 }
