@@ -80,7 +80,7 @@ public static class Program
         });
 
         // MQTT client mode (LoadTests/Mqtt): pairs against any MQTT broker.
-        var protocol = new Option<string>("--protocol") { Description = "pairs: native (the chat protocol) or mqtt (MQTT 3.1.1 QoS 1; with --target any MQTT broker, else ChatBroker's MQTT listener).", DefaultValueFactory = _ => "native", Recursive = true };
+        var protocol = new Option<string>("--protocol") { Description = "pairs, fanout: native (the chat protocol) or mqtt (MQTT 3.1.1 QoS 1; with --target any MQTT broker, else ChatBroker's MQTT listener).", DefaultValueFactory = _ => "native", Recursive = true };
         protocol.AcceptOnlyFromAmong("native", "mqtt");
         var mqttTopics = new Option<string>("--mqtt-topics") { Description = "pairs --protocol mqtt: chat (chat/u/{user} and inbox/{user}/#, needs tokens), plain (pairs/{run}/{i}, any broker) or auto (chat when a token secret is known).", DefaultValueFactory = _ => "auto", Recursive = true };
         mqttTopics.AcceptOnlyFromAmong("auto", "chat", "plain");
@@ -166,7 +166,17 @@ public static class Program
         root.Subcommands.Add(hold);
 
         Checker.CheckCommand.AddTo(root, Read);
-        root.Subcommands.Add(Scenario("fanout", "One sender into a group of --members online members (closed loop, --window messages in flight).", o => new FanoutScenario(o).RunAsync()));
+        var fanoutCommand = new Command("fanout", "One sender into a group of --members online members (closed loop, --window messages in flight); --protocol mqtt: one topic, --members subscribers, any MQTT broker.");
+        fanoutCommand.SetAction(async (r, _) =>
+        {
+            var options = Read(r);
+            var result = r.GetValue(protocol) == "mqtt"
+                ? await new Mqtt.MqttFanoutScenario(options).RunAsync().ConfigureAwait(false)
+                : await new FanoutScenario(options).RunAsync().ConfigureAwait(false);
+            await ReportWriter.WriteAsync(result, options.JsonPath, options.HtmlPath).ConfigureAwait(false);
+            return result.Passed ? 0 : 1;
+        });
+        root.Subcommands.Add(fanoutCommand);
         return root;
     }
 }
