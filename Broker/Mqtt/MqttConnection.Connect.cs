@@ -151,7 +151,8 @@ internal sealed partial class MqttConnection
                 }
 
                 previous?.CloseFromBroker("taken_over", MqttDisconnectReasonCode.SessionTakenOver, "another connection with this client id");
-                if (cleanStart)
+                // A session with no expiry ends with its connection, even when that connection is still closing.
+                if (cleanStart || existing.ExpirySeconds == 0)
                 {
                     if (_broker.Sessions.TryRemove(new KeyValuePair<(string, string), MqttSessionState>(key, existing)))
                     {

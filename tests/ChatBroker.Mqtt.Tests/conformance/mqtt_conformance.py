@@ -320,10 +320,10 @@ def keepalive_silence_closes():
     r.send(raw_connect(keepalive=1))
     r.read_packet()
     start = time.monotonic()
-    r.s.settimeout(6)
+    r.s.settimeout(10)
     assert r.closed()
     took = time.monotonic() - start
-    assert 1.0 <= took <= 4.0, f"closed after {took:.1f}s"
+    assert 1.0 <= took <= 8.0, f"closed after {took:.1f}s"
 
 
 @case
@@ -355,6 +355,30 @@ def garbage_never_crashes_the_broker():
             r.read_packet()
         r.send(bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 200))))
         r.s.close()
+    c = Client()  # still serving
+    c.close()
+
+
+@case
+def random_packets_and_connects_never_crash_the_broker():
+    import random
+    rnd = random.Random(2020)
+    for i in range(300):
+        try:
+            r = Raw()
+            if i % 2:
+                r.send(raw_connect(level=rnd.choice([4, 5])))
+                r.read_packet()
+                for _ in range(rnd.randrange(1, 4)):
+                    body = bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 40)))
+                    r.send(bytes([(rnd.randrange(1, 16) << 4) | rnd.choice([0, 2, rnd.randrange(16)])]) + varint(len(body)) + body)
+            else:
+                name = rnd.choice([b"\x00\x04MQTT", b"\x00\x06MQIsdp", b"\x00\x04MQTX", b""])
+                body = name + bytes([rnd.choice([3, 4, 5, 6, 0x84])]) + bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 60)))
+                r.send(b"\x10" + varint(len(body)) + body)
+            r.s.close()
+        except OSError:
+            pass  # the broker closed first: fine
     c = Client()  # still serving
     c.close()
 
