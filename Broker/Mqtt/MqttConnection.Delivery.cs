@@ -451,9 +451,50 @@ internal sealed partial class MqttConnection
         // Groups above fanout.write_threshold are read from their log: not served over MQTT (docs/mqtt.md).
     }
 
+    /// <summary>
+    /// A delivered/read receipt for this device's user: a QoS 0 PUBLISH on inbox/{user}/receipts (so an inbox subscription
+    /// gets it) with a small JSON body, and in 5.0 the same fields as user properties. Not stored for the device: a
+    /// reconnecting device is told the latest positions again, as a native one is.
+    /// </summary>
     public void OnReceipt(Protocol.Messages.Receipt receipt)
     {
-        // Receipts go to native devices; an MQTT device produces them (PUBACK = ACK) but is not sent them (docs/mqtt.md).
+        lock (_lock)
+        {
+            if (!_inboxStarted || _outbox is null || Volatile.Read(ref _closing) != 0)
+            {
+                return;
+            }
+
+            var inv = CultureInfo.InvariantCulture;
+            var kind = receipt.Kind == Protocol.Messages.ReceiptKind.Read ? "read" : "delivered";
+            var body = System.Text.Encoding.UTF8.GetBytes(string.Create(inv,
+                $"{{\"conversation\":{receipt.ConversationId},\"kind\":\"{kind}\",\"from_seq\":{receipt.FromSeq},\"up_to_seq\":{receipt.UpToSeq},\"reader\":\"{System.Text.Encodings.Web.JavaScriptEncoder.Default.Encode(receipt.ReaderUserId)}\"}}"));
+            var topic = "inbox/" + _user + "/receipts";
+            if (!V5)
+            {
+                _broker.Codec.WritePublish(topic, body, 0, 0, _outbox);
+            }
+            else
+            {
+                WriteLocked(new MqttPublishPacket
+                {
+                    Topic = topic,
+                    Payload = new ReadOnlySequence<byte>(body),
+                    ContentType = "application/json",
+                    UserProperties =
+                    [
+                        Prop("receipt", kind),
+                        Prop("conversation", receipt.ConversationId.ToString(inv)),
+                        Prop("up_to_seq", receipt.UpToSeq.ToString(inv)),
+                        Prop("reader", receipt.ReaderUserId),
+                    ],
+                });
+            }
+
+            CheckOverflowLocked();
+        }
+
+        ScheduleFlush();
     }
 
     public void OnNotice(IMessage packet)

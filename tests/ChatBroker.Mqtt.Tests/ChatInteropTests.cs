@@ -19,7 +19,7 @@ public sealed class ChatInteropTests(MqttBrokerFixture fixture) : IClassFixture<
     }
 
     [Fact]
-    public async Task A_native_and_an_MQTT_device_see_the_same_messages_in_the_same_order_with_receipts()
+    public async Task A_native_and_an_MQTT_device_see_the_same_messages_in_the_same_order_with_receipts_both_ways()
     {
         const int count = 20;
         var broker = fixture.Broker;
@@ -40,6 +40,7 @@ public sealed class ChatInteropTests(MqttBrokerFixture fixture) : IClassFixture<
         var nativeView = new SortedDictionary<ulong, Received>();
         var sentSeqs = new List<ulong>();
         ulong deliveredUpTo = 0;
+        ulong nativeInboxSeq = 0;
         while (sentSeqs.Count < count || nativeView.Count < 2 * count || deliveredUpTo < sentSeqs.Max())
         {
             switch (await alice.ReceiveAnyAsync(TimeSpan.FromSeconds(20)))
@@ -50,6 +51,7 @@ public sealed class ChatInteropTests(MqttBrokerFixture fixture) : IClassFixture<
                     break;
                 case Deliver d:
                     nativeView[d.Seq] = new(d.Seq, d.SenderUserId, d.Body.ToStringUtf8());
+                    nativeInboxSeq = Math.Max(nativeInboxSeq, d.InboxSeq);
                     break;
                 case Receipt r when r.Kind == ReceiptKind.Delivered && r.ReaderUserId == mqtt:
                     deliveredUpTo = Math.Max(deliveredUpTo, r.UpToSeq); // the MQTT device's PUBACKs, as ACK
@@ -60,10 +62,20 @@ public sealed class ChatInteropTests(MqttBrokerFixture fixture) : IClassFixture<
             }
         }
 
+        // The native device acknowledges what it received: the MQTT device gets a DELIVERED receipt for its messages.
+        await alice.SendAsync(new Ack { InboxSeq = nativeInboxSeq });
         var phoneLines = new List<Received>();
+        string? receiptLine = null;
         while (await phone.StandardOutput.ReadLineAsync().WaitAsync(TimeSpan.FromSeconds(30)) is { } line)
         {
-            phoneLines.Add(Parse(line));
+            if (line.Contains("\"receipt\"", StringComparison.Ordinal))
+            {
+                receiptLine = line;
+            }
+            else
+            {
+                phoneLines.Add(Parse(line));
+            }
         }
 
         await phone.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(30));
@@ -74,6 +86,16 @@ public sealed class ChatInteropTests(MqttBrokerFixture fixture) : IClassFixture<
         Assert.Equal(sentSeqs.Order(), sentSeqs);
         // The MQTT phone got exactly the native device's messages, in seq order, with the same seqs.
         Assert.Equal(nativeView.Values.Where(r => r.Sender == native).ToList(), phoneLines);
+        // ... and the native reader's DELIVERED receipt up to the last message the MQTT device sent.
+        Assert.NotNull(receiptLine);
+        using (var receipt = JsonDocument.Parse(receiptLine))
+        {
+            Assert.Equal(native, receipt.RootElement.GetProperty("reader").GetString());
+            // Receipts are positions: "received up to" covers the MQTT device's last message (the native device's own
+            // messages may follow it in the conversation).
+            var upTo = (ulong)receipt.RootElement.GetProperty("up_to_seq").GetInt64();
+            Assert.InRange(upTo, nativeView.Values.Last(r => r.Sender == mqtt).Seq, (ulong)(2 * count));
+        }
 
         // A second MQTT device of the same user resumes its persistent session from its stored cursor (nothing yet):
         // it sees the whole conversation, both sides, in the native device's order.

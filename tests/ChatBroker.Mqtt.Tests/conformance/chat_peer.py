@@ -4,7 +4,8 @@
   chat_peer.py phone HOST PORT USER CLIENT_ID TOKEN PEER COUNT
       subscribes to inbox/USER/#, prints "ready", publishes COUNT messages "USER-i" to chat/u/PEER at QoS 1 (each one
       after the PUBACK of the one before), and exits once it has also received COUNT messages from PEER, printing each
-      received message as a JSON line {"seq", "sender", "body", "topic"}.
+      received message as a JSON line {"seq", "sender", "body", "topic"}; then waits for PEER's DELIVERED receipt
+      (inbox/USER/receipts) and prints it as {"receipt", "up_to_seq", "reader"}.
   chat_peer.py observer HOST PORT USER CLIENT_ID TOKEN EXPECTED_FILE
       resumes a persistent session (from the device's stored cursor) and prints every inbox message as a JSON line until
       it has every body listed in EXPECTED_FILE (one a line), then prints "all"; after 20 s it prints "missing N".
@@ -66,12 +67,19 @@ if mode == "phone":
         info = c.publish("chat/u/" + peer, f"{user}-{i}".encode(), 1)
         info.wait_for_publish(10)
     got = 0
-    while got < count:
+    receipt = None
+    while got < count or receipt is None:
         m = received.get(timeout=20)
+        if m.topic.endswith("/receipts"):
+            r = json.loads(m.payload)
+            if r["reader"] == peer and r["kind"] == "delivered":
+                receipt = {"receipt": r["kind"], "up_to_seq": r["up_to_seq"], "reader": r["reader"]}
+            continue
         r = as_record(m)
         emit(json.dumps(r))
         if r["sender"] == peer:
             got += 1
+    emit(json.dumps(receipt))
     c.disconnect()
     c.loop_stop()
 elif mode == "observer":
@@ -86,6 +94,8 @@ elif mode == "observer":
             m = received.get(timeout=max(0.1, deadline - time.monotonic()))
         except queue.Empty:
             break
+        if m.topic.endswith("/receipts"):
+            continue
         r = as_record(m)
         emit(json.dumps(r))
         expected.discard(r["body"])
