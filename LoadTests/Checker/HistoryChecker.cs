@@ -54,6 +54,9 @@ public sealed record CheckReport
     /// <summary>Cluster runs: SENDs per owner node and per gateway (<see cref="OwnerTally"/>); empty on a single node.</summary>
     public OwnerReport Owners { get; init; } = OwnerReport.None;
 
+    /// <summary>Cluster runs: for each node killed -9, how long its conversations waited for a SENT (<see cref="RecoveryTally"/>).</summary>
+    public IReadOnlyList<KillRecovery> Recoveries { get; init; } = [];
+
     /// <summary>Refusals of SENDs whose conversation a node no nemesis touched owned; judged while the ring stays the same.</summary>
     public long OtherOwnerFailures => Owners.OtherOwnerFailures;
 
@@ -391,6 +394,7 @@ public static class HistoryChecker
             SenderOrderInversions = inversions,
             HistoryOverflowed = overflowed,
             Owners = OwnerTally.Count(history),
+            Recoveries = RecoveryTally.Count(history),
         };
     }
 }

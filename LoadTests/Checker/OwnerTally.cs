@@ -121,7 +121,7 @@ public static class OwnerTally
 
                     break;
                 case HistoryEvent.Nemesis when e.Node is not null:
-                    faulted.Add(e.Node);
+                    faulted.UnionWith(e.Node.Split(',', StringSplitOptions.RemoveEmptyEntries));
                     break;
                 case HistoryEvent.Send:
                     if (OwnerOf(e.Client!) is { } sendOwner)
