@@ -238,7 +238,13 @@ public static class CheckScenario
 
             output.WriteLine(r.Owners.RingChanged
                 ? "  the ring changed during the run: other_owner_failures is reported, not judged (ranges were moving)"
+                : r.Owners.NetworkFaults
+                ? "  the network was cut or an etcd member killed: other_owner_failures is reported, not judged (gateways cut off, leases lapsing)"
                 : "  other_owner_failures: refused + failed of the owners no nemesis touched (judged: must be 0)");
+            foreach (var sample in r.Owners.Samples)
+            {
+                output.WriteLine("    " + sample);
+            }
         }
 
         if (r.Recoveries.Count > 0)

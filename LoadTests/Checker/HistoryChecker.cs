@@ -62,7 +62,7 @@ public sealed record CheckReport
 
     public bool Passed => Lost == 0 && Duplicates == 0 && AppDuplicates == 0 && Gaps == 0 && OrderViolations == 0
         && UnresolvedRetries == 0 && Indeterminate == 0 && FailedButStored == 0 && IncompleteInboxes == 0 && !HistoryOverflowed && Acked > 0
-        && (Owners.RingChanged || OtherOwnerFailures == 0);
+        && (!Owners.OtherOwnersJudged || OtherOwnerFailures == 0);
 
     public IEnumerable<(string Name, long Value)> Counts()
     {
