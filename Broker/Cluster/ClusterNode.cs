@@ -88,6 +88,18 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
     /// <summary>Entries not yet acked by <paramref name="homeNodeId"/>'s home (its forward queue's backlog).</summary>
     public ulong ForwardBacklog(string homeNodeId) => _forwarders.TryGetValue(homeNodeId, out var f) ? f.Backlog : 0;
 
+    /// <summary>Entries not yet acked by their homes, over every home's forward queue (the metric).</summary>
+    public ulong TotalForwardBacklog()
+    {
+        ulong total = 0;
+        foreach (var f in _forwarders.Values)
+        {
+            total += f.Backlog;
+        }
+
+        return total;
+    }
+
     /// <summary>Completes once <paramref name="homeNodeId"/> has acked every inbox entry queued for it so far.</summary>
     public Task WhenForwardedAsync(string homeNodeId, CancellationToken cancellationToken) =>
         _forwarders.TryGetValue(homeNodeId, out var f) ? f.WhenDrainedAsync(cancellationToken) : Task.CompletedTask;

@@ -203,6 +203,10 @@ public static class CheckScenario
 
         var drained = await DrainAsync(conversations, check.DrainTimeout).ConfigureAwait(false);
         log.WriteLine(drained ? "check: drained" : $"check: drain timed out after {check.DrainTimeout.TotalSeconds:0} s (the checker will say what is missing)");
+        if (cluster is not null)
+        {
+            await DumpMetricsAsync(cluster, log).ConfigureAwait(false);
+        }
         await stopDevices.CancelAsync().ConfigureAwait(false);
         await Task.WhenAll(running).ConfigureAwait(false);
 
@@ -308,6 +312,35 @@ public static class CheckScenario
             "mix" => new MixNemesis(cluster!, Math.Clamp(concurrency, 1, cluster!.Nodes.Count - 1), log),
             _ => throw new ArgumentException("unknown nemesis: " + name),
         };
+    }
+
+    /// <summary>
+    /// Every running node's /metrics after the drain, into the log directory (&lt;node&gt;.metrics.txt), and the
+    /// gauges that say what is still on its way (forward queues, mesh bytes) on the console.
+    /// </summary>
+    private static async Task DumpMetricsAsync(ClusterLauncher cluster, TextWriter log)
+    {
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+        foreach (var node in cluster.Nodes)
+        {
+            if (node.Down || node.Broker.AdminUri is null || BrokerLog.Directory is null)
+            {
+                continue;
+            }
+
+            try
+            {
+                var text = await http.GetStringAsync(new Uri(node.Broker.AdminUri, "/metrics")).ConfigureAwait(false);
+                await File.WriteAllTextAsync(Path.Combine(BrokerLog.Directory, node.Id + ".metrics.txt"), text).ConfigureAwait(false);
+                var backlog = text.Split('\n').Where(l => l.StartsWith("chatbroker_cluster_inbox_forward_backlog", StringComparison.Ordinal)
+                    || l.StartsWith("chatbroker_mesh_queued_bytes ", StringComparison.Ordinal) || l.StartsWith("chatbroker_mesh_queued ", StringComparison.Ordinal));
+                log.WriteLine($"check: {node.Id} after the drain: {string.Join(", ", backlog)}");
+            }
+            catch (Exception e) when (e is HttpRequestException or TaskCanceledException or IOException)
+            {
+                log.WriteLine($"check: {node.Id}: no metrics ({e.Message})");
+            }
+        }
     }
 
     private static async Task SendLoopAsync(CheckerDevice sender, string? toUser, ulong conversation, long limit, HistoryRecorder history, CancellationToken stop)
