@@ -232,6 +232,10 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         }
 
         OnMapApplied();
+        if (State is { } applied)
+        {
+            OnReplicationMap(applied);
+        }
     }
 
     // ---- IMessageRouter: what the core asks ----
@@ -782,6 +786,9 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             case ClusterOpKind.RangeChunk:
                 return HandleRangeChunk(batch, index, message, s, cancellationToken);
 
+            case ClusterOpKind.ReplicaRecords or ClusterOpKind.ReplicaCopy:
+                return HandleReplicaBatch(batch, index, message, s, cancellationToken);
+
             default:
                 batch.Reject(index, (uint)ReasonCode.BadRequest);
                 return null;
@@ -965,9 +972,11 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         }
 
         await _stop.CancelAsync().ConfigureAwait(false);
+        Volatile.Read(ref _tap)?.Close();
         await _mapLoop.ConfigureAwait(false);
         await _livenessLoop.ConfigureAwait(false);
         await _failoverLoop.ConfigureAwait(false);
+        await _replicationLoop.ConfigureAwait(false);
         foreach (var forwarder in _forwarders.Values)
         {
             await forwarder.Stopped.ConfigureAwait(false);

@@ -45,7 +45,7 @@ public sealed class ClusterSettings
     /// <summary>Empty means tcp.listen.</summary>
     public string AdvertiseClient { get; set; } = "";
     public int VirtualNodes { get; set; } = 128;
-    public int ReplicationFactor { get; set; } = 1;
+    public int ReplicationFactor { get; set; } = 3;
     /// <summary>A node not in the map joins it on start (the first one writes the first map).</summary>
     public bool AutoJoin { get; set; } = true;
 
@@ -63,6 +63,11 @@ public sealed class ClusterSettings
     public TimeSpan FailedNodeTimeout { get; set; } = TimeSpan.FromMinutes(15);
 
     public TimeSpan ReforwardWindow { get; set; } = TimeSpan.FromMinutes(2);
+
+    // Replication (ChatBroker.Broker.Cluster.ClusterRoutingOptions).
+    public TimeSpan ReplicationTimeout { get; set; } = TimeSpan.FromSeconds(2);
+
+    public int ReplicationMaxQueueBatches { get; set; } = 4096;
 
     // The mesh's bounds (ChatBroker.Cluster.Mesh.MeshOptions).
     public int MeshMaxBatchMessages { get; set; } = 64;
