@@ -83,22 +83,35 @@ internal sealed partial class DeviceSession
             return new(ReasonCode.InvalidField, $"max_frame_size must be 0 or at least {_maxFrameSize}: this broker delivers frames up to that size");
         }
 
-        var status = AccessToken.Verify(_context.Secret, connect.Token, _context.Clock.GetUtcNow(), out var claims);
-        switch (status)
+        var token = _context.Tokens.Verify(connect.Token, _context.Clock.GetUtcNow());
+        if (token.Reason != ReasonCode.Success)
         {
-            case TokenStatus.Expired:
-                return new(ReasonCode.TokenExpired, "token expired; fetch a new one");
-            case TokenStatus.Malformed:
-                return new(ReasonCode.BadToken, "token is malformed");
-            case TokenStatus.WrongKey:
-                return new(ReasonCode.BadToken, "token was signed with another secret");
-            case TokenStatus.BadSignature:
-                return new(ReasonCode.BadToken, "token signature does not match");
+            _context.Metrics.TokensRefused.Add(1, new KeyValuePair<string, object?>("reason", token.RefusedAs));
+            return new(token.Reason, token.Message);
         }
 
+        var claims = token.Claims;
         if (claims.User != connect.UserId || (claims.Device is not null && claims.Device != connect.DeviceId))
         {
             return new(ReasonCode.IdentityMismatch, "token was issued for another user or device");
+        }
+
+        try
+        {
+            if (TokenVerifier.IsRevoked(_context.Chat.Store, connect.UserId, connect.DeviceId, claims.IssuedAt))
+            {
+                _context.Metrics.TokensRefused.Add(1, new KeyValuePair<string, object?>("reason", "revoked"));
+                return new(ReasonCode.DeviceRevoked, "this device was revoked; sign in again to get a new token");
+            }
+        }
+        catch (StorageException)
+        {
+            return new(ReasonCode.ServerUnavailable, "storage is unavailable; retry");
+        }
+
+        if (token.ByPreviousSecret)
+        {
+            _context.Metrics.TokensPreviousSecret.Add(1);
         }
 
         _user = connect.UserId;
