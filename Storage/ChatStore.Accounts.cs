@@ -27,18 +27,10 @@ public sealed record UserSettings(PresenceVisibility Visibility, IReadOnlyList<s
         _ => false,
     };
 
-    private bool Contains(string user)
-    {
-        for (var i = 0; i < Contacts.Count; i++)
-        {
-            if (Contacts[i] == user)
-            {
-                return true;
-            }
-        }
+    private HashSet<string>? _contactSet;
 
-        return false;
-    }
+    private bool Contains(string user) =>
+        (_contactSet ??= new HashSet<string>(Contacts, StringComparer.Ordinal)).Contains(user);
 }
 
 /// <summary>A device of a user that was revoked, and when (server time, unix ms).</summary>

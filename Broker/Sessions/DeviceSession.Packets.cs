@@ -61,6 +61,8 @@ internal sealed partial class DeviceSession
                 return HandleFetchKeysAsync(fetchKeys, stopping);
             case GroupRequest group:
                 return HandleGroupRequestAsync(group, stopping);
+            case Settings settings:
+                return HandleSettingsAsync(settings, stopping);
             default:
                 WriteError(ReasonCode.BadRequest, $"{PacketTypes.Of(message)} is not available in this version of the broker", RequestIdOf(message), PacketTypes.Of(message));
                 return ValueTask.FromResult(Handled.Ok);
@@ -363,6 +365,10 @@ internal sealed partial class DeviceSession
             {
                 WriteError(error, message!, read.ConversationId, PacketType.Read);
             }
+            else
+            {
+                _context.Chat.TellOwnRead(this, read.ConversationId, read.UpToSeq);
+            }
         }
         catch (StorageException)
         {
@@ -438,6 +444,7 @@ internal sealed partial class DeviceSession
         PresenceSubscribe p => p.RequestId,
         KeysUpload k => k.RequestId,
         FetchKeys f => f.RequestId,
+        Settings s => s.RequestId,
         _ => 0,
     };
 }
