@@ -57,6 +57,13 @@ public interface IAccountStore
 
 public abstract partial class ChatStore : IAccountStore
 {
+    public ulong? FindDirect(string userA, string userB)
+    {
+        ValidateIds(userA, userB);
+        var mapping = _engine.Get(Cf.Directs, Records.DirectKey(new ByteWriter(), userA, userB).Span);
+        return mapping is { Length: >= 8 } ? Records.TrailingU64(mapping) : null;
+    }
+
     public async Task SetUserSettingsAsync(string userId, UserSettings settings, CancellationToken cancellationToken = default)
     {
         Records.ValidateId(userId, nameof(userId));

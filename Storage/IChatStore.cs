@@ -88,6 +88,9 @@ public interface IConversationStore
 
     Conversation? GetConversation(ulong conversationId);
 
+    /// <summary>The id of the direct conversation of two users if it exists (nothing is created); null otherwise.</summary>
+    ulong? FindDirect(string userA, string userB);
+
     /// <summary>Adds or changes the role of a member.</summary>
     Task SetMemberAsync(ulong conversationId, string userId, MemberRole role, CancellationToken cancellationToken = default);
 

@@ -840,6 +840,25 @@ public sealed class ChatService(
         }
     }
 
+    /// <summary>True when the two users already have a direct conversation this node knows of (for the
+    /// new-conversations limit; in cluster mode a pair this node has not seen counts as new).</summary>
+    public bool DirectExists(string userA, string userB)
+    {
+        if (directory.TryGetDirect(userA, userB, out _))
+        {
+            return true;
+        }
+
+        try
+        {
+            return Router is null && store.FindDirect(userA, userB) is not null;
+        }
+        catch (ArgumentException)
+        {
+            return true; // an id the SEND's own checks refuse; not this limit's business
+        }
+    }
+
     /// <summary>
     /// Read state across a user's devices: a READ of one device is told to the user's other devices as a READ receipt
     /// whose <c>reader_user_id</c> is their own user and <c>reader_device_id</c> the device that read (docs/protocol.md

@@ -206,6 +206,14 @@ internal sealed partial class DeviceSession
             return Handled.Ok;
         }
 
+        if (send.ToUserId.Length > 0 && send.ToUserId != _user && !_context.Chat.DirectExists(_user, send.ToUserId)
+            && !_context.Abuse.TryTake(_user, AbuseLimit.NewConversations, 1, out retry))
+        {
+            // Starting conversations with strangers is what spam does; talking in existing ones is not limited here.
+            WriteError(ReasonCode.RateLimited, $"at most {_context.Options.Abuse.NewConversationsPerHour} new conversations per user per hour (abuse.new_conversations_per_hour)", send.ClientMsgId, PacketType.Send, retry);
+            return Handled.Ok;
+        }
+
         // Bound the SENDs waiting for durability: stop reading this connection until one completes.
         while (true)
         {
