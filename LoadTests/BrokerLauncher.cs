@@ -90,6 +90,12 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
             // A load run measures the broker, not its abuse limits.
             "limits.sends_per_second=1000000",
             "limits.bytes_per_second=1073741824",
+            "limits.key_fetches_per_second=100000",
+            // Issue 18's per-user hourly limits off (0): a load user starts thousands of conversations an hour.
+            "abuse.new_conversations_per_hour=0",
+            "abuse.group_creations_per_hour=0",
+            "abuse.membership_changes_per_hour=0",
+            "abuse.prekey_fetches_per_hour=0",
         };
         settings.AddRange(extraSettings);
         foreach (var s in settings)

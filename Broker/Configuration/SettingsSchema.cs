@@ -125,6 +125,12 @@ public static class SettingsSchema
             o => o.Auth.Secret, (o, v) => o.Auth.Secret = v, ValidSecret, secret: true),
         Duration("auth.default_token_ttl", "Lifetime of tokens made by `chatbroker token` when --ttl is not given.",
             o => o.Auth.DefaultTokenTtl, (o, v) => o.Auth.DefaultTokenTtl = v, TimeSpan.FromSeconds(1), TimeSpan.FromDays(3650)),
+        // Issue 18 (hardening): token rotation.
+        Str("auth.previous_secret", "Token rotation: the secret being replaced (base64). Tokens it signed are still accepted until auth.previous_secret_until; new tokens are signed with the current secret. Empty: none.",
+            o => o.Auth.PreviousSecret, (o, v) => o.Auth.PreviousSecret = v, ValidSecret, secret: true),
+        Str("auth.previous_secret_until", "End of the rotation window (RFC 3339 time, e.g. 2026-12-31T00:00:00Z): after it, tokens of auth.previous_secret are refused (BAD_TOKEN). Empty: the previous secret is not accepted.",
+            o => o.Auth.PreviousSecretUntil is { } t ? t.ToString("yyyy-MM-ddTHH:mm:ssZ", CultureInfo.InvariantCulture) : "",
+            (o, v) => o.Auth.PreviousSecretUntil = v.Length == 0 ? null : DateTimeOffset.Parse(v, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal | DateTimeStyles.AdjustToUniversal), Rfc3339),
 
         Choice("storage.durability", "\"sync\": the write-ahead log is fsynced before SENT (survives power loss); \"async\": SENT after the OS has the write (survives a broker crash, not a machine crash).",
             ["sync", "async"], o => o.Storage.Durability.ToString().ToLowerInvariant(),
@@ -287,6 +293,18 @@ public static class SettingsSchema
         Duration("cluster.mesh_reconnect_max_delay", "Mesh: longest wait between attempts to dial a node that does not answer.",
             o => o.Cluster.MeshReconnectMaxDelay, (o, v) => o.Cluster.MeshReconnectMaxDelay = v, TimeSpan.FromMilliseconds(1), TimeSpan.FromMinutes(10)),
 
+        // Issue 18 (hardening): abuse limits and privacy.
+        Int("abuse.new_conversations_per_hour", "Direct conversations one user may start per hour (a SEND to_user_id with someone new); more get ERROR RATE_LIMITED. 0: no limit.",
+            o => o.Abuse.NewConversationsPerHour, (o, v) => o.Abuse.NewConversationsPerHour = (int)v, 0, 10_000_000),
+        Int("abuse.group_creations_per_hour", "Groups one user may create per hour; more get ERROR RATE_LIMITED. 0: no limit.",
+            o => o.Abuse.GroupCreationsPerHour, (o, v) => o.Abuse.GroupCreationsPerHour = (int)v, 0, 10_000_000),
+        Int("abuse.membership_changes_per_hour", "Users one user may add to or remove from groups per hour (each user named counts); more get ERROR RATE_LIMITED. 0: no limit.",
+            o => o.Abuse.MembershipChangesPerHour, (o, v) => o.Abuse.MembershipChangesPerHour = (int)v, 0, 10_000_000),
+        Int("abuse.prekey_fetches_per_hour", "FETCH_KEYS one user may make per hour over all its connections; more get ERROR RATE_LIMITED (limits.key_fetches_per_second bounds one connection's burst). 0: no limit.",
+            o => o.Abuse.PrekeyFetchesPerHour, (o, v) => o.Abuse.PrekeyFetchesPerHour = (int)v, 0, 10_000_000),
+        Int("privacy.max_contacts", "Most user ids a SETTINGS contact list may hold; a longer one gets ERROR BAD_REQUEST.",
+            o => o.Privacy.MaxContacts, (o, v) => o.Privacy.MaxContacts = (int)v, 0, 100_000),
+
         Duration("shutdown.grace_period", "On SIGTERM or Ctrl-C, how long to drain connections and flush the store before exiting.",
             o => o.Shutdown.GracePeriod, (o, v) => o.Shutdown.GracePeriod = v, TimeSpan.Zero, TimeSpan.FromMinutes(10)),
     ];
@@ -306,6 +324,11 @@ public static class SettingsSchema
 
         return null;
     }
+
+    private static string? Rfc3339(string v) =>
+        v.Length == 0 || (DateTimeOffset.TryParse(v, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out _) && v.Contains('T', StringComparison.Ordinal))
+            ? null
+            : "expected an RFC 3339 time such as 2026-12-31T00:00:00Z";
 
     private static string? NonEmpty(string v) => v.Length == 0 ? "must not be empty" : null;
 
