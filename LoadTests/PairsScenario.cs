@@ -29,8 +29,9 @@ public sealed class PairsScenario(RunOptions options)
 
     /// <summary>
     /// --transport tls, ws or a list (tcp,tls,ws): one started broker with all three listeners (a self-signed certificate
-    /// made for the run), the whole pairs run once per transport in the order given, each with its own users; the
-    /// figures of each and their ratios to the first are added to the returned result (the first transport's).
+    /// made for the run), the whole pairs run once per entry in the order given (a transport may come back: interleave
+    /// them on a noisy machine), each with its own users; the figures of each pass, the medians per transport and
+    /// their ratios to the first transport's are added to the returned result (the first pass's).
     /// </summary>
     private async Task<RunResult> RunTransportsAsync()
     {
@@ -54,13 +55,18 @@ public sealed class PairsScenario(RunOptions options)
             await using var broker = new BrokerNodes(launcher);
             var endPoints = new TransportEndPoints(launcher.TcpEndPoint, tls, ws);
             RunResult? first = null;
-            var seen = new Dictionary<ClientTransport, int>();
+            var passes = new Dictionary<ClientTransport, List<RunResult>>();
             foreach (var transport in options.Transports)
             {
                 Console.WriteLine($"--- pairs over {transport.Name()} ---");
                 var run = await RunOnAsync(broker, transport, endPoints).ConfigureAwait(false);
-                seen[transport] = seen.GetValueOrDefault(transport) + 1;
-                var name = seen[transport] == 1 ? transport.Name() : $"{transport.Name()}{seen[transport]}";
+                if (!passes.TryGetValue(transport, out var list))
+                {
+                    passes[transport] = list = [];
+                }
+
+                list.Add(run);
+                var name = list.Count == 1 ? transport.Name() : $"{transport.Name()}{list.Count}";
                 first ??= run;
                 first.Figures[name + "_delivered_per_s"] = run.ThroughputPerS;
                 first.Figures[name + "_p50_ms"] = run.LatencyMs?.P50Ms ?? 0;
@@ -69,12 +75,6 @@ public sealed class PairsScenario(RunOptions options)
                 first.Figures[name + "_harness_cpu_us_per_message"] = run.Figures.GetValueOrDefault("harness_cpu_us_per_message");
                 if (!ReferenceEquals(run, first))
                 {
-                    var baseName = options.Transports[0].Name();
-                    first.Figures[$"{name}_vs_{baseName}_throughput"] = Ratio(run.ThroughputPerS, first.ThroughputPerS);
-                    first.Figures[$"{name}_vs_{baseName}_p50"] = Ratio(run.LatencyMs?.P50Ms ?? 0, first.LatencyMs?.P50Ms ?? 0);
-                    first.Figures[$"{name}_vs_{baseName}_p99"] = Ratio(run.LatencyMs?.P99Ms ?? 0, first.LatencyMs?.P99Ms ?? 0);
-                    first.Figures[$"{name}_vs_{baseName}_broker_cpu_per_message"] = Ratio(
-                        run.Figures.GetValueOrDefault("broker_cpu_us_per_message"), first.Figures.GetValueOrDefault("broker_cpu_us_per_message"));
                     first.Lost += run.Lost;
                     first.Gaps += run.Gaps;
                     first.Duplicates += run.Duplicates;
@@ -85,8 +85,38 @@ public sealed class PairsScenario(RunOptions options)
                     $"broker {run.Figures.GetValueOrDefault("broker_cpu_us_per_message"):0.#} µs CPU/message, lost {run.Lost}, gaps {run.Gaps}, duplicates {run.Duplicates}, errors {run.Errors}");
             }
 
+            // Medians over each transport's passes (list a transport several times, interleaved, on a noisy machine),
+            // and their ratios to the first transport's.
+            var baseline = options.Transports[0];
+            foreach (var (transport, list) in passes)
+            {
+                var name = transport.Name();
+                first!.Figures[name + "_median_delivered_per_s"] = Median(list, r => r.ThroughputPerS);
+                first.Figures[name + "_median_p50_ms"] = Median(list, r => r.LatencyMs?.P50Ms ?? 0);
+                first.Figures[name + "_median_p99_ms"] = Median(list, r => r.LatencyMs?.P99Ms ?? 0);
+                first.Figures[name + "_median_broker_cpu_us_per_message"] = Median(list, r => r.Figures.GetValueOrDefault("broker_cpu_us_per_message"));
+            }
+
+            foreach (var transport in passes.Keys)
+            {
+                if (transport == baseline)
+                {
+                    continue;
+                }
+
+                var (name, baseName) = (transport.Name(), baseline.Name());
+                foreach (var figure in new[] { "delivered_per_s", "p50_ms", "p99_ms", "broker_cpu_us_per_message" })
+                {
+                    first!.Figures[$"{name}_vs_{baseName}_{figure}"] = Ratio(first.Figures[$"{name}_median_{figure}"], first.Figures[$"{baseName}_median_{figure}"]);
+                }
+
+                Console.WriteLine($"{name} vs {baseName} (medians): delivered/s × {first!.Figures[$"{name}_vs_{baseName}_delivered_per_s"]}, " +
+                    $"p50 × {first.Figures[$"{name}_vs_{baseName}_p50_ms"]}, p99 × {first.Figures[$"{name}_vs_{baseName}_p99_ms"]}, " +
+                    $"broker CPU/message × {first.Figures[$"{name}_vs_{baseName}_broker_cpu_us_per_message"]}");
+            }
+
             first!.Parameters["transports"] = string.Join(',', options.Transports.Select(t => t.Name()));
-            first.Notes.Add("transports: one broker process, the pairs run once per transport in the order listed (warm-up each); loss, gaps, duplicates and errors are summed over them; the headline figures are the first transport's");
+            first.Notes.Add($"transports: one broker process, the pairs run once per entry in the order listed (warm-up each); *_median_* over each transport's passes, *_vs_{baseline.Name()}_* their ratios; loss, gaps, duplicates and errors summed over all passes; the headline figures are the first pass's");
             return first;
         }
         finally
@@ -96,6 +126,12 @@ public sealed class PairsScenario(RunOptions options)
     }
 
     private static double Ratio(double value, double baseline) => baseline == 0 ? 0 : Math.Round(value / baseline, 3);
+
+    private static double Median(List<RunResult> runs, Func<RunResult, double> figure)
+    {
+        var values = runs.Select(figure).Order().ToArray();
+        return values.Length % 2 == 1 ? values[values.Length / 2] : (values[(values.Length / 2) - 1] + values[values.Length / 2]) / 2;
+    }
 
     private async Task<RunResult> RunOnAsync(BrokerNodes broker, ClientTransport transport, TransportEndPoints? endPoints)
     {

@@ -148,7 +148,14 @@ function byId(id) {
 /** The conversation a DELIVER belongs to; a new one is a direct chat with its sender until it turns out a group. */
 function conversationOf(m, system) {
   const existing = byId(m.conversationId);
-  if (existing !== undefined) return existing;
+  if (existing !== undefined) {
+    // A direct chat first seen through this user's own message (an inbox replay) learns its peer from the peer's.
+    if (existing.kind === 'direct' && !existing.peer && !system && m.senderUserId !== state.me) {
+      existing.peer = m.senderUserId;
+      subscribe([existing.peer]);
+    }
+    return existing;
+  }
   if (!system && m.senderUserId !== state.me) {
     const pending = state.conversations.get('user:' + m.senderUserId);
     if (pending !== undefined && pending.id === null) return adopt(pending, m.conversationId);

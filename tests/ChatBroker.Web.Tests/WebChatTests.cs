@@ -73,6 +73,12 @@ public sealed class WebChatTests(BrowserFixture browser)
         // bob's browser went away: alice sees him offline, with when he was last seen.
         await Expect(alice.ConversationInfo).ToHaveTextAsync(new Regex("^(last seen|offline)"));
         await Expect(alice.Conversation("bob")).ToContainTextAsync(new Regex("last seen|offline"));
+
+        // A reload signs in again from the tab's session and rebuilds the conversations from the inbox.
+        await alice.Page.ReloadAsync();
+        await Expect(alice.Connection).ToHaveTextAsync(new Regex("^Connected as alice"));
+        await alice.OpenConversationAsync("bob");
+        await Expect(alice.Messages.Locator(".text")).ToHaveTextAsync(["Hi Bob, lunch at noon?", "Sure, see you there!", "Great, see you!"]);
     }
 
     [Fact]
@@ -113,6 +119,10 @@ public sealed class WebChatTests(BrowserFixture browser)
         var food = await NextAsync(carol);
         Assert.Equal("I bring the food", Encoding.UTF8.GetString(food.Body.Span));
         Assert.Equal("bob", food.SenderUserId);
+
+        // Typing in a group names who types; the picture of this moment is docs/web-chat.png.
+        await bob.TypeAsync("and the stove");
+        await Expect(alice.Typing).ToHaveTextAsync("bob is typing…");
         await alice.ScreenshotAsync("group-alice.png");
     }
 
