@@ -93,10 +93,24 @@ public static class Program
             }
         });
 
+        var transport = new Option<string>("--transport")
+        {
+            Description = "pairs: tcp, tls or ws, or a list run in turn against one started broker (e.g. tcp,tls,ws: TLS and WebSocket against cleartext in one run; closed loop only).",
+            DefaultValueFactory = _ => "tcp",
+            Recursive = true,
+        };
+        transport.Validators.Add(r =>
+        {
+            if (!ClientTransports.TryParse(r.GetValueOrDefault<string>(), out _, out var error))
+            {
+                r.AddError(error!);
+            }
+        });
+
         var members = new Option<int>("--members") { Description = "fanout: members of the group, all online (the sender included).", DefaultValueFactory = _ => 1024, Recursive = true };
 
         var root = new RootCommand("ChatBroker load harness: pairs, fanout, connections, resume, churn.");
-        foreach (var o in new Option[] { cluster, netns, etcdMembers, members, duration, count, pairs, rate, window, bodySize, durability, target, admin, secretFile, tokenSecret, connections, processes, sources, set, json, html, metricsOut, gcdump, warmup, warmupSeconds })
+        foreach (var o in new Option[] { cluster, netns, etcdMembers, transport, members, duration, count, pairs, rate, window, bodySize, durability, target, admin, secretFile, tokenSecret, connections, processes, sources, set, json, html, metricsOut, gcdump, warmup, warmupSeconds })
         {
             root.Options.Add(o);
         }
@@ -126,6 +140,7 @@ public static class Program
             Warmup = r.GetValue(warmup),
             WarmupSeconds = r.GetValue(warmupSeconds),
             Cluster = r.GetValue(cluster),
+            Transports = ClientTransports.TryParse(r.GetValue(transport), out var transports, out _) ? transports : [ClientTransport.Tcp],
         };
 
         Command Scenario(string name, string description, Func<RunOptions, Task<RunResult>> run)

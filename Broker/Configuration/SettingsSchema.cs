@@ -114,6 +114,9 @@ public static class SettingsSchema
         Str("ws.allowed_origins", "Comma-separated origins (scheme://host[:port]) browsers may open the WebSocket from; a request with another Origin gets HTTP 403. Empty: any origin. Requests without an Origin header (non-browser clients) are allowed.",
             o => o.Ws.AllowedOrigins, (o, v) => o.Ws.AllowedOrigins = v, AllowedOrigins),
 
+        Bool("web.enabled", "Serve the web chat (static files built into the broker) on the ws.listen listener: open http://<ws.listen>/ (https:// with ws.tls) in a browser and sign in with a device token. Needs ws.listen.",
+            o => o.Web.Enabled, (o, v) => o.Web.Enabled = v),
+
         Bool("admin.enabled", "Serve the admin HTTP endpoint (/healthz, /readyz, /metrics).",
             o => o.Admin.Enabled, (o, v) => o.Admin.Enabled = v),
         Endpoint("admin.listen", "Address and port of the admin HTTP endpoint. Keep it off public interfaces.",
