@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure the test-only tools beyond scripts/ensure-deps.sh are installed:
+#   - Debian's chromium-headless-shell and fonts-dejavu-core: the browser tests (tests/ChatBroker.Web.Tests);
 #   - etcd (Debian's etcd-server): the cluster tests start their own;
 #   - python3 with grpcio and protobuf: the mesh test calls the mesh from a standard gRPC client;
 #   - python3-paho-mqtt and mosquitto-clients (mosquitto_pub, mosquitto_sub): the MQTT conformance tests
@@ -7,6 +8,49 @@
 # On Debian/Ubuntu as root (or with passwordless sudo) it installs what is missing with apt-get in one
 # step; anywhere else it says what to install and exits non-zero. Quiet when everything is there.
 set -euo pipefail
+
+# --- browser tests (tests/ChatBroker.Web.Tests): Debian's headless Chromium and a font to render text with.
+# Playwright drives this browser (never one it downloads itself). CHROMIUM_PATH names another Chromium.
+ensure_browser() {
+  local chromium="${CHROMIUM_PATH:-/usr/lib/chromium/chromium-headless-shell}"
+  local font=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+  if [ -x "$chromium" ] && [ -f "$font" ]; then
+    return 0
+  fi
+  if [ -n "${CHROMIUM_PATH:-}" ] && [ ! -x "$chromium" ]; then
+    echo "CHROMIUM_PATH=$CHROMIUM_PATH is not an executable Chromium (the browser tests need one)." >&2
+    return 1
+  fi
+  local browser_packages="chromium-headless-shell fonts-dejavu-core"
+  echo "The browser tests need Debian's headless Chromium; installing $browser_packages." >&2
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+      sudo="sudo -n"
+    else
+      echo "Not running as root. Install it with:" >&2
+      echo "    sudo apt-get install -y --no-install-recommends $browser_packages" >&2
+      echo "or set CHROMIUM_PATH to a Chromium 156 (headless shell) executable." >&2
+      return 1
+    fi
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "No apt-get here: install a headless Chromium 156 and set CHROMIUM_PATH to its executable." >&2
+    return 1
+  fi
+  # shellcheck disable=SC2086
+  if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends $browser_packages >&2; then
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 update -qq >&2
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends $browser_packages >&2
+  fi
+  if [ ! -x "$chromium" ]; then
+    echo "Installed $browser_packages but $chromium is still missing." >&2
+    return 1
+  fi
+}
+ensure_browser
+# --- end browser tests
 
 python=/usr/bin/python3
 have_etcd() { command -v etcd >/dev/null 2>&1; }

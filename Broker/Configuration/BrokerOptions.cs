@@ -13,6 +13,7 @@ public sealed class BrokerOptions
     public TcpOptions Tcp { get; } = new();
     public TlsOptions Tls { get; } = new();
     public WsOptions Ws { get; } = new();
+    public WebOptions Web { get; } = new();
     public MqttOptions Mqtt { get; } = new();
     public AdminOptions Admin { get; } = new();
     public AuthOptions Auth { get; } = new();
@@ -28,6 +29,25 @@ public sealed class BrokerOptions
     public GroupsOptions Groups { get; } = new();
     public FanoutOptions Fanout { get; } = new();
     public ClusterSettings Cluster { get; } = new();
+
+    // Issue 18 (hardening): abuse limits and privacy.
+    public AbuseOptions Abuse { get; } = new();
+    public PrivacyOptions Privacy { get; } = new();
+}
+
+/// <summary>The <c>abuse.*</c> settings: per-user hourly limits a public service needs (0 turns one off).</summary>
+public sealed class AbuseOptions
+{
+    public int NewConversationsPerHour { get; set; } = 1000;
+    public int GroupCreationsPerHour { get; set; } = 100;
+    public int MembershipChangesPerHour { get; set; } = 2000;
+    public int PrekeyFetchesPerHour { get; set; } = 2000;
+}
+
+/// <summary>The <c>privacy.*</c> settings.</summary>
+public sealed class PrivacyOptions
+{
+    public int MaxContacts { get; set; } = 5000;
 }
 
 /// <summary>The <c>cluster.*</c> settings; the host maps them onto ChatBroker.Cluster's ClusterOptions.</summary>
@@ -64,6 +84,11 @@ public sealed class ClusterSettings
     public TimeSpan FailedNodeTimeout { get; set; } = TimeSpan.FromMinutes(15);
 
     public TimeSpan ReforwardWindow { get; set; } = TimeSpan.FromMinutes(2);
+
+    // Replication (ChatBroker.Broker.Cluster.ClusterRoutingOptions).
+    public TimeSpan ReplicationTimeout { get; set; } = TimeSpan.FromSeconds(2);
+
+    public int ReplicationMaxQueueBatches { get; set; } = 4096;
 
     // The mesh's bounds (ChatBroker.Cluster.Mesh.MeshOptions).
     public int MeshMaxBatchMessages { get; set; } = 64;
@@ -171,6 +196,10 @@ public sealed class AuthOptions
     /// <summary>Base64 secret given inline (e.g. from an environment variable); wins over the file.</summary>
     public string Secret { get; set; } = "";
     public TimeSpan DefaultTokenTtl { get; set; } = TimeSpan.FromDays(30);
+    /// <summary>Token rotation: the secret being replaced, base64; tokens it signed are accepted until <see cref="PreviousSecretUntil"/>.</summary>
+    public string PreviousSecret { get; set; } = "";
+    /// <summary>Empty (null): the previous secret is not accepted at all.</summary>
+    public DateTimeOffset? PreviousSecretUntil { get; set; }
 
     public string ResolveSecretFile(NodeOptions node) =>
         SecretFile.Length > 0 ? SecretFile : Path.Combine(node.DataDir, "token.secret");
