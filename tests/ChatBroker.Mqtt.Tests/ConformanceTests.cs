@@ -27,6 +27,7 @@ public sealed class ConformanceTests(MqttBrokerFixture fixture) : IClassFixture<
         "malformed_remaining_length_closes",
         "garbage_never_crashes_the_broker",
         "random_packets_and_connects_never_crash_the_broker",
+        "a_subscriber_that_does_not_read_is_cut_as_a_slow_consumer",
         "qos0_qos1_qos2_round_trip",
         "qos_is_downgraded_to_the_subscription",
         "wildcards_plus_and_hash",

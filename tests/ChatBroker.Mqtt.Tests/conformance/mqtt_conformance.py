@@ -384,6 +384,33 @@ def random_packets_and_connects_never_crash_the_broker():
 
 
 @case
+def a_subscriber_that_does_not_read_is_cut_as_a_slow_consumer():
+    # session.max_outbound_bytes (4 MiB by default) bounds what waits for one client: past it the broker closes it.
+    t = "slow/" + uuid.uuid4().hex
+    sub = Raw()
+    sub.send(raw_connect())
+    sub.read_packet()
+    body = struct.pack(">H", 1) + mqtt_str(t) + b"\x00"
+    sub.send(b"\x82" + varint(len(body)) + body)
+    sub.read_packet()  # SUBACK; from here the subscriber reads nothing
+    pub = Raw()
+    pub.send(raw_connect())
+    pub.read_packet()
+    payload = b"x" * 60_000
+    packet = mqtt_str(t) + payload
+    one = b"\x30" + varint(len(packet)) + packet
+    for _ in range(400):  # 24 MB at QoS 0
+        pub.send(one)
+    pub.send(b"\xc0\x00")  # PINGREQ: the publisher's own connection is fine
+    while True:
+        p = pub.read_packet()
+        if p[0] == 0xD0:
+            break
+    sub.s.settimeout(30)
+    assert sub.closed(), "the slow subscriber was not disconnected"
+
+
+@case
 def qos0_qos1_qos2_round_trip():
     sub = Client()
     assert sub.subscribe("rt/#", 2) == [2]
