@@ -770,6 +770,9 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             case ClusterOpKind.RangeChunk:
                 return HandleRangeChunk(batch, index, message, s, cancellationToken);
 
+            case ClusterOpKind.DeviceRevocation or ClusterOpKind.SettingsRequest:
+                return HandleAccountOperation(batch, index, message, cancellationToken);
+
             default:
                 batch.Reject(index, (uint)ReasonCode.BadRequest);
                 return null;

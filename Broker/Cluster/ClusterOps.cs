@@ -10,7 +10,7 @@ namespace ChatBroker.Broker.Cluster;
 
 /// <summary>What a mesh message's payload is (<c>MeshMessage.kind</c>); each is a message of a Cluster/*.proto file.
 /// Ranges: 1–19 messages and inbox (cluster_ops.proto), 20–39 groups, 40–59 receipts, presence, typing, keys and
-/// push, 60–79 range hand-over, 80–99 node-level operations.</summary>
+/// push, 60–79 range hand-over, 80–99 node-level operations, 100–109 accounts (revocation, settings).</summary>
 public enum ClusterOpKind : uint
 {
     /// <summary>Gateway → owner: <see cref="ForwardSend"/>, answered with <see cref="SendResult"/>.</summary>
@@ -108,6 +108,14 @@ public enum ClusterOpKind : uint
 
     /// <summary>Old owner → new owner: <see cref="Wire.RangeChunk"/>, answered with <see cref="Wire.RangeChunkResult"/>.</summary>
     RangeChunk = 62,
+
+    // ---- 100–109: accounts (issue 18; cluster_accounts.proto, ClusterNode.Accounts.cs) ----
+
+    /// <summary>Revoking node → every other member: <see cref="Wire.DeviceRevocation"/>, answered with <see cref="Wire.AccountResult"/>.</summary>
+    DeviceRevocation = 100,
+
+    /// <summary>Gateway → the user's home: <see cref="Wire.SettingsRequest"/>, answered with <see cref="Wire.AccountResult"/>.</summary>
+    SettingsRequest = 101,
 }
 
 /// <summary>Conversions between the core's types and the cluster operations, and the derived ids.</summary>
