@@ -163,4 +163,37 @@ public sealed class AccessTokenTests
             File.Delete(path);
         }
     }
+
+    // Issue 18, doc defect: how the HMAC key and kid are derived was unstated (docs/protocol.md §5 now states it).
+    [Fact]
+    public void The_HMAC_key_is_the_secrets_bytes_and_kid_is_base64url_of_the_first_6_bytes_of_their_SHA256()
+    {
+        var key = RandomNumberGenerator.GetBytes(32);
+        var secret = new TokenSecret(key);
+        Assert.Equal(Convert.ToBase64String(SHA256.HashData(key)[..6]).TrimEnd('=').Replace('+', '-').Replace('/', '_'), secret.KeyId);
+
+        var token = AccessToken.Issue(secret, "alice", "phone", TimeSpan.FromHours(1), Now);
+        var dot = token.LastIndexOf('.');
+        var expected = Convert.ToBase64String(HMACSHA256.HashData(key, Encoding.ASCII.GetBytes(token[..dot]))).TrimEnd('=').Replace('+', '-').Replace('/', '_');
+        Assert.Equal(expected, token[(dot + 1)..]);
+    }
+
+    // Issue 18: revocation compares the token's iat with the revocation time.
+    [Fact]
+    public void The_issued_at_claim_is_read_back_and_a_token_without_one_counts_as_issued_at_the_epoch()
+    {
+        var token = AccessToken.Issue(_secret, "alice", "phone", TimeSpan.FromHours(1), Now);
+        Assert.Equal(TokenStatus.Valid, AccessToken.Verify(_secret, token, Now, out var claims));
+        Assert.Equal(Now, claims.IssuedAt);
+
+        var header = Base64Url.Encode("{\"alg\":\"HS256\",\"typ\":\"JWT\"}"u8);
+        var payload = Base64Url.Encode(Encoding.UTF8.GetBytes($"{{\"sub\":\"alice\",\"exp\":{Now.AddHours(1).ToUnixTimeSeconds()}}}"));
+        var signature = Base64Url.Encode(HMACSHA256.HashData(_secret.Key, Encoding.ASCII.GetBytes(header + "." + payload)));
+        Assert.Equal(TokenStatus.Valid, AccessToken.Verify(_secret, $"{header}.{payload}.{signature}", Now, out claims));
+        Assert.Equal(DateTimeOffset.UnixEpoch, claims.IssuedAt);
+
+        var badIat = Base64Url.Encode(Encoding.UTF8.GetBytes($"{{\"sub\":\"alice\",\"iat\":\"x\",\"exp\":{Now.AddHours(1).ToUnixTimeSeconds()}}}"));
+        signature = Base64Url.Encode(HMACSHA256.HashData(_secret.Key, Encoding.ASCII.GetBytes(header + "." + badIat)));
+        Assert.Equal(TokenStatus.Malformed, AccessToken.Verify(_secret, $"{header}.{badIat}.{signature}", Now, out _));
+    }
 }
