@@ -196,4 +196,44 @@ public sealed class AccessTokenTests
         signature = Base64Url.Encode(HMACSHA256.HashData(_secret.Key, Encoding.ASCII.GetBytes(header + "." + badIat)));
         Assert.Equal(TokenStatus.Malformed, AccessToken.Verify(_secret, $"{header}.{badIat}.{signature}", Now, out _));
     }
+
+    // Found by the session fuzzer (issue 18): a mangled token made Verify throw FormatException out of the base64url
+    // decoder, which ended the connection without a CONNACK. Every string must get a verdict instead.
+    [Fact]
+    public void Verify_gives_a_verdict_for_any_mangling_of_a_token_and_never_throws()
+    {
+        var token = AccessToken.Issue(_secret, "alice", "phone", TimeSpan.FromHours(1), Now);
+        const string Alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ \t\r\n%é\u0000";
+        var random = new Random(18);
+        for (var i = 0; i < 200_000; i++)
+        {
+            var chars = token.ToCharArray();
+            for (var n = random.Next(1, 4); n > 0; n--)
+            {
+                chars[random.Next(chars.Length)] = Alphabet[random.Next(Alphabet.Length)];
+            }
+
+            var mangled = new string(chars);
+            if ((i & 1) == 0)
+            {
+                // Padding and white space in odd places: what base64 decoders disagree about.
+                var segment = new char[random.Next(1, 12)];
+                for (var c = 0; c < segment.Length; c++)
+                {
+                    segment[c] = "QA= \t\r\n"[random.Next(7)];
+                }
+
+                mangled = new string(segment) + token[token.IndexOf('.', StringComparison.Ordinal)..];
+            }
+
+            try
+            {
+                AccessToken.Verify(_secret, mangled, Now, out _);
+            }
+            catch (Exception e)
+            {
+                Assert.Fail($"{e.GetType().Name} for {mangled}: {e.Message}");
+            }
+        }
+    }
 }
