@@ -118,6 +118,7 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
             info.Environment["CHATBROKER__AUTH__SECRET"] = secretBase64;
         }
 
+        var logPath = BrokerLog.PathFor(info.ArgumentList);
         var process = Process.Start(info) ?? throw new InvalidOperationException("could not start dotnet");
         var tcp = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
         var admin = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -131,6 +132,7 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
                 return;
             }
 
+            BrokerLog.Append(logPath, line);
             lock (linesLock)
             {
                 if (lines.Count < 200)

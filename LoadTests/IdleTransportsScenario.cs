@@ -165,7 +165,7 @@ public sealed class IdleTransportsScenario(RunOptions options)
         }
     }
 
-    private static (string Certificate, string Key) WriteCertificate(string directory)
+    internal static (string Certificate, string Key) WriteCertificate(string directory)
     {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         var request = new CertificateRequest("CN=localhost", key, HashAlgorithmName.SHA256);
@@ -177,7 +177,7 @@ public sealed class IdleTransportsScenario(RunOptions options)
         return (certificateFile, keyFile);
     }
 
-    private static int FreePort()
+    internal static int FreePort()
     {
         using var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
         socket.Bind(new IPEndPoint(IPAddress.Loopback, 0));

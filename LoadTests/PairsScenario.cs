@@ -18,20 +18,137 @@ public sealed class PairsScenario(RunOptions options)
 
     public async Task<RunResult> RunAsync()
     {
-        await using var broker = await options.OpenBrokersAsync().ConfigureAwait(false);
+        if (options.Transports is [ClientTransport.Tcp])
+        {
+            await using var broker = await options.OpenBrokersAsync().ConfigureAwait(false);
+            return await RunOnAsync(broker, ClientTransport.Tcp, null).ConfigureAwait(false);
+        }
+
+        return await RunTransportsAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// --transport tls, ws or a list (tcp,tls,ws): one started broker with all three listeners (a self-signed certificate
+    /// made for the run), the whole pairs run once per entry in the order given (a transport may come back: interleave
+    /// them on a noisy machine), each with its own users; the figures of each pass, the medians per transport and
+    /// their ratios to the first transport's are added to the returned result (the first pass's).
+    /// </summary>
+    private async Task<RunResult> RunTransportsAsync()
+    {
+        if (options.Rate > 0 || options.Cluster > 0 || options.Target is not null)
+        {
+            throw new InvalidOperationException("--transport tls|ws runs closed loop (--window) against a broker the harness starts: not with --rate, --cluster or --target");
+        }
+
+        var directory = Path.Combine(Path.GetTempPath(), "chatbroker-pairs-tls-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(directory);
+        try
+        {
+            var (certificateFile, keyFile) = IdleTransportsScenario.WriteCertificate(directory);
+            var tls = new IPEndPoint(IPAddress.Loopback, IdleTransportsScenario.FreePort());
+            var ws = new IPEndPoint(IPAddress.Loopback, IdleTransportsScenario.FreePort());
+            Console.WriteLine($"starting broker (durability {options.Durability}) with tls.listen {tls} and ws.listen {ws} ...");
+            var launcher = await BrokerLauncher.StartAsync(options.Durability,
+            [
+                .. options.BrokerSettings, $"tls.listen={tls}", $"tls.certificate_file={certificateFile}", $"tls.key_file={keyFile}", $"ws.listen={ws}",
+            ]).ConfigureAwait(false);
+            await using var broker = new BrokerNodes(launcher);
+            var endPoints = new TransportEndPoints(launcher.TcpEndPoint, tls, ws);
+            RunResult? first = null;
+            var passes = new Dictionary<ClientTransport, List<RunResult>>();
+            foreach (var transport in options.Transports)
+            {
+                Console.WriteLine($"--- pairs over {transport.Name()} ---");
+                var run = await RunOnAsync(broker, transport, endPoints).ConfigureAwait(false);
+                if (!passes.TryGetValue(transport, out var list))
+                {
+                    passes[transport] = list = [];
+                }
+
+                list.Add(run);
+                var name = list.Count == 1 ? transport.Name() : $"{transport.Name()}{list.Count}";
+                first ??= run;
+                first.Figures[name + "_delivered_per_s"] = run.ThroughputPerS;
+                first.Figures[name + "_p50_ms"] = run.LatencyMs?.P50Ms ?? 0;
+                first.Figures[name + "_p99_ms"] = run.LatencyMs?.P99Ms ?? 0;
+                first.Figures[name + "_broker_cpu_us_per_message"] = run.Figures.GetValueOrDefault("broker_cpu_us_per_message");
+                first.Figures[name + "_harness_cpu_us_per_message"] = run.Figures.GetValueOrDefault("harness_cpu_us_per_message");
+                if (!ReferenceEquals(run, first))
+                {
+                    first.Lost += run.Lost;
+                    first.Gaps += run.Gaps;
+                    first.Duplicates += run.Duplicates;
+                    first.Errors += run.Errors;
+                }
+
+                Console.WriteLine($"{name}: {run.ThroughputPerS:N0} delivered/s, p50 {run.LatencyMs?.P50Ms:0.###} ms, p99 {run.LatencyMs?.P99Ms:0.###} ms, " +
+                    $"broker {run.Figures.GetValueOrDefault("broker_cpu_us_per_message"):0.#} µs CPU/message, lost {run.Lost}, gaps {run.Gaps}, duplicates {run.Duplicates}, errors {run.Errors}");
+            }
+
+            // Medians over each transport's passes (list a transport several times, interleaved, on a noisy machine),
+            // and their ratios to the first transport's.
+            var baseline = options.Transports[0];
+            foreach (var (transport, list) in passes)
+            {
+                var name = transport.Name();
+                first!.Figures[name + "_median_delivered_per_s"] = Median(list, r => r.ThroughputPerS);
+                first.Figures[name + "_median_p50_ms"] = Median(list, r => r.LatencyMs?.P50Ms ?? 0);
+                first.Figures[name + "_median_p99_ms"] = Median(list, r => r.LatencyMs?.P99Ms ?? 0);
+                first.Figures[name + "_median_broker_cpu_us_per_message"] = Median(list, r => r.Figures.GetValueOrDefault("broker_cpu_us_per_message"));
+            }
+
+            foreach (var transport in passes.Keys)
+            {
+                if (transport == baseline)
+                {
+                    continue;
+                }
+
+                var (name, baseName) = (transport.Name(), baseline.Name());
+                foreach (var figure in new[] { "delivered_per_s", "p50_ms", "p99_ms", "broker_cpu_us_per_message" })
+                {
+                    first!.Figures[$"{name}_vs_{baseName}_{figure}"] = Ratio(first.Figures[$"{name}_median_{figure}"], first.Figures[$"{baseName}_median_{figure}"]);
+                }
+
+                Console.WriteLine($"{name} vs {baseName} (medians): delivered/s × {first!.Figures[$"{name}_vs_{baseName}_delivered_per_s"]}, " +
+                    $"p50 × {first.Figures[$"{name}_vs_{baseName}_p50_ms"]}, p99 × {first.Figures[$"{name}_vs_{baseName}_p99_ms"]}, " +
+                    $"broker CPU/message × {first.Figures[$"{name}_vs_{baseName}_broker_cpu_us_per_message"]}");
+            }
+
+            first!.Parameters["transports"] = string.Join(',', options.Transports.Select(t => t.Name()));
+            first.Notes.Add($"transports: one broker process, the pairs run once per entry in the order listed (warm-up each); *_median_* over each transport's passes, *_vs_{baseline.Name()}_* their ratios; loss, gaps, duplicates and errors summed over all passes; the headline figures are the first pass's");
+            return first;
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    private static double Ratio(double value, double baseline) => baseline == 0 ? 0 : Math.Round(value / baseline, 3);
+
+    private static double Median(List<RunResult> runs, Func<RunResult, double> figure)
+    {
+        var values = runs.Select(figure).Order().ToArray();
+        return values.Length % 2 == 1 ? values[values.Length / 2] : (values[(values.Length / 2) - 1] + values[values.Length / 2]) / 2;
+    }
+
+    private async Task<RunResult> RunOnAsync(BrokerNodes broker, ClientTransport transport, TransportEndPoints? endPoints)
+    {
         var result = new RunResult
         {
             Scenario = "pairs",
             Parameters = options.Describe("pairs", options.Rate > 0 ? "rate" : "window", "body_size", "duration_s", "count", "durability"),
             Broker = broker.Describe(options),
         };
+        result.Parameters["transport"] = transport.Name();
         var stats = new LoadStats();
         var runId = Guid.NewGuid().ToString("N")[..8];
         using var stopAll = new CancellationTokenSource();
         var pairs = new Pair[options.Pairs];
         for (var i = 0; i < pairs.Length; i++)
         {
-            pairs[i] = new Pair(i, runId, options, stats);
+            pairs[i] = new Pair(i, runId, options, stats, transport, endPoints);
         }
 
         Console.WriteLine($"connecting {pairs.Length} pairs ...");
@@ -330,7 +447,7 @@ public sealed class PairsScenario(RunOptions options)
     }
 
     /// <summary>One sender device and one receiver device of two users, and everything checked about their conversation.</summary>
-    private sealed class Pair(int index, string runId, RunOptions options, LoadStats stats)
+    private sealed class Pair(int index, string runId, RunOptions options, LoadStats stats, ClientTransport transport, TransportEndPoints? endPoints)
     {
         private readonly string _sender = $"load-{runId}-s{index}";
         private readonly string _receiver = $"load-{runId}-r{index}";
@@ -416,7 +533,8 @@ public sealed class PairsScenario(RunOptions options)
 
         private async Task<RawConnection> LoginAsync(IPEndPoint node, BrokerNodes broker, string user, long sourceIndex, CancellationToken cancellationToken)
         {
-            var connection = await RawConnection.ConnectAsync(node, options.SourceAddress(node, sourceIndex), 128 * 1024, cancellationToken).ConfigureAwait(false);
+            var target = endPoints?.For(transport) ?? node;
+            var connection = await RawConnection.ConnectAsync(transport, target, options.SourceAddress(target, sourceIndex), 128 * 1024, cancellationToken).ConfigureAwait(false);
             var connack = await connection.LoginAsync(Wire.Connect(user, "d1", broker.Token(user, "d1"), 0, 1800), cancellationToken).ConfigureAwait(false);
             if (connack.Reason != ReasonCode.Success)
             {

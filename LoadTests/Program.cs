@@ -22,7 +22,7 @@ public static class Program
         if (parse.Errors.Count == 0 && parse.GetValue<bool>("--netns") && Cluster.NetnsLayout.FromEnvironment() is null)
         {
             // The outer process: make the namespaces, run this same command inside the client one, remove them.
-            return Cluster.NetnsLayout.RunOutsideAsync(args, parse.GetValue<int>("--cluster"));
+            return Cluster.NetnsLayout.RunOutsideAsync(args, parse.GetValue<int>("--cluster"), parse.GetValue<int>("--etcd-members"));
         }
 
         return parse.InvokeAsync();
@@ -70,7 +70,7 @@ public static class Program
             }
         });
 
-        var netns = new Option<bool>("--netns") { Description = "With --cluster (root): the nodes in network namespaces of scripts/netns-cluster.sh (10.77.0.x, one per node, etcd in the first), the harness in one more; all removed at the end.", Recursive = true };
+        var netns = new Option<bool>("--netns") { Description = "With --cluster (root): the nodes in network namespaces of scripts/netns-cluster.sh (10.77.0.x, one per node, etcd members in namespaces of their own), the harness in one more; all removed at the end.", Recursive = true };
         netns.Validators.Add(r =>
         {
             if (r.GetValueOrDefault<bool>() && r.GetResult(cluster) is null)
@@ -79,10 +79,43 @@ public static class Program
             }
         });
 
+        var etcdMembers = new Option<int>("--etcd-members") { Description = "With --netns: members of the run's etcd (1, 3 or 5), each in a namespace of its own; the etcd nemesis then kills one member at a time while a quorum is left.", DefaultValueFactory = _ => 1, Recursive = true };
+        etcdMembers.Validators.Add(r =>
+        {
+            var m = r.GetValueOrDefault<int>();
+            if (m is not (1 or 3 or 5))
+            {
+                r.AddError("--etcd-members must be 1, 3 or 5");
+            }
+            else if (m > 1 && r.GetResult(netns) is null)
+            {
+                r.AddError("--etcd-members above 1 needs --netns (one namespace per member)");
+            }
+        });
+
+        var transport = new Option<string>("--transport")
+        {
+            Description = "pairs: tcp, tls or ws, or a list run in turn against one started broker (e.g. tcp,tls,ws: TLS and WebSocket against cleartext in one run; closed loop only).",
+            DefaultValueFactory = _ => "tcp",
+            Recursive = true,
+        };
+        transport.Validators.Add(r =>
+        {
+            if (!ClientTransports.TryParse(r.GetValueOrDefault<string>(), out _, out var error))
+            {
+                r.AddError(error!);
+            }
+        });
+        // MQTT client mode (LoadTests/Mqtt): pairs against any MQTT broker.
+        var protocol = new Option<string>("--protocol") { Description = "pairs: native (the chat protocol) or mqtt (MQTT 3.1.1 QoS 1; with --target any MQTT broker, else ChatBroker's MQTT listener).", DefaultValueFactory = _ => "native", Recursive = true };
+        protocol.AcceptOnlyFromAmong("native", "mqtt");
+        var mqttTopics = new Option<string>("--mqtt-topics") { Description = "pairs --protocol mqtt: chat (chat/u/{user} and inbox/{user}/#, needs tokens), plain (pairs/{run}/{i}, any broker) or auto (chat when a token secret is known).", DefaultValueFactory = _ => "auto", Recursive = true };
+        mqttTopics.AcceptOnlyFromAmong("auto", "chat", "plain");
+
         var members = new Option<int>("--members") { Description = "fanout: members of the group, all online (the sender included).", DefaultValueFactory = _ => 1024, Recursive = true };
 
         var root = new RootCommand("ChatBroker load harness: pairs, fanout, connections, resume, churn.");
-        foreach (var o in new Option[] { cluster, netns, members, duration, count, pairs, rate, window, bodySize, durability, target, admin, secretFile, tokenSecret, connections, processes, sources, set, json, html, metricsOut, gcdump, warmup, warmupSeconds })
+        foreach (var o in new Option[] { protocol, mqttTopics, cluster, netns, etcdMembers, transport, members, duration, count, pairs, rate, window, bodySize, durability, target, admin, secretFile, tokenSecret, connections, processes, sources, set, json, html, metricsOut, gcdump, warmup, warmupSeconds })
         {
             root.Options.Add(o);
         }
@@ -112,6 +145,7 @@ public static class Program
             Warmup = r.GetValue(warmup),
             WarmupSeconds = r.GetValue(warmupSeconds),
             Cluster = r.GetValue(cluster),
+            Transports = ClientTransports.TryParse(r.GetValue(transport), out var transports, out _) ? transports : [ClientTransport.Tcp],
         };
 
         Command Scenario(string name, string description, Func<RunOptions, Task<RunResult>> run)
@@ -127,7 +161,17 @@ public static class Program
             return command;
         }
 
-        root.Subcommands.Add(Scenario("pairs", "N sender/receiver pairs, closed loop (--window) or fixed rate (--rate).", o => new PairsScenario(o).RunAsync()));
+        var pairsCommand = new Command("pairs", "N sender/receiver pairs, closed loop (--window) or fixed rate (--rate); --protocol mqtt for any MQTT broker.");
+        pairsCommand.SetAction(async (r, _) =>
+        {
+            var options = Read(r);
+            var result = r.GetValue(protocol) == "mqtt"
+                ? await new Mqtt.MqttPairsScenario(options, r.GetValue(mqttTopics)!).RunAsync().ConfigureAwait(false)
+                : await new PairsScenario(options).RunAsync().ConfigureAwait(false);
+            await ReportWriter.WriteAsync(result, options.JsonPath, options.HtmlPath).ConfigureAwait(false);
+            return result.Passed ? 0 : 1;
+        });
+        root.Subcommands.Add(pairsCommand);
 
         root.Subcommands.Add(Scenario("connections", "C idle authenticated connections over --processes client processes: connect rate and broker memory per connection.", o => new ConnectionsScenario(o).RunAsync()));
         root.Subcommands.Add(Scenario("idle-transports", "--connections idle logged-in connections over TCP, then TLS, then WebSocket: broker memory per connection on each.", o => new IdleTransportsScenario(o).RunAsync()));

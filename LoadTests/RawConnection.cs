@@ -1,5 +1,9 @@
 using System.Net;
+using System.Net.Security;
 using System.Net.Sockets;
+using System.Net.WebSockets;
+using System.Security.Cryptography;
+using System.Text;
 using ChatBroker.Protocol;
 using ChatBroker.Protocol.Messages;
 
@@ -20,10 +24,16 @@ public interface IFrameHandler
 /// bytes. No pipes, no per-frame objects: the load generator shares two cores with the broker, so it must
 /// cost much less than the broker per message (the Client SDK adds queues and tasks the harness does not need).
 /// One writer at a time per connection is the caller's rule.
+/// Over TLS (an <see cref="SslStream"/>) and WebSocket (binary messages of whole frames) only the async paths work
+/// (<see cref="ConnectAsync(ClientTransport, IPEndPoint, IPAddress?, int, CancellationToken)"/>, <see cref="LoginAsync"/>,
+/// <see cref="SendAsync"/>, <see cref="ReceiveLoopAsync"/>) plus <see cref="Send"/>, which blocks on them.
 /// </summary>
 public sealed class RawConnection : IDisposable
 {
+    private const string Alpn = "chatbroker/1";
     private readonly Socket _socket;
+    private SslStream? _tls;
+    private WebSocket? _ws;
     private byte[] _buffer;
     private int _start;
     private int _end;
@@ -55,6 +65,69 @@ public sealed class RawConnection : IDisposable
             socket.Dispose();
             throw;
         }
+    }
+
+    /// <summary>Connects over <paramref name="transport"/>: TLS accepts any certificate (the run's own self-signed one); WebSocket upgrades on /chat.</summary>
+    public static async Task<RawConnection> ConnectAsync(ClientTransport transport, IPEndPoint target, IPAddress? source, int bufferSize, CancellationToken cancellationToken)
+    {
+        var connection = await ConnectAsync(target, source, bufferSize, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            switch (transport)
+            {
+                case ClientTransport.Tls:
+                    var tls = new SslStream(new NetworkStream(connection._socket, ownsSocket: false));
+                    connection._tls = tls;
+                    await tls.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
+                    {
+                        TargetHost = "localhost",
+                        ApplicationProtocols = [new SslApplicationProtocol(Alpn)],
+                        RemoteCertificateValidationCallback = static (_, _, _, _) => true,
+                    }, cancellationToken).ConfigureAwait(false);
+                    break;
+                case ClientTransport.Ws:
+                    connection._ws = await UpgradeAsync(connection._socket, target, cancellationToken).ConfigureAwait(false);
+                    break;
+            }
+
+            return connection;
+        }
+        catch
+        {
+            connection.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// The HTTP/1.1 upgrade to a WebSocket on /chat, by hand on the connected socket (so the socket keeps its source
+    /// address); the broker answers 101 and sends nothing more until the client does.
+    /// </summary>
+    private static async Task<WebSocket> UpgradeAsync(Socket socket, IPEndPoint target, CancellationToken cancellationToken)
+    {
+        var key = Convert.ToBase64String(RandomNumberGenerator.GetBytes(16));
+        var request = Encoding.ASCII.GetBytes(
+            $"GET /chat HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n");
+        await socket.SendAsync(request, SocketFlags.None, cancellationToken).ConfigureAwait(false);
+        var response = new byte[4096];
+        var length = 0;
+        while (length < 4 || !response.AsSpan(0, length).EndsWith("\r\n\r\n"u8))
+        {
+            // One byte at a time: nothing after the header may be read here, it belongs to the WebSocket.
+            var n = await socket.ReceiveAsync(response.AsMemory(length, 1), SocketFlags.None, cancellationToken).ConfigureAwait(false);
+            if (n == 0 || ++length == response.Length)
+            {
+                throw new IOException("the broker closed the connection during the WebSocket upgrade");
+            }
+        }
+
+        var status = Encoding.ASCII.GetString(response, 0, length);
+        if (!status.StartsWith("HTTP/1.1 101", StringComparison.Ordinal))
+        {
+            throw new IOException("WebSocket upgrade refused: " + status[..status.IndexOf('\r', StringComparison.Ordinal)]);
+        }
+
+        return WebSocket.CreateFromStream(new NetworkStream(socket, ownsSocket: false), new WebSocketCreationOptions { IsServer = false, KeepAliveInterval = TimeSpan.Zero });
     }
 
     /// <summary>
@@ -157,6 +230,18 @@ public sealed class RawConnection : IDisposable
 
     public async ValueTask SendAsync(ReadOnlyMemory<byte> bytes, CancellationToken cancellationToken)
     {
+        if (_ws is not null)
+        {
+            await _ws.SendAsync(bytes, WebSocketMessageType.Binary, endOfMessage: true, cancellationToken).ConfigureAwait(false); // whole frames per message
+            return;
+        }
+
+        if (_tls is not null)
+        {
+            await _tls.WriteAsync(bytes, cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
         while (bytes.Length > 0)
         {
             var n = await _socket.SendAsync(bytes, SocketFlags.None, cancellationToken).ConfigureAwait(false);
@@ -167,6 +252,18 @@ public sealed class RawConnection : IDisposable
     /// <summary>Blocking send, for the fixed-rate pacer thread (waits for room on a non-blocking socket too).</summary>
     public void Send(ReadOnlySpan<byte> bytes)
     {
+        if (_ws is not null)
+        {
+            _ws.SendAsync(new ArraySegment<byte>(bytes.ToArray()), WebSocketMessageType.Binary, endOfMessage: true, CancellationToken.None).GetAwaiter().GetResult();
+            return;
+        }
+
+        if (_tls is not null)
+        {
+            _tls.Write(bytes);
+            return;
+        }
+
         while (bytes.Length > 0)
         {
             var n = _socket.Send(bytes, SocketFlags.None, out var error);
@@ -199,7 +296,7 @@ public sealed class RawConnection : IDisposable
                 }
             }
         }
-        catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException)
+        catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException or IOException or WebSocketException)
         {
         }
     }
@@ -251,6 +348,11 @@ public sealed class RawConnection : IDisposable
     /// </summary>
     public bool ReceiveAvailable(IFrameHandler handler)
     {
+        if (_tls is not null || _ws is not null)
+        {
+            throw new NotSupportedException("reading without waiting is for TCP connections only (pairs --rate runs over tcp)");
+        }
+
         _socket.Blocking = false;
         while (true)
         {
@@ -298,7 +400,23 @@ public sealed class RawConnection : IDisposable
     private async ValueTask<int> ReadMoreAsync(CancellationToken cancellationToken)
     {
         MakeRoom();
-        var n = await _socket.ReceiveAsync(_buffer.AsMemory(_end), SocketFlags.None, cancellationToken).ConfigureAwait(false);
+        int n;
+        if (_ws is not null)
+        {
+            // Messages hold whole frames, but the buffer is a byte stream to the frame reader: a message cut by the
+            // buffer's end continues in the next read.
+            var received = await _ws.ReceiveAsync(_buffer.AsMemory(_end), cancellationToken).ConfigureAwait(false);
+            n = received.MessageType == WebSocketMessageType.Close ? 0 : received.Count;
+        }
+        else if (_tls is not null)
+        {
+            n = await _tls.ReadAsync(_buffer.AsMemory(_end), cancellationToken).ConfigureAwait(false);
+        }
+        else
+        {
+            n = await _socket.ReceiveAsync(_buffer.AsMemory(_end), SocketFlags.None, cancellationToken).ConfigureAwait(false);
+        }
+
         _end += n;
         return n;
     }
@@ -308,17 +426,23 @@ public sealed class RawConnection : IDisposable
     {
         try
         {
-            _socket.Send(DisconnectFrame, SocketFlags.None);
+            Send(DisconnectFrame);
             _socket.Shutdown(SocketShutdown.Both);
         }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException or WebSocketException or InvalidOperationException)
         {
         }
 
-        _socket.Dispose();
+        Dispose();
     }
 
-    public void Dispose() => _socket.Dispose();
+    public void Dispose()
+    {
+        _ws?.Abort();
+        _ws?.Dispose();
+        _tls?.Dispose();
+        _socket.Dispose();
+    }
 
     private static readonly byte[] DisconnectFrame = Wire.Frame(new Disconnect { Reason = ReasonCode.NormalDisconnect });
 }

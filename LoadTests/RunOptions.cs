@@ -33,6 +33,9 @@ public sealed class RunOptions
     /// <summary>0: one broker (started, or --target). N ≥ 1: a cluster of N nodes and an etcd the harness starts on 127.0.0.1.</summary>
     public int Cluster { get; init; }
 
+    /// <summary>pairs: the transports to run over, in turn against one started broker (--transport tcp|tls|ws or a list).</summary>
+    public ClientTransport[] Transports { get; init; } = [ClientTransport.Tcp];
+
     /// <summary>Client source address number <paramref name="i"/>: 127.0.0.2 … 127.0.0.(1+Sources), round robin (only for a loopback target).</summary>
     public IPAddress? SourceAddress(IPEndPoint target, long i)
     {

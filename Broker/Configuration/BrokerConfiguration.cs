@@ -191,6 +191,11 @@ public sealed class BrokerConfiguration
             errors.Add($"{(options.Tls.Listen is not null ? "tls.listen" : "ws.tls")} needs tls.certificate_file and tls.key_file");
         }
 
+        if (options.Web.Enabled && options.Ws.Listen is null)
+        {
+            errors.Add("web.enabled needs ws.listen (the web chat is served by the WebSocket listener)");
+        }
+
         if (options.Push.Notifier == NotifierKind.Webhook && options.Push.WebhookUrl.Length == 0)
         {
             errors.Add("push.notifier = \"webhook\" needs push.webhook_url");

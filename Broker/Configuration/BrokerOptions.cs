@@ -13,6 +13,8 @@ public sealed class BrokerOptions
     public TcpOptions Tcp { get; } = new();
     public TlsOptions Tls { get; } = new();
     public WsOptions Ws { get; } = new();
+    public WebOptions Web { get; } = new();
+    public MqttOptions Mqtt { get; } = new();
     public AdminOptions Admin { get; } = new();
     public AuthOptions Auth { get; } = new();
     public StorageSettings Storage { get; } = new();
@@ -64,7 +66,7 @@ public sealed class ClusterSettings
     /// <summary>Empty means tcp.listen.</summary>
     public string AdvertiseClient { get; set; } = "";
     public int VirtualNodes { get; set; } = 128;
-    public int ReplicationFactor { get; set; } = 1;
+    public int ReplicationFactor { get; set; } = 3;
     /// <summary>A node not in the map joins it on start (the first one writes the first map).</summary>
     public bool AutoJoin { get; set; } = true;
 
@@ -82,6 +84,11 @@ public sealed class ClusterSettings
     public TimeSpan FailedNodeTimeout { get; set; } = TimeSpan.FromMinutes(15);
 
     public TimeSpan ReforwardWindow { get; set; } = TimeSpan.FromMinutes(2);
+
+    // Replication (ChatBroker.Broker.Cluster.ClusterRoutingOptions).
+    public TimeSpan ReplicationTimeout { get; set; } = TimeSpan.FromSeconds(2);
+
+    public int ReplicationMaxQueueBatches { get; set; } = 4096;
 
     // The mesh's bounds (ChatBroker.Cluster.Mesh.MeshOptions).
     public int MeshMaxBatchMessages { get; set; } = 64;

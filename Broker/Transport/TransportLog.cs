@@ -26,4 +26,7 @@ internal static partial class TransportLog
 
     [LoggerMessage(2505, LogLevel.Debug, "WebSocket request from {Remote} refused: {Result}")]
     public static partial void WebSocketRefused(ILogger logger, EndPoint? remote, string result);
+
+    [LoggerMessage(2507, LogLevel.Information, "Web chat on {Scheme}://{EndPoint}/")]
+    public static partial void WebChatServing(ILogger logger, string scheme, IPEndPoint endpoint);
 }

@@ -22,6 +22,8 @@ namespace ChatBroker.Broker.Transport;
 /// CONNECT, limits and metrics as TCP, counted in the same connection counters and bounded by tcp.max_connections.
 /// Refused before the upgrade: another path (404), not a WebSocket request (400), an Origin not in
 /// ws.allowed_origins (403), the connection limit (503); each counted in chatbroker_ws_upgrades_total.
+/// With web.enabled it also serves the web chat (<see cref="WebChatFiles"/>) on every other path, so the page and its
+/// WebSocket share one origin: that origin is always allowed, whatever ws.allowed_origins lists.
 /// </summary>
 public sealed class WebSocketListener : IHostedService, IConnectionOwner, IAsyncDisposable
 {
@@ -33,6 +35,7 @@ public sealed class WebSocketListener : IHostedService, IConnectionOwner, IAsync
     private readonly ILoggerFactory _loggerFactory;
     private readonly ILogger _logger;
     private readonly string[] _allowedOrigins;
+    private readonly WebChatFiles? _web;
     private readonly CancellationTokenSource _stopping = new();
     private readonly TaskCompletionSource _allClosed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private WebApplication? _app;
@@ -51,6 +54,7 @@ public sealed class WebSocketListener : IHostedService, IConnectionOwner, IAsync
         _loggerFactory = loggerFactory;
         _logger = loggerFactory.CreateLogger<WebSocketListener>();
         _allowedOrigins = options.Ws.AllowedOriginList();
+        _web = options.Web.Enabled ? WebChatFiles.Load() : null;
     }
 
     /// <summary>The bound address (useful when the configured port is 0).</summary>
@@ -105,10 +109,20 @@ public sealed class WebSocketListener : IHostedService, IConnectionOwner, IAsync
         var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()?.Addresses.FirstOrDefault();
         LocalEndPoint = address is null ? listen : IPEndPoint.Parse(new Uri(address).Authority);
         TransportLog.WebSocketListening(_logger, useTls ? "wss" : "ws", LocalEndPoint, WsOptions.Path);
+        if (_web is not null)
+        {
+            TransportLog.WebChatServing(_logger, useTls ? "https" : "http", LocalEndPoint);
+        }
     }
 
     private async Task AcceptAsync(HttpContext context)
     {
+        if (_web is not null && context.Request.Path != WsOptions.Path && !context.WebSockets.IsWebSocketRequest)
+        {
+            await _web.ServeAsync(context).ConfigureAwait(false);
+            return;
+        }
+
         var refusal = Check(context);
         if (refusal is not null)
         {
@@ -171,7 +185,7 @@ public sealed class WebSocketListener : IHostedService, IConnectionOwner, IAsync
         }
 
         var origin = context.Request.Headers.Origin;
-        if (_allowedOrigins.Length > 0 && origin.Count > 0 && !IsAllowed(origin.ToString()))
+        if (_allowedOrigins.Length > 0 && origin.Count > 0 && !IsAllowed(origin.ToString()) && !(_web is not null && IsSameOrigin(context, origin.ToString())))
         {
             return (StatusCodes.Status403Forbidden, "bad_origin", "this Origin is not in ws.allowed_origins");
         }
@@ -191,6 +205,10 @@ public sealed class WebSocketListener : IHostedService, IConnectionOwner, IAsync
 
         return false;
     }
+
+    /// <summary>The page the web chat served (same scheme, host and port as this request) opens the WebSocket.</summary>
+    private static bool IsSameOrigin(HttpContext context, string origin) =>
+        string.Equals(origin, context.Request.Scheme + "://" + context.Request.Host.Value, StringComparison.OrdinalIgnoreCase);
 
     private static IPEndPoint? RemoteOf(HttpContext context) =>
         context.Connection.RemoteIpAddress is { } address ? new IPEndPoint(address, context.Connection.RemotePort) : null;

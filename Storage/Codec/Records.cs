@@ -253,6 +253,11 @@ internal static class Records
     // ---- default family: meta records ----
     public static readonly byte[] PushJobHighWaterKey = "meta/push_job_last_id"u8.ToArray();
 
+    /// <summary>"meta/copied/" + conversation id (8 bytes, big-endian) → u64: the last seq of that conversation this
+    /// node stored as a home's copy (docs/cluster.md, "Replication"). Node-local (meta is never replicated): the log a
+    /// node holds as a replica of the conversation's owner says nothing about the copies its users' inboxes have.</summary>
+    public static ByteWriter CopiedKey(ByteWriter w, ulong conversationId) => w.Reset().Raw("meta/copied/"u8).U64(conversationId);
+
     public static ulong TrailingU64(ReadOnlySpan<byte> key) => new ByteReader(key[^8..]).U64();
 
     public static uint TrailingU32(ReadOnlySpan<byte> key) => new ByteReader(key[^4..]).U32();

@@ -474,6 +474,16 @@ export class ChatClient {
     if (d.inbox_seq !== 0n && d.inbox_seq <= this.#cursor) return false;
     if (d.inbox_seq > this.#cursor) this.#cursor = d.inbox_seq;
     if (!this.#markSeen(d.conversation_id, d.seq)) return false;
+    // This device's own pending SEND, met in the catch-up after a reconnect before its SENT (the re-sent SEND
+    // was stored while the backlog streamed): it is durable, so it settles the send like a SENT, and is not
+    // surfaced as a message as well (the app has it already).
+    const pending = d.client_msg_id !== 0n && d.sender_user_id === this.#options.userId && d.sender_device_id === this.#options.deviceId
+      ? this.#pendingSends.get(d.client_msg_id) : undefined;
+    if (pending !== undefined) {
+      this.#pendingSends.delete(d.client_msg_id);
+      pending.resolve({ clientMsgId: d.client_msg_id, conversationId: d.conversation_id, seq: d.seq, timestampMs: d.timestamp_ms });
+      return true;
+    }
     this.#emit('message', {
       conversationId: d.conversation_id,
       seq: d.seq,
