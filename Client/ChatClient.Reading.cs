@@ -146,7 +146,10 @@ public sealed partial class ChatClient
                 return OnError(connection, error);
             case Receipt receipt:
                 _receipts.Writer.TryWrite(new ReceivedReceipt(
-                    receipt.ConversationId, receipt.Kind, receipt.FromSeq, receipt.UpToSeq, receipt.ReaderUserId, receipt.TimestampMs));
+                    receipt.ConversationId, receipt.Kind, receipt.FromSeq, receipt.UpToSeq, receipt.ReaderUserId, receipt.TimestampMs)
+                {
+                    ReaderDeviceId = receipt.ReaderDeviceId.Length == 0 ? null : receipt.ReaderDeviceId,
+                });
                 return true;
             case SyncDone done:
                 if (done.RequestId == 0)
@@ -171,6 +174,15 @@ public sealed partial class ChatClient
                 return true;
             case HistoryPage page:
                 OnHistoryPage(page);
+                return true;
+            case SettingsResult settings:
+                PendingSettings? pendingSettings;
+                lock (_lock)
+                {
+                    _pendingSettings.Remove(settings.RequestId, out pendingSettings);
+                }
+
+                pendingSettings?.TryComplete(settings);
                 return true;
             case Disconnect disconnect:
                 connection.Fail(new SessionEnd(disconnect.Reason, disconnect.Message, TimeSpan.FromMilliseconds(disconnect.RetryAfterMs)));
@@ -212,6 +224,16 @@ public sealed partial class ChatClient
             lock (_lock)
             {
                 _pendingHistory.Remove(error.RequestId, out pending);
+            }
+
+            pending?.TryFail(new ChatClientException(error.Reason, error.Message, TimeSpan.FromMilliseconds(error.RetryAfterMs)));
+        }
+        else if (error.InReplyTo == PacketType.Settings && error.RequestId != 0)
+        {
+            PendingSettings? pending;
+            lock (_lock)
+            {
+                _pendingSettings.Remove(error.RequestId, out pending);
             }
 
             pending?.TryFail(new ChatClientException(error.Reason, error.Message, TimeSpan.FromMilliseconds(error.RetryAfterMs)));

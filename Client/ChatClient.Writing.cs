@@ -88,10 +88,12 @@ public sealed partial class ChatClient
     {
         PendingSend[] sends;
         PendingHistory[] histories;
+        PendingSettings[] settings;
         lock (_lock)
         {
             sends = [.. _pendingSends.Values];
             histories = [.. _pendingHistory.Values];
+            settings = [.. _pendingSettings.Values];
         }
 
         if (sends.Length > 1)
@@ -108,6 +110,11 @@ public sealed partial class ChatClient
         foreach (var history in histories)
         {
             WritePending(connection, history, force: false);
+        }
+
+        foreach (var request in settings)
+        {
+            WritePending(connection, request, force: false);
         }
     }
 

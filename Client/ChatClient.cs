@@ -39,6 +39,7 @@ public sealed partial class ChatClient : IAsyncDisposable
     // Sends beyond MaxPendingSends, in call order; promoted into _pendingSends as SENTs free slots.
     private readonly Queue<PendingSend> _waitingSends = new();
     private readonly Dictionary<ulong, PendingHistory> _pendingHistory = [];
+    private readonly Dictionary<ulong, PendingSettings> _pendingSettings = [];
     private ChatConnectionState _state;
     private ReasonCode _closedReason;
     private bool _disposed;
@@ -196,6 +197,58 @@ public sealed partial class ChatClient : IAsyncDisposable
         return await pending.Task.ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// Reads or changes the user's settings (SETTINGS, docs/protocol.md §5): who may see the user's presence and the
+    /// contact list that "contacts" refers to. Leave a part null to keep it. Re-sent after a reconnect until answered;
+    /// a refusal (e.g. BAD_REQUEST past privacy.max_contacts) faults the task with a <see cref="ChatClientException"/>.
+    /// </summary>
+    public async Task<SettingsResult> SettingsAsync(
+        PresenceVisibility? presenceVisibility = null, IEnumerable<string>? replaceContacts = null,
+        IEnumerable<string>? addContacts = null, IEnumerable<string>? removeContacts = null, CancellationToken cancellationToken = default)
+    {
+        var request = new Settings { RequestId = (ulong)Interlocked.Increment(ref _requestIdCounter) };
+        if (presenceVisibility is { } visibility)
+        {
+            request.SetPresenceVisibility = true;
+            request.PresenceVisibility = visibility;
+        }
+
+        if (replaceContacts is not null)
+        {
+            request.ReplaceContacts = true;
+            request.Contacts.AddRange(replaceContacts);
+        }
+
+        if (addContacts is not null)
+        {
+            request.AddContacts.AddRange(addContacts);
+        }
+
+        if (removeContacts is not null)
+        {
+            request.RemoveContacts.AddRange(removeContacts);
+        }
+
+        var pending = new PendingSettings(request);
+        lock (_lock)
+        {
+            ThrowIfUnusable();
+            _pendingSettings.Add(request.RequestId, pending);
+        }
+
+        Enqueue(Outbound.Of(pending));
+        using var registration = cancellationToken.Register(() =>
+        {
+            lock (_lock)
+            {
+                _pendingSettings.Remove(request.RequestId);
+            }
+
+            pending.TryCancel(cancellationToken);
+        });
+        return await pending.Task.ConfigureAwait(false);
+    }
+
     /// <summary>Completes when SYNC_DONE of the current (or next) connection arrives: the backlog is in <see cref="Messages"/> and what follows is live.</summary>
     public Task WaitForSyncAsync(CancellationToken cancellationToken = default)
     {
@@ -323,13 +376,21 @@ public sealed partial class ChatClient : IAsyncDisposable
     {
         PendingSend[] sends;
         PendingHistory[] histories;
+        PendingSettings[] settings;
         lock (_lock)
         {
             sends = [.. _pendingSends.Values, .. _waitingSends];
             histories = [.. _pendingHistory.Values];
+            settings = [.. _pendingSettings.Values];
             _pendingSends.Clear();
             _waitingSends.Clear();
             _pendingHistory.Clear();
+            _pendingSettings.Clear();
+        }
+
+        foreach (var request in settings)
+        {
+            request.TryFail(error);
         }
 
         foreach (var send in sends)

@@ -52,6 +52,21 @@ internal sealed class PendingHistory(History request) : PendingOperation(request
     public bool TryCancel(CancellationToken token) => _completion.TrySetCanceled(token);
 }
 
+internal sealed class PendingSettings(Settings request) : PendingOperation(request.RequestId, request)
+{
+    private readonly TaskCompletionSource<SettingsResult> _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public Task<SettingsResult> Task => _completion.Task;
+
+    public override bool IsDone => _completion.Task.IsCompleted;
+
+    public bool TryComplete(SettingsResult result) => _completion.TrySetResult(result);
+
+    public bool TryFail(Exception error) => _completion.TrySetException(error);
+
+    public bool TryCancel(CancellationToken token) => _completion.TrySetCanceled(token);
+}
+
 internal enum OutboundKind
 {
     Message,

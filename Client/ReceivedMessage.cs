@@ -33,7 +33,12 @@ public readonly record struct ReceivedReceipt(
     ulong FromSeq,
     ulong UpToSeq,
     string ReaderUserId,
-    ulong TimestampMs);
+    ulong TimestampMs)
+{
+    /// <summary>On a READ receipt from this user's own other device (read state across devices): that device; null otherwise.
+    /// Clear the conversation's unread count up to <see cref="UpToSeq"/> when it is set.</summary>
+    public string? ReaderDeviceId { get; init; }
+}
 
 /// <summary>
 /// A page of older messages (ascending seq). <see cref="More"/>: older messages exist; ask again with

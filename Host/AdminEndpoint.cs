@@ -19,7 +19,8 @@ namespace ChatBroker.Host;
 /// It runs as its own small web application so the native listener does not depend on ASP.NET.
 /// </summary>
 internal sealed class AdminEndpoint(
-    BrokerOptions options, PrometheusExporter exporter, Readiness readiness, ILogger<AdminEndpoint> logger, IClusterCoordinator? cluster = null)
+    BrokerOptions options, PrometheusExporter exporter, Readiness readiness, ILogger<AdminEndpoint> logger,
+    ChatBroker.Broker.Messaging.DeviceRevocations devices, IClusterCoordinator? cluster = null)
     : IHostedService, IAsyncDisposable
 {
     private WebApplication? _app;
@@ -56,6 +57,9 @@ internal sealed class AdminEndpoint(
             ? Results.Text("not in cluster mode: cluster.etcd_endpoints is empty\n", statusCode: StatusCodes.Status404NotFound)
             : Results.Bytes(ClusterStatus.NodeJson(cluster.Self.NodeId, cluster.View), "application/json"));
         app.MapGet("/metrics", () => Results.Text(exporter.Scrape(), "text/plain; version=0.0.4; charset=utf-8"));
+        // Devices (issue 18): list a user's devices, revoke one or all (docs/operations.md, "Devices").
+        app.MapGet("/devices", (string? user) => DeviceEndpoints.List(devices, user));
+        app.MapPost("/devices/revoke", (string? user, string? device, CancellationToken ct) => DeviceEndpoints.RevokeAsync(devices, user, device, ct));
         try
         {
             await app.StartAsync(cancellationToken).ConfigureAwait(false);

@@ -106,6 +106,8 @@ internal sealed class ClusterNode(
             FailoverBackupDelay = c.FailoverBackupDelay,
             FailedNodeTimeout = c.FailedNodeTimeout,
             ReforwardWindow = c.ReforwardWindow,
+            ReplicationTimeout = c.ReplicationTimeout,
+            ReplicationMaxQueueBatches = c.ReplicationMaxQueueBatches,
             Mesh = new MeshOptions
             {
                 MaxBatchMessages = c.MeshMaxBatchMessages,
@@ -317,6 +319,20 @@ internal sealed class ClusterNode(
             parts[i] = $"{m.NodeId} {m.State} (mesh {m.MeshAddress}, client {m.ClientAddress})";
         }
 
-        return string.Join(", ", parts);
+        if (map.ReplicaSets.IsDefaultOrEmpty)
+        {
+            return string.Join(", ", parts);
+        }
+
+        // Replication (docs/cluster.md): each primary's replicas and which of them are in sync, e.g.
+        // "replicas: n1 {n2, n3} in sync {n2}, n2 {n1, n3} in sync {n1, n3}, …".
+        var sets = new string[map.ReplicaSets.Length];
+        for (var i = 0; i < sets.Length; i++)
+        {
+            var set = map.ReplicaSets[i];
+            sets[i] = $"{set.Primary} {{{string.Join(", ", set.Replicas)}}} in sync {{{string.Join(", ", set.InSync)}}}";
+        }
+
+        return string.Join(", ", parts) + "; replicas: " + string.Join(", ", sets);
     }
 }

@@ -63,6 +63,7 @@ public static class Program
         root.Subcommands.Add(config);
         Cli.MessagingCommands.Add(root, configOption, setOption);
         Cli.ClusterCommands.Add(root, configOption, setOption);
+        Cli.DeviceCommands.Add(root, configOption, setOption);
         return root;
     }
 

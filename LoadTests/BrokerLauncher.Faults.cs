@@ -54,12 +54,16 @@ public sealed partial class BrokerLauncher
 
         var ready = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var lines = new List<string>();
+        var logPath = BrokerLog.PathFor(info.ArgumentList);
+        BrokerLog.Append(logPath, "---- restarted by the harness ----");
         void OnLine(string? line)
         {
             if (line is null)
             {
                 return;
             }
+
+            BrokerLog.Append(logPath, line);
 
             lock (_outputLock)
             {

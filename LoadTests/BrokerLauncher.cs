@@ -90,6 +90,12 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
             // A load run measures the broker, not its abuse limits.
             "limits.sends_per_second=1000000",
             "limits.bytes_per_second=1073741824",
+            "limits.key_fetches_per_second=100000",
+            // Issue 18's per-user hourly limits off (0): a load user starts thousands of conversations an hour.
+            "abuse.new_conversations_per_hour=0",
+            "abuse.group_creations_per_hour=0",
+            "abuse.membership_changes_per_hour=0",
+            "abuse.prekey_fetches_per_hour=0",
         };
         settings.AddRange(extraSettings);
         foreach (var s in settings)
@@ -112,6 +118,7 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
             info.Environment["CHATBROKER__AUTH__SECRET"] = secretBase64;
         }
 
+        var logPath = BrokerLog.PathFor(info.ArgumentList);
         var process = Process.Start(info) ?? throw new InvalidOperationException("could not start dotnet");
         var tcp = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
         var admin = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -125,6 +132,7 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
                 return;
             }
 
+            BrokerLog.Append(logPath, line);
             lock (linesLock)
             {
                 if (lines.Count < 200)

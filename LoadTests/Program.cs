@@ -22,7 +22,7 @@ public static class Program
         if (parse.Errors.Count == 0 && parse.GetValue<bool>("--netns") && Cluster.NetnsLayout.FromEnvironment() is null)
         {
             // The outer process: make the namespaces, run this same command inside the client one, remove them.
-            return Cluster.NetnsLayout.RunOutsideAsync(args, parse.GetValue<int>("--cluster"));
+            return Cluster.NetnsLayout.RunOutsideAsync(args, parse.GetValue<int>("--cluster"), parse.GetValue<int>("--etcd-members"));
         }
 
         return parse.InvokeAsync();
@@ -70,12 +70,26 @@ public static class Program
             }
         });
 
-        var netns = new Option<bool>("--netns") { Description = "With --cluster (root): the nodes in network namespaces of scripts/netns-cluster.sh (10.77.0.x, one per node, etcd in the first), the harness in one more; all removed at the end.", Recursive = true };
+        var netns = new Option<bool>("--netns") { Description = "With --cluster (root): the nodes in network namespaces of scripts/netns-cluster.sh (10.77.0.x, one per node, etcd members in namespaces of their own), the harness in one more; all removed at the end.", Recursive = true };
         netns.Validators.Add(r =>
         {
             if (r.GetValueOrDefault<bool>() && r.GetResult(cluster) is null)
             {
                 r.AddError("--netns needs --cluster N");
+            }
+        });
+
+        var etcdMembers = new Option<int>("--etcd-members") { Description = "With --netns: members of the run's etcd (1, 3 or 5), each in a namespace of its own; the etcd nemesis then kills one member at a time while a quorum is left.", DefaultValueFactory = _ => 1, Recursive = true };
+        etcdMembers.Validators.Add(r =>
+        {
+            var m = r.GetValueOrDefault<int>();
+            if (m is not (1 or 3 or 5))
+            {
+                r.AddError("--etcd-members must be 1, 3 or 5");
+            }
+            else if (m > 1 && r.GetResult(netns) is null)
+            {
+                r.AddError("--etcd-members above 1 needs --netns (one namespace per member)");
             }
         });
 
@@ -96,7 +110,7 @@ public static class Program
         var members = new Option<int>("--members") { Description = "fanout: members of the group, all online (the sender included).", DefaultValueFactory = _ => 1024, Recursive = true };
 
         var root = new RootCommand("ChatBroker load harness: pairs, fanout, connections, resume, churn.");
-        foreach (var o in new Option[] { cluster, netns, transport, members, duration, count, pairs, rate, window, bodySize, durability, target, admin, secretFile, tokenSecret, connections, processes, sources, set, json, html, metricsOut, gcdump, warmup, warmupSeconds })
+        foreach (var o in new Option[] { cluster, netns, etcdMembers, transport, members, duration, count, pairs, rate, window, bodySize, durability, target, admin, secretFile, tokenSecret, connections, processes, sources, set, json, html, metricsOut, gcdump, warmup, warmupSeconds })
         {
             root.Options.Add(o);
         }

@@ -58,6 +58,8 @@ public static class PacketTypes
         Define(PacketType.KeysUploaded, PacketDirection.ServerToClient, FrameFlags.None, KeysUploaded.Parser);
         Define(PacketType.FetchKeys, PacketDirection.ClientToServer, FrameFlags.None, FetchKeys.Parser);
         Define(PacketType.KeyBundle, PacketDirection.ServerToClient, FrameFlags.None, KeyBundle.Parser);
+        Define(PacketType.Settings, PacketDirection.ClientToServer, FrameFlags.None, Settings.Parser);
+        Define(PacketType.SettingsResult, PacketDirection.ServerToClient, FrameFlags.None, SettingsResult.Parser);
 
         // Assigned here, not in an initializer: initializers run before this constructor fills Info.
         All = BuildAll();
@@ -110,6 +112,8 @@ public static class PacketTypes
         KeysUploaded => PacketType.KeysUploaded,
         FetchKeys => PacketType.FetchKeys,
         KeyBundle => PacketType.KeyBundle,
+        Settings => PacketType.Settings,
+        SettingsResult => PacketType.SettingsResult,
         _ => ThrowNotAPacketBody(message),
     };
 

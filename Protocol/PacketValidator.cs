@@ -43,6 +43,8 @@ public static class PacketValidator
         KeysUploaded => ReasonCode.Success,
         FetchKeys m => ValidateId(m.UserId),
         KeyBundle m => m.UserId.Length == 0 ? ReasonCode.MissingField : ReasonCode.Success,
+        Settings m => ValidateSettings(m),
+        SettingsResult => ReasonCode.Success,
         _ => ReasonCode.UnknownPacketType,
     };
 
@@ -153,4 +155,28 @@ public static class PacketValidator
     }
 
     private static ReasonCode ValidateId(string id) => ChatIds.Validate(id);
+
+    // Nothing is required (a bare SETTINGS reads them); every contact id follows the id rule, and a visibility
+    // this version does not know is out of range.
+    private static ReasonCode ValidateSettings(Settings m)
+    {
+        if (m.PresenceVisibility is < PresenceVisibility.Everyone or > PresenceVisibility.Nobody)
+        {
+            return ReasonCode.InvalidField;
+        }
+
+        foreach (var list in (ReadOnlySpan<RepeatedField<string>>)[m.Contacts, m.AddContacts, m.RemoveContacts])
+        {
+            for (var i = 0; i < list.Count; i++)
+            {
+                var result = ValidateId(list[i]);
+                if (result != ReasonCode.Success)
+                {
+                    return result;
+                }
+            }
+        }
+
+        return ReasonCode.Success;
+    }
 }

@@ -10,6 +10,7 @@ internal sealed partial class CommitWriter
 {
     private readonly Dictionary<ulong, ulong> _lastSeq = [];
     private readonly Dictionary<string, ulong> _lastInboxSeq = new(StringComparer.Ordinal);
+    private readonly Dictionary<ulong, ulong> _lastCopied = [];
     private ulong _lastConversationId;
     private ulong _lastPushJobId;
     private long _lastTimestamp;
@@ -65,6 +66,32 @@ internal sealed partial class CommitWriter
 
         _current.SeqUndo.TryAdd(conversationId, last);
         _lastSeq[conversationId] = seq;
+        return true;
+    }
+
+    /// <summary>
+    /// A home's copy of <paramref name="seq"/> of a conversation another node sequences: true (and the copied mark
+    /// raised, in this batch) when this node has not stored a copy of it or a later one. The mark is the node's own
+    /// (meta, never replicated), not the log's last seq: a node that is a replica of the conversation's owner holds the
+    /// log, yet its users' inboxes still need the copy's entries (docs/cluster.md, "Replication").
+    /// </summary>
+    internal bool TryTakeCopy(ulong conversationId, ulong seq)
+    {
+        if (!_lastCopied.TryGetValue(conversationId, out var last))
+        {
+            var stored = _engine.Get(Cf.Default, Records.CopiedKey(Key, conversationId).Span);
+            last = stored is { Length: 8 } ? new ByteReader(stored).U64() : 0;
+        }
+
+        if (seq <= last)
+        {
+            _lastCopied[conversationId] = last;
+            return false;
+        }
+
+        _current.CopiedUndo.TryAdd(conversationId, last);
+        _lastCopied[conversationId] = seq;
+        _current.Batch.Put(Cf.Default, Records.CopiedKey(Key, conversationId).Span, new ByteWriter(8).U64(seq).Span);
         return true;
     }
 

@@ -17,6 +17,8 @@ internal sealed partial class CommitWriter
 
         public Dictionary<string, ulong> InboxUndo { get; } = new(StringComparer.Ordinal);
 
+        public Dictionary<ulong, ulong> CopiedUndo { get; } = [];
+
         public Dictionary<IdempotencyKey, AppendResult> PendingIdempotency { get; } = [];
 
         public ulong ConversationIdBefore { get; private set; }
@@ -43,6 +45,11 @@ internal sealed partial class CommitWriter
                 w._lastInboxSeq[user] = last;
             }
 
+            foreach (var (conversation, last) in CopiedUndo)
+            {
+                w._lastCopied[conversation] = last;
+            }
+
             w._lastConversationId = ConversationIdBefore;
             w._lastPushJobId = PushJobIdBefore;
         }
@@ -54,6 +61,7 @@ internal sealed partial class CommitWriter
             Touched.Clear();
             SeqUndo.Clear();
             InboxUndo.Clear();
+            CopiedUndo.Clear();
             PendingIdempotency.Clear();
             Bytes = 0;
         }

@@ -88,6 +88,9 @@ public interface IConversationStore
 
     Conversation? GetConversation(ulong conversationId);
 
+    /// <summary>The id of the direct conversation of two users if it exists (nothing is created); null otherwise.</summary>
+    ulong? FindDirect(string userA, string userB);
+
     /// <summary>Adds or changes the role of a member.</summary>
     Task SetMemberAsync(ulong conversationId, string userId, MemberRole role, CancellationToken cancellationToken = default);
 
@@ -157,7 +160,7 @@ public interface IPrekeyStore
 }
 
 /// <summary>The whole store. <see cref="IAsyncDisposable.DisposeAsync"/> commits what is queued, then closes.</summary>
-public interface IChatStore : IMessageLog, IInboxStore, ICursorStore, IConversationStore, IPushJobStore, IPresenceStore, IPrekeyStore, IReceiptStore, IRangeTransfer, IReplicaStore, IAsyncDisposable, IDisposable
+public interface IChatStore : IMessageLog, IInboxStore, ICursorStore, IConversationStore, IPushJobStore, IPresenceStore, IPrekeyStore, IReceiptStore, IAccountStore, IRangeTransfer, IReplicaStore, IAsyncDisposable, IDisposable
 {
     /// <summary>Applies retention and expires idempotency keys now; returns the number of records removed.
     /// The background sweeper calls this every <see cref="StorageOptions.SweepInterval"/>.</summary>

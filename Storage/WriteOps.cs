@@ -415,11 +415,15 @@ internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> i
     public override void Apply(CommitWriter w)
     {
         var m = message;
-        if (!w.TryTakeSeq(m.ConversationId, m.Seq))
+        if (!w.TryTakeCopy(m.ConversationId, m.Seq))
         {
             Result = new AppendResult(m.ConversationId, m.Seq, m.TimestampMs, true, []);
             return;
         }
+
+        // The log's counter too (the copy is a message of the conversation here), without deciding anything: a replica
+        // of the conversation's owner may already hold this seq in its log.
+        w.TryTakeSeq(m.ConversationId, m.Seq);
 
         var request = new AppendRequest
         {

@@ -20,7 +20,9 @@ public enum TokenStatus
 }
 
 /// <summary>The claims of a verified token.</summary>
-public readonly record struct TokenClaims(string User, string? Device, DateTimeOffset Expires);
+/// <param name="IssuedAt">The <c>iat</c> claim; <see cref="DateTimeOffset.UnixEpoch"/> when the token has none (such a token
+/// counts as issued before any revocation).</param>
+public readonly record struct TokenClaims(string User, string? Device, DateTimeOffset Expires, DateTimeOffset IssuedAt = default);
 
 /// <summary>
 /// Device tokens are JSON Web Tokens signed with HMAC-SHA256 (RFC 7519 / RFC 7515 compact form), so an
@@ -95,6 +97,7 @@ public static class AccessToken
         string? user;
         string? device;
         long exp;
+        long iat = 0;
         try
         {
             using var headerDoc = JsonDocument.Parse(header);
@@ -104,6 +107,11 @@ public static class AccessToken
             user = GetString(payloadDoc.RootElement, "sub");
             device = GetString(payloadDoc.RootElement, "dev");
             if (!payloadDoc.RootElement.TryGetProperty("exp", out var expElement) || !expElement.TryGetInt64(out exp))
+            {
+                return TokenStatus.Malformed;
+            }
+
+            if (payloadDoc.RootElement.TryGetProperty("iat", out var iatElement) && !iatElement.TryGetInt64(out iat))
             {
                 return TokenStatus.Malformed;
             }
@@ -137,7 +145,8 @@ public static class AccessToken
             return TokenStatus.Expired;
         }
 
-        claims = new TokenClaims(user, string.IsNullOrEmpty(device) ? null : device, expires);
+        claims = new TokenClaims(user, string.IsNullOrEmpty(device) ? null : device, expires,
+            DateTimeOffset.FromUnixTimeSeconds(Math.Clamp(iat, 0, 253_402_300_799)));
         return TokenStatus.Valid;
     }
 

@@ -60,6 +60,7 @@ public sealed partial class ClusterNode
         Start(view);
         _watchdog = Task.Run(() => WatchMovingMembersAsync(view, _stop.Token));
         StartFailover(view, coordinator);
+        StartReplication(view);
     }
 
     // ---- the freeze: commits on moving ranges are refused, and the barrier lets earlier ones reach the store ----

@@ -88,6 +88,18 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
     /// <summary>Entries not yet acked by <paramref name="homeNodeId"/>'s home (its forward queue's backlog).</summary>
     public ulong ForwardBacklog(string homeNodeId) => _forwarders.TryGetValue(homeNodeId, out var f) ? f.Backlog : 0;
 
+    /// <summary>Entries not yet acked by their homes, over every home's forward queue (the metric).</summary>
+    public ulong TotalForwardBacklog()
+    {
+        ulong total = 0;
+        foreach (var f in _forwarders.Values)
+        {
+            total += f.Backlog;
+        }
+
+        return total;
+    }
+
     /// <summary>Completes once <paramref name="homeNodeId"/> has acked every inbox entry queued for it so far.</summary>
     public Task WhenForwardedAsync(string homeNodeId, CancellationToken cancellationToken) =>
         _forwarders.TryGetValue(homeNodeId, out var f) ? f.WhenDrainedAsync(cancellationToken) : Task.CompletedTask;
@@ -220,6 +232,10 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         }
 
         OnMapApplied();
+        if (State is { } applied)
+        {
+            OnReplicationMap(applied);
+        }
     }
 
     // ---- IMessageRouter: what the core asks ----
@@ -770,6 +786,9 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             case ClusterOpKind.RangeChunk:
                 return HandleRangeChunk(batch, index, message, s, cancellationToken);
 
+            case ClusterOpKind.ReplicaRecords or ClusterOpKind.ReplicaCopy:
+                return HandleReplicaBatch(batch, index, message, s, cancellationToken);
+
             default:
                 batch.Reject(index, (uint)ReasonCode.BadRequest);
                 return null;
@@ -953,9 +972,11 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         }
 
         await _stop.CancelAsync().ConfigureAwait(false);
+        Volatile.Read(ref _tap)?.Close();
         await _mapLoop.ConfigureAwait(false);
         await _livenessLoop.ConfigureAwait(false);
         await _failoverLoop.ConfigureAwait(false);
+        await _replicationLoop.ConfigureAwait(false);
         foreach (var forwarder in _forwarders.Values)
         {
             await forwarder.Stopped.ConfigureAwait(false);

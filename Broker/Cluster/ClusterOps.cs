@@ -108,6 +108,16 @@ public enum ClusterOpKind : uint
 
     /// <summary>Old owner → new owner: <see cref="Wire.RangeChunk"/>, answered with <see cref="Wire.RangeChunkResult"/>.</summary>
     RangeChunk = 62,
+
+    // ---- 80–89: replication (cluster_replication.proto; ClusterNode.Replication.cs) ----
+
+    /// <summary>Primary → replica (stream 1): <see cref="Wire.ReplicaBatch"/> of one committed write batch; the ack
+    /// means durable at the replica.</summary>
+    ReplicaRecords = 80,
+
+    /// <summary>Primary → replica catching up (stream 1): <see cref="Wire.ReplicaBatch"/> of one page of the primary's
+    /// ranges (a range export); the ack means durable.</summary>
+    ReplicaCopy = 81,
 }
 
 /// <summary>Conversions between the core's types and the cluster operations, and the derived ids.</summary>

@@ -51,6 +51,15 @@ public sealed record ClusterRoutingOptions
     /// forward queues are not replicated (homes store each copy once).</summary>
     public TimeSpan ReforwardWindow { get; init; } = TimeSpan.FromMinutes(2);
 
+    /// <summary>Replication: how long a primary waits for an in-sync replica to ack a committed batch before it proposes
+    /// the replica's removal from the in-sync list (a compare-and-set; the batch goes on waiting until the map without
+    /// it is applied). Also what a catch-up page may take (four times this).</summary>
+    public TimeSpan ReplicationTimeout { get; init; } = TimeSpan.FromSeconds(2);
+
+    /// <summary>Replication: committed batches sent to one replica and not yet acked past which the replica counts as
+    /// behind (as after the timeout). The mesh link's own queue bounds (cluster.mesh_max_queue_*) hold as well.</summary>
+    public int ReplicationMaxQueueBatches { get; init; } = 4096;
+
     /// <summary>The mesh's bounds, with replies large enough for an inbox page of catch-up.</summary>
     public MeshOptions Mesh { get; init; } = new() { MaxReplyBytes = 256 * 1024 };
 
@@ -70,6 +79,8 @@ public sealed record ClusterRoutingOptions
         ArgumentOutOfRangeException.ThrowIfLessThan(FailoverBackupDelay, TimeSpan.Zero, nameof(FailoverBackupDelay));
         ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(FailedNodeTimeout, TimeSpan.Zero, nameof(FailedNodeTimeout));
         ArgumentOutOfRangeException.ThrowIfLessThan(ReforwardWindow, TimeSpan.Zero, nameof(ReforwardWindow));
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(ReplicationTimeout, TimeSpan.Zero, nameof(ReplicationTimeout));
+        ArgumentOutOfRangeException.ThrowIfLessThan(ReplicationMaxQueueBatches, 1, nameof(ReplicationMaxQueueBatches));
         Mesh.Validate();
         ArgumentOutOfRangeException.ThrowIfLessThan(Mesh.MaxReplyBytes, Mesh.MaxMessageBytes + 1024, "Mesh.MaxReplyBytes");
     }

@@ -123,6 +123,14 @@ internal sealed class HomeForwarder
                     // the next wake (a commit, a map change) sends them again.
                     ClusterLog.ForwardFailed(_logger, HomeNodeId, e);
                 }
+#pragma warning disable CA1031 // The loop outlives any failure of one round: a dead forwarder would hold the home's entries for good.
+                catch (Exception e) when (!stop.IsCancellationRequested)
+#pragma warning restore CA1031
+                {
+                    ClusterLog.ForwardFailed(_logger, HomeNodeId, e);
+                    Wake(); // not waiting for a commit: the queue may hold entries nobody else wakes it for
+                    await Task.Delay(100, stop).ConfigureAwait(false);
+                }
             }
         }
         catch (OperationCanceledException) when (stop.IsCancellationRequested)

@@ -27,14 +27,47 @@ public sealed class PeerLink : IMeshResultHandler, IAsyncDisposable
     private readonly Dictionary<ulong, TaskCompletionSource<MeshReply>> _pending = [];
     private readonly Queue<ulong> _order = new();
     private readonly GrpcChannel _channel;
+    private readonly bool _ownsChannel;
+    private readonly PeerLink? _replication;
+    private int _started;
     private bool _disposed;
 
     public PeerLink(string localNodeId, string remoteNodeId, string meshAddress, MeshOptions options, MeshMetrics metrics)
+        : this(localNodeId, remoteNodeId, meshAddress, MeshChannel.Create(new Uri("http://" + meshAddress), options), 0, options, metrics)
+    {
+        _ownsChannel = true;
+        // Stream 1 of the pair, on the same HTTP/2 connection: replication's batches (docs/cluster.md, "Replication").
+        // A stream of its own, so a primary's replica traffic and the routed operations (forwarded SENDs, which may
+        // wait for that node's own replicas) never wait behind each other.
+        _replication = new PeerLink(localNodeId, remoteNodeId, meshAddress, _channel, 1, options, metrics);
+    }
+
+    private PeerLink(string localNodeId, string remoteNodeId, string meshAddress, GrpcChannel channel, uint stream, MeshOptions options, MeshMetrics metrics)
     {
         NodeId = remoteNodeId;
         MeshAddress = meshAddress;
-        _channel = MeshChannel.Create(new Uri("http://" + meshAddress), options);
-        Peer = new MeshPeer(_channel, localNodeId, remoteNodeId, stream: 0, options, this, metrics);
+        _channel = channel;
+        Peer = new MeshPeer(_channel, localNodeId, remoteNodeId, stream, options, this, metrics);
+    }
+
+    /// <summary>The replication stream to the same node (stream 1), started on first use; null on that stream itself.</summary>
+    public PeerLink? Replication
+    {
+        get
+        {
+            if (_replication is not null && Interlocked.Exchange(ref _replication._started, 1) == 0)
+            {
+                lock (_replication._lock)
+                {
+                    if (!_replication._disposed)
+                    {
+                        _replication.Peer.Start();
+                    }
+                }
+            }
+
+            return _replication;
+        }
     }
 
     public string NodeId { get; }
@@ -145,8 +178,16 @@ public sealed class PeerLink : IMeshResultHandler, IAsyncDisposable
             _order.Clear();
         }
 
+        if (_replication is not null)
+        {
+            await _replication.DisposeAsync().ConfigureAwait(false);
+        }
+
         await Peer.DisposeAsync().ConfigureAwait(false);
-        _channel.Dispose();
+        if (_ownsChannel)
+        {
+            _channel.Dispose();
+        }
         foreach (var w in waiting)
         {
             w.TrySetException(new RouteUnavailableException($"the link to node {NodeId} was closed"));

@@ -28,6 +28,25 @@ public sealed class BrokerOptions
     public GroupsOptions Groups { get; } = new();
     public FanoutOptions Fanout { get; } = new();
     public ClusterSettings Cluster { get; } = new();
+
+    // Issue 18 (hardening): abuse limits and privacy.
+    public AbuseOptions Abuse { get; } = new();
+    public PrivacyOptions Privacy { get; } = new();
+}
+
+/// <summary>The <c>abuse.*</c> settings: per-user hourly limits a public service needs (0 turns one off).</summary>
+public sealed class AbuseOptions
+{
+    public int NewConversationsPerHour { get; set; } = 1000;
+    public int GroupCreationsPerHour { get; set; } = 100;
+    public int MembershipChangesPerHour { get; set; } = 2000;
+    public int PrekeyFetchesPerHour { get; set; } = 2000;
+}
+
+/// <summary>The <c>privacy.*</c> settings.</summary>
+public sealed class PrivacyOptions
+{
+    public int MaxContacts { get; set; } = 5000;
 }
 
 /// <summary>The <c>cluster.*</c> settings; the host maps them onto ChatBroker.Cluster's ClusterOptions.</summary>
@@ -46,7 +65,7 @@ public sealed class ClusterSettings
     /// <summary>Empty means tcp.listen.</summary>
     public string AdvertiseClient { get; set; } = "";
     public int VirtualNodes { get; set; } = 128;
-    public int ReplicationFactor { get; set; } = 1;
+    public int ReplicationFactor { get; set; } = 3;
     /// <summary>A node not in the map joins it on start (the first one writes the first map).</summary>
     public bool AutoJoin { get; set; } = true;
 
@@ -64,6 +83,11 @@ public sealed class ClusterSettings
     public TimeSpan FailedNodeTimeout { get; set; } = TimeSpan.FromMinutes(15);
 
     public TimeSpan ReforwardWindow { get; set; } = TimeSpan.FromMinutes(2);
+
+    // Replication (ChatBroker.Broker.Cluster.ClusterRoutingOptions).
+    public TimeSpan ReplicationTimeout { get; set; } = TimeSpan.FromSeconds(2);
+
+    public int ReplicationMaxQueueBatches { get; set; } = 4096;
 
     // The mesh's bounds (ChatBroker.Cluster.Mesh.MeshOptions).
     public int MeshMaxBatchMessages { get; set; } = 64;
@@ -171,6 +195,10 @@ public sealed class AuthOptions
     /// <summary>Base64 secret given inline (e.g. from an environment variable); wins over the file.</summary>
     public string Secret { get; set; } = "";
     public TimeSpan DefaultTokenTtl { get; set; } = TimeSpan.FromDays(30);
+    /// <summary>Token rotation: the secret being replaced, base64; tokens it signed are accepted until <see cref="PreviousSecretUntil"/>.</summary>
+    public string PreviousSecret { get; set; } = "";
+    /// <summary>Empty (null): the previous secret is not accepted at all.</summary>
+    public DateTimeOffset? PreviousSecretUntil { get; set; }
 
     public string ResolveSecretFile(NodeOptions node) =>
         SecretFile.Length > 0 ? SecretFile : Path.Combine(node.DataDir, "token.secret");

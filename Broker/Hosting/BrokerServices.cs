@@ -46,6 +46,7 @@ public static class BrokerServices
             sp.GetRequiredService<IChatStore>(), sp.GetRequiredService<SessionRegistry>(), sp.GetRequiredService<BrokerMetrics>(), options.Keys,
             sp.GetRequiredService<TimeProvider>()));
         services.AddSingleton<GroupService>();
+        services.AddSingleton<DeviceRevocations>();
         services.AddSingleton<BrokerContext>();
         services.AddSingleton<ISocketConnectionHandler, DeviceConnectionHandler>();
         services.AddSingleton<SocketListener>();

@@ -840,6 +840,59 @@ public sealed class ChatService(
         }
     }
 
+    /// <summary>True when the two users already have a direct conversation this node knows of (for the
+    /// new-conversations limit; in cluster mode a pair this node has not seen counts as new).</summary>
+    public bool DirectExists(string userA, string userB)
+    {
+        if (directory.TryGetDirect(userA, userB, out _))
+        {
+            return true;
+        }
+
+        try
+        {
+            return Router is null && store.FindDirect(userA, userB) is not null;
+        }
+        catch (ArgumentException)
+        {
+            return true; // an id the SEND's own checks refuse; not this limit's business
+        }
+    }
+
+    /// <summary>
+    /// Read state across a user's devices: a READ of one device is told to the user's other devices as a READ receipt
+    /// whose <c>reader_user_id</c> is their own user and <c>reader_device_id</c> the device that read (docs/protocol.md
+    /// §5, READ). One node: the user's other online devices here; cluster mode: through the user's home, which keeps
+    /// it and tells the user's devices wherever they are (the reading device may get it too).
+    /// </summary>
+    public void TellOwnRead(IDeviceLink reader, ulong conversationId, ulong upToSeq)
+    {
+        var receipt = new Receipt
+        {
+            ConversationId = conversationId,
+            Kind = ReceiptKind.Read,
+            UpToSeq = upToSeq,
+            ReaderUserId = reader.UserId,
+            ReaderDeviceId = reader.DeviceId,
+            TimestampMs = (ulong)clock.GetUtcNow().ToUnixTimeMilliseconds(),
+        };
+        if (Signals is { } signals)
+        {
+            signals.RouteReceipt(reader.UserId, receipt);
+            metrics.ReadSynced.Add(1);
+            return;
+        }
+
+        foreach (var device in registry.DevicesOf(reader.UserId))
+        {
+            if (!ReferenceEquals(device, reader))
+            {
+                device.OnReceipt(receipt);
+                metrics.ReadSynced.Add(1);
+            }
+        }
+    }
+
     /// <summary>
     /// The latest stored receipts of the other members of the user's conversations, for a device that has
     /// just connected (so a sender that was offline learns what happened meanwhile).
@@ -863,6 +916,13 @@ public sealed class ChatService(
             {
                 if (member == userId)
                 {
+                    // The user's own read position (read state across devices): what another device of it read.
+                    var own = store.GetCursor(member, ReadCursor, stream);
+                    if (own > 0)
+                    {
+                        receipts.Add(new Receipt { ConversationId = conversationId, Kind = ReceiptKind.Read, UpToSeq = own, ReaderUserId = member });
+                    }
+
                     continue;
                 }
 

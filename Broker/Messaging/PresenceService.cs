@@ -253,6 +253,7 @@ public sealed class PresenceService : IDisposable
 
         var peers = checkPeers ? PeersOf(subscriber.UserId) : null;
         var stored = new long[request.UserIds.Count];
+        var settings = new UserSettings?[request.UserIds.Count];
         for (var i = 0; i < request.UserIds.Count; i++)
         {
             var user = request.UserIds[i];
@@ -262,6 +263,7 @@ public sealed class PresenceService : IDisposable
             }
 
             stored[i] = IsRemote(user) ? 0 : _store.GetLastSeen(user) ?? 0;
+            settings[i] = IsRemote(user) ? null : _store.GetUserSettings(user);
         }
 
         var answer = new PresenceSubscribed { RequestId = request.RequestId };
@@ -304,9 +306,17 @@ public sealed class PresenceService : IDisposable
                     continue;
                 }
 
-                var entry = Entry(user);
+                var entry = Entry(user, settings[i]!);
                 entry.AddSubscriber(subscriber);
                 subscribed.Add(user);
+                if (!entry.Settings.Shows(user, subscriber.UserId))
+                {
+                    // The user's privacy setting: the subscriber learns nothing, not even last seen.
+                    _metrics.PresenceHidden.Add(1);
+                    answer.Current.Add(new Presence { UserId = user, Status = PresenceStatus.Hidden });
+                    continue;
+                }
+
                 answer.Current.Add(new Presence
                 {
                     UserId = user,
@@ -376,16 +386,58 @@ public sealed class PresenceService : IDisposable
         return peers;
     }
 
-    private UserPresence Entry(string userId)
+    private UserPresence Entry(string userId, UserSettings settings)
     {
         if (!_users.TryGetValue(userId, out var entry))
         {
             // Nobody was told anything about this user yet: the first subscriber hears the status as it is.
-            entry = new UserPresence(userId) { Published = CurrentOf(userId) };
+            entry = new UserPresence(userId) { Published = CurrentOf(userId), Settings = settings };
             _users[userId] = entry;
         }
 
         return entry;
+    }
+
+    /// <summary>
+    /// The user changed its settings (stored by the caller): subscribers whose view changed hear it at once, HIDDEN
+    /// for those it now hides, the status as published for those it now shows. Later publishes check the new
+    /// settings for every subscriber.
+    /// </summary>
+    public void SettingsChanged(string userId, UserSettings settings)
+    {
+        lock (_lock)
+        {
+            if (!_users.TryGetValue(userId, out var entry))
+            {
+                return; // nobody follows the user: the next subscription reads the settings from the store
+            }
+
+            var old = entry.Settings;
+            entry.Settings = settings;
+            if (entry.Subscribers is not { } subscribers)
+            {
+                return;
+            }
+
+            foreach (var subscriber in subscribers)
+            {
+                var shown = settings.Shows(userId, subscriber.UserId);
+                if (shown == old.Shows(userId, subscriber.UserId) || (subscriber.Capabilities & (ulong)Capability.Presence) == 0)
+                {
+                    continue;
+                }
+
+                if (!shown)
+                {
+                    _metrics.PresenceHidden.Add(1);
+                }
+
+                subscriber.OnNotice(shown
+                    ? new Presence { UserId = userId, Status = entry.Published, LastSeenMs = entry.Published == PresenceStatus.Offline ? (ulong)entry.LastSeenMs : 0 }
+                    : new Presence { UserId = userId, Status = PresenceStatus.Hidden });
+                _metrics.PresenceOut.Add(1);
+            }
+        }
     }
 
     /// <summary>The most online of the user's devices.</summary>
@@ -457,7 +509,9 @@ public sealed class PresenceService : IDisposable
         {
             foreach (var subscriber in subscribers)
             {
-                if ((subscriber.Capabilities & (ulong)Capability.Presence) != 0)
+                // Checked on every publish, not only at subscribe time: a subscriber the user's privacy setting
+                // hides hears nothing, not even that something changed (it was told HIDDEN once).
+                if ((subscriber.Capabilities & (ulong)Capability.Presence) != 0 && entry.Settings.Shows(entry.UserId, subscriber.UserId))
                 {
                     packet ??= new Presence
                     {
@@ -531,6 +585,9 @@ public sealed class PresenceService : IDisposable
         public long LastSeenMs { get; set; }
 
         public ITimer? Pending { get; set; }
+
+        /// <summary>The user's privacy settings, read when the entry was made and kept current by <see cref="SettingsChanged"/>.</summary>
+        public UserSettings Settings { get; set; } = UserSettings.Default;
 
         public long Generation { get; set; }
     }

@@ -43,6 +43,13 @@ public sealed class BrokerMetrics : IDisposable
         KeyFetches = _meter.CreateCounter<long>("chatbroker.keys.fetched", "{device}", "Device bundles handed out by FETCH_KEYS, by whether a one-time prekey was left (one_time = true/false).");
         KeysLow = _meter.CreateCounter<long>("chatbroker.keys.low", "{notice}", "KEYS_UPLOADED notices sent to devices whose one-time prekeys fell below keys.low_watermark.");
         KeysLowSuppressed = _meter.CreateCounter<long>("chatbroker.keys.low_suppressed", "{notice}", "Low-supply notices not sent because the device had one within keys.low_notice_interval.");
+        // Issue 18 (hardening).
+        DevicesRevoked = _meter.CreateCounter<long>("chatbroker.devices.revoked", "{device}", "Devices revoked (admin API or CLI); their sessions are closed with DEVICE_REVOKED.");
+        TokensRefused = _meter.CreateCounter<long>("chatbroker.tokens.refused", "{connect}", "CONNECTs refused for their token, by reason (bad_token, expired, revoked, previous_expired).");
+        TokensPreviousSecret = _meter.CreateCounter<long>("chatbroker.tokens.previous_secret", "{connect}", "CONNECTs accepted with a token of auth.previous_secret (rotation in progress).");
+        PresenceHidden = _meter.CreateCounter<long>("chatbroker.presence.hidden", "{packet}", "PRESENCE answers and packets that said HIDDEN because the user's privacy setting does not show the viewer.");
+        SettingsChanged = _meter.CreateCounter<long>("chatbroker.settings.changed", "{request}", "SETTINGS requests that changed a user's settings.");
+        ReadSynced = _meter.CreateCounter<long>("chatbroker.read.synced", "{packet}", "READ receipts sent to the reader's own other devices (read state across devices).");
         _meter.CreateObservableGauge("chatbroker.uptime", () => Stopwatch.GetElapsedTime(_startTimestamp).TotalSeconds, "s", "Seconds since the broker started.");
         _meter.CreateObservableGauge("process.memory.resident", static () => Environment.WorkingSet, "By", "Resident set size of the broker process.");
         _meter.CreateObservableGauge("process.memory.managed_heap", static () => GC.GetTotalMemory(false), "By", "Bytes currently thought to be allocated on the managed heap.");
@@ -63,6 +70,12 @@ public sealed class BrokerMetrics : IDisposable
     public Histogram<long> FanOut { get; }
     public Counter<long> Receipts { get; }
     public Histogram<double> SendLatency { get; }
+    public Counter<long> DevicesRevoked { get; }
+    public Counter<long> TokensRefused { get; }
+    public Counter<long> TokensPreviousSecret { get; }
+    public Counter<long> PresenceHidden { get; }
+    public Counter<long> SettingsChanged { get; }
+    public Counter<long> ReadSynced { get; }
     public Counter<long> RateLimited { get; }
     public Counter<long> ProtocolErrors { get; }
     public Counter<long> PushJobs { get; }

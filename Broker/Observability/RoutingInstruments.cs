@@ -28,6 +28,7 @@ public sealed class RoutingInstruments : IDisposable
         Counter("chatbroker.cluster.direct_id_probes", "{probe}", "Direct conversation id candidates skipped because another pair holds them.", () => routing.Snapshot().DirectIdProbes);
         Counter("chatbroker.cluster.link_queue_full", "{operation}", "Operations not queued because a mesh link's queue was full (cluster.mesh_max_queue_*).", () => routing.Snapshot().LinkQueueFull);
         Counter("chatbroker.cluster.inbox.forwarded", "{entry}", "Forward-queue entries (inbox entries for users of other home nodes) the homes acknowledged.", () => routing.Snapshot().InboxEntriesForwarded);
+        _meter.CreateObservableGauge("chatbroker.cluster.inbox.forward_backlog", () => (long)node.TotalForwardBacklog(), "{entry}", "Inbox entries for users of other home nodes not yet acknowledged by their homes (every forward queue of this node).");
         Counter("chatbroker.cluster.inbox.rejected", "{entry}", "Forward-queue entries a home rejected and that were skipped.", () => routing.Snapshot().InboxEntriesRejected);
         Counter("chatbroker.cluster.copies.stored", "{message}", "Messages of other owners stored here with their inbox entries (this node is the home).", () => routing.Snapshot().CopiesStored);
         Counter("chatbroker.cluster.copies.duplicate", "{message}", "Forwarded messages this home already had (a resend).", () => routing.Snapshot().CopiesDuplicate);
@@ -71,6 +72,23 @@ public sealed class RoutingInstruments : IDisposable
         Counter("chatbroker.mesh.received.links_refused", "{stream}", "Mesh streams refused because cluster.mesh_max_links links exist.", () => received.Snapshot().LinksRefused);
         Counter("chatbroker.mesh.received.results_dropped", "{result}", "Answers dropped from a link's cache at cluster.mesh_max_cached_results.", () => received.Snapshot().ResultsDropped);
         _meter.CreateObservableGauge("chatbroker.mesh.links", () => receiver.LinkCount, "{stream}", "Mesh streams from other nodes this node keeps state for.");
+
+        // ---- replication (docs/cluster.md, "Replication") ----
+        var replication = node.Replication;
+        _meter.CreateObservableGauge("chatbroker.replication.lag", () => node.ReplicationLagSeconds, "s", "How long the oldest committed batch has waited for its in-sync replicas (0 when none waits).");
+        _meter.CreateObservableGauge("chatbroker.replication.pending", () => node.ReplicationPendingBatches, "{batch}", "Committed batches waiting for replicas now.");
+        Counter("chatbroker.replication.batches.shipped", "{batch}", "Messages of committed records sent to replicas (one per batch and replica).", () => Interlocked.Read(ref replication.BatchesShipped));
+        Counter("chatbroker.replication.records.shipped", "{record}", "Records sent to replicas.", () => Interlocked.Read(ref replication.RecordsShipped));
+        Counter("chatbroker.replication.batches.completed", "{batch}", "Committed batches answered after every replica they waited for had them.", () => Interlocked.Read(ref replication.BatchesCompleted));
+        Counter("chatbroker.replication.batches.failed", "{batch}", "Committed batches not acknowledged because this node was failed over while they waited.", () => Interlocked.Read(ref replication.BatchesFailed));
+        Counter("chatbroker.replication.in_sync.removals", "{replica}", "Replicas this node took out of an in-sync set (compare-and-set applied) because they fell behind.", () => Interlocked.Read(ref replication.InSyncRemovals));
+        Counter("chatbroker.replication.in_sync.adds", "{replica}", "Replicas this node added to its in-sync set after their catch-up (compare-and-set applied).", () => Interlocked.Read(ref replication.InSyncAdds));
+        Counter("chatbroker.replication.catchups.completed", "{catchup}", "Catch-ups of a replica that completed.", () => Interlocked.Read(ref replication.CatchUpsCompleted));
+        Counter("chatbroker.replication.catchups.failed", "{catchup}", "Catch-ups of a replica that stopped (retried later).", () => Interlocked.Read(ref replication.CatchUpsFailed));
+        Counter("chatbroker.replication.catchup", "By", "Record bytes copied to replicas catching up.", () => Interlocked.Read(ref replication.CatchUpBytes));
+        Counter("chatbroker.replication.applied.batches", "{batch}", "As a replica: batches of other nodes' records written here.", () => Interlocked.Read(ref replication.BatchesApplied));
+        Counter("chatbroker.replication.applied.records", "{record}", "As a replica: records written here.", () => Interlocked.Read(ref replication.RecordsApplied));
+        Counter("chatbroker.replication.refused", "{batch}", "As a replica: batches refused because their sender is Failed or not a member in this node's map.", () => Interlocked.Read(ref replication.BatchesRefused));
     }
 
     public void Dispose() => _meter.Dispose();

@@ -35,4 +35,10 @@ public sealed class BrokerContext(
     public KeyDirectory Keys { get; } = keys;
     public ILogger Logger { get; } = loggerFactory.CreateLogger("ChatBroker.Session");
     internal HandshakeDeadlines Handshakes { get; } = new(options.Tcp.ConnectTimeout);
+
+    /// <summary>The current secret, the previous one during a rotation, and revoked devices.</summary>
+    public TokenVerifier Tokens { get; } = new(secret, options.Auth);
+
+    /// <summary>Per-user hourly limits (abuse.*).</summary>
+    public AbuseLimits Abuse { get; } = new(options.Abuse, metrics, clock);
 }

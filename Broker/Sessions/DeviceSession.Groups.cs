@@ -22,6 +22,33 @@ internal sealed partial class DeviceSession
 {
     private async ValueTask<Handled> HandleGroupRequestAsync(GroupRequest request, CancellationToken stopping)
     {
+        // Abuse limits (abuse.*): group creations, and users added or removed (a new group's members included), per
+        // user per hour. Taken before the request runs, so a refused one changes nothing; a request that then fails
+        // still counts (it cost the work).
+        var members = request.OpCase switch
+        {
+            GroupRequest.OpOneofCase.Create => request.Create.MemberUserIds.Count,
+            GroupRequest.OpOneofCase.AddMembers => request.AddMembers.UserIds.Count,
+            GroupRequest.OpOneofCase.RemoveMembers => request.RemoveMembers.UserIds.Count,
+            _ => 0,
+        };
+        string? refused = null;
+        var retry = TimeSpan.Zero;
+        if (request.OpCase == GroupRequest.OpOneofCase.Create && !_context.Abuse.TryTake(_user, AbuseLimit.GroupCreations, 1, out retry))
+        {
+            refused = $"at most {_context.Options.Abuse.GroupCreationsPerHour} group creations per user per hour (abuse.group_creations_per_hour)";
+        }
+        else if (!_context.Abuse.TryTake(_user, AbuseLimit.MembershipChanges, members, out retry))
+        {
+            refused = $"at most {_context.Options.Abuse.MembershipChangesPerHour} membership changes per user per hour (abuse.membership_changes_per_hour)";
+        }
+
+        if (refused is not null)
+        {
+            WriteError(ReasonCode.RateLimited, refused, request.RequestId, PacketType.GroupRequest, retry);
+            return Handled.Ok;
+        }
+
         try
         {
             var outcome = await _context.Groups.HandleAsync(_user, request, _maxFrameSize, stopping).ConfigureAwait(false);

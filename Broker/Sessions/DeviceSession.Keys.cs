@@ -36,6 +36,12 @@ internal sealed partial class DeviceSession
             return Handled.Ok;
         }
 
+        if (!_context.Abuse.TryTake(_user, AbuseLimit.PrekeyFetches, 1, out retry))
+        {
+            WriteError(ReasonCode.RateLimited, $"at most {_context.Options.Abuse.PrekeyFetchesPerHour} key fetches per user per hour (abuse.prekey_fetches_per_hour)", fetch.RequestId, PacketType.FetchKeys, retry);
+            return Handled.Ok;
+        }
+
         try
         {
             var outcome = await _context.Keys.FetchAsync(fetch, _maxFrameSize, stopping).ConfigureAwait(false);

@@ -61,6 +61,8 @@ internal sealed partial class DeviceSession
                 return HandleFetchKeysAsync(fetchKeys, stopping);
             case GroupRequest group:
                 return HandleGroupRequestAsync(group, stopping);
+            case Settings settings:
+                return HandleSettingsAsync(settings, stopping);
             default:
                 WriteError(ReasonCode.BadRequest, $"{PacketTypes.Of(message)} is not available in this version of the broker", RequestIdOf(message), PacketTypes.Of(message));
                 return ValueTask.FromResult(Handled.Ok);
@@ -83,22 +85,35 @@ internal sealed partial class DeviceSession
             return new(ReasonCode.InvalidField, $"max_frame_size must be 0 or at least {_maxFrameSize}: this broker delivers frames up to that size");
         }
 
-        var status = AccessToken.Verify(_context.Secret, connect.Token, _context.Clock.GetUtcNow(), out var claims);
-        switch (status)
+        var token = _context.Tokens.Verify(connect.Token, _context.Clock.GetUtcNow());
+        if (token.Reason != ReasonCode.Success)
         {
-            case TokenStatus.Expired:
-                return new(ReasonCode.TokenExpired, "token expired; fetch a new one");
-            case TokenStatus.Malformed:
-                return new(ReasonCode.BadToken, "token is malformed");
-            case TokenStatus.WrongKey:
-                return new(ReasonCode.BadToken, "token was signed with another secret");
-            case TokenStatus.BadSignature:
-                return new(ReasonCode.BadToken, "token signature does not match");
+            _context.Metrics.TokensRefused.Add(1, new KeyValuePair<string, object?>("reason", token.RefusedAs));
+            return new(token.Reason, token.Message);
         }
 
+        var claims = token.Claims;
         if (claims.User != connect.UserId || (claims.Device is not null && claims.Device != connect.DeviceId))
         {
             return new(ReasonCode.IdentityMismatch, "token was issued for another user or device");
+        }
+
+        try
+        {
+            if (TokenVerifier.IsRevoked(_context.Chat.Store, connect.UserId, connect.DeviceId, claims.IssuedAt))
+            {
+                _context.Metrics.TokensRefused.Add(1, new KeyValuePair<string, object?>("reason", "revoked"));
+                return new(ReasonCode.DeviceRevoked, "this device was revoked; sign in again to get a new token");
+            }
+        }
+        catch (StorageException)
+        {
+            return new(ReasonCode.ServerUnavailable, "storage is unavailable; retry");
+        }
+
+        if (token.ByPreviousSecret)
+        {
+            _context.Metrics.TokensPreviousSecret.Add(1);
         }
 
         _user = connect.UserId;
@@ -188,6 +203,14 @@ internal sealed partial class DeviceSession
         {
             _context.Metrics.RateLimited.Add(1, new KeyValuePair<string, object?>("limit", "sends"));
             WriteError(ReasonCode.RateLimited, "send rate limit reached", send.ClientMsgId, PacketType.Send, retry);
+            return Handled.Ok;
+        }
+
+        if (send.ToUserId.Length > 0 && send.ToUserId != _user && !_context.Chat.DirectExists(_user, send.ToUserId)
+            && !_context.Abuse.TryTake(_user, AbuseLimit.NewConversations, 1, out retry))
+        {
+            // Starting conversations with strangers is what spam does; talking in existing ones is not limited here.
+            WriteError(ReasonCode.RateLimited, $"at most {_context.Options.Abuse.NewConversationsPerHour} new conversations per user per hour (abuse.new_conversations_per_hour)", send.ClientMsgId, PacketType.Send, retry);
             return Handled.Ok;
         }
 
@@ -350,6 +373,10 @@ internal sealed partial class DeviceSession
             {
                 WriteError(error, message!, read.ConversationId, PacketType.Read);
             }
+            else
+            {
+                _context.Chat.TellOwnRead(this, read.ConversationId, read.UpToSeq);
+            }
         }
         catch (StorageException)
         {
@@ -425,6 +452,7 @@ internal sealed partial class DeviceSession
         PresenceSubscribe p => p.RequestId,
         KeysUpload k => k.RequestId,
         FetchKeys f => f.RequestId,
+        Settings s => s.RequestId,
         _ => 0,
     };
 }

@@ -93,6 +93,8 @@ public sealed record ClusterMap
         return this with { Members = builder.ToImmutable() };
     }
 
+    /// <summary>This map without <paramref name="nodeId"/>: not a member, and in no replica set (its own set is gone, and
+    /// it is taken out of the others' replicas and in-sync lists), so the map stays valid.</summary>
     public ClusterMap WithoutMember(string nodeId)
     {
         var builder = ImmutableArray.CreateBuilder<ClusterMember>(Members.Length);
@@ -104,8 +106,20 @@ public sealed record ClusterMap
             }
         }
 
-        return this with { Members = builder.ToImmutable() };
+        var sets = ImmutableArray.CreateBuilder<ReplicaSet>(ReplicaSets.Length);
+        foreach (var set in ReplicaSets)
+        {
+            if (!string.Equals(set.Primary, nodeId, StringComparison.Ordinal))
+            {
+                sets.Add(set with { Replicas = Without(set.Replicas, nodeId), InSync = Without(set.InSync, nodeId) });
+            }
+        }
+
+        return this with { Members = builder.ToImmutable(), ReplicaSets = sets.ToImmutable() };
     }
+
+    private static ImmutableArray<string> Without(ImmutableArray<string> ids, string nodeId) =>
+        ids.IndexOf(nodeId, StringComparer.Ordinal) < 0 ? ids : ids.Remove(nodeId, StringComparer.Ordinal);
 
     /// <summary>Why this map may not be stored, or null when it may.</summary>
     public string? Validate()

@@ -177,7 +177,7 @@ public sealed class ClusterMembership
         var removed = await ChangeAsync($"remove {nodeId}", map => map.FindMember(nodeId) switch
         {
             null => Keep(MapChangeStatus.Unchanged, $"{nodeId} is no longer a member"),
-            { State: MemberState.Leaving } => Change(map.WithoutMember(nodeId), $"{nodeId} left the cluster"),
+            { State: MemberState.Leaving } => Change(map.WithoutMember(nodeId) with { ReplicaSets = [] }, $"{nodeId} left the cluster"),
             { State: var state } => Keep(MapChangeStatus.Refused, $"{nodeId} became {state} again while leaving (a join ran at the same time)"),
         }, cancellationToken).ConfigureAwait(false);
         return removed.Status == MapChangeStatus.Unchanged && marked.Status == MapChangeStatus.Applied
@@ -195,7 +195,9 @@ public sealed class ClusterMembership
         {
             _ when map.Epoch != epoch => Keep(MapChangeStatus.Refused, $"the map moved on to epoch {map.Epoch} during the hand-over of {nodeId} (epoch {epoch})"),
             { State: MemberState.Joining } m => Change(map.WithMember(m with { State = MemberState.Active }), $"{nodeId} joined: Active"),
-            { State: MemberState.Leaving } => Change(map.WithoutMember(nodeId), $"{nodeId} left the cluster"),
+            // The ranges it handed over were written at their new owners by an import, which is not replicated: no
+            // replica is in sync any more until it has caught up again (docs/cluster.md, "Replication").
+            { State: MemberState.Leaving } => Change(map.WithoutMember(nodeId) with { ReplicaSets = [] }, $"{nodeId} left the cluster"),
             null => Keep(MapChangeStatus.Unchanged, $"{nodeId} is not a member"),
             { State: var state } => Keep(MapChangeStatus.Unchanged, $"{nodeId} is {state}"),
         }, cancellationToken);
@@ -248,6 +250,81 @@ public sealed class ClusterMembership
                 ? Change(next, $"{nodeId} removed after being Failed for longer than the failed-node timeout; its ranges' new replicas catch up")
                 : Keep(MapChangeStatus.Refused, $"{nodeId} cannot be removed yet: a range of it would go to a node that is not in sync"),
         }, cancellationToken);
+
+    /// <summary>
+    /// Replication (docs/cluster.md, "Replication"): writes the replica sets the map's ring gives
+    /// (<see cref="ReplicaPlacement.Derive"/>) when the stored sets are not those; not while a member is Joining or
+    /// Leaving (the hand-over completes on the epoch it ran on, and its last step resets the sets anyway).
+    /// </summary>
+    public Task<MapChangeResult> WriteReplicaSetsAsync(CancellationToken cancellationToken) =>
+        ChangeAsync("write the replica sets", map =>
+        {
+            if (map.Epoch == 0)
+            {
+                return Keep(MapChangeStatus.Unchanged, "no map yet");
+            }
+
+            if (Moving(map) is { } moving)
+            {
+                return Keep(MapChangeStatus.Unchanged, $"{moving} is moving: the sets wait");
+            }
+
+            return ReplicaPlacement.IsCurrent(map)
+                ? Keep(MapChangeStatus.Unchanged, "the replica sets are current")
+                : Change(map with { ReplicaSets = ReplicaPlacement.Derive(map) }, "replica sets written");
+        }, cancellationToken);
+
+    /// <summary>
+    /// Replication: adds <paramref name="replica"/> to (or removes it from) the in-sync list of
+    /// <paramref name="primary"/>'s set, proposed by <paramref name="proposer"/> (the node that serves those ranges).
+    /// Decided on the stored map: refused when the proposer is Failed or not a member there (a node that was failed
+    /// over must not change the sets of ranges it no longer serves), when the set does not list the replica, or when
+    /// <paramref name="stillValid"/> rejects the stored map (an add is only valid on the ring the catch-up copied).
+    /// </summary>
+    public Task<MapChangeResult> SetInSyncAsync(string primary, string replica, bool inSync, string proposer, Func<ClusterMap, bool>? stillValid, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(primary);
+        ArgumentNullException.ThrowIfNull(replica);
+        ArgumentNullException.ThrowIfNull(proposer);
+        var what = inSync ? $"add {replica} to the in-sync replicas of {primary}" : $"remove {replica} from the in-sync replicas of {primary}";
+        return ChangeAsync(what, map =>
+        {
+            if (map.FindMember(proposer) is not { State: not MemberState.Failed })
+            {
+                return Keep(MapChangeStatus.Refused, $"{what}: refused, {proposer} is not a serving member of the stored map (epoch {map.Epoch})");
+            }
+
+            if (ReplicaPlacement.Find(map, primary) is not { } set || !set.Replicas.Contains(replica))
+            {
+                return Keep(MapChangeStatus.Refused, $"{what}: refused, the stored map (epoch {map.Epoch}) does not list {replica} as a replica of {primary}");
+            }
+
+            if (set.InSync.Contains(replica) == inSync)
+            {
+                return Keep(MapChangeStatus.Unchanged, $"{replica} is already {(inSync ? "in sync" : "out of sync")} for {primary}");
+            }
+
+            if (stillValid is not null && !stillValid(map))
+            {
+                return Keep(MapChangeStatus.Refused, $"{what}: refused, the ring changed since the catch-up began (epoch {map.Epoch})");
+            }
+
+            return Change(ReplicaPlacement.WithInSync(map, primary, replica, inSync)!, what);
+        }, cancellationToken);
+    }
+
+    private static string? Moving(ClusterMap map)
+    {
+        foreach (var m in map.Members)
+        {
+            if (m.State is MemberState.Joining or MemberState.Leaving)
+            {
+                return m.NodeId;
+            }
+        }
+
+        return null;
+    }
 
     private static ClusterMap FirstMap(ClusterMember self, int virtualNodes, int replicationFactor) =>
         ClusterMap.Empty.WithMember(self with { State = MemberState.Active }) with

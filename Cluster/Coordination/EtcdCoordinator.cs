@@ -18,7 +18,7 @@ namespace ChatBroker.Cluster.Coordination;
 public sealed class EtcdCoordinator : IClusterCoordinator
 {
     private static readonly TimeSpan MaxRetryDelay = TimeSpan.FromSeconds(1);
-    private static readonly TimeSpan MinPingPeriod = TimeSpan.FromSeconds(1);
+    private static readonly TimeSpan MinPingPeriod = TimeSpan.FromSeconds(5);
 
     private readonly ClusterOptions _options;
     private readonly TimeProvider _time;
@@ -396,19 +396,63 @@ public sealed class EtcdCoordinator : IClusterCoordinator
                     CreateRequest = new WatchCreateRequest { Key = _prefix, RangeEnd = _prefixEnd, StartRevision = revision + 1 },
                 }, stop).ConfigureAwait(false);
 
-                while (await call.ResponseStream.MoveNext(stop).ConfigureAwait(false))
+                // A quiet watch is asked for progress every heartbeat: etcd answers with its revision, so a
+                // member that went silent (a partition sends no reset) is found within two heartbeats and the
+                // next watch goes to another member. HTTP/2 pings cannot do this: etcd (grpc-go) answers pings
+                // more often than every 5 s with GOAWAY ENHANCE_YOUR_CALM (too_many_pings), so the channel's
+                // pings stay at 5 s or more and only back this up. A progress answer is data, which also keeps
+                // the server's ping strikes at zero.
+                var heartbeat = Min(_options.EtcdTimeout, _options.LeaseTtl / 3);
+                var asked = false;
+                var next = call.ResponseStream.MoveNext(stop);
+                try
                 {
-                    var response = call.ResponseStream.Current;
-                    if (response.Canceled || response.CompactRevision > 0)
+                    while (true)
                     {
-                        throw new RpcException(new Status(StatusCode.Aborted,
-                            $"etcd ended the watch ({(response.CompactRevision > 0 ? "history compacted" : response.CancelReason)})"));
-                    }
+                        using (var quiet = CancellationTokenSource.CreateLinkedTokenSource(stop))
+                        {
+                            var tick = Task.Delay(heartbeat, _time, quiet.Token);
+                            if (await Task.WhenAny(next, tick).ConfigureAwait(false) != next)
+                            {
+                                stop.ThrowIfCancellationRequested();
+                                if (asked)
+                                {
+                                    throw new RpcException(new Status(StatusCode.Unavailable,
+                                        $"the etcd member did not answer a watch progress request within {heartbeat.TotalMilliseconds:0} ms"));
+                                }
 
-                    if (response.Events.Count > 0)
-                    {
-                        Apply(response.Events, members);
+                                await call.RequestStream.WriteAsync(new WatchRequest { ProgressRequest = new WatchProgressRequest() }, stop).ConfigureAwait(false);
+                                asked = true;
+                                continue;
+                            }
+
+                            await quiet.CancelAsync().ConfigureAwait(false);
+                        }
+
+                        if (!await next.ConfigureAwait(false))
+                        {
+                            break;
+                        }
+
+                        asked = false;
+                        var response = call.ResponseStream.Current;
+                        next = call.ResponseStream.MoveNext(stop);
+                        if (response.Canceled || response.CompactRevision > 0)
+                        {
+                            throw new RpcException(new Status(StatusCode.Aborted,
+                                $"etcd ended the watch ({(response.CompactRevision > 0 ? "history compacted" : response.CancelReason)})"));
+                        }
+
+                        if (response.Events.Count > 0)
+                        {
+                            Apply(response.Events, members);
+                        }
                     }
+                }
+                finally
+                {
+                    // The call's disposal ends a read still pending; its fault is expected, not unobserved.
+                    _ = next.ContinueWith(static t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
                 }
 
                 throw new RpcException(new Status(StatusCode.Unavailable, "etcd closed the watch"));
@@ -516,8 +560,10 @@ public sealed class EtcdCoordinator : IClusterCoordinator
             channel.Credentials = ChannelCredentials.Insecure;
         }
 
-        // HTTP/2 pings find a silent etcd (a partition sends no reset) within about two timeouts; the handler
-        // takes no ping period under 1 s (cluster.etcd_timeout may be shorter).
+        // HTTP/2 pings are the backstop for a silent etcd (a partition sends no reset); the watch's progress
+        // requests and the keepalive's answer deadline find it first. etcd's server takes pings at most every
+        // 5 s (--grpc-keepalive-min-time; more often and it closes the connection with ENHANCE_YOUR_CALM, which
+        // the checker's quiet watches hit every few seconds with 2 s pings), so never more often than that.
         var ping = _options.EtcdTimeout < MinPingPeriod ? MinPingPeriod : _options.EtcdTimeout;
         channel.HttpHandler = new SocketsHttpHandler
         {

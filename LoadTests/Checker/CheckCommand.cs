@@ -18,11 +18,12 @@ public static class CheckCommand
         var drain = new Option<int>("--drain-timeout") { Description = "check: seconds after sending stops for every send to resolve and every receiver to catch up.", DefaultValueFactory = _ => 60 };
         var groups = new Option<int>("--groups") { Description = "check: groups besides the pairs, every member sending." };
         var groupMembers = new Option<int>("--group-members") { Description = "check: members per group (2-100).", DefaultValueFactory = _ => 5 };
+        var concurrency = new Option<int>("--nemesis-concurrency") { Description = "check: mix: nodes each fault hits at once (at most N-1).", DefaultValueFactory = _ => 1 };
         var maxEvents = new Option<int>("--max-events") { Description = "check: bound of the history; sending stops at half of it (the final reads need the rest).", DefaultValueFactory = _ => 4_000_000 };
 
         var check = new Command("check", "Jepsen-style: pairs send continuously through a nemesis; a history of every SEND/SENT/DELIVER/ACK, final reads, and a checker (lost, duplicates, gaps, order, retries, inboxes).")
         {
-            targets, seed, nemesis, interval, historyPath, drain, groups, groupMembers, maxEvents, maxFaults, hold,
+            targets, seed, nemesis, interval, historyPath, drain, groups, groupMembers, maxEvents, maxFaults, hold, concurrency,
         };
         check.Validators.Add(r =>
         {
@@ -32,7 +33,7 @@ public static class CheckCommand
             {
                 r.AddError("--cluster starts its own nodes: it cannot be combined with --targets");
             }
-            else if (CheckOptions.Validate(r.GetValue(nemesis)!, cluster, !hasTargets) is { } error)
+            else if (CheckOptions.Validate(r.GetValue(nemesis)!, cluster, !hasTargets, r.GetValue<bool>("--netns")) is { } error)
             {
                 r.AddError(error);
             }
@@ -53,6 +54,7 @@ public static class CheckCommand
                 MaxEvents = Math.Max(1000, r.GetValue(maxEvents)),
                 MaxFaults = Math.Max(0, r.GetValue(maxFaults)),
                 NemesisHold = r.GetValue(hold) is { } h ? TimeSpan.FromSeconds(Math.Clamp(h, 0, 600)) : null,
+                NemesisConcurrency = Math.Max(1, r.GetValue(concurrency)),
             }, Console.Out).ConfigureAwait(false);
             CheckScenario.Print(outcome, Console.Out);
             Console.WriteLine($"  command: chatbroker-load {string.Join(' ', Environment.GetCommandLineArgs()[1..])}");

@@ -38,15 +38,18 @@ public sealed record CheckOptions
     /// <summary>At most this many faults (0 = as many as the duration allows).</summary>
     public int MaxFaults { get; init; }
 
+    /// <summary>mix: nodes each fault hits at once.</summary>
+    public int NemesisConcurrency { get; init; } = 1;
+
     /// <summary>The nemeses `check --nemesis` knows.</summary>
-    public static readonly string[] Nemeses = ["none", "kill", "pause", "etcd", "join-leave"];
+    public static readonly string[] Nemeses = ["none", "kill", "pause", "etcd", "join-leave", "partition", "mix"];
 
     /// <summary>
     /// Why <paramref name="nemesis"/> cannot run here, or null when it can: kill and pause need processes the
     /// harness started (one broker or a cluster), etcd and join-leave need a cluster it started (--cluster N;
     /// join-leave needs at least 2 nodes, so that one can leave).
     /// </summary>
-    public static string? Validate(string nemesis, int clusterNodes, bool harnessStartedBroker)
+    public static string? Validate(string nemesis, int clusterNodes, bool harnessStartedBroker, bool netns = false)
     {
         if (Array.IndexOf(Nemeses, nemesis) < 0)
         {
@@ -59,6 +62,8 @@ public sealed record CheckOptions
                 $"--nemesis {nemesis} needs processes the harness started: no --targets (one broker) or --cluster N",
             "etcd" when clusterNodes == 0 => "--nemesis etcd needs a cluster the harness started (--cluster N)",
             "join-leave" when clusterNodes < 2 => "--nemesis join-leave needs --cluster 2 or more (one node joins, another leaves)",
+            "partition" when clusterNodes < 2 || !netns => "--nemesis partition needs --cluster 2 or more and --netns (cuts between the nodes' namespaces)",
+            "mix" when clusterNodes < 2 => "--nemesis mix needs --cluster 2 or more",
             _ => null,
         };
     }
@@ -84,6 +89,8 @@ public static class CheckScenario
         var runId = Guid.NewGuid().ToString("N")[..6];
         var historyPath = check.HistoryPath ?? Path.Combine(Path.GetTempPath(), $"chatbroker-check-{runId}-seed{check.Seed}.jsonl");
         var random = new Random(check.Seed);
+        BrokerLog.Directory ??= Path.Combine(Path.GetTempPath(), $"chatbroker-check-{runId}-seed{check.Seed}-logs");
+        log.WriteLine($"check: broker logs in {BrokerLog.Directory}");
 
         // One broker (started, or the first of --targets), or a cluster the harness starts (--cluster N).
         await using var cluster = options.Cluster > 0
@@ -116,7 +123,7 @@ public static class CheckScenario
         string Token(string user, string device) => Tokens.AccessToken.Issue(secret, user, device, TimeSpan.FromHours(2), DateTimeOffset.UtcNow);
 
         using var history = new HistoryRecorder(historyPath, check.MaxEvents);
-        var nemesis = CreateNemesis(check.Nemesis, broker, cluster, targets, history, log);
+        var nemesis = CreateNemesis(check.Nemesis, check.NemesisConcurrency, broker, cluster, targets, history, log);
         if (cluster is not null)
         {
             // The ring at the start; the join-leave nemesis records every later one.
@@ -196,6 +203,10 @@ public static class CheckScenario
 
         var drained = await DrainAsync(conversations, check.DrainTimeout).ConfigureAwait(false);
         log.WriteLine(drained ? "check: drained" : $"check: drain timed out after {check.DrainTimeout.TotalSeconds:0} s (the checker will say what is missing)");
+        if (cluster is not null)
+        {
+            await DumpMetricsAsync(cluster, log).ConfigureAwait(false);
+        }
         await stopDevices.CancelAsync().ConfigureAwait(false);
         await Task.WhenAll(running).ConfigureAwait(false);
 
@@ -231,7 +242,30 @@ public static class CheckScenario
 
             output.WriteLine(r.Owners.RingChanged
                 ? "  the ring changed during the run: other_owner_failures is reported, not judged (ranges were moving)"
+                : r.Owners.NetworkFaults
+                ? "  the network was cut or an etcd member killed: other_owner_failures is reported, not judged (gateways cut off, leases lapsing)"
                 : "  other_owner_failures: refused + failed of the owners no nemesis touched (judged: must be 0)");
+            foreach (var sample in r.Owners.Samples)
+            {
+                output.WriteLine("    " + sample);
+            }
+        }
+
+        if (r.Recoveries.Count > 0)
+        {
+            // Issue 16: after kill -9 of a primary, how long until sends to its conversations succeed again.
+            output.WriteLine("  kill -9 → first SENT of each conversation the killed node owned (ms; 'failover' = all before its restart):");
+            output.WriteLine($"    {"node",-6} {"at s",8} {"down s",7} {"convs",6} {"recovered",9} {"median",8} {"max",8}  by");
+            foreach (var k in r.Recoveries)
+            {
+                output.WriteLine($"    {k.Node,-6} {k.At / 1000,8:0.0} {(k.DownMs is { } d ? (d / 1000).ToString("0.0", CultureInfo.InvariantCulture) : "-"),7} {k.Conversations,6} {k.Recovered,9} {k.MedianMs,8:0} {k.MaxMs,8:0}  {(k.Recovered == 0 ? "-" : k.BeforeRestart ? "failover" : "restart")}");
+            }
+
+            var failovers = r.Recoveries.Where(k => k.BeforeRestart).Select(k => k.MaxMs).Order().ToList();
+            if (failovers.Count > 0)
+            {
+                output.WriteLine($"  failover recovery (per kill, the slowest conversation): median {failovers[failovers.Count / 2]:0} ms, max {failovers[^1]:0} ms over {failovers.Count} kills");
+            }
         }
 
         if (r.HistoryOverflowed)
@@ -243,9 +277,9 @@ public static class CheckScenario
         output.WriteLine($"  re-check: dotnet run -c Release --project LoadTests -- check-history {outcome.HistoryPath}");
     }
 
-    private static INemesis CreateNemesis(string name, BrokerLauncher? broker, ClusterLauncher? cluster, TargetSet targets, HistoryRecorder history, TextWriter log)
+    private static INemesis CreateNemesis(string name, int concurrency, BrokerLauncher? broker, ClusterLauncher? cluster, TargetSet targets, HistoryRecorder history, TextWriter log)
     {
-        if (CheckOptions.Validate(name, cluster?.Nodes.Count ?? 0, broker?.CanInjectFaults ?? true) is { } error)
+        if (CheckOptions.Validate(name, cluster?.Nodes.Count ?? 0, broker?.CanInjectFaults ?? true, cluster?.Netns is not null) is { } error)
         {
             throw new InvalidOperationException(error);
         }
@@ -274,8 +308,39 @@ public static class CheckScenario
             "pause" => new PauseNemesis(nodes),
             "etcd" => new EtcdNemesis(cluster!, log),
             "join-leave" => new JoinLeaveNemesis(cluster!, targets, history, log),
+            "partition" => new PartitionNemesis(cluster!, log),
+            "mix" => new MixNemesis(cluster!, Math.Clamp(concurrency, 1, cluster!.Nodes.Count - 1), log),
             _ => throw new ArgumentException("unknown nemesis: " + name),
         };
+    }
+
+    /// <summary>
+    /// Every running node's /metrics after the drain, into the log directory (&lt;node&gt;.metrics.txt), and the
+    /// gauges that say what is still on its way (forward queues, mesh bytes) on the console.
+    /// </summary>
+    private static async Task DumpMetricsAsync(ClusterLauncher cluster, TextWriter log)
+    {
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+        foreach (var node in cluster.Nodes)
+        {
+            if (node.Down || node.Broker.AdminUri is null || BrokerLog.Directory is null)
+            {
+                continue;
+            }
+
+            try
+            {
+                var text = await http.GetStringAsync(new Uri(node.Broker.AdminUri, "/metrics")).ConfigureAwait(false);
+                await File.WriteAllTextAsync(Path.Combine(BrokerLog.Directory, node.Id + ".metrics.txt"), text).ConfigureAwait(false);
+                var backlog = text.Split('\n').Where(l => l.StartsWith("chatbroker_cluster_inbox_forward_backlog", StringComparison.Ordinal)
+                    || l.StartsWith("chatbroker_mesh_queued_bytes ", StringComparison.Ordinal) || l.StartsWith("chatbroker_mesh_queued ", StringComparison.Ordinal));
+                log.WriteLine($"check: {node.Id} after the drain: {string.Join(", ", backlog)}");
+            }
+            catch (Exception e) when (e is HttpRequestException or TaskCanceledException or IOException)
+            {
+                log.WriteLine($"check: {node.Id}: no metrics ({e.Message})");
+            }
+        }
     }
 
     private static async Task SendLoopAsync(CheckerDevice sender, string? toUser, ulong conversation, long limit, HistoryRecorder history, CancellationToken stop)

@@ -54,12 +54,15 @@ public sealed record CheckReport
     /// <summary>Cluster runs: SENDs per owner node and per gateway (<see cref="OwnerTally"/>); empty on a single node.</summary>
     public OwnerReport Owners { get; init; } = OwnerReport.None;
 
+    /// <summary>Cluster runs: for each node killed -9, how long its conversations waited for a SENT (<see cref="RecoveryTally"/>).</summary>
+    public IReadOnlyList<KillRecovery> Recoveries { get; init; } = [];
+
     /// <summary>Refusals of SENDs whose conversation a node no nemesis touched owned; judged while the ring stays the same.</summary>
     public long OtherOwnerFailures => Owners.OtherOwnerFailures;
 
     public bool Passed => Lost == 0 && Duplicates == 0 && AppDuplicates == 0 && Gaps == 0 && OrderViolations == 0
         && UnresolvedRetries == 0 && Indeterminate == 0 && FailedButStored == 0 && IncompleteInboxes == 0 && !HistoryOverflowed && Acked > 0
-        && (Owners.RingChanged || OtherOwnerFailures == 0);
+        && (!Owners.OtherOwnersJudged || OtherOwnerFailures == 0);
 
     public IEnumerable<(string Name, long Value)> Counts()
     {
@@ -391,6 +394,7 @@ public static class HistoryChecker
             SenderOrderInversions = inversions,
             HistoryOverflowed = overflowed,
             Owners = OwnerTally.Count(history),
+            Recoveries = RecoveryTally.Count(history),
         };
     }
 }

@@ -14,8 +14,9 @@ namespace ChatBroker.LoadTests.Checker;
 ///   SEND_REFUSED  client, node, conn, cmid, reason        a retryable refusal (SERVER_UNAVAILABLE, SERVER_BUSY, RATE_LIMITED): resent later
 ///   DELIVER       client, node, conn, conv, seq, inbox, cmid, sender   every DELIVER as it arrived, redeliveries too
 ///   ACK           client, node, conn, inbox               an ACK written
-///   NEMESIS       node, reason                            a fault or a heal ("kill", "restart", "pause", "resume"); node = the
-///                                                         cluster node id it hit ("etcd" for etcd), none on a single node
+///   NEMESIS       node, reason, killed                    a fault or a heal ("kill", "restart", "pause", "resume", "partition",
+///                                                         "heal"); node = the cluster node ids it hit, comma-separated ("etcd"
+///                                                         for etcd), none on a single node; killed = the node ids it killed -9
 ///   MAP           epoch, vnodes, nodes                    cluster runs: the ring's Active members ("id=host:port") from now on
 ///   MEMBERS       conv, members                           final read: the conversation's member users
 ///   READ_CONV     client, conv, seq, cmid, sender         final read of a conversation (HISTORY paging)
@@ -57,6 +58,7 @@ public sealed record HistoryEvent
     [JsonPropertyName("nodes")] public string[]? Nodes { get; init; }
     [JsonPropertyName("vnodes")] public int Vnodes { get; init; }
     [JsonPropertyName("epoch")] public long Epoch { get; init; }
+    [JsonPropertyName("killed")] public string[]? Killed { get; init; }
 
     /// <summary>The node id of a MAP entry "id=host:port".</summary>
     public static string NodeIdOf(string mapEntry)

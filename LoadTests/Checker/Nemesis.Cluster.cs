@@ -27,40 +27,55 @@ public sealed class ClusterFaultNode(ClusterNodeProcess node) : IFaultableNode
 }
 
 /// <summary>
-/// kill -9 of the cluster's etcd; the heal starts it again on its ports and data. While it is down the nemesis
-/// tries one map change (`cluster join` of a node that is already a member: a no-op when etcd is up) and records
-/// whether it was refused, so the history shows that map changes wait for etcd while sends go on.
+/// kill -9 of the cluster's etcd; the heal starts it again on its ports and data. With one member (the default) the
+/// whole etcd goes: while it is down the nemesis tries one map change (`cluster join` of a node that is already a
+/// member: a no-op when etcd is up) and records whether it was refused, so the history shows that map changes wait
+/// for etcd while sends go on. With 3 or 5 members (--etcd-members, --netns) it kills one member (seeded), so a
+/// quorum stays and the same map change must go through.
 /// </summary>
 public sealed class EtcdNemesis(ClusterLauncher cluster, TextWriter log) : INemesis
 {
-    private bool _down;
+    private readonly List<EtcdProcess> _down = [];
 
     public string Name => "etcd";
 
     public async Task<NemesisStep> FaultAsync(Random random, CancellationToken cancellationToken)
     {
-        if (_down)
+        if (_down.Count > 0)
         {
             return new NemesisStep("kill etcd (already down)", "etcd");
         }
 
-        await cluster.Etcd.KillHardAsync().ConfigureAwait(false);
-        _down = true;
+        var whole = cluster.Etcd.Members.Count == 1;
+        var victims = whole ? cluster.Etcd.Members : [cluster.Etcd.Members[random.Next(cluster.Etcd.Members.Count)]];
+        foreach (var m in victims)
+        {
+            await m.KillHardAsync().ConfigureAwait(false);
+            _down.Add(m);
+        }
+
         var member = FirstRunning()?.Id ?? "n1";
         var changed = await cluster.JoinAsync(member, log).ConfigureAwait(false);
-        return new NemesisStep($"kill -9 etcd; map change (cluster join {member}) during the outage: {(changed ? "APPLIED (unexpected)" : "refused")}", "etcd");
+        return whole
+            ? new NemesisStep($"kill -9 etcd; map change (cluster join {member}) during the outage: {(changed ? "APPLIED (unexpected)" : "refused")}", "etcd")
+            : new NemesisStep($"kill -9 etcd member {victims[0].Name} (a quorum left); map change (cluster join {member}) meanwhile: {(changed ? "applied" : "REFUSED (unexpected)")}", "etcd");
     }
 
     public async Task<string?> HealAsync(CancellationToken cancellationToken)
     {
-        if (!_down)
+        if (_down.Count == 0)
         {
             return null;
         }
 
-        await cluster.Etcd.RestartAsync().ConfigureAwait(false);
-        _down = false;
-        return $"restart etcd (pid {cluster.Etcd.Pid})";
+        foreach (var m in _down)
+        {
+            await m.RestartAsync().ConfigureAwait(false);
+        }
+
+        var names = string.Join(',', _down.Select(m => m.Name));
+        _down.Clear();
+        return $"restart etcd {names} ({cluster.Etcd.Pids})";
     }
 
     private ClusterNodeProcess? FirstRunning()

@@ -16,10 +16,16 @@ public interface INemesis
 
     /// <summary>Undoes the faults in force (a no-op when none); returns what it did, or null when there was nothing.</summary>
     Task<string?> HealAsync(CancellationToken cancellationToken);
+
+    /// <summary>How long a fault lasts when --nemesis-hold is not given: a seeded 0.2–1.5 s.</summary>
+    TimeSpan DefaultHold(Random random) => TimeSpan.FromMilliseconds(200 + random.Next(1300));
 }
 
-/// <summary>What a fault did (for the history's NEMESIS event) and the node it hit; null on a single node.</summary>
-public readonly record struct NemesisStep(string What, string? Node);
+/// <summary>
+/// What a fault did (for the history's NEMESIS event), the nodes it hit (cluster node ids, comma-separated; null on a
+/// single node) and the nodes it killed with kill -9 (for the recovery times, <see cref="RecoveryTally"/>).
+/// </summary>
+public readonly record struct NemesisStep(string What, string? Node, string[]? Killed = null);
 
 /// <summary>A node the nemesis can hurt: the single broker the harness started, later each node of a cluster.</summary>
 public interface IFaultableNode
@@ -80,7 +86,7 @@ public sealed class KillNemesis(IReadOnlyList<IFaultableNode> nodes) : INemesis
 
         await node.KillAsync().ConfigureAwait(false);
         _down.Add(node);
-        return new NemesisStep("kill -9 " + node.Name, node.ClusterId);
+        return new NemesisStep("kill -9 " + node.Name, node.ClusterId, node.ClusterId is { } id ? [id] : null);
     }
 
     public async Task<string?> HealAsync(CancellationToken cancellationToken)
@@ -157,9 +163,9 @@ public static class NemesisSchedule
                 await Task.Delay(TimeSpan.FromMilliseconds(interval.TotalMilliseconds * (0.5 + random.NextDouble())), stop).ConfigureAwait(false);
                 var step = await nemesis.FaultAsync(random, stop).ConfigureAwait(false);
                 faults++;
-                history.Record(new HistoryEvent { Op = HistoryEvent.Nemesis, Reason = step.What, Node = step.Node });
+                history.Record(new HistoryEvent { Op = HistoryEvent.Nemesis, Reason = step.What, Node = step.Node, Killed = step.Killed });
                 Console.WriteLine($"nemesis: {step.What}");
-                await Task.Delay(hold ?? TimeSpan.FromMilliseconds(200 + random.Next(1300)), stop).ConfigureAwait(false);
+                await Task.Delay(hold ?? nemesis.DefaultHold(random), stop).ConfigureAwait(false);
                 await HealAsync(nemesis, history, CancellationToken.None).ConfigureAwait(false);
                 if (maxFaults > 0 && faults >= maxFaults)
                 {

@@ -16,6 +16,19 @@ public sealed record GatewayCounts(string Node, long Disconnects, long Interrupt
 public sealed record OwnerReport(IReadOnlyList<OwnerCounts> Owners, IReadOnlyList<GatewayCounts> Gateways, long OtherOwnerFailures, bool RingChanged)
 {
     public static readonly OwnerReport None = new([], [], 0, false);
+
+    /// <summary>
+    /// A nemesis cut the network (a partition, a node cut off) or killed an etcd member: then an untouched owner's
+    /// ranges may be refused for reasons outside it — its clients' gateway cut off from it, or its lease lapsing while
+    /// its etcd client moves from an unreachable member to another — so other_owner_failures is reported, not judged.
+    /// </summary>
+    public bool NetworkFaults { get; init; }
+
+    /// <summary>Whether other_owner_failures counts against the run: only while the ring stays and no network fault happened.</summary>
+    public bool OtherOwnersJudged => !RingChanged && !NetworkFaults;
+
+    /// <summary>The first few judged failures (time, client, owner, gateway, reason), to start looking from.</summary>
+    public IReadOnlyList<string> Samples { get; init; } = [];
 }
 
 /// <summary>
@@ -76,6 +89,8 @@ public static class OwnerTally
 
         var tallies = new SortedDictionary<string, Tally>(StringComparer.Ordinal);
         var faulted = new HashSet<string>(StringComparer.Ordinal);
+        var failures = new List<(HistoryEvent Event, string Owner)>();
+        var networkFaults = false;
         var pending = new Dictionary<(string Client, int Conn), Dictionary<ulong, string>>();
         var memberSets = new HashSet<string>(StringComparer.Ordinal);
         HashRing? ring = null;
@@ -121,7 +136,9 @@ public static class OwnerTally
 
                     break;
                 case HistoryEvent.Nemesis when e.Node is not null:
-                    faulted.Add(e.Node);
+                    faulted.UnionWith(e.Node.Split(',', StringSplitOptions.RemoveEmptyEntries));
+                    networkFaults |= e.Reason is { } r && (r.StartsWith("partition", StringComparison.Ordinal)
+                        || r.Contains("cut ", StringComparison.Ordinal) || r.Contains("etcd member", StringComparison.Ordinal));
                     break;
                 case HistoryEvent.Send:
                     if (OwnerOf(e.Client!) is { } sendOwner)
@@ -147,6 +164,7 @@ public static class OwnerTally
                     if (Resolve(e) is { } refusedOwner)
                     {
                         TallyOf(refusedOwner).Refused++;
+                        failures.Add((e, refusedOwner));
                     }
 
                     break;
@@ -154,6 +172,7 @@ public static class OwnerTally
                     if (Resolve(e) is { } failedOwner)
                     {
                         TallyOf(failedOwner).Failed++;
+                        failures.Add((e, failedOwner));
                     }
 
                     break;
@@ -187,6 +206,15 @@ public static class OwnerTally
             }
         }
 
-        return new OwnerReport(owners, gateways, others, memberSets.Count > 1);
+        var samples = new List<string>();
+        foreach (var (e, owner) in failures)
+        {
+            if (!faulted.Contains(owner) && samples.Count < 10)
+            {
+                samples.Add($"t={e.T / 1000:0.000}s {e.Op} {e.Client} cmid {e.Cmid}: owner {owner}, gateway {GatewayOf(e.Node)}, {e.Reason}");
+            }
+        }
+
+        return new OwnerReport(owners, gateways, others, memberSets.Count > 1) { Samples = samples, NetworkFaults = networkFaults };
     }
 }

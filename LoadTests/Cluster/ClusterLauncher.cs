@@ -20,10 +20,13 @@ public sealed class ClusterNodeProcess(string id, BrokerLauncher broker)
 
     /// <summary>Left the cluster map and stopped: not a target any more.</summary>
     public bool Retired { get; set; }
+
+    /// <summary>With --netns: the namespace (cbload-i) the node runs in; null on 127.0.0.1.</summary>
+    public int? Namespace { get; init; }
 }
 
 /// <summary>
-/// A cluster on this machine: a single-member etcd on 127.0.0.1 (<see cref="EtcdProcess"/>) and N
+/// A cluster on this machine: etcd (<see cref="EtcdCluster"/>: one member on 127.0.0.1, or members in namespaces of their own) and N
 /// `chatbroker serve` processes (<see cref="BrokerLauncher"/>) with distinct loopback ports, one token secret and
 /// their own data directories; node i is "n{i}". The first node writes the map, each later one joins it
 /// (cluster.auto_join); <see cref="StartAsync"/> returns once every node's map has all N Active.
@@ -45,7 +48,7 @@ public sealed class ClusterLauncher : IAsyncDisposable
 
     private readonly NetnsLayout? _netns;
 
-    private ClusterLauncher(EtcdProcess etcd, string secretBase64, string durability, IReadOnlyList<string> extraSettings, NetnsLayout? netns)
+    private ClusterLauncher(EtcdCluster etcd, string secretBase64, string durability, IReadOnlyList<string> extraSettings, NetnsLayout? netns)
     {
         _netns = netns;
         Etcd = etcd;
@@ -54,7 +57,10 @@ public sealed class ClusterLauncher : IAsyncDisposable
         _extraSettings = extraSettings;
     }
 
-    public EtcdProcess Etcd { get; }
+    public EtcdCluster Etcd { get; }
+
+    /// <summary>The namespaces of a --netns run; null on 127.0.0.1.</summary>
+    public NetnsLayout? Netns => _netns;
 
     /// <summary>Where the nodes run, for reports: "127.0.0.1" or "network namespaces".</summary>
     public string Placement => _netns is null ? "on 127.0.0.1" : "in network namespaces (one per node, scripts/netns-cluster.sh)";
@@ -85,8 +91,8 @@ public sealed class ClusterLauncher : IAsyncDisposable
             throw new ArgumentOutOfRangeException(nameof(nodes), $"{nodes} nodes do not fit the {netns.MaxNodes} node namespaces");
         }
 
-        var etcd = await EtcdProcess.StartAsync(netns).ConfigureAwait(false);
-        log.WriteLine($"cluster: etcd pid {etcd.Pid} at {etcd.Endpoint}{(netns is null ? "" : " (in cbload-1)")}");
+        var etcd = await EtcdCluster.StartAsync(netns).ConfigureAwait(false);
+        log.WriteLine($"cluster: etcd {etcd.Pids} at {etcd.Endpoint}{(netns is null ? "" : $" (namespaces {string.Join(',', etcd.Members.Select(m => NetnsLayout.Name + "-" + m.Namespace))})")}");
         var cluster = new ClusterLauncher(etcd, Convert.ToBase64String(RandomNumberGenerator.GetBytes(32)), durability, extraSettings, netns);
         try
         {
@@ -148,7 +154,7 @@ public sealed class ClusterLauncher : IAsyncDisposable
 
         settings.AddRange(_extraSettings);
         var broker = await BrokerLauncher.StartAsync(_durability, settings, SecretBase64, prefix).ConfigureAwait(false);
-        var node = new ClusterNodeProcess(id, broker);
+        var node = new ClusterNodeProcess(id, broker) { Namespace = _netns is null ? null : index };
         lock (_nodesLock)
         {
             _nodes.Add(node);

@@ -5,8 +5,9 @@ using System.Reflection;
 namespace ChatBroker.LoadTests.Cluster;
 
 /// <summary>
-/// A single-member etcd on 127.0.0.1 for a cluster run, started by scripts/etcd.sh (which installs Debian's
-/// etcd-server when missing and picks free ports) in a state directory of its own. The harness knows its pid:
+/// One etcd member of a cluster run, started by scripts/etcd.sh (which installs Debian's etcd-server when
+/// missing): the single member on 127.0.0.1 with free ports, or member i of <see cref="NetnsLayout.EtcdMembers"/>
+/// in a network namespace of its own (<see cref="EtcdCluster"/> holds them), each in a state directory of its own. The harness knows its pid:
 /// the etcd nemesis kills it with SIGKILL and starts it again on the same ports and data, and
 /// <see cref="DisposeAsync"/> stops it by pid and removes the directory.
 /// </summary>
@@ -14,16 +15,25 @@ public sealed class EtcdProcess : IAsyncDisposable
 {
     private readonly string _stateDir;
     private readonly string[] _memberArguments;
+    private readonly int? _namespace;
 
-    private EtcdProcess(string stateDir, string endpoint, string[] memberArguments)
+    private EtcdProcess(string stateDir, string endpoint, string[] memberArguments, int? netnsIndex, string name)
     {
         _stateDir = stateDir;
         Endpoint = endpoint;
         _memberArguments = memberArguments;
+        _namespace = netnsIndex;
+        Name = name;
     }
 
-    /// <summary>The client URL (http://127.0.0.1:PORT).</summary>
+    /// <summary>The client URL (http://127.0.0.1:PORT, or http://10.77.0.x:2379 in a namespace).</summary>
     public string Endpoint { get; }
+
+    /// <summary>The member's name ("e1", …; "etcd" for the loopback single member).</summary>
+    public string Name { get; }
+
+    /// <summary>The namespace the member runs in (cbload-i), or null on 127.0.0.1.</summary>
+    public int? Namespace => _namespace;
 
     /// <summary>The pid scripts/etcd.sh recorded for the running member; null when it is down.</summary>
     public int? Pid => File.Exists(Path.Combine(_stateDir, "pid"))
@@ -35,25 +45,69 @@ public sealed class EtcdProcess : IAsyncDisposable
         Environment.GetEnvironmentVariable("CHATBROKER_SCRIPTS") is { Length: > 0 } path ? path
         : typeof(EtcdProcess).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().First(a => a.Key == "ChatBrokerScripts").Value!;
 
-    /// <summary>
-    /// Starts the member: on 127.0.0.1 with free ports, or with <paramref name="netns"/> in cbload-1 at
-    /// 10.77.0.1:2379 (the script then runs inside that namespace). Returns once etcd reports itself healthy.
-    /// </summary>
-    public static async Task<EtcdProcess> StartAsync(NetnsLayout? netns = null)
+    /// <summary>A single member on 127.0.0.1 with free ports. Returns once etcd reports itself healthy.</summary>
+    public static async Task<EtcdProcess> StartAsync()
     {
-        var stateDir = Path.Combine(Path.GetTempPath(), "chatbroker-load-etcd-" + Guid.NewGuid().ToString("N")[..8]);
-        string[] member = netns is null ? []
-            : ["--name", "e1", "--ip", NetnsLayout.Address(1), "--initial-cluster", "e1=http://" + NetnsLayout.Address(1) + ":2380"];
+        var etcd = await StartMemberAsync([], null, "etcd").ConfigureAwait(false);
         try
         {
-            var endpoint = (await RunScriptAsync(["start", "--state-dir", stateDir, .. member], netns is not null).ConfigureAwait(false)).Trim();
-            var etcd = new EtcdProcess(stateDir, endpoint, member);
             await etcd.WaitHealthyAsync().ConfigureAwait(false);
             return etcd;
         }
         catch
         {
-            await RunScriptAsync(["stop", "--state-dir", stateDir, "--purge"], netns is not null).ConfigureAwait(false);
+            await etcd.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// The members of an etcd cluster, member i in its namespace <paramref name="netns"/>.EtcdNamespace(i) at
+    /// that namespace's address, port 2379 (peers 2380). Returns once every member reports itself healthy (a
+    /// member started with --initial-cluster only listens until a quorum has formed).
+    /// </summary>
+    public static async Task<IReadOnlyList<EtcdProcess>> StartMembersAsync(NetnsLayout netns)
+    {
+        var initial = string.Join(',', Enumerable.Range(1, netns.EtcdMembers).Select(i => $"e{i}=http://{NetnsLayout.Address(netns.EtcdNamespace(i))}:2380"));
+        var members = new List<EtcdProcess>();
+        try
+        {
+            for (var i = 1; i <= netns.EtcdMembers; i++)
+            {
+                var ns = netns.EtcdNamespace(i);
+                var name = "e" + i.ToString(CultureInfo.InvariantCulture);
+                members.Add(await StartMemberAsync(["--name", name, "--ip", NetnsLayout.Address(ns), "--initial-cluster", initial], ns, name).ConfigureAwait(false));
+            }
+
+            foreach (var m in members)
+            {
+                await m.WaitHealthyAsync().ConfigureAwait(false);
+            }
+
+            return members;
+        }
+        catch
+        {
+            foreach (var m in members)
+            {
+                await m.DisposeAsync().ConfigureAwait(false);
+            }
+
+            throw;
+        }
+    }
+
+    private static async Task<EtcdProcess> StartMemberAsync(string[] member, int? netnsIndex, string name)
+    {
+        var stateDir = Path.Combine(Path.GetTempPath(), "chatbroker-load-etcd-" + Guid.NewGuid().ToString("N")[..8]);
+        try
+        {
+            var endpoint = (await RunScriptAsync(["start", "--state-dir", stateDir, .. member], netnsIndex).ConfigureAwait(false)).Trim();
+            return new EtcdProcess(stateDir, endpoint, member, netnsIndex, name);
+        }
+        catch
+        {
+            await RunScriptAsync(["stop", "--state-dir", stateDir, "--purge"], netnsIndex).ConfigureAwait(false);
             throw;
         }
     }
@@ -129,11 +183,12 @@ public sealed class EtcdProcess : IAsyncDisposable
         }
     }
 
-    private Task<string> RunMemberScriptAsync(string[] arguments) => RunScriptAsync(arguments, _memberArguments.Length > 0);
+    private Task<string> RunMemberScriptAsync(string[] arguments) => RunScriptAsync(arguments, _namespace);
 
-    private static async Task<string> RunScriptAsync(string[] arguments, bool inNetns = false)
+    private static async Task<string> RunScriptAsync(string[] arguments, int? netnsIndex)
     {
-        // In --netns mode etcd lives in cbload-1 (the script starts it where the script runs).
+        // In --netns mode each member lives in its own namespace (the script starts it where the script runs).
+        var inNetns = netnsIndex is not null;
         var path = Path.Combine(ScriptsDirectory, "etcd.sh");
         var info = new ProcessStartInfo(inNetns ? "ip" : path)
         {
@@ -143,7 +198,7 @@ public sealed class EtcdProcess : IAsyncDisposable
         };
         if (inNetns)
         {
-            foreach (var a in NetnsLayout.Prefix(1).Skip(1))
+            foreach (var a in NetnsLayout.Prefix(netnsIndex!.Value).Skip(1))
             {
                 info.ArgumentList.Add(a);
             }

@@ -164,6 +164,42 @@ internal static class Records
     // ---- presence: str user → i64 last seen ----
     public static ByteWriter PresenceKey(ByteWriter w, string userId) => w.Reset().Str(userId);
 
+    // ---- account records, in the presence family (kept at the user's home, moved with the user's range) ----
+    // str user | u8 1 → u8 presence visibility | u16 n | n × str contact
+    // str user | u8 2 | str device → i64 revoked at (unix ms)
+    public const byte SettingsTag = 1;
+    public const byte RevokedTag = 2;
+
+    public static ByteWriter SettingsKey(ByteWriter w, string userId) => w.Reset().Str(userId).U8(SettingsTag);
+
+    public static ByteWriter SettingsValue(ByteWriter w, UserSettings settings)
+    {
+        w.Reset().U8((byte)settings.Visibility).U16(checked((ushort)settings.Contacts.Count));
+        foreach (var contact in settings.Contacts)
+        {
+            w.Str(contact);
+        }
+
+        return w;
+    }
+
+    public static UserSettings ReadSettings(ReadOnlySpan<byte> value)
+    {
+        var v = new ByteReader(value);
+        var visibility = (PresenceVisibility)v.U8();
+        var contacts = new string[v.U16()];
+        for (var i = 0; i < contacts.Length; i++)
+        {
+            contacts[i] = v.Str();
+        }
+
+        return new UserSettings(visibility, contacts);
+    }
+
+    public static ByteWriter RevokedPrefix(ByteWriter w, string userId) => w.Reset().Str(userId).U8(RevokedTag);
+
+    public static ByteWriter RevokedKey(ByteWriter w, string userId, string deviceId) => RevokedPrefix(w, userId).Str(deviceId);
+
     // ---- prekeys: str user | str device | u8 0 → bundle; str user | str device | u8 1 | u32 id → public key ----
     public const byte BundleTag = 0;
     public const byte OneTimeTag = 1;
@@ -216,6 +252,11 @@ internal static class Records
 
     // ---- default family: meta records ----
     public static readonly byte[] PushJobHighWaterKey = "meta/push_job_last_id"u8.ToArray();
+
+    /// <summary>"meta/copied/" + conversation id (8 bytes, big-endian) → u64: the last seq of that conversation this
+    /// node stored as a home's copy (docs/cluster.md, "Replication"). Node-local (meta is never replicated): the log a
+    /// node holds as a replica of the conversation's owner says nothing about the copies its users' inboxes have.</summary>
+    public static ByteWriter CopiedKey(ByteWriter w, ulong conversationId) => w.Reset().Raw("meta/copied/"u8).U64(conversationId);
 
     public static ulong TrailingU64(ReadOnlySpan<byte> key) => new ByteReader(key[^8..]).U64();
 

@@ -73,7 +73,7 @@ public class InboundPipelineTests
         { "5-byte varint", Concat(Frames(ValidConnect), [0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]), ReasonCode.MalformedLength, 1 },
         { "declared length over the limit", Concat(Frames(ValidConnect), [0x30, 0x81, 0x80, 0x04]), ReasonCode.FrameTooLarge, 1 },
         { "truncated body", Frames(ValidConnect, ValidSend)[..^2], ReasonCode.TruncatedFrame, 1 },
-        { "unknown type", Concat(Frames(ValidConnect), [0xB0, 0x00]), ReasonCode.UnknownPacketType, 1 },
+        { "unknown type", Concat(Frames(ValidConnect), [0xB8, 0x00]), ReasonCode.UnknownPacketType, 1 },
         { "flags not allowed", Concat(Frames(ValidConnect), [0x21, 0x00]), ReasonCode.InvalidFlags, 1 },
         { "body not protobuf", [0x10, 0x03, 0x08, 0x01, 0xFF], ReasonCode.MalformedBody, 0 },
         { "required field missing", Frames(new Connect { ProtocolVersion = 1, UserId = "alice", DeviceId = "phone1" }), ReasonCode.MissingField, 0 },

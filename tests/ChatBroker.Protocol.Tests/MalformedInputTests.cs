@@ -99,7 +99,7 @@ public class MalformedInputTests
     [InlineData(0x2C)]
     [InlineData(0x3C)]
     [InlineData(0x4C)]
-    [InlineData(0xB0)]
+    [InlineData(0xB8)]
     [InlineData(0xF0)]
     [InlineData(0xFF)]
     public void Unknown_type_is_rejected_with_UnknownPacketType_on_its_first_byte(byte first)
@@ -181,6 +181,9 @@ public class MalformedInputTests
         { "DELIVER without seq", new Deliver { ConversationId = 1 }, ReasonCode.MissingField },
         { "RECEIPT with from after up_to", new Receipt { ConversationId = 1, Kind = ReceiptKind.Read, FromSeq = 9, UpToSeq = 3, ReaderUserId = "b" }, ReasonCode.InvalidField },
         { "ERROR without reason", new Error { Message = "?" }, ReasonCode.MissingField },
+        { "SETTINGS with a visibility this version does not know", new Settings { RequestId = 1, SetPresenceVisibility = true, PresenceVisibility = (PresenceVisibility)7 }, ReasonCode.InvalidField },
+        { "SETTINGS with a reserved contact id", new Settings { RequestId = 1, AddContacts = { "#broker" } }, ReasonCode.InvalidField },
+        { "SETTINGS with an empty contact id", new Settings { RequestId = 1, RemoveContacts = { "" } }, ReasonCode.MissingField },
     };
 
     [Theory]
@@ -200,7 +203,7 @@ public class MalformedInputTests
             var ok = PacketDecoder.TryDecode(frame, out _, out var error);
             var expectOk = type is PacketType.Ping or PacketType.Pong or PacketType.Connack or PacketType.Disconnect
                 or PacketType.Sync or PacketType.SyncDone or PacketType.GroupResult or PacketType.PresenceSubscribed
-                or PacketType.KeysUploaded;
+                or PacketType.KeysUploaded or PacketType.Settings or PacketType.SettingsResult;
             Assert.True(expectOk == ok, $"{type}: {error}");
             Assert.Equal(expectOk ? ReasonCode.Success : ReasonCode.MissingField, error);
         }

@@ -120,6 +120,8 @@ internal static class Samples
             UserId = "bob",
             Devices = { new DeviceKeys { DeviceId = "tablet", IdentityKey = ByteString.CopyFrom(Body(32, 7)) } },
         };
+        yield return new Settings { RequestId = 11, SetPresenceVisibility = true, PresenceVisibility = PresenceVisibility.Contacts, AddContacts = { "bob" } };
+        yield return new SettingsResult { RequestId = 11, PresenceVisibility = PresenceVisibility.Contacts, ContactCount = 1 };
     }
 
     /// <summary>All sample frames back to back, each SEND and DELIVER twice (once with DUP).</summary>

@@ -38,7 +38,9 @@ export default {
                 "PACKET_TYPE_KEYS_UPLOAD": 160,
                 "PACKET_TYPE_KEYS_UPLOADED": 164,
                 "PACKET_TYPE_FETCH_KEYS": 168,
-                "PACKET_TYPE_KEY_BUNDLE": 172
+                "PACKET_TYPE_KEY_BUNDLE": 172,
+                "PACKET_TYPE_SETTINGS": 176,
+                "PACKET_TYPE_SETTINGS_RESULT": 180
               }
             },
             "ReasonCode": {
@@ -430,6 +432,10 @@ export default {
                 "timestamp_ms": {
                   "type": "uint64",
                   "id": 6
+                },
+                "reader_device_id": {
+                  "type": "string",
+                  "id": 7
                 }
               }
             },
@@ -711,7 +717,8 @@ export default {
                 "PRESENCE_STATUS_UNSPECIFIED": 0,
                 "PRESENCE_STATUS_ONLINE": 1,
                 "PRESENCE_STATUS_AWAY": 2,
-                "PRESENCE_STATUS_OFFLINE": 3
+                "PRESENCE_STATUS_OFFLINE": 3,
+                "PRESENCE_STATUS_HIDDEN": 4
               }
             },
             "PresenceSet": {
@@ -906,6 +913,64 @@ export default {
                 "devices": {
                   "rule": "repeated",
                   "type": "DeviceKeys",
+                  "id": 3
+                }
+              }
+            },
+            "PresenceVisibility": {
+              "values": {
+                "PRESENCE_VISIBILITY_EVERYONE": 0,
+                "PRESENCE_VISIBILITY_CONTACTS": 1,
+                "PRESENCE_VISIBILITY_NOBODY": 2
+              }
+            },
+            "Settings": {
+              "fields": {
+                "request_id": {
+                  "type": "uint64",
+                  "id": 1
+                },
+                "set_presence_visibility": {
+                  "type": "bool",
+                  "id": 2
+                },
+                "presence_visibility": {
+                  "type": "PresenceVisibility",
+                  "id": 3
+                },
+                "replace_contacts": {
+                  "type": "bool",
+                  "id": 4
+                },
+                "contacts": {
+                  "rule": "repeated",
+                  "type": "string",
+                  "id": 5
+                },
+                "add_contacts": {
+                  "rule": "repeated",
+                  "type": "string",
+                  "id": 6
+                },
+                "remove_contacts": {
+                  "rule": "repeated",
+                  "type": "string",
+                  "id": 7
+                }
+              }
+            },
+            "SettingsResult": {
+              "fields": {
+                "request_id": {
+                  "type": "uint64",
+                  "id": 1
+                },
+                "presence_visibility": {
+                  "type": "PresenceVisibility",
+                  "id": 2
+                },
+                "contact_count": {
+                  "type": "uint32",
                   "id": 3
                 }
               }

@@ -382,11 +382,39 @@ public sealed class EtcdCoordinatorTests(EtcdFixture etcd) : CoordinatorContract
 
     public override async Task DisposeAsync()
     {
+        if (_frozen)
+        {
+            etcd.Freeze(resume: true);
+        }
+
         if (_stopped)
         {
             await etcd.RestartAsync(); // leave it running for the next test of the class
         }
 
         await base.DisposeAsync();
+    }
+
+    private bool _frozen;
+
+    [Fact]
+    public async Task A_silent_etcd_is_noticed_within_two_heartbeats_and_the_watch_comes_back_when_it_answers()
+    {
+        // A partition sends no reset: the watch must notice silence itself. Its heartbeat is the smaller of
+        // etcd_timeout (2 s here) and a third of the TTL (2 s): a progress request after 0.67 s of quiet, and
+        // the disconnect after another 0.67 s without an answer. HTTP/2 pings alone took ping delay + ping timeout
+        // (2 s + 2 s before they were raised to 5 s + 5 s to stop etcd's too_many_pings GOAWAYs).
+        var n1 = await StartNodeAsync("n1");
+        await WaitUntilAsync(n1.View, v => v.HasCurrentMap);
+
+        _frozen = true;
+        etcd.Freeze(resume: false);
+        var frozenAt = System.Diagnostics.Stopwatch.StartNew();
+        await WaitUntilAsync(n1.View, v => !v.HasCurrentMap, TimeSpan.FromSeconds(10));
+        Assert.True(frozenAt.Elapsed < TimeSpan.FromSeconds(3), $"noticed after {frozenAt.Elapsed.TotalMilliseconds:0} ms");
+
+        etcd.Freeze(resume: true);
+        _frozen = false;
+        await WaitUntilAsync(n1.View, v => v.HasCurrentMap);
     }
 }

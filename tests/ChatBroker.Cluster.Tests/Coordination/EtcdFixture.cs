@@ -27,6 +27,16 @@ public sealed class EtcdFixture : IAsyncLifetime
 
     public async Task DisposeAsync() => await RunScriptAsync("stop", "--purge");
 
+    /// <summary>SIGSTOP (<paramref name="resume"/> false) or SIGCONT of etcd: a member that goes silent, as behind a partition.</summary>
+    public void Freeze(bool resume)
+    {
+        var pid = File.ReadAllText(Path.Combine(_stateDir, "pid")).Trim();
+        using var kill = Process.Start(new ProcessStartInfo("kill", [resume ? "-CONT" : "-STOP", pid]) { UseShellExecute = false })
+            ?? throw new InvalidOperationException("could not run kill");
+        kill.WaitForExit();
+        Assert.Equal(0, kill.ExitCode);
+    }
+
     private async Task<string> RunScriptAsync(string command, string? extra = null)
     {
         var script = Path.Combine(RepositoryRoot(), "scripts", "etcd.sh");

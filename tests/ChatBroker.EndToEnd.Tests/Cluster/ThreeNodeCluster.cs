@@ -24,7 +24,7 @@ namespace ChatBroker.EndToEnd.Tests.Cluster;
 /// node has its own data directory, ports, node id n1–n3 and <c>cluster.auto_join</c>; all share one token secret.
 /// Everything started here is stopped (by pid) and removed on dispose, also when the start failed half way.
 /// </summary>
-public sealed partial class ThreeNodeCluster : IAsyncLifetime
+public partial class ThreeNodeCluster : IAsyncLifetime
 {
     public const int Size = 3;
 
@@ -61,6 +61,10 @@ public sealed partial class ThreeNodeCluster : IAsyncLifetime
     public string Prefix { get; } = "/e2e-" + Guid.NewGuid().ToString("N")[..12];
 
     public TokenSecret Secret { get; }
+
+    /// <summary>The nodes' <c>cluster.replication_factor</c>: 1 (no replicas) for the routing suites, whose kill test
+    /// expects a dead node's ranges to wait for it; <see cref="ClusterReplicationTests"/> runs its own cluster with 3.</summary>
+    public virtual int ReplicationFactor => 1;
 
     public IReadOnlyList<ClusterNodeProcess> Nodes { get; private set; } = [];
 
@@ -140,6 +144,7 @@ public sealed partial class ThreeNodeCluster : IAsyncLifetime
             "--set", "fanout.write_threshold=" + FanoutWriteThreshold.ToString(System.Globalization.CultureInfo.InvariantCulture),
             // Presence changes are published at once, so the tests wait for packets, not for a debounce.
             "--set", "presence.debounce=0s",
+            "--set", "cluster.replication_factor=" + ReplicationFactor.ToString(System.Globalization.CultureInfo.InvariantCulture),
         ];
         node.Process = await BrokerProcess.LaunchAsync(
             new BrokerLaunch { DataDir = node.DataDir, Wrapper = node.Wrapper, ReadyTimeout = Patience }, args);

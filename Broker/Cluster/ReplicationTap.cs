@@ -1,0 +1,823 @@
+using ChatBroker.Broker.Cluster.Wire;
+using ChatBroker.Broker.Messaging;
+using ChatBroker.Cluster.Coordination;
+using ChatBroker.Cluster.Mesh.Wire;
+using ChatBroker.Cluster.Ring;
+using ChatBroker.Storage;
+using Google.Protobuf;
+using Microsoft.Extensions.Logging;
+
+namespace ChatBroker.Broker.Cluster;
+
+/// <summary>
+/// The primary's half of replication (docs/cluster.md, "Replication"): the store hands it every committed batch, in
+/// commit order; it sends each replica the batch's records on the replica stream (stream 1 of the node pair) and
+/// completes the batch (its callers hear SENT, a moved cursor, a stored receipt) once every replica it waits for has
+/// acked, in commit order. It waits for the in-sync replicas of the map (and for a replica at the end of its catch-up);
+/// a replica that does not ack within <see cref="ClusterRoutingOptions.ReplicationTimeout"/>, or whose unacked batches
+/// pass <see cref="ClusterRoutingOptions.ReplicationMaxQueueBatches"/>, is proposed for removal from the in-sync list by
+/// a compare-and-set, and the batches go on waiting for it until this node has the map without it: the map decides,
+/// never the primary alone. A replica of this node's set that is not in sync is caught up (every new batch, then a copy
+/// of this node's ranges on the same stream) and added by compare-and-set.
+/// </summary>
+/// <remarks>
+/// <c>_lock</c> orders the batches' sends against each other and against the catch-up's copy pages: a page read under
+/// the lock holds every batch sent before it (they were committed before), and a batch sent after it writes its records
+/// again, which changes nothing. Batches complete in commit order (a queue under the lock).
+/// </remarks>
+internal sealed class ReplicationTap : IReplicationTap
+{
+    private readonly ClusterNode _node;
+    private readonly IChatStore _store;
+    private readonly ClusterRoutingOptions _options;
+    private readonly ReplicationMetrics _metrics;
+    private readonly ILogger _logger;
+    private readonly Lock _lock = new();
+    private readonly LinkedList<Pending> _pending = new();
+    private readonly Dictionary<string, Replica> _replicas = new(StringComparer.Ordinal);
+    private Plan _plan = Plan.None;
+    private bool _closed;
+
+    public ReplicationTap(ClusterNode node, IChatStore store, ClusterRoutingOptions options, ReplicationMetrics metrics, ILogger logger)
+    {
+        _node = node;
+        _store = store;
+        _options = options;
+        _metrics = metrics;
+        _logger = logger;
+    }
+
+    /// <summary>Committed batches waiting for replicas now.</summary>
+    public int PendingBatches
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _pending.Count;
+            }
+        }
+    }
+
+    /// <summary>Seconds the oldest waiting batch has waited (0 when none): replication's lag.</summary>
+    public double LagSeconds
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _pending.First is { } first ? TimeSpanSince(first.Value.Started).TotalSeconds : 0;
+            }
+        }
+    }
+
+    /// <summary>True while <paramref name="replica"/> is being caught up (or waits to be added after it).</summary>
+    public bool IsCatchingUp(string replica)
+    {
+        lock (_lock)
+        {
+            return _replicas.TryGetValue(replica, out var r) && r.Phase != Phase.None;
+        }
+    }
+
+    // ---- the store's committed batches ----
+
+    public void OnCommitted(CommittedBatch batch)
+    {
+        var s = _node.State;
+        lock (_lock)
+        {
+            var plan = _plan;
+            var pending = new Pending(batch, TimeSpanStamp()) { Failed = _closed };
+            _pending.AddLast(pending);
+            if (s is null || plan.Owners is null || plan.IsEmpty || plan.SelfFailed)
+            {
+                // Nothing to wait for. A Failed node serves only ranges that had no in-sync replica (nobody else could
+                // take them), so its writes there have no replica to reach either.
+                Drain();
+                return;
+            }
+
+            Dictionary<string, List<ReplicaRecord>>? byReplica = null;
+            List<ReplicaRecord>? unplaced = null;
+            foreach (var record in batch.Records)
+            {
+                var targets = plan.TargetsOf(record);
+                if (targets is null)
+                {
+                    (unplaced ??= []).Add(record);
+                    continue;
+                }
+
+                foreach (var target in targets)
+                {
+                    byReplica ??= new Dictionary<string, List<ReplicaRecord>>(StringComparer.Ordinal);
+                    if (!byReplica.TryGetValue(target, out var list))
+                    {
+                        byReplica[target] = list = [];
+                    }
+
+                    list.Add(record);
+                }
+            }
+
+            if (unplaced is not null)
+            {
+                // Records of no range this node serves (a home's copy of another owner's message) or of none at all go
+                // with the batch's other records; a batch of nothing but those goes to this node's own set.
+                if (byReplica is null)
+                {
+                    byReplica = new Dictionary<string, List<ReplicaRecord>>(StringComparer.Ordinal);
+                    foreach (var target in plan.OwnTargets)
+                    {
+                        byReplica[target] = [];
+                    }
+                }
+
+                foreach (var list in byReplica.Values)
+                {
+                    list.AddRange(unplaced);
+                }
+            }
+
+            if (byReplica is not null)
+            {
+                foreach (var (target, records) in byReplica)
+                {
+                    var phase = ReplicaOf(target).Phase;
+                    if (!plan.IsWaited(target) && phase == Phase.None)
+                    {
+                        continue; // a replica of this node's set that is out of sync gets batches only while it catches up
+                    }
+
+                    var waited = plan.IsWaited(target) || phase == Phase.Final;
+                    if (waited)
+                    {
+                        pending.Waiting.Add(target);
+                    }
+
+                    Ship(s, target, ClusterOpKind.ReplicaRecords, records, pending, waited);
+                }
+            }
+
+            Drain();
+        }
+    }
+
+    /// <summary>Under the lock: sends <paramref name="records"/> to <paramref name="target"/> (split to fit the mesh's
+    /// message size) and, when <paramref name="pending"/> waits for it, removes the target from its wait once the last
+    /// part is acked. Returns the last part's outcome, or null when the link's queue is full or there is no link.</summary>
+    private Task<MeshReply>? Ship(RoutingState s, string target, ClusterOpKind kind, IReadOnlyList<ReplicaRecord> records, Pending? pending, bool waited)
+    {
+        var replica = ReplicaOf(target);
+        var link = s.LinkOf(target)?.Replication;
+        Task<MeshReply>? last = null;
+        var budget = _options.Mesh.MaxMessageBytes - 256;
+        var batch = new ReplicaBatch();
+        var size = 0;
+        for (var i = 0; i <= records.Count; i++)
+        {
+            ReplicaRecordWire? wire = null;
+            var bytes = 0;
+            if (i < records.Count)
+            {
+                var r = records[i];
+                wire = new ReplicaRecordWire { Family = r.Family, Key = ByteString.CopyFrom(r.Key.Span), Delete = r.Delete };
+                if (!r.Delete)
+                {
+                    wire.Value = ByteString.CopyFrom(r.Value.Span);
+                }
+
+                bytes = wire.CalculateSize() + 8;
+            }
+
+            if (batch.Records.Count > 0 && (wire is null || size + bytes > budget))
+            {
+                last = link?.TryRequest(kind, s.Epoch, batch.ToByteArray());
+                if (last is null)
+                {
+                    replica.Full = true; // behind: the watchdog proposes its removal (or restarts its catch-up)
+                    return null;
+                }
+
+                Interlocked.Increment(ref _metrics.BatchesShipped);
+                Interlocked.Add(ref _metrics.RecordsShipped, batch.Records.Count);
+                batch = new ReplicaBatch();
+                size = 0;
+            }
+
+            if (wire is not null)
+            {
+                batch.Records.Add(wire);
+                size += bytes;
+            }
+        }
+
+        if (last is null)
+        {
+            return null;
+        }
+
+        replica.Outstanding++;
+        replica.LastSend = last;
+        last.ContinueWith(t => OnShipped(replica, t, waited ? pending : null), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        return last;
+    }
+
+    private void OnShipped(Replica replica, Task<MeshReply> outcome, Pending? pending)
+    {
+        lock (_lock)
+        {
+            replica.Outstanding--;
+            if (outcome.IsCompletedSuccessfully && outcome.Result.Status == MeshStatus.Ok)
+            {
+                if (pending is not null)
+                {
+                    pending.Waiting.Remove(replica.NodeId);
+                    Drain();
+                }
+
+                return;
+            }
+        }
+
+        // Refused (the replica has a newer map in which this node is not serving) or the link closed: the batch keeps
+        // waiting; a newer map here decides (removal from the in-sync list, or this node failed over).
+        ReplicationLog.ShipRefused(_logger, replica.NodeId, outcome.IsCompletedSuccessfully ? outcome.Result.Status.ToString() : outcome.Exception?.GetBaseException().Message ?? "canceled");
+    }
+
+    /// <summary>Under the lock: completes the batches at the head of the queue that wait for nobody, in commit order.</summary>
+    private void Drain()
+    {
+        while (_pending.First is { } head && (head.Value.Waiting.Count == 0 || head.Value.Failed))
+        {
+            _pending.RemoveFirst();
+            var p = head.Value;
+            if (p.Failed)
+            {
+                Interlocked.Increment(ref _metrics.BatchesFailed);
+                p.Batch.Complete(new StorageException(StorageFailure.Internal, _closed
+                    ? "this node is stopping before its replicas had the write; it is not acknowledged (retry)"
+                    : "this node was failed over before its replicas had the write; it is not acknowledged (retry: the new primary has it or sequences it)"));
+            }
+            else
+            {
+                Interlocked.Increment(ref _metrics.BatchesCompleted);
+                p.Batch.Complete();
+            }
+        }
+    }
+
+    /// <summary>The node stops: what still waits for replicas is not acknowledged (the device retries elsewhere or
+    /// after the restart, where the idempotency mark answers it), and so is whatever commits after this.</summary>
+    public void Close()
+    {
+        lock (_lock)
+        {
+            _closed = true;
+            foreach (var p in _pending)
+            {
+                p.Failed = true;
+            }
+
+            Drain();
+        }
+    }
+
+    // ---- maps ----
+
+    /// <summary>A new map is applied: batches stop waiting for replicas it no longer lists in sync; if this node was
+    /// failed over, every batch still waiting fails (it was never acknowledged, the new primary decides).</summary>
+    public void OnMap(RoutingState s)
+    {
+        lock (_lock)
+        {
+            _plan = Plan.Of(s, _node.NodeId);
+            foreach (var p in _pending)
+            {
+                if (_plan.SelfFailed)
+                {
+                    // Still waiting for a replica when this node was failed over: the new primary may not have it, so
+                    // it is never acknowledged here (the device's retry goes to the new primary, which has it or not).
+                    p.Failed = p.Waiting.Count > 0;
+                    continue;
+                }
+
+                p.Waiting.RemoveWhere(r => !_plan.IsWaited(r) && ReplicaOf(r).Phase != Phase.Final);
+            }
+
+            foreach (var replica in _replicas.Values)
+            {
+                if (replica.Phase != Phase.None && !_plan.OwnReplicas.Contains(replica.NodeId))
+                {
+                    replica.Phase = Phase.None; // no longer a replica of this node's set: its catch-up ends
+                    replica.Epoch++;
+                }
+            }
+
+            Drain();
+        }
+    }
+
+    // ---- the watchdog: lagging replicas, catch-ups, the sets ----
+
+    /// <summary>One look: replicas that lag are proposed for removal (in-sync) or put back to catching up (at the end of a
+    /// catch-up); returns the in-sync replicas to remove, as (set primary, replica).</summary>
+    public List<(string Primary, string Replica)> FindLagging()
+    {
+        var remove = new List<(string, string)>();
+        lock (_lock)
+        {
+            var lagging = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var p in _pending)
+            {
+                if (TimeSpanSince(p.Started) < _options.ReplicationTimeout)
+                {
+                    break; // the queue is in commit order: later ones are younger
+                }
+
+                lagging.UnionWith(p.Waiting);
+            }
+
+            foreach (var replica in _replicas.Values)
+            {
+                if (replica.Full || replica.Outstanding > _options.ReplicationMaxQueueBatches)
+                {
+                    lagging.Add(replica.NodeId);
+                }
+            }
+
+            foreach (var id in lagging)
+            {
+                var replica = ReplicaOf(id);
+                replica.Full = false;
+                if (replica.Phase != Phase.None)
+                {
+                    // Not in the map's in-sync list: no compare-and-set, it just starts its catch-up again later.
+                    replica.Phase = Phase.None;
+                    replica.Epoch++;
+                    foreach (var p in _pending)
+                    {
+                        if (!_plan.IsWaited(id))
+                        {
+                            p.Waiting.Remove(id);
+                        }
+                    }
+
+                    Interlocked.Increment(ref _metrics.CatchUpsFailed);
+                    continue;
+                }
+
+                foreach (var primary in _plan.SetsListingInSync(id))
+                {
+                    remove.Add((primary, id));
+                }
+            }
+
+            Drain();
+        }
+
+        return remove;
+    }
+
+    /// <summary>Replicas of this node's own set that are not in sync, Active, live and not being caught up yet.</summary>
+    public List<string> ToCatchUp()
+    {
+        var list = new List<string>();
+        lock (_lock)
+        {
+            if (_plan.Map is not { } map || _plan.SelfFailed || _plan.OwnSet is not { } set)
+            {
+                return list;
+            }
+
+            foreach (var m in map.Members)
+            {
+                if (m.State is MemberState.Joining or MemberState.Leaving)
+                {
+                    return list; // a hand-over moves ranges: catch up on the ring it ends with
+                }
+            }
+
+            foreach (var r in set.Replicas)
+            {
+                if (!set.InSync.Contains(r) && map.FindMember(r) is { State: MemberState.Active } && _node.IsLive(r) && ReplicaOf(r).Phase == Phase.None)
+                {
+                    list.Add(r);
+                }
+            }
+        }
+
+        return list;
+    }
+
+    /// <summary>
+    /// Catches <paramref name="replicaId"/> up with this node's ranges and proposes it for the in-sync list: from now on
+    /// it gets every new batch (not waited for); then a copy of every record of this node's ranges, page by page, on the
+    /// same stream; once all of it is acked, new batches wait for it too, and when everything sent before that is acked,
+    /// it is added by compare-and-set. Returns true when the replica is in sync in the stored map.
+    /// </summary>
+    public async Task<bool> CatchUpAsync(string replicaId, ClusterMembership membership, CancellationToken stop)
+    {
+        RoutingState? s = _node.State;
+        if (s?.Owners is not { } owners || s.SelfIndex < 0)
+        {
+            return false;
+        }
+
+        var startMap = s.Map;
+        Replica replica;
+        int epoch;
+        lock (_lock)
+        {
+            replica = ReplicaOf(replicaId);
+            if (replica.Phase != Phase.None)
+            {
+                return false;
+            }
+
+            replica.Phase = Phase.Shadow;
+            epoch = ++replica.Epoch;
+        }
+
+        var selector = new OwnRanges(owners.Ring, s.SelfIndex);
+        var position = RangePosition.Start;
+        var chunkBytes = Math.Max(1024, (_options.Mesh.MaxMessageBytes / 3) - 1024);
+        var window = new Queue<Task<MeshReply>>();
+        try
+        {
+            while (true)
+            {
+                stop.ThrowIfCancellationRequested();
+                Task<MeshReply>? sent;
+                bool done;
+                lock (_lock)
+                {
+                    if (replica.Epoch != epoch)
+                    {
+                        return false; // stopped meanwhile (it lagged, or left the set)
+                    }
+
+                    var page = _store.ExportRange(selector, position, _options.HandoverChunkRecords, chunkBytes);
+                    done = page.Done;
+                    position = page.Next;
+                    if (page.Records.Count == 0)
+                    {
+                        sent = null;
+                    }
+                    else
+                    {
+                        var records = new ReplicaRecord[page.Records.Count];
+                        for (var i = 0; i < records.Length; i++)
+                        {
+                            var r = page.Records[i];
+                            records[i] = new ReplicaRecord(r.Family, r.Key, r.Value, false);
+                        }
+
+                        sent = Ship(_node.State ?? s, replicaId, ClusterOpKind.ReplicaCopy, records, null, waited: false);
+                        if (sent is null)
+                        {
+                            throw new InvalidOperationException($"the replica stream to {replicaId} is full");
+                        }
+
+                        Interlocked.Add(ref _metrics.CatchUpBytes, page.Bytes);
+                    }
+                }
+
+                if (sent is not null)
+                {
+                    window.Enqueue(sent);
+                }
+
+                // A few pages in flight, no more: the copy must not fill the stream the batches share.
+                while (window.Count > 4 || (done && window.Count > 0))
+                {
+                    await ExpectOkAsync(window.Dequeue(), replicaId, stop).ConfigureAwait(false);
+                }
+
+                if (done)
+                {
+                    break;
+                }
+            }
+
+            Task<MeshReply>? tail;
+            lock (_lock)
+            {
+                if (replica.Epoch != epoch)
+                {
+                    return false;
+                }
+
+                replica.Phase = Phase.Final; // every batch from now on waits for it
+                tail = replica.LastSend;
+            }
+
+            if (tail is not null)
+            {
+                await ExpectOkAsync(tail, replicaId, stop).ConfigureAwait(false); // acks are cumulative: all before it too
+            }
+
+            var result = await membership.SetInSyncAsync(_node.NodeId, replicaId, inSync: true, _node.NodeId,
+                map => SameOwners(map, startMap), stop).ConfigureAwait(false);
+            ReplicationLog.CatchUp(_logger, replicaId, result.Status.ToString(), result.Message);
+            if (result.Succeeded)
+            {
+                Interlocked.Increment(ref _metrics.CatchUpsCompleted);
+                if (result.Status == MapChangeStatus.Applied)
+                {
+                    Interlocked.Increment(ref _metrics.InSyncAdds);
+                }
+
+                lock (_lock)
+                {
+                    if (replica.Epoch == epoch)
+                    {
+                        replica.Phase = Phase.None; // the map lists it in sync now (or will, as soon as it is applied here)
+                        if (!_plan.IsWaited(replicaId))
+                        {
+                            // Until this node applies that map, keep waiting for it: treat it as in sync already.
+                            _plan = _plan.WithWaited(replicaId);
+                        }
+                    }
+                }
+
+                return true;
+            }
+        }
+        catch (Exception e) when (e is InvalidOperationException or TimeoutException or StorageException or RouteUnavailableException
+            || (e is OperationCanceledException && !stop.IsCancellationRequested))
+        {
+            ReplicationLog.CatchUpFailed(_logger, replicaId, e);
+        }
+
+        lock (_lock)
+        {
+            if (replica.Epoch == epoch)
+            {
+                replica.Phase = Phase.None;
+                replica.Epoch++;
+                foreach (var p in _pending)
+                {
+                    if (!_plan.IsWaited(replicaId))
+                    {
+                        p.Waiting.Remove(replicaId);
+                    }
+                }
+
+                Drain();
+            }
+        }
+
+        Interlocked.Increment(ref _metrics.CatchUpsFailed);
+        return false;
+    }
+
+    private async Task ExpectOkAsync(Task<MeshReply> outcome, string replicaId, CancellationToken stop)
+    {
+        // A copy page is as large as a few batches; give it a few replication timeouts before the catch-up starts over.
+        var reply = await outcome.WaitAsync(_options.ReplicationTimeout * 4, stop).ConfigureAwait(false);
+        if (reply.Status != MeshStatus.Ok)
+        {
+            throw new InvalidOperationException($"{replicaId} refused the catch-up ({reply.Status})");
+        }
+    }
+
+    /// <summary>True when <paramref name="map"/> has the same members owning ranges as <paramref name="start"/> (so this
+    /// node's ranges, which the catch-up copied, are the same).</summary>
+    private static bool SameOwners(ClusterMap map, ClusterMap start)
+    {
+        static List<string> Owning(ClusterMap m)
+        {
+            var list = new List<string>();
+            foreach (var member in m.Members)
+            {
+                if (member.State != MemberState.Joining)
+                {
+                    list.Add(member.NodeId);
+                }
+            }
+
+            return list;
+        }
+
+        return Owning(map).SequenceEqual(Owning(start), StringComparer.Ordinal) && map.VirtualNodes == start.VirtualNodes;
+    }
+
+    private Replica ReplicaOf(string id)
+    {
+        if (!_replicas.TryGetValue(id, out var replica))
+        {
+            _replicas[id] = replica = new Replica(id);
+        }
+
+        return replica;
+    }
+
+    private static long TimeSpanStamp() => Environment.TickCount64;
+
+    private static TimeSpan TimeSpanSince(long stamp) => TimeSpan.FromMilliseconds(Environment.TickCount64 - stamp);
+
+    private enum Phase
+    {
+        /// <summary>In sync per the map, or not a replica being caught up.</summary>
+        None,
+
+        /// <summary>Being caught up: gets every new batch, not waited for.</summary>
+        Shadow,
+
+        /// <summary>Caught up, its add to the in-sync list proposed: new batches wait for it.</summary>
+        Final,
+    }
+
+    private sealed class Pending(CommittedBatch batch, long started)
+    {
+        public CommittedBatch Batch { get; } = batch;
+
+        public long Started { get; } = started;
+
+        public HashSet<string> Waiting { get; } = new(StringComparer.Ordinal);
+
+        public bool Failed { get; set; }
+    }
+
+    private sealed class Replica(string nodeId)
+    {
+        public string NodeId { get; } = nodeId;
+
+        public Phase Phase { get; set; }
+
+        /// <summary>Bumped whenever a catch-up starts or is stopped, so a stopped one notices.</summary>
+        public int Epoch { get; set; }
+
+        public int Outstanding { get; set; }
+
+        public bool Full { get; set; }
+
+        public Task<MeshReply>? LastSend { get; set; }
+    }
+
+    /// <summary>This node's ranges of a ring (the points whose ring owner it is): what a catch-up copies.</summary>
+    private sealed class OwnRanges(HashRing ring, int self) : IRangeSelector
+    {
+        public bool TakesConversation(ulong conversationId) => ring.OwnerIndex(HashRing.HashConversation(conversationId)) == self;
+
+        public bool TakesUser(string userId) => ring.OwnerIndex(HashRing.HashUser(userId)) == self;
+    }
+
+    /// <summary>
+    /// What one map means for shipping: per ring node whose ranges this node serves, the replicas that get those ranges'
+    /// records (its set's in-sync replicas, not Failed, not this node; for this node's own set also the replicas being
+    /// caught up) and which of them a batch waits for.
+    /// </summary>
+    private sealed class Plan
+    {
+        public static readonly Plan None = new(null, null, -1, false, [], new HashSet<string>(StringComparer.Ordinal), [], null);
+
+        private readonly string[]?[] _targetsByNode;
+        private readonly HashSet<string> _waited;
+
+        private Plan(ClusterMap? map, RangeOwners? owners, int self, bool selfFailed, string[]?[] targetsByNode, HashSet<string> waited, string[] ownTargets, ReplicaSet? ownSet)
+        {
+            Map = map;
+            Owners = owners;
+            Self = self;
+            SelfFailed = selfFailed;
+            _targetsByNode = targetsByNode;
+            _waited = waited;
+            OwnTargets = ownTargets;
+            OwnSet = ownSet;
+        }
+
+        public ClusterMap? Map { get; }
+
+        public RangeOwners? Owners { get; }
+
+        public int Self { get; }
+
+        public bool SelfFailed { get; }
+
+        /// <summary>The replicas of this node's own set (every one that gets its records).</summary>
+        public string[] OwnTargets { get; }
+
+        public ReplicaSet? OwnSet { get; }
+
+        public HashSet<string> OwnReplicas => OwnSet is null ? new HashSet<string>(StringComparer.Ordinal) : new HashSet<string>(OwnSet.Replicas, StringComparer.Ordinal);
+
+        public bool IsEmpty => _waited.Count == 0 && OwnTargets.Length == 0;
+
+        public static Plan Of(RoutingState s, string nodeId)
+        {
+            var map = s.Map;
+            var self = map.FindMember(nodeId);
+            var selfFailed = self is { State: MemberState.Failed };
+            if (s.Owners is not { } owners || s.SelfIndex < 0 || map.ReplicaSets.IsDefaultOrEmpty)
+            {
+                return new Plan(map, s.Owners, s.SelfIndex, selfFailed, [], new HashSet<string>(StringComparer.Ordinal), [], null);
+            }
+
+            var ring = owners.Ring;
+            var serves = new bool[ring.NodeCount];
+            for (var p = 0; p < ring.PointCount; p++)
+            {
+                if (owners.OwnerIndexOfPoint(p) == s.SelfIndex)
+                {
+                    serves[ring.NodeIndexOfPoint(p)] = true;
+                }
+            }
+
+            var waited = new HashSet<string>(StringComparer.Ordinal);
+            var targets = new string[]?[ring.NodeCount];
+            string[] ownTargets = [];
+            ReplicaSet? ownSet = null;
+            for (var n = 0; n < ring.NodeCount; n++)
+            {
+                if (!serves[n] || ReplicaPlacement.Find(map, ring.Nodes[n]) is not { } set)
+                {
+                    continue;
+                }
+
+                var list = new List<string>();
+                foreach (var r in set.Replicas)
+                {
+                    var own = n == s.SelfIndex;
+                    var inSync = set.InSync.Contains(r);
+                    if (string.Equals(r, nodeId, StringComparison.Ordinal) || map.FindMember(r) is not { State: not MemberState.Failed })
+                    {
+                        continue;
+                    }
+
+                    if (inSync)
+                    {
+                        waited.Add(r);
+                        list.Add(r);
+                    }
+                    else if (own)
+                    {
+                        list.Add(r); // shipped only while it is being caught up (the tap checks its phase)
+                    }
+                }
+
+                targets[n] = [.. list];
+                if (n == s.SelfIndex)
+                {
+                    ownTargets = targets[n]!;
+                    ownSet = set;
+                }
+            }
+
+            return new Plan(map, owners, s.SelfIndex, selfFailed, targets, waited, ownTargets, ownSet);
+        }
+
+        public Plan WithWaited(string replica)
+        {
+            var waited = new HashSet<string>(_waited, StringComparer.Ordinal) { replica };
+            return new Plan(Map, Owners, Self, SelfFailed, _targetsByNode, waited, OwnTargets, OwnSet);
+        }
+
+        public bool IsWaited(string replica) => _waited.Contains(replica);
+
+        /// <summary>The replicas that get a record, or null when it belongs to no range this node serves.</summary>
+        public string[]? TargetsOf(in ReplicaRecord record)
+        {
+            ReplicaRecordOwner owner;
+            try
+            {
+                if (!ChatStore.TryGetOwner(record, out owner))
+                {
+                    return null;
+                }
+            }
+            catch (ArgumentException)
+            {
+                return null;
+            }
+
+            var ring = Owners!.Ring;
+            var hash = owner.IsUser ? HashRing.HashUser(owner.UserId) : HashRing.HashConversation(owner.ConversationId);
+            var point = ring.PointIndexOf(hash);
+            return Owners.OwnerIndexOfPoint(point) == Self ? _targetsByNode[ring.NodeIndexOfPoint(point)] : null;
+        }
+
+        /// <summary>The sets (by primary) whose in-sync list holds <paramref name="replica"/> and whose ranges this node
+        /// serves: where it proposes the replica's removal.</summary>
+        public List<string> SetsListingInSync(string replica)
+        {
+            var list = new List<string>();
+            if (Map is null || Owners is null)
+            {
+                return list;
+            }
+
+            for (var n = 0; n < _targetsByNode.Length; n++)
+            {
+                if (_targetsByNode[n] is not null && ReplicaPlacement.Find(Map, Owners.Ring.Nodes[n]) is { } set && set.InSync.Contains(replica))
+                {
+                    list.Add(set.Primary);
+                }
+            }
+
+            return list;
+        }
+    }
+}

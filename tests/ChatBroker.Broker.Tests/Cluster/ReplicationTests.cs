@@ -1,0 +1,156 @@
+using ChatBroker.Broker.Cluster;
+using ChatBroker.Broker.Tests.Sessions;
+using ChatBroker.Cluster.Coordination;
+using ChatBroker.Cluster.Mesh;
+using ChatBroker.Cluster.Ring;
+using ChatBroker.Protocol.Messages;
+
+namespace ChatBroker.Broker.Tests.Cluster;
+
+/// <summary>
+/// Replication's data path in the in-process cluster (docs/cluster.md, "Replication"): the nodes write the replica sets,
+/// catch their replicas up and add them by compare-and-set themselves; SENT comes once every in-sync replica has the
+/// message; a replica that stops answering is taken out of the in-sync set by compare-and-set and catches up when it is
+/// back; a dead primary's conversation goes on at an in-sync replica with nothing acknowledged lost.
+/// </summary>
+public sealed class ReplicationTests
+{
+    private static readonly ClusterRoutingOptions Routing = new()
+    {
+        ForwardTimeout = TimeSpan.FromSeconds(30),
+        RetryAfter = TimeSpan.FromMilliseconds(200),
+        ReplicationTimeout = TimeSpan.FromMilliseconds(400),
+        Mesh = new MeshOptions { MaxReplyBytes = 256 * 1024, ReconnectMaxDelay = TimeSpan.FromMilliseconds(200) },
+    };
+
+    [Fact]
+    public async Task Every_acknowledged_message_is_on_every_in_sync_replica_and_survives_the_primarys_death()
+    {
+        await using var cluster = await ClusterHarness.StartAsync(3, Routing);
+        var aliceId = cluster.UserAt("alice", "node1");
+        var bobId = cluster.UserAt("bob", "node2", b => cluster.Ring.ConversationOwner(ClusterOps.DirectConversationId(aliceId, b)) == "node3");
+        var conversation = ClusterOps.DirectConversationId(aliceId, bobId);
+        var synced = await ReplicateAsync(cluster, factor: 3);
+        Assert.All(synced.ReplicaSets, s => Assert.Equal(s.Replicas.ToArray(), s.InSync.ToArray()));
+        Assert.True(cluster.Nodes.Sum(n => n.Cluster.Replication.InSyncAdds) >= 6); // 3 primaries × 2 replicas, by the nodes
+
+        var alice = await cluster["node1"].ConnectAsync(aliceId, "phone");
+        await alice.ExpectAsync<SyncDone>();
+        var bob = await cluster["node2"].ConnectAsync(bobId, "phone");
+        await bob.ExpectAsync<SyncDone>();
+        for (ulong i = 1; i <= 20; i++)
+        {
+            await alice.SendAsync(TestDevice.Text(i, bobId, $"m{i}"));
+            Assert.Equal(i, (await alice.ExpectAsync<Sent>()).Seq);
+            // Every in-sync replica has it once SENT is out: node1 and node2 hold node3's log.
+            Assert.All(cluster.Nodes, n => Assert.True(n.Broker.Store.GetLastSeq(conversation) >= i, $"{n.Id} lacks seq {i}"));
+            // bob's home (node2) is also a replica of the conversation's owner: it holds the log and still stores bob's
+            // inbox entry of each forwarded copy (the node's own copied mark, not the log, decides a copy is new).
+            Assert.Equal(($"m{i}", i), Body(await bob.ExpectAsync<Deliver>()));
+        }
+
+        Assert.True(cluster["node3"].Cluster.Replication.BatchesShipped > 0);
+        Assert.True(cluster["node1"].Cluster.Replication.BatchesApplied > 0);
+
+        await cluster.KillAsync("node3");
+        var failed = await cluster.WaitForMapAsync(m => m.FindMember("node3") is { State: MemberState.Failed }, TestDevice.Timeout);
+        var newOwner = RangeOwners.Create(failed)!.ConversationOwner(conversation);
+        Assert.Contains(newOwner, new[] { "node1", "node2" });
+        using (var timeout = new CancellationTokenSource(TestDevice.Timeout))
+        {
+            await cluster[newOwner].Cluster.WhenReforwardedAsync(timeout.Token);
+        }
+
+        // The conversation goes on at the in-sync replica: the sequence continues from what it has, nothing is lost.
+        for (ulong i = 21; i <= 25; i++)
+        {
+            var send = TestDevice.Text(i, bobId, $"m{i}");
+            await alice.SendAsync(send);
+            Assert.Equal(i, (await ExpectSentAsync(alice, send)).Seq);
+            Assert.Equal(($"m{i}", i), Body(await bob.ExpectAsync<Deliver>()));
+        }
+
+        var log = cluster[newOwner].Broker.Store.ReadRange(conversation, 1, 100);
+        Assert.Equal(Enumerable.Range(1, 25).Select(i => ((ulong)i, $"m{i}")), log.Select(m => (m.Seq, System.Text.Encoding.UTF8.GetString(m.Body.Span))));
+    }
+
+    [Fact]
+    public async Task A_replica_that_stops_answering_leaves_the_in_sync_set_by_compare_and_set_and_catches_up_when_back()
+    {
+        await using var cluster = await ClusterHarness.StartAsync(3, Routing);
+        var aliceId = cluster.UserAt("alice", "node1");
+        var bobId = cluster.UserAt("bob", "node2", b => cluster.Ring.ConversationOwner(ClusterOps.DirectConversationId(aliceId, b)) == "node1");
+        var conversation = ClusterOps.DirectConversationId(aliceId, bobId);
+        var synced = await ReplicateAsync(cluster, factor: 3);
+
+        var alice = await cluster["node1"].ConnectAsync(aliceId, "phone");
+        await alice.ExpectAsync<SyncDone>();
+        await alice.SendAsync(TestDevice.Text(1, bobId, "m1"));
+        Assert.Equal(1UL, (await alice.ExpectAsync<Sent>()).Seq);
+
+        // node3 keeps its lease but nobody reaches its mesh: node1's batches wait for it, past the replication timeout
+        // node1 proposes its removal, and SENT comes once the map without it is applied.
+        await cluster["node3"].StopMeshAsync();
+        await alice.SendAsync(TestDevice.Text(2, bobId, "m2"));
+        Assert.Equal(2UL, (await alice.ExpectAsync<Sent>()).Seq);
+        var removed = cluster["node1"].Coordinator.View.Map;
+        Assert.DoesNotContain("node3", ReplicaPlacement.Find(removed, "node1")!.InSync);
+        Assert.True(removed.Epoch > synced.Epoch);
+        Assert.True(cluster["node1"].Cluster.Replication.InSyncRemovals >= 1);
+        for (ulong i = 3; i <= 10; i++)
+        {
+            await alice.SendAsync(TestDevice.Text(i, bobId, $"m{i}"));
+            Assert.Equal(i, (await alice.ExpectAsync<Sent>()).Seq);
+        }
+
+        Assert.Equal(1UL, cluster["node3"].Broker.Store.GetLastSeq(conversation)); // it missed 2..10
+
+        // Back: node1 copies its ranges to it while traffic flows, then adds it to the in-sync set again.
+        await cluster["node3"].RestartMeshAsync();
+        var back = await cluster.WaitForMapAsync(m => ReplicaPlacement.Find(m, "node1") is { } s && s.InSync.Contains("node3"), TestDevice.Timeout);
+        Assert.True(back.Epoch > removed.Epoch);
+        Assert.True(cluster["node1"].Cluster.Replication.CatchUpBytes > 0);
+        var copy = cluster["node3"].Broker.Store.ReadRange(conversation, 1, 100);
+        Assert.Equal(Enumerable.Range(1, 10).Select(i => (ulong)i), copy.Select(m => m.Seq));
+
+        // In sync again: the next message is on node3 when SENT comes.
+        await alice.SendAsync(TestDevice.Text(11, bobId, "m11"));
+        Assert.Equal(11UL, (await alice.ExpectAsync<Sent>()).Seq);
+        Assert.Equal(11UL, cluster["node3"].Broker.Store.GetLastSeq(conversation));
+    }
+
+    /// <summary>Sets the map's factor by compare-and-set and waits until the nodes have written the sets, caught every
+    /// replica up and added each to its set's in-sync list.</summary>
+    internal static async Task<ClusterMap> ReplicateAsync(ClusterHarness cluster, int factor)
+    {
+        var map = cluster["node1"].Coordinator.View.Map with { ReplicationFactor = factor };
+        var update = await cluster["node1"].Coordinator.TryUpdateMapAsync(map, CancellationToken.None);
+        Assert.True(update.Applied, update.Error);
+        return await cluster.WaitForMapAsync(
+            m => m.ReplicationFactor == factor && m.ReplicaSets.Length == cluster.Nodes.Count && m.ReplicaSets.All(s => s.Replicas.Length == Math.Min(factor, cluster.Nodes.Count) - 1 && s.InSync.Length == s.Replicas.Length),
+            TestDevice.Timeout);
+    }
+
+    /// <summary>The SENT of <paramref name="send"/>, resending it after each retryable refusal (a moment after a
+    /// take-over a commit may be refused while the new primary re-forwards).</summary>
+    private static async Task<Sent> ExpectSentAsync(TestDevice device, Send send)
+    {
+        while (true)
+        {
+            switch (await device.ReceiveAsync())
+            {
+                case Sent sent:
+                    return sent;
+                case Error { Reason: ReasonCode.ServerUnavailable } error when error.RequestId == send.ClientMsgId:
+                    await Task.Delay(TimeSpan.FromMilliseconds(error.RetryAfterMs)); // the retry_after the broker asked for
+                    await device.SendAsync(send);
+                    break;
+                case var other:
+                    Assert.Fail($"unexpected {other}");
+                    break;
+            }
+        }
+    }
+
+    private static (string, ulong) Body(Deliver deliver) => (deliver.Body.ToStringUtf8(), deliver.Seq);
+}
