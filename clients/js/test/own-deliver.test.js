@@ -1,6 +1,7 @@
-// A DELIVER of this device's own pending SEND (met in the catch-up after a reconnect, before the SENT of the
-// re-sent SEND) settles the send like its SENT, and is not surfaced as a 'message' as well. Against a fake
-// transport, so the order of the frames is the test's.
+// A DELIVER of this device's own pending SEND settles the send like its SENT, and is not surfaced as a
+// 'message' as well. It happens after a reconnect from inbox position 0 when the SEND was stored but its SENT
+// was lost with the connection (seen in the browser test of a network drop). Against a fake transport, so
+// the order of the frames is the test's.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ChatClient, FrameParser, PacketType, decodeBody, encodeFrame } from '../src/index.js';
