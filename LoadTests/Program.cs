@@ -106,11 +106,16 @@ public static class Program
                 r.AddError(error!);
             }
         });
+        // MQTT client mode (LoadTests/Mqtt): pairs against any MQTT broker.
+        var protocol = new Option<string>("--protocol") { Description = "pairs: native (the chat protocol) or mqtt (MQTT 3.1.1 QoS 1; with --target any MQTT broker, else ChatBroker's MQTT listener).", DefaultValueFactory = _ => "native", Recursive = true };
+        protocol.AcceptOnlyFromAmong("native", "mqtt");
+        var mqttTopics = new Option<string>("--mqtt-topics") { Description = "pairs --protocol mqtt: chat (chat/u/{user} and inbox/{user}/#, needs tokens), plain (pairs/{run}/{i}, any broker) or auto (chat when a token secret is known).", DefaultValueFactory = _ => "auto", Recursive = true };
+        mqttTopics.AcceptOnlyFromAmong("auto", "chat", "plain");
 
         var members = new Option<int>("--members") { Description = "fanout: members of the group, all online (the sender included).", DefaultValueFactory = _ => 1024, Recursive = true };
 
         var root = new RootCommand("ChatBroker load harness: pairs, fanout, connections, resume, churn.");
-        foreach (var o in new Option[] { cluster, netns, etcdMembers, transport, members, duration, count, pairs, rate, window, bodySize, durability, target, admin, secretFile, tokenSecret, connections, processes, sources, set, json, html, metricsOut, gcdump, warmup, warmupSeconds })
+        foreach (var o in new Option[] { protocol, mqttTopics, cluster, netns, etcdMembers, transport, members, duration, count, pairs, rate, window, bodySize, durability, target, admin, secretFile, tokenSecret, connections, processes, sources, set, json, html, metricsOut, gcdump, warmup, warmupSeconds })
         {
             root.Options.Add(o);
         }
@@ -156,7 +161,17 @@ public static class Program
             return command;
         }
 
-        root.Subcommands.Add(Scenario("pairs", "N sender/receiver pairs, closed loop (--window) or fixed rate (--rate).", o => new PairsScenario(o).RunAsync()));
+        var pairsCommand = new Command("pairs", "N sender/receiver pairs, closed loop (--window) or fixed rate (--rate); --protocol mqtt for any MQTT broker.");
+        pairsCommand.SetAction(async (r, _) =>
+        {
+            var options = Read(r);
+            var result = r.GetValue(protocol) == "mqtt"
+                ? await new Mqtt.MqttPairsScenario(options, r.GetValue(mqttTopics)!).RunAsync().ConfigureAwait(false)
+                : await new PairsScenario(options).RunAsync().ConfigureAwait(false);
+            await ReportWriter.WriteAsync(result, options.JsonPath, options.HtmlPath).ConfigureAwait(false);
+            return result.Passed ? 0 : 1;
+        });
+        root.Subcommands.Add(pairsCommand);
 
         root.Subcommands.Add(Scenario("connections", "C idle authenticated connections over --processes client processes: connect rate and broker memory per connection.", o => new ConnectionsScenario(o).RunAsync()));
         root.Subcommands.Add(Scenario("idle-transports", "--connections idle logged-in connections over TCP, then TLS, then WebSocket: broker memory per connection on each.", o => new IdleTransportsScenario(o).RunAsync()));

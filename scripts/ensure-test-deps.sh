@@ -2,7 +2,9 @@
 # Makes sure the test-only tools beyond scripts/ensure-deps.sh are installed:
 #   - Debian's chromium-headless-shell and fonts-dejavu-core: the browser tests (tests/ChatBroker.Web.Tests);
 #   - etcd (Debian's etcd-server): the cluster tests start their own;
-#   - python3 with grpcio and protobuf: the mesh test calls the mesh from a standard gRPC client.
+#   - python3 with grpcio and protobuf: the mesh test calls the mesh from a standard gRPC client;
+#   - python3-paho-mqtt and mosquitto-clients (mosquitto_pub, mosquitto_sub): the MQTT conformance tests
+#     (tests/ChatBroker.Mqtt.Tests) drive the MQTT listener with these standard clients.
 # On Debian/Ubuntu as root (or with passwordless sudo) it installs what is missing with apt-get in one
 # step; anywhere else it says what to install and exits non-zero. Quiet when everything is there.
 set -euo pipefail
@@ -53,10 +55,15 @@ ensure_browser
 python=/usr/bin/python3
 have_etcd() { command -v etcd >/dev/null 2>&1; }
 have_python_grpc() { [ -x "$python" ] && "$python" -c 'import grpc, google.protobuf' >/dev/null 2>&1; }
+# MQTT conformance tests (tests/ChatBroker.Mqtt.Tests)
+have_paho() { [ -x "$python" ] && "$python" -c 'import paho.mqtt.client' >/dev/null 2>&1; }
+have_mosquitto_clients() { command -v mosquitto_pub >/dev/null 2>&1 && command -v mosquitto_sub >/dev/null 2>&1; }
 
 packages=""
 have_etcd || packages="$packages etcd-server"
 have_python_grpc || packages="$packages python3 python3-grpcio python3-protobuf"
+have_paho || packages="$packages python3-paho-mqtt"
+have_mosquitto_clients || packages="$packages mosquitto-clients"
 packages="${packages# }"
 if [ -z "$packages" ]; then
   exit 0
@@ -65,7 +72,8 @@ fi
 echo "Test tools are missing; installing $packages." >&2
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "This is not a Debian-like system (no apt-get). Install etcd 3.4 or later ('etcd' on PATH) and" >&2
-  echo "python3 with the grpcio and protobuf modules as $python, then run this again." >&2
+  echo "python3 with the grpcio and protobuf modules as $python, paho-mqtt for it, and the mosquitto clients" >&2
+  echo "(mosquitto_pub, mosquitto_sub), then run this again." >&2
   exit 1
 fi
 
@@ -103,6 +111,10 @@ if ! have_etcd; then
 fi
 if ! have_python_grpc; then
   echo "Installed $packages but '$python -c \"import grpc, google.protobuf\"' still fails." >&2
+  exit 1
+fi
+if ! have_paho || ! have_mosquitto_clients; then
+  echo "Installed $packages but paho-mqtt ('$python -c \"import paho.mqtt.client\"') or mosquitto_pub/mosquitto_sub is still missing." >&2
   exit 1
 fi
 echo "Installed $packages." >&2

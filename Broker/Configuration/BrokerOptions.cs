@@ -14,6 +14,7 @@ public sealed class BrokerOptions
     public TlsOptions Tls { get; } = new();
     public WsOptions Ws { get; } = new();
     public WebOptions Web { get; } = new();
+    public MqttOptions Mqtt { get; } = new();
     public AdminOptions Admin { get; } = new();
     public AuthOptions Auth { get; } = new();
     public StorageSettings Storage { get; } = new();

@@ -1,6 +1,7 @@
 using ChatBroker.Broker.Cluster;
 using ChatBroker.Broker.Configuration;
 using ChatBroker.Broker.Messaging;
+using ChatBroker.Broker.Mqtt;
 using ChatBroker.Broker.Observability;
 using ChatBroker.Broker.Push;
 using ChatBroker.Broker.Sessions;
@@ -71,6 +72,7 @@ public static class BrokerServices
         services.AddHostedService(sp => sp.GetRequiredService<SocketListener>());
         services.AddSingleton<IDeviceConnectionHandler>(sp => (DeviceConnectionHandler)sp.GetRequiredService<ISocketConnectionHandler>());
         services.AddChatBrokerTransports(options); // tls.listen, ws.listen: stopped before the TCP listener
+        services.AddChatBrokerMqtt(options); // mqtt.listen, mqtt.tls_listen (Broker/Mqtt)
         return services;
     }
 

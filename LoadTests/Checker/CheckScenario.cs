@@ -335,6 +335,18 @@ public static class CheckScenario
                 var backlog = text.Split('\n').Where(l => l.StartsWith("chatbroker_cluster_inbox_forward_backlog", StringComparison.Ordinal)
                     || l.StartsWith("chatbroker_mesh_queued_bytes ", StringComparison.Ordinal) || l.StartsWith("chatbroker_mesh_queued ", StringComparison.Ordinal));
                 log.WriteLine($"check: {node.Id} after the drain: {string.Join(", ", backlog)}");
+                if (Environment.GetEnvironmentVariable("CHATBROKER_CHECK_DUMP") == "1" && node.Broker.Pid is { } pid
+                    && backlog.Any(l => l.StartsWith("chatbroker_cluster_inbox_forward_backlog", StringComparison.Ordinal) && !l.EndsWith(" 0", StringComparison.Ordinal)))
+                {
+                    // Entries still waiting after the drain: a process dump (dotnet-dump, `dumpasync` shows what waits).
+                    var dump = Path.Combine(BrokerLog.Directory, node.Id + ".dmp");
+                    using var collect = System.Diagnostics.Process.Start("dotnet-dump", ["collect", "-p", pid.ToString(CultureInfo.InvariantCulture), "-o", dump]);
+                    if (collect is not null)
+                    {
+                        await collect.WaitForExitAsync().ConfigureAwait(false);
+                        log.WriteLine($"check: {node.Id} dumped to {dump} (exit {collect.ExitCode})");
+                    }
+                }
             }
             catch (Exception e) when (e is HttpRequestException or TaskCanceledException or IOException)
             {

@@ -49,6 +49,11 @@ public sealed class CommandLineTests
         Assert.NotNull(CheckOptions.Validate("kill", 0, false));
         Assert.NotNull(CheckOptions.Validate("etcd", 0, true));
         Assert.NotNull(CheckOptions.Validate("join-leave", 1, false));
-        Assert.Contains("unknown nemesis", CheckOptions.Validate("partition", 3, false));
+        Assert.Contains("--netns", CheckOptions.Validate("partition", 3, false));
+        Assert.Null(CheckOptions.Validate("partition", 3, false, netns: true));
+        Assert.NotNull(CheckOptions.Validate("partition", 1, false, netns: true));
+        Assert.Null(CheckOptions.Validate("mix", 2, false));
+        Assert.NotNull(CheckOptions.Validate("mix", 1, false));
+        Assert.Contains("unknown nemesis", CheckOptions.Validate("flood", 3, false));
     }
 }

@@ -73,7 +73,7 @@ test('malformed headers get their reason codes', () => {
     return ReasonCode.SUCCESS;
   };
   assert.equal(reason([0x00]), ReasonCode.UNKNOWN_PACKET_TYPE);
-  assert.equal(reason([0xe0]), ReasonCode.UNKNOWN_PACKET_TYPE);     // no packet type 0xE0 (0xB0 is SETTINGS since issue 18)
+  assert.equal(reason([0xf0]), ReasonCode.UNKNOWN_PACKET_TYPE);  // 0xB0 is SETTINGS now
   assert.equal(reason([0x35]), ReasonCode.INVALID_FLAGS);      // SENT allows no flags
   assert.equal(reason([0x32]), ReasonCode.INVALID_FLAGS);      // reserved bit on SEND
   assert.equal(reason([0x39, 0x00]), ReasonCode.SUCCESS);      // DELIVER with DUP is fine

@@ -1,0 +1,395 @@
+using System.Buffers;
+using ChatBroker.Broker.Messaging;
+using ChatBroker.Protocol.Messages;
+using Google.Protobuf;
+using MQTTnet.Packets;
+using MQTTnet.Protocol;
+
+namespace ChatBroker.Broker.Mqtt;
+
+internal sealed partial class MqttConnection
+{
+    /// <summary>Room kept below tcp.max_frame_bytes for what a DELIVER adds to a body (as the native SEND).</summary>
+    private const int DeliverHeadroom = 1024;
+
+    private int _sendsInflight;
+    private TaskCompletionSource? _sendSlot;
+    // The reply to the last chat PUBLISH: each reply waits for the one before, so PUBACKs go out in PUBLISH order [MQTT-4.6.0-2].
+    private Task _lastChatReply = Task.CompletedTask;
+
+    /// <summary>Topics a client may publish to in the general space: not $-topics (read-only), not the chat namespace's inbox.</summary>
+    private static bool MayPublishTo(string topic, string user)
+    {
+        _ = user;
+        return !topic.StartsWith('$') && !topic.StartsWith("inbox/", StringComparison.Ordinal) && topic != "inbox"
+            && !topic.StartsWith("chat/", StringComparison.Ordinal);
+    }
+
+    private ValueTask<bool> HandlePublishAsync(MqttPublishPacket publish)
+    {
+        var qos = (byte)publish.QualityOfServiceLevel;
+        if (!MqttTopics.IsValidName(publish.Topic))
+        {
+            // No topic aliases here (CONNACK says 0), so an empty topic is as invalid as one with wildcards [MQTT-3.3.2-2].
+            Fail("protocol_error", MqttDisconnectReasonCode.TopicNameInvalid, "topic name not valid");
+            return ValueTask.FromResult(false);
+        }
+
+        if (qos == 0 && publish.Dup)
+        {
+            Fail("protocol_error", MqttDisconnectReasonCode.ProtocolError, "DUP set on a QoS 0 PUBLISH [MQTT-3.3.1-2]");
+            return ValueTask.FromResult(false);
+        }
+
+        if (publish.Topic.StartsWith("chat/", StringComparison.Ordinal))
+        {
+            return HandleChatPublishAsync(publish, qos);
+        }
+
+        if (!MayPublishTo(publish.Topic, _user))
+        {
+            return ValueTask.FromResult(RefusePublish(publish, qos, "publish_not_authorized", MqttPubAckReasonCode.NotAuthorized, "this topic is read-only"));
+        }
+
+        var message = MqttMessage.From(publish, _session!.Key);
+        _broker.Instruments.MessagesIn.Add(1, MqttInstruments.Tag("space", "topic"));
+        switch (qos)
+        {
+            case 0:
+                _broker.Publish(message);
+                break;
+            case 1:
+                _broker.Publish(message);
+                Write(new MqttPubAckPacket { PacketIdentifier = publish.PacketIdentifier });
+                break;
+            default:
+                // QoS 2, "method A" (5.0 §4.3.3): delivered onward at PUBLISH, the packet id kept until PUBREL so a resent
+                // PUBLISH is not delivered twice [MQTT-4.3.3-2]; that state is the session's, so it survives a reconnect.
+                bool first;
+                lock (_lock)
+                {
+                    _session.AwaitingRelease ??= [];
+                    first = _session.AwaitingRelease.Add(publish.PacketIdentifier);
+                }
+
+                if (first)
+                {
+                    _broker.Publish(message);
+                }
+
+                Write(new MqttPubRecPacket { PacketIdentifier = publish.PacketIdentifier });
+                break;
+        }
+
+        return ValueTask.FromResult(true);
+    }
+
+    /// <summary>
+    /// A PUBLISH the broker will not act on: 5.0 answers with a reason code; 3.1.1 has none, so a QoS 1/2 one closes the
+    /// connection rather than acknowledge what was not done (3.1.1 §3.3.5). Returns false to close.
+    /// </summary>
+    private bool RefusePublish(MqttPublishPacket publish, byte qos, string what, MqttPubAckReasonCode code, string message)
+    {
+        _broker.Instruments.Refused.Add(1, MqttInstruments.Tag("what", what));
+        if (qos == 0)
+        {
+            return true;
+        }
+
+        if (!V5)
+        {
+            _disconnectReason = "refused_publish";
+            return false;
+        }
+
+        if (qos == 1)
+        {
+            Write(new MqttPubAckPacket { PacketIdentifier = publish.PacketIdentifier, ReasonCode = code, ReasonString = message });
+        }
+        else
+        {
+            Write(new MqttPubRecPacket { PacketIdentifier = publish.PacketIdentifier, ReasonCode = (MqttPubRecReasonCode)(int)code, ReasonString = message });
+        }
+
+        return true;
+    }
+
+    /// <summary>
+    /// A PUBLISH to chat/u/{user} or chat/g/{conversation}: a SEND of the token's user from this device, acknowledged
+    /// (PUBACK, or PUBREC for QoS 2) only once it is durable. The client_msg_id is fixed per client id and packet id
+    /// while that packet id is unacknowledged, so a resent PUBLISH (DUP) is stored once.
+    /// </summary>
+    private async ValueTask<bool> HandleChatPublishAsync(MqttPublishPacket publish, byte qos)
+    {
+        if (_user.Length == 0)
+        {
+            return RefusePublish(publish, qos, "publish_not_authorized", MqttPubAckReasonCode.NotAuthorized, "anonymous clients cannot send chat messages");
+        }
+
+        var topic = publish.Topic;
+        var slash = topic.IndexOf('/', 5);
+        var kind = slash < 0 ? default : topic.AsSpan(5, slash - 5);
+        var target = slash < 0 ? "" : topic[(slash + 1)..];
+        var send = new Send();
+        if (kind is "u" && target.Length > 0 && !target.Contains('/', StringComparison.Ordinal))
+        {
+            send.ToUserId = target;
+        }
+        else if (kind is "g" && ulong.TryParse(target, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var conversationId))
+        {
+            send.ConversationId = conversationId;
+        }
+        else
+        {
+            return RefusePublish(publish, qos, "send_refused", MqttPubAckReasonCode.TopicNameInvalid, "chat topics are chat/u/{user} and chat/g/{conversation id}");
+        }
+
+        var maxBody = _broker.Context.Options.Tcp.MaxFrameBytes - DeliverHeadroom;
+        if (publish.Payload.Length > maxBody)
+        {
+            return RefusePublish(publish, qos, "send_refused", MqttPubAckReasonCode.QuotaExceeded, $"chat messages are at most {maxBody} bytes");
+        }
+
+        send.Body = ByteString.CopyFrom(publish.Payload.IsSingleSegment ? publish.Payload.FirstSpan : publish.Payload.ToArray());
+        var packetId = publish.PacketIdentifier;
+        lock (_lock)
+        {
+            var session = _session!;
+            if (qos > 0)
+            {
+                session.ChatInbound ??= [];
+                if (!session.ChatInbound.TryGetValue(packetId, out var id))
+                {
+                    id = NewClientMsgId();
+                    session.ChatInbound[packetId] = id;
+                }
+
+                send.ClientMsgId = id;
+            }
+            else
+            {
+                send.ClientMsgId = NewClientMsgId();
+            }
+        }
+
+        // Bound the SENDs waiting for durability (session.max_inflight_sends): stop reading until one completes.
+        while (true)
+        {
+            Task? wait = null;
+            lock (_lock)
+            {
+                if (_sendsInflight < _broker.Context.Options.Session.MaxInflightSends)
+                {
+                    _sendsInflight++;
+                    break;
+                }
+
+                _sendSlot ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                wait = _sendSlot.Task;
+            }
+
+            FlushOutbox();
+            await wait.ConfigureAwait(false);
+        }
+
+        var chat = _broker.Context.Chat;
+        PreparedSend prepared;
+        try
+        {
+            prepared = await chat.PrepareAsync(this, send, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch
+        {
+            ReleaseSendSlot();
+            throw;
+        }
+
+        if (prepared.Error != ReasonCode.Success)
+        {
+            ReleaseSendSlot();
+            lock (_lock)
+            {
+                _session!.ChatInbound?.Remove(packetId);
+            }
+
+            var code = prepared.Error is ReasonCode.NotAMember ? MqttPubAckReasonCode.NotAuthorized
+                : prepared.Error is ReasonCode.ConversationNotFound ? MqttPubAckReasonCode.TopicNameInvalid
+                : MqttPubAckReasonCode.ImplementationSpecificError;
+            return RefusePublish(publish, qos, "send_refused", code, prepared.Message ?? prepared.Error.ToString());
+        }
+
+        var commit = chat.CommitAsync(this, send, prepared, null, CancellationToken.None);
+        _lastChatReply = ReplyAfterCommitAsync(_lastChatReply, commit, packetId, qos);
+        return true;
+    }
+
+    // client_msg_ids of this connection: a random base (so ids of two connections of one device never meet) plus a counter.
+    private ulong _clientMsgIds;
+
+    private ulong NewClientMsgId()
+    {
+        if (_clientMsgIds == 0)
+        {
+            Span<byte> bytes = stackalloc byte[8];
+            System.Security.Cryptography.RandomNumberGenerator.Fill(bytes);
+            _clientMsgIds = (BitConverter.ToUInt64(bytes) & ~0xFFFFFFFFUL) | 1;
+        }
+
+        return ++_clientMsgIds;
+    }
+
+    private void ReleaseSendSlot()
+    {
+        TaskCompletionSource? slot;
+        lock (_lock)
+        {
+            _sendsInflight--;
+            slot = _sendSlot;
+            _sendSlot = null;
+        }
+
+        slot?.TrySetResult();
+    }
+
+    private async Task ReplyAfterCommitAsync(Task previous, Task<SendOutcome> commit, ushort packetId, byte qos)
+    {
+        SendOutcome outcome;
+        try
+        {
+            outcome = await commit.ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            outcome = SendOutcome.Refused(ReasonCode.ServerUnavailable, "the message could not be stored");
+        }
+
+        await previous.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        ReleaseSendSlot();
+        if (qos == 0)
+        {
+            return;
+        }
+
+        if (outcome.Error == ReasonCode.Success)
+        {
+            _broker.Instruments.MessagesIn.Add(1, MqttInstruments.Tag("space", "chat"));
+            lock (_lock)
+            {
+                if (qos == 1)
+                {
+                    _session!.ChatInbound?.Remove(packetId);
+                    WriteLocked(new MqttPubAckPacket { PacketIdentifier = packetId });
+                }
+                else
+                {
+                    _session!.AwaitingRelease ??= [];
+                    _session.AwaitingRelease.Add(packetId);
+                    WriteLocked(new MqttPubRecPacket { PacketIdentifier = packetId });
+                }
+            }
+        }
+        else
+        {
+            _broker.Instruments.Refused.Add(1, MqttInstruments.Tag("what", "send_refused"));
+            lock (_lock)
+            {
+                _session!.ChatInbound?.Remove(packetId);
+            }
+
+            if (!V5)
+            {
+                CloseFromBroker("refused_publish", MqttDisconnectReasonCode.UnspecifiedError, outcome.Message ?? "");
+                return;
+            }
+
+            var code = outcome.Error == ReasonCode.RateLimited ? MqttPubAckReasonCode.QuotaExceeded : MqttPubAckReasonCode.UnspecifiedError;
+            Write(qos == 1
+                ? new MqttPubAckPacket { PacketIdentifier = packetId, ReasonCode = code, ReasonString = outcome.Message }
+                : new MqttPubRecPacket { PacketIdentifier = packetId, ReasonCode = (MqttPubRecReasonCode)(int)code, ReasonString = outcome.Message });
+        }
+
+        ScheduleFlush();
+    }
+
+    private void OnPubRel(ushort packetId)
+    {
+        bool known;
+        lock (_lock)
+        {
+            known = _session!.AwaitingRelease?.Remove(packetId) == true;
+            _session.ChatInbound?.Remove(packetId);
+            WriteLocked(new MqttPubCompPacket
+            {
+                PacketIdentifier = packetId,
+                ReasonCode = known || !V5 ? MqttPubCompReasonCode.Success : MqttPubCompReasonCode.PacketIdentifierNotFound,
+            });
+        }
+    }
+
+    private void OnPubAck(ushort packetId)
+    {
+        bool chat;
+        lock (_lock)
+        {
+            var session = _session!;
+            if (!session.Outgoing.TryGetValue(packetId, out var outgoing) || outgoing.Stage != MqttOutgoingStage.AwaitPubAck)
+            {
+                return; // unknown or stale: ignored
+            }
+
+            session.Outgoing.Remove(packetId);
+            chat = outgoing.InboxSeq != 0;
+            PumpQueuedLocked(session);
+        }
+
+        if (chat)
+        {
+            AfterInboxProgress();
+        }
+        else if (_inboxDirty)
+        {
+            ScheduleCatchUp();
+        }
+    }
+
+    private void OnPubRec(ushort packetId, MqttPubRecReasonCode reason)
+    {
+        lock (_lock)
+        {
+            var session = _session!;
+            if (session.Outgoing.TryGetValue(packetId, out var outgoing) && outgoing.Stage == MqttOutgoingStage.AwaitPubRec)
+            {
+                if ((int)reason >= 0x80)
+                {
+                    session.Outgoing.Remove(packetId); // 5.0: the client refused it; the exchange ends [MQTT-4.3.3-4]
+                    PumpQueuedLocked(session);
+                    return;
+                }
+
+                outgoing.Stage = MqttOutgoingStage.AwaitPubComp;
+                WriteLocked(new MqttPubRelPacket { PacketIdentifier = packetId });
+            }
+            else
+            {
+                WriteLocked(new MqttPubRelPacket
+                {
+                    PacketIdentifier = packetId,
+                    ReasonCode = V5 ? MqttPubRelReasonCode.PacketIdentifierNotFound : MqttPubRelReasonCode.Success,
+                });
+            }
+        }
+    }
+
+    private void OnPubComp(ushort packetId)
+    {
+        lock (_lock)
+        {
+            var session = _session!;
+            if (session.Outgoing.TryGetValue(packetId, out var outgoing) && outgoing.Stage == MqttOutgoingStage.AwaitPubComp)
+            {
+                session.Outgoing.Remove(packetId);
+                PumpQueuedLocked(session);
+            }
+        }
+    }
+}
