@@ -170,6 +170,16 @@ internal static class Base64Url
         }
 
         bytes = new byte[length];
-        return System.Buffers.Text.Base64Url.TryDecodeFromChars(text, bytes, out var written) && written == length;
+        try
+        {
+            return System.Buffers.Text.Base64Url.TryDecodeFromChars(text, bytes, out var written) && written == length;
+        }
+        catch (FormatException)
+        {
+            // IsValid accepts some inputs with white space (e.g. one character then a line break) that the decoder
+            // then throws on; found by the session fuzzer (issue 18). Such a token is malformed, not a crash.
+            bytes = [];
+            return false;
+        }
     }
 }

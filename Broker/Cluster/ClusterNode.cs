@@ -789,6 +789,9 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             case ClusterOpKind.ReplicaRecords or ClusterOpKind.ReplicaCopy:
                 return HandleReplicaBatch(batch, index, message, s, cancellationToken);
 
+            case ClusterOpKind.DeviceRevocation or ClusterOpKind.SettingsRequest:
+                return HandleAccountOperation(batch, index, message, cancellationToken);
+
             default:
                 batch.Reject(index, (uint)ReasonCode.BadRequest);
                 return null;

@@ -10,7 +10,7 @@ namespace ChatBroker.Broker.Cluster;
 
 /// <summary>What a mesh message's payload is (<c>MeshMessage.kind</c>); each is a message of a Cluster/*.proto file.
 /// Ranges: 1–19 messages and inbox (cluster_ops.proto), 20–39 groups, 40–59 receipts, presence, typing, keys and
-/// push, 60–79 range hand-over, 80–99 node-level operations.</summary>
+/// push, 60–79 range hand-over, 80–99 node-level operations, 100–109 accounts (revocation, settings).</summary>
 public enum ClusterOpKind : uint
 {
     /// <summary>Gateway → owner: <see cref="ForwardSend"/>, answered with <see cref="SendResult"/>.</summary>
@@ -118,6 +118,14 @@ public enum ClusterOpKind : uint
     /// <summary>Primary → replica catching up (stream 1): <see cref="Wire.ReplicaBatch"/> of one page of the primary's
     /// ranges (a range export); the ack means durable.</summary>
     ReplicaCopy = 81,
+
+    // ---- 100–109: accounts (issue 18; cluster_accounts.proto, ClusterNode.Accounts.cs) ----
+
+    /// <summary>Revoking node → every other member: <see cref="Wire.DeviceRevocation"/>, answered with <see cref="Wire.AccountResult"/>.</summary>
+    DeviceRevocation = 100,
+
+    /// <summary>Gateway → the user's home: <see cref="Wire.SettingsRequest"/>, answered with <see cref="Wire.AccountResult"/>.</summary>
+    SettingsRequest = 101,
 }
 
 /// <summary>Conversions between the core's types and the cluster operations, and the derived ids.</summary>

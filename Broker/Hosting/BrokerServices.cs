@@ -91,6 +91,7 @@ public static class BrokerServices
                 nodeId, sp.GetRequiredService<ChatService>(), sp.GetRequiredService<ConversationDirectory>(), routing,
                 sp.GetRequiredService<ILoggerFactory>().CreateLogger("ChatBroker.Cluster"));
             node.UseSignals(sp.GetRequiredService<PresenceService>(), sp.GetRequiredService<TypingRelay>(), sp.GetRequiredService<KeyDirectory>());
+            node.UseAccounts(sp.GetRequiredService<DeviceRevocations>(), sp.GetRequiredService<BrokerContext>().Settings);
             return node;
         });
         services.AddSingleton(sp =>

@@ -1,4 +1,6 @@
 using System.Text;
+using ChatBroker.Broker.Sessions;
+using ChatBroker.Protocol.Messages;
 using ChatBroker.Tokens;
 using MQTTnet.Formatter;
 using MQTTnet.Packets;
@@ -78,11 +80,21 @@ internal sealed partial class MqttConnection
         else
         {
             var token = Encoding.UTF8.GetString(connect.Password);
-            var status = AccessToken.Verify(_broker.Context.Secret, token, _broker.Context.Clock.GetUtcNow(), out var claims);
-            if (status != TokenStatus.Valid)
+            // The same checks as the native CONNECT (issue 18): the previous secret during a rotation, and revocation.
+            var verified = _broker.Context.Tokens.Verify(token, _broker.Context.Clock.GetUtcNow());
+            if (verified.Reason != ReasonCode.Success)
             {
+                _broker.Context.Metrics.TokensRefused.Add(1, new KeyValuePair<string, object?>("reason", verified.RefusedAs));
                 return Refuse("bad_credentials", MqttConnectReturnCode.ConnectionRefusedBadUsernameOrPassword, MqttConnectReasonCode.BadUserNameOrPassword,
-                    status == TokenStatus.Expired ? "token expired" : "token not valid");
+                    verified.Reason == ReasonCode.TokenExpired ? "token expired" : "token not valid");
+            }
+
+            var claims = verified.Claims;
+            if (TokenVerifier.IsRevoked(_broker.Context.Chat.Store, claims.User, claims.Device ?? clientId, claims.IssuedAt))
+            {
+                _broker.Context.Metrics.TokensRefused.Add(1, new KeyValuePair<string, object?>("reason", "revoked"));
+                return Refuse("not_authorized", MqttConnectReturnCode.ConnectionRefusedNotAuthorized, MqttConnectReasonCode.NotAuthorized,
+                    "this device was revoked; sign in again");
             }
 
             if (!string.IsNullOrEmpty(connect.Username) && connect.Username != claims.User)

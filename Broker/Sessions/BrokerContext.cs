@@ -39,6 +39,9 @@ public sealed class BrokerContext(
     /// <summary>The current secret, the previous one during a rotation, and revoked devices.</summary>
     public TokenVerifier Tokens { get; } = new(secret, options.Auth);
 
+    /// <summary>SETTINGS: the user's presence visibility and contacts.</summary>
+    public UserSettingsService Settings { get; } = new(chat.Store, presence, metrics, options.Privacy);
+
     /// <summary>Per-user hourly limits (abuse.*).</summary>
     public AbuseLimits Abuse { get; } = new(options.Abuse, metrics, clock);
 }

@@ -87,67 +87,19 @@ internal sealed partial class DeviceSession
     /// <summary>SETTINGS (docs/protocol.md §5): read or change the user's presence visibility and contact list.</summary>
     private async ValueTask<Handled> HandleSettingsAsync(Settings request, CancellationToken stopping)
     {
-        if (_context.Chat.Signals is { } signals && !signals.IsHomeOf(_user))
-        {
-            WriteError(ReasonCode.BadRequest, "settings are kept at the user's home node; this version changes them only through it", request.RequestId, PacketType.Settings);
-            return Handled.Ok;
-        }
-
-        var store = _context.Chat.Store;
         try
         {
-            var current = store.GetUserSettings(_user);
-            var visibility = request.SetPresenceVisibility ? (Storage.PresenceVisibility)request.PresenceVisibility : current.Visibility;
-            var contacts = new List<string>();
-            var seen = new HashSet<string>(StringComparer.Ordinal);
-            foreach (var contact in request.ReplaceContacts ? request.Contacts : (IEnumerable<string>)current.Contacts)
+            var outcome = await _context.Settings.ApplyAsync(_user, request, stopping).ConfigureAwait(false);
+            if (outcome.Error != ReasonCode.Success)
             {
-                if (seen.Add(contact))
-                {
-                    contacts.Add(contact);
-                }
+                WriteError(outcome.Error, outcome.Message!, request.RequestId, PacketType.Settings);
             }
-
-            foreach (var contact in request.AddContacts)
+            else
             {
-                if (seen.Add(contact))
-                {
-                    contacts.Add(contact);
-                }
+                _outbox.TryWrite(outcome.Result!);
             }
-
-            foreach (var contact in request.RemoveContacts)
-            {
-                if (seen.Remove(contact))
-                {
-                    contacts.Remove(contact);
-                }
-            }
-
-            var max = _context.Options.Privacy.MaxContacts;
-            if (contacts.Count > max)
-            {
-                _context.Metrics.RateLimited.Add(1, new KeyValuePair<string, object?>("limit", "contacts"));
-                WriteError(ReasonCode.BadRequest, $"at most {max} contacts (privacy.max_contacts); the list would hold {contacts.Count}", request.RequestId, PacketType.Settings);
-                return Handled.Ok;
-            }
-
-            var next = new Storage.UserSettings(visibility, contacts);
-            if (visibility != current.Visibility || !contacts.SequenceEqual(current.Contacts, StringComparer.Ordinal))
-            {
-                await store.SetUserSettingsAsync(_user, next, stopping).ConfigureAwait(false);
-                _context.Metrics.SettingsChanged.Add(1);
-                _context.Presence.SettingsChanged(_user, next);
-            }
-
-            _outbox.TryWrite(new SettingsResult
-            {
-                RequestId = request.RequestId,
-                PresenceVisibility = (PresenceVisibility)visibility,
-                ContactCount = (uint)contacts.Count,
-            });
         }
-        catch (Storage.StorageException)
+        catch (Exception e) when (e is Storage.StorageException or Messaging.RouteUnavailableException)
         {
             WriteError(ReasonCode.ServerUnavailable, "settings are unavailable; retry", request.RequestId, PacketType.Settings, TimeSpan.FromSeconds(1));
         }

@@ -180,6 +180,7 @@ function adopt(pending, id) {
   if (existing !== undefined) {
     existing.messages.push(...pending.messages);
     existing.peer ||= pending.peer;
+    pending.mergedInto = existing;   // a send still waiting on the pending chat finds its messages here
     c = existing;
   } else {
     pending.key = key;
@@ -369,7 +370,9 @@ $('composer').addEventListener('submit', (event) => {
   render();
   // Pending sends survive a dropped connection: ChatClient re-sends them (same client_msg_id) when it is back.
   state.client.send(c.id ?? c.peer, text).then((sent) => {
-    const target = c.id === null ? adopt(c, sent.conversationId) : c;
+    let target = c;
+    while (target.mergedInto !== undefined) target = target.mergedInto;
+    if (target.id === null) target = adopt(target, sent.conversationId);
     const list = target.messages;
     list.splice(list.indexOf(message), 1);
     message.seq = sent.seq;

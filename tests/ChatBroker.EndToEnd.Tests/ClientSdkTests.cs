@@ -124,4 +124,47 @@ public sealed class ClientSdkTests
         await listen.WaitForExitAsync();
         Directory.Delete(cwd, recursive: true);
     }
+
+    // Issue 18: the SDK's settings API, read state across devices, and DEVICE_REVOKED as the end of the client.
+    [Fact]
+    public async Task Sdk_settings_read_sync_and_a_revocation_that_ends_the_client_for_good()
+    {
+        await using var broker = await TestBroker.StartAsync();
+        await using var phone = Client(broker, "alice", "phone");
+        await using var laptop = Client(broker, "alice", "laptop");
+        await using var bob = Client(broker, "bob", "phone");
+        await phone.ConnectAsync();
+        await laptop.ConnectAsync();
+        await bob.ConnectAsync();
+
+        var settings = await phone.SettingsAsync(PresenceVisibility.Contacts, addContacts: ["bob", "carol"]);
+        Assert.Equal((PresenceVisibility.Contacts, 2U), (settings.PresenceVisibility, settings.ContactCount));
+        settings = await laptop.SettingsAsync(removeContacts: ["carol"]);
+        Assert.Equal((PresenceVisibility.Contacts, 1U), (settings.PresenceVisibility, settings.ContactCount));
+        var refused = await Assert.ThrowsAsync<ChatClientException>(() => laptop.SettingsAsync(addContacts: Enumerable.Range(0, 5001).Select(i => "u" + i)));
+        Assert.Equal(ReasonCode.BadRequest, refused.Reason);
+
+        var sent = await bob.SendAsync("alice", Encoding.UTF8.GetBytes("hi"));
+        await NextAsync(phone);
+        await phone.ReadAsync(sent.ConversationId, sent.Seq);
+        ReceivedReceipt synced;
+        do
+        {
+            synced = await laptop.Receipts.ReadAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(30));
+        }
+        while (synced.ReaderDeviceId is null);
+        Assert.Equal(("alice", "phone", sent.Seq), (synced.ReaderUserId, synced.ReaderDeviceId, synced.UpToSeq));
+
+        var (exit, _, stderr) = await BrokerProcess.RunCliAsync(["device", "revoke", "--user", "alice", "--device", "phone", "--admin", broker.Process.AdminEndPoint.ToString()]);
+        Assert.True(exit == 0, stderr);
+        ConnectionEvent end;
+        do
+        {
+            end = await phone.ConnectionEvents.ReadAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(30));
+        }
+        while (end.State != ChatConnectionState.Closed);
+        Assert.Equal(ReasonCode.DeviceRevoked, end.Reason);
+        Assert.Equal(ChatConnectionState.Closed, phone.State); // no reconnect: the device is logged out
+        Assert.Equal(ChatBroker.Protocol.ClientAction.GiveUp, ChatBroker.Protocol.ReasonCodes.RecommendedAction(ReasonCode.DeviceRevoked));
+    }
 }

@@ -79,6 +79,7 @@ public sealed class SecurityTests
         await using var phone = await broker.LoginAsync("bob", "phone");
         await using var tablet = await broker.LoginAsync("bob", "tablet");
         await using var carol = await broker.LoginAsync("carol", "phone");
+        var anyDeviceToken = broker.Token("bob"); // issued before the revocation: refused after it
 
         var (exit, _, stderr) = await CliAsync(broker, "device", "revoke", "--user", "bob");
         Assert.True(exit == 0, stderr);
@@ -89,7 +90,7 @@ public sealed class SecurityTests
         await carol.ReceiveAsync<Pong>();
 
         await using var anyDevice = await broker.ConnectRawAsync();
-        Assert.Equal(ReasonCode.DeviceRevoked, (await anyDevice.LoginAsync("bob", "watch", broker.Token("bob"))).Reason);
+        Assert.Equal(ReasonCode.DeviceRevoked, (await anyDevice.LoginAsync("bob", "watch", anyDeviceToken)).Reason);
     }
 
     [Fact]

@@ -114,4 +114,24 @@ public sealed class MosquittoClientTests(MqttBrokerFixture fixture) : IClassFixt
             Directory.Delete(directory, recursive: true);
         }
     }
+
+    // Issue 18: the MQTT listener checks tokens as the native CONNECT does: a revoked device's older token is refused.
+    [Fact]
+    public async Task A_revoked_devices_token_is_refused_by_the_mqtt_listener_too()
+    {
+        await using var broker = await MqttTestBroker.StartAsync(null, "--set", "mqtt.allow_anonymous=false");
+        var token = broker.Token("alice", "phone");
+        var (code, _, stderr) = await Tools.RunAsync("/usr/bin/mosquitto_pub",
+            ["-h", broker.Host, "-p", broker.Port, "-i", "phone", "-u", "alice", "-P", token, "-t", "chat/u/bob", "-m", "before", "-q", "1"], Timeout);
+        Assert.True(code == 0, stderr);
+
+        var (exit, _, cliError) = await ChatBroker.Host.Tests.Infrastructure.BrokerProcess.RunCliAsync(
+            ["device", "revoke", "--user", "alice", "--device", "phone", "--admin", broker.Broker.Process.AdminEndPoint.ToString()]);
+        Assert.True(exit == 0, cliError);
+
+        (code, _, stderr) = await Tools.RunAsync("/usr/bin/mosquitto_pub",
+            ["-h", broker.Host, "-p", broker.Port, "-i", "phone", "-u", "alice", "-P", token, "-t", "chat/u/bob", "-m", "after", "-q", "1"], Timeout);
+        Assert.NotEqual(0, code);
+        Assert.Contains("not authorised", stderr, StringComparison.OrdinalIgnoreCase);
+    }
 }

@@ -338,6 +338,41 @@ public abstract class ChatStoreContract : IDisposable
         Assert.Equal(5678, store.GetLastSeen("bob"));
     }
 
+    // Issue 18: account records kept with presence (settings, revoked devices) and the direct lookup.
+    [Fact]
+    public async Task User_settings_and_revocations_are_stored_per_user_beside_last_seen()
+    {
+        var store = Open();
+        Assert.Equal(UserSettings.Default, store.GetUserSettings("bob"));
+        await store.SetLastSeenAsync("bob", 42);
+        await store.SetUserSettingsAsync("bob", new UserSettings(PresenceVisibility.Contacts, ["carol", "dave"]));
+        var settings = store.GetUserSettings("bob");
+        Assert.Equal(PresenceVisibility.Contacts, settings.Visibility);
+        Assert.Equal(["carol", "dave"], settings.Contacts);
+        Assert.True(settings.Shows("bob", "carol") && settings.Shows("bob", "bob") && !settings.Shows("bob", "eve"));
+        Assert.Equal(42, store.GetLastSeen("bob")); // same family, other key
+
+        Assert.Null(store.GetDeviceRevokedAt("bob", "phone"));
+        await store.RevokeDeviceAsync("bob", "phone", 2000);
+        await store.RevokeDeviceAsync("bob", "phone", 1000); // an earlier time changes nothing
+        await store.RevokeDeviceAsync("bob", "#all", 1500);
+        Assert.Equal(2000, store.GetDeviceRevokedAt("bob", "phone"));
+        Assert.Equal([new RevokedDevice("#all", 1500), new RevokedDevice("phone", 2000)], store.ListRevokedDevices("bob"));
+        Assert.Empty(store.ListRevokedDevices("bo"));
+        Assert.Equal(UserSettings.Default, store.GetUserSettings("carol"));
+    }
+
+    [Fact]
+    public async Task FindDirect_finds_a_direct_conversation_either_way_round_and_creates_nothing()
+    {
+        var store = Open();
+        Assert.Null(store.FindDirect("alice", "bob"));
+        Assert.Empty(store.ListConversations("alice"));
+        var direct = await store.GetOrCreateDirectAsync("alice", "bob");
+        Assert.Equal(direct.Id, store.FindDirect("bob", "alice"));
+        Assert.Null(store.FindDirect("alice", "carol"));
+    }
+
     [Fact]
     public async Task Fifty_concurrent_takers_never_get_the_same_prekey()
     {

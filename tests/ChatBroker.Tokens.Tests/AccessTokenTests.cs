@@ -163,4 +163,77 @@ public sealed class AccessTokenTests
             File.Delete(path);
         }
     }
+
+    // Issue 18, doc defect: how the HMAC key and kid are derived was unstated (docs/protocol.md §5 now states it).
+    [Fact]
+    public void The_HMAC_key_is_the_secrets_bytes_and_kid_is_base64url_of_the_first_6_bytes_of_their_SHA256()
+    {
+        var key = RandomNumberGenerator.GetBytes(32);
+        var secret = new TokenSecret(key);
+        Assert.Equal(Convert.ToBase64String(SHA256.HashData(key)[..6]).TrimEnd('=').Replace('+', '-').Replace('/', '_'), secret.KeyId);
+
+        var token = AccessToken.Issue(secret, "alice", "phone", TimeSpan.FromHours(1), Now);
+        var dot = token.LastIndexOf('.');
+        var expected = Convert.ToBase64String(HMACSHA256.HashData(key, Encoding.ASCII.GetBytes(token[..dot]))).TrimEnd('=').Replace('+', '-').Replace('/', '_');
+        Assert.Equal(expected, token[(dot + 1)..]);
+    }
+
+    // Issue 18: revocation compares the token's iat with the revocation time.
+    [Fact]
+    public void The_issued_at_claim_is_read_back_and_a_token_without_one_counts_as_issued_at_the_epoch()
+    {
+        var token = AccessToken.Issue(_secret, "alice", "phone", TimeSpan.FromHours(1), Now);
+        Assert.Equal(TokenStatus.Valid, AccessToken.Verify(_secret, token, Now, out var claims));
+        Assert.Equal(Now, claims.IssuedAt);
+
+        var header = Base64Url.Encode("{\"alg\":\"HS256\",\"typ\":\"JWT\"}"u8);
+        var payload = Base64Url.Encode(Encoding.UTF8.GetBytes($"{{\"sub\":\"alice\",\"exp\":{Now.AddHours(1).ToUnixTimeSeconds()}}}"));
+        var signature = Base64Url.Encode(HMACSHA256.HashData(_secret.Key, Encoding.ASCII.GetBytes(header + "." + payload)));
+        Assert.Equal(TokenStatus.Valid, AccessToken.Verify(_secret, $"{header}.{payload}.{signature}", Now, out claims));
+        Assert.Equal(DateTimeOffset.UnixEpoch, claims.IssuedAt);
+
+        var badIat = Base64Url.Encode(Encoding.UTF8.GetBytes($"{{\"sub\":\"alice\",\"iat\":\"x\",\"exp\":{Now.AddHours(1).ToUnixTimeSeconds()}}}"));
+        signature = Base64Url.Encode(HMACSHA256.HashData(_secret.Key, Encoding.ASCII.GetBytes(header + "." + badIat)));
+        Assert.Equal(TokenStatus.Malformed, AccessToken.Verify(_secret, $"{header}.{badIat}.{signature}", Now, out _));
+    }
+
+    // Found by the session fuzzer (issue 18): a mangled token made Verify throw FormatException out of the base64url
+    // decoder, which ended the connection without a CONNACK. Every string must get a verdict instead.
+    [Fact]
+    public void Verify_gives_a_verdict_for_any_mangling_of_a_token_and_never_throws()
+    {
+        var token = AccessToken.Issue(_secret, "alice", "phone", TimeSpan.FromHours(1), Now);
+        const string Alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ \t\r\n%é\u0000";
+        var random = new Random(18);
+        for (var i = 0; i < 200_000; i++)
+        {
+            var chars = token.ToCharArray();
+            for (var n = random.Next(1, 4); n > 0; n--)
+            {
+                chars[random.Next(chars.Length)] = Alphabet[random.Next(Alphabet.Length)];
+            }
+
+            var mangled = new string(chars);
+            if ((i & 1) == 0)
+            {
+                // Padding and white space in odd places: what base64 decoders disagree about.
+                var segment = new char[random.Next(1, 12)];
+                for (var c = 0; c < segment.Length; c++)
+                {
+                    segment[c] = "QA= \t\r\n"[random.Next(7)];
+                }
+
+                mangled = new string(segment) + token[token.IndexOf('.', StringComparison.Ordinal)..];
+            }
+
+            try
+            {
+                AccessToken.Verify(_secret, mangled, Now, out _);
+            }
+            catch (Exception e)
+            {
+                Assert.Fail($"{e.GetType().Name} for {mangled}: {e.Message}");
+            }
+        }
+    }
 }

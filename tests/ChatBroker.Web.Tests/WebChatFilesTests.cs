@@ -1,4 +1,5 @@
 using System.Net;
+using System.Net.WebSockets;
 using System.Text.RegularExpressions;
 using ChatBroker.EndToEnd.Tests.Infrastructure;
 using ChatBroker.Web.Tests.Infrastructure;
@@ -41,6 +42,27 @@ public sealed partial class WebChatFilesTests
         Assert.Equal(HttpStatusCode.NotFound, (await Http.GetAsync(new Uri(web, "nope.html"))).StatusCode);
         Assert.Equal(HttpStatusCode.MethodNotAllowed, (await Http.PostAsync(web, new StringContent("x"))).StatusCode);
         Assert.Equal(HttpStatusCode.BadRequest, (await Http.GetAsync(new Uri(web, "chat"))).StatusCode);
+    }
+
+    [Fact]
+    public async Task The_page_s_own_origin_may_open_the_websocket_whatever_ws_allowed_origins_lists()
+    {
+        var (broker, web) = await WebChatBroker.StartAsync("--set", "ws.allowed_origins=https://chat.example");
+        await using var _ = broker;
+        var chat = new Uri($"ws://{web.Authority}/chat");
+
+        using (var sameOrigin = new ClientWebSocket())
+        {
+            sameOrigin.Options.SetRequestHeader("Origin", $"http://{web.Authority}");
+            await sameOrigin.ConnectAsync(chat, CancellationToken.None).WaitAsync(WebChatBroker.Timeout);
+            Assert.Equal(WebSocketState.Open, sameOrigin.State);
+        }
+
+        using var otherSite = new ClientWebSocket();
+        otherSite.Options.SetRequestHeader("Origin", "https://evil.example");
+        otherSite.Options.CollectHttpResponseDetails = true;
+        await Assert.ThrowsAsync<WebSocketException>(() => otherSite.ConnectAsync(chat, CancellationToken.None).WaitAsync(WebChatBroker.Timeout));
+        Assert.Equal(HttpStatusCode.Forbidden, otherSite.HttpStatusCode);
     }
 
     [Fact]

@@ -167,4 +167,40 @@ public sealed class WebChatTests(BrowserFixture browser)
         Assert.False(bob.Messages.TryRead(out var extra), $"bob got a duplicate: seq {extra?.Seq}");
         await alice.ScreenshotAsync("resumed-alice.png");
     }
+
+    [Fact]
+    public async Task A_message_whose_sent_was_lost_with_the_connection_is_shown_once_after_the_reconnect()
+    {
+        var (broker, web) = await WebChatBroker.StartAsync();
+        await using var _ = broker;
+        await using var relay = new TcpRelay(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, web.Port));
+        await using var alice = await ChatPage.OpenAsync(browser.Browser, new Uri($"http://127.0.0.1:{relay.EndPoint.Port}/"));
+        await using var bob = SdkClient(broker, "bob", "phone");
+        await bob.ConnectAsync();
+        await alice.SignInAsync(broker.Token("alice", "web"));
+        await alice.OpenDirectChatAsync("bob");
+        await alice.SendAsync("first");
+        await alice.ExpectTicksAsync("first", "delivered");
+        Assert.Equal("first", Encoding.UTF8.GetString((await NextAsync(bob)).Body.Span));
+
+        // The broker stores the message and answers SENT, but nothing it sends reaches the page any more.
+        relay.DropFromServer();
+        await alice.SendAsync("its SENT is lost");
+        Assert.Equal("its SENT is lost", Encoding.UTF8.GetString((await NextAsync(bob)).Body.Span));
+        await alice.ExpectTicksAsync("its SENT is lost", "pending");
+
+        // The connection drops; the page reconnects from inbox position 0, so the broker gives it its own stored
+        // messages, this one too, while the page re-sends it (same client_msg_id): one message, not two.
+        relay.Cut();
+        await Expect(alice.Page.Locator("body")).ToHaveAttributeAsync("data-connection", "reconnecting");
+        relay.Restore();
+        await Expect(alice.Page.Locator("body")).ToHaveAttributeAsync("data-connection", "connected");
+        await Expect(alice.Message("its SENT is lost").Locator(".ticks")).ToHaveAttributeAsync("data-status", new Regex("^(sent|delivered)$"));
+        await alice.SendAsync("after");
+        Assert.Equal("after", Encoding.UTF8.GetString((await NextAsync(bob)).Body.Span));
+        await alice.ExpectTicksAsync("after", "delivered");
+        await alice.ExpectTicksAsync("its SENT is lost", "delivered"); // bob's receipt covers it (up to seq)
+        await Expect(alice.Messages.Locator(".text")).ToHaveTextAsync(["first", "its SENT is lost", "after"]);
+        Assert.False(bob.Messages.TryRead(out var extra), $"bob got a duplicate: seq {extra?.Seq}");
+    }
 }

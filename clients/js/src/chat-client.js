@@ -474,8 +474,9 @@ export class ChatClient {
     if (d.inbox_seq !== 0n && d.inbox_seq <= this.#cursor) return false;
     if (d.inbox_seq > this.#cursor) this.#cursor = d.inbox_seq;
     if (!this.#markSeen(d.conversation_id, d.seq)) return false;
-    // This device's own pending SEND, met in the catch-up after a reconnect before its SENT (the re-sent SEND
-    // was stored while the backlog streamed): it is durable, so it settles the send like a SENT, and is not
+    // This device's own pending SEND: resuming from inbox position 0, a device is given its own stored messages,
+    // so a SEND stored just before the connection dropped (its SENT lost with it) comes back in the catch-up,
+    // possibly before the SENT of its resent copy. It is durable: it settles the send like a SENT, and is not
     // surfaced as a message as well (the app has it already).
     const pending = d.client_msg_id !== 0n && d.sender_user_id === this.#options.userId && d.sender_device_id === this.#options.deviceId
       ? this.#pendingSends.get(d.client_msg_id) : undefined;

@@ -222,6 +222,7 @@ internal sealed class ClusterTestNode : IAsyncDisposable
         var broker = new SessionHarness(configure, store: store ?? new InMemoryChatStore()); // the node, not the harness, owns it
         var cluster = new ClusterNode(id, broker.Context.Chat, broker.Context.Directory, routing);
         cluster.UseSignals(broker.Context.Presence, broker.Context.Typing, broker.Context.Keys);
+        cluster.UseAccounts(broker.Revocations, broker.Context.Settings);
         var mesh = await StartMeshAsync(meshEndpoint ?? new IPEndPoint(IPAddress.Loopback, 0), new MeshReceiver(id, cluster, cluster.MeshOptions));
         var coordinator = new InMemoryCoordinator(coordination, new ClusterOptions
         {

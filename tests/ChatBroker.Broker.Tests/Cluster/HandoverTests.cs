@@ -93,7 +93,10 @@ public sealed class HandoverTests(ITestOutputHelper output)
         var restored = await cluster.WaitForMapAsync(m => m.FindMember("node4") is null, Patience);
         Assert.Equal(["node1", "node2", "node3"], restored.Members.Select(m => m.NodeId));
         Assert.All(restored.Members, m => Assert.Equal(MemberState.Active, m.State));
-        Assert.Equal(1, cluster["node1"].Cluster.Handover.Aborted); // the first live Active member put the map back
+        // Someone put the map back: the first live Active member's watchdog (node1), or a mover whose transfer to
+        // the dead joiner failed (each mover counts its own abort proposal, applied or not). A fresh-clone CI run
+        // saw node1 at 0 with the map restored, so the count is over the three.
+        Assert.True(new[] { "node1", "node2", "node3" }.Sum(n => cluster[n].Cluster.Handover.Aborted) >= 1);
         load.MoveDone();
         await load.FinishAsync();
         await load.VerifyAsync(expectMovedTo: null);

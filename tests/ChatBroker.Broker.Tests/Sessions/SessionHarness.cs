@@ -45,6 +45,7 @@ internal sealed class SessionHarness : IConnectionOwner, IAsyncDisposable
             Options, chat, new GroupService(Store, directory, chat, Options.Groups), directory, registry, Secret, _metrics,
             TimeProvider.System, NullLoggerFactory.Instance, _presence, new TypingRelay(directory, registry, _metrics),
             new KeyDirectory(Store, registry, _metrics, Options.Keys));
+        Revocations = new DeviceRevocations(Store, registry, _metrics, TimeProvider.System);
         _handler = new DeviceConnectionHandler(Context);
         Keepalive = new KeepaliveMonitor(registry, NullLogger<KeepaliveMonitor>.Instance, TimeProvider.System);
     }
@@ -58,6 +59,8 @@ internal sealed class SessionHarness : IConnectionOwner, IAsyncDisposable
     public BrokerContext Context { get; }
 
     public KeepaliveMonitor Keepalive { get; }
+
+    public DeviceRevocations Revocations { get; }
 
     CancellationToken IConnectionOwner.Stopping => _stopping.Token;
 

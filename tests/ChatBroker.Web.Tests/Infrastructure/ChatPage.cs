@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Text.RegularExpressions;
 using Microsoft.Playwright;
 using static Microsoft.Playwright.Assertions;
@@ -11,12 +12,15 @@ namespace ChatBroker.Web.Tests.Infrastructure;
 /// </summary>
 public sealed partial class ChatPage : IAsyncDisposable
 {
+    private static int _pages;
     private readonly IBrowserContext _context;
+    private readonly string _name;
     private readonly List<string> _console = [];
 
-    private ChatPage(IBrowserContext context, IPage page, IResponse? firstResponse)
+    private ChatPage(IBrowserContext context, IPage page, IResponse? firstResponse, string name)
     {
         _context = context;
+        _name = name;
         Page = page;
         FirstResponse = firstResponse;
         page.Console += (_, message) =>
@@ -54,7 +58,8 @@ public sealed partial class ChatPage : IAsyncDisposable
         }
     }
 
-    public static async Task<ChatPage> OpenAsync(IBrowser browser, Uri url, bool ignoreHttpsErrors = false)
+    /// <summary>Opens the page in a new context; its last state is kept as a screenshot named after the test (<paramref name="test"/>) when it is disposed.</summary>
+    public static async Task<ChatPage> OpenAsync(IBrowser browser, Uri url, bool ignoreHttpsErrors = false, [CallerMemberName] string test = "")
     {
         if (!url.IsLoopback)
         {
@@ -70,7 +75,7 @@ public sealed partial class ChatPage : IAsyncDisposable
         });
         var page = await context.NewPageAsync();
         var response = await page.GotoAsync(url.ToString());
-        return new ChatPage(context, page, response);
+        return new ChatPage(context, page, response, $"{test}-page{Interlocked.Increment(ref _pages)}");
     }
 
     public ILocator Connection => Page.Locator("#connection");
@@ -133,7 +138,20 @@ public sealed partial class ChatPage : IAsyncDisposable
     public Task ScreenshotAsync(string name) =>
         Page.ScreenshotAsync(new PageScreenshotOptions { Path = Artifacts.PathFor(name), FullPage = true });
 
-    public async ValueTask DisposeAsync() => await _context.CloseAsync();
+    public async ValueTask DisposeAsync()
+    {
+        try
+        {
+            // The last state of every page, also (above all) of a failed test; its console beside it.
+            await ScreenshotAsync(_name + "-last.png");
+            await File.WriteAllTextAsync(Artifacts.PathFor(_name + "-console.txt"), ConsoleText);
+        }
+        catch (PlaywrightException)
+        {
+        }
+
+        await _context.CloseAsync();
+    }
 
     [GeneratedRegex("^Connected as ")]
     private static partial Regex ConnectedText();

@@ -18,6 +18,7 @@ public sealed class TcpRelay : IAsyncDisposable
     private readonly List<Socket> _open = [];
     private readonly Task _accepting;
     private bool _cut;
+    private volatile bool _dropFromServer;
     private TaskCompletionSource _refused = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     public TcpRelay(IPEndPoint target)
@@ -58,8 +59,12 @@ public sealed class TcpRelay : IAsyncDisposable
         lock (_lock)
         {
             _cut = false;
+            _dropFromServer = false;
         }
     }
+
+    /// <summary>From now on what the broker sends is lost on the way (the connections stay up): a SENT that never arrives.</summary>
+    public void DropFromServer() => _dropFromServer = true;
 
     private async Task AcceptLoopAsync()
     {
@@ -119,7 +124,7 @@ public sealed class TcpRelay : IAsyncDisposable
         }
 
         // An end of stream is passed on as one (half close); a cut resets both sockets, which ends both pumps.
-        await Task.WhenAll(PumpAsync(client, server), PumpAsync(server, client));
+        await Task.WhenAll(PumpAsync(client, server, fromServer: false), PumpAsync(server, client, fromServer: true));
         lock (_lock)
         {
             _open.Remove(client);
@@ -130,7 +135,7 @@ public sealed class TcpRelay : IAsyncDisposable
         Reset(server);
     }
 
-    private async Task PumpAsync(Socket from, Socket to)
+    private async Task PumpAsync(Socket from, Socket to, bool fromServer)
     {
         var buffer = new byte[16 * 1024];
         try
@@ -144,7 +149,10 @@ public sealed class TcpRelay : IAsyncDisposable
                     return;
                 }
 
-                await to.SendAsync(buffer.AsMemory(0, n), SocketFlags.None, _stop.Token);
+                if (!(fromServer && _dropFromServer))
+                {
+                    await to.SendAsync(buffer.AsMemory(0, n), SocketFlags.None, _stop.Token);
+                }
             }
         }
         catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException)
