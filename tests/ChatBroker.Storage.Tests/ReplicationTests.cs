@@ -127,6 +127,31 @@ public abstract class ReplicationContract : IDisposable
     }
 
     [Fact]
+    public async Task A_home_that_holds_the_conversations_log_as_a_replica_still_stores_each_copy_once_with_its_inbox_entries()
+    {
+        var owner = Open();
+        var home = Open();
+        owner.SetReplicationTap(new SyncTap(home)); // the home is also a replica of the owner: it gets the log
+        const ulong Direct = ChatStore.FirstDerivedConversationId | 11;
+        await owner.GetOrCreateDirectAtAsync(Direct, "alice", "bob");
+        var appended = await owner.AppendAsync(Messages.To(Direct, "m1", clientMsgId: 1));
+        Assert.Equal(1UL, home.GetLastSeq(Direct));
+
+        // The forwarded copy of seq 1 for bob, whose home this is: the log says "have it", the node's own copied mark
+        // says "not copied yet", and the mark decides.
+        var copy = Assert.Single(owner.ReadRange(Direct, 1, 10));
+        var first = await home.StoreCopyAsync(copy, ["bob"]);
+        Assert.False(first.IsDuplicate);
+        Assert.Equal([1UL], first.InboxSeqs);
+        Assert.Equal((Direct, appended.Seq), (Assert.Single(home.ReadInbox("bob", 0, 10)).ConversationId, Assert.Single(home.ReadInbox("bob", 0, 10)).Seq));
+
+        // A resend of the same copy stores nothing; neither does an older seq.
+        Assert.True((await home.StoreCopyAsync(copy, ["bob"])).IsDuplicate);
+        Assert.Single(home.ReadInbox("bob", 0, 10));
+        Assert.Equal(1UL, home.GetLastSeq(Direct));
+    }
+
+    [Fact]
     public async Task What_a_replica_applies_is_answered_at_once_and_not_handed_to_its_own_tap()
     {
         var source = Open();

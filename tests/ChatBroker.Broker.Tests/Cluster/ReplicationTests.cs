@@ -119,6 +119,70 @@ public sealed class ReplicationTests
         Assert.Equal(11UL, cluster["node3"].Broker.Store.GetLastSeq(conversation));
     }
 
+    [Fact]
+    public async Task A_node_gone_past_the_failed_node_timeout_is_replaced_by_a_new_replica_copied_while_traffic_flows()
+    {
+        await using var cluster = await ClusterHarness.StartAsync(4, Routing with { FailedNodeTimeout = TimeSpan.FromMilliseconds(500) });
+        // Factor 2: the conversation's primary is node1 and its one replica node4.
+        var aliceId = cluster.UserAt("alice", "node1");
+        var bobId = cluster.UserAt("bob", "node2", b => Chain(cluster.Ring, ClusterOps.DirectConversationId(aliceId, b)) == ("node1", "node4"));
+        var conversation = ClusterOps.DirectConversationId(aliceId, bobId);
+        await ReplicateAsync(cluster, factor: 2);
+
+        var alice = await cluster["node1"].ConnectAsync(aliceId, "phone");
+        await alice.ExpectAsync<SyncDone>();
+        for (ulong i = 1; i <= 10; i++)
+        {
+            await alice.SendAsync(TestDevice.Text(i, bobId, $"m{i}"));
+            Assert.Equal(i, (await alice.ExpectAsync<Sent>()).Seq);
+        }
+
+        Assert.Equal(10UL, cluster["node4"].Broker.Store.GetLastSeq(conversation));
+
+        // node4 dies: it is marked Failed, and after the failed-node timeout removed from the ring; the range gets the
+        // next node clockwise as its new replica, which node1 copies its ranges to while alice keeps sending.
+        await cluster.KillAsync("node4");
+        var sender = Task.Run(async () =>
+        {
+            var acked = 10UL;
+            using var until = new CancellationTokenSource(TestDevice.Timeout);
+            while (!until.IsCancellationRequested)
+            {
+                var map = cluster["node1"].Coordinator.View.Map;
+                if ((map.FindMember("node4") is null && AllInSync(map, 3) && acked >= 20) || acked >= 300)
+                {
+                    break;
+                }
+
+                var send = TestDevice.Text(acked + 1, bobId, $"m{acked + 1}");
+                await alice.SendAsync(send);
+                var answer = await alice.ReceiveAsync();
+                if (answer is Error { Reason: ReasonCode.RateLimited } limited)
+                {
+                    await Task.Delay(TimeSpan.FromMilliseconds(limited.RetryAfterMs)); // the broker's retry_after; then the same SEND again
+                    continue;
+                }
+
+                Assert.True(answer is Sent, $"{answer}");
+                Assert.Equal(acked + 1, ((Sent)answer!).Seq);
+                acked++;
+            }
+
+            return acked;
+        });
+        var replaced = await cluster.WaitForMapAsync(m => m.FindMember("node4") is null && AllInSync(m, 3), TestDevice.Timeout);
+        var acked = await sender;
+        var newReplica = Chain(RangeOwners.Create(replaced)!.Ring, conversation).Item2;
+        Assert.NotEqual("node4", newReplica);
+        Assert.True(cluster["node1"].Cluster.Replication.CatchUpBytes > 0);
+
+        // The new replica has every acknowledged message, and from now on gets each before SENT.
+        Assert.Equal(Enumerable.Range(1, (int)acked).Select(i => (ulong)i), cluster[newReplica].Broker.Store.ReadRange(conversation, 1, (int)acked + 10).Select(m => m.Seq));
+        await alice.SendAsync(TestDevice.Text(acked + 1, bobId, "after"));
+        Assert.Equal(acked + 1, (await alice.ExpectAsync<Sent>()).Seq);
+        Assert.Equal(acked + 1, cluster[newReplica].Broker.Store.GetLastSeq(conversation));
+    }
+
     /// <summary>Sets the map's factor by compare-and-set and waits until the nodes have written the sets, caught every
     /// replica up and added each to its set's in-sync list.</summary>
     internal static async Task<ClusterMap> ReplicateAsync(ClusterHarness cluster, int factor)
@@ -126,9 +190,19 @@ public sealed class ReplicationTests
         var map = cluster["node1"].Coordinator.View.Map with { ReplicationFactor = factor };
         var update = await cluster["node1"].Coordinator.TryUpdateMapAsync(map, CancellationToken.None);
         Assert.True(update.Applied, update.Error);
-        return await cluster.WaitForMapAsync(
-            m => m.ReplicationFactor == factor && m.ReplicaSets.Length == cluster.Nodes.Count && m.ReplicaSets.All(s => s.Replicas.Length == Math.Min(factor, cluster.Nodes.Count) - 1 && s.InSync.Length == s.Replicas.Length),
-            TestDevice.Timeout);
+        return await cluster.WaitForMapAsync(m => m.ReplicationFactor == factor && AllInSync(m, cluster.Nodes.Count), TestDevice.Timeout);
+    }
+
+    /// <summary>Every one of <paramref name="members"/> primaries has a set, and every replica of each is in sync.</summary>
+    private static bool AllInSync(ClusterMap m, int members) =>
+        m.ReplicaSets.Length == members && m.ReplicaSets.All(s => s.Replicas.Length > 0 && s.InSync.Length == s.Replicas.Length);
+
+    /// <summary>The ring owner of a conversation and its first replica.</summary>
+    private static (string, string) Chain(HashRing ring, ulong conversationId)
+    {
+        var owners = new int[2];
+        ring.GetOwners(HashRing.HashConversation(conversationId), owners);
+        return (ring.Nodes[owners[0]], ring.Nodes[owners[1]]);
     }
 
     /// <summary>The SENT of <paramref name="send"/>, resending it after each retryable refusal (a moment after a
