@@ -79,6 +79,30 @@ public abstract class ReplicationContract : IDisposable
     }
 
     [Fact]
+    public async Task Readers_see_a_batch_only_once_its_replicas_have_it()
+    {
+        var primary = Open();
+        var tap = new HeldTap();
+        primary.SetReplicationTap(tap);
+        const ulong Conversation = ChatStore.FirstDerivedConversationId | 3;
+        var first = primary.AppendAsync(Messages.To(Conversation, "one", clientMsgId: 1) with { InboxRecipients = ["bob"] });
+        (await tap.NextAsync()).Complete();
+        await first.WaitAsync(TimeSpan.FromSeconds(10));
+
+        // Durable here, not yet on the replicas: no history page, no catch-up read shows it (a device that saw it could
+        // see another message under the same seq after a failover to a replica that never had it).
+        var second = primary.AppendAsync(Messages.To(Conversation, "two", clientMsgId: 2) with { InboxRecipients = ["bob"] });
+        var held = await tap.NextAsync();
+        Assert.Equal([1UL], primary.ReadRange(Conversation, 1, 10).Select(m => m.Seq));
+        Assert.Equal([1UL], primary.ReadInbox("bob", 0, 10).Select(e => e.InboxSeq));
+
+        held.Complete();
+        await second.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal([1UL, 2UL], primary.ReadRange(Conversation, 1, 10).Select(m => m.Seq));
+        Assert.Equal([1UL, 2UL], primary.ReadInbox("bob", 0, 10).Select(e => e.InboxSeq));
+    }
+
+    [Fact]
     public async Task A_replica_applying_every_batch_has_the_primarys_log_inbox_cursors_keys_and_counters()
     {
         var primary = Open();
