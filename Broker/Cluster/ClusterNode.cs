@@ -777,6 +777,9 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             case ClusterOpKind.ReplicaRecords or ClusterOpKind.ReplicaCopy:
                 return HandleReplicaBatch(batch, index, message, s, cancellationToken);
 
+            case ClusterOpKind.ReplicaReset:
+                return HandleReplicaReset(batch, index, message, s, cancellationToken);
+
             default:
                 batch.Reject(index, (uint)ReasonCode.BadRequest);
                 return null;

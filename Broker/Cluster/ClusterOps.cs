@@ -118,6 +118,12 @@ public enum ClusterOpKind : uint
     /// <summary>Primary → replica catching up (stream 1): <see cref="Wire.ReplicaBatch"/> of one page of the primary's
     /// ranges (a range export); the ack means durable.</summary>
     ReplicaCopy = 81,
+
+    /// <summary>Primary → replica about to be caught up (stream 1, empty payload, stamped with the primary's epoch): delete
+    /// what you hold of my ranges that you replicate (every family but the logs, which hold your inboxes' copies too),
+    /// so the copy that follows leaves nothing the primary deleted meanwhile. Refused unless the replica's map has the
+    /// same epoch (the same ring).</summary>
+    ReplicaReset = 82,
 }
 
 /// <summary>Conversions between the core's types and the cluster operations, and the derived ids.</summary>

@@ -338,6 +338,18 @@ internal sealed class ReplicationTap : IReplicationTap
                 }
             }
 
+            if (_pending.First is { } oldest)
+            {
+                // A replica whose lease is gone will not ack: no need to wait for the timeout to propose its removal.
+                foreach (var id in oldest.Value.Waiting)
+                {
+                    if (!_node.IsLive(id))
+                    {
+                        lagging.Add(id);
+                    }
+                }
+            }
+
             foreach (var id in lagging)
             {
                 var replica = ReplicaOf(id);
@@ -419,6 +431,7 @@ internal sealed class ReplicationTap : IReplicationTap
         var startMap = s.Map;
         Replica replica;
         int epoch;
+        Task<MeshReply>? reset;
         lock (_lock)
         {
             replica = ReplicaOf(replicaId);
@@ -427,14 +440,23 @@ internal sealed class ReplicationTap : IReplicationTap
                 return false;
             }
 
+            // First on the stream: the replica drops what it holds of these ranges (a delete it missed while out of
+            // sync would otherwise survive the copy), then it gets every new batch, then the copy.
+            reset = s.LinkOf(replicaId)?.Replication?.TryRequest(ClusterOpKind.ReplicaReset, s.Epoch, []);
+            if (reset is null)
+            {
+                return false;
+            }
+
             replica.Phase = Phase.Shadow;
             epoch = ++replica.Epoch;
         }
 
-        var selector = new OwnRanges(owners.Ring, s.SelfIndex, owners.Ring.IndexOf(replicaId), Math.Max(1, ReplicaPlacement.EffectiveFactor(s.Map)));
+        var selector = new ReplicatedRanges(owners.Ring, s.SelfIndex, owners.Ring.IndexOf(replicaId), Math.Max(1, ReplicaPlacement.EffectiveFactor(s.Map)));
         var position = RangePosition.Start;
         var chunkBytes = Math.Max(1024, (_options.Mesh.MaxMessageBytes / 3) - 1024);
         var window = new Queue<Task<MeshReply>>();
+        window.Enqueue(reset);
         try
         {
             while (true)
@@ -646,28 +668,6 @@ internal sealed class ReplicationTap : IReplicationTap
         public bool Full { get; set; }
 
         public Task<MeshReply>? LastSend { get; set; }
-    }
-
-    /// <summary>The ranges of a ring whose ring owner is this node and of which <c>replica</c> is one of the replicas
-    /// (the next distinct nodes clockwise, up to the factor): what a catch-up copies to it.</summary>
-    private sealed class OwnRanges(HashRing ring, int self, int replica, int factor) : IRangeSelector
-    {
-        private readonly int[] _chain = new int[ClusterMap.MaxReplicationFactor];
-
-        public bool TakesConversation(ulong conversationId) => Takes(HashRing.HashConversation(conversationId));
-
-        public bool TakesUser(string userId) => Takes(HashRing.HashUser(userId));
-
-        private bool Takes(ulong hash)
-        {
-            if (replica < 0 || ring.OwnerIndex(hash) != self)
-            {
-                return false;
-            }
-
-            var found = ring.GetOwners(hash, _chain.AsSpan(0, factor));
-            return Array.IndexOf(_chain, replica, 1, Math.Max(0, found - 1)) >= 0;
-        }
     }
 
     /// <summary>

@@ -87,6 +87,11 @@ public sealed class ReplicationTests
         await alice.ExpectAsync<SyncDone>();
         await alice.SendAsync(TestDevice.Text(1, bobId, "m1"));
         Assert.Equal(1UL, (await alice.ExpectAsync<Sent>()).Seq);
+        // alice's keys (her home is node1): two one-time prekeys, on every replica once the upload is answered.
+        var keys = cluster["node1"].Broker.Store;
+        await keys.UploadPrekeysAsync(aliceId, "phone", new ChatBroker.Storage.PrekeyBundle(new byte[] { 1 }, 3, new byte[] { 2 }, new byte[] { 3 }),
+            [new ChatBroker.Storage.OneTimePrekey(1, new byte[] { 9 }), new ChatBroker.Storage.OneTimePrekey(2, new byte[] { 8 })]);
+        Assert.Equal(2, cluster["node3"].Broker.Store.CountOneTimePrekeys(aliceId, "phone"));
 
         // node3 keeps its lease but nobody reaches its mesh: node1's batches wait for it, past the replication timeout
         // node1 proposes its removal, and SENT comes once the map without it is applied.
@@ -104,6 +109,13 @@ public sealed class ReplicationTests
         }
 
         Assert.Equal(1UL, cluster["node3"].Broker.Store.GetLastSeq(conversation)); // it missed 2..10
+        Assert.NotNull(await keys.TakePrekeysAsync(aliceId, "phone")); // and a delete: one one-time prekey consumed
+        Assert.Equal(2, cluster["node3"].Broker.Store.CountOneTimePrekeys(aliceId, "phone"));
+        // A record of node1's ranges that node1 does not have (as if node3 had missed its delete at another time, when no
+        // catch-up was running to carry it): the catch-up must not leave it there.
+        await cluster["node3"].Broker.Store.UploadPrekeysAsync(aliceId, "tablet", new ChatBroker.Storage.PrekeyBundle(new byte[] { 4 }, 5, new byte[] { 6 }, new byte[] { 7 }),
+            [new ChatBroker.Storage.OneTimePrekey(5, new byte[] { 5 })]);
+        Assert.Equal(1, cluster["node3"].Broker.Store.CountOneTimePrekeys(aliceId, "tablet"));
 
         // Back: node1 copies its ranges to it while traffic flows, then adds it to the in-sync set again.
         await cluster["node3"].RestartMeshAsync();
@@ -112,6 +124,11 @@ public sealed class ReplicationTests
         Assert.True(cluster["node1"].Cluster.Replication.CatchUpBytes > 0);
         var copy = cluster["node3"].Broker.Store.ReadRange(conversation, 1, 100);
         Assert.Equal(Enumerable.Range(1, 10).Select(i => (ulong)i), copy.Select(m => m.Seq));
+        // The catch-up began with a reset of node1's ranges on node3 (all but the logs): neither the prekey consumed
+        // meanwhile nor the record node1 never had is there.
+        Assert.Equal(1, cluster["node3"].Broker.Store.CountOneTimePrekeys(aliceId, "phone"));
+        Assert.Equal(0, cluster["node3"].Broker.Store.CountOneTimePrekeys(aliceId, "tablet"));
+        Assert.True(cluster["node3"].Cluster.Replication.Resets >= 1);
 
         // In sync again: the next message is on node3 when SENT comes.
         await alice.SendAsync(TestDevice.Text(11, bobId, "m11"));
