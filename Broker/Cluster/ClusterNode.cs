@@ -203,6 +203,9 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
                 }
             }
 
+            // The replication tap takes the map's sets before anyone waiting for this map goes on (lock order:
+            // _stateLock, then the replication locks).
+            OnReplicationMap(state);
             var signal = _stateChanged;
             _stateChanged = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             signal.TrySetResult();
@@ -220,10 +223,6 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         }
 
         OnMapApplied();
-        if (State is { } applied)
-        {
-            OnReplicationMap(applied);
-        }
     }
 
     // ---- IMessageRouter: what the core asks ----
