@@ -13,8 +13,9 @@ namespace ChatBroker.Host;
 /// <code>
 /// {"node_id":"n1","has_map":true,"has_current_map":true,"disconnected_since":null,"staleness_seconds":0,
 ///  "last_error":null,                                   (the node fields: /cluster only)
-///  "epoch":12,"vnodes":128,"replication_factor":1,
+///  "epoch":12,"vnodes":128,"replication_factor":3,
 ///  "members":[{"id":"n1","mesh":"10.0.0.1:7890","client":"10.0.0.1:7883","state":"Active","live":true}],
+///  "replica_sets":[{"primary":"n1","replicas":["n2","n3"],"in_sync":["n2"]}],
 ///  "live_members":[{"id":"n1","mesh":"10.0.0.1:7890","client":"10.0.0.1:7883"}]}
 /// </code>
 /// </summary>
@@ -104,6 +105,18 @@ internal static class ClusterStatus
             }
         }
 
+        foreach (var set in map.ReplicaSets)
+        {
+            // Replication (docs/cluster.md): a replica not in sync is being caught up (or waits for its node).
+            var replicas = new List<string>(set.Replicas.Length);
+            foreach (var r in set.Replicas)
+            {
+                replicas.Add(set.InSync.Contains(r) ? r + " (in sync)" : r + " (not in sync)");
+            }
+
+            text.Append(CultureInfo.InvariantCulture, $"replicas of {set.Primary}: {(replicas.Count == 0 ? "none" : string.Join(", ", replicas))}\n");
+        }
+
         foreach (var node in live)
         {
             if (map.FindMember(node.NodeId) is null)
@@ -130,6 +143,29 @@ internal static class ClusterStatus
             json.WriteString("client", m.ClientAddress);
             json.WriteString("state", m.State.ToString());
             json.WriteBoolean("live", IsLive(live, m.NodeId));
+            json.WriteEndObject();
+        }
+
+        json.WriteEndArray();
+        json.WriteStartArray("replica_sets");
+        foreach (var set in map.ReplicaSets)
+        {
+            json.WriteStartObject();
+            json.WriteString("primary", set.Primary);
+            json.WriteStartArray("replicas");
+            foreach (var r in set.Replicas)
+            {
+                json.WriteStringValue(r);
+            }
+
+            json.WriteEndArray();
+            json.WriteStartArray("in_sync");
+            foreach (var r in set.InSync)
+            {
+                json.WriteStringValue(r);
+            }
+
+            json.WriteEndArray();
             json.WriteEndObject();
         }
 

@@ -37,6 +37,11 @@ public abstract partial class ChatStore : IReplicaStore
             : _writer.EnqueueAsync(new ReplicaApplyOp(records, conflicts), null, cancellationToken);
     }
 
+    /// <summary>True for a record of a conversation's log (the messages family): the family a home's copies of other
+    /// owners' messages share with the logs it replicates, so a replica's reset of a primary's ranges keeps it
+    /// (docs/cluster.md, "Replication").</summary>
+    public static bool IsLogRecord(byte family) => family == (byte)Cf.Messages;
+
     /// <summary>What a replicated record belongs to; false for a record of no conversation or user (or of a
     /// reserved '#' id: a node's forward queues, which are the node's own). Throws <see cref="ArgumentException"/>
     /// on a malformed key.</summary>

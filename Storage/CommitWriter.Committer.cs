@@ -52,6 +52,8 @@ internal sealed partial class CommitWriter
             failure ??= syncHere ? _syncer.EarlierFailure() : null;
         }
 
+        // With a tap, the batch's seqs stay hidden from readers until its replicas have it (CommitWriter.Replication.cs).
+        var unreplicated = tap is not null && failure is null && slot.Batch.Count > 0 ? RegisterUnreplicated(slot) : null;
         if (failure is null && slot.Batch.Count > 0)
         {
             var started = Stopwatch.GetTimestamp();
@@ -74,11 +76,16 @@ internal sealed partial class CommitWriter
             _syncer!.Written(unsynced, failure);
         }
 
+        if (failure is not null)
+        {
+            Replicated(unreplicated);
+        }
+
         if (unsynced is null || failure is not null)
         {
             if (tap is not null && failure is null)
             {
-                HandToTap(tap, slot);
+                HandToTap(tap, slot, unreplicated);
             }
             else if (completeHere)
             {

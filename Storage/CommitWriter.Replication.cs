@@ -15,7 +15,77 @@ internal sealed partial class CommitWriter
         _capture.On = tap is not null;
     }
 
-    private static void HandToTap(IReplicationTap tap, Slot slot)
+    // Batches written under a tap whose ops the tap has not completed yet, oldest first, with the counters from before
+    // each: readers see none of their seqs (VisibleSeq), so no device reads a message before the replicas have it.
+    private readonly LinkedList<Unreplicated> _unreplicated = new();
+    private readonly Lock _unreplicatedLock = new();
+    private volatile int _unreplicatedCount;
+
+    /// <summary>Registered before the write makes the batch visible (as the syncer's unsynced batches are).</summary>
+    private LinkedListNode<Unreplicated>? RegisterUnreplicated(Slot slot)
+    {
+        if (slot.SeqUndo.Count == 0 && slot.InboxUndo.Count == 0)
+        {
+            return null;
+        }
+
+        var entry = new Unreplicated(slot.SeqUndo.Count == 0 ? null : new Dictionary<ulong, ulong>(slot.SeqUndo),
+            slot.InboxUndo.Count == 0 ? null : new Dictionary<string, ulong>(slot.InboxUndo, StringComparer.Ordinal));
+        lock (_unreplicatedLock)
+        {
+            _unreplicatedCount++;
+            return _unreplicated.AddLast(entry);
+        }
+    }
+
+    private void Replicated(LinkedListNode<Unreplicated>? node)
+    {
+        if (node is null)
+        {
+            return;
+        }
+
+        lock (_unreplicatedLock)
+        {
+            if (node.List is not null)
+            {
+                _unreplicated.Remove(node);
+                _unreplicatedCount--;
+            }
+        }
+    }
+
+    /// <summary>The highest seq of the conversation readers may see while batches wait for their replicas.</summary>
+    private ulong ReplicatedSeq(ulong conversationId) => UnreplicatedBound(conversationId, static u => u.SeqBefore);
+
+    private ulong ReplicatedInboxSeq(string userId) => UnreplicatedBound(userId, static u => u.InboxSeqBefore);
+
+    private ulong UnreplicatedBound<TKey>(TKey key, Func<Unreplicated, Dictionary<TKey, ulong>?> before)
+        where TKey : notnull
+    {
+        if (_unreplicatedCount == 0)
+        {
+            return ulong.MaxValue;
+        }
+
+        lock (_unreplicatedLock)
+        {
+            // Oldest first, and seqs grow with batches: the first hit is the lowest seq not replicated yet.
+            foreach (var u in _unreplicated)
+            {
+                if (before(u) is { } map && map.TryGetValue(key, out var last))
+                {
+                    return last;
+                }
+            }
+        }
+
+        return ulong.MaxValue;
+    }
+
+    private sealed record Unreplicated(Dictionary<ulong, ulong>? SeqBefore, Dictionary<string, ulong>? InboxSeqBefore);
+
+    private void HandToTap(IReplicationTap tap, Slot slot, LinkedListNode<Unreplicated>? unreplicated)
     {
         List<WriteOp>? waiting = null;
         List<WriteOp>? local = null;
@@ -39,10 +109,11 @@ internal sealed partial class CommitWriter
         var records = slot.Batch.TakeRecords();
         if (waiting is null && records.Count == 0)
         {
+            Replicated(unreplicated);
             return;
         }
 
-        var batch = new CommittedBatch(records, waiting is null ? [] : [.. waiting]);
+        var batch = new CommittedBatch(records, waiting is null ? [] : [.. waiting], () => Replicated(unreplicated));
         try
         {
             tap.OnCommitted(batch);

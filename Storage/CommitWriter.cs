@@ -117,10 +117,10 @@ internal sealed partial class CommitWriter : IDisposable
     internal StorageOptions Options => _options;
 
     /// <summary>The highest seq of the conversation that readers may see (see <see cref="WalSyncer.VisibleSeq"/>).</summary>
-    internal ulong VisibleSeq(ulong conversationId) => _syncer?.VisibleSeq(conversationId) ?? ulong.MaxValue;
+    internal ulong VisibleSeq(ulong conversationId) => Math.Min(_syncer?.VisibleSeq(conversationId) ?? ulong.MaxValue, ReplicatedSeq(conversationId));
 
     /// <summary>Like <see cref="VisibleSeq"/>, for a user's inbox.</summary>
-    internal ulong VisibleInboxSeq(string userId) => _syncer?.VisibleInboxSeq(userId) ?? ulong.MaxValue;
+    internal ulong VisibleInboxSeq(string userId) => Math.Min(_syncer?.VisibleInboxSeq(userId) ?? ulong.MaxValue, ReplicatedInboxSeq(userId));
 
     /// <summary>Stops accepting writes, commits everything already queued and stops the threads.</summary>
     public void Dispose()

@@ -24,12 +24,14 @@ public readonly record struct ReplicaRecordOwner(ulong ConversationId, string? U
 public sealed class CommittedBatch
 {
     private readonly WriteOp[] _ops;
+    private readonly Action? _onComplete;
     private int _completed;
 
-    internal CommittedBatch(IReadOnlyList<ReplicaRecord> records, WriteOp[] ops)
+    internal CommittedBatch(IReadOnlyList<ReplicaRecord> records, WriteOp[] ops, Action? onComplete = null)
     {
         Records = records;
         _ops = ops;
+        _onComplete = onComplete;
     }
 
     /// <summary>The batch's writes in the families that replicate, in the order they were made.</summary>
@@ -39,7 +41,15 @@ public sealed class CommittedBatch
     /// A second call does nothing.</summary>
     public void Complete(Exception? failure = null)
     {
-        if (Interlocked.Exchange(ref _completed, 1) == 0 && _ops.Length > 0)
+        if (Interlocked.Exchange(ref _completed, 1) != 0)
+        {
+            return;
+        }
+
+        // Readers see the batch from now on (replicated, or failed: a failed write stays in this store and is what a
+        // retry finds), before its callers hear of it.
+        _onComplete?.Invoke();
+        if (_ops.Length > 0)
         {
             WriteCompletion.OnPool(_ops, failure);
         }

@@ -229,6 +229,54 @@ public sealed partial class ClusterNode
         return ApplyReplicaAsync(store, batch, index, records, cancellationToken);
     }
 
+    /// <summary>Replica: a primary starts catching this node up. Deletes what this node holds of the primary's ranges it
+    /// replicates, in every family but the logs (where this node's own copies for its users' inboxes live too, and
+    /// which only retention deletes from), so the copy that follows leaves nothing behind that the primary deleted while
+    /// this node was out of sync. Only under the primary's own map (the same epoch, so the same ring): under another
+    /// ring the ranges could be another primary's, for which this node is in sync.</summary>
+    private Task? HandleReplicaReset(MeshInboundBatch batch, int index, MeshInboundMessage message, RoutingState s, CancellationToken cancellationToken)
+    {
+        if (s.Map.FindMember(batch.Origin) is not { State: not MemberState.Failed } || message.Epoch != s.Epoch
+            || s.Owners is not { } owners || _chat.Store is not IReplicaStore store)
+        {
+            Interlocked.Increment(ref Replication.BatchesRefused);
+            batch.RefuseStaleEpoch(index, s.Epoch, "");
+            return null;
+        }
+
+        var selector = new ReplicatedRanges(owners.Ring, owners.Ring.IndexOf(batch.Origin), s.SelfIndex, Math.Max(1, ReplicaPlacement.EffectiveFactor(s.Map)));
+        var writes = new List<Task>();
+        var position = RangePosition.Start;
+        while (true)
+        {
+            // Read and enqueued here, before the stream's next message is handled: the store applies the deletes first.
+            var page = _chat.Store.ExportRange(selector, position, _options.HandoverChunkRecords, 1 << 20);
+            var deletes = new List<ReplicaRecord>(page.Records.Count);
+            foreach (var r in page.Records)
+            {
+                if (!ChatStore.IsLogRecord(r.Family))
+                {
+                    deletes.Add(new ReplicaRecord(r.Family, r.Key, default, true));
+                }
+            }
+
+            if (deletes.Count > 0)
+            {
+                writes.Add(store.ApplyReplicatedAsync(deletes, cancellationToken));
+            }
+
+            if (page.Done)
+            {
+                break;
+            }
+
+            position = page.Next;
+        }
+
+        Interlocked.Increment(ref Replication.Resets);
+        return writes.Count == 0 ? null : Task.WhenAll(writes);
+    }
+
     private async Task ApplyReplicaAsync(IReplicaStore store, MeshInboundBatch batch, int index, ReplicaRecord[] records, CancellationToken cancellationToken)
     {
         try

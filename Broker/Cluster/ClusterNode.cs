@@ -215,6 +215,9 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
                 }
             }
 
+            // The replication tap takes the map's sets before anyone waiting for this map goes on (lock order:
+            // _stateLock, then the replication locks).
+            OnReplicationMap(state);
             var signal = _stateChanged;
             _stateChanged = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             signal.TrySetResult();
@@ -232,10 +235,6 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         }
 
         OnMapApplied();
-        if (State is { } applied)
-        {
-            OnReplicationMap(applied);
-        }
     }
 
     // ---- IMessageRouter: what the core asks ----
@@ -791,6 +790,8 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
 
             case ClusterOpKind.DeviceRevocation or ClusterOpKind.SettingsRequest:
                 return HandleAccountOperation(batch, index, message, cancellationToken);
+            case ClusterOpKind.ReplicaReset:
+                return HandleReplicaReset(batch, index, message, s, cancellationToken);
 
             default:
                 batch.Reject(index, (uint)ReasonCode.BadRequest);

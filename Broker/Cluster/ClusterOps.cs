@@ -119,6 +119,12 @@ public enum ClusterOpKind : uint
     /// ranges (a range export); the ack means durable.</summary>
     ReplicaCopy = 81,
 
+    /// <summary>Primary → replica about to be caught up (stream 1, empty payload, stamped with the primary's epoch): delete
+    /// what you hold of my ranges that you replicate (every family but the logs, which hold your inboxes' copies too),
+    /// so the copy that follows leaves nothing the primary deleted meanwhile. Refused unless the replica's map has the
+    /// same epoch (the same ring).</summary>
+    ReplicaReset = 82,
+
     // ---- 100–109: accounts (issue 18; cluster_accounts.proto, ClusterNode.Accounts.cs) ----
 
     /// <summary>Revoking node → every other member: <see cref="Wire.DeviceRevocation"/>, answered with <see cref="Wire.AccountResult"/>.</summary>

@@ -35,6 +35,9 @@ public sealed class ReplicationMetrics
 
     public long RecordsApplied;
 
+    /// <summary>As a replica: catch-ups begun here (what it held of the primary's ranges was reset first).</summary>
+    public long Resets;
+
     /// <summary>As a replica: batches refused because their sender is Failed (or not a member) in this node's map.</summary>
     public long BatchesRefused;
 }

@@ -121,19 +121,10 @@ internal sealed class ReplicationTap : IReplicationTap
                 }
             }
 
-            if (unplaced is not null)
+            if (unplaced is not null && byReplica is not null)
             {
-                // Records of no range this node serves (a home's copy of another owner's message) or of none at all go
-                // with the batch's other records; a batch of nothing but those goes to this node's own set.
-                if (byReplica is null)
-                {
-                    byReplica = new Dictionary<string, List<ReplicaRecord>>(StringComparer.Ordinal);
-                    foreach (var target in plan.OwnTargets)
-                    {
-                        byReplica[target] = [];
-                    }
-                }
-
+                // Records of no range this node serves (a home's copy of another owner's message, whose inbox entries
+                // are this node's) or of none at all go with the batch's other records.
                 foreach (var list in byReplica.Values)
                 {
                     list.AddRange(unplaced);
@@ -347,6 +338,18 @@ internal sealed class ReplicationTap : IReplicationTap
                 }
             }
 
+            if (_pending.First is { } oldest)
+            {
+                // A replica whose lease is gone will not ack: no need to wait for the timeout to propose its removal.
+                foreach (var id in oldest.Value.Waiting)
+                {
+                    if (!_node.IsLive(id))
+                    {
+                        lagging.Add(id);
+                    }
+                }
+            }
+
             foreach (var id in lagging)
             {
                 var replica = ReplicaOf(id);
@@ -428,6 +431,7 @@ internal sealed class ReplicationTap : IReplicationTap
         var startMap = s.Map;
         Replica replica;
         int epoch;
+        Task<MeshReply>? reset;
         lock (_lock)
         {
             replica = ReplicaOf(replicaId);
@@ -436,14 +440,23 @@ internal sealed class ReplicationTap : IReplicationTap
                 return false;
             }
 
+            // First on the stream: the replica drops what it holds of these ranges (a delete it missed while out of
+            // sync would otherwise survive the copy), then it gets every new batch, then the copy.
+            reset = s.LinkOf(replicaId)?.Replication?.TryRequest(ClusterOpKind.ReplicaReset, s.Epoch, []);
+            if (reset is null)
+            {
+                return false;
+            }
+
             replica.Phase = Phase.Shadow;
             epoch = ++replica.Epoch;
         }
 
-        var selector = new OwnRanges(owners.Ring, s.SelfIndex);
+        var selector = new ReplicatedRanges(owners.Ring, s.SelfIndex, owners.Ring.IndexOf(replicaId), Math.Max(1, ReplicaPlacement.EffectiveFactor(s.Map)));
         var position = RangePosition.Start;
         var chunkBytes = Math.Max(1024, (_options.Mesh.MaxMessageBytes / 3) - 1024);
         var window = new Queue<Task<MeshReply>>();
+        window.Enqueue(reset);
         try
         {
             while (true)
@@ -657,36 +670,31 @@ internal sealed class ReplicationTap : IReplicationTap
         public Task<MeshReply>? LastSend { get; set; }
     }
 
-    /// <summary>This node's ranges of a ring (the points whose ring owner it is): what a catch-up copies.</summary>
-    private sealed class OwnRanges(HashRing ring, int self) : IRangeSelector
-    {
-        public bool TakesConversation(ulong conversationId) => ring.OwnerIndex(HashRing.HashConversation(conversationId)) == self;
-
-        public bool TakesUser(string userId) => ring.OwnerIndex(HashRing.HashUser(userId)) == self;
-    }
-
     /// <summary>
-    /// What one map means for shipping: per ring node whose ranges this node serves, the replicas that get those ranges'
-    /// records (its set's in-sync replicas, not Failed, not this node; for this node's own set also the replicas being
-    /// caught up) and which of them a batch waits for.
+    /// What one map means for shipping, per range (ring point) this node serves: the replicas of that range (the next
+    /// distinct nodes clockwise, up to the effective factor: <see cref="HashRing.GetOwners"/>) that are in the in-sync
+    /// list of the range's ring owner's set (this node's own, or a Failed member's whose ranges it took over), not
+    /// Failed, not this node; for this node's own ranges also the replicas not in sync, which get records only while
+    /// they catch up. A record goes to its range's replicas only, so a range has the map's factor of copies however
+    /// many members there are (a set lists every node that replicates one of the primary's ranges).
     /// </summary>
     private sealed class Plan
     {
-        public static readonly Plan None = new(null, null, -1, false, [], new HashSet<string>(StringComparer.Ordinal), [], null);
+        public static readonly Plan None = new(null, null, -1, false, [], new HashSet<string>(StringComparer.Ordinal), null, 1);
 
-        private readonly string[]?[] _targetsByNode;
+        private readonly string[]?[] _targetsByPoint;
         private readonly HashSet<string> _waited;
 
-        private Plan(ClusterMap? map, RangeOwners? owners, int self, bool selfFailed, string[]?[] targetsByNode, HashSet<string> waited, string[] ownTargets, ReplicaSet? ownSet)
+        private Plan(ClusterMap? map, RangeOwners? owners, int self, bool selfFailed, string[]?[] targetsByPoint, HashSet<string> waited, ReplicaSet? ownSet, int factor)
         {
             Map = map;
             Owners = owners;
             Self = self;
             SelfFailed = selfFailed;
-            _targetsByNode = targetsByNode;
+            _targetsByPoint = targetsByPoint;
             _waited = waited;
-            OwnTargets = ownTargets;
             OwnSet = ownSet;
+            Factor = factor;
         }
 
         public ClusterMap? Map { get; }
@@ -697,87 +705,80 @@ internal sealed class ReplicationTap : IReplicationTap
 
         public bool SelfFailed { get; }
 
-        /// <summary>The replicas of this node's own set (every one that gets its records).</summary>
-        public string[] OwnTargets { get; }
-
         public ReplicaSet? OwnSet { get; }
+
+        public int Factor { get; }
 
         public HashSet<string> OwnReplicas => OwnSet is null ? new HashSet<string>(StringComparer.Ordinal) : new HashSet<string>(OwnSet.Replicas, StringComparer.Ordinal);
 
-        public bool IsEmpty => _waited.Count == 0 && OwnTargets.Length == 0;
+        public bool IsEmpty => _waited.Count == 0 && (OwnSet is null || OwnSet.Replicas.IsDefaultOrEmpty);
 
         public static Plan Of(RoutingState s, string nodeId)
         {
             var map = s.Map;
-            var self = map.FindMember(nodeId);
-            var selfFailed = self is { State: MemberState.Failed };
-            if (s.Owners is not { } owners || s.SelfIndex < 0 || map.ReplicaSets.IsDefaultOrEmpty)
+            var selfFailed = map.FindMember(nodeId) is { State: MemberState.Failed };
+            var factor = Math.Max(1, ReplicaPlacement.EffectiveFactor(map));
+            if (s.Owners is not { } owners || s.SelfIndex < 0 || map.ReplicaSets.IsDefaultOrEmpty || factor <= 1)
             {
-                return new Plan(map, s.Owners, s.SelfIndex, selfFailed, [], new HashSet<string>(StringComparer.Ordinal), [], null);
+                return new Plan(map, s.Owners, s.SelfIndex, selfFailed, [], new HashSet<string>(StringComparer.Ordinal), null, factor);
             }
 
             var ring = owners.Ring;
-            var serves = new bool[ring.NodeCount];
-            for (var p = 0; p < ring.PointCount; p++)
-            {
-                if (owners.OwnerIndexOfPoint(p) == s.SelfIndex)
-                {
-                    serves[ring.NodeIndexOfPoint(p)] = true;
-                }
-            }
-
             var waited = new HashSet<string>(StringComparer.Ordinal);
-            var targets = new string[]?[ring.NodeCount];
-            string[] ownTargets = [];
-            ReplicaSet? ownSet = null;
+            var targets = new string[]?[ring.PointCount];
+            var sets = new ReplicaSet?[ring.NodeCount];
             for (var n = 0; n < ring.NodeCount; n++)
             {
-                if (!serves[n] || ReplicaPlacement.Find(map, ring.Nodes[n]) is not { } set)
+                sets[n] = ReplicaPlacement.Find(map, ring.Nodes[n]);
+            }
+
+            Span<int> chain = stackalloc int[ClusterMap.MaxReplicationFactor];
+            var list = new List<string>(factor);
+            for (var p = 0; p < ring.PointCount; p++)
+            {
+                var ringOwner = ring.NodeIndexOfPoint(p);
+                if (owners.OwnerIndexOfPoint(p) != s.SelfIndex || sets[ringOwner] is not { } set)
                 {
                     continue;
                 }
 
-                var list = new List<string>();
-                foreach (var r in set.Replicas)
+                list.Clear();
+                var found = ring.GetOwners(ring.PointAt(p), chain[..factor]);
+                for (var k = 1; k < found; k++)
                 {
-                    var own = n == s.SelfIndex;
-                    var inSync = set.InSync.Contains(r);
-                    if (string.Equals(r, nodeId, StringComparison.Ordinal) || map.FindMember(r) is not { State: not MemberState.Failed })
+                    var r = ring.Nodes[chain[k]];
+                    if (chain[k] == s.SelfIndex || map.FindMember(r) is not { State: not MemberState.Failed })
                     {
                         continue;
                     }
 
-                    if (inSync)
+                    if (set.InSync.Contains(r))
                     {
                         waited.Add(r);
                         list.Add(r);
                     }
-                    else if (own)
+                    else if (ringOwner == s.SelfIndex)
                     {
                         list.Add(r); // shipped only while it is being caught up (the tap checks its phase)
                     }
                 }
 
-                targets[n] = [.. list];
-                if (n == s.SelfIndex)
-                {
-                    ownTargets = targets[n]!;
-                    ownSet = set;
-                }
+                targets[p] = [.. list];
             }
 
-            return new Plan(map, owners, s.SelfIndex, selfFailed, targets, waited, ownTargets, ownSet);
+            return new Plan(map, owners, s.SelfIndex, selfFailed, targets, waited, sets[s.SelfIndex], factor);
         }
 
         public Plan WithWaited(string replica)
         {
             var waited = new HashSet<string>(_waited, StringComparer.Ordinal) { replica };
-            return new Plan(Map, Owners, Self, SelfFailed, _targetsByNode, waited, OwnTargets, OwnSet);
+            return new Plan(Map, Owners, Self, SelfFailed, _targetsByPoint, waited, OwnSet, Factor);
         }
 
         public bool IsWaited(string replica) => _waited.Contains(replica);
 
-        /// <summary>The replicas that get a record, or null when it belongs to no range this node serves.</summary>
+        /// <summary>The replicas that get a record, or null when it belongs to no range this node serves (a home's copy
+        /// of another owner's message, a delete keyed by nothing it can place).</summary>
         public string[]? TargetsOf(in ReplicaRecord record)
         {
             ReplicaRecordOwner owner;
@@ -795,12 +796,11 @@ internal sealed class ReplicationTap : IReplicationTap
 
             var ring = Owners!.Ring;
             var hash = owner.IsUser ? HashRing.HashUser(owner.UserId) : HashRing.HashConversation(owner.ConversationId);
-            var point = ring.PointIndexOf(hash);
-            return Owners.OwnerIndexOfPoint(point) == Self ? _targetsByNode[ring.NodeIndexOfPoint(point)] : null;
+            return _targetsByPoint.Length == 0 ? null : _targetsByPoint[ring.PointIndexOf(hash)];
         }
 
-        /// <summary>The sets (by primary) whose in-sync list holds <paramref name="replica"/> and whose ranges this node
-        /// serves: where it proposes the replica's removal.</summary>
+        /// <summary>The sets (by primary) whose in-sync list holds <paramref name="replica"/> and one of whose ranges
+        /// this node serves and ships to it: where it proposes the replica's removal.</summary>
         public List<string> SetsListingInSync(string replica)
         {
             var list = new List<string>();
@@ -809,9 +809,11 @@ internal sealed class ReplicationTap : IReplicationTap
                 return list;
             }
 
-            for (var n = 0; n < _targetsByNode.Length; n++)
+            for (var p = 0; p < _targetsByPoint.Length; p++)
             {
-                if (_targetsByNode[n] is not null && ReplicaPlacement.Find(Map, Owners.Ring.Nodes[n]) is { } set && set.InSync.Contains(replica))
+                if (_targetsByPoint[p] is { } targets && Array.IndexOf(targets, replica) >= 0
+                    && ReplicaPlacement.Find(Map, Owners.Ring.Nodes[Owners.Ring.NodeIndexOfPoint(p)]) is { } set
+                    && set.InSync.Contains(replica) && !list.Contains(set.Primary))
                 {
                     list.Add(set.Primary);
                 }

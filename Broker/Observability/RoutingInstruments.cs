@@ -88,6 +88,7 @@ public sealed class RoutingInstruments : IDisposable
         Counter("chatbroker.replication.catchup", "By", "Record bytes copied to replicas catching up.", () => Interlocked.Read(ref replication.CatchUpBytes));
         Counter("chatbroker.replication.applied.batches", "{batch}", "As a replica: batches of other nodes' records written here.", () => Interlocked.Read(ref replication.BatchesApplied));
         Counter("chatbroker.replication.applied.records", "{record}", "As a replica: records written here.", () => Interlocked.Read(ref replication.RecordsApplied));
+        Counter("chatbroker.replication.resets", "{catchup}", "As a replica: catch-ups begun here; what this node held of the primary's ranges (but the logs) was deleted before the copy.", () => Interlocked.Read(ref replication.Resets));
         Counter("chatbroker.replication.refused", "{batch}", "As a replica: batches refused because their sender is Failed or not a member in this node's map.", () => Interlocked.Read(ref replication.BatchesRefused));
     }
 

@@ -249,6 +249,54 @@ public sealed class RangeOwners
             }
         }
 
+        // Replication ships a record to its range's replicas only (the next distinct nodes clockwise), so a replica is
+        // in sync for a primary's ranges it replicated. Without the failed node a range may get a replica it never had
+        // (the next node along moves up): that replica must catch up before it counts as in sync. Every old range lies
+        // inside one new range (the new ring's points are the old ones minus the failed node's), so checking each old
+        // range finds them.
+        var uncovered = new HashSet<(string Primary, string Replica)>();
+        var factorBefore = Math.Max(1, ReplicaPlacement.EffectiveFactor(map));
+        var factorAfter = Math.Max(1, ReplicaPlacement.EffectiveFactor(removed));
+        Span<int> oldChain = stackalloc int[ClusterMap.MaxReplicationFactor];
+        Span<int> newChain = stackalloc int[ClusterMap.MaxReplicationFactor];
+        for (var q = 0; q < before.Ring.PointCount; q++)
+        {
+            var hash = before.Ring.PointAt(q);
+            var oldSet = ReplicaPlacement.Find(map, before.Ring.Nodes[before.Ring.NodeIndexOfPoint(q)]);
+            var server = before.Ring.Nodes[before.OwnerIndexOfPoint(q)];
+            var oldFound = before.Ring.GetOwners(hash, oldChain[..factorBefore]);
+            var newFound = after.Ring.GetOwners(hash, newChain[..factorAfter]);
+            for (var k = 1; k < newFound; k++)
+            {
+                var replica = after.Ring.Nodes[newChain[k]];
+                var had = string.Equals(replica, server, StringComparison.Ordinal);
+                for (var j = 1; j < oldFound && !had; j++)
+                {
+                    had = string.Equals(before.Ring.Nodes[oldChain[j]], replica, StringComparison.Ordinal) && oldSet is not null && oldSet.InSync.Contains(replica);
+                }
+
+                if (!had)
+                {
+                    uncovered.Add((after.Ring.Nodes[newChain[0]], replica));
+                }
+            }
+        }
+
+        for (var i = 0; i < derived.Count; i++)
+        {
+            var set = derived[i];
+            var kept = ImmutableArray.CreateBuilder<string>();
+            foreach (var r in set.InSync)
+            {
+                if (!uncovered.Contains((set.Primary, r)))
+                {
+                    kept.Add(r);
+                }
+            }
+
+            derived[i] = set with { InSync = kept.ToImmutable() };
+        }
+
         return removed with { ReplicaSets = derived.ToImmutable() };
     }
 

@@ -79,6 +79,30 @@ public abstract class ReplicationContract : IDisposable
     }
 
     [Fact]
+    public async Task Readers_see_a_batch_only_once_its_replicas_have_it()
+    {
+        var primary = Open();
+        var tap = new HeldTap();
+        primary.SetReplicationTap(tap);
+        const ulong Conversation = ChatStore.FirstDerivedConversationId | 3;
+        var first = primary.AppendAsync(Messages.To(Conversation, "one", clientMsgId: 1) with { InboxRecipients = ["bob"] });
+        (await tap.NextAsync()).Complete();
+        await first.WaitAsync(TimeSpan.FromSeconds(10));
+
+        // Durable here, not yet on the replicas: no history page, no catch-up read shows it (a device that saw it could
+        // see another message under the same seq after a failover to a replica that never had it).
+        var second = primary.AppendAsync(Messages.To(Conversation, "two", clientMsgId: 2) with { InboxRecipients = ["bob"] });
+        var held = await tap.NextAsync();
+        Assert.Equal([1UL], primary.ReadRange(Conversation, 1, 10).Select(m => m.Seq));
+        Assert.Equal([1UL], primary.ReadInbox("bob", 0, 10).Select(e => e.InboxSeq));
+
+        held.Complete();
+        await second.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal([1UL, 2UL], primary.ReadRange(Conversation, 1, 10).Select(m => m.Seq));
+        Assert.Equal([1UL, 2UL], primary.ReadInbox("bob", 0, 10).Select(e => e.InboxSeq));
+    }
+
+    [Fact]
     public async Task A_replica_applying_every_batch_has_the_primarys_log_inbox_cursors_keys_and_counters()
     {
         var primary = Open();
@@ -124,6 +148,31 @@ public abstract class ReplicationContract : IDisposable
         await replica.AdvanceCursorAsync("bob", "phone", CursorStream.Inbox, 20);
         await replica.ApplyReplicatedAsync([.. primary.ExportRange(new AllUsers(), RangePosition.Start, 1000, 1 << 20).Records.Select(r => new ReplicaRecord(r.Family, r.Key, r.Value, false))]);
         Assert.Equal(20UL, replica.GetCursor("bob", "phone", CursorStream.Inbox));
+    }
+
+    [Fact]
+    public async Task A_home_that_holds_the_conversations_log_as_a_replica_still_stores_each_copy_once_with_its_inbox_entries()
+    {
+        var owner = Open();
+        var home = Open();
+        owner.SetReplicationTap(new SyncTap(home)); // the home is also a replica of the owner: it gets the log
+        const ulong Direct = ChatStore.FirstDerivedConversationId | 11;
+        await owner.GetOrCreateDirectAtAsync(Direct, "alice", "bob");
+        var appended = await owner.AppendAsync(Messages.To(Direct, "m1", clientMsgId: 1));
+        Assert.Equal(1UL, home.GetLastSeq(Direct));
+
+        // The forwarded copy of seq 1 for bob, whose home this is: the log says "have it", the node's own copied mark
+        // says "not copied yet", and the mark decides.
+        var copy = Assert.Single(owner.ReadRange(Direct, 1, 10));
+        var first = await home.StoreCopyAsync(copy, ["bob"]);
+        Assert.False(first.IsDuplicate);
+        Assert.Equal([1UL], first.InboxSeqs);
+        Assert.Equal((Direct, appended.Seq), (Assert.Single(home.ReadInbox("bob", 0, 10)).ConversationId, Assert.Single(home.ReadInbox("bob", 0, 10)).Seq));
+
+        // A resend of the same copy stores nothing; neither does an older seq.
+        Assert.True((await home.StoreCopyAsync(copy, ["bob"])).IsDuplicate);
+        Assert.Single(home.ReadInbox("bob", 0, 10));
+        Assert.Equal(1UL, home.GetLastSeq(Direct));
     }
 
     [Fact]

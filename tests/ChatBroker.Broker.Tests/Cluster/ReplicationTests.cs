@@ -87,6 +87,11 @@ public sealed class ReplicationTests
         await alice.ExpectAsync<SyncDone>();
         await alice.SendAsync(TestDevice.Text(1, bobId, "m1"));
         Assert.Equal(1UL, (await alice.ExpectAsync<Sent>()).Seq);
+        // alice's keys (her home is node1): two one-time prekeys, on every replica once the upload is answered.
+        var keys = cluster["node1"].Broker.Store;
+        await keys.UploadPrekeysAsync(aliceId, "phone", new ChatBroker.Storage.PrekeyBundle(new byte[] { 1 }, 3, new byte[] { 2 }, new byte[] { 3 }),
+            [new ChatBroker.Storage.OneTimePrekey(1, new byte[] { 9 }), new ChatBroker.Storage.OneTimePrekey(2, new byte[] { 8 })]);
+        Assert.Equal(2, cluster["node3"].Broker.Store.CountOneTimePrekeys(aliceId, "phone"));
 
         // node3 keeps its lease but nobody reaches its mesh: node1's batches wait for it, past the replication timeout
         // node1 proposes its removal, and SENT comes once the map without it is applied.
@@ -104,6 +109,13 @@ public sealed class ReplicationTests
         }
 
         Assert.Equal(1UL, cluster["node3"].Broker.Store.GetLastSeq(conversation)); // it missed 2..10
+        Assert.NotNull(await keys.TakePrekeysAsync(aliceId, "phone")); // and a delete: one one-time prekey consumed
+        Assert.Equal(2, cluster["node3"].Broker.Store.CountOneTimePrekeys(aliceId, "phone"));
+        // A record of node1's ranges that node1 does not have (as if node3 had missed its delete at another time, when no
+        // catch-up was running to carry it): the catch-up must not leave it there.
+        await cluster["node3"].Broker.Store.UploadPrekeysAsync(aliceId, "tablet", new ChatBroker.Storage.PrekeyBundle(new byte[] { 4 }, 5, new byte[] { 6 }, new byte[] { 7 }),
+            [new ChatBroker.Storage.OneTimePrekey(5, new byte[] { 5 })]);
+        Assert.Equal(1, cluster["node3"].Broker.Store.CountOneTimePrekeys(aliceId, "tablet"));
 
         // Back: node1 copies its ranges to it while traffic flows, then adds it to the in-sync set again.
         await cluster["node3"].RestartMeshAsync();
@@ -112,11 +124,80 @@ public sealed class ReplicationTests
         Assert.True(cluster["node1"].Cluster.Replication.CatchUpBytes > 0);
         var copy = cluster["node3"].Broker.Store.ReadRange(conversation, 1, 100);
         Assert.Equal(Enumerable.Range(1, 10).Select(i => (ulong)i), copy.Select(m => m.Seq));
+        // The catch-up began with a reset of node1's ranges on node3 (all but the logs): neither the prekey consumed
+        // meanwhile nor the record node1 never had is there.
+        Assert.Equal(1, cluster["node3"].Broker.Store.CountOneTimePrekeys(aliceId, "phone"));
+        Assert.Equal(0, cluster["node3"].Broker.Store.CountOneTimePrekeys(aliceId, "tablet"));
+        Assert.True(cluster["node3"].Cluster.Replication.Resets >= 1);
 
         // In sync again: the next message is on node3 when SENT comes.
         await alice.SendAsync(TestDevice.Text(11, bobId, "m11"));
         Assert.Equal(11UL, (await alice.ExpectAsync<Sent>()).Seq);
         Assert.Equal(11UL, cluster["node3"].Broker.Store.GetLastSeq(conversation));
+    }
+
+    [Fact]
+    public async Task A_node_gone_past_the_failed_node_timeout_is_replaced_by_a_new_replica_copied_while_traffic_flows()
+    {
+        await using var cluster = await ClusterHarness.StartAsync(4, Routing with { FailedNodeTimeout = TimeSpan.FromMilliseconds(500) });
+        // Factor 2: the conversation's primary is node1 and its one replica node4.
+        var aliceId = cluster.UserAt("alice", "node1");
+        var bobId = cluster.UserAt("bob", "node2", b => Chain(cluster.Ring, ClusterOps.DirectConversationId(aliceId, b)) == ("node1", "node4"));
+        var conversation = ClusterOps.DirectConversationId(aliceId, bobId);
+        await ReplicateAsync(cluster, factor: 2);
+
+        var alice = await cluster["node1"].ConnectAsync(aliceId, "phone");
+        await alice.ExpectAsync<SyncDone>();
+        for (ulong i = 1; i <= 10; i++)
+        {
+            await alice.SendAsync(TestDevice.Text(i, bobId, $"m{i}"));
+            Assert.Equal(i, (await alice.ExpectAsync<Sent>()).Seq);
+        }
+
+        Assert.Equal(10UL, cluster["node4"].Broker.Store.GetLastSeq(conversation));
+
+        // node4 dies: it is marked Failed, and after the failed-node timeout removed from the ring; the range gets the
+        // next node clockwise as its new replica, which node1 copies its ranges to while alice keeps sending.
+        await cluster.KillAsync("node4");
+        var sender = Task.Run(async () =>
+        {
+            var acked = 10UL;
+            using var until = new CancellationTokenSource(TestDevice.Timeout);
+            while (!until.IsCancellationRequested)
+            {
+                var map = cluster["node1"].Coordinator.View.Map;
+                if ((map.FindMember("node4") is null && AllInSync(map, 3) && acked >= 20) || acked >= 300)
+                {
+                    break;
+                }
+
+                var send = TestDevice.Text(acked + 1, bobId, $"m{acked + 1}");
+                await alice.SendAsync(send);
+                var answer = await alice.ReceiveAsync();
+                if (answer is Error { Reason: ReasonCode.RateLimited } limited)
+                {
+                    await Task.Delay(TimeSpan.FromMilliseconds(limited.RetryAfterMs)); // the broker's retry_after; then the same SEND again
+                    continue;
+                }
+
+                Assert.True(answer is Sent, $"{answer}");
+                Assert.Equal(acked + 1, ((Sent)answer!).Seq);
+                acked++;
+            }
+
+            return acked;
+        });
+        var replaced = await cluster.WaitForMapAsync(m => m.FindMember("node4") is null && AllInSync(m, 3), TestDevice.Timeout);
+        var acked = await sender;
+        var newReplica = Chain(RangeOwners.Create(replaced)!.Ring, conversation).Item2;
+        Assert.NotEqual("node4", newReplica);
+        Assert.True(cluster["node1"].Cluster.Replication.CatchUpBytes > 0);
+
+        // The new replica has every acknowledged message, and from now on gets each before SENT.
+        Assert.Equal(Enumerable.Range(1, (int)acked).Select(i => (ulong)i), cluster[newReplica].Broker.Store.ReadRange(conversation, 1, (int)acked + 10).Select(m => m.Seq));
+        await alice.SendAsync(TestDevice.Text(acked + 1, bobId, "after"));
+        Assert.Equal(acked + 1, (await alice.ExpectAsync<Sent>()).Seq);
+        Assert.Equal(acked + 1, cluster[newReplica].Broker.Store.GetLastSeq(conversation));
     }
 
     /// <summary>Sets the map's factor by compare-and-set and waits until the nodes have written the sets, caught every
@@ -126,9 +207,19 @@ public sealed class ReplicationTests
         var map = cluster["node1"].Coordinator.View.Map with { ReplicationFactor = factor };
         var update = await cluster["node1"].Coordinator.TryUpdateMapAsync(map, CancellationToken.None);
         Assert.True(update.Applied, update.Error);
-        return await cluster.WaitForMapAsync(
-            m => m.ReplicationFactor == factor && m.ReplicaSets.Length == cluster.Nodes.Count && m.ReplicaSets.All(s => s.Replicas.Length == Math.Min(factor, cluster.Nodes.Count) - 1 && s.InSync.Length == s.Replicas.Length),
-            TestDevice.Timeout);
+        return await cluster.WaitForMapAsync(m => m.ReplicationFactor == factor && AllInSync(m, cluster.Nodes.Count), TestDevice.Timeout);
+    }
+
+    /// <summary>Every one of <paramref name="members"/> primaries has a set, and every replica of each is in sync.</summary>
+    private static bool AllInSync(ClusterMap m, int members) =>
+        m.ReplicaSets.Length == members && m.ReplicaSets.All(s => s.Replicas.Length > 0 && s.InSync.Length == s.Replicas.Length);
+
+    /// <summary>The ring owner of a conversation and its first replica.</summary>
+    private static (string, string) Chain(HashRing ring, ulong conversationId)
+    {
+        var owners = new int[2];
+        ring.GetOwners(HashRing.HashConversation(conversationId), owners);
+        return (ring.Nodes[owners[0]], ring.Nodes[owners[1]]);
     }
 
     /// <summary>The SENT of <paramref name="send"/>, resending it after each retryable refusal (a moment after a

@@ -32,6 +32,12 @@ public sealed partial class ClusterReplicationTests(ReplicatedThreeNodeCluster c
             await node.Process!.WaitForLineAsync(AllInSync()).WaitAsync(ThreeNodeCluster.Patience);
         }
 
+        // `cluster status` shows the same from etcd (a generous etcd deadline: the machine may be loaded).
+        var (exit, stdout, stderr) = await Host.Tests.Infrastructure.BrokerProcess.RunCliAsync(["cluster", "status", .. cluster.CliSettings, "--set", "cluster.etcd_timeout=15s"]);
+        Assert.True(exit == 0, stderr);
+        Assert.Matches(@"replication factor 3", stdout);
+        Assert.Contains("replicas of n3: n1 (in sync), n2 (in sync)", stdout, StringComparison.Ordinal);
+
         var alice = cluster.UserAt("r-alice", "n1");
         var bob = cluster.UserAt("r-bob", "n2", b => cluster.OwnerOfDirect(alice, b) == "n3");
         var n1 = cluster["n1"];
