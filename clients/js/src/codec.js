@@ -31,6 +31,7 @@ const clientToServer = new Set([
   PacketType.CONNECT, PacketType.DISCONNECT, PacketType.PING, PacketType.SEND, PacketType.ACK, PacketType.READ,
   PacketType.SYNC, PacketType.HISTORY, PacketType.GROUP_REQUEST, PacketType.PRESENCE_SET,
   PacketType.PRESENCE_SUBSCRIBE, PacketType.TYPING, PacketType.KEYS_UPLOAD, PacketType.FETCH_KEYS,
+  PacketType.SETTINGS,
 ]);
 
 /** type byte (flags cleared) -> { name, message type, allowed flag bits, direction } */

@@ -85,3 +85,9 @@ test('src/chat-schema.js is generated from the current Protocol/chat.proto', () 
   const script = fileURLToPath(new URL('../scripts/generate-schema.js', import.meta.url));
   execFileSync(process.execPath, [script, '--check'], { stdio: 'pipe' });
 });
+
+test('SETTINGS is a client packet and SETTINGS_RESULT a server one (a server sending SETTINGS breaks the protocol)', async () => {
+  const { packetInfo } = await import('../src/codec.js');
+  assert.equal(packetInfo(PacketType.SETTINGS).fromServer, false);
+  assert.equal(packetInfo(PacketType.SETTINGS_RESULT).fromServer, true);
+});
