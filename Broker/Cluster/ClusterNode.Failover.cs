@@ -37,9 +37,18 @@ public sealed class FailoverMetrics
     public long CommitsRefusedReforwarding;
 }
 
-/// <summary>Ranges (points of one ring) a node took over from a Failed member and is re-forwarding: commits on them wait.</summary>
-internal sealed class ReforwardFreeze(ChatBroker.Cluster.Ring.HashRing ring, bool[] taken, long sinceMs)
+/// <summary>
+/// Ranges (points of one ring) a node took over from a Failed member and is re-forwarding: commits on their
+/// conversations wait, each only until its own tail is re-forwarded. Until the store scan has named the conversations
+/// the node holds in those ranges, all of them wait; after it, only those not re-forwarded yet (a conversation the node
+/// holds nothing of has no tail to restore). A take-over while another is running freezes only what it newly took;
+/// the earlier one goes on and keeps holding its own (<see cref="Carried"/>).
+/// </summary>
+internal sealed class ReforwardFreeze(ChatBroker.Cluster.Ring.HashRing ring, bool[] taken, long sinceMs, ReforwardFreeze? carried = null)
 {
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<ulong, byte> _pending = new();
+    private volatile bool _scanned;
+
     public ChatBroker.Cluster.Ring.HashRing Ring { get; } = ring;
 
     public bool[] Taken { get; } = taken;
@@ -47,10 +56,43 @@ internal sealed class ReforwardFreeze(ChatBroker.Cluster.Ring.HashRing ring, boo
     /// <summary>Messages from this time on (unix ms) are sent again.</summary>
     public long SinceMs { get; } = sinceMs;
 
+    /// <summary>A take-over still running when this one began: it holds its own conversations until it is done.</summary>
+    public ReforwardFreeze? Carried { get; } = carried is { Done.Task.IsCompleted: false } ? carried : null;
+
+    /// <summary>This take-over's re-forward is done (or gave up: the ranges must not stay frozen).</summary>
     public TaskCompletionSource Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    public bool Holds(ulong conversationId) =>
-        !Done.Task.IsCompleted && Taken[Ring.PointIndexOf(ChatBroker.Cluster.Ring.HashRing.HashConversation(conversationId))];
+    /// <summary>This one and every carried one are done.</summary>
+    public Task AllDone => Carried is { } c ? Task.WhenAll(Done.Task, c.AllDone) : Done.Task;
+
+    public bool Holds(ulong conversationId)
+    {
+        if (Carried?.Holds(conversationId) == true)
+        {
+            return true;
+        }
+
+        if (Done.Task.IsCompleted || !Taken[Ring.PointIndexOf(ChatBroker.Cluster.Ring.HashRing.HashConversation(conversationId))])
+        {
+            return false;
+        }
+
+        return !_scanned || _pending.ContainsKey(conversationId);
+    }
+
+    /// <summary>The scan named the conversations to re-forward: from now on only those wait.</summary>
+    public void Scanned(IEnumerable<ulong> conversations)
+    {
+        foreach (var c in conversations)
+        {
+            _pending.TryAdd(c, 0);
+        }
+
+        _scanned = true; // after the adds: a reader that sees it sees them
+    }
+
+    /// <summary>The conversation's tail is re-forwarded: it takes commits again.</summary>
+    public void Release(ulong conversationId) => _pending.TryRemove(conversationId, out _);
 }
 
 // Failover (docs/cluster.md, "Failover"). A member whose lease is gone is marked Failed in the map by compare-and-set,
@@ -68,6 +110,9 @@ public sealed partial class ClusterNode
 
     /// <summary>Attempts to re-forward one entry to a home that refuses or does not answer.</summary>
     private const int ReforwardAttempts = 5;
+
+    /// <summary>Conversations re-forwarded at once after a take-over.</summary>
+    private const int ReforwardParallelism = 16;
 
     private Task _failoverLoop = Task.CompletedTask;
 
@@ -267,15 +312,8 @@ public sealed partial class ClusterNode
             return carried;
         }
 
-        if (carried is not null)
-        {
-            for (var p = 0; p < taken.Length; p++)
-            {
-                taken[p] |= carried.Taken[p]; // the newer take-over also covers what the running one still has to do
-            }
-        }
-
-        return new ReforwardFreeze(after.Ring, taken, failedAt - (long)_options.ReforwardWindow.TotalMilliseconds);
+        // Only what this map newly took; a take-over still running goes on with its own (and holds it meanwhile).
+        return new ReforwardFreeze(after.Ring, taken, failedAt - (long)_options.ReforwardWindow.TotalMilliseconds, carried);
     }
 
     /// <summary>After a map is applied: starts the re-forward its state took over (once per take-over).</summary>
@@ -301,7 +339,7 @@ public sealed partial class ClusterNode
 
     /// <summary>Completes when this node has re-forwarded every range it took over from a failed member so far.</summary>
     public Task WhenReforwardedAsync(CancellationToken cancellationToken) =>
-        State?.Reforward?.Done.Task.WaitAsync(cancellationToken) ?? Task.CompletedTask;
+        State?.Reforward?.AllDone.WaitAsync(cancellationToken) ?? Task.CompletedTask;
 
     private async Task ReforwardAsync(RangeOwners owners, ReforwardFreeze freeze, CancellationToken stop)
     {
@@ -322,16 +360,26 @@ public sealed partial class ClusterNode
                 position = page.Next;
             }
 
-            foreach (var conversationId in selector.Found)
-            {
-                stop.ThrowIfCancellationRequested();
-                await ReforwardConversationAsync(conversationId, sinceMs, stop).ConfigureAwait(false);
-            }
+            // Each conversation takes commits again as soon as its own tail is re-forwarded; several at once, so a
+            // home that answers slowly (or is itself gone) holds up only the conversations with members there.
+            freeze.Scanned(selector.Found);
+            await Parallel.ForEachAsync(selector.Found, new ParallelOptions { MaxDegreeOfParallelism = ReforwardParallelism, CancellationToken = stop },
+                async (conversationId, token) =>
+                {
+                    try
+                    {
+                        await ReforwardConversationAsync(conversationId, sinceMs, token).ConfigureAwait(false);
+                    }
+                    finally
+                    {
+                        freeze.Release(conversationId);
+                    }
+                }).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (stop.IsCancellationRequested)
         {
         }
-        catch (Exception e) when (e is StorageException or InvalidOperationException or ArgumentException)
+        catch (Exception e) when (e is StorageException or InvalidOperationException or ArgumentException or RouteUnavailableException)
         {
             FailoverLog.ReforwardFailed(_logger, e);
         }
