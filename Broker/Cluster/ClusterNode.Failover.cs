@@ -35,6 +35,9 @@ public sealed class FailoverMetrics
 
     /// <summary>Commits refused while their conversation's range was being re-forwarded after a take-over.</summary>
     public long CommitsRefusedReforwarding;
+
+    /// <summary>Commits refused because this node is Failed in the map (it sequences nothing).</summary>
+    public long CommitsRefusedFailedSelf;
 }
 
 /// <summary>

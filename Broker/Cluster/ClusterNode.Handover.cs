@@ -91,6 +91,17 @@ public sealed partial class ClusterNode
                 return new InboxRouting([], [], reforwarding);
             }
 
+            if (s.Owners is { HasFailed: true } owners && owners.IsFailed(s.SelfIndex))
+            {
+                // A Failed member sequences nothing (docs/cluster.md "Failover"): its store may lack what a replica
+                // acknowledged while serving its ranges, so a range that falls back to it (every in-sync replica
+                // failed too) must wait for an operator, not reuse seqs (docs/findings/2026-12-06-rf3-failover.md, B).
+                s.Exit();
+                Interlocked.Increment(ref Failover.CommitsRefusedFailedSelf);
+                return new InboxRouting([], [], new SendOutcome(ReasonCode.ServerUnavailable,
+                    "this node is Failed in the cluster map and sequences nothing until it is removed and joins again; retry", null, _options.RetryAfter));
+            }
+
             if (s.TargetRing is not null && IsMovingCommit(s, conversationId, members, fanOutOnRead))
             {
                 s.Exit();

@@ -47,6 +47,7 @@ public sealed class RoutingInstruments : IDisposable
         Counter("chatbroker.cluster.failover.proposals_not_applied", "{proposal}", "Failover or removal proposals that did not apply (another node's change won, etcd unreachable, not allowed yet).", () => Interlocked.Read(ref failover.ProposalsNotApplied));
         Counter("chatbroker.cluster.failover.fenced", "{write}", "Writes refused (retryable SERVER_UNAVAILABLE) because this node's lease was not certain for cluster.lease_margin more.", () => Interlocked.Read(ref failover.Fenced));
         Counter("chatbroker.cluster.failover.reforwarded", "{entry}", "Inbox entries sent again to homes after this node took over a failed member's ranges.", () => Interlocked.Read(ref failover.EntriesReforwarded));
+        Counter("chatbroker.cluster.failover.commits_refused_failed_self", "{write}", "Commits refused (retryable) because this node is Failed in the cluster map and sequences nothing.", () => Interlocked.Read(ref failover.CommitsRefusedFailedSelf));
         Counter("chatbroker.cluster.failover.commits_waiting", "{write}", "Commits refused (retryable) while their range was being re-forwarded after a take-over.", () => Interlocked.Read(ref failover.CommitsRefusedReforwarding));
 
         var sent = node.MeshMetrics;

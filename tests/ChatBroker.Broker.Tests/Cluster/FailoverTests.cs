@@ -98,6 +98,14 @@ public sealed class FailoverTests
         Assert.Equal((MeshStatus.StaleEpoch, (ulong)failed.Epoch, "node4"), (refused.Status, refused.Epoch, refused.Owner));
         Assert.Equal(7UL, node3.Broker.Store.GetLastSeq(conversation)); // its own write of 7, never acknowledged by it
 
+        // A Failed member sequences nothing, not even a range that would fall back to it when every in-sync replica
+        // has failed too: its store lacks what the replica acknowledged meanwhile (here 7 and 8 are on node4 only
+        // as node4's), so it would hand out seqs again (docs/findings/2026-12-06-rf3-failover.md, B).
+        var own = node3.Cluster.BeginCommit(conversation, [aliceId, bobId], fanOutOnRead: false);
+        node3.Cluster.EndCommit(own);
+        Assert.Equal(ReasonCode.ServerUnavailable, own.Refused?.Error);
+        Assert.Equal(1, node3.Cluster.Failover.CommitsRefusedFailedSelf);
+
         var tablet = await node3.ConnectAsync(aliceId, "tablet");
         while (await tablet.ReceiveAsync() is not SyncDone)
         {
