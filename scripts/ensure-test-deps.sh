@@ -4,7 +4,9 @@
 #   - etcd (Debian's etcd-server): the cluster tests start their own;
 #   - python3 with grpcio and protobuf: the mesh test calls the mesh from a standard gRPC client;
 #   - python3-paho-mqtt and mosquitto-clients (mosquitto_pub, mosquitto_sub): the MQTT conformance tests
-#     (tests/ChatBroker.Mqtt.Tests) drive the MQTT listener with these standard clients.
+#     (tests/ChatBroker.Mqtt.Tests) drive the MQTT listener with these standard clients;
+#   - iproute2 ('ip'): scripts/loopback-only.sh (the browser tests) and the network-namespace cluster tests
+#     (a slim Debian image has no 'ip').
 # On Debian/Ubuntu as root (or with passwordless sudo) it installs what is missing with apt-get in one
 # step; anywhere else it says what to install and exits non-zero. Quiet when everything is there.
 set -euo pipefail
@@ -64,6 +66,7 @@ have_etcd || packages="$packages etcd-server"
 have_python_grpc || packages="$packages python3 python3-grpcio python3-protobuf"
 have_paho || packages="$packages python3-paho-mqtt"
 have_mosquitto_clients || packages="$packages mosquitto-clients"
+command -v ip >/dev/null 2>&1 || packages="$packages iproute2"
 packages="${packages# }"
 if [ -z "$packages" ]; then
   exit 0
@@ -111,6 +114,10 @@ if ! have_etcd; then
 fi
 if ! have_python_grpc; then
   echo "Installed $packages but '$python -c \"import grpc, google.protobuf\"' still fails." >&2
+  exit 1
+fi
+if ! command -v ip >/dev/null 2>&1; then
+  echo "Installed $packages but 'ip' (iproute2) is still missing." >&2
   exit 1
 fi
 if ! have_paho || ! have_mosquitto_clients; then
