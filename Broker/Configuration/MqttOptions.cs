@@ -24,6 +24,9 @@ public sealed class MqttOptions
     public int MaxRetainedMessages { get; set; } = 10_000;
     /// <summary>Topic filters one session may hold.</summary>
     public int MaxSubscriptions { get; set; } = 100;
+
+    /// <summary>MQTT sessions the broker keeps at once (connected or kept for their expiry); a CONNECT that would add one more is refused.</summary>
+    public int MaxSessions { get; set; } = 100_000;
     /// <summary>Longest an offline persistent session is kept (3.1.1 clean session false; 5.0 session expiry is capped by it).</summary>
     public TimeSpan MaxSessionExpiry { get; set; } = TimeSpan.FromDays(1);
 }

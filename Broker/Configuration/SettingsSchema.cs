@@ -133,6 +133,8 @@ public static class SettingsSchema
             o => o.Mqtt.MaxRetainedMessages, (o, v) => o.Mqtt.MaxRetainedMessages = (int)v, 0, 10_000_000),
         Int("mqtt.max_subscriptions", "Topic filters one MQTT session may hold; more are refused in SUBACK (0x80 / 5.0: 0x97 quota exceeded).",
             o => o.Mqtt.MaxSubscriptions, (o, v) => o.Mqtt.MaxSubscriptions = (int)v, 1, 100_000),
+        Int("mqtt.max_sessions", "MQTT sessions kept at once, connected or waiting out their expiry (every client id is one); a CONNECT that would create one more is refused (3.1.1: server unavailable, 5.0: 0x97 quota exceeded), counted in chatbroker_mqtt_connects_total{result=\"too_many_sessions\"}.",
+            o => o.Mqtt.MaxSessions, (o, v) => o.Mqtt.MaxSessions = (int)v, 1, 10_000_000),
         Duration("mqtt.max_session_expiry", "Longest an offline persistent MQTT session (clean session false, or a 5.0 session expiry) is kept.",
             o => o.Mqtt.MaxSessionExpiry, (o, v) => o.Mqtt.MaxSessionExpiry = v, TimeSpan.Zero, TimeSpan.FromDays(365)),
 

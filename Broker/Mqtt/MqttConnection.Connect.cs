@@ -179,6 +179,14 @@ internal sealed partial class MqttConnection
             }
             else
             {
+                // Every client id is a session kept up to its expiry: bounded, or a client cycling ids (anonymous
+                // ones above all) would grow the table without end. A session that exists is always resumed.
+                if (_broker.Sessions.Count >= options.MaxSessions)
+                {
+                    return Refuse("too_many_sessions", MqttConnectReturnCode.ConnectionRefusedServerUnavailable, MqttConnectReasonCode.QuotaExceeded,
+                        $"the broker keeps at most {options.MaxSessions} MQTT sessions (mqtt.max_sessions)");
+                }
+
                 var created = new MqttSessionState(clientId, user);
                 if (_broker.Sessions.TryAdd(key, created))
                 {
