@@ -151,6 +151,10 @@ internal static class ImportedRecord
                 var (user, device, clientMsgId) = Records.ReadIdempotencyKey(key);
                 w.NoteClientMsgId(user, device, clientMsgId);
                 break;
+            case Cf.Cursors when IsCopyMark(key, out var markUser, out var conversation):
+                // A user's copy mark: forward only, and seen by the copies being built in this very batch.
+                w.RaiseInboxCopyMark(markUser, conversation, Records.TrailingU64(value));
+                return false;
             case Cf.Cursors or Cf.Receipts:
                 // Cursors and receipts only move forward: one this node already moved further stays.
                 var existing = w.Engine.Get(family, key);
@@ -163,5 +167,15 @@ internal static class ImportedRecord
         }
 
         return true;
+    }
+
+    private static bool IsCopyMark(ReadOnlySpan<byte> key, out string user, out ulong conversation)
+    {
+        var reader = new ByteReader(key);
+        reader.U64();
+        user = reader.Str();
+        var device = reader.Str();
+        conversation = reader.U64();
+        return device.Length == 0;
     }
 }

@@ -42,6 +42,32 @@ public abstract partial class ChatStore : IReplicaStore
     /// (docs/cluster.md, "Replication").</summary>
     public static bool IsLogRecord(byte family) => family == (byte)Cf.Messages;
 
+    /// <summary>The message an inbox entry record points at, or a log record's own place: (conversation, seq); false for
+    /// any other record or a delete. The replication tap sends a user's replicas the messages of the user's new entries
+    /// (the entries alone would name messages a new home after a failover does not have).</summary>
+    public static bool TryGetMessagePosition(in ReplicaRecord record, out bool isLog, out ulong conversationId, out ulong seq)
+    {
+        (isLog, conversationId, seq) = (false, 0, 0);
+        if (record.Delete)
+        {
+            return false;
+        }
+
+        switch ((Cf)record.Family)
+        {
+            case Cf.Messages when record.Key.Length == 16:
+                var key = record.Key.Span;
+                (isLog, conversationId, seq) = (true, Records.TrailingU64(key[..8]), Records.TrailingU64(key));
+                return true;
+            case Cf.Inboxes when record.Value.Length >= 16:
+                var value = new ByteReader(record.Value.Span);
+                (conversationId, seq) = (value.U64(), value.U64());
+                return true;
+            default:
+                return false;
+        }
+    }
+
     /// <summary>What a replicated record belongs to; false for a record of no conversation or user (or of a
     /// reserved '#' id: a node's forward queues, which are the node's own). Throws <see cref="ArgumentException"/>
     /// on a malformed key.</summary>

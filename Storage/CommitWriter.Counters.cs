@@ -10,7 +10,8 @@ internal sealed partial class CommitWriter
 {
     private readonly Dictionary<ulong, ulong> _lastSeq = [];
     private readonly Dictionary<string, ulong> _lastInboxSeq = new(StringComparer.Ordinal);
-    private readonly Dictionary<ulong, ulong> _lastCopied = [];
+    private readonly ByteWriter _markKey = new();
+    private readonly ByteWriter _markValue = new(8);
     private ulong _lastConversationId;
     private ulong _lastPushJobId;
     private long _lastTimestamp;
@@ -70,28 +71,34 @@ internal sealed partial class CommitWriter
     }
 
     /// <summary>
-    /// A home's copy of <paramref name="seq"/> of a conversation another node sequences: true (and the copied mark
-    /// raised, in this batch) when this node has not stored a copy of it or a later one. The mark is the node's own
-    /// (meta, never replicated), not the log's last seq: a node that is a replica of the conversation's owner holds the
-    /// log, yet its users' inboxes still need the copy's entries (docs/cluster.md, "Replication").
+    /// The copy mark of <paramref name="userId"/> for <paramref name="conversationId"/>: the highest seq of that
+    /// conversation whose inbox entry this store holds for the user, written by this node (a local append, a home's
+    /// copy) or replicated and moved with the user's range (docs/cluster.md, "Replication"). A home keeps a forwarded
+    /// copy for the user only above it. Batches being built or written are seen through their pending marks.
     /// </summary>
-    internal bool TryTakeCopy(ulong conversationId, ulong seq)
+    internal ulong InboxCopyMark(string userId, ulong conversationId)
     {
-        if (!_lastCopied.TryGetValue(conversationId, out var last))
+        if (_current.PendingMarks.TryGetValue((userId, conversationId), out var mark)
+            || _inFlight.PendingMarks.TryGetValue((userId, conversationId), out mark))
         {
-            var stored = _engine.Get(Cf.Default, Records.CopiedKey(Key, conversationId).Span);
-            last = stored is { Length: 8 } ? new ByteReader(stored).U64() : 0;
+            return mark;
         }
 
-        if (seq <= last)
+        var stored = _engine.Get(Cf.Cursors, Records.InboxCopyMarkKey(_markKey, userId, conversationId).Span);
+        return stored is { Length: 8 } ? Records.TrailingU64(stored) : 0;
+    }
+
+    /// <summary>Raises the user's copy mark for the conversation to <paramref name="seq"/> in this batch (never lowers
+    /// it); false when it was already there or above.</summary>
+    internal bool RaiseInboxCopyMark(string userId, ulong conversationId, ulong seq)
+    {
+        if (InboxCopyMark(userId, conversationId) >= seq)
         {
-            _lastCopied[conversationId] = last;
             return false;
         }
 
-        _current.CopiedUndo.TryAdd(conversationId, last);
-        _lastCopied[conversationId] = seq;
-        _current.Batch.Put(Cf.Default, Records.CopiedKey(Key, conversationId).Span, new ByteWriter(8).U64(seq).Span);
+        _current.PendingMarks[(userId, conversationId)] = seq;
+        _current.Batch.Put(Cf.Cursors, Records.InboxCopyMarkKey(_markKey, userId, conversationId).Span, _markValue.Reset().U64(seq).Span);
         return true;
     }
 

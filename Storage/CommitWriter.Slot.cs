@@ -17,7 +17,8 @@ internal sealed partial class CommitWriter
 
         public Dictionary<string, ulong> InboxUndo { get; } = new(StringComparer.Ordinal);
 
-        public Dictionary<ulong, ulong> CopiedUndo { get; } = [];
+        /// <summary>Copy marks this batch raised (<see cref="InboxCopyMark"/>): pending until the engine has them.</summary>
+        public Dictionary<(string User, ulong Conversation), ulong> PendingMarks { get; } = [];
 
         public Dictionary<IdempotencyKey, AppendResult> PendingIdempotency { get; } = [];
 
@@ -45,11 +46,6 @@ internal sealed partial class CommitWriter
                 w._lastInboxSeq[user] = last;
             }
 
-            foreach (var (conversation, last) in CopiedUndo)
-            {
-                w._lastCopied[conversation] = last;
-            }
-
             w._lastConversationId = ConversationIdBefore;
             w._lastPushJobId = PushJobIdBefore;
         }
@@ -61,7 +57,7 @@ internal sealed partial class CommitWriter
             Touched.Clear();
             SeqUndo.Clear();
             InboxUndo.Clear();
-            CopiedUndo.Clear();
+            PendingMarks.Clear();
             PendingIdempotency.Clear();
             Bytes = 0;
         }

@@ -74,6 +74,11 @@ public sealed record StorageOptions
     public long WriteBufferBytes { get; init; } = 64L << 20;
 
     /// <summary>How long a (sender, device, client_msg_id) is remembered for deduplication.</summary>
+    /// <summary>Whether an append raises its local recipients' copy marks (<c>InboxCopyMarkKey</c>, docs/storage.md): on in
+    /// cluster mode, where a home may later be sent a copy of a message it stored itself (a failover's re-forward, a
+    /// failed home's queue sent to its replica). One more key per local inbox entry; off on a single node.</summary>
+    public bool InboxCopyMarks { get; init; }
+
     public TimeSpan IdempotencyWindow { get; init; } = TimeSpan.FromDays(1);
 
     /// <summary>Sending devices whose highest client_msg_id the writer remembers, to skip the idempotency

@@ -52,6 +52,10 @@ internal sealed class AppendOp(AppendRequest request) : WriteOp<AppendResult>
             var user = r.InboxRecipients[i];
             inboxSeqs[i] = w.NextInboxSeq(user);
             w.Batch.Put(Cf.Inboxes, Records.InboxKey(w.Key, user, inboxSeqs[i]).Span, w.Value.Span);
+            if (w.Options.InboxCopyMarks && user[0] != '#')
+            {
+                w.RaiseInboxCopyMark(user, r.ConversationId, messageSeq); // a forwarded copy of it (a re-forward) is then known here
+            }
         }
 
         for (var i = 0; i < r.PushRecipients.Count; i++)
@@ -404,9 +408,12 @@ internal sealed class GetOrCreateDirectAtOp(ulong conversationId, string userA, 
 }
 
 /// <summary>
-/// A copy of a message another node sequenced, with the inbox entries of its recipients here, in one batch:
-/// stored only if its seq is above the last this store has of the conversation, so a resent copy is a no-op
-/// (the message and the inbox entries are written together, so "has the seq" means "has the entries").
+/// A copy of a message another node sequenced, with the inbox entries of its recipients here, in one batch. Each
+/// recipient gets an entry only if the seq is above its copy mark for the conversation (<see
+/// cref="CommitWriter.InboxCopyMark"/>: replicated with the user, so a new home after a failover knows what the old one
+/// stored), so a resent or re-forwarded copy is a no-op; the message goes into the log with its idempotency mark (a
+/// retry of the SEND at a node that later sequences the conversation must find it). Duplicate when nothing was new.
+/// The result's inbox seqs follow <c>inboxRecipients</c>, 0 for a recipient that had it.
 /// </summary>
 internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> inboxRecipients, IReadOnlyList<string> pushRecipients) : WriteOp<AppendResult>
 {
@@ -415,15 +422,23 @@ internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> i
     public override void Apply(CommitWriter w)
     {
         var m = message;
-        if (!w.TryTakeCopy(m.ConversationId, m.Seq))
+        var fresh = 0;
+        for (var i = 0; i < inboxRecipients.Count; i++)
+        {
+            if (w.InboxCopyMark(inboxRecipients[i], m.ConversationId) < m.Seq)
+            {
+                fresh++;
+            }
+        }
+
+        // The log's counter too (the copy is a message of the conversation here): a replica of the conversation's
+        // owner may already hold this seq in its log.
+        var logNew = w.TryTakeSeq(m.ConversationId, m.Seq);
+        if (fresh == 0 && !logNew)
         {
             Result = new AppendResult(m.ConversationId, m.Seq, m.TimestampMs, true, []);
             return;
         }
-
-        // The log's counter too (the copy is a message of the conversation here), without deciding anything: a replica
-        // of the conversation's owner may already hold this seq in its log.
-        w.TryTakeSeq(m.ConversationId, m.Seq);
 
         var request = new AppendRequest
         {
@@ -438,10 +453,20 @@ internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> i
         Records.MessageKey(w.Key, m.ConversationId, m.Seq);
         Records.MessageValue(w.Value, m.TimestampMs, request);
         w.Batch.Put(Cf.Messages, w.Key.Span, w.Value.Span);
+        if (m.ClientMsgId != 0)
+        {
+            PutIdempotencyMark(w, m);
+        }
+
         var inboxSeqs = inboxRecipients.Count == 0 ? [] : new ulong[inboxRecipients.Count];
         Records.InboxValue(w.Value, m.ConversationId, m.Seq, m.TimestampMs);
         for (var i = 0; i < inboxSeqs.Length; i++)
         {
+            if (!w.RaiseInboxCopyMark(inboxRecipients[i], m.ConversationId, m.Seq))
+            {
+                continue; // this user has it (a recipient listed twice, or a mark at or above the seq)
+            }
+
             inboxSeqs[i] = w.NextInboxSeq(inboxRecipients[i]);
             w.Batch.Put(Cf.Inboxes, Records.InboxKey(w.Key, inboxRecipients[i], inboxSeqs[i]).Span, w.Value.Span);
         }
@@ -454,6 +479,26 @@ internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> i
         }
 
         Result = new AppendResult(m.ConversationId, m.Seq, m.TimestampMs, false, inboxSeqs);
+    }
+
+    /// <summary>The SEND's idempotency mark, unless this store has one for it already (the original's, or a pending one).</summary>
+    private static void PutIdempotencyMark(CommitWriter w, StoredMessage m)
+    {
+        var key = new IdempotencyKey(m.SenderUserId, m.SenderDeviceId, m.ClientMsgId);
+        if (w.TryGetPendingDuplicate(key, out _))
+        {
+            return;
+        }
+
+        var markKey = Records.IdempotencyKey(new ByteWriter(), m.SenderUserId, m.SenderDeviceId, m.ClientMsgId);
+        if (!w.IsAboveNewestClientMsgId(m.SenderUserId, m.SenderDeviceId, m.ClientMsgId) && w.Engine.Get(Cf.Idempotency, markKey.Span) is not null)
+        {
+            return;
+        }
+
+        w.Batch.Put(Cf.Idempotency, markKey.Span, Records.IdempotencyValue(new ByteWriter(32), m.ConversationId, m.Seq, m.TimestampMs).Span);
+        w.AddPendingIdempotency(key, new AppendResult(m.ConversationId, m.Seq, m.TimestampMs, false, []));
+        w.NoteClientMsgId(m.SenderUserId, m.SenderDeviceId, m.ClientMsgId);
     }
 }
 

@@ -133,6 +133,7 @@ internal sealed class ReplicationTap : IReplicationTap
 
             if (byReplica is not null)
             {
+                AddMessagesOfEntries(batch.Records, byReplica);
                 foreach (var (target, records) in byReplica)
                 {
                     var phase = ReplicaOf(target).Phase;
@@ -152,6 +153,62 @@ internal sealed class ReplicationTap : IReplicationTap
             }
 
             Drain();
+        }
+    }
+
+    /// <summary>
+    /// A user's replicas get the inbox entries of the user's range, a conversation's replicas its log: an entry written
+    /// with its message in one batch (a local append whose recipient's home is here, a home's copy) would reach a replica
+    /// of the user without the message, which that node, once it serves the user after a failover, could not deliver.
+    /// So each target that gets an entry also gets the batch's log record it points at.
+    /// </summary>
+    private static void AddMessagesOfEntries(IReadOnlyList<ReplicaRecord> all, Dictionary<string, List<ReplicaRecord>> byReplica)
+    {
+        Dictionary<(ulong, ulong), ReplicaRecord>? logs = null;
+        foreach (var record in all)
+        {
+            if (ChatStore.TryGetMessagePosition(record, out var isLog, out var conversation, out var seq) && isLog)
+            {
+                (logs ??= [])[(conversation, seq)] = record;
+            }
+        }
+
+        if (logs is null)
+        {
+            return;
+        }
+
+        foreach (var list in byReplica.Values)
+        {
+            HashSet<(ulong, ulong)>? has = null;
+            List<ReplicaRecord>? wanted = null;
+            foreach (var record in list)
+            {
+                if (ChatStore.TryGetMessagePosition(record, out var isLog, out var conversation, out var seq))
+                {
+                    if (isLog)
+                    {
+                        (has ??= []).Add((conversation, seq));
+                    }
+                    else if (logs.TryGetValue((conversation, seq), out var log))
+                    {
+                        (wanted ??= []).Add(log);
+                    }
+                }
+            }
+
+            if (wanted is null)
+            {
+                continue;
+            }
+
+            foreach (var log in wanted)
+            {
+                if (ChatStore.TryGetMessagePosition(log, out _, out var conversation, out var seq) && (has ??= []).Add((conversation, seq)))
+                {
+                    list.Add(log);
+                }
+            }
         }
     }
 

@@ -117,6 +117,8 @@ public static class BrokerServices
         WriteBufferBytes = options.Storage.WriteBufferBytes,
         IdempotencyWindow = options.Storage.IdempotencyWindow,
         IdempotencyCacheDevices = options.Storage.IdempotencyCacheDevices,
+        // Cluster mode: a home may be sent copies of messages it stored itself (re-forwards, a failed home's queue).
+        InboxCopyMarks = options.Cluster.EtcdEndpoints.Length > 0,
         // Async durability: a SEND handled on an idle store is written by the thread that read it, with no
         // hand-off to the writer thread and back (see StorageOptions.CallerWritesAfterIdle).
         CallerWritesAfterIdle = TimeSpan.Zero,

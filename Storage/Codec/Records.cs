@@ -91,6 +91,12 @@ internal static class Records
     public static ByteWriter CursorKey(ByteWriter w, string userId, string deviceId, CursorStream stream) =>
         w.Reset().HashSlot().Str(userId).Str(deviceId).SealHash().U64(stream.ConversationId);
 
+    /// <summary>A user's copy mark for a conversation (docs/storage.md): a cursors-family row under the empty device id,
+    /// which no device can have (ids are 1..MaxIdBytes), with the conversation as the stream → u64 seq. It is the
+    /// user's, so it replicates and moves with the user's range, and an import only ever raises it.</summary>
+    public static ByteWriter InboxCopyMarkKey(ByteWriter w, string userId, ulong conversationId) =>
+        w.Reset().HashSlot().Str(userId).Str("").SealHash().U64(conversationId);
+
     // ---- conversations: u64 id → u8 kind | i64 created | str created by | u8 has title | [str title] ----
     public static ByteWriter ConversationKey(ByteWriter w, ulong id) => w.Reset().U64(id);
 
@@ -252,11 +258,6 @@ internal static class Records
 
     // ---- default family: meta records ----
     public static readonly byte[] PushJobHighWaterKey = "meta/push_job_last_id"u8.ToArray();
-
-    /// <summary>"meta/copied/" + conversation id (8 bytes, big-endian) → u64: the last seq of that conversation this
-    /// node stored as a home's copy (docs/cluster.md, "Replication"). Node-local (meta is never replicated): the log a
-    /// node holds as a replica of the conversation's owner says nothing about the copies its users' inboxes have.</summary>
-    public static ByteWriter CopiedKey(ByteWriter w, ulong conversationId) => w.Reset().Raw("meta/copied/"u8).U64(conversationId);
 
     public static ulong TrailingU64(ReadOnlySpan<byte> key) => new ByteReader(key[^8..]).U64();
 

@@ -571,6 +571,20 @@ public abstract class ChatStoreContract : IDisposable
     }
 
     [Fact]
+    public async Task A_copied_message_brings_its_idempotency_mark_so_a_retry_of_its_send_here_gets_its_seq()
+    {
+        // A node that later sequences the conversation (a failover) may hold the message only as a home's copy: a
+        // retry of the SEND must resolve to it, not to a new seq.
+        var store = Open();
+        var copy = new StoredMessage(42, 7, Clock.GetUtcNow().ToUnixTimeMilliseconds(), "alice", "phone", 7, 1, null, Encoding.UTF8.GetBytes("m7"));
+        Assert.False((await store.StoreCopyAsync(copy, ["bob"])).IsDuplicate);
+        var retry = await store.AppendAsync(Messages.To(42, "m7", clientMsgId: 7));
+        Assert.True(retry.IsDuplicate);
+        Assert.Equal(7UL, retry.Seq);
+        Assert.Equal(8UL, (await store.AppendAsync(Messages.To(42, "m8", clientMsgId: 8))).Seq);
+    }
+
+    [Fact]
     public async Task A_direct_conversation_at_a_derived_id_is_created_once_and_not_reused_by_the_counter()
     {
         var store = Open();

@@ -176,6 +176,68 @@ public abstract class ReplicationContract : IDisposable
     }
 
     [Fact]
+    public async Task A_new_home_keeps_a_copy_only_for_the_users_whose_replicated_copy_mark_is_below_it()
+    {
+        // The owner is also bob's home: its appends write bob's entries itself and replicate them (with bob's copy
+        // mark) to the replica, which becomes bob's home after a failover and is then sent the tail again.
+        var owner = Open();
+        var replica = Open();
+        owner.SetReplicationTap(new SyncTap(replica));
+        const ulong Direct = ChatStore.FirstDerivedConversationId | 12;
+        await owner.GetOrCreateDirectAtAsync(Direct, "alice", "bob");
+        for (var i = 1; i <= 5; i++)
+        {
+            await owner.AppendAsync(Messages.To(Direct, "m" + i, clientMsgId: (ulong)i) with { InboxRecipients = ["bob"] });
+        }
+
+        Assert.Equal(5, replica.ReadInbox("bob", 0, 10).Count);
+        var third = owner.ReadRange(Direct, 3, 1)[0];
+        var again = await replica.StoreCopyAsync(third, ["bob"]);
+        Assert.True(again.IsDuplicate);
+        Assert.Equal([1UL, 2UL, 3UL, 4UL, 5UL], replica.ReadInbox("bob", 0, 10).Select(e => e.Seq));
+
+        // A copy for bob and carol: only carol, who had none of it, gets an entry; bob's slot says 0.
+        var mixed = await replica.StoreCopyAsync(third, ["bob", "carol"]);
+        Assert.False(mixed.IsDuplicate);
+        Assert.Equal([0UL, 1UL], mixed.InboxSeqs);
+        Assert.Equal(5, replica.ReadInbox("bob", 0, 10).Count);
+
+        // A newer one is kept for bob, once.
+        var sixth = third with { Seq = 6, ClientMsgId = 6 };
+        Assert.Equal([6UL], (await replica.StoreCopyAsync(sixth, ["bob"])).InboxSeqs);
+        Assert.True((await replica.StoreCopyAsync(sixth, ["bob"])).IsDuplicate);
+
+        // A replicated mark only ever raises the one here: applying the owner's older records again keeps bob at 6.
+        await replica.ApplyReplicatedAsync([.. owner.ExportRange(new AllUsers(), RangePosition.Start, 1000, 1 << 20).Records.Select(r => new ReplicaRecord(r.Family, r.Key, r.Value, false))]);
+        Assert.True((await replica.StoreCopyAsync(sixth, ["bob"])).IsDuplicate);
+        Assert.Equal(6, replica.ReadInbox("bob", 0, 10).Count);
+    }
+
+    [Fact]
+    public async Task A_users_entries_reach_the_users_replicas_with_their_messages()
+    {
+        // Records go to their own range's replicas; the tap adds each entry's message for a user's replica that does
+        // not replicate the conversation. At the store: the message position of both kinds of record.
+        var owner = Open();
+        var tap = new HeldTap();
+        owner.SetReplicationTap(tap);
+        const ulong Direct = ChatStore.FirstDerivedConversationId | 13;
+        var created = owner.GetOrCreateDirectAtAsync(Direct, "alice", "bob");
+        (await tap.NextAsync()).Complete();
+        await created;
+        var append = owner.AppendAsync(Messages.To(Direct, "m1") with { InboxRecipients = ["bob"] });
+        var batch = await tap.NextAsync();
+        var positions = batch.Records
+            .Select(r => ChatStore.TryGetMessagePosition(r, out var isLog, out var c, out var q) ? (isLog, c, q) : default)
+            .Where(p => p.c != 0)
+            .ToList();
+        Assert.Contains((true, Direct, 1UL), positions);
+        Assert.Contains((false, Direct, 1UL), positions);
+        batch.Complete();
+        await append;
+    }
+
+    [Fact]
     public async Task What_a_replica_applies_is_answered_at_once_and_not_handed_to_its_own_tap()
     {
         var source = Open();
@@ -231,7 +293,7 @@ public abstract class ReplicationContract : IDisposable
 
 public sealed class InMemoryReplicationTests : ReplicationContract
 {
-    private protected override IChatStore CreateStore() => new InMemoryChatStore();
+    private protected override IChatStore CreateStore() => new InMemoryChatStore(new StorageOptions { InboxCopyMarks = true });
 }
 
 public sealed class RocksDbReplicationTests : ReplicationContract
@@ -242,7 +304,7 @@ public sealed class RocksDbReplicationTests : ReplicationContract
     {
         var directory = new TempDirectory();
         _directories.Add(directory);
-        return RocksDbChatStore.Open(new StorageOptions { Path = directory.Path, SweepInterval = Timeout.InfiniteTimeSpan });
+        return RocksDbChatStore.Open(new StorageOptions { Path = directory.Path, SweepInterval = Timeout.InfiniteTimeSpan, InboxCopyMarks = true });
     }
 
     private protected override void DisposeMore()

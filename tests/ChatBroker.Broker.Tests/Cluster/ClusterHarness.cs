@@ -217,9 +217,12 @@ internal sealed class ClusterTestNode : IAsyncDisposable
 
     public InMemoryCoordinator Coordinator { get; }
 
+    /// <summary>A node's store as cluster mode opens it (copy marks on: BrokerServices.StorageOptionsFrom).</summary>
+    public static InMemoryChatStore NewStore() => new(new StorageOptions { InboxCopyMarks = true });
+
     public static async Task<ClusterTestNode> StartAsync(string id, InMemoryCoordinationStore coordination, ClusterRoutingOptions? routing, InMemoryChatStore? store = null, IPEndPoint? meshEndpoint = null, Action<BrokerOptions>? configure = null)
     {
-        var broker = new SessionHarness(configure, store: store ?? new InMemoryChatStore()); // the node, not the harness, owns it
+        var broker = new SessionHarness(configure, store: store ?? NewStore()); // the node, not the harness, owns it
         var cluster = new ClusterNode(id, broker.Context.Chat, broker.Context.Directory, routing);
         cluster.UseSignals(broker.Context.Presence, broker.Context.Typing, broker.Context.Keys);
         cluster.UseAccounts(broker.Revocations, broker.Context.Settings);
