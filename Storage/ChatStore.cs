@@ -141,6 +141,38 @@ public abstract partial class ChatStore : IChatStore
         return _writer.EnqueueAsync(new StoreCopyOp(message, inboxRecipients, pushRecipients), null, cancellationToken);
     }
 
+    public Task<int> StoreCopiesAsync(IReadOnlyList<(StoredMessage Message, IReadOnlyList<string> InboxRecipients)> copies, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(copies);
+        if (copies.Count > IChatStore.MaxCopiesPerWrite)
+        {
+            throw new ArgumentException($"at most {IChatStore.MaxCopiesPerWrite} copies in one write, got {copies.Count}", nameof(copies));
+        }
+
+        var ops = new StoreCopyOp[copies.Count];
+        for (var i = 0; i < ops.Length; i++)
+        {
+            var (message, recipients) = copies[i];
+            ArgumentNullException.ThrowIfNull(message);
+            ArgumentNullException.ThrowIfNull(recipients);
+            Records.ValidateId(message.SenderUserId, nameof(copies));
+            Records.ValidateId(message.SenderDeviceId, nameof(copies));
+            if (message.ConversationId == 0 || message.Seq == 0)
+            {
+                throw new ArgumentOutOfRangeException(nameof(copies), "ConversationId 0 and seq 0 are reserved.");
+            }
+
+            foreach (var user in recipients)
+            {
+                Records.ValidateId(user, nameof(copies));
+            }
+
+            ops[i] = new StoreCopyOp(message, recipients, []);
+        }
+
+        return ops.Length == 0 ? Task.FromResult(0) : _writer.EnqueueAsync(new StoreCopiesOp(ops), null, cancellationToken);
+    }
+
     public IReadOnlyList<StoredMessage> ReadRange(ulong conversationId, ulong fromSeq, int limit)
     {
         CheckLimit(limit);

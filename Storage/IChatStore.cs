@@ -27,6 +27,15 @@ public interface IMessageLog
     /// resent copy, which stores nothing, creates no second job.</summary>
     Task<AppendResult> StoreCopyAsync(StoredMessage message, IReadOnlyList<string> inboxRecipients, IReadOnlyList<string> pushRecipients, CancellationToken cancellationToken = default);
 
+    /// <summary>Several copies (<see cref="StoreCopyAsync(StoredMessage, IReadOnlyList{string}, CancellationToken)"/>) in
+    /// one write, in order: a new owner's re-forward of a conversation's tail into its forward queues, whose entries
+    /// must keep seq order. Recipients that are reserved ids ('#…': a node's forward queues) get an entry every time,
+    /// copy marks or not. Returns how many messages were new here. At most <see cref="MaxCopiesPerWrite"/> at once.</summary>
+    Task<int> StoreCopiesAsync(IReadOnlyList<(StoredMessage Message, IReadOnlyList<string> InboxRecipients)> copies, CancellationToken cancellationToken = default);
+
+    /// <summary>The bound on <see cref="StoreCopiesAsync"/>.</summary>
+    const int MaxCopiesPerWrite = 64;
+
     /// <summary>Up to <paramref name="limit"/> messages with seq ≥ <paramref name="fromSeq"/>, ascending.</summary>
     IReadOnlyList<StoredMessage> ReadRange(ulong conversationId, ulong fromSeq, int limit);
 

@@ -425,7 +425,7 @@ internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> i
         var fresh = 0;
         for (var i = 0; i < inboxRecipients.Count; i++)
         {
-            if (w.InboxCopyMark(inboxRecipients[i], m.ConversationId) < m.Seq)
+            if (IsQueue(inboxRecipients[i]) || w.InboxCopyMark(inboxRecipients[i], m.ConversationId) < m.Seq)
             {
                 fresh++;
             }
@@ -462,7 +462,7 @@ internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> i
         Records.InboxValue(w.Value, m.ConversationId, m.Seq, m.TimestampMs);
         for (var i = 0; i < inboxSeqs.Length; i++)
         {
-            if (!w.RaiseInboxCopyMark(inboxRecipients[i], m.ConversationId, m.Seq))
+            if (!IsQueue(inboxRecipients[i]) && !w.RaiseInboxCopyMark(inboxRecipients[i], m.ConversationId, m.Seq))
             {
                 continue; // this user has it (a recipient listed twice, or a mark at or above the seq)
             }
@@ -480,6 +480,12 @@ internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> i
 
         Result = new AppendResult(m.ConversationId, m.Seq, m.TimestampMs, false, inboxSeqs);
     }
+
+    /// <summary>After <see cref="Apply"/>: whether anything was written.</summary>
+    internal bool WasNew => !Result.IsDuplicate;
+
+    /// <summary>A reserved id ('#…', a node's forward queue): it gets the entry every time (a re-forward into it).</summary>
+    private static bool IsQueue(string recipient) => recipient[0] == '#';
 
     /// <summary>The SEND's idempotency mark, unless this store has one for it already (the original's, or a pending one).</summary>
     private static void PutIdempotencyMark(CommitWriter w, StoredMessage m)
@@ -499,6 +505,36 @@ internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> i
         w.Batch.Put(Cf.Idempotency, markKey.Span, Records.IdempotencyValue(new ByteWriter(32), m.ConversationId, m.Seq, m.TimestampMs).Span);
         w.AddPendingIdempotency(key, new AppendResult(m.ConversationId, m.Seq, m.TimestampMs, false, []));
         w.NoteClientMsgId(m.SenderUserId, m.SenderDeviceId, m.ClientMsgId);
+    }
+}
+
+/// <summary>Copies in one batch, in order (<see cref="IChatStore.StoreCopiesAsync"/>); the result is how many were new.</summary>
+internal sealed class StoreCopiesOp(StoreCopyOp[] copies) : WriteOp<int>
+{
+    public override int EstimatedBytes
+    {
+        get
+        {
+            var bytes = 0;
+            foreach (var copy in copies)
+            {
+                bytes += copy.EstimatedBytes;
+            }
+
+            return bytes;
+        }
+    }
+
+    public override void Apply(CommitWriter w)
+    {
+        var stored = 0;
+        foreach (var copy in copies)
+        {
+            copy.Apply(w);
+            stored += copy.WasNew ? 1 : 0;
+        }
+
+        Result = stored;
     }
 }
 

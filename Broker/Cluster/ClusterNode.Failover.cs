@@ -28,10 +28,9 @@ public sealed class FailoverMetrics
     /// <summary>Conversations whose tail this node sent to the homes again after it took them over from a Failed member.</summary>
     public long ConversationsReforwarded;
 
-    /// <summary>Inbox entries (one per message and home) sent again, and how many of them a home acked.</summary>
+    /// <summary>Inbox entries (one per message and home) written again into this node's forward queues (or its own
+    /// users' inboxes) after a take-over; the queues send them on.</summary>
     public long EntriesReforwarded;
-
-    public long EntriesReforwardAcked;
 
     /// <summary>Commits refused while their conversation's range was being re-forwarded after a take-over.</summary>
     public long CommitsRefusedReforwarding;
@@ -112,7 +111,6 @@ public sealed partial class ClusterNode
     private const int ReforwardTailMessages = 256;
 
     /// <summary>Attempts to re-forward one entry to a home that refuses or does not answer.</summary>
-    private const int ReforwardAttempts = 5;
 
     /// <summary>Conversations re-forwarded at once after a take-over.</summary>
     private const int ReforwardParallelism = 16;
@@ -392,6 +390,13 @@ public sealed partial class ClusterNode
         }
     }
 
+    /// <summary>
+    /// Writes the tail of a taken conversation into this node's forward queues again (and its own users' inboxes), as
+    /// the commits had (<see cref="RouteInbox(RoutingState?, string[])"/>), in seq order and in writes of at most
+    /// <see cref="IChatStore.MaxCopiesPerWrite"/>: the queues then send them to whoever serves each member, in order and
+    /// with their retries, and every commit after the freeze queues behind them. What a home had is not stored twice
+    /// there (the members' copy marks).
+    /// </summary>
     private async Task ReforwardConversationAsync(ulong conversationId, long sinceMs, CancellationToken stop)
     {
         var members = _directory.MembersOf(conversationId);
@@ -403,6 +408,8 @@ public sealed partial class ClusterNode
 
         Interlocked.Increment(ref Failover.ConversationsReforwarded);
         var from = last > ReforwardTailMessages ? last - ReforwardTailMessages + 1 : 1;
+        var copies = new List<(StoredMessage Message, IReadOnlyList<string> InboxRecipients)>(IChatStore.MaxCopiesPerWrite);
+        var entries = 0;
         foreach (var message in _chat.Store.ReadRange(conversationId, from, ReforwardTailMessages))
         {
             if (message.TimestampMs < sinceMs)
@@ -410,65 +417,30 @@ public sealed partial class ClusterNode
                 continue;
             }
 
-            // Grouped by home under the current map, as the forward queue's entry would have been.
-            var byHome = new Dictionary<string, InboxAppend>(StringComparer.Ordinal);
-            var s = State;
-            foreach (var member in ForwardAudience(members, message))
+            var routing = RouteInbox(State, [.. ForwardAudience(members, message)]);
+            if (routing.Recipients.Length == 0)
             {
-                if (s?.HomeOf(member) is not { } home)
-                {
-                    continue;
-                }
-
-                if (!byHome.TryGetValue(home, out var append))
-                {
-                    byHome[home] = append = new InboxAppend { Message = ClusterOps.ToWire(message) };
-                }
-
-                append.Recipients.Add(member);
+                continue;
             }
 
-            foreach (var (home, append) in byHome)
+            copies.Add((message, routing.Recipients));
+            entries += routing.Recipients.Length - routing.Local.Length + (routing.Local.Length > 0 ? 1 : 0);
+            if (copies.Count == IChatStore.MaxCopiesPerWrite)
             {
-                await ReforwardEntryAsync(home, message, append, stop).ConfigureAwait(false);
+                await _chat.Store.StoreCopiesAsync(copies, stop).ConfigureAwait(false);
+                copies.Clear();
             }
         }
-    }
 
-    private async Task ReforwardEntryAsync(string home, StoredMessage message, InboxAppend append, CancellationToken stop)
-    {
-        Interlocked.Increment(ref Failover.EntriesReforwarded);
-        if (string.Equals(home, NodeId, StringComparison.Ordinal))
+        if (copies.Count > 0)
         {
-            var recipients = new string[append.Recipients.Count];
-            append.Recipients.CopyTo(recipients, 0);
-            await _chat.Store.StoreCopyAsync(message, recipients, stop).ConfigureAwait(false);
-            Interlocked.Increment(ref Failover.EntriesReforwardAcked);
-            return;
+            await _chat.Store.StoreCopiesAsync(copies, stop).ConfigureAwait(false);
         }
 
-        var payload = append.ToByteArray();
-        for (var attempt = 0; attempt < ReforwardAttempts; attempt++)
+        Interlocked.Add(ref Failover.EntriesReforwarded, entries);
+        foreach (var forwarder in _forwarders.Values)
         {
-            var s = State;
-            if (s?.LinkOf(home)?.TryRequest(ClusterOpKind.InboxAppend, s.Epoch, payload) is { } outcome)
-            {
-                try
-                {
-                    var reply = await outcome.WaitAsync(_options.ForwardTimeout, stop).ConfigureAwait(false);
-                    if (reply.Status is MeshStatus.Ok or MeshStatus.Rejected)
-                    {
-                        Interlocked.Increment(ref Failover.EntriesReforwardAcked);
-                        return;
-                    }
-                }
-                catch (TimeoutException)
-                {
-                    // The home did not answer in time: try again (its link keeps the request queued meanwhile).
-                }
-            }
-
-            await Task.Delay(_options.RetryAfter, stop).ConfigureAwait(false);
+            forwarder.Wake();
         }
     }
 

@@ -86,6 +86,9 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
     public PeerLink? LinkTo(string nodeId) => State?.LinkOf(nodeId);
 
     /// <summary>Entries not yet acked by <paramref name="homeNodeId"/>'s home (its forward queue's backlog).</summary>
+    /// <summary>Completes when the next map is applied.</summary>
+    internal Task StateChangedTask => Volatile.Read(ref _stateChanged).Task;
+
     public ulong ForwardBacklog(string homeNodeId) => _forwarders.TryGetValue(homeNodeId, out var f) ? f.Backlog : 0;
 
     /// <summary>Entries not yet acked by their homes, over every home's forward queue (the metric).</summary>
@@ -209,7 +212,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             {
                 if (!_forwarders.ContainsKey(nodeId))
                 {
-                    var forwarder = new HomeForwarder(this, nodeId, _chat.Store, _directory, _options.ForwardBatch, Metrics, _logger);
+                    var forwarder = new HomeForwarder(this, nodeId, _chat.Store, _directory, _options.ForwardBatch, _options.ForwardTimeout, Metrics, _logger);
                     _forwarders[nodeId] = forwarder;
                     forwarder.Start(_stop.Token);
                 }
@@ -257,11 +260,15 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             return new InboxRouting(members, members);
         }
 
+        // A member's entry is written here when this node is the ring home of the member's range and serves it; else
+        // into the forward queue of the ring home (HomeForwarder), even when that node is Failed and this one serves
+        // its range: a failed home's queue is still being sent, and the member's entries must not overtake it.
         Span<int> homes = members.Length <= 128 ? stackalloc int[members.Length] : new int[members.Length];
         var local = 0;
         for (var i = 0; i < members.Length; i++)
         {
-            homes[i] = s.HomeIndexOf(members[i]);
+            var ringHome = s.RingHomeIndexOf(members[i]);
+            homes[i] = s.IsSelf(ringHome) && s.IsSelf(s.HomeIndexOf(members[i])) ? s.SelfIndex : ringHome;
             if (s.IsSelf(homes[i]))
             {
                 local++;
@@ -305,7 +312,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
 
         foreach (var member in members)
         {
-            var home = s.HomeIndexOf(member);
+            var home = s.RingHomeIndexOf(member);
             if (home >= 0 && !s.IsSelf(home) && _forwarders.TryGetValue(s.NodeAt(home), out var forwarder))
             {
                 forwarder.Wake();
@@ -663,7 +670,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
                 foreach (var recipient in append.Recipients)
                 {
                     var home = s.HomeIndexOf(recipient);
-                    if (!s.IsSelf(home))
+                    if (!s.IsSelf(home) || s.Owners!.IsFailed(home)) // a Failed node serves nobody's inbox: its store is stale
                     {
                         batch.RefuseStaleEpoch(index, s.Epoch, s.NodeAt(home));
                         return null;
@@ -839,19 +846,23 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
     {
         var recipients = new string[append.Recipients.Count];
         append.Recipients.CopyTo(recipients, 0);
-        var stored = ClusterOps.ToStored(append.Message);
-        AppendResult result;
-        string[] push;
         try
         {
-            result = await _chat.Store.StoreCopyAsync(stored, recipients, push = PushRecipientsOf(stored, recipients), cancellationToken).ConfigureAwait(false);
+            await StoreCopyHereAsync(ClusterOps.ToStored(append.Message), recipients, cancellationToken).ConfigureAwait(false);
         }
         catch (ArgumentException)
         {
             batch.Reject(index, (uint)ReasonCode.InvalidField);
-            return;
         }
+    }
 
+    /// <summary>Home: stores a message of another owner with the inbox entries of <paramref name="recipients"/> (each
+    /// once: the copy marks), then tells their devices, here and at other gateways. Throws <see cref="ArgumentException"/>
+    /// on a field the store refuses.</summary>
+    internal async Task StoreCopyHereAsync(StoredMessage stored, string[] recipients, CancellationToken cancellationToken)
+    {
+        string[] push;
+        var result = await _chat.Store.StoreCopyAsync(stored, recipients, push = PushRecipientsOf(stored, recipients), cancellationToken).ConfigureAwait(false);
         Interlocked.Increment(ref result.IsDuplicate ? ref Metrics.CopiesDuplicate : ref Metrics.CopiesStored);
 
         if (result.IsDuplicate)
@@ -867,6 +878,11 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         var message = DeliveryMessage.FromStored(stored);
         for (var i = 0; i < recipients.Length; i++)
         {
+            if (result.InboxSeqs[i] == 0)
+            {
+                continue; // this recipient had it already
+            }
+
             foreach (var device in _registry.DevicesOf(recipients[i]))
             {
                 device.OnInboxAppended(result.InboxSeqs[i], message);

@@ -28,6 +28,8 @@ internal sealed class HomeForwarder
     private readonly ConversationDirectory _directory;
     private readonly ILogger _logger;
     private readonly int _batch;
+    private readonly TimeSpan _timeout;
+    private static readonly Task<MeshReply> StoredHere = Task.FromResult(new MeshReply(MeshStatus.Ok, null, 0, "", 0));
     private readonly Channel<bool> _wake = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
     private Task _run = Task.CompletedTask;
     private TaskCompletionSource _progress = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -36,8 +38,9 @@ internal sealed class HomeForwarder
 
     private readonly RoutingMetrics _metrics;
 
-    public HomeForwarder(ClusterNode node, string homeNodeId, IChatStore store, ConversationDirectory directory, int batch, RoutingMetrics metrics, ILogger logger)
+    public HomeForwarder(ClusterNode node, string homeNodeId, IChatStore store, ConversationDirectory directory, int batch, TimeSpan timeout, RoutingMetrics metrics, ILogger logger)
     {
+        _timeout = timeout;
         _metrics = metrics;
         _node = node;
         _store = store;
@@ -138,7 +141,15 @@ internal sealed class HomeForwarder
         }
     }
 
-    /// <summary>Sends one batch of the queue and waits for its outcome; true when there may be more to send now.</summary>
+    /// <summary>
+    /// Sends one batch of the queue and waits for its outcome; true when there may be more to send now. The queue is
+    /// the ring node's (<see cref="HomeNodeId"/>): its entries are for the members whose ring home that node is, and
+    /// each goes to whoever serves that member's range now — the node itself, or, once it is Failed, the in-sync
+    /// replica that took the range (possibly this node, which then stores the copy itself). So a failed home's backlog
+    /// is not lost, and a user's entries keep their commit order through the failover: every entry for the user from
+    /// this owner goes through this one queue, before and after. A range served by nobody (a Failed node without a
+    /// live in-sync replica) holds the queue until a map gives it a server.
+    /// </summary>
     private async Task<bool> ForwardRoundAsync(CancellationToken stop)
     {
         var cursor = _store.GetCursor(QueueId, ClusterNode.ForwardedCursor, CursorStream.Inbox);
@@ -148,62 +159,123 @@ internal sealed class HomeForwarder
             return false;
         }
 
+        var changed = _node.StateChangedTask; // before the state: a map applied after this read ends the wait below
         var state = _node.State;
-        var link = state?.LinkOf(HomeNodeId);
-        if (state is null || link is null)
+        var ringIndex = state?.Ring?.IndexOf(HomeNodeId) ?? -1;
+        if (state is null || ringIndex < 0 || state.LinkOf(HomeNodeId) is null)
         {
             return false; // not a member (any more): the entries wait for a map that has the node
         }
 
-        var sent = new List<(ulong InboxSeq, Task<MeshReply>? Outcome)>(entries.Count);
+        var sent = new List<(ulong InboxSeq, Task<MeshReply>[]? Outcomes)>(entries.Count);
+        var held = false;
         foreach (var entry in entries)
         {
-            var append = BuildAppend(state, entry);
-            if (append is null)
+            var appends = BuildAppends(state, ringIndex, entry, out var unserved);
+            if (unserved)
             {
-                sent.Add((entry.InboxSeq, null)); // nothing for that home (retention removed it, or its users moved)
+                held = true;
+                break; // a recipient's range has no server now: this entry and the rest wait for a map
+            }
+
+            if (appends is null)
+            {
+                sent.Add((entry.InboxSeq, null)); // nothing to send (retention removed it, or no member lives there)
                 continue;
             }
 
-            var outcome = link.TryRequest(ClusterOpKind.InboxAppend, state.Epoch, append.ToByteArray());
-            if (outcome is null)
+            var outcomes = new Task<MeshReply>[appends.Count];
+            var full = false;
+            for (var i = 0; i < appends.Count; i++)
             {
-                Interlocked.Increment(ref _metrics.LinkQueueFull);
-                break; // the link's queue is full: what was sent is settled first, the rest comes next round
+                var (target, append) = appends[i];
+                if (state.IsSelf(target))
+                {
+                    // This node serves the range of the ring node's failed home: it stores the copy itself, in queue order.
+                    var recipients = new string[append.Recipients.Count];
+                    append.Recipients.CopyTo(recipients, 0);
+                    await _node.StoreCopyHereAsync(ClusterOps.ToStored(append.Message), recipients, stop).ConfigureAwait(false);
+                    outcomes[i] = StoredHere;
+                    continue;
+                }
+
+                var outcome = state.LinkOf(state.NodeAt(target))?.TryRequest(ClusterOpKind.InboxAppend, state.Epoch, append.ToByteArray());
+                if (outcome is null)
+                {
+                    Interlocked.Increment(ref _metrics.LinkQueueFull);
+                    full = true;
+                    break;
+                }
+
+                outcomes[i] = outcome;
             }
 
-            sent.Add((entry.InboxSeq, outcome));
+            if (full)
+            {
+                break; // a link's queue is full: what was sent is settled first, the rest comes next round
+            }
+
+            sent.Add((entry.InboxSeq, outcomes));
         }
 
         var through = cursor;
-        foreach (var (inboxSeq, outcome) in sent)
+        using var round = CancellationTokenSource.CreateLinkedTokenSource(stop); // cancelled at the end: frees the timer
+        Task? deadline = null;
+        try
         {
-            if (outcome is not null)
-            {
-                var reply = await outcome.WaitAsync(stop).ConfigureAwait(false);
-                if (reply.Status == MeshStatus.Rejected)
-                {
-                    // The home cannot take this entry at all (a field it refuses): sending it again cannot help, and
-                    // holding the queue behind it would stop every later message to that home.
-                    Interlocked.Increment(ref _rejected);
-                    Interlocked.Increment(ref _metrics.InboxEntriesRejected);
-                    ClusterLog.ForwardRejected(_logger, HomeNodeId, reply.Reason);
-                }
-                else if (reply.Status != MeshStatus.Ok)
-                {
-                    // The home's map says these users are not its own. Everything before stays forwarded; this and
-                    // what follows wait for this node's map to catch up (a map change wakes the loop).
-                    ClusterLog.ForwardRefused(_logger, HomeNodeId, reply.Epoch, reply.Owner);
-                    await AdvanceAsync(cursor, through, stop).ConfigureAwait(false);
-                    return false;
-                }
-            }
-
-            through = inboxSeq;
+            return await SettleAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            await round.CancelAsync().ConfigureAwait(false);
         }
 
-        await AdvanceAsync(cursor, through, stop).ConfigureAwait(false);
-        return true;
+        async Task<bool> SettleAsync()
+        {
+            foreach (var (inboxSeq, outcomes) in sent)
+            {
+                foreach (var outcome in outcomes ?? [])
+                {
+                    // Bounded: a home that died holds its requests until the link reconnects, which for a failed-over node
+                    // is never; a new map (the failover) or the timeout ends the wait and the next round sends them again,
+                    // to whoever serves the range then (a copy stored twice is stored once: the copy marks).
+                    var done = outcome.IsCompleted
+                        ? outcome
+                        : await Task.WhenAny(outcome, changed, deadline ??= Task.Delay(_timeout, round.Token)).ConfigureAwait(false);
+                    stop.ThrowIfCancellationRequested();
+                    if (done != outcome)
+                    {
+                        Interlocked.Increment(ref _metrics.InboxForwardWaitsAbandoned);
+                        await AdvanceAsync(cursor, through, stop).ConfigureAwait(false);
+                        Wake();
+                        return false;
+                    }
+
+                    var reply = await outcome.ConfigureAwait(false);
+                    if (reply.Status == MeshStatus.Rejected)
+                    {
+                        // The home cannot take this entry at all (a field it refuses): sending it again cannot help, and
+                        // holding the queue behind it would stop every later message to that home.
+                        Interlocked.Increment(ref _rejected);
+                        Interlocked.Increment(ref _metrics.InboxEntriesRejected);
+                        ClusterLog.ForwardRejected(_logger, HomeNodeId, reply.Reason);
+                    }
+                    else if (reply.Status != MeshStatus.Ok)
+                    {
+                        // The home's map says these users are not its own. Everything before stays forwarded; this and
+                        // what follows wait for this node's map to catch up (a map change wakes the loop).
+                        ClusterLog.ForwardRefused(_logger, HomeNodeId, reply.Epoch, reply.Owner);
+                        await AdvanceAsync(cursor, through, stop).ConfigureAwait(false);
+                        return false;
+                    }
+                }
+
+                through = inboxSeq;
+            }
+
+            await AdvanceAsync(cursor, through, stop).ConfigureAwait(false);
+            return !held;
+        }
     }
 
     private async Task AdvanceAsync(ulong from, ulong through, CancellationToken stop)
@@ -217,10 +289,12 @@ internal sealed class HomeForwarder
         }
     }
 
-    /// <summary>The InboxAppend of one queued entry: the message from the log and the members whose home is the
-    /// target under the current map; null when there is nothing to send.</summary>
-    private InboxAppend? BuildAppend(RoutingState state, InboxEntry entry)
+    /// <summary>The InboxAppends of one queued entry, by the ring index of the node serving each recipient's range: the
+    /// message from the log and the members whose ring home is this queue's node; null when there is nothing to send;
+    /// <paramref name="unserved"/> when some recipient's range has no server under <paramref name="state"/>.</summary>
+    private List<(int Target, InboxAppend Append)>? BuildAppends(RoutingState state, int ringIndex, InboxEntry entry, out bool unserved)
     {
+        unserved = false;
         var messages = _store.ReadRange(entry.ConversationId, entry.Seq, 1);
         if (messages.Count == 0 || messages[0].Seq != entry.Seq)
         {
@@ -233,15 +307,32 @@ internal sealed class HomeForwarder
             return null;
         }
 
-        var append = new InboxAppend { Message = ClusterOps.ToWire(messages[0]) };
+        List<(int Target, InboxAppend Append)>? appends = null;
         foreach (var member in ClusterNode.ForwardAudience(members, messages[0]))
         {
-            if (string.Equals(state.HomeOf(member), HomeNodeId, StringComparison.Ordinal))
+            if (state.RingHomeIndexOf(member) != ringIndex)
             {
-                append.Recipients.Add(member);
+                continue;
             }
+
+            var target = state.HomeIndexOf(member);
+            if (target < 0 || state.Owners!.IsFailed(target))
+            {
+                unserved = true; // a Failed node serves a range only when nobody could take it: nobody serves it
+                return null;
+            }
+
+            appends ??= [];
+            var at = appends.FindIndex(a => a.Target == target);
+            if (at < 0)
+            {
+                appends.Add((target, new InboxAppend { Message = ClusterOps.ToWire(messages[0]) }));
+                at = appends.Count - 1;
+            }
+
+            appends[at].Append.Recipients.Add(member);
         }
 
-        return append.Recipients.Count == 0 ? null : append;
+        return appends;
     }
 }

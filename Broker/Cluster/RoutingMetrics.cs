@@ -23,6 +23,7 @@ public sealed class RoutingMetrics
     internal long DevicesReattached;
     internal long NewerMapWaits;
     internal long DevicesForgotten;
+    internal long InboxForwardWaitsAbandoned;
 
     public RoutingMetricsSnapshot Snapshot() => new(
         Volatile.Read(ref SendsForwarded),
@@ -41,7 +42,8 @@ public sealed class RoutingMetrics
         Volatile.Read(ref StaleLogins),
         Volatile.Read(ref DevicesReattached),
         Volatile.Read(ref NewerMapWaits),
-        Volatile.Read(ref DevicesForgotten));
+        Volatile.Read(ref DevicesForgotten),
+        Volatile.Read(ref InboxForwardWaitsAbandoned));
 }
 
 /// <param name="SendsForwarded">SENDs this gateway forwarded to their conversation's owner.</param>
@@ -60,6 +62,7 @@ public sealed class RoutingMetrics
 /// <param name="StaleLogins">Home: device registrations of a login older than the device's newest, whose session was closed instead.</param>
 /// <param name="DevicesReattached">Gateway: sessions registered again with their home and caught up from it (the home restarted, or the ring gave the user a new home).</param>
 /// <param name="DevicesForgotten">Home: devices registered through a gateway whose lease went, counted offline from then on.</param>
+/// <param name="InboxForwardWaitsAbandoned">Owner: forward rounds that stopped waiting for a home's ack (cluster.forward_timeout, or a new map) and were sent again.</param>
 /// <param name="NewerMapWaits">Inbound mesh batches that waited for the map of their sender's newer epoch before being judged.</param>
 public readonly record struct RoutingMetricsSnapshot(
     long SendsForwarded,
@@ -78,4 +81,5 @@ public readonly record struct RoutingMetricsSnapshot(
     long StaleLogins,
     long DevicesReattached,
     long NewerMapWaits,
-    long DevicesForgotten);
+    long DevicesForgotten,
+    long InboxForwardWaitsAbandoned);

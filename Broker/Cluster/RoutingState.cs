@@ -87,6 +87,10 @@ internal sealed class RoutingState
     /// <summary>The ring index of the user's home, or -1 without a ring.</summary>
     public int HomeIndexOf(string userId) => Owners?.OwnerIndex(HashRing.HashUser(userId)) ?? -1;
 
+    /// <summary>The ring index of the user's ring home (the ring owner of the user's range, Failed or not), or -1 without
+    /// a ring: the forward queue an owner writes the user's entries into (<see cref="HomeForwarder"/>).</summary>
+    public int RingHomeIndexOf(string userId) => Ring?.OwnerIndex(HashRing.HashUser(userId)) ?? -1;
+
     /// <summary>True when the node at <paramref name="ringIndex"/> serves some range: the nodes a scatter over every
     /// owner asks (a Failed node whose ranges all went to replicas is skipped).</summary>
     public bool ServesAny(int ringIndex) => Owners?.ServesAny(ringIndex) ?? false;

@@ -29,6 +29,7 @@ public sealed class RoutingInstruments : IDisposable
         Counter("chatbroker.cluster.link_queue_full", "{operation}", "Operations not queued because a mesh link's queue was full (cluster.mesh_max_queue_*).", () => routing.Snapshot().LinkQueueFull);
         Counter("chatbroker.cluster.inbox.forwarded", "{entry}", "Forward-queue entries (inbox entries for users of other home nodes) the homes acknowledged.", () => routing.Snapshot().InboxEntriesForwarded);
         _meter.CreateObservableGauge("chatbroker.cluster.inbox.forward_backlog", () => (long)node.TotalForwardBacklog(), "{entry}", "Inbox entries for users of other home nodes not yet acknowledged by their homes (every forward queue of this node).");
+        Counter("chatbroker.cluster.inbox.forward_waits_abandoned", "{round}", "Forward rounds that stopped waiting for a home's ack (cluster.forward_timeout, or a new map) and sent their entries again to whoever serves the users then.", () => routing.Snapshot().InboxForwardWaitsAbandoned);
         Counter("chatbroker.cluster.inbox.rejected", "{entry}", "Forward-queue entries a home rejected and that were skipped.", () => routing.Snapshot().InboxEntriesRejected);
         Counter("chatbroker.cluster.copies.stored", "{message}", "Messages of other owners stored here with their inbox entries (this node is the home).", () => routing.Snapshot().CopiesStored);
         Counter("chatbroker.cluster.copies.duplicate", "{message}", "Forwarded messages this home already had (a resend).", () => routing.Snapshot().CopiesDuplicate);

@@ -75,7 +75,7 @@ public sealed class FailoverTests
         // The new primary sent the range's tail to the homes again: bob's home gets 7, which the old primary never
         // forwarded (its forward queue is not replicated); what bob's home had already is not stored twice.
         Assert.Equal(("m7", 7UL), Body(await bob.ExpectAsync<Deliver>()));
-        Assert.True(cluster["node4"].Cluster.Failover.EntriesReforwardAcked >= 7);
+        Assert.True(cluster["node4"].Cluster.Failover.EntriesReforwarded >= 7);
 
         // alice retries 7 with the same client_msg_id: the replica has its idempotency mark, so one message.
         await alice.SendAsync(TestDevice.Text(7, bobId, "m7"));
