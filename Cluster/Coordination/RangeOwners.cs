@@ -8,8 +8,9 @@ namespace ChatBroker.Cluster.Coordination;
 /// "Failover"). The ring holds every member that owns ranges (Active, Leaving and Failed), so a failure does not move
 /// the ring; a range whose ring owner is <see cref="MemberState.Failed"/> is served by its first in-sync replica in
 /// ring order (<see cref="HashRing.GetOwners"/>: the next distinct nodes clockwise) that is not Failed itself, and by
-/// the failed owner (that is: by nobody, the routing answers SERVER_UNAVAILABLE) when it has none. Built once per map;
-/// a lookup is a binary search and one array read, and allocates nothing.
+/// nobody (index -1: the routing answers SERVER_UNAVAILABLE, reads too) when it has none: a restarted Failed node's store
+/// lacks what its replicas acknowledged while they served, so it neither sequences nor answers for the range. Built
+/// once per map; a lookup is a binary search and one array read, and allocates nothing.
 /// </summary>
 public sealed class RangeOwners
 {
@@ -25,7 +26,10 @@ public sealed class RangeOwners
         _serves = new bool[ring.NodeCount];
         for (var p = 0; p < ring.PointCount; p++)
         {
-            _serves[OwnerIndexOfPoint(p)] = true;
+            if (OwnerIndexOfPoint(p) is var n and >= 0)
+            {
+                _serves[n] = true;
+            }
         }
     }
 
@@ -89,6 +93,8 @@ public sealed class RangeOwners
                 continue;
             }
 
+            serving[p] = -1; // unless an in-sync replica of the range is there to take it
+
             var found = OwnersFrom(ring, p, owners[..Math.Max(1, factor)]);
             for (var k = 1; k < found; k++)
             {
@@ -103,7 +109,8 @@ public sealed class RangeOwners
         return new RangeOwners(ring, failed, serving);
     }
 
-    /// <summary>The node index serving the range <paramref name="hash"/> falls in.</summary>
+    /// <summary>The node index serving the range <paramref name="hash"/> falls in; -1 when nobody does (its ring owner
+    /// and every in-sync replica of it are Failed).</summary>
     public int OwnerIndex(ulong hash)
     {
         var point = Ring.PointIndexOf(hash);
@@ -114,14 +121,17 @@ public sealed class RangeOwners
     public int OwnerIndexOfPoint(int pointIndex) => _serving is null ? Ring.NodeIndexOfPoint(pointIndex) : _serving[pointIndex];
 
     /// <summary>The node that sequences and stores <paramref name="conversationId"/> under this map.</summary>
-    public string ConversationOwner(ulong conversationId) => Ring.Nodes[OwnerIndex(HashRing.HashConversation(conversationId))];
+    public string ConversationOwner(ulong conversationId) => NodeOrNobody(OwnerIndex(HashRing.HashConversation(conversationId)));
 
     /// <summary>The home node of <paramref name="userId"/> under this map.</summary>
-    public string UserHome(ReadOnlySpan<char> userId) => Ring.Nodes[OwnerIndex(HashRing.HashUser(userId))];
+    public string UserHome(ReadOnlySpan<char> userId) => NodeOrNobody(OwnerIndex(HashRing.HashUser(userId)));
+
+    /// <summary>The node id at <paramref name="index"/>, or "" for -1 (a range served by nobody).</summary>
+    private string NodeOrNobody(int index) => index >= 0 ? Ring.Nodes[index] : "";
 
     public bool IsFailed(int nodeIndex) => nodeIndex >= 0 && _failed[nodeIndex];
 
-    /// <summary>True when the node serves at least one range (a Failed node does only where no replica was in sync):
+    /// <summary>True when the node serves at least one range (a Failed node serves none):
     /// the nodes an operation over every owner (a group LIST) asks.</summary>
     public bool ServesAny(int nodeIndex) => nodeIndex >= 0 && _serves[nodeIndex];
 
@@ -213,12 +223,18 @@ public sealed class RangeOwners
         for (var p = 0; p < before.Ring.PointCount; p++)
         {
             var served = before.OwnerIndexOfPoint(p);
-            if (served == gone)
+            if (served < 0 || served == gone)
             {
                 return null; // a range of the failed node has no in-sync replica: it would lose its data
             }
 
-            var next = after.Ring.Nodes[after.OwnerIndex(before.Ring.PointAt(p))];
+            var nextIndex = after.OwnerIndex(before.Ring.PointAt(p));
+            if (nextIndex < 0)
+            {
+                return null;
+            }
+
+            var next = after.Ring.Nodes[nextIndex];
             if (!string.Equals(next, before.Ring.Nodes[served], StringComparison.Ordinal))
             {
                 return null;

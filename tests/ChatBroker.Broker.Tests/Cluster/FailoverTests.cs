@@ -118,6 +118,87 @@ public sealed class FailoverTests
     }
 
     [Fact]
+    public async Task A_live_owners_backlog_for_a_home_that_fails_reaches_the_users_new_home_once_and_in_order()
+    {
+        // Real replication (factor 2). The conversation's chain is node3 → node4, so bob's home node2 is no replica of
+        // it; bob is connected through node1.
+        await using var cluster = await ClusterHarness.StartAsync(4, Routing with { ReplicationTimeout = TimeSpan.FromMilliseconds(400) });
+        var aliceId = cluster.UserAt("alice", "node1");
+        var bobId = cluster.UserAt("bob", "node2", b => Chain(cluster.Ring, ClusterOps.DirectConversationId(aliceId, b)) == ("node3", "node4"));
+        var conversation = ClusterOps.DirectConversationId(aliceId, bobId);
+        await ReplicationTests.ReplicateAsync(cluster, factor: 2);
+
+        var alice = await cluster["node1"].ConnectAsync(aliceId, "phone");
+        await alice.ExpectAsync<SyncDone>();
+        var bob = await cluster["node1"].ConnectAsync(bobId, "phone");
+        await bob.ExpectAsync<SyncDone>();
+        for (ulong i = 1; i <= 3; i++)
+        {
+            await alice.SendAsync(TestDevice.Text(i, bobId, $"m{i}"));
+            Assert.Equal(i, (await alice.ExpectAsync<Sent>()).Seq);
+            Assert.Equal(($"m{i}", i), Body(await bob.ExpectAsync<Deliver>()));
+        }
+
+        // bob's home stops answering on the mesh (its lease holds): the owner acknowledges 4..6 and keeps their entries
+        // in its forward queue for node2. Then node2 dies and is failed over: the queue goes to bob's new home.
+        await cluster["node2"].StopMeshAsync();
+        for (ulong i = 4; i <= 6; i++)
+        {
+            var send = TestDevice.Text(i, bobId, $"m{i}");
+            await alice.SendAsync(send);
+            Assert.Equal(i, (await ExpectSentAsync(alice, send)).Seq);
+        }
+
+        Assert.True(cluster["node3"].Cluster.ForwardBacklog("node2") > 0);
+        await cluster.KillAsync("node2");
+        var failed = await cluster.WaitForMapAsync(m => m.FindMember("node2") is { State: MemberState.Failed }, TestDevice.Timeout);
+        var newHome = RangeOwners.Create(failed)!.UserHome(bobId);
+        Assert.NotEqual("node2", newHome);
+
+        // A message committed after the failover comes after the backlog, and nothing comes twice.
+        var seven = TestDevice.Text(7, bobId, "m7");
+        await alice.SendAsync(seven);
+        Assert.Equal(7UL, (await ExpectSentAsync(alice, seven)).Seq);
+        var got = new List<ulong>();
+        while (got.Count == 0 || got[^1] < 7)
+        {
+            if (await bob.ReceiveAsync() is Deliver d)
+            {
+                got.Add(d.Seq);
+            }
+        }
+
+        Assert.Equal([4UL, 5UL, 6UL, 7UL], got);
+        using (var timeout = new CancellationTokenSource(TestDevice.Timeout))
+        {
+            await cluster["node3"].Cluster.WhenForwardedAsync("node2", timeout.Token); // the failed home's queue, sent to its replica
+        }
+
+        var inbox = cluster[newHome].Broker.Store.ReadInbox(bobId, 0, 100).Where(e => e.ConversationId == conversation).Select(e => e.Seq);
+        Assert.Equal(Enumerable.Range(1, 7).Select(i => (ulong)i), inbox);
+    }
+
+    /// <summary>The SENT of <paramref name="send"/>, sending it again after each retryable refusal (a failover, a
+    /// replica leaving the in-sync set).</summary>
+    private static async Task<Sent> ExpectSentAsync(TestDevice device, Send send)
+    {
+        while (true)
+        {
+            var answer = await device.ReceiveAsync();
+            if (answer is Sent sent)
+            {
+                return sent;
+            }
+
+            if (answer is Error { Reason: ReasonCode.ServerUnavailable or ReasonCode.RateLimited } error)
+            {
+                await Task.Delay(TimeSpan.FromMilliseconds(Math.Max(50, error.RetryAfterMs)));
+                await device.SendAsync(send);
+            }
+        }
+    }
+
+    [Fact]
     public async Task A_failed_member_is_taken_off_the_ring_after_the_failed_node_timeout()
     {
         await using var cluster = await ClusterHarness.StartAsync(3, Routing with { FailedNodeTimeout = TimeSpan.FromMilliseconds(500) });
