@@ -380,6 +380,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
                     return new SendOutcome(ReasonCode.ServerUnavailable, $"node {ownerId}, which owns this conversation, is down; retry", null, _options.RetryAfter);
                 }
 
+                var changed = StateChangedTask; // before the request: a map applied after it ends the wait below
                 var link = s.LinkOf(ownerId);
                 var outcome = link?.TryRequest(ClusterOpKind.ForwardSend, s.Epoch, payload);
                 if (outcome is null)
@@ -388,7 +389,15 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
                     break;
                 }
 
-                var reply = await outcome.WaitAsync(deadline.Token).ConfigureAwait(false);
+                if (await OwnerAnswerOrMoveAsync(outcome, changed, conversationId, owner, deadline.Token).ConfigureAwait(false) is not { } reply)
+                {
+                    // A new map gave the conversation to another node (the owner failed over): route the SEND there now
+                    // rather than wait out forward_timeout for a node that is gone. If the old owner had stored it, it
+                    // never acknowledged it; the retry resolves to one message at the new owner.
+                    Interlocked.Increment(ref Metrics.SendsRerouted);
+                    continue;
+                }
+
                 switch (reply.Status)
                 {
                     case MeshStatus.Ok when reply.Reply is { } bytes:
@@ -439,6 +448,28 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
 
         Interlocked.Increment(ref Metrics.SendsAnsweredUnavailable);
         return new SendOutcome(ReasonCode.ServerUnavailable, "the node that owns this conversation is unreachable; retry", null, _options.RetryAfter);
+    }
+
+    /// <summary>The owner's reply to a forwarded SEND; null as soon as a newer map serves the conversation from another
+    /// node than <paramref name="owner"/> (a failover: the gateway must not wait for a dead node's answer).</summary>
+    private async Task<MeshReply?> OwnerAnswerOrMoveAsync(Task<MeshReply> outcome, Task changed, ulong conversationId, int owner, CancellationToken deadline)
+    {
+        while (!outcome.IsCompleted)
+        {
+            await Task.WhenAny(outcome, changed).WaitAsync(deadline).ConfigureAwait(false);
+            if (outcome.IsCompleted)
+            {
+                break;
+            }
+
+            changed = StateChangedTask;
+            if (State is { } now && now.OwnerIndexOf(conversationId) != owner)
+            {
+                return null;
+            }
+        }
+
+        return await outcome.ConfigureAwait(false);
     }
 
     private static bool IsDirectIdTaken(ReasonCode error, string? message) =>

@@ -24,6 +24,7 @@ public sealed class RoutingMetrics
     internal long NewerMapWaits;
     internal long DevicesForgotten;
     internal long InboxForwardWaitsAbandoned;
+    internal long SendsRerouted;
 
     public RoutingMetricsSnapshot Snapshot() => new(
         Volatile.Read(ref SendsForwarded),
@@ -43,7 +44,8 @@ public sealed class RoutingMetrics
         Volatile.Read(ref DevicesReattached),
         Volatile.Read(ref NewerMapWaits),
         Volatile.Read(ref DevicesForgotten),
-        Volatile.Read(ref InboxForwardWaitsAbandoned));
+        Volatile.Read(ref InboxForwardWaitsAbandoned),
+        Volatile.Read(ref SendsRerouted));
 }
 
 /// <param name="SendsForwarded">SENDs this gateway forwarded to their conversation's owner.</param>
@@ -63,6 +65,7 @@ public sealed class RoutingMetrics
 /// <param name="DevicesReattached">Gateway: sessions registered again with their home and caught up from it (the home restarted, or the ring gave the user a new home).</param>
 /// <param name="DevicesForgotten">Home: devices registered through a gateway whose lease went, counted offline from then on.</param>
 /// <param name="InboxForwardWaitsAbandoned">Owner: forward rounds that stopped waiting for a home's ack (cluster.forward_timeout, or a new map) and were sent again.</param>
+/// <param name="SendsRerouted">Forwarded SENDs routed again, without waiting for the old owner's answer, because a new map gave their conversation to another node (a failover).</param>
 /// <param name="NewerMapWaits">Inbound mesh batches that waited for the map of their sender's newer epoch before being judged.</param>
 public readonly record struct RoutingMetricsSnapshot(
     long SendsForwarded,
@@ -82,4 +85,5 @@ public readonly record struct RoutingMetricsSnapshot(
     long DevicesReattached,
     long NewerMapWaits,
     long DevicesForgotten,
-    long InboxForwardWaitsAbandoned);
+    long InboxForwardWaitsAbandoned,
+    long SendsRerouted);

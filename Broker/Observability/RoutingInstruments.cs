@@ -24,6 +24,7 @@ public sealed class RoutingInstruments : IDisposable
         var routing = node.Metrics;
         Counter("chatbroker.cluster.sends.forwarded", "{message}", "SENDs this node forwarded to their conversation's owner.", () => routing.Snapshot().SendsForwarded);
         Counter("chatbroker.cluster.sends.unavailable", "{message}", "Forwarded SENDs answered SERVER_UNAVAILABLE (owner not live, unreachable in time, no map, full link).", () => routing.Snapshot().SendsAnsweredUnavailable);
+        Counter("chatbroker.cluster.sends.rerouted", "{message}", "Forwarded SENDs routed again without waiting for the old owner's answer: a new map gave the conversation to another node (a failover).", () => routing.Snapshot().SendsRerouted);
         Counter("chatbroker.cluster.sends.stale_epoch_retries", "{message}", "Forwarded SENDs refused with STALE_EPOCH and routed again after a newer map.", () => routing.Snapshot().StaleEpochRetries);
         Counter("chatbroker.cluster.direct_id_probes", "{probe}", "Direct conversation id candidates skipped because another pair holds them.", () => routing.Snapshot().DirectIdProbes);
         Counter("chatbroker.cluster.link_queue_full", "{operation}", "Operations not queued because a mesh link's queue was full (cluster.mesh_max_queue_*).", () => routing.Snapshot().LinkQueueFull);
