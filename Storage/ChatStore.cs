@@ -141,7 +141,7 @@ public abstract partial class ChatStore : IChatStore
         return _writer.EnqueueAsync(new StoreCopyOp(message, inboxRecipients, pushRecipients), null, cancellationToken);
     }
 
-    public Task<int> StoreCopiesAsync(IReadOnlyList<(StoredMessage Message, IReadOnlyList<string> InboxRecipients)> copies, CancellationToken cancellationToken = default)
+    public Task<AppendResult[]> StoreCopiesAsync(IReadOnlyList<CopyRequest> copies, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(copies);
         if (copies.Count > IChatStore.MaxCopiesPerWrite)
@@ -152,9 +152,11 @@ public abstract partial class ChatStore : IChatStore
         var ops = new StoreCopyOp[copies.Count];
         for (var i = 0; i < ops.Length; i++)
         {
-            var (message, recipients) = copies[i];
+            ArgumentNullException.ThrowIfNull(copies[i]);
+            var (message, recipients, push) = copies[i];
             ArgumentNullException.ThrowIfNull(message);
             ArgumentNullException.ThrowIfNull(recipients);
+            ArgumentNullException.ThrowIfNull(push);
             Records.ValidateId(message.SenderUserId, nameof(copies));
             Records.ValidateId(message.SenderDeviceId, nameof(copies));
             if (message.ConversationId == 0 || message.Seq == 0)
@@ -167,10 +169,15 @@ public abstract partial class ChatStore : IChatStore
                 Records.ValidateId(user, nameof(copies));
             }
 
-            ops[i] = new StoreCopyOp(message, recipients, []);
+            foreach (var user in push)
+            {
+                Records.ValidateId(user, nameof(copies));
+            }
+
+            ops[i] = new StoreCopyOp(message, recipients, push);
         }
 
-        return ops.Length == 0 ? Task.FromResult(0) : _writer.EnqueueAsync(new StoreCopiesOp(ops), null, cancellationToken);
+        return ops.Length == 0 ? Task.FromResult<AppendResult[]>([]) : _writer.EnqueueAsync(new StoreCopiesOp(ops), null, cancellationToken);
     }
 
     public IReadOnlyList<StoredMessage> ReadRange(ulong conversationId, ulong fromSeq, int limit)

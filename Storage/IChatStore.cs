@@ -30,8 +30,8 @@ public interface IMessageLog
     /// <summary>Several copies (<see cref="StoreCopyAsync(StoredMessage, IReadOnlyList{string}, CancellationToken)"/>) in
     /// one write, in order: a new owner's re-forward of a conversation's tail into its forward queues, whose entries
     /// must keep seq order. Recipients that are reserved ids ('#…': a node's forward queues) get an entry every time,
-    /// copy marks or not. Returns how many messages were new here. At most <see cref="MaxCopiesPerWrite"/> at once.</summary>
-    Task<int> StoreCopiesAsync(IReadOnlyList<(StoredMessage Message, IReadOnlyList<string> InboxRecipients)> copies, CancellationToken cancellationToken = default);
+    /// copy marks or not. Returns each copy's result (as StoreCopyAsync's). At most <see cref="MaxCopiesPerWrite"/> at once.</summary>
+    Task<AppendResult[]> StoreCopiesAsync(IReadOnlyList<CopyRequest> copies, CancellationToken cancellationToken = default);
 
     /// <summary>The bound on <see cref="StoreCopiesAsync"/>.</summary>
     const int MaxCopiesPerWrite = 64;
@@ -175,3 +175,7 @@ public interface IChatStore : IMessageLog, IInboxStore, ICursorStore, IConversat
     /// The background sweeper calls this every <see cref="StorageOptions.SweepInterval"/>.</summary>
     Task<long> SweepAsync(CancellationToken cancellationToken = default);
 }
+
+/// <summary>One copy of <see cref="IChatStore.StoreCopiesAsync"/>: the message, its inbox recipients here, and the
+/// recipients that get a push job with it.</summary>
+public sealed record CopyRequest(StoredMessage Message, IReadOnlyList<string> InboxRecipients, IReadOnlyList<string> PushRecipients);

@@ -481,8 +481,8 @@ internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> i
         Result = new AppendResult(m.ConversationId, m.Seq, m.TimestampMs, false, inboxSeqs);
     }
 
-    /// <summary>After <see cref="Apply"/>: whether anything was written.</summary>
-    internal bool WasNew => !Result.IsDuplicate;
+    /// <summary>After <see cref="Apply"/>: its result.</summary>
+    internal AppendResult Outcome => Result;
 
     /// <summary>A reserved id ('#…', a node's forward queue): it gets the entry every time (a re-forward into it).</summary>
     private static bool IsQueue(string recipient) => recipient[0] == '#';
@@ -508,8 +508,8 @@ internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> i
     }
 }
 
-/// <summary>Copies in one batch, in order (<see cref="IChatStore.StoreCopiesAsync"/>); the result is how many were new.</summary>
-internal sealed class StoreCopiesOp(StoreCopyOp[] copies) : WriteOp<int>
+/// <summary>Copies in one batch, in order (<see cref="IChatStore.StoreCopiesAsync"/>); the result is each one's.</summary>
+internal sealed class StoreCopiesOp(StoreCopyOp[] copies) : WriteOp<AppendResult[]>
 {
     public override int EstimatedBytes
     {
@@ -527,14 +527,14 @@ internal sealed class StoreCopiesOp(StoreCopyOp[] copies) : WriteOp<int>
 
     public override void Apply(CommitWriter w)
     {
-        var stored = 0;
-        foreach (var copy in copies)
+        var results = new AppendResult[copies.Length];
+        for (var i = 0; i < copies.Length; i++)
         {
-            copy.Apply(w);
-            stored += copy.WasNew ? 1 : 0;
+            copies[i].Apply(w);
+            results[i] = copies[i].Outcome;
         }
 
-        Result = stored;
+        Result = results;
     }
 }
 

@@ -408,7 +408,7 @@ public sealed partial class ClusterNode
 
         Interlocked.Increment(ref Failover.ConversationsReforwarded);
         var from = last > ReforwardTailMessages ? last - ReforwardTailMessages + 1 : 1;
-        var copies = new List<(StoredMessage Message, IReadOnlyList<string> InboxRecipients)>(IChatStore.MaxCopiesPerWrite);
+        var copies = new List<CopyRequest>(IChatStore.MaxCopiesPerWrite);
         var entries = 0;
         foreach (var message in _chat.Store.ReadRange(conversationId, from, ReforwardTailMessages))
         {
@@ -423,7 +423,7 @@ public sealed partial class ClusterNode
                 continue;
             }
 
-            copies.Add((message, routing.Recipients));
+            copies.Add(new CopyRequest(message, routing.Recipients, []));
             entries += routing.Recipients.Length - routing.Local.Length + (routing.Local.Length > 0 ? 1 : 0);
             if (copies.Count == IChatStore.MaxCopiesPerWrite)
             {

@@ -894,6 +894,32 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
     {
         string[] push;
         var result = await _chat.Store.StoreCopyAsync(stored, recipients, push = PushRecipientsOf(stored, recipients), cancellationToken).ConfigureAwait(false);
+        OnCopyStored(stored, recipients, push, result);
+    }
+
+    /// <summary>As <see cref="StoreCopyHereAsync"/> for several copies in one write, in order (a forward queue whose
+    /// recipients this node serves: their copies are written a round at a time, not one write each).</summary>
+    internal async Task StoreCopiesHereAsync(IReadOnlyList<(StoredMessage Message, string[] Recipients)> copies, CancellationToken cancellationToken)
+    {
+        for (var from = 0; from < copies.Count; from += IChatStore.MaxCopiesPerWrite)
+        {
+            var requests = new CopyRequest[Math.Min(IChatStore.MaxCopiesPerWrite, copies.Count - from)];
+            for (var i = 0; i < requests.Length; i++)
+            {
+                var (message, recipients) = copies[from + i];
+                requests[i] = new CopyRequest(message, recipients, PushRecipientsOf(message, recipients));
+            }
+
+            var results = await _chat.Store.StoreCopiesAsync(requests, cancellationToken).ConfigureAwait(false);
+            for (var i = 0; i < requests.Length; i++)
+            {
+                OnCopyStored(requests[i].Message, (string[])requests[i].InboxRecipients, (string[])requests[i].PushRecipients, results[i]);
+            }
+        }
+    }
+
+    private void OnCopyStored(StoredMessage stored, string[] recipients, string[] push, AppendResult result)
+    {
         Interlocked.Increment(ref result.IsDuplicate ? ref Metrics.CopiesDuplicate : ref Metrics.CopiesStored);
 
         if (result.IsDuplicate)

@@ -168,6 +168,7 @@ internal sealed class HomeForwarder
         }
 
         var sent = new List<(ulong InboxSeq, Task<MeshReply>[]? Outcomes)>(entries.Count);
+        List<(StoredMessage, string[])>? here = null;
         var held = false;
         foreach (var entry in entries)
         {
@@ -191,15 +192,16 @@ internal sealed class HomeForwarder
                 var (target, append) = appends[i];
                 if (state.IsSelf(target))
                 {
-                    // This node serves the range of the ring node's failed home: it stores the copy itself, in queue order.
+                    // This node serves the range of the ring node's failed home: it stores the copies itself, in queue
+                    // order, the round's in one write (below) before the cursor passes them.
                     var recipients = new string[append.Recipients.Count];
                     append.Recipients.CopyTo(recipients, 0);
-                    await _node.StoreCopyHereAsync(ClusterOps.ToStored(append.Message), recipients, stop).ConfigureAwait(false);
+                    (here ??= []).Add((ClusterOps.ToStored(append.Message), recipients));
                     outcomes[i] = StoredHere;
                     continue;
                 }
 
-                var outcome = state.LinkOf(state.NodeAt(target))?.TryRequest(ClusterOpKind.InboxAppend, state.Epoch, append.ToByteArray());
+                var outcome = state.LinkOf(state.NodeAt(target))?.Forwarding?.TryRequest(ClusterOpKind.InboxAppend, state.Epoch, append.ToByteArray());
                 if (outcome is null)
                 {
                     Interlocked.Increment(ref _metrics.LinkQueueFull);
@@ -216,6 +218,11 @@ internal sealed class HomeForwarder
             }
 
             sent.Add((entry.InboxSeq, outcomes));
+        }
+
+        if (here is not null)
+        {
+            await _node.StoreCopiesHereAsync(here, stop).ConfigureAwait(false);
         }
 
         var through = cursor;

@@ -29,6 +29,7 @@ public sealed class PeerLink : IMeshResultHandler, IAsyncDisposable
     private readonly GrpcChannel _channel;
     private readonly bool _ownsChannel;
     private readonly PeerLink? _replication;
+    private readonly PeerLink? _forwarding;
     private int _started;
     private bool _disposed;
 
@@ -40,6 +41,9 @@ public sealed class PeerLink : IMeshResultHandler, IAsyncDisposable
         // A stream of its own, so a primary's replica traffic and the routed operations (forwarded SENDs, which may
         // wait for that node's own replicas) never wait behind each other.
         _replication = new PeerLink(localNodeId, remoteNodeId, meshAddress, _channel, 1, options, metrics);
+        // Stream 2: the forward queues' inbox entries for the node as a home (HomeForwarder). A home's copy waits for the
+        // home's own replicas; on stream 0 a slow one held the SENDs and reads queued behind it (up to forward_timeout).
+        _forwarding = new PeerLink(localNodeId, remoteNodeId, meshAddress, _channel, 2, options, metrics);
     }
 
     private PeerLink(string localNodeId, string remoteNodeId, string meshAddress, GrpcChannel channel, uint stream, MeshOptions options, MeshMetrics metrics)
@@ -51,23 +55,26 @@ public sealed class PeerLink : IMeshResultHandler, IAsyncDisposable
     }
 
     /// <summary>The replication stream to the same node (stream 1), started on first use; null on that stream itself.</summary>
-    public PeerLink? Replication
+    public PeerLink? Replication => Started(_replication);
+
+    /// <summary>The forwarding stream to the same node (stream 2: inbox entries for it as a home), started on first use;
+    /// null on a stream other than 0.</summary>
+    public PeerLink? Forwarding => Started(_forwarding);
+
+    private static PeerLink? Started(PeerLink? stream)
     {
-        get
+        if (stream is not null && Interlocked.Exchange(ref stream._started, 1) == 0)
         {
-            if (_replication is not null && Interlocked.Exchange(ref _replication._started, 1) == 0)
+            lock (stream._lock)
             {
-                lock (_replication._lock)
+                if (!stream._disposed)
                 {
-                    if (!_replication._disposed)
-                    {
-                        _replication.Peer.Start();
-                    }
+                    stream.Peer.Start();
                 }
             }
-
-            return _replication;
         }
+
+        return stream;
     }
 
     public string NodeId { get; }
@@ -181,6 +188,11 @@ public sealed class PeerLink : IMeshResultHandler, IAsyncDisposable
         if (_replication is not null)
         {
             await _replication.DisposeAsync().ConfigureAwait(false);
+        }
+
+        if (_forwarding is not null)
+        {
+            await _forwarding.DisposeAsync().ConfigureAwait(false);
         }
 
         await Peer.DisposeAsync().ConfigureAwait(false);
