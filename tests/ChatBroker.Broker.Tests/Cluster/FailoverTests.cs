@@ -146,7 +146,7 @@ public sealed class FailoverTests
         {
             var send = TestDevice.Text(i, bobId, $"m{i}");
             await alice.SendAsync(send);
-            Assert.Equal(i, (await ExpectSentAsync(alice, send)).Seq);
+            Assert.Equal(i, (await ReplicationTests.ExpectSentAsync(alice, send)).Seq);
         }
 
         Assert.True(cluster["node3"].Cluster.ForwardBacklog("node2") > 0);
@@ -158,7 +158,7 @@ public sealed class FailoverTests
         // A message committed after the failover comes after the backlog, and nothing comes twice.
         var seven = TestDevice.Text(7, bobId, "m7");
         await alice.SendAsync(seven);
-        Assert.Equal(7UL, (await ExpectSentAsync(alice, seven)).Seq);
+        Assert.Equal(7UL, (await ReplicationTests.ExpectSentAsync(alice, seven)).Seq);
         var got = new List<ulong>();
         while (got.Count == 0 || got[^1] < 7)
         {
@@ -176,26 +176,6 @@ public sealed class FailoverTests
 
         var inbox = cluster[newHome].Broker.Store.ReadInbox(bobId, 0, 100).Where(e => e.ConversationId == conversation).Select(e => e.Seq);
         Assert.Equal(Enumerable.Range(1, 7).Select(i => (ulong)i), inbox);
-    }
-
-    /// <summary>The SENT of <paramref name="send"/>, sending it again after each retryable refusal (a failover, a
-    /// replica leaving the in-sync set).</summary>
-    private static async Task<Sent> ExpectSentAsync(TestDevice device, Send send)
-    {
-        while (true)
-        {
-            var answer = await device.ReceiveAsync();
-            if (answer is Sent sent)
-            {
-                return sent;
-            }
-
-            if (answer is Error { Reason: ReasonCode.ServerUnavailable or ReasonCode.RateLimited } error)
-            {
-                await Task.Delay(TimeSpan.FromMilliseconds(Math.Max(50, error.RetryAfterMs)));
-                await device.SendAsync(send);
-            }
-        }
     }
 
     [Fact]

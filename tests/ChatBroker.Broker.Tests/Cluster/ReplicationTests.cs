@@ -241,7 +241,7 @@ public sealed class ReplicationTests
 
     /// <summary>The SENT of <paramref name="send"/>, resending it after each retryable refusal (a moment after a
     /// take-over a commit may be refused while the new primary re-forwards).</summary>
-    private static async Task<Sent> ExpectSentAsync(TestDevice device, Send send)
+    internal static async Task<Sent> ExpectSentAsync(TestDevice device, Send send)
     {
         while (true)
         {
