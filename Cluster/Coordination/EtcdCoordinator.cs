@@ -82,6 +82,9 @@ public sealed class EtcdCoordinator : IClusterCoordinator
     /// </summary>
     public DateTimeOffset LeaseValidUntil => new(Interlocked.Read(ref _leaseValidUntilTicks), TimeSpan.Zero);
 
+    /// <summary>How many etcd request timeouts a start keeps retrying an unreachable etcd before it fails.</summary>
+    private const int StartAttemptsWindow = 5;
+
     public async Task StartAsync(CancellationToken cancellationToken)
     {
         if (Interlocked.Exchange(ref _started, 1) != 0)
@@ -89,13 +92,26 @@ public sealed class EtcdCoordinator : IClusterCoordinator
             throw new InvalidOperationException("the coordinator is already started");
         }
 
-        try
+        // A busy or briefly leaderless etcd (a member restarting) is retried for a few request timeouts before the start
+        // fails: a node restarted by its supervisor in such a moment would otherwise exit again at once.
+        var started = _time.GetTimestamp();
+        while (true)
         {
-            await RegisterAsync(cancellationToken).ConfigureAwait(false);
-        }
-        catch (RpcException e) when (!cancellationToken.IsCancellationRequested)
-        {
-            throw new ClusterCoordinationException($"cannot register node \"{Self.NodeId}\": {Unreachable(e)}", e);
+            try
+            {
+                await RegisterAsync(cancellationToken).ConfigureAwait(false);
+                break;
+            }
+            catch (RpcException e) when (!cancellationToken.IsCancellationRequested
+                && e.StatusCode is StatusCode.DeadlineExceeded or StatusCode.Unavailable
+                && _time.GetElapsedTime(started) < _options.EtcdTimeout * StartAttemptsWindow)
+            {
+                await Task.Delay(_options.EtcdTimeout / 4, _time, cancellationToken).ConfigureAwait(false);
+            }
+            catch (RpcException e) when (!cancellationToken.IsCancellationRequested)
+            {
+                throw new ClusterCoordinationException($"cannot register node \"{Self.NodeId}\": {Unreachable(e)}", e);
+            }
         }
 
         _keepAliveLoop = Task.Run(() => KeepAliveLoopAsync(_stop.Token), CancellationToken.None);
