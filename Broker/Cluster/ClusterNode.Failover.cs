@@ -124,6 +124,15 @@ public sealed partial class ClusterNode
     {
         var s = State;
         var view = Volatile.Read(ref _view);
+        if (s is not null && s.Owners is { } owners && owners.IsFailed(s.SelfIndex))
+        {
+            // Failed in the map this node has: whatever it wrote, another node serves the range now (a renewed or
+            // new lease does not give it back).
+            Interlocked.Increment(ref Failover.CommitsRefusedFailedSelf);
+            return new SendOutcome(ReasonCode.ServerUnavailable,
+                "this node is Failed in the cluster map and sequences nothing until it is removed and joins again; retry", null, _options.RetryAfter);
+        }
+
         if (s is null || view is null || !s.CanFailOver || view.IsLeaseValid(_options.LeaseSafetyMargin))
         {
             return null;

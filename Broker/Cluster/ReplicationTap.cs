@@ -90,11 +90,21 @@ internal sealed class ReplicationTap : IReplicationTap
             var plan = _plan;
             var pending = new Pending(batch, TimeSpanStamp()) { Failed = _closed };
             _pending.AddLast(pending);
+            if (plan.SelfFailed && batch.Records.Count > 0)
+            {
+                // This node was failed over: it serves nothing, and a write that reaches the tap now (a commit that
+                // began before this node had the map: a process paused mid-commit, the checker's SIGSTOP) is on no
+                // replica. It is never acknowledged; the device's retry goes to the node serving the range now.
+                // (Completing it here let a resumed old primary say SENT for seqs the new primary gave to other
+                // messages.)
+                pending.Failed = true;
+                Drain();
+                return;
+            }
+
             if (s is null || plan.Owners is null || plan.IsEmpty || plan.SelfFailed)
             {
-                // Nothing to wait for. A Failed node serves only ranges that had no in-sync replica (nobody else could
-                // take them), so its writes there have no replica to reach either.
-                Drain();
+                Drain(); // nothing to wait for (no replicas; or only node-local state of a Failed node)
                 return;
             }
 

@@ -106,6 +106,11 @@ public sealed class FailoverTests
         Assert.Equal(ReasonCode.ServerUnavailable, own.Refused?.Error);
         Assert.Equal(1, node3.Cluster.Failover.CommitsRefusedFailedSelf);
 
+        // Nor does it acknowledge a write that began before it had the map (a process paused mid-commit): its lease is
+        // new (it registered again), but the map says another node serves the range.
+        Assert.True(node3.Coordinator.View.IsLeaseValid(TimeSpan.Zero));
+        Assert.Equal(ReasonCode.ServerUnavailable, node3.Cluster.RefuseAcknowledgement()?.Error);
+
         var tablet = await node3.ConnectAsync(aliceId, "tablet");
         while (await tablet.ReceiveAsync() is not SyncDone)
         {
