@@ -66,7 +66,7 @@ public sealed class ClusterSettings
     /// <summary>Empty means tcp.listen.</summary>
     public string AdvertiseClient { get; set; } = "";
     public int VirtualNodes { get; set; } = 128;
-    public int ReplicationFactor { get; set; } = 1;
+    public int ReplicationFactor { get; set; } = 3;
     /// <summary>A node not in the map joins it on start (the first one writes the first map).</summary>
     public bool AutoJoin { get; set; } = true;
 

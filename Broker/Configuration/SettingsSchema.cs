@@ -269,7 +269,7 @@ public static class SettingsSchema
             o => o.Cluster.AdvertiseClient, (o, v) => o.Cluster.AdvertiseClient = v, HostPort),
         Int("cluster.vnodes", "Virtual nodes per member on the consistent-hash ring, written into the cluster map when it is first created.",
             o => o.Cluster.VirtualNodes, (o, v) => o.Cluster.VirtualNodes = (int)v, 1, 4096),
-        Int("cluster.replication_factor", "Copies of each conversation and user range (1 = none), written into the cluster map when it is first created. A range has min(factor, members that own ranges) copies: with 3, none on one node, two on two, three from three nodes on. Default 1: factor 3 does not pass the fault checker yet (docs/cluster.md, runs of 2026-12-06).",
+        Int("cluster.replication_factor", "Copies of each conversation and user range (1 = none), written into the cluster map when it is first created. A range has min(factor, members that own ranges) copies: with 3, none on one node, two on two, three from three nodes on. Default 3: every acknowledged message survives the loss of any two nodes (docs/cluster.md, Replication); 1 turns replication off (faster, but a dead node's ranges wait for it).",
             o => o.Cluster.ReplicationFactor, (o, v) => o.Cluster.ReplicationFactor = (int)v, 1, 5),
         Bool("cluster.auto_join", "On start, a node that is not in the cluster map joins it (the first node writes the first map). false: the node only registers as live and waits for `chatbroker cluster join`.",
             o => o.Cluster.AutoJoin, (o, v) => o.Cluster.AutoJoin = v),

@@ -64,7 +64,7 @@ public sealed partial class ClusterProcessTests(EtcdFixture etcd) : IClassFixtur
 
         var (exit, stdout, stderr) = await CliAsync("cluster", "status");
         Assert.True(exit == 0, stderr);
-        Assert.Matches(@"cluster map epoch \d+ .*: 2 members, 2 live; vnodes 128, replication factor 1", stdout);
+        Assert.Matches(@"cluster map epoch \d+ .*: 2 members, 2 live; vnodes 128, replication factor 3", stdout);
         Assert.Matches(@"(?m)^a\s+Active\s+yes\s+127\.0\.0\.1:17891\s", stdout);
         Assert.Matches(@"(?m)^b\s+Active\s+yes\s+127\.0\.0\.1:17892\s", stdout);
 
