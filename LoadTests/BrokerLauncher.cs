@@ -39,6 +39,9 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
 
     public int? Pid => _process?.Id;
 
+    /// <summary>The started broker's data directory (its RocksDB LOG is read for stall reports); null for a target.</summary>
+    public string? DataDirectory => _dataDir;
+
     /// <summary>
     /// The broker's build output: $CHATBROKER_DLL, else Host/bin/&lt;configuration&gt;/net10.0/chatbroker.dll of the
     /// checkout this harness was built from (recorded at build time; the harness does not reference Host).
@@ -310,8 +313,11 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
 /// The broker metrics a load run reports, plus every series summed over its labels (by bare name), so a run can
 /// take differences such as commits or the mean commit latency (…_sum / …_count) over its measured interval.
 /// </summary>
-public sealed record BrokerMetricsSample(IReadOnlyDictionary<string, double> All)
+public sealed record BrokerMetricsSample(IReadOnlyDictionary<string, double> All, IReadOnlyDictionary<string, double>? Labelled = null)
 {
+    /// <summary>One series by its full name with labels, e.g. <c>dotnet_gc_collections_total{gc_heap_generation="gen0"}</c>.</summary>
+    public double Series(string fullName) => Labelled is not null && Labelled.TryGetValue(fullName, out var v) ? v : 0;
+
     public double ResidentBytes => Get("process_memory_resident_bytes");
 
     public double Sessions => Get("chatbroker_sessions");
@@ -344,6 +350,7 @@ public sealed record BrokerMetricsSample(IReadOnlyDictionary<string, double> All
     public static BrokerMetricsSample Parse(string text)
     {
         var all = new Dictionary<string, double>();
+        var labelled = new Dictionary<string, double>();
         foreach (var raw in text.Split('\n'))
         {
             var line = raw.Trim();
@@ -367,8 +374,9 @@ public sealed record BrokerMetricsSample(IReadOnlyDictionary<string, double> All
             }
 
             all[bare] = all.GetValueOrDefault(bare) + value;
+            labelled[name] = value;
         }
 
-        return new BrokerMetricsSample(all);
+        return new BrokerMetricsSample(all, labelled);
     }
 }
