@@ -316,6 +316,53 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
 public sealed record BrokerMetricsSample(IReadOnlyDictionary<string, double> All, IReadOnlyDictionary<string, double>? Labelled = null)
 {
     /// <summary>One series by its full name with labels, e.g. <c>dotnet_gc_collections_total{gc_heap_generation="gen0"}</c>.</summary>
+    /// <summary>
+    /// The upper bound (le) of the highest bucket of histogram <paramref name="histogram"/> whose count grew since
+    /// <paramref name="earlier"/>: the slowest observation in between was at most this (0: none).
+    /// </summary>
+    public double SlowestSince(BrokerMetricsSample earlier, string histogram)
+    {
+        if (Labelled is null)
+        {
+            return 0;
+        }
+
+        var prefix = histogram + "_bucket{";
+        double slowest = 0;
+        double previousCount = 0;
+        var buckets = new List<(double Le, double Delta)>();
+        foreach (var (name, value) in Labelled)
+        {
+            if (!name.StartsWith(prefix, StringComparison.Ordinal))
+            {
+                continue;
+            }
+
+            var le = name.IndexOf("le=\"", StringComparison.Ordinal);
+            if (le < 0)
+            {
+                continue;
+            }
+
+            var bound = name[(le + 4)..name.IndexOf('"', le + 4)];
+            var upper = bound == "+Inf" ? double.PositiveInfinity : double.Parse(bound, CultureInfo.InvariantCulture);
+            buckets.Add((upper, value - earlier.Series(name)));
+        }
+
+        buckets.Sort((a, b) => a.Le.CompareTo(b.Le));
+        foreach (var (le, cumulative) in buckets)
+        {
+            if (cumulative > previousCount)
+            {
+                slowest = le;
+            }
+
+            previousCount = cumulative;
+        }
+
+        return slowest;
+    }
+
     public double Series(string fullName) => Labelled is not null && Labelled.TryGetValue(fullName, out var v) ? v : 0;
 
     public double ResidentBytes => Get("process_memory_resident_bytes");
@@ -368,13 +415,13 @@ public sealed record BrokerMetricsSample(IReadOnlyDictionary<string, double> All
             var name = line[..space];
             var brace = name.IndexOf('{', StringComparison.Ordinal);
             var bare = brace < 0 ? name : name[..brace];
+            labelled[name] = value;
             if (bare.EndsWith("_bucket", StringComparison.Ordinal))
             {
                 continue;
             }
 
             all[bare] = all.GetValueOrDefault(bare) + value;
-            labelled[name] = value;
         }
 
         return new BrokerMetricsSample(all, labelled);

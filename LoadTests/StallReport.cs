@@ -99,7 +99,8 @@ public sealed class StallRecorder(double thresholdMs)
 public sealed record StallEpisode(double AtS, DateTime AtUtc, double DurationMs, int Messages, double WorstMs, BrokerSecond? Broker, List<string> StorageLog);
 
 /// <summary>What the broker did in the second around a stall (differences of two /metrics samples, or the later sample's gauge).</summary>
-public sealed record BrokerSecond(double FromS, double ToS, double Gen0, double Gen1, double Gen2, double GcPauseMs, double PoolThreads, double PoolQueue, double PoolWorkItems, double CpuMs, double AllocatedMb, double LockContentions);
+public sealed record BrokerSecond(double FromS, double ToS, double Gen0, double Gen1, double Gen2, double GcPauseMs, double PoolThreads, double PoolQueue, double PoolWorkItems, double CpuMs, double AllocatedMb, double LockContentions,
+    double Commits, double SlowestCommitMsAtMost, double WalSyncs, double SlowestWalSyncMsAtMost);
 
 /// <summary>Scrapes the broker's /metrics once a second during the measurement (the evidence for <see cref="StallRecorder"/>).</summary>
 public sealed class BrokerSampler
@@ -160,7 +161,11 @@ public sealed class BrokerSampler
                         D("dotnet_thread_pool_work_item_count_total"),
                         Math.Round(D("process_cpu_time_seconds_total") * 1000, 1),
                         Math.Round(D("dotnet_gc_heap_total_allocated_bytes_total") / 1048576.0, 1),
-                        D("dotnet_monitor_lock_contentions_total"));
+                        D("dotnet_monitor_lock_contentions_total"),
+                        D("chatbroker_storage_commits_total"),
+                        b.SlowestSince(a, "chatbroker_storage_commit_latency_milliseconds"),
+                        D("chatbroker_storage_wal_syncs_total"),
+                        b.SlowestSince(a, "chatbroker_storage_wal_sync_latency_milliseconds"));
                 }
             }
         }
@@ -288,7 +293,7 @@ public static class StallReport
             yield return FormattableString.Invariant($"  stall at +{e.AtS:0.000} s ({e.AtUtc:HH:mm:ss.fff} UTC), {e.DurationMs:0.0} ms long: {e.Messages} messages late, worst {e.WorstMs:0.0} ms");
             if (e.Broker is { } b)
             {
-                yield return FormattableString.Invariant($"    broker from +{b.FromS:0.00} to +{b.ToS:0.00} s: GC gen0 {b.Gen0} gen1 {b.Gen1} gen2 {b.Gen2}, pause {b.GcPauseMs:0.00} ms, allocated {b.AllocatedMb:0.0} MB; pool threads {b.PoolThreads}, queue {b.PoolQueue}, work items {b.PoolWorkItems}; CPU {b.CpuMs:0} ms; lock contentions {b.LockContentions}");
+                yield return FormattableString.Invariant($"    broker from +{b.FromS:0.00} to +{b.ToS:0.00} s: GC gen0 {b.Gen0} gen1 {b.Gen1} gen2 {b.Gen2}, pause {b.GcPauseMs:0.00} ms, allocated {b.AllocatedMb:0.0} MB; pool threads {b.PoolThreads}, queue {b.PoolQueue}, work items {b.PoolWorkItems}; CPU {b.CpuMs:0} ms; lock contentions {b.LockContentions}; commits {b.Commits} (slowest ≤ {b.SlowestCommitMsAtMost} ms), WAL fsyncs {b.WalSyncs} (slowest ≤ {b.SlowestWalSyncMsAtMost} ms)");
             }
 
             foreach (var line in e.StorageLog)
