@@ -181,6 +181,8 @@ public sealed class TcpOptions
     public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(10);
     /// <summary>Socket continuations run on the socket event threads (one per core) instead of the thread pool.</summary>
     public bool InlineCompletions { get; set; } = true;
+    /// <summary>Idle connections wait for data through the broker's own epoll loops (Transport/ReadinessPoller.cs), not .NET's per-socket receive state.</summary>
+    public bool ReadinessPoller { get; set; } = true;
 }
 
 public sealed class AdminOptions
