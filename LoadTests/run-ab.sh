@@ -2,6 +2,7 @@
 # Interleaved A/B of broker builds under one harness command (docs/performance.md "Issue 21": how each change
 # was measured). Each build is a copy of Host/bin/Release/net10.0 (the harness starts it through CHATBROKER_DLL);
 # rounds run A, B, A, B, ... so the machine's noise falls on both. Prints one line per run and the medians.
+# Each run starts in its build's directory (no broker.toml there: the defaults, plus the harness's settings).
 #
 #   cp -r Host/bin/Release/net10.0 /tmp/build-a    # before the change; then rebuild and copy to /tmp/build-b
 #   LoadTests/run-ab.sh /tmp/build-a /tmp/build-b -- pairs --pairs 100 --rate 10000 --duration 15 --durability sync
@@ -15,11 +16,13 @@ while [ $# -gt 0 ] && [ "$1" != "--" ]; do builds+=("$1"); shift; done
 [ ${#builds[@]} -ge 2 ] && [ $# -gt 0 ] || { echo "usage: run-ab.sh BUILD_DIR_A BUILD_DIR_B [...] -- <harness arguments>" >&2; exit 2; }
 rounds="${ROUNDS:-4}" out="${OUT:-${TMPDIR:-/tmp}/chatbroker-ab}"
 mkdir -p "$out"
+out="$(cd "$out" && pwd)"
 for round in $(seq 1 "$rounds"); do
   i=0
   for b in "${builds[@]}"; do
     name="$(printf '%s' "ABCDEFGH" | cut -c$((i + 1)))"; i=$((i + 1))
-    CHATBROKER_DLL="$b/chatbroker.dll" dotnet LoadTests/bin/Release/net10.0/chatbroker-load.dll "$@" --json "$out/$name-$round.json" > "$out/$name-$round.log" 2>&1 || true
+    # From the build's directory: a broker reads ./broker.toml, and the checkout's may name settings an older build lacks.
+    (cd "$b" && CHATBROKER_DLL="$b/chatbroker.dll" dotnet "$root/LoadTests/bin/Release/net10.0/chatbroker-load.dll" "$@" --json "$out/$name-$round.json" > "$out/$name-$round.log" 2>&1) || true
     python3 - "$out/$name-$round.json" "$name" "$round" "$(cut -d' ' -f1 /proc/loadavg)" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); f = r["figures"]; l = r["latency_ms"]
