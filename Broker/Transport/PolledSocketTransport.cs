@@ -20,7 +20,7 @@ namespace ChatBroker.Broker.Transport;
 /// <see cref="Close"/> from another thread can never make a call land on a reused descriptor.
 /// </para>
 /// </summary>
-public sealed partial class PolledSocketTransport : IDeviceTransport, IValueTaskSource<int>
+public sealed partial class PolledSocketTransport : IDeviceTransport, INotifyingTransport, IValueTaskSource<int>
 {
     private const int MsgDontWait = 0x40;
     private const int MsgNoSignal = 0x4000;
@@ -37,6 +37,9 @@ public sealed partial class PolledSocketTransport : IDeviceTransport, IValueTask
     private ManualResetValueTaskSourceCore<int> _wait;
     private CancellationTokenRegistration _cancel;
     private SocketTransport? _slowSends;
+    // Set while a session waits through NotifyWhenReadable instead of an awaited wait.
+    private IThreadPoolWorkItem? _notify;
+    private readonly bool _inline;
     private int _state;
     private short _cancelVersion;
     private bool _armedBefore;
@@ -46,7 +49,8 @@ public sealed partial class PolledSocketTransport : IDeviceTransport, IValueTask
     {
         _socket = socket;
         _loop = poller.Pick();
-        _wait.RunContinuationsAsynchronously = !poller.InlineCompletions;
+        _inline = poller.InlineCompletions;
+        _wait.RunContinuationsAsynchronously = !_inline;
         (_slot, _generation) = _loop.Add(this);
     }
 
@@ -83,6 +87,22 @@ public sealed partial class PolledSocketTransport : IDeviceTransport, IValueTask
         return new ValueTask<int>(this, _wait.Version);
     }
 
+    public void NotifyWhenReadable(IThreadPoolWorkItem target)
+    {
+        if (_closed)
+        {
+            ThreadPool.UnsafeQueueUserWorkItem(target, preferLocal: false); // never inline: the caller is returning
+            return;
+        }
+
+        _notify = target;
+        Volatile.Write(ref _state, Waiting);
+        if (!Arm())
+        {
+            Complete(0);
+        }
+    }
+
     public ValueTask<int> ReceiveAsync(Memory<byte> buffer, CancellationToken cancellationToken)
     {
         var received = TryReceive(buffer.Span);
@@ -94,6 +114,7 @@ public sealed partial class PolledSocketTransport : IDeviceTransport, IValueTask
         while (true)
         {
             await WaitReadableAsync(cancellationToken).ConfigureAwait(false);
+            ObjectDisposedException.ThrowIf(_closed, this);
             var received = TryReceive(buffer.Span);
             if (received >= 0)
             {
@@ -173,7 +194,6 @@ public sealed partial class PolledSocketTransport : IDeviceTransport, IValueTask
         }
 
         _closed = true;
-        Complete(0); // a pending wait ends; the receive after it finds the socket closed
         try
         {
             _socket.Shutdown(SocketShutdown.Both);
@@ -182,8 +202,11 @@ public sealed partial class PolledSocketTransport : IDeviceTransport, IValueTask
         {
         }
 
+        // Closed before the pending wait ends, so whatever that wakes (a session notified inline, on this very
+        // stack) finds the socket closed rather than empty.
         _socket.Close();
         _loop.Remove(_slot, _generation);
+        Complete(0);
     }
 
     /// <summary>The loop saw the descriptor readable (or closed by the peer).</summary>
@@ -203,6 +226,21 @@ public sealed partial class PolledSocketTransport : IDeviceTransport, IValueTask
     {
         if (Interlocked.CompareExchange(ref _state, Idle, Waiting) == Waiting)
         {
+            if (_notify is { } target)
+            {
+                _notify = null;
+                if (_inline)
+                {
+                    target.Execute();
+                }
+                else
+                {
+                    ThreadPool.UnsafeQueueUserWorkItem(target, preferLocal: false);
+                }
+
+                return;
+            }
+
             _cancel.Unregister(); // never waits for a callback that is running: it finds the wait ended
             _cancel = default;
             _wait.SetResult(result);
@@ -281,7 +319,19 @@ public sealed partial class PolledSocketTransport : IDeviceTransport, IValueTask
         }
     }
 
-    int IValueTaskSource<int>.GetResult(short token) => _wait.GetResult(token);
+    int IValueTaskSource<int>.GetResult(short token)
+    {
+        try
+        {
+            return _wait.GetResult(token);
+        }
+        finally
+        {
+            // Drop the continuation the completed wait still references (its awaiter's state machine): a session
+            // that then waits through NotifyWhenReadable would otherwise keep the box of its handshake activation.
+            _wait.Reset();
+        }
+    }
 
     ValueTaskSourceStatus IValueTaskSource<int>.GetStatus(short token) => _wait.GetStatus(token);
 
