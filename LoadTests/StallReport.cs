@@ -272,6 +272,11 @@ public static class StallReport
             var b = sampler.Samples[^1].Sample;
             result.Figures["broker_gc_pause_ms"] = Math.Round((b.Get("dotnet_gc_pause_time_seconds_total") - a.Get("dotnet_gc_pause_time_seconds_total")) * 1000, 2);
             result.Figures["broker_gc_collections"] = b.Get("dotnet_gc_collections_total") - a.Get("dotnet_gc_collections_total");
+            foreach (var generation in new[] { "gen1", "gen2" })
+            {
+                var series = "dotnet_gc_collections_total{gc_heap_generation=\"" + generation + "\"}";
+                result.Figures[$"broker_{generation}_collections"] = b.Series(series) - a.Series(series);
+            }
             result.Figures["broker_allocated_bytes_per_message"] = result.Delivered > 0
                 ? Math.Round((b.Get("dotnet_gc_heap_total_allocated_bytes_total") - a.Get("dotnet_gc_heap_total_allocated_bytes_total")) / Math.Max(1, result.ThroughputPerS * ((sampler.Samples[^1].At - sampler.Samples[0].At) / (double)Stopwatch.Frequency)), 0)
                 : 0;
