@@ -18,7 +18,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 rounds="${ROUNDS:-3}" rate="${RATE:-10000}" pairs="${PAIRS:-100}" body="${BODY:-256}" duration="${DURATION:-20}"
 warmup="${WARMUP:-3}" closed_duration="${CLOSED_DURATION:-10}" window="${WINDOW:-16}" stall_ms="${STALL_MS:-10}"
-scenarios="${SCENARIOS:-paced closed}" brokers="${BROKERS:-async sync mosquitto}" extra="${EXTRA:-}"
+# storage.rocksdb_info_log: RocksDB logs its flushes and compactions, which the stall report puts next to each stall.
+scenarios="${SCENARIOS:-paced closed}" brokers="${BROKERS:-async sync mosquitto}" extra="${EXTRA:---broker-set storage.rocksdb_info_log=true}"
 out="${OUT:-${TMPDIR:-/tmp}/chatbroker-paced-compare}"
 mkdir -p "$out"
 if [ -z "${NO_BUILD:-}" ]; then

@@ -61,6 +61,9 @@ public sealed record StorageOptions
     /// <see cref="IWriteCompletionScope"/>); null: none.</summary>
     public IWriteCompletionScope? CompletionScope { get; init; }
 
+    /// <summary>RocksDB's LOG at INFO (flushes, memtable switches, WAL files, compactions, each with its time) instead of WARN.</summary>
+    public bool RocksDbInfoLog { get; init; }
+
     /// <summary>Most requests committed in one WriteBatch.</summary>
     public int MaxBatchCount { get; init; } = 1024;
 

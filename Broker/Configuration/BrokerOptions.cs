@@ -224,6 +224,7 @@ public sealed class StorageSettings
     public long WriteBufferBytes { get; set; } = 64L * 1024 * 1024;
     public TimeSpan IdempotencyWindow { get; set; } = TimeSpan.FromHours(24);
     public int IdempotencyCacheDevices { get; set; } = 100_000;
+    public bool RocksDbInfoLog { get; set; }
 }
 
 public enum RetentionPolicy

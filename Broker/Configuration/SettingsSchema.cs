@@ -171,6 +171,8 @@ public static class SettingsSchema
             o => o.Storage.BlockCacheBytes, (o, v) => o.Storage.BlockCacheBytes = v, 0, 1L << 40),
         Int("storage.write_buffer_bytes", "RocksDB memtable size per column family; larger means fewer flushes and less compaction work, at that much memory per busy column family (up to two memtables each).",
             o => o.Storage.WriteBufferBytes, (o, v) => o.Storage.WriteBufferBytes = v, 1L << 20, 1L << 30),
+        Bool("storage.rocksdb_info_log", "RocksDB's LOG file (in the store directory) at INFO: every flush, memtable switch, new WAL file and compaction with its time, for finding the cause of a latency stall; off: warnings only.",
+            o => o.Storage.RocksDbInfoLog, (o, v) => o.Storage.RocksDbInfoLog = v),
         Duration("storage.idempotency_window", "How long a client_msg_id is remembered, so a retried SEND is answered with the original seq.",
             o => o.Storage.IdempotencyWindow, (o, v) => o.Storage.IdempotencyWindow = v, TimeSpan.FromMinutes(1), TimeSpan.FromDays(365)),
         Int("storage.idempotency_cache_devices", "Sending devices whose highest client_msg_id the commit writer remembers; a SEND above it skips the idempotency lookup. Cleared when full.",

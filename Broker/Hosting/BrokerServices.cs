@@ -117,6 +117,7 @@ public static class BrokerServices
         WriteBufferBytes = options.Storage.WriteBufferBytes,
         IdempotencyWindow = options.Storage.IdempotencyWindow,
         IdempotencyCacheDevices = options.Storage.IdempotencyCacheDevices,
+        RocksDbInfoLog = options.Storage.RocksDbInfoLog,
         // Async durability: a SEND handled on an idle store is written by the thread that read it, with no
         // hand-off to the writer thread and back (see StorageOptions.CallerWritesAfterIdle).
         CallerWritesAfterIdle = TimeSpan.Zero,
