@@ -39,6 +39,9 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
 
     public int? Pid => _process?.Id;
 
+    /// <summary>The started broker's data directory (its RocksDB LOG is read for stall reports); null for a target.</summary>
+    public string? DataDirectory => _dataDir;
+
     /// <summary>
     /// The broker's build output: $CHATBROKER_DLL, else Host/bin/&lt;configuration&gt;/net10.0/chatbroker.dll of the
     /// checkout this harness was built from (recorded at build time; the harness does not reference Host).
@@ -310,8 +313,58 @@ public sealed partial class BrokerLauncher : IAsyncDisposable
 /// The broker metrics a load run reports, plus every series summed over its labels (by bare name), so a run can
 /// take differences such as commits or the mean commit latency (…_sum / …_count) over its measured interval.
 /// </summary>
-public sealed record BrokerMetricsSample(IReadOnlyDictionary<string, double> All)
+public sealed record BrokerMetricsSample(IReadOnlyDictionary<string, double> All, IReadOnlyDictionary<string, double>? Labelled = null)
 {
+    /// <summary>One series by its full name with labels, e.g. <c>dotnet_gc_collections_total{gc_heap_generation="gen0"}</c>.</summary>
+    /// <summary>
+    /// The upper bound (le) of the highest bucket of histogram <paramref name="histogram"/> whose count grew since
+    /// <paramref name="earlier"/>: the slowest observation in between was at most this (0: none).
+    /// </summary>
+    public double SlowestSince(BrokerMetricsSample earlier, string histogram)
+    {
+        if (Labelled is null)
+        {
+            return 0;
+        }
+
+        var prefix = histogram + "_bucket{";
+        double slowest = 0;
+        double previousCount = 0;
+        var buckets = new List<(double Le, double Delta)>();
+        foreach (var (name, value) in Labelled)
+        {
+            if (!name.StartsWith(prefix, StringComparison.Ordinal))
+            {
+                continue;
+            }
+
+            var le = name.IndexOf("le=\"", StringComparison.Ordinal);
+            if (le < 0)
+            {
+                continue;
+            }
+
+            var bound = name[(le + 4)..name.IndexOf('"', le + 4)];
+            var upper = bound == "+Inf" ? double.PositiveInfinity : double.Parse(bound, CultureInfo.InvariantCulture);
+            buckets.Add((upper, value - earlier.Series(name)));
+        }
+
+        buckets.Sort((a, b) => a.Le.CompareTo(b.Le));
+        foreach (var (le, cumulative) in buckets)
+        {
+            if (cumulative > previousCount)
+            {
+                slowest = le;
+            }
+
+            previousCount = cumulative;
+        }
+
+        return slowest;
+    }
+
+    public double Series(string fullName) => Labelled is not null && Labelled.TryGetValue(fullName, out var v) ? v : 0;
+
     public double ResidentBytes => Get("process_memory_resident_bytes");
 
     public double Sessions => Get("chatbroker_sessions");
@@ -344,6 +397,7 @@ public sealed record BrokerMetricsSample(IReadOnlyDictionary<string, double> All
     public static BrokerMetricsSample Parse(string text)
     {
         var all = new Dictionary<string, double>();
+        var labelled = new Dictionary<string, double>();
         foreach (var raw in text.Split('\n'))
         {
             var line = raw.Trim();
@@ -361,6 +415,7 @@ public sealed record BrokerMetricsSample(IReadOnlyDictionary<string, double> All
             var name = line[..space];
             var brace = name.IndexOf('{', StringComparison.Ordinal);
             var bare = brace < 0 ? name : name[..brace];
+            labelled[name] = value;
             if (bare.EndsWith("_bucket", StringComparison.Ordinal))
             {
                 continue;
@@ -369,6 +424,6 @@ public sealed record BrokerMetricsSample(IReadOnlyDictionary<string, double> All
             all[bare] = all.GetValueOrDefault(bare) + value;
         }
 
-        return new BrokerMetricsSample(all);
+        return new BrokerMetricsSample(all, labelled);
     }
 }

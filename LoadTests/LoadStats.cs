@@ -21,6 +21,9 @@ public sealed class LoadStats
     /// <summary>SENTs of one conversation whose seq is not the previous SENT's + 1 (docs/protocol.md §5: SENTs come back in SEND order).</summary>
     public long SentOutOfOrder;
 
+    /// <summary>Set by paced runs: every delivery later than its threshold is kept for the stall report.</summary>
+    public StallRecorder? Stalls;
+
     public static long Now() => Stopwatch.GetTimestamp();
 
     /// <summary>Stopwatch ticks to nanoseconds (ticks are nanoseconds on Linux).</summary>
@@ -30,7 +33,9 @@ public sealed class LoadStats
     /// <summary>Records one delivery of a body stamped at <paramref name="stamp"/>.</summary>
     public void RecordDelivery(long stamp, long now)
     {
-        Latency.Record(TicksToNanoseconds(now - stamp));
+        var ns = TicksToNanoseconds(now - stamp);
+        Latency.Record(ns);
+        Stalls?.Observe(stamp, now, ns);
         Interlocked.Increment(ref Completed);
     }
 }

@@ -167,12 +167,18 @@ public sealed class PairsScenario(RunOptions options)
         Task sending;
         BrokerMetricsSample? brokerBefore;
         TimeSpan harnessCpuBefore;
+        var sampler = new BrokerSampler();
+        using var stopSampling = new CancellationTokenSource();
+        var sampling = Task.CompletedTask;
+        long measureStart = 0;
+        var measureStartUtc = DateTime.UtcNow;
         if (options.Rate > 0)
         {
             // One pacer for the warm-up and the measurement: the load goes on without a pause, and the pacer
             // starts numbering messages at its next send after the switch. (Stopping after the warm-up, letting
             // the broker drain and go idle, then starting again made the first measured 100 ms the worst of
             // most runs.)
+            stats.Stalls = new StallRecorder(options.StallMs);
             var control = new PacerControl(perPairLimit);
             sending = Task.Factory.StartNew(() => Pace(pairs, options.Rate, control, stopSending.Token), TaskCreationOptions.LongRunning);
             if (options.WarmupSeconds > 0)
@@ -190,6 +196,9 @@ public sealed class PairsScenario(RunOptions options)
                 await sending.ConfigureAwait(false); // the pacer failed: report why
             }
 
+            measureStart = Stopwatch.GetTimestamp();
+            measureStartUtc = DateTime.UtcNow;
+            sampling = sampler.RunAsync(broker.ScrapeAsync, stopSampling.Token);
             stopSending.CancelAfter(options.Duration);
         }
         else
@@ -220,6 +229,8 @@ public sealed class PairsScenario(RunOptions options)
         var elapsed = await drained.ConfigureAwait(false);
         result.DurationS = Math.Round(elapsed.TotalSeconds, 3);
 
+        await stopSampling.CancelAsync().ConfigureAwait(false);
+        await sampling.ConfigureAwait(false);
         var scrape = await broker.ScrapeAsync().ConfigureAwait(false);
         var harnessCpu = (Process.GetCurrentProcess().TotalProcessorTime - harnessCpuBefore).TotalSeconds;
         if (options.MetricsPath is not null && broker.LastMetricsText is not null)
@@ -270,6 +281,11 @@ public sealed class PairsScenario(RunOptions options)
             result.Figures["broker_rss_mb_end"] = Math.Round(scrape.ResidentBytes / 1048576.0, 1);
             result.Figures["broker_messages_in_total"] = scrape.MessagesIn;
             result.Figures["broker_messages_out_total"] = scrape.MessagesOut;
+        }
+
+        if (options.Rate > 0)
+        {
+            StallReport.Complete(result, stats.Stalls!, measureStart, measureStartUtc, sampler, broker.DataDirectory);
         }
 
         if (options.Rate > 0)

@@ -112,10 +112,12 @@ public static class Program
         var mqttTopics = new Option<string>("--mqtt-topics") { Description = "pairs --protocol mqtt: chat (chat/u/{user} and inbox/{user}/#, needs tokens), plain (pairs/{run}/{i}, any broker) or auto (chat when a token secret is known).", DefaultValueFactory = _ => "auto", Recursive = true };
         mqttTopics.AcceptOnlyFromAmong("auto", "chat", "plain");
 
+        var stallMs = new Option<double>("--stall-ms") { Description = "pairs at a fixed rate: deliveries later than this are reported as stalls (when, how long, the broker's GC, thread pool and RocksDB LOG around each).", DefaultValueFactory = _ => 10, Recursive = true };
+        var peerPid = new Option<int>("--peer-pid") { Description = "pairs with --target: pid of the target broker on this machine (e.g. mosquitto), whose CPU over the measured interval is read from /proc.", Recursive = true };
         var members = new Option<int>("--members") { Description = "fanout: members of the group, all online (the sender included).", DefaultValueFactory = _ => 1024, Recursive = true };
 
         var root = new RootCommand("ChatBroker load harness: pairs, fanout, connections, resume, churn.");
-        foreach (var o in new Option[] { protocol, mqttTopics, cluster, netns, etcdMembers, transport, members, duration, count, pairs, rate, window, bodySize, durability, target, admin, secretFile, tokenSecret, connections, processes, sources, set, json, html, metricsOut, gcdump, warmup, warmupSeconds })
+        foreach (var o in new Option[] { stallMs, peerPid, protocol, mqttTopics, cluster, netns, etcdMembers, transport, members, duration, count, pairs, rate, window, bodySize, durability, target, admin, secretFile, tokenSecret, connections, processes, sources, set, json, html, metricsOut, gcdump, warmup, warmupSeconds })
         {
             root.Options.Add(o);
         }
@@ -145,6 +147,8 @@ public static class Program
             Warmup = r.GetValue(warmup),
             WarmupSeconds = r.GetValue(warmupSeconds),
             Cluster = r.GetValue(cluster),
+            StallMs = r.GetValue(stallMs),
+            PeerPid = r.GetValue(peerPid),
             Transports = ClientTransports.TryParse(r.GetValue(transport), out var transports, out _) ? transports : [ClientTransport.Tcp],
         };
 

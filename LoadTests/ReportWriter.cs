@@ -54,6 +54,7 @@ public static class ReportWriter
             lines.Add(F($"{k}: {v:N2}"));
         }
 
+        lines.AddRange(StallReport.Describe(r));
         foreach (var t in r.Targets)
         {
             lines.Add(F($"target {t.Name}: {t.Measured:N3} {t.Comparison} {t.Target:N3} -> {(t.Met ? "MET" : "NOT MET")} (ratio {t.Ratio:0.###})"));

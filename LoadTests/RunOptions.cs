@@ -30,6 +30,12 @@ public sealed class RunOptions
     public int Warmup { get; init; } = 5000;
     public int WarmupSeconds { get; init; } = 3;
 
+    /// <summary>Paced pairs: a delivery later than this (ms) is part of a stall (<see cref="StallReport"/>).</summary>
+    public double StallMs { get; init; } = 10;
+
+    /// <summary>With --target: the target broker's pid on this machine, for its CPU from /proc (0 = unknown).</summary>
+    public int PeerPid { get; init; }
+
     /// <summary>0: one broker (started, or --target). N ≥ 1: a cluster of N nodes and an etcd the harness starts on 127.0.0.1.</summary>
     public int Cluster { get; init; }
 

@@ -31,6 +31,9 @@ public sealed class RunResult
     public List<string> Notes { get; init; } = [];
     public IReadOnlyList<SeriesPoint> Series { get; set; } = [];
 
+    /// <summary>Paced runs: deliveries later than --stall-ms merged into episodes, with the broker's evidence (<see cref="StallReport"/>).</summary>
+    public List<StallEpisode>? Stalls { get; set; }
+
     /// <summary>Zero loss, gaps, duplicates and errors, and every target met.</summary>
     public bool Passed => Lost == 0 && Gaps == 0 && Duplicates == 0 && Errors == 0 && Targets.TrueForAll(t => t.Met);
 

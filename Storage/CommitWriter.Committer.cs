@@ -106,7 +106,7 @@ internal sealed partial class CommitWriter
             }
             else
             {
-                WriteCompletion.OnPool(slot.Ops, failure);
+                WriteCompletion.OnPool(slot.Ops, failure, _options.CompletionScope);
             }
         }
 

@@ -21,7 +21,7 @@ public sealed class RocksDbChatStore : ChatStore
         try
         {
             Directory.CreateDirectory(path);
-            db = RocksDb.Open(path, RocksDbEngine.FamilyNames, new RocksDbSettings(options.BlockCacheBytes, options.WriteBufferBytes, MaxOpenFiles: 512, HintedFamilies: Array.ConvertAll(Codec.Records.HintedFamilies, f => (int)f)));
+            db = RocksDb.Open(path, RocksDbEngine.FamilyNames, new RocksDbSettings(options.BlockCacheBytes, options.WriteBufferBytes, MaxOpenFiles: 512, HintedFamilies: Array.ConvertAll(Codec.Records.HintedFamilies, f => (int)f), InfoLog: options.RocksDbInfoLog));
         }
         catch (Exception ex) when (ex is RocksDbException or IOException or UnauthorizedAccessException or DllNotFoundException)
         {

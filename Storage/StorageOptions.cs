@@ -57,6 +57,13 @@ public sealed record StorageOptions
     /// evenly spaced messages/s zero saved two thread wake-ups per message (docs/performance.md).</summary>
     public TimeSpan CallerWritesAfterIdle { get; init; } = TimeSpan.FromTicks(1_000); // 100 µs
 
+    /// <summary>Brackets each batch of ops completed on a pool work item by the committer and the WAL syncer (see
+    /// <see cref="IWriteCompletionScope"/>); null: none.</summary>
+    public IWriteCompletionScope? CompletionScope { get; init; }
+
+    /// <summary>RocksDB's LOG at INFO (flushes, memtable switches, WAL files, compactions, each with its time) instead of WARN.</summary>
+    public bool RocksDbInfoLog { get; init; }
+
     /// <summary>Most requests committed in one WriteBatch.</summary>
     public int MaxBatchCount { get; init; } = 1024;
 

@@ -23,6 +23,7 @@ internal sealed class WalSyncer
 
     private readonly IKvEngine _engine;
     private readonly int _capacity;
+    private readonly IWriteCompletionScope? _completionScope;
     private readonly Thread _thread;
 
     // Batches written to the engine whose fsync has not completed yet, oldest first.
@@ -37,6 +38,7 @@ internal sealed class WalSyncer
     {
         _engine = engine;
         _capacity = options.QueueCapacity;
+        _completionScope = options.CompletionScope;
         _thread = new Thread(SyncLoop) { IsBackground = true, Name = "ChatBroker.Storage WAL syncer" };
         _thread.Start();
     }
@@ -200,7 +202,7 @@ internal sealed class WalSyncer
                 count += batch.Ops.Length;
             }
 
-            WriteCompletion.OnPool(ops, failure);
+            WriteCompletion.OnPool(ops, failure, _completionScope);
             taken.Clear();
         }
     }

@@ -181,6 +181,8 @@ public sealed class TcpOptions
     public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(10);
     /// <summary>Socket continuations run on the socket event threads (one per core) instead of the thread pool.</summary>
     public bool InlineCompletions { get; set; } = true;
+    /// <summary>Idle connections wait for data through the broker's own epoll loops (Transport/ReadinessPoller.cs), not .NET's per-socket receive state.</summary>
+    public bool ReadinessPoller { get; set; } = true;
 }
 
 public sealed class AdminOptions
@@ -222,6 +224,7 @@ public sealed class StorageSettings
     public long WriteBufferBytes { get; set; } = 64L * 1024 * 1024;
     public TimeSpan IdempotencyWindow { get; set; } = TimeSpan.FromHours(24);
     public int IdempotencyCacheDevices { get; set; } = 100_000;
+    public bool RocksDbInfoLog { get; set; }
 }
 
 public enum RetentionPolicy

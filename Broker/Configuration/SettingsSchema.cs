@@ -97,6 +97,8 @@ public static class SettingsSchema
             o => o.Tcp.ConnectTimeout, (o, v) => o.Tcp.ConnectTimeout = v, TimeSpan.FromMilliseconds(100), TimeSpan.FromMinutes(10)),
         Bool("tcp.inline_completions", "Handle received packets on the socket event threads (one per core) instead of handing each receive to the thread pool: fewer thread wake-ups per message. Applies to every socket of the process; read once at start.",
             o => o.Tcp.InlineCompletions, (o, v) => o.Tcp.InlineCompletions = v),
+        Bool("tcp.readiness_poller", "Idle native-protocol connections wait for their next bytes through the broker's own epoll loops (one per core) instead of a pending .NET receive: about 550 bytes less per idle connection. Linux x64 only (elsewhere ignored); read once at start.",
+            o => o.Tcp.ReadinessPoller, (o, v) => o.Tcp.ReadinessPoller = v),
 
         Str("tls.listen", "Address and port of the native protocol over TLS (1.2 or 1.3, ALPN \"chatbroker/1\"); empty: no TLS listener. Needs tls.certificate_file and tls.key_file.",
             o => o.Tls.Listen is { } ep ? SettingParsers.FormatEndpoint(ep) : "", (o, v) => o.Tls.Listen = v.Length == 0 ? null : SettingParsers.TryParseEndpoint(v, out var ep, out _) ? ep : null, OptionalEndpoint),
@@ -169,6 +171,8 @@ public static class SettingsSchema
             o => o.Storage.BlockCacheBytes, (o, v) => o.Storage.BlockCacheBytes = v, 0, 1L << 40),
         Int("storage.write_buffer_bytes", "RocksDB memtable size per column family; larger means fewer flushes and less compaction work, at that much memory per busy column family (up to two memtables each).",
             o => o.Storage.WriteBufferBytes, (o, v) => o.Storage.WriteBufferBytes = v, 1L << 20, 1L << 30),
+        Bool("storage.rocksdb_info_log", "RocksDB's LOG file (in the store directory) at INFO: every flush, memtable switch, new WAL file and compaction with its time, for finding the cause of a latency stall; off: warnings only.",
+            o => o.Storage.RocksDbInfoLog, (o, v) => o.Storage.RocksDbInfoLog = v),
         Duration("storage.idempotency_window", "How long a client_msg_id is remembered, so a retried SEND is answered with the original seq.",
             o => o.Storage.IdempotencyWindow, (o, v) => o.Storage.IdempotencyWindow = v, TimeSpan.FromMinutes(1), TimeSpan.FromDays(365)),
         Int("storage.idempotency_cache_devices", "Sending devices whose highest client_msg_id the commit writer remembers; a SEND above it skips the idempotency lookup. Cleared when full.",

@@ -119,9 +119,13 @@ public static class BrokerServices
         IdempotencyCacheDevices = options.Storage.IdempotencyCacheDevices,
         // Cluster mode: a home may be sent copies of messages it stored itself (re-forwards, a failed home's queue).
         InboxCopyMarks = options.Cluster.EtcdEndpoints.Length > 0,
+        RocksDbInfoLog = options.Storage.RocksDbInfoLog,
         // Async durability: a SEND handled on an idle store is written by the thread that read it, with no
         // hand-off to the writer thread and back (see StorageOptions.CallerWritesAfterIdle).
         CallerWritesAfterIdle = TimeSpan.Zero,
+        // Replies and deliveries written by the continuations of a batch completed on the pool leave from that
+        // work item, after the batch (Sessions/OutboxFlushScope.cs).
+        CompletionScope = Sessions.CompletionBatchScope.Instance,
         Retention = options.Retention.Policy == Configuration.RetentionPolicy.Keep
             ? Storage.RetentionPolicy.Keep
             : Storage.RetentionPolicy.ForDays(options.Retention.Days),

@@ -219,8 +219,8 @@ internal sealed class DeliveryStream(ulong conversationId, ulong position)
 /// </summary>
 internal interface IDeliveryTarget
 {
-    /// <summary>The session's one lock: it guards the streams and the outbound queue.</summary>
-    Lock Lock { get; }
+    /// <summary>The session's one lock (a monitor on its outbox: no lock object per connection): it guards the streams and the outbound queue.</summary>
+    object Lock { get; }
 
     string UserId { get; }
 

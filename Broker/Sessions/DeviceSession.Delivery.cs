@@ -33,7 +33,7 @@ internal sealed partial class DeviceSession : IDeliveryTarget
     private ulong _syncRequestId;
     private bool _closed;
 
-    Lock IDeliveryTarget.Lock => _lock;
+    object IDeliveryTarget.Lock => _lock;
 
     bool IDeliveryTarget.IsClosed => _closed;
 

@@ -31,8 +31,10 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
 
     // The session's one lock: inbox position and group streams, SENDs in flight and their replies, and the
     // outbox's queue. One per concern cost 40 bytes each for every idle phone; they are rarely contended, since
-    // each guards one device's state. Never held across I/O or an await.
-    private readonly Lock _lock = new();
+    // each guards one device's state. A monitor on the outbox rather than a System.Threading.Lock: the 40 bytes
+    // of one more object per idle phone (a monitor needs no object of its own until contended). Never held
+    // across I/O or an await.
+    private readonly object _lock;
     private readonly BrokerContext _context;
     private readonly IDeviceTransport _transport;
     private readonly long _connectionId;
@@ -62,7 +64,8 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
         _owner = owner;
         _maxFrameSize = context.Options.Tcp.MaxFrameBytes;
         var session = context.Options.Session;
-        _outbox = new SessionOutbox(transport, session.MaxOutboundBytes, session.MaxOutboundFrames, this, _lock);
+        _outbox = new SessionOutbox(transport, session.MaxOutboundBytes, session.MaxOutboundFrames, this);
+        _lock = _outbox;
     }
 
     public string UserId => _user;
@@ -77,15 +80,34 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
     internal bool IsKeepaliveExpired(long nowMs) =>
         _keepaliveWindowMs > 0 && nowMs - Volatile.Read(ref _lastReceivedMs) > _keepaliveWindowMs;
 
-    // Queued by the handler: the accept loop goes on accepting while this connection starts on the pool.
+    // Queued by the handler: the accept loop goes on accepting while this connection starts on the pool. Also
+    // what a transport that notifies readiness (INotifyingTransport) calls once data has arrived for a session
+    // whose read loop had returned to wait (on its event thread, or queued to the pool).
     void IThreadPoolWorkItem.Execute() => _ = RunAsync();
 
-    private async Task RunAsync()
+    // True while the read loop has returned to wait for data through INotifyingTransport: the next activation
+    // starts with a receive (the wait is over) and without the handshake deadline (it is registered).
+    private bool _suspended;
+
+    /// <summary>
+    /// The read loop. With a transport that notifies readiness (<see cref="INotifyingTransport"/>, the TCP
+    /// listener's with tcp.readiness_poller), a registered session that has nothing left to parse does not stay
+    /// suspended in an await: it asks to be called when data arrives and returns, so an idle connection holds no
+    /// state machine (a box of ≈ 272 bytes, docs/performance.md "Issue 21"); the call starts the next activation
+    /// with a receive. The boxes of running activations are pooled (<see cref="System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder"/>),
+    /// so a wake-up allocates none. The session's end (the finally below) runs only in the activation that
+    /// actually ends, never in one that returned to wait.
+    /// </summary>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask RunAsync()
     {
         var stopping = _owner.Stopping;
+        var resumed = _suspended;
+        _suspended = false;
+        var waiting = false;
         // Only until CONNECT (shared with the connections accepted at about the same time, and dropped once
         // the session is registered): an idle authenticated connection holds no timer.
-        var handshake = _context.Handshakes.Next();
+        var handshake = resumed ? default : _context.Handshakes.Next();
         var closeReason = ReasonCode.NormalDisconnect;
         var remote = _transport.RemoteEndPoint;
         Exception? failure = null;
@@ -114,8 +136,25 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
                         stopping.ThrowIfCancellationRequested();
                     }
 
-                    // Wait for readability without a buffer: an idle connection holds none.
-                    await _transport.WaitReadableAsync(handshake).ConfigureAwait(false);
+                    if (resumed)
+                    {
+                        resumed = false; // the notification that started this activation: bytes (or the end) are there
+                    }
+                    else if (_registered && !handshake.CanBeCanceled && _transport is INotifyingTransport notifying)
+                    {
+                        // Return instead of awaiting: the transport calls Execute when data arrives, which may be
+                        // at once and on another thread, so nothing of the session is touched after asking.
+                        waiting = true;
+                        _suspended = true;
+                        notifying.NotifyWhenReadable(this);
+                        return;
+                    }
+                    else
+                    {
+                        // Wait for readability without a buffer: an idle connection holds none.
+                        await _transport.WaitReadableAsync(handshake).ConfigureAwait(false);
+                    }
+
                     buffer = ArrayPool<byte>.Shared.Rent(ReceiveChunk);
                 }
                 else if (length == buffer!.Length)
@@ -205,19 +244,28 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
         }
         finally
         {
-            try
+            if (!waiting)
             {
-                await EndAsync(buffer, closeReason, remote).ConfigureAwait(false);
+                await EndRunAsync(buffer, closeReason, remote, failure).ConfigureAwait(false);
             }
-            catch (Exception e)
-            {
-                failure ??= e;
-            }
-            finally
-            {
-                _transport.Close();
-                _owner.Release(_connectionId, failure);
-            }
+        }
+    }
+
+    // The read loop has ended for good: the session's end, then the transport and the listener's count.
+    private async Task EndRunAsync(byte[]? buffer, ReasonCode closeReason, System.Net.EndPoint? remote, Exception? failure)
+    {
+        try
+        {
+            await EndAsync(buffer, closeReason, remote).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            failure ??= e;
+        }
+        finally
+        {
+            _transport.Close();
+            _owner.Release(_connectionId, failure);
         }
     }
 
@@ -412,7 +460,12 @@ internal sealed class DeviceConnectionHandler(BrokerContext context) : ISocketCo
     private CancellationToken _lastWatched;
 
     public void Start(Socket socket, long connectionId, IConnectionOwner owner) =>
-        Start(new SocketTransport(socket), connectionId, owner);
+        Start(
+            context.Options.Tcp.ReadinessPoller && ReadinessPoller.IsSupported
+                ? new PolledSocketTransport(socket, ReadinessPoller.Shared(context.Options.Tcp.InlineCompletions))
+                : new SocketTransport(socket),
+            connectionId,
+            owner);
 
     /// <summary>Starts a session over any transport (the socket listener's, or an in-memory one in tests).</summary>
     public void Start(IDeviceTransport transport, long connectionId, IConnectionOwner owner)

@@ -38,9 +38,10 @@ internal sealed class SessionOutbox : IBufferWriter<byte>, IThreadPoolWorkItem, 
     private readonly int _maxBytes;
     private readonly int _maxFrames;
     private readonly IOutboxOwner _owner;
-    // Guards every field below: the session's lock, shared rather than one more lock object per connection.
-    // Held only while copying bytes in or swapping buffers out, never across I/O.
-    private readonly Lock _lock;
+    // Guards every field below: the session's lock, shared rather than one more lock object per connection
+    // (a monitor on this outbox unless the owner passes another). Held only while copying bytes in or swapping
+    // buffers out, never across I/O.
+    private readonly object _lock;
     private byte[]? _buffer;
     private int _written;
     private int _frames;
@@ -50,13 +51,13 @@ internal sealed class SessionOutbox : IBufferWriter<byte>, IThreadPoolWorkItem, 
     private bool _finalWritten;
     private TaskCompletionSource? _sendCompleted;
 
-    public SessionOutbox(IDeviceTransport transport, int maxBytes, int maxFrames, IOutboxOwner owner, Lock sessionLock)
+    public SessionOutbox(IDeviceTransport transport, int maxBytes, int maxFrames, IOutboxOwner owner, object? sessionLock = null)
     {
         _transport = transport;
         _maxBytes = maxBytes;
         _maxFrames = maxFrames;
         _owner = owner;
-        _lock = sessionLock;
+        _lock = sessionLock ?? this;
     }
 
     /// <summary>Bytes written but not yet accepted by the transport.</summary>

@@ -52,6 +52,21 @@ public interface IDeviceTransport
     void Close();
 }
 
+/// <summary>
+/// A transport that can call its session back when data arrives, so that an idle session's read loop returns
+/// instead of staying suspended in <see cref="IDeviceTransport.WaitReadableAsync"/> (an async state machine per
+/// idle connection). <see cref="PolledSocketTransport"/> implements it.
+/// </summary>
+public interface INotifyingTransport
+{
+    /// <summary>
+    /// Calls <paramref name="target"/>.Execute once bytes can be received, the peer has closed, or the transport was
+    /// closed: on the transport's event thread (tcp.inline_completions) or on the thread pool, possibly before this
+    /// returns. Only the session's read loop calls it, never while a wait or receive is pending; no cancellation.
+    /// </summary>
+    void NotifyWhenReadable(IThreadPoolWorkItem target);
+}
+
 /// <summary>Told when a <see cref="IDeviceTransport.Send"/> that did not finish inline has finished.</summary>
 public interface ITransportSendCompletion
 {

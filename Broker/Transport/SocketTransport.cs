@@ -38,9 +38,14 @@ public sealed class SocketTransport(Socket socket) : IDeviceTransport
     public ValueTask<int> ReceiveAsync(Memory<byte> buffer, CancellationToken cancellationToken) =>
         _socket.ReceiveAsync(buffer, SocketFlags.None, cancellationToken);
 
-    public bool Send(byte[] buffer, int length, ITransportSendCompletion completion, out bool sent)
+    public bool Send(byte[] buffer, int length, ITransportSendCompletion completion, out bool sent) =>
+        Send(buffer, 0, length, completion, out sent);
+
+    /// <summary>As <see cref="Send(byte[], int, ITransportSendCompletion, out bool)"/>, of <paramref name="buffer"/>[offset..offset+length)
+    /// (the rest of a send <see cref="PolledSocketTransport"/> began); the completion still gets the whole buffer.</summary>
+    internal bool Send(byte[] buffer, int offset, int length, ITransportSendCompletion completion, out bool sent)
     {
-        var args = SendArgs.Rent(this, completion, buffer, length);
+        var args = SendArgs.Rent(this, completion, buffer, offset, length);
         try
         {
             if (_socket.SendAsync(args))
@@ -135,7 +140,7 @@ public sealed class SocketTransport(Socket socket) : IDeviceTransport
 
         public ITransportSendCompletion? Completion { get; private set; }
 
-        public static SendArgs Rent(SocketTransport transport, ITransportSendCompletion completion, byte[] buffer, int length)
+        public static SendArgs Rent(SocketTransport transport, ITransportSendCompletion completion, byte[] buffer, int offset, int length)
         {
             if (Pool.TryDequeue(out var args))
             {
@@ -148,7 +153,7 @@ public sealed class SocketTransport(Socket socket) : IDeviceTransport
 
             args._transport = transport;
             args.Completion = completion;
-            args.SetBuffer(buffer, 0, length);
+            args.SetBuffer(buffer, offset, length);
             return args;
         }
 

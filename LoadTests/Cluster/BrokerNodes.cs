@@ -40,6 +40,9 @@ public sealed class BrokerNodes : IAsyncDisposable
     /// <summary>The text of the last scrape (one node only: a cluster's scrapes are summed, with no text).</summary>
     public string? LastMetricsText => _single?.LastMetricsText;
 
+    /// <summary>The single started broker's data directory (null for a cluster or a target).</summary>
+    public string? DataDirectory => _single?.DataDirectory;
+
     public Task<BrokerMetricsSample?> ScrapeAsync() => _cluster is not null ? _cluster.ScrapeAsync() : _single!.ScrapeAsync();
 
     public string Describe(RunOptions options)

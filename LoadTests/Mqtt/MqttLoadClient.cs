@@ -77,6 +77,15 @@ internal sealed class MqttLoadClient : IAsyncDisposable
         return formatter.Encode(packet).Join().ToArray();
     }
 
+    /// <summary>A blocking send of all of <paramref name="bytes"/> (the paced sender's thread).</summary>
+    public void Send(ReadOnlySpan<byte> bytes)
+    {
+        while (bytes.Length > 0)
+        {
+            bytes = bytes[_socket.Send(bytes, SocketFlags.None)..];
+        }
+    }
+
     public ValueTask<int> SendAsync(ReadOnlyMemory<byte> bytes, CancellationToken cancellationToken) =>
         _socket.SendAsync(bytes, SocketFlags.None, cancellationToken);
 

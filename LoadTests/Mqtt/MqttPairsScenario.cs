@@ -77,7 +77,7 @@ public sealed class MqttPairsScenario(RunOptions options, string topics)
         var pairs = new Pair[options.Pairs];
         for (var i = 0; i < pairs.Length; i++)
         {
-            pairs[i] = new Pair(i, runId, mode, options.Window, options.BodySize, stats);
+            pairs[i] = new Pair(i, runId, mode, options.Window, options.BodySize, stats, paced: options.Rate > 0);
         }
 
         Console.WriteLine($"connecting {pairs.Length} MQTT pairs to {target} (topics: {mode}) ...");
@@ -97,9 +97,19 @@ public sealed class MqttPairsScenario(RunOptions options, string topics)
 
         using var stopSending = new CancellationTokenSource();
         var sending = new List<Task>();
-        foreach (var p in pairs)
+        if (options.Rate > 0)
         {
-            sending.Add(p.RunSenderAsync(stopSending.Token));
+            // The native pairs' schedule (PairsScenario.Pace): pair i's k-th message due at (k - i/N) / (rate/N) s,
+            // one thread sending each when due, through the warm-up into the measurement.
+            stats.Stalls = new StallRecorder(options.StallMs);
+            sending.Add(Task.Factory.StartNew(() => Pace(pairs, options.Rate, stopSending.Token), TaskCreationOptions.LongRunning));
+        }
+        else
+        {
+            foreach (var p in pairs)
+            {
+                sending.Add(p.RunSenderAsync(stopSending.Token));
+            }
         }
 
         if (options.WarmupSeconds > 0)
@@ -109,7 +119,13 @@ public sealed class MqttPairsScenario(RunOptions options, string topics)
         }
 
         var before = broker is null ? null : await broker.ScrapeAsync().ConfigureAwait(false);
+        var peerBefore = options.PeerPid > 0 ? ProcessCpu.Seconds(options.PeerPid) : null;
         var cpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
+        var sampler = new BrokerSampler();
+        using var stopSampling = new CancellationTokenSource();
+        var sampling = broker is not null && options.Rate > 0 ? sampler.RunAsync(broker.ScrapeAsync, stopSampling.Token) : Task.CompletedTask;
+        var measureStart = Stopwatch.GetTimestamp();
+        var measureStartUtc = DateTime.UtcNow;
         var sentBefore = Volatile.Read(ref stats.Sent);
         var ackedBefore = Volatile.Read(ref stats.Acked);
         Pair.Measuring = true;
@@ -120,6 +136,9 @@ public sealed class MqttPairsScenario(RunOptions options, string topics)
         Pair.Measuring = false;
         var elapsed = clock.Elapsed;
         var cpu = (Process.GetCurrentProcess().TotalProcessorTime - cpuBefore).TotalSeconds;
+        var peerAfter = options.PeerPid > 0 ? ProcessCpu.Seconds(options.PeerPid) : null;
+        await stopSampling.CancelAsync().ConfigureAwait(false);
+        await sampling.ConfigureAwait(false);
         var after = broker is null ? null : await broker.ScrapeAsync().ConfigureAwait(false);
         await stopSending.CancelAsync().ConfigureAwait(false);
         try
@@ -173,6 +192,20 @@ public sealed class MqttPairsScenario(RunOptions options, string topics)
             result.Figures["broker_rss_mb_end"] = Math.Round(after.ResidentBytes / 1048576.0, 1);
         }
 
+        if (peerBefore is not null && peerAfter is not null)
+        {
+            result.Figures["broker_cpu_cores"] = Math.Round((peerAfter.Value - peerBefore.Value) / elapsed.TotalSeconds, 2);
+            result.Figures["broker_cpu_us_per_message"] = Math.Round((peerAfter.Value - peerBefore.Value) * 1e6 / Math.Max(1, delivered), 2);
+            result.Notes.Add($"broker CPU: pid {options.PeerPid} (--peer-pid), utime + stime from /proc over the measured interval (10 ms ticks)");
+        }
+
+        if (options.Rate > 0)
+        {
+            StallReport.Complete(result, stats.Stalls!, measureStart, measureStartUtc, broker is null ? null : sampler, broker?.DataDirectory);
+            result.Parameters["rate"] = options.Rate.ToString(CultureInfo.InvariantCulture);
+            result.AddTarget("delivered rate vs --rate (messages/s)", delivered / elapsed.TotalSeconds, ">=", options.Rate * 0.95);
+        }
+
         result.Notes.Add("throughput: messages delivered to receivers during the measured --duration / its length (warm-up not counted)");
         result.Notes.Add("latency: body stamp (Stopwatch, before the socket write) to the PUBLISH parsed at the receiver");
         if (mode == "chat")
@@ -183,6 +216,39 @@ public sealed class MqttPairsScenario(RunOptions options, string topics)
         return result;
     }
 
+    /// <summary>Fixed rate, evenly spaced: as <c>PairsScenario.Pace</c> (one thread, each PUBLISH written when due, nanosleep between).</summary>
+    private void Pace(Pair[] pairs, double rate, CancellationToken stop)
+    {
+        PreciseSleep.UseFineTimerSlack();
+        var perPair = rate / pairs.Length;
+        var start = Stopwatch.GetTimestamp();
+        var paced = new long[pairs.Length];
+        while (!stop.IsCancellationRequested)
+        {
+            var elapsed = Stopwatch.GetElapsedTime(start).TotalSeconds;
+            var nextDue = double.MaxValue;
+            for (var i = 0; i < pairs.Length; i++)
+            {
+                var phase = (double)i / pairs.Length;
+                var due = (long)((elapsed * perPair) + phase) - paced[i];
+                if (due > 0)
+                {
+                    var n = (int)Math.Min(due, MaxBatch);
+                    if (!pairs[i].SendNow(n))
+                    {
+                        return;
+                    }
+
+                    paced[i] += n;
+                }
+
+                nextDue = Math.Min(nextDue, (paced[i] + 1 - phase) / perPair);
+            }
+
+            PreciseSleep.Until(start, nextDue);
+        }
+    }
+
     private static int FreePort()
     {
         using var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
@@ -191,8 +257,11 @@ public sealed class MqttPairsScenario(RunOptions options, string topics)
     }
 
     /// <summary>One sender and one receiver.</summary>
-    private sealed class Pair(int index, string runId, string mode, int window, int bodySize, LoadStats stats)
+    private sealed class Pair(int index, string runId, string mode, int window, int bodySize, LoadStats stats, bool paced)
     {
+        private byte[]? _pacedPayload;
+        private byte[]? _pacedBuffer;
+
         public static volatile bool Measuring;
 
         private readonly SemaphoreSlim _window = new(window, window);
@@ -269,6 +338,43 @@ public sealed class MqttPairsScenario(RunOptions options, string topics)
                     return;
                 }
             }
+        }
+
+        /// <summary>Paced: writes the next <paramref name="n"/> PUBLISHes now, in one blocking send; false when the socket failed.</summary>
+        public bool SendNow(int n)
+        {
+            _pacedPayload ??= NewPayload();
+            var one = MqttLoadClient.PublishLength(_topic.Length, _pacedPayload.Length);
+            _pacedBuffer ??= new byte[one * MaxBatch];
+            var length = 0;
+            var stamp = Stopwatch.GetTimestamp();
+            for (var k = 0; k < n; k++)
+            {
+                var seq = _nextSeq + k;
+                BinaryPrimitives.WriteInt64LittleEndian(_pacedPayload, stamp);
+                BinaryPrimitives.WriteInt64LittleEndian(_pacedPayload.AsSpan(8), seq);
+                length += MqttLoadClient.WritePublish(_pacedBuffer.AsSpan(length), _topic, (ushort)((seq % 65535) + 1), _pacedPayload);
+            }
+
+            Volatile.Write(ref _nextSeq, _nextSeq + n);
+            Interlocked.Add(ref stats.Sent, n);
+            try
+            {
+                _sender.Send(_pacedBuffer.AsSpan(0, length));
+                return true;
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                Interlocked.Increment(ref stats.Errors);
+                return false;
+            }
+        }
+
+        private byte[] NewPayload()
+        {
+            var payload = new byte[Math.Max(16, bodySize)];
+            payload.AsSpan(16).Fill((byte)'x');
+            return payload;
         }
 
         public async Task RunAckReaderAsync(CancellationToken stop)
@@ -369,7 +475,10 @@ public sealed class MqttPairsScenario(RunOptions options, string topics)
                     Interlocked.Increment(ref _measured);
                 }
 
-                _window.Release();
+                if (!paced)
+                {
+                    _window.Release();
+                }
             }
 
             return length;

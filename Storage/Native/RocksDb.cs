@@ -20,7 +20,7 @@ public sealed class RocksDbException : StorageException
 /// <summary>Tuning knobs applied when the database is opened.</summary>
 /// <param name="HintedFamilies">indexes of the column families whose keys start with an 8-byte
 /// prefix grouping keys that are inserted in order (memtable insert hints).</param>
-internal sealed record RocksDbSettings(long BlockCacheBytes, long WriteBufferBytes, int MaxOpenFiles, IReadOnlyList<int> HintedFamilies);
+internal sealed record RocksDbSettings(long BlockCacheBytes, long WriteBufferBytes, int MaxOpenFiles, IReadOnlyList<int> HintedFamilies, bool InfoLog = false);
 
 /// <summary>
 /// A RocksDB database opened with a fixed list of column families. Owns every native handle it
@@ -66,7 +66,9 @@ internal sealed unsafe class RocksDb : IDisposable
             RocksDbNative.rocksdb_options_set_level0_file_num_compaction_trigger(options, 8);
             RocksDbNative.rocksdb_options_set_max_open_files(options, settings.MaxOpenFiles);
             RocksDbNative.rocksdb_options_set_keep_log_file_num(options, 2);
-            RocksDbNative.rocksdb_options_set_info_log_level(options, 2 /* WARN */);
+            // INFO logs every flush, memtable switch, new WAL file and compaction with its time: what a stall
+            // report (LoadTests, StallReport) correlates with late messages. WARN otherwise.
+            RocksDbNative.rocksdb_options_set_info_log_level(options, settings.InfoLog ? 1 /* INFO */ : 2 /* WARN */);
             RocksDbNative.rocksdb_options_set_compression(options, 0 /* none: bodies are often ciphertext */);
             RocksDbNative.rocksdb_options_set_wal_compression(options, 0);
             // Most point reads miss (a new client_msg_id is not in the idempotency index): a memtable

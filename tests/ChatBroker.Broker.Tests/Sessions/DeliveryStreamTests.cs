@@ -233,7 +233,7 @@ public sealed class DeliveryStreamTests : IAsyncLifetime
     {
         private TaskCompletionSource<bool>? _room;
 
-        public Lock Lock { get; } = new();
+        public object Lock { get; } = new();
 
         public string UserId => user;
 

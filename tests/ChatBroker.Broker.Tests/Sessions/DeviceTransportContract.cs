@@ -166,8 +166,36 @@ internal interface ITransportPeer : IAsyncDisposable
     void CloseOutput();
 }
 
+/// <summary>The same contract over the broker's own epoll loops (tcp.readiness_poller), where the platform has them.</summary>
+public sealed class PolledSocketTransportTests : DeviceTransportContract
+{
+    private protected override async Task<(IDeviceTransport Transport, ITransportPeer Peer)> ConnectAsync(int peerBufferBytes)
+    {
+        var (server, client) = await SocketTransportTests.LoopbackPairAsync(peerBufferBytes);
+        return (new PolledSocketTransport(server, ReadinessPoller.Shared(inlineCompletions: false)), SocketTransportTests.PeerOf(client));
+    }
+
+    [Fact]
+    public async Task An_idle_wait_leaves_the_socket_without_dotnet_receive_state()
+    {
+        // What tcp.readiness_poller is for: waiting costs a one-shot epoll registration, no SocketAsyncContext.
+        var wait = Transport.WaitReadableAsync(CancellationToken.None).AsTask();
+        var context = typeof(Socket).GetField("_asyncContext", System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance)
+            ?? typeof(SafeSocketHandle).GetField("_asyncContext", System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance);
+        var socket = (Socket)typeof(PolledSocketTransport).GetField("_socket", System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance)!.GetValue(Transport)!;
+        Assert.NotNull(context);
+        Assert.Null(context!.GetValue(context.DeclaringType == typeof(Socket) ? socket : socket.SafeHandle));
+
+        await Peer.WriteAsync([9]);
+        await wait.WaitAsync(TestDevice.Timeout);
+        Assert.Equal(1, await Transport.ReceiveAsync(new byte[4], CancellationToken.None));
+    }
+}
+
 public sealed class SocketTransportTests : DeviceTransportContract
 {
+    internal static ITransportPeer PeerOf(Socket client) => new SocketPeer(client);
+
     private protected override async Task<(IDeviceTransport Transport, ITransportPeer Peer)> ConnectAsync(int peerBufferBytes)
     {
         var (server, client) = await LoopbackPairAsync(peerBufferBytes);
