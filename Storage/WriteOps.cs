@@ -450,12 +450,18 @@ internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> i
             MediaRef = m.MediaRef,
             Body = m.Body,
         };
+        // A log record this store already has for the seq is never replaced by a copy: it is this node's own (as the
+        // owner or a replica of it), and a copy that differs can only come from a node that lost the range. (The log's
+        // last seq does not say: a home's log of a conversation it does not own holds only the seqs copied to it.)
         Records.MessageKey(w.Key, m.ConversationId, m.Seq);
-        Records.MessageValue(w.Value, m.TimestampMs, request);
-        w.Batch.Put(Cf.Messages, w.Key.Span, w.Value.Span);
-        if (m.ClientMsgId != 0)
+        if (logNew || w.Engine.Get(Cf.Messages, w.Key.Span) is null)
         {
-            PutIdempotencyMark(w, m);
+            Records.MessageValue(w.Value, m.TimestampMs, request);
+            w.Batch.Put(Cf.Messages, w.Key.Span, w.Value.Span);
+            if (m.ClientMsgId != 0)
+            {
+                PutIdempotencyMark(w, m);
+            }
         }
 
         var inboxSeqs = inboxRecipients.Count == 0 ? [] : new ulong[inboxRecipients.Count];

@@ -698,6 +698,15 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             case ClusterOpKind.InboxAppend:
             {
                 var append = InboxAppend.Parser.ParseFrom(message.Payload.Span);
+                if (s.Map.FindMember(batch.Origin) is { State: MemberState.Failed })
+                {
+                    // A failed-over owner's forward queues may hold entries of writes it never acknowledged, whose seqs
+                    // the new owner has given to other messages: they must not reach an inbox (or a log). What it did
+                    // acknowledge, the new owner re-forwards from its own log.
+                    batch.RefuseStaleEpoch(index, s.Epoch, "");
+                    return null;
+                }
+
                 foreach (var recipient in append.Recipients)
                 {
                     var home = s.HomeIndexOf(recipient);

@@ -167,6 +167,14 @@ internal sealed class HomeForwarder
             return false; // not a member (any more): the entries wait for a map that has the node
         }
 
+        if (state.Owners!.IsFailed(state.SelfIndex))
+        {
+            // This node was failed over: its queues may hold entries of writes it never acknowledged (their seqs now
+            // belong to other messages at the new owner), so nothing is sent; what it acknowledged, the new owner
+            // re-forwards from its own log. The entries stay until the node is removed (homes refuse them anyway).
+            return false;
+        }
+
         var sent = new List<(ulong InboxSeq, Task<MeshReply>[]? Outcomes)>(entries.Count);
         List<(StoredMessage, string[])>? here = null;
         var held = false;

@@ -571,6 +571,25 @@ public abstract class ChatStoreContract : IDisposable
     }
 
     [Fact]
+    public async Task A_copy_never_replaces_a_log_record_the_store_has()
+    {
+        // A copy that differs from the log (a failed-over owner's stale message at a seq the new owner gave to another)
+        // adds the recipient's entry at most; the log keeps its own message, even below the log's last seq.
+        var store = Open();
+        Assert.Equal(1UL, (await store.AppendAsync(Messages.To(42, "m1", clientMsgId: 1))).Seq);
+        Assert.Equal(2UL, (await store.AppendAsync(Messages.To(42, "m2", clientMsgId: 2))).Seq);
+        var stale = new StoredMessage(42, 1, Clock.GetUtcNow().ToUnixTimeMilliseconds(), "mallory", "phone", 9, 1, null, Encoding.UTF8.GetBytes("stale"));
+        await store.StoreCopyAsync(stale, ["bob"]);
+        Assert.Equal(["m1", "m2"], store.ReadRange(42, 1, 10).Select(m => m.Text()));
+
+        // A seq the log lacks (a home holds only what was copied to it) is written, even below the log's last.
+        var other = new StoredMessage(43, 5, Clock.GetUtcNow().ToUnixTimeMilliseconds(), "alice", "phone", 5, 1, null, Encoding.UTF8.GetBytes("m5"));
+        await store.StoreCopyAsync(other, ["bob"]);
+        await store.StoreCopyAsync(other with { Seq = 3, ClientMsgId = 3, Body = Encoding.UTF8.GetBytes("m3") }, ["carol"]);
+        Assert.Equal(["m3", "m5"], store.ReadRange(43, 1, 10).Select(m => m.Text()));
+    }
+
+    [Fact]
     public async Task A_copied_message_brings_its_idempotency_mark_so_a_retry_of_its_send_here_gets_its_seq()
     {
         // A node that later sequences the conversation (a failover) may hold the message only as a home's copy: a
