@@ -278,15 +278,30 @@ internal sealed class ReplicationTap : IReplicationTap
 
         replica.Outstanding++;
         replica.LastSend = last;
-        last.ContinueWith(t => OnShipped(replica, t, waited ? pending : null), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        var catchUpEpoch = replica.Phase != Phase.None ? replica.Epoch : -1;
+        if (catchUpEpoch >= 0)
+        {
+            replica.CatchUpSends++;
+        }
+
+        last.ContinueWith(t => OnShipped(replica, t, waited ? pending : null, catchUpEpoch), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         return last;
     }
 
-    private void OnShipped(Replica replica, Task<MeshReply> outcome, Pending? pending)
+    private void OnShipped(Replica replica, Task<MeshReply> outcome, Pending? pending, int catchUpEpoch)
     {
         lock (_lock)
         {
             replica.Outstanding--;
+            var ok = outcome.IsCompletedSuccessfully && outcome.Result.Status == MeshStatus.Ok;
+            if (catchUpEpoch >= 0 && catchUpEpoch == replica.Epoch)
+            {
+                // A batch the replica did not take while it was being caught up would be missing there for good (the copy
+                // read the store before it): the catch-up must not end in "in sync" (see CatchUpAsync).
+                replica.CatchUpSettled++;
+                replica.RefusedDuringCatchUp |= !ok;
+            }
+
             if (outcome.IsCompletedSuccessfully && outcome.Result.Status == MeshStatus.Ok)
             {
                 if (pending is not null)
@@ -297,6 +312,7 @@ internal sealed class ReplicationTap : IReplicationTap
 
                 return;
             }
+
         }
 
         // Refused (the replica has a newer map in which this node is not serving) or the link closed: the batch keeps
@@ -516,6 +532,8 @@ internal sealed class ReplicationTap : IReplicationTap
             }
 
             replica.Phase = Phase.Shadow;
+            replica.RefusedDuringCatchUp = false;
+            replica.CatchUpSends = replica.CatchUpSettled = 0;
             epoch = ++replica.Epoch;
         }
 
@@ -582,6 +600,7 @@ internal sealed class ReplicationTap : IReplicationTap
             }
 
             Task<MeshReply>? tail;
+            long sentBeforeFinal;
             lock (_lock)
             {
                 if (replica.Epoch != epoch)
@@ -591,11 +610,45 @@ internal sealed class ReplicationTap : IReplicationTap
 
                 replica.Phase = Phase.Final; // every batch from now on waits for it
                 tail = replica.LastSend;
+                sentBeforeFinal = replica.CatchUpSends;
             }
 
             if (tail is not null)
             {
                 await ExpectOkAsync(tail, replicaId, stop).ConfigureAwait(false); // acks are cumulative: all before it too
+            }
+
+            // Acked is not taken: a batch sent meanwhile may have been refused (STALE_EPOCH while the two maps differed
+            // at the start of a run) though the ones after it were taken. Found by the checker: a replica listed in sync
+            // lacked a primary's writes of the run's first 18 s. Every send of the catch-up has an outcome by now (acks
+            // are cumulative); their callbacks run on the pool, so wait for them to have counted.
+            var settledBy = Environment.TickCount64 + (long)_options.ReplicationTimeout.TotalMilliseconds;
+            while (true)
+            {
+                lock (_lock)
+                {
+                    if (replica.Epoch != epoch)
+                    {
+                        return false;
+                    }
+
+                    if (replica.RefusedDuringCatchUp)
+                    {
+                        throw new InvalidOperationException($"{replicaId} refused a batch during its catch-up");
+                    }
+
+                    if (replica.CatchUpSettled >= sentBeforeFinal)
+                    {
+                        break;
+                    }
+                }
+
+                if (Environment.TickCount64 > settledBy)
+                {
+                    throw new TimeoutException($"the catch-up's batches to {replicaId} did not all settle");
+                }
+
+                await Task.Delay(1, stop).ConfigureAwait(false);
             }
 
             var result = await membership.SetInSyncAsync(_node.NodeId, replicaId, inSync: true, _node.NodeId,
@@ -733,6 +786,14 @@ internal sealed class ReplicationTap : IReplicationTap
         public int Outstanding { get; set; }
 
         public bool Full { get; set; }
+
+        /// <summary>A batch shipped while it was being caught up came back refused (the catch-up must start over).</summary>
+        public bool RefusedDuringCatchUp { get; set; }
+
+        /// <summary>Batches and pages shipped during the current catch-up, and how many have an outcome.</summary>
+        public long CatchUpSends { get; set; }
+
+        public long CatchUpSettled { get; set; }
 
         public Task<MeshReply>? LastSend { get; set; }
     }
