@@ -239,7 +239,9 @@ internal sealed partial class MqttConnection
         {
             session.ExpirySeconds = expiry;
             session.ExpiresAtMs = long.MaxValue;
+            session.DisconnectedAtUnixMs = 0;
             session.Connection = this;
+            _broker.NoteSessionLocked(session); // a persistent session is stored (or, no longer persistent, its records go)
             WriteLocked(connack);
             ResumeLocked(session); // messages in flight and queued, after CONNACK
         }

@@ -429,7 +429,7 @@ internal sealed partial class MqttConnection : IDeviceLink, IThreadPoolWorkItem
         if (_will is { } will)
         {
             _will = null;
-            _broker.Publish(will);
+            _ = _broker.Publish(will);
         }
     }
 
@@ -465,6 +465,11 @@ internal sealed partial class MqttConnection : IDeviceLink, IThreadPoolWorkItem
             session.ChatInbound = null;
             discard = session.ExpirySeconds == 0;
             session.ExpiresAtMs = discard ? 0 : Environment.TickCount64 + (session.ExpirySeconds * 1000L);
+            session.DisconnectedAtUnixMs = _broker.Context.Clock.GetUtcNow().ToUnixTimeMilliseconds();
+            if (!discard)
+            {
+                _broker.NoteSessionLocked(session); // its expiry counts from now, across a restart too
+            }
         }
 
         if (discard && _broker.Sessions.TryRemove(new KeyValuePair<(string, string), MqttSessionState>(session.Key, session)))
