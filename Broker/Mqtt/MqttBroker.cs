@@ -247,6 +247,20 @@ internal sealed partial class MqttBroker
     {
         foreach (var (key, session) in Sessions)
         {
+            MqttMessage? will = null;
+            lock (session.Lock)
+            {
+                if (session.PendingWill is not null && session.Connection is null && session.WillDueMs <= nowMs)
+                {
+                    (will, session.PendingWill) = (session.PendingWill, null);
+                }
+            }
+
+            if (will is not null)
+            {
+                _ = Publish(will); // its Will Delay Interval passed
+            }
+
             lock (session.Lock)
             {
                 if (session.Connection is not null || session.ExpiresAtMs > nowMs)
@@ -266,8 +280,10 @@ internal sealed partial class MqttBroker
     public void Discard(MqttSessionState session)
     {
         List<MqttSubscription> subscriptions;
+        MqttMessage? will;
         lock (session.Lock)
         {
+            (will, session.PendingWill) = (session.PendingWill, null); // the session ends before the will delay: sent now
             subscriptions = session.SubscriptionCount == 0 ? [] : [.. session.Subscriptions];
             session.Subscriptions.Clear();
             foreach (var q in session.Queued ?? [])
@@ -283,6 +299,11 @@ internal sealed partial class MqttBroker
         foreach (var s in subscriptions)
         {
             Topics.Remove(session, s.Filter);
+        }
+
+        if (will is not null)
+        {
+            _ = Publish(will);
         }
 
         Instruments.Sessions.Add(-1);

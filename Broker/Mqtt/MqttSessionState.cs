@@ -115,6 +115,13 @@ internal sealed class MqttSessionState(string clientId, string user)
     public long DisconnectedAtUnixMs { get; set; }
     /// <summary>Set when the session ended (clean start, expiry): its records are deleted.</summary>
     public bool Discarded { get; set; }
+    /// <summary>
+    /// A 5.0 will whose Will Delay Interval runs (the connection ended without DISCONNECT): published at
+    /// <see cref="WillDueMs"/> (tick ms) or when the session ends, whichever is first; dropped when the client
+    /// reconnects to this session first [MQTT-3.1.3-9]. Memory only: a restart loses it.
+    /// </summary>
+    public MqttMessage? PendingWill { get; set; }
+    public long WillDueMs { get; set; }
     /// <summary>What changed since the state writer last looked; made once the session is persistent.</summary>
     public MqttSessionChanges? Changes { get; set; }
     /// <summary>Guarded by the state writer's lock: the session is in its list of changed sessions.</summary>
