@@ -33,7 +33,7 @@ internal static partial class MqttLog
 }
 
 /// <summary>Starts an <see cref="MqttConnection"/> for each accepted connection (plain TCP, or TLS after the handshake).</summary>
-internal sealed class MqttConnectionHandler(MqttBroker broker) : ISocketConnectionHandler, IDeviceConnectionHandler
+internal sealed class MqttConnectionHandler(MqttBroker broker) : ISocketConnectionHandler, IMqttWebSocketHandler
 {
     public MqttBroker Broker { get; } = broker;
 
@@ -156,10 +156,12 @@ public static class MqttServices
         services.AddSingleton(_ => new MqttInstruments(options.Node.Name));
         services.AddSingleton(sp => new MqttBroker(sp.GetRequiredService<BrokerContext>(), sp.GetRequiredService<MqttInstruments>(), MqttCodec.Shared,
             sp.GetRequiredService<ILoggerFactory>().CreateLogger("ChatBroker.Mqtt")));
+        services.AddSingleton(sp => new MqttConnectionHandler(sp.GetRequiredService<MqttBroker>()));
+        services.AddSingleton<IMqttWebSocketHandler>(sp => sp.GetRequiredService<MqttConnectionHandler>());
         services.AddSingleton(sp =>
         {
             var broker = sp.GetRequiredService<MqttBroker>();
-            var handler = new MqttConnectionHandler(broker);
+            var handler = sp.GetRequiredService<MqttConnectionHandler>();
             var metrics = sp.GetRequiredService<BrokerMetrics>();
             var logger = sp.GetRequiredService<ILogger<SocketListener>>();
             var listeners = new List<SocketListener>();
