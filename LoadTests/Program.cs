@@ -107,7 +107,7 @@ public static class Program
             }
         });
         // MQTT client mode (LoadTests/Mqtt): pairs against any MQTT broker.
-        var protocol = new Option<string>("--protocol") { Description = "pairs, fanout: native (the chat protocol) or mqtt (MQTT 3.1.1 QoS 1; with --target any MQTT broker, else ChatBroker's MQTT listener).", DefaultValueFactory = _ => "native", Recursive = true };
+        var protocol = new Option<string>("--protocol") { Description = "pairs, fanout, connections: native (the chat protocol) or mqtt (MQTT 3.1.1 QoS 1; with --target any MQTT broker, else ChatBroker's MQTT listener).", DefaultValueFactory = _ => "native", Recursive = true };
         protocol.AcceptOnlyFromAmong("native", "mqtt");
         var mqttTopics = new Option<string>("--mqtt-topics") { Description = "pairs --protocol mqtt: chat (chat/u/{user} and inbox/{user}/#, needs tokens), plain (pairs/{run}/{i}, any broker) or auto (chat when a token secret is known).", DefaultValueFactory = _ => "auto", Recursive = true };
         mqttTopics.AcceptOnlyFromAmong("auto", "chat", "plain");
@@ -177,7 +177,17 @@ public static class Program
         });
         root.Subcommands.Add(pairsCommand);
 
-        root.Subcommands.Add(Scenario("connections", "C idle authenticated connections over --processes client processes: connect rate and broker memory per connection.", o => new ConnectionsScenario(o).RunAsync()));
+        var connectionsCommand = new Command("connections", "C idle authenticated connections over --processes client processes: connect rate and broker memory per connection; --protocol mqtt: C idle MQTT clients (in this process, at most 19,000) of any MQTT broker (--target) or ChatBroker's MQTT listener.");
+        connectionsCommand.SetAction(async (r, _) =>
+        {
+            var options = Read(r);
+            var result = r.GetValue(protocol) == "mqtt"
+                ? await new Mqtt.MqttConnectionsScenario(options).RunAsync().ConfigureAwait(false)
+                : await new ConnectionsScenario(options).RunAsync().ConfigureAwait(false);
+            await ReportWriter.WriteAsync(result, options.JsonPath, options.HtmlPath).ConfigureAwait(false);
+            return result.Passed ? 0 : 1;
+        });
+        root.Subcommands.Add(connectionsCommand);
         root.Subcommands.Add(Scenario("idle-transports", "--connections idle logged-in connections over TCP, then TLS, then WebSocket: broker memory per connection on each.", o => new IdleTransportsScenario(o).RunAsync()));
         root.Subcommands.Add(Scenario("resume", "--count messages stored for an offline device, then drained by it on reconnect.", o => new ResumeScenario(o).RunAsync()));
         root.Subcommands.Add(Scenario("churn", "Connect/disconnect at --rate per second for --duration; memory must return to its baseline.", o => new ChurnScenario(o).RunAsync()));

@@ -169,7 +169,7 @@ public interface IPrekeyStore
 }
 
 /// <summary>The whole store. <see cref="IAsyncDisposable.DisposeAsync"/> commits what is queued, then closes.</summary>
-public interface IChatStore : IMessageLog, IInboxStore, ICursorStore, IConversationStore, IPushJobStore, IPresenceStore, IPrekeyStore, IReceiptStore, IAccountStore, IRangeTransfer, IReplicaStore, IAsyncDisposable, IDisposable
+public interface IChatStore : IMessageLog, IInboxStore, ICursorStore, IConversationStore, IPushJobStore, IPresenceStore, IPrekeyStore, IReceiptStore, IAccountStore, IMqttStateStore, IRangeTransfer, IReplicaStore, IAsyncDisposable, IDisposable
 {
     /// <summary>Applies retention and expires idempotency keys now; returns the number of records removed.
     /// The background sweeper calls this every <see cref="StorageOptions.SweepInterval"/>.</summary>

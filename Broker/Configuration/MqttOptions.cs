@@ -20,6 +20,8 @@ public sealed class MqttOptions
     public int MaxInflight { get; set; } = 64;
     /// <summary>Messages queued for one session (offline, or with its in-flight window full).</summary>
     public int MaxQueuedMessages { get; set; } = 1000;
+    /// <summary>Bytes of messages queued for all sessions together (payload, topic and 64 bytes each).</summary>
+    public long MaxQueuedBytes { get; set; } = 256L * 1024 * 1024;
     /// <summary>Retained messages kept by the broker.</summary>
     public int MaxRetainedMessages { get; set; } = 10_000;
     /// <summary>Topic filters one session may hold.</summary>

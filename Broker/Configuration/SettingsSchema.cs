@@ -131,6 +131,8 @@ public static class SettingsSchema
             o => o.Mqtt.MaxInflight, (o, v) => o.Mqtt.MaxInflight = (int)v, 1, 65535),
         Int("mqtt.max_queued_messages", "Messages of the general topic space queued for one MQTT session (offline, or its in-flight window full); beyond it new ones are dropped and counted.",
             o => o.Mqtt.MaxQueuedMessages, (o, v) => o.Mqtt.MaxQueuedMessages = (int)v, 0, 1_000_000),
+        Int("mqtt.max_queued_bytes", "Bytes of messages queued for all MQTT sessions together (in memory, and in the store for persistent sessions); beyond it new ones are dropped and counted in chatbroker_mqtt_dropped_total{limit=\"max_queued_bytes\"}.",
+            o => o.Mqtt.MaxQueuedBytes, (o, v) => o.Mqtt.MaxQueuedBytes = v, 0, 1L << 40),
         Int("mqtt.max_retained_messages", "Retained messages the broker keeps; a new retained topic beyond it is not retained (counted).",
             o => o.Mqtt.MaxRetainedMessages, (o, v) => o.Mqtt.MaxRetainedMessages = (int)v, 0, 10_000_000),
         Int("mqtt.max_subscriptions", "Topic filters one MQTT session may hold; more are refused in SUBACK (0x80 / 5.0: 0x97 quota exceeded).",

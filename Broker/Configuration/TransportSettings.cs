@@ -26,6 +26,9 @@ public sealed class WsOptions
     /// <summary>The path the WebSocket is served on.</summary>
     public const string Path = "/chat";
 
+    /// <summary>The path MQTT over WebSocket is served on (subprotocol "mqtt"), when the MQTT listener is on.</summary>
+    public const string MqttPath = "/mqtt";
+
     /// <summary>Null: no WebSocket listener.</summary>
     public IPEndPoint? Listen { get; set; }
     /// <summary>Serve wss:// with the tls.* certificate.</summary>

@@ -125,6 +125,7 @@ internal sealed partial class MqttConnection
             _will = new MqttMessage(connect.WillTopic, connect.WillMessage ?? [], (byte)connect.WillQoS, connect.WillRetain, null,
                 connect.WillUserProperties, connect.WillContentType, connect.WillResponseTopic, connect.WillCorrelationData,
                 connect.WillPayloadFormatIndicator, connect.WillMessageExpiryInterval);
+            _willDelaySeconds = V5 ? connect.WillDelayInterval : 0;
         }
 
         if (user.Length > 0)
@@ -156,10 +157,19 @@ internal sealed partial class MqttConnection
             if (_broker.Sessions.TryGetValue(key, out var existing))
             {
                 MqttConnection? previous;
+                MqttMessage? pendingWill;
                 lock (existing.Lock)
                 {
                     previous = existing.Connection;
                     existing.Connection = null;
+                    // A reconnect to the session within the will delay cancels the will [MQTT-3.1.3-9]; a clean start ends
+                    // the old session, which sends it.
+                    (pendingWill, existing.PendingWill) = (existing.PendingWill, null);
+                }
+
+                if (pendingWill is not null && (cleanStart || existing.ExpirySeconds == 0))
+                {
+                    _ = _broker.Publish(pendingWill);
                 }
 
                 previous?.CloseFromBroker("taken_over", MqttDisconnectReasonCode.SessionTakenOver, "another connection with this client id");
@@ -239,7 +249,9 @@ internal sealed partial class MqttConnection
         {
             session.ExpirySeconds = expiry;
             session.ExpiresAtMs = long.MaxValue;
+            session.DisconnectedAtUnixMs = 0;
             session.Connection = this;
+            _broker.NoteSessionLocked(session); // a persistent session is stored (or, no longer persistent, its records go)
             WriteLocked(connack);
             ResumeLocked(session); // messages in flight and queued, after CONNACK
         }

@@ -60,48 +60,54 @@ internal sealed partial class MqttConnection
         var queue = session.Queued;
         while (queue is { Count: > 0 } && Volatile.Read(ref _closing) == 0)
         {
-            var (message, qos) = queue.Peek();
+            var (message, qos, number) = queue.Peek();
             if (qos > 0 && session.OutgoingCount >= Window)
             {
                 return;
             }
 
             queue.Dequeue();
-            SendLocked(session, message, qos, message.Retain);
+            _broker.Dequeued(message);
+            SendLocked(session, message, qos, message.Retain, number);
         }
     }
 
-    /// <summary>Called by <see cref="MqttBroker.Deliver"/> under the session's lock: false when it must be queued.</summary>
-    internal bool TryDeliverLocked(MqttMessage message, byte qos, bool retainFlag)
+    /// <summary>Called by <see cref="MqttBroker.Deliver"/> under the session's lock: false when it must be queued;
+    /// <paramref name="stored"/>: the store write's task when the session is stored.</summary>
+    internal bool TryDeliverLocked(MqttMessage message, byte qos, bool retainFlag, out Task? stored)
     {
+        stored = null;
         var session = _session!;
         if (Volatile.Read(ref _closing) != 0 || session.Queued is { Count: > 0 } || (qos > 0 && session.OutgoingCount >= Window))
         {
             return false;
         }
 
-        SendLocked(session, message, qos, retainFlag);
+        stored = SendLocked(session, message, qos, retainFlag, qos > 0 ? session.NextNumber() : 0);
         return true;
     }
 
-    private void SendLocked(MqttSessionState session, MqttMessage message, byte qos, bool retainFlag)
+    private Task? SendLocked(MqttSessionState session, MqttMessage message, byte qos, bool retainFlag, ulong number)
     {
         if (_clientMaxPacket > 0 && message.Payload.Length + message.Topic.Length + 16 > _clientMaxPacket)
         {
             // 5.0: never send a packet larger than the client's Maximum Packet Size; it is discarded [MQTT-3.1.2-25].
             _broker.Instruments.Dropped.Add(1, MqttInstruments.Tag("limit", "client_packet_size"));
-            return;
+            return _broker.NoteMessageLocked(session, number); // a queued record of it goes
         }
 
         ushort id = 0;
+        Task? stored = null;
         if (qos > 0)
         {
             id = session.NextPacketId();
-            session.Outgoing[id] = new MqttOutgoing(retainFlag ? message : message with { Retain = false }, qos, 0);
+            session.Outgoing[id] = new MqttOutgoing(retainFlag ? message : message with { Retain = false }, qos, 0, number);
+            stored = _broker.NoteMessageLocked(session, number);
         }
 
         WriteLocked(MqttBroker.ToPacket(message, qos, retainFlag, id, dup: false));
         _broker.Instruments.MessagesOut.Add(1, MqttInstruments.Tag("space", "topic"));
+        return stored;
     }
 
     /// <summary>

@@ -65,32 +65,120 @@ internal sealed partial class MqttConnection
         switch (qos)
         {
             case 0:
-                _broker.Publish(message);
+                _ = _broker.Publish(message);
                 break;
             case 1:
-                _broker.Publish(message);
-                WriteAcknowledgement(MqttControlPacketType.PubAck, publish.PacketIdentifier);
+                // PUBACK once the message is durable where it was kept (retained, queues of persistent sessions).
+                AcknowledgeWhenStored(_broker.Publish(message), MqttControlPacketType.PubAck, publish.PacketIdentifier);
                 break;
             default:
                 // QoS 2, "method A" (5.0 §4.3.3): delivered onward at PUBLISH, the packet id kept until PUBREL so a resent
-                // PUBLISH is not delivered twice [MQTT-4.3.3-2]; that state is the session's, so it survives a reconnect.
+                // PUBLISH is not delivered twice [MQTT-4.3.3-2]; that state is the session's, so it survives a reconnect,
+                // and a stored session's, a restart. The deliveries are marked for the store before the packet id, so once
+                // the packet id is durable (PUBREC) they are too.
+                var packetId = publish.PacketIdentifier;
                 bool first;
                 lock (_lock)
                 {
-                    _session!.AwaitingRelease ??= [];
-                    first = _session.AwaitingRelease.Add(publish.PacketIdentifier);
+                    first = _session!.AwaitingRelease?.ContainsKey(packetId) != true;
+                    if (first && !HasRoomToReceiveLocked())
+                    {
+                        return ValueTask.FromResult(false);
+                    }
                 }
 
+                Task? stored = null;
                 if (first)
                 {
-                    _broker.Publish(message);
+                    stored = _broker.Publish(message);
+                    lock (_lock)
+                    {
+                        (_session!.AwaitingRelease ??= [])[packetId] = 0;
+                        stored = _broker.NoteAwaitingLocked(_session, packetId) ?? stored;
+                    }
                 }
 
-                Write(new MqttPubRecPacket { PacketIdentifier = publish.PacketIdentifier });
+                AcknowledgeWhenStored(stored, MqttControlPacketType.PubRec, packetId);
                 break;
         }
 
         return ValueTask.FromResult(true);
+    }
+
+    /// <summary>
+    /// Inbound QoS 2 packet ids awaiting PUBREL are bounded by the Receive Maximum the CONNACK gives
+    /// (session.max_inflight_sends) [MQTT-3.3.4-9]; past it the client is cut (5.0: DISCONNECT 0x93). Caller holds the lock.
+    /// </summary>
+    private bool HasRoomToReceiveLocked()
+    {
+        if ((_session!.AwaitingRelease?.Count ?? 0) < _broker.Context.Options.Session.MaxInflightSends)
+        {
+            return true;
+        }
+
+        _broker.Instruments.Refused.Add(1, MqttInstruments.Tag("what", "receive_maximum"));
+        _disconnectReason = "protocol_error";
+        if (V5)
+        {
+            WriteLocked(new MqttDisconnectPacket { ReasonCode = MqttDisconnectReasonCode.ReceiveMaximumExceeded, ReasonString = "more QoS 2 messages awaiting PUBREL than the Receive Maximum" });
+        }
+
+        Volatile.Write(ref _closing, 1);
+        return false;
+    }
+
+    /// <summary>Writes an acknowledgement once <paramref name="stored"/> (a state write) completed, in PUBLISH order.</summary>
+    private void AcknowledgeWhenStored(Task? stored, MqttControlPacketType type, ushort packetId)
+    {
+        if (stored is null && _lastChatReply.IsCompleted)
+        {
+            WriteAcknowledgement(type, packetId);
+            return;
+        }
+
+        AnswerWhenStored(stored, () => WriteAcknowledgement(type, packetId));
+    }
+
+    /// <summary>
+    /// Runs <paramref name="answer"/> once <paramref name="stored"/> completed and every earlier answer went out (the
+    /// replies of one connection go in the order of its requests [MQTT-4.6.0-2]). A failed state write closes the
+    /// connection instead: the client resends what was not acknowledged.
+    /// </summary>
+    private void AnswerWhenStored(Task? stored, Action answer)
+    {
+        if ((stored is null || stored.IsCompletedSuccessfully) && _lastChatReply.IsCompleted)
+        {
+            answer();
+            return;
+        }
+
+        _lastChatReply = AnswerAfterAsync(_lastChatReply, stored, answer);
+    }
+
+    private async Task AnswerAfterAsync(Task previous, Task? stored, Action answer)
+    {
+        var ok = true;
+        if (stored is not null)
+        {
+            try
+            {
+                await stored.ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                ok = false;
+            }
+        }
+
+        await previous.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        if (!ok)
+        {
+            CloseFromBroker("state_write_failed", MqttDisconnectReasonCode.UnspecifiedError, "the session state could not be stored");
+            return;
+        }
+
+        answer();
+        ScheduleFlush();
     }
 
     /// <summary>
@@ -172,10 +260,31 @@ internal sealed partial class MqttConnection
 
         send.Body = ByteString.CopyFrom(publish.Payload.IsSingleSegment ? publish.Payload.FirstSpan : publish.Payload.ToArray());
         var packetId = publish.PacketIdentifier;
+        Task? cmidStored = null;
         lock (_lock)
         {
             var session = _session!;
-            if (qos > 0)
+            if (qos == 2)
+            {
+                // QoS 2: the client_msg_id is kept with the packet id until PUBREL (in the store too for a stored session,
+                // before the SEND is), so a PUBLISH resent even after a restart is the same SEND, stored once.
+                if (session.AwaitingRelease?.TryGetValue(packetId, out var kept) == true)
+                {
+                    send.ClientMsgId = kept;
+                }
+                else
+                {
+                    if (!HasRoomToReceiveLocked())
+                    {
+                        return false;
+                    }
+
+                    send.ClientMsgId = NewClientMsgId();
+                    (session.AwaitingRelease ??= [])[packetId] = send.ClientMsgId;
+                    cmidStored = _broker.NoteAwaitingLocked(session, packetId);
+                }
+            }
+            else if (qos > 0)
             {
                 session.ChatInbound ??= [];
                 if (!session.ChatInbound.TryGetValue(packetId, out var id))
@@ -189,6 +298,19 @@ internal sealed partial class MqttConnection
             else
             {
                 send.ClientMsgId = NewClientMsgId();
+            }
+        }
+
+        if (cmidStored is not null)
+        {
+            try
+            {
+                await cmidStored.ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                Fail("state_write_failed", MqttDisconnectReasonCode.UnspecifiedError, "the session state could not be stored");
+                return false;
             }
         }
 
@@ -229,7 +351,7 @@ internal sealed partial class MqttConnection
             ReleaseSendSlot();
             lock (_lock)
             {
-                _session!.ChatInbound?.Remove(packetId);
+                ForgetInboundLocked(packetId, qos);
             }
 
             var code = prepared.Error is ReasonCode.NotAMember ? MqttPubAckReasonCode.NotAuthorized
@@ -302,9 +424,7 @@ internal sealed partial class MqttConnection
                 }
                 else
                 {
-                    _session!.AwaitingRelease ??= [];
-                    _session.AwaitingRelease.Add(packetId);
-                    WriteLocked(new MqttPubRecPacket { PacketIdentifier = packetId });
+                    WriteAcknowledgementLocked(MqttControlPacketType.PubRec, packetId); // the packet id is kept since PUBLISH
                 }
             }
         }
@@ -313,7 +433,7 @@ internal sealed partial class MqttConnection
             _broker.Instruments.Refused.Add(1, MqttInstruments.Tag("what", "send_refused"));
             lock (_lock)
             {
-                _session!.ChatInbound?.Remove(packetId);
+                ForgetInboundLocked(packetId, qos);
             }
 
             if (!V5)
@@ -331,18 +451,37 @@ internal sealed partial class MqttConnection
         ScheduleFlush();
     }
 
+    /// <summary>A chat PUBLISH that was not stored: its packet id is free again (the caller holds the lock).</summary>
+    private void ForgetInboundLocked(ushort packetId, byte qos)
+    {
+        var session = _session!;
+        session.ChatInbound?.Remove(packetId);
+        if (qos == 2 && session.AwaitingRelease?.Remove(packetId) == true)
+        {
+            _broker.NoteAwaitingLocked(session, packetId);
+        }
+    }
+
     private void OnPubRel(ushort packetId)
     {
         bool known;
+        Task? stored;
         lock (_lock)
         {
             known = _session!.AwaitingRelease?.Remove(packetId) == true;
             _session.ChatInbound?.Remove(packetId);
-            WriteLocked(new MqttPubCompPacket
-            {
-                PacketIdentifier = packetId,
-                ReasonCode = known || !V5 ? MqttPubCompReasonCode.Success : MqttPubCompReasonCode.PacketIdentifierNotFound,
-            });
+            // PUBCOMP once the release is durable: after it the client may reuse the packet id for a new message, which a
+            // packet id still stored as awaiting release would take for a resend after a restart.
+            stored = known ? _broker.NoteAwaitingLocked(_session, packetId) : null;
+        }
+
+        if (known || !V5)
+        {
+            AcknowledgeWhenStored(stored, MqttControlPacketType.PubComp, packetId);
+        }
+        else
+        {
+            AnswerWhenStored(null, () => Write(new MqttPubCompPacket { PacketIdentifier = packetId, ReasonCode = MqttPubCompReasonCode.PacketIdentifierNotFound }));
         }
     }
 
@@ -359,6 +498,7 @@ internal sealed partial class MqttConnection
 
             session.RemoveOutgoing(packetId);
             chat = outgoing.InboxSeq != 0;
+            _broker.NoteMessageLocked(session, outgoing.Number);
             PumpQueuedLocked(session);
         }
 
@@ -382,11 +522,13 @@ internal sealed partial class MqttConnection
                 if ((int)reason >= 0x80)
                 {
                     session.RemoveOutgoing(packetId); // 5.0: the client refused it; the exchange ends [MQTT-4.3.3-4]
+                    _broker.NoteMessageLocked(session, outgoing.Number);
                     PumpQueuedLocked(session);
                     return;
                 }
 
                 outgoing.Stage = MqttOutgoingStage.AwaitPubComp;
+                _broker.NoteMessageLocked(session, outgoing.Number);
                 WriteLocked(new MqttPubRelPacket { PacketIdentifier = packetId });
             }
             else
@@ -408,6 +550,7 @@ internal sealed partial class MqttConnection
             if (session.TryGetOutgoing(packetId, out var outgoing) && outgoing.Stage == MqttOutgoingStage.AwaitPubComp)
             {
                 session.RemoveOutgoing(packetId);
+                _broker.NoteMessageLocked(session, outgoing.Number);
                 PumpQueuedLocked(session);
             }
         }

@@ -25,6 +25,7 @@ internal sealed partial class MqttConnection
         var codes = new List<MqttSubscribeReasonCode>(subscribe.TopicFilters.Count);
         List<(MqttMessage Message, byte Qos)>? retained = null;
         var inbox = false;
+        Task? stored = null;
         foreach (var f in subscribe.TopicFilters)
         {
             var qos = (byte)f.QualityOfServiceLevel;
@@ -58,6 +59,7 @@ internal sealed partial class MqttConnection
                 {
                     session.Subscriptions.RemoveAll(s => s.Filter == filter);
                     session.Subscriptions.Add(new MqttSubscription(session, filter, granted, false, false, 0));
+                    stored = _broker.NoteSubscriptionsLocked(session) ?? stored;
                 }
 
                 codes.Add((MqttSubscribeReasonCode)granted);
@@ -88,6 +90,7 @@ internal sealed partial class MqttConnection
                 session.Subscriptions.RemoveAll(s => s.Filter == filter);
                 session.Subscriptions.Add(subscription);
                 _broker.Topics.Add(subscription);
+                stored = _broker.NoteSubscriptionsLocked(session) ?? stored;
             }
 
             codes.Add((MqttSubscribeReasonCode)qos);
@@ -103,25 +106,25 @@ internal sealed partial class MqttConnection
             }
         }
 
-        lock (_lock)
+        // A stored session's SUBACK waits until its subscriptions are durable: a subscription acknowledged is not lost.
+        AnswerWhenStored(stored, () =>
         {
-            WriteLocked(new MqttSubAckPacket { PacketIdentifier = subscribe.PacketIdentifier, ReasonCodes = codes });
-            if (retained is not null)
+            lock (_lock)
             {
-                // Retained messages are sent with the retain flag set [MQTT-3.3.1-8].
-                foreach (var (message, qos) in retained)
+                WriteLocked(new MqttSubAckPacket { PacketIdentifier = subscribe.PacketIdentifier, ReasonCodes = codes });
+                if (retained is not null)
                 {
-                    if (!TryDeliverLocked(message, qos, retainFlag: true))
+                    // Retained messages are sent with the retain flag set [MQTT-3.3.1-8].
+                    foreach (var (message, qos) in retained)
                     {
-                        session.Queued ??= new Queue<(MqttMessage, byte)>();
-                        if (session.Queued.Count < _broker.Options.MaxQueuedMessages)
+                        if (!TryDeliverLocked(message, qos, retainFlag: true, out _))
                         {
-                            session.Queued.Enqueue((message, qos));
+                            _broker.EnqueueLocked(session, message, qos);
                         }
                     }
                 }
             }
-        }
+        });
 
         if (inbox)
         {
@@ -136,6 +139,7 @@ internal sealed partial class MqttConnection
         var session = _session!;
         var codes = new List<MqttUnsubscribeReasonCode>(unsubscribe.TopicFilters.Count);
         var inboxLeft = true;
+        Task? stored = null;
         foreach (var filter in unsubscribe.TopicFilters)
         {
             bool removed;
@@ -143,6 +147,10 @@ internal sealed partial class MqttConnection
             {
                 removed = session.Subscriptions.RemoveAll(s => s.Filter == filter) > 0;
                 inboxLeft = session.Subscriptions.Exists(s => IsInboxFilter(s.Filter));
+                if (removed)
+                {
+                    stored = _broker.NoteSubscriptionsLocked(session) ?? stored;
+                }
             }
 
             if (removed && !IsInboxFilter(filter))
@@ -159,8 +167,8 @@ internal sealed partial class MqttConnection
             {
                 _inboxStarted = false; // no more inbox delivery; what is in flight may still be acknowledged
             }
-
-            WriteLocked(new MqttUnsubAckPacket { PacketIdentifier = unsubscribe.PacketIdentifier, ReasonCodes = codes });
         }
+
+        AnswerWhenStored(stored, () => Write(new MqttUnsubAckPacket { PacketIdentifier = unsubscribe.PacketIdentifier, ReasonCodes = codes }));
     }
 }

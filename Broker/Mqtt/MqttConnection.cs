@@ -37,6 +37,7 @@ internal sealed partial class MqttConnection : IDeviceLink, IThreadPoolWorkItem
     private long _lastReceivedMs = Environment.TickCount64;
     private int _closing;
     private MqttMessage? _will;
+    private uint _willDelaySeconds;
     private int _clientReceiveMaximum = ushort.MaxValue;
     private uint _clientMaxPacket;
     private bool _registered;
@@ -420,16 +421,34 @@ internal sealed partial class MqttConnection : IDeviceLink, IThreadPoolWorkItem
             _broker.Context.Metrics.Sessions.Add(-1);
         }
 
+        if (_will is { } will && _willDelaySeconds > 0 && _session is { } delayed)
+        {
+            // 5.0 Will Delay Interval: held by the session, published by the sweep when due or when the session ends.
+            _will = null;
+            lock (delayed.Lock)
+            {
+                if (delayed.Connection == this && delayed.ExpirySeconds > 0)
+                {
+                    delayed.PendingWill = will;
+                    delayed.WillDueMs = Environment.TickCount64 + (Math.Min(_willDelaySeconds, delayed.ExpirySeconds) * 1000L);
+                }
+                else
+                {
+                    _will = will; // the session ends with this connection (or was taken over): at once
+                }
+            }
+        }
+
         if (_session is { } session)
         {
             _broker.Instruments.Disconnects.Add(1, MqttInstruments.Tag("reason", _disconnectReason));
             Detach(session);
         }
 
-        if (_will is { } will)
+        if (_will is { } now)
         {
             _will = null;
-            _broker.Publish(will);
+            _ = _broker.Publish(now);
         }
     }
 
@@ -465,6 +484,11 @@ internal sealed partial class MqttConnection : IDeviceLink, IThreadPoolWorkItem
             session.ChatInbound = null;
             discard = session.ExpirySeconds == 0;
             session.ExpiresAtMs = discard ? 0 : Environment.TickCount64 + (session.ExpirySeconds * 1000L);
+            session.DisconnectedAtUnixMs = _broker.Context.Clock.GetUtcNow().ToUnixTimeMilliseconds();
+            if (!discard)
+            {
+                _broker.NoteSessionLocked(session); // its expiry counts from now, across a restart too
+            }
         }
 
         if (discard && _broker.Sessions.TryRemove(new KeyValuePair<(string, string), MqttSessionState>(session.Key, session)))

@@ -19,10 +19,15 @@ public sealed class MqttInstruments : IDisposable
         MessagesIn = _meter.CreateCounter<long>("chatbroker.mqtt.messages.in", "{message}", "PUBLISH packets accepted, by space: chat (stored as a SEND) or topic.");
         MessagesOut = _meter.CreateCounter<long>("chatbroker.mqtt.messages.out", "{message}", "PUBLISH packets sent, by space: chat (an inbox entry) or topic.");
         Dropped = _meter.CreateCounter<long>("chatbroker.mqtt.dropped", "{message}",
-            "Messages not delivered or kept because a bound was hit, by limit: max_queued_messages, max_retained_messages, client_packet_size, refused_topic.");
+            "Messages not delivered or kept because a bound was hit, by limit: max_queued_messages, max_queued_bytes, max_retained_messages, client_packet_size, refused_topic.");
         Refused = _meter.CreateCounter<long>("chatbroker.mqtt.refused", "{request}",
             "Requests refused with a reason code, by what: subscribe_not_authorized, subscribe_invalid, max_subscriptions, publish_not_authorized, send_refused.");
         Sessions = _meter.CreateUpDownCounter<long>("chatbroker.mqtt.sessions", "{session}", "MQTT sessions held (connected or persistent).");
+        QueuedBytes = _meter.CreateUpDownCounter<long>("chatbroker.mqtt.queued", "By", "Bytes of messages queued for MQTT sessions now (mqtt.max_queued_bytes).");
+        StateWrites = _meter.CreateCounter<long>("chatbroker.mqtt.state.writes", "{write}", "Store writes of MQTT session state and retained messages (one per cycle of the state writer).");
+        StateRecords = _meter.CreateCounter<long>("chatbroker.mqtt.state.records", "{record}", "Records of the store's mqtt family put or deleted.");
+        StateWriteFailures = _meter.CreateCounter<long>("chatbroker.mqtt.state.write_failures", "{write}", "Store writes of MQTT state that failed (the connections waiting for them are closed).");
+        StateRecordsSkipped = _meter.CreateCounter<long>("chatbroker.mqtt.state.records_skipped", "{record}", "Unreadable records of the store's mqtt family skipped at start.");
     }
 
     public Counter<long> Connects { get; }
@@ -32,6 +37,11 @@ public sealed class MqttInstruments : IDisposable
     public Counter<long> Dropped { get; }
     public Counter<long> Refused { get; }
     public UpDownCounter<long> Sessions { get; }
+    public UpDownCounter<long> QueuedBytes { get; }
+    public Counter<long> StateWrites { get; }
+    public Counter<long> StateRecords { get; }
+    public Counter<long> StateWriteFailures { get; }
+    public Counter<long> StateRecordsSkipped { get; }
 
     internal static KeyValuePair<string, object?> Tag(string name, string value) => new(name, value);
 

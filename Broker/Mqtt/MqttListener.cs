@@ -21,10 +21,19 @@ internal static partial class MqttLog
 
     [LoggerMessage(2602, LogLevel.Information, "MQTT keepalive: closed {Count} silent connections")]
     public static partial void KeepaliveClosed(ILogger logger, int count);
+
+    [LoggerMessage(2603, LogLevel.Error, "MQTT: the session state could not be stored; the connections waiting for it are closed")]
+    public static partial void StateWriteFailed(ILogger logger, Exception error);
+
+    [LoggerMessage(2604, LogLevel.Information, "MQTT: loaded {Sessions} persistent sessions ({Messages} queued or in-flight messages) and {Retained} retained messages from the store; {Expired} sessions had expired")]
+    public static partial void StateLoaded(ILogger logger, int sessions, int messages, int retained, int expired);
+
+    [LoggerMessage(2605, LogLevel.Warning, "MQTT: skipped an unreadable record of the store's mqtt family ({Reason})")]
+    public static partial void StateRecordSkipped(ILogger logger, string reason);
 }
 
 /// <summary>Starts an <see cref="MqttConnection"/> for each accepted connection (plain TCP, or TLS after the handshake).</summary>
-internal sealed class MqttConnectionHandler(MqttBroker broker) : ISocketConnectionHandler, IDeviceConnectionHandler
+internal sealed class MqttConnectionHandler(MqttBroker broker) : ISocketConnectionHandler, IMqttWebSocketHandler
 {
     public MqttBroker Broker { get; } = broker;
 
@@ -59,6 +68,7 @@ public sealed class MqttListener : IHostedService, IAsyncDisposable
 
     public async Task StartAsync(CancellationToken cancellationToken)
     {
+        _broker.LoadState();
         _broker.PublishSystemTopics();
         foreach (var listener in _listeners)
         {
@@ -116,6 +126,9 @@ public sealed class MqttListener : IHostedService, IAsyncDisposable
         {
             await _sweep.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
         }
+
+        // The sessions' last changes (their disconnect times) reach the store before it closes.
+        await _broker.State.FlushAsync().WaitAsync(cancellationToken).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
     }
 
     public async ValueTask DisposeAsync()
@@ -141,11 +154,14 @@ public static class MqttServices
         }
 
         services.AddSingleton(_ => new MqttInstruments(options.Node.Name));
-        services.AddSingleton(sp => new MqttBroker(sp.GetRequiredService<BrokerContext>(), sp.GetRequiredService<MqttInstruments>(), MqttCodec.Shared));
+        services.AddSingleton(sp => new MqttBroker(sp.GetRequiredService<BrokerContext>(), sp.GetRequiredService<MqttInstruments>(), MqttCodec.Shared,
+            sp.GetRequiredService<ILoggerFactory>().CreateLogger("ChatBroker.Mqtt")));
+        services.AddSingleton(sp => new MqttConnectionHandler(sp.GetRequiredService<MqttBroker>()));
+        services.AddSingleton<IMqttWebSocketHandler>(sp => sp.GetRequiredService<MqttConnectionHandler>());
         services.AddSingleton(sp =>
         {
             var broker = sp.GetRequiredService<MqttBroker>();
-            var handler = new MqttConnectionHandler(broker);
+            var handler = sp.GetRequiredService<MqttConnectionHandler>();
             var metrics = sp.GetRequiredService<BrokerMetrics>();
             var logger = sp.GetRequiredService<ILogger<SocketListener>>();
             var listeners = new List<SocketListener>();

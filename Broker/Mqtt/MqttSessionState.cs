@@ -31,21 +31,29 @@ internal enum MqttOutgoingStage : byte
     AwaitPubComp,
 }
 
-/// <summary>A QoS 1/2 PUBLISH in flight to the client. <see cref="InboxSeq"/> is non-zero for a chat message.</summary>
-internal sealed class MqttOutgoing(MqttMessage? message, byte qos, ulong inboxSeq)
+/// <summary>
+/// A QoS 1/2 PUBLISH in flight to the client. <see cref="InboxSeq"/> is non-zero for a chat message (resumed from the
+/// stored cursor, never stored here); <see cref="Number"/> is a general-topic message's number in its session (the key
+/// of its record when the session is stored), kept from the queue.
+/// </summary>
+internal sealed class MqttOutgoing(MqttMessage? message, byte qos, ulong inboxSeq, ulong number = 0)
 {
     public MqttMessage? Message { get; } = message;
     public byte Qos { get; } = qos;
     public ulong InboxSeq { get; } = inboxSeq;
+    public ulong Number { get; } = number;
     public MqttOutgoingStage Stage { get; set; } = qos == 2 ? MqttOutgoingStage.AwaitPubRec : MqttOutgoingStage.AwaitPubAck;
 }
+
+/// <summary>A message waiting in a session's queue; <see cref="Number"/> as <see cref="MqttOutgoing.Number"/>.</summary>
+internal readonly record struct MqttQueued(MqttMessage Message, byte Qos, ulong Number);
 
 /// <summary>
 /// The state of one MQTT session (MQTT 3.1.1 §3.1.2.4, 5.0 §4.1): its subscriptions, the QoS 1/2 messages in flight
 /// both ways and the messages queued for it. Outlives its connection when the session is persistent (clean session
-/// false, or a 5.0 session expiry), until mqtt.max_session_expiry. Held in memory (docs/mqtt.md): chat messages are
-/// in the store, so a chat client's inbox resumes from its stored cursor even after a restart; the general topic
-/// space's queued messages do not survive one.
+/// false, or a 5.0 session expiry), until mqtt.max_session_expiry. A persistent session is also mirrored in the store
+/// (<see cref="MqttStateWriter"/>, docs/mqtt.md "Where the state lives"), so it survives a restart; a clean one is
+/// memory only (it ends with its connection anyway).
 /// <para>Every field is guarded by <see cref="Lock"/>, which the connection attached to it uses as its own.</para>
 /// </summary>
 internal sealed class MqttSessionState(string clientId, string user)
@@ -92,13 +100,43 @@ internal sealed class MqttSessionState(string clientId, string user)
             _outgoing = null;
         }
     }
-    public Queue<(MqttMessage Message, byte Qos)>? Queued { get; set; }
-    /// <summary>Inbound QoS 2 packet ids received and not yet released (PUBREL) [MQTT-4.3.3-2].</summary>
-    public HashSet<ushort>? AwaitingRelease { get; set; }
+    public Queue<MqttQueued>? Queued { get; set; }
+    /// <summary>
+    /// Inbound QoS 2 packet ids received and not yet released (PUBREL) [MQTT-4.3.3-2], each with the client_msg_id its
+    /// chat SEND carries (0 for the general topic space), so a PUBLISH resent even after a restart is the same SEND.
+    /// </summary>
+    public Dictionary<ushort, ulong>? AwaitingRelease { get; set; }
     /// <summary>Inbound chat PUBLISH packet ids not yet acknowledged, and the client_msg_id each SEND carries (idempotency).</summary>
     public Dictionary<ushort, ulong>? ChatInbound { get; set; }
     private ushort _nextPacketId;
+    private ulong _nextNumber;
     public uint ExpirySeconds { get; set; }
+    /// <summary>When the session lost its connection (unix ms, for the stored expiry); 0 while connected.</summary>
+    public long DisconnectedAtUnixMs { get; set; }
+    /// <summary>Set when the session ended (clean start, expiry): its records are deleted.</summary>
+    public bool Discarded { get; set; }
+    /// <summary>
+    /// A 5.0 will whose Will Delay Interval runs (the connection ended without DISCONNECT): published at
+    /// <see cref="WillDueMs"/> (tick ms) or when the session ends, whichever is first; dropped when the client
+    /// reconnects to this session first [MQTT-3.1.3-9]. Memory only: a restart loses it.
+    /// </summary>
+    public MqttMessage? PendingWill { get; set; }
+    public long WillDueMs { get; set; }
+    /// <summary>What changed since the state writer last looked; made once the session is persistent.</summary>
+    public MqttSessionChanges? Changes { get; set; }
+    /// <summary>Guarded by the state writer's lock: the session is in its list of changed sessions.</summary>
+    public bool InWriterList;
+    /// <summary>Used only by the state writer's loop (one at a time): which records of this session are stored.</summary>
+    public MqttStoredRecords? Stored;
+
+    /// <summary>True when changes must reach the store: persistent now, or stored before (its records must go).</summary>
+    public bool IsStored => ExpirySeconds > 0 || Changes is not null;
+
+    /// <summary>The next message number (records of a stored session are keyed by it).</summary>
+    public ulong NextNumber() => ++_nextNumber;
+
+    /// <summary>After a load from the store: numbers continue above the stored ones.</summary>
+    public void RaiseNumber(ulong number) => _nextNumber = Math.Max(_nextNumber, number);
     public long ExpiresAtMs { get; set; } = long.MaxValue;
 
     /// <summary>A packet id not in use by an outgoing message (the caller has checked the window has room).</summary>
@@ -111,4 +149,22 @@ internal sealed class MqttSessionState(string clientId, string user)
         while (_outgoing?.ContainsKey(_nextPacketId) == true);
         return _nextPacketId;
     }
+}
+
+/// <summary>What changed in a stored session since the state writer's last cycle (guarded by the session's lock).</summary>
+internal sealed class MqttSessionChanges
+{
+    public bool Meta;
+    public bool Subscriptions;
+    public HashSet<ulong>? Messages;
+    public HashSet<ushort>? Awaiting;
+}
+
+/// <summary>The records of a session that are in the store (touched by the state writer's loop only).</summary>
+internal sealed class MqttStoredRecords
+{
+    public bool Meta;
+    public bool Subscriptions;
+    public HashSet<ulong> Messages { get; } = [];
+    public HashSet<ushort> Awaiting { get; } = [];
 }

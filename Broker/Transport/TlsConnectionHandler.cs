@@ -17,6 +17,12 @@ public interface IDeviceConnectionHandler
     void Start(IDeviceTransport transport, long connectionId, IConnectionOwner owner);
 }
 
+/// <summary>The MQTT listener's connection handler, which the WebSocket listener serves on ws.listen's /mqtt when the
+/// MQTT listener is on (the transport layer knows no MQTT: this marker is all it sees).</summary>
+public interface IMqttWebSocketHandler : IDeviceConnectionHandler
+{
+}
+
 /// <summary>
 /// The TLS listener's half between accept and session: runs the server handshake (TLS 1.2/1.3, ALPN
 /// <see cref="TlsCertificateSource.Alpn"/>, the certificate of the moment) within tls.handshake_timeout, then

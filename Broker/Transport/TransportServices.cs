@@ -42,7 +42,8 @@ public static class TransportServices
                 certificates?.Watch();
                 return new WebSocketListener(
                     options, sp.GetRequiredService<IDeviceConnectionHandler>(), sp.GetRequiredService<BrokerMetrics>(),
-                    sp.GetRequiredService<TransportInstruments>(), sp.GetRequiredService<ILoggerFactory>(), certificates);
+                    sp.GetRequiredService<TransportInstruments>(), sp.GetRequiredService<ILoggerFactory>(), certificates,
+                    sp.GetService<IMqttWebSocketHandler>());
             });
             services.AddHostedService(sp => sp.GetRequiredService<WebSocketListener>());
         }

@@ -29,6 +29,7 @@ public sealed class WebSocketListener : IHostedService, IConnectionOwner, IAsync
 {
     private readonly BrokerOptions _options;
     private readonly IDeviceConnectionHandler _sessions;
+    private readonly IMqttWebSocketHandler? _mqtt;
     private readonly BrokerMetrics _metrics;
     private readonly TransportInstruments _instruments;
     private readonly TlsCertificateSource? _certificates;
@@ -44,10 +45,11 @@ public sealed class WebSocketListener : IHostedService, IConnectionOwner, IAsync
 
     public WebSocketListener(
         BrokerOptions options, IDeviceConnectionHandler sessions, BrokerMetrics metrics, TransportInstruments instruments, ILoggerFactory loggerFactory,
-        TlsCertificateSource? certificates = null)
+        TlsCertificateSource? certificates = null, IMqttWebSocketHandler? mqtt = null)
     {
         _options = options;
         _sessions = sessions;
+        _mqtt = mqtt;
         _metrics = metrics;
         _instruments = instruments;
         _certificates = certificates;
@@ -117,13 +119,14 @@ public sealed class WebSocketListener : IHostedService, IConnectionOwner, IAsync
 
     private async Task AcceptAsync(HttpContext context)
     {
-        if (_web is not null && context.Request.Path != WsOptions.Path && !context.WebSockets.IsWebSocketRequest)
+        var mqtt = _mqtt is not null && context.Request.Path == WsOptions.MqttPath;
+        if (_web is not null && context.Request.Path != WsOptions.Path && !mqtt && !context.WebSockets.IsWebSocketRequest)
         {
             await _web.ServeAsync(context).ConfigureAwait(false);
             return;
         }
 
-        var refusal = Check(context);
+        var refusal = Check(context, mqtt);
         if (refusal is not null)
         {
             _instruments.WsUpgrades.Add(1, TransportInstruments.Result(refusal.Value.Result));
@@ -148,8 +151,9 @@ public sealed class WebSocketListener : IHostedService, IConnectionOwner, IAsync
         WebSocketTransport transport;
         try
         {
-            var socket = await context.WebSockets.AcceptWebSocketAsync().ConfigureAwait(false);
-            transport = new WebSocketTransport(socket, RemoteOf(context), _instruments);
+            // MQTT over WebSocket: the server selects the subprotocol "mqtt" the client offered (MQTT 5.0 §6.0).
+            var socket = await context.WebSockets.AcceptWebSocketAsync(mqtt ? "mqtt" : null).ConfigureAwait(false);
+            transport = new WebSocketTransport(socket, RemoteOf(context), _instruments, wholeFrames: !mqtt);
         }
         catch (Exception e) when (e is IOException or OperationCanceledException or System.Net.WebSockets.WebSocketException)
         {
@@ -160,7 +164,7 @@ public sealed class WebSocketListener : IHostedService, IConnectionOwner, IAsync
         var id = Interlocked.Increment(ref _nextConnectionId);
         try
         {
-            _sessions.Start(transport, id, this);
+            (mqtt ? _mqtt! : _sessions).Start(transport, id, this);
         }
         catch (Exception e)
         {
@@ -172,9 +176,9 @@ public sealed class WebSocketListener : IHostedService, IConnectionOwner, IAsync
         await transport.Closed.ConfigureAwait(false);
     }
 
-    private (int Status, string Result, string Message)? Check(HttpContext context)
+    private (int Status, string Result, string Message)? Check(HttpContext context, bool mqtt)
     {
-        if (context.Request.Path != WsOptions.Path)
+        if (context.Request.Path != WsOptions.Path && !mqtt)
         {
             return (StatusCodes.Status404NotFound, "bad_path", $"the WebSocket is served on {WsOptions.Path}");
         }
@@ -182,6 +186,11 @@ public sealed class WebSocketListener : IHostedService, IConnectionOwner, IAsync
         if (!context.WebSockets.IsWebSocketRequest)
         {
             return (StatusCodes.Status400BadRequest, "not_websocket", "expected a WebSocket upgrade request");
+        }
+
+        if (mqtt && !context.WebSockets.WebSocketRequestedProtocols.Contains("mqtt"))
+        {
+            return (StatusCodes.Status400BadRequest, "no_mqtt_subprotocol", "MQTT over WebSocket needs the subprotocol \"mqtt\" (Sec-WebSocket-Protocol)");
         }
 
         var origin = context.Request.Headers.Origin;

@@ -30,11 +30,16 @@ public sealed class WebSocketTransport : IDeviceTransport
     private const int CloseReceiver = 2;
     private readonly TaskCompletionSource _peerClosed = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    public WebSocketTransport(WebSocket socket, EndPoint? remote, TransportInstruments instruments)
+    private readonly bool _wholeFrames;
+
+    /// <param name="wholeFrames">Whether each message must carry whole frames (the native protocol's rule); MQTT over
+    /// WebSocket lets a packet span messages (MQTT 5.0 §6.0), so its transport does not check.</param>
+    public WebSocketTransport(WebSocket socket, EndPoint? remote, TransportInstruments instruments, bool wholeFrames = true)
     {
         _socket = socket;
         RemoteEndPoint = remote;
         _instruments = instruments;
+        _wholeFrames = wholeFrames;
     }
 
     public EndPoint? RemoteEndPoint { get; }
@@ -75,8 +80,12 @@ public sealed class WebSocketTransport : IDeviceTransport
                     return 0;
             }
 
-            _boundary.Advance(buffer.Span[..result.Count]);
-            if (result.EndOfMessage && _boundary.InFrame)
+            if (_wholeFrames)
+            {
+                _boundary.Advance(buffer.Span[..result.Count]);
+            }
+
+            if (_wholeFrames && result.EndOfMessage && _boundary.InFrame)
             {
                 // Hand on what arrived, then end the stream: the session finds the frame cut short.
                 _instruments.WsRefused.Add(1, new KeyValuePair<string, object?>("reason", "split_frame"));

@@ -22,13 +22,19 @@ namespace ChatBroker.LoadTests.Mqtt;
 internal sealed class MqttLoadClient : IAsyncDisposable
 {
     private readonly Socket _socket;
-    private byte[] _buffer = new byte[64 * 1024];
+    private byte[] _buffer;
     private int _start;
     private int _end;
 
-    private MqttLoadClient(Socket socket) => _socket = socket;
+    private MqttLoadClient(Socket socket, int bufferBytes)
+    {
+        _socket = socket;
+        _buffer = new byte[bufferBytes];
+    }
 
-    public static async Task<MqttLoadClient> ConnectAsync(IPEndPoint target, IPAddress? source, string clientId, string? user, string? password, CancellationToken cancellationToken)
+    /// <summary>Connects (clean session). <paramref name="bufferBytes"/>: the receive buffer to start with (it grows
+    /// when a packet needs more); an idle client of the `connections` scenario keeps it small.</summary>
+    public static async Task<MqttLoadClient> ConnectAsync(IPEndPoint target, IPAddress? source, string clientId, string? user, string? password, CancellationToken cancellationToken, int bufferBytes = 64 * 1024)
     {
         var socket = new Socket(target.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         if (source is not null)
@@ -37,7 +43,7 @@ internal sealed class MqttLoadClient : IAsyncDisposable
         }
 
         await socket.ConnectAsync(target, cancellationToken).ConfigureAwait(false);
-        var client = new MqttLoadClient(socket);
+        var client = new MqttLoadClient(socket, bufferBytes);
         var connect = new MqttConnectPacket
         {
             ClientId = clientId,

@@ -16,6 +16,8 @@ internal enum Cf
     Presence,
     Prekeys,
     Receipts,
+    /// <summary>The MQTT listener's session state and retained messages: opaque records the broker encodes (docs/storage.md).</summary>
+    Mqtt,
 }
 
 /// <summary>

@@ -8,7 +8,7 @@ internal sealed class RocksDbEngine : IKvEngine
     [
         "default", "messages", "inboxes", "cursors", "conversations", "members",
         "user_conversations", "directs", "idempotency", "push_jobs", "presence", "prekeys",
-        "receipts",
+        "receipts", "mqtt",
     ];
 
     private readonly RocksDb _db;

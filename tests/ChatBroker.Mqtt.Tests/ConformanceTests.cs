@@ -50,6 +50,8 @@ public sealed class ConformanceTests(MqttBrokerFixture fixture) : IClassFixture<
         "v5_user_properties_are_forwarded",
         "v5_session_expiry_resumes_queued_messages",
         "v5_session_expiry_zero_ends_the_session",
+        "v5_will_delay_publishes_the_will_after_the_delay",
+        "v5_will_delay_is_cancelled_by_a_reconnect",
         "v5_invalid_filter_gets_0x8f",
         "bad_token_v311_gets_0x04",
         "bad_token_v5_gets_0x86",

@@ -719,6 +719,37 @@ def v5_session_expiry_resumes_queued_messages():
     assert b.expect().payload == b"queued"
 
 
+def will_with_delay(topic, seconds):
+    props = Properties(PacketTypes.WILLMESSAGE)
+    props.WillDelayInterval = seconds
+    return (topic, b"gone", 1, False, props)
+
+
+@case
+def v5_will_delay_publishes_the_will_after_the_delay():
+    t = "wd/" + uuid.uuid4().hex
+    sub = Client(v5=True)
+    sub.subscribe(t, 1)
+    a = Client(v5=True, clean=False, session_expiry=60, will=will_with_delay(t, 1))
+    a.drop()
+    sub.expect_none(within=0.5)  # not at once [MQTT-3.1.3-9]
+    assert sub.expect(timeout=5).payload == b"gone"
+
+
+@case
+def v5_will_delay_is_cancelled_by_a_reconnect():
+    t = "wd/" + uuid.uuid4().hex
+    sub = Client(v5=True)
+    sub.subscribe(t, 1)
+    name = cid("wd")
+    a = Client(client_id=name, v5=True, clean=False, session_expiry=60, will=will_with_delay(t, 2))
+    a.drop()
+    b = Client(client_id=name, v5=True, clean=False, session_expiry=60)
+    assert b.connack_flags["session present"] == 1
+    sub.expect_none(within=3.5)  # past the delay and a sweep: the reconnect cancelled it
+    b.close()
+
+
 @case
 def v5_session_expiry_zero_ends_the_session():
     t = "se0/" + uuid.uuid4().hex
