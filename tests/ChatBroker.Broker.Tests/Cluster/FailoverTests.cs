@@ -181,6 +181,19 @@ public sealed class FailoverTests
 
         var inbox = cluster[newHome].Broker.Store.ReadInbox(bobId, 0, 100).Where(e => e.ConversationId == conversation).Select(e => e.Seq);
         Assert.Equal(Enumerable.Range(1, 7).Select(i => (ulong)i), inbox);
+
+        // A new device of bob's, through another node, reads the whole inbox from the new home.
+        var tablet = await cluster["node4"].ConnectAsync(bobId, "tablet");
+        var read = new List<ulong>();
+        while (await tablet.ReceiveAsync() is var m && m is not SyncDone)
+        {
+            if (m is Deliver d)
+            {
+                read.Add(d.Seq);
+            }
+        }
+
+        Assert.Equal(Enumerable.Range(1, 7).Select(i => (ulong)i), read);
     }
 
     [Fact]
