@@ -234,7 +234,17 @@ public sealed class FailoverTests
 
         var update = await cluster["node1"].Coordinator.TryUpdateMapAsync(map, CancellationToken.None);
         Assert.True(update.Applied, update.Error);
-        return await cluster.WaitForMapAsync(m => m.Epoch >= update.Map.Epoch, TestDevice.Timeout);
+        var applied = await cluster.WaitForMapAsync(m => m.Epoch >= update.Map.Epoch, TestDevice.Timeout);
+
+        // Each node installs its replication tap when it applies the first map with replica sets: wait for that, so a
+        // tap the test installs afterwards is not replaced (the view has the map a moment before the node applied it).
+        using var timeout = new CancellationTokenSource(TestDevice.Timeout);
+        foreach (var node in cluster.Nodes)
+        {
+            await node.Cluster.WaitForEpochAsync((ulong)applied.Epoch, timeout.Token);
+        }
+
+        return applied;
     }
 
     private static (string, string) Chain(HashRing ring, ulong conversationId)
