@@ -16,37 +16,7 @@ namespace ChatBroker.LoadTests.Mqtt;
 /// </summary>
 public sealed class MqttFanoutScenario(RunOptions options)
 {
-    public async Task<RunResult> RunAsync()
-    {
-        BrokerLauncher? started = null;
-        IPEndPoint target;
-        if (options.Target is null)
-        {
-            using var probe = new Socket(SocketType.Stream, ProtocolType.Tcp);
-            probe.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-            var port = ((IPEndPoint)probe.LocalEndPoint!).Port;
-            probe.Dispose();
-            Console.WriteLine($"starting broker with mqtt.listen=127.0.0.1:{port}, anonymous MQTT clients allowed ...");
-            started = await BrokerLauncher.StartAsync(options.Durability, [.. options.BrokerSettings, $"mqtt.listen=127.0.0.1:{port}", "mqtt.allow_anonymous=true"]).ConfigureAwait(false);
-            target = new IPEndPoint(IPAddress.Loopback, port);
-        }
-        else
-        {
-            target = BrokerLauncher.ResolveEndPoint(options.Target);
-        }
-
-        try
-        {
-            return await RunAgainstAsync(target, started).ConfigureAwait(false);
-        }
-        finally
-        {
-            if (started is not null)
-            {
-                await started.DisposeAsync().ConfigureAwait(false);
-            }
-        }
-    }
+    public Task<RunResult> RunAsync() => MqttTarget.RunAsync(options, RunAgainstAsync);
 
     private async Task<RunResult> RunAgainstAsync(IPEndPoint target, BrokerLauncher? broker)
     {
