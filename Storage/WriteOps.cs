@@ -454,7 +454,8 @@ internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> i
         // owner or a replica of it), and a copy that differs can only come from a node that lost the range. (The log's
         // last seq does not say: a home's log of a conversation it does not own holds only the seqs copied to it.)
         Records.MessageKey(w.Key, m.ConversationId, m.Seq);
-        if (logNew || w.Engine.Get(Cf.Messages, w.Key.Span) is null)
+        var own = logNew ? null : w.Engine.Get(Cf.Messages, w.Key.Span);
+        if (own is null)
         {
             Records.MessageValue(w.Value, m.TimestampMs, request);
             w.Batch.Put(Cf.Messages, w.Key.Span, w.Value.Span);
@@ -462,6 +463,15 @@ internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> i
             {
                 PutIdempotencyMark(w, m);
             }
+        }
+        else if (fresh > 0)
+        {
+            // The entries below reach the users' replicas with the batch's log record of their message (the replication
+            // tap adds it for each target that gets an entry); a replica of a user that does not replicate the
+            // conversation has no other way to get it, and as the user's next home could not deliver the entry. So the
+            // batch carries this store's own record again, the same bytes (checker seed 205: a new device at a user's
+            // new home read the inbox only from the failover on).
+            w.Batch.Put(Cf.Messages, w.Key.Span, own);
         }
 
         var inboxSeqs = inboxRecipients.Count == 0 ? [] : new ulong[inboxRecipients.Count];

@@ -9,7 +9,15 @@
 #     (a slim Debian image has no 'ip').
 # On Debian/Ubuntu as root (or with passwordless sudo) it installs what is missing with apt-get in one
 # step; anywhere else it says what to install and exits non-zero. Quiet when everything is there.
+#
+#   scripts/ensure-test-deps.sh              everything above
+#   scripts/ensure-test-deps.sh --etcd-only  etcd and iproute2 only (scripts/etcd.sh, the cluster checker)
 set -euo pipefail
+
+etcd_only=0
+if [ "${1:-}" = "--etcd-only" ]; then
+  etcd_only=1
+fi
 
 # --- browser tests (tests/ChatBroker.Web.Tests): Debian's headless Chromium and a font to render text with.
 # Playwright drives this browser (never one it downloads itself). CHROMIUM_PATH names another Chromium.
@@ -51,7 +59,7 @@ ensure_browser() {
     return 1
   fi
 }
-ensure_browser
+[ "$etcd_only" = 1 ] || ensure_browser
 # --- end browser tests
 
 python=/usr/bin/python3
@@ -63,9 +71,11 @@ have_mosquitto_clients() { command -v mosquitto_pub >/dev/null 2>&1 && command -
 
 packages=""
 have_etcd || packages="$packages etcd-server"
-have_python_grpc || packages="$packages python3 python3-grpcio python3-protobuf"
-have_paho || packages="$packages python3-paho-mqtt"
-have_mosquitto_clients || packages="$packages mosquitto-clients"
+if [ "$etcd_only" = 0 ]; then
+  have_python_grpc || packages="$packages python3 python3-grpcio python3-protobuf"
+  have_paho || packages="$packages python3-paho-mqtt"
+  have_mosquitto_clients || packages="$packages mosquitto-clients"
+fi
 command -v ip >/dev/null 2>&1 || packages="$packages iproute2"
 packages="${packages# }"
 if [ -z "$packages" ]; then
@@ -112,7 +122,7 @@ if ! have_etcd; then
   echo "Installed etcd-server but 'etcd' is still not on PATH." >&2
   exit 1
 fi
-if ! have_python_grpc; then
+if [ "$etcd_only" = 0 ] && ! have_python_grpc; then
   echo "Installed $packages but '$python -c \"import grpc, google.protobuf\"' still fails." >&2
   exit 1
 fi
@@ -120,7 +130,7 @@ if ! command -v ip >/dev/null 2>&1; then
   echo "Installed $packages but 'ip' (iproute2) is still missing." >&2
   exit 1
 fi
-if ! have_paho || ! have_mosquitto_clients; then
+if [ "$etcd_only" = 0 ] && { ! have_paho || ! have_mosquitto_clients; }; then
   echo "Installed $packages but paho-mqtt ('$python -c \"import paho.mqtt.client\"') or mosquitto_pub/mosquitto_sub is still missing." >&2
   exit 1
 fi

@@ -7,6 +7,7 @@
 #                                                    network namespace, see scripts/netns-cluster.sh)
 #   scripts/etcd.sh stop [--state-dir DIR] [--purge] stops it by its pid; --purge removes the state dir
 #   scripts/etcd.sh endpoint [--state-dir DIR]       prints its client URL
+#   scripts/etcd.sh install                          installs Debian's etcd-server when etcd is missing
 #
 # The state dir (default ${TMPDIR:-/tmp}/chatbroker-etcd) holds pid, endpoint, the ports, the data dir and
 # etcd.log. A restart with the same state dir reuses its ports and data. start prints the client URL.
@@ -105,8 +106,13 @@ start_once() {
 }
 
 case "$command" in
+  install)
+    # Installs etcd when missing, nothing else. Run it in the host's namespace: a network namespace of the
+    # cluster runs has no route to the package mirrors (the checker does this before it starts members).
+    exec "$root/scripts/ensure-test-deps.sh" --etcd-only
+    ;;
   start)
-    "$root/scripts/ensure-test-deps.sh"
+    "$root/scripts/ensure-test-deps.sh" --etcd-only
     mkdir -p "$state_dir"
     if pid="$(running_pid)"; then
       echo "etcd.sh: already running (pid $pid) at $(cat "$state_dir/endpoint")" >&2

@@ -70,6 +70,8 @@ public sealed class EtcdProcess : IAsyncDisposable
     {
         var initial = string.Join(',', Enumerable.Range(1, netns.EtcdMembers).Select(i => $"e{i}=http://{NetnsLayout.Address(netns.EtcdNamespace(i))}:2380"));
         var members = new List<EtcdProcess>();
+        // Installed (when missing) from the host's namespace first: inside a cluster namespace apt reaches no mirror.
+        await RunScriptAsync(["install"], null).ConfigureAwait(false);
         try
         {
             for (var i = 1; i <= netns.EtcdMembers; i++)

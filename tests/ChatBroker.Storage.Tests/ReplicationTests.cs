@@ -214,6 +214,38 @@ public abstract class ReplicationContract : IDisposable
     }
 
     [Fact]
+    public async Task A_homes_copy_whose_message_its_log_already_holds_still_hands_the_message_to_the_tap_with_the_entry()
+    {
+        // bob's home is a replica of the conversation's owner: the log record is there before the owner's copy comes,
+        // so the copy writes only bob's entry. bob's own replicas need the message with it (a replica of bob that does
+        // not replicate the conversation would, as bob's next home, hold an entry it cannot deliver): the batch carries
+        // the home's own record again. Checker seed 205: a new device at bob's new home read his inbox only from 130 on.
+        var owner = Open();
+        var home = Open();
+        owner.SetReplicationTap(new SyncTap(home));
+        const ulong Direct = ChatStore.FirstDerivedConversationId | 14;
+        await owner.GetOrCreateDirectAtAsync(Direct, "alice", "bob");
+        await owner.AppendAsync(Messages.To(Direct, "m1", clientMsgId: 1));
+        var copy = Assert.Single(home.ReadRange(Direct, 1, 10));
+
+        var tap = new HeldTap();
+        home.SetReplicationTap(tap);
+        var stored = home.StoreCopyAsync(copy, ["bob"]);
+        var batch = await tap.NextAsync();
+        Assert.Single(batch.Records, r => ChatStore.TryGetMessagePosition(r, out var isLog, out var c, out var q) && isLog && (c, q) == (Direct, 1UL));
+        Assert.Contains(batch.Records, r => ChatStore.TryGetMessagePosition(r, out var isLog, out var c, out var q) && !isLog && (c, q) == (Direct, 1UL));
+        batch.Complete();
+        Assert.Equal([1UL], (await stored).InboxSeqs);
+
+        // The record is the home's own, unchanged; a user's replica that had none gets the message with the entry.
+        var userReplica = Open();
+        await userReplica.ApplyReplicatedAsync(batch.Records);
+        var entry = Assert.Single(userReplica.ReadInbox("bob", 0, 10));
+        Assert.Equal(("m1", 1UL), (System.Text.Encoding.UTF8.GetString(Assert.Single(userReplica.ReadRange(Direct, entry.Seq, 1)).Body.Span), entry.Seq));
+        Assert.Equal(home.ReadRange(Direct, 1, 1)[0].Body.ToArray(), userReplica.ReadRange(Direct, 1, 1)[0].Body.ToArray());
+    }
+
+    [Fact]
     public async Task A_users_entries_reach_the_users_replicas_with_their_messages()
     {
         // Records go to their own range's replicas; the tap adds each entry's message for a user's replica that does
