@@ -117,8 +117,10 @@ public static class Program
             {
                 await host.StartAsync(cancellationToken).ConfigureAwait(false);
             }
-            catch (Exception e) when (e is InvalidOperationException or IOException or UnauthorizedAccessException)
+            catch (Exception e) when (e is InvalidOperationException or IOException or UnauthorizedAccessException
+                || e is OperationCanceledException && !cancellationToken.IsCancellationRequested)
             {
+                // A cancellation not asked for by the operator is a start step that timed out: say which, never exit silently.
                 Console.Error.WriteLine($"chatbroker: cannot start: {e.Message}");
                 return ExitFailure;
             }

@@ -102,13 +102,14 @@ public sealed class EtcdCoordinator : IClusterCoordinator
                 await RegisterAsync(cancellationToken).ConfigureAwait(false);
                 break;
             }
-            catch (RpcException e) when (!cancellationToken.IsCancellationRequested
-                && e.StatusCode is StatusCode.DeadlineExceeded or StatusCode.Unavailable
+            // A deadline surfaces either as DeadlineExceeded or as a cancellation from inside the gRPC client.
+            catch (Exception e) when (!cancellationToken.IsCancellationRequested
+                && e is RpcException { StatusCode: StatusCode.DeadlineExceeded or StatusCode.Unavailable } or OperationCanceledException
                 && _time.GetElapsedTime(started) < _options.EtcdTimeout * StartAttemptsWindow)
             {
                 await Task.Delay(_options.EtcdTimeout / 4, _time, cancellationToken).ConfigureAwait(false);
             }
-            catch (RpcException e) when (!cancellationToken.IsCancellationRequested)
+            catch (Exception e) when (e is RpcException or OperationCanceledException && !cancellationToken.IsCancellationRequested)
             {
                 throw new ClusterCoordinationException($"cannot register node \"{Self.NodeId}\": {Unreachable(e)}", e);
             }
