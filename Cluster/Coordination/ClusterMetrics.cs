@@ -25,6 +25,7 @@ public sealed class ClusterMetrics : IDisposable
         _meter.CreateObservableGauge("chatbroker.cluster.members.live", () => view.LiveMembers.Length, "{node}", "Nodes holding a live etcd lease, as this node last saw them.");
         _meter.CreateObservableGauge("chatbroker.cluster.etcd.connected", () => view.HasCurrentMap ? 1 : 0, null, "1 while the node's watch on etcd is connected (its map is current), else 0.");
         _meter.CreateObservableGauge("chatbroker.cluster.map.staleness", () => view.Staleness.TotalSeconds, "s", "How long the node's map may have been stale (0 while connected to etcd).");
+        _meter.CreateObservableCounter("chatbroker.cluster.etcd.member_switches", () => view.MemberSwitches, "{switch}", "Times this node moved its etcd calls to the next member after one failed or did not answer in time.");
         _mapsApplied = _meter.CreateCounter<long>("chatbroker.cluster.map.applied", "{map}", "New cluster maps (epochs) this node took from etcd and acts on.");
         _changes = _meter.CreateCounter<long>("chatbroker.cluster.map.changes", "{change}", "Membership changes this node proposed, by outcome (applied, unchanged, refused, unavailable).");
         _conflicts = _meter.CreateCounter<long>("chatbroker.cluster.map.conflicts", "{attempt}", "Compare-and-set attempts of this node that lost to another change and were decided again.");

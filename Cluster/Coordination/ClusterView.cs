@@ -56,6 +56,13 @@ public sealed class ClusterView
     /// <summary>How long the map may have been stale: zero while connected.</summary>
     public TimeSpan Staleness => DisconnectedSince is { } since ? _time.GetUtcNow() - since : TimeSpan.Zero;
 
+    /// <summary>Times calls moved to another etcd member after one failed (a coordinator with several endpoints).</summary>
+    public long MemberSwitches => Interlocked.Read(ref _memberSwitches);
+
+    private long _memberSwitches;
+
+    internal void RecordMemberSwitch() => Interlocked.Increment(ref _memberSwitches);
+
     /// <summary>The last error talking to the store, for status output; null when none yet.</summary>
     public string? LastError => Volatile.Read(ref _lastError);
 

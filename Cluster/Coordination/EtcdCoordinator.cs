@@ -15,17 +15,24 @@ namespace ChatBroker.Cluster.Coordination;
 /// Every request has a deadline of <see cref="ClusterOptions.EtcdTimeout"/>: past it etcd counts as
 /// unreachable.
 /// </summary>
+/// <remarks>
+/// One connection per etcd member, used one at a time: a request, keepalive or watch that times out or is refused
+/// (a member cut off from its quorum answers "no leader", one behind a partition does not answer at all) moves every
+/// later call to the next member. A single channel balancing over all members kept sending a third of the calls, the
+/// lease renewals too, to a silent member whose connection still looked open, until HTTP/2 pings (5 s or more, etcd
+/// refuses faster ones) closed it: in the checker (seed 324) two nodes on the majority side of a partition lost their
+/// 2 s leases that way and were failed over with the two that were cut off.
+/// </remarks>
 public sealed class EtcdCoordinator : IClusterCoordinator
 {
     private static readonly TimeSpan MaxRetryDelay = TimeSpan.FromSeconds(1);
     private static readonly TimeSpan MinPingPeriod = TimeSpan.FromSeconds(5);
+    private static readonly TimeSpan KeepAliveRetry = TimeSpan.FromMilliseconds(50);
 
     private readonly ClusterOptions _options;
     private readonly TimeProvider _time;
-    private readonly EtcdClient _client;
-    private readonly KV.KVClient _kv;
-    private readonly Watch.WatchClient _watch;
-    private readonly Lease.LeaseClient _lease;
+    private readonly Member[] _members;
+    private int _current;
     private readonly ByteString _prefix;
     private readonly ByteString _prefixEnd;
     private readonly ByteString _mapKey;
@@ -58,11 +65,13 @@ public sealed class EtcdCoordinator : IClusterCoordinator
         _time = options.Time;
         Self = new NodeRegistration(options.NodeId, options.ResolvedAdvertiseMesh, options.AdvertiseClient);
         View = new ClusterView(_time);
-        _client = new EtcdClient(string.Join(',', options.EtcdEndpoints), configureChannelOptions: ConfigureChannel);
-        var connection = _client.GetConnection();
-        _kv = connection.KVClient;
-        _watch = connection.WatchClient;
-        _lease = connection.LeaseClient;
+        _members = new Member[options.EtcdEndpoints.Count];
+        for (var i = 0; i < _members.Length; i++)
+        {
+            _members[i] = new Member(i, options.EtcdEndpoints[i], new EtcdClient(options.EtcdEndpoints[i], configureChannelOptions: ConfigureChannel));
+        }
+
+        _current = FirstMember(options.NodeId, _members.Length);
         _prefix = ByteString.CopyFromUtf8(options.EtcdPrefix + "/");
         _prefixEnd = ByteString.CopyFromUtf8(options.EtcdPrefix + "0"); // '0' follows '/': the end of the prefix range
         _mapKeyText = options.MapKey;
@@ -143,13 +152,15 @@ public sealed class EtcdCoordinator : IClusterCoordinator
     public async Task<ClusterMap> ReadMapAsync(CancellationToken cancellationToken)
     {
         RangeResponse response;
+        var member = Current;
         try
         {
-            response = await _kv.RangeAsync(new RangeRequest { Key = _mapKey }, deadline: Deadline(), cancellationToken: cancellationToken)
+            response = await member.Kv.RangeAsync(new RangeRequest { Key = _mapKey }, deadline: Deadline(), cancellationToken: cancellationToken)
                 .ConfigureAwait(false);
         }
         catch (Exception e) when (e is RpcException or OperationCanceledException && !cancellationToken.IsCancellationRequested)
         {
+            Failed(member, e);
             throw new ClusterCoordinationException($"cannot read the cluster map: {Unreachable(e)}", e);
         }
 
@@ -161,14 +172,16 @@ public sealed class EtcdCoordinator : IClusterCoordinator
     public async Task<System.Collections.Immutable.ImmutableArray<NodeRegistration>> ReadLiveMembersAsync(CancellationToken cancellationToken)
     {
         RangeResponse response;
+        var member = Current;
         try
         {
-            response = await _kv.RangeAsync(
+            response = await member.Kv.RangeAsync(
                 new RangeRequest { Key = ByteString.CopyFromUtf8(_nodesPrefixText), RangeEnd = _prefixEnd },
                 deadline: Deadline(), cancellationToken: cancellationToken).ConfigureAwait(false);
         }
         catch (Exception e) when (e is RpcException or OperationCanceledException && !cancellationToken.IsCancellationRequested)
         {
+            Failed(member, e);
             throw new ClusterCoordinationException($"cannot read the live members: {Unreachable(e)}", e);
         }
 
@@ -205,12 +218,14 @@ public sealed class EtcdCoordinator : IClusterCoordinator
         txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = _mapKey } });
 
         TxnResponse response;
+        var member = Current;
         try
         {
-            response = await _kv.TxnAsync(txn, deadline: Deadline(), cancellationToken: cancellationToken).ConfigureAwait(false);
+            response = await member.Kv.TxnAsync(txn, deadline: Deadline(), cancellationToken: cancellationToken).ConfigureAwait(false);
         }
         catch (Exception e) when (e is RpcException or OperationCanceledException && !cancellationToken.IsCancellationRequested)
         {
+            Failed(member, e);
             View.RecordError(Unreachable(e));
             return new MapUpdateResult(MapUpdateStatus.Unavailable, View.Map,
                 $"map change refused: {Unreachable(e)}. The node keeps serving with the map of epoch {View.Epoch}; " +
@@ -254,7 +269,7 @@ public sealed class EtcdCoordinator : IClusterCoordinator
             // A clean leave: revoking deletes the registration at once instead of after the TTL.
             try
             {
-                await _lease.LeaseRevokeAsync(new LeaseRevokeRequest { ID = leaseId }, deadline: Deadline()).ConfigureAwait(false);
+                await Current.Lease.LeaseRevokeAsync(new LeaseRevokeRequest { ID = leaseId }, deadline: Deadline()).ConfigureAwait(false);
             }
             catch (RpcException)
             {
@@ -262,7 +277,11 @@ public sealed class EtcdCoordinator : IClusterCoordinator
             }
         }
 
-        _client.Dispose();
+        foreach (var member in _members)
+        {
+            member.Client.Dispose();
+        }
+
         _stop.Dispose();
     }
 
@@ -281,8 +300,20 @@ public sealed class EtcdCoordinator : IClusterCoordinator
             // A new lease per attempt: one granted before a wait would run out during it.
             var sentAt = _time.GetUtcNow();
             var sentStamp = _time.GetTimestamp();
-            var grant = await _lease.LeaseGrantAsync(new LeaseGrantRequest { TTL = ttlSeconds }, deadline: Deadline(), cancellationToken: cancellationToken)
-                .ConfigureAwait(false);
+            var member = Current;
+            LeaseGrantResponse grant;
+            TxnResponse response;
+            try
+            {
+                grant = await member.Lease.LeaseGrantAsync(new LeaseGrantRequest { TTL = ttlSeconds }, deadline: Deadline(), cancellationToken: cancellationToken)
+                    .ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is RpcException or OperationCanceledException && !cancellationToken.IsCancellationRequested)
+            {
+                Failed(member, e);
+                throw;
+            }
+
             var txn = new TxnRequest();
             txn.Compare.Add(new Compare
             {
@@ -293,7 +324,16 @@ public sealed class EtcdCoordinator : IClusterCoordinator
             });
             txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = _nodeKey, Value = value, Lease = grant.ID } });
             txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = _nodeKey } });
-            var response = await _kv.TxnAsync(txn, deadline: Deadline(), cancellationToken: cancellationToken).ConfigureAwait(false);
+            try
+            {
+                response = await member.Kv.TxnAsync(txn, deadline: Deadline(), cancellationToken: cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is RpcException or OperationCanceledException && !cancellationToken.IsCancellationRequested)
+            {
+                Failed(member, e);
+                throw;
+            }
+
             if (response.Succeeded)
             {
                 Interlocked.Exchange(ref _leaseId, grant.ID);
@@ -320,7 +360,7 @@ public sealed class EtcdCoordinator : IClusterCoordinator
     {
         try
         {
-            await _lease.LeaseRevokeAsync(new LeaseRevokeRequest { ID = leaseId }, deadline: Deadline()).ConfigureAwait(false);
+            await Current.Lease.LeaseRevokeAsync(new LeaseRevokeRequest { ID = leaseId }, deadline: Deadline()).ConfigureAwait(false);
         }
         catch (RpcException)
         {
@@ -338,26 +378,35 @@ public sealed class EtcdCoordinator : IClusterCoordinator
         var retry = TimeSpan.FromMilliseconds(100);
         while (!stop.IsCancellationRequested)
         {
+            var member = Current;
+            var call = member.Lease.LeaseKeepAlive(cancellationToken: stop);
             try
             {
-                using var call = _lease.LeaseKeepAlive(cancellationToken: stop);
                 while (true)
                 {
                     var sentAt = _time.GetUtcNow();
                     var sentStamp = _time.GetTimestamp();
-                    await call.RequestStream.WriteAsync(new LeaseKeepAliveRequest { ID = Interlocked.Read(ref _leaseId) }, stop).ConfigureAwait(false);
-                    using (var answer = CancellationTokenSource.CreateLinkedTokenSource(stop))
+
+                    // A renewal stuck on a dead etcd member must give way to a new stream (another member) well before
+                    // the lease can run out: the renewal sent as the member went silent is lost too, so of the TTL
+                    // (3 intervals) one goes by before that send and half of one waiting for its answer, which leaves
+                    // 1.5 intervals (1 s of a 2 s lease) to renew at the next member. The send and the answer get one
+                    // bound, raced rather than cancelled: a read cancelled on a silent connection took 2 s to return.
+                    var renewal = RenewOnceAsync(call, stop);
+                    var bound = Min(_options.EtcdTimeout, interval / 2);
+                    using (var timer = CancellationTokenSource.CreateLinkedTokenSource(stop))
                     {
-                        // A renewal stuck on a dead etcd member must give way to a new stream (another
-                        // member) well before the lease can run out.
-                        answer.CancelAfter(Min(_options.EtcdTimeout, interval));
-                        if (!await call.ResponseStream.MoveNext(answer.Token).ConfigureAwait(false))
+                        if (await Task.WhenAny(renewal, Task.Delay(bound, _time, timer.Token)).ConfigureAwait(false) != renewal)
                         {
-                            throw new RpcException(new Status(StatusCode.Unavailable, "etcd closed the keepalive stream"));
+                            stop.ThrowIfCancellationRequested();
+                            Observe(renewal);
+                            throw new RpcException(new Status(StatusCode.DeadlineExceeded, $"no keepalive answer within {bound.TotalMilliseconds:0} ms"));
                         }
+
+                        await timer.CancelAsync().ConfigureAwait(false);
                     }
 
-                    var renewed = call.ResponseStream.Current;
+                    var renewed = await renewal.ConfigureAwait(false);
                     if (renewed.TTL <= 0)
                     {
                         View.RecordError($"the lease of node \"{Self.NodeId}\" expired (etcd was out of reach for longer than its TTL); registering again");
@@ -377,7 +426,12 @@ public sealed class EtcdCoordinator : IClusterCoordinator
             }
             catch (Exception e) when (e is RpcException or OperationCanceledException or ClusterCoordinationException or IOException)
             {
+                Failed(member, e);
                 View.RecordError($"lease keepalive: {Describe(e)}");
+            }
+            finally
+            {
+                Abandon(call);
             }
 
             if (!await DelayAsync(retry, stop).ConfigureAwait(false))
@@ -385,7 +439,9 @@ public sealed class EtcdCoordinator : IClusterCoordinator
                 return;
             }
 
-            retry = Min(retry * 2, MaxRetryDelay);
+            // While the lease may still be alive the next member is tried at once (a 2 s lease leaves no room for a
+            // growing backoff: etcd's own leader election takes about a second); after that, back off.
+            retry = View.IsLeaseValid(TimeSpan.Zero) ? KeepAliveRetry : Min(retry * 2, MaxRetryDelay);
         }
     }
 
@@ -400,14 +456,16 @@ public sealed class EtcdCoordinator : IClusterCoordinator
         var members = new Dictionary<string, NodeRegistration>(StringComparer.Ordinal);
         while (!stop.IsCancellationRequested)
         {
+            var member = Current;
+            AsyncDuplexStreamingCall<WatchRequest, WatchResponse>? call = null;
             try
             {
-                var revision = await ReadSnapshotAsync(members, stop).ConfigureAwait(false);
+                var revision = await ReadSnapshotAsync(member, members, stop).ConfigureAwait(false);
                 View.MarkConnected();
                 retry = TimeSpan.FromMilliseconds(100);
 
                 // "hasleader" makes an etcd member that loses its quorum end the watch instead of going quiet.
-                using var call = _watch.Watch(new Metadata { { "hasleader", "true" } }, cancellationToken: stop);
+                call = member.Watch.Watch(new Metadata { { "hasleader", "true" } }, cancellationToken: stop);
                 await call.RequestStream.WriteAsync(new WatchRequest
                 {
                     CreateRequest = new WatchCreateRequest { Key = _prefix, RangeEnd = _prefixEnd, StartRevision = revision + 1 },
@@ -480,7 +538,15 @@ public sealed class EtcdCoordinator : IClusterCoordinator
             }
             catch (Exception e) when (e is RpcException or OperationCanceledException or ClusterCoordinationException or IOException)
             {
+                Failed(member, e);
                 View.MarkDisconnected($"watch: {Describe(e)}");
+            }
+            finally
+            {
+                if (call is not null)
+                {
+                    Abandon(call);
+                }
             }
 
             if (!await DelayAsync(retry, stop).ConfigureAwait(false))
@@ -492,12 +558,12 @@ public sealed class EtcdCoordinator : IClusterCoordinator
         }
     }
 
-    private async Task<long> ReadSnapshotAsync(Dictionary<string, NodeRegistration> members, CancellationToken stop)
+    private async Task<long> ReadSnapshotAsync(Member member, Dictionary<string, NodeRegistration> members, CancellationToken stop)
     {
         var txn = new TxnRequest(); // no compare: the success branch always runs, both reads at one revision
         txn.Success.Add(new RequestOp { RequestRange = new RangeRequest { Key = _mapKey } });
         txn.Success.Add(new RequestOp { RequestRange = new RangeRequest { Key = ByteString.CopyFromUtf8(_nodesPrefixText), RangeEnd = _prefixEnd } });
-        var response = await _kv.TxnAsync(txn, deadline: Deadline(), cancellationToken: stop).ConfigureAwait(false);
+        var response = await member.Kv.TxnAsync(txn, deadline: Deadline(), cancellationToken: stop).ConfigureAwait(false);
 
         members.Clear();
         foreach (var kv in response.Responses[1].ResponseRange.Kvs)
@@ -591,6 +657,70 @@ public sealed class EtcdCoordinator : IClusterCoordinator
             EnableMultipleHttp2Connections = true,
         };
         channel.DisposeHttpClient = true;
+    }
+
+    private async Task<LeaseKeepAliveResponse> RenewOnceAsync(AsyncDuplexStreamingCall<LeaseKeepAliveRequest, LeaseKeepAliveResponse> call, CancellationToken stop)
+    {
+        await call.RequestStream.WriteAsync(new LeaseKeepAliveRequest { ID = Interlocked.Read(ref _leaseId) }, stop).ConfigureAwait(false);
+        if (!await call.ResponseStream.MoveNext(stop).ConfigureAwait(false))
+        {
+            throw new RpcException(new Status(StatusCode.Unavailable, "etcd closed the keepalive stream"));
+        }
+
+        return call.ResponseStream.Current;
+    }
+
+    /// <summary>Disposes a stream call off the loop, on a thread of its own: ending a call on a silent connection blocks
+    /// for seconds, which a loop that must reach the next member at once cannot wait for, and which on a pool thread
+    /// starved the pool of a 2-core machine (the next renewal waited a second for a thread). Rare: once per switch.</summary>
+    private static void Abandon(IDisposable call) => new Thread(call.Dispose) { IsBackground = true, Name = "etcd call disposal" }.Start();
+
+    private static void Observe(Task task) =>
+        _ = task.ContinueWith(static t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+
+    /// <summary>The member a node starts with: spread over the members by node id, the same at every start.</summary>
+    internal static int FirstMember(string nodeId, int count) =>
+        (int)(System.IO.Hashing.XxHash3.HashToUInt64(System.Text.Encoding.UTF8.GetBytes(nodeId)) % (ulong)count);
+
+    /// <summary>The member calls go to now.</summary>
+    private Member Current => _members[Volatile.Read(ref _current)];
+
+    /// <summary>
+    /// A call to <paramref name="member"/> failed: unless a concurrent failure already moved on, later calls go to the
+    /// next member. Any failure counts (a refusal such as "no leader" as much as silence): with one member gone the
+    /// others serve, and a member that was wrongly left is tried again when its turn comes round.
+    /// </summary>
+    private void Failed(Member member, Exception e)
+    {
+        if (_members.Length == 1 || (e is OperationCanceledException && _stop.IsCancellationRequested))
+        {
+            return;
+        }
+
+        var next = (member.Index + 1) % _members.Length;
+        if (Interlocked.CompareExchange(ref _current, next, member.Index) == member.Index)
+        {
+            View.RecordMemberSwitch();
+            View.RecordError($"etcd member {member.Endpoint} failed ({Describe(e)}); calls go to {_members[next].Endpoint} now");
+        }
+    }
+
+    /// <summary>One etcd member's connection (its own channel: a silent member holds up only the calls sent to it).</summary>
+    private sealed class Member(int index, string endpoint, EtcdClient client)
+    {
+        private readonly dotnet_etcd.interfaces.IConnection _connection = client.GetConnection();
+
+        public int Index { get; } = index;
+
+        public string Endpoint { get; } = endpoint;
+
+        public EtcdClient Client { get; } = client;
+
+        public KV.KVClient Kv => _connection.KVClient;
+
+        public Watch.WatchClient Watch => _connection.WatchClient;
+
+        public Lease.LeaseClient Lease => _connection.LeaseClient;
     }
 
     private DateTime Deadline() => _time.GetUtcNow().UtcDateTime + _options.EtcdTimeout;

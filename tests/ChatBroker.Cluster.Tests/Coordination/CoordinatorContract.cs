@@ -48,9 +48,11 @@ public abstract class CoordinatorContract : IAsyncLifetime
         AdvertiseClient = $"10.77.0.{nodeId[^1]}:7883",
     };
 
-    private protected async Task<IClusterCoordinator> StartNodeAsync(string nodeId, TimeSpan? ttl = null)
+    private protected Task<IClusterCoordinator> StartNodeAsync(string nodeId, TimeSpan? ttl = null) => StartNodeAsync(Options(nodeId, ttl));
+
+    private protected async Task<IClusterCoordinator> StartNodeAsync(ClusterOptions options)
     {
-        var node = CreateCoordinator(Options(nodeId, ttl));
+        var node = CreateCoordinator(options);
         _nodes.Add(node);
         using var timeout = new CancellationTokenSource(Patience);
         await node.StartAsync(timeout.Token);
@@ -396,6 +398,51 @@ public sealed class EtcdCoordinatorTests(EtcdFixture etcd) : CoordinatorContract
     }
 
     private bool _frozen;
+
+    [Fact]
+    public async Task A_member_that_goes_silent_costs_the_node_neither_its_lease_nor_its_watch()
+    {
+        // A partition that cuts one etcd member off sends no reset: its connections still look open. The node's calls
+        // go to one member at a time (its first one by id), here a relay to etcd that goes silent; every call after the
+        // first that fails must go to the other member, fast enough that a lease of the minimum TTL (2 s, renewed every
+        // 0.67 s, each answer awaited 0.33 s) never lapses. Before, one channel spread the calls over both members and kept sending some of each
+        // renewal's retries to the silent one (checker seed 324: two nodes lost their leases that way).
+        await using var relay = await SilenceableRelay.StartAsync(etcd.Endpoint);
+        var id = Enumerable.Range(1, 99).Select(i => $"r{i}").First(n => EtcdCoordinator.FirstMember(n, 2) == 0);
+        var options = Options(id);
+        options.EtcdEndpoints = [relay.Endpoint, etcd.Endpoint];
+        var node = await StartNodeAsync(options);
+        var observer = await StartNodeAsync("o1");
+        await WaitUntilAsync(observer.View, v => v.LiveMembers.Any(m => m.NodeId == id));
+        Assert.True(relay.Connections > 0, "the node did not start on the relay: the test would not test the switch");
+
+        relay.Silence();
+        var silenced = System.Diagnostics.Stopwatch.StartNew();
+        var switchesBefore = node.View.MemberSwitches;
+
+        // For three TTLs the observer must never see the node's registration go (it goes when the lease lapses).
+        using (var watch = new CancellationTokenSource(Ttl * 3))
+        {
+            while (true)
+            {
+                var changed = observer.View.WaitForChangeAsync(watch.Token);
+                Assert.True(observer.View.LiveMembers.Any(m => m.NodeId == id),
+                    $"the node's registration went {silenced.ElapsedMilliseconds} ms after the silence (lease lapsed); its last error: {node.View.LastError}");
+                try
+                {
+                    await changed;
+                }
+                catch (OperationCanceledException)
+                {
+                    break;
+                }
+            }
+        }
+
+        Assert.True(node.View.MemberSwitches > switchesBefore, "the node never left the silent member");
+        Assert.True(node.View.IsLeaseValid(TimeSpan.Zero), $"lease lapsed; last error: {node.View.LastError}");
+        await WaitUntilAsync(node.View, v => v.HasCurrentMap); // the watch is on the answering member
+    }
 
     [Fact]
     public async Task A_silent_etcd_is_noticed_within_two_heartbeats_and_the_watch_comes_back_when_it_answers()
