@@ -423,11 +423,17 @@ internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> i
     {
         var m = message;
         var fresh = 0;
+        var freshUsers = 0; // entries of users (not of forward queues, which do not replicate)
         for (var i = 0; i < inboxRecipients.Count; i++)
         {
-            if (IsQueue(inboxRecipients[i]) || w.InboxCopyMark(inboxRecipients[i], m.ConversationId) < m.Seq)
+            if (IsQueue(inboxRecipients[i]))
             {
                 fresh++;
+            }
+            else if (w.InboxCopyMark(inboxRecipients[i], m.ConversationId) < m.Seq)
+            {
+                fresh++;
+                freshUsers++;
             }
         }
 
@@ -464,13 +470,14 @@ internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> i
                 PutIdempotencyMark(w, m);
             }
         }
-        else if (fresh > 0)
+        else if (freshUsers > 0)
         {
             // The entries below reach the users' replicas with the batch's log record of their message (the replication
             // tap adds it for each target that gets an entry); a replica of a user that does not replicate the
             // conversation has no other way to get it, and as the user's next home could not deliver the entry. So the
             // batch carries this store's own record again, the same bytes (checker seed 205: a new device at a user's
-            // new home read the inbox only from the failover on).
+            // new home read the inbox only from the failover on). Not for forward-queue entries alone (a re-forward at
+            // the owner): queues stay on their node, and the conversation's replicas have the record already.
             w.Batch.Put(Cf.Messages, w.Key.Span, own);
         }
 

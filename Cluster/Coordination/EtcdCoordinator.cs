@@ -152,15 +152,13 @@ public sealed class EtcdCoordinator : IClusterCoordinator
     public async Task<ClusterMap> ReadMapAsync(CancellationToken cancellationToken)
     {
         RangeResponse response;
-        var member = Current;
         try
         {
-            response = await member.Kv.RangeAsync(new RangeRequest { Key = _mapKey }, deadline: Deadline(), cancellationToken: cancellationToken)
+            response = await CallAsync(m => m.Kv.RangeAsync(new RangeRequest { Key = _mapKey }, deadline: Deadline(), cancellationToken: cancellationToken), cancellationToken)
                 .ConfigureAwait(false);
         }
         catch (Exception e) when (e is RpcException or OperationCanceledException && !cancellationToken.IsCancellationRequested)
         {
-            Failed(member, e);
             throw new ClusterCoordinationException($"cannot read the cluster map: {Unreachable(e)}", e);
         }
 
@@ -172,16 +170,14 @@ public sealed class EtcdCoordinator : IClusterCoordinator
     public async Task<System.Collections.Immutable.ImmutableArray<NodeRegistration>> ReadLiveMembersAsync(CancellationToken cancellationToken)
     {
         RangeResponse response;
-        var member = Current;
         try
         {
-            response = await member.Kv.RangeAsync(
+            response = await CallAsync(m => m.Kv.RangeAsync(
                 new RangeRequest { Key = ByteString.CopyFromUtf8(_nodesPrefixText), RangeEnd = _prefixEnd },
-                deadline: Deadline(), cancellationToken: cancellationToken).ConfigureAwait(false);
+                deadline: Deadline(), cancellationToken: cancellationToken), cancellationToken).ConfigureAwait(false);
         }
         catch (Exception e) when (e is RpcException or OperationCanceledException && !cancellationToken.IsCancellationRequested)
         {
-            Failed(member, e);
             throw new ClusterCoordinationException($"cannot read the live members: {Unreachable(e)}", e);
         }
 
@@ -218,14 +214,12 @@ public sealed class EtcdCoordinator : IClusterCoordinator
         txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = _mapKey } });
 
         TxnResponse response;
-        var member = Current;
         try
         {
-            response = await member.Kv.TxnAsync(txn, deadline: Deadline(), cancellationToken: cancellationToken).ConfigureAwait(false);
+            response = await CallAsync(m => m.Kv.TxnAsync(txn, deadline: Deadline(), cancellationToken: cancellationToken), cancellationToken).ConfigureAwait(false);
         }
         catch (Exception e) when (e is RpcException or OperationCanceledException && !cancellationToken.IsCancellationRequested)
         {
-            Failed(member, e);
             View.RecordError(Unreachable(e));
             return new MapUpdateResult(MapUpdateStatus.Unavailable, View.Map,
                 $"map change refused: {Unreachable(e)}. The node keeps serving with the map of epoch {View.Epoch}; " +
@@ -300,19 +294,8 @@ public sealed class EtcdCoordinator : IClusterCoordinator
             // A new lease per attempt: one granted before a wait would run out during it.
             var sentAt = _time.GetUtcNow();
             var sentStamp = _time.GetTimestamp();
-            var member = Current;
-            LeaseGrantResponse grant;
-            TxnResponse response;
-            try
-            {
-                grant = await member.Lease.LeaseGrantAsync(new LeaseGrantRequest { TTL = ttlSeconds }, deadline: Deadline(), cancellationToken: cancellationToken)
-                    .ConfigureAwait(false);
-            }
-            catch (Exception e) when (e is RpcException or OperationCanceledException && !cancellationToken.IsCancellationRequested)
-            {
-                Failed(member, e);
-                throw;
-            }
+            var grant = await CallAsync(m => m.Lease.LeaseGrantAsync(new LeaseGrantRequest { TTL = ttlSeconds }, deadline: Deadline(), cancellationToken: cancellationToken), cancellationToken)
+                .ConfigureAwait(false);
 
             var txn = new TxnRequest();
             txn.Compare.Add(new Compare
@@ -324,16 +307,7 @@ public sealed class EtcdCoordinator : IClusterCoordinator
             });
             txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = _nodeKey, Value = value, Lease = grant.ID } });
             txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = _nodeKey } });
-            try
-            {
-                response = await member.Kv.TxnAsync(txn, deadline: Deadline(), cancellationToken: cancellationToken).ConfigureAwait(false);
-            }
-            catch (Exception e) when (e is RpcException or OperationCanceledException && !cancellationToken.IsCancellationRequested)
-            {
-                Failed(member, e);
-                throw;
-            }
-
+            var response = await CallAsync(m => m.Kv.TxnAsync(txn, deadline: Deadline(), cancellationToken: cancellationToken), cancellationToken).ConfigureAwait(false);
             if (response.Succeeded)
             {
                 Interlocked.Exchange(ref _leaseId, grant.ID);
@@ -657,6 +631,22 @@ public sealed class EtcdCoordinator : IClusterCoordinator
             EnableMultipleHttp2Connections = true,
         };
         channel.DisposeHttpClient = true;
+    }
+
+    /// <summary>One request to the current member; a failure (not the caller's cancellation) moves later calls to the
+    /// next member and is rethrown for the caller to report.</summary>
+    private async Task<T> CallAsync<T>(Func<Member, AsyncUnaryCall<T>> call, CancellationToken cancellationToken)
+    {
+        var member = Current;
+        try
+        {
+            return await call(member).ResponseAsync.ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is RpcException or OperationCanceledException && !cancellationToken.IsCancellationRequested)
+        {
+            Failed(member, e);
+            throw;
+        }
     }
 
     private async Task<LeaseKeepAliveResponse> RenewOnceAsync(AsyncDuplexStreamingCall<LeaseKeepAliveRequest, LeaseKeepAliveResponse> call, CancellationToken stop)

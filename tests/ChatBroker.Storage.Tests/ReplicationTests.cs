@@ -243,6 +243,14 @@ public abstract class ReplicationContract : IDisposable
         var entry = Assert.Single(userReplica.ReadInbox("bob", 0, 10));
         Assert.Equal(("m1", 1UL), (System.Text.Encoding.UTF8.GetString(Assert.Single(userReplica.ReadRange(Direct, entry.Seq, 1)).Body.Span), entry.Seq));
         Assert.Equal(home.ReadRange(Direct, 1, 1)[0].Body.ToArray(), userReplica.ReadRange(Direct, 1, 1)[0].Body.ToArray());
+
+        // A copy into a forward queue only (an owner's re-forward) writes the queue entry and not the record again:
+        // queues stay on their node, and the conversation's replicas have the record.
+        var queued = home.StoreCopyAsync(copy, ["#home/n9"]);
+        var queueBatch = await tap.NextAsync();
+        Assert.DoesNotContain(queueBatch.Records, r => ChatStore.TryGetMessagePosition(r, out var isLog, out _, out _) && isLog);
+        queueBatch.Complete();
+        Assert.Equal([1UL], (await queued).InboxSeqs);
     }
 
     [Fact]

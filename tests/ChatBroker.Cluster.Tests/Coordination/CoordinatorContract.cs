@@ -405,9 +405,10 @@ public sealed class EtcdCoordinatorTests(EtcdFixture etcd) : CoordinatorContract
         // A partition that cuts one etcd member off sends no reset: its connections still look open. The node's calls
         // go to one member at a time (its first one by id), here a relay to etcd that goes silent; every call after the
         // first that fails must go to the other member, fast enough that a lease of the minimum TTL (2 s, renewed every
-        // 0.67 s, each answer awaited 0.33 s) never lapses. Before, one channel spread the calls over both members and kept sending some of each
-        // renewal's retries to the silent one (checker seed 324: two nodes lost their leases that way).
-        await using var relay = await SilenceableRelay.StartAsync(etcd.Endpoint);
+        // 0.67 s, each answer awaited 0.33 s) never lapses. Before, one channel spread the calls over both members and
+        // kept sending some of each renewal's retries to the silent one (checker seed 324: two nodes lost their leases
+        // that way).
+        await using var relay = SilenceableRelay.Start(etcd.Endpoint);
         var id = Enumerable.Range(1, 99).Select(i => $"r{i}").First(n => EtcdCoordinator.FirstMember(n, 2) == 0);
         var options = Options(id);
         options.EtcdEndpoints = [relay.Endpoint, etcd.Endpoint];

@@ -25,13 +25,13 @@ internal sealed class SilenceableRelay : IAsyncDisposable
     /// <summary>Connections accepted so far.</summary>
     public int Connections => Volatile.Read(ref _connections);
 
-    public static Task<SilenceableRelay> StartAsync(string etcdEndpoint)
+    public static SilenceableRelay Start(string etcdEndpoint)
     {
         var uri = new Uri(etcdEndpoint);
         var relay = new SilenceableRelay(new IPEndPoint(IPAddress.Parse(uri.Host), uri.Port));
         relay._listener.Start();
         relay._accepting = relay.AcceptLoopAsync();
-        return Task.FromResult(relay);
+        return relay;
     }
 
     public void Silence() => _silent = true;
