@@ -160,6 +160,7 @@ internal sealed class ReplicaApplyOp(ReplicaRecord[] records, List<string>? conf
     {
         var batch = w.CapturingBatch;
         batch.Paused = true;
+        w.ApplyingForeign = true;
         try
         {
             foreach (var r in records)
@@ -177,6 +178,7 @@ internal sealed class ReplicaApplyOp(ReplicaRecord[] records, List<string>? conf
         finally
         {
             batch.Paused = false;
+            w.ApplyingForeign = false;
         }
 
         Result = records.Length;

@@ -46,6 +46,7 @@ internal sealed partial class CommitWriter
         }
 
         _current.SeqUndo.TryAdd(conversationId, last);
+        _current.OwnSeqBefore.TryAdd(conversationId, last);
         _lastSeq[conversationId] = last + 1;
         return last + 1;
     }
@@ -66,6 +67,11 @@ internal sealed partial class CommitWriter
         }
 
         _current.SeqUndo.TryAdd(conversationId, last);
+        if (!ApplyingForeign)
+        {
+            _current.OwnSeqBefore.TryAdd(conversationId, last);
+        }
+
         _lastSeq[conversationId] = seq;
         return true;
     }
@@ -110,6 +116,7 @@ internal sealed partial class CommitWriter
         }
 
         _current.InboxUndo.TryAdd(userId, last);
+        _current.OwnInboxBefore.TryAdd(userId, last);
         _lastInboxSeq[userId] = last + 1;
         return last + 1;
     }

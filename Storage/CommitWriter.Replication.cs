@@ -24,13 +24,15 @@ internal sealed partial class CommitWriter
     /// <summary>Registered before the write makes the batch visible (as the syncer's unsynced batches are).</summary>
     private LinkedListNode<Unreplicated>? RegisterUnreplicated(Slot slot)
     {
-        if (slot.SeqUndo.Count == 0 && slot.InboxUndo.Count == 0)
+        // Only what this node's own ops took: another node's records applied here are not shipped by this tap
+        // (CommitWriter.ApplyingForeign).
+        if (slot.OwnSeqBefore.Count == 0 && slot.OwnInboxBefore.Count == 0)
         {
             return null;
         }
 
-        var entry = new Unreplicated(slot.SeqUndo.Count == 0 ? null : new Dictionary<ulong, ulong>(slot.SeqUndo),
-            slot.InboxUndo.Count == 0 ? null : new Dictionary<string, ulong>(slot.InboxUndo, StringComparer.Ordinal));
+        var entry = new Unreplicated(slot.OwnSeqBefore.Count == 0 ? null : new Dictionary<ulong, ulong>(slot.OwnSeqBefore),
+            slot.OwnInboxBefore.Count == 0 ? null : new Dictionary<string, ulong>(slot.OwnInboxBefore, StringComparer.Ordinal));
         lock (_unreplicatedLock)
         {
             _unreplicatedCount++;

@@ -17,6 +17,13 @@ internal sealed partial class CommitWriter
 
         public Dictionary<string, ulong> InboxUndo { get; } = new(StringComparer.Ordinal);
 
+        /// <summary>Like <see cref="SeqUndo"/>, for the seqs this node's own ops took (not another node's records it
+        /// applied): what readers must not see until the batch's replicas have it (CommitWriter.Replication.cs).</summary>
+        public Dictionary<ulong, ulong> OwnSeqBefore { get; } = [];
+
+        /// <summary>Like <see cref="InboxUndo"/>, for this node's own ops (see <see cref="OwnSeqBefore"/>).</summary>
+        public Dictionary<string, ulong> OwnInboxBefore { get; } = new(StringComparer.Ordinal);
+
         /// <summary>Copy marks this batch raised (<see cref="InboxCopyMark"/>): pending until the engine has them.</summary>
         public Dictionary<(string User, ulong Conversation), ulong> PendingMarks { get; } = [];
 
@@ -57,6 +64,8 @@ internal sealed partial class CommitWriter
             Touched.Clear();
             SeqUndo.Clear();
             InboxUndo.Clear();
+            OwnSeqBefore.Clear();
+            OwnInboxBefore.Clear();
             PendingMarks.Clear();
             PendingIdempotency.Clear();
             Bytes = 0;
