@@ -254,11 +254,12 @@ public static class CheckScenario
         if (r.Recoveries.Count > 0)
         {
             // Issue 16: after kill -9 of a primary, how long until sends to its conversations succeed again.
-            output.WriteLine("  kill -9 → first SENT of each conversation the killed node owned (ms; 'failover' = all before its restart):");
-            output.WriteLine($"    {"node",-6} {"at s",8} {"down s",7} {"convs",6} {"recovered",9} {"median",8} {"max",8}  by");
+            output.WriteLine("  kill -9 → first SENT of each conversation the killed node owned (ms; 'failover' = all before its restart;");
+            output.WriteLine("  'behind': conversations whose sender was on a node another fault had cut off or paused, not counted):");
+            output.WriteLine($"    {"node",-6} {"at s",8} {"down s",7} {"convs",6} {"recovered",9} {"behind",6} {"median",8} {"max",8}  by");
             foreach (var k in r.Recoveries)
             {
-                output.WriteLine($"    {k.Node,-6} {k.At / 1000,8:0.0} {(k.DownMs is { } d ? (d / 1000).ToString("0.0", CultureInfo.InvariantCulture) : "-"),7} {k.Conversations,6} {k.Recovered,9} {k.MedianMs,8:0} {k.MaxMs,8:0}  {(k.Recovered == 0 ? "-" : k.BeforeRestart ? "failover" : "restart")}");
+                output.WriteLine($"    {k.Node,-6} {k.At / 1000,8:0.0} {(k.DownMs is { } d ? (d / 1000).ToString("0.0", CultureInfo.InvariantCulture) : "-"),7} {k.Conversations,6} {k.Recovered,9} {k.BehindFaultedGateway,6} {k.MedianMs,8:0} {k.MaxMs,8:0}  {(k.Recovered == 0 ? "-" : k.BeforeRestart ? "failover" : "restart")}");
             }
 
             var failovers = r.Recoveries.Where(k => k.BeforeRestart).Select(k => k.MaxMs).Order().ToList();

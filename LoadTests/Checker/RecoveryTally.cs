@@ -11,14 +11,21 @@ namespace ChatBroker.LoadTests.Checker;
 /// <param name="MedianMs">Median over the recovered conversations of (first SENT after the kill − kill).</param>
 /// <param name="MaxMs">Maximum of the same.</param>
 /// <param name="BeforeRestart">Every recovered conversation got its SENT before the node came back: served by another node (failover).</param>
-public sealed record KillRecovery(string Node, double At, double? DownMs, int Conversations, int Recovered, double MedianMs, double MaxMs, bool BeforeRestart);
+/// <param name="BehindFaultedGateway">Of <paramref name="Conversations"/>, the ones whose SENTs after the kill all came through a node another
+/// fault of the same time had cut off or paused (their sender could reach no one else): not counted as recovered, since their wait
+/// is that fault's, not the failover's.</param>
+public sealed record KillRecovery(string Node, double At, double? DownMs, int Conversations, int Recovered, double MedianMs, double MaxMs, bool BeforeRestart,
+    int BehindFaultedGateway = 0);
 
 /// <summary>
 /// Issue 16: "after kill -9 of a primary under load, sends to its ranges succeed again within 5 s". For each node a
 /// NEMESIS event killed, the conversations that node owned at the kill (the ring of the last MAP event, as
 /// <see cref="OwnerTally"/>) and, for each of them that was sent to afterwards, the time from the kill to its first
 /// SENT. A conversation recovered before the node was restarted was served by another node: that is the failover
-/// time a client sees (it includes the client's own retry backoff). Pure, from the history.
+/// time a client sees (it includes the client's own retry backoff). A SENT through a node that another fault in force at
+/// the kill (a cut, a pause: the nemesis's faults until its next heal) had cut off does not count: with two faults at
+/// once, a sender connected to the cut-off node waits for the heal whoever serves the conversation (checker seed 342).
+/// Pure, from the history.
 /// </summary>
 public static class RecoveryTally
 {
@@ -33,10 +40,12 @@ public static class RecoveryTally
             }
         }
 
-        var kills = new List<(string Node, double At, HashRing Ring)>();
+        var kills = new List<(string Node, double At, HashRing Ring, HashSet<string> Others)>();
         var restarts = new List<(string Node, double At)>();
-        var sentTimes = new Dictionary<ulong, List<double>>();
+        var sentTimes = new Dictionary<ulong, List<(double T, string Gateway)>>();
         var sendTimes = new Dictionary<ulong, List<double>>();
+        var nodeAt = new Dictionary<string, string>(StringComparer.Ordinal);
+        var faulted = new HashSet<string>(StringComparer.Ordinal); // nodes of the faults in force (until the next heal)
         HashRing? ring = null;
         foreach (var e in history)
         {
@@ -46,15 +55,30 @@ public static class RecoveryTally
                     var ids = Array.ConvertAll(e.Nodes ?? [], HistoryEvent.NodeIdOf);
                     Array.Sort(ids, StringComparer.Ordinal);
                     ring = HashRing.Create(ids, Math.Max(1, e.Vnodes));
-                    break;
-                case HistoryEvent.Nemesis when e.Killed is { } killed && ring is not null:
-                    foreach (var k in killed)
+                    foreach (var entry in e.Nodes ?? [])
                     {
-                        kills.Add((k, e.T, ring));
+                        if (entry.IndexOf('=', StringComparison.Ordinal) is var eq and > 0)
+                        {
+                            nodeAt[entry[(eq + 1)..]] = entry[..eq];
+                        }
+                    }
+
+                    break;
+                case HistoryEvent.Nemesis when e.Node is { } nodes:
+                    faulted.UnionWith(nodes.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+                    if (e.Killed is { } killed && ring is not null)
+                    {
+                        var others = new HashSet<string>(faulted, StringComparer.Ordinal);
+                        others.ExceptWith(killed);
+                        foreach (var k in killed)
+                        {
+                            kills.Add((k, e.T, ring, others));
+                        }
                     }
 
                     break;
                 case HistoryEvent.Nemesis when e.Reason is { } reason && e.Killed is null:
+                    faulted.Clear(); // a heal (and the restarts with it) ends the faults in force
                     foreach (var part in reason.Split(';', StringSplitOptions.TrimEntries))
                     {
                         if (part.StartsWith("restart ", StringComparison.Ordinal))
@@ -68,7 +92,8 @@ public static class RecoveryTally
 
                     break;
                 case HistoryEvent.Sent when conversationOf.TryGetValue(e.Client!, out var conv) || e.Conv != 0:
-                    Add(sentTimes, e.Conv != 0 ? e.Conv : conversationOf[e.Client!], e.T);
+                    var gateway = e.Node is { } endpoint && nodeAt.TryGetValue(endpoint, out var nodeId) ? nodeId : e.Node ?? "";
+                    AddSent(sentTimes, e.Conv != 0 ? e.Conv : conversationOf[e.Client!], (e.T, gateway));
                     break;
                 case HistoryEvent.Send when e.Conv != 0 || conversationOf.ContainsKey(e.Client!):
                     Add(sendTimes, e.Conv != 0 ? e.Conv : conversationOf[e.Client!], e.T);
@@ -77,7 +102,7 @@ public static class RecoveryTally
         }
 
         var result = new List<KillRecovery>();
-        foreach (var (node, at, atRing) in kills)
+        foreach (var (node, at, atRing, others) in kills)
         {
             double? restartAt = null;
             foreach (var (id, t) in restarts)
@@ -91,6 +116,7 @@ public static class RecoveryTally
 
             var waits = new List<double>();
             var owned = 0;
+            var behind = 0;
             foreach (var (conv, sends) in sendTimes)
             {
                 if (atRing.ConversationOwner(conv) != node || !sends.Exists(t => t > at))
@@ -99,9 +125,19 @@ public static class RecoveryTally
                 }
 
                 owned++;
-                if (sentTimes.TryGetValue(conv, out var sents) && sents.Find(t => t > at) is var first && first > at)
+                if (!sentTimes.TryGetValue(conv, out var sents))
                 {
-                    waits.Add(first - at);
+                    continue;
+                }
+
+                var first = sents.Find(x => x.T > at && !others.Contains(x.Gateway));
+                if (first.T > at)
+                {
+                    waits.Add(first.T - at);
+                }
+                else if (sents.Exists(x => x.T > at))
+                {
+                    behind++;
                 }
             }
 
@@ -109,10 +145,20 @@ public static class RecoveryTally
             var median = waits.Count == 0 ? 0 : waits[waits.Count / 2];
             var max = waits.Count == 0 ? 0 : waits[^1];
             result.Add(new KillRecovery(node, at, restartAt - at, owned, waits.Count, median, max,
-                waits.Count > 0 && (restartAt is null || at + max < restartAt)));
+                waits.Count > 0 && (restartAt is null || at + max < restartAt), behind));
         }
 
         return result;
+    }
+
+    private static void AddSent(Dictionary<ulong, List<(double T, string Gateway)>> times, ulong conv, (double T, string Gateway) sent)
+    {
+        if (!times.TryGetValue(conv, out var list))
+        {
+            times[conv] = list = [];
+        }
+
+        list.Add(sent);
     }
 
     private static void Add(Dictionary<ulong, List<double>> times, ulong conv, double t)
