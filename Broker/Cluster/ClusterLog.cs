@@ -17,6 +17,9 @@ internal static partial class ClusterLog
     [LoggerMessage(5004, LogLevel.Error, "Node {Node} rejected a forwarded inbox entry (reason {Reason}); it is skipped")]
     public static partial void ForwardRejected(ILogger logger, string node, uint reason);
 
+    [LoggerMessage(5005, LogLevel.Warning, "A mesh batch from node {Node} took {TotalMs} ms ({Operations}): {MapWaitMs} ms waiting for its map, {PrepareMs} ms checking and starting each operation, then {WorkMs} ms until their writes were done; the node pair's stream waited meanwhile")]
+    public static partial void SlowInboundBatch(ILogger logger, string node, long totalMs, string operations, long mapWaitMs, long prepareMs, long workMs);
+
     [LoggerMessage(5003, LogLevel.Error, "Applying the cluster map failed")]
     public static partial void MapFailed(ILogger logger, Exception exception);
 }

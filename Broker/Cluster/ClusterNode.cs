@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Collections.Frozen;
 using System.Collections.Immutable;
+using System.Diagnostics;
 using ChatBroker.Broker.Cluster.Wire;
 using ChatBroker.Broker.Messaging;
 using ChatBroker.Cluster.Coordination;
@@ -609,6 +610,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
 
     public async ValueTask HandleAsync(MeshInboundBatch batch, CancellationToken cancellationToken)
     {
+        var started = Stopwatch.GetTimestamp();
         var s = State;
         if (s is null)
         {
@@ -620,6 +622,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         }
 
         s = await WaitForSendersMapAsync(batch, s, cancellationToken).ConfigureAwait(false);
+        var mapped = Stopwatch.GetTimestamp();
 
         List<Task>? work = null;
         for (var i = 0; i < batch.Count; i++)
@@ -645,11 +648,34 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             }
         }
 
+        var prepared = Stopwatch.GetTimestamp();
         if (work is not null)
         {
             // Every operation was enqueued in order above; "acked" means each is done (durable).
             await Task.WhenAll(work).ConfigureAwait(false);
         }
+
+        var total = Stopwatch.GetElapsedTime(started);
+        if (total > _options.ForwardTimeout)
+        {
+            Interlocked.Increment(ref Metrics.SlowInboundBatches);
+            ClusterLog.SlowInboundBatch(_logger, batch.Origin, (long)total.TotalMilliseconds, OperationsOf(batch),
+                (long)Stopwatch.GetElapsedTime(started, mapped).TotalMilliseconds, (long)Stopwatch.GetElapsedTime(mapped, prepared).TotalMilliseconds,
+                (long)Stopwatch.GetElapsedTime(prepared).TotalMilliseconds);
+        }
+    }
+
+    /// <summary>For the slow-batch log: each kind of operation in the batch with its count.</summary>
+    private static string OperationsOf(MeshInboundBatch batch)
+    {
+        var counts = new SortedDictionary<string, int>(StringComparer.Ordinal);
+        for (var i = 0; i < batch.Count; i++)
+        {
+            var kind = ((ClusterOpKind)batch[i].Kind).ToString();
+            counts[kind] = counts.GetValueOrDefault(kind) + 1;
+        }
+
+        return string.Join(", ", counts.Select(c => $"{c.Value} {c.Key}"));
     }
 
     /// <summary>Checks and starts one operation; returns the task of what it still has to finish (a commit), or null.</summary>

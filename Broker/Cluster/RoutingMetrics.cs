@@ -25,6 +25,7 @@ public sealed class RoutingMetrics
     internal long DevicesForgotten;
     internal long InboxForwardWaitsAbandoned;
     internal long SendsRerouted;
+    internal long SlowInboundBatches;
 
     public RoutingMetricsSnapshot Snapshot() => new(
         Volatile.Read(ref SendsForwarded),
@@ -45,7 +46,8 @@ public sealed class RoutingMetrics
         Volatile.Read(ref NewerMapWaits),
         Volatile.Read(ref DevicesForgotten),
         Volatile.Read(ref InboxForwardWaitsAbandoned),
-        Volatile.Read(ref SendsRerouted));
+        Volatile.Read(ref SendsRerouted),
+        Volatile.Read(ref SlowInboundBatches));
 }
 
 /// <param name="SendsForwarded">SENDs this gateway forwarded to their conversation's owner.</param>
@@ -67,6 +69,8 @@ public sealed class RoutingMetrics
 /// <param name="InboxForwardWaitsAbandoned">Owner: forward rounds that stopped waiting for a home's ack (cluster.forward_timeout, or a new map) and were sent again.</param>
 /// <param name="SendsRerouted">Forwarded SENDs routed again, without waiting for the old owner's answer, because a new map gave their conversation to another node (a failover).</param>
 /// <param name="NewerMapWaits">Inbound mesh batches that waited for the map of their sender's newer epoch before being judged.</param>
+/// <param name="SlowInboundBatches">Inbound mesh batches whose handling took longer than cluster.forward_timeout (logged with where the time went):
+/// the stream of that node pair waited meanwhile, so the sender's forwarded SENDs on it timed out.</param>
 public readonly record struct RoutingMetricsSnapshot(
     long SendsForwarded,
     long SendsAnsweredUnavailable,
@@ -86,4 +90,5 @@ public readonly record struct RoutingMetricsSnapshot(
     long NewerMapWaits,
     long DevicesForgotten,
     long InboxForwardWaitsAbandoned,
-    long SendsRerouted);
+    long SendsRerouted,
+    long SlowInboundBatches);
