@@ -188,7 +188,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
                     continue;
                 }
 
-                var link = new PeerLink(NodeId, member.NodeId, member.MeshAddress, _options.Mesh, MeshMetrics);
+                var link = new PeerLink(NodeId, member.NodeId, member.MeshAddress, _options.Mesh, MeshMetrics, _logger);
                 link.Start();
                 links[member.NodeId] = link;
             }

@@ -2,6 +2,7 @@ using ChatBroker.Broker.Messaging;
 using ChatBroker.Cluster.Mesh;
 using ChatBroker.Cluster.Mesh.Wire;
 using Grpc.Net.Client;
+using Microsoft.Extensions.Logging;
 
 namespace ChatBroker.Broker.Cluster;
 
@@ -33,25 +34,26 @@ public sealed class PeerLink : IMeshResultHandler, IAsyncDisposable
     private int _started;
     private bool _disposed;
 
-    public PeerLink(string localNodeId, string remoteNodeId, string meshAddress, MeshOptions options, MeshMetrics metrics)
-        : this(localNodeId, remoteNodeId, meshAddress, MeshChannel.Create(new Uri("http://" + meshAddress), options), 0, options, metrics)
+    public PeerLink(string localNodeId, string remoteNodeId, string meshAddress, MeshOptions options, MeshMetrics metrics, ILogger? logger = null)
+        : this(localNodeId, remoteNodeId, meshAddress, MeshChannel.Create(new Uri("http://" + meshAddress), options), 0, options, metrics, logger)
     {
         _ownsChannel = true;
         // Stream 1 of the pair, on the same HTTP/2 connection: replication's batches (docs/cluster.md, "Replication").
         // A stream of its own, so a primary's replica traffic and the routed operations (forwarded SENDs, which may
         // wait for that node's own replicas) never wait behind each other.
-        _replication = new PeerLink(localNodeId, remoteNodeId, meshAddress, _channel, 1, options, metrics);
+        _replication = new PeerLink(localNodeId, remoteNodeId, meshAddress, _channel, 1, options, metrics, logger);
         // Stream 2: the forward queues' inbox entries for the node as a home (HomeForwarder). A home's copy waits for the
         // home's own replicas; on stream 0 a slow one held the SENDs and reads queued behind it (up to forward_timeout).
-        _forwarding = new PeerLink(localNodeId, remoteNodeId, meshAddress, _channel, 2, options, metrics);
+        _forwarding = new PeerLink(localNodeId, remoteNodeId, meshAddress, _channel, 2, options, metrics, logger);
     }
 
-    private PeerLink(string localNodeId, string remoteNodeId, string meshAddress, GrpcChannel channel, uint stream, MeshOptions options, MeshMetrics metrics)
+    private PeerLink(string localNodeId, string remoteNodeId, string meshAddress, GrpcChannel channel, uint stream, MeshOptions options, MeshMetrics metrics, ILogger? logger)
     {
         NodeId = remoteNodeId;
         MeshAddress = meshAddress;
         _channel = channel;
-        Peer = new MeshPeer(_channel, localNodeId, remoteNodeId, stream, options, this, metrics);
+        // The peer logs a broken stream and its reconnect (event 4001) and an ack past what it sent (4002).
+        Peer = new MeshPeer(_channel, localNodeId, remoteNodeId, stream, options, this, metrics, logger);
     }
 
     /// <summary>The replication stream to the same node (stream 1), started on first use; null on that stream itself.</summary>
