@@ -62,7 +62,26 @@ public sealed class GroupService
     /// cluster mode, the id a create puts the group at (0: from the store's counter); a taken id is refused with
     /// <see cref="GroupIdTaken"/>. LIST lists the groups of this node.
     /// </summary>
-    public Task<GroupOutcome> HandleOwnedAsync(string userId, GroupRequest request, int maxFrameBytes, ulong drawnId, CancellationToken cancellationToken) =>
+    public async Task<GroupOutcome> HandleOwnedAsync(string userId, GroupRequest request, int maxFrameBytes, ulong drawnId, CancellationToken cancellationToken)
+    {
+        // Cluster fencing, as for SENT (docs/cluster.md, "Fencing"): a primary that cannot confirm its lease neither
+        // starts a group change nor acknowledges one it made meanwhile. A change refused after it was written is in the
+        // store (and on the replicas that had it); the device's retry at whoever serves the group then finds it done
+        // (members already in, no new SYSTEM message) or makes it.
+        var changes = request.OpCase is not (GroupRequest.OpOneofCase.List or GroupRequest.OpOneofCase.Get);
+        if (changes && Fenced() is { } before)
+        {
+            return before;
+        }
+
+        var outcome = await HandleOwnedOpAsync(userId, request, maxFrameBytes, drawnId, cancellationToken).ConfigureAwait(false);
+        return changes && outcome.Error == ReasonCode.Success && Fenced() is { } after ? after : outcome;
+    }
+
+    private GroupOutcome? Fenced() =>
+        chat.Router?.RefuseAcknowledgement() is { } refused ? GroupOutcome.Refused(refused.Error, refused.Message ?? "retry") : null;
+
+    private Task<GroupOutcome> HandleOwnedOpAsync(string userId, GroupRequest request, int maxFrameBytes, ulong drawnId, CancellationToken cancellationToken) =>
         request.OpCase switch
         {
             GroupRequest.OpOneofCase.Create => CreateAsync(userId, request.RequestId, request.Create, drawnId, cancellationToken),

@@ -45,6 +45,11 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
             return await router.UploadKeysAsync(device, upload, cancellationToken).ConfigureAwait(false);
         }
 
+        if (Fenced<KeysUploaded>() is { } before)
+        {
+            return before;
+        }
+
         if (upload.IdentityKey.Length > MaxKeyBytes
             || (upload.SignedPrekey is { } s && (s.PublicKey.IsEmpty || s.Signature.IsEmpty || s.PublicKey.Length > MaxKeyBytes || s.Signature.Length > MaxKeyBytes)))
         {
@@ -108,6 +113,11 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
             }
         }
 
+        if (Fenced<KeysUploaded>() is { } after)
+        {
+            return after; // stored here; the retry at whoever serves the user stores it again or finds it (same key ids)
+        }
+
         return new(ReasonCode.Success, null, new KeysUploaded
         {
             RequestId = upload.RequestId,
@@ -127,6 +137,11 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
             return await router.FetchKeysAsync(fetch, maxFrameBytes, cancellationToken).ConfigureAwait(false);
         }
 
+        if (Fenced<KeyBundle>() is { } before)
+        {
+            return before;
+        }
+
         IReadOnlyList<string> devices = fetch.DeviceId.Length > 0 ? [fetch.DeviceId] : store.ListKeyDevices(fetch.UserId);
         var count = Math.Min(devices.Count, Math.Max(1, (maxFrameBytes - 256) / MaxDeviceKeysBytes));
         var takes = new Task<FetchedPrekeys?>[count];
@@ -136,6 +151,13 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
         }
 
         await Task.WhenAll(takes).ConfigureAwait(false);
+        if (Fenced<KeyBundle>() is { } after)
+        {
+            // Taken here but not handed out: a one-time prekey reaches one fetcher at most, from whoever serves the
+            // user now (this node's take may never have reached its replicas).
+            return after;
+        }
+
         var answer = new KeyBundle { RequestId = fetch.RequestId, UserId = fetch.UserId };
         for (var i = 0; i < count; i++)
         {
@@ -169,6 +191,12 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
             ? new(ReasonCode.KeysNotFound, $"no keys for {fetch.UserId}" + (fetch.DeviceId.Length > 0 ? "/" + fetch.DeviceId : ""), null)
             : new(ReasonCode.Success, null, answer);
     }
+
+    /// <summary>Cluster fencing (docs/cluster.md, "Fencing"): at the user's home, a node that cannot confirm its lease
+    /// neither stores nor hands out keys (another node may serve the user already); null when it may.</summary>
+    private Outcome<T>? Fenced<T>()
+        where T : class =>
+        _router?.RefuseAcknowledgement() is { } refused ? new Outcome<T>(refused.Error, refused.Message ?? "retry", null) : null;
 
     /// <summary>Tells a device that has keys and is running low (if online) to upload more: KEYS_UPLOADED, request_id 0.</summary>
     /// <param name="onConnect">The device just connected: it hears at once (once per connection), and the interval

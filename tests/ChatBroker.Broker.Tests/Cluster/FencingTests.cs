@@ -6,6 +6,7 @@ using ChatBroker.Cluster.Coordination;
 using ChatBroker.Cluster.Ring;
 using ChatBroker.Protocol.Messages;
 using ChatBroker.Storage;
+using Google.Protobuf;
 
 namespace ChatBroker.Broker.Tests.Cluster;
 
@@ -25,6 +26,7 @@ public sealed class FencingTests
         await using var broker = new SessionHarness(store: new InMemoryChatStore());
         await using var node = new ClusterNode("node1", broker.Context.Chat, broker.Context.Directory,
             new ClusterRoutingOptions { LeaseSafetyMargin = TimeSpan.FromSeconds(1), RetryAfter = TimeSpan.FromMilliseconds(300) });
+        node.UseSignals(broker.Context.Presence, broker.Context.Typing, broker.Context.Keys);
         await using var coordinator = new InMemoryCoordinator(coordination, new ClusterOptions
         {
             NodeId = "node1",
@@ -57,6 +59,15 @@ public sealed class FencingTests
         await alice.ExpectAsync<SyncDone>();
         await alice.SendAsync(TestDevice.Text(1, bobId, "one"));
         Assert.Equal(1UL, (await alice.ExpectAsync<Sent>()).Seq);
+        var group = ChatStore.FirstDrawnGroupId;
+        while (ring.ConversationOwner(group) != "node1")
+        {
+            group++;
+        }
+
+        var create = new GroupRequest { RequestId = 1, Create = new GroupCreate { Title = "team" } };
+        create.Create.MemberUserIds.Add("erin"); // a group of users not connected here: nothing is delivered to alice
+        Assert.Equal(ReasonCode.Success, (await broker.Context.Groups.HandleOwnedAsync("dave", create, 65536, group, CancellationToken.None)).Error);
 
         // etcd is out of reach: no renewal from now on. 3.9 s after the last one the lease is still certain for 1 s more.
         coordination.SetReachable(false);
@@ -76,6 +87,25 @@ public sealed class FencingTests
         var conversation = ClusterOps.DirectConversationId(aliceId, bobId);
         Assert.Equal(2UL, broker.Store.GetLastSeq(conversation));
 
+        // A group change is fenced the same way: neither made nor acknowledged.
+        var add = new GroupRequest { RequestId = 2, AddMembers = new GroupMembers { ConversationId = group } };
+        add.AddMembers.UserIds.Add("carol");
+        var refused = await broker.Context.Groups.HandleAsync("dave", add, 65536, CancellationToken.None);
+        Assert.Equal(ReasonCode.ServerUnavailable, refused.Error);
+        Assert.Null(broker.Store.GetMember(group, "carol"));
+
+        // So are key uploads (and fetches, which take a one-time prekey) at the user's home.
+        var upload = new KeysUpload
+        {
+            RequestId = 5,
+            IdentityKey = ByteString.CopyFrom(1, 2, 3),
+            SignedPrekey = new SignedPrekey { KeyId = 1, PublicKey = ByteString.CopyFrom(4), Signature = ByteString.CopyFrom(5) },
+        };
+        await alice.SendAsync(upload);
+        Assert.Equal((ReasonCode.ServerUnavailable, 5UL), ((await alice.ExpectAsync<Error>()).Reason, 5UL));
+        Assert.Null(broker.Store.GetPrekeyBundle(aliceId, "phone"));
+        Assert.Equal(4, node.Failover.Fenced);
+
         // A renewal etcd confirms (sent now) opens the fence again; the retries resolve to one message each.
         coordination.SetReachable(true);
         coordinator.View.RecordLeaseRenewal(clock.GetTimestamp(), TimeSpan.FromSeconds(5));
@@ -84,6 +114,11 @@ public sealed class FencingTests
         await alice.SendAsync(TestDevice.Text(2, bobId, "two"));
         Assert.Equal(2UL, (await alice.ExpectAsync<Sent>()).Seq);
         Assert.Equal(3UL, broker.Store.GetLastSeq(conversation));
+        Assert.Equal(ReasonCode.Success, (await broker.Context.Groups.HandleAsync("dave", add, 65536, CancellationToken.None)).Error);
+        Assert.NotNull(broker.Store.GetMember(group, "carol"));
+        await alice.SendAsync(upload);
+        Assert.Equal(5UL, (await alice.ExpectAsync<KeysUploaded>()).RequestId);
+        Assert.NotNull(broker.Store.GetPrekeyBundle(aliceId, "phone"));
     }
 
     [Fact]
