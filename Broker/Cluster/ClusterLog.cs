@@ -20,6 +20,9 @@ internal static partial class ClusterLog
     [LoggerMessage(5005, LogLevel.Warning, "A mesh batch from node {Node} took {TotalMs} ms ({Operations}): {MapWaitMs} ms waiting for its map, {PrepareMs} ms checking and starting each operation, then {WorkMs} ms until their writes were done; the node pair's stream waited meanwhile")]
     public static partial void SlowInboundBatch(ILogger logger, string node, long totalMs, string operations, long mapWaitMs, long prepareMs, long workMs);
 
+    [LoggerMessage(5006, LogLevel.Warning, "A forwarded SEND to node {Node} got no answer within {TimeoutMs} ms (the device is told to retry); the routed {State}")]
+    public static partial void ForwardTimedOut(ILogger logger, string node, long timeoutMs, string state);
+
     [LoggerMessage(5003, LogLevel.Error, "Applying the cluster map failed")]
     public static partial void MapFailed(ILogger logger, Exception exception);
 }

@@ -442,6 +442,10 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         {
             // The deadline: the owner did not answer in time. It may still store the message; a retry with the
             // same client_msg_id then gets the same SENT.
+            if (State is { } now && now.OwnerIndexOf(conversationId) is var owner and >= 0 && now.LinkOf(now.NodeAt(owner)) is { } late)
+            {
+                ClusterLog.ForwardTimedOut(_logger, now.NodeAt(owner), (long)_options.ForwardTimeout.TotalMilliseconds, late.Peer.DescribeState());
+            }
         }
         catch (RouteUnavailableException)
         {
@@ -656,7 +660,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         }
 
         var total = Stopwatch.GetElapsedTime(started);
-        if (total > _options.ForwardTimeout)
+        if (total > _options.ForwardTimeout / 4)
         {
             Interlocked.Increment(ref Metrics.SlowInboundBatches);
             ClusterLog.SlowInboundBatch(_logger, batch.Origin, (long)total.TotalMilliseconds, OperationsOf(batch),

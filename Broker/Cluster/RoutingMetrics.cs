@@ -69,8 +69,8 @@ public sealed class RoutingMetrics
 /// <param name="InboxForwardWaitsAbandoned">Owner: forward rounds that stopped waiting for a home's ack (cluster.forward_timeout, or a new map) and were sent again.</param>
 /// <param name="SendsRerouted">Forwarded SENDs routed again, without waiting for the old owner's answer, because a new map gave their conversation to another node (a failover).</param>
 /// <param name="NewerMapWaits">Inbound mesh batches that waited for the map of their sender's newer epoch before being judged.</param>
-/// <param name="SlowInboundBatches">Inbound mesh batches whose handling took longer than cluster.forward_timeout (logged with where the time went):
-/// the stream of that node pair waited meanwhile, so the sender's forwarded SENDs on it timed out.</param>
+/// <param name="SlowInboundBatches">Inbound mesh batches whose handling took longer than a quarter of cluster.forward_timeout (logged with where
+/// the time went): the stream of that node pair waited meanwhile, and a forwarded SEND behind four of them times out.</param>
 public readonly record struct RoutingMetricsSnapshot(
     long SendsForwarded,
     long SendsAnsweredUnavailable,

@@ -41,7 +41,7 @@ public sealed class RoutingInstruments : IDisposable
         Counter("chatbroker.cluster.reads.failed", "{read}", "Of those, failed (answered or closed with SERVER_UNAVAILABLE).", () => routing.Snapshot().RemoteReadFailures);
         Counter("chatbroker.cluster.devices.reattached", "{session}", "Sessions registered again with their home and caught up from it (the home restarted, or the ring moved the user).", () => routing.Snapshot().DevicesReattached);
         Counter("chatbroker.cluster.newer_map_waits", "{batch}", "Inbound mesh batches that waited for the sender's newer map before being judged.", () => routing.Snapshot().NewerMapWaits);
-        Counter("chatbroker.cluster.mesh_slow_batches", "{batch}", "Inbound mesh batches whose handling took longer than cluster.forward_timeout (the node pair's stream waited meanwhile).", () => routing.Snapshot().SlowInboundBatches);
+        Counter("chatbroker.cluster.mesh_slow_batches", "{batch}", "Inbound mesh batches whose handling took longer than a quarter of cluster.forward_timeout (the node pair's stream waited meanwhile).", () => routing.Snapshot().SlowInboundBatches);
         Counter("chatbroker.cluster.devices.forgotten", "{device}", "Devices registered here through a node whose lease went; counted offline from then on.", () => routing.Snapshot().DevicesForgotten);
 
         var failover = node.Failover;

@@ -133,6 +133,19 @@ public sealed class MeshPeer : IAsyncDisposable
         }
     }
 
+    /// <summary>For a diagnosis (a request that got no answer in time): what this stream holds now — written but
+    /// unacked, queued and not written yet — how long ago the oldest unacked batch was written, and whether the stream
+    /// is up.</summary>
+    public string DescribeState()
+    {
+        lock (_lock)
+        {
+            var oldest = _stampCount > 0 ? $"{Stopwatch.GetElapsedTime(_stamps[_stampHead].Written).TotalMilliseconds:0} ms ago" : "none";
+            return $"stream {Stream} to {RemoteNodeId}: {_sent} written and unacked (oldest written {oldest}), {_count - _sent} queued, " +
+                $"acked through id {_firstId - 1}, {(Volatile.Read(ref _connected) ? "connected" : "not connected")}";
+        }
+    }
+
     /// <summary>Payload bytes held now; never above max_queue_bytes.</summary>
     public long QueuedBytes
     {
