@@ -153,7 +153,7 @@ public abstract partial class ChatStore : IChatStore
         for (var i = 0; i < ops.Length; i++)
         {
             ArgumentNullException.ThrowIfNull(copies[i]);
-            var (message, recipients, push) = copies[i];
+            var (message, recipients, push, fromOwner) = copies[i];
             ArgumentNullException.ThrowIfNull(message);
             ArgumentNullException.ThrowIfNull(recipients);
             ArgumentNullException.ThrowIfNull(push);
@@ -174,7 +174,7 @@ public abstract partial class ChatStore : IChatStore
                 Records.ValidateId(user, nameof(copies));
             }
 
-            ops[i] = new StoreCopyOp(message, recipients, push);
+            ops[i] = new StoreCopyOp(message, recipients, push, fromOwner);
         }
 
         return ops.Length == 0 ? Task.FromResult<AppendResult[]>([]) : _writer.EnqueueAsync(new StoreCopiesOp(ops), null, cancellationToken);

@@ -177,5 +177,7 @@ public interface IChatStore : IMessageLog, IInboxStore, ICursorStore, IConversat
 }
 
 /// <summary>One copy of <see cref="IChatStore.StoreCopiesAsync"/>: the message, its inbox recipients here, and the
-/// recipients that get a push job with it.</summary>
-public sealed record CopyRequest(StoredMessage Message, IReadOnlyList<string> InboxRecipients, IReadOnlyList<string> PushRecipients);
+/// recipients that get a push job with it. <paramref name="FromOwner"/>: the caller checked that the copy comes from the
+/// node that serves the conversation now, so its record replaces a different one this store holds at the seq (one that
+/// came from an owner that failed before acknowledging it); any other copy never replaces a log record.</summary>
+public sealed record CopyRequest(StoredMessage Message, IReadOnlyList<string> InboxRecipients, IReadOnlyList<string> PushRecipients, bool FromOwner = false);

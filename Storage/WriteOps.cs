@@ -415,7 +415,7 @@ internal sealed class GetOrCreateDirectAtOp(ulong conversationId, string userA, 
 /// retry of the SEND at a node that later sequences the conversation must find it). Duplicate when nothing was new.
 /// The result's inbox seqs follow <c>inboxRecipients</c>, 0 for a recipient that had it.
 /// </summary>
-internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> inboxRecipients, IReadOnlyList<string> pushRecipients) : WriteOp<AppendResult>
+internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> inboxRecipients, IReadOnlyList<string> pushRecipients, bool fromOwner = false) : WriteOp<AppendResult>
 {
     public override int EstimatedBytes => 96 + message.Body.Length + (inboxRecipients.Count * 48) + (pushRecipients.Count * 64);
 
@@ -440,12 +440,6 @@ internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> i
         // The log's counter too (the copy is a message of the conversation here): a replica of the conversation's
         // owner may already hold this seq in its log.
         var logNew = w.TryTakeSeq(m.ConversationId, m.Seq);
-        if (fresh == 0 && !logNew)
-        {
-            Result = new AppendResult(m.ConversationId, m.Seq, m.TimestampMs, true, []);
-            return;
-        }
-
         var request = new AppendRequest
         {
             ConversationId = m.ConversationId,
@@ -456,18 +450,43 @@ internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> i
             MediaRef = m.MediaRef,
             Body = m.Body,
         };
-        // A log record this store already has for the seq is never replaced by a copy: it is this node's own (as the
-        // owner or a replica of it), and a copy that differs can only come from a node that lost the range. (The log's
-        // last seq does not say: a home's log of a conversation it does not own holds only the seqs copied to it.)
+        // A log record this store holds for the seq already is normally the same bytes (it replicates the conversation,
+        // or had the copy before). It differs when it came from an owner that failed before its write was acknowledged
+        // (a user's replica gets the log record with the user's entry, that owner being the user's home too) and the new
+        // owner gave the seq to another message. A copy the caller checked comes from the node serving the conversation
+        // now (fromOwner) then replaces it (checker seed 324: the home kept the failed owner's version and shipped it on
+        // with its own writes; a node applying it put it over the new owner's log: one acknowledged message lost,
+        // another stored twice). Any other copy never replaces a log record: it may be the stale one (checker seed 122:
+        // a partitioned old owner's forward queue, sent after the heal). (The log's last seq does not say: a home's log
+        // of a conversation it does not own holds only the seqs copied to it.)
         Records.MessageKey(w.Key, m.ConversationId, m.Seq);
         var own = logNew ? null : w.Engine.Get(Cf.Messages, w.Key.Span);
-        if (own is null)
+        Records.MessageValue(w.Value, m.TimestampMs, request);
+        var differs = fromOwner && own is not null && !w.Value.Span.SequenceEqual(own);
+        if (fresh == 0 && !logNew && !differs)
         {
-            Records.MessageValue(w.Value, m.TimestampMs, request);
+            Result = new AppendResult(m.ConversationId, m.Seq, m.TimestampMs, true, []);
+            return;
+        }
+
+        if (own is null || differs)
+        {
+            if (differs)
+            {
+                ForgetReplacedMark(w, m, own!);
+            }
+
             w.Batch.Put(Cf.Messages, w.Key.Span, w.Value.Span);
             if (m.ClientMsgId != 0)
             {
                 PutIdempotencyMark(w, m);
+            }
+
+            if (fresh == 0)
+            {
+                // Only the record was replaced: no user gets a new entry, nobody a push.
+                Result = new AppendResult(m.ConversationId, m.Seq, m.TimestampMs, true, []);
+                return;
             }
         }
         else if (freshUsers > 0)
@@ -475,9 +494,9 @@ internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> i
             // The entries below reach the users' replicas with the batch's log record of their message (the replication
             // tap adds it for each target that gets an entry); a replica of a user that does not replicate the
             // conversation has no other way to get it, and as the user's next home could not deliver the entry. So the
-            // batch carries this store's own record again, the same bytes (checker seed 205: a new device at a user's
-            // new home read the inbox only from the failover on). Not for forward-queue entries alone (a re-forward at
-            // the owner): queues stay on their node, and the conversation's replicas have the record already.
+            // batch carries the record again, the same bytes (checker seed 205: a new device at a user's new home read
+            // the inbox only from the failover on). Not for forward-queue entries alone (a re-forward at the owner):
+            // queues stay on their node, and the conversation's replicas have the record already.
             w.Batch.Put(Cf.Messages, w.Key.Span, own);
         }
 
@@ -509,6 +528,24 @@ internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> i
 
     /// <summary>A reserved id ('#…', a node's forward queue): it gets the entry every time (a re-forward into it).</summary>
     private static bool IsQueue(string recipient) => recipient[0] == '#';
+
+    /// <summary>The replaced record's idempotency mark, if it names this (conversation, seq): that message does not have it
+    /// (were this node to serve the conversation later, a retry of it must not be answered with another message's seq).</summary>
+    private static void ForgetReplacedMark(CommitWriter w, StoredMessage m, byte[] replaced)
+    {
+        var old = Records.ReadMessage(Records.MessageKey(new ByteWriter(16), m.ConversationId, m.Seq).Span, replaced);
+        if (old.ClientMsgId == 0)
+        {
+            return;
+        }
+
+        var markKey = Records.IdempotencyKey(new ByteWriter(), old.SenderUserId, old.SenderDeviceId, old.ClientMsgId);
+        if (w.Engine.Get(Cf.Idempotency, markKey.Span) is { Length: >= 16 } mark
+            && Records.TrailingU64(mark.AsSpan(0, 8)) == m.ConversationId && Records.TrailingU64(mark.AsSpan(8, 8)) == m.Seq)
+        {
+            w.Batch.Delete(Cf.Idempotency, markKey.Span);
+        }
+    }
 
     /// <summary>The SEND's idempotency mark, unless this store has one for it already (the original's, or a pending one).</summary>
     private static void PutIdempotencyMark(CommitWriter w, StoredMessage m)

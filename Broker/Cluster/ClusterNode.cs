@@ -752,7 +752,9 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
                     throw new ArgumentException("an InboxAppend needs a message and recipients");
                 }
 
-                return StoreForwardedAsync(batch, index, append, cancellationToken);
+                // From the node that serves the conversation now: its record is the conversation's (CopyRequest.FromOwner).
+                var owner = s.OwnerIndexOf(append.Message.ConversationId);
+                return StoreForwardedAsync(batch, index, append, owner >= 0 && string.Equals(s.NodeAt(owner), batch.Origin, StringComparison.Ordinal), cancellationToken);
             }
 
             case ClusterOpKind.DeviceRegistration:
@@ -912,13 +914,21 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
 
     /// <summary>Home: stores a forwarded message with its inbox entries (once per (conversation, seq)), then tells
     /// the recipients' devices, here and at other gateways.</summary>
-    private async Task StoreForwardedAsync(MeshInboundBatch batch, int index, InboxAppend append, CancellationToken cancellationToken)
+    private async Task StoreForwardedAsync(MeshInboundBatch batch, int index, InboxAppend append, bool fromOwner, CancellationToken cancellationToken)
     {
         var recipients = new string[append.Recipients.Count];
         append.Recipients.CopyTo(recipients, 0);
         try
         {
-            await StoreCopyHereAsync(ClusterOps.ToStored(append.Message), recipients, cancellationToken).ConfigureAwait(false);
+            var stored = ClusterOps.ToStored(append.Message);
+            if (fromOwner)
+            {
+                await StoreCopiesHereAsync([(stored, recipients)], cancellationToken, fromOwner: true).ConfigureAwait(false);
+            }
+            else
+            {
+                await StoreCopyHereAsync(stored, recipients, cancellationToken).ConfigureAwait(false);
+            }
         }
         catch (ArgumentException)
         {
@@ -938,7 +948,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
 
     /// <summary>As <see cref="StoreCopyHereAsync"/> for several copies in one write, in order (a forward queue whose
     /// recipients this node serves: their copies are written a round at a time, not one write each).</summary>
-    internal async Task StoreCopiesHereAsync(IReadOnlyList<(StoredMessage Message, string[] Recipients)> copies, CancellationToken cancellationToken)
+    internal async Task StoreCopiesHereAsync(IReadOnlyList<(StoredMessage Message, string[] Recipients)> copies, CancellationToken cancellationToken, bool fromOwner = false)
     {
         for (var from = 0; from < copies.Count; from += IChatStore.MaxCopiesPerWrite)
         {
@@ -946,7 +956,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             for (var i = 0; i < requests.Length; i++)
             {
                 var (message, recipients) = copies[from + i];
-                requests[i] = new CopyRequest(message, recipients, PushRecipientsOf(message, recipients));
+                requests[i] = new CopyRequest(message, recipients, PushRecipientsOf(message, recipients), fromOwner);
             }
 
             var results = await _chat.Store.StoreCopiesAsync(requests, cancellationToken).ConfigureAwait(false);

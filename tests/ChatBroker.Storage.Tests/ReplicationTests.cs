@@ -254,6 +254,50 @@ public abstract class ReplicationContract : IDisposable
     }
 
     [Fact]
+    public async Task A_copy_from_the_new_owner_replaces_the_failed_owners_unacknowledged_record_at_the_same_seq()
+    {
+        // bob's home got the failed owner's log record of seq 1 with bob's entry (the owner was bob's home too), but that
+        // write was never acknowledged: the owner's replicas of the conversation did not have it, and the new owner gave
+        // seq 1 to another message. The new owner's copy is the conversation's: it replaces the home's record, and the
+        // old message's idempotency mark goes with it (checker seed 324: the home kept the old one and shipped it on; it
+        // reached the new owner's log over the right one).
+        const ulong Direct = ChatStore.FirstDerivedConversationId | 15;
+        var failedOwner = Open();
+        var userReplica = Open();
+        failedOwner.SetReplicationTap(new SyncTap(userReplica));
+        await failedOwner.GetOrCreateDirectAtAsync(Direct, "alice", "bob");
+        await failedOwner.AppendAsync(Messages.To(Direct, "never acknowledged", clientMsgId: 1) with { InboxRecipients = ["bob"] });
+        Assert.Equal("never acknowledged", System.Text.Encoding.UTF8.GetString(userReplica.ReadRange(Direct, 1, 1)[0].Body.Span));
+
+        var newOwner = Open();
+        await newOwner.GetOrCreateDirectAtAsync(Direct, "alice", "bob");
+        await newOwner.AppendAsync(Messages.To(Direct, "acknowledged", clientMsgId: 2));
+        var copy = Assert.Single(newOwner.ReadRange(Direct, 1, 10));
+
+        // A copy from anyone else (a partitioned old owner, say) never replaces a log record.
+        Assert.True((await userReplica.StoreCopyAsync(copy, ["bob"])).IsDuplicate);
+        Assert.Equal(1UL, Assert.Single(userReplica.ReadRange(Direct, 1, 10)).ClientMsgId);
+
+        var tap = new HeldTap();
+        userReplica.SetReplicationTap(tap);
+        var stored = userReplica.StoreCopiesAsync([new CopyRequest(copy, ["bob"], [], FromOwner: true)]);
+        var batch = await tap.NextAsync();
+        batch.Complete();
+        Assert.True(Assert.Single(await stored).IsDuplicate); // bob had an entry at seq 1: only the record changed
+        var kept = Assert.Single(userReplica.ReadRange(Direct, 1, 10));
+        Assert.Equal(("acknowledged", 2UL), (System.Text.Encoding.UTF8.GetString(kept.Body.Span), kept.ClientMsgId));
+
+        // What it ships on is the new owner's record; a retry of the old SEND here no longer resolves to seq 1.
+        var shipped = Assert.Single(batch.Records, r => ChatStore.TryGetMessagePosition(r, out var isLog, out var c, out var q) && isLog && (c, q) == (Direct, 1UL));
+        var check = Open();
+        await check.ApplyReplicatedAsync([shipped]);
+        Assert.Equal(2UL, Assert.Single(check.ReadRange(Direct, 1, 10)).ClientMsgId);
+        userReplica.SetReplicationTap(null);
+        var retry = await userReplica.AppendAsync(Messages.To(Direct, "never acknowledged", clientMsgId: 1));
+        Assert.Equal((false, 2UL), (retry.IsDuplicate, retry.Seq));
+    }
+
+    [Fact]
     public async Task A_users_entries_reach_the_users_replicas_with_their_messages()
     {
         // Records go to their own range's replicas; the tap adds each entry's message for a user's replica that does
