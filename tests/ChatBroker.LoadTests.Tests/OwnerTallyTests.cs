@@ -1,4 +1,3 @@
-using ChatBroker.Cluster.Ring;
 using ChatBroker.LoadTests.Checker;
 
 namespace ChatBroker.LoadTests.Tests;
@@ -9,24 +8,11 @@ namespace ChatBroker.LoadTests.Tests;
 /// </summary>
 public sealed class OwnerTallyTests
 {
-    private const int Vnodes = 64;
-    private static readonly string[] Nodes = ["n1=127.0.0.1:7001", "n2=127.0.0.1:7002", "n3=127.0.0.1:7003"];
-    private static readonly HashRing Ring = HashRing.Create(["n1", "n2", "n3"], Vnodes);
-    private static readonly ulong ConvOfN1 = OwnedBy("n1");
-    private static readonly ulong ConvOfN2 = OwnedBy("n2");
+    private static readonly string[] Nodes = ThreeNodeRing.Nodes;
+    private static readonly ulong ConvOfN1 = ThreeNodeRing.OwnedBy("n1");
+    private static readonly ulong ConvOfN2 = ThreeNodeRing.OwnedBy("n2");
 
-    private static ulong OwnedBy(string node)
-    {
-        for (var id = (1UL << 63) + 1; ; id++)
-        {
-            if (Ring.ConversationOwner(id) == node)
-            {
-                return id;
-            }
-        }
-    }
-
-    private static HistoryEvent Map(params string[] nodes) => new() { Op = HistoryEvent.Map, Epoch = 5, Vnodes = Vnodes, Nodes = nodes };
+    private static HistoryEvent Map(params string[] nodes) => ThreeNodeRing.Map() with { Nodes = nodes };
 
     private static HistoryEvent Send(string client, ulong cmid, string node = "127.0.0.1:7003", int conn = 1) =>
         new() { Op = HistoryEvent.Send, Client = client, Node = node, Conn = conn, Cmid = cmid, To = "x" };

@@ -1,4 +1,3 @@
-using ChatBroker.Cluster.Ring;
 using ChatBroker.LoadTests.Checker;
 
 namespace ChatBroker.LoadTests.Tests;
@@ -9,21 +8,6 @@ namespace ChatBroker.LoadTests.Tests;
 /// </summary>
 public sealed class RecoveryTallyTests
 {
-    private const int Vnodes = 64;
-    private static readonly string[] Nodes = ["n1=127.0.0.1:7001", "n2=127.0.0.1:7002", "n3=127.0.0.1:7003"];
-    private static readonly HashRing Ring = HashRing.Create(["n1", "n2", "n3"], Vnodes);
-
-    private static ulong OwnedBy(string node, ulong after = 0)
-    {
-        for (var id = Math.Max(after + 1, (1UL << 63) + 1); ; id++)
-        {
-            if (Ring.ConversationOwner(id) == node)
-            {
-                return id;
-            }
-        }
-    }
-
     private static HistoryEvent Sent(double t, string client, ulong cmid, ulong conv, string gateway) =>
         new() { T = t, Op = HistoryEvent.Sent, Client = client, Node = gateway, Conn = 1, Cmid = cmid, Conv = conv, Seq = cmid };
 
@@ -33,11 +17,11 @@ public sealed class RecoveryTallyTests
     [Fact]
     public void A_sender_on_a_node_another_fault_cut_off_is_reported_behind_it_not_as_a_slow_failover()
     {
-        var viaN3 = OwnedBy("n2");
-        var viaN1 = OwnedBy("n2", viaN3);
+        var viaN3 = ThreeNodeRing.OwnedBy("n2");
+        var viaN1 = ThreeNodeRing.OwnedBy("n2", viaN3);
         List<HistoryEvent> history =
         [
-            new() { T = 0, Op = HistoryEvent.Map, Epoch = 5, Vnodes = Vnodes, Nodes = Nodes },
+            ThreeNodeRing.Map(),
             Send(100, "alice/d1", 1, "127.0.0.1:7003"), Sent(110, "alice/d1", 1, viaN3, "127.0.0.1:7003"),
             Send(100, "bob/d1", 1, "127.0.0.1:7001"), Sent(110, "bob/d1", 1, viaN1, "127.0.0.1:7001"),
             new() { T = 1_000, Op = HistoryEvent.Nemesis, Node = "n2,n1", Reason = "kill -9 n2; cut n1 off from the other nodes and etcd", Killed = ["n2"] },
