@@ -444,7 +444,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             // same client_msg_id then gets the same SENT.
             if (State is { } now && now.OwnerIndexOf(conversationId) is var owner and >= 0 && now.LinkOf(now.NodeAt(owner)) is { } late)
             {
-                ClusterLog.ForwardTimedOut(_logger, now.NodeAt(owner), (long)_options.ForwardTimeout.TotalMilliseconds, late.Peer.DescribeState());
+                ClusterLog.ForwardTimedOut(_logger, now.NodeAt(owner), (long)_options.ForwardTimeout.TotalMilliseconds, late.Peer.DescribeState(static k => ((ClusterOpKind)k).ToString()));
             }
         }
         catch (RouteUnavailableException)

@@ -136,13 +136,22 @@ public sealed class MeshPeer : IAsyncDisposable
     /// <summary>For a diagnosis (a request that got no answer in time): what this stream holds now — written but
     /// unacked, queued and not written yet — how long ago the oldest unacked batch was written, and whether the stream
     /// is up.</summary>
-    public string DescribeState()
+    /// <param name="kindName">Names a message kind for the count of held messages by kind (the broker's operations).</param>
+    public string DescribeState(Func<uint, string>? kindName = null)
     {
         lock (_lock)
         {
+            var kinds = new SortedDictionary<uint, int>();
+            for (var i = 0; i < _count; i++)
+            {
+                var kind = _entries[(_head + i) % _entries.Length].Kind;
+                kinds[kind] = kinds.GetValueOrDefault(kind) + 1;
+            }
+
             var oldest = _stampCount > 0 ? $"{Stopwatch.GetElapsedTime(_stamps[_stampHead].Written).TotalMilliseconds:0} ms ago" : "none";
             return $"stream {Stream} to {RemoteNodeId}: {_sent} written and unacked (oldest written {oldest}), {_count - _sent} queued, " +
-                $"acked through id {_firstId - 1}, {(Volatile.Read(ref _connected) ? "connected" : "not connected")}";
+                $"acked through id {_firstId - 1}, {(Volatile.Read(ref _connected) ? "connected" : "not connected")}; held by kind: " +
+                string.Join(", ", kinds.Select(k => $"{k.Value} {kindName?.Invoke(k.Key) ?? k.Key.ToString(System.Globalization.CultureInfo.InvariantCulture)}"));
         }
     }
 
