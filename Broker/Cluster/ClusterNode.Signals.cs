@@ -82,7 +82,7 @@ public sealed partial class ClusterNode : ISignalRouter
         }
 
         // Lost only with this node (a crash before the link sent it): receipts are positions, the next one covers it.
-        Count(s.LinkOf(owner)?.TryPost(ClusterOpKind.DeliveredReport, s.Epoch, new DeliveredReport { Reader = reader, ConversationId = conversationId, UpToSeq = upToSeq }.ToByteArray()) == true);
+        Count(s.LinkOf(owner)?.Signals?.TryPost(ClusterOpKind.DeliveredReport, s.Epoch, new DeliveredReport { Reader = reader, ConversationId = conversationId, UpToSeq = upToSeq }.ToByteArray()) == true);
     }
 
     public void RouteReceipt(string userId, Receipt receipt)
@@ -101,7 +101,7 @@ public sealed partial class ClusterNode : ISignalRouter
             return;
         }
 
-        Count(s.LinkOf(home)?.TryPost(ClusterOpKind.ReceiptForUser, s.Epoch, new ReceiptForUser { User = userId, Receipt = receipt.ToByteString() }.ToByteArray()) == true);
+        Count(s.LinkOf(home)?.Signals?.TryPost(ClusterOpKind.ReceiptForUser, s.Epoch, new ReceiptForUser { User = userId, Receipt = receipt.ToByteString() }.ToByteArray()) == true);
     }
 
     public void SendStoredReceipts(IDeviceLink device, int limit)

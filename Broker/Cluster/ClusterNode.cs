@@ -508,7 +508,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             deliver.Device = device;
             // Dropped when the gateway's queue is full: the device's stream then sees a gap at the next message and
             // catches up from this home.
-            if (s.LinkOf(gateway)?.TryPost(ClusterOpKind.DeviceDeliver, s.Epoch, deliver.ToByteArray()) == true)
+            if (s.LinkOf(gateway)?.Signals?.TryPost(ClusterOpKind.DeviceDeliver, s.Epoch, deliver.ToByteArray()) == true)
             {
                 Interlocked.Increment(ref Metrics.DeliversPosted);
             }

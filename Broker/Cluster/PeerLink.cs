@@ -31,6 +31,7 @@ public sealed class PeerLink : IMeshResultHandler, IAsyncDisposable
     private readonly bool _ownsChannel;
     private readonly PeerLink? _replication;
     private readonly PeerLink? _forwarding;
+    private readonly PeerLink? _signals;
     private int _started;
     private bool _disposed;
 
@@ -45,6 +46,12 @@ public sealed class PeerLink : IMeshResultHandler, IAsyncDisposable
         // Stream 2: the forward queues' inbox entries for the node as a home (HomeForwarder). A home's copy waits for the
         // home's own replicas; on stream 0 a slow one held the SENDs and reads queued behind it (up to forward_timeout).
         _forwarding = new PeerLink(localNodeId, remoteNodeId, meshAddress, _channel, 2, options, metrics, logger);
+        // Stream 3: posts that answer nobody and need no order against stream 0 (live deliveries to a gateway's devices,
+        // receipts and delivered reports; inbox ACKs stay on 0, where a SYNC after an ACK reads after it). Receipts are
+        // writes that wait for the receiver's replicas; on stream 0 thousands of these posts queued ahead of the
+        // forwarded SENDs and reads, which timed out behind them (checker, event 5006: 3,400 DeviceDeliver, 1,270
+        // ReceiptForUser, 640 DeliveredReport, 290 AckInbox ahead of 6 SENDs).
+        _signals = new PeerLink(localNodeId, remoteNodeId, meshAddress, _channel, 3, options, metrics, logger);
     }
 
     private PeerLink(string localNodeId, string remoteNodeId, string meshAddress, GrpcChannel channel, uint stream, MeshOptions options, MeshMetrics metrics, ILogger? logger)
@@ -62,6 +69,10 @@ public sealed class PeerLink : IMeshResultHandler, IAsyncDisposable
     /// <summary>The forwarding stream to the same node (stream 2: inbox entries for it as a home), started on first use;
     /// null on a stream other than 0.</summary>
     public PeerLink? Forwarding => Started(_forwarding);
+
+    /// <summary>The signals stream to the same node (stream 3: posts without an answer, see the constructor), started on
+    /// first use; null on a stream other than 0.</summary>
+    public PeerLink? Signals => Started(_signals);
 
     private static PeerLink? Started(PeerLink? stream)
     {
@@ -195,6 +206,11 @@ public sealed class PeerLink : IMeshResultHandler, IAsyncDisposable
         if (_forwarding is not null)
         {
             await _forwarding.DisposeAsync().ConfigureAwait(false);
+        }
+
+        if (_signals is not null)
+        {
+            await _signals.DisposeAsync().ConfigureAwait(false);
         }
 
         await Peer.DisposeAsync().ConfigureAwait(false);

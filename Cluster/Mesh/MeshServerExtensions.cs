@@ -40,8 +40,9 @@ public static class MeshServerExtensions
         kestrel.Limits.Http2.InitialConnectionWindowSize = (MaxStreamsPerPair + 1) * StreamWindowBytes;
     }
 
-    /// <summary>The streams one node opens to another (0: routed operations, 1: replication, 2: forward queues).</summary>
-    public const int MaxStreamsPerPair = 3;
+    /// <summary>The streams one node opens to another (0: routed operations, 1: replication, 2: forward queues,
+    /// 3: signals).</summary>
+    public const int MaxStreamsPerPair = 4;
 
     /// <summary>The HTTP/2 window of one mesh stream at the receiving Kestrel.</summary>
     public const int StreamWindowBytes = 4 * 1024 * 1024;
