@@ -440,6 +440,13 @@ internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> i
         // The log's counter too (the copy is a message of the conversation here): a replica of the conversation's
         // owner may already hold this seq in its log.
         var logNew = w.TryTakeSeq(m.ConversationId, m.Seq);
+        if (fresh == 0 && !logNew && !fromOwner)
+        {
+            // Nothing new, and only the owner's copy may replace the record: no read, no write.
+            Result = new AppendResult(m.ConversationId, m.Seq, m.TimestampMs, true, []);
+            return;
+        }
+
         var request = new AppendRequest
         {
             ConversationId = m.ConversationId,

@@ -442,8 +442,11 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         {
             // The deadline: the owner did not answer in time. It may still store the message; a retry with the
             // same client_msg_id then gets the same SENT.
-            if (State is { } now && now.OwnerIndexOf(conversationId) is var owner and >= 0 && now.LinkOf(now.NodeAt(owner)) is { } late)
+            if (State is { } now && now.OwnerIndexOf(conversationId) is var owner and >= 0 && now.LinkOf(now.NodeAt(owner)) is { } late
+                && late.TryTakeDiagnosticTurn(TimeSpan.FromSeconds(1)))
             {
+                // At most once a second per link: the description walks the stream's whole queue under its lock, and a
+                // stalled stream times out many SENDs at once.
                 ClusterLog.ForwardTimedOut(_logger, now.NodeAt(owner), (long)_options.ForwardTimeout.TotalMilliseconds, late.Peer.DescribeState(static k => ((ClusterOpKind)k).ToString()));
             }
         }
@@ -920,15 +923,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         append.Recipients.CopyTo(recipients, 0);
         try
         {
-            var stored = ClusterOps.ToStored(append.Message);
-            if (fromOwner)
-            {
-                await StoreCopiesHereAsync([(stored, recipients)], cancellationToken, fromOwner: true).ConfigureAwait(false);
-            }
-            else
-            {
-                await StoreCopyHereAsync(stored, recipients, cancellationToken).ConfigureAwait(false);
-            }
+            await StoreCopiesHereAsync([(ClusterOps.ToStored(append.Message), recipients)], cancellationToken, fromOwner).ConfigureAwait(false);
         }
         catch (ArgumentException)
         {
@@ -936,18 +931,11 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
         }
     }
 
-    /// <summary>Home: stores a message of another owner with the inbox entries of <paramref name="recipients"/> (each
-    /// once: the copy marks), then tells their devices, here and at other gateways. Throws <see cref="ArgumentException"/>
-    /// on a field the store refuses.</summary>
-    internal async Task StoreCopyHereAsync(StoredMessage stored, string[] recipients, CancellationToken cancellationToken)
-    {
-        string[] push;
-        var result = await _chat.Store.StoreCopyAsync(stored, recipients, push = PushRecipientsOf(stored, recipients), cancellationToken).ConfigureAwait(false);
-        OnCopyStored(stored, recipients, push, result);
-    }
-
-    /// <summary>As <see cref="StoreCopyHereAsync"/> for several copies in one write, in order (a forward queue whose
-    /// recipients this node serves: their copies are written a round at a time, not one write each).</summary>
+    /// <summary>Home: stores messages of other owners with the inbox entries of their recipients (each once: the copy
+    /// marks), in writes of at most <see cref="IChatStore.MaxCopiesPerWrite"/>, in order, then tells their devices, here
+    /// and at other gateways (one forwarded copy, or a forward queue's round for recipients this node serves).
+    /// <paramref name="fromOwner"/>: see <see cref="CopyRequest.FromOwner"/>. Throws <see cref="ArgumentException"/> on a
+    /// field the store refuses.</summary>
     internal async Task StoreCopiesHereAsync(IReadOnlyList<(StoredMessage Message, string[] Recipients)> copies, CancellationToken cancellationToken, bool fromOwner = false)
     {
         for (var from = 0; from < copies.Count; from += IChatStore.MaxCopiesPerWrite)

@@ -34,6 +34,7 @@ public sealed class PeerLink : IMeshResultHandler, IAsyncDisposable
     private readonly PeerLink? _signals;
     private int _started;
     private bool _disposed;
+    private long _lastDiagnostic;
 
     public PeerLink(string localNodeId, string remoteNodeId, string meshAddress, MeshOptions options, MeshMetrics metrics, ILogger? logger = null)
         : this(localNodeId, remoteNodeId, meshAddress, MeshChannel.Create(new Uri("http://" + meshAddress), options), 0, options, metrics, logger)
@@ -69,6 +70,15 @@ public sealed class PeerLink : IMeshResultHandler, IAsyncDisposable
     /// <summary>The forwarding stream to the same node (stream 2: inbox entries for it as a home), started on first use;
     /// null on a stream other than 0.</summary>
     public PeerLink? Forwarding => Started(_forwarding);
+
+    /// <summary>True at most once per <paramref name="interval"/>: whether a diagnostic about this link may be logged now.</summary>
+    public bool TryTakeDiagnosticTurn(TimeSpan interval)
+    {
+        var now = System.Diagnostics.Stopwatch.GetTimestamp();
+        var last = Interlocked.Read(ref _lastDiagnostic);
+        return (last == 0 || System.Diagnostics.Stopwatch.GetElapsedTime(last, now) >= interval)
+            && Interlocked.CompareExchange(ref _lastDiagnostic, now, last) == last;
+    }
 
     /// <summary>The signals stream to the same node (stream 3: posts without an answer, see the constructor), started on
     /// first use; null on a stream other than 0.</summary>
