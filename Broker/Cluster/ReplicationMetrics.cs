@@ -16,6 +16,10 @@ public sealed class ReplicationMetrics
     /// <summary>Committed batches failed instead: this node was failed over while they waited (never acknowledged).</summary>
     public long BatchesFailed;
 
+    /// <summary>Committed batches whose local inbox entries (a member's home is this node, the primary) were held back and
+    /// sent to the members' replicas only after the conversation's replicas had the messages: one more round trip.</summary>
+    public long BatchesHeld;
+
     /// <summary>Replicas this node took out of an in-sync list (its compare-and-set applied): they fell behind.</summary>
     public long InSyncRemovals;
 

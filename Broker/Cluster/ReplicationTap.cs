@@ -34,6 +34,7 @@ internal sealed class ReplicationTap : IReplicationTap
     private readonly ILogger _logger;
     private readonly Lock _lock = new();
     private readonly LinkedList<Pending> _pending = new();
+    private readonly LinkedList<Pending> _later = new();
     private readonly Dictionary<string, Replica> _replicas = new(StringComparer.Ordinal);
     private Plan _plan = Plan.None;
     private bool _closed;
@@ -144,25 +145,130 @@ internal sealed class ReplicationTap : IReplicationTap
             if (byReplica is not null)
             {
                 AddMessagesOfEntries(batch.Records, byReplica);
-                foreach (var (target, records) in byReplica)
+                if (HoldLocalEntries(plan, batch.Records, byReplica) is { } later)
                 {
-                    var phase = ReplicaOf(target).Phase;
-                    if (!plan.IsWaited(target) && phase == Phase.None)
-                    {
-                        continue; // a replica of this node's set that is out of sync gets batches only while it catches up
-                    }
+                    pending.Later = later;
+                    _later.AddLast(pending);
+                }
 
-                    var waited = plan.IsWaited(target) || phase == Phase.Final;
-                    if (waited)
-                    {
-                        pending.Waiting.Add(target);
-                    }
+                ShipParts(s, byReplica, pending);
+            }
 
-                    Ship(s, target, ClusterOpKind.ReplicaRecords, records, pending, waited);
+            ShipReady(s);
+            Drain();
+        }
+    }
+
+    /// <summary>Under the lock: sends each target its part of a batch; the batch waits for the targets the map lists in
+    /// sync (and for one at the end of its catch-up). A replica of this node's set that is out of sync gets batches only
+    /// while it catches up.</summary>
+    private void ShipParts(RoutingState s, Dictionary<string, List<ReplicaRecord>> parts, Pending pending)
+    {
+        List<(string Target, List<ReplicaRecord> Records, bool Waited)>? sends = null;
+        foreach (var (target, records) in parts)
+        {
+            var phase = ReplicaOf(target).Phase;
+            if (records.Count == 0 || (!_plan.IsWaited(target) && phase == Phase.None))
+            {
+                continue;
+            }
+
+            var waited = _plan.IsWaited(target) || phase == Phase.Final;
+            if (waited)
+            {
+                pending.Waiting.Add(target); // all of them before the first send, which may complete at once
+            }
+
+            (sends ??= []).Add((target, records, waited));
+        }
+
+        foreach (var (target, records, waited) in sends ?? [])
+        {
+            Ship(s, target, ClusterOpKind.ReplicaRecords, records, pending, waited);
+        }
+    }
+
+    /// <summary>
+    /// A local append (this node serves the conversation and is the home of a member: the message and the member's
+    /// inbox entry commit in one batch) must not reach the member's replicas before the conversation's: if this node
+    /// failed with the user's replica holding the entry and a conversation replica lacking the message, the user's new
+    /// home would serve that message at its seq while the conversation's new primary gives the seq to another one (the
+    /// checker's order violations, seeds 322 and 324). So those entries, and the log records that go with them to a
+    /// node that is not a replica of the conversation, are taken out of the batch's parts here and sent once every
+    /// replica the batch waits for has acked the rest (<see cref="ShipReady"/>), as a forward queue sends a remote home
+    /// only what its replicas have. Returns the held parts by target, or null when there are none.
+    /// </summary>
+    private static Dictionary<string, List<ReplicaRecord>>? HoldLocalEntries(Plan plan, IReadOnlyList<ReplicaRecord> all, Dictionary<string, List<ReplicaRecord>> parts)
+    {
+        Dictionary<(ulong, ulong), string[]>? own = null;
+        foreach (var record in all)
+        {
+            if (ChatStore.TryGetMessagePosition(record, out var isLog, out var conversation, out var seq) && isLog && plan.TargetsOf(record) is { } targets)
+            {
+                (own ??= [])[(conversation, seq)] = targets;
+            }
+        }
+
+        if (own is null)
+        {
+            return null;
+        }
+
+        Dictionary<string, List<ReplicaRecord>>? later = null;
+        foreach (var (target, list) in parts)
+        {
+            List<ReplicaRecord>? held = null;
+            foreach (var record in list)
+            {
+                if (IsHeld(record, target, own))
+                {
+                    (held ??= []).Add(record);
                 }
             }
 
-            Drain();
+            if (held is not null)
+            {
+                list.RemoveAll(r => IsHeld(r, target, own));
+                (later ??= new Dictionary<string, List<ReplicaRecord>>(StringComparer.Ordinal))[target] = held;
+            }
+        }
+
+        return later;
+
+        static bool IsHeld(in ReplicaRecord record, string target, Dictionary<(ulong, ulong), string[]> own) =>
+            ChatStore.TryGetMessagePosition(record, out var isLog, out var conversation, out var seq)
+            && own.TryGetValue((conversation, seq), out var targets)
+            && (!isLog || Array.IndexOf(targets, target) < 0);
+    }
+
+    /// <summary>Under the lock: sends the held parts of the batches whose other parts every waited replica has acked, in
+    /// commit order (a batch's held entries never overtake an earlier batch's). A batch that failed sends nothing more.</summary>
+    private void ShipReady(RoutingState? s)
+    {
+        while (_later.First is { } head)
+        {
+            var p = head.Value;
+            if (!p.Failed && p.Waiting.Count > 0)
+            {
+                return;
+            }
+
+            _later.RemoveFirst();
+            var parts = p.Later!;
+            p.Later = null;
+            if (p.Failed)
+            {
+                continue;
+            }
+
+            if (s is null)
+            {
+                p.Failed = true; // no routing state to send with (not seen: the batch's first parts were sent with one)
+                continue;
+            }
+
+            Interlocked.Increment(ref _metrics.BatchesHeld);
+            ShipParts(s, parts, p);
         }
     }
 
@@ -307,6 +413,7 @@ internal sealed class ReplicationTap : IReplicationTap
                 if (pending is not null)
                 {
                     pending.Waiting.Remove(replica.NodeId);
+                    ShipReady(_node.State);
                     Drain();
                 }
 
@@ -323,7 +430,7 @@ internal sealed class ReplicationTap : IReplicationTap
     /// <summary>Under the lock: completes the batches at the head of the queue that wait for nobody, in commit order.</summary>
     private void Drain()
     {
-        while (_pending.First is { } head && (head.Value.Waiting.Count == 0 || head.Value.Failed))
+        while (_pending.First is { } head && ((head.Value.Waiting.Count == 0 && head.Value.Later is null) || head.Value.Failed))
         {
             _pending.RemoveFirst();
             var p = head.Value;
@@ -354,6 +461,8 @@ internal sealed class ReplicationTap : IReplicationTap
                 p.Failed = true;
             }
 
+            _later.Clear();
+
             Drain();
         }
     }
@@ -373,12 +482,14 @@ internal sealed class ReplicationTap : IReplicationTap
                 {
                     // Still waiting for a replica when this node was failed over: the new primary may not have it, so
                     // it is never acknowledged here (the device's retry goes to the new primary, which has it or not).
-                    p.Failed = p.Waiting.Count > 0;
+                    p.Failed = p.Waiting.Count > 0 || p.Later is not null;
                     continue;
                 }
 
                 p.Waiting.RemoveWhere(r => !_plan.IsWaited(r) && ReplicaOf(r).Phase != Phase.Final);
             }
+
+            ShipReady(s);
 
             foreach (var replica in _replicas.Values)
             {
@@ -772,6 +883,9 @@ internal sealed class ReplicationTap : IReplicationTap
         public HashSet<string> Waiting { get; } = new(StringComparer.Ordinal);
 
         public bool Failed { get; set; }
+
+        /// <summary>Parts held back until every replica the batch waits for has the rest (<see cref="HoldLocalEntries"/>).</summary>
+        public Dictionary<string, List<ReplicaRecord>>? Later { get; set; }
     }
 
     private sealed class Replica(string nodeId)

@@ -85,6 +85,7 @@ public sealed class RoutingInstruments : IDisposable
         Counter("chatbroker.replication.records.shipped", "{record}", "Records sent to replicas.", () => Interlocked.Read(ref replication.RecordsShipped));
         Counter("chatbroker.replication.batches.completed", "{batch}", "Committed batches answered after every replica they waited for had them.", () => Interlocked.Read(ref replication.BatchesCompleted));
         Counter("chatbroker.replication.batches.failed", "{batch}", "Committed batches not acknowledged because this node was failed over while they waited.", () => Interlocked.Read(ref replication.BatchesFailed));
+        Counter("chatbroker.replication.batches.held", "{batch}", "Committed batches whose members' inbox entries waited for the conversation's replicas before going to the members' replicas (a local append: one more round trip).", () => Interlocked.Read(ref replication.BatchesHeld));
         Counter("chatbroker.replication.in_sync.removals", "{replica}", "Replicas this node took out of an in-sync set (compare-and-set applied) because they fell behind.", () => Interlocked.Read(ref replication.InSyncRemovals));
         Counter("chatbroker.replication.in_sync.adds", "{replica}", "Replicas this node added to its in-sync set after their catch-up (compare-and-set applied).", () => Interlocked.Read(ref replication.InSyncAdds));
         Counter("chatbroker.replication.catchups.completed", "{catchup}", "Catch-ups of a replica that completed.", () => Interlocked.Read(ref replication.CatchUpsCompleted));

@@ -203,6 +203,72 @@ public sealed class ReplicationTests
         await LastSeqReachesAsync(cluster[newReplica], conversation, acked + 1);
     }
 
+    [Fact]
+    public async Task A_members_entries_of_a_local_append_reach_the_members_replicas_only_after_the_conversations_replicas_have_the_message()
+    {
+        // Factor 2 on three nodes: node1 serves the conversation (its replica node2) and is the home of both members
+        // (their replica node3), so a message and its inbox entries commit in one batch there. Were the entries sent to
+        // node3 with the message to node2, a failure of node1 in between would leave node3 (the members' next home)
+        // serving the message at a seq that node2 (the conversation's next primary) gives to another message: the
+        // checker's order violations (seeds 322, 324 of 2026-12-06).
+        await using var cluster = await ClusterHarness.StartAsync(3, Routing with { ReplicationTimeout = TimeSpan.FromSeconds(30) });
+        var aliceId = cluster.UserAt("alice", "node1", a => UserReplica(cluster.Ring, a) == "node3");
+        var bobId = cluster.UserAt("bob", "node1", b => UserReplica(cluster.Ring, b) == "node3"
+            && Chain(cluster.Ring, ClusterOps.DirectConversationId(aliceId, b)) == ("node1", "node2"));
+        var conversation = ClusterOps.DirectConversationId(aliceId, bobId);
+        await ReplicateAsync(cluster, factor: 2);
+
+        var alice = await cluster["node1"].ConnectAsync(aliceId, "phone");
+        await alice.ExpectAsync<SyncDone>();
+        await alice.SendAsync(TestDevice.Text(1, bobId, "m1"));
+        Assert.Equal(1UL, (await alice.ExpectAsync<Sent>()).Seq);
+        Assert.Equal([1UL], cluster["node3"].Broker.Store.ReadInbox(bobId, 0, 10).Select(e => e.Seq)); // on node3 by SENT
+        var held = cluster["node1"].Cluster.Replication.BatchesHeld;
+
+        // node2 stops answering (the replication timeout is long: it stays in sync). m2 commits on node1 and waits.
+        await cluster["node2"].StopMeshAsync();
+        await alice.SendAsync(TestDevice.Text(2, bobId, "m2"));
+        using (var timeout = new CancellationTokenSource(TestDevice.Timeout))
+        {
+            while (cluster["node1"].Cluster.ReplicationPendingBatches == 0)
+            {
+                await Task.Delay(10, timeout.Token);
+            }
+        }
+
+        // A later write of bob's range goes to node3 on the same stream, after whatever m2's batch sent it: once node3
+        // has it, it would have bob's entry of m2 too if that had gone with the message.
+        var upload = cluster["node1"].Broker.Store.UploadPrekeysAsync(bobId, "phone", new ChatBroker.Storage.PrekeyBundle(new byte[] { 1 }, 3, new byte[] { 2 }, new byte[] { 3 }),
+            [new ChatBroker.Storage.OneTimePrekey(1, new byte[] { 9 })]);
+        using (var timeout = new CancellationTokenSource(TestDevice.Timeout))
+        {
+            while (cluster["node3"].Broker.Store.CountOneTimePrekeys(bobId, "phone") == 0)
+            {
+                await Task.Delay(10, timeout.Token);
+            }
+        }
+
+        Assert.Equal([1UL], cluster["node3"].Broker.Store.ReadInbox(bobId, 0, 10).Select(e => e.Seq));
+        Assert.Equal(1UL, cluster["node3"].Broker.Store.GetLastSeq(conversation));
+        Assert.False(upload.IsCompleted); // behind m2's batch
+
+        // node2 back: it takes m2, then node3 gets the entries, then SENT.
+        await cluster["node2"].RestartMeshAsync();
+        Assert.Equal(2UL, (await alice.ExpectAsync<Sent>()).Seq);
+        await upload;
+        Assert.Equal(2UL, cluster["node2"].Broker.Store.GetLastSeq(conversation));
+        Assert.Equal([1UL, 2UL], cluster["node3"].Broker.Store.ReadInbox(bobId, 0, 10).Select(e => e.Seq));
+        Assert.True(held >= 1 && cluster["node1"].Cluster.Replication.BatchesHeld > held, $"held {held}, then {cluster["node1"].Cluster.Replication.BatchesHeld}");
+    }
+
+    /// <summary>The first replica of a user's range.</summary>
+    private static string UserReplica(HashRing ring, string userId)
+    {
+        var owners = new int[2];
+        ring.GetOwners(HashRing.HashUser(userId), owners);
+        return ring.Nodes[owners[1]];
+    }
+
     /// <summary>
     /// Waits until the replica's reads show <paramref name="seq"/> as the conversation's last. The replica has it durably
     /// before the primary's SENT (its apply is acked once written), but a read there hides it while a batch of the
