@@ -213,7 +213,7 @@ public sealed partial class ClusterNode : IMeshSink, IMessageRouter, IAsyncDispo
             {
                 if (!_forwarders.ContainsKey(nodeId))
                 {
-                    var forwarder = new HomeForwarder(this, nodeId, _chat.Store, _directory, _options.ForwardBatch, _options.ForwardTimeout, Metrics, _logger);
+                    var forwarder = new HomeForwarder(this, nodeId, _chat.Store, _directory, _options.ForwardBatch, _options.ForwardTimeout, _options.ReforwardWindow, Metrics, _logger);
                     _forwarders[nodeId] = forwarder;
                     forwarder.Start(_stop.Token);
                 }

@@ -48,7 +48,9 @@ public sealed record ClusterRoutingOptions
 
     /// <summary>Failover: the node that takes over a Failed member's ranges sends the messages of this last stretch
     /// before the failure (at most 256 per conversation) to their recipients' homes again, since the failed node's
-    /// forward queues are not replicated (homes store each copy once).</summary>
+    /// forward queues are not replicated (homes store each copy once). Also how long a forward queue waits at an entry
+    /// whose message its node's reads do not show yet (a batch holding that seq waits for replicas) before it takes the
+    /// message for gone (retention) and skips the entry.</summary>
     public TimeSpan ReforwardWindow { get; init; } = TimeSpan.FromMinutes(2);
 
     /// <summary>Replication: how long a primary waits for an in-sync replica to ack a committed batch before it proposes

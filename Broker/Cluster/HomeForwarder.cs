@@ -29,6 +29,9 @@ internal sealed class HomeForwarder
     private readonly ILogger _logger;
     private readonly int _batch;
     private readonly TimeSpan _timeout;
+    private readonly TimeSpan _holdForLog;
+    /// <summary>How soon a round held at an entry whose message the reads do not show yet looks again.</summary>
+    private static readonly TimeSpan HeldForLogRetry = TimeSpan.FromMilliseconds(20);
     private static readonly Task<MeshReply> StoredHere = Task.FromResult(new MeshReply(MeshStatus.Ok, null, 0, "", 0));
     private readonly Channel<bool> _wake = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
     private Task _run = Task.CompletedTask;
@@ -38,9 +41,10 @@ internal sealed class HomeForwarder
 
     private readonly RoutingMetrics _metrics;
 
-    public HomeForwarder(ClusterNode node, string homeNodeId, IChatStore store, ConversationDirectory directory, int batch, TimeSpan timeout, RoutingMetrics metrics, ILogger logger)
+    public HomeForwarder(ClusterNode node, string homeNodeId, IChatStore store, ConversationDirectory directory, int batch, TimeSpan timeout, TimeSpan holdForLog, RoutingMetrics metrics, ILogger logger)
     {
         _timeout = timeout;
+        _holdForLog = holdForLog;
         _metrics = metrics;
         _node = node;
         _store = store;
@@ -180,11 +184,21 @@ internal sealed class HomeForwarder
         var held = false;
         foreach (var entry in entries)
         {
-            var appends = BuildAppends(state, ringIndex, entry, out var unserved);
+            var appends = BuildAppends(state, ringIndex, entry, out var unserved, out var unreadable);
             if (unserved)
             {
                 held = true;
                 break; // a recipient's range has no server now: this entry and the rest wait for a map
+            }
+
+            if (unreadable)
+            {
+                // The entry is readable but its message is not yet (a batch of this node's that holds the seq waits for
+                // its replicas): it waits, with the rest, until the reads show it; skipping it would lose it at the home.
+                Interlocked.Increment(ref _metrics.InboxForwardHeldForLog);
+                held = true;
+                _ = WakeSoonAsync(stop); // the batch that holds the seq wakes nobody here when it completes
+                break;
             }
 
             if (appends is null)
@@ -293,6 +307,18 @@ internal sealed class HomeForwarder
         }
     }
 
+    private async Task WakeSoonAsync(CancellationToken stop)
+    {
+        try
+        {
+            await Task.Delay(HeldForLogRetry, stop).ConfigureAwait(false);
+            Wake();
+        }
+        catch (OperationCanceledException)
+        {
+        }
+    }
+
     private async Task AdvanceAsync(ulong from, ulong through, CancellationToken stop)
     {
         if (through > from)
@@ -306,13 +332,23 @@ internal sealed class HomeForwarder
 
     /// <summary>The InboxAppends of one queued entry, by the ring index of the node serving each recipient's range: the
     /// message from the log and the members whose ring home is this queue's node; null when there is nothing to send;
-    /// <paramref name="unserved"/> when some recipient's range has no server under <paramref name="state"/>.</summary>
-    private List<(int Target, InboxAppend Append)>? BuildAppends(RoutingState state, int ringIndex, InboxEntry entry, out bool unserved)
+    /// <paramref name="unserved"/> when some recipient's range has no server under <paramref name="state"/>;
+    /// <paramref name="unreadable"/> when the message is above the seqs this node's reads show now.</summary>
+    private List<(int Target, InboxAppend Append)>? BuildAppends(RoutingState state, int ringIndex, InboxEntry entry, out bool unserved, out bool unreadable)
     {
         unserved = false;
+        unreadable = false;
         var messages = _store.ReadRange(entry.ConversationId, entry.Seq, 1);
         if (messages.Count == 0 || messages[0].Seq != entry.Seq)
         {
+            if (entry.Seq > _store.GetLastSeq(entry.ConversationId)
+                && DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() - entry.TimestampMs < (long)_holdForLog.TotalMilliseconds)
+            {
+                unreadable = true; // hidden, not gone (a young entry above the readable seqs): see the caller
+                return null;
+            }
+
+            Interlocked.Increment(ref _metrics.InboxEntriesWithoutMessage);
             return null;
         }
 

@@ -26,6 +26,8 @@ public sealed class RoutingMetrics
     internal long InboxForwardWaitsAbandoned;
     internal long SendsRerouted;
     internal long SlowInboundBatches;
+    internal long InboxEntriesWithoutMessage;
+    internal long InboxForwardHeldForLog;
 
     public RoutingMetricsSnapshot Snapshot() => new(
         Volatile.Read(ref SendsForwarded),
@@ -47,7 +49,9 @@ public sealed class RoutingMetrics
         Volatile.Read(ref DevicesForgotten),
         Volatile.Read(ref InboxForwardWaitsAbandoned),
         Volatile.Read(ref SendsRerouted),
-        Volatile.Read(ref SlowInboundBatches));
+        Volatile.Read(ref SlowInboundBatches),
+        Volatile.Read(ref InboxEntriesWithoutMessage),
+        Volatile.Read(ref InboxForwardHeldForLog));
 }
 
 /// <param name="SendsForwarded">SENDs this gateway forwarded to their conversation's owner.</param>
@@ -71,6 +75,9 @@ public sealed class RoutingMetrics
 /// <param name="NewerMapWaits">Inbound mesh batches that waited for the map of their sender's newer epoch before being judged.</param>
 /// <param name="SlowInboundBatches">Inbound mesh batches whose handling took longer than a quarter of cluster.forward_timeout (logged with where
 /// the time went): the stream of that node pair waited meanwhile, and a forwarded SEND behind four of them times out.</param>
+/// <param name="InboxEntriesWithoutMessage">Owner: forward-queue entries skipped because their message is no longer in the log (retention).</param>
+/// <param name="InboxForwardHeldForLog">Owner: forward rounds that stopped at an entry whose message this node's reads do not show yet (its batch
+/// waits for replicas): the entry waits, it is not skipped.</param>
 public readonly record struct RoutingMetricsSnapshot(
     long SendsForwarded,
     long SendsAnsweredUnavailable,
@@ -91,4 +98,6 @@ public readonly record struct RoutingMetricsSnapshot(
     long DevicesForgotten,
     long InboxForwardWaitsAbandoned,
     long SendsRerouted,
-    long SlowInboundBatches);
+    long SlowInboundBatches,
+    long InboxEntriesWithoutMessage,
+    long InboxForwardHeldForLog);

@@ -42,6 +42,8 @@ public sealed class RoutingInstruments : IDisposable
         Counter("chatbroker.cluster.devices.reattached", "{session}", "Sessions registered again with their home and caught up from it (the home restarted, or the ring moved the user).", () => routing.Snapshot().DevicesReattached);
         Counter("chatbroker.cluster.newer_map_waits", "{batch}", "Inbound mesh batches that waited for the sender's newer map before being judged.", () => routing.Snapshot().NewerMapWaits);
         Counter("chatbroker.cluster.mesh_slow_batches", "{batch}", "Inbound mesh batches whose handling took longer than a quarter of cluster.forward_timeout (the node pair's stream waited meanwhile).", () => routing.Snapshot().SlowInboundBatches);
+        Counter("chatbroker.cluster.inbox.without_message", "{entry}", "Forward-queue entries skipped because their message is no longer in the log (retention).", () => routing.Snapshot().InboxEntriesWithoutMessage);
+        Counter("chatbroker.cluster.inbox.forward_held_for_log", "{round}", "Forward rounds that stopped at an entry whose message this node's reads do not show yet (its batch waits for replicas); the entry waits.", () => routing.Snapshot().InboxForwardHeldForLog);
         Counter("chatbroker.cluster.devices.forgotten", "{device}", "Devices registered here through a node whose lease went; counted offline from then on.", () => routing.Snapshot().DevicesForgotten);
 
         var failover = node.Failover;
