@@ -42,6 +42,30 @@ public abstract partial class ChatStore : IReplicaStore
     /// (docs/cluster.md, "Replication").</summary>
     public static bool IsLogRecord(byte family) => family == (byte)Cf.Messages;
 
+    /// <summary>A user's copy mark for a conversation (a cursors-family row under the empty device id: see
+    /// <see cref="Records.InboxCopyMarkKey"/>): the conversation it is for; false for any other record. The replication
+    /// tap holds a local append's marks back with its entries (a mark without its entry makes a new home drop the entry
+    /// when it is re-forwarded).</summary>
+    public static bool TryGetCopyMarkConversation(in ReplicaRecord record, out ulong conversationId)
+    {
+        conversationId = 0;
+        var key = record.Key.Span;
+        if ((Cf)record.Family != Cf.Cursors || key.Length < 8 + 2 + 2 + 8)
+        {
+            return false;
+        }
+
+        var userBytes = System.Buffers.Binary.BinaryPrimitives.ReadUInt16BigEndian(key[8..]);
+        var device = 8 + 2 + userBytes;
+        if (key.Length != device + 2 + 8 || System.Buffers.Binary.BinaryPrimitives.ReadUInt16BigEndian(key[device..]) != 0)
+        {
+            return false;
+        }
+
+        conversationId = Records.TrailingU64(key);
+        return true;
+    }
+
     /// <summary>The message an inbox entry record points at, or a log record's own place: (conversation, seq); false for
     /// any other record or a delete. The replication tap sends a user's replicas the messages of the user's new entries
     /// (the entries alone would name messages a new home after a failover does not have).</summary>

@@ -201,11 +201,13 @@ internal sealed class ReplicationTap : IReplicationTap
     private static Dictionary<string, List<ReplicaRecord>>? HoldLocalEntries(Plan plan, IReadOnlyList<ReplicaRecord> all, Dictionary<string, List<ReplicaRecord>> parts)
     {
         Dictionary<(ulong, ulong), string[]>? own = null;
+        HashSet<ulong>? conversations = null;
         foreach (var record in all)
         {
             if (ChatStore.TryGetMessagePosition(record, out var isLog, out var conversation, out var seq) && isLog && plan.TargetsOf(record) is { } targets)
             {
                 (own ??= [])[(conversation, seq)] = targets;
+                (conversations ??= []).Add(conversation);
             }
         }
 
@@ -220,7 +222,7 @@ internal sealed class ReplicationTap : IReplicationTap
             List<ReplicaRecord>? held = null;
             foreach (var record in list)
             {
-                if (IsHeld(record, target, own))
+                if (IsHeld(record, target, own, conversations!))
                 {
                     (held ??= []).Add(record);
                 }
@@ -228,17 +230,26 @@ internal sealed class ReplicationTap : IReplicationTap
 
             if (held is not null)
             {
-                list.RemoveAll(r => IsHeld(r, target, own));
+                list.RemoveAll(r => IsHeld(r, target, own, conversations!));
                 (later ??= new Dictionary<string, List<ReplicaRecord>>(StringComparer.Ordinal))[target] = held;
             }
         }
 
         return later;
 
-        static bool IsHeld(in ReplicaRecord record, string target, Dictionary<(ulong, ulong), string[]> own) =>
-            ChatStore.TryGetMessagePosition(record, out var isLog, out var conversation, out var seq)
-            && own.TryGetValue((conversation, seq), out var targets)
-            && (!isLog || Array.IndexOf(targets, target) < 0);
+        // The entries of the batch's own messages, their log records for a node that does not replicate the conversation,
+        // and the members' copy marks of those conversations: a user's replica that had the mark without the entry would,
+        // as the user's next home, drop the entry when the conversation's next primary re-forwards it (seed 324 on
+        // f325191: two messages missing from a member's inbox).
+        static bool IsHeld(in ReplicaRecord record, string target, Dictionary<(ulong, ulong), string[]> own, HashSet<ulong> conversations)
+        {
+            if (ChatStore.TryGetMessagePosition(record, out var isLog, out var conversation, out var seq))
+            {
+                return own.TryGetValue((conversation, seq), out var targets) && (!isLog || Array.IndexOf(targets, target) < 0);
+            }
+
+            return ChatStore.TryGetCopyMarkConversation(record, out conversation) && conversations.Contains(conversation);
+        }
     }
 
     /// <summary>Under the lock: sends the held parts of the batches whose other parts every waited replica has acked, in

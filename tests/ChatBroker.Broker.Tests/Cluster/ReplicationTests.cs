@@ -250,6 +250,8 @@ public sealed class ReplicationTests
 
         Assert.Equal([1UL], cluster["node3"].Broker.Store.ReadInbox(bobId, 0, 10).Select(e => e.Seq));
         Assert.Equal(1UL, cluster["node3"].Broker.Store.GetLastSeq(conversation));
+        // Nor bob's copy mark of m2: as bob's next home, node3 would drop m2 when node2 re-forwarded it (seed 324).
+        Assert.Equal(1UL, CopyMark(cluster["node3"], bobId, conversation));
         Assert.False(upload.IsCompleted); // behind m2's batch
 
         // node2 back: it takes m2, then node3 gets the entries, then SENT.
@@ -258,7 +260,40 @@ public sealed class ReplicationTests
         await upload;
         Assert.Equal(2UL, cluster["node2"].Broker.Store.GetLastSeq(conversation));
         Assert.Equal([1UL, 2UL], cluster["node3"].Broker.Store.ReadInbox(bobId, 0, 10).Select(e => e.Seq));
+        Assert.Equal(2UL, CopyMark(cluster["node3"], bobId, conversation));
         Assert.True(held >= 1 && cluster["node1"].Cluster.Replication.BatchesHeld > held, $"held {held}, then {cluster["node1"].Cluster.Replication.BatchesHeld}");
+    }
+
+    /// <summary>The user's copy mark for the conversation in the node's store (0 when it has none).</summary>
+    private static ulong CopyMark(ClusterTestNode node, string userId, ulong conversation)
+    {
+        var selector = new OneUser(userId);
+        var position = ChatBroker.Storage.RangePosition.Start;
+        while (true)
+        {
+            var page = node.Broker.Store.ExportRange(selector, position, 1000, 1 << 20);
+            foreach (var r in page.Records)
+            {
+                if (ChatBroker.Storage.ChatStore.TryGetCopyMarkConversation(new ChatBroker.Storage.ReplicaRecord(r.Family, r.Key, r.Value, false), out var c) && c == conversation)
+                {
+                    return System.Buffers.Binary.BinaryPrimitives.ReadUInt64BigEndian(r.Value.Span);
+                }
+            }
+
+            if (page.Done)
+            {
+                return 0;
+            }
+
+            position = page.Next;
+        }
+    }
+
+    private sealed class OneUser(string userId) : ChatBroker.Storage.IRangeSelector
+    {
+        public bool TakesConversation(ulong conversationId) => false;
+
+        public bool TakesUser(string user) => user == userId;
     }
 
     /// <summary>The first replica of a user's range.</summary>
