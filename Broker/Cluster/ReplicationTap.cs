@@ -279,6 +279,7 @@ internal sealed class ReplicationTap : IReplicationTap
             }
 
             Interlocked.Increment(ref _metrics.BatchesHeld);
+            p.WaitingSince = TimeSpanStamp();
             ShipParts(s, parts, p);
         }
     }
@@ -530,6 +531,11 @@ internal sealed class ReplicationTap : IReplicationTap
                 if (TimeSpanSince(p.Started) < _options.ReplicationTimeout)
                 {
                     break; // the queue is in commit order: later ones are younger
+                }
+
+                if (TimeSpanSince(p.WaitingSince) < _options.ReplicationTimeout)
+                {
+                    continue; // its held parts went out since: their replicas get the whole timeout too
                 }
 
                 lagging.UnionWith(p.Waiting);
@@ -890,6 +896,12 @@ internal sealed class ReplicationTap : IReplicationTap
         public CommittedBatch Batch { get; } = batch;
 
         public long Started { get; } = started;
+
+        /// <summary>When the replicas it waits for now were sent their part: <see cref="Started"/>, or when its held parts
+        /// went out. A replica is lagging only when it has not acked within the timeout from here (seed 343 on f325191:
+        /// a batch that waited for a dead replica, then sent its held parts, named their replica lagging at once and the
+        /// map lost it as a live in-sync replica of a failed node's ranges).</summary>
+        public long WaitingSince { get; set; } = started;
 
         public HashSet<string> Waiting { get; } = new(StringComparer.Ordinal);
 

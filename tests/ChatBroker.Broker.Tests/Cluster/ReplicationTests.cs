@@ -264,6 +264,36 @@ public sealed class ReplicationTests
         Assert.True(held >= 1 && cluster["node1"].Cluster.Replication.BatchesHeld > held, $"held {held}, then {cluster["node1"].Cluster.Replication.BatchesHeld}");
     }
 
+    [Fact]
+    public async Task Held_parts_give_their_replica_the_whole_replication_timeout_from_when_they_are_sent()
+    {
+        // As above, with both replicas unreachable: m2's batch waits for node2 (the conversation's replica) until node1
+        // has it out of the in-sync list, then sends its held parts to node3 (the members' replica). node3 is lagging
+        // only a whole replication timeout after that, not at once because the batch is old (seed 343 on f325191: that
+        // took a live replica out of a failed node's set and left ranges nobody could serve).
+        var timeout = TimeSpan.FromSeconds(1);
+        await using var cluster = await ClusterHarness.StartAsync(3, Routing with { ReplicationTimeout = timeout });
+        var aliceId = cluster.UserAt("alice", "node1", a => UserReplica(cluster.Ring, a) == "node3");
+        var bobId = cluster.UserAt("bob", "node1", b => UserReplica(cluster.Ring, b) == "node3"
+            && Chain(cluster.Ring, ClusterOps.DirectConversationId(aliceId, b)) == ("node1", "node2"));
+        await ReplicateAsync(cluster, factor: 2);
+
+        var alice = await cluster["node1"].ConnectAsync(aliceId, "phone");
+        await alice.ExpectAsync<SyncDone>();
+        await alice.SendAsync(TestDevice.Text(1, bobId, "m1"));
+        Assert.Equal(1UL, (await alice.ExpectAsync<Sent>()).Seq);
+
+        await cluster["node2"].StopMeshAsync();
+        await cluster["node3"].StopMeshAsync();
+        await alice.SendAsync(TestDevice.Text(2, bobId, "m2"));
+        await cluster.WaitForMapAsync(m => !ReplicaPlacement.Find(m, "node1")!.InSync.Contains("node2"), TestDevice.Timeout);
+        var held = System.Diagnostics.Stopwatch.StartNew(); // node1 has the map: the held parts are out
+        var without = await cluster.WaitForMapAsync(m => !ReplicaPlacement.Find(m, "node1")!.InSync.Contains("node3"), TestDevice.Timeout);
+        Assert.True(held.Elapsed >= timeout / 2, $"node3 was taken out {held.Elapsed.TotalMilliseconds:F0} ms after its part was sent (replication timeout {timeout.TotalMilliseconds} ms)");
+        Assert.Empty(ReplicaPlacement.Find(without, "node1")!.InSync);
+        Assert.Equal(2UL, (await alice.ExpectAsync<Sent>()).Seq); // nobody left to wait for
+    }
+
     /// <summary>The user's copy mark for the conversation in the node's store (0 when it has none).</summary>
     private static ulong CopyMark(ClusterTestNode node, string userId, ulong conversation)
     {
