@@ -18,6 +18,7 @@ public sealed partial class ClusterNode
     private Task _replicationLoop = Task.CompletedTask;
     private TaskCompletionSource _replicationWake = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly HashSet<string> _removing = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, long> _removalRefusedAt = new(StringComparer.Ordinal); // key → map epoch
     private readonly HashSet<string> _catchingUp = new(StringComparer.Ordinal);
     private long _setsCheckedEpoch = -1;
 
@@ -137,9 +138,9 @@ public sealed partial class ClusterNode
             var key = primary + "/" + replica;
             lock (_replicationLock)
             {
-                if (!_removing.Add(key))
+                if ((_removalRefusedAt.TryGetValue(key, out var refusedAt) && refusedAt == map.Epoch) || !_removing.Add(key))
                 {
-                    continue; // a proposal for it is under way
+                    continue; // a proposal for it is under way, or the map it was refused on is still the map
                 }
             }
 
@@ -151,6 +152,14 @@ public sealed partial class ClusterNode
                     if (result.Status == MapChangeStatus.Applied)
                     {
                         Interlocked.Increment(ref Replication.InSyncRemovals);
+                    }
+                    else if (result.Status == MapChangeStatus.Refused)
+                    {
+                        Interlocked.Increment(ref Replication.InSyncRemovalsRefused);
+                        lock (_replicationLock)
+                        {
+                            _removalRefusedAt[key] = result.Map.Epoch; // not again on this map (a log line per watchdog round)
+                        }
                     }
 
                     ReplicationLog.Removal(_logger, replica, primary, result.Status.ToString(), result.Message);

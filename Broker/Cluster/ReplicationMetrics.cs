@@ -23,6 +23,10 @@ public sealed class ReplicationMetrics
     /// <summary>Replicas this node took out of an in-sync list (its compare-and-set applied): they fell behind.</summary>
     public long InSyncRemovals;
 
+    /// <summary>Removals this node proposed that the map refused: above all, the last live in-sync replica of a Failed
+    /// member's ranges (taken out, those ranges would have no server), which stays however it lags.</summary>
+    public long InSyncRemovalsRefused;
+
     /// <summary>Replicas this node added to its in-sync list after they caught up (its compare-and-set applied).</summary>
     public long InSyncAdds;
 

@@ -309,8 +309,37 @@ public sealed class ClusterMembership
                 return Keep(MapChangeStatus.Refused, $"{what}: refused, the ring changed since the catch-up began (epoch {map.Epoch})");
             }
 
-            return Change(ReplicaPlacement.WithInSync(map, primary, replica, inSync)!, what);
+            var next = ReplicaPlacement.WithInSync(map, primary, replica, inSync)!;
+            if (!inSync && map.FindMember(primary) is { State: MemberState.Failed } && UnservedPoints(next) > UnservedPoints(map))
+            {
+                // The replica serves ranges of the failed primary that no other live in-sync replica could take: taken out,
+                // they would have no server until an operator acts. A replica that lags keeps them; the batches waiting
+                // for it wait (and end if its lease ends: a Failed member is waited for by nobody).
+                return Keep(MapChangeStatus.Refused, $"{what}: refused, {primary} is Failed and {replica} is the last live in-sync replica of some of its ranges (epoch {map.Epoch})");
+            }
+
+            return Change(next, what);
         }, cancellationToken);
+    }
+
+    /// <summary>Ring points nobody serves under <paramref name="map"/> (a Failed ring owner without a live in-sync replica).</summary>
+    private static int UnservedPoints(ClusterMap map)
+    {
+        if (RangeOwners.Create(map) is not { HasFailed: true } owners)
+        {
+            return 0;
+        }
+
+        var count = 0;
+        for (var p = 0; p < owners.Ring.PointCount; p++)
+        {
+            if (owners.OwnerIndexOfPoint(p) < 0)
+            {
+                count++;
+            }
+        }
+
+        return count;
     }
 
     private static string? Moving(ClusterMap map)
