@@ -23,8 +23,8 @@ public sealed class ReplicationMetrics
     /// <summary>Replicas this node took out of an in-sync list (its compare-and-set applied): they fell behind.</summary>
     public long InSyncRemovals;
 
-    /// <summary>Removals this node proposed that the map refused: above all, the last live in-sync replica of a Failed
-    /// member's ranges (taken out, those ranges would have no server), which stays however it lags.</summary>
+    /// <summary>Removals this node proposed that the map refused: this node is Failed in the stored map, or the replica is
+    /// the last live in-sync replica of a Failed member's ranges (taken out, those ranges would have no server).</summary>
     public long InSyncRemovalsRefused;
 
     /// <summary>Replicas this node added to its in-sync list after they caught up (its compare-and-set applied).</summary>
