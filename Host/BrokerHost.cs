@@ -108,6 +108,10 @@ public static class BrokerHost
             var logger = services.GetRequiredService<ILoggerFactory>().CreateLogger("ChatBroker");
             var options = configuration.Options;
             Log.Starting(logger, Version, options.Node.Name, configuration.File ?? "embedded defaults", Path.GetFullPath(options.Node.DataDir));
+            if (ChatBroker.Broker.Hosting.SignalMask.UnblockedAtStart is { Count: > 0 } unblocked)
+            {
+                Log.SignalsUnblocked(logger, string.Join(", ", unblocked));
+            }
             if (generatedSecret is not null)
             {
                 Log.SecretGenerated(logger, Path.GetFullPath(generatedSecret));

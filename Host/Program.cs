@@ -18,7 +18,11 @@ public static class Program
     public const int ExitFailure = 1;
     public const int ExitUsage = 2;
 
-    public static Task<int> Main(string[] args) => BuildCommandLine().Parse(args).InvokeAsync();
+    public static Task<int> Main(string[] args)
+    {
+        ChatBroker.Broker.Hosting.SignalMask.UnblockHandled(); // before any thread of ours starts: they inherit the mask
+        return BuildCommandLine().Parse(args).InvokeAsync();
+    }
 
     public static RootCommand BuildCommandLine()
     {

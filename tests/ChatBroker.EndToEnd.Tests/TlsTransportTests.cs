@@ -157,9 +157,9 @@ public sealed partial class TlsTransportTests : IDisposable
         await alice.ConnectAsync();
 
         // SIGHUP's default action ends a process: the broker takes it as "reload the certificate".
-        // Waited for on /metrics, not on the log line: in two full fresh-clone CI runs (2026-12-07) the line did not reach
-        // the test within 30 s of SIGHUP, the broker up and idle (the reload runs as a thread-pool work item there, and
-        // the test reads the broker's output on its own pool); alone, in its class and in its assembly it passed.
+        // In three fresh-clone CI runs (2026-12-07) no reload came: the broker had inherited a mask that blocked SIGHUP
+        // (the signal stayed pending, every thread asleep). The broker unblocks the signals it handles at start now
+        // (SignalMask; BrokerProcessTests). When no reload comes, the failure says what the broker was doing.
         broker.Process.SendSignal(1);
         var metricsUrl = $"http://{broker.Process.AdminEndPoint}/metrics";
         using (var deadline = new CancellationTokenSource(Timeout))

@@ -124,6 +124,21 @@ public sealed class BrokerProcessTests
     }
 
     [Fact]
+    public async Task A_broker_started_with_its_signals_blocked_unblocks_them_and_still_stops_on_sigterm()
+    {
+        // A signal mask survives fork and exec: a parent that blocks SIGTERM (here a python wrapper that blocks it, then
+        // execs the broker in its place, same pid) leaves it pending in the broker for ever unless the broker unblocks it.
+        const string blockThenExec = "import os, signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP}); os.execvp(sys.argv[1], sys.argv[1:])";
+        await using var broker = await BrokerProcess.LaunchAsync(new BrokerLaunch { Wrapper = ["python3", "-c", blockThenExec] });
+        Assert.Contains("Signals SIGHUP, SIGTERM were blocked by the process that started the broker; unblocked", broker.Output, StringComparison.Ordinal);
+
+        broker.SendSignal(BrokerProcess.SigTerm);
+
+        Assert.Equal(0, await broker.WaitForExitAsync(TimeSpan.FromSeconds(30)));
+        Assert.Contains("Stopped", broker.Output, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task A_port_already_in_use_fails_start_with_a_clear_message()
     {
         using var blocker = new TcpListener(System.Net.IPAddress.Loopback, 0);

@@ -1,0 +1,73 @@
+using System.Runtime.InteropServices;
+
+namespace ChatBroker.Broker.Hosting;
+
+/// <summary>
+/// The signals the broker handles (SIGHUP: reload the TLS certificate; SIGINT, SIGQUIT, SIGTERM: stop), unblocked at
+/// the start of the process. A signal mask is inherited through fork and exec, so a broker started by a parent that
+/// blocks one of them (a supervisor, a test host's thread, a shell wrapper) would never see it: the signal stays
+/// pending, its handler never runs and its default action never happens either (seen in the fresh-clone CI runs of
+/// 2026-12-07: SIGHUP reached a broker whose threads all blocked it). Called first thing in <c>Main</c>, so the threads
+/// created after it inherit the unblocked mask; the main thread itself lives as long as the process.
+/// </summary>
+public static partial class SignalMask
+{
+    private const int SigUnblock = 1; // Linux
+    private const int SigSetBytes = 128; // glibc's sigset_t
+
+    private static readonly (int Number, string Name)[] Handled = [(1, "SIGHUP"), (2, "SIGINT"), (3, "SIGQUIT"), (15, "SIGTERM")];
+
+    /// <summary>The handled signals that were blocked when the process started (unblocked since); empty when none or
+    /// not on Linux.</summary>
+    public static IReadOnlyList<string> UnblockedAtStart { get; private set; } = [];
+
+    /// <summary>Unblocks the handled signals on this thread; returns those that were blocked.</summary>
+    public static unsafe IReadOnlyList<string> UnblockHandled()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return [];
+        }
+
+        var set = stackalloc byte[SigSetBytes];
+        var old = stackalloc byte[SigSetBytes];
+        if (sigemptyset(set) != 0)
+        {
+            return [];
+        }
+
+        foreach (var (number, _) in Handled)
+        {
+            _ = sigaddset(set, number);
+        }
+
+        if (pthread_sigmask(SigUnblock, set, old) != 0)
+        {
+            return [];
+        }
+
+        var blocked = new List<string>();
+        foreach (var (number, name) in Handled)
+        {
+            if (sigismember(old, number) == 1)
+            {
+                blocked.Add(name);
+            }
+        }
+
+        UnblockedAtStart = blocked;
+        return blocked;
+    }
+
+    [LibraryImport("libc")]
+    private static unsafe partial int sigemptyset(byte* set);
+
+    [LibraryImport("libc")]
+    private static unsafe partial int sigaddset(byte* set, int signal);
+
+    [LibraryImport("libc")]
+    private static unsafe partial int sigismember(byte* set, int signal);
+
+    [LibraryImport("libc")]
+    private static unsafe partial int pthread_sigmask(int how, byte* set, byte* oldSet);
+}
