@@ -30,6 +30,7 @@ public sealed class TlsCertificateSource : IDisposable
     private readonly Lock _reloadLock = new();
     private readonly List<FileSystemWatcher> _watchers = [];
     private PosixSignalRegistration? _sighup;
+    private bool _watching;
     private Timer? _settle;
     private Loaded _current;
 
@@ -67,10 +68,12 @@ public sealed class TlsCertificateSource : IDisposable
     {
         lock (_reloadLock)
         {
-            if (_sighup is not null || _watchers.Count > 0)
+            if (_watching)
             {
                 return;
             }
+
+            _watching = true;
 
             if (!OperatingSystem.IsWindows())
             {
@@ -93,7 +96,19 @@ public sealed class TlsCertificateSource : IDisposable
                 watcher.Changed += OnFileEvent;
                 watcher.Created += OnFileEvent;
                 watcher.Renamed += OnFileEvent;
-                watcher.EnableRaisingEvents = true;
+                try
+                {
+                    watcher.EnableRaisingEvents = true;
+                }
+                catch (IOException e)
+                {
+                    // The user's inotify instances are used up (fs.inotify.max_user_instances, 128 by default): the
+                    // broker still starts (it failed to, before), and reloads on SIGHUP only.
+                    watcher.Dispose();
+                    TransportLog.CertificateWatchUnavailable(_logger, directory, e.Message);
+                    continue;
+                }
+
                 _watchers.Add(watcher);
             }
         }

@@ -18,6 +18,9 @@ internal static partial class TransportLog
     [LoggerMessage(2506, LogLevel.Information, "TLS certificate reload ({Trigger}): unchanged, thumbprint {Thumbprint}")]
     public static partial void CertificateUnchanged(ILogger logger, string trigger, string thumbprint);
 
+    [LoggerMessage(2508, LogLevel.Warning, "TLS certificate files in {Directory} are not watched ({Reason}); the certificate reloads on SIGHUP only")]
+    public static partial void CertificateWatchUnavailable(ILogger logger, string directory, string reason);
+
     [LoggerMessage(2503, LogLevel.Debug, "TLS handshake of connection {ConnectionId} from {Remote} failed: {Result} {Reason}")]
     public static partial void HandshakeFailed(ILogger logger, long connectionId, EndPoint? remote, string result, string reason);
 

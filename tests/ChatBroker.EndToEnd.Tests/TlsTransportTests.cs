@@ -157,9 +157,9 @@ public sealed partial class TlsTransportTests : IDisposable
         await alice.ConnectAsync();
 
         // SIGHUP's default action ends a process: the broker takes it as "reload the certificate".
-        // In three fresh-clone CI runs (2026-12-07) no reload came: the broker had inherited a mask that blocked SIGHUP
-        // (the signal stayed pending, every thread asleep). The broker unblocks the signals it handles at start now
-        // (SignalMask; BrokerProcessTests). When no reload comes, the failure says what the broker was doing.
+        // In three fresh-clone CI runs (2026-12-07, started under nohup) no reload came: the broker had inherited SIGHUP
+        // ignored, and .NET keeps an inherited "ignored". The broker restores it at start now (SignalMask;
+        // BrokerProcessTests). When no reload comes, the failure says what the broker was doing.
         broker.Process.SendSignal(1);
         var metricsUrl = $"http://{broker.Process.AdminEndPoint}/metrics";
         using (var deadline = new CancellationTokenSource(Timeout))

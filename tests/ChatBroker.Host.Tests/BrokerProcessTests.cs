@@ -123,14 +123,17 @@ public sealed class BrokerProcessTests
         Assert.Contains("Stopped", broker.Output, StringComparison.Ordinal);
     }
 
-    [Fact]
-    public async Task A_broker_started_with_its_signals_blocked_unblocks_them_and_still_stops_on_sigterm()
+    [Theory]
+    [InlineData("signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP})", "SIGHUP, SIGTERM")]
+    [InlineData("signal.signal(signal.SIGTERM, signal.SIG_IGN); signal.signal(signal.SIGHUP, signal.SIG_IGN)", "SIGHUP (ignored)")]
+    public async Task A_broker_started_with_its_signals_blocked_or_ignored_restores_them_and_still_stops_on_sigterm(string parent, string restored)
     {
-        // A signal mask survives fork and exec: a parent that blocks SIGTERM (here a python wrapper that blocks it, then
-        // execs the broker in its place, same pid) leaves it pending in the broker for ever unless the broker unblocks it.
-        const string blockThenExec = "import os, signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP}); os.execvp(sys.argv[1], sys.argv[1:])";
-        await using var broker = await BrokerProcess.LaunchAsync(new BrokerLaunch { Wrapper = ["python3", "-c", blockThenExec] });
-        Assert.Contains("Signals SIGHUP, SIGTERM were blocked by the process that started the broker; unblocked", broker.Output, StringComparison.Ordinal);
+        // A signal mask and an ignored disposition survive fork and exec: a parent that blocks SIGTERM (here a python
+        // wrapper that does so, then execs the broker in its place, same pid) leaves it pending in the broker for ever, one
+        // that ignores it (nohup does so for SIGHUP) has it discarded, unless the broker restores them.
+        var wrapper = $"import os, signal, sys; {parent}; os.execvp(sys.argv[1], sys.argv[1:])";
+        await using var broker = await BrokerProcess.LaunchAsync(new BrokerLaunch { Wrapper = ["python3", "-c", wrapper] });
+        Assert.Contains($"Signals {restored} were blocked or ignored by the process that started the broker; restored", broker.Output, StringComparison.Ordinal);
 
         broker.SendSignal(BrokerProcess.SigTerm);
 
