@@ -131,7 +131,8 @@ public sealed class BrokerProcessTests
         // A signal mask and an ignored disposition survive fork and exec: a parent that blocks SIGTERM (here a python
         // wrapper that does so, then execs the broker in its place, same pid) leaves it pending in the broker for ever, one
         // that ignores it (nohup does so for SIGHUP) has it discarded, unless the broker restores them.
-        var wrapper = $"import os, signal, sys; {parent}; os.execvp(sys.argv[1], sys.argv[1:])";
+        // The wrapper starts from a clean state, whatever the test run inherited (a CI run under nohup ignores SIGHUP).
+        var wrapper = $"import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, set()); signal.signal(signal.SIGHUP, signal.SIG_DFL); {parent}; os.execvp(sys.argv[1], sys.argv[1:])";
         await using var broker = await BrokerProcess.LaunchAsync(new BrokerLaunch { Wrapper = ["python3", "-c", wrapper] });
         Assert.Contains($"Signals {restored} were blocked or ignored by the process that started the broker; restored", broker.Output, StringComparison.Ordinal);
 
