@@ -57,6 +57,6 @@ internal static partial class Log
     [LoggerMessage(1017, LogLevel.Information, "Cluster live nodes ({Count}): {Nodes}")]
     public static partial void ClusterLiveNodes(ILogger logger, int count, string nodes);
 
-    [LoggerMessage(1018, LogLevel.Information, "Signals {Signals} were blocked or ignored by the process that started the broker; restored (the broker handles them: SIGHUP reloads the TLS certificate, SIGINT/SIGQUIT/SIGTERM stop it)")]
+    [LoggerMessage(1019, LogLevel.Information, "Signals {Signals} were blocked or ignored by the process that started the broker; restored (the broker handles them: SIGHUP reloads the TLS certificate, SIGINT/SIGQUIT/SIGTERM stop it)")]
     public static partial void SignalsUnblocked(ILogger logger, string signals);
 }
