@@ -281,12 +281,13 @@ public sealed class ClusterGroupTests(ThreeNodeCluster cluster, ITestOutputHelpe
             await using var ginaDevice = await cluster.LoginAsync(cluster["n1"], gina, "phone");
             await ginaDevice.ReceiveAsync<SyncDone>();
             Assert.Equal(6UL, (await OkAsync(online[0], Members(2, id, add: true, gina))).Seq);
-            Assert.Equal(SystemEvent.Types.Kind.MembersAdded, (await EveryoneSeesSystemAsync(id, 6, ginaDevice)).Kind);
+            // The SYSTEM message reaches a device through its inbox (home → gateway), the next message through the
+            // group's live stream (owner → gateway): two paths, so each device reads 6 before 7 is sent (a fresh-clone
+            // CI run of 2026-12-07 had erin's 7 arrive first; docs/cluster.md, large groups' limits).
+            Assert.Equal(SystemEvent.Types.Kind.MembersAdded, (await EveryoneSeesSystemAsync(id, 6, ginaDevice, erinDevice)).Kind);
             await online[2].SendAsync(ToGroup(51, id, "welcome"));
             Assert.Equal(7UL, (await SentAsync(online[2])).Seq);
             Assert.Equal((7UL, "welcome", 0UL), await ginaDevice.ReceiveAsync<Deliver>() is var w ? (w.Seq, w.Body.ToStringUtf8(), w.InboxSeq) : default);
-
-            Assert.Equal(SystemEvent.Types.Kind.MembersAdded, (await EveryoneSeesSystemAsync(id, 6, erinDevice)).Kind);
             Assert.Equal(7UL, (await erinDevice.ReceiveAsync<Deliver>()).Seq);
 
             // SYNC naming the group from seq 3 at erin's node: the owner checks it, the stream rereads its log.
