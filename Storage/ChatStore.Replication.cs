@@ -49,21 +49,7 @@ public abstract partial class ChatStore : IReplicaStore
     public static bool TryGetCopyMarkConversation(in ReplicaRecord record, out ulong conversationId)
     {
         conversationId = 0;
-        var key = record.Key.Span;
-        if ((Cf)record.Family != Cf.Cursors || key.Length < 8 + 2 + 2 + 8)
-        {
-            return false;
-        }
-
-        var userBytes = System.Buffers.Binary.BinaryPrimitives.ReadUInt16BigEndian(key[8..]);
-        var device = 8 + 2 + userBytes;
-        if (key.Length != device + 2 + 8 || System.Buffers.Binary.BinaryPrimitives.ReadUInt16BigEndian(key[device..]) != 0)
-        {
-            return false;
-        }
-
-        conversationId = Records.TrailingU64(key);
-        return true;
+        return (Cf)record.Family == Cf.Cursors && Records.TryReadInboxCopyMarkKey(record.Key.Span, out conversationId);
     }
 
     /// <summary>The message an inbox entry record points at, or a log record's own place: (conversation, seq); false for

@@ -468,8 +468,13 @@ internal sealed class StoreCopyOp(StoredMessage message, IReadOnlyList<string> i
         // of a conversation it does not own holds only the seqs copied to it.)
         Records.MessageKey(w.Key, m.ConversationId, m.Seq);
         var own = logNew ? null : w.Engine.Get(Cf.Messages, w.Key.Span);
-        Records.MessageValue(w.Value, m.TimestampMs, request);
-        var differs = fromOwner && own is not null && !w.Value.Span.SequenceEqual(own);
+        var differs = false;
+        if (own is null || fromOwner)
+        {
+            // Encoded only to be written or compared: a copy of a record this store has, from anyone else, writes none.
+            Records.MessageValue(w.Value, m.TimestampMs, request);
+            differs = own is not null && !w.Value.Span.SequenceEqual(own);
+        }
         if (fresh == 0 && !logNew && !differs)
         {
             Result = new AppendResult(m.ConversationId, m.Seq, m.TimestampMs, true, []);

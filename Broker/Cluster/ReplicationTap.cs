@@ -219,18 +219,24 @@ internal sealed class ReplicationTap : IReplicationTap
         Dictionary<string, List<ReplicaRecord>>? later = null;
         foreach (var (target, list) in parts)
         {
+            // One pass: the records that stay move to the front of the list, the held ones to their own.
             List<ReplicaRecord>? held = null;
-            foreach (var record in list)
+            var kept = 0;
+            for (var i = 0; i < list.Count; i++)
             {
-                if (IsHeld(record, target, own, conversations!))
+                if (IsHeld(list[i], target, own, conversations!))
                 {
-                    (held ??= []).Add(record);
+                    (held ??= []).Add(list[i]);
+                }
+                else
+                {
+                    list[kept++] = list[i];
                 }
             }
 
             if (held is not null)
             {
-                list.RemoveAll(r => IsHeld(r, target, own, conversations!));
+                list.RemoveRange(kept, list.Count - kept);
                 (later ??= new Dictionary<string, List<ReplicaRecord>>(StringComparer.Ordinal))[target] = held;
             }
         }

@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using ChatBroker.Storage.Engine;
 
 namespace ChatBroker.Storage.Codec;
@@ -96,6 +97,26 @@ internal static class Records
     /// user's, so it replicates and moves with the user's range, and an import only ever raises it.</summary>
     public static ByteWriter InboxCopyMarkKey(ByteWriter w, string userId, ulong conversationId) =>
         w.Reset().HashSlot().Str(userId).Str("").SealHash().U64(conversationId);
+
+    /// <summary>The conversation of a cursors-family key written by <see cref="InboxCopyMarkKey"/> (hash, user, the empty
+    /// device, conversation); false for a device's cursor key or a key of another shape.</summary>
+    public static bool TryReadInboxCopyMarkKey(ReadOnlySpan<byte> key, out ulong conversationId)
+    {
+        conversationId = 0;
+        if (key.Length < 8 + 2 + 2 + 8)
+        {
+            return false;
+        }
+
+        var device = 8 + 2 + BinaryPrimitives.ReadUInt16BigEndian(key[8..]);
+        if (key.Length != device + 2 + 8 || BinaryPrimitives.ReadUInt16BigEndian(key[device..]) != 0)
+        {
+            return false;
+        }
+
+        conversationId = TrailingU64(key);
+        return true;
+    }
 
     // ---- conversations: u64 id → u8 kind | i64 created | str created by | u8 has title | [str title] ----
     public static ByteWriter ConversationKey(ByteWriter w, ulong id) => w.Reset().U64(id);
