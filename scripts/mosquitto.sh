@@ -29,8 +29,11 @@ case "$command" in
       echo "mosquitto is missing; installing Debian's mosquitto." >&2
       SUDO=""
       [ "$(id -u)" -ne 0 ] && SUDO="sudo -n"
-      if ! command -v apt-get >/dev/null 2>&1 || ! $SUDO apt-get -o DPkg::Lock::Timeout=300 install -y -qq mosquitto >&2; then
-        echo "Could not install mosquitto: install it (apt-get install mosquitto) and run this again." >&2
+      apt_install() { $SUDO apt-get -o DPkg::Lock::Timeout=300 install -y -qq mosquitto >&2; }
+      # A fresh machine has no package lists yet: update them once and try again.
+      if ! command -v apt-get >/dev/null 2>&1 ||
+         ! { apt_install || { $SUDO apt-get -o DPkg::Lock::Timeout=300 update -qq >&2 && apt_install; }; }; then
+        echo "Could not install mosquitto: install it (apt-get update && apt-get install mosquitto) and run this again." >&2
         exit 1
       fi
       # Where systemd runs, the package starts a system mosquitto on 1883: not ours, stop it.
