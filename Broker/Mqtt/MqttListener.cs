@@ -37,7 +37,8 @@ internal sealed class MqttConnectionHandler(MqttBroker broker) : ISocketConnecti
 {
     public MqttBroker Broker { get; } = broker;
 
-    public void Start(Socket socket, long connectionId, IConnectionOwner owner) => Start(new SocketTransport(socket), connectionId, owner);
+    public void Start(Socket socket, long connectionId, IConnectionOwner owner) =>
+        Start(PolledSocketTransport.ForAccepted(socket, Broker.Context.Options.Tcp), connectionId, owner);
 
     public void Start(IDeviceTransport transport, long connectionId, IConnectionOwner owner) =>
         ThreadPool.UnsafeQueueUserWorkItem(new MqttConnection(Broker, transport, connectionId, owner), preferLocal: false);

@@ -460,12 +460,7 @@ internal sealed class DeviceConnectionHandler(BrokerContext context) : ISocketCo
     private CancellationToken _lastWatched;
 
     public void Start(Socket socket, long connectionId, IConnectionOwner owner) =>
-        Start(
-            context.Options.Tcp.ReadinessPoller && ReadinessPoller.IsSupported
-                ? new PolledSocketTransport(socket, ReadinessPoller.Shared(context.Options.Tcp.InlineCompletions))
-                : new SocketTransport(socket),
-            connectionId,
-            owner);
+        Start(PolledSocketTransport.ForAccepted(socket, context.Options.Tcp), connectionId, owner);
 
     /// <summary>Starts a session over any transport (the socket listener's, or an in-memory one in tests).</summary>
     public void Start(IDeviceTransport transport, long connectionId, IConnectionOwner owner)

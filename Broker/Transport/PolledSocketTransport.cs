@@ -56,6 +56,15 @@ public sealed partial class PolledSocketTransport : IDeviceTransport, INotifying
 
     public EndPoint? RemoteEndPoint => SocketTransport.RemoteEndPointOf(_socket);
 
+    /// <summary>
+    /// The transport for a socket accepted by a plain TCP listener (native or MQTT): this one where the settings
+    /// (<c>tcp.readiness_poller</c>) and the platform allow, else <see cref="SocketTransport"/>.
+    /// </summary>
+    internal static IDeviceTransport ForAccepted(Socket socket, Configuration.TcpOptions tcp) =>
+        tcp.ReadinessPoller && ReadinessPoller.IsSupported
+            ? new PolledSocketTransport(socket, ReadinessPoller.Shared(tcp.InlineCompletions))
+            : new SocketTransport(socket);
+
     public ValueTask<int> WaitReadableAsync(CancellationToken cancellationToken)
     {
         if (_closed)
