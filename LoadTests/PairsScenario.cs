@@ -279,6 +279,7 @@ public sealed class PairsScenario(RunOptions options)
             }
 
             result.Figures["broker_rss_mb_end"] = Math.Round(scrape.ResidentBytes / 1048576.0, 1);
+            BrokerMetricsSample.AddGcFigures(result.Figures, brokerBefore, scrape, delivered, elapsed.TotalSeconds);
             result.Figures["broker_messages_in_total"] = scrape.MessagesIn;
             result.Figures["broker_messages_out_total"] = scrape.MessagesOut;
         }

@@ -190,6 +190,7 @@ public sealed class MqttPairsScenario(RunOptions options, string topics)
             result.Figures["broker_cpu_cores"] = Math.Round((after.CpuSeconds - before.CpuSeconds) / elapsed.TotalSeconds, 2);
             result.Figures["broker_cpu_us_per_message"] = Math.Round((after.CpuSeconds - before.CpuSeconds) * 1e6 / Math.Max(1, delivered), 2);
             result.Figures["broker_rss_mb_end"] = Math.Round(after.ResidentBytes / 1048576.0, 1);
+            BrokerMetricsSample.AddGcFigures(result.Figures, before, after, Math.Max(1, delivered), elapsed.TotalSeconds);
         }
 
         if (peerBefore is not null && peerAfter is not null)
