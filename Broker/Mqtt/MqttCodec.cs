@@ -57,7 +57,7 @@ public interface IMqttPacketCodec
     /// <summary>The protocol a CONNECT body asks for (3.1, 3.1.1 or 5.0); false when it names another one or does not parse.</summary>
     bool TryReadProtocolVersion(ReadOnlySpan<byte> connectBody, out MqttProtocolVersion version);
 
-    /// <summary>Decodes one packet (the body is referenced, not copied: a PUBLISH payload points into <paramref name="body"/>).</summary>
+    /// <summary>Decodes one packet. MQTTnet copies a PUBLISH payload into an array of its own (the packet owns it; CodecTests checks it).</summary>
     MqttPacket Decode(MqttProtocolVersion version, byte fixedHeader, ArraySegment<byte> body);
 
     /// <summary>Encodes one packet at the end of <paramref name="destination"/>; returns its length.</summary>

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Runtime.InteropServices;
 using ChatBroker.Broker.Messaging;
 using ChatBroker.Protocol.Messages;
 using Google.Protobuf;
@@ -34,7 +35,7 @@ internal sealed partial class MqttConnection
             && !topic.StartsWith("chat/", StringComparison.Ordinal);
     }
 
-    private ValueTask<bool> HandlePublishAsync(MqttPublishPacket publish)
+    private ValueTask<bool> HandlePublishAsync(MqttPublishPacket publish, byte[] receiveBuffer)
     {
         var qos = (byte)publish.QualityOfServiceLevel;
         if (!MqttTopics.IsValidName(publish.Topic))
@@ -52,7 +53,7 @@ internal sealed partial class MqttConnection
 
         if (publish.Topic.StartsWith("chat/", StringComparison.Ordinal))
         {
-            return HandleChatPublishAsync(publish, qos);
+            return HandleChatPublishAsync(publish, qos, receiveBuffer);
         }
 
         if (!MayPublishTo(publish.Topic, _user))
@@ -216,7 +217,7 @@ internal sealed partial class MqttConnection
     /// (PUBACK, or PUBREC for QoS 2) only once it is durable. The client_msg_id is fixed per client id and packet id
     /// while that packet id is unacknowledged, so a resent PUBLISH (DUP) is stored once.
     /// </summary>
-    private async ValueTask<bool> HandleChatPublishAsync(MqttPublishPacket publish, byte qos)
+    private async ValueTask<bool> HandleChatPublishAsync(MqttPublishPacket publish, byte qos, byte[] receiveBuffer)
     {
         if (_user.Length == 0)
         {
@@ -258,7 +259,11 @@ internal sealed partial class MqttConnection
             await Task.Delay(retry).ConfigureAwait(false);
         }
 
-        send.Body = ByteString.CopyFrom(publish.Payload.IsSingleSegment ? publish.Payload.FirstSpan : publish.Payload.ToArray());
+        // MQTTnet's formatter copies a PUBLISH payload into an array of its own (CodecTests checks it): that array becomes
+        // the body as it is. Should the payload ever point into the receive buffer (pooled, reused), it is copied.
+        send.Body = publish.Payload.IsSingleSegment && MemoryMarshal.TryGetArray(publish.Payload.First, out var payload) && payload.Array != receiveBuffer
+            ? UnsafeByteOperations.UnsafeWrap(payload.AsMemory())
+            : ByteString.CopyFrom(publish.Payload.IsSingleSegment ? publish.Payload.FirstSpan : publish.Payload.ToArray());
         var packetId = publish.PacketIdentifier;
         Task? cmidStored = null;
         lock (_lock)

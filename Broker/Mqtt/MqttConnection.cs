@@ -222,7 +222,7 @@ internal sealed partial class MqttConnection : IDeviceLink, IThreadPoolWorkItem
         switch (header.Type)
         {
             case MqttControlPacketType.Publish:
-                return HandlePublishAsync((MqttPublishPacket)_broker.Codec.Decode(_version, header.FixedHeader, body));
+                return HandlePublishAsync((MqttPublishPacket)_broker.Codec.Decode(_version, header.FixedHeader, body), body.Array!);
             case MqttControlPacketType.PubAck:
                 OnPubAck(_broker.Codec.TryReadAcknowledgement(header, body, out var acked)
                     ? acked

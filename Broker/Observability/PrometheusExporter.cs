@@ -171,10 +171,61 @@ public sealed class PrometheusExporter : IDisposable
             }
         }
 
-        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
         private Series GetSeries(ReadOnlySpan<KeyValuePair<string, object?>> tags)
         {
-            // Tagged series are rare paths (disconnect reasons, GC generations): a label string per call is acceptable.
+            // Some tagged series are per message (the MQTT listener's messages in and out, by space): the tag sets seen
+            // so far are matched first, without building their label string (that cost 26 % of the MQTT path's
+            // allocation). The list is copied on write and holds at most MaxRecentTagSets; past that, the string path.
+            var recent = _recent;
+            foreach (var entry in recent)
+            {
+                if (entry.Matches(tags))
+                {
+                    return entry.Series;
+                }
+            }
+
+            var series = GetSeriesByLabels(tags);
+            if (recent.Length < MaxRecentTagSets)
+            {
+                var grown = new TagSet[recent.Length + 1];
+                recent.CopyTo(grown, 0);
+                grown[^1] = new TagSet(tags.ToArray(), series);
+                Interlocked.CompareExchange(ref _recent, grown, recent); // lost to a concurrent add: the next call adds it
+            }
+
+            return series;
+        }
+
+        private const int MaxRecentTagSets = 32;
+        private TagSet[] _recent = [];
+
+        private sealed class TagSet(KeyValuePair<string, object?>[] tags, Series series)
+        {
+            public Series Series { get; } = series;
+
+            public bool Matches(ReadOnlySpan<KeyValuePair<string, object?>> other)
+            {
+                if (other.Length != tags.Length)
+                {
+                    return false;
+                }
+
+                for (var i = 0; i < tags.Length; i++)
+                {
+                    if (!string.Equals(tags[i].Key, other[i].Key, StringComparison.Ordinal) || !Equals(tags[i].Value, other[i].Value))
+                    {
+                        return false;
+                    }
+                }
+
+                return true;
+            }
+        }
+
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+        private Series GetSeriesByLabels(ReadOnlySpan<KeyValuePair<string, object?>> tags)
+        {
             var labels = new StringBuilder(_constantLabels);
             foreach (var tag in tags)
             {

@@ -42,6 +42,11 @@ public sealed class CodecTests
         Assert.Equal("a/b", decoded.Topic);
         Assert.Equal(7, decoded.PacketIdentifier);
         Assert.Equal("hello"u8.ToArray(), decoded.Payload.ToArray());
+
+        // The payload is the packet's own copy, not a view of the receive buffer: a chat PUBLISH keeps it as the message
+        // body without copying it again, and the connection reuses its buffer.
+        Array.Clear(bytes);
+        Assert.Equal("hello"u8.ToArray(), decoded.Payload.ToArray());
     }
 
     [Fact]

@@ -40,4 +40,36 @@ public sealed class PrometheusExporterTests
         Assert.Contains("test_latency_seconds_bucket{node=\"n1\",le=\"+Inf\"} 3\n", text, StringComparison.Ordinal);
         Assert.Contains("test_latency_seconds_count{node=\"n1\"} 3\n", text, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public void Tagged_series_add_up_per_tag_set_past_the_cached_tag_sets()
+    {
+        var meterName = "ChatBroker.Test." + Guid.NewGuid().ToString("N");
+        using var meter = new Meter(meterName);
+        using var exporter = new PrometheusExporter(meterName);
+        var counter = meter.CreateCounter<long>("test.messages");
+
+        // The same tag sets again and again (the per-message path), values of mixed types, and more distinct tag sets
+        // than the exporter matches without building their label string.
+        for (var round = 0; round < 3; round++)
+        {
+            counter.Add(1, new KeyValuePair<string, object?>("space", "chat"));
+            counter.Add(2, new KeyValuePair<string, object?>("space", "topic"));
+            counter.Add(1, new KeyValuePair<string, object?>("space", "chat"), new KeyValuePair<string, object?>("qos", 1));
+            for (var i = 0; i < 40; i++)
+            {
+                counter.Add(1, new KeyValuePair<string, object?>("n", i));
+            }
+        }
+
+        var text = exporter.Scrape();
+
+        Assert.Contains("test_messages_total{space=\"chat\"} 3\n", text, StringComparison.Ordinal);
+        Assert.Contains("test_messages_total{space=\"topic\"} 6\n", text, StringComparison.Ordinal);
+        Assert.Contains("test_messages_total{space=\"chat\",qos=\"1\"} 3\n", text, StringComparison.Ordinal);
+        for (var i = 0; i < 40; i++)
+        {
+            Assert.Contains($"test_messages_total{{n=\"{i}\"}} 3\n", text, StringComparison.Ordinal);
+        }
+    }
 }
