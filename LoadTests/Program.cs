@@ -52,7 +52,7 @@ public static class Program
         var set = new Option<string[]>("--broker-set") { Description = "Extra broker setting for a started broker, e.g. --broker-set session.resume_batch=1024 (repeatable).", Recursive = true };
         var json = new Option<string?>("--json") { Description = "Write the result as JSON to this file.", Recursive = true };
         var html = new Option<string?>("--html") { Description = "Write a self-contained HTML chart (inline SVG) to this file.", Recursive = true };
-        var gcdump = new Option<string?>("--gcdump") { Description = "connections, churn: before each memory reading, take a heap dump of the broker into this directory with dotnet-gcdump (forces a full GC; shows what holds memory).", Recursive = true };
+        var gcdump = new Option<string?>("--gcdump") { Description = "connections, churn, idle-transports: before each memory reading, take a heap dump of the broker into this directory with dotnet-gcdump (forces a full GC; shows what holds memory).", Recursive = true };
         var warmup = new Option<int>("--warmup") { Description = "connections: connect/disconnect cycles before measuring, so the broker's connect path is JIT-compiled (0 = measure a cold broker).", DefaultValueFactory = _ => 5000, Recursive = true };
         var warmupSeconds = new Option<int>("--warmup-s") { Description = "pairs: seconds of the same load before measuring, not counted (JIT tier-up, pools); resume: a separate small backlog is drained first when > 0.", DefaultValueFactory = _ => 3, Recursive = true };
         var metricsOut = new Option<string?>("--metrics-out") { Description = "Write the broker's last /metrics scrape of the run to this file.", Recursive = true };
