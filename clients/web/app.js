@@ -71,16 +71,21 @@ async function signIn(token, user, device) {
   });
   wire(client);
   setConnection('connecting', 'Connecting…');
+  // Who "me" is must be known before the first DELIVER: the inbox replay can arrive in the same read as the CONNACK,
+  // and its messages are handled before connect() returns here. A direct chat first seen through one's own message
+  // then took the sender (oneself) for its peer, and the chat with bob was listed as "alice".
+  state.me = user;
+  state.device = device;
   try {
     await client.connect();
   } catch (error) {
+    state.me = '';
+    state.device = '';
     setConnection('idle', 'Signed out');
     $('login-error').textContent = `Sign-in failed: ${error instanceof ChatError ? reasonName(error.reason) : error.message}`;
     return;
   }
   state.client = client;
-  state.me = user;
-  state.device = device;
   sessionStorage.setItem('chatbroker.token', token);
   sessionStorage.setItem('chatbroker.device', device);
   $('login').hidden = true;
