@@ -13,9 +13,16 @@ internal sealed partial class CommitWriter
     {
         // The op's own task is returned: no state machine per append (it was 6 % of the bytes allocated per
         // message). Only a full (or closed) queue takes the slow path.
-        if ((_callerRuns && _tap is null && TryWriteHere(op, completions)) || _queue.Writer.TryWrite(op))
+        try
         {
-            return op.Task; // a caller that wrote its own op usually finds it completed already: no hop
+            if ((_callerRuns && _tap is null && TryWriteHere(op, completions)) || _queue.Writer.TryWrite(op))
+            {
+                return op.Task; // a caller that wrote its own op usually finds it completed already: no hop
+            }
+        }
+        catch (Exception e)
+        {
+            return Task.FromException<T>(e); // as from the async method this was: a failed task, never a throw
         }
 
         return EnqueueWhenRoomAsync(op, cancellationToken);
