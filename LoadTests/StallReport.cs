@@ -100,11 +100,12 @@ public sealed record StallEpisode(double AtS, DateTime AtUtc, double DurationMs,
 
 /// <summary>What the broker did in the second around a stall (differences of two /metrics samples, or the later sample's gauge).</summary>
 public sealed record BrokerSecond(double FromS, double ToS, double Gen0, double Gen1, double Gen2, double GcPauseMs, double PoolThreads, double PoolQueue, double PoolWorkItems, double CpuMs, double AllocatedMb, double LockContentions,
-    double Commits, double SlowestCommitMsAtMost, double WalSyncs, double SlowestWalSyncMsAtMost);
+    double Commits, double SlowestCommitMsAtMost, double WalSyncs, double SlowestWalSyncMsAtMost, double WriteStallDelays = 0, double WriteStallStops = 0);
 
 /// <summary>Scrapes the broker's /metrics once a second during the measurement (the evidence for <see cref="StallRecorder"/>).</summary>
 public sealed class BrokerSampler
 {
+    private const string WriteStalls = "chatbroker_storage_rocksdb_write_stalls_total{";
     private readonly List<(long At, BrokerMetricsSample Sample)> _samples = [];
 
     public IReadOnlyList<(long At, BrokerMetricsSample Sample)> Samples => _samples;
@@ -165,7 +166,9 @@ public sealed class BrokerSampler
                         D("chatbroker_storage_commits_total"),
                         b.SlowestSince(a, "chatbroker_storage_commit_latency_milliseconds"),
                         D("chatbroker_storage_wal_syncs_total"),
-                        b.SlowestSince(a, "chatbroker_storage_wal_sync_latency_milliseconds"));
+                        b.SlowestSince(a, "chatbroker_storage_wal_sync_latency_milliseconds"),
+                        b.Find(WriteStalls, "kind=\"delay\"}") - a.Find(WriteStalls, "kind=\"delay\"}"),
+                        b.Find(WriteStalls, "kind=\"stop\"}") - a.Find(WriteStalls, "kind=\"stop\"}"));
                 }
             }
         }
@@ -298,7 +301,7 @@ public static class StallReport
             yield return FormattableString.Invariant($"  stall at +{e.AtS:0.000} s ({e.AtUtc:HH:mm:ss.fff} UTC), {e.DurationMs:0.0} ms long: {e.Messages} messages late, worst {e.WorstMs:0.0} ms");
             if (e.Broker is { } b)
             {
-                yield return FormattableString.Invariant($"    broker from +{b.FromS:0.00} to +{b.ToS:0.00} s: GC gen0 {b.Gen0} gen1 {b.Gen1} gen2 {b.Gen2}, pause {b.GcPauseMs:0.00} ms, allocated {b.AllocatedMb:0.0} MB; pool threads {b.PoolThreads}, queue {b.PoolQueue}, work items {b.PoolWorkItems}; CPU {b.CpuMs:0} ms; lock contentions {b.LockContentions}; commits {b.Commits} (slowest ≤ {b.SlowestCommitMsAtMost} ms), WAL fsyncs {b.WalSyncs} (slowest ≤ {b.SlowestWalSyncMsAtMost} ms)");
+                yield return FormattableString.Invariant($"    broker from +{b.FromS:0.00} to +{b.ToS:0.00} s: GC gen0 {b.Gen0} gen1 {b.Gen1} gen2 {b.Gen2}, pause {b.GcPauseMs:0.00} ms, allocated {b.AllocatedMb:0.0} MB; pool threads {b.PoolThreads}, queue {b.PoolQueue}, work items {b.PoolWorkItems}; CPU {b.CpuMs:0} ms; lock contentions {b.LockContentions}; commits {b.Commits} (slowest ≤ {b.SlowestCommitMsAtMost} ms), WAL fsyncs {b.WalSyncs} (slowest ≤ {b.SlowestWalSyncMsAtMost} ms); RocksDB write stalls {b.WriteStallDelays} delayed, {b.WriteStallStops} stopped");
             }
 
             foreach (var line in e.StorageLog)

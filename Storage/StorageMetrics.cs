@@ -29,5 +29,35 @@ internal static class StorageMetrics
 
     public static readonly Histogram<double> WalSyncLatency = Meter.CreateHistogram<double>("chatbroker.storage.wal_sync_latency", unit: "ms", description: "Time of one WAL fsync by the syncer thread.");
 
+    // The store whose write stalls the counter below reports: the last one opened (one per broker process).
+    private static Native.RocksDb? _stallSource;
+
+    /// <summary>RocksDB's own write stalls (rocksdb.cf-write-stall-stats summed over the families), by kind: the evidence
+    /// that a slow write waited for RocksDB (too many memtables, L0 files, pending compaction) rather than for the disk.</summary>
+    public static readonly ObservableCounter<long> WriteStalls = Meter.CreateObservableCounter("chatbroker.storage.rocksdb_write_stalls", ObserveWriteStalls,
+        description: "Writes RocksDB delayed (kind=delay) or stopped (kind=stop) because of too many memtables, L0 files or pending compaction bytes (rocksdb.cf-write-stall-stats; events, not time).");
+
+    public static void WatchWriteStalls(Native.RocksDb db) => Volatile.Write(ref _stallSource, db);
+
+    public static void UnwatchWriteStalls(Native.RocksDb db) => Interlocked.CompareExchange(ref _stallSource, null, db);
+
+    private static IEnumerable<Measurement<long>> ObserveWriteStalls()
+    {
+        if (Volatile.Read(ref _stallSource) is not { } db)
+        {
+            return [];
+        }
+
+        try
+        {
+            var (delays, stops) = db.WriteStallCounts();
+            return [new(delays, new KeyValuePair<string, object?>("kind", "delay")), new(stops, new KeyValuePair<string, object?>("kind", "stop"))];
+        }
+        catch (ObjectDisposedException)
+        {
+            return []; // closed between the read of the field and the call
+        }
+    }
+
     public static readonly Counter<long> SweptRecords = Meter.CreateCounter<long>("chatbroker.storage.swept_records", description: "Records removed by retention and idempotency expiry.");
 }

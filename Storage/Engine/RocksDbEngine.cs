@@ -13,7 +13,11 @@ internal sealed class RocksDbEngine : IKvEngine
 
     private readonly RocksDb _db;
 
-    public RocksDbEngine(RocksDb db) => _db = db;
+    public RocksDbEngine(RocksDb db)
+    {
+        _db = db;
+        StorageMetrics.WatchWriteStalls(db);
+    }
 
     public IKvBatch CreateBatch() => new Batch(new WriteBatch(_db));
 
@@ -46,7 +50,11 @@ internal sealed class RocksDbEngine : IKvEngine
         }
     }
 
-    public void Dispose() => _db.Dispose();
+    public void Dispose()
+    {
+        StorageMetrics.UnwatchWriteStalls(_db);
+        _db.Dispose();
+    }
 
     private sealed class Batch(WriteBatch native) : IKvBatch
     {

@@ -245,6 +245,78 @@ internal sealed unsafe class RocksDb : IDisposable
         return result;
     }
 
+    /// <summary>
+    /// Write stalls RocksDB has counted since the open, summed over the column families: writes it slowed down
+    /// (<c>total-delays</c>) and writes it stopped (<c>total-stops</c>) because of too many memtables, L0 files or
+    /// pending compaction bytes (the <c>rocksdb.cf-write-stall-stats</c> property). Event counts, not durations.
+    /// </summary>
+    public (long Delays, long Stops) WriteStallCounts()
+    {
+        long delays = 0, stops = 0;
+        var name = "rocksdb.cf-write-stall-stats\0"u8;
+        var added = false;
+        _db.DangerousAddRef(ref added);
+        try
+        {
+            for (var i = 0; i < _families.Length; i++)
+            {
+                var familyAdded = false;
+                _families[i].DangerousAddRef(ref familyAdded);
+                byte* text;
+                try
+                {
+                    fixed (byte* n = name)
+                    {
+                        text = RocksDbNative.rocksdb_property_value_cf(_db.DangerousGetHandle(), Family(i), n);
+                    }
+                }
+                finally
+                {
+                    _families[i].DangerousRelease();
+                }
+
+                if (text == null)
+                {
+                    continue;
+                }
+
+                var value = System.Runtime.InteropServices.MemoryMarshal.CreateReadOnlySpanFromNullTerminated(text);
+                delays += CountAfter(value, "total-delays: "u8);
+                stops += CountAfter(value, "total-stops: "u8);
+                RocksDbNative.rocksdb_free(text);
+            }
+        }
+        finally
+        {
+            _db.DangerousRelease();
+        }
+
+        return (delays, stops);
+    }
+
+    /// <summary>The decimal number after <paramref name="label"/> in <paramref name="text"/> (0 when absent).</summary>
+    internal static long CountAfter(ReadOnlySpan<byte> text, ReadOnlySpan<byte> label)
+    {
+        var at = text.IndexOf(label);
+        if (at < 0)
+        {
+            return 0;
+        }
+
+        long count = 0;
+        foreach (var b in text[(at + label.Length)..])
+        {
+            if (b is < (byte)'0' or > (byte)'9')
+            {
+                break;
+            }
+
+            count = checked((count * 10) + (b - '0'));
+        }
+
+        return count;
+    }
+
     /// <summary>An iterator over [lower, upper) of one column family (empty span = unbounded).</summary>
     public RocksIterator NewIterator(int family, ReadOnlySpan<byte> lower, ReadOnlySpan<byte> upper)
     {

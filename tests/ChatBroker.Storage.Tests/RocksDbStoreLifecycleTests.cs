@@ -21,6 +21,37 @@ public sealed class RocksDbStoreLifecycleTests : IDisposable
     };
 
     [Fact]
+    public void RocksDBs_write_stall_counts_are_exported_while_the_store_is_open()
+    {
+        // The text of rocksdb.cf-write-stall-stats as RocksDB 11.12 writes it.
+        var text = "Write Stall (count): cf-l0-file-count-limit-delays-with-ongoing-compaction: 0, l0-file-count-limit-stops: 2, memtable-limit-delays: 5, total-delays: 17, total-stops: 3\n"u8;
+        Assert.Equal(17, Native.RocksDb.CountAfter(text, "total-delays: "u8));
+        Assert.Equal(3, Native.RocksDb.CountAfter(text, "total-stops: "u8));
+        Assert.Equal(0, Native.RocksDb.CountAfter(text, "absent: "u8));
+
+        var seen = new List<(long Value, string Kind)>();
+        using var listener = new System.Diagnostics.Metrics.MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Name == "chatbroker.storage.rocksdb_write_stalls")
+            {
+                l.EnableMeasurementEvents(instrument);
+            }
+        };
+        listener.SetMeasurementEventCallback<long>((_, value, tags, _) => seen.Add((value, (string)tags[0].Value!)));
+        listener.Start();
+        using (RocksDbChatStore.Open(Options()))
+        {
+            listener.RecordObservableInstruments();
+            Assert.Equal([(0L, "delay"), (0L, "stop")], seen); // a fresh store has stalled nothing
+        }
+
+        seen.Clear();
+        listener.RecordObservableInstruments();
+        Assert.Empty(seen); // closed: nothing read from a disposed database
+    }
+
+    [Fact]
     public async Task A_reopened_store_counts_conversation_ids_past_its_counted_ones_not_past_drawn_or_derived_ones()
     {
         ulong group;
