@@ -378,13 +378,13 @@ public sealed record BrokerMetricsSample(IReadOnlyDictionary<string, double> All
     public double CpuSeconds => Get("process_cpu_time_seconds_total");
 
     /// <summary>
-    /// The broker's managed allocation and collections between two scrapes, per delivered message (closed-loop runs; the
-    /// paced runs' stall report has its own): what sets how often the GC runs.
+    /// The broker's managed allocation and collections between two scrapes, per delivered message (0 when none) and per
+    /// second, for closed-loop and paced runs alike: what sets how often the GC runs.
     /// </summary>
     public static void AddGcFigures(Dictionary<string, double> figures, BrokerMetricsSample before, BrokerMetricsSample after, long messages, double seconds)
     {
         var allocated = after.Get("dotnet_gc_heap_total_allocated_bytes_total") - before.Get("dotnet_gc_heap_total_allocated_bytes_total");
-        figures["broker_allocated_bytes_per_message"] = Math.Round(allocated / Math.Max(1, messages), 0);
+        figures["broker_allocated_bytes_per_message"] = messages > 0 ? Math.Round(allocated / messages, 0) : 0;
         figures["broker_gc_collections_per_s"] = Math.Round((after.Get("dotnet_gc_collections_total") - before.Get("dotnet_gc_collections_total")) / Math.Max(0.001, seconds), 1);
         figures["broker_gc_pause_ms_per_s"] = Math.Round((after.Get("dotnet_gc_pause_time_seconds_total") - before.Get("dotnet_gc_pause_time_seconds_total")) * 1000 / Math.Max(0.001, seconds), 2);
     }

@@ -280,9 +280,9 @@ public static class StallReport
                 var series = "dotnet_gc_collections_total{gc_heap_generation=\"" + generation + "\"}";
                 result.Figures[$"broker_{generation}_collections"] = b.Series(series) - a.Series(series);
             }
-            result.Figures["broker_allocated_bytes_per_message"] = result.Delivered > 0
-                ? Math.Round((b.Get("dotnet_gc_heap_total_allocated_bytes_total") - a.Get("dotnet_gc_heap_total_allocated_bytes_total")) / Math.Max(1, result.ThroughputPerS * ((sampler.Samples[^1].At - sampler.Samples[0].At) / (double)Stopwatch.Frequency)), 0)
-                : 0;
+            // Per message and per second, as the closed loops report them (messages in the sampled interval at the run's rate).
+            var seconds = (sampler.Samples[^1].At - sampler.Samples[0].At) / (double)Stopwatch.Frequency;
+            BrokerMetricsSample.AddGcFigures(result.Figures, a, b, result.Delivered > 0 ? (long)Math.Round(result.ThroughputPerS * seconds) : 0, seconds);
         }
     }
 
