@@ -162,6 +162,12 @@ internal sealed partial class MqttConnection
                 {
                     previous = existing.Connection;
                     existing.Connection = null;
+                    if (previous is not null && !cleanStart && existing.ExpirySeconds > 0)
+                    {
+                        // This connection continues the session: the old one's will, should it end after this, is not
+                        // sent [MQTT-3.1.3-9] (read under this lock by its EndAsync).
+                        previous._sessionResumedElsewhere = true;
+                    }
                     // A reconnect to the session within the will delay cancels the will [MQTT-3.1.3-9]; a clean start ends
                     // the old session, which sends it.
                     (pendingWill, existing.PendingWill) = (existing.PendingWill, null);

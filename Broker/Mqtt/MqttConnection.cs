@@ -44,6 +44,8 @@ internal sealed partial class MqttConnection : IDeviceLink, IThreadPoolWorkItem
     private string _user = "";
     private string _clientId = "";
     private string _disconnectReason = "closed";
+    // Set under the session's lock when a new connection took the session over and continues it (no clean start).
+    private bool _sessionResumedElsewhere;
 
     public MqttConnection(MqttBroker broker, IDeviceTransport transport, long connectionId, IConnectionOwner owner)
     {
@@ -432,10 +434,13 @@ internal sealed partial class MqttConnection : IDeviceLink, IThreadPoolWorkItem
                     delayed.PendingWill = will;
                     delayed.WillDueMs = Environment.TickCount64 + (Math.Min(_willDelaySeconds, delayed.ExpirySeconds) * 1000L);
                 }
-                else
+                else if (!_sessionResumedElsewhere)
                 {
-                    _will = will; // the session ends with this connection (or was taken over): at once
+                    _will = will; // the session ends with this connection (or a clean start ended it): at once
                 }
+
+                // else a new connection took the session over and continues it within the will delay: no will
+                // [MQTT-3.1.3-9] (before, a takeover processed ahead of this connection's end sent it at once).
             }
         }
 
