@@ -167,6 +167,31 @@ public sealed class EtcdCoordinator : IClusterCoordinator
         return View.Map.Epoch > map.Epoch ? View.Map : map;
     }
 
+    /// <summary>
+    /// <see cref="ReadMapAsync"/> for a one-shot command (the CLI's first request): retried as the node's start retries
+    /// its registration, for a few request timeouts while etcd misses the deadline or is unavailable — a busy or briefly
+    /// leaderless etcd, or this process's first request, which pays for setting up the gRPC client (compiled at its first
+    /// call: the broker runs without tiered compilation) inside the same deadline. A refusal, or the end of that window,
+    /// throws as <see cref="ReadMapAsync"/> does.
+    /// </summary>
+    public async Task<ClusterMap> ReadMapPatientlyAsync(CancellationToken cancellationToken)
+    {
+        var started = _time.GetTimestamp();
+        while (true)
+        {
+            try
+            {
+                return await ReadMapAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch (ClusterCoordinationException e) when (!cancellationToken.IsCancellationRequested
+                && e.InnerException is RpcException { StatusCode: StatusCode.DeadlineExceeded or StatusCode.Unavailable } or OperationCanceledException
+                && _time.GetElapsedTime(started) < _options.EtcdTimeout * StartAttemptsWindow)
+            {
+                await Task.Delay(_options.EtcdTimeout / 4, _time, cancellationToken).ConfigureAwait(false);
+            }
+        }
+    }
+
     public async Task<System.Collections.Immutable.ImmutableArray<NodeRegistration>> ReadLiveMembersAsync(CancellationToken cancellationToken)
     {
         RangeResponse response;

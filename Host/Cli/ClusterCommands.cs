@@ -48,7 +48,7 @@ internal static class ClusterCommands
         await using var coordinator = cluster.Coordinator;
         try
         {
-            var map = await coordinator.ReadMapAsync(cancellationToken).ConfigureAwait(false);
+            var map = await coordinator.ReadMapPatientlyAsync(cancellationToken).ConfigureAwait(false);
             var live = await coordinator.ReadLiveMembersAsync(cancellationToken).ConfigureAwait(false);
             Console.Out.Write(json
                 ? ClusterStatus.MapJson(map, live) + "\n"
@@ -77,8 +77,8 @@ internal static class ClusterCommands
         {
             // The node's own registration says where it is; a node that is down is known by the map or, if
             // it is this configuration's node, by the configuration.
+            var map = await coordinator.ReadMapPatientlyAsync(cancellationToken).ConfigureAwait(false);
             var live = await coordinator.ReadLiveMembersAsync(cancellationToken).ConfigureAwait(false);
-            var map = await coordinator.ReadMapAsync(cancellationToken).ConfigureAwait(false);
             if (FindLive(live, id) is { } registration)
             {
                 member = new ClusterMember(id, registration.MeshAddress, registration.ClientAddress, MemberState.Joining);
@@ -119,6 +119,17 @@ internal static class ClusterCommands
 
         await using var coordinator = cluster.Coordinator;
         var id = nodeId ?? cluster.Options.NodeId;
+        try
+        {
+            // The first request waits out a busy etcd (and this process's first gRPC call); the leave reads again.
+            await coordinator.ReadMapPatientlyAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (ClusterCoordinationException e)
+        {
+            Console.Error.WriteLine($"chatbroker cluster leave: leave {id}: refused, the map cannot be read: {e.Message}");
+            return Program.ExitFailure;
+        }
+
         var result = await new ClusterMembership(coordinator) { HandOverRanges = true }.LeaveAsync(id, cancellationToken).ConfigureAwait(false);
         return await ReportAsync("leave", id, result, coordinator, cancellationToken).ConfigureAwait(false);
     }
