@@ -115,14 +115,20 @@ for s in sorted(stalls, key=lambda s: s["at_s"]):
     log = s.get("storage_log") or []
     switch = " memtable switch in window" if any("New memtable created" in line for line in log) else ""
     # The cause named per stall, first match wins: RocksDB's own threads (a flush or compaction) ran a tenth of the
-    # window or more, or the window held a memtable switch; else both cores were busy (85 % or more: CPU
-    # saturation, the load itself and whatever else ran); a CPU idle for 2 ms or more while a thread was queued on it
-    # ranks before that (see late_wake_ms); else "cores idle" (a wait of ours: a lock, a commit, the GC).
+    # window or more, or the window held a memtable switch; with the cores not saturated, the slowest store commit of
+    # the stall's second took 25 ms or more and at least half the stall's worst delivery (the broker's metrics, a
+    # histogram bucket: with durability sync a commit waits for the WAL's fsync, i.e. the disk); a CPU stayed idle
+    # 2 ms or more, and at least 30 % of the worst delivery, while a thread was queued on it (see late_wake_ms); both
+    # cores were busy (85 % or more: CPU saturation, the load itself and whatever else ran); else "cores idle" (a
+    # wait of ours: a lock, the GC, or several of the above too short to name alone).
     rocks = sum(ms for name, ms in ran.items() if name.startswith("rocksdb:"))
     late = late_wake_ms(a, b)
+    commit = (s.get("broker") or {}).get("slowest_commit_ms_at_most") or 0
     if switch or rocks >= 0.1 * length_ms:
         cause = "flush or memtable switch"
-    elif late >= 2:
+    elif busy < 85 and commit >= 25 and commit >= s["worst_ms"] / 2:
+        cause = "slow commit"
+    elif late >= 2 and late >= 0.3 * s["worst_ms"]:
         cause = "idle vCPU woke late"
     elif busy >= 85:
         cause = "cores saturated"
@@ -132,7 +138,8 @@ for s in sorted(stalls, key=lambda s: s["at_s"]):
     if causes.get(second, (0, ""))[0] < s["duration_ms"]:
         causes[second] = (s["duration_ms"], cause)
     print(f"+{s['at_s']:.2f} s  {s['duration_ms']:.1f} ms long, worst {s['worst_ms']:.1f} ms, {s['messages']} late;"
-          f" CPUs {busy:.0f}% busy{switch}" + (f"; a CPU stayed idle {late:.1f} ms with a thread waiting for it" if late >= 1 else ""))
+          f" CPUs {busy:.0f}% busy{switch}" + (f"; a CPU stayed idle {late:.1f} ms with a thread waiting for it" if late >= 1 else "")
+          + (f"; slowest commit of its second ≤ {commit} ms" if commit >= 25 else ""))
     for name, ms in ran.most_common(top):
         print(f"    ran {ms:7.1f} ms  waited for a CPU {waited[name]:7.1f} ms (longest {longest[name]:.1f})  {name}")
 if busy_shares:
@@ -140,8 +147,8 @@ if busy_shares:
     print(f"CPU use in the stalls' windows: median {busy_shares[len(busy_shares) // 2]:.0f}%,"
           f" {sum(1 for x in busy_shares if x >= 85)} of {len(busy_shares)} at 85% or more")
 if causes:
-    print("Per second with a stall, the cause of its longest (flush or memtable switch > idle vCPU woke late > cores"
-          " saturated > cores idle):")
-    for cause in ("flush or memtable switch", "idle vCPU woke late", "cores saturated", "cores idle"):
+    print("Per second with a stall, the cause of its longest (flush or memtable switch > slow commit > idle vCPU woke"
+          " late > cores saturated > cores idle):")
+    for cause in ("flush or memtable switch", "slow commit", "idle vCPU woke late", "cores saturated", "cores idle"):
         seconds = sorted(sec for sec, (_, c) in causes.items() if c == cause)
         print(f"  {cause}: {len(seconds)}" + (f" (+{', +'.join(str(x) for x in seconds)} s)" if seconds else ""))
