@@ -13,8 +13,11 @@
 # time it was runnable but waiting for a CPU (with its longest single wait).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-out="${1:-${TMPDIR:-/tmp}/chatbroker-sched}"
-shift || true
+out="${TMPDIR:-/tmp}/chatbroker-sched"
+if [ $# -gt 0 ] && [ "$1" != "--" ]; then
+  out="$1"
+  shift
+fi
 [ "${1:-}" = "--" ] && shift
 if ! command -v perf >/dev/null; then
   echo "run-sched.sh: perf is missing (apt-get install linux-perf)" >&2

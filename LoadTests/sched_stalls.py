@@ -79,6 +79,8 @@ def late_wake_ms(a, b):
         worst = max(worst, (min(y, b) - max(x, a)) * 1000)
         i += 1
     return worst
+
+
 stalls = run.get("stalls") or []
 cores = max(1, len(cpus))
 

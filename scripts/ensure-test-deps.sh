@@ -3,7 +3,8 @@
 #   - Debian's chromium-headless-shell and fonts-dejavu-core: the browser tests (tests/ChatBroker.Web.Tests);
 #   - etcd (Debian's etcd-server): the cluster tests start their own;
 #   - python3 with grpcio and protobuf: the mesh test calls the mesh from a standard gRPC client (python3 also
-#     starts a broker with its signals blocked or ignored, BrokerProcessTests);
+#     starts a broker with its signals blocked or ignored, BrokerProcessTests, and runs LoadTests/sched_stalls.py,
+#     SchedStallsScriptTests);
 #   - python3-paho-mqtt and mosquitto-clients (mosquitto_pub, mosquitto_sub): the MQTT conformance tests
 #     (tests/ChatBroker.Mqtt.Tests) drive the MQTT listener with these standard clients;
 #   - iproute2 ('ip'): scripts/loopback-only.sh (the browser tests) and the network-namespace cluster tests
