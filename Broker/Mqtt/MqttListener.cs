@@ -33,12 +33,15 @@ internal static partial class MqttLog
 }
 
 /// <summary>Starts an <see cref="MqttConnection"/> for each accepted connection (plain TCP, or TLS after the handshake).</summary>
-internal sealed class MqttConnectionHandler(MqttBroker broker) : ISocketConnectionHandler, IMqttWebSocketHandler
+internal sealed class MqttConnectionHandler(MqttBroker broker) : IPolledConnectionHandler, IMqttWebSocketHandler
 {
     public MqttBroker Broker { get; } = broker;
 
+    public ReadinessPoller? Poller => ReadinessPoller.For(Broker.Context.Options.Tcp);
+
+    // Only without the readiness poller (tcp.readiness_poller = false, or not Linux x64): .NET's socket and its async state.
     public void Start(Socket socket, long connectionId, IConnectionOwner owner) =>
-        Start(PolledSocketTransport.ForAccepted(socket, Broker.Context.Options.Tcp), connectionId, owner);
+        Start(new SocketTransport(socket), connectionId, owner);
 
     public void Start(IDeviceTransport transport, long connectionId, IConnectionOwner owner) =>
         ThreadPool.UnsafeQueueUserWorkItem(new MqttConnection(Broker, transport, connectionId, owner), preferLocal: false);

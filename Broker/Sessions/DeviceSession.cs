@@ -7,6 +7,7 @@ using ChatBroker.Protocol;
 using ChatBroker.Protocol.Messages;
 using ChatBroker.Storage;
 using Google.Protobuf;
+using Microsoft.Extensions.Logging;
 
 namespace ChatBroker.Broker.Sessions;
 
@@ -109,7 +110,6 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
         // the session is registered): an idle authenticated connection holds no timer.
         var handshake = resumed ? default : _context.Handshakes.Next();
         var closeReason = ReasonCode.NormalDisconnect;
-        var remote = _transport.RemoteEndPoint;
         Exception? failure = null;
         // Received bytes not parsed yet are buffer[0..length): never more than one frame, which FrameReader
         // bounds by tcp.max_frame_bytes before its body arrives. No buffer while length is 0.
@@ -246,17 +246,17 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
         {
             if (!waiting)
             {
-                await EndRunAsync(buffer, closeReason, remote, failure).ConfigureAwait(false);
+                await EndRunAsync(buffer, closeReason, failure).ConfigureAwait(false);
             }
         }
     }
 
     // The read loop has ended for good: the session's end, then the transport and the listener's count.
-    private async Task EndRunAsync(byte[]? buffer, ReasonCode closeReason, System.Net.EndPoint? remote, Exception? failure)
+    private async Task EndRunAsync(byte[]? buffer, ReasonCode closeReason, Exception? failure)
     {
         try
         {
-            await EndAsync(buffer, closeReason, remote).ConfigureAwait(false);
+            await EndAsync(buffer, closeReason).ConfigureAwait(false);
         }
         catch (Exception e)
         {
@@ -270,7 +270,7 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
     }
 
     // The read loop has stopped: let a close started elsewhere finish, leave the registry, record why.
-    private async Task EndAsync(byte[]? buffer, ReasonCode closeReason, System.Net.EndPoint? remote)
+    private async Task EndAsync(byte[]? buffer, ReasonCode closeReason)
     {
         if (buffer is not null)
         {
@@ -307,7 +307,11 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
             RecordDisconnect(closeReason);
         }
 
-        Log.ConnectionClosed(_context.Logger, _connectionId, remote, _closeReason.ToString());
+        if (_context.Logger.IsEnabled(LogLevel.Debug))
+        {
+            // Asked for here, not held by the session: the transport is still open (it is closed after this).
+            Log.ConnectionClosed(_context.Logger, _connectionId, _transport.RemoteEndPoint, _closeReason.ToString());
+        }
     }
 
     /// <summary>The per-connection rate limits (limits.*), each a token bucket.</summary>
@@ -453,14 +457,17 @@ internal sealed partial class DeviceSession : IDeviceLink, IOutboxOwner, IThread
 }
 
 /// <summary>Creates a <see cref="DeviceSession"/> for each accepted connection, and closes them all on shutdown.</summary>
-internal sealed class DeviceConnectionHandler(BrokerContext context) : ISocketConnectionHandler, IDeviceConnectionHandler
+internal sealed class DeviceConnectionHandler(BrokerContext context) : IPolledConnectionHandler, IDeviceConnectionHandler
 {
     private readonly Lock _lock = new();
     private readonly List<CancellationToken> _watched = [];
     private CancellationToken _lastWatched;
 
+    public ReadinessPoller? Poller => ReadinessPoller.For(context.Options.Tcp);
+
+    // Only without the readiness poller (tcp.readiness_poller = false, or not Linux x64): .NET's socket and its async state.
     public void Start(Socket socket, long connectionId, IConnectionOwner owner) =>
-        Start(PolledSocketTransport.ForAccepted(socket, context.Options.Tcp), connectionId, owner);
+        Start(new SocketTransport(socket), connectionId, owner);
 
     /// <summary>Starts a session over any transport (the socket listener's, or an in-memory one in tests).</summary>
     public void Start(IDeviceTransport transport, long connectionId, IConnectionOwner owner)

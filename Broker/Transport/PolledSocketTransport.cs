@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
@@ -10,13 +11,15 @@ namespace ChatBroker.Broker.Transport;
 /// (<see cref="ReadinessPoller"/>, setting <c>tcp.readiness_poller</c>) and receives and sends with non-blocking
 /// system calls on the socket's descriptor, so an idle connection holds none of .NET's per-socket async state
 /// (<c>SocketAsyncContext</c>, the cached awaitable event args, a receive operation and its callback: ≈ 640
-/// bytes). What it holds instead is this object (the wait's completion source and a slot in its loop's table).
+/// bytes), nor a <see cref="Socket"/> at all (the listener accepted a bare descriptor: ≈ 190 bytes more). What it
+/// holds instead is this object (the wait's completion source, the peer's address, a slot in its loop's table)
+/// and a <see cref="DescriptorHandle"/>.
 /// <para>
 /// A wait is one <c>EPOLLONESHOT</c> arming; the loop's event completes it (on the loop's thread with
 /// tcp.inline_completions, else on the pool). A receive is one <c>recv(MSG_DONTWAIT)</c>; should it find nothing
 /// (a spurious wake) it waits again. A send is one <c>send(MSG_DONTWAIT)</c>; what the socket buffer does not take
 /// at once goes on through <see cref="SocketTransport"/>'s pooled event args (a slow consumer: only then does the
-/// socket get .NET's async state). The descriptor is used under the socket's handle reference count, so a
+/// connection get a .NET Socket and its async state). The descriptor is used under its handle's reference count, so a
 /// <see cref="Close"/> from another thread can never make a call land on a reused descriptor.
 /// </para>
 /// </summary>
@@ -26,11 +29,18 @@ public sealed partial class PolledSocketTransport : IDeviceTransport, INotifying
     private const int MsgNoSignal = 0x4000;
     private const int EAgain = 11;
     private const int EIntr = 4;
+    private const int AfInet = 2;
+    private const int AfInet6 = 10;
+    private const int ShutRdWr = 2;
 
     private const int Idle = 0;
     private const int Waiting = 1;
 
-    private readonly Socket _socket;
+    private readonly DescriptorHandle _handle;
+    // The peer's address, kept small: IPv4 as address << 16 | port with bit 48 set, IPv6 in _peer6 (16 address
+    // bytes, port, scope id). An IPEndPoint and its IPAddress would hold 72 bytes for every idle connection.
+    private readonly ulong _peer;
+    private readonly byte[]? _peer6;
     private readonly ReadinessPoller.Loop _loop;
     private readonly int _slot;
     private readonly int _generation;
@@ -45,25 +55,63 @@ public sealed partial class PolledSocketTransport : IDeviceTransport, INotifying
     private bool _armedBefore;
     private volatile bool _closed;
 
-    internal PolledSocketTransport(Socket socket, ReadinessPoller poller)
+    /// <summary>
+    /// Takes over <paramref name="handle"/>, a connected non-blocking TCP descriptor accepted without a .NET
+    /// <see cref="Socket"/> (<see cref="DescriptorAcceptor"/>), whose peer is the <c>sockaddr</c> in
+    /// <paramref name="peerAddress"/>.
+    /// </summary>
+    internal PolledSocketTransport(DescriptorHandle handle, ReadOnlySpan<byte> peerAddress, ReadinessPoller poller)
     {
-        _socket = socket;
+        _handle = handle;
+        (_peer, _peer6) = CompactPeer(peerAddress);
         _loop = poller.Pick();
         _inline = poller.InlineCompletions;
         _wait.RunContinuationsAsynchronously = !_inline;
         (_slot, _generation) = _loop.Add(this);
     }
 
-    public EndPoint? RemoteEndPoint => SocketTransport.RemoteEndPointOf(_socket);
+    /// <summary>The peer's address (made on each call: only logs ask for it), also after <see cref="Close"/>.</summary>
+    public EndPoint? RemoteEndPoint
+    {
+        get
+        {
+            if (_peer6 is { } v6)
+            {
+                return new IPEndPoint(new IPAddress(v6.AsSpan(0, 16), BinaryPrimitives.ReadUInt32LittleEndian(v6.AsSpan(18))),
+                    BinaryPrimitives.ReadUInt16BigEndian(v6.AsSpan(16)));
+            }
 
-    /// <summary>
-    /// The transport for a socket accepted by a plain TCP listener (native or MQTT): this one where the settings
-    /// (<c>tcp.readiness_poller</c>) and the platform allow, else <see cref="SocketTransport"/>.
-    /// </summary>
-    internal static IDeviceTransport ForAccepted(Socket socket, Configuration.TcpOptions tcp) =>
-        tcp.ReadinessPoller && ReadinessPoller.IsSupported
-            ? new PolledSocketTransport(socket, ReadinessPoller.Shared(tcp.InlineCompletions))
-            : new SocketTransport(socket);
+            if (_peer == 0)
+            {
+                return null;
+            }
+
+            Span<byte> v4 = stackalloc byte[4];
+            BinaryPrimitives.WriteUInt32BigEndian(v4, (uint)(_peer >> 16));
+            return new IPEndPoint(new IPAddress(v4), (ushort)_peer);
+        }
+    }
+
+    // sockaddr_in: family (2, host order), port (2, network order), address (4). sockaddr_in6: family, port,
+    // flow info (4), address (16), scope id (4, host order).
+    private static (ulong Peer, byte[]? Peer6) CompactPeer(ReadOnlySpan<byte> address)
+    {
+        if (address.Length >= 8 && BinaryPrimitives.ReadUInt16LittleEndian(address) == AfInet)
+        {
+            return (1UL << 48 | (ulong)BinaryPrimitives.ReadUInt32BigEndian(address[4..]) << 16 | BinaryPrimitives.ReadUInt16BigEndian(address[2..]), null);
+        }
+
+        if (address.Length >= 28 && BinaryPrimitives.ReadUInt16LittleEndian(address) == AfInet6)
+        {
+            var v6 = new byte[22];
+            address.Slice(8, 16).CopyTo(v6);
+            address.Slice(2, 2).CopyTo(v6.AsSpan(16));
+            address.Slice(24, 4).CopyTo(v6.AsSpan(18));
+            return (0, v6);
+        }
+
+        return (0, null);
+    }
 
     public ValueTask<int> WaitReadableAsync(CancellationToken cancellationToken)
     {
@@ -135,7 +183,7 @@ public sealed partial class PolledSocketTransport : IDeviceTransport, INotifying
     public bool Send(byte[] buffer, int length, ITransportSendCompletion completion, out bool sent)
     {
         var offset = 0;
-        var handle = _socket.SafeHandle;
+        var handle = _handle;
         var added = false;
         try
         {
@@ -192,7 +240,49 @@ public sealed partial class PolledSocketTransport : IDeviceTransport, INotifying
             return true;
         }
 
-        return (_slowSends ??= new SocketTransport(_socket)).Send(buffer, offset, length - offset, completion, out sent);
+        var slow = Volatile.Read(ref _slowSends) ?? SlowSends();
+        if (slow is null)
+        {
+            sent = false; // closed meanwhile
+            return true;
+        }
+
+        return slow.Send(buffer, offset, length - offset, completion, out sent);
+    }
+
+    // A slow consumer: only now does the connection get a .NET Socket and its async state, over a second descriptor
+    // of its own (dup) that the Socket owns and closes gracefully. Null when the transport closed meanwhile.
+    private SocketTransport? SlowSends()
+    {
+        var fd = _closed ? -1 : _handle.Duplicate();
+        if (fd < 0)
+        {
+            return null;
+        }
+
+        SocketTransport created;
+        try
+        {
+            created = new SocketTransport(new Socket(new SafeSocketHandle(fd, ownsHandle: true)));
+        }
+        catch (SocketException)
+        {
+            new DescriptorHandle(fd).Dispose();
+            return null;
+        }
+
+        if (Interlocked.CompareExchange(ref _slowSends, created, null) is { } existing)
+        {
+            created.Close(); // another send made one first
+            return existing;
+        }
+
+        if (_closed)
+        {
+            created.Close(); // Close ran between the check above and the exchange, and may not have seen it
+        }
+
+        return created;
     }
 
     public void Close()
@@ -203,17 +293,29 @@ public sealed partial class PolledSocketTransport : IDeviceTransport, INotifying
         }
 
         _closed = true;
+        var added = false;
         try
         {
-            _socket.Shutdown(SocketShutdown.Both);
+            _handle.DangerousAddRef(ref added);
+            shutdown((int)_handle.DangerousGetHandle(), ShutRdWr); // the peer sees the end even while a send still holds the handle
         }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        catch (ObjectDisposedException)
         {
+        }
+        finally
+        {
+            if (added)
+            {
+                _handle.DangerousRelease();
+            }
         }
 
         // Closed before the pending wait ends, so whatever that wakes (a session notified inline, on this very
-        // stack) finds the socket closed rather than empty.
-        _socket.Close();
+        // stack) finds the socket closed rather than empty. A slow send's Socket (its own descriptor) ends its
+        // pending send; ours is closed once no call holds the handle any more.
+        Interlocked.MemoryBarrier(); // _closed is seen by a SlowSends that exchanges after the read below
+        Volatile.Read(ref _slowSends)?.Close();
+        _handle.Dispose();
         _loop.Remove(_slot, _generation);
         Complete(0);
     }
@@ -258,7 +360,7 @@ public sealed partial class PolledSocketTransport : IDeviceTransport, INotifying
 
     private bool Arm()
     {
-        var handle = _socket.SafeHandle;
+        var handle = _handle;
         var added = false;
         try
         {
@@ -283,7 +385,7 @@ public sealed partial class PolledSocketTransport : IDeviceTransport, INotifying
     // Bytes received (0: the peer closed), or -1 when nothing is there yet.
     private int TryReceive(Span<byte> buffer)
     {
-        var handle = _socket.SafeHandle;
+        var handle = _handle;
         var added = false;
         try
         {
@@ -349,6 +451,9 @@ public sealed partial class PolledSocketTransport : IDeviceTransport, INotifying
 
     [LibraryImport("libc", SetLastError = true)]
     private static unsafe partial nint recv(int fd, byte* buffer, nint length, int flags);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int shutdown(int fd, int how);
 
     [LibraryImport("libc", SetLastError = true)]
     private static unsafe partial nint send(int fd, byte* buffer, nint length, int flags);

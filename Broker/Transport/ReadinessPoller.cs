@@ -64,7 +64,12 @@ internal sealed unsafe partial class ReadinessPoller
         }
     }
 
+    /// <summary>The shared loops when <c>tcp.readiness_poller</c> is on and the platform has them, else null.</summary>
+    public static ReadinessPoller? For(Configuration.TcpOptions tcp) =>
+        tcp.ReadinessPoller && IsSupported ? Shared(tcp.InlineCompletions) : null;
+
     /// <summary>A loop for a new connection (round robin).</summary>
+
     public Loop Pick() => _loops[(int)((uint)Interlocked.Increment(ref _next) % (uint)_loops.Length)];
 
     [StructLayout(LayoutKind.Sequential, Pack = 1)]

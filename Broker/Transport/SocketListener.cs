@@ -33,6 +33,9 @@ public interface IConnectionOwner
 /// The native protocol's TCP listener: a plain socket accept loop rather than Kestrel, because an idle
 /// connection here costs ~2.0 KB against Kestrel's ~5.2 KB (measured at 15k connections), and a million idle
 /// phones is the goal. Accepting is bounded by tcp.max_connections; the excess is closed at once and counted.
+/// A handler that takes bare descriptors (<see cref="IPolledConnectionHandler"/>: native and MQTT plain TCP with
+/// tcp.readiness_poller) gets them from one thread per listener waiting in accept4 (<see cref="DescriptorAcceptor"/>);
+/// others get .NET sockets from a few concurrent AcceptAsync loops.
 /// The TLS listener is the same loop on tls.listen with a <see cref="TlsConnectionHandler"/>, which runs the
 /// handshake before the session starts (tcp.max_connections bounds each listener).
 /// </summary>
@@ -98,6 +101,20 @@ public sealed class SocketListener : IHostedService, IConnectionOwner, IAsyncDis
 
         _socket = socket;
         _logListening(_logger, (IPEndPoint)socket.LocalEndPoint!);
+        if (_handler is IPolledConnectionHandler { Poller: { } poller } polled && DescriptorAcceptor.IsSupported)
+        {
+            // Accepted connections inherit TCP_NODELAY from the listening socket (Linux): no setsockopt per connect.
+            socket.NoDelay = true;
+            var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            new Thread(() => AcceptDescriptors(socket, polled, poller, done))
+            {
+                IsBackground = true,
+                Name = $"ChatBroker accept {_listenSetting}",
+            }.Start();
+            _acceptLoop = done.Task;
+            return Task.CompletedTask;
+        }
+
         var loops = new Task[AcceptLoops];
         for (var i = 0; i < loops.Length; i++)
         {
@@ -138,18 +155,13 @@ public sealed class SocketListener : IHostedService, IConnectionOwner, IAsyncDis
                 continue;
             }
 
-            _metrics.ConnectionsAccepted.Add(1);
-            if (Interlocked.Increment(ref _open) > _maxConnections)
+            if (!Admit())
             {
-                Interlocked.Decrement(ref _open);
-                _metrics.ConnectionsRejected.Add(1);
-                Log.ConnectionLimitReached(_logger, _maxConnections);
                 client.Dispose();
                 continue;
             }
 
             client.NoDelay = true;
-            _metrics.ConnectionsOpen.Add(1);
             var id = Interlocked.Increment(ref _nextConnectionId);
             try
             {
@@ -161,6 +173,88 @@ public sealed class SocketListener : IHostedService, IConnectionOwner, IAsyncDis
                 ((IConnectionOwner)this).Release(id, e);
             }
         }
+    }
+
+    // The native protocol's and MQTT's plain TCP with tcp.readiness_poller: one thread waits in accept4 and hands
+    // each descriptor to the handler as a PolledSocketTransport (DescriptorAcceptor says why). Nothing in the loop
+    // waits on a connection: a transport and a queued session start are all it makes per accept.
+    private void AcceptDescriptors(Socket listener, IPolledConnectionHandler handler, ReadinessPoller poller, TaskCompletionSource done)
+    {
+        Span<byte> address = stackalloc byte[DescriptorAcceptor.AddressBytes];
+        try
+        {
+            while (!_stopping.IsCancellationRequested)
+            {
+                var client = DescriptorAcceptor.Accept(listener.SafeHandle, address, out var addressLength, out var errno);
+                if (client is null)
+                {
+                    if (_stopping.IsCancellationRequested)
+                    {
+                        break; // Stop woke the call
+                    }
+
+                    if (errno is DescriptorAcceptor.EIntr or DescriptorAcceptor.EAgain || errno == ConnectionAbortedErrno)
+                    {
+                        continue;
+                    }
+
+                    // Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), or anything unforeseen: say so
+                    // and back off briefly instead of spinning on accept; the loop never gives up while running.
+                    Log.AcceptFailed(_logger, new System.ComponentModel.Win32Exception(errno));
+                    _stopping.Token.WaitHandle.WaitOne(50);
+                    continue;
+                }
+
+                if (!Admit())
+                {
+                    client.Dispose();
+                    continue;
+                }
+
+                var id = Interlocked.Increment(ref _nextConnectionId);
+                PolledSocketTransport? transport = null;
+                try
+                {
+                    transport = new PolledSocketTransport(client, address[..addressLength], poller);
+                    handler.Start(transport, id, this);
+                }
+                catch (Exception e)
+                {
+                    if (transport is null)
+                    {
+                        client.Dispose();
+                    }
+                    else
+                    {
+                        transport.Close();
+                    }
+
+                    ((IConnectionOwner)this).Release(id, e);
+                }
+            }
+        }
+        finally
+        {
+            done.TrySetResult();
+        }
+    }
+
+    private const int ConnectionAbortedErrno = 103; // ECONNABORTED: the peer reset before the accept
+
+    // Counts an accepted connection against tcp.max_connections: false (counted as rejected) when over.
+    private bool Admit()
+    {
+        _metrics.ConnectionsAccepted.Add(1);
+        if (Interlocked.Increment(ref _open) > _maxConnections)
+        {
+            Interlocked.Decrement(ref _open);
+            _metrics.ConnectionsRejected.Add(1);
+            Log.ConnectionLimitReached(_logger, _maxConnections);
+            return false;
+        }
+
+        _metrics.ConnectionsOpen.Add(1);
+        return true;
     }
 
     CancellationToken IConnectionOwner.Stopping => _stopping.Token;
@@ -187,7 +281,12 @@ public sealed class SocketListener : IHostedService, IConnectionOwner, IAsyncDis
         }
 
         await _stopping.CancelAsync().ConfigureAwait(false);
-        _socket?.Dispose();
+        if (_socket is not null)
+        {
+            DescriptorAcceptor.Wake(_socket.SafeHandle); // a thread waiting in accept4 returns
+            _socket.Dispose();
+        }
+
         if (_acceptLoop is not null)
         {
             await _acceptLoop.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);

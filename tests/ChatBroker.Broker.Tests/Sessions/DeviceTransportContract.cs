@@ -169,26 +169,87 @@ internal interface ITransportPeer : IAsyncDisposable
 /// <summary>The same contract over the broker's own epoll loops (tcp.readiness_poller), where the platform has them.</summary>
 public sealed class PolledSocketTransportTests : DeviceTransportContract
 {
+    private IPEndPoint? _client;
+
     private protected override async Task<(IDeviceTransport Transport, ITransportPeer Peer)> ConnectAsync(int peerBufferBytes)
     {
-        var (server, client) = await SocketTransportTests.LoopbackPairAsync(peerBufferBytes);
-        return (new PolledSocketTransport(server, ReadinessPoller.Shared(inlineCompletions: false)), SocketTransportTests.PeerOf(client));
+        // Accepted as the listener accepts: a descriptor from accept4, no .NET Socket on the broker's side.
+        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.SendBufferSize = peerBufferBytes; // the accepted connection inherits it
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen(1);
+        var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { ReceiveBufferSize = peerBufferBytes };
+        await client.ConnectAsync(listener.LocalEndPoint!);
+        _client = (IPEndPoint)client.LocalEndPoint!;
+        var address = new byte[DescriptorAcceptor.AddressBytes];
+        var handle = DescriptorAcceptor.Accept(listener.SafeHandle, address, out var length, out var errno);
+        Assert.True(handle is not null, $"accept4 failed: errno {errno}");
+        return (new PolledSocketTransport(handle, address.AsSpan(0, length), ReadinessPoller.Shared(inlineCompletions: false)), SocketTransportTests.PeerOf(client));
     }
 
     [Fact]
     public async Task An_idle_wait_leaves_the_socket_without_dotnet_receive_state()
     {
-        // What tcp.readiness_poller is for: waiting costs a one-shot epoll registration, no SocketAsyncContext.
+        // What tcp.readiness_poller is for: waiting costs a one-shot epoll registration, no Socket, no SocketAsyncContext.
         var wait = Transport.WaitReadableAsync(CancellationToken.None).AsTask();
-        var context = typeof(Socket).GetField("_asyncContext", System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance)
-            ?? typeof(SafeSocketHandle).GetField("_asyncContext", System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance);
-        var socket = (Socket)typeof(PolledSocketTransport).GetField("_socket", System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance)!.GetValue(Transport)!;
-        Assert.NotNull(context);
-        Assert.Null(context!.GetValue(context.DeclaringType == typeof(Socket) ? socket : socket.SafeHandle));
+        const System.Reflection.BindingFlags Private = System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance;
+        Assert.Null(typeof(PolledSocketTransport).GetField("_slowSends", Private)!.GetValue(Transport));
+        Assert.DoesNotContain(typeof(PolledSocketTransport).GetFields(Private), f => f.FieldType == typeof(Socket) || f.FieldType == typeof(SafeSocketHandle) || f.FieldType == typeof(EndPoint) || f.FieldType == typeof(IPEndPoint));
 
         await Peer.WriteAsync([9]);
         await wait.WaitAsync(TestDevice.Timeout);
         Assert.Equal(1, await Transport.ReceiveAsync(new byte[4], CancellationToken.None));
+    }
+
+    [Fact]
+    public async Task A_slow_send_goes_on_over_a_descriptor_of_its_own_that_close_also_closes()
+    {
+        var completion = new SendCompletion();
+        var buffer = new byte[64 * 1024];
+        while (Transport.Send(buffer, buffer.Length, completion, out var sent))
+        {
+            Assert.True(sent);
+        }
+
+        // The rest waits in .NET's asynchronous send, on a duplicate of the descriptor owned by its Socket.
+        const System.Reflection.BindingFlags Private = System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance;
+        var slow = (SocketTransport)typeof(PolledSocketTransport).GetField("_slowSends", Private)!.GetValue(Transport)!;
+        var socket = (Socket)typeof(SocketTransport).GetField("_socket", Private)!.GetValue(slow)!;
+        var handle = (DescriptorHandle)typeof(PolledSocketTransport).GetField("_handle", Private)!.GetValue(Transport)!;
+        Assert.NotEqual(handle.DangerousGetHandle(), socket.SafeHandle.DangerousGetHandle());
+
+        Transport.Close();
+
+        Assert.False(await completion.Next(buffer)); // the pending send ends, unsent
+        Assert.True(socket.SafeHandle.IsClosed);
+        Assert.True(handle.IsClosed);
+    }
+
+    [Fact]
+    public void The_peer_address_is_the_clients_and_still_known_after_close()
+    {
+        Assert.Equal(_client, Transport.RemoteEndPoint);
+        Transport.Close();
+        Assert.Equal(_client, Transport.RemoteEndPoint); // the closed-connection log asks for it
+    }
+
+    [Fact]
+    public void An_IPv6_peer_address_comes_back_whole()
+    {
+        // sockaddr_in6 as Linux writes it: family 10 (host order), port 0x1F90 (network order), flow info, address, scope id 3.
+        var address = new byte[28];
+        address[0] = 10;
+        address[2] = 0x1F;
+        address[3] = 0x90;
+        var ip = IPAddress.Parse("fe80::1:2:3:4");
+        ip.GetAddressBytes().CopyTo(address, 8);
+        address[24] = 3;
+        using var handle = new DescriptorHandle(-1);
+
+        var transport = new PolledSocketTransport(handle, address, ReadinessPoller.Shared(inlineCompletions: false));
+
+        Assert.Equal(new IPEndPoint(new IPAddress(ip.GetAddressBytes(), 3), 0x1F90), transport.RemoteEndPoint);
+        transport.Close();
     }
 }
 
