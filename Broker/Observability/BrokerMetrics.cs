@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
+using System.Runtime.InteropServices;
 
 namespace ChatBroker.Broker.Observability;
 
@@ -8,7 +9,7 @@ namespace ChatBroker.Broker.Observability;
 /// by the listener; process figures are observed at scrape time. Runtime figures (GC, thread pool, heap)
 /// come from .NET's built-in "System.Runtime" meter, which <see cref="PrometheusExporter"/> also exports.
 /// </summary>
-public sealed class BrokerMetrics : IDisposable
+public sealed partial class BrokerMetrics : IDisposable
 {
     public const string MeterName = "ChatBroker";
 
@@ -92,15 +93,52 @@ public sealed class BrokerMetrics : IDisposable
 
     public void Dispose() => _meter.Dispose();
 
-    private static long CountOpenFiles()
+    /// <summary>
+    /// The entries of /proc/self/fd, read with readdir and nothing else: no name strings and no stat of each
+    /// descriptor's link (Directory.GetFiles did both, ~15,000 stat calls per scrape at 15,000 connections; at a
+    /// million a scrape would have cost seconds of CPU). The directory's own descriptor is not counted. 0 where
+    /// there is no /proc.
+    /// </summary>
+    internal static unsafe long CountOpenFiles()
     {
-        try
-        {
-            return Directory.Exists("/proc/self/fd") ? Directory.GetFiles("/proc/self/fd").Length : 0;
-        }
-        catch (IOException)
+        if (!OperatingSystem.IsLinux())
         {
             return 0;
         }
+
+        var directory = opendir("/proc/self/fd");
+        if (directory == 0)
+        {
+            return 0;
+        }
+
+        try
+        {
+            long entries = 0;
+            byte* entry;
+            while ((entry = readdir(directory)) != null)
+            {
+                // struct dirent (glibc, 64-bit): d_ino 8, d_off 8, d_reclen 2, d_type 1, then d_name.
+                if (entry[19] != (byte)'.')
+                {
+                    entries++;
+                }
+            }
+
+            return Math.Max(0, entries - 1);
+        }
+        finally
+        {
+            _ = closedir(directory);
+        }
     }
+
+    [LibraryImport("libc", StringMarshalling = StringMarshalling.Utf8)]
+    private static partial nint opendir(string name);
+
+    [LibraryImport("libc")]
+    private static unsafe partial byte* readdir(nint directory);
+
+    [LibraryImport("libc")]
+    private static partial int closedir(nint directory);
 }
