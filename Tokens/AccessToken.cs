@@ -85,35 +85,87 @@ public static class AccessToken
             return TokenStatus.Malformed;
         }
 
-        if (!Base64Url.TryDecode(token.AsSpan(0, firstDot), out var header) ||
-            !Base64Url.TryDecode(token.AsSpan(firstDot + 1, secondDot - firstDot - 1), out var payload) ||
-            !Base64Url.TryDecode(token.AsSpan(secondDot + 1), out var signature))
+        // Decoded in place: a token is at most MaxLength characters, so its parts fit on the stack (3 KB at most).
+        Span<byte> decoded = stackalloc byte[MaxLength / 4 * 3];
+        if (!Base64Url.TryDecode(token.AsSpan(0, firstDot), decoded, out var headerLength) ||
+            !Base64Url.TryDecode(token.AsSpan(firstDot + 1, secondDot - firstDot - 1), decoded[headerLength..], out var payloadLength) ||
+            !Base64Url.TryDecode(token.AsSpan(secondDot + 1), decoded[(headerLength + payloadLength)..], out var signatureLength))
         {
             return TokenStatus.Malformed;
         }
 
-        string? alg;
-        string? kid;
-        string? user;
-        string? device;
-        long exp;
+        var header = decoded[..headerLength];
+        var payload = decoded.Slice(headerLength, payloadLength);
+        var signature = decoded.Slice(headerLength + payloadLength, signatureLength);
+        string? alg = null;
+        string? kid = null;
+        string? user = null;
+        string? device = null;
+        long? exp = null;
         long iat = 0;
         try
         {
-            using var headerDoc = JsonDocument.Parse(header);
-            alg = GetString(headerDoc.RootElement, "alg");
-            kid = GetString(headerDoc.RootElement, "kid");
-            using var payloadDoc = JsonDocument.Parse(payload);
-            user = GetString(payloadDoc.RootElement, "sub");
-            device = GetString(payloadDoc.RootElement, "dev");
-            if (!payloadDoc.RootElement.TryGetProperty("exp", out var expElement) || !expElement.TryGetInt64(out exp))
+            // Top-level members only, the last of a repeated name counting (as JsonElement.TryGetProperty reads them).
+            var reader = new Utf8JsonReader(header);
+            if (!StartObject(ref reader))
             {
                 return TokenStatus.Malformed;
             }
 
-            if (payloadDoc.RootElement.TryGetProperty("iat", out var iatElement) && !iatElement.TryGetInt64(out iat))
+            while (NextMember(ref reader))
+            {
+                if (reader.ValueTextEquals("alg"u8))
+                {
+                    alg = ReadString(ref reader);
+                }
+                else if (reader.ValueTextEquals("kid"u8))
+                {
+                    kid = ReadString(ref reader);
+                }
+                else
+                {
+                    reader.Skip();
+                }
+            }
+
+            reader = new Utf8JsonReader(payload);
+            if (!StartObject(ref reader))
             {
                 return TokenStatus.Malformed;
+            }
+
+            while (NextMember(ref reader))
+            {
+                if (reader.ValueTextEquals("sub"u8))
+                {
+                    user = ReadString(ref reader);
+                }
+                else if (reader.ValueTextEquals("dev"u8))
+                {
+                    device = ReadString(ref reader);
+                }
+                else if (reader.ValueTextEquals("exp"u8) || reader.ValueTextEquals("iat"u8))
+                {
+                    var isExp = reader.ValueTextEquals("exp"u8);
+                    reader.Read();
+                    if (reader.TokenType != JsonTokenType.Number || !reader.TryGetInt64(out var value))
+                    {
+                        return TokenStatus.Malformed;
+                    }
+
+                    if (isExp)
+                    {
+                        exp = value;
+                    }
+                    else
+                    {
+                        iat = value;
+                    }
+                }
+                else
+                {
+                    reader.Skip();
+                }
             }
         }
         catch (Exception e) when (e is JsonException or InvalidOperationException)
@@ -121,7 +173,7 @@ public static class AccessToken
             return TokenStatus.Malformed;
         }
 
-        if (alg != "HS256" || string.IsNullOrEmpty(user) || signature.Length != 32)
+        if (alg != "HS256" || string.IsNullOrEmpty(user) || exp is null || signature.Length != 32)
         {
             return TokenStatus.Malformed;
         }
@@ -131,15 +183,19 @@ public static class AccessToken
             return TokenStatus.WrongKey;
         }
 
+        // The signing input is the token's first two parts as they are (base64url and a dot: ASCII).
         Span<byte> expected = stackalloc byte[32];
-        var signingInput = Encoding.ASCII.GetBytes(token, 0, secondDot);
-        HMACSHA256.HashData(secret.Key, signingInput, expected);
+        Span<byte> signingInput = stackalloc byte[secondDot];
+        Encoding.ASCII.GetBytes(token.AsSpan(0, secondDot), signingInput);
+        var hmac = KeyedHmac.For(secret);
+        hmac.AppendData(signingInput);
+        hmac.GetHashAndReset(expected);
         if (!CryptographicOperations.FixedTimeEquals(expected, signature))
         {
             return TokenStatus.BadSignature;
         }
 
-        var expires = DateTimeOffset.FromUnixTimeSeconds(Math.Clamp(exp, 0, 253_402_300_799));
+        var expires = DateTimeOffset.FromUnixTimeSeconds(Math.Clamp(exp.Value, 0, 253_402_300_799));
         if (expires <= now)
         {
             return TokenStatus.Expired;
@@ -150,10 +206,64 @@ public static class AccessToken
         return TokenStatus.Valid;
     }
 
-    private static string? GetString(JsonElement obj, string name) =>
-        obj.ValueKind == JsonValueKind.Object && obj.TryGetProperty(name, out var e) && e.ValueKind == JsonValueKind.String
-            ? e.GetString()
-            : null;
+    // The document is one object (anything else, or anything after it, is malformed: JsonException).
+    private static bool StartObject(ref Utf8JsonReader reader) => reader.Read() && reader.TokenType == JsonTokenType.StartObject;
+
+    // On the next top-level member's name; false at the object's end, after checking nothing follows it.
+    private static bool NextMember(ref Utf8JsonReader reader)
+    {
+        reader.Read();
+        if (reader.TokenType == JsonTokenType.PropertyName)
+        {
+            return true;
+        }
+
+        if (reader.Read())
+        {
+            throw new JsonException("content after the object");
+        }
+
+        return false;
+    }
+
+    // The member's value when it is a string, else null (the value is read past either way).
+    private static string? ReadString(ref Utf8JsonReader reader)
+    {
+        reader.Read();
+        if (reader.TokenType == JsonTokenType.String)
+        {
+            return reader.GetString();
+        }
+
+        reader.Skip();
+        return null;
+    }
+
+    /// <summary>
+    /// An HMAC-SHA256 keyed with a secret, one per thread and reused (reset after each hash): a one-shot
+    /// <see cref="HMACSHA256.HashData(ReadOnlySpan{byte}, ReadOnlySpan{byte}, Span{byte})"/> sets up OpenSSL's MAC
+    /// and its key on every call, twice the time of the hash itself. Rebuilt when another secret comes (rotation).
+    /// </summary>
+    private static class KeyedHmac
+    {
+        [ThreadStatic]
+        private static TokenSecret? t_secret;
+
+        [ThreadStatic]
+        private static IncrementalHash? t_hash;
+
+        public static IncrementalHash For(TokenSecret secret)
+        {
+            if (!ReferenceEquals(t_secret, secret) || t_hash is null)
+            {
+                t_hash?.Dispose();
+                t_hash = IncrementalHash.CreateHMAC(HashAlgorithmName.SHA256, secret.Key);
+                t_secret = secret;
+            }
+
+            return t_hash;
+        }
+    }
 }
 
 /// <summary>base64url without padding (RFC 4648 §5), as JWTs use it.</summary>
@@ -161,24 +271,25 @@ internal static class Base64Url
 {
     public static string Encode(ReadOnlySpan<byte> data) => System.Buffers.Text.Base64Url.EncodeToString(data);
 
-    public static bool TryDecode(ReadOnlySpan<char> text, out byte[] bytes)
+    /// <summary>Decodes <paramref name="text"/> into the start of <paramref name="destination"/>; false when it is not
+    /// base64url or does not fit.</summary>
+    public static bool TryDecode(ReadOnlySpan<char> text, Span<byte> destination, out int written)
     {
-        bytes = [];
-        if (!System.Buffers.Text.Base64Url.IsValid(text, out var length))
+        written = 0;
+        if (!System.Buffers.Text.Base64Url.IsValid(text, out var length) || length > destination.Length)
         {
             return false;
         }
 
-        bytes = new byte[length];
         try
         {
-            return System.Buffers.Text.Base64Url.TryDecodeFromChars(text, bytes, out var written) && written == length;
+            return System.Buffers.Text.Base64Url.TryDecodeFromChars(text, destination, out written) && written == length;
         }
         catch (FormatException)
         {
             // IsValid accepts some inputs with white space (e.g. one character then a line break) that the decoder
             // then throws on; found by the session fuzzer (issue 18). Such a token is malformed, not a crash.
-            bytes = [];
+            written = 0;
             return false;
         }
     }

@@ -112,6 +112,14 @@ public sealed class AccessTokenTests
     [InlineData("{\"alg\":\"HS256\"}", "{\"sub\":\"alice\",\"exp\":\"soon\"}")]
     [InlineData("[1,2]", "{\"sub\":\"alice\",\"exp\":4102444800}")]
     [InlineData("{\"alg\":\"HS256\"", "{\"sub\":\"alice\",\"exp\":4102444800}")]
+    [InlineData("{\"alg\":\"HS256\"} {}", "{\"sub\":\"alice\",\"exp\":4102444800}")]
+    [InlineData("{\"alg\":\"HS256\"}", "{\"sub\":\"alice\",\"exp\":4102444800} x")]
+    [InlineData("{\"alg\":\"HS256\"}", "{\"sub\":5,\"exp\":4102444800}")]
+    [InlineData("{\"alg\":\"HS256\"}", "{\"sub\":\"alice\",\"exp\":4102444800,\"iat\":\"today\"}")]
+    [InlineData("{\"alg\":\"HS256\"}", "{\"sub\":\"alice\",\"exp\":1e40}")]
+    [InlineData("{\"x\":{\"alg\":\"HS256\"}}", "{\"sub\":\"alice\",\"exp\":4102444800}")]
+    [InlineData("{\"alg\":\"HS256\"}", "{\"x\":{\"sub\":\"alice\",\"exp\":4102444800}}")]
+    [InlineData("\"HS256\"", "{\"sub\":\"alice\",\"exp\":4102444800}")]
     public void Tokens_with_bad_header_or_claims_are_rejected_as_malformed(string header, string claims)
     {
         var h = System.Buffers.Text.Base64Url.EncodeToString(Encoding.UTF8.GetBytes(header));
@@ -119,6 +127,32 @@ public sealed class AccessTokenTests
         var s = System.Buffers.Text.Base64Url.EncodeToString(HMACSHA256.HashData(_secret.Key, Encoding.ASCII.GetBytes(h + "." + c)));
 
         Assert.Equal(TokenStatus.Malformed, AccessToken.Verify(_secret, $"{h}.{c}.{s}", Now, out _));
+    }
+
+    [Fact]
+    public void Only_top_level_claims_count_the_last_of_a_repeated_one_wins_and_a_non_string_device_is_no_device()
+    {
+        var header = System.Buffers.Text.Base64Url.EncodeToString("{\"typ\":\"JWT\",\"x\":[1,{\"alg\":\"none\"}],\"alg\":\"HS256\"}"u8);
+        var claims = System.Buffers.Text.Base64Url.EncodeToString(
+            "{\"sub\":\"mallory\",\"nested\":{\"sub\":\"eve\"},\"dev\":7,\"sub\":\"bob\",\"exp\":4102444800}"u8);
+        var signature = System.Buffers.Text.Base64Url.EncodeToString(HMACSHA256.HashData(_secret.Key, Encoding.ASCII.GetBytes(header + "." + claims)));
+
+        Assert.Equal(TokenStatus.Valid, AccessToken.Verify(_secret, $"{header}.{claims}.{signature}", Now, out var verified));
+        Assert.Equal(("bob", (string?)null), (verified.User, verified.Device));
+    }
+
+    [Fact]
+    public void Verifying_on_many_threads_with_two_secrets_in_turn_gives_each_its_own_verdict()
+    {
+        // The keyed HMAC is kept per thread and rebuilt when the secret changes (the previous secret after rotation).
+        var other = new TokenSecret(RandomNumberGenerator.GetBytes(32));
+        var mine = AccessToken.Issue(_secret, "alice", "phone", TimeSpan.FromHours(1), Now);
+        var theirs = AccessToken.Issue(other, "bob", null, TimeSpan.FromHours(1), Now);
+        Parallel.For(0, 2_000, i =>
+        {
+            Assert.Equal(TokenStatus.Valid, AccessToken.Verify(i % 2 == 0 ? _secret : other, i % 2 == 0 ? mine : theirs, Now, out _));
+            Assert.Equal(TokenStatus.WrongKey, AccessToken.Verify(i % 3 == 0 ? _secret : other, i % 3 == 0 ? theirs : mine, Now, out _));
+        });
     }
 
     [Fact]
