@@ -43,8 +43,18 @@ internal sealed class MqttConnectionHandler(MqttBroker broker) : IPolledConnecti
     public void Start(Socket socket, long connectionId, IConnectionOwner owner) =>
         Start(new SocketTransport(socket), connectionId, owner);
 
-    public void Start(IDeviceTransport transport, long connectionId, IConnectionOwner owner) =>
-        ThreadPool.UnsafeQueueUserWorkItem(new MqttConnection(Broker, transport, connectionId, owner), preferLocal: false);
+    public void Start(IDeviceTransport transport, long connectionId, IConnectionOwner owner)
+    {
+        IThreadPoolWorkItem connection = new MqttConnection(Broker, transport, connectionId, owner);
+        if (transport is PolledSocketTransport)
+        {
+            connection.Execute(); // the listener's accept thread: the first activation only arms the wait for CONNECT
+        }
+        else
+        {
+            ThreadPool.UnsafeQueueUserWorkItem(connection, preferLocal: false);
+        }
+    }
 }
 
 /// <summary>

@@ -473,7 +473,17 @@ internal sealed class DeviceConnectionHandler(BrokerContext context) : IPolledCo
     public void Start(IDeviceTransport transport, long connectionId, IConnectionOwner owner)
     {
         Watch(owner.Stopping);
-        ThreadPool.UnsafeQueueUserWorkItem(new DeviceSession(context, transport, connectionId, owner), preferLocal: false);
+        IThreadPoolWorkItem session = new DeviceSession(context, transport, connectionId, owner);
+        if (transport is PolledSocketTransport)
+        {
+            // On the listener's accept thread: the first activation only arms the wait for CONNECT (which a readiness
+            // loop then handles), so it runs here rather than waking a pool thread per connect.
+            session.Execute();
+        }
+        else
+        {
+            ThreadPool.UnsafeQueueUserWorkItem(session, preferLocal: false);
+        }
     }
 
     // One registration per listener rather than one per waiting receive: registered sessions wait without a
