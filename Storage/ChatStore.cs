@@ -505,13 +505,13 @@ public abstract partial class ChatStore : IChatStore
         return _writer.EnqueueAsync(new TakePrekeysOp(userId, deviceId), null, cancellationToken);
     }
 
-    public int CountOneTimePrekeys(string userId, string deviceId)
+    public int CountOneTimePrekeys(string userId, string deviceId, int upTo = int.MaxValue)
     {
         ValidateIds(userId, deviceId);
         var prefix = Records.OneTimePrefix(new ByteWriter(), userId, deviceId).ToArray();
         var count = 0;
         using var cursor = _engine.OpenCursor(Cf.Prekeys, prefix, KeyRange.PrefixSuccessor(prefix));
-        for (cursor.SeekToFirst(); cursor.Valid; cursor.Next())
+        for (cursor.SeekToFirst(); cursor.Valid && count < upTo; cursor.Next())
         {
             count++;
         }

@@ -159,7 +159,9 @@ public interface IPrekeyStore
     /// same one. Null when the device has no bundle.</summary>
     Task<FetchedPrekeys?> TakePrekeysAsync(string userId, string deviceId, CancellationToken cancellationToken = default);
 
-    int CountOneTimePrekeys(string userId, string deviceId);
+    /// <summary>The device's one-time prekeys, counted up to <paramref name="upTo"/> at most (a caller that only asks
+    /// whether there are fewer than N stops reading there).</summary>
+    int CountOneTimePrekeys(string userId, string deviceId, int upTo = int.MaxValue);
 
     /// <summary>The device's bundle without consuming anything; null when it never uploaded one.</summary>
     PrekeyBundle? GetPrekeyBundle(string userId, string deviceId);

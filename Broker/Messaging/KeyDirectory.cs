@@ -218,8 +218,15 @@ public sealed class KeyDirectory(IChatStore store, SessionRegistry registry, Bro
             return;
         }
 
-        var remaining = store.CountOneTimePrekeys(userId, deviceId);
-        if (remaining < options.LowWatermark && store.GetPrekeyBundle(userId, deviceId) is not null)
+        // A device that never uploaded keys is not told to upload more: one point read, and only then the count
+        // (on every connect; it stops at the watermark, where the answer is known).
+        if (store.GetPrekeyBundle(userId, deviceId) is null)
+        {
+            return;
+        }
+
+        var remaining = store.CountOneTimePrekeys(userId, deviceId, upTo: options.LowWatermark);
+        if (remaining < options.LowWatermark)
         {
             // Every fetch below the watermark would send another notice (dozens while a group starts sessions):
             // one per interval tells the device all it needs.

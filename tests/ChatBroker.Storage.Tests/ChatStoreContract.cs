@@ -381,6 +381,8 @@ public abstract class ChatStoreContract : IDisposable
         var prekeys = Enumerable.Range(1, 40).Select(i => new OneTimePrekey((uint)i, new[] { (byte)i })).ToList();
         await store.UploadPrekeysAsync("bob", "phone", bundle, prekeys);
         Assert.Equal(40, store.CountOneTimePrekeys("bob", "phone"));
+        Assert.Equal(25, store.CountOneTimePrekeys("bob", "phone", upTo: 25));
+        Assert.Equal(40, store.CountOneTimePrekeys("bob", "phone", upTo: 41));
 
         var takes = await Task.WhenAll(Enumerable.Range(0, 50).Select(_ => Task.Run(() => store.TakePrekeysAsync("bob", "phone"))));
 
