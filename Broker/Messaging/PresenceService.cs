@@ -168,8 +168,10 @@ public sealed class PresenceService : IDisposable
                     {
                         entry.LastSeenMs = lastSeen;
                     }
-
-                    ChangedLocked(entry);
+                    else
+                    {
+                        ChangedLocked(entry);
+                    }
                 }
             }
         }
@@ -179,7 +181,24 @@ public sealed class PresenceService : IDisposable
             _router!.Unwatch(device, remote);
         }
 
-        return lastSeen != 0 ? PersistLastSeenAsync(device.UserId, lastSeen) : Task.CompletedTask;
+        if (lastSeen == 0)
+        {
+            return Task.CompletedTask;
+        }
+
+        // The user went offline: the last-seen write is queued before anyone hears "offline", so a write a
+        // subscriber makes after hearing it is committed after the last-seen (one writer, in order) and a crash
+        // cannot keep the one and lose the other. Then the change is published (or debounced) as usual.
+        var persisting = PersistLastSeenAsync(device.UserId, lastSeen);
+        lock (_lock)
+        {
+            if (_users.TryGetValue(device.UserId, out var entry))
+            {
+                ChangedLocked(entry);
+            }
+        }
+
+        return persisting;
     }
 
     public readonly record struct SubscribeResult(ReasonCode Error, string? Message, PresenceSubscribed? Answer);
