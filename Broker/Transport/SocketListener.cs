@@ -185,51 +185,61 @@ public sealed class SocketListener : IHostedService, IConnectionOwner, IAsyncDis
         {
             while (!_stopping.IsCancellationRequested)
             {
-                var client = DescriptorAcceptor.Accept(listener.SafeHandle, address, out var addressLength, out var errno);
-                if (client is null)
+                try
                 {
-                    if (_stopping.IsCancellationRequested)
+                    var client = DescriptorAcceptor.Accept(listener.SafeHandle, address, out var addressLength, out var errno);
+                    if (client is null)
                     {
-                        break; // Stop woke the call
-                    }
+                        if (_stopping.IsCancellationRequested)
+                        {
+                            break; // Stop woke the call
+                        }
 
-                    if (errno is DescriptorAcceptor.EIntr or DescriptorAcceptor.EAgain || errno == ConnectionAbortedErrno)
-                    {
+                        if (errno is DescriptorAcceptor.EIntr or DescriptorAcceptor.EAgain || errno == ConnectionAbortedErrno)
+                        {
+                            continue;
+                        }
+
+                        // Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), or anything unforeseen: say so
+                        // and back off briefly instead of spinning on accept; the loop never gives up while running.
+                        Log.AcceptFailed(_logger, new System.ComponentModel.Win32Exception(errno));
+                        _stopping.Token.WaitHandle.WaitOne(50);
                         continue;
                     }
 
-                    // Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), or anything unforeseen: say so
-                    // and back off briefly instead of spinning on accept; the loop never gives up while running.
-                    Log.AcceptFailed(_logger, new System.ComponentModel.Win32Exception(errno));
-                    _stopping.Token.WaitHandle.WaitOne(50);
-                    continue;
-                }
+                    if (!Admit())
+                    {
+                        client.Dispose();
+                        continue;
+                    }
 
-                if (!Admit())
-                {
-                    client.Dispose();
-                    continue;
-                }
+                    var id = Interlocked.Increment(ref _nextConnectionId);
+                    PolledSocketTransport? transport = null;
+                    try
+                    {
+                        transport = new PolledSocketTransport(client, address[..addressLength], poller);
+                        handler.Start(transport, id, this);
+                    }
+                    catch (Exception e)
+                    {
+                        if (transport is null)
+                        {
+                            client.Dispose();
+                        }
+                        else
+                        {
+                            transport.Close();
+                        }
 
-                var id = Interlocked.Increment(ref _nextConnectionId);
-                PolledSocketTransport? transport = null;
-                try
-                {
-                    transport = new PolledSocketTransport(client, address[..addressLength], poller);
-                    handler.Start(transport, id, this);
+                        ((IConnectionOwner)this).Release(id, e);
+                    }
                 }
                 catch (Exception e)
                 {
-                    if (transport is null)
-                    {
-                        client.Dispose();
-                    }
-                    else
-                    {
-                        transport.Close();
-                    }
-
-                    ((IConnectionOwner)this).Release(id, e);
+                    // Nothing above should throw; should anything, this thread must not die with it (an exception
+                    // escaping it would end the process): say so, back off, go on.
+                    Log.AcceptFailed(_logger, e);
+                    _stopping.Token.WaitHandle.WaitOne(50);
                 }
             }
         }
