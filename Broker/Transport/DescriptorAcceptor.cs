@@ -31,13 +31,11 @@ internal static unsafe partial class DescriptorAcceptor
     /// <summary>Room for any peer address (<c>sockaddr_storage</c>).</summary>
     public const int AddressBytes = 128;
 
-    public const int EIntr = 4;
-    public const int EAgain = 11;
-    public const int ENoMem = 12;
-    public const int EInval = 22;
-    public const int ENFile = 23;
-    public const int EMFile = 24;
-    public const int ENoBufs = 105;
+    private const int EIntr = 4;
+    private const int EAgain = 11;
+    private const int EInval = 22;
+    private const int EConnAborted = 103;
+    private const int ShutRdWr = 2;
     private const int SockNonBlock = 0x800;
     private const int SockCloexec = 0x80000;
 
@@ -88,14 +86,21 @@ internal static unsafe partial class DescriptorAcceptor
         }
     }
 
-    /// <summary>Wakes a thread waiting in <see cref="Accept"/> on <paramref name="listener"/> (it gets EINVAL).</summary>
-    public static void Wake(SafeSocketHandle listener)
+    /// <summary>A failed <see cref="Accept"/> worth retrying at once: interrupted, or the peer reset before the accept.</summary>
+    public static bool IsTransient(int errno) => errno is EIntr or EAgain or EConnAborted;
+
+    /// <summary>
+    /// <c>shutdown(SHUT_RDWR)</c> of the descriptor under its handle's reference count (nothing when it is closed):
+    /// a connection's peer sees the end even while a send still holds the handle; a thread waiting in
+    /// <see cref="Accept"/> on a listening socket returns (EINVAL).
+    /// </summary>
+    public static void Shutdown(SafeHandle handle)
     {
         var added = false;
         try
         {
-            listener.DangerousAddRef(ref added);
-            _ = shutdown((int)listener.DangerousGetHandle(), 2);
+            handle.DangerousAddRef(ref added);
+            _ = shutdown((int)handle.DangerousGetHandle(), ShutRdWr);
         }
         catch (ObjectDisposedException)
         {
@@ -104,7 +109,7 @@ internal static unsafe partial class DescriptorAcceptor
         {
             if (added)
             {
-                listener.DangerousRelease();
+                handle.DangerousRelease();
             }
         }
     }

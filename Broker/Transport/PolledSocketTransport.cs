@@ -31,7 +31,6 @@ public sealed partial class PolledSocketTransport : IDeviceTransport, INotifying
     private const int EIntr = 4;
     private const int AfInet = 2;
     private const int AfInet6 = 10;
-    private const int ShutRdWr = 2;
 
     private const int Idle = 0;
     private const int Waiting = 1;
@@ -293,22 +292,7 @@ public sealed partial class PolledSocketTransport : IDeviceTransport, INotifying
         }
 
         _closed = true;
-        var added = false;
-        try
-        {
-            _handle.DangerousAddRef(ref added);
-            shutdown((int)_handle.DangerousGetHandle(), ShutRdWr); // the peer sees the end even while a send still holds the handle
-        }
-        catch (ObjectDisposedException)
-        {
-        }
-        finally
-        {
-            if (added)
-            {
-                _handle.DangerousRelease();
-            }
-        }
+        DescriptorAcceptor.Shutdown(_handle);
 
         // Closed before the pending wait ends, so whatever that wakes (a session notified inline, on this very
         // stack) finds the socket closed rather than empty. A slow send's Socket (its own descriptor) ends its
@@ -451,9 +435,6 @@ public sealed partial class PolledSocketTransport : IDeviceTransport, INotifying
 
     [LibraryImport("libc", SetLastError = true)]
     private static unsafe partial nint recv(int fd, byte* buffer, nint length, int flags);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int shutdown(int fd, int how);
 
     [LibraryImport("libc", SetLastError = true)]
     private static unsafe partial nint send(int fd, byte* buffer, nint length, int flags);

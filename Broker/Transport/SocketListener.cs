@@ -195,7 +195,7 @@ public sealed class SocketListener : IHostedService, IConnectionOwner, IAsyncDis
                             break; // Stop woke the call
                         }
 
-                        if (errno is DescriptorAcceptor.EIntr or DescriptorAcceptor.EAgain || errno == ConnectionAbortedErrno)
+                        if (DescriptorAcceptor.IsTransient(errno))
                         {
                             continue;
                         }
@@ -249,8 +249,6 @@ public sealed class SocketListener : IHostedService, IConnectionOwner, IAsyncDis
         }
     }
 
-    private const int ConnectionAbortedErrno = 103; // ECONNABORTED: the peer reset before the accept
-
     // Counts an accepted connection against tcp.max_connections: false (counted as rejected) when over.
     private bool Admit()
     {
@@ -293,7 +291,7 @@ public sealed class SocketListener : IHostedService, IConnectionOwner, IAsyncDis
         await _stopping.CancelAsync().ConfigureAwait(false);
         if (_socket is not null)
         {
-            DescriptorAcceptor.Wake(_socket.SafeHandle); // a thread waiting in accept4 returns
+            DescriptorAcceptor.Shutdown(_socket.SafeHandle); // a thread waiting in accept4 returns
             _socket.Dispose();
         }
 
