@@ -25,7 +25,14 @@ internal sealed class FakeDevice(string user, string device, ulong capabilities 
 
     public ConcurrentQueue<IMessage> Notices { get; } = new();
 
-    public void OnNotice(IMessage packet) => Notices.Enqueue(packet);
+    /// <summary>Called with each notice as it arrives, before it is queued (to look at other state at that moment).</summary>
+    public Action<IMessage>? OnNoticeArrived { get; set; }
+
+    public void OnNotice(IMessage packet)
+    {
+        OnNoticeArrived?.Invoke(packet);
+        Notices.Enqueue(packet);
+    }
 
     public void Close(ReasonCode reason, string message) => ClosedWith = (reason, message);
 }

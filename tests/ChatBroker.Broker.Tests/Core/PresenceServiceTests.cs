@@ -244,6 +244,75 @@ public sealed class PresenceServiceTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task The_last_seen_write_is_handed_to_the_store_before_subscribers_hear_offline()
+    {
+        // A subscriber that writes on hearing "offline" must have its write committed after the last-seen (one
+        // writer, in order): a crash then cannot keep its write and lose the last-seen.
+        var events = new List<string>();
+        var store = RecordingStore.Over(_store, events);
+        using var immediate = new PresenceService(store, new ConversationDirectory(store), _metrics, _clock,
+            new PresenceOptions { Debounce = TimeSpan.Zero, MaxSubscriptions = 10 });
+        var bob = new FakeDevice("bob", "phone", Wants);
+        immediate.Subscribe(bob, Subscribe(1, "alice"));
+        var alice = new FakeDevice("alice", "phone");
+        immediate.DeviceOnline(alice);
+        bob.OnNoticeArrived = notice =>
+        {
+            if (notice is Presence { Status: PresenceStatus.Offline } presence)
+            {
+                lock (events)
+                {
+                    events.Add($"bob hears alice offline, last seen {presence.LastSeenMs}");
+                }
+            }
+        };
+
+        _clock.Advance(TimeSpan.FromSeconds(5));
+        await immediate.DeviceOffline(alice);
+
+        var lastSeen = (ulong)_clock.GetUtcNow().ToUnixTimeMilliseconds();
+        Assert.Equal([$"SetLastSeenAsync alice {lastSeen}", $"bob hears alice offline, last seen {lastSeen}"], events);
+        Assert.Equal((long)lastSeen, _store.GetLastSeen("alice"));
+    }
+
+    /// <summary>Passes every call to the store and records the last-seen writes in the shared list, in order.</summary>
+    public class RecordingStore : System.Reflection.DispatchProxy
+    {
+        private IChatStore _inner = null!;
+        private List<string> _events = null!;
+
+        public static IChatStore Over(IChatStore inner, List<string> events)
+        {
+            var proxy = Create<IChatStore, RecordingStore>();
+            var recording = (RecordingStore)(object)proxy;
+            recording._inner = inner;
+            recording._events = events;
+            return proxy;
+        }
+
+        protected override object? Invoke(System.Reflection.MethodInfo? targetMethod, object?[]? args)
+        {
+            if (targetMethod!.Name == nameof(IChatStore.SetLastSeenAsync))
+            {
+                lock (_events)
+                {
+                    _events.Add($"SetLastSeenAsync {args![0]} {args[1]}");
+                }
+            }
+
+            try
+            {
+                return targetMethod.Invoke(_inner, args);
+            }
+            catch (System.Reflection.TargetInvocationException e) when (e.InnerException is not null)
+            {
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(e.InnerException);
+                throw;
+            }
+        }
+    }
+
+    [Fact]
     public void A_user_may_subscribe_to_itself_to_follow_its_other_devices()
     {
         var phone = new FakeDevice("frank", "phone", Wants);
