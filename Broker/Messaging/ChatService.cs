@@ -594,18 +594,31 @@ public sealed class ChatService(
 
     /// <summary>
     /// The device has received its inbox up to <paramref name="inboxSeq"/>: store its cursor and tell the
-    /// other members of each conversation in that range how far this user has received.
+    /// other members of each conversation in that range how far this user has received. A local session passes
+    /// its <paramref name="record"/>: the cursor its last ACK stored and the entries it passed since, so that the
+    /// common ACK (of what it delivered) reads neither the cursor nor the inbox.
     /// </summary>
-    public async Task AckAsync(IDeviceLink device, ulong inboxSeq, AppendCompletionScope? completions = null, CancellationToken cancellationToken = default)
+    public Task AckAsync(IDeviceLink device, ulong inboxSeq, AppendCompletionScope? completions = null, CancellationToken cancellationToken = default) =>
+        AckAsync(device, record: null, inboxSeq, completions, cancellationToken);
+
+    internal async Task AckAsync(IDeviceLink device, IInboxAckRecord? record, ulong inboxSeq, AppendCompletionScope? completions = null, CancellationToken cancellationToken = default)
     {
         var user = device.UserId;
         if (Router is { } router && !router.IsHomeOf(user))
         {
             router.AckRemoteInbox(device, inboxSeq); // the home moves the cursor and sends the receipts
+            record?.Forget(inboxSeq);
             return;
         }
 
-        var previous = store.GetCursor(user, device.DeviceId, CursorStream.Inbox);
+        // The cursor this session's last ACK stored: receipts went out up to it. Should the stored cursor be ahead
+        // (another path moved it), the entries between are collected again and their receipts, already given, are
+        // filtered out by the delivered cursors' "only forward" below.
+        if (record is null || !record.TryGetAckedCursor(out var previous))
+        {
+            previous = store.GetCursor(user, device.DeviceId, CursorStream.Inbox);
+        }
+
         if (inboxSeq <= previous)
         {
             return;
@@ -616,6 +629,11 @@ public sealed class ChatService(
         // seq (an iterator seek that cost about a quarter of an ACK). A short list: receipts are positions.
         var highest = new Dictionary<ulong, ulong>();
         var target = previous;
+        if (record is not null && record.TryCollect(previous, inboxSeq, highest))
+        {
+            target = inboxSeq; // the session passed every entry in the range: the store holds the same
+        }
+
         while (target < inboxSeq)
         {
             var entries = store.ReadInbox(user, target, (int)Math.Min(512, inboxSeq - target));
@@ -663,6 +681,7 @@ public sealed class ChatService(
         }
 
         var moves = await store.AdvanceCursorsAsync(user, advances, completions, cancellationToken).ConfigureAwait(false);
+        record?.Acked(moves[0].Current);
         for (var i = 1; i < advances.Count; i++)
         {
             if (moves[i].Previous < advances[i].Position)

@@ -36,6 +36,9 @@ internal sealed class DeliveryStream(ulong conversationId, ulong position)
     // nothing (a reinstall keeps its device id), so it is given every entry that existed when it asked.
     private ulong _ownThrough;
 
+    // The inbox's entries passed since the device's last ACK (the inbox stream only; created with the first).
+    private InboxRecord? _record;
+
     /// <summary>The large group this stream reads; 0 for the user's inbox.</summary>
     public ulong ConversationId { get; } = conversationId;
 
@@ -59,7 +62,11 @@ internal sealed class DeliveryStream(ulong conversationId, ulong position)
     {
         Position = position;
         _ownThrough = ownThrough;
+        _record?.Break();
     }
+
+    /// <summary>The inbox's record of the entries passed since the device's last ACK (<see cref="InboxRecord"/>).</summary>
+    public InboxRecord Record => _record ??= new InboxRecord();
 
     /// <summary>
     /// Moves the stream to a position the device named (SYNC) and catches up from there. What is left of a batch
@@ -71,6 +78,7 @@ internal sealed class DeliveryStream(ulong conversationId, ulong position)
         Position = position;
         _ownThrough = ownThrough;
         _generation++;
+        _record?.Break();
         CatchUp();
     }
 
@@ -111,6 +119,11 @@ internal sealed class DeliveryStream(ulong conversationId, ulong position)
         }
 
         Position = position;
+        if (IsInbox)
+        {
+            Record.Note(position, message.ConversationId, message.Seq);
+        }
+
         if (write)
         {
             WriteLocked(session, message, position, fromStore: false);
@@ -184,7 +197,16 @@ internal sealed class DeliveryStream(ulong conversationId, ulong position)
                 Position = item.Position;
                 if (item.Message is { } message)
                 {
+                    if (IsInbox)
+                    {
+                        Record.Note(item.Position, message.ConversationId, message.Seq);
+                    }
+
                     WriteLocked(session, message, item.Position, fromStore: true);
+                }
+                else
+                {
+                    _record?.Break(); // retention removed it: an ACK over it reads the store
                 }
             }
         }

@@ -18,7 +18,7 @@ namespace ChatBroker.Broker.Sessions;
 /// </para>
 /// Locking: <c>_lock</c>, the session's one lock, which the outbox shares (it never calls back under it).
 /// </summary>
-internal sealed partial class DeviceSession : IDeliveryTarget
+internal sealed partial class DeviceSession : IDeliveryTarget, IInboxAckRecord
 {
     // All guarded by _lock.
     private readonly DeliveryStream _inbox = new(conversationId: 0, position: 0);
@@ -54,6 +54,40 @@ internal sealed partial class DeviceSession : IDeliveryTarget
     }
 
     Task<bool> IDeliveryTarget.WhenBelowAsync(int bytes, TimeSpan stallTimeout) => _outbox.WhenBelowAsync(bytes, stallTimeout);
+
+    bool IInboxAckRecord.TryGetAckedCursor(out ulong cursor)
+    {
+        lock (_lock)
+        {
+            var record = _inbox.Record;
+            cursor = record.AckedCursor;
+            return record.HasAcked;
+        }
+    }
+
+    bool IInboxAckRecord.TryCollect(ulong after, ulong through, Dictionary<ulong, ulong> highest)
+    {
+        lock (_lock)
+        {
+            return _inbox.Record.TryCollect(after, through, highest);
+        }
+    }
+
+    void IInboxAckRecord.Acked(ulong cursor)
+    {
+        lock (_lock)
+        {
+            _inbox.Record.Acked(cursor);
+        }
+    }
+
+    void IInboxAckRecord.Forget(ulong through)
+    {
+        lock (_lock)
+        {
+            _inbox.Record.Forget(through);
+        }
+    }
 
     public void OnInboxAppended(ulong inboxSeq, DeliveryMessage message)
     {

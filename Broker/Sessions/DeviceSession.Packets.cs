@@ -348,7 +348,7 @@ internal sealed partial class DeviceSession
         {
             try
             {
-                await _context.Chat.AckAsync(this, ack.InboxSeq, _appendCompletions, stopping).ConfigureAwait(false);
+                await _context.Chat.AckAsync(this, record: this, ack.InboxSeq, _appendCompletions, stopping).ConfigureAwait(false);
             }
             catch (StorageException)
             {

@@ -106,6 +106,38 @@ public sealed class DeliveryStreamTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task The_inbox_stream_records_each_entry_it_passes_live_or_caught_up_until_it_jumps()
+    {
+        var bob = Bob(resumeBatch: 2);
+        var stream = new DeliveryStream(conversationId: 0, position: 0);
+        stream.GoLive();
+        await SendToBobAsync("one");
+        await SendToBobAsync("two");
+        var third = await SendToBobAsync("three");
+        lock (bob.Lock)
+        {
+            stream.OnAppended(bob, third.InboxSeq, third.Message, write: true); // a gap: caught up from the store
+        }
+
+        var items = new List<DeliveryItem>();
+        await stream.CatchUpBatchAsync(bob, items);
+        await stream.CatchUpBatchAsync(bob, items);
+        var fourth = await SendToBobAsync("four");
+        lock (bob.Lock)
+        {
+            stream.OnAppended(bob, fourth.InboxSeq, fourth.Message, write: true); // live
+        }
+
+        var highest = new Dictionary<ulong, ulong>();
+        Assert.True(stream.Record.TryCollect(0, 4, highest));
+        Assert.Equal(new Dictionary<ulong, ulong> { [fourth.Message.ConversationId] = fourth.Message.Seq }, highest);
+
+        stream.MoveTo(2); // a SYNC: the stream reads from 2 again, and what it recorded is no run with that
+        Assert.False(stream.Record.TryCollect(0, 4, []));
+        Assert.Equal(0, stream.Record.Count);
+    }
+
+    [Fact]
     public async Task A_message_notified_while_catching_up_is_read_by_one_more_batch_and_sent_once()
     {
         var bob = Bob();
