@@ -66,6 +66,11 @@ internal sealed unsafe class RocksDb : IDisposable
             RocksDbNative.rocksdb_options_set_level0_file_num_compaction_trigger(options, 8);
             RocksDbNative.rocksdb_options_set_max_open_files(options, settings.MaxOpenFiles);
             RocksDbNative.rocksdb_options_set_keep_log_file_num(options, 2);
+            // Table files written by a flush or a compaction are synced to disk 1 MiB at a time as they are written
+            // (sync_file_range), not all at once when the file is finished: the final fsync of a 60 MB flush otherwise
+            // queued the WAL's fdatasync behind 60 MB of writeback, and every sync SENT of those 20-30 ms waited
+            // (docs/performance.md, issue 21, the fifth session). The WAL is not affected (its own wal_bytes_per_sync).
+            RocksDbNative.rocksdb_options_set_bytes_per_sync(options, 1 << 20);
             // INFO logs every flush, memtable switch, new WAL file and compaction with its time: what a stall
             // report (LoadTests, StallReport) correlates with late messages. WARN otherwise.
             RocksDbNative.rocksdb_options_set_info_log_level(options, settings.InfoLog ? 1 /* INFO */ : 2 /* WARN */);

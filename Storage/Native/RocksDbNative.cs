@@ -75,6 +75,7 @@ internal static unsafe partial class RocksDbNative
     [LibraryImport(Library)] public static partial void rocksdb_options_set_level0_file_num_compaction_trigger(IntPtr options, int count);
     [LibraryImport(Library)] public static partial void rocksdb_options_set_max_open_files(IntPtr options, int count);
     [LibraryImport(Library)] public static partial void rocksdb_options_set_keep_log_file_num(IntPtr options, nuint count);
+    [LibraryImport(Library)] public static partial void rocksdb_options_set_bytes_per_sync(IntPtr options, ulong bytes);
     /// <summary>A property of one column family as text (malloc'd: release with <c>rocksdb_free</c>); null when unknown.</summary>
     [LibraryImport(Library)] public static partial byte* rocksdb_property_value_cf(IntPtr db, IntPtr family, byte* name);
     [LibraryImport(Library)] public static partial void rocksdb_options_set_info_log_level(IntPtr options, int level);
