@@ -57,6 +57,12 @@ internal static partial class Log
     [LoggerMessage(1017, LogLevel.Information, "Cluster live nodes ({Count}): {Nodes}")]
     public static partial void ClusterLiveNodes(ILogger logger, int count, string nodes);
 
+    [LoggerMessage(1020, LogLevel.Debug, "Admin endpoint warm-up: {Path} answered in {Milliseconds} ms")]
+    public static partial void AdminWarmedUp(ILogger logger, string path, long milliseconds);
+
+    [LoggerMessage(1021, LogLevel.Debug, "Admin endpoint warm-up failed (harmless: the first scrape compiles it instead): {Reason}")]
+    public static partial void AdminWarmUpFailed(ILogger logger, string reason);
+
     [LoggerMessage(1019, LogLevel.Information, "Signals {Signals} were blocked or ignored by the process that started the broker; restored (the broker handles them: SIGHUP reloads the TLS certificate, SIGINT/SIGQUIT/SIGTERM stop it)")]
     public static partial void SignalsUnblocked(ILogger logger, string signals);
 }
