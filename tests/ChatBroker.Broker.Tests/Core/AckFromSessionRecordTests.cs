@@ -21,7 +21,13 @@ public sealed class AckFromSessionRecordTests : IAsyncLifetime
 
     public Task InitializeAsync()
     {
-        var counted = CountingStore.Over(_store, _calls);
+        var counted = ObservedStore.Over(_store, (method, _) =>
+        {
+            lock (_calls)
+            {
+                _calls[method.Name] = _calls.GetValueOrDefault(method.Name) + 1;
+            }
+        });
         _chat = new ChatService(counted, _registry, new ConversationDirectory(_store), _metrics, TimeProvider.System);
         return Task.CompletedTask;
     }
@@ -42,16 +48,7 @@ public sealed class AckFromSessionRecordTests : IAsyncLifetime
     private int Reads => _calls.GetValueOrDefault(nameof(IChatStore.GetCursor)) + _calls.GetValueOrDefault(nameof(IChatStore.ReadInbox));
 
     /// <summary>What a session does: notes each inbox entry its device is notified of, in order.</summary>
-    private static RecordOf Record(FakeDevice device)
-    {
-        var record = new RecordOf();
-        foreach (var (inboxSeq, message) in device.Inbox)
-        {
-            record.Inner.Note(inboxSeq, message.ConversationId, message.Seq);
-        }
-
-        return record;
-    }
+    private static RecordOf Record(FakeDevice device) => new RecordOf().With(device, from: 0);
 
     private async Task SendAsync(FakeDevice from, string to, ulong id) =>
         await _chat.SendAsync(from, new Send { ClientMsgId = id, ToUserId = to, Body = ByteString.CopyFromUtf8("m" + id) }, default);
@@ -162,39 +159,5 @@ public sealed class AckFromSessionRecordTests : IAsyncLifetime
         public void Acked(ulong cursor) => Inner.Acked(cursor);
 
         public void Forget(ulong through) => Inner.Forget(through);
-    }
-
-    /// <summary>Passes every call to the store and counts them by method name.</summary>
-    public class CountingStore : System.Reflection.DispatchProxy
-    {
-        private IChatStore _inner = null!;
-        private Dictionary<string, int> _calls = null!;
-
-        public static IChatStore Over(IChatStore inner, Dictionary<string, int> calls)
-        {
-            var proxy = Create<IChatStore, CountingStore>();
-            var counting = (CountingStore)(object)proxy;
-            counting._inner = inner;
-            counting._calls = calls;
-            return proxy;
-        }
-
-        protected override object? Invoke(System.Reflection.MethodInfo? targetMethod, object?[]? args)
-        {
-            lock (_calls)
-            {
-                _calls[targetMethod!.Name] = _calls.GetValueOrDefault(targetMethod.Name) + 1;
-            }
-
-            try
-            {
-                return targetMethod.Invoke(_inner, args);
-            }
-            catch (System.Reflection.TargetInvocationException e) when (e.InnerException is not null)
-            {
-                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(e.InnerException);
-                throw;
-            }
-        }
     }
 }

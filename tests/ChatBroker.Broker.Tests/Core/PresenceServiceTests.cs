@@ -249,7 +249,17 @@ public sealed class PresenceServiceTests : IAsyncLifetime
         // A subscriber that writes on hearing "offline" must have its write committed after the last-seen (one
         // writer, in order): a crash then cannot keep its write and lose the last-seen.
         var events = new List<string>();
-        var store = RecordingStore.Over(_store, events);
+        // Every call goes to the store; the last-seen writes are recorded in the shared list, in order.
+        var store = ObservedStore.Over(_store, (method, args) =>
+        {
+            if (method.Name == nameof(IChatStore.SetLastSeenAsync))
+            {
+                lock (events)
+                {
+                    events.Add($"SetLastSeenAsync {args![0]} {args[1]}");
+                }
+            }
+        });
         using var immediate = new PresenceService(store, new ConversationDirectory(store), _metrics, _clock,
             new PresenceOptions { Debounce = TimeSpan.Zero, MaxSubscriptions = 10 });
         var bob = new FakeDevice("bob", "phone", Wants);
@@ -273,43 +283,6 @@ public sealed class PresenceServiceTests : IAsyncLifetime
         var lastSeen = (ulong)_clock.GetUtcNow().ToUnixTimeMilliseconds();
         Assert.Equal([$"SetLastSeenAsync alice {lastSeen}", $"bob hears alice offline, last seen {lastSeen}"], events);
         Assert.Equal((long)lastSeen, _store.GetLastSeen("alice"));
-    }
-
-    /// <summary>Passes every call to the store and records the last-seen writes in the shared list, in order.</summary>
-    public class RecordingStore : System.Reflection.DispatchProxy
-    {
-        private IChatStore _inner = null!;
-        private List<string> _events = null!;
-
-        public static IChatStore Over(IChatStore inner, List<string> events)
-        {
-            var proxy = Create<IChatStore, RecordingStore>();
-            var recording = (RecordingStore)(object)proxy;
-            recording._inner = inner;
-            recording._events = events;
-            return proxy;
-        }
-
-        protected override object? Invoke(System.Reflection.MethodInfo? targetMethod, object?[]? args)
-        {
-            if (targetMethod!.Name == nameof(IChatStore.SetLastSeenAsync))
-            {
-                lock (_events)
-                {
-                    _events.Add($"SetLastSeenAsync {args![0]} {args[1]}");
-                }
-            }
-
-            try
-            {
-                return targetMethod.Invoke(_inner, args);
-            }
-            catch (System.Reflection.TargetInvocationException e) when (e.InnerException is not null)
-            {
-                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(e.InnerException);
-                throw;
-            }
-        }
     }
 
     [Fact]
