@@ -53,15 +53,23 @@ public sealed class AckFromSessionRecordTests : IAsyncLifetime
     private async Task SendAsync(FakeDevice from, string to, ulong id) =>
         await _chat.SendAsync(from, new Send { ClientMsgId = id, ToUserId = to, Body = ByteString.CopyFromUtf8("m" + id) }, default);
 
-    [Fact]
-    public async Task An_ack_of_what_the_session_passed_reads_neither_the_cursor_nor_the_inbox_after_the_first()
+    /// <summary>Alice and Bob online, and <paramref name="messages"/> messages from Alice in Bob's inbox.</summary>
+    private async Task<(FakeDevice Alice, FakeDevice Bob)> ChattingAsync(ulong messages)
     {
         var alice = Online("alice", "phone");
         var bob = Online("bob", "phone");
-        for (ulong i = 1; i <= 3; i++)
+        for (ulong i = 1; i <= messages; i++)
         {
             await SendAsync(alice, "bob", i);
         }
+
+        return (alice, bob);
+    }
+
+    [Fact]
+    public async Task An_ack_of_what_the_session_passed_reads_neither_the_cursor_nor_the_inbox_after_the_first()
+    {
+        var (alice, bob) = await ChattingAsync(3);
 
         var record = Record(bob);
         var before = Reads;
@@ -87,12 +95,7 @@ public sealed class AckFromSessionRecordTests : IAsyncLifetime
     [Fact]
     public async Task An_ack_reaching_outside_the_record_is_answered_from_the_store_with_the_same_outcome()
     {
-        var alice = Online("alice", "phone");
-        var bob = Online("bob", "phone");
-        for (ulong i = 1; i <= 4; i++)
-        {
-            await SendAsync(alice, "bob", i);
-        }
+        var (alice, bob) = await ChattingAsync(4);
 
         var record = new RecordOf();
         record.Inner.Note(3, bob.Inbox.ElementAt(2).Message.ConversationId, bob.Inbox.ElementAt(2).Message.Seq);
@@ -112,12 +115,7 @@ public sealed class AckFromSessionRecordTests : IAsyncLifetime
     [Fact]
     public async Task A_cursor_another_path_moved_ahead_gives_no_second_receipt()
     {
-        var alice = Online("alice", "phone");
-        var bob = Online("bob", "phone");
-        for (ulong i = 1; i <= 2; i++)
-        {
-            await SendAsync(alice, "bob", i);
-        }
+        var (alice, bob) = await ChattingAsync(2);
 
         var record = Record(bob);
         record.Inner.Acked(0); // this session's last ACK stored 0
