@@ -35,6 +35,9 @@ internal sealed class InboxRecord
     /// <summary>Positions held now (tests and the record's own checks).</summary>
     public int Count => _count;
 
+    /// <summary>True while the record has an array of entries (memory an idle device should not hold).</summary>
+    public bool HoldsEntries => _entries is not null;
+
     /// <summary>The stream moved to <paramref name="position"/>, an entry of <paramref name="conversationId"/>
     /// at <paramref name="seq"/>.</summary>
     public void Note(ulong position, ulong conversationId, ulong seq)
@@ -67,8 +70,13 @@ internal sealed class InboxRecord
         _entries![_count++] = (conversationId, seq);
     }
 
-    /// <summary>The stream jumped (SYNC, resume) or passed an entry it cannot describe: no run continues.</summary>
-    public void Break() => _count = 0;
+    /// <summary>The stream jumped (SYNC, resume) or passed an entry it cannot describe: no run continues. The array
+    /// goes too: a device that goes idle after a SYNC would otherwise keep it until a message and an ACK came.</summary>
+    public void Break()
+    {
+        _count = 0;
+        _entries = null;
+    }
 
     /// <summary>
     /// When every position in (<paramref name="after"/>, <paramref name="through"/>] is held: raises

@@ -41,6 +41,7 @@ public sealed class InboxRecordTests
         record.Break();
         Assert.Null(Collect(record, 4, 5));
         Assert.Equal(0, record.Count);
+        Assert.False(record.HoldsEntries); // nothing kept for a device that goes idle now
     }
 
     [Fact]
@@ -66,6 +67,7 @@ public sealed class InboxRecordTests
 
         record.Acked(9);
         Assert.Equal(0, record.Count);
+        Assert.False(record.HoldsEntries);
         record.Note(10, 7, 10); // after an ACK beyond the run: a new run
         Assert.Equal(new Dictionary<ulong, ulong> { [7] = 10 }, Collect(record, 9, 10));
     }
