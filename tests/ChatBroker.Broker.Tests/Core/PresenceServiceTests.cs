@@ -227,11 +227,14 @@ public sealed class PresenceServiceTests : IAsyncLifetime
         Assert.Equal(0, _presence.TrackedUsers);
     }
 
+    /// <summary>A presence service without debounce over <paramref name="store"/>: every change is published at once.</summary>
+    private PresenceService Immediate(IChatStore store) =>
+        new(store, new ConversationDirectory(store), _metrics, _clock, new PresenceOptions { Debounce = TimeSpan.Zero, MaxSubscriptions = 10 });
+
     [Fact]
     public void With_no_debounce_every_change_is_published_at_once_in_order()
     {
-        using var immediate = new PresenceService(_store, new ConversationDirectory(_store), _metrics, _clock,
-            new PresenceOptions { Debounce = TimeSpan.Zero, MaxSubscriptions = 10 });
+        using var immediate = Immediate(_store);
         var bob = new FakeDevice("bob", "phone", Wants);
         immediate.Subscribe(bob, Subscribe(1, "alice"));
         var alice = new FakeDevice("alice", "phone");
@@ -260,8 +263,7 @@ public sealed class PresenceServiceTests : IAsyncLifetime
                 }
             }
         });
-        using var immediate = new PresenceService(store, new ConversationDirectory(store), _metrics, _clock,
-            new PresenceOptions { Debounce = TimeSpan.Zero, MaxSubscriptions = 10 });
+        using var immediate = Immediate(store);
         var bob = new FakeDevice("bob", "phone", Wants);
         immediate.Subscribe(bob, Subscribe(1, "alice"));
         var alice = new FakeDevice("alice", "phone");

@@ -47,6 +47,19 @@ public sealed class DeliveryStreamTests : IAsyncLifetime
         return (result.InboxSeqs[1], message); // members are (alice, bob), in order
     }
 
+    /// <summary>Three messages to Bob, of which only the third's notification reaches a live stream: a gap. Returns
+    /// the third and what the stream answered (true: catch up).</summary>
+    private async Task<((ulong InboxSeq, DeliveryMessage Message) Third, bool CatchUp)> ThirdBeforeTheOthersAsync(RecordingTarget bob, DeliveryStream stream)
+    {
+        await SendToBobAsync("one");
+        await SendToBobAsync("two");
+        var third = await SendToBobAsync("three");
+        lock (bob.Lock)
+        {
+            return (third, stream.OnAppended(bob, third.InboxSeq, third.Message, write: true));
+        }
+    }
+
     private RecordingTarget Bob(int resumeBatch = 256) => new(_chat, "bob", "phone", new SessionOptions { ResumeBatch = resumeBatch });
 
     [Fact]
@@ -77,15 +90,10 @@ public sealed class DeliveryStreamTests : IAsyncLifetime
         var bob = Bob(resumeBatch: 2);
         var stream = new DeliveryStream(conversationId: 0, position: 0);
         stream.GoLive();
-        await SendToBobAsync("one");
-        await SendToBobAsync("two");
-        var third = await SendToBobAsync("three");
 
-        lock (bob.Lock)
-        {
-            // The notifications of 1 and 2 are still on their way: 3 is a gap.
-            Assert.True(stream.OnAppended(bob, third.InboxSeq, third.Message, write: true));
-        }
+        // The notifications of 1 and 2 are still on their way: 3 is a gap.
+        var (third, catchUp) = await ThirdBeforeTheOthersAsync(bob, stream);
+        Assert.True(catchUp);
 
         Assert.True(stream.CatchingUp);
         Assert.Empty(bob.Written);
@@ -111,13 +119,7 @@ public sealed class DeliveryStreamTests : IAsyncLifetime
         var bob = Bob(resumeBatch: 2);
         var stream = new DeliveryStream(conversationId: 0, position: 0);
         stream.GoLive();
-        await SendToBobAsync("one");
-        await SendToBobAsync("two");
-        var third = await SendToBobAsync("three");
-        lock (bob.Lock)
-        {
-            stream.OnAppended(bob, third.InboxSeq, third.Message, write: true); // a gap: caught up from the store
-        }
+        Assert.True((await ThirdBeforeTheOthersAsync(bob, stream)).CatchUp); // a gap: caught up from the store
 
         var items = new List<DeliveryItem>();
         await stream.CatchUpBatchAsync(bob, items);
